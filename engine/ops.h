@@ -1,0 +1,148 @@
+/*
+ * ops.h — the engine's compute kernels: linear layers on oneDNN matmul primitives, and the
+ * attention and element-wise kernels in C. Every fast kernel has a plain `_ref` twin that
+ * tests compare against (printing maxdiff).
+ *
+ * Place in the data flow: engine/model.c calls these for every layer of every forward step.
+ * Nothing else in kvcast includes dnnl.h; this header keeps oneDNN types opaque.
+ *
+ * Shape legend: M rows (tokens in a step), T tokens of one sequence, H query heads,
+ * Hkv kv heads, D head dim, C model dim, F ffn dim, V vocab, N/K a linear's out/in size.
+ *
+ * Thread rules: a `struct eng_dnn` (oneDNN engine + stream + primitive cache + scratchpad)
+ * belongs to one thread; create one per worker. A `struct eng_linear` (packed weights) is
+ * immutable after creation and shared by all threads. Kernels allocate nothing, take no
+ * locks, log nothing and return nothing; preconditions are asserts.
+ */
+#ifndef ENG_OPS_H
+#define ENG_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/kc.h"
+#include "engine/dtype.h"
+
+/* Weight format in which a linear layer's weights are packed for compute. */
+enum eng_wtype { ENG_WTYPE_F32 = 0, ENG_WTYPE_BF16 };
+
+/* Steps with at most this many rows use the decode-packed weights, larger ones the prefill
+ * ones (prefill is compute-bound and fastest in f32; decode memory-bound, fastest in bf16). */
+#define ENG_DECODE_MAX_M 16
+
+/* ---- oneDNN context (one per thread) ---- */
+struct eng_dnn;
+/* Creates a oneDNN CPU engine, stream, empty primitive cache and scratchpad for the calling
+ * thread, whose OpenMP team will have n_threads threads (<= 0: OpenMP's default). */
+int eng_dnn_create(int n_threads, struct eng_dnn **out, struct kc_error *err);
+void eng_dnn_free(struct eng_dnn *dnn);
+/* Sets the calling thread's OpenMP team size to the context's n_threads; call at the start
+ * of each forward step (cheap). */
+void eng_dnn_enter(struct eng_dnn *dnn);
+int eng_dnn_threads(const struct eng_dnn *dnn);
+
+/* ---- linear layers ---- */
+
+/* One block of rows of a weight matrix: rows x n_in elements of dtype, row-major, as stored
+ * in a Hugging Face checkpoint ([out_features, in_features]); bias (nullable) has rows
+ * elements of the same dtype. Several parts are stacked along the output dimension, so
+ * q/k/v or gate/up projections run as one GEMM. */
+struct eng_weight_part {
+    const void *data;
+    const void *bias;
+    enum eng_dtype dtype;
+    int rows;
+};
+
+struct eng_linear;
+/* Packs the stacked parts into the formats oneDNN picks for prefill_wt and decode_wt
+ * (one copy when both are equal). The source data is not referenced afterwards. If any
+ * part has a bias, parts without one get zeros. */
+int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in,
+                      enum eng_wtype prefill_wt, enum eng_wtype decode_wt,
+                      struct eng_linear **out, struct kc_error *err);
+void eng_linear_free(struct eng_linear *l);
+int eng_linear_n_out(const struct eng_linear *l);
+int eng_linear_n_in(const struct eng_linear *l);
+/* Bytes of packed weights held (both copies). */
+size_t eng_linear_bytes(const struct eng_linear *l);
+/* Bytes of weights one forward with m rows reads (the copy that m selects). */
+size_t eng_linear_bytes_read(const struct eng_linear *l, int m);
+
+/* y[m, N] = x[m, K] @ W^T + b, in f32 (bf16 weights: activations converted to bf16, f32
+ * accumulation). Primitives are created on first use of a shape and cached in dnn. */
+void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const float *x, int m,
+                        float *y);
+/* Reference twin: plain triple loop over the source weights (any dtype), f32 accumulate. */
+void eng__linear_ref(const struct eng_weight_part *parts, int n_parts, int n_in, const float *x,
+                     int m, float *y);
+
+/* ---- element-wise and normalisation kernels ---- */
+
+/* y[m, C] = x * rsqrt(mean(x^2) + eps) * w; y may alias x. */
+void eng_rmsnorm(const float *x, const float *w, int m, int c, float eps, float *y);
+void eng__rmsnorm_ref(const float *x, const float *w, int m, int c, float eps, float *y);
+
+/* gate_up[m, 2F] holds [gate | up] per row; h[m, F] = silu(gate) * up. */
+void eng_swiglu(const float *gate_up, int m, int f, float *h);
+void eng__swiglu_ref(const float *gate_up, int m, int f, float *h);
+
+/* y += x, n elements. */
+void eng_add(float *y, const float *x, size_t n);
+
+/* ---- rotary position embedding (Hugging Face "rotate_half" layout) ---- */
+
+/* cos/sin table for positions [0, max_pos): cos[p * D/2 + i], sin[p * D/2 + i], with the
+ * inverse frequencies already adjusted for rope scaling. Built by eng_rope_table_init. */
+struct eng_rope_table {
+    int max_pos;
+    int head_dim;
+    float *cos;
+    float *sin;
+};
+struct eng_model_config;
+int eng_rope_table_init(struct eng_rope_table *t, const struct eng_model_config *cfg,
+                        int max_pos, struct kc_error *err);
+void eng_rope_table_free(struct eng_rope_table *t);
+
+/* Rotates x[m, n_heads, D] in place; row r is at position pos[r] (< max_pos): for each
+ * head, (x[i], x[i+D/2]) -> (x[i]cos - x[i+D/2]sin, x[i+D/2]cos + x[i]sin). */
+void eng_rope(const struct eng_rope_table *t, float *x, int m, int n_heads, const int32_t *pos);
+void eng__rope_ref(const struct eng_rope_table *t, float *x, int m, int n_heads,
+                   const int32_t *pos);
+
+/* ---- attention over a paged KV cache ---- */
+
+/* Where one sequence's keys and values of one layer live. Token t's key vector
+ * [Hkv, D] starts at base + block_table[t / block_size] * block_stride
+ * + (t % block_size) * Hkv * D; its value vector v_offset floats further. */
+struct eng_kv_view {
+    const float *base;
+    size_t block_stride;
+    size_t v_offset;
+    int block_size;
+    const int32_t *block_table;
+};
+
+/* Causal GQA attention for n query rows of one sequence at positions pos0..pos0+n-1, whose
+ * keys/values (post-RoPE keys) for positions 0..pos0+n-1 are already in the cache.
+ * q[n, H, D] (post-RoPE), out[n, H, D]; query head h reads kv head h / (H / Hkv).
+ * scratch holds eng_attention_scratch_floats(pos0 + n, threads of the calling team) floats. */
+void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                   int n_kv_heads, int head_dim, float scale, float *out, float *scratch);
+void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_view *kv,
+                        int n_heads, int n_kv_heads, int head_dim, float scale, float *out,
+                        float *scratch);
+/* Scratch floats eng_attention needs for contexts up to n_ctx run by n_threads threads. */
+size_t eng_attention_scratch_floats(int n_ctx, int n_threads);
+
+/* ---- measurements for `kvcast bench engine` ---- */
+
+/* GFLOP/s of one large oneDNN matmul (m x n x k, weights packed in wt), best of iters. */
+double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k,
+                           int iters);
+/* Stream-triad bandwidth in GB/s (a[i] = b[i] + s*c[i] over bytes_per_array-sized arrays)
+ * using the calling thread's OpenMP team, best of iters. */
+double eng_stream_triad_gbs(size_t bytes_per_array, int iters);
+
+#endif /* ENG_OPS_H */

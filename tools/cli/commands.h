@@ -1,0 +1,13 @@
+/*
+ * commands.h — the `kvcast` subcommands. Each takes the arguments after its name
+ * (argv[0] is the subcommand) and returns the process exit code.
+ */
+#ifndef KC_CLI_COMMANDS_H
+#define KC_CLI_COMMANDS_H
+
+int kc_cmd_generate(int argc, char **argv);   /* cmd_generate.c */
+int kc_cmd_bench(int argc, char **argv);      /* cmd_bench.c */
+int kc_cmd_tokenize(int argc, char **argv);   /* cmd_tokenize.c */
+int kc_cmd_detokenize(int argc, char **argv); /* cmd_tokenize.c */
+
+#endif

@@ -1,0 +1,44 @@
+/*
+ * main.c — the `kvcast` executable: dispatches to a subcommand.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "common/kc.h"
+#include "tools/cli/commands.h"
+
+struct kc_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+};
+
+static const struct kc_command commands[] = {
+    {"generate", kc_cmd_generate, "generate tokens from a model directory"},
+    {"bench", kc_cmd_bench, "benchmarks: `bench engine` (synthetic model of a real config)"},
+    {"tokenize", kc_cmd_tokenize, "print the token ids of a text"},
+    {"detokenize", kc_cmd_detokenize, "print the text of token ids"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: kvcast <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+    }
+    fprintf(f, "\n`kvcast <command> --help` describes each command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(argv[1], commands[i].name) == 0) {
+            return commands[i].run(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "kvcast: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds the CI preset (ASan+UBSan, -Werror)
+# and runs every test that is not labelled slow/bench/fuzz. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/install-deps.sh
+cmake --preset ci
+cmake --build --preset ci -j "$(nproc)"
+ctest --preset ci -j "$(nproc)"
