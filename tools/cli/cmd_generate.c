@@ -1,18 +1,259 @@
-/* Placeholder until the forward pass lands (being written now); replaced, not kept. */
+/*
+ * cmd_generate.c — `kvcast generate`: load a model directory, prefill a prompt, decode
+ * tokens with the sampler, print the result and the prefill/decode speeds.
+ */
+#define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "common/kc.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 
-int kc_cmd_generate(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "kvcast generate: not built yet\n");
-    return 2;
+static void generate_usage(FILE *f) {
+    fprintf(f,
+            "usage: kvcast generate --model DIR --prompt-ids 1,2,3 [options]\n"
+            "  --max-tokens N        tokens to generate (default 32)\n"
+            "  --dtype f32|bf16      weight format for both prefill and decode\n"
+            "  --prefill-dtype T     weights for prefill steps (default f32)\n"
+            "  --decode-dtype T      weights for decode steps (default bf16)\n"
+            "  --temperature X       0 = greedy (default 0)\n"
+            "  --top-k N --top-p X --min-p X --seed N\n"
+            "  --ignore-eos          keep going past end-of-sequence tokens\n"
+            "  --threads N           OpenMP threads (default: all cores)\n"
+            "  --json                print one JSON object\n");
 }
 
-int kc_cmd_bench(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "kvcast bench: not built yet\n");
-    return 2;
+struct generate_opts {
+    const char *model_dir;
+    int32_t *prompt;
+    int n_prompt;
+    int max_tokens;
+    struct eng_model_params mparams;
+    struct eng_sampler_params sparams;
+    bool ignore_eos;
+    int threads;
+    bool json;
+};
+
+static int parse_generate(int argc, char **argv, struct generate_opts *o) {
+    o->max_tokens = 32;
+    o->mparams = eng_model_default_params();
+    o->sparams = eng_sampler_default_params();
+    o->sparams.temperature = 0.0f;
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        bool missing = false;
+        long n;
+        double x;
+        if (strcmp(argv[i], "--help") == 0) {
+            generate_usage(stdout);
+            exit(0);
+        } else if (kc_arg_value(argc, argv, &i, "--model", &v, &missing)) {
+            o->model_dir = v;
+        } else if (kc_arg_value(argc, argv, &i, "--prompt-ids", &v, &missing)) {
+            free(o->prompt);
+            o->prompt = NULL;
+            if (!kc_arg_ids(v, &o->prompt, &o->n_prompt)) {
+                fprintf(stderr, "kvcast generate: --prompt-ids wants a list like 1,2,3\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--max-tokens", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 1 << 20, &n)) {
+                fprintf(stderr, "kvcast generate: --max-tokens must be an integer >= 1\n");
+                return 2;
+            }
+            o->max_tokens = (int)n;
+        } else if (kc_arg_value(argc, argv, &i, "--dtype", &v, &missing)) {
+            if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
+                fprintf(stderr, "kvcast generate: --dtype must be f32 or bf16\n");
+                return 2;
+            }
+            o->mparams.decode_wtype = o->mparams.prefill_wtype;
+        } else if (kc_arg_value(argc, argv, &i, "--prefill-dtype", &v, &missing)) {
+            if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
+                fprintf(stderr, "kvcast generate: --prefill-dtype must be f32 or bf16\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--decode-dtype", &v, &missing)) {
+            if (eng_wtype_parse(v, &o->mparams.decode_wtype) != KC_OK) {
+                fprintf(stderr, "kvcast generate: --decode-dtype must be f32 or bf16\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--temperature", &v, &missing)) {
+            if (!kc_arg_float(v, 0, 100, &x)) {
+                fprintf(stderr, "kvcast generate: --temperature must be in [0, 100]\n");
+                return 2;
+            }
+            o->sparams.temperature = (float)x;
+        } else if (kc_arg_value(argc, argv, &i, "--top-k", &v, &missing)) {
+            if (!kc_arg_int(v, 0, 1 << 24, &n)) {
+                fprintf(stderr, "kvcast generate: --top-k must be an integer >= 0\n");
+                return 2;
+            }
+            o->sparams.top_k = (int)n;
+        } else if (kc_arg_value(argc, argv, &i, "--top-p", &v, &missing)) {
+            if (!kc_arg_float(v, 1e-9, 1, &x)) {
+                fprintf(stderr, "kvcast generate: --top-p must be in (0, 1]\n");
+                return 2;
+            }
+            o->sparams.top_p = (float)x;
+        } else if (kc_arg_value(argc, argv, &i, "--min-p", &v, &missing)) {
+            if (!kc_arg_float(v, 0, 1, &x)) {
+                fprintf(stderr, "kvcast generate: --min-p must be in [0, 1]\n");
+                return 2;
+            }
+            o->sparams.min_p = (float)x;
+        } else if (kc_arg_value(argc, argv, &i, "--seed", &v, &missing)) {
+            if (!kc_arg_int(v, 0, __LONG_MAX__, &n)) {
+                fprintf(stderr, "kvcast generate: --seed must be a non-negative integer\n");
+                return 2;
+            }
+            o->sparams.seed = (uint64_t)n;
+        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 1024, &n)) {
+                fprintf(stderr, "kvcast generate: --threads must be in [1, 1024]\n");
+                return 2;
+            }
+            o->threads = (int)n;
+        } else if (strcmp(argv[i], "--ignore-eos") == 0) {
+            o->ignore_eos = true;
+        } else if (strcmp(argv[i], "--json") == 0) {
+            o->json = true;
+        } else {
+            fprintf(stderr, "kvcast generate: %s '%s'\n",
+                    missing ? "missing value for" : "unknown option", argv[i]);
+            generate_usage(stderr);
+            return 2;
+        }
+    }
+    if (o->model_dir == NULL || o->prompt == NULL) {
+        fprintf(stderr, "kvcast generate: --model and --prompt-ids are required\n");
+        generate_usage(stderr);
+        return 2;
+    }
+    return 0;
+}
+
+static bool is_eos(const struct eng_model_config *c, int32_t tok) {
+    for (int i = 0; i < c->n_eos; i++) {
+        if (c->eos_token_ids[i] == tok) {
+            return true;
+        }
+    }
+    return false;
+}
+
+int kc_cmd_generate(int argc, char **argv) {
+    struct generate_opts o = {0};
+    int rc = parse_generate(argc, argv, &o);
+    if (rc != 0) {
+        free(o.prompt);
+        return rc;
+    }
+    struct kc_error err = {0};
+    struct eng_model *m = NULL;
+    struct eng_ctx *ctx = NULL;
+    struct eng_kv_pool pool = {0};
+    struct eng_seq seq = {0};
+    struct eng_sampler sampler = {0};
+    int32_t *out = NULL;
+    float *logits = NULL;
+    int exit_code = 1;
+
+    if (eng_model_load(o.model_dir, &o.mparams, &m, &err) != KC_OK) {
+        fprintf(stderr, "kvcast generate: %s\n", err.msg);
+        goto done;
+    }
+    const struct eng_model_config *c = eng_model_config_of(m);
+    const int n_ctx = o.n_prompt + o.max_tokens;
+    if (n_ctx > c->max_position_embeddings) {
+        fprintf(stderr, "kvcast generate: prompt (%d) + max tokens (%d) exceed the model's %d positions\n",
+                o.n_prompt, o.max_tokens, c->max_position_embeddings);
+        goto done;
+    }
+    const int block = 16;
+    if (eng_ctx_create(m, o.n_prompt < 512 ? o.n_prompt : 512, n_ctx, o.threads, &ctx, &err) !=
+            KC_OK ||
+        eng_kv_pool_init(&pool, c, block, (n_ctx + block - 1) / block, &err) != KC_OK ||
+        eng_sampler_init(&sampler, &o.sparams, c->vocab_size, &err) != KC_OK) {
+        fprintf(stderr, "kvcast generate: %s\n", err.msg);
+        goto done;
+    }
+    out = calloc((size_t)o.max_tokens, sizeof(int32_t));
+    logits = calloc((size_t)c->vocab_size, sizeof(float));
+    if (out == NULL || logits == NULL) {
+        fprintf(stderr, "kvcast generate: out of memory\n");
+        goto done;
+    }
+    for (int i = 0; i < o.n_prompt; i++) {
+        eng_sampler_observe(&sampler, o.prompt[i]);
+    }
+    struct eng_batch_item item = {.seq = &seq, .tokens = o.prompt, .n_tokens = o.n_prompt,
+                                  .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+    const double t0 = kc_now_s();
+    if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
+        fprintf(stderr, "kvcast generate: %s\n", err.msg);
+        goto done;
+    }
+    const double t_prefill = kc_now_s() - t0;
+    int n_out = 0, n_decode_steps = 0;
+    const char *finish = "length";
+    const double t1 = kc_now_s();
+    while (n_out < o.max_tokens) {
+        const int32_t tok = eng_sampler_sample(&sampler, logits, NULL);
+        out[n_out++] = tok;
+        eng_sampler_observe(&sampler, tok);
+        if (!o.ignore_eos && is_eos(c, tok)) {
+            finish = "stop";
+            break;
+        }
+        if (n_out == o.max_tokens) {
+            break;
+        }
+        item = (struct eng_batch_item){.seq = &seq, .tokens = &out[n_out - 1], .n_tokens = 1,
+                                       .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
+            fprintf(stderr, "kvcast generate: %s\n", err.msg);
+            goto done;
+        }
+        n_decode_steps++;
+    }
+    const double t_decode = kc_now_s() - t1;
+    const double prefill_tps = o.n_prompt / t_prefill;
+    const double decode_tps = n_decode_steps > 0 ? n_decode_steps / t_decode : 0.0;
+    if (o.json) {
+        printf("{\"ids\": [");
+        for (int i = 0; i < n_out; i++) {
+            printf("%s%d", i ? ", " : "", out[i]);
+        }
+        printf("], \"text\": null, \"finish_reason\": \"%s\", \"prompt_tokens\": %d, "
+               "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f}\n",
+               finish, o.n_prompt, prefill_tps, decode_tps);
+    } else {
+        for (int i = 0; i < n_out; i++) {
+            printf("%s%d", i ? "," : "", out[i]);
+        }
+        printf("\n");
+        fprintf(stderr, "prefill: %d tokens in %.1f ms (%.1f tokens/s); decode: %d tokens in %.1f ms "
+                        "(%.1f tokens/s); finish: %s\n",
+                o.n_prompt, t_prefill * 1e3, prefill_tps, n_decode_steps, t_decode * 1e3, decode_tps,
+                finish);
+    }
+    exit_code = 0;
+done:
+    free(out);
+    free(logits);
+    free(o.prompt);
+    eng_sampler_free(&sampler);
+    if (pool.slab != NULL) {
+        eng_seq_release(&pool, &seq);
+    }
+    eng_kv_pool_free(&pool);
+    eng_ctx_free(ctx);
+    eng_model_free(m);
+    return exit_code;
 }

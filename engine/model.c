@@ -1,0 +1,715 @@
+/*
+ * model.c — loading a Llama-family model into packed oneDNN weights, and the forward pass
+ * (see model.h for the data flow of one step).
+ *
+ * DESIGN invariants:
+ *  1. Every linear layer is a struct eng_linear; q|k|v and gate|up are stacked so each
+ *     layer runs four GEMMs.
+ *  2. The model keeps no pointer into weight files once loaded: packing copies.
+ *  3. eng_forward validates every input-derived value (token ids, positions, KV room)
+ *     before touching the cache, so a failed step leaves sequences as they were (apart from
+ *     blocks reserved for them).
+ *  4. A step allocates nothing: all buffers live in struct eng_ctx.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "engine/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/dtype.h"
+#include "engine/safetensors.h"
+
+struct eng_layer {
+    struct eng_linear *qkv;     /* [(H + 2 Hkv) D, C] */
+    struct eng_linear *o;       /* [C, H D] */
+    struct eng_linear *gate_up; /* [2F, C] */
+    struct eng_linear *down;    /* [C, F] */
+    float *attn_norm;           /* [C] */
+    float *mlp_norm;            /* [C] */
+};
+
+struct eng_model {
+    struct eng_model_config cfg;
+    struct eng_model_params params;
+    struct eng_layer *layers; /* [L] */
+    void *embed;              /* [V, C] in embed_dtype, a private copy */
+    enum eng_dtype embed_dtype;
+    float *final_norm;           /* [C] */
+    struct eng_linear *lm_head;  /* [V, C]; the embedding itself when tied */
+    struct eng_rope_table rope;  /* positions [0, max_position_embeddings) */
+};
+
+struct eng_ctx {
+    struct eng_dnn *dnn;
+    int max_rows; /* R */
+    int max_ctx;
+    int n_threads;
+    float *x;      /* [R, C] residual stream */
+    float *xn;     /* [R, C] normalised input of a sub-layer */
+    float *qkv;    /* [R, (H + 2 Hkv) D] */
+    float *q;      /* [R, H D] */
+    float *k;      /* [R, Hkv D] */
+    float *v;      /* [R, Hkv D] */
+    float *att;    /* [R, H D] */
+    float *proj;   /* [R, C] output of o / down projections */
+    float *gu;     /* [R, 2F] */
+    float *h;      /* [R, F] */
+    float *logits; /* [R, V] rows gathered across items */
+    int32_t *pos;  /* [R] */
+    float *attn_scratch;
+};
+
+struct eng_model_params eng_model_default_params(void) {
+    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_BF16};
+    return p;
+}
+
+int eng_wtype_parse(const char *s, enum eng_wtype *out) {
+    if (s != NULL && strcmp(s, "f32") == 0) {
+        *out = ENG_WTYPE_F32;
+        return KC_OK;
+    }
+    if (s != NULL && strcmp(s, "bf16") == 0) {
+        *out = ENG_WTYPE_BF16;
+        return KC_OK;
+    }
+    return KC_EINVAL;
+}
+
+const struct eng_model_config *eng_model_config_of(const struct eng_model *m) {
+    return &m->cfg;
+}
+
+void eng_model_free(struct eng_model *m) {
+    if (m == NULL) {
+        return;
+    }
+    if (m->layers != NULL) {
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            struct eng_layer *ly = &m->layers[l];
+            eng_linear_free(ly->qkv);
+            eng_linear_free(ly->o);
+            eng_linear_free(ly->gate_up);
+            eng_linear_free(ly->down);
+            free(ly->attn_norm);
+            free(ly->mlp_norm);
+        }
+    }
+    free(m->layers);
+    free(m->embed);
+    free(m->final_norm);
+    eng_linear_free(m->lm_head);
+    eng_rope_table_free(&m->rope);
+    free(m);
+}
+
+size_t eng_model_weight_bytes(const struct eng_model *m) {
+    size_t total = eng_linear_bytes(m->lm_head);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const struct eng_layer *ly = &m->layers[l];
+        total += eng_linear_bytes(ly->qkv) + eng_linear_bytes(ly->o) +
+                 eng_linear_bytes(ly->gate_up) + eng_linear_bytes(ly->down);
+    }
+    return total;
+}
+
+size_t eng_model_step_bytes_read(const struct eng_model *m, int rows) {
+    size_t total = eng_linear_bytes_read(m->lm_head, rows);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const struct eng_layer *ly = &m->layers[l];
+        total += eng_linear_bytes_read(ly->qkv, rows) + eng_linear_bytes_read(ly->o, rows) +
+                 eng_linear_bytes_read(ly->gate_up, rows) + eng_linear_bytes_read(ly->down, rows);
+    }
+    return total;
+}
+
+/* ---- building a model from weight sources ---- */
+
+/* Where build_model gets each tensor: a file set or a random generator. */
+struct weight_source {
+    const struct eng_st_set *st; /* NULL: random */
+    const char *path;            /* for messages */
+    uint64_t rng;
+    void *scratch[3]; /* random tensors of the current layer, freed by the builder */
+};
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Random bf16 tensor with values uniform in [-a, a] (a = 0.02 * sqrt(3): std 0.02), or
+ * around 1 for norm weights. Uniform is enough for benchmarks of real shapes. */
+static uint16_t *random_bf16(uint64_t *rng, size_t n, float center, float amp) {
+    uint16_t *w = malloc(n * sizeof(uint16_t));
+    if (w == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i += 4) {
+        uint64_t r = splitmix64(rng);
+        for (size_t j = 0; j < 4 && i + j < n; j++) {
+            float u = (float)((r >> (16 * j)) & 0xffff) / 65535.0f * 2.0f - 1.0f;
+            w[i + j] = eng_f32_to_bf16(center + amp * u);
+        }
+    }
+    return w;
+}
+
+/*
+ * Fetches tensor `name` of the given 2-D (rows, cols) or 1-D (rows, cols = 0) shape.
+ * From a file: checks existence, float dtype and shape. Random: allocates into a slot of
+ * src->scratch that the caller frees.
+ */
+static int get_tensor(struct weight_source *src, const char *name, int rows, int cols,
+                      int slot, float center, const void **data, enum eng_dtype *dtype,
+                      struct kc_error *err) {
+    if (src->st == NULL) {
+        size_t n = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+        free(src->scratch[slot]);
+        src->scratch[slot] = random_bf16(&src->rng, n, center, center != 0.0f ? 0.1f : 0.0346f);
+        if (src->scratch[slot] == NULL) {
+            return kc_error_set(err, KC_ENOMEM, "random weights: out of memory for %s", name);
+        }
+        *data = src->scratch[slot];
+        *dtype = ENG_DTYPE_BF16;
+        return KC_OK;
+    }
+    const struct eng_st_tensor *t = eng_st_set_find(src->st, name);
+    if (t == NULL) {
+        return kc_error_set(err, KC_EFORMAT, "%s: missing tensor '%s'", src->path, name);
+    }
+    if (t->dtype != ENG_DTYPE_F32 && t->dtype != ENG_DTYPE_BF16 && t->dtype != ENG_DTYPE_F16) {
+        return kc_error_set(err, KC_EFORMAT, "%s: tensor '%s' has dtype %s; expected F32, BF16 or F16",
+                            src->path, name, eng_dtype_name(t->dtype));
+    }
+    const bool ok = cols > 0 ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
+                             : (t->ndim == 1 && t->shape[0] == rows);
+    if (!ok) {
+        char got[96] = "";
+        size_t used = 0;
+        for (int d = 0; d < t->ndim && used < sizeof(got) - 24; d++) {
+            used += (size_t)snprintf(got + used, sizeof(got) - used, "%s%lld", d ? ", " : "",
+                                     (long long)t->shape[d]);
+        }
+        return kc_error_set(err, KC_EFORMAT, "%s: tensor '%s' has shape [%s]; config.json implies [%d%s%.0d]",
+                            src->path, name, got, rows, cols > 0 ? ", " : "", cols);
+    }
+    *data = t->data;
+    *dtype = t->dtype;
+    return KC_OK;
+}
+
+static int get_norm(struct weight_source *src, const char *name, int c, float **out,
+                    struct kc_error *err) {
+    const void *data;
+    enum eng_dtype dt;
+    int rc = get_tensor(src, name, c, 0, 0, 1.0f, &data, &dt, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    float *w = malloc((size_t)c * sizeof(float));
+    if (w == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
+    }
+    eng_dtype_to_f32(dt, data, w, (size_t)c);
+    *out = w;
+    return KC_OK;
+}
+
+/* Builds one linear from up to three named tensors stacked along the output dimension.
+ * bias_names entries may be NULL. */
+static int get_linear(struct weight_source *src, const struct eng_model_params *p, int n_in,
+                      int n_parts, const char *const *names, const char *const *bias_names,
+                      const int *rows, struct eng_linear **out, struct kc_error *err) {
+    struct eng_weight_part parts[3];
+    void *bias_copies[3] = {NULL, NULL, NULL};
+    int rc = KC_OK;
+    KC_ASSERT(n_parts <= 3);
+    for (int i = 0; i < n_parts; i++) {
+        enum eng_dtype dt;
+        rc = get_tensor(src, names[i], rows[i], n_in, i, 0.0f, &parts[i].data, &dt, err);
+        if (rc != KC_OK) {
+            goto done;
+        }
+        parts[i].dtype = dt;
+        parts[i].rows = rows[i];
+        parts[i].bias = NULL;
+        if (bias_names != NULL && bias_names[i] != NULL) {
+            const void *b;
+            enum eng_dtype bdt;
+            /* Random biases must not reuse the weight slots: take them from the file only,
+             * or build a zero-centred random bias of our own. */
+            if (src->st == NULL) {
+                bias_copies[i] = random_bf16(&src->rng, (size_t)rows[i], 0.0f, 0.02f);
+                if (bias_copies[i] == NULL) {
+                    rc = kc_error_set(err, KC_ENOMEM, "out of memory");
+                    goto done;
+                }
+                b = bias_copies[i];
+                bdt = ENG_DTYPE_BF16;
+            } else {
+                struct weight_source tmp = *src;
+                rc = get_tensor(&tmp, bias_names[i], rows[i], 0, 0, 0.0f, &b, &bdt, err);
+                if (rc != KC_OK) {
+                    goto done;
+                }
+            }
+            if (bdt != dt) {
+                /* eng_weight_part wants the bias in the weight's dtype: convert via f32. */
+                float *f = malloc((size_t)rows[i] * sizeof(float));
+                void *conv = malloc((size_t)rows[i] * eng_dtype_size(dt));
+                if (f == NULL || conv == NULL) {
+                    free(f);
+                    free(conv);
+                    rc = kc_error_set(err, KC_ENOMEM, "out of memory");
+                    goto done;
+                }
+                eng_dtype_to_f32(bdt, b, f, (size_t)rows[i]);
+                for (int r = 0; r < rows[i]; r++) {
+                    if (dt == ENG_DTYPE_F32) {
+                        ((float *)conv)[r] = f[r];
+                    } else if (dt == ENG_DTYPE_BF16) {
+                        ((uint16_t *)conv)[r] = eng_f32_to_bf16(f[r]);
+                    } else {
+                        ((uint16_t *)conv)[r] = eng_f32_to_f16(f[r]);
+                    }
+                }
+                free(f);
+                free(bias_copies[i]);
+                bias_copies[i] = conv;
+                b = conv;
+            }
+            parts[i].bias = b;
+        }
+    }
+    rc = eng_linear_create(parts, n_parts, n_in, p->prefill_wtype, p->decode_wtype, out, err);
+    if (rc != KC_OK && src->path != NULL) {
+        kc_error_prefix(err, "%s: %s", src->path, names[0]);
+    }
+done:
+    for (int i = 0; i < 3; i++) {
+        free(bias_copies[i]);
+    }
+    return rc;
+}
+
+static int build_model(const struct eng_model_config *cfg, const struct eng_model_params *params,
+                       struct weight_source *src, struct eng_model **out, struct kc_error *err) {
+    const int C = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
+    const int qd = cfg->n_heads * cfg->head_dim, kvd = cfg->n_kv_heads * cfg->head_dim;
+    int rc;
+    struct eng_model *m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
+    }
+    m->cfg = *cfg;
+    m->params = *params;
+    m->layers = kc_calloc((size_t)cfg->n_layers, sizeof(struct eng_layer));
+    if (m->layers == NULL) {
+        rc = kc_error_set(err, KC_ENOMEM, "out of memory");
+        goto fail;
+    }
+    char n0[128], n1[128], n2[128], b0[128], b1[128], b2[128];
+    for (int l = 0; l < cfg->n_layers; l++) {
+        struct eng_layer *ly = &m->layers[l];
+        snprintf(n0, sizeof(n0), "model.layers.%d.self_attn.q_proj.weight", l);
+        snprintf(n1, sizeof(n1), "model.layers.%d.self_attn.k_proj.weight", l);
+        snprintf(n2, sizeof(n2), "model.layers.%d.self_attn.v_proj.weight", l);
+        snprintf(b0, sizeof(b0), "model.layers.%d.self_attn.q_proj.bias", l);
+        snprintf(b1, sizeof(b1), "model.layers.%d.self_attn.k_proj.bias", l);
+        snprintf(b2, sizeof(b2), "model.layers.%d.self_attn.v_proj.bias", l);
+        const char *qkv_names[3] = {n0, n1, n2};
+        const char *qkv_bias[3] = {b0, b1, b2};
+        const int qkv_rows[3] = {qd, kvd, kvd};
+        rc = get_linear(src, params, C, 3, qkv_names, cfg->attention_bias ? qkv_bias : NULL,
+                        qkv_rows, &ly->qkv, err);
+        if (rc != KC_OK) {
+            goto fail;
+        }
+        snprintf(n0, sizeof(n0), "model.layers.%d.self_attn.o_proj.weight", l);
+        const char *o_names[1] = {n0};
+        rc = get_linear(src, params, qd, 1, o_names, NULL, &C, &ly->o, err);
+        if (rc != KC_OK) {
+            goto fail;
+        }
+        snprintf(n0, sizeof(n0), "model.layers.%d.mlp.gate_proj.weight", l);
+        snprintf(n1, sizeof(n1), "model.layers.%d.mlp.up_proj.weight", l);
+        const char *gu_names[2] = {n0, n1};
+        const int gu_rows[2] = {F, F};
+        rc = get_linear(src, params, C, 2, gu_names, NULL, gu_rows, &ly->gate_up, err);
+        if (rc != KC_OK) {
+            goto fail;
+        }
+        snprintf(n0, sizeof(n0), "model.layers.%d.mlp.down_proj.weight", l);
+        const char *d_names[1] = {n0};
+        rc = get_linear(src, params, F, 1, d_names, NULL, &C, &ly->down, err);
+        if (rc != KC_OK) {
+            goto fail;
+        }
+        snprintf(n0, sizeof(n0), "model.layers.%d.input_layernorm.weight", l);
+        rc = get_norm(src, n0, C, &ly->attn_norm, err);
+        if (rc != KC_OK) {
+            goto fail;
+        }
+        snprintf(n0, sizeof(n0), "model.layers.%d.post_attention_layernorm.weight", l);
+        rc = get_norm(src, n0, C, &ly->mlp_norm, err);
+        if (rc != KC_OK) {
+            goto fail;
+        }
+    }
+    rc = get_norm(src, "model.norm.weight", C, &m->final_norm, err);
+    if (rc != KC_OK) {
+        goto fail;
+    }
+    /* Embedding: a private copy in its stored dtype; rows are converted on lookup. */
+    const void *emb;
+    enum eng_dtype emb_dt;
+    rc = get_tensor(src, "model.embed_tokens.weight", V, C, 0, 0.0f, &emb, &emb_dt, err);
+    if (rc != KC_OK) {
+        goto fail;
+    }
+    const size_t emb_bytes = (size_t)V * (size_t)C * eng_dtype_size(emb_dt);
+    m->embed = malloc(emb_bytes);
+    if (m->embed == NULL) {
+        rc = kc_error_set(err, KC_ENOMEM, "out of memory for the embedding");
+        goto fail;
+    }
+    memcpy(m->embed, emb, emb_bytes);
+    m->embed_dtype = emb_dt;
+    if (cfg->tie_word_embeddings) {
+        struct eng_weight_part part = {.data = m->embed, .bias = NULL, .dtype = emb_dt, .rows = V};
+        rc = eng_linear_create(&part, 1, C, params->prefill_wtype, params->decode_wtype,
+                               &m->lm_head, err);
+    } else {
+        const char *lm_names[1] = {"lm_head.weight"};
+        rc = get_linear(src, params, C, 1, lm_names, NULL, &V, &m->lm_head, err);
+    }
+    if (rc != KC_OK) {
+        goto fail;
+    }
+    rc = eng_rope_table_init(&m->rope, cfg, cfg->max_position_embeddings, err);
+    if (rc != KC_OK) {
+        goto fail;
+    }
+    *out = m;
+    return KC_OK;
+fail:
+    eng_model_free(m);
+    return rc;
+}
+
+static void free_scratch(struct weight_source *src) {
+    for (int i = 0; i < 3; i++) {
+        free(src->scratch[i]);
+        src->scratch[i] = NULL;
+    }
+}
+
+int eng_model_load(const char *dir, const struct eng_model_params *params,
+                   struct eng_model **out, struct kc_error *err) {
+    char path[4096];
+    struct eng_model_config cfg;
+    if (kc_path_join(path, sizeof(path), dir, "config.json") != KC_OK) {
+        return kc_error_set(err, KC_ERANGE, "%s: path too long", dir);
+    }
+    int rc = eng_model_config_load(path, &cfg, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    struct eng_st_set *st = NULL;
+    rc = eng_st_set_open(dir, &st, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    struct weight_source src = {.st = st, .path = eng_st_set_path(st)};
+    rc = build_model(&cfg, params, &src, out, err);
+    free_scratch(&src);
+    eng_st_set_free(st);
+    return rc;
+}
+
+int eng_model_init_random(const struct eng_model_config *cfg,
+                          const struct eng_model_params *params, uint64_t seed,
+                          struct eng_model **out, struct kc_error *err) {
+    struct weight_source src = {.st = NULL, .path = "random", .rng = seed};
+    int rc = build_model(cfg, params, &src, out, err);
+    free_scratch(&src);
+    return rc;
+}
+
+/* ---- forward context ---- */
+
+void eng_ctx_free(struct eng_ctx *ctx) {
+    if (ctx == NULL) {
+        return;
+    }
+    eng_dnn_free(ctx->dnn);
+    float *bufs[] = {ctx->x,   ctx->xn,   ctx->qkv, ctx->q,  ctx->k,      ctx->v,
+                     ctx->att, ctx->proj, ctx->gu,  ctx->h,  ctx->logits, ctx->attn_scratch};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
+        kc_aligned_free(bufs[i]);
+    }
+    free(ctx->pos);
+    free(ctx);
+}
+
+int eng_ctx_create(const struct eng_model *m, int max_rows, int max_ctx, int n_threads,
+                   struct eng_ctx **out, struct kc_error *err) {
+    const struct eng_model_config *c = &m->cfg;
+    if (max_rows < 1 || max_rows > 65536 || max_ctx < 1 || max_ctx > c->max_position_embeddings) {
+        return kc_error_set(err, KC_EINVAL,
+                            "forward context: max_rows %d / max_ctx %d out of range (model allows "
+                            "%d positions)",
+                            max_rows, max_ctx, c->max_position_embeddings);
+    }
+    struct eng_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
+    }
+    ctx->max_rows = max_rows;
+    ctx->max_ctx = max_ctx;
+    int rc = eng_dnn_create(n_threads, &ctx->dnn, err);
+    if (rc != KC_OK) {
+        free(ctx);
+        return rc;
+    }
+    ctx->n_threads = eng_dnn_threads(ctx->dnn);
+    const size_t R = (size_t)max_rows, D = (size_t)c->head_dim;
+    const size_t qd = (size_t)c->n_heads * D, kvd = (size_t)c->n_kv_heads * D;
+    ctx->x = kc_aligned_alloc(R * (size_t)c->hidden_size * sizeof(float));
+    ctx->xn = kc_aligned_alloc(R * (size_t)c->hidden_size * sizeof(float));
+    ctx->qkv = kc_aligned_alloc(R * (qd + 2 * kvd) * sizeof(float));
+    ctx->q = kc_aligned_alloc(R * qd * sizeof(float));
+    ctx->k = kc_aligned_alloc(R * kvd * sizeof(float));
+    ctx->v = kc_aligned_alloc(R * kvd * sizeof(float));
+    ctx->att = kc_aligned_alloc(R * qd * sizeof(float));
+    ctx->proj = kc_aligned_alloc(R * (size_t)c->hidden_size * sizeof(float));
+    ctx->gu = kc_aligned_alloc(R * 2 * (size_t)c->intermediate_size * sizeof(float));
+    ctx->h = kc_aligned_alloc(R * (size_t)c->intermediate_size * sizeof(float));
+    ctx->logits = kc_aligned_alloc(R * (size_t)c->vocab_size * sizeof(float));
+    ctx->pos = kc_calloc(R, sizeof(int32_t));
+    ctx->attn_scratch =
+        kc_aligned_alloc(eng_attention_scratch_floats(max_ctx, ctx->n_threads) * sizeof(float));
+    if (ctx->x == NULL || ctx->xn == NULL || ctx->qkv == NULL || ctx->q == NULL ||
+        ctx->k == NULL || ctx->v == NULL || ctx->att == NULL || ctx->proj == NULL ||
+        ctx->gu == NULL || ctx->h == NULL || ctx->logits == NULL || ctx->pos == NULL ||
+        ctx->attn_scratch == NULL) {
+        eng_ctx_free(ctx);
+        return kc_error_set(err, KC_ENOMEM, "forward context: out of memory");
+    }
+    *out = ctx;
+    return KC_OK;
+}
+
+/* ---- forward pass ---- */
+
+static void embed_rows(const struct eng_model *m, const int32_t *tokens, int n, float *x) {
+    const size_t C = (size_t)m->cfg.hidden_size;
+    const size_t row_bytes = C * eng_dtype_size(m->embed_dtype);
+    for (int i = 0; i < n; i++) {
+        const char *row = (const char *)m->embed + (size_t)tokens[i] * row_bytes;
+        eng_dtype_to_f32(m->embed_dtype, row, x + (size_t)i * C, C);
+    }
+}
+
+/* One step of at most max_rows rows. capture_row0: row offset of this step inside the
+ * capture buffers (chunked prefill of item 0). */
+static void forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+                         struct eng_batch_item *items, int n_items,
+                         const struct eng_kv_capture *capture, int capture_row0) {
+    const struct eng_model_config *c = &m->cfg;
+    const int C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    const int H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
+    const int qd = H * D, kvd = Hkv * D, qkvd = qd + 2 * kvd;
+    const float scale = 1.0f / sqrtf((float)D);
+
+    /* Lay the items' tokens out as rows and note each row's position. */
+    int M = 0;
+    for (int i = 0; i < n_items; i++) {
+        embed_rows(m, items[i].tokens, items[i].n_tokens, ctx->x + (size_t)M * C);
+        for (int t = 0; t < items[i].n_tokens; t++) {
+            ctx->pos[M + t] = items[i].seq->n_tokens + t;
+        }
+        M += items[i].n_tokens;
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const struct eng_layer *ly = &m->layers[l];
+        /* Attention block: normalise, project to q|k|v. */
+        eng_rmsnorm(ctx->x, ly->attn_norm, M, C, c->rms_norm_eps, ctx->xn);
+        eng_linear_forward(ctx->dnn, ly->qkv, ctx->xn, M, ctx->qkv);
+        for (int r = 0; r < M; r++) {
+            const float *row = ctx->qkv + (size_t)r * qkvd;
+            memcpy(ctx->q + (size_t)r * qd, row, (size_t)qd * sizeof(float));
+            memcpy(ctx->k + (size_t)r * kvd, row + qd, (size_t)kvd * sizeof(float));
+            memcpy(ctx->v + (size_t)r * kvd, row + qd + kvd, (size_t)kvd * sizeof(float));
+        }
+        /* KV Prediction reads keys before rotation: capture them now. */
+        if (capture != NULL) {
+            const size_t n0 = (size_t)items[0].n_tokens * kvd * sizeof(float);
+            if (capture->k != NULL && capture->k[l] != NULL) {
+                memcpy(capture->k[l] + (size_t)capture_row0 * kvd, ctx->k, n0);
+            }
+            if (capture->v != NULL && capture->v[l] != NULL) {
+                memcpy(capture->v[l] + (size_t)capture_row0 * kvd, ctx->v, n0);
+            }
+        }
+        eng_rope(&m->rope, ctx->q, M, H, ctx->pos);
+        eng_rope(&m->rope, ctx->k, M, Hkv, ctx->pos);
+        /* Append this step's keys and values, then attend per sequence. */
+        int r0 = 0;
+        for (int i = 0; i < n_items; i++) {
+            const struct eng_seq *seq = items[i].seq;
+            for (int t = 0; t < items[i].n_tokens; t++) {
+                const int p = seq->n_tokens + t;
+                memcpy(eng_kv_k_at(pool, seq, l, p), ctx->k + (size_t)(r0 + t) * kvd,
+                       (size_t)kvd * sizeof(float));
+                memcpy(eng_kv_v_at(pool, seq, l, p), ctx->v + (size_t)(r0 + t) * kvd,
+                       (size_t)kvd * sizeof(float));
+            }
+            const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
+            eng_attention(ctx->q + (size_t)r0 * qd, items[i].n_tokens, seq->n_tokens, &view, H,
+                          Hkv, D, scale, ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
+            r0 += items[i].n_tokens;
+        }
+        eng_linear_forward(ctx->dnn, ly->o, ctx->att, M, ctx->proj);
+        eng_add(ctx->x, ctx->proj, (size_t)M * C);
+        /* MLP block: x += down(silu(gate(xn)) * up(xn)). */
+        eng_rmsnorm(ctx->x, ly->mlp_norm, M, C, c->rms_norm_eps, ctx->xn);
+        eng_linear_forward(ctx->dnn, ly->gate_up, ctx->xn, M, ctx->gu);
+        eng_swiglu(ctx->gu, M, F, ctx->h);
+        eng_linear_forward(ctx->dnn, ly->down, ctx->h, M, ctx->proj);
+        eng_add(ctx->x, ctx->proj, (size_t)M * C);
+    }
+
+    /* LM head for the rows that want logits: a single item wanting all rows writes straight
+     * into its buffer; otherwise the wanted rows are gathered. */
+    if (n_items == 1 && items[0].logits_mode == ENG_LOGITS_ALL) {
+        eng_rmsnorm(ctx->x, m->final_norm, M, C, c->rms_norm_eps, ctx->xn);
+        eng_linear_forward(ctx->dnn, m->lm_head, ctx->xn, M, items[0].logits);
+    } else {
+        int n_out = 0;
+        int r_end = 0;
+        for (int i = 0; i < n_items; i++) {
+            r_end += items[i].n_tokens;
+            if (items[i].logits_mode != ENG_LOGITS_NONE) {
+                memcpy(ctx->xn + (size_t)n_out * C, ctx->x + (size_t)(r_end - 1) * C,
+                       (size_t)C * sizeof(float));
+                n_out++;
+            }
+        }
+        if (n_out > 0) {
+            eng_rmsnorm(ctx->xn, m->final_norm, n_out, C, c->rms_norm_eps, ctx->xn);
+            eng_linear_forward(ctx->dnn, m->lm_head, ctx->xn, n_out, ctx->logits);
+            int o = 0;
+            for (int i = 0; i < n_items; i++) {
+                if (items[i].logits_mode != ENG_LOGITS_NONE) {
+                    memcpy(items[i].logits, ctx->logits + (size_t)o * V, (size_t)V * sizeof(float));
+                    o++;
+                }
+            }
+        }
+    }
+    for (int i = 0; i < n_items; i++) {
+        items[i].seq->n_tokens += items[i].n_tokens;
+    }
+}
+
+int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+                struct eng_batch_item *items, int n_items, const struct eng_kv_capture *capture,
+                struct kc_error *err) {
+    const struct eng_model_config *c = &m->cfg;
+    if (n_items < 1) {
+        return kc_error_set(err, KC_EINVAL, "forward: no items");
+    }
+    if (pool->n_layers != c->n_layers || pool->n_kv_heads != c->n_kv_heads ||
+        pool->head_dim != c->head_dim) {
+        return kc_error_set(err, KC_EINVAL, "forward: KV pool shape does not match the model");
+    }
+    int total = 0;
+    for (int i = 0; i < n_items; i++) {
+        const struct eng_batch_item *it = &items[i];
+        if (it->n_tokens < 1 || it->seq == NULL || it->tokens == NULL ||
+            (it->logits_mode != ENG_LOGITS_NONE && it->logits == NULL)) {
+            return kc_error_set(err, KC_EINVAL, "forward: item %d is malformed", i);
+        }
+        if (it->n_tokens > ctx->max_ctx - it->seq->n_tokens) {
+            return kc_error_set(err, KC_ECONTEXT,
+                                "forward: %d tokens after %d would exceed the context of %d", it->n_tokens,
+                                it->seq->n_tokens, ctx->max_ctx);
+        }
+        for (int t = 0; t < it->n_tokens; t++) {
+            if (it->tokens[t] < 0 || it->tokens[t] >= c->vocab_size) {
+                return kc_error_set(err, KC_ERANGE, "forward: token id %d outside [0, %d)",
+                                    it->tokens[t], c->vocab_size);
+            }
+        }
+        total += it->n_tokens;
+    }
+    if (n_items > 1 && total > ctx->max_rows) {
+        return kc_error_set(err, KC_EINVAL, "forward: batch of %d rows exceeds max_rows %d", total,
+                            ctx->max_rows);
+    }
+    for (int i = 0; i < n_items; i++) {
+        int rc = eng_seq_reserve(pool, items[i].seq, items[i].seq->n_tokens + items[i].n_tokens);
+        if (rc != KC_OK) {
+            return kc_error_set(err, rc, "forward: cannot reserve KV blocks (%s)", kc_strerror(rc));
+        }
+    }
+    eng_dnn_enter(ctx->dnn);
+    if (n_items > 1) {
+        forward_rows(ctx, m, pool, items, n_items, capture, 0);
+        return KC_OK;
+    }
+    /* One sequence: chunks of max_rows rows; the cache carries context across chunks. */
+    struct eng_batch_item whole = items[0];
+    for (int start = 0; start < whole.n_tokens; start += ctx->max_rows) {
+        const int n = whole.n_tokens - start < ctx->max_rows ? whole.n_tokens - start : ctx->max_rows;
+        const bool last = start + n == whole.n_tokens;
+        struct eng_batch_item chunk = {
+            .seq = whole.seq,
+            .tokens = whole.tokens + start,
+            .n_tokens = n,
+            .logits_mode = whole.logits_mode == ENG_LOGITS_ALL ? ENG_LOGITS_ALL
+                           : (last ? whole.logits_mode : ENG_LOGITS_NONE),
+            .logits = whole.logits_mode == ENG_LOGITS_ALL
+                          ? whole.logits + (size_t)start * (size_t)c->vocab_size
+                          : whole.logits,
+        };
+        forward_rows(ctx, m, pool, &chunk, 1, capture, start);
+    }
+    return KC_OK;
+}
+
+int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
+                  int n, const float *const *k_pre, const float *const *v,
+                  struct kc_error *err) {
+    const struct eng_model_config *c = &m->cfg;
+    const int kvd = c->n_kv_heads * c->head_dim;
+    if (n < 0 || n > c->max_position_embeddings - seq->n_tokens) {
+        return kc_error_set(err, KC_ECONTEXT, "kv inject: %d positions after %d exceed %d", n,
+                            seq->n_tokens, c->max_position_embeddings);
+    }
+    int rc = eng_seq_reserve(pool, seq, seq->n_tokens + n);
+    if (rc != KC_OK) {
+        return kc_error_set(err, rc, "kv inject: cannot reserve KV blocks (%s)", kc_strerror(rc));
+    }
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int t = 0; t < n; t++) {
+            const int32_t p = seq->n_tokens + t;
+            float *kd = eng_kv_k_at(pool, seq, l, p);
+            memcpy(kd, k_pre[l] + (size_t)t * kvd, (size_t)kvd * sizeof(float));
+            /* Rotate in place: the cache row is one contiguous [Hkv, D] vector. */
+            eng_rope(&m->rope, kd, 1, c->n_kv_heads, &p);
+            memcpy(eng_kv_v_at(pool, seq, l, p), v[l] + (size_t)t * kvd,
+                   (size_t)kvd * sizeof(float));
+        }
+    }
+    seq->n_tokens += n;
+    return KC_OK;
+}

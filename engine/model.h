@@ -1,0 +1,107 @@
+/*
+ * model.h — a Llama-family transformer (llama, mistral, qwen2) and its forward pass over
+ * the paged KV cache.
+ *
+ * Place in the data flow: prefill and decode workers call eng_forward; KV Prediction uses
+ * the capture hook (pre-RoPE keys and values the model computed) and eng_kv_inject (keys
+ * and values it did not compute). Tools (`kvcast generate`, `bench engine`) call it too.
+ *
+ * Ownership: a model owns its packed weights (struct eng_linear), norms, embedding copy and
+ * RoPE table; it keeps no reference to the files it was loaded from. A model is immutable
+ * after load and shared by all threads. A `struct eng_ctx` (scratch buffers and a oneDNN
+ * context) belongs to one thread; a forward step allocates nothing.
+ *
+ * Forward step, one comment per stage (engine/model.c):
+ *   x = embed(tokens)                                  [M, C]
+ *   per layer: xn = rmsnorm(x); qkv = xn Wqkv^T (+b)   [M, (H + 2 Hkv) D]
+ *              k, v -> capture (pre-RoPE); rope(q), rope(k); k, v -> cache
+ *              a = attention(q, cache) per sequence     [M, H D]
+ *              x += a Wo^T; x += down(silu(xn' Wg^T) * xn' Wu^T)
+ *   logits = rmsnorm(x) Wlm^T for the rows that want them  [*, V]
+ */
+#ifndef ENG_MODEL_H
+#define ENG_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/kc.h"
+#include "engine/kv_cache.h"
+#include "engine/model_config.h"
+#include "engine/ops.h"
+
+struct eng_model_params {
+    enum eng_wtype prefill_wtype; /* weights for steps of > ENG_DECODE_MAX_M rows */
+    enum eng_wtype decode_wtype;  /* weights for small steps (decode) */
+};
+/* f32 prefill weights, bf16 decode weights: the fastest pair on AVX-512 CPUs. */
+struct eng_model_params eng_model_default_params(void);
+/* Parses "f32" / "bf16". */
+int eng_wtype_parse(const char *s, enum eng_wtype *out);
+
+struct eng_model;
+
+/* Loads a Hugging Face model directory (config.json + model.safetensors or shards).
+ * Tensor names, shapes and dtypes are checked against the config; errors name the file. */
+int eng_model_load(const char *dir, const struct eng_model_params *params,
+                   struct eng_model **out, struct kc_error *err);
+/* Builds a model of configuration cfg with random weights (seeded), for benchmarks of real
+ * shapes without files. Weights ~ N(0, 0.02) drawn from a fast PRNG. */
+int eng_model_init_random(const struct eng_model_config *cfg,
+                          const struct eng_model_params *params, uint64_t seed,
+                          struct eng_model **out, struct kc_error *err);
+void eng_model_free(struct eng_model *m);
+const struct eng_model_config *eng_model_config_of(const struct eng_model *m);
+/* Bytes of packed weights, and bytes a forward step of m rows reads from weights. */
+size_t eng_model_weight_bytes(const struct eng_model *m);
+size_t eng_model_step_bytes_read(const struct eng_model *m, int rows);
+
+/* Per-thread forward context sized for steps of up to max_rows rows and sequences of up to
+ * max_ctx positions; n_threads for its OpenMP team. */
+struct eng_ctx;
+int eng_ctx_create(const struct eng_model *m, int max_rows, int max_ctx, int n_threads,
+                   struct eng_ctx **out, struct kc_error *err);
+void eng_ctx_free(struct eng_ctx *ctx);
+
+enum eng_logits_mode { ENG_LOGITS_NONE = 0, ENG_LOGITS_LAST, ENG_LOGITS_ALL };
+
+/* One sequence's share of a forward step: n_tokens new tokens appended at positions
+ * seq->n_tokens .. seq->n_tokens + n_tokens - 1. */
+struct eng_batch_item {
+    struct eng_seq *seq;
+    const int32_t *tokens;
+    int n_tokens;
+    enum eng_logits_mode logits_mode;
+    float *logits; /* [1, V] (LAST) or [n_tokens, V] (ALL) */
+};
+
+/* Optional capture of what the model computed for item 0: per layer l, k[l] and v[l]
+ * receive [n_tokens, Hkv * D] pre-RoPE keys and values (NULL entries are skipped). */
+struct eng_kv_capture {
+    float **k; /* [L] */
+    float **v; /* [L] */
+};
+
+/*
+ * Runs the model over a step. Either one item (any n_tokens: processed in chunks of
+ * max_rows, the paged cache carrying context between chunks), or several items whose
+ * tokens add up to at most max_rows (a decode batch). Reserves KV blocks as needed
+ * (KC_EBUSY if the pool runs dry; the sequences keep what they had). Fails with KC_ERANGE
+ * for a token id outside the vocabulary and KC_ECONTEXT past max_ctx, before computing.
+ * On success every item's seq->n_tokens has advanced by its n_tokens.
+ */
+int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+                struct eng_batch_item *items, int n_items, const struct eng_kv_capture *capture,
+                struct kc_error *err);
+
+/*
+ * Writes externally supplied keys and values for positions seq->n_tokens ..
+ * seq->n_tokens + n - 1 of every layer: k_pre[l] and v[l] are [n, Hkv * D] with keys
+ * before RoPE; keys are rotated with this model's RoPE at their positions as they are
+ * written. Advances seq->n_tokens by n. KV Prediction's way into the base model's cache.
+ */
+int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
+                  int n, const float *const *k_pre, const float *const *v,
+                  struct kc_error *err);
+
+#endif /* ENG_MODEL_H */

@@ -1,0 +1,409 @@
+/*
+ * Golden tests of the forward pass against the PyTorch reference (tests/golden/, written by
+ * tools/reference/make_golden.py), plus the step-shape invariants the scheduler relies on:
+ * chunked prefill == one-shot prefill, prefill + decode == prefill, a batched decode ==
+ * separate decodes, and injected pre-RoPE K/V == the model's own.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/kc.h"
+#include "engine/model.h"
+#include "engine/safetensors.h"
+
+static const char *const CASES[] = {"llama_gqa", "llama_untied_bf16", "qwen2_bias",
+                                    "llama3_scaling", "llama_linear_scaling"};
+#define N_CASES (sizeof(CASES) / sizeof(CASES[0]))
+
+struct golden {
+    struct eng_st_set *ref;
+    const int32_t *tokens;
+    int T;
+    const float *logits;  /* [T, V] */
+    const float *k_pre;   /* [L, T, Hkv D] */
+    const float *k_post;  /* [L, T, Hkv D] */
+    const float *v;       /* [L, T, Hkv D] */
+    const int32_t *greedy; /* [G] */
+    int G;
+};
+
+static void case_dir(char *out, size_t cap, const char *name) {
+    const char *src = getenv("KC_SOURCE_DIR");
+    snprintf(out, cap, "%s/tests/golden/%s", src != NULL ? src : ".", name);
+}
+
+static void golden_open(const char *name, struct golden *g) {
+    char dir[1024], path[1100];
+    case_dir(dir, sizeof(dir), name);
+    snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
+    struct kc_error err = {0};
+    int rc = eng_st_set_open(path, &g->ref, &err);
+    if (rc != KC_OK) {
+        fail_msg("%s: %s", path, err.msg);
+    }
+    const struct eng_st_tensor *t = eng_st_set_find(g->ref, "tokens");
+    assert_non_null(t);
+    g->tokens = t->data;
+    g->T = (int)t->shape[0];
+    g->logits = eng_st_set_find(g->ref, "logits")->data;
+    g->k_pre = eng_st_set_find(g->ref, "k_pre")->data;
+    g->k_post = eng_st_set_find(g->ref, "k_post")->data;
+    g->v = eng_st_set_find(g->ref, "v")->data;
+    t = eng_st_set_find(g->ref, "greedy");
+    g->greedy = t->data;
+    g->G = (int)t->shape[0];
+}
+
+static struct eng_model *load_case(const char *name, enum eng_wtype wt) {
+    char dir[1024];
+    case_dir(dir, sizeof(dir), name);
+    struct eng_model_params p = {.prefill_wtype = wt, .decode_wtype = wt};
+    struct eng_model *m = NULL;
+    struct kc_error err = {0};
+    if (eng_model_load(dir, &p, &m, &err) != KC_OK) {
+        fail_msg("%s: %s", dir, err.msg);
+    }
+    return m;
+}
+
+static float max_abs(const float *a, size_t n) {
+    float mx = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        mx = fabsf(a[i]) > mx ? fabsf(a[i]) : mx;
+    }
+    return mx;
+}
+
+static float max_diff(const float *a, const float *b, size_t n) {
+    float mx = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float d = fabsf(a[i] - b[i]);
+        mx = d > mx || isnan(d) ? d : mx;
+    }
+    return mx;
+}
+
+static int argmax(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) {
+        if (x[i] > x[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* Prefill of the golden tokens with all logits and a capture of K/V, then checks against the
+ * reference: logits (relative to the logit scale), pre-RoPE keys, values, cached post-RoPE
+ * keys. tol is relative to max |reference|. */
+static void check_prefill(const char *name, enum eng_wtype wt, float tol, int max_rows) {
+    struct golden g = {0};
+    golden_open(name, &g);
+    struct eng_model *m = load_case(name, wt);
+    const struct eng_model_config *c = eng_model_config_of(m);
+    const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
+    struct kc_error err = {0};
+    struct eng_ctx *ctx = NULL;
+    assert_int_equal(eng_ctx_create(m, max_rows, 128, 1, &ctx, &err), KC_OK);
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 64, &err), KC_OK);
+    struct eng_seq seq = {0};
+    float *logits = calloc((size_t)g.T * V, sizeof(float));
+    float **kc = calloc((size_t)L, sizeof(float *)), **vc = calloc((size_t)L, sizeof(float *));
+    for (int l = 0; l < L; l++) {
+        kc[l] = calloc((size_t)g.T * kvd, sizeof(float));
+        vc[l] = calloc((size_t)g.T * kvd, sizeof(float));
+    }
+    struct eng_kv_capture cap = {.k = kc, .v = vc};
+    struct eng_batch_item item = {.seq = &seq, .tokens = g.tokens, .n_tokens = g.T,
+                                  .logits_mode = ENG_LOGITS_ALL, .logits = logits};
+    assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, &cap, &err), KC_OK);
+    assert_int_equal(seq.n_tokens, g.T);
+
+    const float scale = max_abs(g.logits, (size_t)g.T * V);
+    const float dl = max_diff(logits, g.logits, (size_t)g.T * V);
+    float dk = 0, dv = 0, dkp = 0, kscale = 0, vscale = 0;
+    for (int l = 0; l < L; l++) {
+        const float *rk = g.k_pre + (size_t)l * g.T * kvd, *rv = g.v + (size_t)l * g.T * kvd;
+        const float *rkp = g.k_post + (size_t)l * g.T * kvd;
+        dk = fmaxf(dk, max_diff(kc[l], rk, (size_t)g.T * kvd));
+        dv = fmaxf(dv, max_diff(vc[l], rv, (size_t)g.T * kvd));
+        kscale = fmaxf(kscale, max_abs(rk, (size_t)g.T * kvd));
+        vscale = fmaxf(vscale, max_abs(rv, (size_t)g.T * kvd));
+        for (int t = 0; t < g.T; t++) {
+            dkp = fmaxf(dkp, max_diff(eng_kv_k_at(&pool, &seq, l, t), rkp + (size_t)t * kvd,
+                                      (size_t)kvd));
+        }
+    }
+    print_message("%s (%s, rows %d): logit scale %.3f maxdiff logits %.3g, k_pre %.3g, k_post %.3g, "
+                  "v %.3g\n",
+                  name, wt == ENG_WTYPE_F32 ? "f32" : "bf16", max_rows, scale, dl, dk, dkp, dv);
+    assert_true(dl <= tol * scale);
+    assert_true(dk <= tol * kscale);
+    assert_true(dkp <= tol * kscale);
+    assert_true(dv <= tol * vscale);
+
+    eng_seq_release(&pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 64);
+    for (int l = 0; l < L; l++) {
+        free(kc[l]);
+        free(vc[l]);
+    }
+    free(kc);
+    free(vc);
+    free(logits);
+    eng_kv_pool_free(&pool);
+    eng_ctx_free(ctx);
+    eng_model_free(m);
+    eng_st_set_free(g.ref);
+}
+
+static void test_prefill_matches_reference_f32(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N_CASES; i++) {
+        check_prefill(CASES[i], ENG_WTYPE_F32, 1e-4f, 64);
+    }
+}
+
+static void test_chunked_prefill_matches_reference(void **state) {
+    (void)state;
+    /* 5-row chunks: the paged cache carries context across chunk and block boundaries. */
+    for (size_t i = 0; i < N_CASES; i++) {
+        check_prefill(CASES[i], ENG_WTYPE_F32, 1e-4f, 5);
+    }
+}
+
+/* bf16 weights round every weight to 8 bits of mantissa and activations to bf16 before each
+ * GEMM; the documented bound is 5% of the logit scale. */
+static void test_prefill_bf16_within_documented_bound(void **state) {
+    (void)state;
+    for (size_t i = 0; i < N_CASES; i++) {
+        check_prefill(CASES[i], ENG_WTYPE_BF16, 5e-2f, 64);
+    }
+}
+
+/* Greedy decoding of the golden continuation, token by token through the decode path. */
+static void test_greedy_generation_matches_reference_f32(void **state) {
+    (void)state;
+    for (size_t ci = 0; ci < N_CASES; ci++) {
+        struct golden g = {0};
+        golden_open(CASES[ci], &g);
+        struct eng_model *m = load_case(CASES[ci], ENG_WTYPE_F32);
+        const struct eng_model_config *c = eng_model_config_of(m);
+        struct kc_error err = {0};
+        struct eng_ctx *ctx = NULL;
+        assert_int_equal(eng_ctx_create(m, 64, 128, 1, &ctx, &err), KC_OK);
+        struct eng_kv_pool pool;
+        assert_int_equal(eng_kv_pool_init(&pool, c, 16, 16, &err), KC_OK);
+        struct eng_seq seq = {0};
+        float *logits = calloc((size_t)c->vocab_size, sizeof(float));
+        struct eng_batch_item item = {.seq = &seq, .tokens = g.tokens, .n_tokens = g.T,
+                                      .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+        assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
+        for (int i = 0; i < g.G; i++) {
+            int32_t tok = argmax(logits, c->vocab_size);
+            if (tok != g.greedy[i]) {
+                fail_msg("%s: greedy token %d is %d, reference %d", CASES[ci], i, tok, g.greedy[i]);
+            }
+            item = (struct eng_batch_item){.seq = &seq, .tokens = &tok, .n_tokens = 1,
+                                           .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+            assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
+        }
+        eng_seq_release(&pool, &seq);
+        free(logits);
+        eng_kv_pool_free(&pool);
+        eng_ctx_free(ctx);
+        eng_model_free(m);
+        eng_st_set_free(g.ref);
+    }
+}
+
+/* A decode batch of three sequences at different lengths gives each the logits it gets
+ * alone, and injected pre-RoPE K/V (what KV Prediction supplies) reproduce the model's own
+ * cache exactly. */
+static void test_batched_decode_and_injection_match_single(void **state) {
+    (void)state;
+    struct golden g = {0};
+    golden_open("llama_gqa", &g);
+    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
+    const struct eng_model_config *c = eng_model_config_of(m);
+    const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
+    struct kc_error err = {0};
+    struct eng_ctx *ctx = NULL;
+    assert_int_equal(eng_ctx_create(m, 32, 128, 1, &ctx, &err), KC_OK);
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 128, &err), KC_OK);
+    const int lens[3] = {g.T - 1, 7, 13};
+    struct eng_seq seqs[3] = {{0}};
+    float *single = calloc(3 * (size_t)V, sizeof(float));
+    float *batched = calloc(3 * (size_t)V, sizeof(float));
+    /* Alone: prefill lens[i] tokens, then one decode step of the next token. */
+    for (int i = 0; i < 3; i++) {
+        struct eng_seq s = {0};
+        struct eng_batch_item it = {.seq = &s, .tokens = g.tokens, .n_tokens = lens[i] + 1,
+                                    .logits_mode = ENG_LOGITS_LAST, .logits = single + (size_t)i * V};
+        assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+        eng_seq_release(&pool, &s);
+    }
+    /* Together: prefill each, then one 3-row decode step. */
+    struct eng_batch_item items[3];
+    for (int i = 0; i < 3; i++) {
+        struct eng_batch_item it = {.seq = &seqs[i], .tokens = g.tokens, .n_tokens = lens[i],
+                                    .logits_mode = ENG_LOGITS_NONE, .logits = NULL};
+        assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+        items[i] = (struct eng_batch_item){.seq = &seqs[i], .tokens = &g.tokens[lens[i]],
+                                           .n_tokens = 1, .logits_mode = ENG_LOGITS_LAST,
+                                           .logits = batched + (size_t)i * V};
+    }
+    assert_int_equal(eng_forward(ctx, m, &pool, items, 3, NULL, &err), KC_OK);
+    const float d = max_diff(single, batched, 3 * (size_t)V);
+    print_message("batched vs single decode maxdiff %.3g\n", d);
+    assert_true(d <= 1e-4f * max_abs(single, 3 * (size_t)V));
+
+    /* Injection: capture K/V of the first n-1 tokens, inject them into a fresh sequence,
+     * then run the last token; logits equal the full prefill's. */
+    const int n = g.T;
+    float **kc = calloc((size_t)L, sizeof(float *)), **vc = calloc((size_t)L, sizeof(float *));
+    for (int l = 0; l < L; l++) {
+        kc[l] = calloc((size_t)n * kvd, sizeof(float));
+        vc[l] = calloc((size_t)n * kvd, sizeof(float));
+    }
+    struct eng_seq a = {0}, b = {0};
+    struct eng_kv_capture cap = {.k = kc, .v = vc};
+    struct eng_batch_item it = {.seq = &a, .tokens = g.tokens, .n_tokens = n,
+                                .logits_mode = ENG_LOGITS_LAST, .logits = single};
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, &cap, &err), KC_OK);
+    assert_int_equal(eng_kv_inject(m, &pool, &b, n - 1, (const float *const *)kc,
+                                   (const float *const *)vc, &err),
+                     KC_OK);
+    for (int l = 0; l < L; l++) {
+        for (int t = 0; t < n - 1; t++) {
+            assert_true(max_diff(eng_kv_k_at(&pool, &a, l, t), eng_kv_k_at(&pool, &b, l, t),
+                                 (size_t)kvd) <= 1e-6f);
+        }
+    }
+    it = (struct eng_batch_item){.seq = &b, .tokens = &g.tokens[n - 1], .n_tokens = 1,
+                                 .logits_mode = ENG_LOGITS_LAST, .logits = batched};
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    const float di = max_diff(single, batched, (size_t)V);
+    print_message("injected vs own KV logits maxdiff %.3g\n", di);
+    assert_true(di <= 1e-5f * max_abs(single, (size_t)V));
+
+    eng_seq_release(&pool, &a);
+    eng_seq_release(&pool, &b);
+    for (int i = 0; i < 3; i++) {
+        eng_seq_release(&pool, &seqs[i]);
+    }
+    assert_int_equal(eng_kv_pool_n_free(&pool), 128);
+    for (int l = 0; l < L; l++) {
+        free(kc[l]);
+        free(vc[l]);
+    }
+    free(kc);
+    free(vc);
+    free(single);
+    free(batched);
+    eng_kv_pool_free(&pool);
+    eng_ctx_free(ctx);
+    eng_model_free(m);
+    eng_st_set_free(g.ref);
+}
+
+/* Bad input to a step is refused before anything changes. */
+static void test_forward_rejects_bad_tokens_and_context(void **state) {
+    (void)state;
+    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
+    const struct eng_model_config *c = eng_model_config_of(m);
+    struct kc_error err = {0};
+    struct eng_ctx *ctx = NULL;
+    assert_int_equal(eng_ctx_create(m, 8, 16, 1, &ctx, &err), KC_OK);
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 2, &err), KC_OK);
+    struct eng_seq seq = {0};
+    float *logits = calloc((size_t)c->vocab_size, sizeof(float));
+    int32_t bad[2] = {1, c->vocab_size};
+    struct eng_batch_item it = {.seq = &seq, .tokens = bad, .n_tokens = 2,
+                                .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);
+    bad[1] = -1;
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);
+    assert_int_equal(seq.n_tokens, 0);
+    int32_t many[17] = {0};
+    it.tokens = many;
+    it.n_tokens = 17;
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ECONTEXT);
+    /* The pool holds 8 positions: 9 tokens cannot get blocks. */
+    it.n_tokens = 9;
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_EBUSY);
+    assert_int_equal(seq.n_tokens, 0);
+    eng_seq_release(&pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 2);
+    free(logits);
+    eng_kv_pool_free(&pool);
+    eng_ctx_free(ctx);
+    eng_model_free(m);
+}
+
+/* A model directory whose tensors disagree with its config.json is refused with a message
+ * naming the tensor. */
+static void test_load_rejects_shape_mismatch(void **state) {
+    (void)state;
+    char tmpl[] = "/tmp/kc_model_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    char src[1024], path[1100];
+    case_dir(src, sizeof(src), "llama_gqa");
+    snprintf(path, sizeof(path), "%s/config.json", src);
+    char *cfg = NULL;
+    size_t len = 0;
+    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
+    /* Same weights, but a config that claims a wider FFN. */
+    char *p = strstr(cfg, "\"intermediate_size\"");
+    assert_non_null(p);
+    char *colon = strchr(p, ':');
+    long ffn = strtol(colon + 1, NULL, 10);
+    char edited[8192];
+    snprintf(edited, sizeof(edited), "%.*s: %ld%s", (int)(colon - cfg), cfg, ffn + 1,
+             strpbrk(colon + 1, ",}"));
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs(edited, f);
+    fclose(f);
+    char link_target[1100], link_path[1100];
+    snprintf(link_target, sizeof(link_target), "%s/model.safetensors", src);
+    snprintf(link_path, sizeof(link_path), "%s/model.safetensors", dir);
+    assert_int_equal(symlink(link_target, link_path), 0);
+    struct eng_model_params mp = eng_model_default_params();
+    struct eng_model *m = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_model_load(dir, &mp, &m, &err), KC_EFORMAT);
+    print_message("error: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "mlp.gate_proj.weight"));
+    assert_null(m);
+    free(cfg);
+    remove(link_path);
+    remove(path);
+    rmdir(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prefill_matches_reference_f32),
+        cmocka_unit_test(test_chunked_prefill_matches_reference),
+        cmocka_unit_test(test_prefill_bf16_within_documented_bound),
+        cmocka_unit_test(test_greedy_generation_matches_reference_f32),
+        cmocka_unit_test(test_batched_decode_and_injection_match_single),
+        cmocka_unit_test(test_forward_rejects_bad_tokens_and_context),
+        cmocka_unit_test(test_load_rejects_shape_mismatch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

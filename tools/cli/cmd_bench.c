@@ -1,0 +1,225 @@
+/*
+ * cmd_bench.c — `kvcast bench engine`: the forward pass on a synthetic model with random
+ * weights of a real configuration, printed beside what the machine's oneDNN GEMM and
+ * memory bandwidth reach in the same run, so engine efficiency is a ratio, not a claim.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/kc.h"
+#include "engine/model.h"
+#include "engine/ops.h"
+#include "tools/cli/args.h"
+#include "tools/cli/commands.h"
+
+static void bench_usage(FILE *f) {
+    fprintf(f, "usage: kvcast bench engine --config NAME|config.json [options]\n"
+               "  NAME: tinyllama-1.1b, llama-3.2-1b, qwen2-0.5b, kvcast-base, kvcast-aux\n"
+               "  --prompt-len N        prefill length (default 512)\n"
+               "  --gen N               decode steps (default 64)\n"
+               "  --threads N           OpenMP threads (default: all cores)\n"
+               "  --prefill-dtype T     f32|bf16 (default f32)\n"
+               "  --decode-dtype T      f32|bf16 (default bf16)\n"
+               "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
+               "  --json                print one JSON object\n");
+}
+
+/* Matmul + attention FLOPs of a prefill of T tokens (logits for the last token only). */
+static double prefill_flops(const struct eng_model_config *c, int T) {
+    const double C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    const double qd = (double)c->n_heads * c->head_dim, kvd = (double)c->n_kv_heads * c->head_dim;
+    const double per_token_linear = 2.0 * (C * (qd + 2 * kvd) + qd * C + 3.0 * C * F);
+    const double attn = 2.0 * 2.0 * qd * ((double)T * (T + 1) / 2.0); /* QK^T and AV, causal */
+    return c->n_layers * (per_token_linear * T + attn) + 2.0 * C * V;
+}
+
+static int bench_engine(int argc, char **argv) {
+    const char *config = NULL;
+    long prompt_len = 512, gen = 64, threads = 0, repeat = 2;
+    bool json = false;
+    struct eng_model_params mp = eng_model_default_params();
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        bool missing = false;
+        if (strcmp(argv[i], "--help") == 0) {
+            bench_usage(stdout);
+            return 0;
+        } else if (kc_arg_value(argc, argv, &i, "--config", &v, &missing)) {
+            config = v;
+        } else if (kc_arg_value(argc, argv, &i, "--prompt-len", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 1 << 17, &prompt_len)) {
+                fprintf(stderr, "kvcast bench: bad --prompt-len\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--gen", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 1 << 17, &gen)) {
+                fprintf(stderr, "kvcast bench: bad --gen\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 1024, &threads)) {
+                fprintf(stderr, "kvcast bench: bad --threads\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--repeat", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 100, &repeat)) {
+                fprintf(stderr, "kvcast bench: bad --repeat\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--prefill-dtype", &v, &missing)) {
+            if (eng_wtype_parse(v, &mp.prefill_wtype) != KC_OK) {
+                fprintf(stderr, "kvcast bench: --prefill-dtype must be f32 or bf16\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--decode-dtype", &v, &missing)) {
+            if (eng_wtype_parse(v, &mp.decode_wtype) != KC_OK) {
+                fprintf(stderr, "kvcast bench: --decode-dtype must be f32 or bf16\n");
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--json") == 0) {
+            json = true;
+        } else {
+            fprintf(stderr, "kvcast bench engine: %s '%s'\n",
+                    missing ? "missing value for" : "unknown option", argv[i]);
+            bench_usage(stderr);
+            return 2;
+        }
+    }
+    if (config == NULL) {
+        bench_usage(stderr);
+        return 2;
+    }
+    struct kc_error err = {0};
+    struct eng_model_config cfg;
+    if (eng_model_config_preset(config, &cfg) != KC_OK &&
+        eng_model_config_load(config, &cfg, &err) != KC_OK) {
+        fprintf(stderr, "kvcast bench: '%s' is neither a preset nor a readable config.json: %s\n",
+                config, err.msg);
+        return 2;
+    }
+    const int T = (int)prompt_len, G = (int)gen, n_ctx = T + G + 1;
+    if (n_ctx > cfg.max_position_embeddings) {
+        fprintf(stderr, "kvcast bench: prompt + gen exceed the model's %d positions\n",
+                cfg.max_position_embeddings);
+        return 2;
+    }
+    int exit_code = 1;
+    struct eng_model *m = NULL;
+    struct eng_ctx *ctx = NULL;
+    struct eng_dnn *dnn = NULL;
+    struct eng_kv_pool pool = {0};
+    struct eng_seq seq = {0};
+    int32_t *tokens = NULL;
+    float *logits = NULL;
+
+    fprintf(stderr, "bench: building a random %s model (%.2f B params)...\n", config,
+            (double)eng_model_config_n_params(&cfg) * 1e-9);
+    if (eng_model_init_random(&cfg, &mp, 1234, &m, &err) != KC_OK ||
+        eng_ctx_create(m, T < 512 ? T : 512, n_ctx, (int)threads, &ctx, &err) != KC_OK ||
+        eng_dnn_create((int)threads, &dnn, &err) != KC_OK ||
+        eng_kv_pool_init(&pool, &cfg, 16, (n_ctx + 15) / 16, &err) != KC_OK) {
+        fprintf(stderr, "kvcast bench: %s\n", err.msg);
+        goto done;
+    }
+    tokens = calloc((size_t)T, sizeof(int32_t));
+    logits = calloc((size_t)cfg.vocab_size, sizeof(float));
+    if (tokens == NULL || logits == NULL) {
+        goto done;
+    }
+    uint64_t r = 42;
+    for (int i = 0; i < T; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        tokens[i] = (int32_t)((r >> 33) % (uint64_t)cfg.vocab_size);
+    }
+
+    /* The machine's ceilings, measured now beside the engine. */
+    eng_dnn_enter(dnn);
+    const int gemm_m = T < 512 ? T : 512;
+    const double gemm_gflops = eng_dnn_gemm_gflops(dnn, mp.prefill_wtype, gemm_m,
+                                                   cfg.intermediate_size, cfg.hidden_size, 5);
+    const double triad_gbs = eng_stream_triad_gbs((size_t)256 << 20, 5);
+
+    /* Prefill: one warm-up (creates primitives), then the best of `repeat`. */
+    double best_prefill = 1e30;
+    for (int rep = 0; rep <= repeat; rep++) {
+        eng_seq_release(&pool, &seq);
+        struct eng_batch_item item = {.seq = &seq, .tokens = tokens, .n_tokens = T,
+                                      .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+        const double t0 = kc_now_s();
+        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
+            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+            goto done;
+        }
+        const double dt = kc_now_s() - t0;
+        if (rep > 0 && dt < best_prefill) {
+            best_prefill = dt;
+        }
+    }
+    /* Decode: G single-token steps after the prompt (the first one warms up). */
+    int32_t tok = tokens[T - 1];
+    double t_decode = 0.0;
+    for (int g = 0; g < G + 1; g++) {
+        struct eng_batch_item item = {.seq = &seq, .tokens = &tok, .n_tokens = 1,
+                                      .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+        const double t0 = kc_now_s();
+        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
+            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+            goto done;
+        }
+        if (g > 0) {
+            t_decode += kc_now_s() - t0;
+        }
+        tok = (tok + 7) % cfg.vocab_size;
+    }
+    const double prefill_tps = T / best_prefill;
+    const double prefill_gflops = prefill_flops(&cfg, T) / best_prefill * 1e-9;
+    const double decode_tps = G / t_decode;
+    /* Bytes one decode step reads: the decode weights plus the KV cache so far. */
+    const double kv_bytes = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4.0 * (T + G / 2.0);
+    const double decode_gbs =
+        ((double)eng_model_step_bytes_read(m, 1) + kv_bytes) * decode_tps * 1e-9;
+    const char *pw = mp.prefill_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
+    const char *dw = mp.decode_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
+    if (json) {
+        printf("{\"config\": \"%s\", \"threads\": %d, \"prompt_len\": %d, \"gen\": %d, "
+               "\"prefill_dtype\": \"%s\", \"decode_dtype\": \"%s\", "
+               "\"prefill_tokens_per_s\": %.2f, \"prefill_gflops\": %.1f, "
+               "\"gemm_gflops\": %.1f, \"prefill_vs_gemm\": %.3f, "
+               "\"decode_tokens_per_s\": %.2f, \"decode_gbs\": %.2f, \"triad_gbs\": %.2f, "
+               "\"decode_vs_triad\": %.3f}\n",
+               config, eng_dnn_threads(dnn), T, G, pw, dw, prefill_tps, prefill_gflops,
+               gemm_gflops, prefill_gflops / gemm_gflops, decode_tps, decode_gbs, triad_gbs,
+               decode_gbs / triad_gbs);
+    } else {
+        printf("config %s, %d threads, prompt %d, gen %d\n", config, eng_dnn_threads(dnn), T, G);
+        printf("prefill (%s weights): %8.1f tokens/s  %7.1f GFLOP/s   single GEMM %dx%dx%d: %7.1f "
+               "GFLOP/s  ratio %.2f\n",
+               pw, prefill_tps, prefill_gflops, gemm_m, cfg.intermediate_size, cfg.hidden_size,
+               gemm_gflops, prefill_gflops / gemm_gflops);
+        printf("decode  (%s weights): %8.2f tokens/s  %7.2f GB/s      stream triad: %7.2f GB/s  "
+               "ratio %.2f\n",
+               dw, decode_tps, decode_gbs, triad_gbs, decode_gbs / triad_gbs);
+    }
+    exit_code = 0;
+done:
+    free(tokens);
+    free(logits);
+    if (pool.slab != NULL) {
+        eng_seq_release(&pool, &seq);
+    }
+    eng_kv_pool_free(&pool);
+    eng_dnn_free(dnn);
+    eng_ctx_free(ctx);
+    eng_model_free(m);
+    return exit_code;
+}
+
+int kc_cmd_bench(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "engine") == 0) {
+        return bench_engine(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "usage: kvcast bench engine ...   (`kvcast bench engine --help`)\n");
+    return 2;
+}
