@@ -47,9 +47,11 @@ void kc_error_prefix(struct kc_error *err, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof(prefix), fmt, ap);
     va_end(ap);
-    char joined[sizeof(err->msg)];
+    /* Build in a buffer large enough for both parts, then cut to the message size. */
+    char joined[sizeof(prefix) + sizeof(err->msg) + 2];
     snprintf(joined, sizeof(joined), "%s: %s", prefix, err->msg);
-    memcpy(err->msg, joined, sizeof(err->msg));
+    memcpy(err->msg, joined, sizeof(err->msg) - 1);
+    err->msg[sizeof(err->msg) - 1] = '\0';
 }
 
 void kc__assert_fail(const char *expr, const char *file, int line, const char *func) {
