@@ -73,6 +73,12 @@ size_t eng_linear_bytes_read(const struct eng_linear *l, int m);
  * accumulation). Primitives are created on first use of a shape and cached in dnn. */
 void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const float *x, int m,
                         float *y);
+/* Creates, in dnn, every primitive eng_linear_forward can use for l with up to max_m rows,
+ * and grows dnn's scratch to match, so that a step loop after it creates and allocates
+ * nothing. Optional (forward creates missing primitives on first use, asserting on failure);
+ * fails with KC_EBACKEND or KC_ENOMEM and a message. */
+int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_m,
+                       struct kc_error *err);
 /* Reference twin: plain triple loop over the source weights (any dtype), f32 accumulate. */
 void eng__linear_ref(const struct eng_weight_part *parts, int n_parts, int n_in, const float *x,
                      int m, float *y);
@@ -138,11 +144,13 @@ size_t eng_attention_scratch_floats(int n_ctx, int n_threads);
 
 /* ---- measurements for `kvcast bench engine` ---- */
 
-/* GFLOP/s of one large oneDNN matmul (m x n x k, weights packed in wt), best of iters. */
+/* GFLOP/s of one large oneDNN matmul (m x n x k, weights packed in wt), best of iters;
+ * 0 when a buffer or primitive cannot be created. */
 double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k,
                            int iters);
 /* Stream-triad bandwidth in GB/s (a[i] = b[i] + s*c[i] over bytes_per_array-sized arrays)
- * using the calling thread's OpenMP team, best of iters. */
+ * using the calling thread's OpenMP team, best of iters; 0 when the arrays cannot be
+ * allocated. */
 double eng_stream_triad_gbs(size_t bytes_per_array, int iters);
 
 #endif /* ENG_OPS_H */

@@ -1,0 +1,1001 @@
+/*
+ * ops_dnnl.c — linear layers on oneDNN 2.6 matmul primitives (C API), the per-thread oneDNN
+ * context, and the two machine measurements (single-GEMM GFLOP/s, stream triad). The only
+ * file in kvcast that includes dnnl.h.
+ *
+ * Place in the data flow: engine/model.c creates one eng_linear per projection at load and
+ * calls eng_linear_forward for every layer of every step, through the eng_dnn of the worker
+ * thread running the step.
+ *
+ * Ownership and thread rules: an eng_linear owns its packed weights, its bias and a private
+ * oneDNN engine that the weight/bias memory objects live on; it is immutable after creation,
+ * and every thread may use it at once (executing a primitive only reads these objects). An
+ * eng_dnn owns an engine, a stream, a primitive cache and the scratch buffers the primitives
+ * run in (user-mode scratchpad), and belongs to the thread that created it.
+ *
+ * DESIGN — invariants:
+ *  1. Weights are packed once, at creation, into the blocked layout oneDNN picks for a
+ *     representative row count (ENG_DECODE_MAX_M for the decode copy, ENG_LINEAR_CHUNK for the
+ *     prefill copy): a reference primitive is created with weights in format_tag `any`, its
+ *     weights md is read back, and the plain [N, K] source (viewed as a K x N matrix with
+ *     format `ba`, since HF stores [out, in]) is reordered into it. One copy when the prefill
+ *     and decode weight types are equal.
+ *  2. Every cached primitive is created with the packed md given explicitly (not `any`), and
+ *     its weights md is checked equal to the packed one (dnnl_memory_desc_equal). If oneDNN
+ *     refuses the explicit layout for some row count, that bucket runs the representative
+ *     row count's primitive instead, with the rows padded (which always accepts the layout:
+ *     the layout came from it).
+ *  3. Row buckets bound the number of primitives: m <= ENG_DECODE_MAX_M runs an exact-m
+ *     primitive on the decode copy; larger m runs in chunks of ENG_LINEAR_CHUNK rows on the
+ *     prefill copy, the last partial chunk padded up to a multiple of 32 (<= 128) or 64. So
+ *     a shape has at most 16 + 11 primitives per weight type.
+ *  4. Primitives and scratch buffers are created on the first forward of a bucket (or by
+ *     eng_linear_prepare); a warmed-up step loop only looks up, sets data handles and
+ *     executes. Padding rows in the activation scratch keep stale values: their output rows
+ *     are never copied out.
+ *  5. oneDNN bakes the OpenMP team size into a primitive at creation, so every creation and
+ *     every execution runs after omp_set_num_threads(dnn->n_threads).
+ *  6. Decode (m <= 16) runs on oneDNN too: a hand-written AVX512-BF16 GEMV over the packed
+ *     BA16a64b2a layout (vdpbf16ps, one weight stream per 64-output block, m <= 4) measured
+ *     the same as oneDNN's M=1 primitive (~13 GB/s per core from DRAM) and slower at M=4, so
+ *     it was not kept.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "common/kc.h"
+#include "engine/dtype.h"
+#include "engine/ops.h"
+
+/* Rows per prefill chunk; also the representative row count of the prefill copy. */
+#define ENG_LINEAR_CHUNK 512
+/* Converting activations to bf16 goes parallel from this many elements on. */
+#define ENG_CVT_PAR_MIN 65536
+
+/* Checks a oneDNN status inside a kernel, where failures are programmer errors. */
+#define DNN_ASSERT(call)                                                                           \
+    do {                                                                                           \
+        dnnl_status_t st_ = (call);                                                                \
+        KC_ASSERT(st_ == dnnl_success);                                                            \
+    } while (0)
+
+/* ---- per-thread context ---- */
+
+/* One cached primitive: y[rows, n] = x[rows, k] @ W + b, executed as exec_rows rows. */
+struct eng_prim {
+    int n, k, rows, exec_rows;
+    enum eng_wtype wt;
+    bool bias;
+    dnnl_memory_desc_t wmd; /* the packed layout this primitive reads */
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, dst, pad; /* handles set per call */
+};
+
+struct eng_dnn {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int n_threads;
+    /* Primitive cache: open addressing over cap (power of two) slots, grown at creation. */
+    struct eng_prim **slots;
+    size_t cap, count;
+    /* Scratch, grown only when a primitive is created. */
+    void *act; /* padded or bf16-converted activations */
+    size_t act_bytes;
+    float *out; /* padded destination rows */
+    size_t out_bytes;
+    void *pad; /* oneDNN user-mode scratchpad */
+    size_t pad_bytes;
+};
+
+/* One packed copy of a linear's weights. */
+struct eng_wcopy {
+    enum eng_wtype wt;
+    int rep_rows; /* row count whose preferred layout this is */
+    dnnl_memory_desc_t md;
+    void *data;
+    size_t bytes;
+    dnnl_memory_t mem;
+};
+
+struct eng_linear {
+    int n_out, n_in;
+    enum eng_wtype prefill_wt, decode_wt;
+    dnnl_engine_t engine; /* owns the memory objects below */
+    int n_copies;
+    struct eng_wcopy copy[2];
+    int prefill_copy, decode_copy; /* indices into copy[] */
+    float *bias;                   /* [N] or NULL */
+    dnnl_memory_t bias_mem;
+};
+
+static dnnl_data_type_t wt_dnnl(enum eng_wtype wt) {
+    return wt == ENG_WTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
+}
+
+static size_t wt_size(enum eng_wtype wt) {
+    return wt == ENG_WTYPE_BF16 ? 2 : 4;
+}
+
+static const char *wt_name(enum eng_wtype wt) {
+    return wt == ENG_WTYPE_BF16 ? "bf16" : "f32";
+}
+
+static void set_team(int n_threads) {
+#ifdef _OPENMP
+    if (n_threads > 0) {
+        omp_set_num_threads(n_threads);
+    }
+#else
+    (void)n_threads;
+#endif
+}
+
+int eng_dnn_create(int n_threads, struct eng_dnn **out, struct kc_error *err) {
+    int rc;
+    struct eng_dnn *d = kc_calloc(1, sizeof(*d));
+    if (d == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "oneDNN context: out of memory");
+    }
+#ifdef _OPENMP
+    d->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+#else
+    d->n_threads = 1;
+#endif
+    dnnl_status_t st = dnnl_engine_create(&d->engine, dnnl_cpu, 0);
+    if (st != dnnl_success) {
+        rc =
+            kc_error_set(err, KC_EBACKEND, "oneDNN: cannot create CPU engine (status %d)", (int)st);
+        goto fail;
+    }
+    st = dnnl_stream_create(&d->stream, d->engine, dnnl_stream_default_flags);
+    if (st != dnnl_success) {
+        rc = kc_error_set(err, KC_EBACKEND, "oneDNN: cannot create stream (status %d)", (int)st);
+        goto fail;
+    }
+    d->cap = 64;
+    d->slots = kc_calloc(d->cap, sizeof(*d->slots));
+    if (d->slots == NULL) {
+        rc = kc_error_set(err, KC_ENOMEM, "oneDNN context: out of memory");
+        goto fail;
+    }
+    *out = d;
+    return 0;
+fail:
+    eng_dnn_free(d);
+    return rc;
+}
+
+static void prim_free(struct eng_prim *p) {
+    if (p == NULL) {
+        return;
+    }
+    dnnl_memory_destroy(p->src);
+    dnnl_memory_destroy(p->dst);
+    dnnl_memory_destroy(p->pad);
+    dnnl_primitive_destroy(p->prim);
+    free(p);
+}
+
+void eng_dnn_free(struct eng_dnn *dnn) {
+    if (dnn == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < dnn->cap && dnn->slots != NULL; i++) {
+        prim_free(dnn->slots[i]);
+    }
+    free(dnn->slots);
+    kc_aligned_free(dnn->act);
+    kc_aligned_free(dnn->out);
+    kc_aligned_free(dnn->pad);
+    if (dnn->stream != NULL) {
+        dnnl_stream_destroy(dnn->stream);
+    }
+    if (dnn->engine != NULL) {
+        dnnl_engine_destroy(dnn->engine);
+    }
+    free(dnn);
+}
+
+void eng_dnn_enter(struct eng_dnn *dnn) {
+    set_team(dnn->n_threads);
+}
+
+int eng_dnn_threads(const struct eng_dnn *dnn) {
+    return dnn->n_threads;
+}
+
+/* Grows a 64-byte aligned scratch buffer to at least need bytes (contents not kept). */
+static int scratch_grow(void **buf, size_t *have, size_t need) {
+    if (need <= *have) {
+        return 0;
+    }
+    void *p = kc_aligned_alloc(need);
+    if (p == NULL) {
+        return KC_ENOMEM;
+    }
+    kc_aligned_free(*buf);
+    *buf = p;
+    *have = need;
+    return 0;
+}
+
+/* ---- matmul primitive descriptors ---- */
+
+/* Creates a matmul primitive desc for rows x k @ k x n with weights md w (NULL: format
+ * `any`), optional f32 bias, f32 dst and a user-mode scratchpad. */
+static dnnl_status_t matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
+                               const dnnl_memory_desc_t *w, bool bias, dnnl_primitive_desc_t *pd) {
+    dnnl_memory_desc_t src_md, w_md, b_md, dst_md;
+    const dnnl_dims_t src_dims = {rows, k}, w_dims = {k, n}, dst_dims = {rows, n};
+    const dnnl_dims_t b_dims = {1, n};
+    dnnl_status_t st = dnnl_memory_desc_init_by_tag(&src_md, 2, src_dims, wt_dnnl(wt), dnnl_ab);
+    if (st != dnnl_success) {
+        return st;
+    }
+    if (w != NULL) {
+        w_md = *w;
+    } else {
+        st = dnnl_memory_desc_init_by_tag(&w_md, 2, w_dims, wt_dnnl(wt), dnnl_format_tag_any);
+        if (st != dnnl_success) {
+            return st;
+        }
+    }
+    st = dnnl_memory_desc_init_by_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab);
+    if (st != dnnl_success) {
+        return st;
+    }
+    if (bias) {
+        st = dnnl_memory_desc_init_by_tag(&b_md, 2, b_dims, dnnl_f32, dnnl_ab);
+        if (st != dnnl_success) {
+            return st;
+        }
+    }
+    dnnl_matmul_desc_t desc;
+    st = dnnl_matmul_desc_init(&desc, &src_md, &w_md, bias ? &b_md : NULL, &dst_md);
+    if (st != dnnl_success) {
+        return st;
+    }
+    dnnl_primitive_attr_t attr = NULL;
+    st = dnnl_primitive_attr_create(&attr);
+    if (st != dnnl_success) {
+        return st;
+    }
+    st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success) {
+        st = dnnl_primitive_desc_create(pd, &desc, attr, engine, NULL);
+    }
+    dnnl_primitive_attr_destroy(attr);
+    return st;
+}
+
+/* Weights md of the layout oneDNN prefers for rows x k @ k x n. */
+static int preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt, bool bias,
+                         dnnl_memory_desc_t *out, struct kc_error *err) {
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_status_t st = matmul_pd(engine, rows, n, k, wt, NULL, bias, &pd);
+    if (st != dnnl_success) {
+        return kc_error_set(err, KC_EBACKEND, "oneDNN: no %s matmul for %d x %d x %d (status %d)",
+                            wt_name(wt), rows, n, k, (int)st);
+    }
+    *out = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+}
+
+/* Reorders plain [n, k] weights (element type wt, row-major) into a new buffer in layout md.
+ * On success *data is a kc_aligned_alloc buffer of *bytes bytes. */
+static int pack_weights(dnnl_engine_t engine, const void *plain, int n, int k, enum eng_wtype wt,
+                        const dnnl_memory_desc_t *md, void **data, size_t *bytes,
+                        struct kc_error *err) {
+    dnnl_memory_desc_t src_md;
+    const dnnl_dims_t dims = {k, n};
+    const dnnl_dims_t strides = {1, k}; /* W^T view of [n, k] row-major: format `ba` */
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t src = NULL, dst = NULL;
+    dnnl_stream_t stream = NULL;
+    const size_t size = dnnl_memory_desc_get_size(md);
+    void *buf = kc_aligned_alloc(size); /* zeroed: padding stays zero */
+    int rc = KC_EBACKEND;
+    if (buf == NULL) {
+        rc = kc_error_set(err, KC_ENOMEM, "packing %d x %d weights: out of memory", n, k);
+        goto fail;
+    }
+    dnnl_status_t st = dnnl_memory_desc_init_by_strides(&src_md, 2, dims, wt_dnnl(wt), strides);
+    if (st == dnnl_success) {
+        st = dnnl_memory_create(&src, &src_md, engine, (void *)(uintptr_t)plain);
+    }
+    if (st == dnnl_success) {
+        st = dnnl_memory_create(&dst, md, engine, buf);
+    }
+    if (st == dnnl_success) {
+        st = dnnl_reorder_primitive_desc_create(&pd, &src_md, engine, md, engine, NULL);
+    }
+    if (st == dnnl_success) {
+        st = dnnl_primitive_create(&prim, pd);
+    }
+    if (st == dnnl_success) {
+        st = dnnl_stream_create(&stream, engine, dnnl_stream_default_flags);
+    }
+    if (st == dnnl_success) {
+        const dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, src}, {DNNL_ARG_TO, dst}};
+        st = dnnl_primitive_execute(prim, stream, 2, args);
+    }
+    if (st == dnnl_success) {
+        st = dnnl_stream_wait(stream);
+    }
+    if (st != dnnl_success) {
+        rc = kc_error_set(err, KC_EBACKEND, "oneDNN: packing %d x %d %s weights failed (status %d)",
+                          n, k, wt_name(wt), (int)st);
+        goto fail;
+    }
+    rc = 0;
+    *data = buf;
+    *bytes = size;
+    buf = NULL;
+fail:
+    if (stream != NULL) {
+        dnnl_stream_destroy(stream);
+    }
+    dnnl_primitive_destroy(prim);
+    dnnl_primitive_desc_destroy(pd);
+    dnnl_memory_destroy(src);
+    dnnl_memory_destroy(dst);
+    kc_aligned_free(buf);
+    return rc;
+}
+
+/* ---- linear creation ---- */
+
+static bool dtype_ok(enum eng_dtype t) {
+    return t == ENG_DTYPE_F32 || t == ENG_DTYPE_BF16 || t == ENG_DTYPE_F16;
+}
+
+/* Stacks the parts into a plain [N, K] matrix of element type wt. */
+static void stack_parts(const struct eng_weight_part *parts, int n_parts, int k, enum eng_wtype wt,
+                        void *dst, float *row_tmp) {
+    size_t row0 = 0;
+    for (int p = 0; p < n_parts; p++) {
+        for (int r = 0; r < parts[p].rows; r++) {
+            const size_t esz = eng_dtype_size(parts[p].dtype);
+            const char *src = (const char *)parts[p].data + (size_t)r * (size_t)k * esz;
+            const size_t out_row = row0 + (size_t)r;
+            if (wt == ENG_WTYPE_BF16 && parts[p].dtype == ENG_DTYPE_BF16) {
+                memcpy((uint16_t *)dst + out_row * (size_t)k, src, (size_t)k * 2);
+                continue;
+            }
+            if (wt == ENG_WTYPE_F32) {
+                eng_dtype_to_f32(parts[p].dtype, src, (float *)dst + out_row * (size_t)k,
+                                 (size_t)k);
+                continue;
+            }
+            eng_dtype_to_f32(parts[p].dtype, src, row_tmp, (size_t)k);
+            uint16_t *o = (uint16_t *)dst + out_row * (size_t)k;
+            for (int i = 0; i < k; i++) {
+                o[i] = eng_f32_to_bf16(row_tmp[i]);
+            }
+        }
+        row0 += (size_t)parts[p].rows;
+    }
+}
+
+void eng_linear_free(struct eng_linear *l) {
+    if (l == NULL) {
+        return;
+    }
+    for (int i = 0; i < 2; i++) {
+        dnnl_memory_destroy(l->copy[i].mem);
+        kc_aligned_free(l->copy[i].data);
+    }
+    dnnl_memory_destroy(l->bias_mem);
+    kc_aligned_free(l->bias);
+    if (l->engine != NULL) {
+        dnnl_engine_destroy(l->engine);
+    }
+    free(l);
+}
+
+/* Builds copy c of l in weight type wt from the stacked parts. */
+static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_wtype wt,
+                            int rep_rows, const struct eng_weight_part *parts, int n_parts,
+                            struct kc_error *err) {
+    const int n = l->n_out, k = l->n_in;
+    size_t plain_bytes;
+    void *plain = NULL;
+    float *row_tmp = NULL;
+    int rc;
+    if (!kc_size_mul((size_t)n, (size_t)k, &plain_bytes) ||
+        !kc_size_mul(plain_bytes, wt_size(wt), &plain_bytes)) {
+        return kc_error_set(err, KC_ERANGE, "linear %d x %d: size overflows", n, k);
+    }
+    plain = kc_aligned_alloc(plain_bytes);
+    row_tmp = kc_calloc((size_t)k, sizeof(float));
+    if (plain == NULL || row_tmp == NULL) {
+        rc = kc_error_set(err, KC_ENOMEM, "linear %d x %d: out of memory", n, k);
+        goto fail;
+    }
+    stack_parts(parts, n_parts, k, wt, plain, row_tmp);
+    c->wt = wt;
+    c->rep_rows = rep_rows;
+    rc = preferred_wmd(l->engine, rep_rows, n, k, wt, l->bias != NULL, &c->md, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    rc = pack_weights(l->engine, plain, n, k, wt, &c->md, &c->data, &c->bytes, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    dnnl_status_t st = dnnl_memory_create(&c->mem, &c->md, l->engine, c->data);
+    if (st != dnnl_success) {
+        rc = kc_error_set(err, KC_EBACKEND, "oneDNN: weights memory (status %d)", (int)st);
+        goto fail;
+    }
+fail:
+    kc_aligned_free(plain);
+    free(row_tmp);
+    return rc;
+}
+
+int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in,
+                      enum eng_wtype prefill_wt, enum eng_wtype decode_wt, struct eng_linear **out,
+                      struct kc_error *err) {
+    if (parts == NULL || n_parts <= 0 || n_in <= 0) {
+        return kc_error_set(err, KC_EINVAL, "linear: %d parts of %d inputs", n_parts, n_in);
+    }
+    if ((prefill_wt != ENG_WTYPE_F32 && prefill_wt != ENG_WTYPE_BF16) ||
+        (decode_wt != ENG_WTYPE_F32 && decode_wt != ENG_WTYPE_BF16)) {
+        return kc_error_set(err, KC_EINVAL, "linear: bad weight type");
+    }
+    long long n_out = 0;
+    bool any_bias = false;
+    for (int p = 0; p < n_parts; p++) {
+        if (parts[p].data == NULL || parts[p].rows <= 0 || !dtype_ok(parts[p].dtype)) {
+            return kc_error_set(err, KC_EINVAL, "linear: part %d has no data, no rows or dtype %d",
+                                p, (int)parts[p].dtype);
+        }
+        n_out += parts[p].rows;
+        any_bias = any_bias || parts[p].bias != NULL;
+    }
+    if (n_out > INT_MAX / 2) {
+        return kc_error_set(err, KC_ERANGE, "linear: %lld outputs is too many", n_out);
+    }
+    struct eng_linear *l = kc_calloc(1, sizeof(*l));
+    int rc;
+    if (l == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "linear: out of memory");
+    }
+    l->n_out = (int)n_out;
+    l->n_in = n_in;
+    l->prefill_wt = prefill_wt;
+    l->decode_wt = decode_wt;
+    dnnl_status_t st = dnnl_engine_create(&l->engine, dnnl_cpu, 0);
+    if (st != dnnl_success) {
+        rc =
+            kc_error_set(err, KC_EBACKEND, "oneDNN: cannot create CPU engine (status %d)", (int)st);
+        goto fail;
+    }
+    if (any_bias) {
+        l->bias = kc_aligned_alloc((size_t)l->n_out * sizeof(float));
+        if (l->bias == NULL) {
+            rc = kc_error_set(err, KC_ENOMEM, "linear: out of memory");
+            goto fail;
+        }
+        int row0 = 0;
+        for (int p = 0; p < n_parts; p++) {
+            if (parts[p].bias != NULL) {
+                eng_dtype_to_f32(parts[p].dtype, parts[p].bias, l->bias + row0,
+                                 (size_t)parts[p].rows);
+            }
+            row0 += parts[p].rows;
+        }
+        dnnl_memory_desc_t b_md;
+        const dnnl_dims_t b_dims = {1, l->n_out};
+        st = dnnl_memory_desc_init_by_tag(&b_md, 2, b_dims, dnnl_f32, dnnl_ab);
+        if (st == dnnl_success) {
+            st = dnnl_memory_create(&l->bias_mem, &b_md, l->engine, l->bias);
+        }
+        if (st != dnnl_success) {
+            rc = kc_error_set(err, KC_EBACKEND, "oneDNN: bias memory (status %d)", (int)st);
+            goto fail;
+        }
+    }
+    rc = linear_make_copy(l, &l->copy[0], prefill_wt, ENG_LINEAR_CHUNK, parts, n_parts, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    l->n_copies = 1;
+    l->prefill_copy = 0;
+    l->decode_copy = 0;
+    if (decode_wt != prefill_wt) {
+        rc = linear_make_copy(l, &l->copy[1], decode_wt, ENG_DECODE_MAX_M, parts, n_parts, err);
+        if (rc != 0) {
+            goto fail;
+        }
+        l->n_copies = 2;
+        l->decode_copy = 1;
+    }
+    *out = l;
+    return 0;
+fail:
+    eng_linear_free(l);
+    return rc;
+}
+
+int eng_linear_n_out(const struct eng_linear *l) {
+    return l->n_out;
+}
+
+int eng_linear_n_in(const struct eng_linear *l) {
+    return l->n_in;
+}
+
+size_t eng_linear_bytes(const struct eng_linear *l) {
+    size_t total = 0;
+    for (int i = 0; i < l->n_copies; i++) {
+        total += l->copy[i].bytes;
+    }
+    return total;
+}
+
+size_t eng_linear_bytes_read(const struct eng_linear *l, int m) {
+    return l->copy[m <= ENG_DECODE_MAX_M ? l->decode_copy : l->prefill_copy].bytes;
+}
+
+/* ---- primitive cache ---- */
+
+static size_t prim_hash(int n, int k, int rows, enum eng_wtype wt, bool bias) {
+    uint64_t h = 1469598103934665603ull;
+    const uint64_t v[5] = {(uint64_t)n, (uint64_t)k, (uint64_t)rows, (uint64_t)wt, (uint64_t)bias};
+    for (int i = 0; i < 5; i++) {
+        h = (h ^ v[i]) * 1099511628211ull;
+    }
+    return (size_t)(h ^ (h >> 29));
+}
+
+static struct eng_prim *prim_lookup(const struct eng_dnn *dnn, const struct eng_linear *l,
+                                    const struct eng_wcopy *c, int rows) {
+    const bool bias = l->bias != NULL;
+    size_t i = prim_hash(l->n_out, l->n_in, rows, c->wt, bias) & (dnn->cap - 1);
+    for (;;) {
+        const struct eng_prim *p = dnn->slots[i];
+        if (p == NULL) {
+            return NULL;
+        }
+        if (p->n == l->n_out && p->k == l->n_in && p->rows == rows && p->wt == c->wt &&
+            p->bias == bias && dnnl_memory_desc_equal(&p->wmd, &c->md)) {
+            return dnn->slots[i];
+        }
+        i = (i + 1) & (dnn->cap - 1);
+    }
+}
+
+static int prim_insert(struct eng_dnn *dnn, struct eng_prim *p) {
+    if ((dnn->count + 1) * 2 > dnn->cap) {
+        const size_t cap = dnn->cap * 2;
+        struct eng_prim **slots = kc_calloc(cap, sizeof(*slots));
+        if (slots == NULL) {
+            return KC_ENOMEM;
+        }
+        for (size_t i = 0; i < dnn->cap; i++) {
+            struct eng_prim *q = dnn->slots[i];
+            if (q != NULL) {
+                size_t j = prim_hash(q->n, q->k, q->rows, q->wt, q->bias) & (cap - 1);
+                while (slots[j] != NULL) {
+                    j = (j + 1) & (cap - 1);
+                }
+                slots[j] = q;
+            }
+        }
+        free(dnn->slots);
+        dnn->slots = slots;
+        dnn->cap = cap;
+    }
+    size_t j = prim_hash(p->n, p->k, p->rows, p->wt, p->bias) & (dnn->cap - 1);
+    while (dnn->slots[j] != NULL) {
+        j = (j + 1) & (dnn->cap - 1);
+    }
+    dnn->slots[j] = p;
+    dnn->count++;
+    return 0;
+}
+
+/* Creates the primitive for `rows` rows of copy c (invariant 2) and grows the scratch. */
+static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const struct eng_wcopy *c,
+                       int rows, struct eng_prim **out, struct kc_error *err) {
+    const bool bias = l->bias != NULL;
+    const int n = l->n_out, k = l->n_in;
+    dnnl_primitive_desc_t pd = NULL;
+    int rc = KC_EBACKEND;
+    struct eng_prim *p = kc_calloc(1, sizeof(*p));
+    if (p == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "oneDNN primitive: out of memory");
+    }
+    p->n = n;
+    p->k = k;
+    p->rows = rows;
+    p->wt = c->wt;
+    p->bias = bias;
+    p->wmd = c->md;
+    p->exec_rows = rows;
+    set_team(dnn->n_threads);
+    dnnl_status_t st = matmul_pd(dnn->engine, rows, n, k, c->wt, &c->md, bias, &pd);
+    if (st == dnnl_success &&
+        !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
+                                &c->md)) {
+        st = dnnl_unimplemented;
+    }
+    if (st != dnnl_success) {
+        /* oneDNN refuses the packed layout for this row count: run the row count the
+         * layout was chosen for, padding rows (invariant 2). */
+        dnnl_primitive_desc_destroy(pd);
+        pd = NULL;
+        p->exec_rows = c->rep_rows > rows ? c->rep_rows : rows;
+        st = matmul_pd(dnn->engine, p->exec_rows, n, k, c->wt, &c->md, bias, &pd);
+        if (st == dnnl_success &&
+            !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
+                                    &c->md)) {
+            st = dnnl_unimplemented;
+        }
+    }
+    if (st != dnnl_success) {
+        rc = kc_error_set(err, KC_EBACKEND,
+                          "oneDNN: no %s matmul for %d x %d x %d with packed weights (status %d)",
+                          wt_name(c->wt), rows, n, k, (int)st);
+        goto fail;
+    }
+    st = dnnl_primitive_create(&p->prim, pd);
+    if (st == dnnl_success) {
+        st = dnnl_memory_create(&p->src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0),
+                                dnn->engine, DNNL_MEMORY_NONE);
+    }
+    if (st == dnnl_success) {
+        st = dnnl_memory_create(&p->dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0),
+                                dnn->engine, DNNL_MEMORY_NONE);
+    }
+    const dnnl_memory_desc_t *pad_md =
+        dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    if (st == dnnl_success) {
+        st = dnnl_memory_create(&p->pad, pad_md, dnn->engine, DNNL_MEMORY_NONE);
+    }
+    if (st != dnnl_success) {
+        rc = kc_error_set(err, KC_EBACKEND, "oneDNN: creating %s matmul %d x %d x %d (status %d)",
+                          wt_name(c->wt), rows, n, k, (int)st);
+        goto fail;
+    }
+    /* Scratch: activations for the padded/converted rows, padded dst, scratchpad. */
+    const size_t er = (size_t)p->exec_rows;
+    if (scratch_grow(&dnn->act, &dnn->act_bytes, er * (size_t)k * sizeof(float)) != 0 ||
+        scratch_grow((void **)&dnn->out, &dnn->out_bytes, er * (size_t)n * sizeof(float)) != 0 ||
+        scratch_grow(&dnn->pad, &dnn->pad_bytes, dnnl_memory_desc_get_size(pad_md) + 64) != 0) {
+        rc = kc_error_set(err, KC_ENOMEM, "oneDNN scratch for %d x %d x %d: out of memory",
+                          p->exec_rows, n, k);
+        goto fail;
+    }
+    if (prim_insert(dnn, p) != 0) {
+        rc = kc_error_set(err, KC_ENOMEM, "oneDNN primitive cache: out of memory");
+        goto fail;
+    }
+    dnnl_primitive_desc_destroy(pd);
+    *out = p;
+    return 0;
+fail:
+    dnnl_primitive_desc_destroy(pd);
+    prim_free(p);
+    return rc;
+}
+
+/* ---- forward ---- */
+
+/* Row count of the primitive that runs a prefill chunk of r rows (invariant 3). */
+static int chunk_bucket(int r) {
+    if (r >= ENG_LINEAR_CHUNK) {
+        return ENG_LINEAR_CHUNK;
+    }
+    if (r <= 128) {
+        return (r + 31) / 32 * 32;
+    }
+    const int b = (r + 63) / 64 * 64;
+    return b < ENG_LINEAR_CHUNK ? b : ENG_LINEAR_CHUNK;
+}
+
+/* Converts rows x k f32 (row stride k) to bf16 with round-to-nearest-even. */
+static void cvt_bf16(const float *restrict x, size_t n, uint16_t *restrict y) {
+#if defined(__AVX512BF16__)
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));
+        _mm256_storeu_si256((__m256i *)(void *)(y + i), (__m256i)v);
+    }
+    if (i < n) {
+        const __mmask16 mask = (__mmask16)((1u << (n - i)) - 1u);
+        const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + i));
+        _mm256_mask_storeu_epi16(y + i, mask, (__m256i)v);
+    }
+#else
+    for (size_t i = 0; i < n; i++) {
+        y[i] = eng_f32_to_bf16(x[i]);
+    }
+#endif
+}
+
+static void cvt_bf16_par(const float *x, size_t n, uint16_t *y) {
+    if (n < ENG_CVT_PAR_MIN) {
+        cvt_bf16(x, n, y);
+        return;
+    }
+    const size_t block = 4096;
+    const long n_blocks = (long)((n + block - 1) / block);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (long b = 0; b < n_blocks; b++) {
+        const size_t i0 = (size_t)b * block;
+        const size_t len = n - i0 < block ? n - i0 : block;
+        cvt_bf16(x + i0, len, y + i0);
+    }
+}
+
+/* Runs rows r (<= bucket's rows) of x through the cached primitive for `rows`. */
+static void run_block(struct eng_dnn *dnn, const struct eng_linear *l, const struct eng_wcopy *c,
+                      int rows, const float *x, int r, float *y) {
+    const int n = l->n_out, k = l->n_in;
+    struct eng_prim *p = prim_lookup(dnn, l, c, rows);
+    if (p == NULL) {
+        struct kc_error err = {0};
+        const int rc = prim_create(dnn, l, c, rows, &p, &err);
+        /* Creation failing here means eng_linear_prepare was skipped and the machine cannot
+         * run this shape: a programmer error for a kernel. */
+        if (rc != 0) {
+            kc__assert_fail(err.msg, __FILE__, __LINE__, __func__);
+        }
+    }
+    const bool padded = p->exec_rows > r;
+    const void *src = x;
+    if (c->wt == ENG_WTYPE_BF16) {
+        cvt_bf16_par(x, (size_t)r * (size_t)k, dnn->act);
+        src = dnn->act;
+    } else if (padded) {
+        memcpy(dnn->act, x, (size_t)r * (size_t)k * sizeof(float));
+        src = dnn->act;
+    }
+    float *dst = padded ? dnn->out : y;
+    DNN_ASSERT(dnnl_memory_set_data_handle(p->src, (void *)(uintptr_t)src));
+    DNN_ASSERT(dnnl_memory_set_data_handle(p->dst, dst));
+    DNN_ASSERT(dnnl_memory_set_data_handle(p->pad, dnn->pad));
+    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->src},
+                               {DNNL_ARG_WEIGHTS, c->mem},
+                               {DNNL_ARG_DST, p->dst},
+                               {DNNL_ARG_SCRATCHPAD, p->pad},
+                               {DNNL_ARG_BIAS, l->bias_mem}};
+    DNN_ASSERT(dnnl_primitive_execute(p->prim, dnn->stream, l->bias_mem != NULL ? 5 : 4, args));
+    DNN_ASSERT(dnnl_stream_wait(dnn->stream));
+    if (padded) {
+        memcpy(y, dnn->out, (size_t)r * (size_t)n * sizeof(float));
+    }
+}
+
+void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const float *x, int m,
+                        float *y) {
+    KC_ASSERT(dnn != NULL && l != NULL && x != NULL && y != NULL && m > 0);
+    const size_t k = (size_t)l->n_in, n = (size_t)l->n_out;
+    if (m <= ENG_DECODE_MAX_M) {
+        run_block(dnn, l, &l->copy[l->decode_copy], m, x, m, y);
+        return;
+    }
+    const struct eng_wcopy *c = &l->copy[l->prefill_copy];
+    for (int off = 0; off < m; off += ENG_LINEAR_CHUNK) {
+        const int r = m - off < ENG_LINEAR_CHUNK ? m - off : ENG_LINEAR_CHUNK;
+        run_block(dnn, l, c, chunk_bucket(r), x + (size_t)off * k, r, y + (size_t)off * n);
+    }
+}
+
+int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_m,
+                       struct kc_error *err) {
+    KC_ASSERT(dnn != NULL && l != NULL);
+    struct eng_prim *p;
+    for (int m = 1; m <= max_m && m <= ENG_DECODE_MAX_M; m++) {
+        const struct eng_wcopy *c = &l->copy[l->decode_copy];
+        if (prim_lookup(dnn, l, c, m) == NULL) {
+            const int rc = prim_create(dnn, l, c, m, &p, err);
+            if (rc != 0) {
+                return rc;
+            }
+        }
+    }
+    /* Up to one chunk, the rows themselves pick the bucket; beyond, the last partial chunk
+     * can have any size. */
+    const struct eng_wcopy *c = &l->copy[l->prefill_copy];
+    const int r0 = max_m > ENG_LINEAR_CHUNK ? 1 : ENG_DECODE_MAX_M + 1;
+    const int r1 = max_m > ENG_LINEAR_CHUNK ? ENG_LINEAR_CHUNK : max_m;
+    for (int r = r0; r <= r1; r++) {
+        const int b = chunk_bucket(r);
+        if (prim_lookup(dnn, l, c, b) == NULL) {
+            const int rc = prim_create(dnn, l, c, b, &p, err);
+            if (rc != 0) {
+                return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+void eng__linear_ref(const struct eng_weight_part *parts, int n_parts, int n_in, const float *x,
+                     int m, float *y) {
+    int n_out = 0;
+    for (int p = 0; p < n_parts; p++) {
+        n_out += parts[p].rows;
+    }
+    for (int i = 0; i < m; i++) {
+        int o = 0;
+        for (int p = 0; p < n_parts; p++) {
+            const size_t esz = eng_dtype_size(parts[p].dtype);
+            for (int r = 0; r < parts[p].rows; r++, o++) {
+                const char *w = (const char *)parts[p].data + (size_t)r * (size_t)n_in * esz;
+                float acc = 0.0f;
+                for (int j = 0; j < n_in; j++) {
+                    float wj;
+                    eng_dtype_to_f32(parts[p].dtype, w + (size_t)j * esz, &wj, 1);
+                    acc += x[(size_t)i * (size_t)n_in + (size_t)j] * wj;
+                }
+                if (parts[p].bias != NULL) {
+                    float b;
+                    eng_dtype_to_f32(parts[p].dtype, (const char *)parts[p].bias + (size_t)r * esz,
+                                     &b, 1);
+                    acc += b;
+                }
+                y[(size_t)i * (size_t)n_out + (size_t)o] = acc;
+            }
+        }
+    }
+}
+
+/* ---- measurements ---- */
+
+static double now_s(void) {
+    return kc_now_s();
+}
+
+double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters) {
+    KC_ASSERT(dnn != NULL && m > 0 && n > 0 && k > 0);
+    double best = 0.0;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t src = NULL, w = NULL, dst = NULL, pad = NULL;
+    void *plain = NULL, *packed = NULL, *x = NULL, *pad_buf = NULL;
+    float *y = NULL;
+    size_t packed_bytes = 0;
+    const size_t esz = wt_size(wt);
+    set_team(dnn->n_threads);
+    plain = kc_aligned_alloc((size_t)n * (size_t)k * esz);
+    x = kc_aligned_alloc((size_t)m * (size_t)k * esz);
+    y = kc_aligned_alloc((size_t)m * (size_t)n * sizeof(float));
+    if (plain == NULL || x == NULL || y == NULL) {
+        goto done;
+    }
+    /* Deterministic values in [-0.5, 0.5): timing does not depend on them, but denormals
+     * or NaNs would. */
+    uint32_t s = 12345u;
+    for (size_t i = 0; i < (size_t)n * (size_t)k; i++) {
+        s = s * 1664525u + 1013904223u;
+        const float v = (float)(s >> 8) / 16777216.0f - 0.5f;
+        if (wt == ENG_WTYPE_BF16) {
+            ((uint16_t *)plain)[i] = eng_f32_to_bf16(v);
+        } else {
+            ((float *)plain)[i] = v;
+        }
+    }
+    for (size_t i = 0; i < (size_t)m * (size_t)k; i++) {
+        s = s * 1664525u + 1013904223u;
+        const float v = (float)(s >> 8) / 16777216.0f - 0.5f;
+        if (wt == ENG_WTYPE_BF16) {
+            ((uint16_t *)x)[i] = eng_f32_to_bf16(v);
+        } else {
+            ((float *)x)[i] = v;
+        }
+    }
+    dnnl_memory_desc_t wmd;
+    if (preferred_wmd(dnn->engine, m, n, k, wt, false, &wmd, NULL) != 0 ||
+        pack_weights(dnn->engine, plain, n, k, wt, &wmd, &packed, &packed_bytes, NULL) != 0) {
+        goto done;
+    }
+    if (matmul_pd(dnn->engine, m, n, k, wt, &wmd, false, &pd) != dnnl_success ||
+        dnnl_primitive_create(&prim, pd) != dnnl_success) {
+        goto done;
+    }
+    const dnnl_memory_desc_t *pad_md =
+        dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    pad_buf = kc_aligned_alloc(dnnl_memory_desc_get_size(pad_md) + 64);
+    if (pad_buf == NULL ||
+        dnnl_memory_create(&src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0),
+                           dnn->engine, x) != dnnl_success ||
+        dnnl_memory_create(&w, &wmd, dnn->engine, packed) != dnnl_success ||
+        dnnl_memory_create(&dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0),
+                           dnn->engine, y) != dnnl_success ||
+        dnnl_memory_create(&pad, pad_md, dnn->engine, pad_buf) != dnnl_success) {
+        goto done;
+    }
+    const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, src},
+                                     {DNNL_ARG_WEIGHTS, w},
+                                     {DNNL_ARG_DST, dst},
+                                     {DNNL_ARG_SCRATCHPAD, pad}};
+    for (int it = -1; it < (iters > 0 ? iters : 1); it++) {
+        const double t0 = now_s();
+        if (dnnl_primitive_execute(prim, dnn->stream, 4, args) != dnnl_success ||
+            dnnl_stream_wait(dnn->stream) != dnnl_success) {
+            best = 0.0;
+            goto done;
+        }
+        const double g = 2.0 * m * (double)n * k / (now_s() - t0) / 1e9;
+        if (it >= 0 && g > best) {
+            best = g; /* iteration -1 warms up caches and page mappings */
+        }
+    }
+done:
+    dnnl_memory_destroy(src);
+    dnnl_memory_destroy(w);
+    dnnl_memory_destroy(dst);
+    dnnl_memory_destroy(pad);
+    dnnl_primitive_destroy(prim);
+    dnnl_primitive_desc_destroy(pd);
+    kc_aligned_free(plain);
+    kc_aligned_free(packed);
+    kc_aligned_free(x);
+    kc_aligned_free(y);
+    kc_aligned_free(pad_buf);
+    return best;
+}
+
+double eng_stream_triad_gbs(size_t bytes_per_array, int iters) {
+    const size_t n = bytes_per_array / sizeof(float);
+    float *a = kc_aligned_alloc(n * sizeof(float));
+    float *b = kc_aligned_alloc(n * sizeof(float));
+    float *c = kc_aligned_alloc(n * sizeof(float));
+    double best = 0.0;
+    if (a == NULL || b == NULL || c == NULL || n == 0) {
+        goto done;
+    }
+    const long nl = (long)n;
+    /* First touch from the team that will run the triad. */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (long i = 0; i < nl; i++) {
+        a[i] = 0.0f;
+        b[i] = 1.0f;
+        c[i] = 2.0f;
+    }
+    const float s = 3.0f;
+    for (int it = -1; it < (iters > 0 ? iters : 1); it++) {
+        const double t0 = now_s();
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (long i = 0; i < nl; i++) {
+            a[i] = b[i] + s * c[i];
+        }
+        const double gbs = 3.0 * (double)(n * sizeof(float)) / (now_s() - t0) / 1e9;
+        if (it >= 0 && gbs > best) {
+            best = gbs;
+        }
+    }
+    KC_ASSERT(a[n - 1] == 7.0f);
+done:
+    kc_aligned_free(a);
+    kc_aligned_free(b);
+    kc_aligned_free(c);
+    return best;
+}
