@@ -50,6 +50,11 @@ struct eng_model_config {
     int bos_token_id;                  /* -1 when absent */
     int eos_token_ids[ENG_MAX_EOS];    /* `eos_token_id` may be an int or a list */
     int n_eos;
+    /* Sliding-window attention span (mistral `sliding_window`, qwen2 when
+     * `use_sliding_window`), 0 = none. We do not implement SWA: a window smaller than
+     * max_position_embeddings is recorded here so the engine can refuse contexts beyond it;
+     * one that never bites (>= max_position_embeddings) is stored as 0. */
+    int sliding_window;
 };
 
 /*
@@ -57,7 +62,9 @@ struct eng_model_config {
  * present where required, integer where an integer is required, within the limits above,
  * n_heads % n_kv_heads == 0, head_dim*n_heads sane, finite positive eps/theta, known
  * model_type and rope_scaling type. Unknown keys are ignored (HF configs carry many).
- * On failure fills err naming the key and leaves *out untouched.
+ * On failure fills err naming the key and leaves *out untouched. Codes: KC_EFORMAT (bad JSON,
+ * missing key, wrong JSON type, heads not dividing), KC_ERANGE (outside the limits above),
+ * KC_EUNSUPPORTED (model_type, rope scaling type, hidden_act other than silu, mlp_bias).
  */
 int eng_model_config_parse(const char *json, size_t len, struct eng_model_config *out,
                            struct kc_error *err);
@@ -71,7 +78,8 @@ int eng_model_config_load(const char *path, struct eng_model_config *out, struct
  */
 int eng_model_config_preset(const char *name, struct eng_model_config *out);
 
-/* Parameter count (weights only) and forward FLOPs per token at context length ctx. */
+/* Parameter count (weights only) and forward FLOPs per token at context length ctx
+ * (2 * matmul weights incl. lm_head + 4*ctx*H*D*L attention; formulas in model_config.c). */
 size_t eng_model_config_n_params(const struct eng_model_config *c);
 double eng_model_config_flops_per_token(const struct eng_model_config *c, int ctx);
 

@@ -13,6 +13,18 @@
  * N bytes of UTF-8 JSON {"name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]},
  * "__metadata__": {"k": "v"}}, then the data region; offsets are relative to its start.
  * Every rule the reader enforces is listed at eng_st_parse_header.
+ *
+ * Error codes: KC_EFORMAT for anything malformed (bad length prefix, bad JSON, bad offsets,
+ * gaps, overlaps, span mismatches, duplicate names, bad index), KC_ERANGE for a header
+ * longer than ENG_ST_MAX_HEADER or a shape whose byte size overflows, KC_EUNSUPPORTED for a
+ * dtype we do not read or more than ENG_ST_MAX_DIMS dims, KC_ENOTFOUND for a missing file
+ * or shard, KC_EIO for an operating-system failure, KC_ENOMEM, KC_EINVAL for bad arguments
+ * to eng_st_write.
+ *
+ * Alignment: tensor data is a view into the mapping when it is aligned to its element size
+ * (always so for files written by the reference library, which orders tensors by alignment,
+ * and by eng_st_write when callers list wider dtypes first); a misaligned tensor is copied
+ * once at open into an aligned buffer the set owns, so `data` is always element-aligned.
  */
 #ifndef ENG_SAFETENSORS_H
 #define ENG_SAFETENSORS_H
