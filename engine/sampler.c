@@ -135,13 +135,61 @@ static void apply_penalties(const struct eng_sampler *s, float *logits) {
     }
 }
 
-/* Candidates are sorted as (probability, id) pairs so the comparator needs no context. */
-static int cmp_cand_desc(const void *a, const void *b) {
-    const struct eng_cand *x = a, *y = b;
-    if (x->p != y->p) {
-        return (x->p < y->p) - (x->p > y->p);
+/* Candidate order: higher probability first, ties broken by the lower id (deterministic). */
+static bool cand_before(const struct eng_cand *x, const struct eng_cand *y) {
+    return x->p > y->p || (x->p == y->p && x->id < y->id);
+}
+
+static void sift_down(struct eng_cand *h, int n, int i) {
+    for (;;) {
+        int best = i;
+        const int l = 2 * i + 1, r = l + 1;
+        if (l < n && cand_before(&h[l], &h[best])) {
+            best = l;
+        }
+        if (r < n && cand_before(&h[r], &h[best])) {
+            best = r;
+        }
+        if (best == i) {
+            return;
+        }
+        const struct eng_cand t = h[i];
+        h[i] = h[best];
+        h[best] = t;
+        i = best;
     }
-    return (x->id > y->id) - (x->id < y->id);
+}
+
+/*
+ * Partial heap sort in place (no allocation, unlike qsort): extracts candidates best-first
+ * until `want` are taken or their mass reaches mass_stop. The taken ones end up, best
+ * first, in c[n - k .. n - 1] after a final reversal; returns k. Cost O(n + k log n), so
+ * top-p over a 128k vocabulary touches only the head of the distribution.
+ */
+static int take_best(struct eng_cand *c, int n, int want, double mass_stop) {
+    for (int i = n / 2 - 1; i >= 0; i--) {
+        sift_down(c, n, i);
+    }
+    int k = 0;
+    double mass = 0.0;
+    while (k < want && k < n) {
+        const int last = n - 1 - k;
+        const struct eng_cand top = c[0];
+        c[0] = c[last];
+        c[last] = top;
+        sift_down(c, last, 0);
+        k++;
+        mass += top.p;
+        if (mass >= mass_stop) {
+            break;
+        }
+    }
+    for (int i = 0; i < k / 2; i++) {
+        const struct eng_cand t = c[n - k + i];
+        c[n - k + i] = c[n - 1 - i];
+        c[n - 1 - i] = t;
+    }
+    return k;
 }
 
 int32_t eng_sampler_sample(struct eng_sampler *s, float *logits, float *logprob) {
@@ -181,35 +229,23 @@ int32_t eng_sampler_sample(struct eng_sampler *s, float *logits, float *logprob)
             s->cand[n++].id = i;
         }
     }
-    const bool truncate = p->top_k > 0 || p->top_p < 1.0f;
-    if (truncate) {
-        qsort(s->cand, (size_t)n, sizeof(struct eng_cand), cmp_cand_desc);
-        if (p->top_k > 0 && p->top_k < n) {
-            n = p->top_k;
-        }
-        if (p->top_p < 1.0f) {
-            double cum = 0.0;
-            int keep = n;
-            for (int i = 0; i < n; i++) {
-                cum += s->cand[i].p;
-                if (cum >= p->top_p) {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            n = keep;
-        }
+    struct eng_cand *cand = s->cand;
+    if (p->top_k > 0 || p->top_p < 1.0f) {
+        const int want = p->top_k > 0 ? p->top_k : n;
+        const int k = take_best(s->cand, n, want, p->top_p < 1.0f ? (double)p->top_p : 2.0);
+        cand = s->cand + (n - k);
+        n = k;
     }
     double mass = 0.0;
     for (int i = 0; i < n; i++) {
-        mass += s->cand[i].p;
+        mass += cand[i].p;
     }
     double r = rng_uniform(s->rng) * mass;
-    int32_t tok = s->cand[n - 1].id;
+    int32_t tok = cand[n - 1].id;
     for (int i = 0; i < n; i++) {
-        r -= s->cand[i].p;
+        r -= cand[i].p;
         if (r <= 0.0) {
-            tok = s->cand[i].id;
+            tok = cand[i].id;
             break;
         }
     }
