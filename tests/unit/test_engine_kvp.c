@@ -1,0 +1,931 @@
+/*
+ * Tests of KV Prediction (engine/kvp.c, engine/kvp_calibrate.c, engine/ops_gram.c): the
+ * identity invariant (aux = base, identity maps: predicted cache == the base's own, greedy
+ * output == the full path), random predictors of real shapes, predictor files and bundles
+ * (round trip and every rejection), layer maps, one-token prompts, and closed-form
+ * calibration (exact recovery of a known affine map; ~identity when aux = base). Every test
+ * checks that all KV blocks went back to their pools.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/kc.h"
+#include "engine/kvp.h"
+#include "engine/model.h"
+#include "engine/ops_gram.h"
+#include "engine/safetensors.h"
+
+static void case_dir(char *out, size_t cap, const char *name) {
+    const char *src = getenv("KC_SOURCE_DIR");
+    snprintf(out, cap, "%s/tests/golden/%s", src != NULL ? src : ".", name);
+}
+
+static struct eng_model *load_case(const char *name) {
+    char dir[1024];
+    case_dir(dir, sizeof(dir), name);
+    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_F32};
+    struct eng_model *m = NULL;
+    struct kc_error err = {0};
+    if (eng_model_load(dir, &p, &m, &err) != KC_OK) {
+        fail_msg("%s: %s", dir, err.msg);
+    }
+    return m;
+}
+
+/* The golden prompt of a case (24 tokens), copied. */
+static int32_t *golden_tokens(const char *name, int *n) {
+    char dir[1024], path[1100];
+    case_dir(dir, sizeof(dir), name);
+    snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
+    struct eng_st_set *ref = NULL;
+    struct kc_error err = {0};
+    if (eng_st_set_open(path, &ref, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    const struct eng_st_tensor *t = eng_st_set_find(ref, "tokens");
+    assert_non_null(t);
+    *n = (int)t->shape[0];
+    int32_t *tok = malloc((size_t)*n * sizeof(int32_t));
+    memcpy(tok, t->data, (size_t)*n * sizeof(int32_t));
+    eng_st_set_free(ref);
+    return tok;
+}
+
+static float max_diff(const float *a, const float *b, size_t n) {
+    float mx = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float d = fabsf(a[i] - b[i]);
+        mx = d > mx || isnan(d) ? d : mx;
+    }
+    return mx;
+}
+
+static int32_t argmax(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++) {
+        if (x[i] > x[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+/* An identity predictor for a model paired with itself. */
+static struct eng_kvp *identity_predictor(const struct eng_model_config *c) {
+    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
+    const int L = s.base_layers, N = s.base_kv_dim;
+    float *w = calloc((size_t)L * N * N, sizeof(float));
+    int32_t *map = calloc((size_t)L, sizeof(int32_t));
+    for (int l = 0; l < L; l++) {
+        map[l] = l;
+        for (int i = 0; i < N; i++) {
+            w[(size_t)l * N * N + (size_t)i * N + i] = 1.0f;
+        }
+    }
+    struct eng_kvp *p = NULL;
+    struct kc_error err = {0};
+    if (eng_kvp_create(&s, map, w, NULL, w, NULL, &p, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    free(w);
+    free(map);
+    return p;
+}
+
+/* ---- the invariant ---- */
+
+/* With aux = base and identity maps, the predicted cache equals the base's own cache and the
+ * greedy continuation equals the full path's, token for token. */
+static void check_identity_invariant(const char *name) {
+    struct eng_model *base = load_case(name), *aux = load_case(name);
+    const struct eng_model_config *c = eng_model_config_of(base);
+    const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
+    struct eng_kvp *pred = identity_predictor(c);
+    int n = 0;
+    int32_t *prompt = golden_tokens(name, &n);
+    const int G = 32;
+    struct kc_error err = {0};
+    struct eng_kvp_ctx *kc = NULL;
+    if (eng_kvp_ctx_create(base, aux, pred, 64, n + G + 1, 1, &kc, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 8, 32, &err), KC_OK);
+    struct eng_seq full = {0}, pr = {0};
+    float *lf = calloc((size_t)V, sizeof(float)), *lp = calloc((size_t)V, sizeof(float));
+    struct eng_kvp_timings t = {0};
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &full, prompt, n, lf, NULL, &err),
+                     KC_OK);
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &pr, prompt, n, lp, &t, &err),
+                     KC_OK);
+    assert_int_equal(pr.n_tokens, n);
+    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+    float dk = 0, dv = 0;
+    for (int l = 0; l < L; l++) {
+        for (int p = 0; p < n; p++) {
+            dk = fmaxf(dk, max_diff(eng_kv_k_at(&pool, &full, l, p), eng_kv_k_at(&pool, &pr, l, p),
+                                    (size_t)kvd));
+            dv = fmaxf(dv, max_diff(eng_kv_v_at(&pool, &full, l, p), eng_kv_v_at(&pool, &pr, l, p),
+                                    (size_t)kvd));
+        }
+    }
+    const float dl = max_diff(lf, lp, (size_t)V);
+    print_message("%s: identity predictor maxdiff k %.3g v %.3g first logits %.3g "
+                  "(aux %.2f ms, predict %.2f ms, base step %.2f ms)\n",
+                  name, dk, dv, dl, t.aux_ms, t.predict_ms, t.base_first_step_ms);
+    assert_true(dk <= 1e-6f);
+    assert_true(dv <= 1e-6f);
+    assert_true(dl <= 1e-5f);
+    /* Greedy continuation, each path appending its own exact K/V. */
+    for (int i = 0; i < G; i++) {
+        int32_t a = argmax(lf, V), b = argmax(lp, V);
+        if (a != b) {
+            fail_msg("%s: greedy token %d differs: full %d, predict %d", name, i, a, b);
+        }
+        assert_int_equal(
+            eng_kvp_forward(kc, ENG_KVP_FULL, &pool, &full, &a, 1, ENG_LOGITS_LAST, lf, &err),
+            KC_OK);
+        assert_int_equal(
+            eng_kvp_forward(kc, ENG_KVP_PREDICT, &pool, &pr, &b, 1, ENG_LOGITS_LAST, lp, &err),
+            KC_OK);
+    }
+    eng_seq_release(&pool, &full);
+    eng_seq_release(&pool, &pr);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 32);
+    free(lf);
+    free(lp);
+    free(prompt);
+    eng_kv_pool_free(&pool);
+    eng_kvp_ctx_free(kc);
+    eng_kvp_free(pred);
+    eng_model_free(aux);
+    eng_model_free(base);
+}
+
+static void test_identity_predictor_reproduces_base_kv(void **state) {
+    (void)state;
+    static const char *const cases[] = {"llama_gqa", "llama_untied_bf16", "qwen2_bias",
+                                        "llama3_scaling", "llama_linear_scaling"};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        check_identity_invariant(cases[i]);
+    }
+}
+
+/* ---- a real-shaped pair: golden base, smaller random aux ---- */
+
+static struct eng_model *small_aux_for(const struct eng_model_config *base, uint64_t seed) {
+    struct eng_model_config c = *base;
+    c.n_layers = 1;
+    c.hidden_size = 32;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.head_dim = 16;
+    c.intermediate_size = 64;
+    c.attention_bias = false;
+    c.arch = ENG_ARCH_LLAMA;
+    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_F32};
+    struct eng_model *m = NULL;
+    struct kc_error err = {0};
+    if (eng_model_init_random(&c, &p, seed, &m, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    return m;
+}
+
+/* A random predictor of the right shape runs in every mode and for every prompt length from
+ * 1 up, leaving finite logits and all blocks returned; a one-token prompt in predict mode is
+ * exactly the full path. */
+static void test_random_predictor_runs_and_one_token_prompt_works(void **state) {
+    (void)state;
+    struct eng_model *base = load_case("llama_untied_bf16");
+    const struct eng_model_config *bc = eng_model_config_of(base);
+    struct eng_model *aux = small_aux_for(bc, 7);
+    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(bc, eng_model_config_of(aux));
+    assert_int_equal(s.aux_layers, 1);
+    assert_int_equal(s.aux_kv_dim, 16);
+    struct eng_kvp *pred = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_create_random(&s, NULL, 42, &pred, &err), KC_OK);
+    struct eng_kvp_ctx *kc = NULL;
+    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 16, 64, 1, &kc, &err), KC_OK);
+    struct eng_kv_pool bpool, apool;
+    assert_int_equal(eng_kv_pool_init(&bpool, bc, 4, 16, &err), KC_OK);
+    assert_int_equal(eng_kv_pool_init(&apool, eng_model_config_of(aux), 4, 16, &err), KC_OK);
+    const int V = bc->vocab_size;
+    float *logits = calloc((size_t)V, sizeof(float)), *ref = calloc((size_t)V, sizeof(float));
+    int32_t prompt[40];
+    for (int i = 0; i < 40; i++) {
+        prompt[i] = (int32_t)((i * 37 + 11) % V);
+    }
+    const int lens[] = {1, 2, 17, 40};
+    for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+        for (int mode = 0; mode < ENG_KVP_N_MODES; mode++) {
+            struct eng_kv_pool *pool = mode == ENG_KVP_AUX ? &apool : &bpool;
+            struct eng_seq seq = {0};
+            struct eng_kvp_timings t = {0};
+            if (eng_kvp_prefill(kc, (enum eng_kvp_mode)mode, pool, &seq, prompt, lens[li], logits,
+                                &t, &err) != KC_OK) {
+                fail_msg("%s n=%d: %s", eng_kvp_mode_name((enum eng_kvp_mode)mode), lens[li],
+                         err.msg);
+            }
+            assert_int_equal(seq.n_tokens, lens[li]);
+            for (int i = 0; i < V; i++) {
+                assert_true(isfinite(logits[i]));
+            }
+            assert_true(t.total_ms >= 0.0);
+            /* One decode step after the prefill. */
+            int32_t next = argmax(logits, V);
+            assert_int_equal(eng_kvp_forward(kc, (enum eng_kvp_mode)mode, pool, &seq, &next, 1,
+                                             ENG_LOGITS_LAST, logits, &err),
+                             KC_OK);
+            eng_seq_release(pool, &seq);
+        }
+    }
+    /* n == 1: nothing to predict, predict == full exactly. */
+    struct eng_seq a = {0}, b = {0};
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &bpool, &a, prompt, 1, ref, NULL, &err),
+                     KC_OK);
+    assert_int_equal(
+        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &bpool, &b, prompt, 1, logits, NULL, &err), KC_OK);
+    assert_true(max_diff(ref, logits, (size_t)V) == 0.0f);
+    eng_seq_release(&bpool, &a);
+    eng_seq_release(&bpool, &b);
+    assert_int_equal(eng_kv_pool_n_free(&bpool), 16);
+    assert_int_equal(eng_kv_pool_n_free(&apool), 16);
+    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+    /* The analytic FLOPs of predict are below full's for this 4x cheaper-per-token aux. */
+    const double ff = eng_kvp_ttft_flops(ENG_KVP_FULL, bc, eng_model_config_of(aux), &s, 40);
+    const double fp = eng_kvp_ttft_flops(ENG_KVP_PREDICT, bc, eng_model_config_of(aux), &s, 40);
+    print_message("ttft flops full %.3g predict %.3g (ratio %.3f)\n", ff, fp, fp / ff);
+    assert_true(fp < ff);
+    free(logits);
+    free(ref);
+    eng_kv_pool_free(&bpool);
+    eng_kv_pool_free(&apool);
+    eng_kvp_ctx_free(kc);
+    eng_kvp_free(pred);
+    eng_model_free(aux);
+    eng_model_free(base);
+}
+
+/* Bad prefill requests are refused before anything changes, and leave no blocks taken. */
+static void test_prefill_rejects_bad_requests(void **state) {
+    (void)state;
+    struct eng_model *base = load_case("llama_gqa"), *aux = load_case("llama_gqa");
+    const struct eng_model_config *c = eng_model_config_of(base);
+    struct kc_error err = {0};
+    struct eng_kvp_ctx *kc = NULL, *nopred = NULL;
+    struct eng_kvp *pred = identity_predictor(c);
+    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 8, 16, 1, &kc, &err), KC_OK);
+    assert_int_equal(eng_kvp_ctx_create(base, aux, NULL, 8, 16, 1, &nopred, &err), KC_OK);
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 8, &err), KC_OK);
+    float *logits = calloc((size_t)c->vocab_size, sizeof(float));
+    int32_t toks[20] = {0};
+    struct eng_seq seq = {0};
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 0, logits, NULL, &err),
+                     KC_EINVAL);
+    assert_int_equal(
+        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 17, logits, NULL, &err),
+        KC_ECONTEXT);
+    toks[3] = c->vocab_size;
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 5, logits, NULL, &err),
+                     KC_ERANGE);
+    toks[3] = 0;
+    assert_int_equal(
+        eng_kvp_prefill(nopred, ENG_KVP_PREDICT, &pool, &seq, toks, 5, logits, NULL, &err),
+        KC_EINVAL);
+    print_message("error: %s\n", err.msg);
+    /* A base pool too small for the prompt: the predicted KV cannot be written. */
+    struct eng_kv_pool tiny;
+    assert_int_equal(eng_kv_pool_init(&tiny, c, 4, 2, &err), KC_OK);
+    assert_int_equal(
+        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &tiny, &seq, toks, 12, logits, NULL, &err), KC_EBUSY);
+    assert_int_equal(seq.n_tokens, 0);
+    assert_int_equal(eng_kv_pool_n_free(&tiny), 2);
+    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+    /* A sequence that already holds tokens. */
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &seq, toks, 3, logits, NULL, &err),
+                     KC_OK);
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 3, logits, NULL, &err),
+                     KC_EINVAL);
+    assert_int_equal(seq.n_tokens, 3);
+    eng_seq_release(&pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 8);
+    /* A predictor of another pair's shape is refused at context creation. */
+    struct eng_model *other = load_case("llama_untied_bf16");
+    struct eng_kvp_ctx *bad = NULL;
+    assert_int_equal(eng_kvp_ctx_create(other, other, pred, 8, 16, 1, &bad, &err), KC_EINVAL);
+    print_message("error: %s\n", err.msg);
+    assert_null(bad);
+    eng_model_free(other);
+    free(logits);
+    eng_kv_pool_free(&tiny);
+    eng_kv_pool_free(&pool);
+    eng_kvp_ctx_free(kc);
+    eng_kvp_ctx_free(nopred);
+    eng_kvp_free(pred);
+    eng_model_free(aux);
+    eng_model_free(base);
+}
+
+/* ---- layer maps ---- */
+
+static void test_layer_map_parse_and_auto(void **state) {
+    (void)state;
+    const struct eng_kvp_shape s = {
+        .base_layers = 4, .aux_layers = 2, .base_kv_dim = 8, .aux_kv_dim = 4};
+    int32_t map[4];
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_layer_map_parse("[0, 0, 1, 1]", &s, map, &err), KC_OK);
+    assert_true(map[0] == 0 && map[1] == 0 && map[2] == 1 && map[3] == 1);
+    assert_int_equal(eng_kvp_layer_map_parse(" 1,0 ,1,0 ", &s, map, &err), KC_OK);
+    assert_true(map[0] == 1 && map[1] == 0 && map[2] == 1 && map[3] == 0);
+    static const char *const bad[] = {"0,0,1",
+                                      "0,0,1,1,1",
+                                      "0,0,2,1",
+                                      "0,,1,1",
+                                      "-1,0,0,0",
+                                      "[0,0,1,1",
+                                      "0,0,1,1]",
+                                      "",
+                                      "a,b,c,d",
+                                      "0,0,1,1,",
+                                      "99999999999999999999,0,0,0"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err = (struct kc_error){0};
+        if (eng_kvp_layer_map_parse(bad[i], &s, map, &err) != KC_EFORMAT) {
+            fail_msg("layer map '%s' was accepted", bad[i]);
+        }
+        assert_true(err.msg[0] != '\0');
+    }
+    print_message("error: %s\n", err.msg);
+    eng_kvp_layer_map_auto(4, 2, map);
+    assert_true(map[0] == 0 && map[1] == 0 && map[2] == 1 && map[3] == 1);
+    int32_t m22[22];
+    eng_kvp_layer_map_auto(22, 6, m22);
+    assert_int_equal(m22[0], 0);
+    assert_int_equal(m22[21], 5);
+    for (int l = 1; l < 22; l++) {
+        assert_true(m22[l] >= m22[l - 1]);
+    }
+    eng_kvp_layer_map_auto(1, 3, map);
+    assert_int_equal(map[0], 0);
+    /* Creation validates the map too. */
+    float w[4 * 8 * 4] = {0};
+    int32_t out_of_range[4] = {0, 1, 2, 0};
+    struct eng_kvp *p = NULL;
+    assert_int_equal(eng_kvp_create(&s, out_of_range, w, NULL, w, NULL, &p, &err), KC_EINVAL);
+    assert_null(p);
+}
+
+/* ---- predictor files ---- */
+
+struct pred_spec {
+    int Lb, La, Nb, Na;
+    const char *layer_map;
+    const char *key_space;  /* NULL: omit */
+    int bad_layer;          /* layer whose k weight gets shape [Nb, Na + 1]; -1: none */
+    bool drop_v_bias;       /* omit v.0.bias */
+    bool extra_tensor;      /* add "q.0.weight" */
+    const char *aux_kv_dim; /* NULL: Na */
+    enum eng_dtype dtype;
+};
+
+/* Writes a predictor file by hand, following spec (all weights 0.5, biases 0.25). */
+static void write_pred(const char *path, const struct pred_spec *sp) {
+    struct eng_st_tensor ts[64];
+    char names[64][32];
+    size_t n = 0;
+    const size_t esz = sp->dtype == ENG_DTYPE_F32 ? 4 : 2;
+    uint8_t *buf = calloc((size_t)(sp->Nb * (sp->Na + 1) + 1), esz);
+    for (int i = 0; i < sp->Nb * (sp->Na + 1); i++) {
+        if (esz == 4) {
+            ((float *)buf)[i] = 0.5f;
+        } else {
+            ((uint16_t *)buf)[i] = 0x3f00; /* bf16 0.5 */
+        }
+    }
+    for (int l = 0; l < sp->Lb; l++) {
+        for (int i = 0; i < 4; i++) {
+            if (sp->drop_v_bias && l == 0 && i == 3) {
+                continue;
+            }
+            struct eng_st_tensor *t = &ts[n];
+            snprintf(names[n], 32, "%c.%d.%s", i < 2 ? 'k' : 'v', l, i % 2 ? "bias" : "weight");
+            *t = (struct eng_st_tensor){.name = names[n], .dtype = sp->dtype, .data = buf};
+            if (i % 2 == 0) {
+                const int cols = sp->Na + (l == sp->bad_layer && i == 0 ? 1 : 0);
+                t->ndim = 2;
+                t->shape[0] = sp->Nb;
+                t->shape[1] = cols;
+                t->nbytes = (size_t)sp->Nb * cols * esz;
+            } else {
+                t->ndim = 1;
+                t->shape[0] = sp->Nb;
+                t->nbytes = (size_t)sp->Nb * esz;
+            }
+            n++;
+        }
+    }
+    if (sp->extra_tensor) {
+        snprintf(names[n], 32, "q.0.weight");
+        ts[n] = (struct eng_st_tensor){.name = names[n],
+                                       .dtype = sp->dtype,
+                                       .data = buf,
+                                       .ndim = 1,
+                                       .shape = {sp->Nb},
+                                       .nbytes = (size_t)sp->Nb * esz};
+        n++;
+    }
+    char bl[16], al[16], bd[16], ad[16];
+    snprintf(bl, sizeof(bl), "%d", sp->Lb);
+    snprintf(al, sizeof(al), "%d", sp->La);
+    snprintf(bd, sizeof(bd), "%d", sp->Nb);
+    snprintf(ad, sizeof(ad), "%.15s", sp->aux_kv_dim != NULL ? sp->aux_kv_dim : "");
+    if (sp->aux_kv_dim == NULL) {
+        snprintf(ad, sizeof(ad), "%d", sp->Na);
+    }
+    char lm[64], ks[32];
+    snprintf(lm, sizeof(lm), "%s", sp->layer_map);
+    snprintf(ks, sizeof(ks), "%s", sp->key_space != NULL ? sp->key_space : "");
+    struct eng_st_meta meta[6] = {{(char *)"layer_map", lm},  {(char *)"base_layers", bl},
+                                  {(char *)"aux_layers", al}, {(char *)"base_kv_dim", bd},
+                                  {(char *)"aux_kv_dim", ad}, {(char *)"key_space", ks}};
+    struct kc_error err = {0};
+    if (eng_st_write(path, ts, n, meta, sp->key_space != NULL ? 6 : 5, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    free(buf);
+}
+
+static int load_spec(const char *path, const struct pred_spec *sp, struct kc_error *err) {
+    write_pred(path, sp);
+    struct eng_kvp *p = NULL;
+    *err = (struct kc_error){0};
+    const int rc = eng_kvp_load(path, &p, err);
+    if (rc == KC_OK) {
+        assert_non_null(p);
+        eng_kvp_free(p);
+    } else {
+        assert_null(p);
+        print_message("rejected: %s\n", err->msg);
+    }
+    return rc;
+}
+
+static void test_predictor_file_round_trip_and_rejections(void **state) {
+    (void)state;
+    char path[] = "/tmp/kc_kvp_XXXXXX";
+    const int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    struct kc_error err = {0};
+    /* Round trip of a random predictor: every weight and the map survive. */
+    const struct eng_kvp_shape s = {
+        .base_layers = 3, .aux_layers = 2, .base_kv_dim = 12, .aux_kv_dim = 8};
+    const int32_t map[3] = {1, 0, 1};
+    struct eng_kvp *p = NULL, *q = NULL;
+    assert_int_equal(eng_kvp_create_random(&s, map, 3, &p, &err), KC_OK);
+    assert_int_equal(eng_kvp_save(p, path, &err), KC_OK);
+    assert_int_equal(eng_kvp_load(path, &q, &err), KC_OK);
+    assert_memory_equal(eng_kvp_shape_of(q), &s, sizeof(s));
+    assert_memory_equal(eng_kvp_layer_map(q), map, sizeof(map));
+    for (int l = 0; l < 3; l++) {
+        for (int w = 0; w < 2; w++) {
+            const float *pw, *pb, *qw, *qb;
+            eng_kvp_map_of(p, w ? 'v' : 'k', l, &pw, &pb);
+            eng_kvp_map_of(q, w ? 'v' : 'k', l, &qw, &qb);
+            assert_memory_equal(pw, qw, 12 * 8 * sizeof(float));
+            assert_memory_equal(pb, qb, 12 * sizeof(float));
+        }
+    }
+    eng_kvp_free(p);
+    eng_kvp_free(q);
+
+    const struct pred_spec good = {.Lb = 2,
+                                   .La = 2,
+                                   .Nb = 6,
+                                   .Na = 4,
+                                   .layer_map = "[0, 1]",
+                                   .key_space = "pre_rope",
+                                   .bad_layer = -1,
+                                   .dtype = ENG_DTYPE_F32};
+    assert_int_equal(load_spec(path, &good, &err), KC_OK);
+    struct pred_spec sp = good;
+    sp.dtype = ENG_DTYPE_BF16;
+    sp.layer_map = "0,1";
+    assert_int_equal(load_spec(path, &sp, &err), KC_OK);
+    /* Wrong tensor shape. */
+    sp = good;
+    sp.bad_layer = 1;
+    assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    assert_non_null(strstr(err.msg, "k.1.weight"));
+    /* Missing tensor. */
+    sp = good;
+    sp.drop_v_bias = true;
+    assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    assert_non_null(strstr(err.msg, "v.0.bias"));
+    /* Stray tensor. */
+    sp = good;
+    sp.extra_tensor = true;
+    assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    assert_non_null(strstr(err.msg, "q.0.weight"));
+    /* Layer map: too short, too long, out of range. */
+    sp = good;
+    sp.layer_map = "[0]";
+    assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    sp.layer_map = "[0, 1, 1]";
+    assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    sp.layer_map = "[0, 2]";
+    assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    assert_non_null(strstr(err.msg, "layer map"));
+    /* Key space: absent, or post-RoPE. */
+    sp = good;
+    sp.key_space = NULL;
+    assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    sp.key_space = "post_rope";
+    assert_int_equal(load_spec(path, &sp, &err), KC_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "post_rope"));
+    /* Metadata dims that are not integers, or disagree with the tensors. */
+    static const char *const bad_dims[] = {"4x", "", "0", "-4", "99999999999", "5"};
+    for (size_t i = 0; i < sizeof(bad_dims) / sizeof(bad_dims[0]); i++) {
+        sp = good;
+        sp.aux_kv_dim = bad_dims[i];
+        assert_int_equal(load_spec(path, &sp, &err), KC_EFORMAT);
+    }
+    remove(path);
+}
+
+/* ---- bundles ---- */
+
+static void write_file(const char *dir, const char *name, const char *text) {
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void link_model(const char *dir, const char *sub, const char *golden) {
+    char d[1100], src[1100], dst[1200], s2[1200];
+    snprintf(d, sizeof(d), "%s/%s", dir, sub);
+    assert_int_equal(mkdir(d, 0755), 0);
+    case_dir(src, sizeof(src), golden);
+    static const char *const files[2] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(s2, sizeof(s2), "%s/%s", src, files[i]);
+        snprintf(dst, sizeof(dst), "%s/%s", d, files[i]);
+        if (s2[0] != '/') {
+            char cwd[512];
+            assert_non_null(getcwd(cwd, sizeof(cwd)));
+            char abs[1800];
+            snprintf(abs, sizeof(abs), "%s/%s", cwd, s2);
+            assert_int_equal(symlink(abs, dst), 0);
+        } else {
+            assert_int_equal(symlink(s2, dst), 0);
+        }
+    }
+}
+
+static void rm_model(const char *dir, const char *sub) {
+    static const char *const files[4] = {"config.json", "model.safetensors", "tokenizer.json",
+                                         "tokenizer_config.json"};
+    char p[1200];
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof(p), "%s/%s/%s", dir, sub, files[i]);
+        remove(p);
+    }
+    snprintf(p, sizeof(p), "%s/%s", dir, sub);
+    rmdir(p);
+}
+
+static void test_bundle_checks_tokenizers_and_shapes(void **state) {
+    (void)state;
+    char tmpl[] = "/tmp/kc_bundle_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    link_model(dir, "base", "llama_gqa");
+    link_model(dir, "aux", "llama_gqa");
+    link_model(dir, "other", "llama_untied_bf16");
+    struct eng_model *m = load_case("llama_gqa");
+    struct eng_kvp *pred = identity_predictor(eng_model_config_of(m));
+    eng_model_free(m);
+    char ppath[1100], bpath[1100];
+    snprintf(ppath, sizeof(ppath), "%s/predictor.safetensors", dir);
+    snprintf(bpath, sizeof(bpath), "%s/kvcast-bundle.json", dir);
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_save(pred, ppath, &err), KC_OK);
+    eng_kvp_free(pred);
+    const struct eng_model_params mp = {.prefill_wtype = ENG_WTYPE_F32,
+                                        .decode_wtype = ENG_WTYPE_F32};
+    struct eng_kvp_bundle *b = NULL;
+
+    /* No tokenizer files on either side: fine (models driven by ids). */
+    write_file(dir, "kvcast-bundle.json",
+               "{\"base\": \"base\", \"aux\": \"aux\", \"predictor\": \"predictor.safetensors\"}");
+    if (eng_kvp_bundle_load(bpath, &mp, &b, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_non_null(b->base);
+    assert_non_null(b->aux);
+    assert_non_null(b->pred);
+    eng_kvp_bundle_free(b);
+    b = NULL;
+
+    /* Identical tokenizers: fine. Different ones, or one missing: refused. */
+    char sub[1100];
+    snprintf(sub, sizeof(sub), "%s/base", dir);
+    write_file(sub, "tokenizer.json", "{\"model\": {\"type\": \"BPE\"}, \"v\": 1}");
+    snprintf(sub, sizeof(sub), "%s/aux", dir);
+    assert_int_equal(eng_kvp_bundle_load(bpath, &mp, &b, &err), KC_EINVAL);
+    print_message("rejected: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "tokenizer.json"));
+    write_file(sub, "tokenizer.json", "{\"model\": {\"type\": \"BPE\"}, \"v\": 1}");
+    assert_int_equal(eng_kvp_bundle_load(bpath, &mp, &b, &err), KC_OK);
+    eng_kvp_bundle_free(b);
+    b = NULL;
+    write_file(sub, "tokenizer.json", "{\"model\": {\"type\": \"BPE\"}, \"v\": 2}");
+    assert_int_equal(eng_kvp_bundle_load(bpath, &mp, &b, &err), KC_EINVAL);
+    print_message("rejected: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "differ"));
+    assert_null(b);
+    write_file(sub, "tokenizer.json", "{\"model\": {\"type\": \"BPE\"}, \"v\": 1}");
+
+    /* A predictor whose shape does not fit the pair. */
+    write_file(
+        dir, "kvcast-bundle.json",
+        "{\"base\": \"other\", \"aux\": \"other\", \"predictor\": \"predictor.safetensors\"}");
+    assert_int_equal(eng_kvp_bundle_load(bpath, &mp, &b, &err), KC_EINVAL);
+    print_message("rejected: %s\n", err.msg);
+    /* Different vocabularies. */
+    snprintf(sub, sizeof(sub), "%s/other", dir);
+    write_file(sub, "tokenizer.json", "{\"model\": {\"type\": \"BPE\"}, \"v\": 1}");
+    char base_d[1100], other_d[1100];
+    snprintf(base_d, sizeof(base_d), "%s/base", dir);
+    snprintf(other_d, sizeof(other_d), "%s/other", dir);
+    assert_int_equal(eng_kvp_bundle_open(base_d, other_d, NULL, &mp, &b, &err), KC_EINVAL);
+    print_message("rejected: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "vocabularies"));
+    /* Malformed bundle files. */
+    static const char *const bad[] = {
+        "{\"base\": \"base\", \"aux\": \"aux\"}",
+        "{\"base\": \"base\", \"aux\": \"aux\", \"predictor\": 3}",
+        "{\"base\": \"base\", \"aux\": \"aux\", \"predictor\": \"p\", \"extra\": 1}",
+        "{\"base\": \"base\", \"base\": \"aux\", \"predictor\": \"p\"}",
+        "[\"base\"]",
+        "{\"base\": \"base\", \"aux\": \"aux\", \"predictor\": \"\"}",
+        "{\"base\": \"base\", \"aux\": \"aux\", \"predictor\": \"missing.safetensors\"}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_file(dir, "kvcast-bundle.json", bad[i]);
+        if (eng_kvp_bundle_load(bpath, &mp, &b, &err) == KC_OK) {
+            fail_msg("bundle '%s' was accepted", bad[i]);
+        }
+        assert_null(b);
+        print_message("rejected: %s\n", err.msg);
+    }
+    rm_model(dir, "base");
+    rm_model(dir, "aux");
+    rm_model(dir, "other");
+    remove(ppath);
+    remove(bpath);
+    rmdir(dir);
+}
+
+/* ---- calibration ---- */
+
+static void test_gram_matches_reference(void **state) {
+    (void)state;
+    const int n = 300, p = 17, q = 40;
+    float *a = malloc((size_t)n * p * sizeof(float)), *b = malloc((size_t)n * q * sizeof(float));
+    float *c = malloc((size_t)p * q * sizeof(float)), *r = malloc((size_t)p * q * sizeof(float));
+    uint64_t s = 1;
+    for (int i = 0; i < n * p; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        a[i] = (float)((double)(s >> 40) / (double)(1u << 24)) - 0.5f;
+    }
+    for (int i = 0; i < n * q; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        b[i] = (float)((double)(s >> 40) / (double)(1u << 24)) - 0.5f;
+    }
+    struct eng_gram *g = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_gram_create(1, &g, &err), KC_OK);
+    assert_int_equal(eng_gram_atb(g, a, b, n, p, q, c, &err), KC_OK);
+    eng__gram_atb_ref(a, b, n, p, q, r);
+    const float d = max_diff(c, r, (size_t)p * q);
+    print_message("gram A^T B %dx%dx%d maxdiff %.3g\n", p, n, q, d);
+    assert_true(d <= 1e-4f);
+    /* A^T A through the same cache, and a second shape. */
+    assert_int_equal(eng_gram_atb(g, a, a, n, p, p, c, &err), KC_OK);
+    eng__gram_atb_ref(a, a, n, p, p, r);
+    assert_true(max_diff(c, r, (size_t)p * p) <= 1e-4f);
+    assert_int_equal(eng_gram_atb(g, a, b, 0, p, q, c, &err), KC_EINVAL);
+    eng_gram_free(g);
+    free(a);
+    free(b);
+    free(c);
+    free(r);
+}
+
+/* Noiseless data Y = X A^T + b: ordinary least squares (ridge 0) recovers A and b. */
+static void test_calibration_recovers_known_affine_map(void **state) {
+    (void)state;
+    const struct eng_kvp_shape s = {
+        .base_layers = 3, .aux_layers = 2, .base_kv_dim = 10, .aux_kv_dim = 6};
+    const int32_t map[3] = {0, 1, 1};
+    const int Nb = 10, Na = 6, n = 200;
+    float *ax[2][2], *by[3][2]; /* [layer][k/v] */
+    float A[3][2][10 * 6], B[3][2][10];
+    uint64_t st = 99;
+    for (int l = 0; l < 3; l++) {
+        for (int w = 0; w < 2; w++) {
+            for (int i = 0; i < Nb * Na; i++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                A[l][w][i] = (float)((double)(st >> 40) / (double)(1u << 24)) * 2.0f - 1.0f;
+            }
+            for (int i = 0; i < Nb; i++) {
+                st = st * 6364136223846793005ull + 1442695040888963407ull;
+                B[l][w][i] = (float)((double)(st >> 40) / (double)(1u << 24)) * 4.0f - 2.0f;
+            }
+        }
+    }
+    struct eng_kvp_calib *c = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_calib_create(&s, map, 1, &c, &err), KC_OK);
+    for (int win = 0; win < 3; win++) {
+        for (int a = 0; a < 2; a++) {
+            for (int w = 0; w < 2; w++) {
+                ax[a][w] = malloc((size_t)n * Na * sizeof(float));
+                for (int i = 0; i < n * Na; i++) {
+                    st = st * 6364136223846793005ull + 1442695040888963407ull;
+                    /* Offset features: the bias column must absorb a mean. */
+                    ax[a][w][i] = (float)((double)(st >> 40) / (double)(1u << 24)) * 2.0f + 0.5f;
+                }
+            }
+        }
+        for (int l = 0; l < 3; l++) {
+            for (int w = 0; w < 2; w++) {
+                by[l][w] = malloc((size_t)n * Nb * sizeof(float));
+                const float *x = ax[map[l]][w];
+                for (int t = 0; t < n; t++) {
+                    for (int j = 0; j < Nb; j++) {
+                        double y = B[l][w][j];
+                        for (int i = 0; i < Na; i++) {
+                            y += (double)A[l][w][j * Na + i] * x[t * Na + i];
+                        }
+                        by[l][w][t * Nb + j] = (float)y;
+                    }
+                }
+            }
+        }
+        const float *ak[2] = {ax[0][0], ax[1][0]}, *av[2] = {ax[0][1], ax[1][1]};
+        const float *bk[3] = {by[0][0], by[1][0], by[2][0]};
+        const float *bv[3] = {by[0][1], by[1][1], by[2][1]};
+        assert_int_equal(eng_kvp_calib_add(c, n, ak, av, bk, bv, &err), KC_OK);
+        for (int a = 0; a < 2; a++) {
+            free(ax[a][0]);
+            free(ax[a][1]);
+        }
+        for (int l = 0; l < 3; l++) {
+            free(by[l][0]);
+            free(by[l][1]);
+        }
+    }
+    assert_int_equal(eng_kvp_calib_rows(c), 3 * n);
+    struct eng_kvp *p = NULL;
+    assert_int_equal(eng_kvp_calib_solve(c, 0.0, &p, &err), KC_OK);
+    float dw = 0, db = 0;
+    for (int l = 0; l < 3; l++) {
+        for (int w = 0; w < 2; w++) {
+            const float *pw, *pb;
+            eng_kvp_map_of(p, w ? 'v' : 'k', l, &pw, &pb);
+            dw = fmaxf(dw, max_diff(pw, A[l][w], (size_t)Nb * Na));
+            db = fmaxf(db, max_diff(pb, B[l][w], (size_t)Nb));
+        }
+    }
+    print_message("affine recovery maxdiff weights %.3g bias %.3g\n", dw, db);
+    assert_true(dw <= 1e-4f);
+    assert_true(db <= 1e-4f);
+    assert_memory_equal(eng_kvp_layer_map(p), map, sizeof(map));
+    eng_kvp_free(p);
+    p = NULL;
+    /* Bad ridge values are refused. */
+    assert_int_equal(eng_kvp_calib_solve(c, -1.0, &p, &err), KC_EINVAL);
+    assert_int_equal(eng_kvp_calib_solve(c, NAN, &p, &err), KC_EINVAL);
+    eng_kvp_calib_free(c);
+    /* No data, or too little for an unregularised solve, is reported, not papered over. */
+    assert_int_equal(eng_kvp_calib_create(&s, map, 1, &c, &err), KC_OK);
+    assert_int_equal(eng_kvp_calib_solve(c, 0.0, &p, &err), KC_EINVAL);
+    float few_x[3 * 6], few_y[3 * 10];
+    for (int i = 0; i < 3 * 6; i++) {
+        few_x[i] = (float)(i % 5);
+    }
+    memset(few_y, 0, sizeof(few_y));
+    const float *fx[2] = {few_x, few_x}, *fy[3] = {few_y, few_y, few_y};
+    assert_int_equal(eng_kvp_calib_add(c, 3, fx, fx, fy, fy, &err), KC_OK);
+    assert_int_equal(eng_kvp_calib_solve(c, 0.0, &p, &err), KC_ERANGE);
+    print_message("rejected: %s\n", err.msg);
+    assert_null(p);
+    /* ... which a ridge term makes solvable. */
+    assert_int_equal(eng_kvp_calib_solve(c, 1e-3, &p, &err), KC_OK);
+    eng_kvp_free(p);
+    eng_kvp_calib_free(c);
+}
+
+/* Calibrating a model against itself through the real forward passes gives ~identity maps,
+ * and the fitted predictor reproduces the base's own KV. */
+static void test_calibration_with_aux_equal_base_recovers_identity(void **state) {
+    (void)state;
+    struct eng_model *base = load_case("llama_gqa"), *aux = load_case("llama_gqa");
+    const struct eng_model_config *c = eng_model_config_of(base);
+    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
+    int32_t map[8];
+    eng_kvp_layer_map_auto(s.base_layers, s.aux_layers, map);
+    for (int l = 0; l < s.base_layers; l++) {
+        assert_int_equal(map[l], l);
+    }
+    struct kc_error err = {0};
+    struct eng_kvp_ctx *kc = NULL;
+    assert_int_equal(eng_kvp_ctx_create(base, aux, NULL, 32, 64, 1, &kc, &err), KC_OK);
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 16, 4, &err), KC_OK);
+    struct eng_kvp_calib *cal = NULL;
+    assert_int_equal(eng_kvp_calib_create(&s, map, 1, &cal, &err), KC_OK);
+    int32_t toks[64];
+    uint64_t st = 5;
+    for (int w = 0; w < 6; w++) {
+        for (int i = 0; i < 64; i++) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            toks[i] = (int32_t)((st >> 33) % (uint64_t)c->vocab_size);
+        }
+        if (eng_kvp_calib_window(cal, kc, &pool, toks, 64, &err) != KC_OK) {
+            fail_msg("%s", err.msg);
+        }
+        assert_int_equal(eng_kv_pool_n_free(&pool), 4);
+        assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+    }
+    struct eng_kvp *p = NULL;
+    assert_int_equal(eng_kvp_calib_solve(cal, 0.0, &p, &err), KC_OK);
+    const int N = s.base_kv_dim;
+    float dw = 0, db = 0;
+    for (int l = 0; l < s.base_layers; l++) {
+        for (int w = 0; w < 2; w++) {
+            const float *pw, *pb;
+            eng_kvp_map_of(p, w ? 'v' : 'k', l, &pw, &pb);
+            for (int i = 0; i < N; i++) {
+                for (int j = 0; j < N; j++) {
+                    dw = fmaxf(dw, fabsf(pw[i * N + j] - (i == j ? 1.0f : 0.0f)));
+                }
+                db = fmaxf(db, fabsf(pb[i]));
+            }
+        }
+    }
+    print_message("self-calibration: max |W - I| %.3g, max |b| %.3g\n", dw, db);
+    assert_true(dw <= 1e-2f);
+    assert_true(db <= 1e-2f);
+    /* A small ridge still gives ~identity. */
+    struct eng_kvp *pr = NULL;
+    assert_int_equal(eng_kvp_calib_solve(cal, 1e-6, &pr, &err), KC_OK);
+    eng_kvp_free(pr);
+    eng_kvp_free(p);
+    eng_kvp_calib_free(cal);
+    /* Windows longer than the context are refused. */
+    assert_int_equal(eng_kvp_calib_create(&s, map, 1, &cal, &err), KC_OK);
+    int32_t many[65] = {0};
+    assert_int_equal(eng_kvp_calib_window(cal, kc, &pool, many, 65, &err), KC_ECONTEXT);
+    eng_kvp_calib_free(cal);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 4);
+    eng_kv_pool_free(&pool);
+    eng_kvp_ctx_free(kc);
+    eng_model_free(aux);
+    eng_model_free(base);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_identity_predictor_reproduces_base_kv),
+        cmocka_unit_test(test_random_predictor_runs_and_one_token_prompt_works),
+        cmocka_unit_test(test_prefill_rejects_bad_requests),
+        cmocka_unit_test(test_layer_map_parse_and_auto),
+        cmocka_unit_test(test_predictor_file_round_trip_and_rejections),
+        cmocka_unit_test(test_bundle_checks_tokenizers_and_shapes),
+        cmocka_unit_test(test_gram_matches_reference),
+        cmocka_unit_test(test_calibration_recovers_known_affine_map),
+        cmocka_unit_test(test_calibration_with_aux_equal_base_recovers_identity),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
