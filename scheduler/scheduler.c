@@ -1,0 +1,1202 @@
+/*
+ * scheduler.c — admission, prefill workers, the hand-off queue and the continuous-batching
+ * decode worker (API in scheduler.h, request lifecycle in request.h, mode policy in policy.h).
+ *
+ * Threads: the caller's threads (submit, cancel, stats, drain, destroy), N prefill workers
+ * (default 1) and one decode worker. Each worker creates its own engine contexts on its own
+ * thread (oneDNN primitives run on the thread that created them: RELIABILITY.md section 7)
+ * with its own OpenMP team size, optionally pinned to its own cores.
+ *
+ * DESIGN invariants:
+ *  1. Lock order: sch.lock, then a KV pool's lock (taken inside eng_seq_reserve/_release and
+ *     eng_kv_pool_n_free). A pool lock is a leaf: nothing is locked while holding it. The
+ *     event callback and the test hook are called with no scheduler lock held, so they may
+ *     call sch_cancel / sch_stats_get.
+ *  2. sch.lock guards the wait queue, the hand-off queue, the reap list, the live list, the
+ *     counters, the cost estimates and the flags; a request's own fields are touched only
+ *     by its owner (request.h), except its atomic cancel flag.
+ *  3. Admission is FIFO: only the head of the wait queue is admitted, when the base pool can
+ *     give it every block it can need (prompt + max_tokens - 1 positions). A long prompt at
+ *     the head waits for blocks but is never overtaken, so it cannot starve. A request that
+ *     could never fit is refused at submit.
+ *  4. A cancelled queued request moves to the reap list at once and is ended by whichever
+ *     worker looks first (the decode worker between steps or when idle, a prefill worker
+ *     between requests), so ending it never waits for a long prefill.
+ *  5. The decode worker's step allocates nothing: batch arrays are sized max_running at start,
+ *     and every block a sequence can need was reserved at admission.
+ *  6. Every request ends in end_request, which emits its one terminal event and frees it.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "scheduler/scheduler.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/kv_cache.h"
+#include "engine/kvp.h"
+#include "engine/model.h"
+#include "scheduler/policy.h"
+#include "scheduler/queue.h"
+#include "scheduler/request.h"
+#include "scheduler/sched_internal.h"
+
+/* Weight of a new sample in the per-token prefill cost estimates. */
+#define SCH_COST_ALPHA 0.2
+/* Predict/full cost ratio assumed before predict was measured, on top of the aux/base weight
+ * ratio: the predictor GEMMs and the base step on the last token. */
+#define SCH_PREDICT_OVERHEAD 0.05
+
+struct sch_prefill_worker {
+    struct sch *s;
+    int index;
+    pthread_t thread;
+    bool started;
+    struct eng_ctx *ctx;     /* base forward for full prefill (when there is no kvp ctx) */
+    struct eng_kvp_ctx *kvp; /* base + aux + predictor, when predict is available */
+    float *logits;           /* [V] first-token logits */
+    float *scratch;          /* [V] unmodified copy for logprobs */
+    int aux_in_use;          /* aux blocks held by the prefill in flight (sch.lock) */
+    int aux_total;           /* blocks of this worker's private aux pool (set at start) */
+};
+
+struct sch_decode_worker {
+    struct sch *s;
+    pthread_t thread;
+    bool started;
+    struct eng_ctx *ctx;
+    struct sch_req **running; /* [max_running] in join order */
+    int n_running;
+    struct eng_batch_item *items; /* [max_running] */
+    enum sch_finish *finish;      /* [max_running] finish each row's token caused */
+    float *logits;                /* [max_running, V] */
+    float *scratch;               /* [V] */
+};
+
+struct sch {
+    struct sch_config cfg;
+    const struct eng_model *base;
+    const struct eng_model *aux;
+    const struct eng_kvp *pred;
+    const struct eng_model_config *bcfg;
+    bool predict_available;
+    double predict_prior_ratio;
+    sch_event_cb cb;
+    void *cb_ud;
+    struct eng_kv_pool pool; /* base KV; its own lock guards its free stack */
+
+    pthread_mutex_t lock;      /* guards everything from here to the workers (invariant 2) */
+    pthread_cond_t prefill_cv; /* work for prefill workers: submit, freed blocks, reap, stop */
+    pthread_cond_t decode_cv;  /* work for the decode worker: hand-off, reap, stop */
+    pthread_cond_t idle_cv;    /* n_live reached 0; worker start-up reports */
+    struct sch_queue waiting;
+    struct sch_queue handoff;
+    struct sch_queue reap;
+    struct sch_req *live; /* every request without its terminal event yet */
+    int n_live;
+    uint64_t next_id;
+    bool draining; /* submit refuses */
+    bool stopping; /* prefill workers exit */
+    bool decode_stop;
+    int n_prefilling;
+    int n_running; /* handed off + decoding */
+    uint64_t finished, cancelled, failed, mode_full, mode_predict, auto_full, auto_predict;
+    uint64_t prompt_tokens, generated_tokens;
+    double cost_full, cost_predict; /* ms per prompt token, EWMA; 0 unmeasured */
+    int n_reported;                 /* workers that finished start-up */
+    int start_rc;
+    char start_msg[640];
+    sch_hook_fn hook;
+    void *hook_ud;
+
+    struct sch_prefill_worker *pw; /* [cfg.prefill_workers] */
+    struct sch_decode_worker dw;
+};
+
+/* ---- small helpers ---- */
+
+const char *sch_mode_name(enum sch_prefill_mode m) {
+    switch (m) {
+    case SCH_MODE_AUTO:
+        return "auto";
+    case SCH_MODE_FULL:
+        return "full";
+    case SCH_MODE_PREDICT:
+        return "predict";
+    }
+    return "?";
+}
+
+int sch_mode_parse(const char *s, enum sch_prefill_mode *out) {
+    static const enum sch_prefill_mode modes[] = {SCH_MODE_AUTO, SCH_MODE_FULL, SCH_MODE_PREDICT};
+    for (size_t i = 0; s != NULL && i < sizeof(modes) / sizeof(modes[0]); i++) {
+        if (strcmp(s, sch_mode_name(modes[i])) == 0) {
+            *out = modes[i];
+            return KC_OK;
+        }
+    }
+    return KC_EINVAL;
+}
+
+struct sch_config sch_default_config(void) {
+    struct sch_config c = {
+        .prefill_threads = 1,
+        .decode_threads = 1,
+        .pin_cpus = false,
+        .base_kv_bytes = (size_t)256 << 20,
+        .aux_kv_bytes = 0,
+        .block_size = 16,
+        .max_queue = 64,
+        .max_running = 8,
+        .prefill_chunk = 256,
+        .max_context = 0,
+        .ttft_slo_ms = 1000.0,
+        .predict_min_prompt = 512,
+        .prefill_workers = 1,
+    };
+    return c;
+}
+
+static bool is_eos(const struct eng_model_config *c, int32_t tok) {
+    for (int i = 0; i < c->n_eos; i++) {
+        if (c->eos_token_ids[i] == tok) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static void call_hook(sch_hook_fn fn, void *ud, enum sch_hook_point p, uint64_t id, int step) {
+    if (fn != NULL) {
+        fn(ud, p, id, step);
+    }
+}
+
+static void unlink_live(struct sch *s, struct sch_req *r) {
+    if (r->live_prev != NULL) {
+        r->live_prev->live_next = r->live_next;
+    } else {
+        s->live = r->live_next;
+    }
+    if (r->live_next != NULL) {
+        r->live_next->live_prev = r->live_prev;
+    }
+    r->live_prev = r->live_next = NULL;
+}
+
+static void req_free(struct sch_req *r) {
+    eng_sampler_free(&r->sampler);
+    free(r->prompt);
+    free(r);
+}
+
+/*
+ * Ends a request its caller owns (it is on no queue): returns its blocks, emits its one
+ * terminal event (DONE for FINISHED / CANCELLED, ERROR for FAILED), counts it and frees it.
+ * Takes sch.lock; must be called without it.
+ */
+static void end_request(struct sch *s, struct sch_req *r, enum sch_req_state state,
+                        enum sch_finish finish, int error, const char *message) {
+    KC_ASSERT(r->prev == NULL && r->next == NULL);
+    const bool was_running = r->state == SCH_REQ_HANDED_OFF || r->state == SCH_REQ_DECODING;
+    eng_seq_release(&s->pool, &r->seq);
+    sch_req_transition(r, state);
+    struct sch_event ev = {
+        .type = state == SCH_REQ_FAILED ? SCH_EV_ERROR : SCH_EV_DONE,
+        .id = r->id,
+        .user = r->user,
+        .finish = state == SCH_REQ_FAILED ? SCH_FINISH_NONE : finish,
+        .n_prompt = r->n_prompt,
+        .n_generated = r->n_generated,
+        .error = state == SCH_REQ_FAILED ? error : 0,
+    };
+    sch_req_timings(r, &ev.timings);
+    if (message != NULL) {
+        snprintf(ev.message, sizeof(ev.message), "%s", message);
+    }
+    KC_DEBUG("req=%llu %s finish=%d generated=%d ttft=%.1fms", (unsigned long long)r->id,
+             sch_req_state_name(state), (int)finish, r->n_generated, ev.timings.ttft_ms);
+    /* Counters first, so that a client that saw the terminal event sees it counted; the
+     * request leaves the live list only after its event went out, so that when drain sees
+     * no live request every terminal event has been delivered. */
+    pthread_mutex_lock(&s->lock);
+    if (was_running) {
+        s->n_running--;
+    }
+    if (state == SCH_REQ_FAILED) {
+        s->failed++;
+    } else if (state == SCH_REQ_CANCELLED && finish == SCH_FINISH_ABORT) {
+        s->cancelled++;
+    } else {
+        s->finished++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    s->cb(s->cb_ud, &ev);
+    pthread_mutex_lock(&s->lock);
+    unlink_live(s, r);
+    if (--s->n_live == 0) {
+        pthread_cond_broadcast(&s->idle_cv);
+    }
+    /* Blocks came back: the head of the wait queue may fit now. */
+    pthread_cond_broadcast(&s->prefill_cv);
+    pthread_mutex_unlock(&s->lock);
+    req_free(r);
+}
+
+static void end_cancelled(struct sch *s, struct sch_req *r) {
+    enum sch_finish f = sch_req_cancelled(r);
+    end_request(s, r, SCH_REQ_CANCELLED, f == SCH_FINISH_NONE ? SCH_FINISH_ABORT : f, 0, NULL);
+}
+
+/* Ends every request on the reap list. Called by workers without the lock. */
+static void reap_cancelled(struct sch *s) {
+    pthread_mutex_lock(&s->lock);
+    struct sch_queue mine = {0};
+    sch_queue_splice(&mine, &s->reap);
+    pthread_mutex_unlock(&s->lock);
+    struct sch_req *r;
+    while ((r = sch_queue_pop(&mine)) != NULL) {
+        end_cancelled(s, r);
+    }
+}
+
+/* Stable log-softmax of the unmodified logits: the chosen token's log-probability and the
+ * top n alternatives, as OpenAI-style logprobs report them (before sampling transforms). */
+static void fill_logprobs(const float *logits, int V, int32_t tok, int n_top,
+                          struct sch_event *ev) {
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        mx = logits[i] > mx ? logits[i] : mx;
+    }
+    double sum = 0.0;
+    for (int i = 0; i < V; i++) {
+        sum += exp((double)(logits[i] - mx));
+    }
+    const double lse = (double)mx + log(sum);
+    ev->logprob = (float)((double)logits[tok] - lse);
+    /* Top n by insertion into a sorted list of at most SCH_MAX_LOGPROBS. */
+    int n = 0;
+    for (int i = 0; i < V && n_top > 0; i++) {
+        const float x = logits[i];
+        if (n == n_top && !(x > logits[ev->top_ids[n - 1]])) {
+            continue;
+        }
+        int j = n < n_top ? n++ : n - 1;
+        while (j > 0 && logits[ev->top_ids[j - 1]] < x) {
+            ev->top_ids[j] = ev->top_ids[j - 1];
+            j--;
+        }
+        ev->top_ids[j] = i;
+    }
+    ev->n_top = n;
+    for (int j = 0; j < n; j++) {
+        ev->top_logprobs[j] = (float)((double)logits[ev->top_ids[j]] - lse);
+    }
+}
+
+/* Samples r's next token from logits (modified in place), emits its token event, and returns
+ * the finish it causes (STOP for eos, LENGTH at max_tokens) or NONE. scratch: [V]. */
+static enum sch_finish sample_and_emit(struct sch *s, struct sch_req *r, float *logits,
+                                       float *scratch) {
+    const int V = s->bcfg->vocab_size;
+    if (r->n_logprobs >= 0) {
+        memcpy(scratch, logits, (size_t)V * sizeof(float));
+    }
+    const int32_t tok = eng_sampler_sample(&r->sampler, logits, NULL);
+    eng_sampler_observe(&r->sampler, tok);
+    r->last_token = tok;
+    r->n_generated++;
+    const uint64_t now = kc_now_ns();
+    if (r->n_generated == 1) {
+        r->t_first_token = now;
+    }
+    r->t_last_token = now;
+    struct sch_event ev = {.type = SCH_EV_TOKEN, .id = r->id, .user = r->user, .token = tok};
+    if (r->n_logprobs >= 0) {
+        fill_logprobs(scratch, V, tok, r->n_logprobs, &ev);
+    }
+    s->cb(s->cb_ud, &ev);
+    if (!r->ignore_eos && is_eos(s->bcfg, tok)) {
+        return SCH_FINISH_STOP;
+    }
+    return r->n_generated >= r->max_tokens ? SCH_FINISH_LENGTH : SCH_FINISH_NONE;
+}
+
+/* ---- prefill worker ---- */
+
+static void prefill_worker_free(struct sch_prefill_worker *w) {
+    eng_ctx_free(w->ctx);
+    w->ctx = NULL;
+    eng_kvp_ctx_free(w->kvp);
+    w->kvp = NULL;
+    free(w->logits);
+    free(w->scratch);
+    w->logits = w->scratch = NULL;
+}
+
+static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *err) {
+    struct sch *s = w->s;
+    const struct sch_config *c = &s->cfg;
+    if (c->pin_cpus) {
+        const int first = w->index * c->prefill_threads;
+        if (sch__pin_self(first, c->prefill_threads) != KC_OK) {
+            KC_WARN("prefill worker %d: cannot pin to cpus [%d, %d); running unpinned", w->index,
+                    first, first + c->prefill_threads);
+        }
+    }
+    const int V = s->bcfg->vocab_size;
+    w->logits = kc_calloc((size_t)V, sizeof(float));
+    w->scratch = kc_calloc((size_t)V, sizeof(float));
+    if (w->logits == NULL || w->scratch == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "prefill worker: out of memory");
+    }
+    if (s->predict_available) {
+        int rc = eng_kvp_ctx_create(s->base, s->aux, s->pred, c->prefill_chunk, c->max_context,
+                                    c->prefill_threads, &w->kvp, err);
+        if (rc == KC_OK) {
+            w->aux_total = eng_kvp_ctx_aux_blocks(w->kvp);
+        }
+        return rc;
+    }
+    return eng_ctx_create(s->base, c->prefill_chunk, c->max_context, c->prefill_threads, &w->ctx,
+                          err);
+}
+
+/* One base forward of a prompt chunk (the kvp context's base side when there is one). */
+static int prefill_forward(struct sch_prefill_worker *w, struct sch_req *r, int start, int n,
+                           bool last, struct kc_error *err) {
+    struct sch *s = w->s;
+    if (w->kvp != NULL) {
+        return eng_kvp_forward(w->kvp, ENG_KVP_FULL, &s->pool, &r->seq, r->prompt + start, n,
+                               last ? ENG_LOGITS_LAST : ENG_LOGITS_NONE, w->logits, err);
+    }
+    struct eng_batch_item item = {
+        .seq = &r->seq,
+        .tokens = r->prompt + start,
+        .n_tokens = n,
+        .logits_mode = last ? ENG_LOGITS_LAST : ENG_LOGITS_NONE,
+        .logits = w->logits,
+    };
+    return eng_forward(w->ctx, s->base, &s->pool, &item, 1, NULL, err);
+}
+
+/* Full prefill in chunks of cfg.prefill_chunk rows, checking cancellation between chunks.
+ * Returns KC_ECANCELED when cancelled. */
+static int prefill_full(struct sch_prefill_worker *w, struct sch_req *r, sch_hook_fn hook,
+                        void *hook_ud, struct kc_error *err) {
+    const int chunk = w->s->cfg.prefill_chunk;
+    int step = 0;
+    for (int start = 0; start < r->n_prompt; start += chunk, step++) {
+        if (sch_req_cancelled(r) != SCH_FINISH_NONE) {
+            return KC_ECANCELED;
+        }
+        const int n = r->n_prompt - start < chunk ? r->n_prompt - start : chunk;
+        int rc = prefill_forward(w, r, start, n, start + n == r->n_prompt, err);
+        if (rc != KC_OK) {
+            return rc;
+        }
+        call_hook(hook, hook_ud, SCH_HOOK_PREFILL_CHUNK, r->id, step);
+    }
+    return KC_OK;
+}
+
+/* KV Prediction: aux over t[0..n-2], predicted base KV, base step on t[n-1]. One engine call:
+ * cancellation is checked before and after it (the aux model is the cheap part). */
+static int prefill_predict(struct sch_prefill_worker *w, struct sch_req *r, struct kc_error *err) {
+    struct sch *s = w->s;
+    if (sch_req_cancelled(r) != SCH_FINISH_NONE) {
+        return KC_ECANCELED;
+    }
+    /* The private aux pool holds max_context positions in aux_total blocks. */
+    const int aux_blocks =
+        (int)(((int64_t)(r->n_prompt - 1) * w->aux_total + s->cfg.max_context - 1) /
+              s->cfg.max_context);
+    pthread_mutex_lock(&s->lock);
+    w->aux_in_use = aux_blocks;
+    pthread_mutex_unlock(&s->lock);
+    struct eng_kvp_timings t = {0};
+    int rc = eng_kvp_prefill(w->kvp, ENG_KVP_PREDICT, &s->pool, &r->seq, r->prompt, r->n_prompt,
+                             w->logits, &t, err);
+    pthread_mutex_lock(&s->lock);
+    w->aux_in_use = 0;
+    pthread_mutex_unlock(&s->lock);
+    if (rc == KC_OK) {
+        r->aux_ms = t.aux_ms;
+        r->predict_ms = t.predict_ms;
+        r->base_first_step_ms = t.base_first_step_ms;
+    }
+    return rc;
+}
+
+/* Picks the mode for r (at the head of the queue, admitted) and counts the decision.
+ * Called with sch.lock held. */
+static void choose_mode(struct sch *s, struct sch_req *r) {
+    const uint64_t now = kc_now_ns();
+    const struct sch_req *next = s->waiting.head != r ? s->waiting.head : r->next;
+    struct sch_policy_input in = {
+        .requested = r->requested_mode,
+        .predict_available = s->predict_available,
+        .n_prompt = r->n_prompt,
+        .waited_ms = (double)(now - r->t_state[SCH_REQ_QUEUED]) / 1e6,
+        .next_n_prompt = next != NULL ? next->n_prompt : 0,
+        .next_waited_ms = next != NULL ? (double)(now - next->t_state[SCH_REQ_QUEUED]) / 1e6 : 0,
+        .full_ms_per_token = s->cost_full,
+        .predict_ms_per_token = s->cost_predict,
+        .predict_prior_ratio = s->predict_prior_ratio,
+        .ttft_slo_ms = s->cfg.ttft_slo_ms,
+        .predict_min_prompt = s->cfg.predict_min_prompt,
+    };
+    struct sch_policy_decision d;
+    sch_policy_decide(&in, &d);
+    r->mode = d.mode;
+    if (d.mode == SCH_MODE_PREDICT) {
+        s->mode_predict++;
+    } else {
+        s->mode_full++;
+    }
+    if (r->requested_mode == SCH_MODE_AUTO) {
+        if (d.mode == SCH_MODE_PREDICT) {
+            s->auto_predict++;
+        } else {
+            s->auto_full++;
+        }
+    }
+    KC_DEBUG("req=%llu mode=%s requested=%s reason=%s n_prompt=%d waited=%.1fms "
+             "cost_full=%.4f cost_predict=%.4f ms/token est_full=%.1fms est_predict=%.1fms "
+             "slo=%.1fms next_prompt=%d",
+             (unsigned long long)r->id, sch_mode_name(d.mode), sch_mode_name(r->requested_mode),
+             sch_policy_reason_name(d.reason), r->n_prompt, in.waited_ms, s->cost_full,
+             s->cost_predict, d.est_full_ms, d.est_predict_ms, s->cfg.ttft_slo_ms,
+             in.next_n_prompt);
+}
+
+/* Takes the head of the wait queue when its blocks can be reserved. Called with sch.lock
+ * held; returns the admitted request (now PREFILLING, owned by the caller) or NULL. A head
+ * whose reservation fails for lack of memory is failed (outside the lock). */
+static struct sch_req *admit_head(struct sch *s, struct sch_req **failed) {
+    struct sch_req *r = s->waiting.head;
+    if (r == NULL) {
+        return NULL;
+    }
+    int rc = eng_seq_reserve(&s->pool, &r->seq, r->n_prompt + r->max_tokens - 1);
+    if (rc == KC_EBUSY) {
+        return NULL; /* wait for blocks: FIFO, nobody overtakes the head */
+    }
+    sch_queue_remove(&s->waiting, r);
+    if (rc != KC_OK) {
+        *failed = r;
+        return NULL;
+    }
+    choose_mode(s, r);
+    sch_req_transition(r, SCH_REQ_PREFILLING);
+    s->n_prefilling++;
+    return r;
+}
+
+/* Runs r's prefill, emits its first token and hands it off (or ends it). */
+static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hook_fn hook,
+                        void *hook_ud) {
+    struct sch *s = w->s;
+    struct kc_error err = {0};
+    int rc;
+    if (r->mode == SCH_MODE_PREDICT) {
+        rc = prefill_predict(w, r, &err);
+    } else {
+        rc = prefill_full(w, r, hook, hook_ud, &err);
+    }
+    if (rc == KC_OK && sch_req_cancelled(r) != SCH_FINISH_NONE) {
+        rc = KC_ECANCELED;
+    }
+    if (rc != KC_OK) {
+        pthread_mutex_lock(&s->lock);
+        s->n_prefilling--;
+        pthread_mutex_unlock(&s->lock);
+        if (rc == KC_ECANCELED) {
+            end_cancelled(s, r);
+        } else {
+            KC_WARN("req=%llu prefill failed: %s", (unsigned long long)r->id, err.msg);
+            end_request(s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, rc, err.msg);
+        }
+        return;
+    }
+    const double prefill_ms = (double)(kc_now_ns() - r->t_state[SCH_REQ_PREFILLING]) / 1e6;
+    const enum sch_finish fin = sample_and_emit(s, r, w->logits, w->scratch);
+
+    pthread_mutex_lock(&s->lock);
+    s->n_prefilling--;
+    s->prompt_tokens += (uint64_t)r->n_prompt;
+    s->generated_tokens++;
+    const double per_token = prefill_ms / r->n_prompt;
+    if (r->mode == SCH_MODE_PREDICT) {
+        s->cost_predict = sch_policy_ewma(s->cost_predict, per_token, SCH_COST_ALPHA);
+    } else {
+        s->cost_full = sch_policy_ewma(s->cost_full, per_token, SCH_COST_ALPHA);
+    }
+    const bool hand_off = fin == SCH_FINISH_NONE && sch_req_cancelled(r) == SCH_FINISH_NONE;
+    if (hand_off) {
+        sch_req_transition(r, SCH_REQ_HANDED_OFF);
+        sch_queue_push(&s->handoff, r);
+        s->n_running++;
+        pthread_cond_signal(&s->decode_cv);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!hand_off) {
+        if (fin != SCH_FINISH_NONE) {
+            end_request(s, r, SCH_REQ_FINISHED, fin, 0, NULL);
+        } else {
+            end_cancelled(s, r);
+        }
+    }
+}
+
+static void *prefill_main(void *arg) {
+    struct sch_prefill_worker *w = arg;
+    struct sch *s = w->s;
+    struct kc_error err = {0};
+    int rc = prefill_worker_init(w, &err);
+    pthread_mutex_lock(&s->lock);
+    if (rc != KC_OK && s->start_rc == KC_OK) {
+        s->start_rc = rc;
+        snprintf(s->start_msg, sizeof(s->start_msg), "prefill worker %d: %s", w->index, err.msg);
+    }
+    s->n_reported++;
+    pthread_cond_broadcast(&s->idle_cv);
+    while (rc == KC_OK) {
+        /* Wait for an admissible head of the queue, ending cancelled requests meanwhile. */
+        struct sch_req *r = NULL, *failed = NULL;
+        while (!s->stopping) {
+            if (s->reap.head != NULL) {
+                pthread_mutex_unlock(&s->lock);
+                reap_cancelled(s);
+                pthread_mutex_lock(&s->lock);
+                continue;
+            }
+            r = admit_head(s, &failed);
+            if (r != NULL || failed != NULL) {
+                break;
+            }
+            pthread_cond_wait(&s->prefill_cv, &s->lock);
+        }
+        if (r == NULL && failed == NULL) {
+            break; /* stopping */
+        }
+        sch_hook_fn hook = s->hook;
+        void *hook_ud = s->hook_ud;
+        pthread_mutex_unlock(&s->lock);
+        if (failed != NULL) {
+            end_request(s, failed, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_ENOMEM,
+                        "out of memory reserving KV blocks");
+        } else {
+            prefill_one(w, r, hook, hook_ud);
+        }
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    prefill_worker_free(w);
+    return NULL;
+}
+
+/* ---- decode worker ---- */
+
+static void decode_worker_free(struct sch_decode_worker *w) {
+    eng_ctx_free(w->ctx);
+    free(w->running);
+    free(w->items);
+    free(w->finish);
+    free(w->logits);
+    free(w->scratch);
+    w->ctx = NULL;
+    w->running = NULL;
+    w->items = NULL;
+    w->finish = NULL;
+    w->logits = w->scratch = NULL;
+}
+
+static int decode_worker_init(struct sch_decode_worker *w, struct kc_error *err) {
+    struct sch *s = w->s;
+    const struct sch_config *c = &s->cfg;
+    if (c->pin_cpus) {
+        const int first = c->prefill_workers * c->prefill_threads;
+        if (sch__pin_self(first, c->decode_threads) != KC_OK) {
+            KC_WARN("decode worker: cannot pin to cpus [%d, %d); running unpinned", first,
+                    first + c->decode_threads);
+        }
+    }
+    const size_t V = (size_t)s->bcfg->vocab_size, R = (size_t)c->max_running;
+    w->running = kc_calloc(R, sizeof(*w->running));
+    w->items = kc_calloc(R, sizeof(*w->items));
+    w->finish = kc_calloc(R, sizeof(*w->finish));
+    w->logits = kc_calloc(R * V, sizeof(float));
+    w->scratch = kc_calloc(V, sizeof(float));
+    if (w->running == NULL || w->items == NULL || w->finish == NULL || w->logits == NULL ||
+        w->scratch == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "decode worker: out of memory");
+    }
+    return eng_ctx_create(s->base, c->max_running, c->max_context, c->decode_threads, &w->ctx, err);
+}
+
+/* Removes running[i] (keeping join order) and returns it. */
+static struct sch_req *running_take(struct sch_decode_worker *w, int i) {
+    struct sch_req *r = w->running[i];
+    memmove(&w->running[i], &w->running[i + 1], (size_t)(w->n_running - i - 1) * sizeof(r));
+    w->n_running--;
+    return r;
+}
+
+/* Joins handed-off sequences up to max_running and moves cancelled ones waiting in the
+ * hand-off queue to *reaped. Called with sch.lock held. */
+static void decode_join(struct sch *s, struct sch_decode_worker *w, struct sch_queue *reaped) {
+    sch_queue_splice(reaped, &s->reap);
+    for (struct sch_req *r = s->handoff.head, *nx; r != NULL; r = nx) {
+        nx = r->next;
+        if (sch_req_cancelled(r) != SCH_FINISH_NONE) {
+            sch_queue_remove(&s->handoff, r);
+            sch_queue_push(reaped, r);
+        }
+    }
+    while (w->n_running < s->cfg.max_running && s->handoff.head != NULL) {
+        struct sch_req *r = sch_queue_pop(&s->handoff);
+        sch_req_transition(r, SCH_REQ_DECODING);
+        w->running[w->n_running++] = r;
+    }
+}
+
+/* One continuous-batching step over every running sequence. Allocates nothing. */
+static void decode_step(struct sch *s, struct sch_decode_worker *w) {
+    const int V = s->bcfg->vocab_size;
+    const int n = w->n_running;
+    for (int i = 0; i < n; i++) {
+        struct sch_req *r = w->running[i];
+        w->items[i] = (struct eng_batch_item){
+            .seq = &r->seq,
+            .tokens = &r->last_token,
+            .n_tokens = 1,
+            .logits_mode = ENG_LOGITS_LAST,
+            .logits = w->logits + (size_t)i * V,
+        };
+    }
+    struct kc_error err = {0};
+    int rc = eng_forward(w->ctx, s->base, &s->pool, w->items, n, NULL, &err);
+    if (rc != KC_OK) {
+        KC_ERROR("decode step of %d sequences failed: %s", n, err.msg);
+        while (w->n_running > 0) {
+            end_request(s, running_take(w, 0), SCH_REQ_FAILED, SCH_FINISH_NONE, rc, err.msg);
+        }
+        return;
+    }
+    /* Sample each sequence from its row and emit its token; count the step's tokens before
+     * any terminal event goes out (stats then agree with what clients saw); retire finished
+     * sequences at once, keeping join order. */
+    for (int i = 0; i < n; i++) {
+        w->finish[i] = sample_and_emit(s, w->running[i], w->logits + (size_t)i * V, w->scratch);
+    }
+    pthread_mutex_lock(&s->lock);
+    s->generated_tokens += (uint64_t)n;
+    pthread_mutex_unlock(&s->lock);
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        struct sch_req *r = w->running[i];
+        if (w->finish[i] != SCH_FINISH_NONE) {
+            end_request(s, r, SCH_REQ_FINISHED, w->finish[i], 0, NULL);
+        } else {
+            w->running[kept++] = r;
+        }
+    }
+    w->n_running = kept;
+}
+
+static void *decode_main(void *arg) {
+    struct sch_decode_worker *w = arg;
+    struct sch *s = w->s;
+    struct kc_error err = {0};
+    int rc = decode_worker_init(w, &err);
+    pthread_mutex_lock(&s->lock);
+    if (rc != KC_OK && s->start_rc == KC_OK) {
+        s->start_rc = rc;
+        snprintf(s->start_msg, sizeof(s->start_msg), "decode worker: %s", err.msg);
+    }
+    s->n_reported++;
+    pthread_cond_broadcast(&s->idle_cv);
+    while (rc == KC_OK) {
+        while (s->reap.head == NULL && s->handoff.head == NULL && w->n_running == 0) {
+            if (s->decode_stop) {
+                goto out;
+            }
+            pthread_cond_wait(&s->decode_cv, &s->lock);
+        }
+        sch_hook_fn hook = s->hook;
+        void *hook_ud = s->hook_ud;
+        if (hook != NULL) {
+            pthread_mutex_unlock(&s->lock);
+            hook(hook_ud, SCH_HOOK_DECODE_JOIN, 0, w->n_running);
+            pthread_mutex_lock(&s->lock);
+        }
+        struct sch_queue reaped = {0};
+        decode_join(s, w, &reaped);
+        pthread_mutex_unlock(&s->lock);
+
+        struct sch_req *r;
+        while ((r = sch_queue_pop(&reaped)) != NULL) {
+            end_cancelled(s, r);
+        }
+        for (int i = 0; i < w->n_running;) {
+            if (sch_req_cancelled(w->running[i]) != SCH_FINISH_NONE) {
+                end_cancelled(s, running_take(w, i));
+            } else {
+                i++;
+            }
+        }
+        if (w->n_running > 0) {
+            call_hook(hook, hook_ud, SCH_HOOK_DECODE_BEGIN, 0, w->n_running);
+            decode_step(s, w);
+            call_hook(hook, hook_ud, SCH_HOOK_DECODE_END, 0, w->n_running);
+        }
+        pthread_mutex_lock(&s->lock);
+    }
+out:
+    pthread_mutex_unlock(&s->lock);
+    decode_worker_free(w);
+    return NULL;
+}
+
+/* ---- public API ---- */
+
+static int check_config(const struct sch_config *c, const struct eng_model_config *bc,
+                        struct kc_error *err) {
+    if (c->prefill_threads < 0 || c->prefill_threads > 1024 || c->decode_threads < 0 ||
+        c->decode_threads > 1024) {
+        return kc_error_set(err, KC_EINVAL,
+                            "scheduler: prefill/decode threads must be in [0, 1024]");
+    }
+    if (c->prefill_workers < 1 || c->prefill_workers > 64) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: prefill_workers %d not in [1, 64]",
+                            c->prefill_workers);
+    }
+    if (c->pin_cpus && (c->prefill_threads < 1 || c->decode_threads < 1)) {
+        return kc_error_set(err, KC_EINVAL,
+                            "scheduler: pinning needs explicit prefill and decode thread counts");
+    }
+    if (c->block_size < 1 || c->block_size > 4096) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: block_size %d not in [1, 4096]",
+                            c->block_size);
+    }
+    if (c->max_queue < 1 || c->max_queue > 1000000) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: max_queue %d not in [1, 1000000]",
+                            c->max_queue);
+    }
+    if (c->max_running < 1 || c->max_running > 4096) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: max_running %d not in [1, 4096]",
+                            c->max_running);
+    }
+    if (c->prefill_chunk < 1 || c->prefill_chunk > 65536) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: prefill_chunk %d not in [1, 65536]",
+                            c->prefill_chunk);
+    }
+    if (c->max_context < 0 || c->max_context > bc->max_position_embeddings) {
+        return kc_error_set(err, KC_EINVAL,
+                            "scheduler: max_context %d not in [0, %d] (the model's positions)",
+                            c->max_context, bc->max_position_embeddings);
+    }
+    if (!(c->ttft_slo_ms >= 0.0 && isfinite(c->ttft_slo_ms))) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: ttft_slo_ms must be finite and >= 0");
+    }
+    return KC_OK;
+}
+
+static void stop_workers(struct sch *s) {
+    pthread_mutex_lock(&s->lock);
+    s->stopping = true;
+    s->draining = true;
+    for (struct sch_req *r = s->live; r != NULL; r = r->live_next) {
+        sch_req_cancel(r, SCH_FINISH_ABORT);
+    }
+    pthread_cond_broadcast(&s->prefill_cv);
+    pthread_cond_broadcast(&s->decode_cv);
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < s->cfg.prefill_workers; i++) {
+        if (s->pw[i].started) {
+            pthread_join(s->pw[i].thread, NULL);
+            s->pw[i].started = false;
+        }
+    }
+    /* No prefill worker is left to hand off: the decode worker may stop once it is empty. */
+    pthread_mutex_lock(&s->lock);
+    s->decode_stop = true;
+    pthread_cond_broadcast(&s->decode_cv);
+    pthread_mutex_unlock(&s->lock);
+    if (s->dw.started) {
+        pthread_join(s->dw.thread, NULL);
+        s->dw.started = false;
+    }
+    /* Requests no worker reached end here, on the caller's thread. */
+    struct sch_queue rest = {0};
+    pthread_mutex_lock(&s->lock);
+    sch_queue_splice(&rest, &s->reap);
+    sch_queue_splice(&rest, &s->waiting);
+    sch_queue_splice(&rest, &s->handoff);
+    pthread_mutex_unlock(&s->lock);
+    struct sch_req *r;
+    while ((r = sch_queue_pop(&rest)) != NULL) {
+        end_cancelled(s, r);
+    }
+    KC_ASSERT(s->n_live == 0);
+}
+
+static void sch_free(struct sch *s) {
+    eng_kv_pool_free(&s->pool);
+    pthread_cond_destroy(&s->prefill_cv);
+    pthread_cond_destroy(&s->decode_cv);
+    pthread_cond_destroy(&s->idle_cv);
+    pthread_mutex_destroy(&s->lock);
+    free(s->pw);
+    free(s);
+}
+
+int sch_create(const struct sch_config *cfg, const struct eng_model *base,
+               const struct eng_model *aux, const struct eng_kvp *predictor, sch_event_cb cb,
+               void *cb_ud, struct sch **out, struct kc_error *err) {
+    if (cfg == NULL || base == NULL || cb == NULL || out == NULL) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: missing config, model or callback");
+    }
+    const struct eng_model_config *bc = eng_model_config_of(base);
+    int rc = check_config(cfg, bc, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    struct sch_config c = *cfg;
+    if (c.max_context == 0) {
+        c.max_context = bc->max_position_embeddings;
+    }
+    bool predict_available = false;
+    if (aux != NULL && predictor != NULL) {
+        const struct eng_model_config *ac = eng_model_config_of(aux);
+        rc = eng_kvp_check_models(predictor, bc, ac, err);
+        if (rc != KC_OK) {
+            kc_error_prefix(err, "scheduler");
+            return rc;
+        }
+        const size_t need =
+            (size_t)c.prefill_workers * (size_t)c.max_context * eng_kv_block_bytes(ac, 1);
+        if (c.aux_kv_bytes != 0 && c.aux_kv_bytes < need) {
+            return kc_error_set(err, KC_EINVAL,
+                                "scheduler: aux_kv_bytes %zu is below the %zu bytes %d prefill "
+                                "worker(s) need to hold one %d-token prompt each",
+                                c.aux_kv_bytes, need, c.prefill_workers, c.max_context);
+        }
+        predict_available = true;
+    }
+    if ((aux != NULL || predictor != NULL) && !predict_available) {
+        KC_WARN("scheduler: no usable auxiliary model + predictor; predict falls back to full");
+    }
+    const size_t block_bytes = eng_kv_block_bytes(bc, c.block_size);
+    const size_t n_blocks = c.base_kv_bytes / block_bytes;
+    if (n_blocks < 1 || n_blocks > INT32_MAX / 2) {
+        return kc_error_set(err, KC_EINVAL,
+                            "scheduler: base_kv_bytes %zu gives %zu KV blocks of %zu bytes (need "
+                            "1 to %d)",
+                            c.base_kv_bytes, n_blocks, block_bytes, INT32_MAX / 2);
+    }
+
+    struct sch *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "scheduler: out of memory");
+    }
+    s->cfg = c;
+    s->base = base;
+    s->aux = predict_available ? aux : NULL;
+    s->pred = predict_available ? predictor : NULL;
+    s->bcfg = bc;
+    s->predict_available = predict_available;
+    s->predict_prior_ratio = 1.0;
+    if (predict_available) {
+        s->predict_prior_ratio =
+            (double)eng_model_weight_bytes(aux) / (double)eng_model_weight_bytes(base) +
+            SCH_PREDICT_OVERHEAD;
+    }
+    s->cb = cb;
+    s->cb_ud = cb_ud;
+    s->start_rc = KC_OK;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->prefill_cv, NULL);
+    pthread_cond_init(&s->decode_cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->idle_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    s->pw = kc_calloc((size_t)c.prefill_workers, sizeof(*s->pw));
+    if (s->pw == NULL) {
+        sch_free(s);
+        return kc_error_set(err, KC_ENOMEM, "scheduler: out of memory");
+    }
+    rc = eng_kv_pool_init(&s->pool, bc, c.block_size, (int)n_blocks, err);
+    if (rc != KC_OK) {
+        free(s->pw);
+        s->pw = NULL;
+        pthread_cond_destroy(&s->prefill_cv);
+        pthread_cond_destroy(&s->decode_cv);
+        pthread_cond_destroy(&s->idle_cv);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return rc;
+    }
+
+    /* Start the workers one at a time; each builds its engine state on its own thread and
+     * reports before the next starts. Serial start-up keeps the oneDNN primitive creation of
+     * different workers (eng_ctx_create prepares every primitive) from overlapping: the
+     * primitive cache is thread-safe, but uninstrumented under TSan. */
+    for (int i = 0; i <= c.prefill_workers && rc == KC_OK; i++) {
+        const bool decode = i == c.prefill_workers;
+        pthread_t *th = decode ? &s->dw.thread : &s->pw[i].thread;
+        if (decode) {
+            s->dw.s = s;
+        } else {
+            s->pw[i].s = s;
+            s->pw[i].index = i;
+        }
+        if (pthread_create(th, NULL, decode ? decode_main : prefill_main,
+                           decode ? (void *)&s->dw : (void *)&s->pw[i]) != 0) {
+            rc = kc_error_set(err, KC_ENOMEM, "scheduler: cannot start a worker thread");
+            goto fail;
+        }
+        if (decode) {
+            s->dw.started = true;
+        } else {
+            s->pw[i].started = true;
+        }
+        pthread_mutex_lock(&s->lock);
+        while (s->n_reported < i + 1) {
+            pthread_cond_wait(&s->idle_cv, &s->lock);
+        }
+        rc = s->start_rc;
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (rc != KC_OK) {
+        kc_error_set(err, rc, "scheduler: %s", s->start_msg);
+        goto fail;
+    }
+    KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each), context %d, "
+            "%d prefill worker(s) x %d threads, decode %d threads, max_running %d, predict %s",
+            (int)n_blocks, c.block_size, block_bytes, c.max_context, c.prefill_workers,
+            c.prefill_threads, c.decode_threads, c.max_running,
+            predict_available ? "available" : "unavailable");
+    *out = s;
+    return KC_OK;
+fail:
+    stop_workers(s);
+    sch_free(s);
+    return rc;
+}
+
+void sch__set_hook(struct sch *s, sch_hook_fn fn, void *ud) {
+    pthread_mutex_lock(&s->lock);
+    s->hook = fn;
+    s->hook_ud = ud;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
+               struct kc_error *err) {
+    if (s == NULL || p == NULL || id == NULL) {
+        return kc_error_set(err, KC_EINVAL, "submit: missing scheduler, parameters or id");
+    }
+    const struct eng_model_config *bc = s->bcfg;
+    if (p->prompt == NULL || p->n_prompt < 1) {
+        return kc_error_set(err, KC_EINVAL, "the prompt is empty");
+    }
+    if (p->max_tokens < 1) {
+        return kc_error_set(err, KC_EINVAL, "max_tokens must be at least 1 (got %d)",
+                            p->max_tokens);
+    }
+    if (p->n_logprobs < -1 || p->n_logprobs > SCH_MAX_LOGPROBS) {
+        return kc_error_set(err, KC_ERANGE, "logprobs must be in [0, %d] (got %d)",
+                            SCH_MAX_LOGPROBS, p->n_logprobs);
+    }
+    if (p->mode != SCH_MODE_AUTO && p->mode != SCH_MODE_FULL && p->mode != SCH_MODE_PREDICT) {
+        return kc_error_set(err, KC_EINVAL, "unknown prefill mode %d", (int)p->mode);
+    }
+    int rc = eng_sampler_params_validate(&p->sampling, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    for (int i = 0; i < p->n_prompt; i++) {
+        if (p->prompt[i] < 0 || p->prompt[i] >= bc->vocab_size) {
+            return kc_error_set(err, KC_ERANGE,
+                                "prompt token %d at position %d is outside the "
+                                "vocabulary [0, %d)",
+                                p->prompt[i], i, bc->vocab_size);
+        }
+    }
+    const int64_t total = (int64_t)p->n_prompt + p->max_tokens;
+    if (total > s->cfg.max_context) {
+        return kc_error_set(err, KC_ECONTEXT,
+                            "this model's maximum context length is %d tokens, but %lld were "
+                            "requested (%d in the prompt, %d for the completion)",
+                            s->cfg.max_context, (long long)total, p->n_prompt, p->max_tokens);
+    }
+    const int need = eng_kv_blocks_for(&s->pool, (int)total - 1);
+    if (need > s->pool.n_blocks) {
+        return kc_error_set(err, KC_ECONTEXT,
+                            "%d prompt + %d completion tokens need %d KV blocks, but the whole "
+                            "KV cache holds %d (%d tokens)",
+                            p->n_prompt, p->max_tokens, need, s->pool.n_blocks,
+                            s->pool.n_blocks * s->pool.block_size);
+    }
+
+    struct sch_req *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
+    }
+    r->prompt = kc_calloc((size_t)p->n_prompt, sizeof(int32_t));
+    if (r->prompt == NULL) {
+        free(r);
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
+    }
+    rc = eng_sampler_init(&r->sampler, &p->sampling, bc->vocab_size, err);
+    if (rc != KC_OK) {
+        free(r->prompt);
+        free(r);
+        return rc;
+    }
+    memcpy(r->prompt, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
+    for (int i = 0; i < p->n_prompt; i++) {
+        eng_sampler_observe(&r->sampler, p->prompt[i]);
+    }
+    r->user = user;
+    r->n_prompt = p->n_prompt;
+    r->max_tokens = p->max_tokens;
+    r->ignore_eos = p->ignore_eos;
+    r->n_logprobs = p->n_logprobs;
+    r->requested_mode = p->mode;
+    r->mode = SCH_MODE_FULL;
+    r->state = SCH_REQ_QUEUED;
+    atomic_init(&r->cancel, SCH_FINISH_NONE);
+
+    pthread_mutex_lock(&s->lock);
+    if (s->draining) {
+        pthread_mutex_unlock(&s->lock);
+        req_free(r);
+        return kc_error_set(err, KC_EBUSY, "the server is shutting down");
+    }
+    if (s->waiting.n >= s->cfg.max_queue) {
+        const int n = s->waiting.n;
+        pthread_mutex_unlock(&s->lock);
+        req_free(r);
+        return kc_error_set(err, KC_EBUSY, "the wait queue is full (%d requests)", n);
+    }
+    r->id = ++s->next_id;
+    r->t_state[SCH_REQ_QUEUED] = kc_now_ns();
+    r->live_next = s->live;
+    if (s->live != NULL) {
+        s->live->live_prev = r;
+    }
+    s->live = r;
+    s->n_live++;
+    sch_queue_push(&s->waiting, r);
+    pthread_cond_signal(&s->prefill_cv);
+    *id = r->id;
+    pthread_mutex_unlock(&s->lock);
+    return KC_OK;
+}
+
+void sch_cancel(struct sch *s, uint64_t id, enum sch_finish finish) {
+    if (s == NULL) {
+        return;
+    }
+    if (finish != SCH_FINISH_STOP && finish != SCH_FINISH_LENGTH) {
+        finish = SCH_FINISH_ABORT;
+    }
+    pthread_mutex_lock(&s->lock);
+    for (struct sch_req *r = s->live; r != NULL; r = r->live_next) {
+        if (r->id != id) {
+            continue;
+        }
+        if (sch_req_cancel(r, finish) && r->state == SCH_REQ_QUEUED) {
+            /* Out of the wait queue now; a worker ends it (invariant 4). */
+            sch_queue_remove(&s->waiting, r);
+            sch_queue_push(&s->reap, r);
+            pthread_cond_broadcast(&s->prefill_cv);
+            pthread_cond_signal(&s->decode_cv);
+        }
+        break;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void sch_stats_get(struct sch *s, struct sch_stats *out) {
+    struct sch_stats st = {0};
+    pthread_mutex_lock(&s->lock);
+    st.queued = s->waiting.n + s->reap.n;
+    st.prefilling = s->n_prefilling;
+    st.running = s->n_running;
+    st.finished = s->finished;
+    st.cancelled = s->cancelled;
+    st.failed = s->failed;
+    st.mode_full = s->mode_full;
+    st.mode_predict = s->mode_predict;
+    st.auto_full = s->auto_full;
+    st.auto_predict = s->auto_predict;
+    st.prompt_tokens = s->prompt_tokens;
+    st.generated_tokens = s->generated_tokens;
+    st.prefill_ms_per_token_full = s->cost_full;
+    st.prefill_ms_per_token_predict = s->cost_predict;
+    for (int i = 0; i < s->cfg.prefill_workers; i++) {
+        st.aux_blocks_total += s->pw[i].aux_total;
+        st.aux_blocks_free += s->pw[i].aux_total - s->pw[i].aux_in_use;
+    }
+    st.base_blocks_free = eng_kv_pool_n_free(&s->pool);
+    st.base_blocks_total = s->pool.n_blocks;
+    pthread_mutex_unlock(&s->lock);
+    *out = st;
+}
+
+void sch_drain(struct sch *s, int timeout_ms) {
+    if (s == NULL) {
+        return;
+    }
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    const int64_t ms = timeout_ms > 0 ? timeout_ms : 0;
+    deadline.tv_sec += (time_t)(ms / 1000);
+    deadline.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&s->lock);
+    s->draining = true;
+    while (s->n_live > 0) {
+        if (pthread_cond_timedwait(&s->idle_cv, &s->lock, &deadline) == ETIMEDOUT) {
+            break;
+        }
+    }
+    if (s->n_live > 0) {
+        KC_INFO("drain: %d request(s) still running after %d ms; cancelling them", s->n_live,
+                timeout_ms);
+        for (struct sch_req *r = s->live; r != NULL; r = r->live_next) {
+            if (sch_req_cancel(r, SCH_FINISH_ABORT) && r->state == SCH_REQ_QUEUED) {
+                sch_queue_remove(&s->waiting, r);
+                sch_queue_push(&s->reap, r);
+            }
+        }
+        pthread_cond_broadcast(&s->prefill_cv);
+        pthread_cond_broadcast(&s->decode_cv);
+        /* Cancelled requests end within one prefill chunk or decode step. */
+        while (s->n_live > 0) {
+            pthread_cond_wait(&s->idle_cv, &s->lock);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void sch_destroy(struct sch *s) {
+    if (s == NULL) {
+        return;
+    }
+    stop_workers(s);
+    sch_free(s);
+}

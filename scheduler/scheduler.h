@@ -1,0 +1,170 @@
+/*
+ * scheduler.h — the prefill/decode split kvcast is named for: admission control, prefill
+ * workers (auxiliary model + KV predictor, or a full base prefill), a hand-off queue that
+ * moves block tables (never KV bytes) to decode workers, and continuous batching.
+ *
+ * Place in the data flow: server -> scheduler -> engine. The server submits requests and
+ * cancels them; the scheduler reports everything that happens to a request through ONE
+ * event callback, which the server wires to uv_async_send. Workers never touch sockets.
+ *
+ * Threads: sch_create starts the worker threads; every sch_* function may be called from
+ * any thread (the server calls them from its loop thread). The event callback runs on
+ * worker threads and must not block: copy the event and return.
+ *
+ * Request state machine (drawn in scheduler/request.h, one owner per state):
+ *   QUEUED -> PREFILLING -> HANDED_OFF -> DECODING -> FINISHED | CANCELLED | FAILED
+ * Every request produces exactly one terminal event (SCH_EV_DONE or SCH_EV_ERROR), after
+ * which its id is dead and the user data pointer is never used again.
+ */
+#ifndef SCH_SCHEDULER_H
+#define SCH_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/kc.h"
+#include "engine/sampler.h"
+
+struct eng_model;
+struct eng_kvp; /* engine/kvp.h: a KV predictor */
+
+#define SCH_MAX_LOGPROBS 5
+
+enum sch_prefill_mode {
+    SCH_MODE_AUTO = 0, /* predict only when full would miss the TTFT target (or long prompt) */
+    SCH_MODE_FULL,     /* base model prefill over the whole prompt */
+    SCH_MODE_PREDICT,  /* auxiliary prefill + KV predictor + one base step */
+};
+const char *sch_mode_name(enum sch_prefill_mode m);
+/* Parses "auto" | "full" | "predict". */
+int sch_mode_parse(const char *s, enum sch_prefill_mode *out);
+
+struct sch_config {
+    int prefill_threads;       /* OpenMP threads of the prefill worker */
+    int decode_threads;        /* OpenMP threads of the decode worker */
+    bool pin_cpus;             /* pin prefill to cores [0, p), decode to [p, p + d) */
+    size_t base_kv_bytes;      /* memory budget of the base model's KV pool */
+    size_t aux_kv_bytes;       /* memory budget of the auxiliary model's (transient) pool;
+                                * 0: as needed (one max_context prompt per prefill worker) */
+    int block_size;            /* tokens per KV block */
+    int max_queue;             /* waiting requests beyond which submit says KC_EBUSY */
+    int max_running;           /* sequences decoding at once */
+    int prefill_chunk;         /* rows per prefill forward step (chunked prefill) */
+    int max_context;           /* prompt + max_tokens limit (<= the model's positions; 0:
+                                * the model's positions) */
+    double ttft_slo_ms;        /* auto mode: target TTFT */
+    int predict_min_prompt;    /* auto mode: prompts at least this long always predict */
+    int prefill_workers;       /* prefill worker threads (default 1), each prefill_threads wide */
+};
+/* Defaults that suit a 2-core machine: 1 prefill thread, 1 decode thread. */
+struct sch_config sch_default_config(void);
+
+struct sch_request_params {
+    const int32_t *prompt; /* copied at submit */
+    int n_prompt;          /* >= 1 */
+    int max_tokens;        /* >= 1 */
+    struct eng_sampler_params sampling;
+    bool ignore_eos;
+    int n_logprobs;        /* 0..SCH_MAX_LOGPROBS alternatives reported per token; -1 none */
+    enum sch_prefill_mode mode;
+};
+
+enum sch_event_type {
+    SCH_EV_TOKEN = 0, /* one generated token */
+    SCH_EV_DONE,      /* terminal: finished normally or cancelled */
+    SCH_EV_ERROR,     /* terminal: failed */
+};
+
+enum sch_finish { SCH_FINISH_NONE = 0, SCH_FINISH_STOP, SCH_FINISH_LENGTH, SCH_FINISH_ABORT };
+
+struct sch_timings {
+    double queue_ms;            /* submit -> prefill start */
+    double prefill_ms;          /* prefill start -> hand-off */
+    double aux_ms;              /* predict mode: auxiliary forward */
+    double predict_ms;          /* predict mode: predictor GEMMs + cache writes */
+    double base_first_step_ms;  /* the base step that yields the first token */
+    double ttft_ms;             /* submit -> first token */
+    double decode_ms;           /* first token -> last token */
+    enum sch_prefill_mode mode; /* the mode actually used (never AUTO) */
+};
+
+struct sch_event {
+    enum sch_event_type type;
+    uint64_t id;
+    void *user; /* the pointer given at submit */
+    /* SCH_EV_TOKEN */
+    int32_t token;
+    float logprob;
+    int n_top;
+    int32_t top_ids[SCH_MAX_LOGPROBS];
+    float top_logprobs[SCH_MAX_LOGPROBS];
+    /* SCH_EV_DONE / SCH_EV_ERROR */
+    enum sch_finish finish;
+    int n_prompt;
+    int n_generated;
+    struct sch_timings timings;
+    int error; /* KC_E* for SCH_EV_ERROR */
+    char message[256];
+};
+
+/* Called on worker threads; must copy what it needs and return quickly. */
+typedef void (*sch_event_cb)(void *ud, const struct sch_event *ev);
+
+struct sch;
+
+/*
+ * Starts the scheduler over a base model and, optionally, an auxiliary model + predictor
+ * (both NULL: only full prefill is possible and predict requests fall back to full with
+ * the mode reported). Models must outlive the scheduler. Sizes KV pools from the budgets.
+ */
+int sch_create(const struct sch_config *cfg, const struct eng_model *base,
+               const struct eng_model *aux, const struct eng_kvp *predictor,
+               sch_event_cb cb, void *cb_ud, struct sch **out, struct kc_error *err);
+
+/*
+ * Admits a request or refuses it at once: KC_ECONTEXT (with a message giving the numbers)
+ * if prompt + max_tokens can never fit, KC_ERANGE for a token id outside the vocabulary,
+ * KC_EINVAL for bad parameters, KC_EBUSY when the wait queue is full (the server answers
+ * 429/503 + Retry-After). On success *id identifies the request in events.
+ */
+int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
+               struct kc_error *err);
+
+/* Asks for a request to stop (client gone, stop string seen, shutdown). Idempotent; an
+ * unknown or finished id is ignored. The request ends with SCH_EV_DONE, finish ABORT
+ * (or the finish given, e.g. STOP for a stop string seen by the server). */
+void sch_cancel(struct sch *s, uint64_t id, enum sch_finish finish);
+
+struct sch_stats {
+    int queued;
+    int prefilling;
+    int running;
+    int base_blocks_free;
+    int base_blocks_total;
+    int aux_blocks_free;
+    int aux_blocks_total;
+    uint64_t finished;
+    uint64_t cancelled;
+    uint64_t failed;
+    uint64_t mode_full;
+    uint64_t mode_predict;
+    uint64_t prompt_tokens;
+    uint64_t generated_tokens;
+    double prefill_ms_per_token_full;    /* running estimates used by auto mode */
+    double prefill_ms_per_token_predict;
+    uint64_t auto_full;    /* auto-mode decisions that chose full ... */
+    uint64_t auto_predict; /* ... and predict (also counted in mode_full / mode_predict) */
+};
+void sch_stats_get(struct sch *s, struct sch_stats *out);
+
+/* Stops admitting (submit returns KC_EBUSY), lets running requests finish, and returns
+ * when all are done or timeout_ms passed (then cancels the rest). */
+void sch_drain(struct sch *s, int timeout_ms);
+
+/* Cancels everything, joins the workers, frees the pools. Every request still alive gets
+ * its terminal event before this returns (requests the workers did not reach get it on the
+ * calling thread, after the workers are joined). */
+void sch_destroy(struct sch *s);
+
+#endif /* SCH_SCHEDULER_H */

@@ -1,0 +1,982 @@
+/*
+ * Tests of the running scheduler on a real (tiny) model, tests/golden/llama_gqa, with f32
+ * weights for both step shapes so that greedy output is exactly reproducible: outputs equal
+ * direct eng_forward greedy decoding, batching does not change greedy output, seeded
+ * sampling is reproducible, admission/overload/never-fits, cancellation at every stage, FIFO
+ * admission, drain and destroy with requests in flight, and KV Prediction with aux = base and
+ * an identity predictor. Every test checks that each request got exactly one terminal event
+ * and that every KV block came back. Waits are bounded: a stuck scheduler fails the test.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "common/kc.h"
+#include "engine/kvp.h"
+#include "engine/model.h"
+#include "scheduler/sched_internal.h"
+#include "scheduler/scheduler.h"
+
+#define MAX_REQ 32
+#define MAX_TOK 128
+#define WAIT_MS 20000
+
+static struct eng_model *g_model;
+
+/* ---- event recorder ---- */
+
+struct rec {
+    uint64_t id;
+    int32_t tokens[MAX_TOK];
+    float logprobs[MAX_TOK];
+    int n_top[MAX_TOK];
+    int n_tokens;
+    int n_terminal;
+    bool event_after_terminal;
+    enum sch_event_type term;
+    enum sch_finish finish;
+    int n_generated;
+    int error;
+    struct sch_timings timings;
+    int cancel_at_token; /* > 0: the callback cancels after this many tokens */
+    uint64_t t_first_token;
+};
+
+struct harness {
+    pthread_mutex_t mu; /* guards everything below */
+    pthread_cond_t cv;
+    struct rec recs[MAX_REQ];
+    int n_terminal;
+    struct sch *s;
+    /* hook gate: a worker reaching a gated point waits until the gate opens */
+    bool gate_prefill;             /* pause at SCH_HOOK_PREFILL_CHUNK */
+    bool gate_decode;              /* pause at SCH_HOOK_DECODE_JOIN */
+    int paused;                    /* workers waiting at the gate */
+    uint64_t cancel_in_prefill_id; /* cancel this id at its first prefill chunk */
+};
+
+static void deadline_in(struct timespec *ts, int ms) {
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+static void harness_init(struct harness *h) {
+    memset(h, 0, sizeof(*h));
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+static void harness_free(struct harness *h) {
+    pthread_cond_destroy(&h->cv);
+    pthread_mutex_destroy(&h->mu);
+}
+
+static void on_event(void *ud, const struct sch_event *ev) {
+    struct harness *h = ud;
+    struct rec *r = ev->user;
+    uint64_t cancel_id = 0;
+    pthread_mutex_lock(&h->mu);
+    if (r->n_terminal > 0) {
+        r->event_after_terminal = true;
+    }
+    if (ev->type == SCH_EV_TOKEN) {
+        if (r->n_tokens == 0) {
+            r->t_first_token = kc_now_ns();
+        }
+        if (r->n_tokens < MAX_TOK) {
+            r->tokens[r->n_tokens] = ev->token;
+            r->logprobs[r->n_tokens] = ev->logprob;
+            r->n_top[r->n_tokens] = ev->n_top;
+        }
+        r->n_tokens++;
+        if (r->cancel_at_token > 0 && r->n_tokens == r->cancel_at_token) {
+            cancel_id = ev->id;
+        }
+    } else {
+        r->n_terminal++;
+        r->term = ev->type;
+        r->finish = ev->finish;
+        r->n_generated = ev->n_generated;
+        r->error = ev->error;
+        r->timings = ev->timings;
+        h->n_terminal++;
+        pthread_cond_broadcast(&h->cv);
+    }
+    struct sch *s = h->s;
+    pthread_mutex_unlock(&h->mu);
+    if (cancel_id != 0) {
+        sch_cancel(s, cancel_id, SCH_FINISH_ABORT);
+    }
+}
+
+static void on_hook(void *ud, enum sch_hook_point p, uint64_t id, int step) {
+    struct harness *h = ud;
+    (void)step;
+    pthread_mutex_lock(&h->mu);
+    if (p == SCH_HOOK_PREFILL_CHUNK && id == h->cancel_in_prefill_id) {
+        struct sch *s = h->s;
+        pthread_mutex_unlock(&h->mu);
+        sch_cancel(s, id, SCH_FINISH_ABORT);
+        pthread_mutex_lock(&h->mu);
+    }
+    bool *gate = p == SCH_HOOK_PREFILL_CHUNK ? &h->gate_prefill
+                 : p == SCH_HOOK_DECODE_JOIN ? &h->gate_decode
+                                             : NULL;
+    if (gate != NULL && *gate) {
+        struct timespec dl;
+        deadline_in(&dl, WAIT_MS);
+        h->paused++;
+        pthread_cond_broadcast(&h->cv);
+        while (*gate) {
+            if (pthread_cond_timedwait(&h->cv, &h->mu, &dl) == ETIMEDOUT) {
+                *gate = false; /* never hang: the test will fail on its own checks */
+            }
+        }
+        h->paused--;
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Waits until n terminal events arrived; fails after WAIT_MS. */
+static void wait_terminal(struct harness *h, int n) {
+    struct timespec dl;
+    deadline_in(&dl, WAIT_MS);
+    pthread_mutex_lock(&h->mu);
+    while (h->n_terminal < n) {
+        if (pthread_cond_timedwait(&h->cv, &h->mu, &dl) == ETIMEDOUT) {
+            const int got = h->n_terminal;
+            pthread_mutex_unlock(&h->mu);
+            fail_msg("timed out waiting for %d terminal events (got %d)", n, got);
+        }
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Waits until `paused` workers wait at a gate; fails after WAIT_MS. */
+static void wait_paused(struct harness *h, int n) {
+    struct timespec dl;
+    deadline_in(&dl, WAIT_MS);
+    pthread_mutex_lock(&h->mu);
+    while (h->paused < n) {
+        if (pthread_cond_timedwait(&h->cv, &h->mu, &dl) == ETIMEDOUT) {
+            pthread_mutex_unlock(&h->mu);
+            fail_msg("timed out waiting for a worker to pause");
+        }
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* Waits until n requests are handed off or decoding; fails after WAIT_MS. */
+static void wait_running(struct harness *h, int n) {
+    const uint64_t end = kc_now_ns() + (uint64_t)WAIT_MS * 1000000u;
+    struct sch_stats st;
+    do {
+        sch_stats_get(h->s, &st);
+        if (st.running == n) {
+            return;
+        }
+        struct timespec ts = {0, 1000000L};
+        nanosleep(&ts, NULL);
+    } while (kc_now_ns() < end);
+    fail_msg("timed out waiting for %d running requests (have %d)", n, st.running);
+}
+
+static void open_gates(struct harness *h) {
+    pthread_mutex_lock(&h->mu);
+    h->gate_prefill = false;
+    h->gate_decode = false;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* ---- set-up ---- */
+
+static int group_setup(void **state) {
+    (void)state;
+    const char *src = getenv("KC_SOURCE_DIR");
+    char dir[1024];
+    snprintf(dir, sizeof(dir), "%s/tests/golden/llama_gqa", src != NULL ? src : ".");
+    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_F32};
+    struct kc_error err = {0};
+    if (eng_model_load(dir, &p, &g_model, &err) != KC_OK) {
+        fprintf(stderr, "%s: %s\n", dir, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    eng_model_free(g_model);
+    return 0;
+}
+
+static struct sch_config test_config(int n_blocks) {
+    struct sch_config c = sch_default_config();
+    c.block_size = 8;
+    c.base_kv_bytes = (size_t)n_blocks * eng_kv_block_bytes(eng_model_config_of(g_model), 8);
+    c.max_queue = 16;
+    c.max_running = 8;
+    c.prefill_chunk = 16;
+    c.ttft_slo_ms = 1000.0;
+    return c;
+}
+
+static struct sch *start(struct harness *h, const struct sch_config *c, const struct eng_model *aux,
+                         const struct eng_kvp *pred) {
+    struct kc_error err = {0};
+    struct sch *s = NULL;
+    if (sch_create(c, g_model, aux, pred, on_event, h, &s, &err) != KC_OK) {
+        fail_msg("sch_create: %s", err.msg);
+    }
+    h->s = s;
+    sch__set_hook(s, on_hook, h);
+    return s;
+}
+
+static void make_prompt(int32_t *p, int n, int salt) {
+    for (int i = 0; i < n; i++) {
+        p[i] = (int32_t)(3 + (i * 7 + salt * 13) % 120);
+    }
+}
+
+static struct sch_request_params greedy_params(const int32_t *prompt, int n, int max_tokens) {
+    struct sch_request_params p = {
+        .prompt = prompt,
+        .n_prompt = n,
+        .max_tokens = max_tokens,
+        .sampling = eng_sampler_default_params(),
+        .ignore_eos = true,
+        .n_logprobs = -1,
+        .mode = SCH_MODE_AUTO,
+    };
+    p.sampling.temperature = 0.0f;
+    return p;
+}
+
+static uint64_t submit_ok(struct harness *h, const struct sch_request_params *p, int slot) {
+    struct kc_error err = {0};
+    uint64_t id = 0;
+    int rc = sch_submit(h->s, p, &h->recs[slot], &id, &err);
+    if (rc != KC_OK) {
+        fail_msg("submit %d: %s (%s)", slot, kc_strerror(rc), err.msg);
+    }
+    pthread_mutex_lock(&h->mu);
+    h->recs[slot].id = id;
+    pthread_mutex_unlock(&h->mu);
+    return id;
+}
+
+/* Every request got exactly one terminal event, nothing after it, and every block is back. */
+static void check_clean(struct harness *h, int n_requests) {
+    pthread_mutex_lock(&h->mu);
+    for (int i = 0; i < n_requests; i++) {
+        assert_int_equal(h->recs[i].n_terminal, 1);
+        assert_false(h->recs[i].event_after_terminal);
+        assert_int_equal(h->recs[i].n_generated, h->recs[i].n_tokens);
+    }
+    pthread_mutex_unlock(&h->mu);
+    struct sch_stats st;
+    sch_stats_get(h->s, &st);
+    assert_int_equal(st.base_blocks_free, st.base_blocks_total);
+    assert_int_equal(st.aux_blocks_free, st.aux_blocks_total);
+}
+
+/* Greedy decoding straight on the engine: prefill the prompt, then one token per step. */
+static void direct_greedy(const int32_t *prompt, int n, int max_tokens, int32_t *out) {
+    const struct eng_model_config *c = eng_model_config_of(g_model);
+    struct kc_error err = {0};
+    struct eng_ctx *ctx = NULL;
+    struct eng_kv_pool pool = {0};
+    struct eng_seq seq = {0};
+    float *logits = calloc((size_t)c->vocab_size, sizeof(float));
+    assert_non_null(logits);
+    assert_int_equal(eng_ctx_create(g_model, 16, n + max_tokens, 1, &ctx, &err), KC_OK);
+    assert_int_equal(eng_kv_pool_init(&pool, c, 8, (n + max_tokens) / 8 + 1, &err), KC_OK);
+    struct eng_batch_item item = {.seq = &seq,
+                                  .tokens = prompt,
+                                  .n_tokens = n,
+                                  .logits_mode = ENG_LOGITS_LAST,
+                                  .logits = logits};
+    assert_int_equal(eng_forward(ctx, g_model, &pool, &item, 1, NULL, &err), KC_OK);
+    for (int t = 0; t < max_tokens; t++) {
+        int32_t best = 0;
+        for (int v = 1; v < c->vocab_size; v++) {
+            best = logits[v] > logits[best] ? v : best;
+        }
+        out[t] = best;
+        item = (struct eng_batch_item){.seq = &seq,
+                                       .tokens = &out[t],
+                                       .n_tokens = 1,
+                                       .logits_mode = ENG_LOGITS_LAST,
+                                       .logits = logits};
+        if (t + 1 < max_tokens) {
+            assert_int_equal(eng_forward(ctx, g_model, &pool, &item, 1, NULL, &err), KC_OK);
+        }
+    }
+    eng_seq_release(&pool, &seq);
+    eng_kv_pool_free(&pool);
+    eng_ctx_free(ctx);
+    free(logits);
+}
+
+/* ---- tests ---- */
+
+static void test_request_runs_to_length_and_matches_direct_greedy(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[40];
+    make_prompt(prompt, 40, 1);
+    struct sch_request_params p = greedy_params(prompt, 40, 24);
+    p.n_logprobs = 3;
+    submit_ok(&h, &p, 0);
+    wait_terminal(&h, 1);
+    int32_t want[24];
+    direct_greedy(prompt, 40, 24, want);
+    struct rec *r = &h.recs[0];
+    assert_int_equal(r->term, SCH_EV_DONE);
+    assert_int_equal(r->finish, SCH_FINISH_LENGTH);
+    assert_int_equal(r->n_tokens, 24);
+    for (int i = 0; i < 24; i++) {
+        if (r->tokens[i] != want[i]) {
+            fail_msg("token %d: scheduler %d, direct %d", i, r->tokens[i], want[i]);
+        }
+        assert_true(r->logprobs[i] <= 0.0f);
+        assert_int_equal(r->n_top[i], 3);
+    }
+    assert_int_equal(r->timings.mode, SCH_MODE_FULL);
+    assert_true(r->timings.ttft_ms > 0.0 && r->timings.ttft_ms >= r->timings.queue_ms);
+    check_clean(&h, 1);
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.finished, 1);
+    assert_int_equal(st.prompt_tokens, 40);
+    assert_int_equal(st.generated_tokens, 24);
+    assert_true(st.prefill_ms_per_token_full > 0.0);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_eight_concurrent_requests_complete_and_free_every_block(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(96);
+    start(&h, &c, NULL, NULL);
+    int32_t prompts[8][48];
+    for (int i = 0; i < 8; i++) {
+        const int n = 5 + i * 6;
+        make_prompt(prompts[i], n, i);
+        struct sch_request_params p = greedy_params(prompts[i], n, 10 + i * 5);
+        p.sampling.temperature = i % 2 == 0 ? 0.0f : 0.9f;
+        p.sampling.top_p = 0.95f;
+        p.sampling.seed = (uint64_t)(100 + i);
+        p.n_logprobs = i % 3 == 0 ? 2 : -1;
+        submit_ok(&h, &p, i);
+    }
+    wait_terminal(&h, 8);
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(h.recs[i].term, SCH_EV_DONE);
+        assert_int_equal(h.recs[i].finish, SCH_FINISH_LENGTH);
+        assert_int_equal(h.recs[i].n_tokens, 10 + i * 5);
+    }
+    check_clean(&h, 8);
+    sch_drain(h.s, 1000);
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.finished, 8);
+    assert_int_equal(st.queued + st.prefilling + st.running, 0);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+/* The same request alone and batched with 7 others gives the same first 16 greedy tokens,
+ * and a seeded sampled request repeats itself exactly. */
+static void test_batched_output_equals_alone_and_seeded_sampling_repeats(void **state) {
+    (void)state;
+    int32_t prompt[30], other[8][20];
+    make_prompt(prompt, 30, 42);
+    struct sch_request_params greedy = greedy_params(prompt, 30, 16);
+    struct sch_request_params sampled = greedy_params(prompt, 30, 16);
+    sampled.sampling.temperature = 0.8f;
+    sampled.sampling.top_k = 20;
+    sampled.sampling.seed = 7;
+    int32_t alone[2][16];
+    for (int round = 0; round < 2; round++) {
+        struct harness h;
+        harness_init(&h);
+        struct sch_config c = test_config(128);
+        start(&h, &c, NULL, NULL);
+        if (round == 0) {
+            submit_ok(&h, &greedy, 0);
+            wait_terminal(&h, 1);
+            submit_ok(&h, &sampled, 1);
+            wait_terminal(&h, 2);
+            memcpy(alone[0], h.recs[0].tokens, sizeof(alone[0]));
+            memcpy(alone[1], h.recs[1].tokens, sizeof(alone[1]));
+            check_clean(&h, 2);
+        } else {
+            /* Hold decoding until everything is queued so they all run in one batch. */
+            h.gate_decode = true;
+            submit_ok(&h, &greedy, 0);
+            wait_paused(&h, 1);
+            submit_ok(&h, &sampled, 1);
+            for (int i = 0; i < 6; i++) {
+                make_prompt(other[i], 20, 100 + i);
+                struct sch_request_params p = greedy_params(other[i], 20, 20);
+                p.sampling.temperature = 1.0f;
+                p.sampling.seed = (uint64_t)i;
+                submit_ok(&h, &p, 2 + i);
+            }
+            wait_running(&h, 8);
+            open_gates(&h);
+            wait_terminal(&h, 8);
+            check_clean(&h, 8);
+            for (int t = 0; t < 16; t++) {
+                if (h.recs[0].tokens[t] != alone[0][t]) {
+                    fail_msg("greedy token %d: batched %d, alone %d", t, h.recs[0].tokens[t],
+                             alone[0][t]);
+                }
+                if (h.recs[1].tokens[t] != alone[1][t]) {
+                    fail_msg("sampled token %d: batched %d, alone %d", t, h.recs[1].tokens[t],
+                             alone[1][t]);
+                }
+            }
+        }
+        sch_destroy(h.s);
+        harness_free(&h);
+    }
+}
+
+static void test_full_wait_queue_answers_busy(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(128);
+    c.max_queue = 3;
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[20];
+    make_prompt(prompt, 20, 3);
+    struct sch_request_params p = greedy_params(prompt, 20, 4);
+    h.gate_prefill = true; /* the prefill worker stops after its first chunk */
+    submit_ok(&h, &p, 0);
+    wait_paused(&h, 1);
+    for (int i = 1; i <= 3; i++) {
+        submit_ok(&h, &p, i);
+    }
+    struct kc_error err = {0};
+    uint64_t id = 0;
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[4], &id, &err), KC_EBUSY);
+    assert_non_null(strstr(err.msg, "queue is full"));
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.queued, 3);
+    assert_int_equal(st.prefilling, 1);
+    open_gates(&h);
+    wait_terminal(&h, 4);
+    check_clean(&h, 4);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_requests_that_can_never_fit_are_refused_at_submit(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(4); /* 4 blocks of 8 = 32 positions */
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[120];
+    make_prompt(prompt, 120, 5);
+    struct kc_error err = {0};
+    uint64_t id = 0;
+    /* Beyond the model's 128 positions. */
+    struct sch_request_params p = greedy_params(prompt, 120, 20);
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[0], &id, &err), KC_ECONTEXT);
+    assert_non_null(strstr(err.msg, "maximum context length is 128"));
+    /* Within the model, beyond the whole KV pool. */
+    p = greedy_params(prompt, 30, 10);
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[0], &id, &err), KC_ECONTEXT);
+    assert_non_null(strstr(err.msg, "KV blocks"));
+    /* Exactly the pool: 24 + 9 - 1 = 32 positions. */
+    p = greedy_params(prompt, 24, 9);
+    submit_ok(&h, &p, 0);
+    /* Bad parameters. */
+    p = greedy_params(prompt, 10, 0);
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[1], &id, &err), KC_EINVAL);
+    p = greedy_params(prompt, 0, 4);
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[1], &id, &err), KC_EINVAL);
+    p = greedy_params(prompt, 10, 4);
+    p.n_logprobs = SCH_MAX_LOGPROBS + 1;
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[1], &id, &err), KC_ERANGE);
+    p = greedy_params(prompt, 10, 4);
+    p.sampling.top_p = 0.0f;
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[1], &id, &err), KC_ERANGE);
+    int32_t bad[3] = {1, 128, 2};
+    p = greedy_params(bad, 3, 4);
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[1], &id, &err), KC_ERANGE);
+    assert_non_null(strstr(err.msg, "position 1"));
+    wait_terminal(&h, 1);
+    assert_int_equal(h.recs[0].n_tokens, 9);
+    check_clean(&h, 1);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_cancel_while_queued_ends_without_the_prefill_worker(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[20];
+    make_prompt(prompt, 20, 6);
+    struct sch_request_params p = greedy_params(prompt, 20, 8);
+    h.gate_prefill = true;
+    submit_ok(&h, &p, 0);
+    wait_paused(&h, 1); /* the only prefill worker is busy with request 0 */
+    const uint64_t id1 = submit_ok(&h, &p, 1);
+    sch_cancel(h.s, id1, SCH_FINISH_ABORT);
+    sch_cancel(h.s, id1, SCH_FINISH_ABORT); /* idempotent */
+    wait_terminal(&h, 1);                   /* ended while the prefill worker is still paused */
+    pthread_mutex_lock(&h.mu);
+    assert_int_equal(h.recs[1].n_terminal, 1);
+    assert_int_equal(h.recs[1].term, SCH_EV_DONE);
+    assert_int_equal(h.recs[1].finish, SCH_FINISH_ABORT);
+    assert_int_equal(h.recs[1].n_tokens, 0);
+    pthread_mutex_unlock(&h.mu);
+    open_gates(&h);
+    wait_terminal(&h, 2);
+    assert_int_equal(h.recs[0].finish, SCH_FINISH_LENGTH);
+    sch_cancel(h.s, id1, SCH_FINISH_ABORT); /* a dead id is ignored */
+    check_clean(&h, 2);
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.cancelled, 1);
+    assert_int_equal(st.finished, 1);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_cancel_during_prefill_stops_at_the_next_chunk(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    c.prefill_chunk = 8;
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[64];
+    make_prompt(prompt, 64, 7);
+    struct sch_request_params p = greedy_params(prompt, 64, 8);
+    h.cancel_in_prefill_id = 1; /* the first id the scheduler hands out */
+    assert_int_equal(submit_ok(&h, &p, 0), 1);
+    wait_terminal(&h, 1);
+    assert_int_equal(h.recs[0].term, SCH_EV_DONE);
+    assert_int_equal(h.recs[0].finish, SCH_FINISH_ABORT);
+    assert_int_equal(h.recs[0].n_tokens, 0);
+    assert_true(h.recs[0].timings.prefill_ms >= 0.0);
+    check_clean(&h, 1);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_cancel_during_decode_ends_with_abort_and_frees_blocks(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[16];
+    make_prompt(prompt, 16, 8);
+    struct sch_request_params p = greedy_params(prompt, 16, 60);
+    h.recs[0].cancel_at_token = 3;
+    h.recs[1].cancel_at_token = 1; /* right at the first token, before the hand-off */
+    submit_ok(&h, &p, 0);
+    submit_ok(&h, &p, 1);
+    submit_ok(&h, &p, 2);
+    wait_terminal(&h, 3);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(h.recs[i].term, SCH_EV_DONE);
+        assert_int_equal(h.recs[i].finish, SCH_FINISH_ABORT);
+        /* Cancellation is seen before the next step: no more than one token after it. */
+        assert_true(h.recs[i].n_tokens >= h.recs[i].cancel_at_token &&
+                    h.recs[i].n_tokens <= h.recs[i].cancel_at_token + 1);
+    }
+    assert_int_equal(h.recs[2].finish, SCH_FINISH_LENGTH);
+    assert_int_equal(h.recs[2].n_tokens, 60);
+    check_clean(&h, 3);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+/* A long prompt at the head of the queue that waits for blocks is not overtaken by a short
+ * one that would fit. */
+static void test_admission_is_fifo_so_long_prompts_do_not_starve(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(12); /* 96 positions */
+    start(&h, &c, NULL, NULL);
+    int32_t a[8], b[60], cc[8];
+    make_prompt(a, 8, 9);
+    make_prompt(b, 60, 10);
+    make_prompt(cc, 8, 11);
+    struct sch_request_params pa = greedy_params(a, 8, 40);  /* 47 positions: 6 blocks */
+    struct sch_request_params pb = greedy_params(b, 60, 10); /* 69 positions: 9 blocks */
+    struct sch_request_params pc = greedy_params(cc, 8, 8);  /* 15 positions: 2 blocks */
+    h.gate_decode = true;
+    submit_ok(&h, &pa, 0);
+    wait_paused(&h, 1); /* A holds 6 blocks and cannot finish */
+    submit_ok(&h, &pb, 1);
+    submit_ok(&h, &pc, 2);
+    sleep_ms(50);
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.queued, 2); /* B waits for blocks; C waits behind B */
+    assert_int_equal(st.base_blocks_free, 6);
+    open_gates(&h);
+    wait_terminal(&h, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(h.recs[i].finish, SCH_FINISH_LENGTH);
+    }
+    assert_true(h.recs[1].t_first_token < h.recs[2].t_first_token);
+    check_clean(&h, 3);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_predict_without_aux_falls_back_to_full(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[12];
+    make_prompt(prompt, 12, 12);
+    struct sch_request_params p = greedy_params(prompt, 12, 3);
+    p.mode = SCH_MODE_PREDICT;
+    submit_ok(&h, &p, 0);
+    wait_terminal(&h, 1);
+    assert_int_equal(h.recs[0].timings.mode, SCH_MODE_FULL);
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.mode_full, 1);
+    assert_int_equal(st.mode_predict, 0);
+    check_clean(&h, 1);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_eos_and_single_token_requests_finish_at_prefill(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[10];
+    make_prompt(prompt, 10, 13);
+    struct sch_request_params p = greedy_params(prompt, 10, 1);
+    submit_ok(&h, &p, 0);
+    /* Greedy without ignore_eos stops at eos (id 2) if the model ever picks it; either way the
+     * request ends with STOP or LENGTH and its tokens match the count. */
+    p = greedy_params(prompt, 10, 30);
+    p.ignore_eos = false;
+    submit_ok(&h, &p, 1);
+    wait_terminal(&h, 2);
+    assert_int_equal(h.recs[0].finish, SCH_FINISH_LENGTH);
+    assert_int_equal(h.recs[0].n_tokens, 1);
+    const struct rec *r = &h.recs[1];
+    if (r->finish == SCH_FINISH_STOP) {
+        assert_int_equal(r->tokens[r->n_tokens - 1], 2);
+    } else {
+        assert_int_equal(r->finish, SCH_FINISH_LENGTH);
+        assert_int_equal(r->n_tokens, 30);
+    }
+    check_clean(&h, 2);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_drain_finishes_in_flight_requests_and_refuses_new_ones(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(128);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[20];
+    make_prompt(prompt, 20, 14);
+    struct sch_request_params p = greedy_params(prompt, 20, 30);
+    for (int i = 0; i < 6; i++) {
+        submit_ok(&h, &p, i);
+    }
+    sch_drain(h.s, WAIT_MS);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(h.recs[i].finish, SCH_FINISH_LENGTH); /* delivered before drain returned */
+    }
+    struct kc_error err = {0};
+    uint64_t id = 0;
+    assert_int_equal(sch_submit(h.s, &p, &h.recs[6], &id, &err), KC_EBUSY);
+    check_clean(&h, 6);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_drain_timeout_cancels_the_rest(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(128);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[20];
+    make_prompt(prompt, 20, 15);
+    struct sch_request_params p = greedy_params(prompt, 20, 30);
+    h.gate_decode = true;
+    submit_ok(&h, &p, 0);
+    wait_paused(&h, 1);
+    for (int i = 1; i < 5; i++) {
+        submit_ok(&h, &p, i);
+    }
+    /* The decode worker resumes, but the requests need 29 more steps each: a drain with no
+     * time to spare cancels them. */
+    open_gates(&h);
+    sch_drain(h.s, 0);
+    pthread_mutex_lock(&h.mu);
+    assert_int_equal(h.n_terminal, 5);
+    int aborted = 0;
+    for (int i = 0; i < 5; i++) {
+        aborted += h.recs[i].finish == SCH_FINISH_ABORT;
+    }
+    pthread_mutex_unlock(&h.mu);
+    assert_true(aborted >= 1);
+    check_clean(&h, 5);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+static void test_destroy_with_requests_in_every_stage_ends_each_once(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(128);
+    c.prefill_chunk = 8;
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[64];
+    make_prompt(prompt, 64, 16);
+    struct sch_request_params p = greedy_params(prompt, 16, 60);
+    for (int i = 0; i < 3; i++) { /* decoding */
+        submit_ok(&h, &p, i);
+    }
+    p = greedy_params(prompt, 64, 20);
+    h.gate_prefill = true;
+    submit_ok(&h, &p, 3); /* prefilling, paused */
+    submit_ok(&h, &p, 4); /* queued */
+    submit_ok(&h, &p, 5);
+    wait_paused(&h, 1);
+    open_gates(&h); /* destroy proceeds whatever the stage reached */
+    sch_destroy(h.s);
+    pthread_mutex_lock(&h.mu);
+    assert_int_equal(h.n_terminal, 6);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(h.recs[i].n_terminal, 1);
+        assert_false(h.recs[i].event_after_terminal);
+        assert_int_equal(h.recs[i].term, SCH_EV_DONE);
+    }
+    pthread_mutex_unlock(&h.mu);
+    harness_free(&h);
+}
+
+/* KV Prediction with aux = base and identity maps predicts the base's own cache: greedy
+ * output equals the full prefill's token for token, and the mode is reported. */
+static void test_identity_predictor_matches_full_and_reports_predict(void **state) {
+    (void)state;
+    const struct eng_model_config *bc = eng_model_config_of(g_model);
+    struct eng_kvp_shape shape = eng_kvp_shape_of_pair(bc, bc);
+    const int Lb = shape.base_layers, Nb = shape.base_kv_dim, Na = shape.aux_kv_dim;
+    float *w = calloc((size_t)Lb * Nb * Na, sizeof(float));
+    int32_t *map = calloc((size_t)Lb, sizeof(int32_t));
+    assert_non_null(w);
+    assert_non_null(map);
+    for (int l = 0; l < Lb; l++) {
+        map[l] = l;
+        for (int i = 0; i < Nb; i++) {
+            w[((size_t)l * Nb + i) * Na + i] = 1.0f;
+        }
+    }
+    struct eng_kvp *pred = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_create(&shape, map, w, NULL, w, NULL, &pred, &err), KC_OK);
+
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    start(&h, &c, g_model, pred);
+    int32_t prompt[40];
+    make_prompt(prompt, 40, 17);
+    struct sch_request_params p = greedy_params(prompt, 40, 16);
+    p.mode = SCH_MODE_FULL;
+    submit_ok(&h, &p, 0);
+    wait_terminal(&h, 1);
+    p.mode = SCH_MODE_PREDICT;
+    submit_ok(&h, &p, 1);
+    wait_terminal(&h, 2);
+    assert_int_equal(h.recs[0].timings.mode, SCH_MODE_FULL);
+    assert_int_equal(h.recs[1].timings.mode, SCH_MODE_PREDICT);
+    assert_true(h.recs[1].timings.aux_ms > 0.0);
+    assert_int_equal(h.recs[1].n_tokens, 16);
+    for (int t = 0; t < 16; t++) {
+        if (h.recs[0].tokens[t] != h.recs[1].tokens[t]) {
+            fail_msg("token %d: full %d, predict %d", t, h.recs[0].tokens[t], h.recs[1].tokens[t]);
+        }
+    }
+    /* auto: long prompts predict, short ones run full. */
+    c.predict_min_prompt = 30;
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.mode_full, 1);
+    assert_int_equal(st.mode_predict, 1);
+    assert_true(st.aux_blocks_total > 0);
+    check_clean(&h, 2);
+    sch_destroy(h.s);
+    harness_free(&h);
+
+    harness_init(&h);
+    start(&h, &c, g_model, pred);
+    p = greedy_params(prompt, 40, 4); /* >= 30: predict */
+    submit_ok(&h, &p, 0);
+    p = greedy_params(prompt, 10, 4); /* short, no cost measured yet or fits 1 s: full */
+    submit_ok(&h, &p, 1);
+    wait_terminal(&h, 2);
+    assert_int_equal(h.recs[0].timings.mode, SCH_MODE_PREDICT);
+    assert_int_equal(h.recs[1].timings.mode, SCH_MODE_FULL);
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.auto_predict, 1);
+    assert_int_equal(st.auto_full, 1);
+    check_clean(&h, 2);
+    sch_destroy(h.s);
+    harness_free(&h);
+    eng_kvp_free(pred);
+    free(w);
+    free(map);
+}
+
+static void test_bad_config_is_refused_with_a_message(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct kc_error err = {0};
+    struct sch *s = NULL;
+    struct sch_config c = test_config(64);
+    c.max_context = 4096; /* the model has 128 positions */
+    assert_int_equal(sch_create(&c, g_model, NULL, NULL, on_event, &h, &s, &err), KC_EINVAL);
+    assert_non_null(strstr(err.msg, "max_context"));
+    c = test_config(64);
+    c.base_kv_bytes = 100; /* less than one block */
+    assert_int_equal(sch_create(&c, g_model, NULL, NULL, on_event, &h, &s, &err), KC_EINVAL);
+    assert_non_null(strstr(err.msg, "base_kv_bytes"));
+    c = test_config(64);
+    c.max_running = 0;
+    assert_int_equal(sch_create(&c, g_model, NULL, NULL, on_event, &h, &s, &err), KC_EINVAL);
+    assert_null(s);
+    harness_free(&h);
+}
+
+static void test_cancel_with_stop_reports_stop(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(64);
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[16];
+    make_prompt(prompt, 16, 18);
+    struct sch_request_params p = greedy_params(prompt, 16, 60);
+    h.gate_decode = true;
+    const uint64_t id = submit_ok(&h, &p, 0);
+    wait_paused(&h, 1);
+    sch_cancel(h.s, id, SCH_FINISH_STOP); /* e.g. the server saw a stop string */
+    open_gates(&h);
+    wait_terminal(&h, 1);
+    assert_int_equal(h.recs[0].finish, SCH_FINISH_STOP);
+    assert_int_equal(h.recs[0].n_tokens, 1);
+    struct sch_stats st;
+    sch_stats_get(h.s, &st);
+    assert_int_equal(st.finished, 1);
+    assert_int_equal(st.cancelled, 0);
+    check_clean(&h, 1);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+/* Pinning (1 prefill core + 1 decode core) and two prefill workers still serve correctly;
+ * where the cores do not exist the workers run unpinned with a warning. */
+static void test_pinned_workers_and_two_prefill_workers_serve_requests(void **state) {
+    (void)state;
+    struct harness h;
+    harness_init(&h);
+    struct sch_config c = test_config(96);
+    c.pin_cpus = true;
+    c.prefill_workers = 2;
+    start(&h, &c, NULL, NULL);
+    int32_t prompt[24];
+    make_prompt(prompt, 24, 19);
+    struct sch_request_params p = greedy_params(prompt, 24, 12);
+    for (int i = 0; i < 6; i++) {
+        submit_ok(&h, &p, i);
+    }
+    wait_terminal(&h, 6);
+    for (int i = 1; i < 6; i++) {
+        assert_memory_equal(h.recs[i].tokens, h.recs[0].tokens, 12 * sizeof(int32_t));
+    }
+    check_clean(&h, 6);
+    sch_destroy(h.s);
+    harness_free(&h);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_request_runs_to_length_and_matches_direct_greedy),
+        cmocka_unit_test(test_eight_concurrent_requests_complete_and_free_every_block),
+        cmocka_unit_test(test_batched_output_equals_alone_and_seeded_sampling_repeats),
+        cmocka_unit_test(test_full_wait_queue_answers_busy),
+        cmocka_unit_test(test_requests_that_can_never_fit_are_refused_at_submit),
+        cmocka_unit_test(test_cancel_while_queued_ends_without_the_prefill_worker),
+        cmocka_unit_test(test_cancel_during_prefill_stops_at_the_next_chunk),
+        cmocka_unit_test(test_cancel_during_decode_ends_with_abort_and_frees_blocks),
+        cmocka_unit_test(test_admission_is_fifo_so_long_prompts_do_not_starve),
+        cmocka_unit_test(test_predict_without_aux_falls_back_to_full),
+        cmocka_unit_test(test_eos_and_single_token_requests_finish_at_prefill),
+        cmocka_unit_test(test_drain_finishes_in_flight_requests_and_refuses_new_ones),
+        cmocka_unit_test(test_drain_timeout_cancels_the_rest),
+        cmocka_unit_test(test_destroy_with_requests_in_every_stage_ends_each_once),
+        cmocka_unit_test(test_identity_predictor_matches_full_and_reports_predict),
+        cmocka_unit_test(test_bad_config_is_refused_with_a_message),
+        cmocka_unit_test(test_cancel_with_stop_reports_stop),
+        cmocka_unit_test(test_pinned_workers_and_two_prefill_workers_serve_requests),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
