@@ -9,5 +9,8 @@ int kc_cmd_generate(int argc, char **argv);   /* cmd_generate.c */
 int kc_cmd_bench(int argc, char **argv);      /* cmd_bench.c */
 int kc_cmd_tokenize(int argc, char **argv);   /* cmd_tokenize.c */
 int kc_cmd_detokenize(int argc, char **argv); /* cmd_tokenize.c */
+int kc_cmd_calibrate(int argc, char **argv);  /* cmd_calibrate.c */
+int kc_cmd_eval(int argc, char **argv);       /* cmd_eval.c */
+int kc_cmd_serve(int argc, char **argv);      /* cmd_serve.c */
 
 #endif

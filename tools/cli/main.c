@@ -18,6 +18,9 @@ static const struct kc_command commands[] = {
     {"bench", kc_cmd_bench, "benchmarks: `bench engine` (synthetic model of a real config)"},
     {"tokenize", kc_cmd_tokenize, "print the token ids of a text"},
     {"detokenize", kc_cmd_detokenize, "print the text of token ids"},
+    {"serve", kc_cmd_serve, "serve the OpenAI-compatible HTTP API (/v1/completions, ...)"},
+    {"calibrate", kc_cmd_calibrate, "fit a KV predictor for a (base, aux) pair in closed form"},
+    {"eval", kc_cmd_eval, "KV Prediction quality and TTFT: full vs aux vs predict"},
 };
 
 static void usage(FILE *f) {

@@ -1,0 +1,806 @@
+/*
+ * completions.c — POST /v1/completions: validate, tokenize, submit one scheduler request per
+ * choice (prompts x n), and turn the scheduler's events into OpenAI/vLLM-shaped output: SSE
+ * chunks (`data: {...}\n\n` ... `data: [DONE]\n\n`) or one JSON body.
+ *
+ * Thread rules: loop thread only (see server_internal.h). Scheduler events reach this file
+ * through srv_completions_on_event after the async drain.
+ *
+ * DESIGN
+ *   1. Stop strings are matched on detokenized text (server/util.h srv_stop): text that could
+ *      still start a stop string is held back; a match cuts the text, finishes the choice
+ *      with finish_reason "stop" and stop_reason = the string, and sch_cancel(id, STOP) ends
+ *      the generation. Tokens arriving after that are ignored.
+ *   2. A streaming response is queued at once (200, text/event-stream); its content reader
+ *      copies from `out`, suspends the connection when `out` is empty, and is resumed when
+ *      an event adds bytes, when a heartbeat is due, or when the client is gone.
+ *   3. A non-streaming request keeps its connection suspended until every choice finished;
+ *      the body is then built and the handler (called again after the resume) queues it.
+ *   4. Usage counts the tokens each choice produced up to and including the one that
+ *      completed a stop string; prompt tokens count once per prompt.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "server/server_internal.h"
+
+struct srv_choice {
+    struct srv_completion *cmp;
+    int index;  /* position in the response's choices */
+    int prompt; /* index into req.prompts */
+    uint64_t sch_id;
+    bool submitted;
+    bool terminal;  /* the scheduler's terminal event arrived */
+    bool text_done; /* no more text: stop string matched, or terminal */
+    struct eng_tok_stream ts;
+    struct srv_stop stop;
+    struct srv_buf text; /* non-stream: the whole text */
+    int n_tokens;
+    const char *finish; /* "stop" | "length" | "abort" */
+    int stop_index;     /* matched stop string, -1 none */
+    int error;          /* KC_E* from SCH_EV_ERROR, 0 none */
+    char errmsg[256];
+    struct sch_timings timings;
+    bool have_timings;
+    double t_last_token;
+    json_t *lp; /* non-stream logprobs object, NULL without logprobs */
+    size_t text_offset;
+};
+
+struct srv_completion {
+    struct srv *srv;
+    struct srv_conn *conn; /* NULL once the HTTP request ended */
+    struct srv_completion *prev;
+    struct srv_completion *next;
+    struct srv_completion_req req;
+    struct srv_choice *choices;
+    int n_choices;
+    int n_live; /* submitted choices still waiting for their terminal event */
+    bool stream;
+    bool suspended;
+    bool client_gone;
+    bool timed_out;
+    bool eof; /* stream: [DONE] is in out */
+    bool resp_alive;
+    bool result_built;
+    struct srv_buf out; /* stream bytes not yet handed to MHD */
+    double t_start;
+    double t_last_write;
+    char id[48];
+    long long created;
+    int prompt_tokens;
+};
+
+/* ---- lifetime ---- */
+
+static void choice_free(struct srv_choice *ch) {
+    srv_stop_free(&ch->stop);
+    srv_buf_free(&ch->text);
+    json_decref(ch->lp);
+}
+
+static void completion_free(struct srv_completion *cmp) {
+    struct srv *s = cmp->srv;
+    if (cmp->prev != NULL) {
+        cmp->prev->next = cmp->next;
+    } else if (s->active == cmp) {
+        s->active = cmp->next;
+    }
+    if (cmp->next != NULL) {
+        cmp->next->prev = cmp->prev;
+    }
+    s->n_active--;
+    for (int i = 0; i < cmp->n_choices; i++) {
+        choice_free(&cmp->choices[i]);
+    }
+    free(cmp->choices);
+    srv_completion_req_free(&cmp->req);
+    srv_buf_free(&cmp->out);
+    free(cmp);
+}
+
+/* Invariant 3 of server_internal.h. */
+static void maybe_free(struct srv_completion *cmp) {
+    if (cmp->n_live == 0 && cmp->conn == NULL && !cmp->resp_alive) {
+        completion_free(cmp);
+    }
+}
+
+static void cancel_live(struct srv_completion *cmp, enum sch_finish finish) {
+    for (int i = 0; i < cmp->n_choices; i++) {
+        struct srv_choice *ch = &cmp->choices[i];
+        if (ch->submitted && !ch->terminal) {
+            sch_cancel(cmp->srv->sch, ch->sch_id, finish);
+        }
+    }
+}
+
+void srv_resume(struct srv_completion *cmp) {
+    if (cmp->suspended && cmp->conn != NULL) {
+        cmp->suspended = false;
+        MHD_resume_connection(cmp->conn->mc);
+        srv_mhd_kick(cmp->srv);
+    }
+}
+
+/* ---- JSON pieces ---- */
+
+static json_t *json_text(const char *p, size_t n) {
+    json_t *j = json_stringn(p ? p : "", p ? n : 0);
+    /* Detokenized text is valid UTF-8 by construction; never send a NULL. */
+    return j != NULL ? j : json_string("");
+}
+
+static json_t *json_num(double x) {
+    /* json_real refuses NaN/Inf (RELIABILITY B4): clamp to a finite value. */
+    if (!isfinite(x)) {
+        x = x > 0 ? 3.0e38 : -9999.0;
+    }
+    return json_real(x);
+}
+
+static json_t *timings_json(const struct sch_timings *t) {
+    json_t *o = json_object();
+    json_object_set_new(o, "queue_ms", json_num(t->queue_ms));
+    json_object_set_new(o, "prefill_ms", json_num(t->prefill_ms));
+    json_object_set_new(o, "aux_ms", json_num(t->aux_ms));
+    json_object_set_new(o, "predict_ms", json_num(t->predict_ms));
+    json_object_set_new(o, "base_first_step_ms", json_num(t->base_first_step_ms));
+    json_object_set_new(o, "ttft_ms", json_num(t->ttft_ms));
+    json_object_set_new(o, "decode_ms", json_num(t->decode_ms));
+    json_object_set_new(o, "prefill_mode", json_string(sch_mode_name(t->mode)));
+    return o;
+}
+
+static json_t *usage_json(const struct srv_completion *cmp) {
+    int gen = 0;
+    for (int i = 0; i < cmp->n_choices; i++) {
+        gen += cmp->choices[i].n_tokens;
+    }
+    json_t *u = json_object();
+    json_object_set_new(u, "prompt_tokens", json_integer(cmp->prompt_tokens));
+    json_object_set_new(u, "total_tokens", json_integer((json_int_t)cmp->prompt_tokens + gen));
+    json_object_set_new(u, "completion_tokens", json_integer(gen));
+    return u;
+}
+
+static json_t *envelope(const struct srv_completion *cmp) {
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(cmp->id));
+    json_object_set_new(o, "object", json_string("text_completion"));
+    json_object_set_new(o, "created", json_integer(cmp->created));
+    json_object_set_new(o, "model", json_string(cmp->srv->model_id));
+    return o;
+}
+
+static json_t *stop_reason_json(const struct srv_choice *ch) {
+    if (ch->stop_index >= 0) {
+        return json_string(ch->cmp->req.stop[ch->stop_index]);
+    }
+    return json_null();
+}
+
+static json_t *choice_json(const struct srv_choice *ch, const char *text, size_t len,
+                           json_t *logprobs, bool final) {
+    json_t *c = json_object();
+    json_object_set_new(c, "index", json_integer(ch->index));
+    json_object_set_new(c, "text", json_text(text, len));
+    json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(c, "finish_reason",
+                        final && ch->finish ? json_string(ch->finish) : json_null());
+    json_object_set_new(c, "stop_reason", final ? stop_reason_json(ch) : json_null());
+    return c;
+}
+
+static json_t *logprobs_new(void) {
+    json_t *lp = json_object();
+    json_object_set_new(lp, "tokens", json_array());
+    json_object_set_new(lp, "token_logprobs", json_array());
+    json_object_set_new(lp, "top_logprobs", json_array());
+    json_object_set_new(lp, "text_offset", json_array());
+    return lp;
+}
+
+/* The piece of text one token decodes to on its own (for logprobs' "tokens"). */
+static json_t *token_text(const struct srv *s, int32_t id) {
+    if (s->tok == NULL) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "token_id:%d", id);
+        return json_string(buf);
+    }
+    char *t = NULL;
+    size_t n = 0;
+    if (eng_tok_decode(s->tok, &id, 1, 0, &t, &n, NULL) != KC_OK) {
+        return json_string("");
+    }
+    json_t *j = json_text(t, n);
+    free(t);
+    return j;
+}
+
+static void logprobs_add(const struct srv *s, json_t *lp, const struct sch_event *ev,
+                         size_t offset) {
+    json_array_append_new(json_object_get(lp, "tokens"), token_text(s, ev->token));
+    json_array_append_new(json_object_get(lp, "token_logprobs"), json_num(ev->logprob));
+    json_t *top = json_object();
+    for (int i = 0; i < ev->n_top && i < SCH_MAX_LOGPROBS; i++) {
+        json_t *k = token_text(s, ev->top_ids[i]);
+        json_object_set_new(top, json_string_value(k), json_num(ev->top_logprobs[i]));
+        json_decref(k);
+    }
+    json_array_append_new(json_object_get(lp, "top_logprobs"), top);
+    json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)offset));
+}
+
+/* Appends `data: <json>\n\n` to the stream; takes the reference to o. */
+static void sse_append(struct srv_completion *cmp, json_t *o) {
+    char *txt = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    if (txt == NULL) {
+        return;
+    }
+    srv_buf_printf(&cmp->out, "data: %s\n\n", txt);
+    free(txt);
+    srv_resume(cmp);
+}
+
+static void sse_chunk(struct srv_completion *cmp, struct srv_choice *ch, const char *text,
+                      size_t len, json_t *logprobs, bool final) {
+    json_t *o = envelope(cmp);
+    json_t *arr = json_array();
+    json_array_append_new(arr, choice_json(ch, text, len, logprobs, final));
+    json_object_set_new(o, "choices", arr);
+    if (cmp->req.include_usage) {
+        json_object_set_new(o, "usage", json_null());
+    }
+    if (final && ch->have_timings) {
+        json_object_set_new(o, "timings", timings_json(&ch->timings));
+    }
+    sse_append(cmp, o);
+}
+
+/* ---- results ---- */
+
+static void build_result(struct srv_completion *cmp) {
+    struct srv *s = cmp->srv;
+    struct srv_conn *c = cmp->conn;
+    cmp->result_built = true;
+    if (c == NULL) {
+        return;
+    }
+    if (cmp->stream) {
+        if (cmp->req.include_usage) {
+            json_t *o = envelope(cmp);
+            json_object_set_new(o, "choices", json_array());
+            json_object_set_new(o, "usage", usage_json(cmp));
+            sse_append(cmp, o);
+        }
+        srv_buf_printf(&cmp->out, "data: [DONE]\n\n");
+        cmp->eof = true;
+        srv_resume(cmp);
+        return;
+    }
+    /* Non-stream: a failed choice makes the whole request an error. */
+    for (int i = 0; i < cmp->n_choices; i++) {
+        const struct srv_choice *ch = &cmp->choices[i];
+        if (ch->error != 0) {
+            struct srv_error e;
+            srv_error_kc(&e, ch->error, NULL, "%s", ch->errmsg);
+            size_t len = 0;
+            char *body = srv_error_body(&e, &len);
+            if (body != NULL) {
+                srv_buf_append(&c->pending_body, body, len);
+                free(body);
+            }
+            c->pending_status = e.status;
+            c->pending_ready = true;
+            srv_resume(cmp);
+            return;
+        }
+    }
+    json_t *o = envelope(cmp);
+    json_t *arr = json_array();
+    for (int i = 0; i < cmp->n_choices; i++) {
+        struct srv_choice *ch = &cmp->choices[i];
+        json_t *lp = ch->lp;
+        ch->lp = NULL;
+        json_array_append_new(arr, choice_json(ch, ch->text.p, ch->text.len, lp, true));
+    }
+    json_object_set_new(o, "choices", arr);
+    json_object_set_new(o, "usage", usage_json(cmp));
+    if (cmp->n_choices > 0 && cmp->choices[0].have_timings) {
+        json_object_set_new(o, "timings", timings_json(&cmp->choices[0].timings));
+    }
+    char *txt = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    if (txt != NULL) {
+        srv_buf_append(&c->pending_body, txt, strlen(txt));
+        free(txt);
+    }
+    c->pending_status = txt != NULL ? 200 : 500;
+    c->pending_ready = true;
+    srv_resume(cmp);
+    (void)s;
+}
+
+/* Text of one event for one choice: detokenize, run the stop matcher, emit. */
+static void choice_text(struct srv_completion *cmp, struct srv_choice *ch, const char *piece,
+                        size_t n, json_t *chunk_lp) {
+    struct srv *s = cmp->srv;
+    struct srv_buf emit = {0};
+    int m = srv_stop_feed(&ch->stop, piece, n, &emit);
+    if (m >= 0) {
+        ch->stop_index = m;
+        ch->finish = "stop";
+        ch->text_done = true;
+        sch_cancel(s->sch, ch->sch_id, SCH_FINISH_STOP);
+    }
+    if (cmp->stream) {
+        if (emit.len > 0 || chunk_lp != NULL) {
+            sse_chunk(cmp, ch, emit.p, emit.len, chunk_lp, false);
+        }
+    } else if (emit.len > 0) {
+        srv_buf_append(&ch->text, emit.p, emit.len);
+    }
+    ch->text_offset += emit.len;
+    srv_buf_free(&emit);
+}
+
+static void on_token(struct srv_completion *cmp, struct srv_choice *ch,
+                     const struct sch_event *ev) {
+    struct srv *s = cmp->srv;
+    if (ch->text_done) {
+        return;
+    }
+    double now = kc_now_s();
+    if (ch->n_tokens > 0) {
+        srv_hist_observe(&s->metrics.itl, now - ch->t_last_token);
+    }
+    ch->t_last_token = now;
+    ch->n_tokens++;
+    json_t *chunk_lp = NULL;
+    if (cmp->req.logprobs >= 0) {
+        json_t *lp = cmp->stream ? (chunk_lp = logprobs_new()) : ch->lp;
+        logprobs_add(s, lp, ev, ch->text_offset);
+    }
+    size_t n = 0;
+    if (s->tok != NULL &&
+        eng_tok_stream_push(&ch->ts, ev->token, s->tok_buf, s->tok_buf_cap, &n, NULL) != KC_OK) {
+        n = 0;
+    }
+    choice_text(cmp, ch, s->tok_buf, n, chunk_lp);
+}
+
+static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
+                        const struct sch_event *ev) {
+    struct srv *s = cmp->srv;
+    ch->terminal = true;
+    cmp->n_live--;
+    if (ev->type == SCH_EV_ERROR) {
+        ch->error = ev->error != 0 ? ev->error : KC_EBACKEND;
+        snprintf(ch->errmsg, sizeof(ch->errmsg), "%s", ev->message);
+    }
+    ch->timings = ev->timings;
+    ch->have_timings = ev->type == SCH_EV_DONE;
+    if (!ch->text_done) {
+        ch->text_done = true;
+        ch->finish = ev->finish == SCH_FINISH_LENGTH ? "length"
+                     : ev->finish == SCH_FINISH_STOP ? "stop"
+                                                     : "abort";
+        if (ev->type == SCH_EV_ERROR || cmp->client_gone || cmp->timed_out) {
+            ch->finish = "abort";
+        }
+        /* Flush the detokenizer's incomplete character, then the held-back text. */
+        size_t n = 0;
+        struct srv_buf rest = {0};
+        if (s->tok != NULL &&
+            eng_tok_stream_flush(&ch->ts, s->tok_buf, s->tok_buf_cap, &n) == KC_OK && n > 0) {
+            int m = srv_stop_feed(&ch->stop, s->tok_buf, n, &rest);
+            if (m >= 0) {
+                ch->stop_index = m;
+                ch->finish = "stop";
+            }
+        }
+        if (ch->stop_index < 0) {
+            srv_stop_flush(&ch->stop, &rest);
+        }
+        if (cmp->stream) {
+            if (ch->error != 0 && cmp->conn != NULL) {
+                struct srv_error e;
+                srv_error_kc(&e, ch->error, NULL, "%s", ch->errmsg);
+                char *body = srv_error_body(&e, NULL);
+                if (body != NULL) {
+                    srv_buf_printf(&cmp->out, "data: %s\n\n", body);
+                    free(body);
+                }
+            }
+            sse_chunk(cmp, ch, rest.p, rest.len, NULL, true);
+        } else {
+            srv_buf_append(&ch->text, rest.p, rest.len);
+        }
+        srv_buf_free(&rest);
+    } else if (cmp->stream) {
+        sse_chunk(cmp, ch, "", 0, NULL, true);
+    }
+    /* Metrics: one finished request per choice, as vLLM counts sequences. */
+    struct srv_metrics *m = &s->metrics;
+    const char *f = ch->finish ? ch->finish : "abort";
+    m->success[strcmp(f, "stop") == 0     ? SRV_FIN_STOP
+               : strcmp(f, "length") == 0 ? SRV_FIN_LENGTH
+                                          : SRV_FIN_ABORT]++;
+    m->generation_tokens += (uint64_t)ch->n_tokens;
+    m->prompt_tokens += (uint64_t)ev->n_prompt;
+    if (ch->have_timings && ch->n_tokens > 0) {
+        srv_hist_observe(&m->ttft, ch->timings.ttft_ms / 1000.0);
+        srv_hist_observe(&m->queue, ch->timings.queue_ms / 1000.0);
+        if (ch->timings.mode == SCH_MODE_PREDICT) {
+            m->mode_predict++;
+        } else {
+            m->mode_full++;
+        }
+    }
+    srv_hist_observe(&m->e2e, kc_now_s() - cmp->t_start);
+    if (cmp->conn != NULL) {
+        cmp->conn->log_gen_tokens += ch->n_tokens;
+        if (ch->index == 0 && ch->have_timings) {
+            cmp->conn->log_ttft_ms = ch->timings.ttft_ms;
+        }
+    }
+    if (cmp->n_live == 0) {
+        build_result(cmp);
+    }
+}
+
+void srv_completions_on_event(struct srv *s, const struct sch_event *ev) {
+    struct srv_choice *ch = ev->user;
+    (void)s;
+    if (ch == NULL) {
+        return;
+    }
+    struct srv_completion *cmp = ch->cmp;
+    if (ev->type == SCH_EV_TOKEN) {
+        on_token(cmp, ch, ev);
+        return;
+    }
+    on_terminal(cmp, ch, ev);
+    maybe_free(cmp);
+}
+
+/* ---- the stream's content reader (MHD calls it on the loop thread) ---- */
+
+static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    struct srv_completion *cmp = cls;
+    (void)pos;
+    if (cmp->client_gone || cmp->conn == NULL) {
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    if (cmp->out.len > 0) {
+        size_t n = cmp->out.len < max ? cmp->out.len : max;
+        memcpy(buf, cmp->out.p, n);
+        srv_buf_consume(&cmp->out, n);
+        cmp->t_last_write = kc_now_s();
+        return (ssize_t)n;
+    }
+    if (cmp->eof) {
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    }
+    double now = kc_now_s();
+    static const char ping[] = ": ping\n\n";
+    if (now - cmp->t_last_write >= cmp->srv->cfg.heartbeat_ms / 1000.0 && max >= sizeof(ping)) {
+        memcpy(buf, ping, sizeof(ping) - 1);
+        cmp->t_last_write = now;
+        return (ssize_t)(sizeof(ping) - 1);
+    }
+    /* Nothing to send: 0 is only allowed together with a suspend (RELIABILITY 3.2). */
+    MHD_suspend_connection(cmp->conn->mc);
+    cmp->suspended = true;
+    return 0;
+}
+
+static void stream_free(void *cls) {
+    struct srv_completion *cmp = cls;
+    cmp->resp_alive = false;
+    maybe_free(cmp);
+}
+
+/* ---- start ---- */
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static int tokenize_prompts(struct srv *s, struct srv_completion_req *r, struct srv_error *e) {
+    for (int i = 0; i < r->n_prompts; i++) {
+        struct srv_prompt *p = &r->prompts[i];
+        if (p->text != NULL) {
+            if (s->tok == NULL) {
+                return srv_error_kc(e, KC_EUNSUPPORTED, "prompt",
+                                    "this model has no tokenizer: send the prompt as token "
+                                    "ids");
+            }
+            struct kc_error kerr = {0};
+            int32_t *ids = NULL;
+            size_t n = 0;
+            int rc =
+                eng_tok_encode(s->tok, p->text, p->text_len, ENG_TOK_ADD_SPECIAL, &ids, &n, &kerr);
+            if (rc != KC_OK) {
+                return srv_error_kc(e, rc == KC_ENOMEM ? KC_ENOMEM : KC_EINVAL, "prompt",
+                                    "prompt %d: %s", i, kerr.msg);
+            }
+            if (n > (size_t)s->lim.max_context) {
+                free(ids);
+                return srv_error_kc(e, KC_ECONTEXT, "prompt",
+                                    "This model's maximum context length is %d tokens. "
+                                    "However, your prompt %d has %zu tokens.",
+                                    s->lim.max_context, i, n);
+            }
+            p->ids = ids;
+            p->n_ids = (int)n;
+        }
+        int rc = srv_prompt_check(p, i, r->max_tokens, &s->lim, e);
+        if (rc != KC_OK) {
+            return rc;
+        }
+    }
+    return KC_OK;
+}
+
+static void echo_text(struct srv *s, const struct srv_prompt *p, struct srv_buf *out) {
+    if (p->text != NULL) {
+        srv_buf_append(out, p->text, p->text_len);
+        return;
+    }
+    if (s->tok == NULL) {
+        return;
+    }
+    char *t = NULL;
+    size_t n = 0;
+    if (eng_tok_decode(s->tok, p->ids, (size_t)p->n_ids, 0, &t, &n, NULL) == KC_OK) {
+        srv_buf_append(out, t, n);
+        free(t);
+    }
+}
+
+enum MHD_Result srv_completions_start(struct srv_conn *c) {
+    struct srv *s = c->srv;
+    struct srv_error e;
+    struct srv_completion_req req;
+    if (srv_completion_parse(c->body.p, c->body.len, &s->lim, &req, &e) != KC_OK) {
+        return srv_send_error(c, &e);
+    }
+    if (tokenize_prompts(s, &req, &e) != KC_OK) {
+        srv_completion_req_free(&req);
+        return srv_send_error(c, &e);
+    }
+    struct srv_completion *cmp = calloc(1, sizeof(*cmp));
+    int n_choices = req.n_prompts * req.n;
+    struct srv_choice *choices = calloc((size_t)n_choices, sizeof(*choices));
+    if (cmp == NULL || choices == NULL) {
+        free(cmp);
+        free(choices);
+        srv_completion_req_free(&req);
+        srv_error_kc(&e, KC_ENOMEM, NULL, "out of memory");
+        return srv_send_error(c, &e);
+    }
+    cmp->srv = s;
+    cmp->conn = c;
+    cmp->req = req;
+    cmp->choices = choices;
+    cmp->n_choices = n_choices;
+    cmp->stream = req.stream;
+    cmp->t_start = c->t_start;
+    cmp->t_last_write = kc_now_s();
+    cmp->created = (long long)time(NULL);
+    uint64_t r = mix64(s->id_salt ^ mix64(c->rid));
+    snprintf(cmp->id, sizeof(cmp->id), "cmpl-%016llx%016llx", (unsigned long long)r,
+             (unsigned long long)mix64(r + 1));
+    cmp->next = s->active;
+    if (s->active != NULL) {
+        s->active->prev = cmp;
+    }
+    s->active = cmp;
+    s->n_active++;
+    c->cmp = cmp;
+    for (int i = 0; i < req.n_prompts; i++) {
+        cmp->prompt_tokens += req.prompts[i].n_ids;
+    }
+    c->log_prompt_tokens = cmp->prompt_tokens;
+
+    /* One scheduler request per choice; choices of one prompt get consecutive indices. */
+    int rc = KC_OK;
+    struct kc_error kerr = {0};
+    for (int i = 0; i < n_choices; i++) {
+        struct srv_choice *ch = &choices[i];
+        ch->cmp = cmp;
+        ch->index = i;
+        ch->prompt = i / req.n;
+        ch->stop_index = -1;
+        srv_stop_init(&ch->stop, req.stop, req.n_stop, req.include_stop_str_in_output);
+        if (s->tok != NULL) {
+            eng_tok_stream_init(&ch->ts, s->tok,
+                                req.skip_special_tokens ? ENG_TOK_SKIP_SPECIAL : 0);
+        }
+        if (req.logprobs >= 0 && !req.stream) {
+            ch->lp = logprobs_new();
+        }
+        const struct srv_prompt *p = &req.prompts[ch->prompt];
+        struct sch_request_params sp = {
+            .prompt = p->ids,
+            .n_prompt = p->n_ids,
+            .max_tokens = req.max_tokens,
+            .sampling = req.sampling,
+            .ignore_eos = req.ignore_eos,
+            .n_logprobs = req.logprobs,
+            .mode = (enum sch_prefill_mode)req.mode,
+        };
+        sp.sampling.seed = req.seed_given ? req.sampling.seed + (uint64_t)(i % req.n)
+                                          : mix64(r + 17 + (uint64_t)i);
+        rc = sch_submit(s->sch, &sp, ch, &ch->sch_id, &kerr);
+        if (rc != KC_OK) {
+            break;
+        }
+        ch->submitted = true;
+        cmp->n_live++;
+    }
+    if (rc != KC_OK) {
+        /* Refused (queue full, context, ...): cancel what was admitted, answer at once. */
+        cancel_live(cmp, SCH_FINISH_ABORT);
+        cmp->conn = NULL;
+        c->cmp = NULL;
+        if (rc == KC_EBUSY) {
+            srv_error_kc(&e, KC_EBUSY, NULL, "The server is busy (%s); retry later.", kerr.msg);
+        } else {
+            srv_error_kc(&e, rc, rc == KC_ECONTEXT || rc == KC_ERANGE ? "prompt" : NULL, "%s",
+                         kerr.msg);
+        }
+        maybe_free(cmp);
+        return srv_send_error(c, &e);
+    }
+    if (req.echo) {
+        for (int i = 0; i < n_choices; i++) {
+            struct srv_choice *ch = &choices[i];
+            struct srv_buf t = {0};
+            echo_text(s, &req.prompts[ch->prompt], &t);
+            if (req.stream) {
+                if (t.len > 0) {
+                    sse_chunk(cmp, ch, t.p, t.len, NULL, false);
+                }
+            } else {
+                srv_buf_append(&ch->text, t.p, t.len);
+            }
+            ch->text_offset = t.len;
+            srv_buf_free(&t);
+        }
+    }
+    if (cmp->stream) {
+        struct MHD_Response *resp = MHD_create_response_from_callback(
+            MHD_SIZE_UNKNOWN, 4096, stream_reader, cmp, stream_free);
+        if (resp == NULL) {
+            cancel_live(cmp, SCH_FINISH_ABORT);
+            return MHD_NO;
+        }
+        cmp->resp_alive = true;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+        if (c->origin[0] != '\0') {
+            MHD_add_response_header(resp, "Access-Control-Allow-Origin", c->origin);
+            MHD_add_response_header(resp, "Vary", "Origin");
+        }
+        c->status = 200;
+        enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_OK, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+    MHD_suspend_connection(c->mc);
+    cmp->suspended = true;
+    return MHD_YES;
+}
+
+enum MHD_Result srv_completions_resumed(struct srv_conn *c) {
+    struct srv_completion *cmp = c->cmp;
+    if (cmp == NULL || cmp->client_gone) {
+        return MHD_NO;
+    }
+    if (c->pending_ready) {
+        c->pending_ready = false;
+        return srv_send(c, c->pending_status, "application/json", c->pending_body.p,
+                        c->pending_body.len);
+    }
+    /* Woken without a result (e.g. a heartbeat meant for streams): wait again. */
+    MHD_suspend_connection(c->mc);
+    cmp->suspended = true;
+    return MHD_YES;
+}
+
+void srv_completions_conn_closed(struct srv_completion *cmp, bool ok) {
+    cmp->conn = NULL;
+    cmp->suspended = false;
+    if (!ok && cmp->n_live > 0) {
+        cmp->client_gone = true;
+        cancel_live(cmp, SCH_FINISH_ABORT);
+    }
+    maybe_free(cmp);
+}
+
+/* True when the peer of a suspended connection has closed its socket (RELIABILITY 3.3):
+ * MHD does not touch the fd while the connection is suspended, so peeking is safe. */
+static bool peer_gone(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL) {
+        return false;
+    }
+    char b;
+    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) {
+        return true;
+    }
+    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+void srv_completions_tick(struct srv *s) {
+    const double now = kc_now_s();
+    const double hb = s->cfg.heartbeat_ms / 1000.0;
+    const double deadline = s->cfg.request_timeout_s;
+    struct srv_completion *next = NULL;
+    for (struct srv_completion *cmp = s->active; cmp != NULL; cmp = next) {
+        next = cmp->next;
+        if (cmp->conn == NULL) {
+            continue;
+        }
+        if (cmp->suspended && !cmp->client_gone && peer_gone(cmp->conn->mc)) {
+            KC_INFO("req=%llu client went away; cancelling", (unsigned long long)cmp->conn->rid);
+            cmp->client_gone = true;
+            cancel_live(cmp, SCH_FINISH_ABORT);
+            srv_resume(cmp);
+            continue;
+        }
+        if (deadline > 0 && !cmp->timed_out && cmp->n_live > 0 && now - cmp->t_start > deadline) {
+            KC_WARN("req=%llu exceeded the %d s request timeout; aborting",
+                    (unsigned long long)cmp->conn->rid, s->cfg.request_timeout_s);
+            cmp->timed_out = true;
+            cancel_live(cmp, SCH_FINISH_ABORT);
+        }
+        if (cmp->stream && cmp->suspended && now - cmp->t_last_write >= hb) {
+            srv_resume(cmp);
+        }
+    }
+}
+
+void srv_completions_cancel_all(struct srv *s) {
+    for (struct srv_completion *cmp = s->active; cmp != NULL; cmp = cmp->next) {
+        cancel_live(cmp, SCH_FINISH_ABORT);
+    }
+}
+
+void srv_completions_resume_all(struct srv *s) {
+    for (struct srv_completion *cmp = s->active; cmp != NULL; cmp = cmp->next) {
+        if (!cmp->result_built) {
+            cmp->client_gone = true; /* the handler / reader then closes the connection */
+        }
+        srv_resume(cmp);
+    }
+}
+
+int srv_completions_live(const struct srv *s) {
+    int n = 0;
+    for (const struct srv_completion *cmp = s->active; cmp != NULL; cmp = cmp->next) {
+        n += cmp->n_live;
+    }
+    return n;
+}

@@ -1,0 +1,65 @@
+/*
+ * metrics.h — the Prometheus registry behind GET /metrics (text exposition format 0.0.4),
+ * with vLLM's metric names under a `kvcast:` prefix so vLLM dashboards work unchanged:
+ *   histograms kvcast:time_to_first_token_seconds, kvcast:inter_token_latency_seconds,
+ *              kvcast:e2e_request_latency_seconds, kvcast:request_queue_time_seconds
+ *   counters   kvcast:prompt_tokens_total, kvcast:generation_tokens_total,
+ *              kvcast:request_success_total{finished_reason}, kvcast:prefill_mode_total{mode}
+ *   gauges     kvcast:num_requests_running, kvcast:num_requests_waiting,
+ *              kvcast:kv_cache_usage_perc{pool="base"|"aux"} (a fraction in [0, 1], as vLLM's)
+ *
+ * Thread rules: updated and rendered only on the loop thread, so it has no locks. Gauges are
+ * sampled from the scheduler at scrape time and passed in.
+ */
+#ifndef SRV_METRICS_H
+#define SRV_METRICS_H
+
+#include <stdint.h>
+
+#include "server/util.h"
+
+#define SRV_HIST_MAX_BUCKETS 24
+
+struct srv_hist {
+    const double *bounds; /* upper bounds, ascending; +Inf implied */
+    int n_bounds;
+    uint64_t counts[SRV_HIST_MAX_BUCKETS + 1]; /* non-cumulative; last is +Inf */
+    double sum;
+    uint64_t count;
+};
+
+enum srv_finish_label { SRV_FIN_STOP = 0, SRV_FIN_LENGTH, SRV_FIN_ABORT, SRV_FIN_COUNT };
+
+struct srv_metrics {
+    char model_name[128];
+    struct srv_hist ttft;
+    struct srv_hist itl;
+    struct srv_hist e2e;
+    struct srv_hist queue;
+    uint64_t prompt_tokens;
+    uint64_t generation_tokens;
+    uint64_t success[SRV_FIN_COUNT];
+    uint64_t mode_full;
+    uint64_t mode_predict;
+    uint64_t http_errors; /* requests answered with a 4xx/5xx status */
+};
+
+struct srv_gauges {
+    int running;
+    int waiting;
+    double kv_base; /* fraction of base KV blocks in use */
+    double kv_aux;
+    int has_aux;
+};
+
+/* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series. */
+void srv_metrics_init(struct srv_metrics *m, const char *model_name);
+
+/* Adds one observation (seconds). Negative or NaN values count as 0. */
+void srv_hist_observe(struct srv_hist *h, double v);
+
+/* Renders the whole exposition into out. KC_ENOMEM on allocation failure. */
+int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g,
+                       struct srv_buf *out);
+
+#endif /* SRV_METRICS_H */

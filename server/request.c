@@ -1,0 +1,678 @@
+/*
+ * request.c — the /v1/completions, /tokenize and /detokenize body validators. See request.h.
+ *
+ * DESIGN
+ *   1. Validate before allocate: every count is checked against its cap before an array of
+ *      that size is made.
+ *   2. Range checks are written `!(lo <= x && x <= hi)` so NaN fails them (jansson never
+ *      yields NaN from text, but the same checks guard values injected by tests/fuzzers).
+ *   3. Every error names the field in `param` and in the message.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "server/request.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+/* Must match enum sch_prefill_mode (scheduler/scheduler.h); kept local so the validator links
+ * without the scheduler. */
+static const char *const mode_names[] = {"auto", "full", "predict"};
+
+json_t *srv_json_parse_object(const char *body, size_t len, struct srv_error *e) {
+    if (len == 0) {
+        srv_error_kc(e, KC_EINVAL, NULL, "request body is empty; expected a JSON object");
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        srv_error_kc(e, KC_EINVAL, NULL, "invalid JSON at line %d column %d: %s", jerr.line,
+                     jerr.column, jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        srv_error_kc(e, KC_EINVAL, NULL, "request body must be a JSON object");
+        return NULL;
+    }
+    return root;
+}
+
+static const char *type_name(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "object";
+    case JSON_ARRAY:
+        return "array";
+    case JSON_STRING:
+        return "string";
+    case JSON_INTEGER:
+        return "integer";
+    case JSON_REAL:
+        return "number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "boolean";
+    case JSON_NULL:
+        return "null";
+    }
+    return "value";
+}
+
+/* Optional integer field in [lo, hi]; absent or null keeps *out. */
+static int get_int(json_t *root, const char *key, long long lo, long long hi, long long *out,
+                   struct srv_error *e) {
+    json_t *v = json_object_get(root, key);
+    if (v == NULL || json_is_null(v)) {
+        return KC_OK;
+    }
+    if (!json_is_integer(v)) {
+        return srv_error_kc(e, KC_EINVAL, key, "'%s' must be an integer, got %s", key,
+                            type_name(v));
+    }
+    json_int_t x = json_integer_value(v);
+    if (!(lo <= x && x <= hi)) {
+        return srv_error_kc(e, KC_EINVAL, key, "'%s' must be in [%lld, %lld], got %lld", key, lo,
+                            hi, (long long)x);
+    }
+    *out = x;
+    return KC_OK;
+}
+
+/* Optional number (integer or real) in [lo, hi] (lo_open: lo excluded). */
+static int get_num(json_t *root, const char *key, double lo, bool lo_open, double hi, float *out,
+                   struct srv_error *e) {
+    json_t *v = json_object_get(root, key);
+    if (v == NULL || json_is_null(v)) {
+        return KC_OK;
+    }
+    if (!json_is_number(v)) {
+        return srv_error_kc(e, KC_EINVAL, key, "'%s' must be a number, got %s", key, type_name(v));
+    }
+    double x = json_number_value(v);
+    bool ok = isfinite(x) && (lo_open ? lo < x : lo <= x) && x <= hi;
+    if (!ok) {
+        return srv_error_kc(e, KC_EINVAL, key, "'%s' must be in %c%g, %g], got %g", key,
+                            lo_open ? '(' : '[', lo, hi, x);
+    }
+    *out = (float)x;
+    return KC_OK;
+}
+
+static int get_bool(json_t *root, const char *key, bool *out, struct srv_error *e) {
+    json_t *v = json_object_get(root, key);
+    if (v == NULL || json_is_null(v)) {
+        return KC_OK;
+    }
+    if (!json_is_boolean(v)) {
+        return srv_error_kc(e, KC_EINVAL, key, "'%s' must be a boolean, got %s", key, type_name(v));
+    }
+    *out = json_is_true(v);
+    return KC_OK;
+}
+
+static int check_model(json_t *root, const struct srv_limits *lim, struct srv_error *e) {
+    json_t *v = json_object_get(root, "model");
+    if (v == NULL || json_is_null(v)) {
+        return KC_OK;
+    }
+    if (!json_is_string(v)) {
+        return srv_error_kc(e, KC_EINVAL, "model", "'model' must be a string, got %s",
+                            type_name(v));
+    }
+    if (lim->model_id != NULL && strcmp(json_string_value(v), lim->model_id) != 0) {
+        return srv_error_kc(e, KC_ENOTFOUND, "model", "The model `%.200s` does not exist.",
+                            json_string_value(v));
+    }
+    return KC_OK;
+}
+
+static int check_unknown(json_t *root, const char *const *known, size_t n_known,
+                         const struct srv_limits *lim, struct srv_error *e) {
+    if (!lim->strict) {
+        return KC_OK;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        bool found = false;
+        for (size_t i = 0; i < n_known && !found; i++) {
+            found = strcmp(key, known[i]) == 0;
+        }
+        if (!found) {
+            return srv_error_kc(e, KC_EINVAL, NULL, "unknown field '%.100s'", key);
+        }
+    }
+    return KC_OK;
+}
+
+static int ids_from_array(json_t *arr, int index, const struct srv_limits *lim,
+                          struct srv_prompt *p, struct srv_error *e) {
+    size_t n = json_array_size(arr);
+    if (n == 0) {
+        return srv_error_kc(e, KC_EINVAL, "prompt", "prompt %d is empty", index);
+    }
+    if (n > (size_t)lim->max_context) {
+        return srv_error_kc(e, KC_ECONTEXT, "prompt",
+                            "This model's maximum context length is %d tokens. However, your "
+                            "prompt %d has %zu tokens.",
+                            lim->max_context, index, n);
+    }
+    int32_t *ids = malloc(n * sizeof(int32_t));
+    if (ids == NULL) {
+        return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *t = json_array_get(arr, i);
+        if (!json_is_integer(t)) {
+            free(ids);
+            return srv_error_kc(e, KC_EINVAL, "prompt",
+                                "prompt %d: token %zu must be an integer, got %s", index, i,
+                                type_name(t));
+        }
+        json_int_t x = json_integer_value(t);
+        if (!(0 <= x && x < lim->vocab_size)) {
+            free(ids);
+            return srv_error_kc(e, KC_ERANGE, "prompt",
+                                "prompt %d: token id %lld at position %zu is outside the "
+                                "vocabulary [0, %d)",
+                                index, (long long)x, i, lim->vocab_size);
+        }
+        ids[i] = (int32_t)x;
+    }
+    p->ids = ids;
+    p->n_ids = (int)n;
+    return KC_OK;
+}
+
+static int text_prompt(json_t *s, int index, struct srv_prompt *p, struct srv_error *e) {
+    size_t len = json_string_length(s);
+    if (len == 0) {
+        return srv_error_kc(e, KC_EINVAL, "prompt", "prompt %d is empty", index);
+    }
+    if (len > SRV_MAX_PROMPT_BYTES) {
+        return srv_error_kc(e, KC_EINVAL, "prompt", "prompt %d is longer than %zu bytes", index,
+                            SRV_MAX_PROMPT_BYTES);
+    }
+    p->text = malloc(len + 1);
+    if (p->text == NULL) {
+        return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+    }
+    memcpy(p->text, json_string_value(s), len + 1);
+    p->text_len = len;
+    return KC_OK;
+}
+
+static void prompts_free(struct srv_prompt *ps, int n) {
+    for (int i = 0; ps != NULL && i < n; i++) {
+        free(ps[i].text);
+        free(ps[i].ids);
+    }
+    free(ps);
+}
+
+/* prompt: string | [string] | [int] | [[int]]. */
+static int parse_prompts(json_t *root, const struct srv_limits *lim, struct srv_prompt **out,
+                         int *n_out, struct srv_error *e) {
+    json_t *v = json_object_get(root, "prompt");
+    if (v == NULL || json_is_null(v)) {
+        return srv_error_kc(e, KC_EINVAL, "prompt", "'prompt' is required");
+    }
+    struct srv_prompt *ps = NULL;
+    int n = 0;
+    int rc;
+    if (json_is_string(v)) {
+        ps = calloc(1, sizeof(*ps));
+        if (ps == NULL) {
+            return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+        }
+        n = 1;
+        if ((rc = text_prompt(v, 0, &ps[0], e)) != KC_OK) {
+            goto fail;
+        }
+    } else if (json_is_array(v)) {
+        size_t len = json_array_size(v);
+        if (len == 0) {
+            return srv_error_kc(e, KC_EINVAL, "prompt", "'prompt' must not be empty");
+        }
+        json_t *first = json_array_get(v, 0);
+        if (json_is_integer(first)) {
+            ps = calloc(1, sizeof(*ps));
+            if (ps == NULL) {
+                return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+            }
+            n = 1;
+            if ((rc = ids_from_array(v, 0, lim, &ps[0], e)) != KC_OK) {
+                goto fail;
+            }
+        } else {
+            if (len > (size_t)lim->max_choices) {
+                return srv_error_kc(e, KC_EINVAL, "prompt",
+                                    "'prompt' has %zu prompts; at most %d are allowed", len,
+                                    lim->max_choices);
+            }
+            ps = calloc(len, sizeof(*ps));
+            if (ps == NULL) {
+                return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+            }
+            n = (int)len;
+            for (size_t i = 0; i < len; i++) {
+                json_t *item = json_array_get(v, i);
+                if (json_is_string(item) && json_is_string(first)) {
+                    rc = text_prompt(item, (int)i, &ps[i], e);
+                } else if (json_is_array(item) && json_is_array(first)) {
+                    rc = ids_from_array(item, (int)i, lim, &ps[i], e);
+                } else {
+                    rc = srv_error_kc(e, KC_EINVAL, "prompt",
+                                      "'prompt' must be a string, an array of strings, an "
+                                      "array of token ids or an array of token id arrays "
+                                      "(item %zu is %s)",
+                                      i, type_name(item));
+                }
+                if (rc != KC_OK) {
+                    goto fail;
+                }
+            }
+        }
+    } else {
+        return srv_error_kc(e, KC_EINVAL, "prompt", "'prompt' must be a string or an array, got %s",
+                            type_name(v));
+    }
+    *out = ps;
+    *n_out = n;
+    return KC_OK;
+fail:
+    prompts_free(ps, n);
+    return rc;
+}
+
+static int parse_stop(json_t *root, const struct srv_limits *lim, char ***out, int *n_out,
+                      struct srv_error *e) {
+    json_t *v = json_object_get(root, "stop");
+    if (v == NULL || json_is_null(v)) {
+        return KC_OK;
+    }
+    json_t *one[1] = {v};
+    json_t **items = one;
+    size_t n = 1;
+    if (json_is_array(v)) {
+        n = json_array_size(v);
+        if (n == 0) {
+            return KC_OK;
+        }
+    } else if (!json_is_string(v)) {
+        return srv_error_kc(e, KC_EINVAL, "stop",
+                            "'stop' must be a string or an array of strings, got %s", type_name(v));
+    }
+    if (n > (size_t)lim->max_stop) {
+        return srv_error_kc(e, KC_EINVAL, "stop", "'stop' has %zu strings; at most %d allowed", n,
+                            lim->max_stop);
+    }
+    char **stop = calloc(n, sizeof(char *));
+    if (stop == NULL) {
+        return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+    }
+    int rc = KC_OK;
+    for (size_t i = 0; i < n; i++) {
+        json_t *s = json_is_array(v) ? json_array_get(v, i) : items[0];
+        if (!json_is_string(s)) {
+            rc = srv_error_kc(e, KC_EINVAL, "stop", "stop[%zu] must be a string, got %s", i,
+                              type_name(s));
+            goto fail;
+        }
+        size_t len = json_string_length(s);
+        if (len == 0 || len > (size_t)lim->max_stop_bytes) {
+            rc = srv_error_kc(e, KC_EINVAL, "stop", "stop[%zu] must be 1..%d bytes long, got %zu",
+                              i, lim->max_stop_bytes, len);
+            goto fail;
+        }
+        stop[i] = strdup(json_string_value(s));
+        if (stop[i] == NULL) {
+            rc = srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+            goto fail;
+        }
+    }
+    *out = stop;
+    *n_out = (int)n;
+    return KC_OK;
+fail:
+    for (size_t i = 0; i < n; i++) {
+        free(stop[i]);
+    }
+    free(stop);
+    return rc;
+}
+
+static const char *const completion_fields[] = {
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "stop",
+    "seed",
+    "n",
+    "best_of",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "echo",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "ignore_eos",
+    "user",
+    "prefill_mode",
+    "suffix",
+    "logit_bias",
+    "min_tokens",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "include_stop_str_in_output",
+};
+
+static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_completion_req *r,
+                        struct srv_error *e) {
+    int rc;
+    long long x;
+    if ((rc = check_unknown(root, completion_fields,
+                            sizeof(completion_fields) / sizeof(completion_fields[0]), lim, e)) !=
+            KC_OK ||
+        (rc = check_model(root, lim, e)) != KC_OK) {
+        return rc;
+    }
+    x = SRV_DEFAULT_MAX_TOKENS;
+    if ((rc = get_int(root, "max_tokens", 1, lim->max_context, &x, e)) != KC_OK) {
+        return rc;
+    }
+    r->max_tokens = (int)x;
+    x = 1;
+    if ((rc = get_int(root, "n", 1, lim->max_choices, &x, e)) != KC_OK) {
+        return rc;
+    }
+    r->n = (int)x;
+    x = r->n;
+    if ((rc = get_int(root, "best_of", 1, lim->max_choices, &x, e)) != KC_OK) {
+        return rc;
+    }
+    if (x != r->n) {
+        return srv_error_kc(e, KC_EUNSUPPORTED, "best_of",
+                            "'best_of' must equal n (%d); ranking several samples is not "
+                            "supported",
+                            r->n);
+    }
+    struct eng_sampler_params *sp = &r->sampling;
+    *sp = eng_sampler_default_params();
+    if ((rc = get_num(root, "temperature", 0, false, 100, &sp->temperature, e)) != KC_OK ||
+        (rc = get_num(root, "top_p", 0, true, 1, &sp->top_p, e)) != KC_OK ||
+        (rc = get_num(root, "min_p", 0, false, 1, &sp->min_p, e)) != KC_OK ||
+        (rc = get_num(root, "presence_penalty", -2, false, 2, &sp->presence_penalty, e)) != KC_OK ||
+        (rc = get_num(root, "frequency_penalty", -2, false, 2, &sp->frequency_penalty, e)) !=
+            KC_OK ||
+        (rc = get_num(root, "repetition_penalty", 0, true, 10, &sp->repetition_penalty, e)) !=
+            KC_OK) {
+        return rc;
+    }
+    /* Below vLLM's sampling epsilon a temperature only produces overflowing logits. */
+    if (sp->temperature < 1e-5f) {
+        sp->temperature = 0.0f;
+    }
+    x = 0;
+    if ((rc = get_int(root, "top_k", -1, INT32_MAX, &x, e)) != KC_OK) {
+        return rc;
+    }
+    sp->top_k = x <= 0 ? 0 : (int)x;
+    json_t *seed = json_object_get(root, "seed");
+    if (seed != NULL && !json_is_null(seed)) {
+        if (!json_is_integer(seed)) {
+            return srv_error_kc(e, KC_EINVAL, "seed", "'seed' must be an integer, got %s",
+                                type_name(seed));
+        }
+        sp->seed = (uint64_t)json_integer_value(seed);
+        r->seed_given = true;
+    }
+    r->logprobs = -1;
+    x = -1;
+    if ((rc = get_int(root, "logprobs", 0, SRV_MAX_LOGPROBS, &x, e)) != KC_OK) {
+        return rc;
+    }
+    r->logprobs = (int)x;
+    r->skip_special_tokens = true;
+    if ((rc = get_bool(root, "stream", &r->stream, e)) != KC_OK ||
+        (rc = get_bool(root, "echo", &r->echo, e)) != KC_OK ||
+        (rc = get_bool(root, "ignore_eos", &r->ignore_eos, e)) != KC_OK ||
+        (rc = get_bool(root, "skip_special_tokens", &r->skip_special_tokens, e)) != KC_OK ||
+        (rc = get_bool(root, "include_stop_str_in_output", &r->include_stop_str_in_output, e)) !=
+            KC_OK) {
+        return rc;
+    }
+    bool spaces = true;
+    if ((rc = get_bool(root, "spaces_between_special_tokens", &spaces, e)) != KC_OK) {
+        return rc;
+    }
+    if (r->echo && r->logprobs >= 0) {
+        return srv_error_kc(e, KC_EUNSUPPORTED, "echo",
+                            "'echo' together with 'logprobs' is not supported (prompt "
+                            "logprobs are not computed)");
+    }
+    json_t *so = json_object_get(root, "stream_options");
+    if (so != NULL && !json_is_null(so)) {
+        if (!json_is_object(so)) {
+            return srv_error_kc(e, KC_EINVAL, "stream_options",
+                                "'stream_options' must be an object, got %s", type_name(so));
+        }
+        if (!r->stream) {
+            return srv_error_kc(e, KC_EINVAL, "stream_options",
+                                "'stream_options' is only allowed when 'stream' is true");
+        }
+        static const char *const so_fields[] = {"include_usage", "continuous_usage_stats"};
+        bool cont = false;
+        if ((rc = check_unknown(so, so_fields, 2, lim, e)) != KC_OK ||
+            (rc = get_bool(so, "include_usage", &r->include_usage, e)) != KC_OK ||
+            (rc = get_bool(so, "continuous_usage_stats", &cont, e)) != KC_OK) {
+            e->param[0] = '\0';
+            snprintf(e->param, sizeof(e->param), "stream_options");
+            return rc;
+        }
+    }
+    json_t *user = json_object_get(root, "user");
+    if (user != NULL && !json_is_null(user) && !json_is_string(user)) {
+        return srv_error_kc(e, KC_EINVAL, "user", "'user' must be a string, got %s",
+                            type_name(user));
+    }
+    json_t *suffix = json_object_get(root, "suffix");
+    if (suffix != NULL && !json_is_null(suffix)) {
+        return srv_error_kc(e, KC_EUNSUPPORTED, "suffix", "'suffix' is not supported");
+    }
+    json_t *bias = json_object_get(root, "logit_bias");
+    if (bias != NULL && !json_is_null(bias) &&
+        !(json_is_object(bias) && json_object_size(bias) == 0)) {
+        return srv_error_kc(e, KC_EUNSUPPORTED, "logit_bias", "'logit_bias' is not supported");
+    }
+    r->mode = lim->default_mode;
+    json_t *mode = json_object_get(root, "prefill_mode");
+    if (mode != NULL && !json_is_null(mode)) {
+        int found = -1;
+        for (int i = 0; json_is_string(mode) && i < 3; i++) {
+            if (strcmp(json_string_value(mode), mode_names[i]) == 0) {
+                found = i;
+            }
+        }
+        if (found < 0) {
+            return srv_error_kc(e, KC_EINVAL, "prefill_mode",
+                                "'prefill_mode' must be \"predict\", \"full\" or \"auto\"");
+        }
+        r->mode = found;
+    }
+    return KC_OK;
+}
+
+int srv_completion_parse(const char *body, size_t len, const struct srv_limits *lim,
+                         struct srv_completion_req *out, struct srv_error *e) {
+    struct srv_completion_req r;
+    memset(&r, 0, sizeof(r));
+    int rc;
+    json_t *root = srv_json_parse_object(body, len, e);
+    if (root == NULL) {
+        return KC_EINVAL;
+    }
+    if ((rc = parse_fields(root, lim, &r, e)) != KC_OK) {
+        goto fail;
+    }
+    long long min_tokens = 0;
+    if ((rc = get_int(root, "min_tokens", 0, r.max_tokens, &min_tokens, e)) != KC_OK) {
+        goto fail;
+    }
+    if ((rc = parse_stop(root, lim, &r.stop, &r.n_stop, e)) != KC_OK) {
+        goto fail;
+    }
+    /* min_tokens is met trivially when nothing can end generation early. */
+    if (min_tokens > 0 && !(r.ignore_eos && r.n_stop == 0)) {
+        rc = srv_error_kc(e, KC_EUNSUPPORTED, "min_tokens",
+                          "'min_tokens' > 0 is only supported with ignore_eos and no stop "
+                          "strings");
+        goto fail;
+    }
+    if ((rc = parse_prompts(root, lim, &r.prompts, &r.n_prompts, e)) != KC_OK) {
+        goto fail;
+    }
+    if ((long long)r.n_prompts * r.n > lim->max_choices) {
+        rc = srv_error_kc(e, KC_EINVAL, "n",
+                          "%d prompts x n=%d = %lld choices; at most %d are allowed", r.n_prompts,
+                          r.n, (long long)r.n_prompts * r.n, lim->max_choices);
+        goto fail;
+    }
+    for (int i = 0; i < r.n_prompts; i++) {
+        if (r.prompts[i].text == NULL &&
+            (rc = srv_prompt_check(&r.prompts[i], i, r.max_tokens, lim, e)) != KC_OK) {
+            goto fail;
+        }
+    }
+    json_decref(root);
+    *out = r;
+    return KC_OK;
+fail:
+    json_decref(root);
+    srv_completion_req_free(&r);
+    return rc;
+}
+
+void srv_completion_req_free(struct srv_completion_req *r) {
+    prompts_free(r->prompts, r->n_prompts);
+    for (int i = 0; i < r->n_stop; i++) {
+        free(r->stop[i]);
+    }
+    free(r->stop);
+    memset(r, 0, sizeof(*r));
+}
+
+int srv_prompt_check(const struct srv_prompt *p, int index, int max_tokens,
+                     const struct srv_limits *lim, struct srv_error *e) {
+    if (p->n_ids <= 0) {
+        return srv_error_kc(e, KC_EINVAL, "prompt", "prompt %d has no tokens", index);
+    }
+    for (int i = 0; i < p->n_ids; i++) {
+        if (!(0 <= p->ids[i] && p->ids[i] < lim->vocab_size)) {
+            return srv_error_kc(e, KC_ERANGE, "prompt",
+                                "prompt %d: token id %d at position %d is outside the "
+                                "vocabulary [0, %d)",
+                                index, p->ids[i], i, lim->vocab_size);
+        }
+    }
+    long long total = (long long)p->n_ids + max_tokens;
+    if (total > lim->max_context) {
+        return srv_error_kc(e, KC_ECONTEXT, "prompt",
+                            "This model's maximum context length is %d tokens. However, you "
+                            "requested %lld tokens (%d in the prompt, %d in the completion). "
+                            "Please reduce the length of the prompt or completion.",
+                            lim->max_context, total, p->n_ids, max_tokens);
+    }
+    return KC_OK;
+}
+
+int srv_tokenize_parse(const char *body, size_t len, const struct srv_limits *lim, char **text,
+                       size_t *text_len, bool *add_special, struct srv_error *e) {
+    static const char *const known[] = {"model", "prompt", "add_special_tokens"};
+    json_t *root = srv_json_parse_object(body, len, e);
+    int rc;
+    if (root == NULL) {
+        return KC_EINVAL;
+    }
+    bool special = true;
+    if ((rc = check_unknown(root, known, 3, lim, e)) != KC_OK ||
+        (rc = check_model(root, lim, e)) != KC_OK ||
+        (rc = get_bool(root, "add_special_tokens", &special, e)) != KC_OK) {
+        goto fail;
+    }
+    json_t *p = json_object_get(root, "prompt");
+    if (!json_is_string(p)) {
+        rc = srv_error_kc(e, KC_EINVAL, "prompt", "'prompt' must be a string");
+        goto fail;
+    }
+    size_t n = json_string_length(p);
+    if (n > SRV_MAX_PROMPT_BYTES) {
+        rc = srv_error_kc(e, KC_EINVAL, "prompt", "'prompt' is longer than %zu bytes",
+                          SRV_MAX_PROMPT_BYTES);
+        goto fail;
+    }
+    char *t = malloc(n + 1);
+    if (t == NULL) {
+        rc = srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+        goto fail;
+    }
+    memcpy(t, json_string_value(p), n + 1);
+    *text = t;
+    *text_len = n;
+    *add_special = special;
+    rc = KC_OK;
+fail:
+    json_decref(root);
+    return rc;
+}
+
+int srv_detokenize_parse(const char *body, size_t len, const struct srv_limits *lim, int32_t **ids,
+                         int *n_ids, struct srv_error *e) {
+    static const char *const known[] = {"model", "tokens"};
+    json_t *root = srv_json_parse_object(body, len, e);
+    int rc;
+    if (root == NULL) {
+        return KC_EINVAL;
+    }
+    if ((rc = check_unknown(root, known, 2, lim, e)) != KC_OK ||
+        (rc = check_model(root, lim, e)) != KC_OK) {
+        goto fail;
+    }
+    json_t *t = json_object_get(root, "tokens");
+    if (!json_is_array(t)) {
+        rc = srv_error_kc(e, KC_EINVAL, "tokens", "'tokens' must be an array of token ids");
+        goto fail;
+    }
+    size_t n = json_array_size(t);
+    int32_t *out = malloc((n ? n : 1) * sizeof(int32_t));
+    if (out == NULL) {
+        rc = srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *x = json_array_get(t, i);
+        if (!json_is_integer(x) ||
+            !(0 <= json_integer_value(x) && json_integer_value(x) < lim->vocab_size)) {
+            free(out);
+            rc = srv_error_kc(e, KC_ERANGE, "tokens", "tokens[%zu] must be a token id in [0, %d)",
+                              i, lim->vocab_size);
+            goto fail;
+        }
+        out[i] = (int32_t)json_integer_value(x);
+    }
+    *ids = out;
+    *n_ids = (int)n;
+    rc = KC_OK;
+fail:
+    json_decref(root);
+    return rc;
+}

@@ -1,0 +1,386 @@
+/*
+ * serve.c — `kvcast serve`: settings, model loading, the scheduler, the HTTP front, signals
+ * and the drain on shutdown.
+ *
+ * Lifecycle (loop thread):
+ *   LOADING   settings -> models (bundle, or --model [+ --aux --predictor]) -> tokenizer ->
+ *             scheduler -> listen; prints "kvcast: listening on http://HOST:PORT" to stdout
+ *   SERVING   requests; SIGTERM/SIGINT -> DRAINING
+ *   DRAINING  /health answers 503 and new completions 503 + Retry-After (the listener stays
+ *             open so probes and clients get an answer rather than a refused connection);
+ *             running requests finish, up to --shutdown-timeout-s; then (or on a second
+ *             signal) the rest are cancelled -> STOPPING
+ *   STOPPING  once every choice got its terminal event and streams are flushed (bounded),
+ *             MHD is stopped with no connection suspended, the scheduler destroyed, exit 0.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <fcntl.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "scheduler/sched_internal.h"
+#include "server/serve.h"
+#include "server/server_internal.h"
+
+extern char **environ;
+
+/* ---- scheduler -> loop thread ---- */
+
+static void on_sch_event(void *ud, const struct sch_event *ev) {
+    struct srv *s = ud;
+    pthread_mutex_lock(&s->ev_lock);
+    if (s->evq_len == s->evq_cap) {
+        size_t cap = s->evq_cap ? s->evq_cap * 2 : 64;
+        struct sch_event *q = realloc(s->evq, cap * sizeof(*q));
+        KC_ASSERT(q != NULL); /* an event can never be dropped: its request would hang */
+        s->evq = q;
+        s->evq_cap = cap;
+    }
+    s->evq[s->evq_len++] = *ev;
+    pthread_mutex_unlock(&s->ev_lock);
+    uv_async_send(&s->wake);
+}
+
+/* Drains the whole queue: uv_async_send coalesces several sends into one callback. */
+static void drain_events(struct srv *s) {
+    for (;;) {
+        pthread_mutex_lock(&s->ev_lock);
+        struct sch_event *q = s->evq;
+        size_t n = s->evq_len;
+        s->evq = NULL;
+        s->evq_len = s->evq_cap = 0;
+        pthread_mutex_unlock(&s->ev_lock);
+        if (n == 0) {
+            free(q);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            srv_completions_on_event(s, &q[i]);
+        }
+        free(q);
+    }
+}
+
+static void maybe_finish_stop(struct srv *s);
+
+static void on_wake(uv_async_t *a) {
+    struct srv *s = a->data;
+    drain_events(s);
+    maybe_finish_stop(s);
+}
+
+/* ---- shutdown ---- */
+
+static void close_cb(uv_handle_t *h) {
+    (void)h;
+}
+
+static void close_walk(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h)) {
+        uv_close(h, close_cb);
+    }
+}
+
+static double stop_started;
+
+static void begin_stopping(struct srv *s) {
+    if (s->state == SRV_STOPPING) {
+        return;
+    }
+    KC_INFO("cancelling %d running request(s)", srv_completions_live(s));
+    s->state = SRV_STOPPING;
+    stop_started = kc_now_s();
+    srv_completions_cancel_all(s);
+    maybe_finish_stop(s);
+}
+
+static void maybe_finish_stop(struct srv *s) {
+    if (s->state == SRV_DRAINING && srv_completions_live(s) == 0) {
+        begin_stopping(s);
+        return;
+    }
+    if (s->state != SRV_STOPPING) {
+        return;
+    }
+    /* Wait for terminal events, and give streams up to 2 s to flush their last bytes. */
+    if (srv_completions_live(s) > 0 || (s->n_active > 0 && kc_now_s() - stop_started < 2.0)) {
+        return;
+    }
+    srv_http_stop(s);
+    uv_timer_stop(&s->watchdog);
+    uv_timer_stop(&s->drain_timer);
+    uv_signal_stop(&s->sig_term);
+    uv_signal_stop(&s->sig_int);
+    uv_close((uv_handle_t *)&s->watchdog, close_cb);
+    uv_close((uv_handle_t *)&s->drain_timer, close_cb);
+    uv_close((uv_handle_t *)&s->mhd_timer, close_cb);
+    uv_close((uv_handle_t *)&s->mhd_poll, close_cb);
+    uv_close((uv_handle_t *)&s->sig_term, close_cb);
+    uv_close((uv_handle_t *)&s->sig_int, close_cb);
+    uv_close((uv_handle_t *)&s->wake, close_cb);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+    struct srv *s = t->data;
+    KC_WARN("shutdown timeout reached");
+    begin_stopping(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    struct srv *s = h->data;
+    s->signals_seen++;
+    if (s->state == SRV_SERVING) {
+        KC_INFO("signal %d: draining (up to %d s); send it again to stop at once", signum,
+                s->cfg.shutdown_timeout_s);
+        s->state = SRV_DRAINING;
+        uv_timer_start(&s->drain_timer, on_drain_timeout,
+                       (uint64_t)s->cfg.shutdown_timeout_s * 1000, 0);
+        maybe_finish_stop(s);
+    } else {
+        begin_stopping(s);
+    }
+}
+
+static void on_watchdog(uv_timer_t *t) {
+    struct srv *s = t->data;
+    srv_completions_tick(s);
+    maybe_finish_stop(s);
+}
+
+/* ---- loading ---- */
+
+static int load_models(struct srv *s, struct kc_error *err) {
+    const struct cfg_settings *c = &s->cfg;
+    struct eng_model_params mp = eng_model_default_params();
+    int rc;
+    if ((rc = eng_wtype_parse(c->prefill_dtype, &mp.prefill_wtype)) != KC_OK ||
+        (rc = eng_wtype_parse(c->decode_dtype, &mp.decode_wtype)) != KC_OK) {
+        return kc_error_set(err, KC_EINVAL, "bad --prefill-dtype / --decode-dtype");
+    }
+    const char *base_dir = NULL;
+    if (c->model[0] != '\0' && c->aux[0] != '\0') {
+        rc = eng_kvp_bundle_open(c->model, c->aux, c->predictor, &mp, &s->bundle, err);
+    } else if (c->model[0] != '\0') {
+        rc = eng_model_load(c->model, &mp, &s->base_owned, err);
+        base_dir = c->model;
+    } else {
+        rc = eng_kvp_bundle_load(c->bundle, &mp, &s->bundle, err);
+    }
+    if (rc != KC_OK) {
+        return rc;
+    }
+    if (s->bundle != NULL) {
+        s->base = s->bundle->base;
+        base_dir = s->bundle->base_dir;
+    } else {
+        s->base = s->base_owned;
+    }
+    snprintf(s->model_root, sizeof(s->model_root), "%s", base_dir);
+    if (c->served_model_name[0] != '\0') {
+        snprintf(s->model_id, sizeof(s->model_id), "%s", c->served_model_name);
+    } else {
+        char tmp[CFG_PATH_MAX];
+        snprintf(tmp, sizeof(tmp), "%s", base_dir);
+        size_t n = strlen(tmp);
+        while (n > 1 && tmp[n - 1] == '/') {
+            tmp[--n] = '\0';
+        }
+        snprintf(s->model_id, sizeof(s->model_id), "%s", basename(tmp));
+    }
+    /* Tokenizer: explicit, else the base dir's tokenizer.json when there is one. */
+    char path[CFG_PATH_MAX + 32];
+    if (c->tokenizer[0] != '\0') {
+        snprintf(path, sizeof(path), "%s", c->tokenizer);
+    } else {
+        kc_path_join(path, sizeof(path), base_dir, "tokenizer.json");
+        if (access(path, R_OK) != 0) {
+            path[0] = '\0';
+            KC_WARN("%s has no tokenizer.json: prompts must be token ids and text is empty",
+                    base_dir);
+        }
+    }
+    if (path[0] != '\0') {
+        rc = eng_tok_load(path, &s->tok, err);
+        if (rc != KC_OK) {
+            return rc;
+        }
+        s->tok_buf_cap = eng_tok_stream_bound(s->tok);
+        s->tok_buf = malloc(s->tok_buf_cap);
+        if (s->tok_buf == NULL) {
+            return kc_error_set(err, KC_ENOMEM, "out of memory");
+        }
+    }
+    return KC_OK;
+}
+
+/* --debug-step-delay-ms: slows the workers down so tests can disconnect mid-stream and
+ * drain with requests running. Uses the scheduler's test hook (runs on worker threads). */
+static void delay_hook(void *ud, enum sch_hook_point point, uint64_t id, int step) {
+    const struct srv *s = ud;
+    (void)id;
+    (void)step;
+    if (point == SCH_HOOK_DECODE_END || point == SCH_HOOK_PREFILL_CHUNK) {
+        const long ms = s->cfg.debug_step_delay_ms;
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int start_scheduler(struct srv *s, struct kc_error *err) {
+    const struct cfg_settings *c = &s->cfg;
+    const struct eng_model_config *mc = eng_model_config_of(s->base);
+    struct sch_config sc = sch_default_config();
+    sc.prefill_threads = c->prefill_threads;
+    sc.decode_threads = c->decode_threads;
+    sc.pin_cpus = c->pin_cpus;
+    sc.base_kv_bytes = (size_t)c->base_kv_mib << 20;
+    sc.aux_kv_bytes = (size_t)c->aux_kv_mib << 20;
+    sc.block_size = c->block_size;
+    sc.max_queue = c->max_queue;
+    sc.max_running = c->max_running;
+    sc.prefill_chunk = c->prefill_chunk;
+    sc.max_context = c->max_context;
+    sc.ttft_slo_ms = c->ttft_slo_ms;
+    sc.predict_min_prompt = c->predict_min_prompt;
+    s->max_model_len = c->max_context > 0 && c->max_context < mc->max_position_embeddings
+                           ? c->max_context
+                           : mc->max_position_embeddings;
+    sc.max_context = s->max_model_len;
+    const struct eng_model *aux = s->bundle ? s->bundle->aux : NULL;
+    const struct eng_kvp *pred = s->bundle ? s->bundle->pred : NULL;
+    int rc = sch_create(&sc, s->base, aux, pred, on_sch_event, s, &s->sch, err);
+    if (rc == KC_OK && s->cfg.debug_step_delay_ms > 0) {
+        KC_WARN("--debug-step-delay-ms %d: generation is slowed down on purpose",
+                s->cfg.debug_step_delay_ms);
+        sch__set_hook(s->sch, delay_hook, s);
+    }
+    return rc;
+}
+
+static uint64_t random_salt(void) {
+    uint64_t x = kc_now_ns() ^ ((uint64_t)getpid() << 32);
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) {
+        uint64_t r = 0;
+        if (read(fd, &r, sizeof(r)) == (ssize_t)sizeof(r)) {
+            x ^= r;
+        }
+        close(fd);
+    }
+    return x;
+}
+
+int srv_serve_main(int argc, char **argv) {
+    struct srv *s = calloc(1, sizeof(*s));
+    struct kc_error err = {0};
+    bool help = false;
+    int exit_code = 1;
+    bool loop_ok = false;
+    if (s == NULL) {
+        fprintf(stderr, "kvcast serve: out of memory\n");
+        return 1;
+    }
+    if (cfg_settings_load(argc, argv, environ, &s->cfg, &help, &err) != KC_OK) {
+        fprintf(stderr, "kvcast serve: %s\n", err.msg);
+        free(s);
+        return 2;
+    }
+    if (help) {
+        cfg_print_help(stdout);
+        free(s);
+        return 0;
+    }
+    kc_log_level = kc_log_level_parse(s->cfg.log_level);
+    /* A client that hangs up must not kill the process through SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
+    char desc[8192];
+    cfg_settings_describe(&s->cfg, desc, sizeof(desc));
+    KC_DEBUG("settings: %s", desc);
+    s->id_salt = random_salt();
+    pthread_mutex_init(&s->ev_lock, NULL);
+    if (uv_loop_init(&s->loop) != 0) {
+        fprintf(stderr, "kvcast serve: cannot create the event loop\n");
+        goto done;
+    }
+    loop_ok = true;
+    uv_async_init(&s->loop, &s->wake, on_wake);
+    s->wake.data = s;
+    uv_timer_init(&s->loop, &s->watchdog);
+    s->watchdog.data = s;
+    uv_timer_init(&s->loop, &s->drain_timer);
+    s->drain_timer.data = s;
+    uv_signal_init(&s->loop, &s->sig_term);
+    s->sig_term.data = s;
+    uv_signal_init(&s->loop, &s->sig_int);
+    s->sig_int.data = s;
+
+    const double t0 = kc_now_s();
+    if (load_models(s, &err) != KC_OK || start_scheduler(s, &err) != KC_OK) {
+        fprintf(stderr, "kvcast serve: %s\n", err.msg);
+        goto done;
+    }
+    s->lim = (struct srv_limits){
+        .model_id = s->model_id,
+        .vocab_size = eng_model_config_of(s->base)->vocab_size,
+        .max_context = s->max_model_len,
+        .max_choices = s->cfg.max_choices,
+        .max_stop = s->cfg.max_stop,
+        .max_stop_bytes = s->cfg.max_stop_bytes,
+        .strict = s->cfg.strict_fields,
+        .default_mode = SCH_MODE_AUTO,
+    };
+    enum sch_prefill_mode dm = SCH_MODE_AUTO;
+    if (sch_mode_parse(s->cfg.prefill_mode, &dm) == KC_OK) {
+        s->lim.default_mode = (int)dm;
+    }
+    srv_metrics_init(&s->metrics, s->model_id);
+    if (srv_http_start(s, &err) != KC_OK) {
+        fprintf(stderr, "kvcast serve: %s\n", err.msg);
+        goto done;
+    }
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_timer_start(&s->watchdog, on_watchdog, (uint64_t)s->cfg.disconnect_check_ms,
+                   (uint64_t)s->cfg.disconnect_check_ms);
+    s->state = SRV_SERVING;
+    KC_INFO("model %s (max_model_len %d, vocab %d%s) loaded in %.1f s", s->model_id,
+            s->max_model_len, s->lim.vocab_size, s->tok ? "" : ", no tokenizer", kc_now_s() - t0);
+    if (!cfg_host_is_loopback(s->cfg.host) && s->cfg.api_key[0] == '\0') {
+        KC_WARN("listening on %s WITHOUT an API key (--insecure-public)", s->cfg.host);
+    }
+    /* The one line scripts and tests wait for. */
+    printf("kvcast: listening on http://%s:%d\n", s->cfg.host, s->port);
+    fflush(stdout);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    KC_INFO("stopped");
+    exit_code = 0;
+done:
+    if (s->mhd != NULL) {
+        srv_http_stop(s);
+    }
+    if (s->sch != NULL) {
+        sch_destroy(s->sch); /* emits terminal events for anything still alive */
+        s->sch = NULL;
+    }
+    drain_events(s);
+    if (loop_ok) {
+        /* Close whatever is still open (failure paths) and let libuv finish. */
+        uv_walk(&s->loop, close_walk, NULL);
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+    }
+    free(s->evq);
+    pthread_mutex_destroy(&s->ev_lock);
+    eng_tok_free(s->tok);
+    free(s->tok_buf);
+    eng_kvp_bundle_free(s->bundle);
+    eng_model_free(s->base_owned);
+    free(s);
+    return exit_code;
+}
