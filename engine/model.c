@@ -502,6 +502,20 @@ int eng_ctx_create(const struct eng_model *m, int max_rows, int max_ctx, int n_t
         eng_ctx_free(ctx);
         return kc_error_set(err, KC_ENOMEM, "forward context: out of memory");
     }
+    /* Create every primitive a step can need now, so the step loop creates nothing. */
+    const int prep_rows = max_rows;
+    rc = eng_linear_prepare(ctx->dnn, m->lm_head, prep_rows, err);
+    for (int l = 0; l < c->n_layers && rc == KC_OK; l++) {
+        const struct eng_layer *ly = &m->layers[l];
+        const struct eng_linear *ls[4] = {ly->qkv, ly->o, ly->gate_up, ly->down};
+        for (int i = 0; i < 4 && rc == KC_OK; i++) {
+            rc = eng_linear_prepare(ctx->dnn, ls[i], prep_rows, err);
+        }
+    }
+    if (rc != KC_OK) {
+        eng_ctx_free(ctx);
+        return rc;
+    }
     *out = ctx;
     return KC_OK;
 }
