@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/kc.h"
+#include "engine/kvp.h"
 #include "engine/model.h"
 #include "engine/ops.h"
 #include "tools/cli/args.h"
@@ -23,6 +24,11 @@ static void bench_usage(FILE *f) {
                "  --prefill-dtype T     f32|bf16 (default f32)\n"
                "  --decode-dtype T      f32|bf16 (default bf16)\n"
                "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
+               "  --kvp                 also time KV Prediction: auxiliary prefill + predictor\n"
+               "                        + one base step, against the full prefill\n"
+               "  --aux-config NAME|F   auxiliary model for --kvp (default: the base's shape\n"
+               "                        with --aux-layers layers, a layer-pruned copy)\n"
+               "  --aux-layers N        layers of that default aux (default: base layers / 4)\n"
                "  --json                print one JSON object\n");
 }
 
@@ -35,10 +41,99 @@ static double prefill_flops(const struct eng_model_config *c, int T) {
     return c->n_layers * (per_token_linear * T + attn) + 2.0 * C * V;
 }
 
+/*
+ * --kvp: TTFT of a T-token prompt with KV Prediction (aux prefill of T-1 tokens, predictor,
+ * one base step) against a full base prefill, on synthetic models and a random predictor of
+ * real shapes. Prints the measured and the analytic (FLOPs) ratios side by side.
+ */
+static int bench_kvp(const struct eng_model *base, const struct eng_model_config *aux_cfg,
+                     const struct eng_model_params *mp, int T, int threads, int repeat, bool json) {
+    struct kc_error err = {0};
+    const struct eng_model_config *bc = eng_model_config_of(base);
+    struct eng_model *aux = NULL;
+    struct eng_kvp *pred = NULL;
+    struct eng_kvp_ctx *kc = NULL;
+    struct eng_kv_pool pool = {0};
+    struct eng_seq seq = {0};
+    int32_t *tokens = NULL;
+    float *logits = NULL;
+    int rc = 1;
+    const struct eng_kvp_shape shape = eng_kvp_shape_of_pair(bc, aux_cfg);
+    if (eng_kvp_check_pair(bc, aux_cfg, &err) != KC_OK ||
+        eng_model_init_random(aux_cfg, mp, 99, &aux, &err) != KC_OK ||
+        eng_kvp_create_random(&shape, NULL, 7, &pred, &err) != KC_OK ||
+        eng_kvp_ctx_create(base, aux, pred, T < 512 ? T : 512, T + 1, threads, &kc, &err) != KC_OK ||
+        eng_kv_pool_init(&pool, bc, 16, (T + 16) / 16 + 1, &err) != KC_OK) {
+        fprintf(stderr, "kvcast bench --kvp: %s\n", err.msg);
+        goto done;
+    }
+    tokens = calloc((size_t)T, sizeof(int32_t));
+    logits = calloc((size_t)bc->vocab_size, sizeof(float));
+    if (tokens == NULL || logits == NULL) {
+        goto done;
+    }
+    for (int i = 0; i < T; i++) {
+        tokens[i] = (int32_t)((i * 7919u + 13u) % (unsigned)bc->vocab_size);
+    }
+    double best[2] = {1e30, 1e30};
+    struct eng_kvp_timings split = {0};
+    const enum eng_kvp_mode modes[2] = {ENG_KVP_FULL, ENG_KVP_PREDICT};
+    /* Alternate the modes so machine noise hits both alike; the first round warms up. */
+    for (int rep = 0; rep <= repeat; rep++) {
+        for (int mi = 0; mi < 2; mi++) {
+            struct eng_kvp_timings t = {0};
+            const double t0 = kc_now_s();
+            if (eng_kvp_prefill(kc, modes[mi], &pool, &seq, tokens, T, logits, &t, &err) != KC_OK) {
+                fprintf(stderr, "kvcast bench --kvp: %s\n", err.msg);
+                goto done;
+            }
+            const double dt = kc_now_s() - t0;
+            eng_seq_release(&pool, &seq);
+            if (rep > 0 && dt < best[mi]) {
+                best[mi] = dt;
+                if (mi == 1) {
+                    split = t;
+                }
+            }
+        }
+    }
+    const double f_full = eng_kvp_ttft_flops(ENG_KVP_FULL, bc, aux_cfg, &shape, T);
+    const double f_pred = eng_kvp_ttft_flops(ENG_KVP_PREDICT, bc, aux_cfg, &shape, T);
+    if (json) {
+        printf("{\"kvp\": {\"prompt_len\": %d, \"aux_layers\": %d, \"aux_hidden\": %d, "
+               "\"ttft_full_ms\": %.2f, \"ttft_predict_ms\": %.2f, \"ttft_ratio\": %.3f, "
+               "\"flops_ratio\": %.3f, \"aux_ms\": %.2f, \"predict_ms\": %.2f, "
+               "\"base_first_step_ms\": %.2f}}\n",
+               T, aux_cfg->n_layers, aux_cfg->hidden_size, best[0] * 1e3, best[1] * 1e3,
+               best[1] / best[0], f_pred / f_full, split.aux_ms, split.predict_ms,
+               split.base_first_step_ms);
+    } else {
+        printf("kvp     TTFT of a %d-token prompt: full %.1f ms, predict %.1f ms (aux %.1f + "
+               "predictor %.1f + base step %.1f)\n",
+               T, best[0] * 1e3, best[1] * 1e3, split.aux_ms, split.predict_ms,
+               split.base_first_step_ms);
+        printf("kvp     predict/full: measured %.3f, analytic FLOPs %.3f (aux: %d layers, dim %d)\n",
+               best[1] / best[0], f_pred / f_full, aux_cfg->n_layers, aux_cfg->hidden_size);
+    }
+    rc = 0;
+done:
+    free(tokens);
+    free(logits);
+    if (pool.slab != NULL) {
+        eng_seq_release(&pool, &seq);
+    }
+    eng_kv_pool_free(&pool);
+    eng_kvp_ctx_free(kc);
+    eng_kvp_free(pred);
+    eng_model_free(aux);
+    return rc;
+}
+
 static int bench_engine(int argc, char **argv) {
     const char *config = NULL;
-    long prompt_len = 512, gen = 64, threads = 0, repeat = 2;
-    bool json = false;
+    long prompt_len = 512, gen = 64, threads = 0, repeat = 2, aux_layers = 0;
+    bool json = false, kvp = false;
+    const char *aux_config = NULL;
     struct eng_model_params mp = eng_model_default_params();
     for (int i = 1; i < argc; i++) {
         const char *v = NULL;
@@ -78,6 +173,15 @@ static int bench_engine(int argc, char **argv) {
                 fprintf(stderr, "kvcast bench: --decode-dtype must be f32 or bf16\n");
                 return 2;
             }
+        } else if (kc_arg_value(argc, argv, &i, "--aux-config", &v, &missing)) {
+            aux_config = v;
+        } else if (kc_arg_value(argc, argv, &i, "--aux-layers", &v, &missing)) {
+            if (!kc_arg_int(v, 1, ENG_MAX_LAYERS, &aux_layers)) {
+                fprintf(stderr, "kvcast bench: bad --aux-layers\n");
+                return 2;
+            }
+        } else if (strcmp(argv[i], "--kvp") == 0) {
+            kvp = true;
         } else if (strcmp(argv[i], "--json") == 0) {
             json = true;
         } else {
@@ -203,6 +307,22 @@ static int bench_engine(int argc, char **argv) {
                dw, decode_tps, decode_gbs, triad_gbs, decode_gbs / triad_gbs);
     }
     exit_code = 0;
+    if (kvp) {
+        struct eng_model_config aux_cfg = cfg;
+        if (aux_config != NULL) {
+            if (eng_model_config_preset(aux_config, &aux_cfg) != KC_OK &&
+                eng_model_config_load(aux_config, &aux_cfg, &err) != KC_OK) {
+                fprintf(stderr, "kvcast bench: bad --aux-config '%s': %s\n", aux_config, err.msg);
+                exit_code = 2;
+                goto done;
+            }
+        } else {
+            aux_cfg.n_layers = aux_layers > 0 ? (int)aux_layers
+                                              : (cfg.n_layers / 4 > 0 ? cfg.n_layers / 4 : 1);
+        }
+        eng_seq_release(&pool, &seq);
+        exit_code = bench_kvp(m, &aux_cfg, &mp, T, (int)threads, (int)repeat, json);
+    }
 done:
     free(tokens);
     free(logits);
