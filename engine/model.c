@@ -206,8 +206,8 @@ static int get_tensor(struct weight_source *src, const char *name, int rows, int
 
 static int get_norm(struct weight_source *src, const char *name, int c, float **out,
                     struct kc_error *err) {
-    const void *data;
-    enum eng_dtype dt;
+    const void *data = NULL;
+    enum eng_dtype dt = ENG_DTYPE_F32;
     int rc = get_tensor(src, name, c, 0, 0, 1.0f, &data, &dt, err);
     if (rc != KC_OK) {
         return rc;
@@ -231,7 +231,7 @@ static int get_linear(struct weight_source *src, const struct eng_model_params *
     int rc = KC_OK;
     KC_ASSERT(n_parts <= 3);
     for (int i = 0; i < n_parts; i++) {
-        enum eng_dtype dt;
+        enum eng_dtype dt = ENG_DTYPE_F32;
         rc = get_tensor(src, names[i], rows[i], n_in, i, 0.0f, &parts[i].data, &dt, err);
         if (rc != KC_OK) {
             goto done;
@@ -367,8 +367,8 @@ static int build_model(const struct eng_model_config *cfg, const struct eng_mode
         goto fail;
     }
     /* Embedding: a private copy in its stored dtype; rows are converted on lookup. */
-    const void *emb;
-    enum eng_dtype emb_dt;
+    const void *emb = NULL;
+    enum eng_dtype emb_dt = ENG_DTYPE_F32;
     rc = get_tensor(src, "model.embed_tokens.weight", V, C, 0, 0.0f, &emb, &emb_dt, err);
     if (rc != KC_OK) {
         goto fail;

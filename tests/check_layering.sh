@@ -12,8 +12,9 @@ check() { # pattern allowed-dir-regex description
   fi
 }
 check '(oneapi/dnnl/)?dnnl' '^engine/' 'oneDNN'
-check '(microhttpd|uv)\.h' '^(server|tools)/' 'libmicrohttpd/libuv'
+check '(microhttpd|uv)\.h' '^server/' 'libmicrohttpd/libuv'
 check 'cmocka\.h' '^$' 'cmocka'
+check 'curl/curl\.h' '^tools/' 'libcurl'
 # The engine never sees config, sockets or HTTP.
 hits=$(grep -rlE '#include\s*"(config|server|scheduler)/' engine common 2>/dev/null || true)
 if [ -n "$hits" ]; then echo "layering: engine/common include upper layers:"; echo "$hits"; bad=1; fi

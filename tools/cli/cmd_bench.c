@@ -337,9 +337,13 @@ done:
 }
 
 int kc_cmd_bench(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "serve") == 0) {
+        return kc_bench_serve(argc - 1, argv + 1);
+    }
     if (argc >= 2 && strcmp(argv[1], "engine") == 0) {
         return bench_engine(argc - 1, argv + 1);
     }
-    fprintf(stderr, "usage: kvcast bench engine ...   (`kvcast bench engine --help`)\n");
+    fprintf(stderr, "usage: kvcast bench engine|serve ...   (`kvcast bench engine --help`, "
+                    "`kvcast bench serve --help`)\n");
     return 2;
 }

@@ -7,6 +7,7 @@
 
 int kc_cmd_generate(int argc, char **argv);   /* cmd_generate.c */
 int kc_cmd_bench(int argc, char **argv);      /* cmd_bench.c */
+int kc_bench_serve(int argc, char **argv);    /* cmd_bench_serve.c: `kvcast bench serve` */
 int kc_cmd_tokenize(int argc, char **argv);   /* cmd_tokenize.c */
 int kc_cmd_detokenize(int argc, char **argv); /* cmd_tokenize.c */
 int kc_cmd_calibrate(int argc, char **argv);  /* cmd_calibrate.c */

@@ -15,7 +15,7 @@ struct kc_command {
 
 static const struct kc_command commands[] = {
     {"generate", kc_cmd_generate, "generate tokens from a model directory"},
-    {"bench", kc_cmd_bench, "benchmarks: `bench engine` (synthetic model of a real config)"},
+    {"bench", kc_cmd_bench, "benchmarks: `bench engine` (forward pass), `bench serve` (HTTP load test)"},
     {"tokenize", kc_cmd_tokenize, "print the token ids of a text"},
     {"detokenize", kc_cmd_detokenize, "print the text of token ids"},
     {"serve", kc_cmd_serve, "serve the OpenAI-compatible HTTP API (/v1/completions, ...)"},

@@ -1,0 +1,9 @@
+# `kvcast bench serve` against the real `kvcast serve` (golden model, identity predictor): the
+# summary and JSON fields exist and are sane; no speed is asserted. Bounded (< 30 s).
+if(TARGET kvcast AND TARGET kc_server)
+  add_test(NAME test_bench_serve
+           COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_bench_serve.sh
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_bench_serve PROPERTIES LABELS integration TIMEOUT 60)
+endif()

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# pareto.sh — the quality-vs-TTFT picture of KV Prediction (the paper's Pareto plot) on our
+# models: runs `kvcast eval --json` at several prompt lengths and plots, per mode (aux: the
+# auxiliary model alone, predict: base on the predicted cache, full: base on its own cache), the
+# continuation's NLL against the measured median TTFT. Writes into --out (default docs/bench):
+#   quality.md     table (NLL, perplexity, TTFT, gap closed) and the commands
+#   quality.json   every eval's JSON
+#   pareto.dat, pareto.gp, pareto.png
+#
+# Usage (see tools/bench/README.md):
+#   bash tools/bench/pareto.sh --bundle models/tiny/kvcast-bundle.json --data heldout.txt
+#   bash tools/bench/pareto.sh --base B --aux A --predictor P --data ids.txt --ids
+# Options:
+#   --kvcast BIN     (default $KVCAST or build/release/tools/kvcast)
+#   --lens "P ..."   prompt lengths (default "128 256 512 1024")
+#   --samples N      windows per length (default 16)
+#   --cont-len C     continuation tokens scored per window (default 32)
+#   --threads N      OpenMP threads of eval (default 1, as the server's prefill worker)
+#   --ids            the data file holds token ids, not text
+#   --out DIR        (default docs/bench)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+KVCAST=${KVCAST:-build/release/tools/kvcast}
+LENS="128 256 512 1024"
+SAMPLES=16
+CONT=32
+THREADS=1
+OUT=docs/bench
+DATA=""
+MODEL_ARGS=()
+EXTRA=()
+ORIG_ARGS=("$@")
+# Prints its arguments as one shell-quoted command line.
+quote_args() {
+    local out="" a
+    for a in "$@"; do
+        if [[ $a =~ [^A-Za-z0-9_./:=@,+-] ]]; then out+="'${a//\'/\'\\\'\'}' "; else out+="$a "; fi
+    done
+    echo "${out% }"
+}
+die() { echo "pareto.sh: $*" >&2; exit 2; }
+need() { [ $# -ge 2 ] || die "$1 needs a value"; }
+while [ $# -gt 0 ]; do
+    case $1 in
+    --bundle|--base|--aux|--predictor) need "$@"; MODEL_ARGS+=("$1" "$2"); shift 2 ;;
+    --data) need "$@"; DATA=$2; shift 2 ;;
+    --kvcast) need "$@"; KVCAST=$2; shift 2 ;;
+    --lens) need "$@"; LENS=$2; shift 2 ;;
+    --samples) need "$@"; SAMPLES=$2; shift 2 ;;
+    --cont-len) need "$@"; CONT=$2; shift 2 ;;
+    --threads) need "$@"; THREADS=$2; shift 2 ;;
+    --ids) EXTRA+=(--ids); shift ;;
+    --out) need "$@"; OUT=$2; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown option '$1' (--help)" ;;
+    esac
+done
+[ ${#MODEL_ARGS[@]} -gt 0 ] || die "give --bundle B, or --base B --aux A --predictor P"
+[ -n "$DATA" ] || die "--data FILE is required (held-out text, or ids with --ids)"
+[ -x "$KVCAST" ] || die "no kvcast binary at $KVCAST (--kvcast BIN)"
+command -v gnuplot >/dev/null || die "gnuplot is missing (apt-get install gnuplot-nox)"
+PY=/usr/bin/python3
+WORK=build/bench/pareto-$(date -u +%Y%m%d-%H%M%S)
+mkdir -p "$WORK" "$OUT"
+
+: >"$WORK/commands.txt"
+for P in $LENS; do
+    cmd=("$KVCAST" eval "${MODEL_ARGS[@]}" --data "$DATA" "${EXTRA[@]}" --prompt-len "$P"
+         --cont-len "$CONT" --samples "$SAMPLES" --threads "$THREADS" --json)
+    echo "${cmd[*]}" >>"$WORK/commands.txt"
+    echo "--- prompt $P"
+    "${cmd[@]}" >"$WORK/eval-$P.json" 2>"$WORK/eval-$P.err" || {
+        cat "$WORK/eval-$P.err" >&2
+        die "kvcast eval failed at prompt length $P"
+    }
+    cat "$WORK/eval-$P.json"
+done
+
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo "cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cpus"
+    echo "invocation=$(quote_args bash tools/bench/pareto.sh "${ORIG_ARGS[@]}")"
+} >"$WORK/env.txt"
+
+$PY - "$WORK" "$OUT" <<'EOF'
+import glob, json, os, re, sys
+work, out = sys.argv[1], sys.argv[2]
+env = dict(l.rstrip("\n").split("=", 1) for l in open(os.path.join(work, "env.txt")) if "=" in l)
+runs = {}
+for p in glob.glob(os.path.join(work, "eval-*.json")):
+    runs[int(re.search(r"eval-(\d+)\.json$", p).group(1))] = json.load(open(p))
+lens = sorted(runs)
+modes = ["full", "predict", "aux"]
+# pareto.dat: one block per mode (points), then one block per prompt length (aux -> predict
+# -> full: the trade-off at that length, the paper's picture).
+with open(os.path.join(out, "pareto.dat"), "w") as f:
+    for m in modes:
+        f.write("# mode %s: prompt_len median_ttft_ms nll\n" % m)
+        for P in lens:
+            r = runs[P]["modes"].get(m)
+            if r:
+                f.write("%d %.4f %.6f\n" % (P, r["ttft_ms_median"], r["nll"]))
+        f.write("\n\n")
+    for P in lens:
+        f.write("# prompt %d: aux predict full\n" % P)
+        for m in ["aux", "predict", "full"]:
+            r = runs[P]["modes"].get(m)
+            if r:
+                f.write("%d %.4f %.6f\n" % (P, r["ttft_ms_median"], r["nll"]))
+        f.write("\n\n")
+n_modes, n_lens = len(modes), len(lens)
+with open(os.path.join(out, "pareto.gp"), "w") as f:
+    f.write("""# Generated by tools/bench/pareto.sh; run from this folder: gnuplot pareto.gp
+set terminal pngcairo size 900,600 font ",11"
+set output "pareto.png"
+set title "Quality vs TTFT (kvcast eval): lower-left is better; gray lines join one prompt length"
+set xlabel "median TTFT (ms, log scale)"
+set ylabel "continuation NLL (nats/token)"
+set logscale x
+set grid
+set key below maxrows 1
+plot for [i=%d:%d] "pareto.dat" index i u 2:3 w l lc rgb "#aaaaaa" lw 1 notitle, \\
+     "" index 0 u 2:3 w p lc rgb "#1f77b4" pt 7 ps 1.4 t "full (base, own cache)", \\
+     "" index 1 u 2:3 w p lc rgb "#d62728" pt 5 ps 1.4 t "predict (aux + predictor + base)", \\
+     "" index 2 u 2:3 w p lc rgb "#2ca02c" pt 9 ps 1.6 t "aux alone", \\
+     "" index 0 u 2:3:(sprintf("%%d", $1)) w labels offset 0,1 notitle
+""" % (n_modes, n_modes + n_lens - 1))
+json.dump({"env": env, "commands": open(os.path.join(work, "commands.txt")).read().splitlines(),
+           "evals": {str(P): runs[P] for P in lens}},
+          open(os.path.join(out, "quality.json"), "w"), indent=1)
+md = ["# Quality vs TTFT: KV Prediction on our models\n",
+      "Generated by `tools/bench/pareto.sh` on %s (commit %s), %s. `kvcast eval` scores the "
+      "continuation after each prompt (teacher forcing) with three prefills: **full** (base "
+      "model, its own cache: the ceiling), **aux** (the auxiliary model alone: the floor) and "
+      "**predict** (base model on the cache predicted from the auxiliary model's). TTFT is the "
+      "engine's median time to the first token, without HTTP (for TTFT through the server see "
+      "serving.md). *gap closed* = (NLL aux - NLL predict) / (NLL aux - NLL full).\n"
+      % (env.get("date"), env.get("commit"), env.get("cpu")),
+      "```sh\n%s\n```\n" % env.get("invocation"),
+      "| prompt | NLL full | NLL predict | NLL aux | gap closed | TTFT full (ms) | "
+      "TTFT predict (ms) | TTFT aux (ms) | predict/full TTFT | 1st-token agreement predict |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+for P in lens:
+    r = runs[P]["modes"]
+    g = lambda m, k: r.get(m, {}).get(k)
+    f = lambda v, nd=3: "—" if v is None else "%.*f" % (nd, v)
+    ratio = (g("predict", "ttft_ms_median") / g("full", "ttft_ms_median")
+             if g("predict", "ttft_ms_median") and g("full", "ttft_ms_median") else None)
+    md.append("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        P, f(g("full", "nll")), f(g("predict", "nll")), f(g("aux", "nll")),
+        f(runs[P].get("gap_closed"), 2), f(g("full", "ttft_ms_median"), 1),
+        f(g("predict", "ttft_ms_median"), 1), f(g("aux", "ttft_ms_median"), 1), f(ratio, 2),
+        f(g("predict", "first_token_agreement"), 2)))
+md.append("\n![NLL vs TTFT](pareto.png)\n")
+md.append("Every eval's full JSON is in `quality.json`.")
+open(os.path.join(out, "quality.md"), "w").write("\n".join(md) + "\n")
+EOF
+(cd "$OUT" && gnuplot pareto.gp)
+echo "pareto.sh: wrote $OUT/quality.md, $OUT/quality.json, $OUT/pareto.png"
