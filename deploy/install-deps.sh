@@ -12,6 +12,8 @@ PKGS=(
   libcurl4-openssl-dev
   # tests and tools
   libcmocka-dev clang-14 libclang-rt-14-dev clang-format-14 curl
+  # benchmark plots (tools/bench/compare.sh, pareto.sh)
+  gnuplot-nox
   # model tooling (PyTorch reference + training recipe, run with /usr/bin/python3)
   python3 python3-numpy python3-torch libopenblas0-pthread
 )
