@@ -65,7 +65,7 @@ static size_t pow2_at_least(size_t n) {
 }
 
 static int map_init(struct eng__tok_map *m, size_t n, const struct eng__tok_str *keys) {
-    const size_t cap = pow2_at_least(n * 2 + 1);
+    const size_t cap = pow2_at_least(n + n / 2 + 1); /* load factor <= 2/3 */
     m->slots = kc_calloc(cap, sizeof(*m->slots));
     if (m->slots == NULL) {
         return KC_ENOMEM;
@@ -183,8 +183,9 @@ static void merge_put(struct eng__tok_merges *m, int32_t a, int32_t b, uint32_t 
 
 static int pool_add(struct load_ctx *c, const void *p, size_t len, struct eng__tok_str *out) {
     struct eng_tok *tok = c->tok;
-    if (len > UINT32_MAX || tok->pool_len > UINT32_MAX - len - 1) {
-        return kc_error_set(c->err, KC_ERANGE, "%s: string pool exceeds 4 GiB", c->name);
+    if (len > ENG__TOK_MAX_POOL || tok->pool_len > ENG__TOK_MAX_POOL - len - 1) {
+        return kc_error_set(c->err, KC_ERANGE, "%s: the tokenizer's strings exceed %zu MiB",
+                            c->name, ENG__TOK_MAX_POOL >> 20);
     }
     if (tok->pool_len + len + 1 > tok->pool_cap) {
         size_t cap = tok->pool_cap ? tok->pool_cap : 4096;
@@ -775,11 +776,11 @@ static int load_merges(struct load_ctx *c, const json_t *merges) {
     const size_t n = json_array_size(merges);
     char *cat = NULL;
     int rc = 0;
-    if (n > (size_t)ENG__TOK_MAX_IDS * 4) {
+    if (n > (size_t)ENG__TOK_MAX_IDS) {
         return kc_error_set(c->err, KC_ERANGE, "%s: model.merges has %zu entries (max %d)", c->name,
-                            n, (int)ENG__TOK_MAX_IDS * 4);
+                            n, (int)ENG__TOK_MAX_IDS);
     }
-    const size_t cap = pow2_at_least(n * 2 + 1);
+    const size_t cap = pow2_at_least(n + n / 2 + 1); /* load factor <= 2/3 */
     tok->merges.slots = kc_calloc(cap, sizeof(*tok->merges.slots));
     cat = malloc(2 * ENG__TOK_MAX_PIECE + 1);
     if (tok->merges.slots == NULL || cat == NULL) {
@@ -895,6 +896,7 @@ static int load_added(struct load_ctx *c, const json_t *added) {
     if (n == 0) {
         return 0;
     }
+    size_t added_bytes = 0;
     tok->added = kc_calloc(n, sizeof(*tok->added));
     if (tok->added == NULL) {
         return kc_error_set(c->err, KC_ENOMEM, "%s: out of memory", c->name);
@@ -917,6 +919,12 @@ static int load_added(struct load_ctx *c, const json_t *added) {
         if (clen > ENG__TOK_MAX_ADDED_LEN) {
             return kc_error_set(c->err, KC_ERANGE, "%s: %s.content is %zu bytes (max %u)", c->name,
                                 where, clen, ENG__TOK_MAX_ADDED_LEN);
+        }
+        /* The tries cost ~16 bytes per content byte: bound the total. */
+        added_bytes += clen;
+        if (added_bytes > ENG__TOK_MAX_ADDED_TOTAL) {
+            return kc_error_set(c->err, KC_ERANGE, "%s: added_tokens hold more than %zu MiB",
+                                c->name, ENG__TOK_MAX_ADDED_TOTAL >> 20);
         }
         if ((rc = get_bool(c, a, where, "special", false, &t->special)) < 0 ||
             (rc = get_bool(c, a, where, "lstrip", false, &t->lstrip)) < 0 ||
@@ -956,6 +964,7 @@ static int load_added(struct load_ctx *c, const json_t *added) {
             size_t nlen = 0;
             rc = eng__tok_normalize(tok, cs, clen, &norm, &nlen, c->err);
             if (rc < 0) {
+                kc_error_prefix(c->err, "%s: %s", c->name, where);
                 return rc;
             }
             if (nlen > 0) {
@@ -1220,8 +1229,15 @@ static int replace_piece(struct load_ctx *c, const struct dec_plan *plan, const 
         const size_t fl = plan->from[k].len;
         const char *to = tok->pool + plan->to[k].off;
         const size_t tl = plan->to[k].len;
-        /* at most cur_len / fl replacements */
+        /* at most cur_len / fl replacements; chained Replace steps could grow a piece
+         * exponentially, so a decoded piece is capped */
         size_t cap = cur_len / fl * (tl > fl ? tl : fl) + cur_len + 1;
+        if (cap > 4 * ENG__TOK_MAX_PIECE) {
+            rc = kc_error_set(c->err, KC_ERANGE,
+                              "%s: decoder: Replace makes piece '%.40s' longer than %u bytes",
+                              c->name, s, 4 * ENG__TOK_MAX_PIECE);
+            goto out;
+        }
         next = malloc(cap);
         if (next == NULL) {
             rc = kc_error_set(c->err, KC_ENOMEM, "%s: out of memory", c->name);

@@ -591,8 +591,22 @@ static int pretok(struct enc *e, int step, const char *s, size_t len) {
 
 /* ---- normalizer ---- */
 
+/* A normalizer may lengthen the text (" " -> "▁" triples it) but a hostile file could chain
+ * Replace steps that grow it exponentially: every step's output is capped. */
+static size_t norm_limit(size_t len) {
+    return (len < ENG_TOK_MAX_TEXT ? len : ENG_TOK_MAX_TEXT) * 4 + 4096;
+}
+
+static int norm_too_long(struct enc *e, size_t len, size_t limit) {
+    if (e->rc == 0) {
+        e->rc = kc_error_set(e->err, KC_ERANGE,
+                             "the normalizer turns %zu bytes into more than %zu bytes", len, limit);
+    }
+    return e->rc;
+}
+
 static int replace_all(struct enc *e, const struct eng__tok_step *st, const char *s, size_t len,
-                       char **out, size_t *out_len) {
+                       size_t limit, char **out, size_t *out_len) {
     const char *with = e->tok->pool + st->with.off;
     const size_t wl = st->with.len;
     char *buf = NULL;
@@ -604,6 +618,10 @@ static int replace_all(struct enc *e, const struct eng__tok_step *st, const char
             return m;
         }
         const size_t gap_end = m ? ms : len;
+        if (n + (gap_end - pos) + wl > limit) {
+            free(buf);
+            return norm_too_long(e, len, limit);
+        }
         if (!grow((void **)&buf, &cap, n + (gap_end - pos) + wl + 1, 1)) {
             free(buf);
             return oom(e);
@@ -625,6 +643,7 @@ static int replace_all(struct enc *e, const struct eng__tok_step *st, const char
 
 static int normalize_with(struct enc *e, const char *s, size_t len, char **out, size_t *out_len) {
     const struct eng_tok *tok = e->tok;
+    const size_t limit = norm_limit(len);
     char *cur = malloc(len + 1);
     size_t cur_len = len;
     if (cur == NULL) {
@@ -652,7 +671,7 @@ static int normalize_with(struct enc *e, const char *s, size_t len, char **out, 
             next_len = cur_len + st->lit.len;
             break;
         case ENG__TOK_N_REPLACE:
-            rc = replace_all(e, st, cur, cur_len, &next, &next_len);
+            rc = replace_all(e, st, cur, cur_len, limit, &next, &next_len);
             break;
         case ENG__TOK_N_NFC:
             rc = eng__tok_nfc(cur, cur_len, &next, &next_len);
@@ -689,7 +708,11 @@ static int normalize_with(struct enc *e, const char *s, size_t len, char **out, 
         default:
             KC_ASSERT(!"not a normalizer step");
         }
+        if (rc == 0 && next_len > limit) {
+            rc = norm_too_long(e, len, limit);
+        }
         if (rc < 0) {
+            free(next);
             free(cur);
             return rc;
         }

@@ -10,7 +10,8 @@
  *     back through the GPT-2 byte<->unicode table at load), the piece text otherwise. Added tokens
  *     are not in the model map (as in HF's Rust library: the model never produces them).
  *  3. Every merge (a, b) -> r names ids in the model map, and r's key is a's key + b's key.
- *  4. All strings live in one pool; offsets and lengths are uint32 (the file is < 64 MiB).
+ *  4. All strings live in one pool of at most ENG__TOK_MAX_POOL bytes; offsets and lengths are
+ *     uint32.
  *  5. After load nothing is written: encode/decode keep their scratch state per call.
  */
 #ifndef ENG_TOKENIZER_INTERNAL_H
@@ -30,7 +31,9 @@
 #define ENG__TOK_MAX_JSON_VALUES (8 << 20) /* keeps jansson's tree well under 1 GiB */
 #define ENG__TOK_MAX_IDS ((int32_t)1 << 22)
 #define ENG__TOK_MAX_PIECE 4096u
+#define ENG__TOK_MAX_POOL ((size_t)256 << 20) /* all strings: pieces, keys, decoded forms */
 #define ENG__TOK_MAX_ADDED_LEN 1024u
+#define ENG__TOK_MAX_ADDED_TOTAL ((size_t)8 << 20) /* sum of added-token contents */
 #define ENG__TOK_MAX_STEPS 64 /* normalizer / pre-tokenizer / decoder steps after flattening */
 #define ENG__TOK_MAX_NEST 8   /* Sequence nesting depth */
 #define ENG__TOK_MAX_TEMPLATE 16

@@ -271,11 +271,18 @@ int eng__tok_nfc(const char *src, size_t len, char **out, size_t *out_len) {
         *out_len = len;
         return 0;
     }
-    /* A code point decomposes into at most 4 (checked by the generator's data: Hangul 3,
-     * tables <= 4), and each input code point takes at least one byte. */
-    size_t cap;
-    if (!kc_size_mul(len, 4, &cap)) {
-        goto fail;
+    /* First pass: the exact number of code points after decomposition. */
+    size_t cap = 0;
+    for (size_t i = 0; i < len;) {
+        size_t k;
+        const uint32_t cp = eng__utf8_decode(s + i, len - i, &k);
+        i += k;
+        if (cp >= S_BASE && cp < S_BASE + S_COUNT) {
+            cap += (cp - S_BASE) % T_COUNT != 0 ? 3 : 2;
+        } else {
+            const struct eng__tok_decomp *d = decomp_of(cp);
+            cap += d == NULL ? 1 : d->len;
+        }
     }
     cps = kc_calloc(cap + 1, sizeof(*cps));
     cc = kc_calloc(cap + 1, 1);

@@ -579,6 +579,41 @@ static void test_invalid_utf8_and_oversized_text_are_rejected(void **state) {
     free(json);
 }
 
+static void test_exploding_normalizer_is_capped(void **state) {
+    (void)state;
+    /* Ten Replace steps each turning "a" into ten: 10^10 times longer without the cap. */
+    struct sb b = {0};
+    sb_printf(&b, "{\"normalizer\":{\"type\":\"Sequence\",\"normalizers\":[");
+    for (int i = 0; i < 10; i++) {
+        sb_printf(&b,
+                  "%s{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},"
+                  "\"content\":\"aaaaaaaaaa\"}",
+                  i ? "," : "");
+    }
+    sb_printf(&b, "]},\"model\":{\"vocab\":{\"a\":0},\"merges\":[]}}");
+    struct eng_tok *tok = load_ok(b.p, NULL);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    struct kc_error err = {0};
+    assert_int_equal(eng_tok_encode(tok, "aaaa", 4, 0, &ids, &n, &err), KC_ERANGE);
+    assert_non_null(strstr(err.msg, "normalizer"));
+    assert_int_equal(eng_tok_encode(tok, "b", 1, 0, &ids, &n, &err), 0);
+    free(ids);
+    eng_tok_free(tok);
+    /* The same normalizer on a normalized added token fails the load, naming the token. */
+    char *added = strstr(b.p, "\"normalizer\"");
+    struct sb c = {0};
+    sb_add(&c, "{\"added_tokens\":[{\"id\":1,\"content\":\"aaa\",\"normalized\":true}],",
+           strlen("{\"added_tokens\":[{\"id\":1,\"content\":\"aaa\",\"normalized\":true}],"));
+    sb_add(&c, added, strlen(added));
+    tok = NULL;
+    assert_int_equal(eng_tok_load_buffer("x.json", c.p, c.n, NULL, 0, &tok, &err), KC_ERANGE);
+    assert_non_null(strstr(err.msg, "added_tokens[0]"));
+    assert_null(tok);
+    free(c.p);
+    free(b.p);
+}
+
 static void test_decode_rejects_out_of_range_ids(void **state) {
     (void)state;
     /* id 3 is a hole: the vocab has 0, 1 and 4. */
@@ -672,6 +707,13 @@ static const struct bad_file bad_files[] = {
     {"{\"decoder\":{\"type\":\"Sequence\",\"decoders\":[{\"type\":\"Strip\",\"content\":\" \","
      "\"start\":1,\"stop\":0}]}," MODEL_OK "}",
      KC_EUNSUPPORTED, "without a Fuse"},
+    {"{\"decoder\":{\"type\":\"Sequence\",\"decoders\":["
+     "{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aaaaaaaaaaaaaaaa\"},"
+     "{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aaaaaaaaaaaaaaaa\"},"
+     "{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aaaaaaaaaaaaaaaa\"},"
+     "{\"type\":\"Replace\",\"pattern\":{\"String\":\"a\"},\"content\":\"aaaaaaaaaaaaaaaa\"}"
+     "]}," MODEL_OK "}",
+     KC_ERANGE, "longer than"},
     {"{\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":"
      "{\"id\":\"<s>\"}},{\"Sequence\":{\"id\":\"A\"}}],\"special_tokens\":{}}," MODEL_OK "}",
      KC_EFORMAT, "special token '<s>' has no ids"},
@@ -846,6 +888,7 @@ int main(void) {
         cmocka_unit_test(test_stream_holds_back_incomplete_utf8),
         cmocka_unit_test(test_stream_equals_batch_decode_on_random_ids),
         cmocka_unit_test(test_invalid_utf8_and_oversized_text_are_rejected),
+        cmocka_unit_test(test_exploding_normalizer_is_capped),
         cmocka_unit_test(test_decode_rejects_out_of_range_ids),
         cmocka_unit_test(test_bad_tokenizer_files_fail_with_clear_errors),
         cmocka_unit_test(test_deeply_nested_json_is_rejected),

@@ -10,12 +10,15 @@
 #include "common/kc.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
+#include "engine/tokenizer.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 
 static void generate_usage(FILE *f) {
     fprintf(f,
-            "usage: kvcast generate --model DIR --prompt-ids 1,2,3 [options]\n"
+            "usage: kvcast generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
+            "  --prompt TEXT         text prompt, tokenized with the model's tokenizer.json\n"
+            "  --tokenizer PATH      tokenizer directory or tokenizer.json (default: --model)\n"
             "  --max-tokens N        tokens to generate (default 32)\n"
             "  --dtype f32|bf16      weight format for both prefill and decode\n"
             "  --prefill-dtype T     weights for prefill steps (default f32)\n"
@@ -29,6 +32,8 @@ static void generate_usage(FILE *f) {
 
 struct generate_opts {
     const char *model_dir;
+    const char *tokenizer;
+    const char *text;
     int32_t *prompt;
     int n_prompt;
     int max_tokens;
@@ -54,6 +59,10 @@ static int parse_generate(int argc, char **argv, struct generate_opts *o) {
             exit(0);
         } else if (kc_arg_value(argc, argv, &i, "--model", &v, &missing)) {
             o->model_dir = v;
+        } else if (kc_arg_value(argc, argv, &i, "--prompt", &v, &missing)) {
+            o->text = v;
+        } else if (kc_arg_value(argc, argv, &i, "--tokenizer", &v, &missing)) {
+            o->tokenizer = v;
         } else if (kc_arg_value(argc, argv, &i, "--prompt-ids", &v, &missing)) {
             free(o->prompt);
             o->prompt = NULL;
@@ -130,12 +139,31 @@ static int parse_generate(int argc, char **argv, struct generate_opts *o) {
             return 2;
         }
     }
-    if (o->model_dir == NULL || o->prompt == NULL) {
-        fprintf(stderr, "kvcast generate: --model and --prompt-ids are required\n");
+    if (o->model_dir == NULL || (o->prompt == NULL) == (o->text == NULL)) {
+        fprintf(stderr, "kvcast generate: --model and one of --prompt / --prompt-ids are required\n");
         generate_usage(stderr);
         return 2;
     }
     return 0;
+}
+
+/* Prints s (valid UTF-8, from the tokenizer's decode) as a JSON string, or null. */
+static void print_json_string(const char *s) {
+    if (s == NULL) {
+        printf("null");
+        return;
+    }
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            printf("\\%c", *p);
+        } else if (*p < 0x20) {
+            printf("\\u%04x", *p);
+        } else {
+            putchar(*p);
+        }
+    }
+    putchar('"');
 }
 
 static bool is_eos(const struct eng_model_config *c, int32_t tok) {
@@ -155,6 +183,8 @@ int kc_cmd_generate(int argc, char **argv) {
         return rc;
     }
     struct kc_error err = {0};
+    struct eng_tok *tok = NULL;
+    char *text_out = NULL;
     struct eng_model *m = NULL;
     struct eng_ctx *ctx = NULL;
     struct eng_kv_pool pool = {0};
@@ -164,6 +194,29 @@ int kc_cmd_generate(int argc, char **argv) {
     float *logits = NULL;
     int exit_code = 1;
 
+    /* The tokenizer is needed for a text prompt and used, when present, to print text. */
+    const char *tok_path = o.tokenizer != NULL ? o.tokenizer : o.model_dir;
+    if (o.text != NULL || o.tokenizer != NULL) {
+        if (eng_tok_load(tok_path, &tok, &err) != KC_OK) {
+            fprintf(stderr, "kvcast generate: %s\n", err.msg);
+            goto done;
+        }
+    } else if (eng_tok_load(tok_path, &tok, NULL) != KC_OK) {
+        tok = NULL; /* a model without tokenizer.json: ids only */
+    }
+    if (o.text != NULL) {
+        size_t n = 0;
+        if (eng_tok_encode(tok, o.text, strlen(o.text), ENG_TOK_ADD_SPECIAL, &o.prompt, &n, &err) !=
+            KC_OK) {
+            fprintf(stderr, "kvcast generate: --prompt: %s\n", err.msg);
+            goto done;
+        }
+        if (n == 0 || n > (size_t)(1 << 24)) {
+            fprintf(stderr, "kvcast generate: --prompt gives %zu tokens\n", n);
+            goto done;
+        }
+        o.n_prompt = (int)n;
+    }
     if (eng_model_load(o.model_dir, &o.mparams, &m, &err) != KC_OK) {
         fprintf(stderr, "kvcast generate: %s\n", err.msg);
         goto done;
@@ -204,10 +257,10 @@ int kc_cmd_generate(int argc, char **argv) {
     const char *finish = "length";
     const double t1 = kc_now_s();
     while (n_out < o.max_tokens) {
-        const int32_t tok = eng_sampler_sample(&sampler, logits, NULL);
-        out[n_out++] = tok;
-        eng_sampler_observe(&sampler, tok);
-        if (!o.ignore_eos && is_eos(c, tok)) {
+        const int32_t next = eng_sampler_sample(&sampler, logits, NULL);
+        out[n_out++] = next;
+        eng_sampler_observe(&sampler, next);
+        if (!o.ignore_eos && is_eos(c, next)) {
             finish = "stop";
             break;
         }
@@ -224,20 +277,32 @@ int kc_cmd_generate(int argc, char **argv) {
     }
     const double t_decode = kc_now_s() - t1;
     const double prefill_tps = o.n_prompt / t_prefill;
+    size_t text_len = 0;
+    if (tok != NULL && eng_tok_decode(tok, out, (size_t)n_out, ENG_TOK_SKIP_SPECIAL, &text_out,
+                                      &text_len, &err) != KC_OK) {
+        fprintf(stderr, "kvcast generate: decoding the output: %s\n", err.msg);
+        goto done;
+    }
     const double decode_tps = n_decode_steps > 0 ? n_decode_steps / t_decode : 0.0;
     if (o.json) {
         printf("{\"ids\": [");
         for (int i = 0; i < n_out; i++) {
             printf("%s%d", i ? ", " : "", out[i]);
         }
-        printf("], \"text\": null, \"finish_reason\": \"%s\", \"prompt_tokens\": %d, "
+        printf("], \"text\": ");
+        print_json_string(text_out);
+        printf(", \"finish_reason\": \"%s\", \"prompt_tokens\": %d, "
                "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f}\n",
                finish, o.n_prompt, prefill_tps, decode_tps);
     } else {
-        for (int i = 0; i < n_out; i++) {
-            printf("%s%d", i ? "," : "", out[i]);
+        if (text_out != NULL) {
+            printf("%s%s\n", o.text != NULL ? o.text : "", text_out);
+        } else {
+            for (int i = 0; i < n_out; i++) {
+                printf("%s%d", i ? "," : "", out[i]);
+            }
+            printf("\n");
         }
-        printf("\n");
         fprintf(stderr, "prefill: %d tokens in %.1f ms (%.1f tokens/s); decode: %d tokens in %.1f ms "
                         "(%.1f tokens/s); finish: %s\n",
                 o.n_prompt, t_prefill * 1e3, prefill_tps, n_decode_steps, t_decode * 1e3, decode_tps,
@@ -245,6 +310,8 @@ int kc_cmd_generate(int argc, char **argv) {
     }
     exit_code = 0;
 done:
+    free(text_out);
+    eng_tok_free(tok);
     free(out);
     free(logits);
     free(o.prompt);
