@@ -946,9 +946,21 @@ static void test_second_sigterm_stops_at_once(void **state) {
         sleep_ms(20);
     }
     kill(s.pid, SIGTERM);
-    sleep_ms(50);
+    /* Standard signals do not queue: a second SIGTERM sent before the first is handled
+     * merges with it. Send it once the server shows it is draining (/health 503). */
+    t0 = now_s();
+    for (;;) {
+        struct resp h;
+        request(s.port, "GET", "/health", NULL, NULL, &h);
+        const int st = h.status;
+        resp_free(&h);
+        if (st == 503 || now_s() - t0 > 20.0) {
+            break;
+        }
+        sleep_ms(10);
+    }
     kill(s.pid, SIGTERM);
-    int rc = server_wait(&s, 0, 10.0);
+    int rc = server_wait(&s, 0, 30.0);
     pthread_join(th, NULL);
     if (rc != 0) {
         fail_msg("exit %d; log %s", rc, s.log);
