@@ -1,8 +1,12 @@
-# libFuzzer targets for the model-file loaders (RELIABILITY.md A1-A3, A6). Built only with
-# -DKC_FUZZ=ON and clang: `cmake --preset fuzz && cmake --build --preset fuzz`, then
-# `ctest --test-dir build/fuzz -L fuzz`. Each target runs 60 s seeded from
-# tests/fuzz/corpus/<target>/ (read-only); new inputs go to <build>/fuzz-corpus/<target>/ and
-# crash reproducers to <build>/fuzz-artifacts/.
+# libFuzzer targets (RELIABILITY.md A1-A3, A6, A7, B1, B3): the model-file loaders
+# (fuzz_safetensors, fuzz_model_config) and the tokenizer (fuzz_tokenizer: encode/decode
+# against two embedded tokenizers; fuzz_tokenizer_load: tokenizer.json + config loader).
+# Built only with -DKC_FUZZ=ON and clang:
+#   cmake --preset fuzz && cmake --build --preset fuzz
+#   ctest --test-dir build/fuzz -L fuzz                        (60 s each)
+#   build/fuzz/tests/fuzz_tokenizer -max_total_time=300 tests/fuzz/corpus/fuzz_tokenizer  (5 min)
+# Each target is seeded from tests/fuzz/corpus/<target>/ (read-only); new inputs go to
+# <build>/fuzz-corpus/<target>/ and crash reproducers to <build>/fuzz-artifacts/.
 if(KC_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "KC_FUZZ needs clang (use the `fuzz` preset, clang-14)")
@@ -15,22 +19,28 @@ if(KC_FUZZ)
     target_compile_options(${lib} PRIVATE -fsanitize=fuzzer-no-link ${KC_FUZZ_SANITIZERS})
     target_link_options(${lib} INTERFACE -fsanitize=address,undefined)
   endforeach()
-
   file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz-artifacts)
-  foreach(target fuzz_safetensors fuzz_model_config)
+
+  # kc_add_fuzz_target(NAME MAX_LEN): tests/fuzz/NAME.c with its .dict and seed corpus.
+  function(kc_add_fuzz_target target max_len)
     add_executable(${target} fuzz/${target}.c)
     target_compile_options(${target} PRIVATE -fsanitize=fuzzer ${KC_FUZZ_SANITIZERS})
     target_link_options(${target} PRIVATE -fsanitize=fuzzer ${KC_FUZZ_SANITIZERS})
-    target_link_libraries(${target} PRIVATE kc_engine)
+    target_link_libraries(${target} PRIVATE kc_engine PkgConfig::PCRE2)
     set(work_corpus ${CMAKE_BINARY_DIR}/fuzz-corpus/${target})
     file(MAKE_DIRECTORY ${work_corpus})
     add_test(NAME ${target}
              COMMAND ${target} -max_total_time=60 -timeout=10 -rss_limit_mb=2048
-                     -max_len=65536 -print_final_stats=1
+                     -max_len=${max_len} -print_final_stats=1
                      -dict=${CMAKE_SOURCE_DIR}/tests/fuzz/${target}.dict
                      -artifact_prefix=${CMAKE_BINARY_DIR}/fuzz-artifacts/${target}-
                      ${work_corpus} ${CMAKE_SOURCE_DIR}/tests/fuzz/corpus/${target})
     set_tests_properties(${target} PROPERTIES LABELS fuzz TIMEOUT 180
                          ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1")
-  endforeach()
+  endfunction()
+
+  kc_add_fuzz_target(fuzz_safetensors 65536)
+  kc_add_fuzz_target(fuzz_model_config 65536)
+  kc_add_fuzz_target(fuzz_tokenizer 16384)
+  kc_add_fuzz_target(fuzz_tokenizer_load 16384)
 endif()
