@@ -39,9 +39,17 @@ curl -sf --max-time 30 -H 'Content-Type: application/json' \
   -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true}' "$URL/v1/completions" >/dev/null
 curl -sf --max-time 10 "$URL/metrics" >"$TMP/metrics.txt"
 echo "scraped $(grep -c '^# TYPE' "$TMP/metrics.txt") metric families from $URL/metrics"
-if ! promtool check metrics <"$TMP/metrics.txt" >"$TMP/lint" 2>&1; then
+# kvcast keeps vLLM's metric names with its own prefix (`kvcast:time_to_first_token_seconds`
+# for `vllm:time_to_first_token_seconds`) so dashboards and alerts written for vLLM carry
+# over with a rename. promtool's linter flags every such name ("should not contain ':'",
+# colons being meant for recording rules), exactly as it flags vLLM's own. That one lint is
+# reported and accepted; any other problem fails the check.
+promtool check metrics <"$TMP/metrics.txt" >"$TMP/lint" 2>&1 || true
+colon=$(grep -c "metric names should not contain ':'" "$TMP/lint" || true)
+grep -v "metric names should not contain ':'" "$TMP/lint" | grep -v '^\s*$' >"$TMP/other" || true
+if [ -s "$TMP/other" ]; then
   echo "FAIL: promtool check metrics reports problems:" >&2
-  cat "$TMP/lint" >&2
+  cat "$TMP/other" >&2
   exit 1
 fi
-echo "promtool check metrics: no problems"
+echo "promtool check metrics: no problems besides the vLLM-style ':' in $colon metric names"
