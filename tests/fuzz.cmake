@@ -1,6 +1,7 @@
 # libFuzzer targets (RELIABILITY.md A1-A3, A6, A7, B1, B3): the model-file loaders
 # (fuzz_safetensors, fuzz_model_config) and the tokenizer (fuzz_tokenizer: encode/decode
-# against two embedded tokenizers; fuzz_tokenizer_load: tokenizer.json + config loader).
+# against two embedded tokenizers; fuzz_tokenizer_load: tokenizer.json + config loader) and
+# the HTTP request validator (fuzz_completion_request, C20).
 # Built only with -DKC_FUZZ=ON and clang:
 #   cmake --preset fuzz && cmake --build --preset fuzz
 #   ctest --test-dir build/fuzz -L fuzz                        (60 s each)
@@ -15,18 +16,18 @@ if(KC_FUZZ)
                          -fno-omit-frame-pointer)
   # Coverage feedback and sanitizers must reach the code under test, not only the harness:
   # instrument the libraries the targets link, and make their users link the runtimes.
-  foreach(lib kc_common kc_engine)
+  foreach(lib kc_common kc_engine kc_server_core)
     target_compile_options(${lib} PRIVATE -fsanitize=fuzzer-no-link ${KC_FUZZ_SANITIZERS})
     target_link_options(${lib} INTERFACE -fsanitize=address,undefined)
   endforeach()
   file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz-artifacts)
 
-  # kc_add_fuzz_target(NAME MAX_LEN): tests/fuzz/NAME.c with its .dict and seed corpus.
+  # kc_add_fuzz_target(NAME MAX_LEN [LIBS...]): tests/fuzz/NAME.c with its .dict and seeds.
   function(kc_add_fuzz_target target max_len)
     add_executable(${target} fuzz/${target}.c)
     target_compile_options(${target} PRIVATE -fsanitize=fuzzer ${KC_FUZZ_SANITIZERS})
     target_link_options(${target} PRIVATE -fsanitize=fuzzer ${KC_FUZZ_SANITIZERS})
-    target_link_libraries(${target} PRIVATE kc_engine PkgConfig::PCRE2)
+    target_link_libraries(${target} PRIVATE ${ARGN} kc_engine PkgConfig::PCRE2)
     set(work_corpus ${CMAKE_BINARY_DIR}/fuzz-corpus/${target})
     file(MAKE_DIRECTORY ${work_corpus})
     add_test(NAME ${target}
@@ -43,4 +44,5 @@ if(KC_FUZZ)
   kc_add_fuzz_target(fuzz_model_config 65536)
   kc_add_fuzz_target(fuzz_tokenizer 16384)
   kc_add_fuzz_target(fuzz_tokenizer_load 16384)
+  kc_add_fuzz_target(fuzz_completion_request 65536 kc_server_core)
 endif()

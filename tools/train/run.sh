@@ -1,0 +1,61 @@
+#!/bin/bash
+# run.sh — rebuilds kvcast's embedded default model pair from a fresh Debian bookworm machine:
+# installs the recipe's Debian packages, extracts the corpus, trains the tokenizer, cross-checks it
+# with tokenizers.js, trains the base and auxiliary models (concurrently, one thread each), and
+# exports models/tiny/{base,aux,reference}. Deterministic: fixed seeds, one thread per model.
+# Usage: bash tools/train/run.sh [stage...]   stages: deps corpus tokenizer train export (default: all)
+# Environment: KC_TRAIN_DIR (work dir, default build/train), KC_MODELS_DIR (default models/tiny).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=tools/train
+PY=/usr/bin/python3
+export KC_TRAIN_DIR=${KC_TRAIN_DIR:-build/train}
+MODELS=${KC_MODELS_DIR:-models/tiny}
+# Debian's torch uses libblas.so.3: make it OpenBLAS, tell OpenBLAS the real core type (it
+# mis-detects this virtual CPU and falls back to slow kernels) and keep it single-threaded.
+export OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+TJS=tests/conformance/tokenizer/node_modules/@huggingface/tokenizers/dist/tokenizers.mjs
+BASE_ARGS=(--preset base --steps 1100 --lr 2e-3 --min-lr 2e-4 --warmup 50 --batch 8 --ctx 512 --seed 1)
+AUX_ARGS=(--preset aux --steps 1400 --lr 3e-3 --min-lr 3e-4 --warmup 50 --batch 8 --ctx 512 --seed 2)
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(deps corpus tokenizer train export)
+mkdir -p "$KC_TRAIN_DIR"
+for s in "${stages[@]}"; do
+    echo "=== run.sh: stage $s ($(date +%T))"
+    case $s in
+    deps)
+        if [ "$(id -u)" = 0 ]; then bash $HERE/install-deps.sh; else echo "not root: skipping apt"; fi
+        $PY $HERE/blascheck.py
+        ;;
+    corpus)
+        $PY $HERE/corpus.py --out "$KC_TRAIN_DIR"
+        ;;
+    tokenizer)
+        $PY $HERE/bpe.py train --dir "$KC_TRAIN_DIR"
+        $PY $HERE/bpe.py tokenize --dir "$KC_TRAIN_DIR"
+        if command -v node >/dev/null && [ -e "$TJS" ]; then
+            $PY $HERE/verify_tokenizer.py --dir "$KC_TRAIN_DIR" --tokenizers-js "$TJS"
+        else
+            echo "tokenizers.js not installed (npm ci in tests/conformance/tokenizer): check skipped"
+        fi
+        ;;
+    train)
+        $PY $HERE/blascheck.py
+        $PY $HERE/train.py "${AUX_ARGS[@]}" > "$KC_TRAIN_DIR/aux.out" 2>&1 &
+        aux=$!
+        $PY $HERE/train.py "${BASE_ARGS[@]}" 2>&1 | tee "$KC_TRAIN_DIR/base.out"
+        wait $aux
+        tail -n 8 "$KC_TRAIN_DIR/aux.out"
+        ;;
+    export)
+        $PY $HERE/export.py --dir "$KC_TRAIN_DIR" --models "$MODELS"
+        $PY $HERE/model_card.py --dir "$KC_TRAIN_DIR" --models "$MODELS"
+        du -sh "$MODELS"
+        ;;
+    *)
+        echo "unknown stage $s" >&2
+        exit 2
+        ;;
+    esac
+done
