@@ -4,3 +4,6 @@ kc_add_unit_test(test_engine_sampler SOURCES unit/test_engine_sampler.c LIBS kc_
 add_test(NAME test_cli_generate
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_cli_generate.sh $<TARGET_FILE:kvcast>)
 set_tests_properties(test_cli_generate PROPERTIES LABELS integration TIMEOUT 120)
+add_test(NAME test_models_tiny
+         COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_models_tiny.sh $<TARGET_FILE:kvcast>)
+set_tests_properties(test_models_tiny PROPERTIES LABELS integration TIMEOUT 300)
