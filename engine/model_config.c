@@ -464,8 +464,9 @@ static const struct cfg_preset cfg_presets[] = {
       .rope_theta = 10000.0f,
       .rope_factor = 1.0f,
       .tie_word_embeddings = true,
-      .bos_token_id = -1,
-      .n_eos = 0}},
+      .bos_token_id = 4095, /* <|endoftext|>: BOS and EOS of the embedded tokenizer */
+      .eos_token_ids = {4095},
+      .n_eos = 1}},
     {"kvcast-aux",
      {.arch = ENG_ARCH_LLAMA,
       .vocab_size = 4096,
@@ -480,8 +481,9 @@ static const struct cfg_preset cfg_presets[] = {
       .rope_theta = 10000.0f,
       .rope_factor = 1.0f,
       .tie_word_embeddings = true,
-      .bos_token_id = -1,
-      .n_eos = 0}},
+      .bos_token_id = 4095, /* <|endoftext|>: BOS and EOS of the embedded tokenizer */
+      .eos_token_ids = {4095},
+      .n_eos = 1}},
 };
 
 int eng_model_config_preset(const char *name, struct eng_model_config *out) {
