@@ -124,7 +124,7 @@ def main():
     w("## Training\n")
     w("AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), linear warm-up then cosine decay to 10% "
       "of the peak LR, gradient clipping 1.0, f32, batch 8 x 512 tokens, each sample `<|endoftext|>` "
-      "+ 511 tokens from a random offset, fixed seeds, one thread per model, OpenBLAS "
+      "+ 511 tokens from a random offset, fixed seeds, one thread per model by default, OpenBLAS "
       "(`OPENBLAS_CORETYPE=SkylakeX`). The two models trained concurrently on a 2-core machine "
       "shared with other work, so wall times include contention.\n")
     w("| | base | aux |\n|---|---|---|")
@@ -140,7 +140,12 @@ def main():
     w("| training wall time | %.0f min | %.0f min |" % (info["base"][0] / 60, info["aux"][0] / 60))
     w("| mean throughput | %.0f tokens/s | %.0f tokens/s |" % tuple(
         info[p][1] * info[p][2]["batch"] * info[p][2]["ctx"] / max(1, info[p][0]) for p in ("base", "aux")))
-    w("| best logged throughput (1 thread) | %d tokens/s | %d tokens/s |\n" % (max(info["base"][3]), max(info["aux"][3])))
+    w("| threads (last invocation) | %d | %d |" % (info["base"][2]["threads"], info["aux"][2]["threads"]))
+    w("| resumed from checkpoint | %d x | %d x |" % tuple(
+        sum("] resumed " in l for l in open(os.path.join(d, p, "train.log"))) for p in ("base", "aux")))
+    w("| best logged throughput | %d tokens/s | %d tokens/s |\n" % (max(info["base"][3]), max(info["aux"][3])))
+    w("A run resumed from its checkpoint continues with the same batches; resuming with a different "
+      "thread count changes only floating-point rounding.\n")
 
     w("## Held-out loss\n")
     w("Mean next-token cross-entropy (nats/token) over the whole held-out split, cut per document "

@@ -2,8 +2,11 @@
 # run.sh — rebuilds kvcast's embedded default model pair from a fresh Debian bookworm machine:
 # installs the recipe's Debian packages, extracts the corpus, trains the tokenizer, cross-checks it
 # with tokenizers.js, trains the base and auxiliary models (concurrently, one thread each), and
-# exports models/tiny/{base,aux,reference}. Deterministic: fixed seeds, one thread per model.
-# Usage: bash tools/train/run.sh [stage...]   stages: deps corpus tokenizer train export (default: all)
+# exports models/tiny/{base,aux,reference}, then fits the KV predictor (ridge calibration, then
+# the paper's joint training of aux + predictor against the frozen base) and writes the bundle.
+# Deterministic: fixed seeds, one thread per model.
+# Usage: bash tools/train/run.sh [stage...]
+#   stages: deps corpus tokenizer train export kvp (default: all)
 # Environment: KC_TRAIN_DIR (work dir, default build/train), KC_MODELS_DIR (default models/tiny).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +22,7 @@ BASE_ARGS=(--preset base --steps 1100 --lr 2e-3 --min-lr 2e-4 --warmup 50 --batc
 AUX_ARGS=(--preset aux --steps 1400 --lr 3e-3 --min-lr 3e-4 --warmup 50 --batch 8 --ctx 512 --seed 2)
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(deps corpus tokenizer train export)
+[ ${#stages[@]} -eq 0 ] && stages=(deps corpus tokenizer train export kvp)
 mkdir -p "$KC_TRAIN_DIR"
 for s in "${stages[@]}"; do
     echo "=== run.sh: stage $s ($(date +%T))"
@@ -51,6 +54,19 @@ for s in "${stages[@]}"; do
     export)
         $PY $HERE/export.py --dir "$KC_TRAIN_DIR" --models "$MODELS"
         $PY $HERE/model_card.py --dir "$KC_TRAIN_DIR" --models "$MODELS"
+        du -sh "$MODELS"
+        ;;
+    kvp)
+        # Ridge fit (the maths of `kvcast calibrate`) on training text only, as the starting
+        # point; joint training replaces aux/ and writes predictor.safetensors into $MODELS.
+        mkdir -p "$KC_TRAIN_DIR/kvp"
+        $PY $HERE/kvp_ridge.py --base "$MODELS/base" --aux "$MODELS/aux" --tokens 65536 --ctx 512 \
+            --ridge 1e-3 --out "$KC_TRAIN_DIR/kvp/predictor-ridge.safetensors"
+        $PY $HERE/kvp_train.py --base "$MODELS/base" --aux "$MODELS/aux" \
+            --init "$KC_TRAIN_DIR/kvp/predictor-ridge.safetensors" --out "$KC_TRAIN_DIR/kvp/joint" \
+            --steps 1200 --install "$MODELS"
+        printf '{"base": "base", "aux": "aux", "predictor": "predictor.safetensors"}\n' \
+            > "$MODELS/kvcast-bundle.json"
         du -sh "$MODELS"
         ;;
     *)
