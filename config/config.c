@@ -614,7 +614,9 @@ void cfg_print_help(FILE *f) {
         fprintf(f, "  %-28s %s\n  %-28s ", flag, fl->help, "");
         if (fl->type == T_ENUM) {
             fprintf(f, "one of %s; ", fl->choices);
-        } else if (fl->type == T_INT || fl->type == T_LONG || fl->type == T_DOUBLE) {
+        } else if (fl->type == T_INT || fl->type == T_LONG) {
+            fprintf(f, "range [%.0f, %.0f]; ", fl->lo, fl->hi);
+        } else if (fl->type == T_DOUBLE) {
             fprintf(f, "range [%g, %g]; ", fl->lo, fl->hi);
         }
         fprintf(f, "default: %s [env KVCAST_%s]\n", def[0] ? def : "(none)", env);
