@@ -64,7 +64,7 @@ for s in "${stages[@]}"; do
             --ridge 1e-3 --out "$KC_TRAIN_DIR/kvp/predictor-ridge.safetensors"
         $PY $HERE/kvp_train.py --base "$MODELS/base" --aux "$MODELS/aux" \
             --init "$KC_TRAIN_DIR/kvp/predictor-ridge.safetensors" --out "$KC_TRAIN_DIR/kvp/joint" \
-            --steps 1200 --install "$MODELS"
+            --steps 800 --install "$MODELS"
         printf '{"base": "base", "aux": "aux", "predictor": "predictor.safetensors"}\n' \
             > "$MODELS/kvcast-bundle.json"
         du -sh "$MODELS"
