@@ -7,45 +7,9 @@
 # Usage: test_bench_serve.sh KVCAST_BINARY   (run from the source root; ctest does)
 set -euo pipefail
 KVCAST=${1:?usage: test_bench_serve.sh KVCAST_BINARY}
-PY=/usr/bin/python3
-TMP=$(mktemp -d /tmp/kc_bench_XXXXXX)
-SRV=""
-cleanup() {
-    if [ -n "$SRV" ] && kill -0 "$SRV" 2>/dev/null; then
-        kill "$SRV" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$SRV" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SRV" 2>/dev/null || true
-    fi
-    [ -z "$SRV" ] || wait "$SRV" 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    [ -e "$TMP/server.log" ] && tail -n 20 "$TMP/server.log" >&2
-    exit 1
-}
+. "$(dirname "$0")/serve_lib.sh"
 pass() { echo "ok - $*"; }
-
-# An identity predictor makes llama_gqa its own auxiliary model.
-$PY tools/bench/make_pair.py --predictor-only --identity --base-dir tests/golden/llama_gqa \
-    --aux-dir tests/golden/llama_gqa --out "$TMP/predictor.safetensors" >/dev/null ||
-    fail "make_pair.py could not write the predictor"
-
-timeout 120 "$KVCAST" serve --model tests/golden/llama_gqa --aux tests/golden/llama_gqa \
-    --predictor "$TMP/predictor.safetensors" --tokenizer tests/fixtures/tiny_tokenizer \
-    --host 127.0.0.1 --port 0 --base-kv-mib 4 --aux-kv-mib 4 --no-access-log \
-    --served-model-name tiny >"$TMP/server.out" 2>"$TMP/server.log" &
-SRV=$!
-PORT=""
-for _ in $(seq 300); do
-    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/server.out" | head -n1)
-    [ -n "$PORT" ] && break
-    kill -0 "$SRV" 2>/dev/null || fail "the server exited"
-    sleep 0.1
-done
-[ -n "$PORT" ] || fail "the server did not print its port"
-URL=http://127.0.0.1:$PORT
+kc_start_pair_server --base-kv-mib 4 --aux-kv-mib 4
 BENCH=(timeout 60 "$KVCAST" bench serve --url "$URL" --timeout-s 20 --no-progress)
 
 # 1. Synthetic token-id prompts, predict mode, Poisson arrivals, goodput targets.

@@ -8,42 +8,8 @@
 #   usage: test_scheduler_load.sh path/to/kvcast   (run from the source root; ctest does)
 set -euo pipefail
 KVCAST=${1:?usage: test_scheduler_load.sh KVCAST_BINARY}
-PY=/usr/bin/python3
-TMP=$(mktemp -d /tmp/kc_load_XXXXXX)
-SRV=""
-cleanup() {
-    if [ -n "$SRV" ] && kill -0 "$SRV" 2>/dev/null; then
-        kill "$SRV" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$SRV" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$SRV" 2>/dev/null || true
-    fi
-    [ -z "$SRV" ] || wait "$SRV" 2>/dev/null || true
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-fail() {
-    echo "FAIL: $*" >&2
-    [ -e "$TMP/server.log" ] && tail -n 20 "$TMP/server.log" >&2
-    exit 1
-}
-
-$PY tools/bench/make_pair.py --predictor-only --identity --base-dir tests/golden/llama_gqa \
-    --aux-dir tests/golden/llama_gqa --out "$TMP/predictor.safetensors" >/dev/null ||
-    fail "make_pair.py could not write the predictor"
-timeout 300 "$KVCAST" serve --model tests/golden/llama_gqa --aux tests/golden/llama_gqa \
-    --predictor "$TMP/predictor.safetensors" --tokenizer tests/fixtures/tiny_tokenizer \
-    --host 127.0.0.1 --port 0 --max-running 8 --predict-min-prompt 48 --ttft-slo-ms 3600000 \
-    --no-access-log --served-model-name tiny >"$TMP/server.out" 2>"$TMP/server.log" &
-SRV=$!
-PORT=""
-for _ in $(seq 300); do
-    PORT=$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$TMP/server.out" | head -n1)
-    [ -n "$PORT" ] && break
-    kill -0 "$SRV" 2>/dev/null || fail "the server exited"
-    sleep 0.1
-done
-[ -n "$PORT" ] || fail "the server did not print its port"
-URL=http://127.0.0.1:$PORT
+. "$(dirname "$0")/serve_lib.sh"
+kc_start_pair_server --max-running 8 --predict-min-prompt 48 --ttft-slo-ms 3600000
 
 timeout 240 "$KVCAST" bench serve --url "$URL" --timeout-s 120 --no-progress --warmup 0 \
     --dataset synthetic --num-prompts 48 --request-rate inf --max-concurrency 16 \
