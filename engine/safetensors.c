@@ -115,7 +115,7 @@ static int st_tensor_parse(const char *name, json_t *v, size_t data_len, struct 
     }
     size_t elems = 1;
     for (size_t i = 0; i < ndim; i++) {
-        size_t d;
+        size_t d = 0;
         int rc = st_json_size(json_array_get(shape, i), name, "shape", i, &d, err);
         if (rc != KC_OK) {
             return rc;

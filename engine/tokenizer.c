@@ -418,7 +418,7 @@ static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *whe
         return kc_error_set(c->err, KC_ERANGE, "%s: %s: Sequence nested deeper than %d", c->name,
                             where, ENG__TOK_MAX_NEST);
     }
-    const char *type;
+    const char *type = "";
     int rc = get_type(c, j, where, &type);
     if (rc < 0) {
         return rc;
@@ -502,7 +502,7 @@ static int parse_pre_tokenizer(struct load_ctx *c, const json_t *j, const char *
         return kc_error_set(c->err, KC_ERANGE, "%s: %s: Sequence nested deeper than %d", c->name,
                             where, ENG__TOK_MAX_NEST);
     }
-    const char *type;
+    const char *type = "";
     int rc = get_type(c, j, where, &type);
     if (rc < 0) {
         return rc;
@@ -669,7 +669,7 @@ static int count_ids(struct load_ctx *c, json_t *vocab, const json_t *added, int
         const char *key = json_object_iter_key(it);
         const size_t klen = json_object_iter_key_len(it);
         const json_t *v = json_object_iter_value(it);
-        int32_t id;
+        int32_t id = -1;
         char what[96];
         snprintf(what, sizeof(what), "model.vocab['%.40s']", key);
         int rc = check_id(c, v, what, &id);
@@ -819,7 +819,7 @@ static int load_merges(struct load_ctx *c, const json_t *merges) {
                              "%s: model.merges[%zu] must be \"a b\" or [\"a\", \"b\"]", c->name, i);
             goto out;
         }
-        int32_t ia, ib;
+        int32_t ia = -1, ib = -1;
         if ((rc = merge_part_id(c, i, a, al, &ia)) < 0 ||
             (rc = merge_part_id(c, i, b, bl, &ib)) < 0) {
             goto out;
@@ -1051,7 +1051,7 @@ static int parse_post(struct load_ctx *c, const json_t *pp, const char *where, i
         return kc_error_set(c->err, KC_ERANGE, "%s: %s: Sequence nested deeper than %d", c->name,
                             where, ENG__TOK_MAX_NEST);
     }
-    const char *type;
+    const char *type = "";
     int rc = get_type(c, pp, where, &type);
     if (rc < 0) {
         return rc;
@@ -1124,7 +1124,7 @@ struct dec_plan {
 static int parse_decoder_step(struct load_ctx *c, const json_t *d, const char *where,
                               struct dec_plan *plan, int stage_in, int *stage_out) {
     struct eng_tok *tok = c->tok;
-    const char *type;
+    const char *type = "";
     int rc = get_type(c, d, where, &type);
     if (rc < 0) {
         return rc;
@@ -1299,7 +1299,7 @@ static int parse_decoder(struct load_ctx *c, const json_t *d) {
     if (d == NULL || json_is_null(d)) {
         tok->dec_kind = ENG__TOK_DEC_NONE;
     } else {
-        const char *type;
+        const char *type = "";
         if ((rc = get_type(c, d, "decoder", &type)) < 0) {
             return rc;
         }
