@@ -65,7 +65,8 @@ int eng_kv_blocks_for(const struct eng_kv_pool *pool, int n_tokens);
 /* Makes seq able to hold n_tokens positions, taking blocks from the pool. All or nothing:
  * KC_EBUSY (seq unchanged) when the pool has too few free blocks. */
 int eng_seq_reserve(struct eng_kv_pool *pool, struct eng_seq *seq, int n_tokens);
-/* Returns every block of seq to the pool and resets it to empty (keeps nothing). */
+/* Returns every block of seq to the pool and resets it to empty (keeps nothing). An empty
+ * sequence never touches the pool, so releasing it is safe before the pool exists. */
 void eng_seq_release(struct eng_kv_pool *pool, struct eng_seq *seq);
 
 /* The view eng_attention needs for layer l of seq. */

@@ -317,6 +317,17 @@ static int get_type(struct load_ctx *c, const json_t *obj, const char *where, co
     return 0;
 }
 
+/* The type of a normalizer / pre-tokenizer / post-processor object nested `depth` Sequences
+ * deep; the depth bound keeps hostile files from recursing without limit. */
+static int get_component_type(struct load_ctx *c, const json_t *obj, const char *where, int depth,
+                              const char **out) {
+    if (depth > ENG__TOK_MAX_NEST) {
+        return kc_error_set(c->err, KC_ERANGE, "%s: %s: Sequence nested deeper than %d", c->name,
+                            where, ENG__TOK_MAX_NEST);
+    }
+    return get_type(c, obj, where, out);
+}
+
 /* Rewrites \s and \S (outside and inside classes) to the White_Space property, which is what
  * Oniguruma means by them; PCRE2's UCP \s leaves out U+0085. */
 static char *rewrite_regex(const char *src, size_t len) {
@@ -414,12 +425,8 @@ static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *whe
     if (j == NULL || json_is_null(j)) {
         return 0;
     }
-    if (depth > ENG__TOK_MAX_NEST) {
-        return kc_error_set(c->err, KC_ERANGE, "%s: %s: Sequence nested deeper than %d", c->name,
-                            where, ENG__TOK_MAX_NEST);
-    }
     const char *type = "";
-    int rc = get_type(c, j, where, &type);
+    int rc = get_component_type(c, j, where, depth, &type);
     if (rc < 0) {
         return rc;
     }
@@ -498,12 +505,8 @@ static int parse_pre_tokenizer(struct load_ctx *c, const json_t *j, const char *
     if (j == NULL || json_is_null(j)) {
         return 0;
     }
-    if (depth > ENG__TOK_MAX_NEST) {
-        return kc_error_set(c->err, KC_ERANGE, "%s: %s: Sequence nested deeper than %d", c->name,
-                            where, ENG__TOK_MAX_NEST);
-    }
     const char *type = "";
-    int rc = get_type(c, j, where, &type);
+    int rc = get_component_type(c, j, where, depth, &type);
     if (rc < 0) {
         return rc;
     }
@@ -1047,12 +1050,8 @@ static int parse_post(struct load_ctx *c, const json_t *pp, const char *where, i
     if (pp == NULL || json_is_null(pp)) {
         return 0;
     }
-    if (depth > ENG__TOK_MAX_NEST) {
-        return kc_error_set(c->err, KC_ERANGE, "%s: %s: Sequence nested deeper than %d", c->name,
-                            where, ENG__TOK_MAX_NEST);
-    }
     const char *type = "";
-    int rc = get_type(c, pp, where, &type);
+    int rc = get_component_type(c, pp, where, depth, &type);
     if (rc < 0) {
         return rc;
     }

@@ -119,9 +119,7 @@ static int bench_kvp(const struct eng_model *base, const struct eng_model_config
 done:
     free(tokens);
     free(logits);
-    if (pool.slab != NULL) {
-        eng_seq_release(&pool, &seq);
-    }
+    eng_seq_release(&pool, &seq); /* an empty sequence never touches the pool */
     eng_kv_pool_free(&pool);
     eng_kvp_ctx_free(kc);
     eng_kvp_free(pred);
@@ -326,9 +324,7 @@ static int bench_engine(int argc, char **argv) {
 done:
     free(tokens);
     free(logits);
-    if (pool.slab != NULL) {
-        eng_seq_release(&pool, &seq);
-    }
+    eng_seq_release(&pool, &seq); /* an empty sequence never touches the pool */
     eng_kv_pool_free(&pool);
     eng_dnn_free(dnn);
     eng_ctx_free(ctx);

@@ -316,9 +316,7 @@ done:
     free(logits);
     free(o.prompt);
     eng_sampler_free(&sampler);
-    if (pool.slab != NULL) {
-        eng_seq_release(&pool, &seq);
-    }
+    eng_seq_release(&pool, &seq); /* an empty sequence never touches the pool */
     eng_kv_pool_free(&pool);
     eng_ctx_free(ctx);
     eng_model_free(m);
