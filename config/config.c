@@ -106,6 +106,8 @@ static const struct cfg_field fields[] = {
     F_BOOL("strict-fields", strict_fields, "reject requests with unknown fields"),
     F_ENUM("log-level", log_level, "error|warn|info|debug", "log verbosity"),
     F_BOOL("access-log", access_log, "one log line per request"),
+    F_ENUM("metric-names", metric_names, "vllm|prometheus",
+           "/metrics names: vllm = kvcast:<vLLM name>, prometheus = kvcast_<vLLM name>"),
     F_INT("debug-step-delay-ms", debug_step_delay_ms, 0, 10000,
           "testing only: sleep after every decode step and prefill chunk"),
 };
@@ -143,6 +145,7 @@ void cfg_settings_default(struct cfg_settings *s) {
     s->max_stop_bytes = 240;
     s->strict_fields = true;
     snprintf(s->log_level, sizeof(s->log_level), "info");
+    snprintf(s->metric_names, sizeof(s->metric_names), "vllm");
     s->access_log = true;
 }
 

@@ -71,8 +71,9 @@ struct cfg_settings {
     int max_stop;       /* stop strings per request */
     int max_stop_bytes; /* bytes per stop string */
     bool strict_fields; /* unknown request fields are a 400 */
-    /* logging */
-    char log_level[16]; /* error | warn | info | debug */
+    /* logging and metrics */
+    char log_level[16];    /* error | warn | info | debug */
+    char metric_names[16]; /* vllm (kvcast:ttft...) | prometheus (kvcast_ttft..., promtool-clean) */
     bool access_log;
     /* testing */
     int debug_step_delay_ms; /* sleep after each decode step / prefill chunk (0: off) */

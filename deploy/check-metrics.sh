@@ -1,55 +1,81 @@
 #!/usr/bin/env bash
-# Lints a live /metrics scrape with `promtool check metrics` (Debian's prometheus package,
-# installed by deploy/install-container-deps.sh): starts `kvcast serve --port 0` on the golden
-# test model, sends one completion so every histogram has samples, scrapes /metrics, and fails
-# on any problem promtool reports. Fails (never skips) when promtool is missing.
+# Lints live /metrics scrapes with `promtool check metrics` (Debian's prometheus package,
+# installed by deploy/install-deps.sh): starts `kvcast serve --port 0` on the golden test model
+# once per metric spelling, sends one completion so every histogram has samples, scrapes
+# /metrics and fails on any problem promtool reports. Fails (never skips) when promtool is
+# missing.
 #   usage: deploy/check-metrics.sh path/to/kvcast
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KVCAST="${1:?usage: $0 path/to/kvcast}"
 command -v promtool >/dev/null 2>&1 ||
-  { echo "FAIL: promtool missing: run deploy/install-container-deps.sh" >&2; exit 1; }
+  { echo "FAIL: promtool missing: run deploy/install-deps.sh" >&2; exit 1; }
 
 TMP="$(mktemp -d)"
 SRV_PID=""
-cleanup() {
+stop_server() {
   if [ -n "$SRV_PID" ]; then
     kill -TERM "$SRV_PID" 2>/dev/null || true
     wait "$SRV_PID" 2>/dev/null || true
+    SRV_PID=""
   fi
+}
+cleanup() {
+  stop_server
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-"$KVCAST" serve --host 127.0.0.1 --port 0 --model "$ROOT/tests/golden/llama_gqa" \
-  --tokenizer "$ROOT/tests/fixtures/tiny_tokenizer" --log-level warn \
-  >"$TMP/out" 2>"$TMP/err" &
-SRV_PID=$!
-URL=""
-for _ in $(seq 1 300); do
-  URL="$(sed -n 's/^kvcast: listening on \(http:[^ ]*\)$/\1/p' "$TMP/out")"
-  [ -n "$URL" ] && break
-  kill -0 "$SRV_PID" 2>/dev/null || { cat "$TMP/err" >&2; echo "FAIL: server exited" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$URL" ] || { cat "$TMP/err" >&2; echo "FAIL: server not listening after 30 s" >&2; exit 1; }
+# scrape STYLE OUT: serves the golden test model with --metric-names STYLE, sends one
+# completion so every histogram has samples, and writes the /metrics exposition to OUT.
+scrape() {
+  : >"$TMP/out"
+  "$KVCAST" serve --host 127.0.0.1 --port 0 --model "$ROOT/tests/golden/llama_gqa" \
+    --tokenizer "$ROOT/tests/fixtures/tiny_tokenizer" --log-level warn --metric-names "$1" \
+    >"$TMP/out" 2>"$TMP/err" &
+  SRV_PID=$!
+  local url=""
+  for _ in $(seq 1 300); do
+    url="$(sed -n 's/^kvcast: listening on \(http:[^ ]*\)$/\1/p' "$TMP/out")"
+    [ -n "$url" ] && break
+    kill -0 "$SRV_PID" 2>/dev/null || { cat "$TMP/err" >&2; echo "FAIL: server exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$url" ] || { cat "$TMP/err" >&2; echo "FAIL: server not listening after 30 s" >&2; exit 1; }
+  curl -sf --max-time 30 -H 'Content-Type: application/json' \
+    -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true}' "$url/v1/completions" >/dev/null
+  curl -sf --max-time 10 "$url/metrics" >"$2"
+  stop_server
+  echo "scraped $(grep -c '^# TYPE' "$2") metric families (--metric-names $1)"
+}
 
-curl -sf --max-time 30 -H 'Content-Type: application/json' \
-  -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true}' "$URL/v1/completions" >/dev/null
-curl -sf --max-time 10 "$URL/metrics" >"$TMP/metrics.txt"
-echo "scraped $(grep -c '^# TYPE' "$TMP/metrics.txt") metric families from $URL/metrics"
-# kvcast keeps vLLM's metric names with its own prefix (`kvcast:time_to_first_token_seconds`
-# for `vllm:time_to_first_token_seconds`) so dashboards and alerts written for vLLM carry
-# over with a rename. promtool's linter flags every such name ("should not contain ':'",
-# colons being meant for recording rules), exactly as it flags vLLM's own. That one lint is
-# reported and accepted; any other problem fails the check.
-promtool check metrics <"$TMP/metrics.txt" >"$TMP/lint" 2>&1 || true
+# --metric-names prometheus (what deploy/ runs): promtool must report nothing at all.
+scrape prometheus "$TMP/prometheus.txt"
+if ! promtool check metrics <"$TMP/prometheus.txt" >"$TMP/lint" 2>&1 || [ -s "$TMP/lint" ]; then
+  echo "FAIL: promtool check metrics reports problems (--metric-names prometheus):" >&2
+  cat "$TMP/lint" >&2
+  exit 1
+fi
+echo "promtool check metrics: no problems (--metric-names prometheus)"
+
+# --metric-names vllm (the default, vLLM's names with a `kvcast:` prefix so vLLM dashboards
+# carry over): promtool flags every ':' (reserved for recording rules), exactly as it flags
+# vLLM's own names. That one lint is expected; any other problem fails the check, and the
+# two spellings must carry the same families.
+scrape vllm "$TMP/vllm.txt"
+promtool check metrics <"$TMP/vllm.txt" >"$TMP/lint" 2>&1 || true
 colon=$(grep -c "metric names should not contain ':'" "$TMP/lint" || true)
 grep -v "metric names should not contain ':'" "$TMP/lint" | grep -v '^\s*$' >"$TMP/other" || true
 if [ -s "$TMP/other" ]; then
-  echo "FAIL: promtool check metrics reports problems:" >&2
+  echo "FAIL: promtool check metrics reports problems (--metric-names vllm):" >&2
   cat "$TMP/other" >&2
   exit 1
 fi
-echo "promtool check metrics: no problems besides the vLLM-style ':' in $colon metric names"
+families() { sed -n 's/^# TYPE kvcast[:_]\([a-z_]*\) .*/\1/p' "$1" | sort; }
+if ! diff <(families "$TMP/prometheus.txt") <(families "$TMP/vllm.txt") >"$TMP/diff"; then
+  echo "FAIL: the two spellings expose different families:" >&2
+  cat "$TMP/diff" >&2
+  exit 1
+fi
+echo "promtool check metrics: only the expected ':' lint on $colon names (--metric-names vllm)"

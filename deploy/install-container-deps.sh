@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the slow container test (deploy/test-container.sh) and the
-# promtool metrics check (tests/deploy.cmake) need: podman with runc, debootstrap to create
-# the base image without a registry, buildah as a fallback builder, and prometheus for
-# promtool. Kept apart from deploy/install-deps.sh because these are only for the `slow`
-# tests (prometheus alone takes ~330 MB installed).
+# Installs the Debian packages the slow container test (deploy/test-container.sh) needs:
+# podman with runc, debootstrap to create the base image without a registry, buildah as a
+# fallback builder, and prometheus for promtool (also in deploy/install-deps.sh, for the
+# metrics lint in the default test suite). Kept apart from deploy/install-deps.sh because
+# these are only for the `slow` container test.
 # Idempotent: packages already present are skipped. Debian bookworm, as root or with sudo.
 set -euo pipefail
 

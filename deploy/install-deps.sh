@@ -12,6 +12,8 @@ PKGS=(
   libcurl4-openssl-dev
   # tests and tools
   libcmocka-dev clang-14 libclang-rt-14-dev clang-format-14 curl
+  # promtool (`promtool check metrics` on a live /metrics scrape, tests/deploy.cmake)
+  prometheus
   # benchmark plots (tools/bench/compare.sh, pareto.sh)
   gnuplot-nox
   # model tooling (PyTorch reference + training recipe, run with /usr/bin/python3)

@@ -264,6 +264,13 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: ap
 [ "$code" = 401 ] || fail "completion without the API key: HTTP $code, want 401"
 code=$(curl -s -o "$WORK/metrics.txt" -w '%{http_code}' --max-time 10 "$URL/metrics")
 [ "$code" = 200 ] || fail "/metrics: HTTP $code"
+grep -q '^kvcast_time_to_first_token_seconds_count' "$WORK/metrics.txt" ||
+  fail "/metrics lacks kvcast_time_to_first_token_seconds (the image sets KVCAST_METRIC_NAMES=prometheus)"
+if command -v promtool >/dev/null 2>&1; then
+  promtool check metrics <"$WORK/metrics.txt" >"$WORK/lint" 2>&1 && [ ! -s "$WORK/lint" ] ||
+    fail "promtool check metrics on the container's /metrics: $(cat "$WORK/lint")"
+  echo "promtool check metrics: no problems in the container's /metrics"
+fi
 
 phase "SIGTERM (podman stop) with a completion in flight"
 N=30 # 30 decode steps x 100 ms debug delay: ~3 s of work left when the signal lands

@@ -27,8 +27,9 @@ static void hist_init(struct srv_hist *h, const double *bounds, int n) {
     h->n_bounds = n;
 }
 
-void srv_metrics_init(struct srv_metrics *m, const char *model_name) {
+void srv_metrics_init(struct srv_metrics *m, const char *model_name, bool prometheus_names) {
     memset(m, 0, sizeof(*m));
+    snprintf(m->prefix, sizeof(m->prefix), "%s", prometheus_names ? "kvcast_" : "kvcast:");
     snprintf(m->model_name, sizeof(m->model_name), "%s", model_name);
     /* Label values may not carry quotes, backslashes or newlines unescaped: keep it simple. */
     for (char *p = m->model_name; *p; p++) {
@@ -55,8 +56,10 @@ void srv_hist_observe(struct srv_hist *h, double v) {
     h->count++;
 }
 
-static int render_hist(struct srv_buf *o, const char *name, const char *help,
+static int render_hist(struct srv_buf *o, const char *prefix, const char *base, const char *help,
                        const struct srv_hist *h, const char *model) {
+    char name[96];
+    snprintf(name, sizeof(name), "%s%s", prefix, base);
     int rc = srv_buf_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (int i = 0; rc == KC_OK && i <= h->n_bounds; i++) {
@@ -76,64 +79,58 @@ static int render_hist(struct srv_buf *o, const char *name, const char *help,
     return rc;
 }
 
+/* "# HELP" and "# TYPE" lines of one family named prefix + base. */
+static int family(struct srv_buf *o, const char *prefix, const char *base, const char *type,
+                  const char *help) {
+    return srv_buf_printf(o, "# HELP %s%s %s\n# TYPE %s%s %s\n", prefix, base, help, prefix, base,
+                          type);
+}
+
 int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, struct srv_buf *o) {
     const char *mn = m->model_name;
+    const char *p = m->prefix;
     static const char *const fin[SRV_FIN_COUNT] = {"stop", "length", "abort"};
     int rc = KC_OK;
-    rc |= srv_buf_printf(o,
-                         "# HELP kvcast:num_requests_running Requests prefilling or decoding.\n"
-                         "# TYPE kvcast:num_requests_running gauge\n"
-                         "kvcast:num_requests_running{model_name=\"%s\"} %d\n"
-                         "# HELP kvcast:num_requests_waiting Requests waiting to be scheduled.\n"
-                         "# TYPE kvcast:num_requests_waiting gauge\n"
-                         "kvcast:num_requests_waiting{model_name=\"%s\"} %d\n",
-                         mn, g->running, mn, g->waiting);
-    rc |= srv_buf_printf(o,
-                         "# HELP kvcast:kv_cache_usage_perc KV cache usage (1 means 100%%).\n"
-                         "# TYPE kvcast:kv_cache_usage_perc gauge\n"
-                         "kvcast:kv_cache_usage_perc{model_name=\"%s\",pool=\"base\"} %.6g\n",
-                         mn, g->kv_base);
+    rc |= family(o, p, "num_requests_running", "gauge", "Requests prefilling or decoding.");
+    rc |= srv_buf_printf(o, "%snum_requests_running{model_name=\"%s\"} %d\n", p, mn, g->running);
+    rc |= family(o, p, "num_requests_waiting", "gauge", "Requests waiting to be scheduled.");
+    rc |= srv_buf_printf(o, "%snum_requests_waiting{model_name=\"%s\"} %d\n", p, mn, g->waiting);
+    rc |= family(o, p, "kv_cache_usage_perc", "gauge", "KV cache usage (1 means 100%).");
+    rc |= srv_buf_printf(o, "%skv_cache_usage_perc{model_name=\"%s\",pool=\"base\"} %.6g\n", p, mn,
+                         g->kv_base);
     if (g->has_aux) {
-        rc |= srv_buf_printf(o, "kvcast:kv_cache_usage_perc{model_name=\"%s\",pool=\"aux\"} %.6g\n",
+        rc |= srv_buf_printf(o, "%skv_cache_usage_perc{model_name=\"%s\",pool=\"aux\"} %.6g\n", p,
                              mn, g->kv_aux);
     }
-    rc |= srv_buf_printf(o,
-                         "# HELP kvcast:prompt_tokens_total Prefill tokens processed.\n"
-                         "# TYPE kvcast:prompt_tokens_total counter\n"
-                         "kvcast:prompt_tokens_total{model_name=\"%s\"} %llu\n"
-                         "# HELP kvcast:generation_tokens_total Generated tokens.\n"
-                         "# TYPE kvcast:generation_tokens_total counter\n"
-                         "kvcast:generation_tokens_total{model_name=\"%s\"} %llu\n",
-                         mn, (unsigned long long)m->prompt_tokens, mn,
+    rc |= family(o, p, "prompt_tokens_total", "counter", "Prefill tokens processed.");
+    rc |= srv_buf_printf(o, "%sprompt_tokens_total{model_name=\"%s\"} %llu\n", p, mn,
+                         (unsigned long long)m->prompt_tokens);
+    rc |= family(o, p, "generation_tokens_total", "counter", "Generated tokens.");
+    rc |= srv_buf_printf(o, "%sgeneration_tokens_total{model_name=\"%s\"} %llu\n", p, mn,
                          (unsigned long long)m->generation_tokens);
-    rc |= srv_buf_printf(o, "# HELP kvcast:request_success_total Finished requests.\n"
-                            "# TYPE kvcast:request_success_total counter\n");
+    rc |= family(o, p, "request_success_total", "counter", "Finished requests.");
     for (int i = 0; i < SRV_FIN_COUNT; i++) {
         rc |= srv_buf_printf(o,
-                             "kvcast:request_success_total{model_name=\"%s\",finished_reason="
-                             "\"%s\"} %llu\n",
-                             mn, fin[i], (unsigned long long)m->success[i]);
+                             "%srequest_success_total{model_name=\"%s\",finished_reason=\"%s\"} "
+                             "%llu\n",
+                             p, mn, fin[i], (unsigned long long)m->success[i]);
     }
-    rc |= srv_buf_printf(o,
-                         "# HELP kvcast:prefill_mode_total Requests by the prefill mode used.\n"
-                         "# TYPE kvcast:prefill_mode_total counter\n"
-                         "kvcast:prefill_mode_total{model_name=\"%s\",mode=\"full\"} %llu\n"
-                         "kvcast:prefill_mode_total{model_name=\"%s\",mode=\"predict\"} %llu\n",
-                         mn, (unsigned long long)m->mode_full, mn,
-                         (unsigned long long)m->mode_predict);
-    rc |= srv_buf_printf(o,
-                         "# HELP kvcast:http_error_responses_total Requests answered with an "
-                         "error status.\n"
-                         "# TYPE kvcast:http_error_responses_total counter\n"
-                         "kvcast:http_error_responses_total{model_name=\"%s\"} %llu\n",
-                         mn, (unsigned long long)m->http_errors);
-    rc |= render_hist(o, "kvcast:time_to_first_token_seconds", "Time to first token in seconds.",
+    rc |= family(o, p, "prefill_mode_total", "counter", "Requests by the prefill mode used.");
+    rc |= srv_buf_printf(o, "%sprefill_mode_total{model_name=\"%s\",mode=\"full\"} %llu\n", p, mn,
+                         (unsigned long long)m->mode_full);
+    rc |= srv_buf_printf(o, "%sprefill_mode_total{model_name=\"%s\",mode=\"predict\"} %llu\n", p,
+                         mn, (unsigned long long)m->mode_predict);
+    rc |= family(o, p, "http_error_responses_total", "counter",
+                 "Requests answered with an error status.");
+    rc |= srv_buf_printf(o, "%shttp_error_responses_total{model_name=\"%s\"} %llu\n", p, mn,
+                         (unsigned long long)m->http_errors);
+    rc |= render_hist(o, p, "time_to_first_token_seconds", "Time to first token in seconds.",
                       &m->ttft, mn);
-    rc |= render_hist(o, "kvcast:inter_token_latency_seconds",
+    rc |= render_hist(o, p, "inter_token_latency_seconds",
                       "Time between consecutive output tokens in seconds.", &m->itl, mn);
-    rc |= render_hist(o, "kvcast:e2e_request_latency_seconds",
-                      "End-to-end request latency in seconds.", &m->e2e, mn);
-    rc |= render_hist(o, "kvcast:request_queue_time_seconds",
+    rc |= render_hist(o, p, "e2e_request_latency_seconds", "End-to-end request latency in seconds.",
+                      &m->e2e, mn);
+    rc |= render_hist(o, p, "request_queue_time_seconds",
                       "Time requests spent waiting to be scheduled in seconds.", &m->queue, mn);
     return rc == KC_OK ? KC_OK : KC_ENOMEM;
 }

@@ -8,12 +8,18 @@
  *   gauges     kvcast:num_requests_running, kvcast:num_requests_waiting,
  *              kvcast:kv_cache_usage_perc{pool="base"|"aux"} (a fraction in [0, 1], as vLLM's)
  *
+ * Naming: vLLM writes `vllm:name`; promtool's linter rejects every ':' in an exported name (colons
+ * are reserved for recording rules). The registry therefore renders one of two spellings of the
+ * same names, chosen at start-up (--metric-names): `kvcast:` (default, what DESIGN.md and vLLM
+ * dashboards expect) or `kvcast_` (Prometheus conventions, lint-clean; the deploy/ manifests).
+ *
  * Thread rules: updated and rendered only on the loop thread, so it has no locks. Gauges are
  * sampled from the scheduler at scrape time and passed in.
  */
 #ifndef SRV_METRICS_H
 #define SRV_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "server/util.h"
@@ -32,6 +38,7 @@ enum srv_finish_label { SRV_FIN_STOP = 0, SRV_FIN_LENGTH, SRV_FIN_ABORT, SRV_FIN
 
 struct srv_metrics {
     char model_name[128];
+    char prefix[8]; /* "kvcast:" or "kvcast_" */
     struct srv_hist ttft;
     struct srv_hist itl;
     struct srv_hist e2e;
@@ -52,8 +59,9 @@ struct srv_gauges {
     int has_aux;
 };
 
-/* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series. */
-void srv_metrics_init(struct srv_metrics *m, const char *model_name);
+/* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series.
+ * prometheus_names selects the `kvcast_` spelling instead of `kvcast:`. */
+void srv_metrics_init(struct srv_metrics *m, const char *model_name, bool prometheus_names);
 
 /* Adds one observation (seconds). Negative or NaN values count as 0. */
 void srv_hist_observe(struct srv_hist *h, double v);

@@ -339,7 +339,7 @@ int srv_serve_main(int argc, char **argv) {
     if (sch_mode_parse(s->cfg.prefill_mode, &dm) == KC_OK) {
         s->lim.default_mode = (int)dm;
     }
-    srv_metrics_init(&s->metrics, s->model_id);
+    srv_metrics_init(&s->metrics, s->model_id, strcmp(s->cfg.metric_names, "prometheus") == 0);
     if (srv_http_start(s, &err) != KC_OK) {
         fprintf(stderr, "kvcast serve: %s\n", err.msg);
         goto done;

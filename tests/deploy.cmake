@@ -1,7 +1,8 @@
-# Tests of deploy/: the container image built and run for real, and `promtool check metrics`
-# on a live /metrics scrape. Both need deploy/install-container-deps.sh (podman, runc,
-# debootstrap, prometheus's promtool — too big for install-deps.sh), so both are labelled
-# `slow` and the default test presets skip them; run them with `ctest -L slow`.
+# Tests of deploy/: the container image built and run for real (needs
+# deploy/install-container-deps.sh: podman, runc, debootstrap; labelled `slow`, so the default
+# test presets skip it; run it with `ctest -L slow`), and `promtool check metrics` on live
+# /metrics scrapes in both metric spellings (promtool comes from deploy/install-deps.sh; part
+# of the default suite).
 add_test(NAME test_deploy_container
          COMMAND bash ${CMAKE_SOURCE_DIR}/deploy/test-container.sh)
 set_tests_properties(test_deploy_container PROPERTIES LABELS slow TIMEOUT 1800 RUN_SERIAL TRUE)
@@ -9,5 +10,5 @@ set_tests_properties(test_deploy_container PROPERTIES LABELS slow TIMEOUT 1800 R
 if(TARGET kvcast)
   add_test(NAME test_deploy_promtool_metrics
            COMMAND bash ${CMAKE_SOURCE_DIR}/deploy/check-metrics.sh $<TARGET_FILE:kvcast>)
-  set_tests_properties(test_deploy_promtool_metrics PROPERTIES LABELS slow TIMEOUT 120)
+  set_tests_properties(test_deploy_promtool_metrics PROPERTIES LABELS integration TIMEOUT 120)
 endif()

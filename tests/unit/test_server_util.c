@@ -108,7 +108,7 @@ static void test_buf_append_printf_consume(void **state) {
 static void test_metrics_exposition_has_vllm_names(void **state) {
     (void)state;
     struct srv_metrics m;
-    srv_metrics_init(&m, "tiny");
+    srv_metrics_init(&m, "tiny", false);
     srv_hist_observe(&m.ttft, 0.003);
     srv_hist_observe(&m.ttft, 100.0);
     srv_hist_observe(&m.ttft, -1.0);
@@ -141,6 +141,24 @@ static void test_metrics_exposition_has_vllm_names(void **state) {
     srv_buf_free(&o);
 }
 
+/* The promtool-clean spelling: the same families, no ':' anywhere in the exposition. */
+static void test_metrics_prometheus_names_have_no_colon(void **state) {
+    (void)state;
+    struct srv_metrics m;
+    srv_metrics_init(&m, "tiny", true);
+    srv_hist_observe(&m.itl, 0.02);
+    struct srv_gauges g = {.running = 3, .has_aux = 0};
+    struct srv_buf o = {0};
+    assert_int_equal(srv_metrics_render(&m, &g, &o), KC_OK);
+    assert_null(strchr(o.p, ':'));
+    assert_non_null(strstr(o.p, "kvcast_num_requests_running{model_name=\"tiny\"} 3\n"));
+    assert_non_null(strstr(o.p, "# TYPE kvcast_inter_token_latency_seconds histogram\n"));
+    assert_non_null(strstr(
+        o.p, "kvcast_inter_token_latency_seconds_bucket{model_name=\"tiny\",le=\"0.025\"} 1"));
+    assert_null(strstr(o.p, "pool=\"aux\""));
+    srv_buf_free(&o);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stop_string_split_across_tokens_is_cut_and_held_back),
@@ -148,6 +166,7 @@ int main(void) {
         cmocka_unit_test(test_secret_compare),
         cmocka_unit_test(test_buf_append_printf_consume),
         cmocka_unit_test(test_metrics_exposition_has_vllm_names),
+        cmocka_unit_test(test_metrics_prometheus_names_have_no_colon),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
