@@ -59,8 +59,8 @@ struct eng_linear;
  * (one copy when both are equal). The source data is not referenced afterwards. If any
  * part has a bias, parts without one get zeros. */
 int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in,
-                      enum eng_wtype prefill_wt, enum eng_wtype decode_wt,
-                      struct eng_linear **out, struct kc_error *err);
+                      enum eng_wtype prefill_wt, enum eng_wtype decode_wt, struct eng_linear **out,
+                      struct kc_error *err);
 void eng_linear_free(struct eng_linear *l);
 int eng_linear_n_out(const struct eng_linear *l);
 int eng_linear_n_in(const struct eng_linear *l);
@@ -107,8 +107,8 @@ struct eng_rope_table {
     float *sin;
 };
 struct eng_model_config;
-int eng_rope_table_init(struct eng_rope_table *t, const struct eng_model_config *cfg,
-                        int max_pos, struct kc_error *err);
+int eng_rope_table_init(struct eng_rope_table *t, const struct eng_model_config *cfg, int max_pos,
+                        struct kc_error *err);
 void eng_rope_table_free(struct eng_rope_table *t);
 
 /* Rotates x[m, n_heads, D] in place; row r is at position pos[r] (< max_pos): for each
@@ -136,9 +136,8 @@ struct eng_kv_view {
  * scratch holds eng_attention_scratch_floats(pos0 + n, threads of the calling team) floats. */
 void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
                    int n_kv_heads, int head_dim, float scale, float *out, float *scratch);
-void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_view *kv,
-                        int n_heads, int n_kv_heads, int head_dim, float scale, float *out,
-                        float *scratch);
+void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                        int n_kv_heads, int head_dim, float scale, float *out, float *scratch);
 /* Scratch floats eng_attention needs for contexts up to n_ctx run by n_threads threads. */
 size_t eng_attention_scratch_floats(int n_ctx, int n_threads);
 
@@ -146,11 +145,18 @@ size_t eng_attention_scratch_floats(int n_ctx, int n_threads);
 
 /* GFLOP/s of one large oneDNN matmul (m x n x k, weights packed in wt), best of iters;
  * 0 when a buffer or primitive cannot be created. */
-double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k,
-                           int iters);
+double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters);
 /* Stream-triad bandwidth in GB/s (a[i] = b[i] + s*c[i] over bytes_per_array-sized arrays)
  * using the calling thread's OpenMP team, best of iters; 0 when the arrays cannot be
  * allocated. */
 double eng_stream_triad_gbs(size_t bytes_per_array, int iters);
+
+/* The same triad on arrays kept between runs, so a benchmark can sample the machine's
+ * bandwidth right beside each window of its own work (this host's bandwidth swings with
+ * its neighbours' load from second to second). create: NULL when out of memory. */
+struct eng_triad;
+struct eng_triad *eng_triad_create(size_t bytes_per_array);
+double eng_triad_run(struct eng_triad *t, int iters); /* GB/s, best of iters */
+void eng_triad_free(struct eng_triad *t);
 
 #endif /* ENG_OPS_H */

@@ -14,12 +14,12 @@
  * run in (user-mode scratchpad), and belongs to the thread that created it.
  *
  * DESIGN — invariants:
- *  1. Weights are packed once, at creation, into the blocked layout oneDNN picks for a
- *     representative row count (1 for the decode copy, ENG_LINEAR_CHUNK for the prefill copy):
- *     a reference primitive is created with weights in format_tag `any`, its
- *     weights md is read back, and the plain [N, K] source (viewed as a K x N matrix with
- *     format `ba`, since HF stores [out, in]) is reordered into it. One copy when the prefill
- *     and decode weight types are equal.
+ *  1. The prefill copy of the weights is packed once, at creation, into the blocked layout
+ *     oneDNN picks for ENG_LINEAR_CHUNK rows: a reference primitive is created with weights
+ *     in format_tag `any`, its weights md is read back, and the plain [N, K] source (viewed
+ *     as a K x N matrix with format `ba`, since HF stores [out, in]) is reordered into it.
+ *     The decode copy (when its weight type differs; otherwise the prefill copy serves every
+ *     row count) is that plain [N, K] matrix itself, in the decode weight type.
  *  2. Every cached primitive is created with the packed md given explicitly (not `any`), and
  *     its weights md is checked equal to the packed one (dnnl_memory_desc_equal). If oneDNN
  *     refuses the explicit layout for some row count, that bucket runs the representative
@@ -35,10 +35,14 @@
  *     are never copied out.
  *  5. oneDNN bakes the OpenMP team size into a primitive at creation, so every creation and
  *     every execution runs after omp_set_num_threads(dnn->n_threads).
- *  6. Decode (m <= 16) runs on oneDNN too: a hand-written AVX512-BF16 GEMV over the packed
- *     BA16a64b2a layout (vdpbf16ps, one weight stream per 64-output block, m <= 4) measured
- *     the same as oneDNN's M=1 primitive (~13 GB/s per core from DRAM) and slower at M=4, so
- *     it was not kept.
+ *  6. Why the decode copy is plain: a one-row step over the plain copy runs oneDNN's
+ *     "gemm:jit" matmul implementation (taken from the primitive-desc iterator), whose GEMV
+ *     kernel streams several weight rows at once. The default brgemm kernel over a packed
+ *     layout streams one 64-column block per thread and, on 2 threads of this shared host,
+ *     swings between 13 and 26 GB/s from one second to the next while a stream triad holds
+ *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
+ *     tools/bench/gemv_probe.c). For 2-16 rows brgemm on the plain copy is used; packed
+ *     layouts were 5-25% faster there but would cost a third copy of the weights.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -101,10 +105,11 @@ struct eng_dnn {
     size_t pad_bytes;
 };
 
-/* One packed copy of a linear's weights. */
+/* One copy of a linear's weights: packed, or plain (the HF [n, k] row-major matrix). */
 struct eng_wcopy {
     enum eng_wtype wt;
-    int rep_rows; /* row count whose preferred layout this is */
+    bool plain;
+    int rep_rows; /* row count whose preferred layout this is (1 when plain) */
     dnnl_memory_desc_t md;
     void *data;
     size_t bytes;
@@ -235,10 +240,36 @@ static int scratch_grow(void **buf, size_t *have, size_t need) {
 
 /* ---- matmul primitive descriptors ---- */
 
+/* The "gemm:jit" implementation of desc, or NULL when oneDNN offers none. */
+static dnnl_primitive_desc_t gemv_pd(const dnnl_matmul_desc_t *desc,
+                                     const_dnnl_primitive_attr_t attr, dnnl_engine_t engine) {
+    dnnl_primitive_desc_iterator_t it = NULL;
+    dnnl_primitive_desc_t found = NULL;
+    if (dnnl_primitive_desc_iterator_create(&it, desc, attr, engine, NULL) != dnnl_success) {
+        return NULL;
+    }
+    do {
+        dnnl_primitive_desc_t pd = dnnl_primitive_desc_iterator_fetch(it);
+        const char *impl = NULL;
+        if (pd != NULL &&
+            dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
+            impl != NULL && strstr(impl, "gemm:jit") != NULL) {
+            found = pd;
+            break;
+        }
+        dnnl_primitive_desc_destroy(pd);
+    } while (dnnl_primitive_desc_iterator_next(it) == dnnl_success);
+    dnnl_primitive_desc_iterator_destroy(it);
+    return found;
+}
+
 /* Creates a matmul primitive desc for rows x k @ k x n with weights md w (NULL: format
- * `any`), optional f32 bias, f32 dst and a user-mode scratchpad. */
+ * `any`), optional f32 bias, f32 dst and a user-mode scratchpad. With `gemv`, the first
+ * implementation named "gemm:jit" is taken when oneDNN offers one (invariant 6). */
 static dnnl_status_t matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
-                               const dnnl_memory_desc_t *w, bool bias, dnnl_primitive_desc_t *pd) {
+                               const dnnl_memory_desc_t *w, bool bias, bool gemv,
+                               dnnl_primitive_desc_t *pd) {
+    *pd = NULL;
     dnnl_memory_desc_t src_md, w_md, b_md, dst_md;
     const dnnl_dims_t src_dims = {rows, k}, w_dims = {k, n}, dst_dims = {rows, n};
     const dnnl_dims_t b_dims = {1, n};
@@ -275,7 +306,10 @@ static dnnl_status_t matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enu
         return st;
     }
     st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (st == dnnl_success) {
+    if (st == dnnl_success && gemv) {
+        *pd = gemv_pd(&desc, attr, engine);
+    }
+    if (st == dnnl_success && *pd == NULL) {
         st = dnnl_primitive_desc_create(pd, &desc, attr, engine, NULL);
     }
     dnnl_primitive_attr_destroy(attr);
@@ -286,7 +320,7 @@ static dnnl_status_t matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enu
 static int preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt, bool bias,
                          dnnl_memory_desc_t *out, struct kc_error *err) {
     dnnl_primitive_desc_t pd = NULL;
-    dnnl_status_t st = matmul_pd(engine, rows, n, k, wt, NULL, bias, &pd);
+    dnnl_status_t st = matmul_pd(engine, rows, n, k, wt, NULL, bias, false, &pd);
     if (st != dnnl_success) {
         return kc_error_set(err, KC_EBACKEND, "oneDNN: no %s matmul for %d x %d x %d (status %d)",
                             wt_name(wt), rows, n, k, (int)st);
@@ -411,8 +445,8 @@ void eng_linear_free(struct eng_linear *l) {
 
 /* Builds copy c of l in weight type wt from the stacked parts. */
 static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_wtype wt,
-                            int rep_rows, const struct eng_weight_part *parts, int n_parts,
-                            struct kc_error *err) {
+                            int rep_rows, bool plain_layout, const struct eng_weight_part *parts,
+                            int n_parts, struct kc_error *err) {
     const int n = l->n_out, k = l->n_in;
     size_t plain_bytes;
     void *plain = NULL;
@@ -430,14 +464,28 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
     }
     stack_parts(parts, n_parts, k, wt, plain, row_tmp);
     c->wt = wt;
-    c->rep_rows = rep_rows;
-    rc = preferred_wmd(l->engine, rep_rows, n, k, wt, l->bias != NULL, &c->md, err);
-    if (rc != 0) {
-        goto fail;
-    }
-    rc = pack_weights(l->engine, plain, n, k, wt, &c->md, &c->data, &c->bytes, err);
-    if (rc != 0) {
-        goto fail;
+    c->plain = plain_layout;
+    c->rep_rows = plain_layout ? 1 : rep_rows;
+    if (plain_layout) {
+        const dnnl_dims_t dims = {k, n};
+        const dnnl_dims_t strides = {1, k}; /* W^T view of [n, k] row-major: format `ba` */
+        if (dnnl_memory_desc_init_by_strides(&c->md, 2, dims, wt_dnnl(wt), strides) !=
+            dnnl_success) {
+            rc = kc_error_set(err, KC_EBACKEND, "oneDNN: plain %d x %d weights md", n, k);
+            goto fail;
+        }
+        c->data = plain;
+        c->bytes = plain_bytes;
+        plain = NULL;
+    } else {
+        rc = preferred_wmd(l->engine, rep_rows, n, k, wt, l->bias != NULL, &c->md, err);
+        if (rc != 0) {
+            goto fail;
+        }
+        rc = pack_weights(l->engine, plain, n, k, wt, &c->md, &c->data, &c->bytes, err);
+        if (rc != 0) {
+            goto fail;
+        }
     }
     dnnl_status_t st = dnnl_memory_create(&c->mem, &c->md, l->engine, c->data);
     if (st != dnnl_success) {
@@ -513,7 +561,7 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
             goto fail;
         }
     }
-    rc = linear_make_copy(l, &l->copy[0], prefill_wt, ENG_LINEAR_CHUNK, parts, n_parts, err);
+    rc = linear_make_copy(l, &l->copy[0], prefill_wt, ENG_LINEAR_CHUNK, false, parts, n_parts, err);
     if (rc != 0) {
         goto fail;
     }
@@ -521,10 +569,8 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
     l->prefill_copy = 0;
     l->decode_copy = 0;
     if (decode_wt != prefill_wt) {
-        /* Pack for one row: batch-1 decode is the memory-bound case that matters, and the layout
-         * oneDNN picks for 16 rows made M=1 read weights at 0.67 of stream bandwidth against
-         * 0.90 with this one (TinyLlama shapes, one thread, `kvcast bench engine`). */
-        rc = linear_make_copy(l, &l->copy[1], decode_wt, 1, parts, n_parts, err);
+        /* The decode copy stays plain (invariant 6). */
+        rc = linear_make_copy(l, &l->copy[1], decode_wt, 1, true, parts, n_parts, err);
         if (rc != 0) {
             goto fail;
         }
@@ -635,7 +681,8 @@ static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const st
     p->wmd = c->md;
     p->exec_rows = rows;
     set_team(dnn->n_threads);
-    dnnl_status_t st = matmul_pd(dnn->engine, rows, n, k, c->wt, &c->md, bias, &pd);
+    dnnl_status_t st =
+        matmul_pd(dnn->engine, rows, n, k, c->wt, &c->md, bias, c->plain && rows == 1, &pd);
     if (st == dnnl_success &&
         !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
                                 &c->md)) {
@@ -647,7 +694,8 @@ static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const st
         dnnl_primitive_desc_destroy(pd);
         pd = NULL;
         p->exec_rows = c->rep_rows > rows ? c->rep_rows : rows;
-        st = matmul_pd(dnn->engine, p->exec_rows, n, k, c->wt, &c->md, bias, &pd);
+        st = matmul_pd(dnn->engine, p->exec_rows, n, k, c->wt, &c->md, bias,
+                       c->plain && p->exec_rows == 1, &pd);
         if (st == dnnl_success &&
             !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
                                     &c->md)) {
@@ -915,7 +963,7 @@ double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n,
         pack_weights(dnn->engine, plain, n, k, wt, &wmd, &packed, &packed_bytes, NULL) != 0) {
         goto done;
     }
-    if (matmul_pd(dnn->engine, m, n, k, wt, &wmd, false, &pd) != dnnl_success ||
+    if (matmul_pd(dnn->engine, m, n, k, wt, &wmd, false, false, &pd) != dnnl_success ||
         dnnl_primitive_create(&prim, pd) != dnnl_success) {
         goto done;
     }
@@ -962,43 +1010,74 @@ done:
     return best;
 }
 
-double eng_stream_triad_gbs(size_t bytes_per_array, int iters) {
+struct eng_triad {
+    float *a, *b, *c;
+    long n;
+};
+
+struct eng_triad *eng_triad_create(size_t bytes_per_array) {
+    struct eng_triad *t = kc_calloc(1, sizeof(*t));
     const size_t n = bytes_per_array / sizeof(float);
-    float *a = kc_aligned_alloc(n * sizeof(float));
-    float *b = kc_aligned_alloc(n * sizeof(float));
-    float *c = kc_aligned_alloc(n * sizeof(float));
-    double best = 0.0;
-    if (a == NULL || b == NULL || c == NULL || n == 0) {
-        goto done;
+    if (t == NULL || n == 0 || n > (size_t)LONG_MAX) {
+        free(t);
+        return NULL;
     }
-    const long nl = (long)n;
+    t->n = (long)n;
+    t->a = kc_aligned_alloc(n * sizeof(float));
+    t->b = kc_aligned_alloc(n * sizeof(float));
+    t->c = kc_aligned_alloc(n * sizeof(float));
+    if (t->a == NULL || t->b == NULL || t->c == NULL) {
+        eng_triad_free(t);
+        return NULL;
+    }
     /* First touch from the team that will run the triad. */
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (long i = 0; i < nl; i++) {
-        a[i] = 0.0f;
-        b[i] = 1.0f;
-        c[i] = 2.0f;
+    for (long i = 0; i < t->n; i++) {
+        t->a[i] = 0.0f;
+        t->b[i] = 1.0f;
+        t->c[i] = 2.0f;
     }
+    return t;
+}
+
+double eng_triad_run(struct eng_triad *t, int iters) {
     const float s = 3.0f;
-    for (int it = -1; it < (iters > 0 ? iters : 1); it++) {
+    double best = 0.0;
+    for (int it = 0; it < (iters > 0 ? iters : 1); it++) {
+        float *restrict a = t->a;
+        const float *restrict b = t->b, *restrict c = t->c;
         const double t0 = now_s();
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-        for (long i = 0; i < nl; i++) {
+        for (long i = 0; i < t->n; i++) {
             a[i] = b[i] + s * c[i];
         }
-        const double gbs = 3.0 * (double)(n * sizeof(float)) / (now_s() - t0) / 1e9;
-        if (it >= 0 && gbs > best) {
-            best = gbs;
-        }
+        const double gbs = 3.0 * (double)t->n * sizeof(float) / (now_s() - t0) / 1e9;
+        best = gbs > best ? gbs : best;
     }
-    KC_ASSERT(a[n - 1] == 7.0f);
-done:
-    kc_aligned_free(a);
-    kc_aligned_free(b);
-    kc_aligned_free(c);
+    KC_ASSERT(t->a[t->n - 1] == 7.0f);
+    return best;
+}
+
+void eng_triad_free(struct eng_triad *t) {
+    if (t != NULL) {
+        kc_aligned_free(t->a);
+        kc_aligned_free(t->b);
+        kc_aligned_free(t->c);
+        free(t);
+    }
+}
+
+double eng_stream_triad_gbs(size_t bytes_per_array, int iters) {
+    struct eng_triad *t = eng_triad_create(bytes_per_array);
+    if (t == NULL) {
+        return 0.0;
+    }
+    (void)eng_triad_run(t, 1); /* warm-up */
+    const double best = eng_triad_run(t, iters);
+    eng_triad_free(t);
     return best;
 }
