@@ -63,6 +63,7 @@ struct harness {
     bool gate_decode;              /* pause at SCH_HOOK_DECODE_JOIN */
     int paused;                    /* workers waiting at the gate */
     uint64_t cancel_in_prefill_id; /* cancel this id at its first prefill chunk */
+    int decode_step_sleep_ms;      /* sleep after every decode step (a slow model) */
 };
 
 static void deadline_in(struct timespec *ts, int ms) {
@@ -128,10 +129,18 @@ static void on_event(void *ud, const struct sch_event *ev) {
     }
 }
 
+static void sleep_ms(int ms);
+
 static void on_hook(void *ud, enum sch_hook_point p, uint64_t id, int step) {
     struct harness *h = ud;
     (void)step;
     pthread_mutex_lock(&h->mu);
+    if (p == SCH_HOOK_DECODE_END && h->decode_step_sleep_ms > 0) {
+        const int ms = h->decode_step_sleep_ms;
+        pthread_mutex_unlock(&h->mu);
+        sleep_ms(ms);
+        pthread_mutex_lock(&h->mu);
+    }
     if (p == SCH_HOOK_PREFILL_CHUNK && id == h->cancel_in_prefill_id) {
         struct sch *s = h->s;
         pthread_mutex_unlock(&h->mu);
@@ -757,6 +766,7 @@ static void test_drain_timeout_cancels_the_rest(void **state) {
     make_prompt(prompt, 20, 15);
     struct sch_request_params p = greedy_params(prompt, 20, 30);
     h.gate_decode = true;
+    h.decode_step_sleep_ms = 5; /* 29 steps take >= 145 ms, however fast the machine */
     submit_ok(&h, &p, 0);
     wait_paused(&h, 1);
     for (int i = 1; i < 5; i++) {
