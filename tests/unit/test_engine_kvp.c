@@ -571,7 +571,7 @@ static void test_predictor_file_round_trip_and_rejections(void **state) {
 /* ---- bundles ---- */
 
 static void write_file(const char *dir, const char *name, const char *text) {
-    char path[1100];
+    char path[1200]; /* dir (< 1100) + "/" + name */
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     FILE *f = fopen(path, "w");
     assert_non_null(f);
