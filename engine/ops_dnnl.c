@@ -18,8 +18,9 @@
  *     oneDNN picks for ENG_LINEAR_CHUNK rows: a reference primitive is created with weights
  *     in format_tag `any`, its weights md is read back, and the plain [N, K] source (viewed
  *     as a K x N matrix with format `ba`, since HF stores [out, in]) is reordered into it.
- *     The decode copy (when its weight type differs; otherwise the prefill copy serves every
- *     row count) is that plain [N, K] matrix itself, in the decode weight type.
+ *     The decode copy (2..ENG_DECODE_MAX_M rows; only when the decode weight type differs,
+ *     otherwise the prefill copy serves those rows) is packed the same way for ONE row. The
+ *     gemv copy (one row) is the plain [N, K] matrix itself, in the decode weight type.
  *  2. Every cached primitive is created with the packed md given explicitly (not `any`), and
  *     its weights md is checked equal to the packed one (dnnl_memory_desc_equal). If oneDNN
  *     refuses the explicit layout for some row count, that bucket runs the representative
@@ -41,8 +42,8 @@
  *     layout streams one 64-column block per thread and, on 2 threads of this shared host,
  *     swings between 13 and 26 GB/s from one second to the next while a stream triad holds
  *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
- *     tools/bench/gemv_probe.c). For 2-16 rows brgemm on the plain copy is used; packed
- *     layouts were 5-25% faster there but would cost a third copy of the weights.
+ *     tools/bench/gemv_probe.c). At 8 rows the plain copy is ~30% slower than the packed
+ *     one (16-18 against 21-25 GB/s), hence two decode copies: memory traded for both.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -121,9 +122,9 @@ struct eng_linear {
     enum eng_wtype prefill_wt, decode_wt;
     dnnl_engine_t engine; /* owns the memory objects below */
     int n_copies;
-    struct eng_wcopy copy[2];
-    int prefill_copy, decode_copy; /* indices into copy[] */
-    float *bias;                   /* [N] or NULL */
+    struct eng_wcopy copy[3];
+    int prefill_copy, decode_copy, gemv_copy; /* indices into copy[]: rows > 16, 2..16, 1 */
+    float *bias;                              /* [N] or NULL */
     dnnl_memory_t bias_mem;
 };
 
@@ -431,7 +432,7 @@ void eng_linear_free(struct eng_linear *l) {
     if (l == NULL) {
         return;
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         dnnl_memory_destroy(l->copy[i].mem);
         kc_aligned_free(l->copy[i].data);
     }
@@ -569,14 +570,20 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
     l->prefill_copy = 0;
     l->decode_copy = 0;
     if (decode_wt != prefill_wt) {
-        /* The decode copy stays plain (invariant 6). */
-        rc = linear_make_copy(l, &l->copy[1], decode_wt, 1, true, parts, n_parts, err);
+        /* Packed for one row: the layout oneDNN picks for 16 rows read weights at 0.67 of
+         * stream bandwidth against 0.90 with this one (TinyLlama shapes, one thread). */
+        rc = linear_make_copy(l, &l->copy[1], decode_wt, 1, false, parts, n_parts, err);
         if (rc != 0) {
             goto fail;
         }
-        l->n_copies = 2;
-        l->decode_copy = 1;
+        l->decode_copy = l->n_copies++;
     }
+    /* One-row steps run over the plain matrix (invariant 6). */
+    rc = linear_make_copy(l, &l->copy[l->n_copies], decode_wt, 1, true, parts, n_parts, err);
+    if (rc != 0) {
+        goto fail;
+    }
+    l->gemv_copy = l->n_copies++;
     *out = l;
     return 0;
 fail:
@@ -601,7 +608,10 @@ size_t eng_linear_bytes(const struct eng_linear *l) {
 }
 
 size_t eng_linear_bytes_read(const struct eng_linear *l, int m) {
-    return l->copy[m <= ENG_DECODE_MAX_M ? l->decode_copy : l->prefill_copy].bytes;
+    return l->copy[m == 1                  ? l->gemv_copy
+                   : m <= ENG_DECODE_MAX_M ? l->decode_copy
+                                           : l->prefill_copy]
+        .bytes;
 }
 
 /* ---- primitive cache ---- */
@@ -844,7 +854,7 @@ void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const f
     KC_ASSERT(dnn != NULL && l != NULL && x != NULL && y != NULL && m > 0);
     const size_t k = (size_t)l->n_in, n = (size_t)l->n_out;
     if (m <= ENG_DECODE_MAX_M) {
-        run_block(dnn, l, &l->copy[l->decode_copy], m, x, m, y);
+        run_block(dnn, l, &l->copy[m == 1 ? l->gemv_copy : l->decode_copy], m, x, m, y);
         return;
     }
     const struct eng_wcopy *c = &l->copy[l->prefill_copy];
@@ -859,7 +869,7 @@ int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_
     KC_ASSERT(dnn != NULL && l != NULL);
     struct eng_prim *p;
     for (int m = 1; m <= max_m && m <= ENG_DECODE_MAX_M; m++) {
-        const struct eng_wcopy *c = &l->copy[l->decode_copy];
+        const struct eng_wcopy *c = &l->copy[m == 1 ? l->gemv_copy : l->decode_copy];
         if (prim_lookup(dnn, l, c, m) == NULL) {
             const int rc = prim_create(dnn, l, c, m, &p, err);
             if (rc != 0) {

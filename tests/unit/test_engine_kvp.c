@@ -144,8 +144,10 @@ static void check_identity_invariant(const char *name) {
     print_message("%s: identity predictor maxdiff k %.3g v %.3g first logits %.3g "
                   "(aux %.2f ms, predict %.2f ms, base step %.2f ms)\n",
                   name, dk, dv, dl, t.aux_ms, t.predict_ms, t.base_first_step_ms);
-    assert_true(dk <= 1e-6f);
-    assert_true(dv <= 1e-6f);
+    /* The last prompt token is a one-row step on the predict path (oneDNN's GEMV kernel) and a
+     * row of the prefill chunk on the full path: equal up to float summation order. */
+    assert_true(dk <= 1e-5f);
+    assert_true(dv <= 1e-5f);
     assert_true(dl <= 1e-5f);
     /* Greedy continuation, each path appending its own exact K/V. */
     for (int i = 0; i < G; i++) {

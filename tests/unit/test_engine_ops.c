@@ -202,8 +202,12 @@ static void test_linear_f32_matches_ref_for_awkward_sizes(void **state) {
     assert_int_equal(eng_linear_create(&part, 1, k, ENG_WTYPE_F32, ENG_WTYPE_F32, &l, &err), 0);
     assert_int_equal(eng_linear_n_out(l), n);
     assert_int_equal(eng_linear_n_in(l), k);
-    assert_true(eng_linear_bytes(l) >= (size_t)n * k * 4);
-    assert_int_equal(eng_linear_bytes_read(l, 1), eng_linear_bytes(l));
+    /* Same weight types: the packed prefill copy serves 2.. rows, the plain one single rows. */
+    assert_int_equal(eng_linear_bytes_read(l, 1), (size_t)n * k * 4);
+    assert_true(eng_linear_bytes_read(l, 2) >= (size_t)n * k * 4);
+    assert_int_equal(eng_linear_bytes_read(l, 2), eng_linear_bytes_read(l, 100));
+    assert_int_equal(eng_linear_bytes(l),
+                     eng_linear_bytes_read(l, 1) + eng_linear_bytes_read(l, 2));
     const int ms[] = {1, 3, 17, 100};
     for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
         check_linear(dnn, l, &part, 1, k, ms[i], false, F32_TOL, "f32");
@@ -277,9 +281,12 @@ static void test_linear_stacked_parts_with_bias_and_two_copies(void **state) {
     struct kc_error err = {0};
     assert_int_equal(eng_linear_create(parts, 3, k, ENG_WTYPE_F32, ENG_WTYPE_BF16, &l, &err), 0);
     assert_int_equal(eng_linear_n_out(l), 48);
-    assert_true(eng_linear_bytes_read(l, 1) < eng_linear_bytes_read(l, 100));
-    assert_int_equal(eng_linear_bytes(l),
-                     eng_linear_bytes_read(l, 1) + eng_linear_bytes_read(l, 100));
+    /* Three copies: f32 packed (17.. rows), bf16 packed (2..16), bf16 plain (1 row). */
+    assert_int_equal(eng_linear_bytes_read(l, 1), (size_t)48 * k * 2);
+    assert_true(eng_linear_bytes_read(l, 2) < eng_linear_bytes_read(l, 100));
+    assert_int_equal(eng_linear_bytes(l), eng_linear_bytes_read(l, 1) +
+                                              eng_linear_bytes_read(l, 2) +
+                                              eng_linear_bytes_read(l, 100));
     /* The decode copy holds the f16 part rounded to bf16: so does its reference. */
     uint16_t *w1r = malloc((size_t)rows[1] * k * sizeof(uint16_t));
     assert_non_null(w1r);
