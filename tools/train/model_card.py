@@ -25,6 +25,36 @@ SAMPLE_PROMPTS = [
 ]
 
 
+def kvp_card(w, d):
+    """The KV Prediction table from <dir>/kvp/eval.json (tools/train/kvp_report.py)."""
+    path = os.path.join(d, "kvp", "eval.json")
+    w("### Base with predicted KV (`kvcast eval`, 64 Persuasion windows, prompt 128, continuation 32)\n")
+    if not os.path.exists(path):
+        w("Not measured yet: run the recipe's `kvp` stage (tools/train/kvp_report.py).\n")
+        return
+    rep = json.load(open(path))
+    summ_path = os.path.join(d, "kvp", "joint", "summary.json")
+    steps = json.load(open(summ_path))["args"]["steps"] if os.path.exists(summ_path) else "?"
+    w("Measured by the C engine on the ids written by `tools/train/kvp_eval.py --write-ids` "
+      "(the same windows for every row), e.g. `%s`:\n" % rep["joint"]["command"])
+    w("| pair | full NLL | aux NLL | predict NLL | gap closed | first-token agreement "
+      "| predict/full TTFT (measured, analytic) |\n|---|---|---|---|---|---|---|")
+    labels = {"calibration": "aux as first trained + ridge predictor (calibration only: the maths "
+                             "of `kvcast calibrate`)",
+              "joint": "shipped: aux + predictor trained jointly (%s steps, from the ridge fit)" % steps}
+    for key in ("calibration", "joint"):
+        r = rep[key]
+        m = r["modes"]
+        w("| %s | %.4f | %.4f | %.4f | %.1f%% | %.2f | %.2f, %.2f |"
+          % (labels[key], m["full"]["nll"], m["aux"]["nll"], m["predict"]["nll"],
+             100 * r["gap_closed"], m["predict"]["first_token_agreement"],
+             m["predict"]["ttft_ms_median"] / m["full"]["ttft_ms_median"],
+             m["predict"]["ttft_flops"] / m["full"]["ttft_flops"]))
+    w("\nGap closed = (aux NLL - predict NLL) / (aux NLL - full NLL): the share of the quality "
+      "lost by answering with the auxiliary model alone that KV Prediction wins back, while the "
+      "base model still produces every token.\n")
+
+
 def log_timing(path):
     """(training seconds, steps, mean tok/s) from a train.log; gaps over 30 min are not counted."""
     secs, prev, steps, tok_rates = 0, None, 0, []
@@ -164,8 +194,7 @@ def main():
                                                    fmt_loss(summ["aux"]["final"]["heldout"]["all"])))
     w("| training text (64 random windows), f32 | %s | %s |\n" % (fmt_loss(summ["base"]["final"]["train"]),
                                                                fmt_loss(summ["aux"]["final"]["train"])))
-    w("Base with predicted KV (KV Prediction from the auxiliary model): not measured yet; it needs the "
-      "predictor (`models/tiny/predictor.safetensors`) and `kvcast eval`.\n")
+    kvp_card(w, d)
 
     w("## Sample generations\n")
     w("Greedy (32 tokens, f32 compute on the BF16 weights; pinned in `reference/generations.json`):\n")
