@@ -42,7 +42,7 @@
  *     layout streams one 64-column block per thread and, on 2 threads of this shared host,
  *     swings between 13 and 26 GB/s from one second to the next while a stream triad holds
  *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
- *     tools/bench/gemv_probe.c). At 8 rows the plain copy is ~30% slower than the packed
+ *     `kvcast bench gemv`). At 8 rows the plain copy is ~30% slower than the packed
  *     one (16-18 against 21-25 GB/s), hence two decode copies: memory traded for both.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -1018,6 +1018,134 @@ done:
     kc_aligned_free(y);
     kc_aligned_free(pad_buf);
     return best;
+}
+
+/* One weight matrix of eng_dnn_weights_probe: its primitive and memory objects. */
+struct probe_mat {
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, w, dst, pad;
+    void *wbuf, *padbuf;
+    size_t bytes;
+};
+
+struct eng_weights_probe {
+    struct eng_dnn *dnn;
+    int rows, n_mats;
+    struct probe_mat *mats;
+    void *x;
+    float *y;
+};
+
+void eng_weights_probe_free(struct eng_weights_probe *p) {
+    if (p == NULL) {
+        return;
+    }
+    for (int i = 0; i < p->n_mats && p->mats != NULL; i++) {
+        struct probe_mat *q = &p->mats[i];
+        dnnl_memory_destroy(q->src);
+        dnnl_memory_destroy(q->w);
+        dnnl_memory_destroy(q->dst);
+        dnnl_memory_destroy(q->pad);
+        dnnl_primitive_destroy(q->prim);
+        kc_aligned_free(q->wbuf);
+        kc_aligned_free(q->padbuf);
+    }
+    free(p->mats);
+    kc_aligned_free(p->x);
+    kc_aligned_free(p->y);
+    free(p);
+}
+
+int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const int *k, const int *n,
+                             int n_mats, struct eng_weights_probe **out, struct kc_error *err) {
+    KC_ASSERT(dnn != NULL && rows > 0 && n_mats > 0);
+    struct eng_weights_probe *p = kc_calloc(1, sizeof(*p));
+    int max_k = 0, max_n = 0;
+    for (int i = 0; i < n_mats; i++) {
+        max_k = k[i] > max_k ? k[i] : max_k;
+        max_n = n[i] > max_n ? n[i] : max_n;
+    }
+    if (p == NULL || (p->mats = kc_calloc((size_t)n_mats, sizeof(*p->mats))) == NULL ||
+        (p->x = kc_aligned_alloc((size_t)rows * (size_t)max_k * 2)) == NULL ||
+        (p->y = kc_aligned_alloc((size_t)rows * (size_t)max_n * sizeof(float))) == NULL) {
+        eng_weights_probe_free(p);
+        return kc_error_set(err, KC_ENOMEM, "weights probe: out of memory");
+    }
+    p->dnn = dnn;
+    p->rows = rows;
+    p->n_mats = n_mats;
+    set_team(dnn->n_threads);
+    for (int i = 0; i < n_mats; i++) {
+        struct probe_mat *q = &p->mats[i];
+        dnnl_memory_desc_t wmd;
+        const dnnl_dims_t dims = {k[i], n[i]}, strides = {1, k[i]};
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_status_t st = plain
+                               ? dnnl_memory_desc_init_by_strides(&wmd, 2, dims, dnnl_bf16, strides)
+                               : (preferred_wmd(dnn->engine, rows, n[i], k[i], ENG_WTYPE_BF16,
+                                                false, &wmd, NULL) == 0
+                                      ? dnnl_success
+                                      : dnnl_unimplemented);
+        if (st == dnnl_success) {
+            st = matmul_pd(dnn->engine, rows, n[i], k[i], ENG_WTYPE_BF16, &wmd, false,
+                           plain && rows == 1, &pd);
+        }
+        if (st == dnnl_success) {
+            st = dnnl_primitive_create(&q->prim, pd);
+        }
+        const dnnl_memory_desc_t *pad_md =
+            st == dnnl_success ? dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)
+                               : NULL;
+        if (st == dnnl_success) {
+            q->bytes = dnnl_memory_desc_get_size(&wmd);
+            q->wbuf = kc_aligned_alloc(q->bytes);
+            q->padbuf = kc_aligned_alloc(dnnl_memory_desc_get_size(pad_md) + 64);
+            st = q->wbuf != NULL && q->padbuf != NULL ? dnnl_success : dnnl_out_of_memory;
+        }
+        if (st == dnnl_success) {
+            /* Small positive bf16 values: timing must not meet denormals or NaNs. */
+            for (size_t j = 0; j < q->bytes / 2; j++) {
+                ((uint16_t *)q->wbuf)[j] = (uint16_t)(0x3c00u + j % 7u);
+            }
+            st = dnnl_memory_create(&q->src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0),
+                                    dnn->engine, p->x);
+        }
+        if (st == dnnl_success) {
+            st = dnnl_memory_create(&q->w, &wmd, dnn->engine, q->wbuf);
+        }
+        if (st == dnnl_success) {
+            st = dnnl_memory_create(&q->dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0),
+                                    dnn->engine, p->y);
+        }
+        if (st == dnnl_success) {
+            st = dnnl_memory_create(&q->pad, pad_md, dnn->engine, q->padbuf);
+        }
+        dnnl_primitive_desc_destroy(pd);
+        if (st != dnnl_success) {
+            eng_weights_probe_free(p);
+            return kc_error_set(err, KC_EBACKEND, "weights probe: %d x %d x %d bf16 (status %d)",
+                                rows, n[i], k[i], (int)st);
+        }
+    }
+    *out = p;
+    return KC_OK;
+}
+
+double eng_weights_probe_run(struct eng_weights_probe *p) {
+    set_team(p->dnn->n_threads);
+    size_t bytes = 0;
+    const double t0 = now_s();
+    for (int i = 0; i < p->n_mats; i++) {
+        const struct probe_mat *q = &p->mats[i];
+        const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, q->src},
+                                         {DNNL_ARG_WEIGHTS, q->w},
+                                         {DNNL_ARG_DST, q->dst},
+                                         {DNNL_ARG_SCRATCHPAD, q->pad}};
+        DNN_ASSERT(dnnl_primitive_execute(q->prim, p->dnn->stream, 4, args));
+        bytes += q->bytes;
+    }
+    DNN_ASSERT(dnnl_stream_wait(p->dnn->stream));
+    return (double)bytes / (now_s() - t0) * 1e-9;
 }
 
 struct eng_triad {

@@ -11,8 +11,7 @@ check() { # pattern allowed-dir-regex description
     echo "layering: $3 included outside its module:"; echo "$hits" | sed 's/^/  /'; bad=1
   fi
 }
-# tools/bench/gemv_probe.c measures oneDNN's own kernels side by side, so it may include it too.
-check '(oneapi/dnnl/)?dnnl' '^(engine/|tools/bench/gemv_probe\.c$)' 'oneDNN'
+check '(oneapi/dnnl/)?dnnl' '^engine/' 'oneDNN'
 check '(microhttpd|uv)\.h' '^server/' 'libmicrohttpd/libuv'
 check 'cmocka\.h' '^$' 'cmocka'
 check 'curl/curl\.h' '^tools/' 'libcurl'

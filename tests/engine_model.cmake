@@ -7,3 +7,9 @@ set_tests_properties(test_cli_generate PROPERTIES LABELS integration TIMEOUT 120
 add_test(NAME test_models_tiny
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_models_tiny.sh $<TARGET_FILE:kvcast>)
 set_tests_properties(test_models_tiny PROPERTIES LABELS integration TIMEOUT 300)
+# `kvcast bench gemv` runs end to end on a small configuration and prints one row per round
+# with three positive rates (packed, plain, triad).
+add_test(NAME test_cli_bench_gemv
+         COMMAND $<TARGET_FILE:kvcast> bench gemv --config kvcast-base --rounds 2 --threads 1)
+set_tests_properties(test_cli_bench_gemv PROPERTIES LABELS integration TIMEOUT 120
+                     PASS_REGULAR_EXPRESSION "\n +1 +[0-9]*[1-9][0-9.]* +[0-9]*[1-9][0-9.]* +[0-9]*[1-9][0-9.]*\n")

@@ -387,6 +387,104 @@ done:
     return exit_code;
 }
 
+/*
+ * `kvcast bench gemv`: one decode step's bf16 weights of a configuration (q|k|v, o, gate|up and
+ * down of every layer) streamed through oneDNN matmuls of --rows rows, packed and plain, round
+ * after round with a stream triad in each round: the measurement behind the engine's plain
+ * one-row copy (engine/ops_dnnl.c, invariant 6).
+ */
+static int bench_gemv(int argc, char **argv) {
+    const char *config = "tinyllama-1.1b";
+    long rows = 1, rounds = 8, threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        bool missing = false;
+        if (strcmp(argv[i], "--help") == 0) {
+            printf("usage: kvcast bench gemv [--config NAME|config.json] [--rows N (1)] "
+                   "[--rounds N (8)] [--threads N]\n");
+            return 0;
+        } else if (kc_arg_value(argc, argv, &i, "--config", &v, &missing)) {
+            config = v;
+        } else if (kc_arg_value(argc, argv, &i, "--rows", &v, &missing)) {
+            if (!kc_arg_int(v, 1, ENG_DECODE_MAX_M, &rows)) {
+                fprintf(stderr, "kvcast bench gemv: --rows must be 1..%d\n", ENG_DECODE_MAX_M);
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--rounds", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 1000, &rounds)) {
+                fprintf(stderr, "kvcast bench gemv: bad --rounds\n");
+                return 2;
+            }
+        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
+            if (!kc_arg_int(v, 1, 1024, &threads)) {
+                fprintf(stderr, "kvcast bench gemv: bad --threads\n");
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "kvcast bench gemv: %s '%s'\n",
+                    missing ? "missing value for" : "unknown option", argv[i]);
+            return 2;
+        }
+    }
+    struct kc_error err = {0};
+    struct eng_model_config c;
+    if (eng_model_config_preset(config, &c) != KC_OK &&
+        eng_model_config_load(config, &c, &err) != KC_OK) {
+        fprintf(stderr, "kvcast bench gemv: bad --config '%s': %s\n", config, err.msg);
+        return 2;
+    }
+    const int n_mats = 4 * c.n_layers;
+    const int qd = c.n_heads * c.head_dim, kvd = c.n_kv_heads * c.head_dim;
+    int *k = calloc((size_t)n_mats, sizeof(int)), *n = calloc((size_t)n_mats, sizeof(int));
+    struct eng_dnn *dnn = NULL;
+    struct eng_weights_probe *probe[2] = {NULL, NULL};
+    struct eng_triad *triad = NULL;
+    int rc = 1;
+    if (k == NULL || n == NULL) {
+        goto done;
+    }
+    for (int l = 0; l < c.n_layers; l++) {
+        const int sk[4] = {c.hidden_size, qd, c.hidden_size, c.intermediate_size};
+        const int sn[4] = {qd + 2 * kvd, c.hidden_size, 2 * c.intermediate_size, c.hidden_size};
+        for (int j = 0; j < 4; j++) {
+            k[4 * l + j] = sk[j];
+            n[4 * l + j] = sn[j];
+        }
+    }
+    if (eng_dnn_create((int)threads, &dnn, &err) != KC_OK ||
+        eng_weights_probe_create(dnn, (int)rows, false, k, n, n_mats, &probe[0], &err) != KC_OK ||
+        eng_weights_probe_create(dnn, (int)rows, true, k, n, n_mats, &probe[1], &err) != KC_OK) {
+        fprintf(stderr, "kvcast bench gemv: %s\n", err.msg);
+        goto done;
+    }
+    eng_dnn_enter(dnn);
+    triad = eng_triad_create((size_t)256 << 20);
+    if (triad == NULL) {
+        fprintf(stderr, "kvcast bench gemv: out of memory\n");
+        goto done;
+    }
+    printf("config %s, %d threads, %ld rows: GB/s of bf16 decode weights per round\n", config,
+           eng_dnn_threads(dnn), rows);
+    printf("round   packed   plain%s   triad\n", rows == 1 ? " (gemv)" : "       ");
+    (void)eng_weights_probe_run(probe[0]); /* warm-up: page mappings, primitives */
+    (void)eng_weights_probe_run(probe[1]);
+    (void)eng_triad_run(triad, 1);
+    for (long r = 0; r < rounds; r++) {
+        const double packed = eng_weights_probe_run(probe[0]);
+        const double plain = eng_weights_probe_run(probe[1]);
+        printf("%5ld   %6.1f   %13.1f   %5.1f\n", r, packed, plain, eng_triad_run(triad, 1));
+    }
+    rc = 0;
+done:
+    eng_triad_free(triad);
+    eng_weights_probe_free(probe[0]);
+    eng_weights_probe_free(probe[1]);
+    eng_dnn_free(dnn);
+    free(k);
+    free(n);
+    return rc;
+}
+
 int kc_cmd_bench(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "serve") == 0) {
         return kc_bench_serve(argc - 1, argv + 1);
@@ -394,7 +492,10 @@ int kc_cmd_bench(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "engine") == 0) {
         return bench_engine(argc - 1, argv + 1);
     }
-    fprintf(stderr, "usage: kvcast bench engine|serve ...   (`kvcast bench engine --help`, "
-                    "`kvcast bench serve --help`)\n");
+    if (argc >= 2 && strcmp(argv[1], "gemv") == 0) {
+        return bench_gemv(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "usage: kvcast bench engine|serve|gemv ...   (`kvcast bench engine --help`, "
+                    "`kvcast bench serve --help`, `kvcast bench gemv --help`)\n");
     return 2;
 }
