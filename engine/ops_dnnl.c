@@ -42,8 +42,8 @@
  *     layout streams one 64-column block per thread and, on 2 threads of this shared host,
  *     swings between 13 and 26 GB/s from one second to the next while a stream triad holds
  *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
- *     `kvcast bench gemv`). At 8 rows the plain copy is ~30% slower than the packed
- *     one (16-18 against 21-25 GB/s), hence two decode copies: memory traded for both.
+ *     `kvcast bench gemv`). At 8 rows the plain copy is 15-30% slower than a packed one
+ *     (`--rows 8`), hence two decode copies: memory traded for both.
  */
 #define _POSIX_C_SOURCE 200809L
 
