@@ -12,4 +12,4 @@ set_tests_properties(test_models_tiny PROPERTIES LABELS integration TIMEOUT 300)
 add_test(NAME test_cli_bench_gemv
          COMMAND $<TARGET_FILE:kvcast> bench gemv --config kvcast-base --rounds 2 --threads 1)
 set_tests_properties(test_cli_bench_gemv PROPERTIES LABELS integration TIMEOUT 120
-                     PASS_REGULAR_EXPRESSION "\n +1 +[0-9]*[1-9][0-9.]* +[0-9]*[1-9][0-9.]* +[0-9]*[1-9][0-9.]*\n")
+                     PASS_REGULAR_EXPRESSION "\n +1 +[0-9.]*[1-9][0-9.]* +[0-9.]*[1-9][0-9.]* +[0-9.]*[1-9][0-9.]*\n")
