@@ -194,6 +194,10 @@ def main():
                                                    fmt_loss(summ["aux"]["final"]["heldout"]["all"])))
     w("| training text (64 random windows), f32 | %s | %s |\n" % (fmt_loss(summ["base"]["final"]["train"]),
                                                                fmt_loss(summ["aux"]["final"]["train"])))
+    w("The aux column is the auxiliary model as first trained. The shipped `aux/` was then trained "
+      "jointly with the KV predictor against the frozen base (next table), which also lowered its own "
+      "loss. The base was trained in two cosine cycles (steps 0-1100, then resumed to step 2400; see "
+      "`tools/train/run.sh`).\n")
     kvp_card(w, d)
 
     w("## Sample generations\n")
