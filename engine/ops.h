@@ -146,22 +146,20 @@ size_t eng_attention_scratch_floats(int n_ctx, int n_threads);
 /* GFLOP/s of one large oneDNN matmul (m x n x k, weights packed in wt), best of iters;
  * 0 when a buffer or primitive cannot be created. */
 double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters);
-/* Stream-triad bandwidth in GB/s (a[i] = b[i] + s*c[i] over bytes_per_array-sized arrays)
- * using the calling thread's OpenMP team, best of iters; 0 when the arrays cannot be
- * allocated. */
-double eng_stream_triad_gbs(size_t bytes_per_array, int iters);
 
-/* Streams bf16 weight matrices (k[i] x n[i], i < n_mats) through matmul primitives of `rows`
+/* Streams weight matrices of type wt (k[i] x n[i], i < n_mats) through matmul primitives of `rows`
  * rows, as decode does: packed in the layout oneDNN picks for `rows`, or plain (the HF [n, k]
  * matrix; one row then runs the "gemm:jit" GEMV, see ops_dnnl.c invariant 6). run: GB/s of
  * weights read by one pass over all matrices. For `kvcast bench gemv`. */
 struct eng_weights_probe;
-int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const int *k, const int *n,
-                             int n_mats, struct eng_weights_probe **out, struct kc_error *err);
+int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, bool plain,
+                             const int *k, const int *n, int n_mats, struct eng_weights_probe **out,
+                             struct kc_error *err);
 double eng_weights_probe_run(struct eng_weights_probe *p);
 void eng_weights_probe_free(struct eng_weights_probe *p);
 
-/* The same triad on arrays kept between runs, so a benchmark can sample the machine's
+/* Stream-triad bandwidth (a[i] = b[i] + s*c[i], GB/s, best of iters) with the calling thread's
+ * OpenMP team, on arrays kept between runs, so a benchmark can sample the machine's
  * bandwidth right beside each window of its own work (this host's bandwidth swings with
  * its neighbours' load from second to second). create: NULL when out of memory. */
 struct eng_triad;

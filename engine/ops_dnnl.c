@@ -930,96 +930,6 @@ static double now_s(void) {
     return kc_now_s();
 }
 
-double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters) {
-    KC_ASSERT(dnn != NULL && m > 0 && n > 0 && k > 0);
-    double best = 0.0;
-    dnnl_primitive_desc_t pd = NULL;
-    dnnl_primitive_t prim = NULL;
-    dnnl_memory_t src = NULL, w = NULL, dst = NULL, pad = NULL;
-    void *plain = NULL, *packed = NULL, *x = NULL, *pad_buf = NULL;
-    float *y = NULL;
-    size_t packed_bytes = 0;
-    const size_t esz = wt_size(wt);
-    set_team(dnn->n_threads);
-    plain = kc_aligned_alloc((size_t)n * (size_t)k * esz);
-    x = kc_aligned_alloc((size_t)m * (size_t)k * esz);
-    y = kc_aligned_alloc((size_t)m * (size_t)n * sizeof(float));
-    if (plain == NULL || x == NULL || y == NULL) {
-        goto done;
-    }
-    /* Deterministic values in [-0.5, 0.5): timing does not depend on them, but denormals
-     * or NaNs would. */
-    uint32_t s = 12345u;
-    for (size_t i = 0; i < (size_t)n * (size_t)k; i++) {
-        s = s * 1664525u + 1013904223u;
-        const float v = (float)(s >> 8) / 16777216.0f - 0.5f;
-        if (wt == ENG_WTYPE_BF16) {
-            ((uint16_t *)plain)[i] = eng_f32_to_bf16(v);
-        } else {
-            ((float *)plain)[i] = v;
-        }
-    }
-    for (size_t i = 0; i < (size_t)m * (size_t)k; i++) {
-        s = s * 1664525u + 1013904223u;
-        const float v = (float)(s >> 8) / 16777216.0f - 0.5f;
-        if (wt == ENG_WTYPE_BF16) {
-            ((uint16_t *)x)[i] = eng_f32_to_bf16(v);
-        } else {
-            ((float *)x)[i] = v;
-        }
-    }
-    dnnl_memory_desc_t wmd;
-    if (preferred_wmd(dnn->engine, m, n, k, wt, false, &wmd, NULL) != 0 ||
-        pack_weights(dnn->engine, plain, n, k, wt, &wmd, &packed, &packed_bytes, NULL) != 0) {
-        goto done;
-    }
-    if (matmul_pd(dnn->engine, m, n, k, wt, &wmd, false, false, &pd) != dnnl_success ||
-        dnnl_primitive_create(&prim, pd) != dnnl_success) {
-        goto done;
-    }
-    const dnnl_memory_desc_t *pad_md =
-        dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-    pad_buf = kc_aligned_alloc(dnnl_memory_desc_get_size(pad_md) + 64);
-    if (pad_buf == NULL ||
-        dnnl_memory_create(&src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0),
-                           dnn->engine, x) != dnnl_success ||
-        dnnl_memory_create(&w, &wmd, dnn->engine, packed) != dnnl_success ||
-        dnnl_memory_create(&dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0),
-                           dnn->engine, y) != dnnl_success ||
-        dnnl_memory_create(&pad, pad_md, dnn->engine, pad_buf) != dnnl_success) {
-        goto done;
-    }
-    const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, src},
-                                     {DNNL_ARG_WEIGHTS, w},
-                                     {DNNL_ARG_DST, dst},
-                                     {DNNL_ARG_SCRATCHPAD, pad}};
-    for (int it = -1; it < (iters > 0 ? iters : 1); it++) {
-        const double t0 = now_s();
-        if (dnnl_primitive_execute(prim, dnn->stream, 4, args) != dnnl_success ||
-            dnnl_stream_wait(dnn->stream) != dnnl_success) {
-            best = 0.0;
-            goto done;
-        }
-        const double g = 2.0 * m * (double)n * k / (now_s() - t0) / 1e9;
-        if (it >= 0 && g > best) {
-            best = g; /* iteration -1 warms up caches and page mappings */
-        }
-    }
-done:
-    dnnl_memory_destroy(src);
-    dnnl_memory_destroy(w);
-    dnnl_memory_destroy(dst);
-    dnnl_memory_destroy(pad);
-    dnnl_primitive_destroy(prim);
-    dnnl_primitive_desc_destroy(pd);
-    kc_aligned_free(plain);
-    kc_aligned_free(packed);
-    kc_aligned_free(x);
-    kc_aligned_free(y);
-    kc_aligned_free(pad_buf);
-    return best;
-}
-
 /* One weight matrix of eng_dnn_weights_probe: its primitive and memory objects. */
 struct probe_mat {
     dnnl_primitive_t prim;
@@ -1031,10 +941,27 @@ struct probe_mat {
 struct eng_weights_probe {
     struct eng_dnn *dnn;
     int rows, n_mats;
+    size_t bytes; /* weights read by one pass */
     struct probe_mat *mats;
     void *x;
     float *y;
 };
+
+/* Seconds of one pass of every matrix through its primitive. */
+static double probe_pass_s(struct eng_weights_probe *p) {
+    set_team(p->dnn->n_threads);
+    const double t0 = now_s();
+    for (int i = 0; i < p->n_mats; i++) {
+        const struct probe_mat *q = &p->mats[i];
+        const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, q->src},
+                                         {DNNL_ARG_WEIGHTS, q->w},
+                                         {DNNL_ARG_DST, q->dst},
+                                         {DNNL_ARG_SCRATCHPAD, q->pad}};
+        DNN_ASSERT(dnnl_primitive_execute(q->prim, p->dnn->stream, 4, args));
+    }
+    DNN_ASSERT(dnnl_stream_wait(p->dnn->stream));
+    return now_s() - t0;
+}
 
 void eng_weights_probe_free(struct eng_weights_probe *p) {
     if (p == NULL) {
@@ -1056,8 +983,9 @@ void eng_weights_probe_free(struct eng_weights_probe *p) {
     free(p);
 }
 
-int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const int *k, const int *n,
-                             int n_mats, struct eng_weights_probe **out, struct kc_error *err) {
+int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, bool plain,
+                             const int *k, const int *n, int n_mats, struct eng_weights_probe **out,
+                             struct kc_error *err) {
     KC_ASSERT(dnn != NULL && rows > 0 && n_mats > 0);
     struct eng_weights_probe *p = kc_calloc(1, sizeof(*p));
     int max_k = 0, max_n = 0;
@@ -1066,7 +994,7 @@ int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const in
         max_n = n[i] > max_n ? n[i] : max_n;
     }
     if (p == NULL || (p->mats = kc_calloc((size_t)n_mats, sizeof(*p->mats))) == NULL ||
-        (p->x = kc_aligned_alloc((size_t)rows * (size_t)max_k * 2)) == NULL ||
+        (p->x = kc_aligned_alloc((size_t)rows * (size_t)max_k * wt_size(wt))) == NULL ||
         (p->y = kc_aligned_alloc((size_t)rows * (size_t)max_n * sizeof(float))) == NULL) {
         eng_weights_probe_free(p);
         return kc_error_set(err, KC_ENOMEM, "weights probe: out of memory");
@@ -1080,15 +1008,14 @@ int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const in
         dnnl_memory_desc_t wmd;
         const dnnl_dims_t dims = {k[i], n[i]}, strides = {1, k[i]};
         dnnl_primitive_desc_t pd = NULL;
-        dnnl_status_t st = plain
-                               ? dnnl_memory_desc_init_by_strides(&wmd, 2, dims, dnnl_bf16, strides)
-                               : (preferred_wmd(dnn->engine, rows, n[i], k[i], ENG_WTYPE_BF16,
-                                                false, &wmd, NULL) == 0
-                                      ? dnnl_success
-                                      : dnnl_unimplemented);
+        dnnl_status_t st = dnnl_success;
+        if (plain) {
+            st = dnnl_memory_desc_init_by_strides(&wmd, 2, dims, wt_dnnl(wt), strides);
+        } else if (preferred_wmd(dnn->engine, rows, n[i], k[i], wt, false, &wmd, NULL) != 0) {
+            st = dnnl_unimplemented;
+        }
         if (st == dnnl_success) {
-            st = matmul_pd(dnn->engine, rows, n[i], k[i], ENG_WTYPE_BF16, &wmd, false,
-                           plain && rows == 1, &pd);
+            st = matmul_pd(dnn->engine, rows, n[i], k[i], wt, &wmd, false, plain && rows == 1, &pd);
         }
         if (st == dnnl_success) {
             st = dnnl_primitive_create(&q->prim, pd);
@@ -1098,14 +1025,20 @@ int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const in
                                : NULL;
         if (st == dnnl_success) {
             q->bytes = dnnl_memory_desc_get_size(&wmd);
+            p->bytes += q->bytes;
             q->wbuf = kc_aligned_alloc(q->bytes);
             q->padbuf = kc_aligned_alloc(dnnl_memory_desc_get_size(pad_md) + 64);
             st = q->wbuf != NULL && q->padbuf != NULL ? dnnl_success : dnnl_out_of_memory;
         }
         if (st == dnnl_success) {
-            /* Small positive bf16 values: timing must not meet denormals or NaNs. */
-            for (size_t j = 0; j < q->bytes / 2; j++) {
-                ((uint16_t *)q->wbuf)[j] = (uint16_t)(0x3c00u + j % 7u);
+            /* Small positive values: timing must not meet denormals or NaNs. */
+            for (size_t j = 0; j < q->bytes / wt_size(wt); j++) {
+                const float v = 0.01f * (float)(1 + j % 7);
+                if (wt == ENG_WTYPE_BF16) {
+                    ((uint16_t *)q->wbuf)[j] = eng_f32_to_bf16(v);
+                } else {
+                    ((float *)q->wbuf)[j] = v;
+                }
             }
             st = dnnl_memory_create(&q->src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0),
                                     dnn->engine, p->x);
@@ -1123,8 +1056,8 @@ int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const in
         dnnl_primitive_desc_destroy(pd);
         if (st != dnnl_success) {
             eng_weights_probe_free(p);
-            return kc_error_set(err, KC_EBACKEND, "weights probe: %d x %d x %d bf16 (status %d)",
-                                rows, n[i], k[i], (int)st);
+            return kc_error_set(err, KC_EBACKEND, "weights probe: %d x %d x %d %s (status %d)",
+                                rows, n[i], k[i], wt_name(wt), (int)st);
         }
     }
     *out = p;
@@ -1132,20 +1065,24 @@ int eng_weights_probe_create(struct eng_dnn *dnn, int rows, bool plain, const in
 }
 
 double eng_weights_probe_run(struct eng_weights_probe *p) {
-    set_team(p->dnn->n_threads);
-    size_t bytes = 0;
-    const double t0 = now_s();
-    for (int i = 0; i < p->n_mats; i++) {
-        const struct probe_mat *q = &p->mats[i];
-        const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, q->src},
-                                         {DNNL_ARG_WEIGHTS, q->w},
-                                         {DNNL_ARG_DST, q->dst},
-                                         {DNNL_ARG_SCRATCHPAD, q->pad}};
-        DNN_ASSERT(dnnl_primitive_execute(q->prim, p->dnn->stream, 4, args));
-        bytes += q->bytes;
+    return (double)p->bytes / probe_pass_s(p) * 1e-9;
+}
+
+double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters) {
+    KC_ASSERT(dnn != NULL && m > 0 && n > 0 && k > 0);
+    struct eng_weights_probe *p = NULL;
+    if (eng_weights_probe_create(dnn, wt, m, false, &k, &n, 1, &p, NULL) != KC_OK) {
+        return 0.0;
     }
-    DNN_ASSERT(dnnl_stream_wait(p->dnn->stream));
-    return (double)bytes / (now_s() - t0) * 1e-9;
+    double best = 0.0;
+    for (int it = -1; it < (iters > 0 ? iters : 1); it++) {
+        const double g = 2.0 * m * (double)n * k / probe_pass_s(p) / 1e9;
+        if (it >= 0 && g > best) {
+            best = g; /* iteration -1 warms up caches and page mappings */
+        }
+    }
+    eng_weights_probe_free(p);
+    return best;
 }
 
 struct eng_triad {
@@ -1207,15 +1144,4 @@ void eng_triad_free(struct eng_triad *t) {
         kc_aligned_free(t->c);
         free(t);
     }
-}
-
-double eng_stream_triad_gbs(size_t bytes_per_array, int iters) {
-    struct eng_triad *t = eng_triad_create(bytes_per_array);
-    if (t == NULL) {
-        return 0.0;
-    }
-    (void)eng_triad_run(t, 1); /* warm-up */
-    const double best = eng_triad_run(t, iters);
-    eng_triad_free(t);
-    return best;
 }

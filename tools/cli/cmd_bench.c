@@ -452,8 +452,10 @@ static int bench_gemv(int argc, char **argv) {
         }
     }
     if (eng_dnn_create((int)threads, &dnn, &err) != KC_OK ||
-        eng_weights_probe_create(dnn, (int)rows, false, k, n, n_mats, &probe[0], &err) != KC_OK ||
-        eng_weights_probe_create(dnn, (int)rows, true, k, n, n_mats, &probe[1], &err) != KC_OK) {
+        eng_weights_probe_create(dnn, ENG_WTYPE_BF16, (int)rows, false, k, n, n_mats, &probe[0],
+                                 &err) != KC_OK ||
+        eng_weights_probe_create(dnn, ENG_WTYPE_BF16, (int)rows, true, k, n, n_mats, &probe[1],
+                                 &err) != KC_OK) {
         fprintf(stderr, "kvcast bench gemv: %s\n", err.msg);
         goto done;
     }
