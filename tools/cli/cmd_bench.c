@@ -136,6 +136,42 @@ done:
     return rc;
 }
 
+/* Single-sequence decode steps of `kvcast bench engine`, with the bytes each step reads. */
+struct decode_run {
+    struct eng_ctx *ctx;
+    const struct eng_model *m;
+    struct eng_kv_pool *pool;
+    struct eng_seq *seq;
+    int32_t tok; /* next input token */
+    int vocab;
+    float *logits;
+    double weight_bytes;     /* decode weights read per step */
+    double kv_bytes_per_pos; /* K and V of one position, all layers */
+};
+
+/* Runs `steps` decode steps; *t: their seconds, *bytes: weights + KV cache they read. */
+static int decode_steps(struct decode_run *r, int steps, double *t, double *bytes,
+                        struct kc_error *err) {
+    *t = 0.0;
+    *bytes = 0.0;
+    for (int s = 0; s < steps; s++) {
+        struct eng_batch_item item = {.seq = r->seq,
+                                      .tokens = &r->tok,
+                                      .n_tokens = 1,
+                                      .logits_mode = ENG_LOGITS_LAST,
+                                      .logits = r->logits};
+        *bytes += r->weight_bytes + r->kv_bytes_per_pos * (r->seq->n_tokens + 1);
+        const double t0 = kc_now_s();
+        const int rc = eng_forward(r->ctx, r->m, r->pool, &item, 1, NULL, err);
+        if (rc != KC_OK) {
+            return rc;
+        }
+        *t += kc_now_s() - t0;
+        r->tok = (r->tok + 7) % r->vocab;
+    }
+    return KC_OK;
+}
+
 static int bench_engine(int argc, char **argv) {
     const char *config = NULL;
     long prompt_len = 512, gen = 64, threads = 0, repeat = 2, aux_layers = 0;
@@ -284,48 +320,41 @@ static int bench_engine(int argc, char **argv) {
      * window is compared with the bandwidth measured right beside it (the mean of the two
      * triads around it); the reported ratio is the median over windows. */
     enum { DECODE_WINDOW = 4 };
-    const double step_weight_bytes = (double)eng_model_step_bytes_read(m, 1);
     const double kv_bytes_per_pos = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4.0;
     const int n_win = (G + DECODE_WINDOW - 1) / DECODE_WINDOW;
     double *win_ratio = calloc((size_t)n_win, sizeof(double));
     if (win_ratio == NULL) {
         goto done;
     }
-    int32_t tok = tokens[T - 1];
-    double t_decode = 0.0, bytes_decode = 0.0;
-    double triad_prev = 0.0;
-    int g = -1, w = 0;
-    while (g < G) {
-        if (g >= 0 && triad_prev == 0.0) {
-            triad_prev = eng_triad_run(triad, 1);
+    struct decode_run run = {.ctx = ctx,
+                             .m = m,
+                             .pool = &pool,
+                             .seq = &seq,
+                             .tok = tokens[T - 1],
+                             .vocab = cfg.vocab_size,
+                             .logits = logits,
+                             .weight_bytes = (double)eng_model_step_bytes_read(m, 1),
+                             .kv_bytes_per_pos = kv_bytes_per_pos};
+    double t_decode = 0.0, bytes_decode = 0.0, t_win, bytes_win;
+    if (decode_steps(&run, 1, &t_win, &bytes_win, &err) != KC_OK) { /* warm-up */
+        fprintf(stderr, "kvcast bench: %s\n", err.msg);
+        free(win_ratio);
+        goto done;
+    }
+    double triad_prev = eng_triad_run(triad, 1);
+    for (int w = 0; w < n_win; w++) {
+        const int left = G - w * DECODE_WINDOW;
+        if (decode_steps(&run, left < DECODE_WINDOW ? left : DECODE_WINDOW, &t_win, &bytes_win,
+                         &err) != KC_OK) {
+            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+            free(win_ratio);
+            goto done;
         }
-        double t_win = 0.0, bytes_win = 0.0;
-        const int steps = g < 0 ? 1 : (G - g < DECODE_WINDOW ? G - g : DECODE_WINDOW);
-        for (int s = 0; s < steps; s++) {
-            struct eng_batch_item item = {.seq = &seq,
-                                          .tokens = &tok,
-                                          .n_tokens = 1,
-                                          .logits_mode = ENG_LOGITS_LAST,
-                                          .logits = logits};
-            const double bytes = step_weight_bytes + kv_bytes_per_pos * (seq.n_tokens + 1);
-            const double t0 = kc_now_s();
-            if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
-                fprintf(stderr, "kvcast bench: %s\n", err.msg);
-                free(win_ratio);
-                goto done;
-            }
-            t_win += kc_now_s() - t0;
-            bytes_win += bytes;
-            tok = (tok + 7) % cfg.vocab_size;
-        }
-        if (g >= 0) { /* g < 0: the warm-up step */
-            const double triad_next = eng_triad_run(triad, 1);
-            win_ratio[w++] = bytes_win / t_win * 1e-9 / (0.5 * (triad_prev + triad_next));
-            triad_prev = triad_next;
-            t_decode += t_win;
-            bytes_decode += bytes_win;
-        }
-        g += g < 0 ? 1 : steps;
+        const double triad_next = eng_triad_run(triad, 1);
+        win_ratio[w] = bytes_win / t_win * 1e-9 / (0.5 * (triad_prev + triad_next));
+        triad_prev = triad_next;
+        t_decode += t_win;
+        bytes_decode += bytes_win;
     }
     qsort(win_ratio, (size_t)n_win, sizeof(double), cmp_double);
     const double decode_ratio =
