@@ -127,8 +127,10 @@ stop_server() {
 }
 trap stop_server EXIT
 start_server() { # ttft_slo_ms
+    # Every load-generator connection comes from 127.0.0.1: the default per-address limit (32)
+    # would refuse connections at high rates and count them as failed requests.
     SERVE_CMD=("$KVCAST" serve "${MODEL_ARGS[@]}" --host 127.0.0.1 --port 0 --no-access-log
-               --log-level warn --ttft-slo-ms "$1" "${SERVER_ARGS[@]}")
+               --log-level warn --ttft-slo-ms "$1" --max-connections-per-ip 0 "${SERVER_ARGS[@]}")
     "${SERVE_CMD[@]}" >"$WORK/server.out" 2>>"$WORK/server.log" &
     SRV=$!
     PORT=""
