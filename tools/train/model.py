@@ -92,6 +92,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c, cfg.num_key_value_heads * d, bias=False)
         self.v_proj = nn.Linear(c, cfg.num_key_value_heads * d, bias=False)
         self.o_proj = nn.Linear(cfg.num_attention_heads * d, c, bias=False)
+        self.p_drop = 0.0  # training-time dropout on attention weights (set_dropout)
 
     def forward(self, x, cos, sin, mask, kv_out=None):
         b, t, _ = x.shape
@@ -113,6 +114,7 @@ class Attention(nn.Module):
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(d))
         att = att + mask
         att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
+        att = F.dropout(att, self.p_drop, self.training)
         y = (att @ v).transpose(1, 2).reshape(b, t, h * d)
         return self.o_proj(y)
 
@@ -135,10 +137,13 @@ class Layer(nn.Module):
         self.mlp = MLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.p_drop = 0.0  # training-time dropout on each branch before the residual add
 
     def forward(self, x, cos, sin, mask, kv_out=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_out)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_out)
+        x = x + F.dropout(h, self.p_drop, self.training)
+        h = self.mlp(self.post_attention_layernorm(x))
+        return x + F.dropout(h, self.p_drop, self.training)
 
 
 class Backbone(nn.Module):
@@ -162,6 +167,14 @@ class LlamaForCausalLM(nn.Module):
     def _init(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def set_dropout(self, p):
+        """Dropout p on attention weights and on every residual branch, in training mode only
+        (eval() and the exported model are unaffected): the corpus is ~2M tokens, so a multi-epoch
+        run overfits without it."""
+        for m in self.modules():
+            if hasattr(m, "p_drop"):
+                m.p_drop = p
 
     def head_weight(self):
         return self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
