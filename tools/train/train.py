@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dropout", type=float, default=0.0, help="attention and residual dropout")
+    ap.add_argument("--austen-share", type=float, default=0.0,
+                    help="draw this share of samples from Austen's novels (0: uniform over the stream)")
     ap.add_argument("--bf16", action="store_true",
                     help="bf16 autocast for the matmuls (f32 weights, optimiser and loss)")
     ap.add_argument("--threads", type=int, default=1)
@@ -171,13 +173,24 @@ def main():
 
     sub = wins[::4]
     n = len(train) - args.ctx
+    if args.austen_share > 0:  # sample start offsets per source: Austen with this probability
+        src = np.zeros(n, dtype=bool)
+        for _, source, start, end in meta["splits"]["train"]["documents"]:
+            if source == "austen":
+                src[start:min(end, n)] = True
+        austen_offs, other_offs = np.flatnonzero(src), np.flatnonzero(~src)
     t_last = time.time()
     tok_since = 0
     loss_acc, loss_n = 0.0, 0
     net.train()
     while step < args.steps:
         rng = np.random.default_rng([args.seed, step])
-        offs = rng.integers(0, n, size=args.batch)
+        if args.austen_share > 0:
+            pick = rng.random(args.batch) < args.austen_share
+            offs = np.where(pick, austen_offs[rng.integers(0, len(austen_offs), size=args.batch)],
+                            other_offs[rng.integers(0, len(other_offs), size=args.batch)])
+        else:
+            offs = rng.integers(0, n, size=args.batch)
         y = np.stack([train[o:o + args.ctx] for o in offs]).astype(np.int64)
         x = np.concatenate([np.full((args.batch, 1), eot, dtype=np.int64), y[:, :-1]], axis=1)
         x, y = torch.from_numpy(x), torch.from_numpy(y)
