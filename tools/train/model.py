@@ -170,8 +170,8 @@ class LlamaForCausalLM(nn.Module):
 
     def set_dropout(self, p):
         """Dropout p on attention weights and on every residual branch, in training mode only
-        (eval() and the exported model are unaffected): the corpus is ~2M tokens, so a multi-epoch
-        run overfits without it."""
+        (eval() and the exported model are unaffected). A regulariser for multi-epoch runs over the
+        ~2M-token corpus; what it measured is in tools/train/README.md."""
         for m in self.modules():
             if hasattr(m, "p_drop"):
                 m.p_drop = p
