@@ -213,11 +213,12 @@ def main():
             log("step %d/%d loss %.4f lr %.2e gnorm %.2f %.0f tok/s"
                 % (step, args.steps, loss_acc / loss_n, lr_at(step - 1, args), float(gnorm), tok_since / dt))
             loss_acc, loss_n, tok_since, t_last = 0.0, 0, 0, time.time()
-        if step % args.ckpt_every == 0 or step == args.stop_at:
-            save()
         if step == args.stop_at:
+            save()
             log("stopped at step %d (--stop-at); resume to continue" % step)
             return 0
+        if step % args.ckpt_every == 0:
+            save()
         if step % args.eval_every == 0 and step < args.steps:
             t0 = time.time()
             r = evaluate(net, sub)
