@@ -15,7 +15,6 @@ copies from its context could predict it.
   /usr/bin/python3 tools/train/breakdown.py models/tiny/base build/train/base/ckpt.pt
 """
 import argparse
-import json
 import os
 import sys
 
@@ -63,8 +62,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    with open(os.path.join(args.dir, "tokens.json")) as f:
-        meta = json.load(f)
+    meta = K.load_tokens_meta(args.dir)
     eot = meta["eot_id"]
     tok = bpe.Tokenizer(os.path.join(args.dir, "tokenizer.json"))
     text = [tok.decode([i]) for i in range(eot)] + [""]
