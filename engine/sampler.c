@@ -1,7 +1,10 @@
-/* sampler.c — penalties, temperature, top-k/top-p/min-p and seeded sampling. */
+/* sampler.c — penalties, temperature, top-k/top-p/min-p, seeded sampling and raw logprobs
+ * (contracts and the totality rule in sampler.h). */
 #include "engine/sampler.h"
 
+#include <float.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +52,12 @@ static uint64_t splitmix64(uint64_t *s) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
+}
+
+uint64_t eng_sampler_stream_seed(uint64_t seed, uint64_t index) {
+    uint64_t a = seed;
+    uint64_t b = splitmix64(&a) ^ (index * 0xd1b54a32d192ed03ull);
+    return splitmix64(&b);
 }
 
 /* xoroshiro128+ : small state, good enough statistical quality for sampling. */
@@ -115,24 +124,50 @@ float eng_log_softmax_at(const float *logits, int vocab_size, int32_t token) {
     return (float)((double)(logits[token] - mx) - log(sum));
 }
 
-static void apply_penalties(const struct eng_sampler *s, float *logits) {
-    const struct eng_sampler_params *p = &s->params;
-    if (p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
-        p->frequency_penalty == 0.0f) {
-        return;
-    }
-    for (int i = 0; i < s->vocab_size; i++) {
-        const uint32_t n = s->count[i];
-        if (n == 0) {
-            continue;
+static int bad_logit(struct kc_error *err, float x, int i) {
+    return kc_error_set(err, KC_EBACKEND, "the model produced a non-finite logit (%s) for token %d",
+                        isnan(x) ? "NaN" : "+Inf", i);
+}
+
+int eng_logits_check(const float *logits, int vocab_size, struct kc_error *err) {
+    bool any = false;
+    for (int i = 0; i < vocab_size; i++) {
+        const float x = logits[i];
+        if (isnan(x) || x == INFINITY) {
+            return bad_logit(err, x, i);
         }
-        float x = logits[i];
-        if (p->repetition_penalty != 1.0f) {
-            x = x > 0.0f ? x / p->repetition_penalty : x * p->repetition_penalty;
-        }
-        x -= p->presence_penalty + p->frequency_penalty * (float)n;
-        logits[i] = x;
+        any |= x > -INFINITY;
     }
+    return any ? KC_OK
+               : kc_error_set(err, KC_EBACKEND, "every one of the %d logits is -Inf", vocab_size);
+}
+
+static bool has_penalties(const struct eng_sampler_params *p) {
+    return p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+           p->frequency_penalty != 0.0f;
+}
+
+/*
+ * Logit x of a token seen n times, penalized: HF repetition penalty, then OpenAI presence and
+ * frequency penalties. Computed in double and saturated at +-FLT_MAX: a repetition penalty of
+ * 1e-40 would otherwise turn 0.5 into +Inf, and the softmax then computes Inf - Inf = NaN.
+ * -Inf (a banned token) stays -Inf.
+ */
+static float penalize(const struct eng_sampler_params *p, float x, uint32_t n) {
+    if (n == 0 || x == -INFINITY) {
+        return x;
+    }
+    double y = x;
+    if (p->repetition_penalty != 1.0f) {
+        y = y > 0.0 ? y / (double)p->repetition_penalty : y * (double)p->repetition_penalty;
+    }
+    y -= (double)p->presence_penalty + (double)p->frequency_penalty * (double)n;
+    if (y > (double)FLT_MAX) {
+        y = (double)FLT_MAX;
+    } else if (y < -(double)FLT_MAX) {
+        y = -(double)FLT_MAX;
+    }
+    return (float)y;
 }
 
 /* Candidate order: higher probability first, ties broken by the lower id (deterministic). */
@@ -163,8 +198,9 @@ static void sift_down(struct eng_cand *h, int n, int i) {
 /*
  * Partial heap sort in place (no allocation, unlike qsort): extracts candidates best-first
  * until `want` are taken or their mass reaches mass_stop. The taken ones end up, best
- * first, in c[n - k .. n - 1] after a final reversal; returns k. Cost O(n + k log n), so
- * top-p over a 128k vocabulary touches only the head of the distribution.
+ * first, in c[n - k .. n - 1] after a final reversal; returns k (>= 1 when n, want >= 1).
+ * Cost O(n + k log n), so top-p over a 128k vocabulary touches only the head of the
+ * distribution.
  */
 static int take_best(struct eng_cand *c, int n, int want, double mass_stop) {
     for (int i = n / 2 - 1; i >= 0; i--) {
@@ -192,65 +228,121 @@ static int take_best(struct eng_cand *c, int n, int want, double mass_stop) {
     return k;
 }
 
-int32_t eng_sampler_sample(struct eng_sampler *s, float *logits, float *logprob) {
+int eng_sampler_sample(struct eng_sampler *s, const float *logits, int32_t *token, float *logprob,
+                       struct kc_error *err) {
     const struct eng_sampler_params *p = &s->params;
     const int V = s->vocab_size;
-    apply_penalties(s, logits);
-    int32_t best = 0;
-    for (int i = 1; i < V; i++) {
-        if (logits[i] > logits[best]) {
+    const bool pen = has_penalties(p);
+    /* Pass 1: check the row, penalize into scratch, find the best. Every later value is
+     * derived from finite numbers or -Inf, so no NaN can appear below. */
+    float *z = s->probs;
+    int32_t best = -1;
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        float x = logits[i];
+        if (isnan(x) || x == INFINITY) {
+            return bad_logit(err, x, i);
+        }
+        if (pen) {
+            x = penalize(p, x, s->count[i]);
+        }
+        z[i] = x;
+        if (x > mx) {
+            mx = x;
             best = i;
         }
     }
+    if (best < 0) {
+        return kc_error_set(err, KC_EBACKEND, "every one of the %d logits is -Inf", V);
+    }
     if (p->temperature == 0.0f) {
         if (logprob != NULL) {
-            *logprob = eng_log_softmax_at(logits, V, best);
+            *logprob = eng_log_softmax_at(z, V, best);
         }
-        return best;
+        *token = best;
+        return KC_OK;
     }
-    /* Tempered softmax. */
-    const float mx = logits[best];
+    /* Pass 2: tempered exp relative to the best, whose weight is exactly 1. d <= 0 (or -Inf)
+     * and the temperature is > 0, so d / T is never NaN, even for a subnormal T. */
     double sum = 0.0;
     for (int i = 0; i < V; i++) {
-        const float e = expf((logits[i] - mx) / p->temperature);
-        s->probs[i] = e;
+        const float d = z[i] - mx;
+        const float e = d == 0.0f ? 1.0f : expf(d / p->temperature);
+        z[i] = e;
         sum += e;
     }
-    const float inv = (float)(1.0 / sum);
-    for (int i = 0; i < V; i++) {
-        s->probs[i] *= inv;
-    }
-    /* Candidates: every token whose probability clears min_p * p_max. */
-    const float floor_p = p->min_p * s->probs[best];
+    /* Candidates: tokens of non-zero weight clearing min_p * p_max (p_max's weight is 1). The
+     * best always qualifies (min_p <= 1), so n >= 1. */
     int n = 0;
     for (int i = 0; i < V; i++) {
-        if (s->probs[i] >= floor_p) {
-            s->cand[n].p = s->probs[i];
+        if (z[i] > 0.0f && z[i] >= p->min_p) {
+            s->cand[n].p = z[i];
             s->cand[n++].id = i;
         }
     }
     struct eng_cand *cand = s->cand;
     if (p->top_k > 0 || p->top_p < 1.0f) {
-        const int want = p->top_k > 0 ? p->top_k : n;
-        const int k = take_best(s->cand, n, want, p->top_p < 1.0f ? (double)p->top_p : 2.0);
+        const int want = p->top_k > 0 && p->top_k < n ? p->top_k : n;
+        const double stop = p->top_p < 1.0f ? (double)p->top_p * sum : INFINITY;
+        const int k = take_best(s->cand, n, want, stop);
         cand = s->cand + (n - k);
         n = k;
     }
+    KC_ASSERT(n >= 1);
     double mass = 0.0;
     for (int i = 0; i < n; i++) {
         mass += cand[i].p;
     }
+    /* r in [0, mass): the first candidate whose cumulative weight passes r; rounding can leave
+     * r >= the total, which falls back to the last candidate (weight > 0 too). */
     double r = rng_uniform(s->rng) * mass;
-    int32_t tok = cand[n - 1].id;
+    struct eng_cand pick = cand[n - 1];
     for (int i = 0; i < n; i++) {
-        r -= cand[i].p;
-        if (r <= 0.0) {
-            tok = cand[i].id;
+        if (r < (double)cand[i].p) {
+            pick = cand[i];
             break;
         }
+        r -= cand[i].p;
     }
     if (logprob != NULL) {
-        *logprob = (float)log((double)s->probs[tok] / mass);
+        *logprob = (float)log((double)pick.p / mass);
     }
-    return tok;
+    *token = pick.id;
+    return KC_OK;
+}
+
+void eng_logprobs_top(const float *logits, int vocab_size, int32_t token, int n_top,
+                      struct eng_logprobs *out) {
+    const int V = vocab_size;
+    n_top = n_top < 0 ? 0 : n_top > ENG_MAX_LOGPROBS ? ENG_MAX_LOGPROBS : n_top;
+    /* One pass: the maximum, and the top n by insertion into a sorted list (the lower id
+     * stays first on ties: a later equal value does not pass it). */
+    float mx = -INFINITY;
+    int n = 0;
+    for (int i = 0; i < V; i++) {
+        const float x = logits[i];
+        mx = x > mx ? x : mx;
+        if (n_top == 0 || (n == n_top && !(x > logits[out->top_ids[n - 1]]))) {
+            continue;
+        }
+        int j = n < n_top ? n++ : n - 1;
+        while (j > 0 && logits[out->top_ids[j - 1]] < x) {
+            out->top_ids[j] = out->top_ids[j - 1];
+            j--;
+        }
+        out->top_ids[j] = i;
+    }
+    double lse = (double)mx;
+    if (mx > -INFINITY) {
+        double sum = 0.0;
+        for (int i = 0; i < V; i++) {
+            sum += exp((double)logits[i] - (double)mx);
+        }
+        lse += log(sum);
+    }
+    out->n_top = n;
+    for (int j = 0; j < n; j++) {
+        out->top_logprobs[j] = (float)((double)logits[out->top_ids[j]] - lse);
+    }
+    out->logprob = token >= 0 && token < V ? (float)((double)logits[token] - lse) : -INFINITY;
 }

@@ -26,7 +26,8 @@
  *   |   FINISHED | CANCELLED | FAILED   (nobody: the event is emitted, the request freed)
  *   |
  *   +- also legal: QUEUED -> CANCELLED [sch_cancel via the reap list] | FAILED [admission
- *      out of memory]; PREFILLING -> FINISHED [first token is eos or max_tokens == 1]
+ *      out of memory]; PREFILLING -> FINISHED [first token is eos or max_tokens == 1,
+ *      or max_tokens == 0: prompt logprobs only]
  *      | CANCELLED [flag seen between chunks] | FAILED [engine error];
  *      HANDED_OFF -> CANCELLED [flag seen at join, or scheduler teardown];
  *      DECODING -> CANCELLED | FAILED.
@@ -47,8 +48,8 @@
  *     gives the happens-before edge between the old and the new owner.
  *  2. Every request leaves exactly one terminal event; after it the id is dead.
  *  3. The base sequence holds, from admission to the end, every block the request can need
- *     (n_prompt + max_tokens - 1 positions), so a decode step never takes a block and never
- *     allocates. The owner that ends the request releases them.
+ *     (n_prompt + max(max_tokens, 1) - 1 positions), so a decode step never takes a block
+ *     and never allocates. The owner that ends the request releases them.
  *  4. `cancel` is the only field written by other threads while a worker owns the request;
  *     it is atomic and set once (the first finish wins).
  */
@@ -88,7 +89,8 @@ struct sch_req {
     int n_prompt;
     int max_tokens;
     bool ignore_eos;
-    int n_logprobs; /* -1: none; 0..SCH_MAX_LOGPROBS */
+    int n_logprobs;       /* -1: none; 0..SCH_MAX_LOGPROBS */
+    bool prompt_logprobs; /* report every prompt token's logprob (forces full prefill) */
     enum sch_prefill_mode requested_mode;
 
     /* (owner) */

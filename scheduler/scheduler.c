@@ -16,7 +16,7 @@
  *     counters, the cost estimates and the flags; a request's own fields are touched only
  *     by its owner (request.h), except its atomic cancel flag.
  *  3. Admission is FIFO: only the head of the wait queue is admitted, when the base pool can
- *     give it every block it can need (prompt + max_tokens - 1 positions). A long prompt at
+ *     give it every block it can need (req_positions). A long prompt at
  *     the head waits for blocks but is never overtaken, so it cannot starve. A request that
  *     could never fit is refused at submit.
  *  4. A cancelled queued request moves to the reap list at once and is ended by whichever
@@ -45,6 +45,9 @@
 #include "scheduler/request.h"
 #include "scheduler/sched_internal.h"
 
+/* Size cap of a prefill worker's all-rows logits buffer (prompt_logprobs): large vocabularies
+ * get fewer rows per chunk instead of a buffer of prefill_chunk x V floats. */
+#define SCH_ALL_LOGITS_BYTES ((size_t)64 << 20)
 /* Weight of a new sample in the per-token prefill cost estimates. */
 #define SCH_COST_ALPHA 0.2
 /* Predict/full cost ratio assumed before predict was measured, on top of the aux/base weight
@@ -59,9 +62,11 @@ struct sch_prefill_worker {
     struct eng_ctx *ctx;     /* base forward for full prefill (when there is no kvp ctx) */
     struct eng_kvp_ctx *kvp; /* base + aux + predictor, when predict is available */
     float *logits;           /* [V] first-token logits */
-    float *scratch;          /* [V] unmodified copy for logprobs */
-    int aux_in_use;          /* aux blocks held by the prefill in flight (sch.lock) */
-    int aux_total;           /* blocks of this worker's private aux pool (set at start) */
+    float *all_logits;       /* [all_rows, V] prompt_logprobs: the logits of every row of a
+                              * chunk (allocated by the first such request, then kept) */
+    int all_rows;
+    int aux_in_use; /* aux blocks held by the prefill in flight (sch.lock) */
+    int aux_total;  /* blocks of this worker's private aux pool (set at start) */
 };
 
 struct sch_decode_worker {
@@ -73,8 +78,9 @@ struct sch_decode_worker {
     int n_running;
     struct eng_batch_item *items; /* [max_running] */
     enum sch_finish *finish;      /* [max_running] finish each row's token caused */
+    int *rc;                      /* [max_running] KC_OK, or why the row could not be sampled */
+    struct kc_error *err;         /* [max_running] its message */
     float *logits;                /* [max_running, V] */
-    float *scratch;               /* [V] */
 };
 
 struct sch {
@@ -264,49 +270,36 @@ static void reap_cancelled(struct sch *s) {
     }
 }
 
-/* Stable log-softmax of the unmodified logits: the chosen token's log-probability and the
- * top n alternatives, as OpenAI-style logprobs report them (before sampling transforms). */
-static void fill_logprobs(const float *logits, int V, int32_t tok, int n_top,
-                          struct sch_event *ev) {
-    float mx = -INFINITY;
-    for (int i = 0; i < V; i++) {
-        mx = logits[i] > mx ? logits[i] : mx;
-    }
-    double sum = 0.0;
-    for (int i = 0; i < V; i++) {
-        sum += exp((double)(logits[i] - mx));
-    }
-    const double lse = (double)mx + log(sum);
-    ev->logprob = (float)((double)logits[tok] - lse);
-    /* Top n by insertion into a sorted list of at most SCH_MAX_LOGPROBS. */
-    int n = 0;
-    for (int i = 0; i < V && n_top > 0; i++) {
-        const float x = logits[i];
-        if (n == n_top && !(x > logits[ev->top_ids[n - 1]])) {
-            continue;
-        }
-        int j = n < n_top ? n++ : n - 1;
-        while (j > 0 && logits[ev->top_ids[j - 1]] < x) {
-            ev->top_ids[j] = ev->top_ids[j - 1];
-            j--;
-        }
-        ev->top_ids[j] = i;
-    }
-    ev->n_top = n;
-    for (int j = 0; j < n; j++) {
-        ev->top_logprobs[j] = (float)((double)logits[ev->top_ids[j]] - lse);
-    }
+/* KV positions a request can fill: the prompt, then every token but the last (which is
+ * emitted, never fed back). A prompt-only request (max_tokens 0) fills the prompt. */
+static int req_positions(int n_prompt, int max_tokens) {
+    return n_prompt + (max_tokens > 0 ? max_tokens - 1 : 0);
 }
 
-/* Samples r's next token from logits (modified in place), emits its token event, and returns
- * the finish it causes (STOP for eos, LENGTH at max_tokens) or NONE. scratch: [V]. */
-static enum sch_finish sample_and_emit(struct sch *s, struct sch_req *r, float *logits,
-                                       float *scratch) {
+/* The raw-distribution logprobs of row at token tok with n alternatives, into ev (the
+ * sampler's reference, eng_logprobs_top). */
+static void event_logprobs(struct sch_event *ev, const float *row, int V, int32_t tok, int n) {
+    struct eng_logprobs lp;
+    eng_logprobs_top(row, V, tok, n, &lp);
+    ev->has_logprob = true;
+    ev->logprob = lp.logprob;
+    ev->n_top = lp.n_top;
+    memcpy(ev->top_ids, lp.top_ids, (size_t)lp.n_top * sizeof(int32_t));
+    memcpy(ev->top_logprobs, lp.top_logprobs, (size_t)lp.n_top * sizeof(float));
+}
+
+/* Samples r's next token from logits (read only), emits its token event, and sets *fin to the
+ * finish it causes (STOP for eos, LENGTH at max_tokens) or NONE. Fails with KC_EBACKEND and
+ * emits nothing when the row holds NaN or +Inf (a model fault): the caller fails r. */
+static int sample_and_emit(struct sch *s, struct sch_req *r, const float *logits,
+                           enum sch_finish *fin, struct kc_error *err) {
     const int V = s->bcfg->vocab_size;
-    if (r->n_logprobs >= 0) {
-        memcpy(scratch, logits, (size_t)V * sizeof(float));
+    int32_t tok = 0;
+    int rc = eng_sampler_sample(&r->sampler, logits, &tok, NULL, err);
+    if (rc != KC_OK) {
+        kc_error_prefix(err, "generated token %d", r->n_generated);
+        return rc;
     }
-    const int32_t tok = eng_sampler_sample(&r->sampler, logits, NULL);
     eng_sampler_observe(&r->sampler, tok);
     r->last_token = tok;
     r->n_generated++;
@@ -317,13 +310,15 @@ static enum sch_finish sample_and_emit(struct sch *s, struct sch_req *r, float *
     r->t_last_token = now;
     struct sch_event ev = {.type = SCH_EV_TOKEN, .id = r->id, .user = r->user, .token = tok};
     if (r->n_logprobs >= 0) {
-        fill_logprobs(scratch, V, tok, r->n_logprobs, &ev);
+        event_logprobs(&ev, logits, V, tok, r->n_logprobs);
     }
     s->cb(s->cb_ud, &ev);
     if (!r->ignore_eos && is_eos(s->bcfg, tok)) {
-        return SCH_FINISH_STOP;
+        *fin = SCH_FINISH_STOP;
+    } else {
+        *fin = r->n_generated >= r->max_tokens ? SCH_FINISH_LENGTH : SCH_FINISH_NONE;
     }
-    return r->n_generated >= r->max_tokens ? SCH_FINISH_LENGTH : SCH_FINISH_NONE;
+    return KC_OK;
 }
 
 /* ---- prefill worker ---- */
@@ -334,8 +329,8 @@ static void prefill_worker_free(struct sch_prefill_worker *w) {
     eng_kvp_ctx_free(w->kvp);
     w->kvp = NULL;
     free(w->logits);
-    free(w->scratch);
-    w->logits = w->scratch = NULL;
+    free(w->all_logits);
+    w->logits = w->all_logits = NULL;
 }
 
 static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *err) {
@@ -350,8 +345,7 @@ static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *er
     }
     const int V = s->bcfg->vocab_size;
     w->logits = kc_calloc((size_t)V, sizeof(float));
-    w->scratch = kc_calloc((size_t)V, sizeof(float));
-    if (w->logits == NULL || w->scratch == NULL) {
+    if (w->logits == NULL) {
         return kc_error_set(err, KC_ENOMEM, "prefill worker: out of memory");
     }
     if (s->predict_available) {
@@ -368,34 +362,109 @@ static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *er
 
 /* One base forward of a prompt chunk (the kvp context's base side when there is one). */
 static int prefill_forward(struct sch_prefill_worker *w, struct sch_req *r, int start, int n,
-                           bool last, struct kc_error *err) {
+                           enum eng_logits_mode lm, float *logits, struct kc_error *err) {
     struct sch *s = w->s;
     if (w->kvp != NULL) {
-        return eng_kvp_forward(w->kvp, ENG_KVP_FULL, &s->pool, &r->seq, r->prompt + start, n,
-                               last ? ENG_LOGITS_LAST : ENG_LOGITS_NONE, w->logits, err);
+        return eng_kvp_forward(w->kvp, ENG_KVP_FULL, &s->pool, &r->seq, r->prompt + start, n, lm,
+                               logits, err);
     }
     struct eng_batch_item item = {
         .seq = &r->seq,
         .tokens = r->prompt + start,
         .n_tokens = n,
-        .logits_mode = last ? ENG_LOGITS_LAST : ENG_LOGITS_NONE,
-        .logits = w->logits,
+        .logits_mode = lm,
+        .logits = logits,
     };
     return eng_forward(w->ctx, s->base, &s->pool, &item, 1, NULL, err);
+}
+
+/* Allocates the worker's all-rows logits buffer on first use (prompt_logprobs requests only,
+ * so that a server that never scores prompts never holds it). */
+static int all_logits_reserve(struct sch_prefill_worker *w, struct kc_error *err) {
+    if (w->all_logits != NULL) {
+        return KC_OK;
+    }
+    const size_t V = (size_t)w->s->bcfg->vocab_size;
+    size_t rows = SCH_ALL_LOGITS_BYTES / (V * sizeof(float));
+    rows = rows < 1                                 ? 1
+           : rows > (size_t)w->s->cfg.prefill_chunk ? (size_t)w->s->cfg.prefill_chunk
+                                                    : rows;
+    w->all_logits = kc_calloc(rows * V, sizeof(float));
+    if (w->all_logits == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "out of memory for prompt logprobs (%zu x %zu logits)",
+                            rows, V);
+    }
+    w->all_rows = (int)rows;
+    return KC_OK;
+}
+
+/* Emits the SCH_EV_PROMPT_TOKEN events of a chunk computed with ENG_LOGITS_ALL: row j holds
+ * the distribution of position start + j + 1, i.e. of that prompt token, or of the first
+ * generated token after the last row (copied to w->logits for sampling). Position 0 has no
+ * preceding row; it goes out first, without a logprob. Fails on a non-finite row. */
+static int emit_prompt_logprobs(struct sch_prefill_worker *w, struct sch_req *r, int start, int n,
+                                struct kc_error *err) {
+    struct sch *s = w->s;
+    const int V = s->bcfg->vocab_size;
+    const int n_top = r->n_logprobs > 0 ? r->n_logprobs : 0;
+    if (start == 0) {
+        struct sch_event ev = {.type = SCH_EV_PROMPT_TOKEN,
+                               .id = r->id,
+                               .user = r->user,
+                               .token = r->prompt[0],
+                               .position = 0,
+                               .has_logprob = false};
+        s->cb(s->cb_ud, &ev);
+    }
+    for (int j = 0; j < n; j++) {
+        const float *row = w->all_logits + (size_t)j * V;
+        const int pos = start + j + 1;
+        int rc = eng_logits_check(row, V, err);
+        if (rc != KC_OK) {
+            kc_error_prefix(err, "prompt position %d", pos);
+            return rc;
+        }
+        if (pos == r->n_prompt) {
+            memcpy(w->logits, row, (size_t)V * sizeof(float));
+            continue;
+        }
+        struct sch_event ev = {.type = SCH_EV_PROMPT_TOKEN,
+                               .id = r->id,
+                               .user = r->user,
+                               .token = r->prompt[pos],
+                               .position = pos};
+        event_logprobs(&ev, row, V, r->prompt[pos], n_top);
+        s->cb(s->cb_ud, &ev);
+    }
+    return KC_OK;
 }
 
 /* Full prefill in chunks of cfg.prefill_chunk rows, checking cancellation between chunks.
  * Returns KC_ECANCELED when cancelled. */
 static int prefill_full(struct sch_prefill_worker *w, struct sch_req *r, sch_hook_fn hook,
                         void *hook_ud, struct kc_error *err) {
-    const int chunk = w->s->cfg.prefill_chunk;
+    int chunk = w->s->cfg.prefill_chunk;
+    if (r->prompt_logprobs) {
+        int rc = all_logits_reserve(w, err);
+        if (rc != KC_OK) {
+            return rc;
+        }
+        chunk = w->all_rows < chunk ? w->all_rows : chunk;
+    }
     int step = 0;
     for (int start = 0; start < r->n_prompt; start += chunk, step++) {
         if (sch_req_cancelled(r) != SCH_FINISH_NONE) {
             return KC_ECANCELED;
         }
         const int n = r->n_prompt - start < chunk ? r->n_prompt - start : chunk;
-        int rc = prefill_forward(w, r, start, n, start + n == r->n_prompt, err);
+        const bool last = start + n == r->n_prompt;
+        int rc = r->prompt_logprobs
+                     ? prefill_forward(w, r, start, n, ENG_LOGITS_ALL, w->all_logits, err)
+                     : prefill_forward(w, r, start, n, last ? ENG_LOGITS_LAST : ENG_LOGITS_NONE,
+                                       w->logits, err);
+        if (rc == KC_OK && r->prompt_logprobs) {
+            rc = emit_prompt_logprobs(w, r, start, n, err);
+        }
         if (rc != KC_OK) {
             return rc;
         }
@@ -482,7 +551,7 @@ static struct sch_req *admit_head(struct sch *s, struct sch_req **failed) {
     if (r == NULL) {
         return NULL;
     }
-    int rc = eng_seq_reserve(&s->pool, &r->seq, r->n_prompt + r->max_tokens - 1);
+    int rc = eng_seq_reserve(&s->pool, &r->seq, req_positions(r->n_prompt, r->max_tokens));
     if (rc == KC_EBUSY) {
         return NULL; /* wait for blocks: FIFO, nobody overtakes the head */
     }
@@ -524,19 +593,28 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
         return;
     }
     const double prefill_ms = (double)(kc_now_ns() - r->t_state[SCH_REQ_PREFILLING]) / 1e6;
-    const enum sch_finish fin = sample_and_emit(s, r, w->logits, w->scratch);
+    /* A prompt-only request (max_tokens 0) ends here; its scored prompt is its first output. */
+    enum sch_finish fin = SCH_FINISH_LENGTH;
+    if (r->max_tokens > 0) {
+        rc = sample_and_emit(s, r, w->logits, &fin, &err);
+    } else {
+        r->t_first_token = r->t_last_token = kc_now_ns();
+    }
 
     pthread_mutex_lock(&s->lock);
     s->n_prefilling--;
     s->prompt_tokens += (uint64_t)r->n_prompt;
-    s->generated_tokens++;
+    s->generated_tokens += (uint64_t)(r->n_generated > 0);
+    /* A prompt_logprobs prefill (lm head on every row, smaller chunks) is no sample of the
+     * cost auto mode plans with. */
     const double per_token = prefill_ms / r->n_prompt;
     if (r->mode == SCH_MODE_PREDICT) {
         s->cost_predict = sch_policy_ewma(s->cost_predict, per_token, SCH_COST_ALPHA);
-    } else {
+    } else if (!r->prompt_logprobs) {
         s->cost_full = sch_policy_ewma(s->cost_full, per_token, SCH_COST_ALPHA);
     }
-    const bool hand_off = fin == SCH_FINISH_NONE && sch_req_cancelled(r) == SCH_FINISH_NONE;
+    const bool hand_off =
+        rc == KC_OK && fin == SCH_FINISH_NONE && sch_req_cancelled(r) == SCH_FINISH_NONE;
     if (hand_off) {
         sch_req_transition(r, SCH_REQ_HANDED_OFF);
         sch_queue_push(&s->handoff, r);
@@ -545,7 +623,10 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     }
     pthread_mutex_unlock(&s->lock);
     if (!hand_off) {
-        if (fin != SCH_FINISH_NONE) {
+        if (rc != KC_OK) {
+            KC_WARN("req=%llu failed: %s", (unsigned long long)r->id, err.msg);
+            end_request(s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, rc, err.msg);
+        } else if (fin != SCH_FINISH_NONE) {
             end_request(s, r, SCH_REQ_FINISHED, fin, 0, NULL);
         } else {
             end_cancelled(s, r);
@@ -607,13 +688,16 @@ static void decode_worker_free(struct sch_decode_worker *w) {
     free(w->running);
     free(w->items);
     free(w->finish);
+    free(w->rc);
+    free(w->err);
     free(w->logits);
-    free(w->scratch);
     w->ctx = NULL;
     w->running = NULL;
     w->items = NULL;
     w->finish = NULL;
-    w->logits = w->scratch = NULL;
+    w->rc = NULL;
+    w->err = NULL;
+    w->logits = NULL;
 }
 
 static int decode_worker_init(struct sch_decode_worker *w, struct kc_error *err) {
@@ -630,10 +714,11 @@ static int decode_worker_init(struct sch_decode_worker *w, struct kc_error *err)
     w->running = kc_calloc(R, sizeof(*w->running));
     w->items = kc_calloc(R, sizeof(*w->items));
     w->finish = kc_calloc(R, sizeof(*w->finish));
+    w->rc = kc_calloc(R, sizeof(*w->rc));
+    w->err = kc_calloc(R, sizeof(*w->err));
     w->logits = kc_calloc(R * V, sizeof(float));
-    w->scratch = kc_calloc(V, sizeof(float));
-    if (w->running == NULL || w->items == NULL || w->finish == NULL || w->logits == NULL ||
-        w->scratch == NULL) {
+    if (w->running == NULL || w->items == NULL || w->finish == NULL || w->rc == NULL ||
+        w->err == NULL || w->logits == NULL) {
         return kc_error_set(err, KC_ENOMEM, "decode worker: out of memory");
     }
     return eng_ctx_create(s->base, c->max_running, c->max_context, c->decode_threads, &w->ctx, err);
@@ -690,17 +775,24 @@ static void decode_step(struct sch *s, struct sch_decode_worker *w) {
     }
     /* Sample each sequence from its row and emit its token; count the step's tokens before
      * any terminal event goes out (stats then agree with what clients saw); retire finished
-     * sequences at once, keeping join order. */
+     * sequences at once, keeping join order. A row the sampler refuses (NaN/Inf logits) fails
+     * its own sequence only. */
+    uint64_t emitted = 0;
     for (int i = 0; i < n; i++) {
-        w->finish[i] = sample_and_emit(s, w->running[i], w->logits + (size_t)i * V, w->scratch);
+        w->rc[i] =
+            sample_and_emit(s, w->running[i], w->logits + (size_t)i * V, &w->finish[i], &w->err[i]);
+        emitted += w->rc[i] == KC_OK;
     }
     pthread_mutex_lock(&s->lock);
-    s->generated_tokens += (uint64_t)n;
+    s->generated_tokens += emitted;
     pthread_mutex_unlock(&s->lock);
     int kept = 0;
     for (int i = 0; i < n; i++) {
         struct sch_req *r = w->running[i];
-        if (w->finish[i] != SCH_FINISH_NONE) {
+        if (w->rc[i] != KC_OK) {
+            KC_WARN("req=%llu failed: %s", (unsigned long long)r->id, w->err[i].msg);
+            end_request(s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, w->rc[i], w->err[i].msg);
+        } else if (w->finish[i] != SCH_FINISH_NONE) {
             end_request(s, r, SCH_REQ_FINISHED, w->finish[i], 0, NULL);
         } else {
             w->running[kept++] = r;
@@ -1008,9 +1100,9 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     if (p->prompt == NULL || p->n_prompt < 1) {
         return kc_error_set(err, KC_EINVAL, "the prompt is empty");
     }
-    if (p->max_tokens < 1) {
-        return kc_error_set(err, KC_EINVAL, "max_tokens must be at least 1 (got %d)",
-                            p->max_tokens);
+    if (p->max_tokens < (p->prompt_logprobs ? 0 : 1)) {
+        return kc_error_set(err, KC_EINVAL, "max_tokens must be at least %d (got %d)",
+                            p->prompt_logprobs ? 0 : 1, p->max_tokens);
     }
     if (p->n_logprobs < -1 || p->n_logprobs > SCH_MAX_LOGPROBS) {
         return kc_error_set(err, KC_ERANGE, "logprobs must be in [0, %d] (got %d)",
@@ -1038,7 +1130,7 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
                             "requested (%d in the prompt, %d for the completion)",
                             s->cfg.max_context, (long long)total, p->n_prompt, p->max_tokens);
     }
-    const int need = eng_kv_blocks_for(&s->pool, (int)total - 1);
+    const int need = eng_kv_blocks_for(&s->pool, req_positions(p->n_prompt, p->max_tokens));
     if (need > s->pool.n_blocks) {
         return kc_error_set(err, KC_ECONTEXT,
                             "%d prompt + %d completion tokens need %d KV blocks, but the whole "
@@ -1071,7 +1163,9 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     r->max_tokens = p->max_tokens;
     r->ignore_eos = p->ignore_eos;
     r->n_logprobs = p->n_logprobs;
-    r->requested_mode = p->mode;
+    r->prompt_logprobs = p->prompt_logprobs;
+    /* Logits at every prompt position exist only in a base prefill. */
+    r->requested_mode = p->prompt_logprobs ? SCH_MODE_FULL : p->mode;
     r->mode = SCH_MODE_FULL;
     r->state = SCH_REQ_QUEUED;
     atomic_init(&r->cancel, SCH_FINISH_NONE);

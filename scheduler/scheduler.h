@@ -29,7 +29,8 @@
 struct eng_model;
 struct eng_kvp; /* engine/kvp.h: a KV predictor */
 
-#define SCH_MAX_LOGPROBS 5
+/* Most alternatives reported per position (vLLM caps logprobs at 20 too). */
+#define SCH_MAX_LOGPROBS ENG_MAX_LOGPROBS
 
 enum sch_prefill_mode {
     SCH_MODE_AUTO = 0, /* predict only when full would miss the TTFT target (or long prompt) */
@@ -63,17 +64,24 @@ struct sch_config sch_default_config(void);
 struct sch_request_params {
     const int32_t *prompt; /* copied at submit */
     int n_prompt;          /* >= 1 */
-    int max_tokens;        /* >= 1 */
+    int max_tokens;        /* >= 1; 0 (prefill only, no token) only with prompt_logprobs */
     struct eng_sampler_params sampling;
     bool ignore_eos;
     int n_logprobs;        /* 0..SCH_MAX_LOGPROBS alternatives reported per token; -1 none */
     enum sch_prefill_mode mode;
+    /* Also report every prompt token's logprob (SCH_EV_PROMPT_TOKEN, with max(n_logprobs, 0)
+     * alternatives): the base model's logits at every prompt position, so the request is
+     * prefilled in full mode whatever `mode` says. echo + logprobs, lm-eval loglikelihood. */
+    bool prompt_logprobs;
 };
 
 enum sch_event_type {
-    SCH_EV_TOKEN = 0, /* one generated token */
-    SCH_EV_DONE,      /* terminal: finished normally or cancelled */
-    SCH_EV_ERROR,     /* terminal: failed */
+    SCH_EV_TOKEN = 0,    /* one generated token */
+    SCH_EV_DONE,         /* terminal: finished normally or cancelled */
+    SCH_EV_ERROR,        /* terminal: failed (also: the model produced NaN/Inf logits) */
+    SCH_EV_PROMPT_TOKEN, /* prompt_logprobs: prompt token `position`, positions 0..n_prompt-1
+                          * in order, all before the first SCH_EV_TOKEN; position 0 has no
+                          * logprob (has_logprob false, n_top 0) */
 };
 
 enum sch_finish { SCH_FINISH_NONE = 0, SCH_FINISH_STOP, SCH_FINISH_LENGTH, SCH_FINISH_ABORT };
@@ -93,8 +101,11 @@ struct sch_event {
     enum sch_event_type type;
     uint64_t id;
     void *user; /* the pointer given at submit */
-    /* SCH_EV_TOKEN */
+    /* SCH_EV_TOKEN and SCH_EV_PROMPT_TOKEN: logprobs of the raw distribution (before
+     * penalties and temperature), the top n_top best first */
     int32_t token;
+    int position;     /* SCH_EV_PROMPT_TOKEN: index in the prompt */
+    bool has_logprob; /* false only for prompt position 0 */
     float logprob;
     int n_top;
     int32_t top_ids[SCH_MAX_LOGPROBS];

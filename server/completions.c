@@ -52,8 +52,9 @@ struct srv_choice {
     struct sch_timings timings;
     bool have_timings;
     double t_last_token;
-    json_t *lp; /* non-stream logprobs object, NULL without logprobs */
+    json_t *lp; /* non-stream logprobs object, NULL without logprobs; stream: the prompt's */
     size_t text_offset;
+    size_t prompt_offset; /* echo + logprobs: text_offset of the next prompt token */
 };
 
 struct srv_completion {
@@ -66,6 +67,7 @@ struct srv_completion {
     int n_choices;
     int n_live; /* submitted choices still waiting for their terminal event */
     bool stream;
+    bool prompt_lp; /* echo + logprobs: prompt logprobs lead each choice's logprobs */
     bool suspended;
     bool client_gone;
     bool timed_out;
@@ -227,18 +229,30 @@ static json_t *token_text(const struct srv *s, int32_t id) {
     return j;
 }
 
-static void logprobs_add(const struct srv *s, json_t *lp, const struct sch_event *ev,
-                         size_t offset) {
-    json_array_append_new(json_object_get(lp, "tokens"), token_text(s, ev->token));
-    json_array_append_new(json_object_get(lp, "token_logprobs"), json_num(ev->logprob));
-    json_t *top = json_object();
-    for (int i = 0; i < ev->n_top && i < SCH_MAX_LOGPROBS; i++) {
-        json_t *k = token_text(s, ev->top_ids[i]);
-        json_object_set_new(top, json_string_value(k), json_num(ev->top_logprobs[i]));
-        json_decref(k);
+/* Appends one position (generated or prompt token) to a logprobs object and returns the
+ * length of the token's text. As vLLM, top_logprobs holds the top n and the token itself (so
+ * n + 1 entries at most; logprobs 0 gives just the token); the first prompt position, which
+ * nothing predicts, has null for both. */
+static size_t logprobs_add(const struct srv *s, json_t *lp, const struct sch_event *ev,
+                           size_t offset) {
+    json_t *text = token_text(s, ev->token);
+    const size_t len = json_string_length(text);
+    json_t *top = NULL;
+    if (ev->has_logprob) {
+        top = json_object();
+        for (int i = 0; i < ev->n_top && i < SCH_MAX_LOGPROBS; i++) {
+            json_t *k = token_text(s, ev->top_ids[i]);
+            json_object_set_new(top, json_string_value(k), json_num(ev->top_logprobs[i]));
+            json_decref(k);
+        }
+        json_object_set_new(top, json_string_value(text), json_num(ev->logprob));
     }
-    json_array_append_new(json_object_get(lp, "top_logprobs"), top);
+    json_array_append_new(json_object_get(lp, "tokens"), text);
+    json_array_append_new(json_object_get(lp, "token_logprobs"),
+                          ev->has_logprob ? json_num(ev->logprob) : json_null());
+    json_array_append_new(json_object_get(lp, "top_logprobs"), top != NULL ? top : json_null());
     json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)offset));
+    return len;
 }
 
 /* Appends `data: <json>\n\n` to the stream; takes the reference to o. */
@@ -380,6 +394,27 @@ static void on_token(struct srv_completion *cmp, struct srv_choice *ch,
     choice_text(cmp, ch, s->tok_buf, n, chunk_lp);
 }
 
+static void echo_text(struct srv *s, const struct srv_prompt *p, struct srv_buf *out);
+
+/* echo + logprobs: one prompt position. A stream sends the echoed prompt with its logprobs in
+ * one chunk once the last position arrived (they all come before the first token). */
+static void on_prompt_token(struct srv_completion *cmp, struct srv_choice *ch,
+                            const struct sch_event *ev) {
+    const struct srv_prompt *p = &cmp->req.prompts[ch->prompt];
+    if (!cmp->prompt_lp || ch->lp == NULL) {
+        return; /* max_tokens 0 without logprobs: scored, nothing to show */
+    }
+    ch->prompt_offset += logprobs_add(cmp->srv, ch->lp, ev, ch->prompt_offset);
+    if (cmp->stream && ev->position == p->n_ids - 1) {
+        struct srv_buf t = {0};
+        echo_text(cmp->srv, p, &t);
+        json_t *lp = ch->lp;
+        ch->lp = NULL;
+        sse_chunk(cmp, ch, t.p, t.len, lp, false);
+        srv_buf_free(&t);
+    }
+}
+
 static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
                         const struct sch_event *ev) {
     struct srv *s = cmp->srv;
@@ -469,6 +504,10 @@ void srv_completions_on_event(struct srv *s, const struct sch_event *ev) {
     struct srv_completion *cmp = ch->cmp;
     if (ev->type == SCH_EV_TOKEN) {
         on_token(cmp, ch, ev);
+        return;
+    }
+    if (ev->type == SCH_EV_PROMPT_TOKEN) {
+        on_prompt_token(cmp, ch, ev);
         return;
     }
     on_terminal(cmp, ch, ev);
@@ -602,6 +641,7 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
     cmp->choices = choices;
     cmp->n_choices = n_choices;
     cmp->stream = req.stream;
+    cmp->prompt_lp = req.echo && req.logprobs >= 0;
     cmp->t_start = c->t_start;
     cmp->t_last_write = kc_now_s();
     cmp->created = (long long)time(NULL);
@@ -634,7 +674,7 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
             eng_tok_stream_init(&ch->ts, s->tok,
                                 req.skip_special_tokens ? ENG_TOK_SKIP_SPECIAL : 0);
         }
-        if (req.logprobs >= 0 && !req.stream) {
+        if (req.logprobs >= 0 && (!req.stream || cmp->prompt_lp)) {
             ch->lp = logprobs_new();
         }
         const struct srv_prompt *p = &req.prompts[ch->prompt];
@@ -646,9 +686,13 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
             .ignore_eos = req.ignore_eos,
             .n_logprobs = req.logprobs,
             .mode = (enum sch_prefill_mode)req.mode,
+            /* max_tokens 0 (only with echo) scores the prompt and generates nothing. */
+            .prompt_logprobs = cmp->prompt_lp || req.max_tokens == 0,
         };
-        sp.sampling.seed = req.seed_given ? req.sampling.seed + (uint64_t)(i % req.n)
-                                          : mix64(r + 17 + (uint64_t)i);
+        /* Choice k of a seeded request: its own stream, unrelated to other seeds' streams. */
+        sp.sampling.seed = req.seed_given
+                               ? eng_sampler_stream_seed(req.sampling.seed, (uint64_t)(i % req.n))
+                               : mix64(r + 17 + (uint64_t)i);
         rc = sch_submit(s->sch, &sp, ch, &ch->sch_id, &kerr);
         if (rc != KC_OK) {
             break;
@@ -676,7 +720,8 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
             struct srv_buf t = {0};
             echo_text(s, &req.prompts[ch->prompt], &t);
             if (req.stream) {
-                if (t.len > 0) {
+                /* With logprobs the echo goes out with the prompt's logprobs. */
+                if (t.len > 0 && !cmp->prompt_lp) {
                     sse_chunk(cmp, ch, t.p, t.len, NULL, false);
                 }
             } else {

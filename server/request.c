@@ -93,7 +93,8 @@ static int get_num(json_t *root, const char *key, double lo, bool lo_open, doubl
         return srv_error_kc(e, KC_EINVAL, key, "'%s' must be a number, got %s", key, type_name(v));
     }
     double x = json_number_value(v);
-    bool ok = isfinite(x) && (lo_open ? lo < x : lo <= x) && x <= hi;
+    /* The open bound is checked on the float the sampler gets: 1e-50 rounds to 0. */
+    bool ok = isfinite(x) && (lo_open ? lo < (double)(float)x : lo <= x) && x <= hi;
     if (!ok) {
         return srv_error_kc(e, KC_EINVAL, key, "'%s' must be in %c%g, %g], got %g", key,
                             lo_open ? '(' : '[', lo, hi, x);
@@ -387,7 +388,7 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
         return rc;
     }
     x = SRV_DEFAULT_MAX_TOKENS;
-    if ((rc = get_int(root, "max_tokens", 1, lim->max_context, &x, e)) != KC_OK) {
+    if ((rc = get_int(root, "max_tokens", 0, lim->max_context, &x, e)) != KC_OK) {
         return rc;
     }
     r->max_tokens = (int)x;
@@ -455,10 +456,11 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
     if ((rc = get_bool(root, "spaces_between_special_tokens", &spaces, e)) != KC_OK) {
         return rc;
     }
-    if (r->echo && r->logprobs >= 0) {
-        return srv_error_kc(e, KC_EUNSUPPORTED, "echo",
-                            "'echo' together with 'logprobs' is not supported (prompt "
-                            "logprobs are not computed)");
+    /* max_tokens 0 scores the prompt (echo, usually with logprobs: lm-eval loglikelihood). */
+    if (r->max_tokens == 0 && !r->echo) {
+        return srv_error_kc(e, KC_EINVAL, "max_tokens",
+                            "'max_tokens' must be at least 1 (0 only with 'echo': score the "
+                            "prompt)");
     }
     json_t *so = json_object_get(root, "stream_options");
     if (so != NULL && !json_is_null(so)) {

@@ -45,7 +45,7 @@ struct srv_limits {
 };
 
 #define SRV_DEFAULT_MAX_TOKENS 16
-#define SRV_MAX_LOGPROBS 5
+#define SRV_MAX_LOGPROBS 20
 #define SRV_MAX_PROMPT_BYTES ((size_t)8 << 20)
 
 struct srv_completion_req {
@@ -59,8 +59,8 @@ struct srv_completion_req {
     int n_stop;
     bool stream;
     bool include_usage;
-    int logprobs; /* -1: none; 0..5 alternatives */
-    bool echo;
+    int logprobs; /* -1: none; 0..SRV_MAX_LOGPROBS alternatives (+ the token itself) */
+    bool echo;    /* with logprobs: prompt logprobs too (the first null) */
     bool ignore_eos;
     bool skip_special_tokens;
     bool include_stop_str_in_output;

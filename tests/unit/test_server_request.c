@@ -135,11 +135,11 @@ static const struct bad_case bad[] = {
     {"{\"prompt\":[1],\"n\":2,\"best_of\":1}", 400, "best_of", NULL},
     {"{\"prompt\":[1],\"best_of\":3}", 400, "best_of", NULL},
     /* C11 logprobs */
-    {"{\"prompt\":[1],\"logprobs\":6}", 400, "logprobs", NULL},
+    {"{\"prompt\":[1],\"logprobs\":21}", 400, "logprobs", NULL},
     {"{\"prompt\":[1],\"logprobs\":-1}", 400, "logprobs", NULL},
     {"{\"prompt\":[1],\"logprobs\":1000000}", 400, "logprobs", NULL},
     {"{\"prompt\":[1],\"logprobs\":true}", 400, "logprobs", NULL},
-    {"{\"prompt\":[1],\"logprobs\":1,\"echo\":true}", 400, "echo", NULL},
+    {"{\"prompt\":[1],\"repetition_penalty\":1e-50}", 400, "repetition_penalty", NULL},
     /* C12 stop */
     {"{\"prompt\":[1],\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", 400, "stop", NULL},
     {"{\"prompt\":[1],\"stop\":\"\"}", 400, "stop", NULL},

@@ -257,7 +257,11 @@ int kc_cmd_generate(int argc, char **argv) {
     const char *finish = "length";
     const double t1 = kc_now_s();
     while (n_out < o.max_tokens) {
-        const int32_t next = eng_sampler_sample(&sampler, logits, NULL);
+        int32_t next = 0;
+        if (eng_sampler_sample(&sampler, logits, &next, NULL, &err) != KC_OK) {
+            fprintf(stderr, "kvcast generate: %s\n", err.msg);
+            goto done;
+        }
         out[n_out++] = next;
         eng_sampler_observe(&sampler, next);
         if (!o.ignore_eos && is_eos(c, next)) {
