@@ -332,17 +332,20 @@ void eng_logprobs_top(const float *logits, int vocab_size, int32_t token, int n_
         }
         out->top_ids[j] = i;
     }
-    double lse = (double)mx;
+    /* (x - max) - log(sum), never x - (max + log(sum)): near FLT_MAX the max would absorb
+     * log(sum) and two tied top tokens would each get logprob 0 (found by fuzz_sampler). */
+    double log_sum = 0.0;
     if (mx > -INFINITY) {
         double sum = 0.0;
         for (int i = 0; i < V; i++) {
             sum += exp((double)logits[i] - (double)mx);
         }
-        lse += log(sum);
+        log_sum = log(sum);
     }
     out->n_top = n;
     for (int j = 0; j < n; j++) {
-        out->top_logprobs[j] = (float)((double)logits[out->top_ids[j]] - lse);
+        out->top_logprobs[j] = (float)(((double)logits[out->top_ids[j]] - (double)mx) - log_sum);
     }
-    out->logprob = token >= 0 && token < V ? (float)((double)logits[token] - lse) : -INFINITY;
+    out->logprob = token >= 0 && token < V ? (float)(((double)logits[token] - (double)mx) - log_sum)
+                                           : -INFINITY;
 }

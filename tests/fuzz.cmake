@@ -1,7 +1,8 @@
 # libFuzzer targets (RELIABILITY.md A1-A3, A6, A7, B1, B3): the model-file loaders
 # (fuzz_safetensors, fuzz_model_config) and the tokenizer (fuzz_tokenizer: encode/decode
 # against two embedded tokenizers; fuzz_tokenizer_load: tokenizer.json + config loader) and
-# the HTTP request validator (fuzz_completion_request, C20).
+# the HTTP request validator (fuzz_completion_request, C20) and the sampler (fuzz_sampler:
+# arbitrary logits with NaN/Inf and every sampling parameter, issue 15).
 # Built only with -DKC_FUZZ=ON and clang:
 #   cmake --preset fuzz && cmake --build --preset fuzz
 #   ctest --test-dir build/fuzz -L fuzz                        (60 s each)
@@ -45,4 +46,5 @@ if(KC_FUZZ)
   kc_add_fuzz_target(fuzz_tokenizer 16384)
   kc_add_fuzz_target(fuzz_tokenizer_load 16384)
   kc_add_fuzz_target(fuzz_completion_request 65536 kc_server_core)
+  kc_add_fuzz_target(fuzz_sampler 4096)
 endif()

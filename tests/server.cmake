@@ -13,6 +13,16 @@ if(TARGET kvcast AND TARGET kc_server)
   add_dependencies(test_server_http kvcast)
 endif()
 
+# Logprobs, seeds and non-finite logits (issue 15 items 1, 12, 13): the real server, a model
+# with NaN logits, and `kvcast eval` as the reference for prompt NLL.
+if(TARGET kvcast AND TARGET kc_server)
+  add_test(NAME test_server_logprobs
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_logprobs.py
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_logprobs PROPERTIES LABELS integration TIMEOUT 180)
+endif()
+
 # Conformance: the official OpenAI Node SDK (pinned in tests/conformance/openai/package-lock.json)
 # against the real server; run.sh installs the pinned packages on first use and fails (never
 # skips) without node/npm.

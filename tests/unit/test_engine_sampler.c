@@ -362,6 +362,21 @@ static void test_logprobs_top_matches_reference(void **state) {
     eng_sampler_free(&s);
 }
 
+/* Found by fuzz_sampler: with the maximum near FLT_MAX, x - (max + log(sum)) lost log(sum)
+ * and two tied top tokens each got logprob 0 instead of log(1/2). */
+static void test_logprobs_top_keeps_precision_near_flt_max(void **state) {
+    (void)state;
+    const float logits[V] = {3.38275e38f, 0, 1e30f, 3.38275e38f, -3e38f, 0, 0, -INFINITY};
+    struct eng_logprobs lp;
+    eng_logprobs_top(logits, V, 3, 2, &lp);
+    assert_int_equal(lp.n_top, 2);
+    assert_int_equal(lp.top_ids[0], 0);
+    assert_int_equal(lp.top_ids[1], 3);
+    assert_true(fabsf(lp.logprob - logf(0.5f)) < 1e-6f);
+    assert_true(fabsf(lp.top_logprobs[0] - logf(0.5f)) < 1e-6f);
+    assert_true(fabsf(eng_log_softmax_at(logits, V, 0) - logf(0.5f)) < 1e-6f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_picks_argmax_and_reports_logprob),
@@ -375,6 +390,7 @@ int main(void) {
         cmocka_unit_test(test_tiny_temperatures_stay_finite),
         cmocka_unit_test(test_validate_rejects_out_of_range_and_nan),
         cmocka_unit_test(test_logprobs_top_matches_reference),
+        cmocka_unit_test(test_logprobs_top_keeps_precision_near_flt_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
