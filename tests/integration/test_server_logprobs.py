@@ -3,8 +3,9 @@
 
   1. Non-finite logits: the request that used to read before the sampler's candidate buffer
      ({"prompt":"the LORD spake","temperature":1,"repetition_penalty":1e-40}) is answered and
-     the server lives on; a model whose logits are NaN fails each request with a clear 500
-     (an SSE error event when streaming) and the server keeps serving.
+     the server lives on; models whose logits turn NaN (at the first token, on the prefill
+     worker, or at the second, in a decode step) fail each request with a clear 500 (an SSE
+     error event when streaming) and the server keeps serving.
  12. Logprobs parity with vLLM: the sampled token is always in top_logprobs (N + 1 entries at
      most), logprobs goes to 20, logprobs 0 gives the sampled token's; echo + logprobs gives
      prompt logprobs (the first null), max_tokens 0 + echo scores the prompt, and its NLL equals
@@ -142,23 +143,79 @@ def test_example_request_is_answered_and_server_lives(srv):
     check(status == 200 and o["usage"]["completion_tokens"] == 3, "normal request after: %s" % o)
 
 
-def test_nan_model_fails_requests_cleanly(tmp):
-    """A model whose final norm weight is NaN: every logit is NaN."""
-    bad = os.path.join(tmp, "nan_model")
-    os.makedirs(bad)
-    shutil.copy(os.path.join(MODEL, "config.json"), bad)
-    with open(os.path.join(MODEL, "model.safetensors"), "rb") as f:
-        blob = bytearray(f.read())
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        blob = f.read()
     n = struct.unpack("<Q", blob[:8])[0]
     hdr = json.loads(blob[8:8 + n])
-    t = hdr["model.norm.weight"]
-    check(t["dtype"] == "F32", "norm weight dtype %s" % t["dtype"])
-    a, b = t["data_offsets"]
-    base = 8 + n
-    blob[base + a:base + b] = struct.pack("<f", float("nan")) * ((b - a) // 4)
-    with open(os.path.join(bad, "model.safetensors"), "wb") as f:
-        f.write(blob)
-    srv = Server(bad, tmp, "nan")
+    meta = hdr.pop("__metadata__", None)
+    tensors = {}
+    for name, t in hdr.items():
+        a, b = t["data_offsets"]
+        tensors[name] = [t["dtype"], t["shape"], bytearray(blob[8 + n + a:8 + n + b])]
+    return meta, tensors
+
+
+def write_model(dst, tensors, meta, config):
+    os.makedirs(dst)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(config, f)
+    hdr, off = {}, 0
+    if meta is not None:
+        hdr["__metadata__"] = meta
+    for name, (dtype, shape, data) in tensors.items():
+        hdr[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(os.path.join(dst, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for _, _, data in tensors.values():
+            f.write(data)
+
+
+def nan_f32(n):
+    return bytearray(struct.pack("<f", float("nan")) * n)
+
+
+def test_nan_model_fails_requests_cleanly(tmp):
+    """Two broken models. nan_model: the final norm weight is NaN, so every logit is NaN and
+    the first sample (on the prefill worker) fails. nan_decode: untied, an all-zero lm head
+    (every logit 0: greedy picks token 0) and a NaN embedding for token 0, so the prefill
+    samples token 0 fine and the decode step that feeds it fails."""
+    meta, tensors = read_safetensors(os.path.join(MODEL, "model.safetensors"))
+    config = json.load(open(os.path.join(MODEL, "config.json")))
+    norm = tensors["model.norm.weight"]
+    check(norm[0] == "F32", "norm weight dtype %s" % norm[0])
+    bad = dict(tensors)
+    bad["model.norm.weight"] = [norm[0], norm[1], nan_f32(len(norm[2]) // 4)]
+    write_model(os.path.join(tmp, "nan_model"), bad, meta, config)
+    emb = tensors["model.embed_tokens.weight"]
+    V, C = emb[1]
+    row0 = nan_f32(C) + emb[2][4 * C:]
+    dec = dict(tensors)
+    dec["model.embed_tokens.weight"] = [emb[0], emb[1], row0]
+    dec["lm_head.weight"] = ["F32", [V, C], bytearray(4 * V * C)]
+    write_model(os.path.join(tmp, "nan_decode"), dec, meta,
+                dict(config, tie_word_embeddings=False))
+
+    srv = Server(os.path.join(tmp, "nan_decode"), tmp, "nan_decode")
+    try:
+        body = {"prompt": [5, 6, 7], "max_tokens": 4, "temperature": 0}
+        status, o = srv.complete(dict(body, max_tokens=1, logprobs=1))
+        check(status == 200 and o["choices"][0]["logprobs"]["token_logprobs"][0] is not None,
+              "nan_decode, one token (prefill only): %d %s" % (status, o))
+        status, o = srv.complete(body)
+        msg = o.get("error", {}).get("message", "")
+        check(status == 500 and "non-finite" in msg and "generated token 1" in msg,
+              "nan_decode: %d %s" % (status, o))
+        status, events, done = srv.stream(dict(body, n=2))
+        errs = [e for e in events if "error" in e]
+        check(status == 200 and done and len(errs) == 2, "nan_decode stream: %s" % events)
+        srv.alive()
+    finally:
+        srv.stop()
+    srv = Server(os.path.join(tmp, "nan_model"), tmp, "nan")
     try:
         for body in ({"prompt": [5, 6, 7], "max_tokens": 4},
                      {"prompt": [5, 6, 7], "max_tokens": 4, "temperature": 0},
