@@ -544,6 +544,7 @@ static bool host_ok(struct srv_conn *c) {
 struct framing {
     int n_cl;
     int n_te;
+    int n_host;
     bool cl_differ;
     bool bad;
     char cl[32];
@@ -585,6 +586,8 @@ static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const ch
         }
         snprintf(f->cl, sizeof(f->cl), "%s", value);
         f->n_cl++;
+    } else if (name_is(key, n, "Host")) {
+        f->n_host++;
     } else if (name_is(key, n, "Transfer-Encoding")) {
         f->n_te++;
         if (value == NULL || strcasecmp(value, "chunked") != 0) {
@@ -611,6 +614,9 @@ static const char *framing_error(struct srv_conn *c, struct framing *f) {
     }
     if (f->n_te > 0 && f->n_cl > 0) {
         return "Transfer-Encoding together with Content-Length";
+    }
+    if (f->n_host > 1) {
+        return "more than one Host header"; /* RFC 9112 3.2: 400; the Host check reads one */
     }
     return NULL;
 }
@@ -740,9 +746,6 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
                      k->addr);
         return send_http_error(c, 503, "The server is busy; retry later.");
     }
-    if (!host_ok(c)) {
-        return send_http_error(c, 403, "Host header not allowed");
-    }
     struct framing fr;
     const char *ferr = framing_error(c, &fr);
     if (ferr != NULL) {
@@ -750,6 +753,9 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
         struct srv_error e;
         srv_error_http(&e, 400, "Ambiguous request framing: %s", ferr);
         return srv_send_error(c, &e);
+    }
+    if (!host_ok(c)) {
+        return send_http_error(c, 403, "Host header not allowed");
     }
     const char *cl = fr.n_cl > 0 ? fr.cl : NULL;
     const struct route_def *rd = NULL;

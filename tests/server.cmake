@@ -11,6 +11,13 @@ if(TARGET kvcast AND TARGET kc_server)
   kc_add_unit_test(test_server_http SOURCES integration/test_server_http.c
                    LIBS PkgConfig::JANSSON Threads::Threads LABELS integration TIMEOUT 240)
   add_dependencies(test_server_http kvcast)
+  # Slow/idle/half-closed clients, framing, per-IP limit, metrics auth, CORS, request ids and
+  # JSON logs, over raw sockets from many 127.x source addresses (about 30 s).
+  add_test(NAME test_server_slow_clients
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_slow_clients.py
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_slow_clients PROPERTIES LABELS integration TIMEOUT 180)
 endif()
 
 # Conformance: the official OpenAI Node SDK (pinned in tests/conformance/openai/package-lock.json)
