@@ -19,8 +19,11 @@
  *      scheduler holds `user` pointers until then) and (b) MHD is done with its connection
  *      and response. srv_completion_maybe_free checks both.
  *   4. A suspended connection gets no MHD timeout and no disconnect detection, so the
- *      watchdog peeks at its socket every disconnect_check_ms; streams also get an SSE
- *      comment every heartbeat_ms. A gone client cancels its choices (finish ABORT).
+ *      watchdog checks its socket every disconnect_check_ms (srv_conn_peer_check: EOF alone
+ *      is a half-close, not a gone client; a write then tells them apart); streams also get
+ *      an SSE comment every heartbeat_ms. A gone client cancels its choices (finish ABORT).
+ *   6. Connections without a running request (idle keep-alive, head, body) are bounded in
+ *      time and number by http.c (struct srv_sock, DESIGN 4 there).
  *   5. MHD_stop_daemon is never called with a suspended connection: shutdown resumes all.
  *
  * Request states (per srv_conn): HEADERS (first call) -> BODY (upload calls) -> DISPATCHED
