@@ -4,6 +4,8 @@ kc_add_unit_test(test_config_settings SOURCES unit/test_config_settings.c LIBS k
 kc_add_unit_test(test_server_request SOURCES unit/test_server_request.c
                  LIBS kc_server_core PkgConfig::JANSSON)
 kc_add_unit_test(test_server_util SOURCES unit/test_server_util.c LIBS kc_server_core)
+# common/kc.c's log formats (--log-format text|json), which the server's access log uses.
+kc_add_unit_test(test_common_log SOURCES unit/test_common_log.c LIBS kc_common PkgConfig::JANSSON)
 
 # Integration: the real `kvcast serve` over HTTP (bounded: every wait has a timeout).
 find_package(Threads REQUIRED)
