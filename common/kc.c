@@ -62,27 +62,146 @@ void kc__assert_fail(const char *expr, const char *file, int line, const char *f
     abort();
 }
 
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+int kc_log_format = KC_LOG_FMT_TEXT;
+
+/* Length of the valid UTF-8 sequence at p (1..4), 0 when p does not start one. */
+static size_t utf8_len(const unsigned char *p) {
+    if (p[0] < 0x80) {
+        return 1;
+    }
+    size_t n = p[0] >= 0xc2 && p[0] <= 0xdf   ? 2
+               : p[0] >= 0xe0 && p[0] <= 0xef ? 3
+               : p[0] >= 0xf0 && p[0] <= 0xf4 ? 4
+                                              : 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+    }
+    /* overlongs and surrogates */
+    if ((n == 3 && p[0] == 0xe0 && p[1] < 0xa0) || (n == 3 && p[0] == 0xed && p[1] >= 0xa0) ||
+        (n == 4 && p[0] == 0xf0 && p[1] < 0x90) || (n == 4 && p[0] == 0xf4 && p[1] >= 0x90)) {
+        return 0;
+    }
+    return n;
+}
+
+size_t kc_json_quote(char *out, size_t cap, const char *s) {
+    if (cap < 3) {
+        if (cap > 0) {
+            out[0] = '\0';
+        }
+        return 0;
+    }
+    size_t o = 0;
+    out[o++] = '"';
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p != '\0') {
+        char esc[8];
+        const char *piece = esc;
+        size_t plen;
+        size_t adv = 1;
+        switch (*p) {
+        case '"':
+            piece = "\\\"";
+            plen = 2;
+            break;
+        case '\\':
+            piece = "\\\\";
+            plen = 2;
+            break;
+        case '\n':
+            piece = "\\n";
+            plen = 2;
+            break;
+        case '\r':
+            piece = "\\r";
+            plen = 2;
+            break;
+        case '\t':
+            piece = "\\t";
+            plen = 2;
+            break;
+        default:
+            if (*p < 0x20 || *p == 0x7f) {
+                plen = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", *p);
+            } else if ((adv = utf8_len(p)) == 0) {
+                piece = "\\ufffd";
+                plen = 6;
+                adv = 1;
+            } else {
+                piece = (const char *)p;
+                plen = adv;
+            }
+        }
+        if (o + plen + 2 > cap) {
+            break;
+        }
+        memcpy(out + o, piece, plen);
+        o += plen;
+        p += adv;
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+    return o;
+}
+
+static void log_line(int level, const char *func, const char *fields, const char *msg) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[40];
+    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    const char *lv = level_names[level < 0 ? 0 : (level > 3 ? 3 : level)];
+    if (kc_log_format == KC_LOG_FMT_JSON) {
+        char qmsg[2200];
+        char qfunc[160];
+        kc_json_quote(qmsg, sizeof(qmsg), msg);
+        kc_json_quote(qfunc, sizeof(qfunc), func);
+        /* One fprintf per line so lines from different threads do not interleave. */
+        fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"func\":%s,\"msg\":%s%s%s}\n", when, lv,
+                qfunc, qmsg, fields != NULL && fields[0] != '\0' ? "," : "",
+                fields != NULL ? fields : "");
+        return;
+    }
+    fprintf(stderr, "%s %-5s %s: %s\n", when, lv, func, msg);
+}
+
 void kc__log(int level, const char *func, const char *fmt, ...) {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
     char line[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    /* One fprintf per line so lines from different threads do not interleave. */
-    fprintf(stderr, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s: %s\n", tm.tm_year + 1900,
-            tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-            names[level < 0 ? 0 : (level > 3 ? 3 : level)], func, line);
+    log_line(level, func, NULL, line);
+}
+
+void kc__log_fields(int level, const char *func, const char *fields, const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    log_line(level, func, fields, line);
+}
+
+int kc_log_format_parse(const char *s) {
+    if (s != NULL && strcmp(s, "text") == 0) {
+        return KC_LOG_FMT_TEXT;
+    }
+    if (s != NULL && strcmp(s, "json") == 0) {
+        return KC_LOG_FMT_JSON;
+    }
+    return KC_EINVAL;
 }
 
 int kc_log_level_parse(const char *s) {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
     for (int i = 0; i < 4; i++) {
-        if (s != NULL && strcmp(s, names[i]) == 0) {
+        if (s != NULL && strcmp(s, level_names[i]) == 0) {
             return i;
         }
     }

@@ -86,6 +86,31 @@ void kc__log(int level, const char *func, const char *fmt, ...)
 /* Parses "error|warn|info|debug"; returns the level or KC_EINVAL. */
 int kc_log_level_parse(const char *s);
 
+/* Line format of every log line: text ("<time> <level> <func>: <msg>") or JSON, one object
+ * per line: {"ts":"...","level":"info","func":"...","msg":"..."} plus any extra fields. Set
+ * once at start-up like kc_log_level. */
+enum kc_log_format { KC_LOG_FMT_TEXT = 0, KC_LOG_FMT_JSON };
+extern int kc_log_format;
+/* Parses "text|json"; returns the format or KC_EINVAL. */
+int kc_log_format_parse(const char *s);
+
+/* A log line with structured fields: `fields` is a JSON object body without braces
+ * ("\"status\":200,\"path\":\"/x\""), added to the JSON object in json format and ignored
+ * in text format (the message should then carry the same facts). */
+void kc__log_fields(int level, const char *func, const char *fields, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+#define KC_LOG_FIELDS(level, fields, ...)                                                          \
+    do {                                                                                           \
+        if ((level) <= kc_log_level) {                                                             \
+            kc__log_fields((level), __func__, (fields), __VA_ARGS__);                              \
+        }                                                                                          \
+    } while (0)
+
+/* Writes s as a quoted, escaped JSON string into out (cap bytes, always NUL-terminated;
+ * cut at a character boundary when it does not fit, still quoted). Bytes that are not valid
+ * UTF-8 become \ufffd, so the output is always valid JSON. Returns the length written. */
+size_t kc_json_quote(char *out, size_t cap, const char *s);
+
 /* Monotonic clock in nanoseconds / seconds. */
 uint64_t kc_now_ns(void);
 double kc_now_s(void);

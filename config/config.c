@@ -57,13 +57,29 @@ static const struct cfg_field fields[] = {
     F_BOOL("insecure-public", insecure_public, "allow a non-loopback --host without an API key"),
     F_STR("cors-allow-origins", cors_allow_origins,
           "comma-separated origins allowed by CORS; empty sends no CORS headers"),
-    F_INT("max-connections", max_connections, 1, 65536, "open HTTP connections at most"),
+    F_STR("cors-allow-headers", cors_allow_headers,
+          "request headers a CORS preflight allows (comma list); empty: reflect the headers the "
+          "preflight asks for (allowed origins only)"),
+    F_STR("allowed-hosts", allowed_hosts,
+          "Host header names answered (comma list, '*' any; DNS-rebinding defence); empty: "
+          "localhost/127.x/[::1] when bound to loopback, any otherwise"),
+    F_BOOL("metrics-public", metrics_public, "serve /metrics without the API key"),
+    F_INT("max-connections", max_connections, 1, 65536,
+          "open HTTP connections; over it the oldest connection still sending its request "
+          "(or idle) is closed, or the new one gets 503"),
     F_INT("max-connections-per-ip", max_connections_per_ip, 0, 65536,
-          "open connections per client address (0: unlimited)"),
+          "open connections per client address; more get 503 (0: unlimited; proxies and load "
+          "generators share one address)"),
     F_INT("connection-memory-kib", connection_memory_kib, 16, 1024,
           "per-connection memory for headers and buffers (KiB)"),
     F_INT("connection-timeout-s", connection_timeout_s, 1, 86400,
           "close connections idle this long (seconds)"),
+    F_INT("header-timeout-s", header_timeout_s, 1, 3600,
+          "close a connection that has not sent a whole request head this long after it opened "
+          "or its previous response ended (slow clients, idle keep-alive)"),
+    F_INT("body-timeout-s", body_timeout_s, 1, 86400,
+          "close a connection whose request body (chunked too) is not complete this long after "
+          "its head"),
     F_LONG("max-body-bytes", max_body_bytes, 1024, 1073741824.0, "largest request body (bytes)"),
     F_INT("request-timeout-s", request_timeout_s, 0, 86400,
           "abort a completion running longer than this (0: never)"),
@@ -105,6 +121,7 @@ static const struct cfg_field fields[] = {
     F_INT("max-stop-bytes", max_stop_bytes, 1, 4096, "bytes per stop string at most"),
     F_BOOL("strict-fields", strict_fields, "reject requests with unknown fields"),
     F_ENUM("log-level", log_level, "error|warn|info|debug", "log verbosity"),
+    F_ENUM("log-format", log_format, "text|json", "log lines as text or one JSON object each"),
     F_BOOL("access-log", access_log, "one log line per request"),
     F_ENUM("metric-names", metric_names, "vllm|prometheus",
            "/metrics names: vllm = kvcast:<vLLM name>, prometheus = kvcast_<vLLM name>"),
@@ -118,9 +135,11 @@ void cfg_settings_default(struct cfg_settings *s) {
     snprintf(s->host, sizeof(s->host), "127.0.0.1");
     s->port = 8080;
     s->max_connections = 256;
-    s->max_connections_per_ip = 32;
+    s->max_connections_per_ip = 0;
     s->connection_memory_kib = 64;
     s->connection_timeout_s = 30;
+    s->header_timeout_s = 10;
+    s->body_timeout_s = 30;
     s->max_body_bytes = 4L << 20;
     s->request_timeout_s = 600;
     s->heartbeat_ms = 2000;
@@ -145,6 +164,7 @@ void cfg_settings_default(struct cfg_settings *s) {
     s->max_stop_bytes = 240;
     s->strict_fields = true;
     snprintf(s->log_level, sizeof(s->log_level), "info");
+    snprintf(s->log_format, sizeof(s->log_format), "text");
     snprintf(s->metric_names, sizeof(s->metric_names), "vllm");
     s->access_log = true;
 }
@@ -446,6 +466,9 @@ int cfg_apply_args(struct cfg_settings *s, int argc, char **argv, bool *help,
         int rc = field_set(&tmp, f, value, src, err);
         if (rc != KC_OK) {
             return rc;
+        }
+        if (f->type == T_SECRET) {
+            tmp.api_key_on_cmdline = true; /* other users can read argv (ps, /proc) */
         }
     }
     *s = tmp;

@@ -33,10 +33,17 @@ struct cfg_settings {
     char api_key_file[CFG_PATH_MAX];       /* file holding the key (first line) */
     bool insecure_public;                  /* allow a non-loopback host without an API key */
     char cors_allow_origins[CFG_PATH_MAX]; /* comma-separated exact origins; empty: no CORS */
+    char cors_allow_headers[CFG_PATH_MAX]; /* preflight allow-list; empty: reflect the request's */
+    char allowed_hosts[CFG_PATH_MAX];      /* Host names answered; empty: loopback names on a
+                                              loopback bind, anything otherwise; "*": anything */
+    bool metrics_public;                   /* /metrics without the API key */
+    bool api_key_on_cmdline;               /* not a setting: --api-key was a flag (visible in ps) */
     int max_connections;
     int max_connections_per_ip;
     int connection_memory_kib; /* libmicrohttpd per-connection pool (headers, buffers) */
     int connection_timeout_s;  /* inactivity timeout of idle/slow connections */
+    int header_timeout_s;      /* whole request head (and keep-alive idle) deadline */
+    int body_timeout_s;        /* whole request body deadline, from the end of the head */
     long max_body_bytes;       /* request body cap, checked before the body is read */
     int request_timeout_s;     /* total deadline of one completion (0: none) */
     int heartbeat_ms;          /* SSE comment on idle streams (detects gone clients) */
@@ -73,6 +80,7 @@ struct cfg_settings {
     bool strict_fields; /* unknown request fields are a 400 */
     /* logging and metrics */
     char log_level[16];    /* error | warn | info | debug */
+    char log_format[8];    /* text | json (one JSON object per line) */
     char metric_names[16]; /* vllm (kvcast:ttft...) | prometheus (kvcast_ttft..., promtool-clean) */
     bool access_log;
     /* testing */

@@ -262,8 +262,11 @@ fi
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' \
        -d '{"prompt":[1,2,3],"max_tokens":1}' "$URL/v1/completions")
 [ "$code" = 401 ] || fail "completion without the API key: HTTP $code, want 401"
-code=$(curl -s -o "$WORK/metrics.txt" -w '%{http_code}' --max-time 10 "$URL/metrics")
-[ "$code" = 200 ] || fail "/metrics: HTTP $code"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$URL/metrics")
+[ "$code" = 401 ] || fail "/metrics without the API key: HTTP $code, want 401"
+code=$(curl -s -o "$WORK/metrics.txt" -w '%{http_code}' --max-time 10 \
+       -H "Authorization: Bearer $KEY" "$URL/metrics")
+[ "$code" = 200 ] || fail "/metrics with the API key: HTTP $code"
 grep -q '^kvcast_time_to_first_token_seconds_count' "$WORK/metrics.txt" ||
   fail "/metrics lacks kvcast_time_to_first_token_seconds (the image sets KVCAST_METRIC_NAMES=prometheus)"
 if command -v promtool >/dev/null 2>&1; then

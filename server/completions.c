@@ -648,6 +648,7 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
     uint64_t r = mix64(s->id_salt ^ mix64(c->rid));
     snprintf(cmp->id, sizeof(cmp->id), "cmpl-%016llx%016llx", (unsigned long long)r,
              (unsigned long long)mix64(r + 1));
+    snprintf(c->cmpl_id, sizeof(c->cmpl_id), "%s", cmp->id);
     cmp->next = s->active;
     if (s->active != NULL) {
         s->active->prev = cmp;
@@ -742,10 +743,7 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-        if (c->origin[0] != '\0') {
-            MHD_add_response_header(resp, "Access-Control-Allow-Origin", c->origin);
-            MHD_add_response_header(resp, "Vary", "Origin");
-        }
+        srv_add_common_headers(c, resp);
         c->status = 200;
         enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_OK, resp);
         MHD_destroy_response(resp);
@@ -782,22 +780,6 @@ void srv_completions_conn_closed(struct srv_completion *cmp, bool ok) {
     maybe_free(cmp);
 }
 
-/* True when the peer of a suspended connection has closed its socket (RELIABILITY 3.3):
- * MHD does not touch the fd while the connection is suspended, so peeking is safe. */
-static bool peer_gone(struct MHD_Connection *mc) {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci == NULL) {
-        return false;
-    }
-    char b;
-    ssize_t n = recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) {
-        return true;
-    }
-    return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-}
-
 void srv_completions_tick(struct srv *s) {
     const double now = kc_now_s();
     const double hb = s->cfg.heartbeat_ms / 1000.0;
@@ -808,7 +790,14 @@ void srv_completions_tick(struct srv *s) {
         if (cmp->conn == NULL) {
             continue;
         }
-        if (cmp->suspended && !cmp->client_gone && peer_gone(cmp->conn->mc)) {
+        /* Only while suspended: MHD does not touch the fd then (RELIABILITY 3.3). */
+        enum srv_peer peer = cmp->suspended && !cmp->client_gone
+                                 ? srv_conn_peer_check(cmp->conn, cmp->stream)
+                                 : SRV_PEER_ALIVE;
+        if (peer == SRV_PEER_WANT_WRITE) {
+            cmp->t_last_write = 0.0; /* a heartbeat now: a closed peer answers it with RST */
+        }
+        if (peer == SRV_PEER_GONE) {
             KC_INFO("req=%llu client went away; cancelling", (unsigned long long)cmp->conn->rid);
             cmp->client_gone = true;
             cancel_live(cmp, SCH_FINISH_ABORT);
@@ -840,6 +829,14 @@ void srv_completions_resume_all(struct srv *s) {
         }
         srv_resume(cmp);
     }
+}
+
+int srv_completions_tokens(const struct srv_completion *cmp) {
+    int n = 0;
+    for (int i = 0; i < cmp->n_choices; i++) {
+        n += cmp->choices[i].n_tokens;
+    }
+    return n;
 }
 
 int srv_completions_live(const struct srv *s) {

@@ -8,25 +8,40 @@
  *
  * Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions,
  * POST /v1/chat/completions (501), POST /tokenize, POST /detokenize; OPTIONS for CORS
- * preflights. /v1/..., /tokenize and /detokenize need the API key when one is set.
+ * preflights. /v1/..., /tokenize, /detokenize and (unless --metrics-public) /metrics need the
+ * API key when one is set; /health never does. Every response carries X-Request-Id.
  *
  * DESIGN
  *   1. Everything that can be refused from the headers is refused on the first call, before
- *      any body byte is read: Host (DNS rebinding on loopback), Content-Length +
- *      Transfer-Encoding smuggling, auth, route, method, content type, Content-Length over
- *      the limit (413). A chunked body that grows past the limit drops the connection.
+ *      any body byte is read: connection limits (503), Host (DNS rebinding), framing that a
+ *      proxy could read differently (two differing Content-Length, any repeated or
+ *      non-"chunked" Transfer-Encoding, TE with CL, whitespace in a header name: 400 +
+ *      close; MHD 0.9.75 accepts all of these), auth, route, method, content type,
+ *      Content-Length over the limit (413). A chunked body that grows past the limit is
+ *      discarded and answered 413 when it ends (bounded by --body-timeout-s and a byte cap).
  *   2. A response is queued either on the first call or after the whole body arrived, never
  *      in a call that carries upload data (MHD's rule).
  *   3. Secrets never reach a log line or an error body.
+ *   4. Slow and idle clients (slowloris) cannot hold the connection slots. Every TCP
+ *      connection is tracked from MHD's connection notice (struct srv_sock): a request head
+ *      must be complete within --header-timeout-s of the accept or of the end of the previous
+ *      response, a body within --body-timeout-s of its head; conn_timer enforces both with
+ *      shutdown(). When a new connection takes the count over --max-connections, the
+ *      connection that has waited longest without a running request is shut down, so a real
+ *      client always gets in; when every connection runs a request the newcomer gets 503.
+ *      MHD's own limit sits above ours (it refuses silently), and its per-IP limit is off:
+ *      ours answers 503 + Retry-After.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <jansson.h>
@@ -64,10 +79,14 @@ static const struct route_def routes[] = {
 
 /* ---- responses ---- */
 
-static void add_common_headers(struct srv_conn *c, struct MHD_Response *r) {
+void srv_add_common_headers(struct srv_conn *c, struct MHD_Response *r) {
     if (c->origin[0] != '\0') {
         MHD_add_response_header(r, "Access-Control-Allow-Origin", c->origin);
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "X-Request-Id");
         MHD_add_response_header(r, "Vary", "Origin");
+    }
+    if (c->request_id[0] != '\0') {
+        MHD_add_response_header(r, "X-Request-Id", c->request_id);
     }
 }
 
@@ -81,7 +100,7 @@ enum MHD_Result srv_send(struct srv_conn *c, int status, const char *content_typ
     if (content_type != NULL) {
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     }
-    add_common_headers(c, r);
+    srv_add_common_headers(c, r);
     if (status == 503) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", c->srv->cfg.retry_after_s);
@@ -154,6 +173,8 @@ static void gauges_of(struct srv *s, struct srv_gauges *g) {
         g->has_aux = 1;
         g->kv_aux = (double)(st.aux_blocks_total - st.aux_blocks_free) / st.aux_blocks_total;
     }
+    g->conns_dispatched = s->n_socks_dispatched;
+    g->conns_waiting = s->n_socks_live - s->n_socks_dispatched;
 }
 
 static enum MHD_Result route_health(struct srv_conn *c) {
@@ -263,25 +284,253 @@ static enum MHD_Result route_detokenize(struct srv_conn *c) {
     return send_json(c, 200, o);
 }
 
+/* ---- connection tracking (DESIGN 4) ---- */
+
+static struct srv_sock *sock_of(struct MHD_Connection *mc) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
+static void sock_set_phase(struct srv *s, struct srv_sock *k, enum srv_sock_phase ph) {
+    if (k == NULL || k->phase == ph) {
+        return;
+    }
+    if (!k->doomed) {
+        s->n_socks_dispatched += (ph == SRV_SOCK_DISPATCHED) - (k->phase == SRV_SOCK_DISPATCHED);
+    }
+    k->phase = ph;
+    k->t_phase = kc_now_s();
+}
+
+/* A warning for refused or closed connections, at most one line per 10 s (a flood must not
+ * flood the log too); the count of the ones in between is in the next line and in /metrics. */
+static void refusal_warn(struct srv *s, const char *what, const char *addr) {
+    double now = kc_now_s();
+    if (now - s->t_refusal_warn < 10.0) {
+        s->refusals_unlogged++;
+        return;
+    }
+    KC_WARN("%s (client %s; %llu more since the last such warning; see "
+            "http_connections_closed_total in /metrics)",
+            what, addr, (unsigned long long)s->refusals_unlogged);
+    s->t_refusal_warn = now;
+    s->refusals_unlogged = 0;
+}
+
+/* Closes a connection through MHD: shutdown() makes it see EOF at its next run (no close(),
+ * so no fd reuse race). */
+static void sock_doom(struct srv *s, struct srv_sock *k, enum srv_conn_close_reason why) {
+    if (k->doomed) {
+        return;
+    }
+    (void)shutdown(k->fd, SHUT_RDWR);
+    k->doomed = true;
+    s->n_socks_live--;
+    if (k->phase == SRV_SOCK_DISPATCHED) {
+        s->n_socks_dispatched--;
+    }
+    s->metrics.conn_closed[why]++;
+    static const char *const what[SRV_CLOSE_COUNT] = {
+        "closed a connection that sent no whole request head in time",
+        "closed a connection whose request body did not complete in time",
+        "closed the longest-waiting idle or slow connection to make room (--max-connections)",
+        "refused a connection over --max-connections-per-ip", "refused a connection: busy"};
+    refusal_warn(s, what[why], k->addr);
+    srv_mhd_kick(s);
+}
+
+/* The live connection without a running request that has waited longest, except skip. */
+static struct srv_sock *oldest_waiting(struct srv *s, const struct srv_sock *skip) {
+    struct srv_sock *best = NULL;
+    for (struct srv_sock *k = s->socks; k != NULL; k = k->next) {
+        if (k != skip && !k->doomed && k->phase != SRV_SOCK_DISPATCHED &&
+            (best == NULL || k->t_phase < best->t_phase)) {
+            best = k;
+        }
+    }
+    return best;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *mc, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+    struct srv *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        struct srv_sock *k = *socket_context;
+        if (k == NULL) {
+            return;
+        }
+        *socket_context = NULL;
+        if (!k->doomed) {
+            s->n_socks_live--;
+            if (k->phase == SRV_SOCK_DISPATCHED) {
+                s->n_socks_dispatched--;
+            }
+        }
+        if (k->prev != NULL) {
+            k->prev->next = k->next;
+        } else {
+            s->socks = k->next;
+        }
+        if (k->next != NULL) {
+            k->next->prev = k->prev;
+        } else {
+            s->socks_tail = k->prev;
+        }
+        free(k);
+        return;
+    }
+    if (code != MHD_CONNECTION_NOTIFY_STARTED) {
+        return;
+    }
+    struct srv_sock *k = calloc(1, sizeof(*k));
+    const union MHD_ConnectionInfo *fi =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (k == NULL || fi == NULL) {
+        free(k);
+        return; /* untracked: MHD's own inactivity timeout still applies */
+    }
+    k->fd = fi->connect_fd;
+    k->phase = SRV_SOCK_HEAD;
+    k->t_phase = kc_now_s();
+    snprintf(k->addr, sizeof(k->addr), "-");
+    const union MHD_ConnectionInfo *ai =
+        MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ai != NULL && ai->client_addr != NULL) {
+        const struct sockaddr *sa = ai->client_addr;
+        if (sa->sa_family == AF_INET) {
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, k->addr,
+                      sizeof(k->addr));
+        } else if (sa->sa_family == AF_INET6) {
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+                      k->addr, sizeof(k->addr));
+        }
+    }
+    int limit_ip = s->cfg.max_connections_per_ip;
+    if (limit_ip > 0) {
+        int same = 0;
+        for (struct srv_sock *o = s->socks; o != NULL; o = o->next) {
+            same += !o->doomed && strcmp(o->addr, k->addr) == 0;
+        }
+        k->over_ip = same >= limit_ip;
+    }
+    k->prev = s->socks_tail;
+    if (s->socks_tail != NULL) {
+        s->socks_tail->next = k;
+    } else {
+        s->socks = k;
+    }
+    s->socks_tail = k;
+    s->n_socks_live++;
+    *socket_context = k;
+    if (s->n_socks_live > s->cfg.max_connections && !k->over_ip) {
+        struct srv_sock *victim = oldest_waiting(s, k);
+        if (victim != NULL) {
+            sock_doom(s, victim, SRV_CLOSE_EVICTED);
+        } else {
+            k->over_cap = true;
+        }
+    }
+}
+
+/* conn_timer: the head and body deadlines. */
+static void on_conn_timer(uv_timer_t *t) {
+    struct srv *s = t->data;
+    const double now = kc_now_s();
+    for (struct srv_sock *k = s->socks; k != NULL; k = k->next) {
+        if (k->doomed) {
+            continue;
+        }
+        if (k->phase == SRV_SOCK_HEAD && now - k->t_phase > s->cfg.header_timeout_s) {
+            sock_doom(s, k, SRV_CLOSE_HEADER_TIMEOUT);
+        } else if (k->phase == SRV_SOCK_BODY && now - k->t_phase > s->cfg.body_timeout_s) {
+            sock_doom(s, k, SRV_CLOSE_BODY_TIMEOUT);
+        }
+    }
+}
+
+enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL) {
+        return SRV_PEER_ALIVE;
+    }
+    int st = srv_sock_peer_state(ci->connect_fd);
+    if (st == SRV_SOCK_GONE) {
+        return SRV_PEER_GONE;
+    }
+    if (st != SRV_SOCK_EOF || c->eof_probed) {
+        return SRV_PEER_ALIVE;
+    }
+    /* FIN from the client: a half-close and a real close look the same until we write. A
+     * closed peer answers the write with RST (POLLERR at the next check); a half-closed one
+     * reads it. HTTP/1.0 clients may not get a 1xx: without a write the request simply
+     * runs to its end. */
+    c->eof_probed = true;
+    if (response_started) {
+        return SRV_PEER_WANT_WRITE;
+    }
+    if (c->http11) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        if (!srv_sock_write_now(ci->connect_fd, cont, sizeof(cont) - 1)) {
+            return SRV_PEER_GONE;
+        }
+    }
+    return SRV_PEER_ALIVE;
+}
+
 /* ---- header checks (first call) ---- */
 
 static const char *header(struct srv_conn *c, const char *name) {
     return MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, name);
 }
 
-/* DNS rebinding defence: a server bound to loopback answers only loopback Host names. */
+/* Does the comma list `list` hold `item` (n bytes; case-insensitive, spaces trimmed)? */
+static bool list_has(const char *list, const char *item, size_t n) {
+    const char *p = list;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        while (len > 0 && *p == ' ') {
+            p++;
+            len--;
+        }
+        while (len > 0 && p[len - 1] == ' ') {
+            len--;
+        }
+        if (len == n && strncasecmp(p, item, n) == 0) {
+            return true;
+        }
+        if (comma == NULL) {
+            break;
+        }
+        p = comma + 1;
+    }
+    return false;
+}
+
+/* DNS rebinding defence: a browser page on evil.example that resolves its name to 127.0.0.1
+ * reaches a loopback server with `Host: evil.example`. So only the names in --allowed-hosts
+ * are answered, by default (empty) the loopback names when bound to loopback; "*" turns the
+ * check off. The port is ignored. */
 static bool host_ok(struct srv_conn *c) {
-    if (!cfg_host_is_loopback(c->srv->cfg.host)) {
+    const char *allowed = c->srv->cfg.allowed_hosts;
+    if (strcmp(allowed, "*") == 0 ||
+        (allowed[0] == '\0' && !cfg_host_is_loopback(c->srv->cfg.host))) {
         return true;
     }
     const char *h = header(c, MHD_HTTP_HEADER_HOST);
     if (h == NULL) {
-        return true; /* HTTP/1.0 */
+        return true; /* HTTP/1.0 (MHD refuses HTTP/1.1 without Host); browsers always send it */
     }
     size_t n = strlen(h);
     const char *colon = strrchr(h, ':');
-    if (colon != NULL && strchr(h, ']') < colon) {
+    const char *bracket = strchr(h, ']');
+    if (colon != NULL && (bracket == NULL || bracket < colon)) {
         n = (size_t)(colon - h);
+    }
+    if (allowed[0] != '\0') {
+        return list_has(allowed, h, n);
     }
     static const char *const ok[] = {"localhost", "127.0.0.1", "[::1]"};
     for (size_t i = 0; i < 3; i++) {
@@ -290,6 +539,87 @@ static bool host_ok(struct srv_conn *c) {
         }
     }
     return n >= 4 && strncmp(h, "127.", 4) == 0 && strspn(h, "0123456789.") == n;
+}
+
+/* Framing headers, all of them (MHD_lookup_connection_value sees only the first). */
+struct framing {
+    int n_cl;
+    int n_te;
+    int n_host;
+    bool cl_differ;
+    bool bad;
+    char cl[32];
+    char why[96];
+};
+
+static bool name_is(const char *key, size_t n, const char *name) {
+    return strlen(name) == n && strncasecmp(key, name, n) == 0;
+}
+
+static enum MHD_Result scan_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    size_t key_size, const char *value, size_t value_size) {
+    struct framing *f = cls;
+    (void)kind;
+    if (key == NULL) {
+        return MHD_YES;
+    }
+    size_t n = key_size;
+    bool ws = false;
+    for (size_t i = 0; i < key_size; i++) {
+        ws |= key[i] == ' ' || key[i] == '\t';
+    }
+    if (ws) {
+        /* RFC 9112 5.1: whitespace between name and colon must be rejected; a proxy may read
+         * "Transfer-Encoding :" as Transfer-Encoding while MHD 0.9.75 does not. */
+        f->bad = true;
+        snprintf(f->why, sizeof(f->why), "whitespace in a header name");
+        return MHD_NO;
+    }
+    if (name_is(key, n, "Content-Length")) {
+        if (value == NULL || value_size == 0 || value_size >= sizeof(f->cl) ||
+            strspn(value, "0123456789") != value_size) {
+            f->bad = true;
+            snprintf(f->why, sizeof(f->why), "invalid Content-Length");
+            return MHD_NO;
+        }
+        if (f->n_cl > 0 && strcmp(f->cl, value) != 0) {
+            f->cl_differ = true;
+        }
+        snprintf(f->cl, sizeof(f->cl), "%s", value);
+        f->n_cl++;
+    } else if (name_is(key, n, "Host")) {
+        f->n_host++;
+    } else if (name_is(key, n, "Transfer-Encoding")) {
+        f->n_te++;
+        if (value == NULL || strcasecmp(value, "chunked") != 0) {
+            f->bad = true;
+            snprintf(f->why, sizeof(f->why), "Transfer-Encoding must be exactly 'chunked'");
+            return MHD_NO;
+        }
+    }
+    return MHD_YES;
+}
+
+/* NULL when the framing is unambiguous, else why not (RELIABILITY 3.4, request smuggling). */
+static const char *framing_error(struct srv_conn *c, struct framing *f) {
+    memset(f, 0, sizeof(*f));
+    MHD_get_connection_values_n(c->mc, MHD_HEADER_KIND, scan_framing, f);
+    if (f->bad) {
+        return f->why;
+    }
+    if (f->cl_differ) {
+        return "differing Content-Length headers";
+    }
+    if (f->n_te > 1) {
+        return "more than one Transfer-Encoding header";
+    }
+    if (f->n_te > 0 && f->n_cl > 0) {
+        return "Transfer-Encoding together with Content-Length";
+    }
+    if (f->n_host > 1) {
+        return "more than one Host header"; /* RFC 9112 3.2: 400; the Host check reads one */
+    }
+    return NULL;
 }
 
 static bool auth_ok(struct srv_conn *c) {
@@ -338,6 +668,22 @@ static void cors_origin(struct srv_conn *c) {
     }
 }
 
+/* Access-Control-Allow-Headers of a preflight: --cors-allow-headers when set, else the
+ * headers the preflight asks for (only header-name characters, so nothing is injected). */
+static const char *cors_allow_headers(struct srv_conn *c) {
+    const char *conf = c->srv->cfg.cors_allow_headers;
+    if (conf[0] != '\0') {
+        return conf;
+    }
+    const char *req = header(c, "Access-Control-Request-Headers");
+    static const char tchar[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                "!#$%&'*+-.^_`|~, ";
+    if (req != NULL && req[0] != '\0' && strlen(req) <= 1024 && strspn(req, tchar) == strlen(req)) {
+        return req;
+    }
+    return "Authorization, Content-Type";
+}
+
 static enum MHD_Result preflight(struct srv_conn *c, const struct route_def *rd) {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     if (r == NULL) {
@@ -346,11 +692,13 @@ static enum MHD_Result preflight(struct srv_conn *c, const struct route_def *rd)
     if (c->origin[0] != '\0') {
         char methods[32];
         snprintf(methods, sizeof(methods), "%s, OPTIONS", rd->method);
-        MHD_add_response_header(r, "Access-Control-Allow-Origin", c->origin);
-        MHD_add_response_header(r, "Vary", "Origin");
         MHD_add_response_header(r, "Access-Control-Allow-Methods", methods);
-        MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+        MHD_add_response_header(r, "Access-Control-Allow-Headers", cors_allow_headers(c));
         MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    }
+    srv_add_common_headers(c, r);
+    if (c->origin[0] != '\0') {
+        MHD_add_response_header(r, "Vary", "Access-Control-Request-Headers");
     }
     c->status = 204;
     enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_NO_CONTENT, r);
@@ -358,21 +706,59 @@ static enum MHD_Result preflight(struct srv_conn *c, const struct route_def *rd)
     return ret;
 }
 
+/* X-Request-Id: the client's when it is a plain token of at most 64 bytes, else ours. */
+static void request_id(struct srv_conn *c) {
+    const char *h = header(c, "X-Request-Id");
+    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-";
+    size_t n = h != NULL ? strlen(h) : 0;
+    if (n > 0 && n <= 64 && strspn(h, ok) == n) {
+        memcpy(c->request_id, h, n + 1);
+        return;
+    }
+    uint64_t x = (c->srv->id_salt ^ (c->rid * 0x9e3779b97f4a7c15ULL)) * 0xbf58476d1ce4e5b9ULL;
+    snprintf(c->request_id, sizeof(c->request_id), "req-%016llx",
+             (unsigned long long)(x ^ (x >> 31)));
+}
+
+/* Printable ASCII copy for the access log (a URL may hold anything after unescaping). */
+static void log_safe_copy(char *dst, size_t cap, const char *src) {
+    size_t i = 0;
+    for (; src != NULL && src[i] != '\0' && i + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        dst[i] = ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\' ? (char)ch : '?';
+    }
+    dst[i] = '\0';
+}
+
 /* The first call for a request: everything decidable from the headers (DESIGN 1). Returns
  * MHD_YES with nothing queued to go on reading the body. */
 static enum MHD_Result first_call(struct srv_conn *c, const char *url, const char *method) {
     struct srv *s = c->srv;
+    struct srv_sock *k = c->sock;
+    if (k != NULL && (k->over_ip || k->over_cap)) {
+        c->close = true;
+        if (k->over_ip) {
+            s->metrics.conn_closed[SRV_CLOSE_PER_IP]++;
+            refusal_warn(s, "refused a request over --max-connections-per-ip", k->addr);
+            return send_http_error(c, 503, "Too many connections from this address");
+        }
+        s->metrics.conn_closed[SRV_CLOSE_CAPACITY]++;
+        refusal_warn(s, "refused a request: every connection runs a request (--max-connections)",
+                     k->addr);
+        return send_http_error(c, 503, "The server is busy; retry later.");
+    }
+    struct framing fr;
+    const char *ferr = framing_error(c, &fr);
+    if (ferr != NULL) {
+        c->close = true;
+        struct srv_error e;
+        srv_error_http(&e, 400, "Ambiguous request framing: %s", ferr);
+        return srv_send_error(c, &e);
+    }
     if (!host_ok(c)) {
         return send_http_error(c, 403, "Host header not allowed");
     }
-    const char *te = header(c, MHD_HTTP_HEADER_TRANSFER_ENCODING);
-    const char *cl = header(c, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (te != NULL && (cl != NULL || strcasecmp(te, "chunked") != 0)) {
-        c->close = true;
-        return send_http_error(c, 400,
-                               "Transfer-Encoding must be exactly 'chunked' and may not be "
-                               "combined with Content-Length");
-    }
+    const char *cl = fr.n_cl > 0 ? fr.cl : NULL;
     const struct route_def *rd = NULL;
     for (size_t i = 0; i < N_ROUTES; i++) {
         if (strcmp(url, routes[i].path) == 0) {
@@ -387,7 +773,8 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
     if (strcmp(method, "OPTIONS") == 0) {
         return preflight(c, rd);
     }
-    if (rd->auth && !auth_ok(c)) {
+    bool need_auth = rd->auth || (rd->route == R_METRICS && !s->cfg.metrics_public);
+    if (need_auth && !auth_ok(c)) {
         /* Identical body for a missing and a wrong key (RELIABILITY D1). */
         return send_http_error(c, 401, "Incorrect or missing API key.");
     }
@@ -421,6 +808,7 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
 
 static enum MHD_Result dispatch(struct srv_conn *c) {
     c->dispatched = true;
+    sock_set_phase(c->srv, c->sock, SRV_SOCK_DISPATCHED);
     switch ((enum route)c->route) {
     case R_HEALTH:
         return route_health(c);
@@ -448,7 +836,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
     struct srv *s = cls;
-    (void)version;
     struct srv_conn *c = *con_cls;
     if (c == NULL) {
         c = calloc(1, sizeof(*c));
@@ -459,20 +846,45 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         c->mc = mc;
         c->rid = ++s->next_req;
         c->t_start = kc_now_s();
+        c->sock = sock_of(mc);
+        c->http11 = version != NULL && strcmp(version, MHD_HTTP_VERSION_1_1) == 0;
+        log_safe_copy(c->method, sizeof(c->method), method);
+        log_safe_copy(c->path, sizeof(c->path), url);
+        request_id(c);
         *con_cls = c;
+        sock_set_phase(s, c->sock, SRV_SOCK_BODY);
         return first_call(c, url, method);
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (c->body.len + n > (size_t)s->cfg.max_body_bytes) {
-            /* Chunked body past the cap: no response may be queued in this call, so drop. */
-            KC_INFO("req=%llu body over %ld bytes; closing", (unsigned long long)c->rid,
-                    s->cfg.max_body_bytes);
-            c->status = 413;
-            return MHD_NO;
+        if (c->too_big || c->body.len + n > (size_t)s->cfg.max_body_bytes) {
+            /* A chunked body past the cap. No response may be queued in a call that carries
+             * data, so the rest is discarded (no memory) and 413 goes out when the body ends;
+             * --body-timeout-s bounds the time, this cap the bytes. */
+            if (!c->too_big) {
+                KC_INFO("req=%llu body over %ld bytes; discarding the rest, then 413",
+                        (unsigned long long)c->rid, s->cfg.max_body_bytes);
+                c->too_big = true;
+                srv_buf_free(&c->body);
+                memset(&c->body, 0, sizeof(c->body));
+            }
+            c->discarded += n;
+            if (c->discarded > (size_t)s->cfg.max_body_bytes * 4 + (64u << 20)) {
+                c->status = 413;
+                return MHD_NO;
+            }
+            return MHD_YES;
         }
         return srv_buf_append(&c->body, upload_data, n) == KC_OK ? MHD_YES : MHD_NO;
+    }
+    if (c->too_big) {
+        c->close = true;
+        struct srv_error e;
+        srv_error_http(&e, 413, "Request body larger than %ld bytes", s->cfg.max_body_bytes);
+        c->too_big = false;
+        c->dispatched = true;
+        return srv_send_error(c, &e);
     }
     if (!c->dispatched) {
         return dispatch(c);
@@ -491,18 +903,29 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
     *con_cls = NULL;
     bool ok = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
     if (c->cmp != NULL) {
+        c->log_gen_tokens = srv_completions_tokens(c->cmp);
         srv_completions_conn_closed(c->cmp, ok);
     }
+    /* Keep-alive: the connection owes the next request head from now on. */
+    sock_set_phase(s, c->sock, SRV_SOCK_HEAD);
     if (s->cfg.access_log) {
-        static const char *const names[] = {
-            "/health",   "/metrics",   "/v1/models", "/v1/completions", "/v1/chat/completions",
-            "/tokenize", "/detokenize"};
-        const char *path = c->route > 0 && c->route <= 7 ? names[c->route - 1] : "-";
-        KC_INFO("req=%llu %s status=%d prompt_tokens=%d gen_tokens=%d ttft_ms=%.1f "
-                "total_ms=%.1f%s",
-                (unsigned long long)c->rid, path, c->status, c->log_prompt_tokens,
-                c->log_gen_tokens, c->log_ttft_ms, (kc_now_s() - c->t_start) * 1000.0,
-                ok ? "" : " aborted");
+        const char *addr = c->sock != NULL ? c->sock->addr : "-";
+        double total_ms = (kc_now_s() - c->t_start) * 1000.0;
+        char fields[768];
+        snprintf(fields, sizeof(fields),
+                 "\"event\":\"access\",\"req\":%llu,\"method\":\"%s\",\"path\":\"%s\","
+                 "\"status\":%d,\"client\":\"%s\",\"request_id\":\"%s\",\"completion_id\":\"%s\","
+                 "\"prompt_tokens\":%d,\"gen_tokens\":%d,\"ttft_ms\":%.1f,\"total_ms\":%.1f,"
+                 "\"aborted\":%s",
+                 (unsigned long long)c->rid, c->method, c->path, c->status, addr, c->request_id,
+                 c->cmpl_id, c->log_prompt_tokens, c->log_gen_tokens, c->log_ttft_ms, total_ms,
+                 ok ? "false" : "true");
+        KC_LOG_FIELDS(KC_LOG_INFO, fields,
+                      "req=%llu %s %s status=%d client=%s request_id=%s completion_id=%s "
+                      "prompt_tokens=%d gen_tokens=%d ttft_ms=%.1f total_ms=%.1f%s",
+                      (unsigned long long)c->rid, c->method, c->path, c->status, addr,
+                      c->request_id, c->cmpl_id[0] ? c->cmpl_id : "-", c->log_prompt_tokens,
+                      c->log_gen_tokens, c->log_ttft_ms, total_ms, ok ? "" : " aborted");
     }
     srv_buf_free(&c->body);
     srv_buf_free(&c->pending_body);
@@ -510,16 +933,23 @@ static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
-    (void)cls;
-    if (KC_LOG_DEBUG <= kc_log_level) {
-        char msg[512];
-        vsnprintf(msg, sizeof(msg), fmt, ap);
-        size_t n = strlen(msg);
-        while (n > 0 && msg[n - 1] == '\n') {
-            msg[--n] = '\0';
-        }
-        KC_DEBUG("libmicrohttpd: %s", msg);
+    struct srv *s = cls;
+    char msg[512];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n') {
+        msg[--n] = '\0';
     }
+    /* MHD's own limit closes without an answer (DESIGN 4 keeps it out of reach); should it
+     * still act, say so, rate-limited like our refusals. */
+    if (strstr(msg, "connection limit") != NULL || strstr(msg, "resource limit") != NULL) {
+        refusal_warn(s,
+                     "libmicrohttpd closed a new connection without an answer (its own "
+                     "connection limit)",
+                     "-");
+        return;
+    }
+    KC_DEBUG("libmicrohttpd: %s", msg);
 }
 
 /* ---- uv glue ---- */
@@ -587,6 +1017,34 @@ static int bind_addr(const char *host, int port, struct sockaddr_storage *ss, bo
     return KC_OK;
 }
 
+/* MHD's own connection limit: above --max-connections (DESIGN 4: ours acts first and answers;
+ * MHD's closes silently), within the open-files limit (raised to its hard maximum when
+ * needed). Epoll mode has no FD_SETSIZE bound. */
+static unsigned int mhd_conn_limit(const struct srv *s) {
+    long want = (long)s->cfg.max_connections + 64 + s->cfg.max_connections / 4;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        const long reserve = 64; /* model files, logs, epoll, eventfd, listen socket */
+        if (rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur < want + reserve) {
+            struct rlimit up = rl;
+            up.rlim_cur = rl.rlim_max == RLIM_INFINITY || (long)rl.rlim_max >= want + reserve
+                              ? (rlim_t)(want + reserve)
+                              : rl.rlim_max;
+            if (setrlimit(RLIMIT_NOFILE, &up) == 0) {
+                rl = up;
+            }
+        }
+        if (rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur - reserve < want) {
+            long fit = (long)rl.rlim_cur - reserve;
+            KC_WARN("open-files limit %ld leaves room for %ld connections; --max-connections "
+                    "is %d (raise `ulimit -n`)",
+                    (long)rl.rlim_cur, fit, s->cfg.max_connections);
+            want = fit > 8 ? fit : 8;
+        }
+    }
+    return (unsigned int)want;
+}
+
 int srv_http_start(struct srv *s, struct kc_error *err) {
     struct sockaddr_storage ss;
     bool v6 = false;
@@ -594,18 +1052,23 @@ int srv_http_start(struct srv *s, struct kc_error *err) {
     if (rc != KC_OK) {
         return rc;
     }
+    if (s->cfg.api_key_on_cmdline) {
+        KC_WARN("the API key was given as --api-key: other local users can read it in the "
+                "process list (ps, /proc); prefer --api-key-file FILE or KVCAST_API_KEY");
+    }
     unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (v6) {
         flags |= MHD_USE_IPv6;
     }
+    /* No MHD_OPTION_PER_IP_CONNECTION_LIMIT: MHD would close silently; first_call answers
+     * 503 instead (DESIGN 4). */
     s->mhd = MHD_start_daemon(
         flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned int)s->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned int)s->cfg.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned int)s->cfg.connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)s->cfg.connection_memory_kib * 1024, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_END);
+        mhd_conn_limit(s), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.connection_memory_kib * 1024,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_END);
     if (s->mhd == NULL) {
         return kc_error_set(err, KC_EIO, "cannot listen on %s:%d (address in use or not local?)",
                             s->cfg.host, s->cfg.port);
@@ -623,6 +1086,12 @@ int srv_http_start(struct srv *s, struct kc_error *err) {
     uv_poll_init(&s->loop, &s->mhd_poll, ei->epoll_fd);
     s->mhd_poll.data = s;
     uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
+    uv_timer_init(&s->loop, &s->conn_timer);
+    s->conn_timer.data = s;
+    uint64_t every = (uint64_t)s->cfg.header_timeout_s * 1000 / 8;
+    every = every < 50 ? 50 : every > 250 ? 250 : every;
+    uv_timer_start(&s->conn_timer, on_conn_timer, every, every);
+    s->conn_timer_on = true;
     srv_mhd_kick(s);
     return KC_OK;
 }
@@ -636,6 +1105,11 @@ void srv_http_stop(struct srv *s) {
     MHD_run(s->mhd);
     uv_poll_stop(&s->mhd_poll);
     uv_timer_stop(&s->mhd_timer);
-    MHD_stop_daemon(s->mhd);
+    if (s->conn_timer_on) {
+        uv_timer_stop(&s->conn_timer);
+        uv_close((uv_handle_t *)&s->conn_timer, NULL);
+        s->conn_timer_on = false;
+    }
+    MHD_stop_daemon(s->mhd); /* its connection notices free every srv_sock */
     s->mhd = NULL;
 }

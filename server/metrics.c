@@ -124,6 +124,21 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
                  "Requests answered with an error status.");
     rc |= srv_buf_printf(o, "%shttp_error_responses_total{model_name=\"%s\"} %llu\n", p, mn,
                          (unsigned long long)m->http_errors);
+    static const char *const why[SRV_CLOSE_COUNT] = {"header_timeout", "body_timeout", "evicted",
+                                                     "per_ip_limit", "capacity"};
+    rc |= family(o, p, "http_connections", "gauge",
+                 "Open HTTP connections, waiting (idle or sending a request) or dispatched.");
+    rc |= srv_buf_printf(o, "%shttp_connections{model_name=\"%s\",state=\"waiting\"} %d\n", p, mn,
+                         g->conns_waiting);
+    rc |= srv_buf_printf(o, "%shttp_connections{model_name=\"%s\",state=\"dispatched\"} %d\n", p,
+                         mn, g->conns_dispatched);
+    rc |= family(o, p, "http_connections_closed_total", "counter",
+                 "Connections closed or refused (503) by the slow-client and capacity defences.");
+    for (int i = 0; i < SRV_CLOSE_COUNT; i++) {
+        rc |= srv_buf_printf(
+            o, "%shttp_connections_closed_total{model_name=\"%s\",reason=\"%s\"} %llu\n", p, mn,
+            why[i], (unsigned long long)m->conn_closed[i]);
+    }
     rc |= render_hist(o, p, "time_to_first_token_seconds", "Time to first token in seconds.",
                       &m->ttft, mn);
     rc |= render_hist(o, p, "inter_token_latency_seconds",

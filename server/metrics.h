@@ -7,6 +7,9 @@
  *              kvcast:request_success_total{finished_reason}, kvcast:prefill_mode_total{mode}
  *   gauges     kvcast:num_requests_running, kvcast:num_requests_waiting,
  *              kvcast:kv_cache_usage_perc{pool="base"|"aux"} (a fraction in [0, 1], as vLLM's)
+ *   kvcast-only: kvcast:http_connections{state="waiting"|"dispatched"} (gauge),
+ *              kvcast:http_connections_closed_total{reason} (counter; slow-client defence:
+ *              header_timeout, body_timeout, evicted, per_ip_limit, capacity)
  *
  * Naming: vLLM writes `vllm:name`; promtool's linter rejects every ':' in an exported name (colons
  * are reserved for recording rules). The registry therefore renders one of two spellings of the
@@ -36,6 +39,16 @@ struct srv_hist {
 
 enum srv_finish_label { SRV_FIN_STOP = 0, SRV_FIN_LENGTH, SRV_FIN_ABORT, SRV_FIN_COUNT };
 
+/* Why the server closed (or refused with 503) a connection that had no request running. */
+enum srv_conn_close_reason {
+    SRV_CLOSE_HEADER_TIMEOUT = 0, /* no whole request head within --header-timeout-s */
+    SRV_CLOSE_BODY_TIMEOUT,       /* body not complete within --body-timeout-s */
+    SRV_CLOSE_EVICTED,            /* oldest waiting connection closed to make room */
+    SRV_CLOSE_PER_IP,             /* 503: over --max-connections-per-ip */
+    SRV_CLOSE_CAPACITY,           /* 503: every connection busy with a running request */
+    SRV_CLOSE_COUNT
+};
+
 struct srv_metrics {
     char model_name[128];
     char prefix[8]; /* "kvcast:" or "kvcast_" */
@@ -49,6 +62,7 @@ struct srv_metrics {
     uint64_t mode_full;
     uint64_t mode_predict;
     uint64_t http_errors; /* requests answered with a 4xx/5xx status */
+    uint64_t conn_closed[SRV_CLOSE_COUNT];
 };
 
 struct srv_gauges {
@@ -57,6 +71,8 @@ struct srv_gauges {
     double kv_base; /* fraction of base KV blocks in use */
     double kv_aux;
     int has_aux;
+    int conns_waiting;    /* open connections without a running request (idle, head, body) */
+    int conns_dispatched; /* open connections whose request runs */
 };
 
 /* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series.

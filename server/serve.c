@@ -297,6 +297,7 @@ int srv_serve_main(int argc, char **argv) {
         return 0;
     }
     kc_log_level = kc_log_level_parse(s->cfg.log_level);
+    kc_log_format = kc_log_format_parse(s->cfg.log_format);
     /* A client that hangs up must not kill the process through SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
     char desc[8192];

@@ -19,8 +19,11 @@
  *      scheduler holds `user` pointers until then) and (b) MHD is done with its connection
  *      and response. srv_completion_maybe_free checks both.
  *   4. A suspended connection gets no MHD timeout and no disconnect detection, so the
- *      watchdog peeks at its socket every disconnect_check_ms; streams also get an SSE
- *      comment every heartbeat_ms. A gone client cancels its choices (finish ABORT).
+ *      watchdog checks its socket every disconnect_check_ms (srv_conn_peer_check: EOF alone
+ *      is a half-close, not a gone client; a write then tells them apart); streams also get
+ *      an SSE comment every heartbeat_ms. A gone client cancels its choices (finish ABORT).
+ *   6. Connections without a running request (idle keep-alive, head, body) are bounded in
+ *      time and number by http.c (struct srv_sock, DESIGN 4 there).
  *   5. MHD_stop_daemon is never called with a suspended connection: shutdown resumes all.
  *
  * Request states (per srv_conn): HEADERS (first call) -> BODY (upload calls) -> DISPATCHED
@@ -50,6 +53,25 @@
 enum srv_state { SRV_LOADING = 0, SRV_SERVING, SRV_DRAINING, SRV_STOPPING };
 
 struct srv_completion;
+
+/* Where a TCP connection is (http.c's slow-client defence). HEAD covers a fresh connection and
+ * an idle keep-alive one alike: both owe us a request head. */
+enum srv_sock_phase { SRV_SOCK_HEAD = 0, SRV_SOCK_BODY, SRV_SOCK_DISPATCHED };
+
+/* One per TCP connection, from MHD's NOTIFY_CONNECTION STARTED to CLOSED (its socket_context).
+ * Only the loop thread touches it. We never close() the fd: a deadline or an eviction calls
+ * shutdown(), MHD then sees EOF and closes it, so the fd cannot be reused underneath us. */
+struct srv_sock {
+    struct srv_sock *prev;
+    struct srv_sock *next;
+    int fd;
+    enum srv_sock_phase phase;
+    double t_phase; /* when the current phase began (kc_now_s) */
+    bool doomed;    /* shut down by us; MHD closes it at its next run */
+    bool over_ip;   /* its request gets 503: over --max-connections-per-ip */
+    bool over_cap;  /* its request gets 503: no waiting connection could be evicted */
+    char addr[64];  /* client address (text), "-" when unknown */
+};
 
 struct srv {
     struct cfg_settings cfg;
@@ -88,6 +110,15 @@ struct srv {
     struct srv_metrics metrics;
     uint64_t next_req;
     uint64_t id_salt;
+    /* connections (http.c): list in accept order; n_socks_live excludes doomed ones */
+    struct srv_sock *socks;
+    struct srv_sock *socks_tail;
+    int n_socks_live;
+    int n_socks_dispatched;
+    uv_timer_t conn_timer; /* enforces --header-timeout-s / --body-timeout-s */
+    bool conn_timer_on;
+    double t_refusal_warn; /* rate limit of the "refused/evicted connections" warning */
+    uint64_t refusals_unlogged;
 };
 
 /* Per HTTP request (MHD's con_cls). */
@@ -105,6 +136,15 @@ struct srv_conn {
     int log_gen_tokens;
     double log_ttft_ms;
     struct srv_completion *cmp;
+    struct srv_sock *sock; /* NULL when MHD gave no socket context */
+    bool http11;           /* the request is HTTP/1.1 (1xx interim responses allowed) */
+    bool eof_probed;       /* the client half-closed; the probe was sent (srv_conn_peer_check) */
+    bool too_big;          /* body over --max-body-bytes: discard the rest, answer 413 */
+    size_t discarded;
+    char method[16];
+    char path[96];
+    char request_id[72]; /* X-Request-Id echoed back (the client's or ours) */
+    char cmpl_id[48];    /* completion id for the access log, "" for none */
     /* non-stream completion result, queued when the handler runs after resume */
     struct srv_buf pending_body;
     int pending_status;
@@ -121,7 +161,17 @@ void srv_mhd_kick(struct srv *s);
 enum MHD_Result srv_send(struct srv_conn *c, int status, const char *content_type, const char *body,
                          size_t len);
 enum MHD_Result srv_send_error(struct srv_conn *c, const struct srv_error *e);
+/* CORS and X-Request-Id headers every response of c carries. */
+void srv_add_common_headers(struct srv_conn *c, struct MHD_Response *r);
 void srv_resume(struct srv_completion *cmp);
+/* Watchdog check of a suspended connection's client. A half-closed client (it sent its
+ * request, then shutdown(SHUT_WR), e.g. `nc -N`) is not gone: EOF alone never counts. On the
+ * first EOF a write is arranged: for a response not yet started, an HTTP/1.1 "100 Continue"
+ * interim response is written here; a peer that really closed answers any write with RST,
+ * seen as gone at the next check. response_started: headers are out (a stream), so the
+ * caller must write instead (SRV_PEER_WANT_WRITE: send a heartbeat now). */
+enum srv_peer { SRV_PEER_ALIVE = 0, SRV_PEER_GONE, SRV_PEER_WANT_WRITE };
+enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started);
 
 /* completions.c */
 enum MHD_Result srv_completions_start(struct srv_conn *c);
@@ -138,5 +188,7 @@ void srv_completions_cancel_all(struct srv *s);
 void srv_completions_resume_all(struct srv *s);
 /* Number of choices still waiting for their terminal event. */
 int srv_completions_live(const struct srv *s);
+/* Tokens generated so far over all choices (the access log of an aborted request). */
+int srv_completions_tokens(const struct srv_completion *cmp);
 
 #endif /* SRV_SERVER_INTERNAL_H */

@@ -1,13 +1,20 @@
 /*
- * util.c — byte buffer, constant-time compare, stop-string matcher. See util.h.
+ * util.c — byte buffer, constant-time compare, socket peer checks, stop-string matcher.
+ * See util.h.
  */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include "server/util.h"
 
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 int srv_buf_append(struct srv_buf *b, const void *data, size_t n) {
     size_t need;
@@ -162,4 +169,38 @@ int srv_stop_flush(struct srv_stop *s, struct srv_buf *emit) {
 
 void srv_stop_free(struct srv_stop *s) {
     srv_buf_free(&s->held);
+}
+
+int srv_sock_peer_state(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) < 0) {
+        return SRV_SOCK_OPEN; /* EINTR and the like: ask again at the next check */
+    }
+    /* POLLHUP on TCP means both directions are shut (a reset, or our own shutdown);
+     * POLLERR a pending error such as ECONNRESET after our write met a closed peer. */
+    if ((p.revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
+        return SRV_SOCK_GONE;
+    }
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 && ti.tcpi_state != TCP_ESTABLISHED &&
+        ti.tcpi_state != TCP_CLOSE_WAIT) {
+        return SRV_SOCK_GONE;
+    }
+    return (p.revents & POLLRDHUP) != 0 ? SRV_SOCK_EOF : SRV_SOCK_OPEN;
+}
+
+bool srv_sock_write_now(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR) {
+            continue;
+        }
+        if (k <= 0) {
+            return false;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return true;
 }

@@ -31,6 +31,16 @@ void srv_buf_free(struct srv_buf *b);
  * configured key's length (never on where the first difference is). */
 bool srv_secret_equal(const char *presented, size_t presented_len, const char *key, size_t key_len);
 
+/* State of a connected TCP socket's peer, without reading from it. SRV_SOCK_EOF: the peer
+ * sent FIN (it may still read: a half-close); SRV_SOCK_GONE: reset, error, or the connection is
+ * no longer established in either direction. */
+enum srv_sock_peer { SRV_SOCK_OPEN = 0, SRV_SOCK_EOF, SRV_SOCK_GONE };
+int srv_sock_peer_state(int fd);
+
+/* Writes all of p (n bytes) without blocking and without SIGPIPE; false when not all of it
+ * could be written. */
+bool srv_sock_write_now(int fd, const char *p, size_t n);
+
 /*
  * Stop strings on detokenized text. Text that could still be the start of a stop string is
  * held back (never sent to a streaming client) until it is either ruled out or completes a

@@ -4,6 +4,8 @@ kc_add_unit_test(test_config_settings SOURCES unit/test_config_settings.c LIBS k
 kc_add_unit_test(test_server_request SOURCES unit/test_server_request.c
                  LIBS kc_server_core PkgConfig::JANSSON)
 kc_add_unit_test(test_server_util SOURCES unit/test_server_util.c LIBS kc_server_core)
+# common/kc.c's log formats (--log-format text|json), which the server's access log uses.
+kc_add_unit_test(test_common_log SOURCES unit/test_common_log.c LIBS kc_common PkgConfig::JANSSON)
 
 # Integration: the real `kvcast serve` over HTTP (bounded: every wait has a timeout).
 find_package(Threads REQUIRED)
@@ -11,6 +13,13 @@ if(TARGET kvcast AND TARGET kc_server)
   kc_add_unit_test(test_server_http SOURCES integration/test_server_http.c
                    LIBS PkgConfig::JANSSON Threads::Threads LABELS integration TIMEOUT 240)
   add_dependencies(test_server_http kvcast)
+  # Slow/idle/half-closed clients, framing, per-IP limit, metrics auth, CORS, request ids and
+  # JSON logs, over raw sockets from many 127.x source addresses (about 30 s).
+  add_test(NAME test_server_slow_clients
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_slow_clients.py
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_slow_clients PROPERTIES LABELS integration TIMEOUT 180)
 endif()
 
 # Logprobs, seeds and non-finite logits (issue 15 items 1, 12, 13): the real server, a model

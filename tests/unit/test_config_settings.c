@@ -102,6 +102,8 @@ static void test_every_numeric_setting_rejects_garbage_negative_huge(void **stat
                                           "max-connections-per-ip",
                                           "connection-memory-kib",
                                           "connection-timeout-s",
+                                          "header-timeout-s",
+                                          "body-timeout-s",
                                           "max-body-bytes",
                                           "request-timeout-s",
                                           "heartbeat-ms",
@@ -261,6 +263,47 @@ static void test_help_lists_every_setting_with_default(void **state) {
     free(buf);
 }
 
+/* Issue 15: the per-address limit must not break a local load test (one address), the slow
+ * client deadlines have sane defaults, /metrics is private when a key is set. */
+static void test_connection_defaults_and_new_settings(void **state) {
+    (void)state;
+    struct cfg_settings s;
+    cfg_settings_default(&s);
+    assert_int_equal(s.max_connections_per_ip, 0); /* unlimited */
+    assert_true(s.header_timeout_s > 0 && s.header_timeout_s <= 30);
+    assert_true(s.body_timeout_s >= s.header_timeout_s);
+    assert_false(s.metrics_public);
+    assert_string_equal(s.log_format, "text");
+    assert_string_equal(s.allowed_hosts, "");
+    assert_string_equal(s.cors_allow_headers, "");
+    struct kc_error err = {0};
+    assert_int_equal(cfg_set(&s, "log-format", "json", "--log-format", &err), KC_OK);
+    assert_string_equal(s.log_format, "json");
+    assert_int_equal(cfg_set(&s, "log-format", "xml", "--log-format", &err), KC_EINVAL);
+    assert_int_equal(cfg_set(&s, "header-timeout-s", "0", "--header-timeout-s", &err), KC_EINVAL);
+    assert_int_equal(cfg_set(&s, "allowed-hosts", "a.example,b.example", "x", &err), KC_OK);
+    assert_int_equal(cfg_set(&s, "metrics-public", "true", "x", &err), KC_OK);
+    assert_true(s.metrics_public);
+}
+
+/* --api-key on the command line is visible in ps: the server warns about it, so config must
+ * say where the key came from; env and file keys are not flagged. */
+static void test_api_key_on_cmdline_is_flagged(void **state) {
+    (void)state;
+    char *argv[] = {"serve", "--api-key", "k1", NULL};
+    char *envp[] = {NULL};
+    struct cfg_settings s;
+    bool help = false;
+    struct kc_error err = {0};
+    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_OK);
+    assert_true(s.api_key_on_cmdline);
+    char *argv2[] = {"serve", NULL};
+    char *envp2[] = {"KVCAST_API_KEY=k2", NULL};
+    assert_int_equal(cfg_settings_load(1, argv2, envp2, &s, &help, &err), KC_OK);
+    assert_false(s.api_key_on_cmdline);
+    assert_string_equal(s.api_key, "k2");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_are_loopback_port_8080_and_valid),
@@ -273,6 +316,8 @@ int main(void) {
         cmocka_unit_test(test_api_key_file_reads_first_line),
         cmocka_unit_test(test_aux_needs_predictor),
         cmocka_unit_test(test_help_lists_every_setting_with_default),
+        cmocka_unit_test(test_connection_defaults_and_new_settings),
+        cmocka_unit_test(test_api_key_on_cmdline_is_flagged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
