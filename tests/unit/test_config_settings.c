@@ -250,11 +250,11 @@ static void test_aux_needs_predictor_only_with_model(void **state) {
 /* Loopback is decided by the resolved addresses, not by the text. */
 static void test_host_is_loopback_resolves_the_address(void **state) {
     (void)state;
-    static const char *const yes[] = {"127.0.0.1", "127.1.2.3", "127.1",           "::1",
+    static const char *const yes[] = {"127.0.0.1", "127.1.2.3",       "127.1",           "::1",
                                       "localhost", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"};
-    static const char *const no[] = {"0.0.0.0",   "::",          "10.0.0.1",
-                                     "128.0.0.1", "127.0.0.1.invalid", "127.evil.invalid",
-                                     "",          "::ffff:10.0.0.1"};
+    static const char *const no[] = {
+        "0.0.0.0",          "::", "10.0.0.1",       "128.0.0.1", "127.0.0.1.invalid",
+        "127.evil.invalid", "",   "::ffff:10.0.0.1"};
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
         if (!cfg_host_is_loopback(yes[i])) {
             fail_msg("'%s' should count as loopback", yes[i]);
