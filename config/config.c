@@ -79,11 +79,16 @@ static const struct cfg_field fields[] = {
     F_INT("retry-after-s", retry_after_s, 0, 3600, "Retry-After sent with 503 when busy"),
     F_STR("bundle", bundle, "KV Prediction bundle (base + aux + predictor) JSON file"),
     F_STR("model", model, "base model directory (Hugging Face layout); overrides the bundle"),
-    F_STR("aux", aux, "auxiliary model directory (with --predictor)"),
-    F_STR("predictor", predictor, "predictor.safetensors mapping aux KV to base KV"),
+    F_STR("aux", aux,
+          "auxiliary model directory: with --model, pairs with --predictor; else replaces the "
+          "bundle's"),
+    F_STR("predictor", predictor,
+          "predictor.safetensors mapping aux KV to base KV; without --model, replaces the "
+          "bundle's"),
     F_STR("tokenizer", tokenizer, "tokenizer.json (or its directory); default: the base model's"),
     F_STR("served-model-name", served_model_name,
-          "model id clients send and /v1/models lists; default: the base dir's name"),
+          "model id clients send and /v1/models lists; default: the bundle's \"name\", else the "
+          "base dir's name"),
     F_ENUM("prefill-dtype", prefill_dtype, "f32|bf16", "weight format of prefill steps"),
     F_ENUM("decode-dtype", decode_dtype, "f32|bf16", "weight format of decode steps"),
     F_INT("prefill-threads", prefill_threads, 1, 1024, "OpenMP threads of the prefill worker"),

@@ -357,6 +357,12 @@ static uint64_t random_salt(void) {
     return x;
 }
 
+/* http://HOST:PORT, with an IPv6 literal in brackets (RFC 3986). */
+static void server_url(const struct srv *s, char *out, size_t cap) {
+    const bool v6 = strchr(s->cfg.host, ':') != NULL;
+    snprintf(out, cap, "http://%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->port);
+}
+
 /* The scheduler is created here too: sizing and zeroing the KV slabs takes a while, and the
  * loop must keep answering meanwhile. Its events reach the loop through uv_async_send, which
  * any thread may call. */
@@ -404,10 +410,11 @@ static void load_done_cb(uv_work_t *w, int status) {
     srv_metrics_init(&named, s->model_id, strcmp(s->cfg.metric_names, "prometheus") == 0);
     memcpy(s->metrics.model_name, named.model_name, sizeof(named.model_name));
     s->state = SRV_SERVING;
-    KC_INFO("model %s (max_model_len %d, vocab %d%s) loaded in %.1f s; serving on "
-            "http://%s:%d",
-            s->model_id, s->max_model_len, s->lim.vocab_size, s->tok ? "" : ", no tokenizer",
-            kc_now_s() - s->load_t0, s->cfg.host, s->port);
+    char url[CFG_STR_MAX + 32];
+    server_url(s, url, sizeof(url));
+    KC_INFO("model %s (max_model_len %d, vocab %d%s) loaded in %.1f s; serving on %s", s->model_id,
+            s->max_model_len, s->lim.vocab_size, s->tok ? "" : ", no tokenizer",
+            kc_now_s() - s->load_t0, url);
 }
 
 int srv_serve_main(int argc, char **argv) {
@@ -471,10 +478,11 @@ int srv_serve_main(int argc, char **argv) {
     if (!s->host_loopback && s->cfg.api_key[0] == '\0') {
         KC_WARN("listening on %s WITHOUT an API key (--insecure-public)", s->cfg.host);
     }
-    KC_INFO("listening on http://%s:%d; loading models (/health answers 503 until ready)",
-            s->cfg.host, s->port);
+    char url[CFG_STR_MAX + 32];
+    server_url(s, url, sizeof(url));
+    KC_INFO("listening on %s; loading models (/health answers 503 until ready)", url);
     /* The line scripts and tests read the port from; readiness is /health answering 200. */
-    printf("kvcast: listening on http://%s:%d\n", s->cfg.host, s->port);
+    printf("kvcast: listening on %s\n", url);
     fflush(stdout);
     s->state = SRV_LOADING;
     s->load_t0 = kc_now_s();
