@@ -124,6 +124,11 @@ static void maybe_finish_stop(struct srv *s) {
     uv_timer_stop(&s->drain_timer);
     uv_signal_stop(&s->sig_term);
     uv_signal_stop(&s->sig_int);
+    /* libuv puts back the default action, which would kill the process (status 143, no
+     * clean exit) if a late signal arrives during teardown, e.g. the second copy that
+     * `timeout` or a process-group kill delivers. We are stopping anyway: ignore them. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     uv_close((uv_handle_t *)&s->watchdog, close_cb);
     uv_close((uv_handle_t *)&s->drain_timer, close_cb);
     uv_close((uv_handle_t *)&s->mhd_timer, close_cb);
