@@ -6,11 +6,11 @@
  *   start     settings -> listen (a busy port fails here, before any model is read); prints
  *             "kvcast: listening on http://HOST:PORT" to stdout -> LOADING
  *   LOADING   models load on a libuv worker (load_work_cb: bundle, or --model [+ --aux
- *             --predictor], tokenizer, their fit checks) while the loop answers /health with
- *             503 {"status":"loading"} and every other route with 503 + Retry-After. Then
- *             load_done_cb (loop thread) creates the scheduler -> SERVING; a load failure
- *             exits 1 with the message. SIGTERM/SIGINT here cancel the load (the loader checks
- *             between layers) -> STOPPING, exit 0.
+ *             --predictor], tokenizer, their fit checks, then the scheduler) while the loop
+ *             answers /health with 503 {"status":"loading"} and every other route with 503 +
+ *             Retry-After. Then load_done_cb (loop thread) -> SERVING; a load failure exits 1
+ *             with the message. SIGTERM/SIGINT here cancel the load (the loader checks between
+ *             layers) -> STOPPING, exit 0.
  *   SERVING   requests; SIGTERM/SIGINT -> DRAINING
  *   DRAINING  /health answers 503 and new completions 503 + Retry-After (the listener stays
  *             open so probes and clients get an answer rather than a refused connection);
@@ -179,8 +179,8 @@ static int on_load_progress(void *ud, const char *path, size_t done, size_t tota
     if (atomic_load(&s->load_cancel)) {
         return 1;
     }
-    if (s->load_path != path) {
-        s->load_path = path;
+    if (strcmp(s->load_file, path) != 0) { /* by content: a freed path's address recurs */
+        snprintf(s->load_file, sizeof(s->load_file), "%s", path);
         s->load_next_pct = 10;
     }
     const int pct = total > 0 ? (int)((double)done * 100.0 / (double)total) : 100;

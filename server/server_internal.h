@@ -97,7 +97,7 @@ struct srv {
     struct kc_error load_err;
     atomic_int load_cancel; /* a signal arrived while loading: the loader stops early */
     double load_t0;
-    const char *load_path; /* loader thread only: progress of this file */
+    char load_file[CFG_PATH_MAX + 64]; /* loader thread only: progress of this file */
     int load_next_pct;
     int exit_code;
 };
