@@ -438,11 +438,19 @@ static int check_unused(const struct eng_model_config *cfg, const struct weight_
     const size_t n = eng_st_set_count(src->st);
     size_t n_unused = 0;
     const char *first = NULL;
+    char more[192] = ""; /* the next few names, so one run shows the pattern */
+    size_t used = 0;
     for (size_t i = 0; i < n; i++) {
         const char *name = eng_st_set_get(src->st, i)->name;
         if (!src->used[i] && !tolerated_unused(cfg, name)) {
             n_unused++;
-            first = first != NULL ? first : name;
+            if (first == NULL) {
+                first = name;
+            } else if (n_unused <= 4 && used < sizeof(more) - 1) {
+                int w = snprintf(more + used, sizeof(more) - used, ", '%.48s'", name);
+                used =
+                    w > 0 && (size_t)w < sizeof(more) - used ? used + (size_t)w : sizeof(more) - 1;
+            }
         }
     }
     if (first == NULL) {
@@ -453,15 +461,17 @@ static int check_unused(const struct eng_model_config *cfg, const struct weight_
         return kc_error_set(err, KC_EFORMAT,
                             "%s: tensor '%.128s' is not used: config.json has "
                             "num_hidden_layers = %d but the weights hold layer %d (%zu unused "
-                            "tensor(s) in all)",
-                            src->path, first, cfg->n_layers, layer, n_unused);
+                            "tensor(s) in all%s%s)",
+                            src->path, first, cfg->n_layers, layer, n_unused,
+                            more[0] ? ", also" : "", more[0] ? more + 1 : "");
     }
     return kc_error_set(err, KC_EFORMAT,
                         "%s: tensor '%.128s' is not used by the model config.json describes "
                         "(num_hidden_layers %d, attention_bias %s, tie_word_embeddings %s; %zu "
-                        "unused tensor(s) in all)",
+                        "unused tensor(s) in all%s%s)",
                         src->path, first, cfg->n_layers, cfg->attention_bias ? "true" : "false",
-                        cfg->tie_word_embeddings ? "true" : "false", n_unused);
+                        cfg->tie_word_embeddings ? "true" : "false", n_unused,
+                        more[0] ? ", also" : "", more[0] ? more + 1 : "");
 }
 
 static void free_scratch(struct weight_source *src) {
