@@ -14,9 +14,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <jansson.h>
 
@@ -92,11 +95,16 @@ static const struct cfg_field fields[] = {
     F_INT("retry-after-s", retry_after_s, 0, 3600, "Retry-After sent with 503 when busy"),
     F_STR("bundle", bundle, "KV Prediction bundle (base + aux + predictor) JSON file"),
     F_STR("model", model, "base model directory (Hugging Face layout); overrides the bundle"),
-    F_STR("aux", aux, "auxiliary model directory (with --predictor)"),
-    F_STR("predictor", predictor, "predictor.safetensors mapping aux KV to base KV"),
+    F_STR("aux", aux,
+          "auxiliary model directory: with --model, pairs with --predictor; else replaces the "
+          "bundle's"),
+    F_STR("predictor", predictor,
+          "predictor.safetensors mapping aux KV to base KV; without --model, replaces the "
+          "bundle's"),
     F_STR("tokenizer", tokenizer, "tokenizer.json (or its directory); default: the base model's"),
     F_STR("served-model-name", served_model_name,
-          "model id clients send and /v1/models lists; default: the base dir's name"),
+          "model id clients send and /v1/models lists; default: the bundle's \"name\", else the "
+          "base dir's name"),
     F_ENUM("prefill-dtype", prefill_dtype, "f32|bf16", "weight format of prefill steps"),
     F_ENUM("decode-dtype", decode_dtype, "f32|bf16", "weight format of decode steps"),
     F_INT("prefill-threads", prefill_threads, 1, 1024, "OpenMP threads of the prefill worker"),
@@ -127,6 +135,8 @@ static const struct cfg_field fields[] = {
            "/metrics names: vllm = kvcast:<vLLM name>, prometheus = kvcast_<vLLM name>"),
     F_INT("debug-step-delay-ms", debug_step_delay_ms, 0, 10000,
           "testing only: sleep after every decode step and prefill chunk"),
+    F_INT("debug-load-delay-ms", debug_load_delay_ms, 0, 600000,
+          "testing only: wait this long before loading models (/health answers 'loading')"),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
 
@@ -478,9 +488,44 @@ int cfg_apply_args(struct cfg_settings *s, int argc, char **argv, bool *help,
     return KC_OK;
 }
 
+static bool addr_is_loopback(const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
 bool cfg_host_is_loopback(const char *host) {
-    return strcmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
-           strcmp(host, "::1") == 0;
+    /* Resolve rather than match the text: "127.0.0.1.evil.example" is a name that can point
+     * anywhere, and a name may resolve to several addresses. Numeric forms first, so a literal
+     * address never waits on the resolver. Every address must be loopback; a host that does
+     * not resolve is not (the caller then asks for a key, and binding fails anyway). */
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;
+    struct addrinfo *res = NULL;
+    if (host[0] == '\0') {
+        return false;
+    }
+    if (getaddrinfo(host, NULL, &hints, &res) != 0) {
+        hints.ai_flags = 0;
+        if (getaddrinfo(host, NULL, &hints, &res) != 0) {
+            return false;
+        }
+    }
+    bool all = res != NULL;
+    for (const struct addrinfo *a = res; a != NULL; a = a->ai_next) {
+        all = all && addr_is_loopback(a->ai_addr);
+    }
+    freeaddrinfo(res);
+    return all;
 }
 
 int cfg_settings_validate(const struct cfg_settings *s, struct kc_error *err) {
@@ -493,8 +538,14 @@ int cfg_settings_validate(const struct cfg_settings *s, struct kc_error *err) {
                             "(or KVCAST_API_KEY / --api-key-file), or pass --insecure-public",
                             s->host);
     }
-    if ((s->aux[0] != '\0') != (s->predictor[0] != '\0')) {
-        return kc_error_set(err, KC_EINVAL, "--aux and --predictor must be given together");
+    /* With --model the bundle is not read, so a lone --aux or --predictor has no partner;
+     * without it they replace the bundle's own (serve.c). */
+    if (s->model[0] != '\0' && (s->aux[0] != '\0') != (s->predictor[0] != '\0')) {
+        return kc_error_set(err, KC_EINVAL,
+                            "--model with --%s needs --%s too (without --model, --aux and "
+                            "--predictor each replace the bundle's)",
+                            s->aux[0] != '\0' ? "aux" : "predictor",
+                            s->aux[0] != '\0' ? "predictor" : "aux");
     }
     if (s->model[0] == '\0' && s->bundle[0] == '\0') {
         return kc_error_set(err, KC_EINVAL, "no model: give --model DIR or --bundle FILE");

@@ -85,6 +85,7 @@ struct cfg_settings {
     bool access_log;
     /* testing */
     int debug_step_delay_ms; /* sleep after each decode step / prefill chunk (0: off) */
+    int debug_load_delay_ms; /* sleep before loading models, to observe LOADING (0: off) */
 };
 
 /* Fills s with the built-in defaults. */
@@ -128,7 +129,8 @@ void cfg_print_help(FILE *f);
 /* Writes every setting as one JSON-ish line for the start-up log, secrets redacted. */
 void cfg_settings_describe(const struct cfg_settings *s, char *out, size_t cap);
 
-/* True when host is a loopback address or "localhost". */
+/* True when every address host resolves to (numeric first, then by name) is loopback
+ * (127.0.0.0/8, ::1, ::ffff:127.x). May consult the resolver: call once at start-up. */
 bool cfg_host_is_loopback(const char *host);
 
 #endif /* CFG_CONFIG_H */

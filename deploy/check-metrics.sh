@@ -43,6 +43,11 @@ scrape() {
     sleep 0.1
   done
   [ -n "$url" ] || { cat "$TMP/err" >&2; echo "FAIL: server not listening after 30 s" >&2; exit 1; }
+  # The port is bound before the model loads: wait for /health 200 (503 "loading" until then).
+  for _ in $(seq 1 300); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url/health")" = 200 ] && break
+    sleep 0.1
+  done
   curl -sf --max-time 30 -H 'Content-Type: application/json' \
     -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true}' "$url/v1/completions" >/dev/null
   curl -sf --max-time 10 "$url/metrics" >"$2"

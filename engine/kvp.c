@@ -622,25 +622,40 @@ int eng_kvp_check_models(const struct eng_kvp *p, const struct eng_model_config 
                          const struct eng_model_config *aux, struct kc_error *err) {
     const struct eng_kvp_shape want = eng_kvp_shape_of_pair(base, aux);
     const struct eng_kvp_shape *s = &p->shape;
-    if (s->base_layers != want.base_layers) {
-        return kc_error_set(err, KC_EINVAL, "predictor has %d base layers, the base model %d",
-                            s->base_layers, want.base_layers);
+    /* Each message names a tensor of the file, so a user can see what does not fit. */
+    if (s->base_layers < want.base_layers) {
+        return kc_error_set(err, KC_EINVAL,
+                            "predictor has %d base layers, the base model %d: no tensor "
+                            "'k.%d.weight'",
+                            s->base_layers, want.base_layers, s->base_layers);
+    }
+    if (s->base_layers > want.base_layers) {
+        return kc_error_set(err, KC_EINVAL,
+                            "predictor has %d base layers, the base model %d: tensor "
+                            "'k.%d.weight' maps a layer the base model lacks",
+                            s->base_layers, want.base_layers, want.base_layers);
+    }
+    for (int l = 0; l < s->base_layers; l++) {
+        if (p->layer_map[l] >= want.aux_layers) {
+            return kc_error_set(err, KC_EINVAL,
+                                "layer_map[%d] = %d: tensors 'k.%d.weight' and 'v.%d.weight' "
+                                "read aux layer %d, but the aux model has %d layers",
+                                l, (int)p->layer_map[l], l, l, (int)p->layer_map[l],
+                                want.aux_layers);
+        }
     }
     if (s->aux_layers != want.aux_layers) {
-        return kc_error_set(err, KC_EINVAL, "predictor has %d aux layers, the aux model %d",
+        return kc_error_set(err, KC_EINVAL,
+                            "predictor was fitted on %d aux layers (__metadata__ aux_layers), "
+                            "the aux model has %d",
                             s->aux_layers, want.aux_layers);
     }
-    if (s->base_kv_dim != want.base_kv_dim) {
+    if (s->base_kv_dim != want.base_kv_dim || s->aux_kv_dim != want.aux_kv_dim) {
         return kc_error_set(err, KC_EINVAL,
-                            "predictor base_kv_dim is %d, the base model's "
-                            "kv heads x head dim is %d",
-                            s->base_kv_dim, want.base_kv_dim);
-    }
-    if (s->aux_kv_dim != want.aux_kv_dim) {
-        return kc_error_set(err, KC_EINVAL,
-                            "predictor aux_kv_dim is %d, the aux model's "
-                            "kv heads x head dim is %d",
-                            s->aux_kv_dim, want.aux_kv_dim);
+                            "tensor 'k.0.weight' is [%d, %d] ([base_kv_dim, aux_kv_dim]); the "
+                            "pair needs [%d, %d] (base %d kv heads x head dim %d, aux %d x %d)",
+                            s->base_kv_dim, s->aux_kv_dim, want.base_kv_dim, want.aux_kv_dim,
+                            base->n_kv_heads, base->head_dim, aux->n_kv_heads, aux->head_dim);
     }
     return eng_kvp_check_pair(base, aux, err);
 }
@@ -691,6 +706,7 @@ void eng_kvp_bundle_free(struct eng_kvp_bundle *b) {
     eng_kvp_free(b->pred);
     eng_model_free(b->aux);
     eng_model_free(b->base);
+    free(b->name);
     free(b->base_dir);
     free(b->aux_dir);
     free(b->predictor_path);
@@ -733,11 +749,14 @@ int eng_kvp_bundle_open(const char *base_dir, const char *aux_dir, const char *p
     }
     const struct eng_model_config *bc = eng_model_config_of(b->base);
     const struct eng_model_config *ac = eng_model_config_of(b->aux);
-    rc = b->pred != NULL ? eng_kvp_check_models(b->pred, bc, ac, err)
-                         : eng_kvp_check_pair(bc, ac, err);
-    if (rc != KC_OK) {
-        kc_error_prefix(err, "%s + %s%s%s", base_dir, aux_dir, predictor_path ? " + " : "",
-                        predictor_path ? predictor_path : "");
+    if (b->pred != NULL) {
+        rc = eng_kvp_check_models(b->pred, bc, ac, err);
+        if (rc != KC_OK) {
+            kc_error_prefix(err, "%s does not fit %s + %s", predictor_path, base_dir, aux_dir);
+            goto fail;
+        }
+    } else if ((rc = eng_kvp_check_pair(bc, ac, err)) != KC_OK) {
+        kc_error_prefix(err, "%s + %s", base_dir, aux_dir);
         goto fail;
     }
     *out = b;
@@ -760,9 +779,20 @@ static char *bundle_path(const char *folder, const char *rel) {
     return p;
 }
 
-int eng_kvp_bundle_load(const char *path, const struct eng_model_params *params,
-                        struct eng_kvp_bundle **out, struct kc_error *err) {
-    char *text = NULL, *folder = NULL, *paths[3] = {NULL, NULL, NULL};
+void eng_kvp_bundle_spec_free(struct eng_kvp_bundle_spec *spec) {
+    if (spec == NULL) {
+        return;
+    }
+    free(spec->name);
+    free(spec->base_dir);
+    free(spec->aux_dir);
+    free(spec->predictor_path);
+    memset(spec, 0, sizeof(*spec));
+}
+
+int eng_kvp_bundle_read(const char *path, struct eng_kvp_bundle_spec *out, struct kc_error *err) {
+    char *text = NULL, *folder = NULL;
+    struct eng_kvp_bundle_spec spec = {NULL, NULL, NULL, NULL};
     size_t len = 0;
     json_t *root = NULL;
     int rc = kc_file_read(path, KVP_MAX_BUNDLE_BYTES, &text, &len, err);
@@ -777,14 +807,15 @@ int eng_kvp_bundle_load(const char *path, const struct eng_model_params *params,
                           root == NULL ? jerr.line : 1);
         goto fail;
     }
-    static const char *const keys[3] = {"base", "aux", "predictor"};
+    static const char *const keys[4] = {"base", "aux", "predictor", "name"};
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val) {
-        if (strcmp(key, "base") != 0 && strcmp(key, "aux") != 0 && strcmp(key, "predictor") != 0) {
+        if (strcmp(key, "base") != 0 && strcmp(key, "aux") != 0 && strcmp(key, "predictor") != 0 &&
+            strcmp(key, "name") != 0) {
             rc = kc_error_set(err, KC_EFORMAT,
                               "%s: unknown key '%.64s' (a bundle has \"base\", "
-                              "\"aux\" and \"predictor\")",
+                              "\"aux\", \"predictor\" and optionally \"name\")",
                               path, key);
             goto fail;
         }
@@ -802,37 +833,75 @@ int eng_kvp_bundle_load(const char *path, const struct eng_model_params *params,
     } else {
         *slash = '\0';
     }
-    for (int i = 0; i < 3; i++) {
+    char **dst[4] = {&spec.base_dir, &spec.aux_dir, &spec.predictor_path, &spec.name};
+    for (int i = 0; i < 4; i++) {
         const json_t *v = json_object_get(root, keys[i]);
+        if (i == 3 && v == NULL) {
+            break; /* the name is optional */
+        }
         if (v == NULL || !json_is_string(v) || json_string_length(v) == 0) {
             rc = kc_error_set(err, KC_EFORMAT,
-                              "%s: \"%s\" must be a non-empty string (a path "
-                              "relative to the bundle's folder)",
+                              i == 3 ? "%s: \"%s\" must be a non-empty string (the model "
+                                       "name clients see)"
+                                     : "%s: \"%s\" must be a non-empty string (a path "
+                                       "relative to the bundle's folder)",
                               path, keys[i]);
             goto fail;
         }
-        if (strlen(json_string_value(v)) != json_string_length(v)) {
+        const char *sv = json_string_value(v);
+        if (strlen(sv) != json_string_length(v)) {
             rc =
                 kc_error_set(err, KC_EFORMAT, "%s: \"%s\" contains a NUL character", path, keys[i]);
             goto fail;
         }
-        paths[i] = bundle_path(folder, json_string_value(v));
-        if (paths[i] == NULL) {
+        if (i == 3) {
+            /* A model id travels in JSON bodies, metrics labels and logs: printable only. */
+            for (const char *c = sv; *c != '\0'; c++) {
+                if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+                    rc = kc_error_set(err, KC_EFORMAT, "%s: \"name\" contains a control character",
+                                      path);
+                    goto fail;
+                }
+            }
+            if (json_string_length(v) > 255) {
+                rc = kc_error_set(err, KC_EFORMAT, "%s: \"name\" is longer than 255 bytes", path);
+                goto fail;
+            }
+        }
+        *dst[i] = i == 3 ? strdup(sv) : bundle_path(folder, sv);
+        if (*dst[i] == NULL) {
             rc = kc_error_set(err, KC_ENOMEM, "%s: out of memory", path);
             goto fail;
         }
     }
-    rc = eng_kvp_bundle_open(paths[0], paths[1], paths[2], params, out, err);
-    if (rc != KC_OK) {
-        kc_error_prefix(err, "bundle %s", path);
-    }
+    *out = spec;
+    spec = (struct eng_kvp_bundle_spec){NULL, NULL, NULL, NULL};
+    rc = KC_OK;
 fail:
-    for (int i = 0; i < 3; i++) {
-        free(paths[i]);
-    }
+    eng_kvp_bundle_spec_free(&spec);
     free(folder);
     json_decref(root);
     free(text);
+    return rc;
+}
+
+int eng_kvp_bundle_load(const char *path, const struct eng_model_params *params,
+                        struct eng_kvp_bundle **out, struct kc_error *err) {
+    struct eng_kvp_bundle_spec spec;
+    int rc = eng_kvp_bundle_read(path, &spec, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    struct eng_kvp_bundle *b = NULL;
+    rc = eng_kvp_bundle_open(spec.base_dir, spec.aux_dir, spec.predictor_path, params, &b, err);
+    if (rc != KC_OK) {
+        kc_error_prefix(err, "bundle %s", path);
+    } else {
+        b->name = spec.name; /* moves */
+        spec.name = NULL;
+        *out = b;
+    }
+    eng_kvp_bundle_spec_free(&spec);
     return rc;
 }
 

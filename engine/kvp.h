@@ -24,7 +24,8 @@
  * optional on read), `layer_map` (JSON list "[0, 0, 1]" or comma list "0,0,1", one aux layer
  * per base layer), `key_space` ("pre_rope", the only one supported), `base_layers`,
  * `aux_layers`, `base_kv_dim`, `aux_kv_dim`. A KVP bundle is a small JSON file
- * {"base": DIR, "aux": DIR, "predictor": FILE} with paths relative to the bundle's folder.
+ * {"name": "kvcast-tiny", "base": DIR, "aux": DIR, "predictor": FILE} with paths relative to
+ * the bundle's folder; "name" (optional) is the model id a server shows clients.
  *
  * Ownership and thread rules: a predictor (struct eng_kvp) and a bundle are immutable after
  * load and shared by all threads. A struct eng_kvp_ctx (the two models' forward contexts, a
@@ -114,8 +115,9 @@ const int32_t *eng_kvp_layer_map(const struct eng_kvp *p);
 void eng_kvp_map_of(const struct eng_kvp *p, char which, int l, const float **weight,
                     const float **bias);
 
-/* Checks that p fits the (base, aux) pair: every dimension of p's shape equals the pair's.
- * KC_EINVAL with a message naming the dimension otherwise. */
+/* Checks that p fits the (base, aux) pair: every dimension of p's shape equals the pair's and
+ * every layer_map entry names an aux layer the aux model has. KC_EINVAL with a message naming
+ * the dimension and a tensor of the predictor file ('k.3.weight') otherwise. */
 int eng_kvp_check_models(const struct eng_kvp *p, const struct eng_model_config *base,
                          const struct eng_model_config *aux, struct kc_error *err);
 
@@ -128,6 +130,7 @@ int eng_kvp_check_models(const struct eng_kvp *p, const struct eng_model_config 
 int eng_kvp_check_tokenizers(const char *base_dir, const char *aux_dir, struct kc_error *err);
 
 struct eng_kvp_bundle {
+    char *name;     /* the bundle file's "name"; NULL when absent or opened without a file */
     char *base_dir; /* resolved paths */
     char *aux_dir;
     char *predictor_path; /* NULL when loaded without a predictor */
@@ -142,8 +145,23 @@ int eng_kvp_bundle_open(const char *base_dir, const char *aux_dir, const char *p
                         const struct eng_model_params *params, struct eng_kvp_bundle **out,
                         struct kc_error *err);
 
-/* Reads a bundle JSON file ({"base", "aux", "predictor"}: strings, paths relative to the
- * file's folder unless absolute; no other keys) and opens it as eng_kvp_bundle_open. */
+/* What a bundle file says, paths resolved against its folder (absolute ones kept). */
+struct eng_kvp_bundle_spec {
+    char *name; /* NULL when the file has no "name" */
+    char *base_dir;
+    char *aux_dir;
+    char *predictor_path;
+};
+
+/* Reads and checks a bundle JSON file ({"base", "aux", "predictor"}: non-empty strings, paths
+ * relative to the file's folder unless absolute; optional "name": a non-empty printable
+ * string of at most 255 bytes; no other keys) without opening anything, so a caller can
+ * override parts of it. On success *out owns its strings (eng_kvp_bundle_spec_free). */
+int eng_kvp_bundle_read(const char *path, struct eng_kvp_bundle_spec *out, struct kc_error *err);
+/* Frees the strings of a spec and zeroes it; NULL is a no-op. */
+void eng_kvp_bundle_spec_free(struct eng_kvp_bundle_spec *spec);
+
+/* eng_kvp_bundle_read, then eng_kvp_bundle_open; the bundle keeps the file's name. */
 int eng_kvp_bundle_load(const char *path, const struct eng_model_params *params,
                         struct eng_kvp_bundle **out, struct kc_error *err);
 

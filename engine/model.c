@@ -63,7 +63,10 @@ struct eng_ctx {
 };
 
 struct eng_model_params eng_model_default_params(void) {
-    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_BF16};
+    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32,
+                                 .decode_wtype = ENG_WTYPE_BF16,
+                                 .progress_cb = NULL,
+                                 .progress_ud = NULL};
     return p;
 }
 
@@ -133,7 +136,9 @@ struct weight_source {
     const struct eng_st_set *st; /* NULL: random */
     const char *path;            /* for messages */
     uint64_t rng;
-    void *scratch[3]; /* random tensors of the current layer, freed by the builder */
+    void *scratch[3];               /* random tensors of the current layer, freed by the builder */
+    bool *used;                     /* [eng_st_set_count] tensors fetched so far (files only) */
+    size_t done_bytes, total_bytes; /* for the progress callback */
 };
 
 static uint64_t splitmix64(uint64_t *s) {
@@ -179,9 +184,14 @@ static int get_tensor(struct weight_source *src, const char *name, int rows, int
         *dtype = ENG_DTYPE_BF16;
         return KC_OK;
     }
-    const struct eng_st_tensor *t = eng_st_set_find(src->st, name);
-    if (t == NULL) {
+    const long idx = eng_st_set_index_of(src->st, name);
+    if (idx < 0) {
         return kc_error_set(err, KC_EFORMAT, "%s: missing tensor '%s'", src->path, name);
+    }
+    const struct eng_st_tensor *t = eng_st_set_get(src->st, (size_t)idx);
+    if (src->used != NULL && !src->used[idx]) {
+        src->used[idx] = true;
+        src->done_bytes += t->nbytes;
     }
     if (t->dtype != ENG_DTYPE_F32 && t->dtype != ENG_DTYPE_BF16 && t->dtype != ENG_DTYPE_F16) {
         return kc_error_set(err, KC_EFORMAT, "%s: tensor '%s' has dtype %s; expected F32, BF16 or F16",
@@ -255,6 +265,7 @@ static int get_linear(struct weight_source *src, const struct eng_model_params *
             } else {
                 struct weight_source tmp = *src;
                 rc = get_tensor(&tmp, bias_names[i], rows[i], 0, 0, 0.0f, &b, &bdt, err);
+                src->done_bytes = tmp.done_bytes;
                 if (rc != KC_OK) {
                     goto done;
                 }
@@ -361,6 +372,12 @@ static int build_model(const struct eng_model_config *cfg, const struct eng_mode
         if (rc != KC_OK) {
             goto fail;
         }
+        if (src->st != NULL && params->progress_cb != NULL &&
+            params->progress_cb(params->progress_ud, src->path, src->done_bytes,
+                                src->total_bytes) != 0) {
+            rc = kc_error_set(err, KC_ECANCELED, "%s: loading cancelled", src->path);
+            goto fail;
+        }
     }
     rc = get_norm(src, "model.norm.weight", C, &m->final_norm, err);
     if (rc != KC_OK) {
@@ -403,6 +420,60 @@ fail:
     return rc;
 }
 
+/* Names a file may hold that the model does not read: RoPE inverse frequencies (recomputed
+ * from config.json) and, when the embedding is tied, a stored copy of it as lm_head. */
+static bool tolerated_unused(const struct eng_model_config *cfg, const char *name) {
+    const char *suffix = ".rotary_emb.inv_freq";
+    const size_t n = strlen(name), k = strlen(suffix);
+    if (n > k && strcmp(name + n - k, suffix) == 0) {
+        return true;
+    }
+    return cfg->tie_word_embeddings && strcmp(name, "lm_head.weight") == 0;
+}
+
+/* After a build from files: every tensor must have been read (or be tolerated_unused).
+ * Stray tensors mean config.json describes a different model than the weights hold. */
+static int check_unused(const struct eng_model_config *cfg, const struct weight_source *src,
+                        struct kc_error *err) {
+    const size_t n = eng_st_set_count(src->st);
+    size_t n_unused = 0;
+    const char *first = NULL;
+    char more[192] = ""; /* the next few names, so one run shows the pattern */
+    size_t used = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = eng_st_set_get(src->st, i)->name;
+        if (!src->used[i] && !tolerated_unused(cfg, name)) {
+            n_unused++;
+            if (first == NULL) {
+                first = name;
+            } else if (n_unused <= 4 && used < sizeof(more) - 1) {
+                int w = snprintf(more + used, sizeof(more) - used, ", '%.48s'", name);
+                used =
+                    w > 0 && (size_t)w < sizeof(more) - used ? used + (size_t)w : sizeof(more) - 1;
+            }
+        }
+    }
+    if (first == NULL) {
+        return KC_OK;
+    }
+    int layer = -1;
+    if (sscanf(first, "model.layers.%d.", &layer) == 1 && layer >= cfg->n_layers) {
+        return kc_error_set(err, KC_EFORMAT,
+                            "%s: tensor '%.128s' is not used: config.json has "
+                            "num_hidden_layers = %d but the weights hold layer %d (%zu unused "
+                            "tensor(s) in all%s%s)",
+                            src->path, first, cfg->n_layers, layer, n_unused,
+                            more[0] ? ", also" : "", more[0] ? more + 1 : "");
+    }
+    return kc_error_set(err, KC_EFORMAT,
+                        "%s: tensor '%.128s' is not used by the model config.json describes "
+                        "(num_hidden_layers %d, attention_bias %s, tie_word_embeddings %s; %zu "
+                        "unused tensor(s) in all%s%s)",
+                        src->path, first, cfg->n_layers, cfg->attention_bias ? "true" : "false",
+                        cfg->tie_word_embeddings ? "true" : "false", n_unused,
+                        more[0] ? ", also" : "", more[0] ? more + 1 : "");
+}
+
 static void free_scratch(struct weight_source *src) {
     for (int i = 0; i < 3; i++) {
         free(src->scratch[i]);
@@ -427,10 +498,33 @@ int eng_model_load(const char *dir, const struct eng_model_params *params,
         return rc;
     }
     struct weight_source src = {.st = st, .path = eng_st_set_path(st)};
-    rc = build_model(&cfg, params, &src, out, err);
+    const size_t n_tensors = eng_st_set_count(st);
+    src.used = kc_calloc(n_tensors > 0 ? n_tensors : 1, sizeof(bool));
+    if (src.used == NULL) {
+        eng_st_set_free(st);
+        return kc_error_set(err, KC_ENOMEM, "%s: out of memory", dir);
+    }
+    for (size_t i = 0; i < n_tensors; i++) {
+        src.total_bytes += eng_st_set_get(st, i)->nbytes;
+    }
+    struct eng_model *m = NULL;
+    rc = build_model(&cfg, params, &src, &m, err);
+    if (rc == KC_OK) {
+        rc = check_unused(&cfg, &src, err);
+    }
+    if (rc == KC_OK && params->progress_cb != NULL &&
+        params->progress_cb(params->progress_ud, src.path, src.total_bytes, src.total_bytes) != 0) {
+        rc = kc_error_set(err, KC_ECANCELED, "%s: loading cancelled", src.path);
+    }
     free_scratch(&src);
+    free(src.used);
     eng_st_set_free(st);
-    return rc;
+    if (rc != KC_OK) {
+        eng_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return KC_OK;
 }
 
 int eng_model_init_random(const struct eng_model_config *cfg,

@@ -33,8 +33,14 @@
 struct eng_model_params {
     enum eng_wtype prefill_wtype; /* weights for steps of > ENG_DECODE_MAX_M rows */
     enum eng_wtype decode_wtype;  /* weights for small steps (decode) */
+    /* Optional (NULL: none). Called by eng_model_load on the loading thread after each layer
+     * is packed, with the weight file's path and the bytes of tensors read so far and in all;
+     * a non-zero return stops the load with KC_ECANCELED (a server shutting down mid-load). */
+    int (*progress_cb)(void *ud, const char *path, size_t done, size_t total);
+    void *progress_ud;
 };
-/* f32 prefill weights, bf16 decode weights: the fastest pair on AVX-512 CPUs. */
+/* f32 prefill weights, bf16 decode weights, no progress callback: the fastest pair on
+ * AVX-512 CPUs. */
 struct eng_model_params eng_model_default_params(void);
 /* Parses "f32" / "bf16". */
 int eng_wtype_parse(const char *s, enum eng_wtype *out);
@@ -42,9 +48,12 @@ int eng_wtype_parse(const char *s, enum eng_wtype *out);
 struct eng_model;
 
 /* Loads a Hugging Face model directory (config.json + model.safetensors or shards).
- * Tensor names, shapes and dtypes are checked against the config; errors name the file. */
-int eng_model_load(const char *dir, const struct eng_model_params *params,
-                   struct eng_model **out, struct kc_error *err);
+ * Tensor names, shapes and dtypes are checked against the config; errors name the file. A
+ * tensor the config does not use (e.g. layers beyond num_hidden_layers, biases without
+ * attention_bias) is KC_EFORMAT naming it: a config that disagrees with its weights must not
+ * load silently. Tolerated: rotary_emb.inv_freq buffers and lm_head.weight when tied. */
+int eng_model_load(const char *dir, const struct eng_model_params *params, struct eng_model **out,
+                   struct kc_error *err);
 /* Builds a model of configuration cfg with random weights (seeded), for benchmarks of real
  * shapes without files. Weights ~ N(0, 0.02) drawn from a fast PRNG. */
 int eng_model_init_random(const struct eng_model_config *cfg,

@@ -369,6 +369,7 @@ struct st_file {
 struct st_entry {
     struct eng_st_tensor *t;
     size_t file;
+    size_t idx; /* position in iteration order (eng_st_set_get) */
 };
 
 struct eng_st_set {
@@ -541,6 +542,7 @@ static int st_set_index(struct eng_st_set *set, struct kc_error *err) {
             }
             set->order[k].t = t;
             set->order[k].file = f;
+            set->order[k].idx = k;
             k++;
         }
     }
@@ -565,7 +567,7 @@ static const struct st_entry *st_set_lookup(const struct eng_st_set *set, const 
     }
     struct eng_st_tensor probe;
     probe.name = (char *)(uintptr_t)name; /* only read by the comparator */
-    struct st_entry key = {&probe, 0};
+    struct st_entry key = {&probe, 0, 0};
     return bsearch(&key, set->by_name, set->n_tensors, sizeof(*set->by_name), st_cmp_entry_name);
 }
 
@@ -771,6 +773,12 @@ const struct eng_st_tensor *eng_st_set_find(const struct eng_st_set *set, const 
     KC_ASSERT(set != NULL && name != NULL);
     const struct st_entry *e = st_set_lookup(set, name);
     return e == NULL ? NULL : e->t;
+}
+
+long eng_st_set_index_of(const struct eng_st_set *set, const char *name) {
+    KC_ASSERT(set != NULL && name != NULL);
+    const struct st_entry *e = st_set_lookup(set, name);
+    return e == NULL ? -1 : (long)e->idx;
 }
 
 size_t eng_st_set_count(const struct eng_st_set *set) {

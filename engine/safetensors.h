@@ -90,6 +90,9 @@ void eng_st_set_free(struct eng_st_set *set);
 
 /* Returns the tensor called name, or NULL. */
 const struct eng_st_tensor *eng_st_set_find(const struct eng_st_set *set, const char *name);
+/* Returns the iteration index (for eng_st_set_get) of the tensor called name, or -1: lets a
+ * loader keep a used/unused flag per tensor. */
+long eng_st_set_index_of(const struct eng_st_set *set, const char *name);
 /* Number of tensors and the i-th one (0 <= i < count), for iteration. */
 size_t eng_st_set_count(const struct eng_st_set *set);
 const struct eng_st_tensor *eng_st_set_get(const struct eng_st_set *set, size_t i);

@@ -1740,6 +1740,36 @@ int32_t eng_tok_eos(const struct eng_tok *tok) {
     return tok->eos_id;
 }
 
+int eng_tok_check_vocab(const struct eng_tok *tok, int32_t model_vocab, struct kc_error *err) {
+    const struct {
+        const char *what;
+        int32_t id;
+    } special[2] = {{"bos_token", tok->bos_id}, {"eos_token", tok->eos_id}};
+    for (int i = 0; i < 2; i++) {
+        if (special[i].id >= model_vocab) {
+            return kc_error_set(err, KC_ERANGE,
+                                "%s is id %d, outside the model's vocabulary of %d tokens",
+                                special[i].what, (int)special[i].id, (int)model_vocab);
+        }
+    }
+    if (tok->n_ids <= model_vocab) {
+        return KC_OK; /* a model may pad its vocabulary beyond the tokenizer's ids */
+    }
+    /* Name the first id the model cannot embed (holes have no piece and never occur). */
+    for (int32_t id = model_vocab; id < tok->n_ids; id++) {
+        const char *piece = NULL;
+        size_t len = 0;
+        if (eng_tok_id_to_piece(tok, id, &piece, &len) == KC_OK) {
+            return kc_error_set(err, KC_ERANGE,
+                                "the tokenizer has %d ids but the model's vocab_size is %d: "
+                                "token %d ('%.*s') and above cannot be embedded",
+                                (int)tok->n_ids, (int)model_vocab, (int)id,
+                                (int)(len < 32 ? len : 32), piece);
+        }
+    }
+    return KC_OK;
+}
+
 bool eng_tok_clean_up_default(const struct eng_tok *tok) {
     return tok->clean_up;
 }

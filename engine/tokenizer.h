@@ -97,6 +97,12 @@ int32_t eng_tok_vocab_size(const struct eng_tok *tok);
 int32_t eng_tok_bos(const struct eng_tok *tok);
 int32_t eng_tok_eos(const struct eng_tok *tok);
 
+/* Checks that every id the tokenizer can produce (its pieces, added tokens, BOS and EOS) is
+ * below model_vocab, the model's embedding rows: a mismatched tokenizer must fail at start-up,
+ * not at the first request. A tokenizer with fewer ids than the model is fine (padded
+ * vocabularies). KC_ERANGE with a message naming the first bad id otherwise. */
+int eng_tok_check_vocab(const struct eng_tok *tok, int32_t model_vocab, struct kc_error *err);
+
 /* Whether tokenizer_config.json sets clean_up_tokenization_spaces to true (false when absent;
  * HF's JS library would default to true). The clean-up is lossy and cannot be streamed, so
  * decode applies it only when the caller passes ENG_TOK_CLEAN_UP_SPACES. */

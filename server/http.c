@@ -35,6 +35,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -43,6 +44,7 @@
 #include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -179,10 +181,12 @@ static void gauges_of(struct srv *s, struct srv_gauges *g) {
 
 static enum MHD_Result route_health(struct srv_conn *c) {
     struct srv *s = c->srv;
+    if (s->state == SRV_LOADING) {
+        /* What the README, Dockerfile and k8s probes expect while the models load. */
+        return srv_send(c, 503, "application/json", "{\"status\":\"loading\"}", 20);
+    }
     if (s->state != SRV_SERVING) {
-        return send_http_error(c, 503,
-                               s->state == SRV_LOADING ? "the server is loading"
-                                                       : "the server is shutting down");
+        return send_http_error(c, 503, "the server is shutting down");
     }
     return srv_send(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
 }
@@ -515,8 +519,7 @@ static bool list_has(const char *list, const char *item, size_t n) {
  * check off. The port is ignored. */
 static bool host_ok(struct srv_conn *c) {
     const char *allowed = c->srv->cfg.allowed_hosts;
-    if (strcmp(allowed, "*") == 0 ||
-        (allowed[0] == '\0' && !cfg_host_is_loopback(c->srv->cfg.host))) {
+    if (strcmp(allowed, "*") == 0 || (allowed[0] == '\0' && !c->srv->host_loopback)) {
         return true;
     }
     const char *h = header(c, MHD_HTTP_HEADER_HOST);
@@ -781,6 +784,11 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
     if (strcmp(method, rd->method) != 0) {
         return send_http_error(c, 405, "Method not allowed");
     }
+    if (s->state == SRV_LOADING && rd->route != R_HEALTH) {
+        struct srv_error e;
+        srv_error_kc(&e, KC_EBUSY, NULL, "The server is loading the model; retry shortly.");
+        return srv_send_error(c, &e);
+    }
     if (strcmp(rd->method, "POST") == 0) {
         const char *ct = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
         if (ct != NULL && strncasecmp(ct, "application/json", 16) != 0 &&
@@ -985,8 +993,10 @@ void srv_mhd_kick(struct srv *s) {
     }
 }
 
-static int bind_addr(const char *host, int port, struct sockaddr_storage *ss, bool *v6,
-                     struct kc_error *err) {
+/* Opens the listening socket ourselves rather than through MHD, so that a busy port or a
+ * foreign address fails with the errno text ("Address already in use"), which MHD only
+ * logs. Returns the fd or -1 with err set. */
+static int listen_socket(const char *host, int port, int *bound_port, struct kc_error *err) {
     struct addrinfo hints;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -995,7 +1005,8 @@ static int bind_addr(const char *host, int port, struct sockaddr_storage *ss, bo
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(host, NULL, &hints, &res);
     if (rc != 0 || res == NULL) {
-        return kc_error_set(err, KC_EINVAL, "--host %s: %s", host, gai_strerror(rc));
+        kc_error_set(err, KC_EINVAL, "--host %s: %s", host, gai_strerror(rc));
+        return -1;
     }
     /* Prefer IPv4 for names like localhost that resolve to both. */
     struct addrinfo *pick = res;
@@ -1005,16 +1016,49 @@ static int bind_addr(const char *host, int port, struct sockaddr_storage *ss, bo
             break;
         }
     }
-    memset(ss, 0, sizeof(*ss));
-    memcpy(ss, pick->ai_addr, pick->ai_addrlen);
-    *v6 = pick->ai_family == AF_INET6;
-    if (*v6) {
-        ((struct sockaddr_in6 *)(void *)ss)->sin6_port = htons((uint16_t)port);
-    } else {
-        ((struct sockaddr_in *)(void *)ss)->sin_port = htons((uint16_t)port);
-    }
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    memcpy(&ss, pick->ai_addr, pick->ai_addrlen);
+    const socklen_t len = pick->ai_addrlen;
+    const int family = pick->ai_family;
     freeaddrinfo(res);
-    return KC_OK;
+    if (family == AF_INET6) {
+        ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)port);
+    } else {
+        ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)port);
+    }
+    const char *step = "socket";
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd >= 0) {
+        const int one = 1;
+        /* SO_REUSEADDR (as MHD sets it): rebinding over TIME_WAIT, never two listeners. */
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (family == AF_INET6) {
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        }
+        step = "bind";
+        if (bind(fd, (struct sockaddr *)&ss, len) == 0) {
+            step = "listen";
+            if (listen(fd, SOMAXCONN) == 0) {
+                step = NULL;
+            }
+        }
+    }
+    if (step != NULL) {
+        const int e = errno;
+        if (fd >= 0) {
+            close(fd);
+        }
+        kc_error_set(err, KC_EIO, "cannot listen on %s:%d: %s: %s", host, port, step, strerror(e));
+        return -1;
+    }
+    struct sockaddr_storage got;
+    socklen_t glen = sizeof(got);
+    memset(&got, 0, sizeof(got));
+    getsockname(fd, (struct sockaddr *)&got, &glen);
+    *bound_port = ntohs(family == AF_INET6 ? ((struct sockaddr_in6 *)(void *)&got)->sin6_port
+                                           : ((struct sockaddr_in *)(void *)&got)->sin_port);
+    return fd;
 }
 
 /* MHD's own connection limit: above --max-connections (DESIGN 4: ours acts first and answers;
@@ -1046,41 +1090,38 @@ static unsigned int mhd_conn_limit(const struct srv *s) {
 }
 
 int srv_http_start(struct srv *s, struct kc_error *err) {
-    struct sockaddr_storage ss;
-    bool v6 = false;
-    int rc = bind_addr(s->cfg.host, s->cfg.port, &ss, &v6, err);
-    if (rc != KC_OK) {
-        return rc;
+    int port = 0;
+    const int fd = listen_socket(s->cfg.host, s->cfg.port, &port, err);
+    if (fd < 0) {
+        return err != NULL ? err->code : KC_EIO;
     }
     if (s->cfg.api_key_on_cmdline) {
         KC_WARN("the API key was given as --api-key: other local users can read it in the "
                 "process list (ps, /proc); prefer --api-key-file FILE or KVCAST_API_KEY");
     }
     unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (v6) {
-        flags |= MHD_USE_IPv6;
-    }
-    /* No MHD_OPTION_PER_IP_CONNECTION_LIMIT: MHD would close silently; first_call answers
-     * 503 instead (DESIGN 4). */
+    /* MHD owns fd from here and closes it in MHD_stop_daemon. No
+     * MHD_OPTION_PER_IP_CONNECTION_LIMIT: MHD would close silently; first_call answers 503
+     * instead (DESIGN 4). */
     s->mhd = MHD_start_daemon(
-        flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER,
-        on_mhd_log, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT,
-        mhd_conn_limit(s), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.connection_timeout_s,
+        flags, (uint16_t)port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT, mhd_conn_limit(s),
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)s->cfg.connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.connection_memory_kib * 1024,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
         s, MHD_OPTION_END);
     if (s->mhd == NULL) {
-        return kc_error_set(err, KC_EIO, "cannot listen on %s:%d (address in use or not local?)",
-                            s->cfg.host, s->cfg.port);
+        close(fd);
+        return kc_error_set(err, KC_EIO, "libmicrohttpd could not start on %s:%d", s->cfg.host,
+                            port);
     }
-    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
     const union MHD_DaemonInfo *ei = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
-    if (pi == NULL || ei == NULL) {
+    if (ei == NULL) {
         MHD_stop_daemon(s->mhd);
         s->mhd = NULL;
-        return kc_error_set(err, KC_EIO, "libmicrohttpd: no port or epoll fd");
+        return kc_error_set(err, KC_EIO, "libmicrohttpd: no epoll fd");
     }
-    s->port = pi->port;
+    s->port = port;
     uv_timer_init(&s->loop, &s->mhd_timer);
     s->mhd_timer.data = s;
     uv_poll_init(&s->loop, &s->mhd_poll, ei->epoll_fd);

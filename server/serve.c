@@ -3,8 +3,14 @@
  * and the drain on shutdown.
  *
  * Lifecycle (loop thread):
- *   LOADING   settings -> models (bundle, or --model [+ --aux --predictor]) -> tokenizer ->
- *             scheduler -> listen; prints "kvcast: listening on http://HOST:PORT" to stdout
+ *   start     settings -> listen (a busy port fails here, before any model is read); prints
+ *             "kvcast: listening on http://HOST:PORT" to stdout -> LOADING
+ *   LOADING   models load on a libuv worker (load_work_cb: bundle, or --model [+ --aux
+ *             --predictor], tokenizer, their fit checks, then the scheduler) while the loop
+ *             answers /health with 503 {"status":"loading"} and every other route with 503 +
+ *             Retry-After. Then load_done_cb (loop thread) -> SERVING; a load failure exits 1
+ *             with the message. SIGTERM/SIGINT here cancel the load (the loader checks between
+ *             layers) -> STOPPING, exit 0.
  *   SERVING   requests; SIGTERM/SIGINT -> DRAINING
  *   DRAINING  /health answers 503 and new completions 503 + Retry-After (the listener stays
  *             open so probes and clients get an answer rather than a refused connection);
@@ -14,6 +20,7 @@
  *             MHD is stopped with no connection suspended, the scheduler destroyed, exit 0.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <signal.h>
@@ -117,6 +124,11 @@ static void maybe_finish_stop(struct srv *s) {
     uv_timer_stop(&s->drain_timer);
     uv_signal_stop(&s->sig_term);
     uv_signal_stop(&s->sig_int);
+    /* libuv puts back the default action, which would kill the process (status 143, no
+     * clean exit) if a late signal arrives during teardown, e.g. the second copy that
+     * `timeout` or a process-group kill delivers. We are stopping anyway: ignore them. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     uv_close((uv_handle_t *)&s->watchdog, close_cb);
     uv_close((uv_handle_t *)&s->drain_timer, close_cb);
     uv_close((uv_handle_t *)&s->mhd_timer, close_cb);
@@ -135,7 +147,12 @@ static void on_drain_timeout(uv_timer_t *t) {
 static void on_signal(uv_signal_t *h, int signum) {
     struct srv *s = h->data;
     s->signals_seen++;
-    if (s->state == SRV_SERVING) {
+    if (s->state == SRV_LOADING) {
+        /* The loader cannot be interrupted from here: it polls the flag between layers, and
+         * load_done_cb then stops the loop (exit 0). */
+        KC_INFO("signal %d while loading: stopping", signum);
+        atomic_store(&s->load_cancel, 1);
+    } else if (s->state == SRV_SERVING) {
         KC_INFO("signal %d: draining (up to %d s); send it again to stop at once", signum,
                 s->cfg.shutdown_timeout_s);
         s->state = SRV_DRAINING;
@@ -153,37 +170,46 @@ static void on_watchdog(uv_timer_t *t) {
     maybe_finish_stop(s);
 }
 
-/* ---- loading ---- */
+/* ---- loading (on a libuv worker thread) ---- */
 
-static int load_models(struct srv *s, struct kc_error *err) {
-    const struct cfg_settings *c = &s->cfg;
-    struct eng_model_params mp = eng_model_default_params();
-    int rc;
-    if ((rc = eng_wtype_parse(c->prefill_dtype, &mp.prefill_wtype)) != KC_OK ||
-        (rc = eng_wtype_parse(c->decode_dtype, &mp.decode_wtype)) != KC_OK) {
-        return kc_error_set(err, KC_EINVAL, "bad --prefill-dtype / --decode-dtype");
+/* eng_model_params.progress_cb: a log line per 10 % of a file's tensors, but only once the
+ * load has taken a second, so small models load quietly. Non-zero stops the load. */
+static int on_load_progress(void *ud, const char *path, size_t done, size_t total) {
+    struct srv *s = ud;
+    if (atomic_load(&s->load_cancel)) {
+        return 1;
     }
-    const char *base_dir = NULL;
-    if (c->model[0] != '\0' && c->aux[0] != '\0') {
-        rc = eng_kvp_bundle_open(c->model, c->aux, c->predictor, &mp, &s->bundle, err);
-    } else if (c->model[0] != '\0') {
-        rc = eng_model_load(c->model, &mp, &s->base_owned, err);
-        base_dir = c->model;
-    } else {
-        rc = eng_kvp_bundle_load(c->bundle, &mp, &s->bundle, err);
+    if (strcmp(s->load_file, path) != 0) { /* by content: a freed path's address recurs */
+        snprintf(s->load_file, sizeof(s->load_file), "%s", path);
+        s->load_next_pct = 10;
     }
-    if (rc != KC_OK) {
-        return rc;
+    const int pct = total > 0 ? (int)((double)done * 100.0 / (double)total) : 100;
+    const double dt = kc_now_s() - s->load_t0;
+    if (pct >= s->load_next_pct && dt >= 1.0) {
+        KC_INFO("loading %s: %d%% (%.1f of %.1f MiB) after %.1f s", path, pct,
+                (double)done / 1048576.0, (double)total / 1048576.0, dt);
+        s->load_next_pct = pct / 10 * 10 + 10;
     }
-    if (s->bundle != NULL) {
-        s->base = s->bundle->base;
-        base_dir = s->bundle->base_dir;
-    } else {
-        s->base = s->base_owned;
+    return 0;
+}
+
+/* --debug-load-delay-ms: a slow load for tests of the LOADING state; a signal cuts it short. */
+static int debug_load_delay(struct srv *s, struct kc_error *err) {
+    for (int left = s->cfg.debug_load_delay_ms; left > 0; left -= 10) {
+        if (atomic_load(&s->load_cancel)) {
+            return kc_error_set(err, KC_ECANCELED, "loading cancelled");
+        }
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (left < 10 ? left : 10) * 1000000L};
+        nanosleep(&ts, NULL);
     }
-    snprintf(s->model_root, sizeof(s->model_root), "%s", base_dir);
-    if (c->served_model_name[0] != '\0') {
-        snprintf(s->model_id, sizeof(s->model_id), "%s", c->served_model_name);
+    return KC_OK;
+}
+
+static void set_model_id(struct srv *s, const char *bundle_name, const char *base_dir) {
+    if (s->cfg.served_model_name[0] != '\0') {
+        snprintf(s->model_id, sizeof(s->model_id), "%s", s->cfg.served_model_name);
+    } else if (bundle_name != NULL) {
+        snprintf(s->model_id, sizeof(s->model_id), "%s", bundle_name);
     } else {
         char tmp[CFG_PATH_MAX];
         snprintf(tmp, sizeof(tmp), "%s", base_dir);
@@ -193,30 +219,90 @@ static int load_models(struct srv *s, struct kc_error *err) {
         }
         snprintf(s->model_id, sizeof(s->model_id), "%s", basename(tmp));
     }
-    /* Tokenizer: explicit, else the base dir's tokenizer.json when there is one. */
+}
+
+/* Loads the tokenizer (explicit, else the base dir's tokenizer.json when there is one) and
+ * checks it against the model's vocabulary now rather than at the first request. */
+static int load_tokenizer(struct srv *s, const char *base_dir, struct kc_error *err) {
+    const struct cfg_settings *c = &s->cfg;
     char path[CFG_PATH_MAX + 32];
     if (c->tokenizer[0] != '\0') {
         snprintf(path, sizeof(path), "%s", c->tokenizer);
     } else {
         kc_path_join(path, sizeof(path), base_dir, "tokenizer.json");
         if (access(path, R_OK) != 0) {
-            path[0] = '\0';
             KC_WARN("%s has no tokenizer.json: prompts must be token ids and text is empty",
                     base_dir);
+            return KC_OK;
         }
     }
-    if (path[0] != '\0') {
-        rc = eng_tok_load(path, &s->tok, err);
-        if (rc != KC_OK) {
-            return rc;
-        }
-        s->tok_buf_cap = eng_tok_stream_bound(s->tok);
-        s->tok_buf = malloc(s->tok_buf_cap);
-        if (s->tok_buf == NULL) {
-            return kc_error_set(err, KC_ENOMEM, "out of memory");
-        }
+    KC_INFO("tokenizer %s", path);
+    int rc = eng_tok_load(path, &s->tok, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    const int32_t vocab = eng_model_config_of(s->base)->vocab_size;
+    if ((rc = eng_tok_check_vocab(s->tok, vocab, err)) != KC_OK) {
+        kc_error_prefix(err, "tokenizer %s does not fit model %s", path, base_dir);
+        return rc;
+    }
+    s->tok_buf_cap = eng_tok_stream_bound(s->tok);
+    s->tok_buf = malloc(s->tok_buf_cap);
+    if (s->tok_buf == NULL) {
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
     }
     return KC_OK;
+}
+
+/* Resolves what to load: --model [+ --aux + --predictor] as given, else the bundle with
+ * --aux and/or --predictor replacing its own. Runs on the loader thread: it only writes the
+ * model fields of s, which the loop thread reads after load_done_cb. */
+static int load_models(struct srv *s, struct kc_error *err) {
+    const struct cfg_settings *c = &s->cfg;
+    struct eng_model_params mp = eng_model_default_params();
+    struct eng_kvp_bundle_spec spec = {NULL, NULL, NULL, NULL};
+    int rc;
+    if ((rc = eng_wtype_parse(c->prefill_dtype, &mp.prefill_wtype)) != KC_OK ||
+        (rc = eng_wtype_parse(c->decode_dtype, &mp.decode_wtype)) != KC_OK) {
+        return kc_error_set(err, KC_EINVAL, "bad --prefill-dtype / --decode-dtype");
+    }
+    mp.progress_cb = on_load_progress;
+    mp.progress_ud = s;
+    if ((rc = debug_load_delay(s, err)) != KC_OK) {
+        return rc;
+    }
+    const char *base_dir = c->model, *aux = c->aux, *pred = c->predictor;
+    const bool from_bundle = c->model[0] == '\0';
+    if (from_bundle) {
+        if ((rc = eng_kvp_bundle_read(c->bundle, &spec, err)) != KC_OK) {
+            return rc;
+        }
+        base_dir = spec.base_dir;
+        aux = aux[0] != '\0' ? aux : spec.aux_dir;
+        pred = pred[0] != '\0' ? pred : spec.predictor_path;
+    }
+    KC_INFO("models: %s%s: base %s, aux %s%s, predictor %s%s; weights prefill %s decode %s; "
+            "threads prefill %d decode %d",
+            from_bundle ? "bundle " : "", from_bundle ? c->bundle : "--model", base_dir,
+            aux[0] ? aux : "(none)", from_bundle && c->aux[0] ? " (--aux)" : "",
+            pred[0] ? pred : "(none)", from_bundle && c->predictor[0] ? " (--predictor)" : "",
+            c->prefill_dtype, c->decode_dtype, c->prefill_threads, c->decode_threads);
+    if (aux[0] != '\0') {
+        rc = eng_kvp_bundle_open(base_dir, aux, pred[0] ? pred : NULL, &mp, &s->bundle, err);
+        if (rc != KC_OK && from_bundle && rc != KC_ECANCELED) {
+            kc_error_prefix(err, "bundle %s", c->bundle);
+        }
+    } else {
+        rc = eng_model_load(base_dir, &mp, &s->base_owned, err);
+    }
+    if (rc == KC_OK) {
+        s->base = s->bundle != NULL ? s->bundle->base : s->base_owned;
+        snprintf(s->model_root, sizeof(s->model_root), "%s", base_dir);
+        set_model_id(s, spec.name, base_dir);
+        rc = load_tokenizer(s, base_dir, err);
+    }
+    eng_kvp_bundle_spec_free(&spec);
+    return rc;
 }
 
 /* --debug-step-delay-ms: slows the workers down so tests can disconnect mid-stream and
@@ -276,6 +362,66 @@ static uint64_t random_salt(void) {
     return x;
 }
 
+/* http://HOST:PORT, with an IPv6 literal in brackets (RFC 3986). */
+static void server_url(const struct srv *s, char *out, size_t cap) {
+    const bool v6 = strchr(s->cfg.host, ':') != NULL;
+    snprintf(out, cap, "http://%s%s%s:%d", v6 ? "[" : "", s->cfg.host, v6 ? "]" : "", s->port);
+}
+
+/* The scheduler is created here too: sizing and zeroing the KV slabs takes a while, and the
+ * loop must keep answering meanwhile. Its events reach the loop through uv_async_send, which
+ * any thread may call. */
+static void load_work_cb(uv_work_t *w) {
+    struct srv *s = w->data;
+    s->load_rc = load_models(s, &s->load_err);
+    if (s->load_rc == KC_OK && !atomic_load(&s->load_cancel)) {
+        s->load_rc = start_scheduler(s, &s->load_err);
+    }
+}
+
+/* Loop thread, once the loader returned: scheduler, limits, metrics label -> SERVING; or
+ * stop (exit 1 on a failed load, 0 when a signal cancelled it). */
+static void load_done_cb(uv_work_t *w, int status) {
+    struct srv *s = w->data;
+    (void)status; /* never uv_cancel()ed */
+    const int rc = s->load_rc;
+    if (atomic_load(&s->load_cancel)) {
+        KC_INFO("stopped while loading");
+        begin_stopping(s);
+        return;
+    }
+    if (rc != KC_OK) {
+        fprintf(stderr, "kvcast serve: %s\n", s->load_err.msg);
+        s->exit_code = 1;
+        begin_stopping(s);
+        return;
+    }
+    s->lim = (struct srv_limits){
+        .model_id = s->model_id,
+        .vocab_size = eng_model_config_of(s->base)->vocab_size,
+        .max_context = s->max_model_len,
+        .max_choices = s->cfg.max_choices,
+        .max_stop = s->cfg.max_stop,
+        .max_stop_bytes = s->cfg.max_stop_bytes,
+        .strict = s->cfg.strict_fields,
+        .default_mode = SCH_MODE_AUTO,
+    };
+    enum sch_prefill_mode dm = SCH_MODE_AUTO;
+    if (sch_mode_parse(s->cfg.prefill_mode, &dm) == KC_OK) {
+        s->lim.default_mode = (int)dm;
+    }
+    /* Counters kept since the bind (503s while loading) stay; only the label changes. */
+    struct srv_metrics named;
+    srv_metrics_init(&named, s->model_id, strcmp(s->cfg.metric_names, "prometheus") == 0);
+    memcpy(s->metrics.model_name, named.model_name, sizeof(named.model_name));
+    s->state = SRV_SERVING;
+    char url[CFG_STR_MAX + 32];
+    server_url(s, url, sizeof(url));
+    KC_INFO("model %s (max_model_len %d, vocab %d%s) loaded in %.1f s; serving on %s", s->model_id,
+            s->max_model_len, s->lim.vocab_size, s->tok ? "" : ", no tokenizer",
+            kc_now_s() - s->load_t0, url);
+}
+
 int srv_serve_main(int argc, char **argv) {
     struct srv *s = calloc(1, sizeof(*s));
     struct kc_error err = {0};
@@ -304,6 +450,8 @@ int srv_serve_main(int argc, char **argv) {
     cfg_settings_describe(&s->cfg, desc, sizeof(desc));
     KC_DEBUG("settings: %s", desc);
     s->id_salt = random_salt();
+    s->host_loopback = cfg_host_is_loopback(s->cfg.host);
+    atomic_init(&s->load_cancel, 0);
     pthread_mutex_init(&s->ev_lock, NULL);
     if (uv_loop_init(&s->loop) != 0) {
         fprintf(stderr, "kvcast serve: cannot create the event loop\n");
@@ -321,26 +469,10 @@ int srv_serve_main(int argc, char **argv) {
     uv_signal_init(&s->loop, &s->sig_int);
     s->sig_int.data = s;
 
-    const double t0 = kc_now_s();
-    if (load_models(s, &err) != KC_OK || start_scheduler(s, &err) != KC_OK) {
-        fprintf(stderr, "kvcast serve: %s\n", err.msg);
-        goto done;
-    }
-    s->lim = (struct srv_limits){
-        .model_id = s->model_id,
-        .vocab_size = eng_model_config_of(s->base)->vocab_size,
-        .max_context = s->max_model_len,
-        .max_choices = s->cfg.max_choices,
-        .max_stop = s->cfg.max_stop,
-        .max_stop_bytes = s->cfg.max_stop_bytes,
-        .strict = s->cfg.strict_fields,
-        .default_mode = SCH_MODE_AUTO,
-    };
-    enum sch_prefill_mode dm = SCH_MODE_AUTO;
-    if (sch_mode_parse(s->cfg.prefill_mode, &dm) == KC_OK) {
-        s->lim.default_mode = (int)dm;
-    }
-    srv_metrics_init(&s->metrics, s->model_id, strcmp(s->cfg.metric_names, "prometheus") == 0);
+    /* Listen first: a busy port fails now, not after minutes of loading, and probes get
+     * "loading" rather than a refused connection while the models load. */
+    srv_metrics_init(&s->metrics, s->cfg.served_model_name,
+                     strcmp(s->cfg.metric_names, "prometheus") == 0);
     if (srv_http_start(s, &err) != KC_OK) {
         fprintf(stderr, "kvcast serve: %s\n", err.msg);
         goto done;
@@ -349,18 +481,25 @@ int srv_serve_main(int argc, char **argv) {
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_timer_start(&s->watchdog, on_watchdog, (uint64_t)s->cfg.disconnect_check_ms,
                    (uint64_t)s->cfg.disconnect_check_ms);
-    s->state = SRV_SERVING;
-    KC_INFO("model %s (max_model_len %d, vocab %d%s) loaded in %.1f s", s->model_id,
-            s->max_model_len, s->lim.vocab_size, s->tok ? "" : ", no tokenizer", kc_now_s() - t0);
-    if (!cfg_host_is_loopback(s->cfg.host) && s->cfg.api_key[0] == '\0') {
+    if (!s->host_loopback && s->cfg.api_key[0] == '\0') {
         KC_WARN("listening on %s WITHOUT an API key (--insecure-public)", s->cfg.host);
     }
-    /* The one line scripts and tests wait for. */
-    printf("kvcast: listening on http://%s:%d\n", s->cfg.host, s->port);
+    char url[CFG_STR_MAX + 32];
+    server_url(s, url, sizeof(url));
+    KC_INFO("listening on %s; loading models (/health answers 503 until ready)", url);
+    /* The line scripts and tests read the port from; readiness is /health answering 200. */
+    printf("kvcast: listening on %s\n", url);
     fflush(stdout);
+    s->state = SRV_LOADING;
+    s->load_t0 = kc_now_s();
+    s->load_req.data = s;
+    if (uv_queue_work(&s->loop, &s->load_req, load_work_cb, load_done_cb) != 0) {
+        fprintf(stderr, "kvcast serve: cannot start the loader thread\n");
+        goto done;
+    }
     uv_run(&s->loop, UV_RUN_DEFAULT);
     KC_INFO("stopped");
-    exit_code = 0;
+    exit_code = s->exit_code;
 done:
     if (s->mhd != NULL) {
         srv_http_stop(s);

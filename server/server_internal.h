@@ -34,6 +34,7 @@
 #define SRV_SERVER_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -119,6 +120,17 @@ struct srv {
     bool conn_timer_on;
     double t_refusal_warn; /* rate limit of the "refused/evicted connections" warning */
     uint64_t refusals_unlogged;
+    bool host_loopback; /* cfg.host resolves to loopback only (resolved once at start) */
+    /* start-up (serve.c): models load on a libuv worker thread while the loop already answers
+     * (/health 503 "loading"); the loader owns the model fields above until load_done runs. */
+    uv_work_t load_req;
+    int load_rc;
+    struct kc_error load_err;
+    atomic_int load_cancel; /* a signal arrived while loading: the loader stops early */
+    double load_t0;
+    char load_file[CFG_PATH_MAX + 64]; /* loader thread only: progress of this file */
+    int load_next_pct;
+    int exit_code;
 };
 
 /* Per HTTP request (MHD's con_cls). */

@@ -40,3 +40,13 @@ if(TARGET kvcast AND TARGET kc_server)
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/conformance/openai/run.sh $<TARGET_FILE:kvcast>)
   set_tests_properties(test_server_openai_conformance PROPERTIES LABELS integration TIMEOUT 300)
 endif()
+
+# Start-up: bind before loading (busy port, /health "loading", SIGTERM while loading) and the
+# model files that must be refused at start-up (unused tensors, predictor misfit, tokenizer).
+if(TARGET kvcast)
+  add_test(NAME test_server_startup
+           COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_server_startup.sh
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_startup PROPERTIES LABELS integration TIMEOUT 120)
+endif()

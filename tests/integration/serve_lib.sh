@@ -2,7 +2,7 @@
 # a temp folder, cleanup on exit, failure with the server's log, and a server on the golden
 # llama_gqa model paired with itself through an identity predictor (so predict mode runs),
 # started on 127.0.0.1 --port 0. Source it, then call kc_start_pair_server EXTRA_ARGS...;
-# it sets SRV (pid) and URL. Needs $KVCAST and the source root as the working directory.
+# it sets SRV (pid) and URL once /health answers 200 (kc_wait_ready URL does that alone). Needs $KVCAST and the source root as the working directory.
 PY=/usr/bin/python3
 TMP=$(mktemp -d /tmp/kc_it_XXXXXX)
 SRV=""
@@ -39,4 +39,24 @@ kc_start_pair_server() {
     done
     [ -n "$port" ] || fail "the server did not print its port"
     URL=http://127.0.0.1:$port
+    kc_wait_ready "$URL"
+}
+# kc_wait_ready URL: the port is bound before the models load; /health answers 503
+# {"status":"loading"} until they are in. Waits up to 60 s for 200.
+kc_wait_ready() {
+    $PY - "$1" <<'PYEOF' || fail "/health did not turn 200 within 60 s"
+import sys, time, urllib.request, urllib.error
+t0 = time.time()
+while time.time() - t0 < 60:
+    try:
+        if urllib.request.urlopen(sys.argv[1] + "/health", timeout=5).status == 200:
+            sys.exit(0)
+    except urllib.error.HTTPError as e:
+        if e.code != 503:
+            sys.exit(1)
+    except OSError:
+        pass
+    time.sleep(0.05)
+sys.exit(1)
+PYEOF
 }

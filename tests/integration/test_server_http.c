@@ -65,8 +65,11 @@ static void sleep_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
+static void server_wait_ready(struct server *s);
+
 /* Starts kvcast serve with the default test model plus extra args; fails the test if the
- * "listening on" line does not show up within 60 s. */
+ * "listening on" line does not show up within 60 s, or /health is not 200 60 s later (the
+ * port is bound before the models load). */
 static void server_start(struct server *s, const char *const *extra) {
     const char *bdir = getenv("KC_BUILD_DIR");
     char bin[1024];
@@ -131,6 +134,7 @@ static void server_start(struct server *s, const char *const *extra) {
         waitpid(s->pid, NULL, 0);
         fail_msg("server did not start; see %s", s->log);
     }
+    server_wait_ready(s);
 }
 
 /* Sends sig (0: none) and waits up to timeout_s for exit; returns the exit status or -1. */
@@ -288,6 +292,26 @@ static void post(int port, const char *path, const char *body, struct resp *r) {
 static void resp_free(struct resp *r) {
     free(r->body);
     r->body = NULL;
+}
+
+/* Polls /health until 200 ("loading" answers 503 until the models are in). */
+static void server_wait_ready(struct server *s) {
+    const double t0 = now_s();
+    for (;;) {
+        struct resp r;
+        request(s->port, "GET", "/health", NULL, NULL, &r);
+        const int st = r.status;
+        resp_free(&r);
+        if (st == 200) {
+            return;
+        }
+        if (st != 503 || now_s() - t0 > 60.0) {
+            kill(s->pid, SIGKILL);
+            waitpid(s->pid, NULL, 0);
+            fail_msg("server not ready (/health %d); see %s", st, s->log);
+        }
+        sleep_ms(20);
+    }
 }
 
 static json_t *body_json(const struct resp *r) {

@@ -225,15 +225,56 @@ static void test_api_key_file_reads_first_line(void **state) {
     unlink(path);
 }
 
-static void test_aux_needs_predictor(void **state) {
+/* With --model the bundle is not read, so --aux needs --predictor; without --model each one
+ * alone replaces the bundle's (not silently ignored: serve.c uses them). */
+static void test_aux_needs_predictor_only_with_model(void **state) {
     (void)state;
-    char *argv[] = {"serve", "--aux", "models/aux", NULL};
+    char *envp[] = {NULL};
+    struct cfg_settings s;
+    bool help = false;
+    struct kc_error err = {0};
+    char *argv[] = {"serve", "--model", "models/base", "--aux", "models/aux", NULL};
+    assert_int_equal(cfg_settings_load(5, argv, envp, &s, &help, &err), KC_EINVAL);
+    assert_non_null(strstr(err.msg, "--predictor"));
+    char *argv2[] = {"serve", "--model", "models/base", "--predictor", "p.safetensors", NULL};
+    assert_int_equal(cfg_settings_load(5, argv2, envp, &s, &help, &err), KC_EINVAL);
+    assert_non_null(strstr(err.msg, "--aux"));
+    char *argv3[] = {"serve", "--aux", "models/aux", NULL};
+    assert_int_equal(cfg_settings_load(3, argv3, envp, &s, &help, &err), KC_OK);
+    assert_string_equal(s.aux, "models/aux");
+    char *argv4[] = {"serve", "--predictor", "p.safetensors", NULL};
+    assert_int_equal(cfg_settings_load(3, argv4, envp, &s, &help, &err), KC_OK);
+    char *argv5[] = {"serve", "--bundle", "", "--aux", "models/aux", NULL};
+    assert_int_equal(cfg_settings_load(5, argv5, envp, &s, &help, &err), KC_EINVAL);
+    assert_non_null(strstr(err.msg, "no model"));
+}
+
+/* Loopback is decided by the resolved addresses, not by the text. */
+static void test_host_is_loopback_resolves_the_address(void **state) {
+    (void)state;
+    static const char *const yes[] = {"127.0.0.1", "127.1.2.3",       "127.1",           "::1",
+                                      "localhost", "0:0:0:0:0:0:0:1", "::ffff:127.0.0.1"};
+    static const char *const no[] = {
+        "0.0.0.0",          "::", "10.0.0.1",       "128.0.0.1", "127.0.0.1.invalid",
+        "127.evil.invalid", "",   "::ffff:10.0.0.1"};
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+        if (!cfg_host_is_loopback(yes[i])) {
+            fail_msg("'%s' should count as loopback", yes[i]);
+        }
+    }
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
+        if (cfg_host_is_loopback(no[i])) {
+            fail_msg("'%s' should not count as loopback", no[i]);
+        }
+    }
+    /* A name that merely starts with 127. exposes the server: it needs a key like 0.0.0.0. */
+    char *argv[] = {"serve", "--host", "127.0.0.1.invalid", NULL};
     char *envp[] = {NULL};
     struct cfg_settings s;
     bool help = false;
     struct kc_error err = {0};
     assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_EINVAL);
-    assert_non_null(strstr(err.msg, "--predictor"));
+    assert_non_null(strstr(err.msg, "--api-key"));
 }
 
 static void test_help_lists_every_setting_with_default(void **state) {
@@ -314,7 +355,8 @@ int main(void) {
         cmocka_unit_test(test_env_unknown_variable_is_an_error),
         cmocka_unit_test(test_public_host_needs_a_key),
         cmocka_unit_test(test_api_key_file_reads_first_line),
-        cmocka_unit_test(test_aux_needs_predictor),
+        cmocka_unit_test(test_aux_needs_predictor_only_with_model),
+        cmocka_unit_test(test_host_is_loopback_resolves_the_address),
         cmocka_unit_test(test_help_lists_every_setting_with_default),
         cmocka_unit_test(test_connection_defaults_and_new_settings),
         cmocka_unit_test(test_api_key_on_cmdline_is_flagged),

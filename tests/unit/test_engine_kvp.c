@@ -707,6 +707,121 @@ static void test_bundle_checks_tokenizers_and_shapes(void **state) {
     rmdir(dir);
 }
 
+/* A bundle's optional "name" is read and kept; eng_kvp_bundle_read resolves the paths
+ * without loading anything (so serve can replace aux or predictor). */
+static void test_bundle_name_and_read(void **state) {
+    (void)state;
+    char tmpl[] = "/tmp/kc_bundle_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    link_model(dir, "base", "llama_gqa");
+    struct eng_model *m = load_case("llama_gqa");
+    struct eng_kvp *pred = identity_predictor(eng_model_config_of(m));
+    eng_model_free(m);
+    char ppath[1100], bpath[1100], want[1200];
+    snprintf(ppath, sizeof(ppath), "%s/p.safetensors", dir);
+    snprintf(bpath, sizeof(bpath), "%s/b.json", dir);
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_save(pred, ppath, &err), KC_OK);
+    eng_kvp_free(pred);
+    const struct eng_model_params mp = {.prefill_wtype = ENG_WTYPE_F32,
+                                        .decode_wtype = ENG_WTYPE_F32};
+    write_file(dir, "b.json",
+               "{\"name\": \"pair-x\", \"base\": \"base\", \"aux\": \"base\", "
+               "\"predictor\": \"p.safetensors\"}");
+    struct eng_kvp_bundle_spec spec;
+    if (eng_kvp_bundle_read(bpath, &spec, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_string_equal(spec.name, "pair-x");
+    snprintf(want, sizeof(want), "%s/base", dir);
+    assert_string_equal(spec.base_dir, want);
+    assert_string_equal(spec.aux_dir, want);
+    assert_string_equal(spec.predictor_path, ppath);
+    eng_kvp_bundle_spec_free(&spec);
+    assert_null(spec.name);
+    struct eng_kvp_bundle *b = NULL;
+    if (eng_kvp_bundle_load(bpath, &mp, &b, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_string_equal(b->name, "pair-x");
+    eng_kvp_bundle_free(b);
+    b = NULL;
+    write_file(dir, "b.json",
+               "{\"base\": \"base\", \"aux\": \"base\", \"predictor\": \"p.safetensors\"}");
+    assert_int_equal(eng_kvp_bundle_read(bpath, &spec, &err), KC_OK);
+    assert_null(spec.name);
+    eng_kvp_bundle_spec_free(&spec);
+    static const char *const bad[] = {
+        "{\"name\": \"\", \"base\": \"base\", \"aux\": \"base\", \"predictor\": \"p\"}",
+        "{\"name\": 3, \"base\": \"base\", \"aux\": \"base\", \"predictor\": \"p\"}",
+        "{\"name\": \"a\\nb\", \"base\": \"base\", \"aux\": \"base\", \"predictor\": \"p\"}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_file(dir, "b.json", bad[i]);
+        if (eng_kvp_bundle_read(bpath, &spec, &err) == KC_OK) {
+            fail_msg("bundle '%s' was accepted", bad[i]);
+        }
+        assert_non_null(strstr(err.msg, "\"name\""));
+        print_message("rejected: %s\n", err.msg);
+    }
+    /* The shipped tiny bundle is named. */
+    char tiny[1100];
+    const char *src = getenv("KC_SOURCE_DIR");
+    snprintf(tiny, sizeof(tiny), "%s/models/tiny/kvcast-bundle.json", src != NULL ? src : ".");
+    if (eng_kvp_bundle_read(tiny, &spec, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_string_equal(spec.name, "kvcast-tiny");
+    eng_kvp_bundle_spec_free(&spec);
+    rm_model(dir, "base");
+    remove(ppath);
+    remove(bpath);
+    rmdir(dir);
+}
+
+/* A predictor that does not fit the pair is refused naming the file and a tensor. */
+static void test_predictor_misfit_names_file_and_tensor(void **state) {
+    (void)state;
+    char tmpl[] = "/tmp/kc_bundle_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    link_model(dir, "other", "llama_untied_bf16"); /* 3 layers */
+    struct eng_model *m = load_case("llama_gqa");  /* 2 layers */
+    const struct eng_model_config *gc = eng_model_config_of(m);
+    struct eng_kvp *pred = identity_predictor(gc);
+    char ppath[1100], other[1100];
+    snprintf(ppath, sizeof(ppath), "%s/p.safetensors", dir);
+    snprintf(other, sizeof(other), "%s/other", dir);
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_save(pred, ppath, &err), KC_OK);
+    const struct eng_model_params mp = {.prefill_wtype = ENG_WTYPE_F32,
+                                        .decode_wtype = ENG_WTYPE_F32};
+    struct eng_kvp_bundle *b = NULL;
+    assert_int_equal(eng_kvp_bundle_open(other, other, ppath, &mp, &b, &err), KC_EINVAL);
+    print_message("rejected: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, ppath));
+    assert_non_null(strstr(err.msg, "no tensor 'k.2.weight'"));
+    assert_null(b);
+    /* Layer map past the aux model's layers, and K/V widths that differ. */
+    struct eng_model_config aux1 = *gc;
+    aux1.n_layers = 1;
+    assert_int_equal(eng_kvp_check_models(pred, gc, &aux1, &err), KC_EINVAL);
+    print_message("rejected: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "layer_map[1] = 1: tensors 'k.1.weight'"));
+    struct eng_model_config wide = *gc;
+    wide.n_kv_heads = gc->n_kv_heads * 2;
+    assert_int_equal(eng_kvp_check_models(pred, gc, &wide, &err), KC_EINVAL);
+    print_message("rejected: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "tensor 'k.0.weight'"));
+    assert_int_equal(eng_kvp_check_models(pred, gc, gc, &err), KC_OK);
+    eng_kvp_free(pred);
+    eng_model_free(m);
+    rm_model(dir, "other");
+    remove(ppath);
+    rmdir(dir);
+}
+
 /* ---- calibration ---- */
 
 static void test_gram_matches_reference(void **state) {
@@ -925,6 +1040,8 @@ int main(void) {
         cmocka_unit_test(test_layer_map_parse_and_auto),
         cmocka_unit_test(test_predictor_file_round_trip_and_rejections),
         cmocka_unit_test(test_bundle_checks_tokenizers_and_shapes),
+        cmocka_unit_test(test_bundle_name_and_read),
+        cmocka_unit_test(test_predictor_misfit_names_file_and_tensor),
         cmocka_unit_test(test_gram_matches_reference),
         cmocka_unit_test(test_calibration_recovers_known_affine_map),
         cmocka_unit_test(test_calibration_with_aux_equal_base_recovers_identity),

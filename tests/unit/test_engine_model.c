@@ -20,6 +20,7 @@
 #include "common/kc.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
+#include "engine/tokenizer.h"
 
 static const char *const CASES[] = {"llama_gqa", "llama_untied_bf16", "qwen2_bias",
                                     "llama3_scaling", "llama_linear_scaling"};
@@ -396,6 +397,174 @@ static void test_load_rejects_shape_mismatch(void **state) {
     rmdir(dir);
 }
 
+/* Copies the golden llama_gqa into a fresh dir: config.json with num_hidden_layers set to
+ * n_layers (0: as is) and model.safetensors with the extra 1-D F32 tensors named in extra. */
+static char *model_copy(char *tmpl, int n_layers, const char *const *extra, size_t n_extra) {
+    char *dir = mkdtemp(tmpl);
+    assert_non_null(dir);
+    char src[1024], path[1100];
+    case_dir(src, sizeof(src), "llama_gqa");
+    snprintf(path, sizeof(path), "%s/config.json", src);
+    char *cfg = NULL;
+    size_t len = 0;
+    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
+    char edited[8192];
+    char *p = strstr(cfg, "\"num_hidden_layers\"");
+    assert_non_null(p);
+    char *colon = strchr(p, ':');
+    if (n_layers > 0) {
+        snprintf(edited, sizeof(edited), "%.*s: %d%s", (int)(colon - cfg), cfg, n_layers,
+                 strpbrk(colon + 1, ",}"));
+    } else {
+        snprintf(edited, sizeof(edited), "%s", cfg);
+    }
+    free(cfg);
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(edited, f);
+    fclose(f);
+    snprintf(path, sizeof(path), "%s/model.safetensors", src);
+    struct eng_st_set *st = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_st_set_open(path, &st, &err), KC_OK);
+    const size_t n = eng_st_set_count(st);
+    struct eng_st_tensor *ts = calloc(n + n_extra, sizeof(*ts));
+    static const float four[4] = {1, 2, 3, 4};
+    for (size_t i = 0; i < n_extra; i++) {
+        ts[i] = (struct eng_st_tensor){.name = (char *)(uintptr_t)extra[i],
+                                       .dtype = ENG_DTYPE_F32,
+                                       .ndim = 1,
+                                       .shape = {4},
+                                       .data = four,
+                                       .nbytes = sizeof(four)};
+    }
+    for (size_t i = 0; i < n; i++) {
+        ts[n_extra + i] = *eng_st_set_get(st, i);
+    }
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    assert_int_equal(eng_st_write(path, ts, n + n_extra, NULL, 0, &err), KC_OK);
+    free(ts);
+    eng_st_set_free(st);
+    return dir;
+}
+
+static void model_copy_remove(const char *dir) {
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    remove(path);
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    remove(path);
+    rmdir(dir);
+}
+
+/* A config.json with fewer layers than the weights hold must not load silently: the first
+ * unused tensor is named. So is a stray tensor; RoPE buffers are tolerated. */
+static void test_load_rejects_tensors_the_config_does_not_use(void **state) {
+    (void)state;
+    struct eng_model_params mp = eng_model_default_params();
+    struct eng_model *m = NULL;
+    struct kc_error err = {0};
+    char t1[] = "/tmp/kc_model_XXXXXX";
+    char *dir = model_copy(t1, 1, NULL, 0);
+    assert_int_equal(eng_model_load(dir, &mp, &m, &err), KC_EFORMAT);
+    print_message("error: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "'model.layers.1."));
+    assert_non_null(strstr(err.msg, "num_hidden_layers = 1"));
+    assert_null(m);
+    model_copy_remove(dir);
+
+    static const char *const stray[] = {"model.layers.0.self_attn.rotary_emb.inv_freq",
+                                        "model.layers.0.mlp.extra.weight"};
+    char t2[] = "/tmp/kc_model_XXXXXX";
+    dir = model_copy(t2, 0, stray, 2);
+    assert_int_equal(eng_model_load(dir, &mp, &m, &err), KC_EFORMAT);
+    print_message("error: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "'model.layers.0.mlp.extra.weight' is not used"));
+    assert_non_null(strstr(err.msg, "1 unused tensor(s)"));
+    model_copy_remove(dir);
+
+    char t3[] = "/tmp/kc_model_XXXXXX";
+    dir = model_copy(t3, 0, stray, 1); /* inv_freq alone: loads */
+    if (eng_model_load(dir, &mp, &m, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    eng_model_free(m);
+    model_copy_remove(dir);
+}
+
+struct progress_log {
+    int calls;
+    size_t last_done, total;
+    int cancel_at; /* non-zero: cancel on this call */
+};
+
+static int on_progress(void *ud, const char *path, size_t done, size_t total) {
+    struct progress_log *pl = ud;
+    assert_non_null(strstr(path, "model.safetensors"));
+    assert_true(done >= pl->last_done && done <= total);
+    pl->calls++;
+    pl->last_done = done;
+    pl->total = total;
+    return pl->cancel_at != 0 && pl->calls == pl->cancel_at;
+}
+
+/* The progress callback sees bytes grow to the file's total; a non-zero return cancels. */
+static void test_load_reports_progress_and_can_be_cancelled(void **state) {
+    (void)state;
+    char dir[1024];
+    case_dir(dir, sizeof(dir), "llama_gqa");
+    struct progress_log pl = {0};
+    struct eng_model_params mp = eng_model_default_params();
+    mp.progress_cb = on_progress;
+    mp.progress_ud = &pl;
+    struct eng_model *m = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_model_load(dir, &mp, &m, &err), KC_OK);
+    assert_int_equal(pl.calls, 3); /* 2 layers + the end */
+    assert_true(pl.total > 0);
+    assert_int_equal(pl.last_done, pl.total);
+    eng_model_free(m);
+    m = NULL;
+    struct progress_log stop = {.cancel_at = 1};
+    mp.progress_ud = &stop;
+    assert_int_equal(eng_model_load(dir, &mp, &m, &err), KC_ECANCELED);
+    assert_null(m);
+    assert_int_equal(stop.calls, 1);
+}
+
+/* A tokenizer must fit the model it serves: every id it can produce, BOS and EOS included,
+ * below the model's vocab_size (checked at start-up, not at the first request). A smaller
+ * tokenizer is fine (padded vocabularies). */
+static void test_tokenizer_must_fit_the_model_vocab(void **state) {
+    (void)state;
+    const char *src = getenv("KC_SOURCE_DIR");
+    char path[1100];
+    snprintf(path, sizeof(path), "%s/tests/fixtures/tiny_tokenizer", src != NULL ? src : ".");
+    struct eng_tok *tok = NULL;
+    struct kc_error err = {0};
+    if (eng_tok_load(path, &tok, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    const int32_t n = eng_tok_vocab_size(tok);
+    assert_int_equal(eng_tok_check_vocab(tok, n, &err), KC_OK);
+    assert_int_equal(eng_tok_check_vocab(tok, n + 64, &err), KC_OK);
+    assert_int_equal(eng_tok_check_vocab(tok, n - 1, &err), KC_ERANGE);
+    print_message("rejected: %s\n", err.msg);
+    char want[64];
+    snprintf(want, sizeof(want), "token %d (", (int)(n - 1));
+    assert_non_null(strstr(err.msg, want));
+    /* Special tokens are named first: the fixture's bos/eos are low ids. */
+    const int32_t bos = eng_tok_bos(tok), eos = eng_tok_eos(tok);
+    const int32_t top = bos > eos ? bos : eos;
+    if (top >= 0) {
+        assert_int_equal(eng_tok_check_vocab(tok, top, &err), KC_ERANGE);
+        print_message("rejected: %s\n", err.msg);
+        assert_non_null(strstr(err.msg, bos > eos ? "bos_token" : "eos_token"));
+    }
+    eng_tok_free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill_matches_reference_f32),
@@ -405,6 +574,9 @@ int main(void) {
         cmocka_unit_test(test_batched_decode_and_injection_match_single),
         cmocka_unit_test(test_forward_rejects_bad_tokens_and_context),
         cmocka_unit_test(test_load_rejects_shape_mismatch),
+        cmocka_unit_test(test_load_rejects_tensors_the_config_does_not_use),
+        cmocka_unit_test(test_load_reports_progress_and_can_be_cancelled),
+        cmocka_unit_test(test_tokenizer_must_fit_the_model_vocab),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -141,6 +141,15 @@ start_server() { # ttft_slo_ms
         sleep 0.1
     done
     [ -n "$PORT" ] || die "the server did not print its port within 120 s (see $WORK/server.log)"
+    # The port is bound before the models load: /health is 503 "loading" until they are in.
+    local code=""
+    for _ in $(seq 1200); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$PORT/health" || true)
+        [ "$code" = 200 ] && break
+        kill -0 "$SRV" 2>/dev/null || { cat "$WORK/server.log" >&2; die "the server exited"; }
+        sleep 0.1
+    done
+    [ "$code" = 200 ] || die "/health not 200 within 120 s (see $WORK/server.log)"
     BENCH=("$KVCAST" bench serve --url "http://127.0.0.1:$PORT" --dataset synthetic
            --vocab-size "$VOCAB" --max-tokens "$MAX_TOKENS" --no-progress --timeout-s 300
            "${EXTRA[@]}")

@@ -49,6 +49,14 @@ const srv = startServer();
 let failed = false;
 try {
   const port = await srv.port;
+  // The port is bound before the model loads: /health answers 503 {"status":"loading"} until
+  // it is in, so wait for 200 as a probe would.
+  for (let ready = false; !ready;) {
+    const r = await fetch(`http://127.0.0.1:${port}/health`).catch(() => null);
+    if (r !== null && r.status === 200) ready = true;
+    else if (r !== null && r.status !== 503) throw new Error(`/health answered ${r.status}`);
+    else await new Promise((res) => setTimeout(res, 50));
+  }
   const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: KEY, maxRetries: 0, timeout: 30000 });
 
   // models.list
