@@ -70,7 +70,7 @@ struct cfg_settings {
     int max_choices;    /* prompts x n per request */
     int max_stop;       /* stop strings per request */
     int max_stop_bytes; /* bytes per stop string */
-    bool strict_fields; /* unknown request fields are a 400 */
+    bool strict_fields; /* unknown request fields are a 400 (default false: ignored) */
     /* logging and metrics */
     char log_level[16];    /* error | warn | info | debug */
     char metric_names[16]; /* vllm (kvcast:ttft...) | prometheus (kvcast_ttft..., promtool-clean) */

@@ -190,6 +190,8 @@ static void unlink_live(struct sch *s, struct sch_req *r) {
 
 static void req_free(struct sch_req *r) {
     eng_sampler_free(&r->sampler);
+    free(r->stop_token_ids);
+    free(r->logit_bias);
     free(r->prompt);
     free(r);
 }
@@ -298,6 +300,41 @@ static void fill_logprobs(const float *logits, int V, int32_t tok, int n_top,
     }
 }
 
+static bool is_stop_token(const struct sch_req *r, int32_t tok) {
+    for (int i = 0; i < r->n_stop_token_ids; i++) {
+        if (r->stop_token_ids[i] == tok) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The request's own logit rules, applied just before the sampler (after the logprobs copy,
+ * so reported logprobs stay the model's): logit_bias, then min_tokens' suppression of EOS
+ * and stop_token_ids, unless that would leave no token at all. */
+static void apply_logit_rules(const struct sch *s, const struct sch_req *r, float *logits) {
+    const int V = s->bcfg->vocab_size;
+    for (int i = 0; i < r->n_logit_bias; i++) {
+        logits[r->logit_bias[i].id] += r->logit_bias[i].bias;
+    }
+    if (r->n_generated >= r->min_tokens) {
+        return;
+    }
+    const struct eng_model_config *c = s->bcfg;
+    const int n_eos = r->ignore_eos ? 0 : c->n_eos;
+    if (n_eos + r->n_stop_token_ids >= V) {
+        return; /* could suppress every token: keep the distribution as it is */
+    }
+    for (int i = 0; i < n_eos; i++) {
+        if (c->eos_token_ids[i] >= 0 && c->eos_token_ids[i] < V) {
+            logits[c->eos_token_ids[i]] = -INFINITY;
+        }
+    }
+    for (int i = 0; i < r->n_stop_token_ids; i++) {
+        logits[r->stop_token_ids[i]] = -INFINITY;
+    }
+}
+
 /* Samples r's next token from logits (modified in place), emits its token event, and returns
  * the finish it causes (STOP for eos, LENGTH at max_tokens) or NONE. scratch: [V]. */
 static enum sch_finish sample_and_emit(struct sch *s, struct sch_req *r, float *logits,
@@ -306,6 +343,7 @@ static enum sch_finish sample_and_emit(struct sch *s, struct sch_req *r, float *
     if (r->n_logprobs >= 0) {
         memcpy(scratch, logits, (size_t)V * sizeof(float));
     }
+    apply_logit_rules(s, r, logits);
     const int32_t tok = eng_sampler_sample(&r->sampler, logits, NULL);
     eng_sampler_observe(&r->sampler, tok);
     r->last_token = tok;
@@ -320,7 +358,8 @@ static enum sch_finish sample_and_emit(struct sch *s, struct sch_req *r, float *
         fill_logprobs(scratch, V, tok, r->n_logprobs, &ev);
     }
     s->cb(s->cb_ud, &ev);
-    if (!r->ignore_eos && is_eos(s->bcfg, tok)) {
+    const bool early = r->n_generated <= r->min_tokens;
+    if (!early && ((!r->ignore_eos && is_eos(s->bcfg, tok)) || is_stop_token(r, tok))) {
         return SCH_FINISH_STOP;
     }
     return r->n_generated >= r->max_tokens ? SCH_FINISH_LENGTH : SCH_FINISH_NONE;
@@ -999,6 +1038,40 @@ void sch__set_hook(struct sch *s, sch_hook_fn fn, void *ud) {
     pthread_mutex_unlock(&s->lock);
 }
 
+/* stop_token_ids, min_tokens and logit_bias: counts, ids and ranges (NaN-safe). */
+static int check_extras(const struct sch_request_params *p, int V, struct kc_error *err) {
+    if (p->n_stop_token_ids < 0 || p->n_stop_token_ids > SCH_MAX_STOP_TOKEN_IDS ||
+        (p->n_stop_token_ids > 0 && p->stop_token_ids == NULL)) {
+        return kc_error_set(err, KC_EINVAL, "stop_token_ids: %d ids (at most %d)",
+                            p->n_stop_token_ids, SCH_MAX_STOP_TOKEN_IDS);
+    }
+    for (int i = 0; i < p->n_stop_token_ids; i++) {
+        if (p->stop_token_ids[i] < 0 || p->stop_token_ids[i] >= V) {
+            return kc_error_set(err, KC_ERANGE, "stop_token_ids[%d] = %d is outside [0, %d)", i,
+                                p->stop_token_ids[i], V);
+        }
+    }
+    if (p->min_tokens < 0 || p->min_tokens > p->max_tokens) {
+        return kc_error_set(err, KC_ERANGE, "min_tokens must be in [0, max_tokens = %d] (got %d)",
+                            p->max_tokens, p->min_tokens);
+    }
+    if (p->n_logit_bias < 0 || p->n_logit_bias > SCH_MAX_LOGIT_BIAS ||
+        (p->n_logit_bias > 0 && p->logit_bias == NULL)) {
+        return kc_error_set(err, KC_EINVAL, "logit_bias: %d entries (at most %d)",
+                            p->n_logit_bias, SCH_MAX_LOGIT_BIAS);
+    }
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        const struct sch_logit_bias *b = &p->logit_bias[i];
+        if (b->id < 0 || b->id >= V || !(b->bias >= -100.0f && b->bias <= 100.0f)) {
+            return kc_error_set(err, KC_ERANGE,
+                                "logit_bias entry %d: token %d must be in [0, %d) and its bias "
+                                "in [-100, 100]",
+                                i, b->id, V);
+        }
+    }
+    return KC_OK;
+}
+
 int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
                struct kc_error *err) {
     if (s == NULL || p == NULL || id == NULL) {
@@ -1020,6 +1093,10 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
         return kc_error_set(err, KC_EINVAL, "unknown prefill mode %d", (int)p->mode);
     }
     int rc = eng_sampler_params_validate(&p->sampling, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    rc = check_extras(p, bc->vocab_size, err);
     if (rc != KC_OK) {
         return rc;
     }
@@ -1062,6 +1139,27 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
         free(r);
         return rc;
     }
+    if (p->n_stop_token_ids > 0) {
+        r->stop_token_ids = kc_calloc((size_t)p->n_stop_token_ids, sizeof(int32_t));
+    }
+    if (p->n_logit_bias > 0) {
+        r->logit_bias = kc_calloc((size_t)p->n_logit_bias, sizeof(struct sch_logit_bias));
+    }
+    if ((p->n_stop_token_ids > 0 && r->stop_token_ids == NULL) ||
+        (p->n_logit_bias > 0 && r->logit_bias == NULL)) {
+        req_free(r);
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
+    }
+    if (p->n_stop_token_ids > 0) {
+        memcpy(r->stop_token_ids, p->stop_token_ids, (size_t)p->n_stop_token_ids * sizeof(int32_t));
+    }
+    r->n_stop_token_ids = p->n_stop_token_ids;
+    if (p->n_logit_bias > 0) {
+        memcpy(r->logit_bias, p->logit_bias,
+               (size_t)p->n_logit_bias * sizeof(struct sch_logit_bias));
+    }
+    r->n_logit_bias = p->n_logit_bias;
+    r->min_tokens = p->min_tokens;
     memcpy(r->prompt, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
     for (int i = 0; i < p->n_prompt; i++) {
         eng_sampler_observe(&r->sampler, p->prompt[i]);

@@ -60,6 +60,15 @@ struct sch_config {
 /* Defaults that suit a 2-core machine: 1 prefill thread, 1 decode thread. */
 struct sch_config sch_default_config(void);
 
+/* One logit_bias entry: bias is added to token id's logit before every sampling step. */
+struct sch_logit_bias {
+    int32_t id;
+    float bias;
+};
+
+#define SCH_MAX_STOP_TOKEN_IDS 64
+#define SCH_MAX_LOGIT_BIAS 1024
+
 struct sch_request_params {
     const int32_t *prompt; /* copied at submit */
     int n_prompt;          /* >= 1 */
@@ -68,6 +77,13 @@ struct sch_request_params {
     bool ignore_eos;
     int n_logprobs;        /* 0..SCH_MAX_LOGPROBS alternatives reported per token; -1 none */
     enum sch_prefill_mode mode;
+    /* vLLM extras (all optional; arrays are copied at submit). */
+    const int32_t *stop_token_ids; /* sampling one of these finishes with STOP */
+    int n_stop_token_ids;          /* 0..SCH_MAX_STOP_TOKEN_IDS */
+    int min_tokens; /* EOS (unless ignore_eos) and stop_token_ids cannot be sampled as the
+                     * first min_tokens tokens; 0..max_tokens */
+    const struct sch_logit_bias *logit_bias; /* bias in [-100, 100] per token id */
+    int n_logit_bias;                        /* 0..SCH_MAX_LOGIT_BIAS */
 };
 
 enum sch_event_type {
@@ -78,9 +94,18 @@ enum sch_event_type {
 
 enum sch_finish { SCH_FINISH_NONE = 0, SCH_FINISH_STOP, SCH_FINISH_LENGTH, SCH_FINISH_ABORT };
 
+/*
+ * Timings of one request, all measured by the scheduler from sch_submit (so server-side work
+ * before it, like tokenization, is not included). Relations (tested over HTTP):
+ *   ttft_ms = queue_ms + prefill_ms          (same clock readings; equal up to rounding)
+ *   aux_ms + predict_ms + base_first_step_ms <= prefill_ms   (predict mode; 0 in full mode)
+ *   ttft_ms + decode_ms = submit -> last token
+ * prefill_ms includes sampling and emitting the first token; with no token generated (a
+ * request cancelled in the queue or during prefill) ttft_ms, prefill_ms and decode_ms are 0.
+ */
 struct sch_timings {
     double queue_ms;            /* submit -> prefill start */
-    double prefill_ms;          /* prefill start -> hand-off */
+    double prefill_ms;          /* prefill start -> first token emitted */
     double aux_ms;              /* predict mode: auxiliary forward */
     double predict_ms;          /* predict mode: predictor GEMMs + cache writes */
     double base_first_step_ms;  /* the base step that yields the first token */

@@ -3,8 +3,22 @@
  * choice (prompts x n), and turn the scheduler's events into OpenAI/vLLM-shaped output: SSE
  * chunks (`data: {...}\n\n` ... `data: [DONE]\n\n`) or one JSON body.
  *
- * Thread rules: loop thread only (see server_internal.h). Scheduler events reach this file
- * through srv_completions_on_event after the async drain.
+ * Thread rules: loop thread only (see server_internal.h), except prep_work, which parses the
+ * body and tokenizes the prompts on libuv's threadpool (uv_queue_work) so that a 4 MiB
+ * prompt never stalls the loop (/health, streams, other requests). While that job runs the
+ * completion is PREPARING: the connection is suspended, the job owns cmp->body and cmp->req,
+ * and the loop thread touches neither; the job only reads `struct srv` fields that are
+ * immutable while serving (lim, tok) and checks the atomic `abandon` between prompts.
+ * The encode path is safe to run on several threads at once: eng_tok_encode keeps all its
+ * scratch in the call (engine/tokenizer.h). Scheduler events reach this file through
+ * srv_completions_on_event after the async drain.
+ *
+ * Lifecycle of one completion:
+ *   PREPARING (job queued or running; counts as live for shutdown) -> prep_done on the loop:
+ *   READY (resume the connection) -> the handler runs again (srv_completions_resumed):
+ *   validate the result, submit, answer -> RUNNING. A client that goes away or a shutdown
+ *   while PREPARING sets `abandon` (the job stops before its next prompt; uv_cancel drops a
+ *   job not yet started) and the completion is freed in prep_done, never before.
  *
  * DESIGN
  *   1. Stop strings are matched on detokenized text (server/util.h srv_stop): text that could
@@ -18,10 +32,21 @@
  *      the body is then built and the handler (called again after the resume) queues it.
  *   4. Usage counts the tokens each choice produced up to and including the one that
  *      completed a stop string; prompt tokens count once per prompt.
+ *   5. Text prompts are encoded with a token limit (prompt + max_tokens must fit the context),
+ *      so an oversized prompt fails with 400 context_length_exceeded after encoding at most
+ *      max_context tokens of it, not after encoding all of it.
+ *   6. stop_token_ids and min_tokens are enforced by the scheduler (finish STOP); stop
+ *      strings are ignored until min_tokens tokens were generated, as vLLM does.
+ *   7. `timings` are the scheduler's (scheduler.h states their relations), plus
+ *      tokenize_ms: from the whole body being received to the end of its prepare job
+ *      (queueing on the threadpool, JSON parse, tokenization); it ends before the
+ *      scheduler's clock starts, so it is not part of queue_ms or ttft_ms.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +57,11 @@
 #include <jansson.h>
 
 #include "server/server_internal.h"
+
+_Static_assert(sizeof(struct srv_logit_bias) == sizeof(struct sch_logit_bias) &&
+                   offsetof(struct srv_logit_bias, id) == offsetof(struct sch_logit_bias, id) &&
+                   offsetof(struct srv_logit_bias, bias) == offsetof(struct sch_logit_bias, bias),
+               "srv_logit_bias and sch_logit_bias must share one layout");
 
 struct srv_choice {
     struct srv_completion *cmp;
@@ -47,6 +77,7 @@ struct srv_choice {
     int n_tokens;
     const char *finish; /* "stop" | "length" | "abort" */
     int stop_index;     /* matched stop string, -1 none */
+    int32_t last_token; /* for stop_reason when a stop_token_id ended the choice */
     int error;          /* KC_E* from SCH_EV_ERROR, 0 none */
     char errmsg[256];
     struct sch_timings timings;
@@ -78,6 +109,16 @@ struct srv_completion {
     char id[48];
     long long created;
     int prompt_tokens;
+    /* PREPARING: the threadpool job (see the header comment) */
+    uv_work_t work;
+    bool preparing;     /* the job is queued or running */
+    bool ready;         /* the job finished; the handler has not started the request yet */
+    atomic_bool abandon;
+    struct srv_buf body; /* taken from the connection; the job frees it */
+    int prep_rc;
+    struct srv_error prep_err;
+    double t_prep;      /* the prepare job was queued (whole body received) */
+    double tokenize_ms; /* t_prep -> the job's end, on the loop thread */
 };
 
 /* ---- lifetime ---- */
@@ -105,17 +146,22 @@ static void completion_free(struct srv_completion *cmp) {
     free(cmp->choices);
     srv_completion_req_free(&cmp->req);
     srv_buf_free(&cmp->out);
+    srv_buf_free(&cmp->body);
     free(cmp);
 }
 
 /* Invariant 3 of server_internal.h. */
 static void maybe_free(struct srv_completion *cmp) {
-    if (cmp->n_live == 0 && cmp->conn == NULL && !cmp->resp_alive) {
+    if (cmp->n_live == 0 && cmp->conn == NULL && !cmp->resp_alive && !cmp->preparing) {
         completion_free(cmp);
     }
 }
 
 static void cancel_live(struct srv_completion *cmp, enum sch_finish finish) {
+    if (cmp->preparing) {
+        atomic_store(&cmp->abandon, true);
+        uv_cancel((uv_req_t *)&cmp->work); /* fails harmlessly once the job runs */
+    }
     for (int i = 0; i < cmp->n_choices; i++) {
         struct srv_choice *ch = &cmp->choices[i];
         if (ch->submitted && !ch->terminal) {
@@ -148,8 +194,9 @@ static json_t *json_num(double x) {
     return json_real(x);
 }
 
-static json_t *timings_json(const struct sch_timings *t) {
+static json_t *timings_json(const struct sch_timings *t, double tokenize_ms) {
     json_t *o = json_object();
+    json_object_set_new(o, "tokenize_ms", json_num(tokenize_ms));
     json_object_set_new(o, "queue_ms", json_num(t->queue_ms));
     json_object_set_new(o, "prefill_ms", json_num(t->prefill_ms));
     json_object_set_new(o, "aux_ms", json_num(t->aux_ms));
@@ -186,6 +233,14 @@ static json_t *stop_reason_json(const struct srv_choice *ch) {
     if (ch->stop_index >= 0) {
         return json_string(ch->cmp->req.stop[ch->stop_index]);
     }
+    const struct srv_completion_req *r = &ch->cmp->req;
+    if (ch->finish != NULL && strcmp(ch->finish, "stop") == 0 && ch->n_tokens > 0) {
+        for (int i = 0; i < r->n_stop_token_ids; i++) {
+            if (r->stop_token_ids[i] == ch->last_token) {
+                return json_integer(ch->last_token); /* vLLM: the stop token's id */
+            }
+        }
+    }
     return json_null();
 }
 
@@ -211,8 +266,8 @@ static json_t *logprobs_new(void) {
 }
 
 /* The piece of text one token decodes to on its own (for logprobs' "tokens"). */
-static json_t *token_text(const struct srv *s, int32_t id) {
-    if (s->tok == NULL) {
+static json_t *token_text(const struct srv *s, int32_t id, bool as_ids) {
+    if (s->tok == NULL || as_ids) {
         char buf[32];
         snprintf(buf, sizeof(buf), "token_id:%d", id);
         return json_string(buf);
@@ -228,12 +283,12 @@ static json_t *token_text(const struct srv *s, int32_t id) {
 }
 
 static void logprobs_add(const struct srv *s, json_t *lp, const struct sch_event *ev,
-                         size_t offset) {
-    json_array_append_new(json_object_get(lp, "tokens"), token_text(s, ev->token));
+                         size_t offset, bool as_ids) {
+    json_array_append_new(json_object_get(lp, "tokens"), token_text(s, ev->token, as_ids));
     json_array_append_new(json_object_get(lp, "token_logprobs"), json_num(ev->logprob));
     json_t *top = json_object();
     for (int i = 0; i < ev->n_top && i < SCH_MAX_LOGPROBS; i++) {
-        json_t *k = token_text(s, ev->top_ids[i]);
+        json_t *k = token_text(s, ev->top_ids[i], as_ids);
         json_object_set_new(top, json_string_value(k), json_num(ev->top_logprobs[i]));
         json_decref(k);
     }
@@ -263,7 +318,7 @@ static void sse_chunk(struct srv_completion *cmp, struct srv_choice *ch, const c
         json_object_set_new(o, "usage", json_null());
     }
     if (final && ch->have_timings) {
-        json_object_set_new(o, "timings", timings_json(&ch->timings));
+        json_object_set_new(o, "timings", timings_json(&ch->timings, cmp->tokenize_ms));
     }
     sse_append(cmp, o);
 }
@@ -318,7 +373,7 @@ static void build_result(struct srv_completion *cmp) {
     json_object_set_new(o, "choices", arr);
     json_object_set_new(o, "usage", usage_json(cmp));
     if (cmp->n_choices > 0 && cmp->choices[0].have_timings) {
-        json_object_set_new(o, "timings", timings_json(&cmp->choices[0].timings));
+        json_object_set_new(o, "timings", timings_json(&cmp->choices[0].timings, cmp->tokenize_ms));
     }
     char *txt = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
     json_decref(o);
@@ -367,10 +422,14 @@ static void on_token(struct srv_completion *cmp, struct srv_choice *ch,
     }
     ch->t_last_token = now;
     ch->n_tokens++;
+    ch->last_token = ev->token;
+    if (ch->n_tokens == cmp->req.min_tokens + 1 && cmp->req.min_tokens > 0) {
+        ch->stop.n_stop = cmp->req.n_stop; /* min_tokens reached: stop strings count now */
+    }
     json_t *chunk_lp = NULL;
     if (cmp->req.logprobs >= 0) {
         json_t *lp = cmp->stream ? (chunk_lp = logprobs_new()) : ch->lp;
-        logprobs_add(s, lp, ev, ch->text_offset);
+        logprobs_add(s, lp, ev, ch->text_offset, cmp->req.return_tokens_as_token_ids);
     }
     size_t n = 0;
     if (s->tok != NULL &&
@@ -523,8 +582,15 @@ static uint64_t mix64(uint64_t x) {
     return x;
 }
 
-static int tokenize_prompts(struct srv *s, struct srv_completion_req *r, struct srv_error *e) {
+/* Runs on the threadpool (prep_work): no MHD, no scheduler, no metrics, no logging of
+ * request data. Encodes with a token limit (DESIGN 5) and applies truncate_prompt_tokens. */
+static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
+                            const atomic_bool *abandon, struct srv_error *e) {
+    const size_t max_ids = srv_prompt_max_ids(r, &s->lim);
     for (int i = 0; i < r->n_prompts; i++) {
+        if (atomic_load(abandon)) {
+            return srv_error_kc(e, KC_ECANCELED, NULL, "the request was abandoned");
+        }
         struct srv_prompt *p = &r->prompts[i];
         if (p->text != NULL) {
             if (s->tok == NULL) {
@@ -535,21 +601,25 @@ static int tokenize_prompts(struct srv *s, struct srv_completion_req *r, struct 
             struct kc_error kerr = {0};
             int32_t *ids = NULL;
             size_t n = 0;
-            int rc =
-                eng_tok_encode(s->tok, p->text, p->text_len, ENG_TOK_ADD_SPECIAL, &ids, &n, &kerr);
+            int rc = eng_tok_encode_max(s->tok, p->text, p->text_len,
+                                        r->add_special_tokens ? ENG_TOK_ADD_SPECIAL : 0, max_ids,
+                                        &ids, &n, &kerr);
+            if (rc == KC_ECONTEXT) {
+                return srv_error_kc(e, KC_ECONTEXT, "prompt",
+                                    "This model's maximum context length is %d tokens. "
+                                    "However, you requested more than %d tokens (more than "
+                                    "%zu in prompt %d, %d in the completion). Please reduce "
+                                    "the length of the prompt or completion.",
+                                    s->lim.max_context, s->lim.max_context, max_ids, i,
+                                    r->max_tokens);
+            }
             if (rc != KC_OK) {
                 return srv_error_kc(e, rc == KC_ENOMEM ? KC_ENOMEM : KC_EINVAL, "prompt",
                                     "prompt %d: %s", i, kerr.msg);
             }
-            if (n > (size_t)s->lim.max_context) {
-                free(ids);
-                return srv_error_kc(e, KC_ECONTEXT, "prompt",
-                                    "This model's maximum context length is %d tokens. "
-                                    "However, your prompt %d has %zu tokens.",
-                                    s->lim.max_context, i, n);
-            }
             p->ids = ids;
             p->n_ids = (int)n;
+            srv_prompt_truncate(p, r->truncate_prompt_tokens);
         }
         int rc = srv_prompt_check(p, i, r->max_tokens, &s->lim, e);
         if (rc != KC_OK) {
@@ -557,6 +627,67 @@ static int tokenize_prompts(struct srv *s, struct srv_completion_req *r, struct 
         }
     }
     return KC_OK;
+}
+
+/* Threadpool: parse the body (JSON parse of up to max-body-bytes is not free either) and
+ * tokenize. Writes only cmp->req, cmp->prep_rc/prep_err and cmp->body. */
+static void prep_work(uv_work_t *w) {
+    struct srv_completion *cmp = w->data;
+    const struct srv *s = cmp->srv;
+    int rc = srv_completion_parse(cmp->body.p, cmp->body.len, &s->lim, &cmp->req, &cmp->prep_err);
+    srv_buf_free(&cmp->body);
+    if (rc == KC_OK) {
+        rc = tokenize_prompts(s, &cmp->req, &cmp->abandon, &cmp->prep_err);
+    }
+    cmp->prep_rc = rc;
+}
+
+/* Loop thread: the job ended (or was cancelled before it started). */
+static void prep_done(uv_work_t *w, int status) {
+    struct srv_completion *cmp = w->data;
+    cmp->preparing = false;
+    cmp->tokenize_ms = (kc_now_s() - cmp->t_prep) * 1000.0;
+    if (status == UV_ECANCELED) {
+        cmp->prep_rc = srv_error_kc(&cmp->prep_err, KC_ECANCELED, NULL,
+                                    "the request was abandoned");
+    }
+    if (cmp->conn == NULL) {
+        maybe_free(cmp); /* the client went away meanwhile */
+        return;
+    }
+    cmp->ready = true;
+    srv_resume(cmp); /* the handler runs again: srv_completions_resumed -> start_prepared */
+}
+
+/* Unknown fields: warn once per name (a bounded set of remembered names) and count all.
+ * Loop thread only, like the metrics. */
+#define UNKNOWN_NAMES_MAX 64
+static char unknown_names[UNKNOWN_NAMES_MAX][SRV_UNKNOWN_NAME_MAX];
+static int n_unknown_names;
+
+static void note_unknown_fields(struct srv *s, const struct srv_completion_req *r) {
+    s->metrics.request_unknown_fields += (uint64_t)r->n_unknown;
+    const int n = r->n_unknown < SRV_UNKNOWN_REPORT ? r->n_unknown : SRV_UNKNOWN_REPORT;
+    for (int i = 0; i < n; i++) {
+        bool seen = false;
+        for (int j = 0; j < n_unknown_names && !seen; j++) {
+            seen = strcmp(unknown_names[j], r->unknown[i]) == 0;
+        }
+        if (seen || n_unknown_names > UNKNOWN_NAMES_MAX) {
+            continue;
+        }
+        if (n_unknown_names == UNKNOWN_NAMES_MAX) {
+            KC_WARN("more unknown request field names than %d; no longer logging new ones "
+                    "(they are still counted in request_unknown_fields_total)",
+                    UNKNOWN_NAMES_MAX);
+            n_unknown_names++;
+            continue;
+        }
+        snprintf(unknown_names[n_unknown_names++], SRV_UNKNOWN_NAME_MAX, "%s", r->unknown[i]);
+        KC_WARN("ignoring unknown request field '%s' (warned once per name; --strict-fields "
+                "refuses such requests)",
+                r->unknown[i]);
+    }
 }
 
 static void echo_text(struct srv *s, const struct srv_prompt *p, struct srv_buf *out) {
@@ -575,46 +706,90 @@ static void echo_text(struct srv *s, const struct srv_prompt *p, struct srv_buf 
     }
 }
 
-enum MHD_Result srv_completions_start(struct srv_conn *c) {
-    struct srv *s = c->srv;
-    struct srv_error e;
-    struct srv_completion_req req;
-    if (srv_completion_parse(c->body.p, c->body.len, &s->lim, &req, &e) != KC_OK) {
-        return srv_send_error(c, &e);
-    }
-    if (tokenize_prompts(s, &req, &e) != KC_OK) {
-        srv_completion_req_free(&req);
-        return srv_send_error(c, &e);
-    }
-    struct srv_completion *cmp = calloc(1, sizeof(*cmp));
-    int n_choices = req.n_prompts * req.n;
-    struct srv_choice *choices = calloc((size_t)n_choices, sizeof(*choices));
-    if (cmp == NULL || choices == NULL) {
-        free(cmp);
-        free(choices);
-        srv_completion_req_free(&req);
-        srv_error_kc(&e, KC_ENOMEM, NULL, "out of memory");
-        return srv_send_error(c, &e);
-    }
-    cmp->srv = s;
-    cmp->conn = c;
-    cmp->req = req;
-    cmp->choices = choices;
-    cmp->n_choices = n_choices;
-    cmp->stream = req.stream;
-    cmp->t_start = c->t_start;
-    cmp->t_last_write = kc_now_s();
-    cmp->created = (long long)time(NULL);
-    uint64_t r = mix64(s->id_salt ^ mix64(c->rid));
-    snprintf(cmp->id, sizeof(cmp->id), "cmpl-%016llx%016llx", (unsigned long long)r,
-             (unsigned long long)mix64(r + 1));
+static void completion_link(struct srv *s, struct srv_completion *cmp) {
     cmp->next = s->active;
     if (s->active != NULL) {
         s->active->prev = cmp;
     }
     s->active = cmp;
     s->n_active++;
+}
+
+/* The access handler's first call with the whole body: hand parse + tokenize to the
+ * threadpool and keep the connection suspended until prep_done resumes it. */
+enum MHD_Result srv_completions_start(struct srv_conn *c) {
+    struct srv *s = c->srv;
+    struct srv_completion *cmp = calloc(1, sizeof(*cmp));
+    if (cmp == NULL) {
+        struct srv_error e;
+        srv_error_kc(&e, KC_ENOMEM, NULL, "out of memory");
+        return srv_send_error(c, &e);
+    }
+    cmp->srv = s;
+    cmp->conn = c;
+    cmp->t_start = c->t_start;
+    cmp->t_last_write = kc_now_s();
+    cmp->t_prep = cmp->t_last_write;
+    cmp->body = c->body; /* the job owns the bytes; the connection keeps an empty buffer */
+    memset(&c->body, 0, sizeof(c->body));
+    atomic_init(&cmp->abandon, false);
+    cmp->work.data = cmp;
+    completion_link(s, cmp);
     c->cmp = cmp;
+    cmp->preparing = true;
+    if (uv_queue_work(&s->loop, &cmp->work, prep_work, prep_done) != 0) {
+        /* Cannot happen with valid callbacks; do the work here rather than fail. */
+        prep_work(&cmp->work);
+        cmp->preparing = false;
+        cmp->ready = true;
+        cmp->tokenize_ms = (kc_now_s() - cmp->t_prep) * 1000.0;
+        return srv_completions_resumed(c);
+    }
+    MHD_suspend_connection(c->mc);
+    cmp->suspended = true;
+    return MHD_YES;
+}
+
+/* Detaches a completion that never submitted anything and answers with e. */
+static enum MHD_Result start_failed(struct srv_conn *c, struct srv_completion *cmp,
+                                    const struct srv_error *e) {
+    const struct srv_error copy = *e; /* e may live in cmp, which is freed here */
+    cancel_live(cmp, SCH_FINISH_ABORT);
+    cmp->conn = NULL;
+    c->cmp = NULL;
+    maybe_free(cmp);
+    return srv_send_error(c, &copy);
+}
+
+/* The handler ran again after prep_done: check the job's result, submit, answer. */
+static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion *cmp) {
+    struct srv *s = c->srv;
+    struct srv_error e;
+    cmp->ready = false;
+    if (cmp->prep_rc == KC_OK) {
+        note_unknown_fields(s, &cmp->req);
+    }
+    if (cmp->prep_rc != KC_OK) {
+        return start_failed(c, cmp, &cmp->prep_err);
+    }
+    if (s->state == SRV_STOPPING) {
+        srv_error_kc(&e, KC_EBUSY, NULL, "The server is shutting down; retry later.");
+        return start_failed(c, cmp, &e);
+    }
+    const struct srv_completion_req req = cmp->req;
+    int n_choices = req.n_prompts * req.n;
+    struct srv_choice *choices = calloc((size_t)n_choices, sizeof(*choices));
+    if (choices == NULL) {
+        srv_error_kc(&e, KC_ENOMEM, NULL, "out of memory");
+        return start_failed(c, cmp, &e);
+    }
+    cmp->choices = choices;
+    cmp->n_choices = n_choices;
+    cmp->stream = req.stream;
+    cmp->created = (long long)time(NULL);
+    uint64_t r = mix64(s->id_salt ^ mix64(c->rid));
+    snprintf(cmp->id, sizeof(cmp->id), "cmpl-%016llx%016llx", (unsigned long long)r,
+             (unsigned long long)mix64(r + 1));
     for (int i = 0; i < req.n_prompts; i++) {
         cmp->prompt_tokens += req.prompts[i].n_ids;
     }
@@ -629,7 +804,9 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
         ch->index = i;
         ch->prompt = i / req.n;
         ch->stop_index = -1;
-        srv_stop_init(&ch->stop, req.stop, req.n_stop, req.include_stop_str_in_output);
+        /* Before min_tokens tokens, stop strings are not matched (DESIGN 6). */
+        srv_stop_init(&ch->stop, req.stop, req.min_tokens > 0 ? 0 : req.n_stop,
+                      req.include_stop_str_in_output);
         if (s->tok != NULL) {
             eng_tok_stream_init(&ch->ts, s->tok,
                                 req.skip_special_tokens ? ENG_TOK_SKIP_SPECIAL : 0);
@@ -646,6 +823,12 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
             .ignore_eos = req.ignore_eos,
             .n_logprobs = req.logprobs,
             .mode = (enum sch_prefill_mode)req.mode,
+            .stop_token_ids = req.stop_token_ids,
+            .n_stop_token_ids = req.n_stop_token_ids,
+            .min_tokens = req.min_tokens,
+            /* same layout (request.h); asserted at the top of this file */
+            .logit_bias = (const struct sch_logit_bias *)req.logit_bias,
+            .n_logit_bias = req.n_logit_bias,
         };
         sp.sampling.seed = req.seed_given ? req.sampling.seed + (uint64_t)(i % req.n)
                                           : mix64(r + 17 + (uint64_t)i);
@@ -658,17 +841,13 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
     }
     if (rc != KC_OK) {
         /* Refused (queue full, context, ...): cancel what was admitted, answer at once. */
-        cancel_live(cmp, SCH_FINISH_ABORT);
-        cmp->conn = NULL;
-        c->cmp = NULL;
         if (rc == KC_EBUSY) {
             srv_error_kc(&e, KC_EBUSY, NULL, "The server is busy (%s); retry later.", kerr.msg);
         } else {
             srv_error_kc(&e, rc, rc == KC_ECONTEXT || rc == KC_ERANGE ? "prompt" : NULL, "%s",
                          kerr.msg);
         }
-        maybe_free(cmp);
-        return srv_send_error(c, &e);
+        return start_failed(c, cmp, &e);
     }
     if (req.echo) {
         for (int i = 0; i < n_choices; i++) {
@@ -715,6 +894,14 @@ enum MHD_Result srv_completions_resumed(struct srv_conn *c) {
     struct srv_completion *cmp = c->cmp;
     if (cmp == NULL || cmp->client_gone) {
         return MHD_NO;
+    }
+    if (cmp->preparing) { /* woken early (a shutdown path): keep waiting for the job */
+        MHD_suspend_connection(c->mc);
+        cmp->suspended = true;
+        return MHD_YES;
+    }
+    if (cmp->ready) {
+        return start_prepared(c, cmp);
     }
     if (c->pending_ready) {
         c->pending_ready = false;
@@ -800,7 +987,7 @@ void srv_completions_resume_all(struct srv *s) {
 int srv_completions_live(const struct srv *s) {
     int n = 0;
     for (const struct srv_completion *cmp = s->active; cmp != NULL; cmp = cmp->next) {
-        n += cmp->n_live;
+        n += cmp->n_live + (cmp->preparing ? 1 : 0); /* a prepare job is a request to come */
     }
     return n;
 }
