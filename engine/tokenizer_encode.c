@@ -48,8 +48,8 @@ struct enc {
     int32_t *ids;
     size_t n, cap;
     size_t max_ids; /* 0: no limit; else more ids than this fail with KC_ECONTEXT */
-    bool last_unk; /* fuse_unk state within one model call */
-    bool at_start; /* the current section starts at offset 0 of the input (Metaspace "first") */
+    bool last_unk;  /* fuse_unk state within one model call */
+    bool at_start;  /* the current section starts at offset 0 of the input (Metaspace "first") */
 
     pcre2_match_data *md;
     struct sym *syms;
@@ -104,8 +104,8 @@ static int oom(struct enc *e) {
 static int emit(struct enc *e, int32_t id) {
     if (e->max_ids > 0 && e->n >= e->max_ids) {
         if (e->rc == 0) {
-            e->rc = kc_error_set(e->err, KC_ECONTEXT, "the text has more than %zu tokens",
-                                 e->max_ids);
+            e->rc =
+                kc_error_set(e->err, KC_ECONTEXT, "the text has more than %zu tokens", e->max_ids);
         }
         return e->rc;
     }
@@ -915,8 +915,7 @@ int eng_tok_encode(const struct eng_tok *tok, const char *text, size_t len, unsi
 
 int eng_tok_encode_max(const struct eng_tok *tok, const char *text, size_t len, unsigned flags,
                        size_t max_ids, int32_t **ids_out, size_t *n_out, struct kc_error *err) {
-    struct enc e = {
-        .tok = tok, .flags = flags, .err = err, .at_start = true, .max_ids = max_ids};
+    struct enc e = {.tok = tok, .flags = flags, .err = err, .at_start = true, .max_ids = max_ids};
     if (text == NULL && len > 0) {
         return kc_error_set(err, KC_EINVAL, "text is NULL");
     }

@@ -1057,8 +1057,8 @@ static int check_extras(const struct sch_request_params *p, int V, struct kc_err
     }
     if (p->n_logit_bias < 0 || p->n_logit_bias > SCH_MAX_LOGIT_BIAS ||
         (p->n_logit_bias > 0 && p->logit_bias == NULL)) {
-        return kc_error_set(err, KC_EINVAL, "logit_bias: %d entries (at most %d)",
-                            p->n_logit_bias, SCH_MAX_LOGIT_BIAS);
+        return kc_error_set(err, KC_EINVAL, "logit_bias: %d entries (at most %d)", p->n_logit_bias,
+                            SCH_MAX_LOGIT_BIAS);
     }
     for (int i = 0; i < p->n_logit_bias; i++) {
         const struct sch_logit_bias *b = &p->logit_bias[i];

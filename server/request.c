@@ -151,8 +151,7 @@ static int check_unknown(json_t *root, const char *const *known, size_t n_known,
             continue;
         }
         if (lim->strict) {
-            return srv_error_kc(e, KC_EINVAL, key, "unknown field '%.100s' (--strict-fields)",
-                                key);
+            return srv_error_kc(e, KC_EINVAL, key, "unknown field '%.100s' (--strict-fields)", key);
         }
         if (r->n_unknown < SRV_UNKNOWN_REPORT) {
             snprintf(r->unknown[r->n_unknown], SRV_UNKNOWN_NAME_MAX, "%s", key);
@@ -469,8 +468,7 @@ static int parse_stop_token_ids(json_t *root, const struct srv_limits *lim,
     }
     if (!json_is_array(v)) {
         return srv_error_kc(e, KC_EINVAL, "stop_token_ids",
-                            "'stop_token_ids' must be an array of token ids, got %s",
-                            type_name(v));
+                            "'stop_token_ids' must be an array of token ids, got %s", type_name(v));
     }
     size_t n = json_array_size(v);
     if (n == 0) {
@@ -547,10 +545,9 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
     int rc;
     long long x;
     if ((rc = check_unknown(root, completion_fields,
-                            sizeof(completion_fields) / sizeof(completion_fields[0]), lim, r,
-                            e)) != KC_OK ||
-        (rc = check_unsupported(root, e)) != KC_OK ||
-        (rc = check_model(root, lim, e)) != KC_OK) {
+                            sizeof(completion_fields) / sizeof(completion_fields[0]), lim, r, e)) !=
+            KC_OK ||
+        (rc = check_unsupported(root, e)) != KC_OK || (rc = check_model(root, lim, e)) != KC_OK) {
         return rc;
     }
     x = SRV_DEFAULT_MAX_TOKENS;
@@ -568,8 +565,8 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
         return rc;
     }
     if (x < r->n) {
-        return srv_error_kc(e, KC_EINVAL, "best_of", "'best_of' (%lld) must be at least n (%d)",
-                            x, r->n);
+        return srv_error_kc(e, KC_EINVAL, "best_of", "'best_of' (%lld) must be at least n (%d)", x,
+                            r->n);
     }
     if (x > r->n) {
         return srv_error_kc(e, KC_EUNSUPPORTED, "best_of",

@@ -59,10 +59,10 @@ struct srv_logit_bias {
 #define SRV_DEFAULT_MAX_TOKENS 16
 #define SRV_MAX_LOGPROBS 5
 #define SRV_MAX_PROMPT_BYTES ((size_t)8 << 20)
-#define SRV_MAX_STOP_TOKEN_IDS 64  /* stop_token_ids entries at most */
-#define SRV_MAX_LOGIT_BIAS 1024    /* logit_bias entries at most */
-#define SRV_UNKNOWN_REPORT 8       /* unknown field names a parsed request reports */
-#define SRV_UNKNOWN_NAME_MAX 64    /* bytes of a reported name, NUL included */
+#define SRV_MAX_STOP_TOKEN_IDS 64 /* stop_token_ids entries at most */
+#define SRV_MAX_LOGIT_BIAS 1024   /* logit_bias entries at most */
+#define SRV_UNKNOWN_REPORT 8      /* unknown field names a parsed request reports */
+#define SRV_UNKNOWN_NAME_MAX 64   /* bytes of a reported name, NUL included */
 
 struct srv_completion_req {
     struct srv_prompt *prompts;

@@ -174,11 +174,11 @@ static const struct bad_case bad[] = {
     {"{\"prompt\":[1],\"truncate_prompt_tokens\":0}", 400, "truncate_prompt_tokens", NULL},
     {"{\"prompt\":[1],\"truncate_prompt_tokens\":-2}", 400, "truncate_prompt_tokens", NULL},
     {"{\"prompt\":[1],\"add_special_tokens\":1}", 400, "add_special_tokens", NULL},
-    {"{\"prompt\":[1],\"return_tokens_as_token_ids\":\"y\"}", 400,
-     "return_tokens_as_token_ids", NULL},
+    {"{\"prompt\":[1],\"return_tokens_as_token_ids\":\"y\"}", 400, "return_tokens_as_token_ids",
+     NULL},
     /* output-contract fields that cannot be honoured: 400 naming the param */
-    {"{\"prompt\":[1],\"response_format\":{\"type\":\"json_object\"}}", 400,
-     "response_format", NULL},
+    {"{\"prompt\":[1],\"response_format\":{\"type\":\"json_object\"}}", 400, "response_format",
+     NULL},
     {"{\"prompt\":[1],\"response_format\":\"text\"}", 400, "response_format", NULL},
     {"{\"prompt\":[1],\"guided_json\":{}}", 400, "guided_json", NULL},
     {"{\"prompt\":[1],\"guided_regex\":\"a+\"}", 400, "guided_regex", NULL},
@@ -333,10 +333,11 @@ static void test_non_strict_mode_ignores_unknown_fields(void **state) {
     char big[2048];
     size_t n = (size_t)snprintf(big, sizeof(big), "{\"prompt\":[1]");
     for (int i = 0; i < 20; i++) {
-        n += (size_t)snprintf(big + n, sizeof(big) - n,
-                              ",\"u%02d_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-                              "aaaaaaaaaaa\":1",
-                              i);
+        n += (size_t)snprintf(
+            big + n, sizeof(big) - n,
+            ",\"u%02d_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            "aaaaaaaaaaa\":1",
+            i);
     }
     snprintf(big + n, sizeof(big) - n, "}");
     assert_int_equal(srv_completion_parse(big, strlen(big), &l, &r, &e), KC_OK);
