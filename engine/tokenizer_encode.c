@@ -47,9 +47,10 @@ struct enc {
 
     int32_t *ids;
     size_t n, cap;
-    size_t max_ids; /* 0: no limit; else more ids than this fail with KC_ECONTEXT */
-    bool last_unk;  /* fuse_unk state within one model call */
-    bool at_start;  /* the current section starts at offset 0 of the input (Metaspace "first") */
+    /* 0: no limit; else more ids than this fail with KC_ECONTEXT */
+    size_t max_ids;
+    bool last_unk; /* fuse_unk state within one model call */
+    bool at_start; /* the current section starts at offset 0 of the input (Metaspace "first") */
 
     pcre2_match_data *md;
     struct sym *syms;

@@ -41,21 +41,21 @@ const char *sch_mode_name(enum sch_prefill_mode m);
 int sch_mode_parse(const char *s, enum sch_prefill_mode *out);
 
 struct sch_config {
-    int prefill_threads;    /* OpenMP threads of the prefill worker */
-    int decode_threads;     /* OpenMP threads of the decode worker */
-    bool pin_cpus;          /* pin prefill to cores [0, p), decode to [p, p + d) */
-    size_t base_kv_bytes;   /* memory budget of the base model's KV pool */
-    size_t aux_kv_bytes;    /* memory budget of the auxiliary model's (transient) pool;
-                             * 0: as needed (one max_context prompt per prefill worker) */
-    int block_size;         /* tokens per KV block */
-    int max_queue;          /* waiting requests beyond which submit says KC_EBUSY */
-    int max_running;        /* sequences decoding at once */
-    int prefill_chunk;      /* rows per prefill forward step (chunked prefill) */
-    int max_context;        /* prompt + max_tokens limit (<= the model's positions; 0:
-                             * the model's positions) */
-    double ttft_slo_ms;     /* auto mode: target TTFT */
-    int predict_min_prompt; /* auto mode: prompts at least this long always predict */
-    int prefill_workers;    /* prefill worker threads (default 1), each prefill_threads wide */
+    int prefill_threads;       /* OpenMP threads of the prefill worker */
+    int decode_threads;        /* OpenMP threads of the decode worker */
+    bool pin_cpus;             /* pin prefill to cores [0, p), decode to [p, p + d) */
+    size_t base_kv_bytes;      /* memory budget of the base model's KV pool */
+    size_t aux_kv_bytes;       /* memory budget of the auxiliary model's (transient) pool;
+                                * 0: as needed (one max_context prompt per prefill worker) */
+    int block_size;            /* tokens per KV block */
+    int max_queue;             /* waiting requests beyond which submit says KC_EBUSY */
+    int max_running;           /* sequences decoding at once */
+    int prefill_chunk;         /* rows per prefill forward step (chunked prefill) */
+    int max_context;           /* prompt + max_tokens limit (<= the model's positions; 0:
+                                * the model's positions) */
+    double ttft_slo_ms;        /* auto mode: target TTFT */
+    int predict_min_prompt;    /* auto mode: prompts at least this long always predict */
+    int prefill_workers;       /* prefill worker threads (default 1), each prefill_threads wide */
 };
 /* Defaults that suit a 2-core machine: 1 prefill thread, 1 decode thread. */
 struct sch_config sch_default_config(void);
@@ -75,7 +75,7 @@ struct sch_request_params {
     int max_tokens;        /* >= 1 */
     struct eng_sampler_params sampling;
     bool ignore_eos;
-    int n_logprobs; /* 0..SCH_MAX_LOGPROBS alternatives reported per token; -1 none */
+    int n_logprobs;        /* 0..SCH_MAX_LOGPROBS alternatives reported per token; -1 none */
     enum sch_prefill_mode mode;
     /* vLLM extras (all optional; arrays are copied at submit). */
     const int32_t *stop_token_ids; /* sampling one of these finishes with STOP */

@@ -49,8 +49,9 @@ struct srv_metrics {
     uint64_t success[SRV_FIN_COUNT];
     uint64_t mode_full;
     uint64_t mode_predict;
-    uint64_t http_errors;            /* requests answered with a 4xx/5xx status */
-    uint64_t request_unknown_fields; /* unknown /v1/completions fields ignored */
+    uint64_t http_errors; /* requests answered with a 4xx/5xx status */
+    /* unknown /v1/completions fields ignored */
+    uint64_t request_unknown_fields;
 };
 
 struct srv_gauges {

@@ -56,12 +56,10 @@ def start_server(kvcast, args, log_dir):
 
 
 def stop_server(p, timeout=60):
-    """SIGTERM, twice (drain, then stop); returns the exit status (kills after timeout)."""
+    """SIGTERM (the server drains, then stops); returns the exit status, or None after
+    killing a server that did not stop within timeout seconds."""
     if p.poll() is None:
         p.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
     try:
         return p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
