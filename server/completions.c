@@ -120,6 +120,7 @@ struct srv_completion {
     struct srv_buf body; /* taken from the connection; the job frees it */
     int prep_rc;
     struct srv_error prep_err;
+    bool tokenize_route; /* POST /tokenize: the job builds the whole answer into `out` */
     double t_prep;      /* the prepare job was queued (whole body received) */
     double tokenize_ms; /* t_prep -> the job's end, on the loop thread */
 };
@@ -634,6 +635,41 @@ static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
     return KC_OK;
 }
 
+/* Threadpool: POST /tokenize ({"prompt", "add_special_tokens", "model"}) -> the JSON answer
+ * {"count", "max_model_len", "tokens"} in cmp->out, or an error in cmp->prep_err. */
+static int tokenize_route_work(const struct srv *s, struct srv_completion *cmp) {
+    struct srv_error *e = &cmp->prep_err;
+    char *text = NULL;
+    size_t len = 0;
+    bool special = true;
+    int rc = srv_tokenize_parse(cmp->body.p, cmp->body.len, &s->lim, &text, &len, &special, e);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    if (s->tok == NULL) {
+        free(text);
+        return srv_error_kc(e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    struct kc_error kerr = {0};
+    rc = eng_tok_encode(s->tok, text, len, special ? ENG_TOK_ADD_SPECIAL : 0, &ids, &n, &kerr);
+    free(text);
+    if (rc != KC_OK) {
+        return srv_error_kc(e, rc == KC_ENOMEM ? rc : KC_EINVAL, "prompt", "%s", kerr.msg);
+    }
+    rc = srv_buf_printf(&cmp->out, "{\"count\":%zu,\"max_model_len\":%d,\"tokens\":[", n,
+                        s->max_model_len);
+    for (size_t i = 0; i < n && rc == KC_OK; i++) {
+        rc = srv_buf_printf(&cmp->out, i ? ",%d" : "%d", ids[i]);
+    }
+    free(ids);
+    if (rc == KC_OK) {
+        rc = srv_buf_printf(&cmp->out, "]}");
+    }
+    return rc == KC_OK ? KC_OK : srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+}
+
 /* Threadpool: parse the body (JSON parse of up to max-body-bytes is not free either) and
  * tokenize. Writes only cmp->req, cmp->prep_rc/prep_err and cmp->body. */
 static void prep_work(uv_work_t *w) {
@@ -643,6 +679,11 @@ static void prep_work(uv_work_t *w) {
         srv_buf_free(&cmp->body);
         cmp->prep_rc =
             srv_error_kc(&cmp->prep_err, KC_ECANCELED, NULL, "the request was abandoned");
+        return;
+    }
+    if (cmp->tokenize_route) {
+        cmp->prep_rc = tokenize_route_work(s, cmp);
+        srv_buf_free(&cmp->body);
         return;
     }
     int rc = srv_completion_parse(cmp->body.p, cmp->body.len, &s->lim, &cmp->req, &cmp->prep_err);
@@ -785,7 +826,7 @@ static void completion_link(struct srv *s, struct srv_completion *cmp) {
 
 /* The access handler's first call with the whole body: hand parse + tokenize to the
  * threadpool and keep the connection suspended until prep_done resumes it. */
-enum MHD_Result srv_completions_start(struct srv_conn *c) {
+static enum MHD_Result prep_start(struct srv_conn *c, bool tokenize_route) {
     struct srv *s = c->srv;
     struct srv_completion *cmp = calloc(1, sizeof(*cmp));
     if (cmp == NULL) {
@@ -795,6 +836,7 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
     }
     cmp->srv = s;
     cmp->conn = c;
+    cmp->tokenize_route = tokenize_route;
     cmp->t_start = c->t_start;
     cmp->t_last_write = kc_now_s();
     cmp->t_prep = cmp->t_last_write;
@@ -810,6 +852,14 @@ enum MHD_Result srv_completions_start(struct srv_conn *c) {
     cmp->suspended = true;
     prep_enqueue(s, cmp);
     return MHD_YES;
+}
+
+enum MHD_Result srv_completions_start(struct srv_conn *c) {
+    return prep_start(c, false);
+}
+
+enum MHD_Result srv_tokenize_start(struct srv_conn *c) {
+    return prep_start(c, true);
 }
 
 /* Detaches a completion that never submitted anything and answers with e. */
@@ -833,6 +883,14 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
     }
     if (cmp->prep_rc != KC_OK) {
         return start_failed(c, cmp, &cmp->prep_err);
+    }
+    if (cmp->tokenize_route) {
+        enum MHD_Result ret = srv_send(c, 200, "application/json", cmp->out.p, cmp->out.len);
+        cmp->result_built = true;
+        cmp->conn = NULL;
+        c->cmp = NULL;
+        maybe_free(cmp);
+        return ret;
     }
     if (s->state == SRV_STOPPING) {
         srv_error_kc(&e, KC_EBUSY, NULL, "The server is shutting down; retry later.");

@@ -125,6 +125,8 @@ void srv_resume(struct srv_completion *cmp);
 
 /* completions.c */
 enum MHD_Result srv_completions_start(struct srv_conn *c);
+/* POST /tokenize, encoded on the threadpool like completion prompts. */
+enum MHD_Result srv_tokenize_start(struct srv_conn *c);
 /* The handler ran again for a connection whose completion is attached. */
 enum MHD_Result srv_completions_resumed(struct srv_conn *c);
 void srv_completions_on_event(struct srv *s, const struct sch_event *ev);

@@ -164,6 +164,14 @@ def test_fields(port, log_path):
     check(st1 == 200 and st2 == 200 and
           o1["usage"]["prompt_tokens"] == o2["usage"]["prompt_tokens"] + 1,
           "add_special_tokens: %r / %r" % (o1.get("usage"), o2.get("usage")))
+    # /tokenize (also encoded off the loop thread) agrees with the completion's count.
+    st, tk, _ = hut.request(port, "POST", "/tokenize",
+                            json.dumps({"prompt": "hello world"}).encode())
+    check(st == 200 and tk.get("count") == o1["usage"]["prompt_tokens"] and
+          len(tk.get("tokens", [])) == tk.get("count") and tk.get("max_model_len") == 2048,
+          "/tokenize: %d %r" % (st, tk))
+    st, tk, _ = hut.request(port, "POST", "/tokenize", b'{"prompt": 5}')
+    check(st == 400, "/tokenize bad body: %d %r" % (st, tk))
     # truncate_prompt_tokens keeps the last k tokens, for text and id prompts.
     st, out, _ = post(port, dict(p, prompt="one two three four five six seven",
                                  truncate_prompt_tokens=3))
