@@ -121,8 +121,8 @@ struct srv_completion {
     int prep_rc;
     struct srv_error prep_err;
     bool tokenize_route; /* POST /tokenize: the job builds the whole answer into `out` */
-    double t_prep;      /* the prepare job was queued (whole body received) */
-    double tokenize_ms; /* t_prep -> the job's end, on the loop thread */
+    double t_prep;       /* the prepare job was queued (whole body received) */
+    double tokenize_ms;  /* t_prep -> the job's end, on the loop thread */
 };
 
 /* ---- lifetime ---- */
