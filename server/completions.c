@@ -114,6 +114,7 @@ struct srv_completion {
     uv_work_t work;
     bool preparing;                   /* the job is waiting, queued or running */
     bool work_queued;                 /* handed to uv_queue_work (else waiting in prep_wait) */
+    bool prep_big;                    /* body over PREP_SMALL_BYTES: counts against prep_max */
     struct srv_completion *prep_next; /* prep_wait link */
     bool ready; /* the job finished; the handler has not started the request yet */
     atomic_bool abandon;
@@ -695,12 +696,11 @@ static void prep_work(uv_work_t *w) {
 }
 
 /*
- * At most prep_max prepare jobs run at once; the rest wait in FIFO order. Measured on 2
- * cores with 8 clients posting 4 MiB prompts (ASan build): with libuv's 4 threads all
- * tokenizing, /health p99 was 86 ms (p50 8 ms); with one job at a time 14 ms (p50 0.7 ms)
- * and more completions per second. The loop thread and the engine workers need the cores
- * more than a huge prompt needs to be tokenized in parallel. Loop-thread state (one
- * server per process).
+ * At most prep_max prepare jobs of big bodies run at once; the rest wait in FIFO order. Measured on
+ * 2 cores with 8 clients posting 4 MiB prompts (ASan build): with libuv's 4 threads all tokenizing,
+ * /health p99 was 86 ms (p50 8 ms); with one job at a time 14 ms (p50 0.7 ms) and more completions
+ * per second. The loop thread and the engine workers need the cores more than a huge prompt needs
+ * to be tokenized in parallel. Loop-thread state (one server per process).
  */
 static struct srv_completion *prep_wait_head, *prep_wait_tail;
 static int prep_running;
@@ -716,7 +716,21 @@ static int prep_max(void) {
 
 static void prep_done(uv_work_t *w, int status);
 
-/* Hands waiting jobs to the threadpool while fewer than prep_max run. */
+/* Hands one job to the threadpool. */
+static void prep_submit(struct srv *s, struct srv_completion *cmp) {
+    if (cmp->prep_big) {
+        prep_running++;
+    }
+    if (uv_queue_work(&s->loop, &cmp->work, prep_work, prep_done) == 0) {
+        cmp->work_queued = true;
+    } else {
+        /* Cannot happen with valid callbacks; do the work here rather than lose it. */
+        prep_work(&cmp->work);
+        prep_done(&cmp->work, 0);
+    }
+}
+
+/* Hands waiting big jobs to the threadpool while fewer than prep_max run. */
 static void prep_pump(struct srv *s) {
     while (prep_wait_head != NULL && prep_running < prep_max()) {
         struct srv_completion *cmp = prep_wait_head;
@@ -725,19 +739,20 @@ static void prep_pump(struct srv *s) {
             prep_wait_tail = NULL;
         }
         cmp->prep_next = NULL;
-        if (uv_queue_work(&s->loop, &cmp->work, prep_work, prep_done) == 0) {
-            cmp->work_queued = true;
-            prep_running++;
-        } else {
-            /* Cannot happen with valid callbacks; do the work here rather than lose it. */
-            prep_running++;
-            prep_work(&cmp->work);
-            prep_done(&cmp->work, 0);
-        }
+        prep_submit(s, cmp);
     }
 }
 
+/* Bodies up to PREP_SMALL_BYTES take a few ms at most to parse and tokenize: they go to the
+ * threadpool at once, so a small request never waits behind a queue of 4 MiB prompts. */
+#define PREP_SMALL_BYTES ((size_t)64 << 10)
+
 static void prep_enqueue(struct srv *s, struct srv_completion *cmp) {
+    cmp->prep_big = cmp->body.len > PREP_SMALL_BYTES;
+    if (!cmp->prep_big) {
+        prep_submit(s, cmp);
+        return;
+    }
     if (prep_wait_tail != NULL) {
         prep_wait_tail->prep_next = cmp;
     } else {
@@ -751,7 +766,9 @@ static void prep_enqueue(struct srv *s, struct srv_completion *cmp) {
 static void prep_done(uv_work_t *w, int status) {
     struct srv_completion *cmp = w->data;
     struct srv *s = cmp->srv;
-    prep_running--;
+    if (cmp->prep_big) {
+        prep_running--;
+    }
     cmp->work_queued = false;
     cmp->preparing = false;
     cmp->tokenize_ms = (kc_now_s() - cmp->t_prep) * 1000.0;

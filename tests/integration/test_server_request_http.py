@@ -219,6 +219,9 @@ def test_tokenize_load(port):
     print("health under tokenize:", json.dumps(res), flush=True)
     check(res["n_errors"] == 0 and res["completions"] > 0, "tokenize load: %r" % res)
     check(res["health_p99_ms"] < 200, "/health p99 %.1f ms >= 200 ms" % res["health_p99_ms"])
+    # Short requests do not queue behind the 4 MiB ones (their prepare jobs skip the cap).
+    check(res["small_completions"] > 0 and res["small_completion_max_ms"] < 1500,
+          "short completion under tokenize load: %r ms" % res["small_completion_max_ms"])
 
     # Clients that go away while their prompt waits or is being tokenized.
     body = json.dumps({"prompt": big, "max_tokens": 1, "truncate_prompt_tokens": 8}).encode()

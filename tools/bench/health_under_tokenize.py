@@ -4,8 +4,9 @@
 Starts `kvcast serve` (or uses --url), keeps --clients connections busy posting
 --prompt-mib MiB text prompts to /v1/completions (truncate_prompt_tokens makes the server
 encode the whole text, max_tokens 1 keeps generation out of the picture), and meanwhile
-probes GET /health every --probe-ms. Prints one JSON object: /health p50/p99/max in ms,
-the number of probes and of completions, and any errors. Exit status 1 when the p99 is
+probes GET /health every --probe-ms (and every 20th probe times a short completion).
+Prints one JSON object: /health p50/p99/max in ms, the number of probes, the slowest short
+completion, the number of big completions, and any errors. Exit status 1 when the p99 is
 over --max-p99-ms (0: no limit) or when a probe or a completion failed.
 
   /usr/bin/python3 tools/bench/health_under_tokenize.py --kvcast build/release/tools/kvcast
@@ -124,13 +125,22 @@ def measure(port, seconds, clients, prompt_mib, probe_ms, truncate=32):
         t.start()
     time.sleep(0.5)  # let the first bodies arrive and the jobs start
     lat = []
+    small = []  # a short completion now and then: it must not queue behind the big ones
+    small_body = json.dumps({"prompt": "Hello there", "max_tokens": 1}).encode()
     t_end = time.time() + seconds
+    i = 0
     while time.time() < t_end:
         try:
             st, out, dt = request(port, "GET", "/health", timeout=10)
             if st != 200:
                 errors.append("health %d" % st)
             lat.append(dt * 1000.0)
+            i += 1
+            if i % 20 == 0:
+                st, out, dt = request(port, "POST", "/v1/completions", small_body, timeout=30)
+                if st != 200:
+                    errors.append("small completion %d: %.200s" % (st, out))
+                small.append(dt * 1000.0)
         except Exception as e:  # noqa: BLE001
             errors.append("health: %r" % e)
         time.sleep(probe_ms / 1000.0)
@@ -142,6 +152,8 @@ def measure(port, seconds, clients, prompt_mib, probe_ms, truncate=32):
         "health_p99_ms": round(percentile(lat, 0.99), 2),
         "health_max_ms": round(max(lat) if lat else float("nan"), 2),
         "probes": len(lat),
+        "small_completion_max_ms": round(max(small), 1) if small else None,
+        "small_completions": len(small),
         "completions": len(done),
         "completion_mean_s": round(sum(d for d, _ in done) / len(done), 3) if done else None,
         "tokenize_ms_mean": round(sum(t for _, t in done) / len(done), 1) if done else None,
