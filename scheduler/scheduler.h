@@ -96,12 +96,14 @@ enum sch_finish { SCH_FINISH_NONE = 0, SCH_FINISH_STOP, SCH_FINISH_LENGTH, SCH_F
 
 /*
  * Timings of one request, all measured by the scheduler from sch_submit (so server-side work
- * before it, like tokenization, is not included). Relations (tested over HTTP):
+ * before it, like tokenization, is not included). When at least one token was generated
+ * (tested over HTTP in every prefill mode, tests/integration/test_server_request_http.py):
  *   ttft_ms = queue_ms + prefill_ms          (same clock readings; equal up to rounding)
- *   aux_ms + predict_ms + base_first_step_ms <= prefill_ms   (predict mode; 0 in full mode)
+ *   aux_ms + predict_ms + base_first_step_ms <= prefill_ms   (aux/predict are 0 in full mode)
  *   ttft_ms + decode_ms = submit -> last token
- * prefill_ms includes sampling and emitting the first token; with no token generated (a
- * request cancelled in the queue or during prefill) ttft_ms, prefill_ms and decode_ms are 0.
+ * prefill_ms runs from admission to the first token's event, so it includes sampling the
+ * first token. With no token generated (cancelled in the queue or during prefill) ttft_ms,
+ * prefill_ms and decode_ms are 0 and only queue_ms may be set.
  */
 struct sch_timings {
     double queue_ms;            /* submit -> prefill start */
