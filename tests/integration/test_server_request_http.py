@@ -241,7 +241,14 @@ def test_tokenize_load(port):
 def test_shutdown_while_tokenizing(kvcast, tmp):
     p, port, _, log_path = hut.start_server(kvcast, [
         "--bundle", "models/tiny/kvcast-bundle.json", "--max-body-bytes", str(8 << 20),
-        "--shutdown-timeout-s", "2"], tmp)
+        "--shutdown-timeout-s", "2", "--strict-fields"], tmp)
+    # --strict-fields (opt-in): an unknown field is a 400 naming it; known ones still pass.
+    st, out, _ = post(port, {"prompt": "hi", "max_tokens": 1, "zz_unknown_field": 1})
+    check(st == 400 and out.get("error", {}).get("param") == "zz_unknown_field",
+          "strict unknown field: %d %r" % (st, out))
+    st, out, _ = post(port, {"prompt": "hi", "max_tokens": 1, "min_tokens": 1,
+                             "stop_token_ids": [3], "add_special_tokens": False})
+    check(st == 200, "strict known fields: %d %r" % (st, out))
     body = {"prompt": hut.prompt_text((4 << 20) - 200), "max_tokens": 1,
             "truncate_prompt_tokens": 8}
     results = []
