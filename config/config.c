@@ -127,7 +127,8 @@ static const struct cfg_field fields[] = {
     F_INT("max-choices", max_choices, 1, 128, "prompts x n in one request at most"),
     F_INT("max-stop", max_stop, 0, 64, "stop strings per request at most"),
     F_INT("max-stop-bytes", max_stop_bytes, 1, 4096, "bytes per stop string at most"),
-    F_BOOL("strict-fields", strict_fields, "reject requests with unknown fields"),
+    F_BOOL("strict-fields", strict_fields,
+           "reject requests with unknown fields (default: ignore them, warn once per name)"),
     F_ENUM("log-level", log_level, "error|warn|info|debug", "log verbosity"),
     F_ENUM("log-format", log_format, "text|json", "log lines as text or one JSON object each"),
     F_BOOL("access-log", access_log, "one log line per request"),
@@ -172,7 +173,7 @@ void cfg_settings_default(struct cfg_settings *s) {
     s->max_choices = 8;
     s->max_stop = 4;
     s->max_stop_bytes = 240;
-    s->strict_fields = true;
+    s->strict_fields = false; /* vLLM clients send fields we do not know: ignore them */
     snprintf(s->log_level, sizeof(s->log_level), "info");
     snprintf(s->log_format, sizeof(s->log_format), "text");
     snprintf(s->metric_names, sizeof(s->metric_names), "vllm");

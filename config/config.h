@@ -77,7 +77,7 @@ struct cfg_settings {
     int max_choices;    /* prompts x n per request */
     int max_stop;       /* stop strings per request */
     int max_stop_bytes; /* bytes per stop string */
-    bool strict_fields; /* unknown request fields are a 400 */
+    bool strict_fields; /* unknown request fields are a 400 (default false: ignored) */
     /* logging and metrics */
     char log_level[16];    /* error | warn | info | debug */
     char log_format[8];    /* text | json (one JSON object per line) */

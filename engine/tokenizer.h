@@ -125,6 +125,12 @@ int eng_tok_id_to_piece(const struct eng_tok *tok, int32_t id, const char **piec
 int eng_tok_encode(const struct eng_tok *tok, const char *text, size_t len, unsigned flags,
                    int32_t **ids_out, size_t *n_out, struct kc_error *err);
 
+/* Like eng_tok_encode, but gives up with KC_ECONTEXT as soon as the text makes more than
+ * max_ids ids (0: no limit), so a caller with a context limit does not pay for encoding a
+ * huge text it will refuse anyway. */
+int eng_tok_encode_max(const struct eng_tok *tok, const char *text, size_t len, unsigned flags,
+                       size_t max_ids, int32_t **ids_out, size_t *n_out, struct kc_error *err);
+
 /* Turns ids into text as HF's decode does. On success *text_out is a malloc'd NUL-terminated
  * string of *len_out bytes, always valid UTF-8 (incomplete or invalid byte sequences become
  * U+FFFD). Fails with KC_ERANGE (err names the position and id) for an id outside

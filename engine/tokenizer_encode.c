@@ -47,6 +47,8 @@ struct enc {
 
     int32_t *ids;
     size_t n, cap;
+    /* 0: no limit; else more ids than this fail with KC_ECONTEXT */
+    size_t max_ids;
     bool last_unk; /* fuse_unk state within one model call */
     bool at_start; /* the current section starts at offset 0 of the input (Metaspace "first") */
 
@@ -101,6 +103,13 @@ static int oom(struct enc *e) {
 }
 
 static int emit(struct enc *e, int32_t id) {
+    if (e->max_ids > 0 && e->n >= e->max_ids) {
+        if (e->rc == 0) {
+            e->rc =
+                kc_error_set(e->err, KC_ECONTEXT, "the text has more than %zu tokens", e->max_ids);
+        }
+        return e->rc;
+    }
     if (!grow((void **)&e->ids, &e->cap, e->n + 1, sizeof(*e->ids))) {
         return oom(e);
     }
@@ -902,7 +911,12 @@ static int section(struct enc *e, const char *s, size_t len) {
 
 int eng_tok_encode(const struct eng_tok *tok, const char *text, size_t len, unsigned flags,
                    int32_t **ids_out, size_t *n_out, struct kc_error *err) {
-    struct enc e = {.tok = tok, .flags = flags, .err = err, .at_start = true};
+    return eng_tok_encode_max(tok, text, len, flags, 0, ids_out, n_out, err);
+}
+
+int eng_tok_encode_max(const struct eng_tok *tok, const char *text, size_t len, unsigned flags,
+                       size_t max_ids, int32_t **ids_out, size_t *n_out, struct kc_error *err) {
+    struct enc e = {.tok = tok, .flags = flags, .err = err, .at_start = true, .max_ids = max_ids};
     if (text == NULL && len > 0) {
         return kc_error_set(err, KC_EINVAL, "text is NULL");
     }
@@ -935,6 +949,9 @@ int eng_tok_encode(const struct eng_tok *tok, const char *text, size_t len, unsi
                 goto fail;
             }
         }
+    }
+    if (e.rc < 0) {
+        goto fail; /* an error some path reported without unwinding (defensive) */
     }
     enc_free(&e);
     if (e.n == 0) {

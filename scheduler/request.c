@@ -71,11 +71,9 @@ static double ms_between(uint64_t a, uint64_t b) {
 void sch_req_timings(const struct sch_req *r, struct sch_timings *out) {
     const uint64_t t_submit = r->t_state[SCH_REQ_QUEUED];
     const uint64_t t_prefill = r->t_state[SCH_REQ_PREFILLING];
-    /* Prefill ends at hand-off, or at the first token when the request ended right there. */
-    uint64_t t_prefill_end = r->t_state[SCH_REQ_HANDED_OFF];
-    if (t_prefill_end == 0) {
-        t_prefill_end = r->t_first_token;
-    }
+    /* Prefill ends when the first token is emitted (hand-off comes after it), so that
+     * ttft = queue + prefill (scheduler.h); no first token: 0. */
+    const uint64_t t_prefill_end = r->t_first_token;
     struct sch_timings t = {
         .queue_ms = ms_between(t_submit, t_prefill),
         .prefill_ms = ms_between(t_prefill, t_prefill_end),

@@ -92,6 +92,11 @@ struct sch_req {
     int n_logprobs;       /* -1: none; 0..SCH_MAX_LOGPROBS */
     bool prompt_logprobs; /* report every prompt token's logprob (forces full prefill) */
     enum sch_prefill_mode requested_mode;
+    int32_t *stop_token_ids; /* [n_stop_token_ids], owned copy or NULL */
+    int n_stop_token_ids;
+    int min_tokens;
+    struct sch_logit_bias *logit_bias; /* [n_logit_bias], owned copy or NULL */
+    int n_logit_bias;
 
     /* (owner) */
     enum sch_prefill_mode mode; /* the mode used, set at admission */

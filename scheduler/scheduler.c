@@ -196,6 +196,8 @@ static void unlink_live(struct sch *s, struct sch_req *r) {
 
 static void req_free(struct sch_req *r) {
     eng_sampler_free(&r->sampler);
+    free(r->stop_token_ids);
+    free(r->logit_bias);
     free(r->prompt);
     free(r);
 }
@@ -288,14 +290,74 @@ static void event_logprobs(struct sch_event *ev, const float *row, int V, int32_
     memcpy(ev->top_logprobs, lp.top_logprobs, (size_t)lp.n_top * sizeof(float));
 }
 
-/* Samples r's next token from logits (read only), emits its token event, and sets *fin to the
- * finish it causes (STOP for eos, LENGTH at max_tokens) or NONE. Fails with KC_EBACKEND and
- * emits nothing when the row holds NaN or +Inf (a model fault): the caller fails r. */
-static int sample_and_emit(struct sch *s, struct sch_req *r, const float *logits,
-                           enum sch_finish *fin, struct kc_error *err) {
+static bool is_stop_token(const struct sch_req *r, int32_t tok) {
+    for (int i = 0; i < r->n_stop_token_ids; i++) {
+        if (r->stop_token_ids[i] == tok) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* One logit a request rule changed, and its model value (restored after sampling). */
+struct saved_logit {
+    int32_t id;
+    float v;
+};
+#define SCH_MAX_SAVED_LOGITS (SCH_MAX_LOGIT_BIAS + SCH_MAX_STOP_TOKEN_IDS + ENG_MAX_EOS)
+
+static void edit_logit(float *logits, int32_t id, float v, struct saved_logit *saved, int *n) {
+    saved[*n].id = id;
+    saved[*n].v = logits[id];
+    (*n)++;
+    logits[id] = v;
+}
+
+/* The request's own logit rules, applied in place just before the sampler: logit_bias, then
+ * min_tokens' suppression of EOS and stop_token_ids (unless that would leave no token). The
+ * model's values go to saved so that the caller restores them: reported logprobs stay the
+ * model's own. Returns the number saved. */
+static int apply_logit_rules(const struct sch *s, const struct sch_req *r, float *logits,
+                             struct saved_logit *saved) {
     const int V = s->bcfg->vocab_size;
+    int n = 0;
+    for (int i = 0; i < r->n_logit_bias; i++) {
+        const int32_t id = r->logit_bias[i].id;
+        edit_logit(logits, id, logits[id] + r->logit_bias[i].bias, saved, &n);
+    }
+    if (r->n_generated >= r->min_tokens) {
+        return n;
+    }
+    const struct eng_model_config *c = s->bcfg;
+    const int n_eos = r->ignore_eos ? 0 : c->n_eos;
+    if (n_eos + r->n_stop_token_ids >= V) {
+        return n; /* could suppress every token: keep the distribution as it is */
+    }
+    for (int i = 0; i < n_eos; i++) {
+        if (c->eos_token_ids[i] >= 0 && c->eos_token_ids[i] < V) {
+            edit_logit(logits, c->eos_token_ids[i], -INFINITY, saved, &n);
+        }
+    }
+    for (int i = 0; i < r->n_stop_token_ids; i++) {
+        edit_logit(logits, r->stop_token_ids[i], -INFINITY, saved, &n);
+    }
+    return n;
+}
+
+/* Samples r's next token from logits (the worker's row: request rules edit it and are undone
+ * before the logprobs are read), emits its token event, and sets *fin to the finish it causes
+ * (STOP for eos or a stop token id, LENGTH at max_tokens) or NONE. Fails with KC_EBACKEND and
+ * emits nothing when the row holds NaN or +Inf (a model fault): the caller fails r. */
+static int sample_and_emit(struct sch *s, struct sch_req *r, float *logits, enum sch_finish *fin,
+                           struct kc_error *err) {
+    const int V = s->bcfg->vocab_size;
+    struct saved_logit saved[SCH_MAX_SAVED_LOGITS];
+    const int n_saved = apply_logit_rules(s, r, logits, saved);
     int32_t tok = 0;
     int rc = eng_sampler_sample(&r->sampler, logits, &tok, NULL, err);
+    for (int i = n_saved - 1; i >= 0; i--) {
+        logits[saved[i].id] = saved[i].v;
+    }
     if (rc != KC_OK) {
         kc_error_prefix(err, "generated token %d", r->n_generated);
         return rc;
@@ -313,7 +375,8 @@ static int sample_and_emit(struct sch *s, struct sch_req *r, const float *logits
         event_logprobs(&ev, logits, V, tok, r->n_logprobs);
     }
     s->cb(s->cb_ud, &ev);
-    if (!r->ignore_eos && is_eos(s->bcfg, tok)) {
+    const bool early = r->n_generated <= r->min_tokens;
+    if (!early && ((!r->ignore_eos && is_eos(s->bcfg, tok)) || is_stop_token(r, tok))) {
         *fin = SCH_FINISH_STOP;
     } else {
         *fin = r->n_generated >= r->max_tokens ? SCH_FINISH_LENGTH : SCH_FINISH_NONE;
@@ -1091,6 +1154,40 @@ void sch__set_hook(struct sch *s, sch_hook_fn fn, void *ud) {
     pthread_mutex_unlock(&s->lock);
 }
 
+/* stop_token_ids, min_tokens and logit_bias: counts, ids and ranges (NaN-safe). */
+static int check_extras(const struct sch_request_params *p, int V, struct kc_error *err) {
+    if (p->n_stop_token_ids < 0 || p->n_stop_token_ids > SCH_MAX_STOP_TOKEN_IDS ||
+        (p->n_stop_token_ids > 0 && p->stop_token_ids == NULL)) {
+        return kc_error_set(err, KC_EINVAL, "stop_token_ids: %d ids (at most %d)",
+                            p->n_stop_token_ids, SCH_MAX_STOP_TOKEN_IDS);
+    }
+    for (int i = 0; i < p->n_stop_token_ids; i++) {
+        if (p->stop_token_ids[i] < 0 || p->stop_token_ids[i] >= V) {
+            return kc_error_set(err, KC_ERANGE, "stop_token_ids[%d] = %d is outside [0, %d)", i,
+                                p->stop_token_ids[i], V);
+        }
+    }
+    if (p->min_tokens < 0 || p->min_tokens > p->max_tokens) {
+        return kc_error_set(err, KC_ERANGE, "min_tokens must be in [0, max_tokens = %d] (got %d)",
+                            p->max_tokens, p->min_tokens);
+    }
+    if (p->n_logit_bias < 0 || p->n_logit_bias > SCH_MAX_LOGIT_BIAS ||
+        (p->n_logit_bias > 0 && p->logit_bias == NULL)) {
+        return kc_error_set(err, KC_EINVAL, "logit_bias: %d entries (at most %d)", p->n_logit_bias,
+                            SCH_MAX_LOGIT_BIAS);
+    }
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        const struct sch_logit_bias *b = &p->logit_bias[i];
+        if (b->id < 0 || b->id >= V || !(b->bias >= -100.0f && b->bias <= 100.0f)) {
+            return kc_error_set(err, KC_ERANGE,
+                                "logit_bias entry %d: token %d must be in [0, %d) and its bias "
+                                "in [-100, 100]",
+                                i, b->id, V);
+        }
+    }
+    return KC_OK;
+}
+
 int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
                struct kc_error *err) {
     if (s == NULL || p == NULL || id == NULL) {
@@ -1112,6 +1209,10 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
         return kc_error_set(err, KC_EINVAL, "unknown prefill mode %d", (int)p->mode);
     }
     int rc = eng_sampler_params_validate(&p->sampling, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    rc = check_extras(p, bc->vocab_size, err);
     if (rc != KC_OK) {
         return rc;
     }
@@ -1154,6 +1255,27 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
         free(r);
         return rc;
     }
+    if (p->n_stop_token_ids > 0) {
+        r->stop_token_ids = kc_calloc((size_t)p->n_stop_token_ids, sizeof(int32_t));
+    }
+    if (p->n_logit_bias > 0) {
+        r->logit_bias = kc_calloc((size_t)p->n_logit_bias, sizeof(struct sch_logit_bias));
+    }
+    if ((p->n_stop_token_ids > 0 && r->stop_token_ids == NULL) ||
+        (p->n_logit_bias > 0 && r->logit_bias == NULL)) {
+        req_free(r);
+        return kc_error_set(err, KC_ENOMEM, "out of memory");
+    }
+    if (p->n_stop_token_ids > 0) {
+        memcpy(r->stop_token_ids, p->stop_token_ids, (size_t)p->n_stop_token_ids * sizeof(int32_t));
+    }
+    r->n_stop_token_ids = p->n_stop_token_ids;
+    if (p->n_logit_bias > 0) {
+        memcpy(r->logit_bias, p->logit_bias,
+               (size_t)p->n_logit_bias * sizeof(struct sch_logit_bias));
+    }
+    r->n_logit_bias = p->n_logit_bias;
+    r->min_tokens = p->min_tokens;
     memcpy(r->prompt, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
     for (int i = 0; i < p->n_prompt; i++) {
         eng_sampler_observe(&r->sampler, p->prompt[i]);

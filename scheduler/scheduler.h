@@ -61,6 +61,15 @@ struct sch_config {
 /* Defaults that suit a 2-core machine: 1 prefill thread, 1 decode thread. */
 struct sch_config sch_default_config(void);
 
+/* One logit_bias entry: bias is added to token id's logit before every sampling step. */
+struct sch_logit_bias {
+    int32_t id;
+    float bias;
+};
+
+#define SCH_MAX_STOP_TOKEN_IDS 64
+#define SCH_MAX_LOGIT_BIAS 1024
+
 struct sch_request_params {
     const int32_t *prompt; /* copied at submit */
     int n_prompt;          /* >= 1 */
@@ -73,6 +82,13 @@ struct sch_request_params {
      * alternatives): the base model's logits at every prompt position, so the request is
      * prefilled in full mode whatever `mode` says. echo + logprobs, lm-eval loglikelihood. */
     bool prompt_logprobs;
+    /* vLLM extras (all optional; arrays are copied at submit). */
+    const int32_t *stop_token_ids; /* sampling one of these finishes with STOP */
+    int n_stop_token_ids;          /* 0..SCH_MAX_STOP_TOKEN_IDS */
+    int min_tokens; /* EOS (unless ignore_eos) and stop_token_ids cannot be sampled as the
+                     * first min_tokens tokens; 0..max_tokens */
+    const struct sch_logit_bias *logit_bias; /* bias in [-100, 100] per token id */
+    int n_logit_bias;                        /* 0..SCH_MAX_LOGIT_BIAS */
 };
 
 enum sch_event_type {
@@ -86,9 +102,20 @@ enum sch_event_type {
 
 enum sch_finish { SCH_FINISH_NONE = 0, SCH_FINISH_STOP, SCH_FINISH_LENGTH, SCH_FINISH_ABORT };
 
+/*
+ * Timings of one request, all measured by the scheduler from sch_submit (so server-side work
+ * before it, like tokenization, is not included). When at least one token was generated
+ * (tested over HTTP in every prefill mode, tests/integration/test_server_request_http.py):
+ *   ttft_ms = queue_ms + prefill_ms          (same clock readings; equal up to rounding)
+ *   aux_ms + predict_ms + base_first_step_ms <= prefill_ms   (aux/predict are 0 in full mode)
+ *   ttft_ms + decode_ms = submit -> last token
+ * prefill_ms runs from admission to the first token's event, so it includes sampling the
+ * first token. With no token generated (cancelled in the queue or during prefill) ttft_ms,
+ * prefill_ms and decode_ms are 0 and only queue_ms may be set.
+ */
 struct sch_timings {
     double queue_ms;            /* submit -> prefill start */
-    double prefill_ms;          /* prefill start -> hand-off */
+    double prefill_ms;          /* prefill start -> first token emitted */
     double aux_ms;              /* predict mode: auxiliary forward */
     double predict_ms;          /* predict mode: predictor GEMMs + cache writes */
     double base_first_step_ms;  /* the base step that yields the first token */
@@ -130,8 +157,8 @@ struct sch;
  * the mode reported). Models must outlive the scheduler. Sizes KV pools from the budgets.
  */
 int sch_create(const struct sch_config *cfg, const struct eng_model *base,
-               const struct eng_model *aux, const struct eng_kvp *predictor,
-               sch_event_cb cb, void *cb_ud, struct sch **out, struct kc_error *err);
+               const struct eng_model *aux, const struct eng_kvp *predictor, sch_event_cb cb,
+               void *cb_ud, struct sch **out, struct kc_error *err);
 
 /*
  * Admits a request or refuses it at once: KC_ECONTEXT (with a message giving the numbers)
@@ -162,7 +189,7 @@ struct sch_stats {
     uint64_t mode_predict;
     uint64_t prompt_tokens;
     uint64_t generated_tokens;
-    double prefill_ms_per_token_full;    /* running estimates used by auto mode */
+    double prefill_ms_per_token_full; /* running estimates used by auto mode */
     double prefill_ms_per_token_predict;
     uint64_t auto_full;    /* auto-mode decisions that chose full ... */
     uint64_t auto_predict; /* ... and predict (also counted in mode_full / mode_predict) */

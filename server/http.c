@@ -225,38 +225,7 @@ static enum MHD_Result route_models(struct srv_conn *c) {
 }
 
 static enum MHD_Result route_tokenize(struct srv_conn *c) {
-    struct srv *s = c->srv;
-    struct srv_error e;
-    char *text = NULL;
-    size_t len = 0;
-    bool special = true;
-    if (srv_tokenize_parse(c->body.p, c->body.len, &s->lim, &text, &len, &special, &e) != KC_OK) {
-        return srv_send_error(c, &e);
-    }
-    if (s->tok == NULL) {
-        free(text);
-        srv_error_kc(&e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
-        return srv_send_error(c, &e);
-    }
-    int32_t *ids = NULL;
-    size_t n = 0;
-    struct kc_error kerr = {0};
-    int rc = eng_tok_encode(s->tok, text, len, special ? ENG_TOK_ADD_SPECIAL : 0, &ids, &n, &kerr);
-    free(text);
-    if (rc != KC_OK) {
-        srv_error_kc(&e, rc == KC_ENOMEM ? rc : KC_EINVAL, "prompt", "%s", kerr.msg);
-        return srv_send_error(c, &e);
-    }
-    json_t *arr = json_array();
-    for (size_t i = 0; i < n; i++) {
-        json_array_append_new(arr, json_integer(ids[i]));
-    }
-    free(ids);
-    json_t *o = json_object();
-    json_object_set_new(o, "count", json_integer((json_int_t)n));
-    json_object_set_new(o, "max_model_len", json_integer(s->max_model_len));
-    json_object_set_new(o, "tokens", arr);
-    return send_json(c, 200, o);
+    return srv_tokenize_start(c); /* off the loop thread: completions.c */
 }
 
 static enum MHD_Result route_detokenize(struct srv_conn *c) {

@@ -139,6 +139,10 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
             o, "%shttp_connections_closed_total{model_name=\"%s\",reason=\"%s\"} %llu\n", p, mn,
             why[i], (unsigned long long)m->conn_closed[i]);
     }
+    rc |= family(o, p, "request_unknown_fields_total", "counter",
+                 "Unknown request fields ignored (--strict-fields refuses them instead).");
+    rc |= srv_buf_printf(o, "%srequest_unknown_fields_total{model_name=\"%s\"} %llu\n", p, mn,
+                         (unsigned long long)m->request_unknown_fields);
     rc |= render_hist(o, p, "time_to_first_token_seconds", "Time to first token in seconds.",
                       &m->ttft, mn);
     rc |= render_hist(o, p, "inter_token_latency_seconds",

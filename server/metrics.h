@@ -4,7 +4,8 @@
  *   histograms kvcast:time_to_first_token_seconds, kvcast:inter_token_latency_seconds,
  *              kvcast:e2e_request_latency_seconds, kvcast:request_queue_time_seconds
  *   counters   kvcast:prompt_tokens_total, kvcast:generation_tokens_total,
- *              kvcast:request_success_total{finished_reason}, kvcast:prefill_mode_total{mode}
+ *              kvcast:request_success_total{finished_reason}, kvcast:prefill_mode_total{mode},
+ *              kvcast:request_unknown_fields_total
  *   gauges     kvcast:num_requests_running, kvcast:num_requests_waiting,
  *              kvcast:kv_cache_usage_perc{pool="base"|"aux"} (a fraction in [0, 1], as vLLM's)
  *   kvcast-only: kvcast:http_connections{state="waiting"|"dispatched"} (gauge),
@@ -63,6 +64,8 @@ struct srv_metrics {
     uint64_t mode_predict;
     uint64_t http_errors; /* requests answered with a 4xx/5xx status */
     uint64_t conn_closed[SRV_CLOSE_COUNT];
+    /* unknown /v1/completions fields ignored */
+    uint64_t request_unknown_fields;
 };
 
 struct srv_gauges {

@@ -11,7 +11,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "server/request.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,9 +133,12 @@ static int check_model(json_t *root, const struct srv_limits *lim, struct srv_er
     return KC_OK;
 }
 
+/* Unknown fields: a 400 in strict mode; otherwise ignored, and counted (with the first
+ * names) in r when r is given, for the server's warning and counter. */
 static int check_unknown(json_t *root, const char *const *known, size_t n_known,
-                         const struct srv_limits *lim, struct srv_error *e) {
-    if (!lim->strict) {
+                         const struct srv_limits *lim, struct srv_completion_req *r,
+                         struct srv_error *e) {
+    if (!lim->strict && r == NULL) {
         return KC_OK;
     }
     const char *key;
@@ -143,20 +148,29 @@ static int check_unknown(json_t *root, const char *const *known, size_t n_known,
         for (size_t i = 0; i < n_known && !found; i++) {
             found = strcmp(key, known[i]) == 0;
         }
-        if (!found) {
-            return srv_error_kc(e, KC_EINVAL, NULL, "unknown field '%.100s'", key);
+        if (found) {
+            continue;
         }
+        if (lim->strict) {
+            return srv_error_kc(e, KC_EINVAL, key, "unknown field '%.100s' (--strict-fields)", key);
+        }
+        if (r->n_unknown < SRV_UNKNOWN_REPORT) {
+            snprintf(r->unknown[r->n_unknown], SRV_UNKNOWN_NAME_MAX, "%s", key);
+        }
+        r->n_unknown++;
     }
     return KC_OK;
 }
 
-static int ids_from_array(json_t *arr, int index, const struct srv_limits *lim,
+/* truncating: truncate_prompt_tokens will cut the prompt, so it may exceed the context here
+ * (the body size bounds it). */
+static int ids_from_array(json_t *arr, int index, const struct srv_limits *lim, bool truncating,
                           struct srv_prompt *p, struct srv_error *e) {
     size_t n = json_array_size(arr);
     if (n == 0) {
         return srv_error_kc(e, KC_EINVAL, "prompt", "prompt %d is empty", index);
     }
-    if (n > (size_t)lim->max_context) {
+    if (!truncating && n > (size_t)lim->max_context) {
         return srv_error_kc(e, KC_ECONTEXT, "prompt",
                             "This model's maximum context length is %d tokens. However, your "
                             "prompt %d has %zu tokens.",
@@ -216,8 +230,8 @@ static void prompts_free(struct srv_prompt *ps, int n) {
 }
 
 /* prompt: string | [string] | [int] | [[int]]. */
-static int parse_prompts(json_t *root, const struct srv_limits *lim, struct srv_prompt **out,
-                         int *n_out, struct srv_error *e) {
+static int parse_prompts(json_t *root, const struct srv_limits *lim, bool truncating,
+                         struct srv_prompt **out, int *n_out, struct srv_error *e) {
     json_t *v = json_object_get(root, "prompt");
     if (v == NULL || json_is_null(v)) {
         return srv_error_kc(e, KC_EINVAL, "prompt", "'prompt' is required");
@@ -246,7 +260,7 @@ static int parse_prompts(json_t *root, const struct srv_limits *lim, struct srv_
                 return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
             }
             n = 1;
-            if ((rc = ids_from_array(v, 0, lim, &ps[0], e)) != KC_OK) {
+            if ((rc = ids_from_array(v, 0, lim, truncating, &ps[0], e)) != KC_OK) {
                 goto fail;
             }
         } else {
@@ -265,7 +279,7 @@ static int parse_prompts(json_t *root, const struct srv_limits *lim, struct srv_
                 if (json_is_string(item) && json_is_string(first)) {
                     rc = text_prompt(item, (int)i, &ps[i], e);
                 } else if (json_is_array(item) && json_is_array(first)) {
-                    rc = ids_from_array(item, (int)i, lim, &ps[i], e);
+                    rc = ids_from_array(item, (int)i, lim, truncating, &ps[i], e);
                 } else {
                     rc = srv_error_kc(e, KC_EINVAL, "prompt",
                                       "'prompt' must be a string, an array of strings, an "
@@ -347,6 +361,145 @@ fail:
     return rc;
 }
 
+/* Fields that change the shape or the meaning of the output: ignoring them would hand the
+ * client something it did not ask for, so they are refused unless they ask for nothing. */
+static int check_unsupported(json_t *root, struct srv_error *e) {
+    json_t *v = json_object_get(root, "response_format");
+    if (v != NULL && !json_is_null(v)) {
+        json_t *type = json_is_object(v) ? json_object_get(v, "type") : NULL;
+        if (!(json_is_string(type) && strcmp(json_string_value(type), "text") == 0)) {
+            return srv_error_kc(e, KC_EUNSUPPORTED, "response_format",
+                                "'response_format' other than {\"type\": \"text\"} is not "
+                                "supported");
+        }
+    }
+    static const char *const guided[] = {"guided_json", "guided_regex", "guided_choice",
+                                         "guided_grammar"};
+    for (size_t i = 0; i < sizeof(guided) / sizeof(guided[0]); i++) {
+        v = json_object_get(root, guided[i]);
+        if (v != NULL && !json_is_null(v)) {
+            return srv_error_kc(e, KC_EUNSUPPORTED, guided[i],
+                                "'%s' is not supported (no guided decoding)", guided[i]);
+        }
+    }
+    v = json_object_get(root, "use_beam_search");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_boolean(v)) {
+            return srv_error_kc(e, KC_EINVAL, "use_beam_search",
+                                "'use_beam_search' must be a boolean, got %s", type_name(v));
+        }
+        if (json_is_true(v)) {
+            return srv_error_kc(e, KC_EUNSUPPORTED, "use_beam_search",
+                                "'use_beam_search' is not supported");
+        }
+    }
+    return KC_OK;
+}
+
+/* Parses a whole JSON string as a decimal token id in [0, vocab); -1 when it is not one. */
+static long long token_id_key(const char *k, int vocab) {
+    if (*k < '0' || *k > '9') {
+        return -1; /* no sign, no space */
+    }
+    errno = 0;
+    char *end = NULL;
+    long long x = strtoll(k, &end, 10);
+    if (errno != 0 || *end != '\0' || x >= vocab) {
+        return -1;
+    }
+    return x;
+}
+
+/* logit_bias: {"<token id>": bias in [-100, 100]} (OpenAI's range; vLLM clamps to it). */
+static int parse_logit_bias(json_t *root, const struct srv_limits *lim,
+                            struct srv_completion_req *r, struct srv_error *e) {
+    json_t *v = json_object_get(root, "logit_bias");
+    if (v == NULL || json_is_null(v)) {
+        return KC_OK;
+    }
+    if (!json_is_object(v)) {
+        return srv_error_kc(e, KC_EINVAL, "logit_bias",
+                            "'logit_bias' must be an object mapping token ids to biases, got %s",
+                            type_name(v));
+    }
+    size_t n = json_object_size(v);
+    if (n == 0) {
+        return KC_OK;
+    }
+    if (n > SRV_MAX_LOGIT_BIAS) {
+        return srv_error_kc(e, KC_EINVAL, "logit_bias",
+                            "'logit_bias' has %zu entries; at most %d are allowed", n,
+                            SRV_MAX_LOGIT_BIAS);
+    }
+    struct srv_logit_bias *b = calloc(n, sizeof(*b));
+    if (b == NULL) {
+        return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+    }
+    const char *key;
+    json_t *x;
+    int i = 0;
+    json_object_foreach(v, key, x) {
+        long long id = token_id_key(key, lim->vocab_size);
+        if (id < 0) {
+            free(b);
+            return srv_error_kc(e, KC_ERANGE, "logit_bias",
+                                "logit_bias key '%.40s' is not a token id in [0, %d)", key,
+                                lim->vocab_size);
+        }
+        double bias = json_is_number(x) ? json_number_value(x) : NAN;
+        if (!(-100.0 <= bias && bias <= 100.0)) {
+            free(b);
+            return srv_error_kc(e, KC_EINVAL, "logit_bias",
+                                "logit_bias[\"%lld\"] must be a number in [-100, 100]", id);
+        }
+        b[i].id = (int32_t)id;
+        b[i].bias = (float)bias;
+        i++;
+    }
+    r->logit_bias = b;
+    r->n_logit_bias = i;
+    return KC_OK;
+}
+
+static int parse_stop_token_ids(json_t *root, const struct srv_limits *lim,
+                                struct srv_completion_req *r, struct srv_error *e) {
+    json_t *v = json_object_get(root, "stop_token_ids");
+    if (v == NULL || json_is_null(v)) {
+        return KC_OK;
+    }
+    if (!json_is_array(v)) {
+        return srv_error_kc(e, KC_EINVAL, "stop_token_ids",
+                            "'stop_token_ids' must be an array of token ids, got %s", type_name(v));
+    }
+    size_t n = json_array_size(v);
+    if (n == 0) {
+        return KC_OK;
+    }
+    if (n > SRV_MAX_STOP_TOKEN_IDS) {
+        return srv_error_kc(e, KC_EINVAL, "stop_token_ids",
+                            "'stop_token_ids' has %zu ids; at most %d are allowed", n,
+                            SRV_MAX_STOP_TOKEN_IDS);
+    }
+    int32_t *ids = malloc(n * sizeof(int32_t));
+    if (ids == NULL) {
+        return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *t = json_array_get(v, i);
+        if (!json_is_integer(t) ||
+            !(0 <= json_integer_value(t) && json_integer_value(t) < lim->vocab_size)) {
+            free(ids);
+            return srv_error_kc(e, KC_ERANGE, "stop_token_ids",
+                                "stop_token_ids[%zu] must be a token id in [0, %d)", i,
+                                lim->vocab_size);
+        }
+        ids[i] = (int32_t)json_integer_value(t);
+    }
+    r->stop_token_ids = ids;
+    r->n_stop_token_ids = (int)n;
+    return KC_OK;
+}
+
 static const char *const completion_fields[] = {
     "model",
     "prompt",
@@ -375,6 +528,17 @@ static const char *const completion_fields[] = {
     "skip_special_tokens",
     "spaces_between_special_tokens",
     "include_stop_str_in_output",
+    "stop_token_ids",
+    "add_special_tokens",
+    "truncate_prompt_tokens",
+    "return_tokens_as_token_ids",
+    /* refused (400 not supported) unless they ask for nothing */
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "use_beam_search",
 };
 
 static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_completion_req *r,
@@ -382,9 +546,9 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
     int rc;
     long long x;
     if ((rc = check_unknown(root, completion_fields,
-                            sizeof(completion_fields) / sizeof(completion_fields[0]), lim, e)) !=
+                            sizeof(completion_fields) / sizeof(completion_fields[0]), lim, r, e)) !=
             KC_OK ||
-        (rc = check_model(root, lim, e)) != KC_OK) {
+        (rc = check_unsupported(root, e)) != KC_OK || (rc = check_model(root, lim, e)) != KC_OK) {
         return rc;
     }
     x = SRV_DEFAULT_MAX_TOKENS;
@@ -401,10 +565,14 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
     if ((rc = get_int(root, "best_of", 1, lim->max_choices, &x, e)) != KC_OK) {
         return rc;
     }
-    if (x != r->n) {
+    if (x < r->n) {
+        return srv_error_kc(e, KC_EINVAL, "best_of", "'best_of' (%lld) must be at least n (%d)", x,
+                            r->n);
+    }
+    if (x > r->n) {
         return srv_error_kc(e, KC_EUNSUPPORTED, "best_of",
-                            "'best_of' must equal n (%d); ranking several samples is not "
-                            "supported",
+                            "'best_of' > n is not supported (ranking several samples per "
+                            "choice); send best_of = n (%d) or leave it out",
                             r->n);
     }
     struct eng_sampler_params *sp = &r->sampling;
@@ -474,7 +642,7 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
         }
         static const char *const so_fields[] = {"include_usage", "continuous_usage_stats"};
         bool cont = false;
-        if ((rc = check_unknown(so, so_fields, 2, lim, e)) != KC_OK ||
+        if ((rc = check_unknown(so, so_fields, 2, lim, NULL, e)) != KC_OK ||
             (rc = get_bool(so, "include_usage", &r->include_usage, e)) != KC_OK ||
             (rc = get_bool(so, "continuous_usage_stats", &cont, e)) != KC_OK) {
             e->param[0] = '\0';
@@ -491,11 +659,26 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
     if (suffix != NULL && !json_is_null(suffix)) {
         return srv_error_kc(e, KC_EUNSUPPORTED, "suffix", "'suffix' is not supported");
     }
-    json_t *bias = json_object_get(root, "logit_bias");
-    if (bias != NULL && !json_is_null(bias) &&
-        !(json_is_object(bias) && json_object_size(bias) == 0)) {
-        return srv_error_kc(e, KC_EUNSUPPORTED, "logit_bias", "'logit_bias' is not supported");
+    if ((rc = parse_logit_bias(root, lim, r, e)) != KC_OK ||
+        (rc = parse_stop_token_ids(root, lim, r, e)) != KC_OK) {
+        return rc;
     }
+    r->add_special_tokens = true;
+    if ((rc = get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) != KC_OK ||
+        (rc = get_bool(root, "return_tokens_as_token_ids", &r->return_tokens_as_token_ids, e)) !=
+            KC_OK) {
+        return rc;
+    }
+    /* vLLM: k >= 1 keeps the last k prompt tokens, -1 keeps the last max_model_len. */
+    x = 0;
+    if ((rc = get_int(root, "truncate_prompt_tokens", -1, INT32_MAX, &x, e)) != KC_OK) {
+        return rc;
+    }
+    if (x == 0 && json_is_integer(json_object_get(root, "truncate_prompt_tokens"))) {
+        return srv_error_kc(e, KC_EINVAL, "truncate_prompt_tokens",
+                            "'truncate_prompt_tokens' must be -1 or at least 1, got 0");
+    }
+    r->truncate_prompt_tokens = x < 0 || x > lim->max_context ? lim->max_context : (int)x;
     r->mode = lim->default_mode;
     json_t *mode = json_object_get(root, "prefill_mode");
     if (mode != NULL && !json_is_null(mode)) {
@@ -530,17 +713,12 @@ int srv_completion_parse(const char *body, size_t len, const struct srv_limits *
     if ((rc = get_int(root, "min_tokens", 0, r.max_tokens, &min_tokens, e)) != KC_OK) {
         goto fail;
     }
+    r.min_tokens = (int)min_tokens;
     if ((rc = parse_stop(root, lim, &r.stop, &r.n_stop, e)) != KC_OK) {
         goto fail;
     }
-    /* min_tokens is met trivially when nothing can end generation early. */
-    if (min_tokens > 0 && !(r.ignore_eos && r.n_stop == 0)) {
-        rc = srv_error_kc(e, KC_EUNSUPPORTED, "min_tokens",
-                          "'min_tokens' > 0 is only supported with ignore_eos and no stop "
-                          "strings");
-        goto fail;
-    }
-    if ((rc = parse_prompts(root, lim, &r.prompts, &r.n_prompts, e)) != KC_OK) {
+    if ((rc = parse_prompts(root, lim, r.truncate_prompt_tokens > 0, &r.prompts, &r.n_prompts,
+                            e)) != KC_OK) {
         goto fail;
     }
     if ((long long)r.n_prompts * r.n > lim->max_choices) {
@@ -550,8 +728,11 @@ int srv_completion_parse(const char *body, size_t len, const struct srv_limits *
         goto fail;
     }
     for (int i = 0; i < r.n_prompts; i++) {
-        if (r.prompts[i].text == NULL &&
-            (rc = srv_prompt_check(&r.prompts[i], i, r.max_tokens, lim, e)) != KC_OK) {
+        if (r.prompts[i].text != NULL) {
+            continue; /* checked after tokenization */
+        }
+        srv_prompt_truncate(&r.prompts[i], r.truncate_prompt_tokens);
+        if ((rc = srv_prompt_check(&r.prompts[i], i, r.max_tokens, lim, e)) != KC_OK) {
             goto fail;
         }
     }
@@ -570,7 +751,24 @@ void srv_completion_req_free(struct srv_completion_req *r) {
         free(r->stop[i]);
     }
     free(r->stop);
+    free(r->stop_token_ids);
+    free(r->logit_bias);
     memset(r, 0, sizeof(*r));
+}
+
+size_t srv_prompt_max_ids(const struct srv_completion_req *r, const struct srv_limits *lim) {
+    if (r->truncate_prompt_tokens > 0) {
+        return 0;
+    }
+    const int room = lim->max_context - r->max_tokens;
+    return room > 0 ? (size_t)room : 1; /* room <= 0 is refused by srv_prompt_check anyway */
+}
+
+void srv_prompt_truncate(struct srv_prompt *p, int k) {
+    if (k > 0 && p->n_ids > k) {
+        memmove(p->ids, p->ids + (p->n_ids - k), (size_t)k * sizeof(int32_t));
+        p->n_ids = k;
+    }
 }
 
 int srv_prompt_check(const struct srv_prompt *p, int index, int max_tokens,
@@ -606,7 +804,7 @@ int srv_tokenize_parse(const char *body, size_t len, const struct srv_limits *li
         return KC_EINVAL;
     }
     bool special = true;
-    if ((rc = check_unknown(root, known, 3, lim, e)) != KC_OK ||
+    if ((rc = check_unknown(root, known, 3, lim, NULL, e)) != KC_OK ||
         (rc = check_model(root, lim, e)) != KC_OK ||
         (rc = get_bool(root, "add_special_tokens", &special, e)) != KC_OK) {
         goto fail;
@@ -645,7 +843,7 @@ int srv_detokenize_parse(const char *body, size_t len, const struct srv_limits *
     if (root == NULL) {
         return KC_EINVAL;
     }
-    if ((rc = check_unknown(root, known, 2, lim, e)) != KC_OK ||
+    if ((rc = check_unknown(root, known, 2, lim, NULL, e)) != KC_OK ||
         (rc = check_model(root, lim, e)) != KC_OK) {
         goto fail;
     }

@@ -9,7 +9,11 @@
  * Rules (RELIABILITY section C): jansson json_loadb with JSON_REJECT_DUPLICATES (bodies are
  * not NUL-terminated; duplicate keys are a 400); integers must be JSON integers (1.0 is not);
  * every number range check is NaN-safe; fan-out (prompts x n, stop strings, logprobs) is
- * bounded; unknown fields are a 400 naming the field in strict mode.
+ * bounded. Unknown fields are ignored and reported back in the parsed request (the server
+ * warns once per name and counts them); in strict mode (--strict-fields) they are a 400
+ * naming the field. Fields whose silent omission would change what the client gets
+ * (response_format other than text, guided_*, use_beam_search, best_of > n) are a 400
+ * "not supported" naming the field, in either mode.
  *
  * Ownership: a parsed request owns its prompts and stop strings; free with
  * srv_completion_req_free. Thread rules: pure; any thread.
@@ -44,9 +48,21 @@ struct srv_limits {
     int default_mode;     /* enum sch_prefill_mode used when prefill_mode is absent */
 };
 
+/* One logit_bias entry: bias added to the logit of token id before sampling. Same layout as
+ * struct sch_logit_bias (scheduler/scheduler.h); kept separate so the validator links
+ * without the scheduler. */
+struct srv_logit_bias {
+    int32_t id;
+    float bias;
+};
+
 #define SRV_DEFAULT_MAX_TOKENS 16
 #define SRV_MAX_LOGPROBS 20
 #define SRV_MAX_PROMPT_BYTES ((size_t)8 << 20)
+#define SRV_MAX_STOP_TOKEN_IDS 64 /* stop_token_ids entries at most */
+#define SRV_MAX_LOGIT_BIAS 1024   /* logit_bias entries at most */
+#define SRV_UNKNOWN_REPORT 8      /* unknown field names a parsed request reports */
+#define SRV_UNKNOWN_NAME_MAX 64   /* bytes of a reported name, NUL included */
 
 struct srv_completion_req {
     struct srv_prompt *prompts;
@@ -65,6 +81,18 @@ struct srv_completion_req {
     bool skip_special_tokens;
     bool include_stop_str_in_output;
     int mode; /* enum sch_prefill_mode */
+    /* vLLM extras */
+    int32_t *stop_token_ids; /* generating one of these ends the choice (finish "stop") */
+    int n_stop_token_ids;
+    int min_tokens; /* EOS, stop_token_ids and stop strings are ignored before this many */
+    struct srv_logit_bias *logit_bias;
+    int n_logit_bias;
+    bool add_special_tokens;         /* text prompts get the tokenizer's BOS etc. (default) */
+    int truncate_prompt_tokens;      /* 0: off; k > 0: keep the last k prompt tokens */
+    bool return_tokens_as_token_ids; /* logprobs tokens as "token_id:N" */
+    /* Unknown top-level fields (ignored): their count and the first names. */
+    int n_unknown;
+    char unknown[SRV_UNKNOWN_REPORT][SRV_UNKNOWN_NAME_MAX];
 };
 
 /* Parses and validates a body of len bytes. On success *out owns everything (free with
@@ -74,6 +102,14 @@ int srv_completion_parse(const char *body, size_t len, const struct srv_limits *
                          struct srv_completion_req *out, struct srv_error *e);
 
 void srv_completion_req_free(struct srv_completion_req *r);
+
+/* The most prompt tokens text prompt `p` of r may have: prompt + max_tokens must fit the
+ * context, unless truncate_prompt_tokens will cut the prompt afterwards (then 0: no limit).
+ * The tokenizer stops as soon as this many are exceeded, so a huge prompt fails fast. */
+size_t srv_prompt_max_ids(const struct srv_completion_req *r, const struct srv_limits *lim);
+
+/* Applies truncate_prompt_tokens to p (keeps the last k ids). */
+void srv_prompt_truncate(struct srv_prompt *p, int k);
 
 /* Checks ids against the vocabulary and prompt + max_tokens against the context (after
  * string prompts were tokenized): KC_ERANGE / KC_ECONTEXT with vLLM-style messages. */

@@ -187,6 +187,8 @@ enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started);
 
 /* completions.c */
 enum MHD_Result srv_completions_start(struct srv_conn *c);
+/* POST /tokenize, encoded on the threadpool like completion prompts. */
+enum MHD_Result srv_tokenize_start(struct srv_conn *c);
 /* The handler ran again for a connection whose completion is attached. */
 enum MHD_Result srv_completions_resumed(struct srv_conn *c);
 void srv_completions_on_event(struct srv *s, const struct sch_event *ev);

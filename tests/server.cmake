@@ -50,3 +50,14 @@ if(TARGET kvcast)
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_server_startup PROPERTIES LABELS integration TIMEOUT 120)
 endif()
+
+# Request handling over HTTP on the shipped tiny bundle: tokenization off the loop thread
+# (/health p99 under 4 MiB prompts), early context refusal, abandoned/shutdown tokenize jobs,
+# the timings relations in every prefill mode, and the vLLM extra fields (issue 15).
+if(TARGET kvcast AND TARGET kc_server)
+  add_test(NAME test_server_request_http
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_request_http.py
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_request_http PROPERTIES LABELS integration TIMEOUT 180)
+endif()

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -152,7 +153,39 @@ static const struct bad_case bad[] = {
     {"{\"prompt\":[1, 2.0]}", 400, "prompt", NULL},
     {"{\"prompt\":[1, \"a\"]}", 400, "prompt", NULL},
     {"{\"prompt\":[[1],[200]]}", 400, "prompt", NULL},
-    {"{\"prompt\":[1],\"logit_bias\":{\"5\":1}}", 400, "logit_bias", NULL},
+    /* logit_bias: token id keys in the vocabulary, biases in [-100, 100] */
+    {"{\"prompt\":[1],\"logit_bias\":{\"128\":1}}", 400, "logit_bias", NULL},
+    {"{\"prompt\":[1],\"logit_bias\":{\"-1\":1}}", 400, "logit_bias", NULL},
+    {"{\"prompt\":[1],\"logit_bias\":{\" 5\":1}}", 400, "logit_bias", NULL},
+    {"{\"prompt\":[1],\"logit_bias\":{\"5x\":1}}", 400, "logit_bias", NULL},
+    {"{\"prompt\":[1],\"logit_bias\":{\"99999999999999999999\":1}}", 400, "logit_bias", NULL},
+    {"{\"prompt\":[1],\"logit_bias\":{\"5\":100.5}}", 400, "logit_bias", NULL},
+    {"{\"prompt\":[1],\"logit_bias\":{\"5\":\"1\"}}", 400, "logit_bias", NULL},
+    {"{\"prompt\":[1],\"logit_bias\":[1]}", 400, "logit_bias", NULL},
+    /* stop_token_ids */
+    {"{\"prompt\":[1],\"stop_token_ids\":[128]}", 400, "stop_token_ids", NULL},
+    {"{\"prompt\":[1],\"stop_token_ids\":[-1]}", 400, "stop_token_ids", NULL},
+    {"{\"prompt\":[1],\"stop_token_ids\":[1.5]}", 400, "stop_token_ids", NULL},
+    {"{\"prompt\":[1],\"stop_token_ids\":5}", 400, "stop_token_ids", NULL},
+    /* min_tokens <= max_tokens */
+    {"{\"prompt\":[1],\"min_tokens\":17}", 400, "min_tokens", NULL},
+    {"{\"prompt\":[1],\"min_tokens\":-1}", 400, "min_tokens", NULL},
+    /* truncate_prompt_tokens: -1 or >= 1 */
+    {"{\"prompt\":[1],\"truncate_prompt_tokens\":0}", 400, "truncate_prompt_tokens", NULL},
+    {"{\"prompt\":[1],\"truncate_prompt_tokens\":-2}", 400, "truncate_prompt_tokens", NULL},
+    {"{\"prompt\":[1],\"add_special_tokens\":1}", 400, "add_special_tokens", NULL},
+    {"{\"prompt\":[1],\"return_tokens_as_token_ids\":\"y\"}", 400, "return_tokens_as_token_ids",
+     NULL},
+    /* output-contract fields that cannot be honoured: 400 naming the param */
+    {"{\"prompt\":[1],\"response_format\":{\"type\":\"json_object\"}}", 400, "response_format",
+     NULL},
+    {"{\"prompt\":[1],\"response_format\":\"text\"}", 400, "response_format", NULL},
+    {"{\"prompt\":[1],\"guided_json\":{}}", 400, "guided_json", NULL},
+    {"{\"prompt\":[1],\"guided_regex\":\"a+\"}", 400, "guided_regex", NULL},
+    {"{\"prompt\":[1],\"guided_choice\":[\"a\"]}", 400, "guided_choice", NULL},
+    {"{\"prompt\":[1],\"guided_grammar\":\"g\"}", 400, "guided_grammar", NULL},
+    {"{\"prompt\":[1],\"use_beam_search\":true}", 400, "use_beam_search", NULL},
+    {"{\"prompt\":[1],\"use_beam_search\":1}", 400, "use_beam_search", NULL},
     /* C14 context */
     {"{\"prompt\":[1,2,3],\"max_tokens\":126}", 400, "prompt", "context_length_exceeded"},
     {"{\"prompt\":[1],\"max_tokens\":129}", 400, "max_tokens", NULL},
@@ -183,7 +216,6 @@ static const struct bad_case bad[] = {
     {"{\"prompt\":[1],\"stream\":true,\"stream_options\":[]}", 400, "stream_options", NULL},
     {"{\"prompt\":[1],\"stream\":true,\"stream_options\":{\"x\":1}}", 400, "stream_options", NULL},
     {"{\"prompt\":[1],\"suffix\":\"s\"}", 400, "suffix", NULL},
-    {"{\"prompt\":[1],\"min_tokens\":3}", 400, "min_tokens", NULL},
 };
 
 static void test_bad_requests_get_400_with_param(void **state) {
@@ -285,7 +317,103 @@ static void test_non_strict_mode_ignores_unknown_fields(void **state) {
     struct srv_error e;
     const char *body = "{\"prompt\":[1],\"use_beam_search\":false}";
     assert_int_equal(srv_completion_parse(body, strlen(body), &l, &r, &e), KC_OK);
+    assert_int_equal(r.n_unknown, 0);
     srv_completion_req_free(&r);
+    /* Unknown fields are reported (count + first names) for the server's warning/counter. */
+    body = "{\"prompt\":[1],\"priority\":3,\"zz_custom\":{\"a\":1},\"length_penalty\":1}";
+    assert_int_equal(srv_completion_parse(body, strlen(body), &l, &r, &e), KC_OK);
+    assert_int_equal(r.n_unknown, 3);
+    bool saw = false;
+    for (int i = 0; i < r.n_unknown; i++) {
+        saw = saw || strcmp(r.unknown[i], "zz_custom") == 0;
+    }
+    assert_true(saw);
+    srv_completion_req_free(&r);
+    /* More names than reported: all counted, names bounded; a long name is cut. */
+    char big[2048];
+    size_t n = (size_t)snprintf(big, sizeof(big), "{\"prompt\":[1]");
+    for (int i = 0; i < 20; i++) {
+        n += (size_t)snprintf(
+            big + n, sizeof(big) - n,
+            ",\"u%02d_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+            "aaaaaaaaaaa\":1",
+            i);
+    }
+    snprintf(big + n, sizeof(big) - n, "}");
+    assert_int_equal(srv_completion_parse(big, strlen(big), &l, &r, &e), KC_OK);
+    assert_int_equal(r.n_unknown, 20);
+    assert_int_equal(strlen(r.unknown[SRV_UNKNOWN_REPORT - 1]), SRV_UNKNOWN_NAME_MAX - 1);
+    srv_completion_req_free(&r);
+    /* The same body in strict mode is a 400 naming the field. */
+    memset(&e, 0, sizeof(e));
+    body = "{\"prompt\":[1],\"priority\":3}";
+    assert_int_not_equal(srv_completion_parse(body, strlen(body), &lim, &r, &e), KC_OK);
+    assert_int_equal(e.status, 400);
+    assert_string_equal(e.param, "priority");
+}
+
+static void test_vllm_extra_fields_parse(void **state) {
+    (void)state;
+    struct srv_completion_req r;
+    struct srv_error e;
+    const char *body =
+        "{\"prompt\":[1,2,3,4],\"max_tokens\":8,\"stop_token_ids\":[5,127],\"min_tokens\":8,"
+        "\"logit_bias\":{\"7\":-100,\"0\":100,\"12\":0.5},\"add_special_tokens\":false,"
+        "\"truncate_prompt_tokens\":2,\"return_tokens_as_token_ids\":true,"
+        "\"response_format\":{\"type\":\"text\"},\"guided_json\":null,\"use_beam_search\":false,"
+        "\"best_of\":1}";
+    assert_int_equal(parse(body, &r, &e), KC_OK);
+    assert_int_equal(r.n_stop_token_ids, 2);
+    assert_int_equal(r.stop_token_ids[1], 127);
+    assert_int_equal(r.min_tokens, 8);
+    assert_int_equal(r.n_logit_bias, 3);
+    float sum = 0;
+    for (int i = 0; i < r.n_logit_bias; i++) {
+        sum += r.logit_bias[i].bias * (float)(r.logit_bias[i].id + 1);
+    }
+    assert_true(fabsf(sum - (-800.0f + 100.0f + 6.5f)) < 1e-3f);
+    assert_false(r.add_special_tokens);
+    assert_true(r.return_tokens_as_token_ids);
+    /* truncate_prompt_tokens keeps the last k ids of an id prompt */
+    assert_int_equal(r.prompts[0].n_ids, 2);
+    assert_int_equal(r.prompts[0].ids[0], 3);
+    assert_int_equal(r.prompts[0].ids[1], 4);
+    assert_int_equal(srv_prompt_max_ids(&r, &lim), 0); /* truncating: encode all */
+    srv_completion_req_free(&r);
+
+    /* Defaults: BOS added, no truncation; the encode limit is what the context leaves. */
+    assert_int_equal(parse("{\"prompt\":\"hi\",\"max_tokens\":28}", &r, &e), KC_OK);
+    assert_true(r.add_special_tokens);
+    assert_int_equal(r.truncate_prompt_tokens, 0);
+    assert_int_equal(srv_prompt_max_ids(&r, &lim), 100);
+    srv_completion_req_free(&r);
+
+    /* An id prompt longer than the context is fine when it will be truncated; -1 keeps the
+     * last max_context ids, which then fail the prompt + max_tokens check. */
+    char big[1200];
+    size_t n = (size_t)snprintf(big, sizeof(big), "{\"prompt\":[");
+    for (int i = 0; i < 200; i++) {
+        n += (size_t)snprintf(big + n, sizeof(big) - n, "%s%d", i ? "," : "", i % 100);
+    }
+    snprintf(big + n, sizeof(big) - n, "],\"truncate_prompt_tokens\":100,\"max_tokens\":28}");
+    assert_int_equal(parse(big, &r, &e), KC_OK);
+    assert_int_equal(r.prompts[0].n_ids, 100);
+    assert_int_equal(r.prompts[0].ids[0], 0); /* position 100 of 0..99,0..99 */
+    srv_completion_req_free(&r);
+    snprintf(big + n, sizeof(big) - n, "],\"truncate_prompt_tokens\":-1,\"max_tokens\":1}");
+    memset(&e, 0, sizeof(e));
+    assert_int_not_equal(parse(big, &r, &e), KC_OK);
+    assert_string_equal(e.code, "context_length_exceeded");
+    snprintf(big + n, sizeof(big) - n, "]}");
+    memset(&e, 0, sizeof(e));
+    assert_int_not_equal(parse(big, &r, &e), KC_OK);
+    assert_string_equal(e.code, "context_length_exceeded");
+
+    /* best_of > n: not supported; best_of < n: invalid. Both name best_of. */
+    memset(&e, 0, sizeof(e));
+    assert_int_not_equal(parse("{\"prompt\":[1],\"n\":2,\"best_of\":3}", &r, &e), KC_OK);
+    assert_string_equal(e.param, "best_of");
+    assert_non_null(strstr(e.message, "not supported"));
 }
 
 static void test_deep_nesting_is_refused_quickly(void **state) {
@@ -370,6 +498,7 @@ int main(void) {
         cmocka_unit_test(test_bad_requests_get_400_with_param),
         cmocka_unit_test(test_every_numeric_field_rejects_wrong_types_and_extremes),
         cmocka_unit_test(test_non_strict_mode_ignores_unknown_fields),
+        cmocka_unit_test(test_vllm_extra_fields_parse),
         cmocka_unit_test(test_deep_nesting_is_refused_quickly),
         cmocka_unit_test(test_context_check_after_tokenizing_gives_numbers),
         cmocka_unit_test(test_tokenize_and_detokenize_bodies),
