@@ -9,8 +9,18 @@ if(KC_GIT)
                   WORKING_DIRECTORY ${KC_SOURCE_DIR}
                   OUTPUT_VARIABLE describe RESULT_VARIABLE rc ERROR_QUIET
                   OUTPUT_STRIP_TRAILING_WHITESPACE)
-  if(NOT rc EQUAL 0)
+  # A source tree unpacked inside some other repository must not take that repository's name.
+  execute_process(COMMAND ${KC_GIT} rev-parse --show-toplevel
+                  WORKING_DIRECTORY ${KC_SOURCE_DIR}
+                  OUTPUT_VARIABLE top ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
+  file(REAL_PATH "${KC_SOURCE_DIR}" src_real)
+  if(NOT rc EQUAL 0 OR top STREQUAL "")
     set(describe "")
+  else()
+    file(REAL_PATH "${top}" top_real)
+    if(NOT top_real STREQUAL src_real)
+      set(describe "")
+    endif()
   endif()
 endif()
 if(describe STREQUAL "")
