@@ -13,3 +13,7 @@ if(TARGET kvcast)
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_eval_heldout_readme_figure PROPERTIES LABELS integration TIMEOUT 240)
 endif()
+kc_add_unit_test(test_tools_cli_args
+                 SOURCES unit/test_tools_cli_args.c ${CMAKE_SOURCE_DIR}/tools/cli/args.c
+                         ${CMAKE_SOURCE_DIR}/tools/cli/json_out.c
+                 LIBS kc_common PkgConfig::JANSSON m)
