@@ -167,4 +167,8 @@ struct eng_triad *eng_triad_create(size_t bytes_per_array);
 double eng_triad_run(struct eng_triad *t, int iters); /* GB/s, best of iters */
 void eng_triad_free(struct eng_triad *t);
 
+/* Writes the linked oneDNN's version ("3.0.0 (commit 1a2b3c)") to out (cap bytes, truncated,
+ * NUL-terminated), for `kvcast --version`. */
+void eng_dnnl_version(char *out, size_t cap);
+
 #endif /* ENG_OPS_H */

@@ -50,6 +50,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1144,4 +1145,10 @@ void eng_triad_free(struct eng_triad *t) {
         kc_aligned_free(t->c);
         free(t);
     }
+}
+
+void eng_dnnl_version(char *out, size_t cap) {
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(out, cap, "%d.%d.%d (commit %s)", v->major, v->minor, v->patch,
+             v->hash != NULL ? v->hash : "unknown");
 }

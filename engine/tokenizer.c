@@ -1790,3 +1790,11 @@ int eng_tok_id_to_piece(const struct eng_tok *tok, int32_t id, const char **piec
     *len = tok->piece[id].len;
     return 0;
 }
+
+void eng_tok_pcre2_version(char *out, size_t cap) {
+    char v[64] = "unknown";
+    if (pcre2_config(PCRE2_CONFIG_VERSION, v) < 0) {
+        snprintf(v, sizeof(v), "unknown");
+    }
+    snprintf(out, cap, "%s", v);
+}

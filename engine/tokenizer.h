@@ -169,4 +169,8 @@ int eng_tok_stream_push(struct eng_tok_stream *s, int32_t id, char *out, size_t 
  * resets the pending state. Returns 0 or KC_EINVAL when cap is too small. */
 int eng_tok_stream_flush(struct eng_tok_stream *s, char *out, size_t cap, size_t *out_len);
 
+/* Writes the linked PCRE2's version ("10.42 2022-12-11") to out (cap bytes, truncated,
+ * NUL-terminated), for `kvcast --version`. */
+void eng_tok_pcre2_version(char *out, size_t cap);
+
 #endif /* ENG_TOKENIZER_H */

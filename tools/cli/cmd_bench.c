@@ -14,6 +14,7 @@
 #include "engine/ops.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/json_out.h"
 
 static void bench_usage(FILE *f) {
     fprintf(f, "usage: kvcast bench engine --config NAME|config.json [options]\n"
@@ -108,13 +109,22 @@ static int bench_kvp(const struct eng_model *base, const struct eng_model_config
     const double f_full = eng_kvp_ttft_flops(ENG_KVP_FULL, bc, aux_cfg, &shape, T);
     const double f_pred = eng_kvp_ttft_flops(ENG_KVP_PREDICT, bc, aux_cfg, &shape, T);
     if (json) {
-        printf("{\"kvp\": {\"prompt_len\": %d, \"aux_layers\": %d, \"aux_hidden\": %d, "
-               "\"ttft_full_ms\": %.2f, \"ttft_predict_ms\": %.2f, \"ttft_ratio\": %.3f, "
-               "\"flops_ratio\": %.3f, \"aux_ms\": %.2f, \"predict_ms\": %.2f, "
-               "\"base_first_step_ms\": %.2f}}\n",
-               T, aux_cfg->n_layers, aux_cfg->hidden_size, best[0] * 1e3, best[1] * 1e3,
-               best[1] / best[0], f_pred / f_full, split.aux_ms, split.predict_ms,
-               split.base_first_step_ms);
+        json_t *k = json_object();
+        json_object_set_new(k, "prompt_len", json_integer(T));
+        json_object_set_new(k, "aux_layers", json_integer(aux_cfg->n_layers));
+        json_object_set_new(k, "aux_hidden", json_integer(aux_cfg->hidden_size));
+        json_object_set_new(k, "ttft_full_ms", kc_json_real(best[0] * 1e3, 2));
+        json_object_set_new(k, "ttft_predict_ms", kc_json_real(best[1] * 1e3, 2));
+        json_object_set_new(k, "ttft_ratio", kc_json_real(best[1] / best[0], 3));
+        json_object_set_new(k, "flops_ratio", kc_json_real(f_pred / f_full, 3));
+        json_object_set_new(k, "aux_ms", kc_json_real(split.aux_ms, 2));
+        json_object_set_new(k, "predict_ms", kc_json_real(split.predict_ms, 2));
+        json_object_set_new(k, "base_first_step_ms", kc_json_real(split.base_first_step_ms, 2));
+        json_t *root = json_object();
+        json_object_set_new(root, "kvp", k);
+        if (kc_json_print("kvcast bench engine", root) != 0) {
+            goto done;
+        }
     } else {
         printf("kvp     TTFT of a %d-token prompt: full %.1f ms, predict %.1f ms (aux %.1f + "
                "predictor %.1f + base step %.1f)\n",
@@ -178,60 +188,34 @@ static int bench_engine(int argc, char **argv) {
     bool json = false, kvp = false;
     const char *aux_config = NULL;
     struct eng_model_params mp = eng_model_default_params();
-    for (int i = 1; i < argc; i++) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast bench engine", argc, argv);
+    while (kc_args_next(&a)) {
         const char *v = NULL;
-        bool missing = false;
-        if (strcmp(argv[i], "--help") == 0) {
+        if (kc_args_help(&a)) {
             bench_usage(stdout);
             return 0;
-        } else if (kc_arg_value(argc, argv, &i, "--config", &v, &missing)) {
-            config = v;
-        } else if (kc_arg_value(argc, argv, &i, "--prompt-len", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1 << 17, &prompt_len)) {
-                fprintf(stderr, "kvcast bench: bad --prompt-len\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--gen", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1 << 17, &gen)) {
-                fprintf(stderr, "kvcast bench: bad --gen\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1024, &threads)) {
-                fprintf(stderr, "kvcast bench: bad --threads\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--repeat", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 100, &repeat)) {
-                fprintf(stderr, "kvcast bench: bad --repeat\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--prefill-dtype", &v, &missing)) {
+        } else if (kc_args_str(&a, "--config", &config) ||
+                   kc_args_long(&a, "--prompt-len", 1, 1 << 17, &prompt_len) ||
+                   kc_args_long(&a, "--gen", 1, 1 << 17, &gen) ||
+                   kc_args_long(&a, "--threads", 1, 1024, &threads) ||
+                   kc_args_long(&a, "--repeat", 1, 100, &repeat) ||
+                   kc_args_str(&a, "--aux-config", &aux_config) ||
+                   kc_args_long(&a, "--aux-layers", 1, ENG_MAX_LAYERS, &aux_layers)) {
+        } else if (kc_args_str(&a, "--prefill-dtype", &v)) {
             if (eng_wtype_parse(v, &mp.prefill_wtype) != KC_OK) {
-                fprintf(stderr, "kvcast bench: --prefill-dtype must be f32 or bf16\n");
-                return 2;
+                return kc_args_bad(&a, "must be f32 or bf16");
             }
-        } else if (kc_arg_value(argc, argv, &i, "--decode-dtype", &v, &missing)) {
+        } else if (kc_args_str(&a, "--decode-dtype", &v)) {
             if (eng_wtype_parse(v, &mp.decode_wtype) != KC_OK) {
-                fprintf(stderr, "kvcast bench: --decode-dtype must be f32 or bf16\n");
-                return 2;
+                return kc_args_bad(&a, "must be f32 or bf16");
             }
-        } else if (kc_arg_value(argc, argv, &i, "--aux-config", &v, &missing)) {
-            aux_config = v;
-        } else if (kc_arg_value(argc, argv, &i, "--aux-layers", &v, &missing)) {
-            if (!kc_arg_int(v, 1, ENG_MAX_LAYERS, &aux_layers)) {
-                fprintf(stderr, "kvcast bench: bad --aux-layers\n");
-                return 2;
-            }
-        } else if (strcmp(argv[i], "--kvp") == 0) {
+        } else if (kc_args_flag(&a, "--kvp")) {
             kvp = true;
-        } else if (strcmp(argv[i], "--json") == 0) {
+        } else if (kc_args_flag(&a, "--json")) {
             json = true;
         } else {
-            fprintf(stderr, "kvcast bench engine: %s '%s'\n",
-                    missing ? "missing value for" : "unknown option", argv[i]);
-            bench_usage(stderr);
-            return 2;
+            return kc_args_fail(&a);
         }
     }
     if (config == NULL) {
@@ -367,15 +351,25 @@ static int bench_engine(int argc, char **argv) {
     const char *pw = mp.prefill_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
     const char *dw = mp.decode_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
     if (json) {
-        printf("{\"config\": \"%s\", \"threads\": %d, \"prompt_len\": %d, \"gen\": %d, "
-               "\"prefill_dtype\": \"%s\", \"decode_dtype\": \"%s\", "
-               "\"prefill_tokens_per_s\": %.2f, \"prefill_gflops\": %.1f, "
-               "\"gemm_gflops\": %.1f, \"prefill_vs_gemm\": %.3f, "
-               "\"decode_tokens_per_s\": %.2f, \"decode_gbs\": %.2f, \"triad_gbs\": %.2f, "
-               "\"decode_vs_triad\": %.3f, \"decode_vs_best_triad\": %.3f}\n",
-               config, eng_dnn_threads(dnn), T, G, pw, dw, prefill_tps, prefill_gflops, gemm_gflops,
-               prefill_gflops / gemm_gflops, decode_tps, decode_gbs, triad_gbs, decode_ratio,
-               decode_gbs / triad_gbs);
+        json_t *j = json_object();
+        json_object_set_new(j, "config", kc_json_str(config));
+        json_object_set_new(j, "threads", json_integer(eng_dnn_threads(dnn)));
+        json_object_set_new(j, "prompt_len", json_integer(T));
+        json_object_set_new(j, "gen", json_integer(G));
+        json_object_set_new(j, "prefill_dtype", json_string(pw));
+        json_object_set_new(j, "decode_dtype", json_string(dw));
+        json_object_set_new(j, "prefill_tokens_per_s", kc_json_real(prefill_tps, 2));
+        json_object_set_new(j, "prefill_gflops", kc_json_real(prefill_gflops, 1));
+        json_object_set_new(j, "gemm_gflops", kc_json_real(gemm_gflops, 1));
+        json_object_set_new(j, "prefill_vs_gemm", kc_json_real(prefill_gflops / gemm_gflops, 3));
+        json_object_set_new(j, "decode_tokens_per_s", kc_json_real(decode_tps, 2));
+        json_object_set_new(j, "decode_gbs", kc_json_real(decode_gbs, 2));
+        json_object_set_new(j, "triad_gbs", kc_json_real(triad_gbs, 2));
+        json_object_set_new(j, "decode_vs_triad", kc_json_real(decode_ratio, 3));
+        json_object_set_new(j, "decode_vs_best_triad", kc_json_real(decode_gbs / triad_gbs, 3));
+        if (kc_json_print("kvcast bench engine", j) != 0) {
+            goto done;
+        }
     } else {
         printf("config %s, %d threads, prompt %d, gen %d\n", config, eng_dnn_threads(dnn), T, G);
         printf("prefill (%s weights): %8.1f tokens/s  %7.1f GFLOP/s   single GEMM %dx%dx%d: %7.1f "
@@ -425,34 +419,19 @@ done:
 static int bench_gemv(int argc, char **argv) {
     const char *config = "tinyllama-1.1b";
     long rows = 1, rounds = 8, threads = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        bool missing = false;
-        if (strcmp(argv[i], "--help") == 0) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast bench gemv", argc, argv);
+    while (kc_args_next(&a)) {
+        if (kc_args_help(&a)) {
             printf("usage: kvcast bench gemv [--config NAME|config.json] [--rows N (1)] "
                    "[--rounds N (8)] [--threads N]\n");
             return 0;
-        } else if (kc_arg_value(argc, argv, &i, "--config", &v, &missing)) {
-            config = v;
-        } else if (kc_arg_value(argc, argv, &i, "--rows", &v, &missing)) {
-            if (!kc_arg_int(v, 1, ENG_DECODE_MAX_M, &rows)) {
-                fprintf(stderr, "kvcast bench gemv: --rows must be 1..%d\n", ENG_DECODE_MAX_M);
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--rounds", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1000, &rounds)) {
-                fprintf(stderr, "kvcast bench gemv: bad --rounds\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1024, &threads)) {
-                fprintf(stderr, "kvcast bench gemv: bad --threads\n");
-                return 2;
-            }
+        } else if (kc_args_str(&a, "--config", &config) ||
+                   kc_args_long(&a, "--rows", 1, ENG_DECODE_MAX_M, &rows) ||
+                   kc_args_long(&a, "--rounds", 1, 1000, &rounds) ||
+                   kc_args_long(&a, "--threads", 1, 1024, &threads)) {
         } else {
-            fprintf(stderr, "kvcast bench gemv: %s '%s'\n",
-                    missing ? "missing value for" : "unknown option", argv[i]);
-            return 2;
+            return kc_args_fail(&a);
         }
     }
     struct kc_error err = {0};
@@ -526,7 +505,16 @@ int kc_cmd_bench(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "gemv") == 0) {
         return bench_gemv(argc - 1, argv + 1);
     }
-    fprintf(stderr, "usage: kvcast bench engine|serve|gemv ...   (`kvcast bench engine --help`, "
-                    "`kvcast bench serve --help`, `kvcast bench gemv --help`)\n");
-    return 2;
+    const bool help = argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0);
+    if (argc >= 2 && !help) {
+        fprintf(stderr, "kvcast bench: unknown benchmark '%s'\n", argv[1]);
+    }
+    fprintf(help ? stdout : stderr,
+            "usage: kvcast bench engine|serve|gemv [options]\n"
+            "  engine   the forward pass on a synthetic model beside the machine's GEMM and "
+            "bandwidth\n"
+            "  serve    an open-loop HTTP load test of a running `kvcast serve`\n"
+            "  gemv     one decode step's weights streamed through oneDNN, packed and plain\n"
+            "`kvcast bench <benchmark> --help` describes each one's options.\n");
+    return help ? 0 : 2;
 }

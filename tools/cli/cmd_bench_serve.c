@@ -262,87 +262,60 @@ static int parse_opts(int argc, char **argv, struct bs_opts *o, bool *done) {
     o->pct[0] = 99.0;
     o->n_pct = 1;
     o->api_key = getenv("OPENAI_API_KEY");
-    for (int i = 1; i < argc; i++) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast bench serve", argc, argv);
+    while (kc_args_next(&a)) {
         const char *v = NULL;
-        bool missing = false;
-        const char *bad = NULL;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        if (kc_args_help(&a)) {
             bs_usage(stdout);
             *done = true;
             return 0;
-        } else if (kc_arg_value(argc, argv, &i, "--url", &v, &missing)) {
-            o->url = v;
-        } else if (kc_arg_value(argc, argv, &i, "--endpoint", &v, &missing)) {
-            o->endpoint = v;
-        } else if (kc_arg_value(argc, argv, &i, "--model", &v, &missing)) {
-            o->model = v;
-        } else if (kc_arg_value(argc, argv, &i, "--dataset", &v, &missing)) {
-            o->dataset = v;
-        } else if (kc_arg_value(argc, argv, &i, "--json", &v, &missing)) {
-            o->json_path = v;
-        } else if (kc_arg_value(argc, argv, &i, "--api-key", &v, &missing)) {
-            o->api_key = v;
-        } else if (kc_arg_value(argc, argv, &i, "--num-prompts", &v, &missing)) {
-            bad = kc_arg_int(v, 1, 10000000, &o->num_prompts) ? NULL : "--num-prompts";
-        } else if (kc_arg_value(argc, argv, &i, "--request-rate", &v, &missing)) {
+        } else if (kc_args_str(&a, "--url", &o->url) ||
+                   kc_args_str(&a, "--endpoint", &o->endpoint) ||
+                   kc_args_str(&a, "--model", &o->model) ||
+                   kc_args_str(&a, "--dataset", &o->dataset) ||
+                   kc_args_str(&a, "--json", &o->json_path) ||
+                   kc_args_str(&a, "--api-key", &o->api_key) ||
+                   kc_args_long(&a, "--num-prompts", 1, 10000000, &o->num_prompts) ||
+                   kc_args_long(&a, "--max-concurrency", 1, 100000, &o->max_concurrency) ||
+                   kc_args_long(&a, "--vocab-size", 1, INT32_MAX, &o->vocab) ||
+                   kc_args_long(&a, "--max-tokens", 1, 1 << 24, &o->max_tokens) ||
+                   kc_args_long(&a, "--logprobs", 0, 5, &o->logprobs) ||
+                   kc_args_long(&a, "--warmup", 0, 1000, &o->warmup) ||
+                   kc_args_long(&a, "--seed", 0, INT32_MAX, &o->seed) ||
+                   kc_args_double(&a, "--timeout-s", 0.001, 86400.0, &o->timeout_s)) {
+        } else if (kc_args_str(&a, "--request-rate", &v)) {
             if (strcmp(v, "inf") == 0) {
                 o->rate = INFINITY;
             } else if (!kc_arg_float(v, 1e-6, 1e9, &o->rate)) {
-                bad = "--request-rate";
+                return kc_args_bad(&a, "must be a rate in [1e-6, 1e9] requests/s or inf");
             }
-        } else if (kc_arg_value(argc, argv, &i, "--max-concurrency", &v, &missing)) {
-            bad = kc_arg_int(v, 1, 100000, &o->max_concurrency) ? NULL : "--max-concurrency";
-        } else if (kc_arg_value(argc, argv, &i, "--prompt-len", &v, &missing)) {
-            bad = parse_prompt_len(v, o) ? NULL : "--prompt-len (P or P:S with 0 <= S < P)";
-        } else if (kc_arg_value(argc, argv, &i, "--vocab-size", &v, &missing)) {
-            bad = kc_arg_int(v, 1, INT32_MAX, &o->vocab) ? NULL : "--vocab-size";
-        } else if (kc_arg_value(argc, argv, &i, "--max-tokens", &v, &missing)) {
-            bad = kc_arg_int(v, 1, 1 << 24, &o->max_tokens) ? NULL : "--max-tokens";
-        } else if (kc_arg_value(argc, argv, &i, "--prefill-mode", &v, &missing)) {
-            o->mode = v;
-            if (strcmp(v, "predict") != 0 && strcmp(v, "full") != 0 && strcmp(v, "auto") != 0) {
-                bad = "--prefill-mode (predict|full|auto)";
+        } else if (kc_args_str(&a, "--prompt-len", &v)) {
+            if (!parse_prompt_len(v, o)) {
+                return kc_args_bad(&a, "must be P or P:S with 0 <= S < P");
             }
-        } else if (strcmp(argv[i], "--goodput") == 0) {
-            int n = 0;
-            while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
-                if (!parse_goodput_item(argv[++i], o)) {
-                    bad = "--goodput (ttft:MS tpot:MS e2el:MS)";
-                    break;
+        } else if (kc_args_str(&a, "--prefill-mode", &o->mode)) {
+            if (strcmp(o->mode, "predict") != 0 && strcmp(o->mode, "full") != 0 &&
+                strcmp(o->mode, "auto") != 0) {
+                return kc_args_bad(&a, "must be predict, full or auto");
+            }
+        } else if (kc_args_str(&a, "--goodput", &v)) {
+            /* One or more items: --goodput ttft:450 tpot:10 (or --goodput=ttft:450). */
+            do {
+                if (!parse_goodput_item(v, o)) {
+                    return kc_args_bad(&a, "items are ttft:MS tpot:MS e2el:MS");
                 }
-                n++;
+            } while (kc_args_more(&a, &v));
+        } else if (kc_args_str(&a, "--metric-percentiles", &v)) {
+            if (!parse_percentiles(v, o)) {
+                return kc_args_bad(&a, "must be a list like 50,90,99");
             }
-            if (n == 0 && bad == NULL) {
-                missing = true;
-                bad = "--goodput";
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--metric-percentiles", &v, &missing)) {
-            bad = parse_percentiles(v, o) ? NULL : "--metric-percentiles";
-        } else if (kc_arg_value(argc, argv, &i, "--logprobs", &v, &missing)) {
-            bad = kc_arg_int(v, 0, 5, &o->logprobs) ? NULL : "--logprobs";
-        } else if (kc_arg_value(argc, argv, &i, "--warmup", &v, &missing)) {
-            bad = kc_arg_int(v, 0, 1000, &o->warmup) ? NULL : "--warmup";
-        } else if (kc_arg_value(argc, argv, &i, "--seed", &v, &missing)) {
-            bad = kc_arg_int(v, 0, INT32_MAX, &o->seed) ? NULL : "--seed";
-        } else if (kc_arg_value(argc, argv, &i, "--timeout-s", &v, &missing)) {
-            bad = kc_arg_float(v, 0.001, 86400.0, &o->timeout_s) ? NULL : "--timeout-s";
-        } else if (strcmp(argv[i], "--no-ignore-eos") == 0) {
+        } else if (kc_args_flag(&a, "--no-ignore-eos")) {
             o->ignore_eos = false;
-        } else if (strcmp(argv[i], "--no-progress") == 0) {
+        } else if (kc_args_flag(&a, "--no-progress")) {
             o->progress = false;
         } else {
-            fprintf(stderr, "kvcast bench serve: %s '%s'\n",
-                    missing ? "missing value for" : "unknown option", argv[i]);
-            bs_usage(stderr);
-            return 2;
-        }
-        if (missing) {
-            fprintf(stderr, "kvcast bench serve: missing value for %s\n", argv[i]);
-            return 2;
-        }
-        if (bad != NULL) {
-            fprintf(stderr, "kvcast bench serve: bad %s\n", bad);
-            return 2;
+            return kc_args_fail(&a);
         }
     }
     return 0;

@@ -53,57 +53,27 @@ static int parse_calibrate(int argc, char **argv, struct calibrate_opts *o) {
     o->ctx = CALIB_DEFAULT_CTX;
     o->ridge = CALIB_DEFAULT_RIDGE;
     o->layer_map = "auto";
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        bool missing = false;
-        long n;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast calibrate", argc, argv);
+    while (kc_args_next(&a)) {
+        if (kc_args_help(&a)) {
             calibrate_usage(stdout);
             return -1;
-        } else if (kc_arg_value(argc, argv, &i, "--base", &v, &missing)) {
-            o->base = v;
-        } else if (kc_arg_value(argc, argv, &i, "--aux", &v, &missing)) {
-            o->aux = v;
-        } else if (kc_arg_value(argc, argv, &i, "--data", &v, &missing)) {
-            o->data = v;
-        } else if (kc_arg_value(argc, argv, &i, "--out", &v, &missing)) {
-            o->out = v;
-        } else if (kc_arg_value(argc, argv, &i, "--layer-map", &v, &missing)) {
-            o->layer_map = v;
-        } else if (kc_arg_value(argc, argv, &i, "--tokens", &v, &missing)) {
-            if (!kc_arg_int(v, 2, 1L << 31, &o->tokens)) {
-                fprintf(stderr, "kvcast calibrate: --tokens must be an integer >= 2\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--ctx", &v, &missing)) {
-            if (!kc_arg_int(v, 2, 1 << 20, &o->ctx)) {
-                fprintf(stderr, "kvcast calibrate: --ctx must be an integer >= 2\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--ridge", &v, &missing)) {
-            if (!kc_arg_float(v, 0.0, 1e6, &o->ridge)) {
-                fprintf(stderr, "kvcast calibrate: --ridge must be a number in [0, 1e6]\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1024, &n)) {
-                fprintf(stderr, "kvcast calibrate: --threads must be in [1, 1024]\n");
-                return 2;
-            }
-            o->threads = (int)n;
-        } else if (missing) {
-            fprintf(stderr, "kvcast calibrate: %s needs a value\n", argv[i]);
-            return 2;
-        } else if (strcmp(argv[i], "--ids") == 0) {
+        } else if (kc_args_str(&a, "--base", &o->base) || kc_args_str(&a, "--aux", &o->aux) ||
+                   kc_args_str(&a, "--data", &o->data) || kc_args_str(&a, "--out", &o->out) ||
+                   kc_args_str(&a, "--layer-map", &o->layer_map) ||
+                   kc_args_long(&a, "--tokens", 2, 1L << 31, &o->tokens) ||
+                   kc_args_long(&a, "--ctx", 2, 1 << 20, &o->ctx) ||
+                   kc_args_double(&a, "--ridge", 0.0, 1e6, &o->ridge) ||
+                   kc_args_int(&a, "--threads", 1, 1024, &o->threads)) {
+        } else if (kc_args_flag(&a, "--ids")) {
             o->ids = true;
-        } else if (strcmp(argv[i], "--no-bos") == 0) {
+        } else if (kc_args_flag(&a, "--no-bos")) {
             o->no_bos = true;
-        } else if (strcmp(argv[i], "--quiet") == 0) {
+        } else if (kc_args_flag(&a, "--quiet")) {
             o->quiet = true;
         } else {
-            fprintf(stderr, "kvcast calibrate: unknown option '%s'\n", argv[i]);
-            calibrate_usage(stderr);
-            return 2;
+            return kc_args_fail(&a);
         }
     }
     if (o->base == NULL || o->aux == NULL || o->data == NULL || o->out == NULL) {

@@ -6,12 +6,15 @@
  * (teacher forcing: after the prefill the model of the mode runs the continuation, appending
  * its own exact K/V), first-token and greedy-continuation agreement with full, analytic TTFT
  * FLOPs and the measured median TTFT; and the share of the aux -> full NLL gap that predict
- * closes.
+ * closes, with a warning when that share means nothing (the aux model alone is not worse than
+ * full). Without --data it reads the bundle's held-out ids (models/tiny/heldout.ids: the
+ * windows the README's quality figure was measured on).
  *
  * Exit codes: 0 ok, 1 a model, the data or a forward failed, 2 bad command line.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,102 +26,83 @@
 #include "engine/sampler.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/json_out.h"
 #include "tools/cli/kvp_data.h"
 
 #define EVAL_DEFAULT_BUNDLE "models/tiny/kvcast-bundle.json"
 
+#define EVAL_HELDOUT_FILE "heldout.ids"
+
 static void eval_usage(FILE *f) {
     fprintf(
         f,
-        "usage: kvcast eval --data FILE.txt [--bundle B | --base DIR --aux DIR [--predictor F]]\n"
+        "usage: kvcast eval [--data FILE] [--bundle B | --base DIR --aux DIR [--predictor F]]\n"
         "                   [options]\n"
         "  --bundle B          KVP bundle JSON (default " EVAL_DEFAULT_BUNDLE ")\n"
         "  --base/--aux DIR    a pair without a bundle; --predictor F adds the predict mode\n"
+        "  --data FILE         held-out text (default: the bundle's " EVAL_HELDOUT_FILE
+        ", token ids\n"
+        "                      of the windows its quality figures were measured on)\n"
+        "  --ids               FILE holds token ids (whitespace/comma separated, '#' comments),\n"
+        "                      not text; a '# " KC_DATA_WINDOWS_TAG
+        " ...' header sets the defaults of the\n"
+        "                      next three options\n"
         "  --prompt-len P      prompt tokens per sample (default 256)\n"
         "  --cont-len C        continuation tokens scored per sample (default 32)\n"
         "  --samples N         samples, spread evenly over the data (default 16)\n"
-        "  --ids               FILE holds token ids (whitespace/comma separated), not text\n"
+        "  --no-bos            no BOS token before each sample\n"
+        "  --no-greedy         NLL and first-token agreement only: no greedy continuation\n"
+        "                      (half the time; greedy agreement is then null)\n"
         "  --dtype f32|bf16    weights for every step (default: f32 prefill, bf16 decode)\n"
         "  --threads N         OpenMP threads (default: all cores)\n"
-        "  --json              print one JSON object instead of a table\n");
+        "  --json              print one JSON object instead of a table\n"
+        "Warnings (stderr, and \"warnings\" in the JSON) flag results to read with care: when the\n"
+        "aux model alone scores at least as well as the base, \"gap closed\" means nothing.\n");
 }
 
 struct eval_opts {
     const char *bundle, *base, *aux, *predictor, *data;
-    long prompt_len, cont_len, samples;
-    bool ids, json, no_bos;
+    char *data_owned;                   /* the default data path, when --data is absent */
+    long prompt_len, cont_len, samples; /* 0: not given */
+    bool ids, json, no_bos, no_greedy;
     int threads;
     struct eng_model_params mparams;
 };
 
+/* Returns 0 to go on, -1 after --help (exit 0), 2 on a bad command line. */
 static int parse_eval(int argc, char **argv, struct eval_opts *o) {
-    o->prompt_len = 256;
-    o->cont_len = 32;
-    o->samples = 16;
     o->mparams = eng_model_default_params();
-    for (int i = 1; i < argc; i++) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast eval", argc, argv);
+    while (kc_args_next(&a)) {
         const char *v = NULL;
-        bool missing = false;
-        long n;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        if (kc_args_help(&a)) {
             eval_usage(stdout);
             return -1;
-        } else if (kc_arg_value(argc, argv, &i, "--bundle", &v, &missing)) {
-            o->bundle = v;
-        } else if (kc_arg_value(argc, argv, &i, "--base", &v, &missing)) {
-            o->base = v;
-        } else if (kc_arg_value(argc, argv, &i, "--aux", &v, &missing)) {
-            o->aux = v;
-        } else if (kc_arg_value(argc, argv, &i, "--predictor", &v, &missing)) {
-            o->predictor = v;
-        } else if (kc_arg_value(argc, argv, &i, "--data", &v, &missing)) {
-            o->data = v;
-        } else if (kc_arg_value(argc, argv, &i, "--prompt-len", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1 << 20, &o->prompt_len)) {
-                fprintf(stderr, "kvcast eval: --prompt-len must be an integer >= 1\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--cont-len", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1 << 16, &o->cont_len)) {
-                fprintf(stderr, "kvcast eval: --cont-len must be an integer in [1, 65536]\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--samples", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1 << 20, &o->samples)) {
-                fprintf(stderr, "kvcast eval: --samples must be an integer >= 1\n");
-                return 2;
-            }
-        } else if (kc_arg_value(argc, argv, &i, "--dtype", &v, &missing)) {
+        } else if (kc_args_str(&a, "--bundle", &o->bundle) || kc_args_str(&a, "--base", &o->base) ||
+                   kc_args_str(&a, "--aux", &o->aux) ||
+                   kc_args_str(&a, "--predictor", &o->predictor) ||
+                   kc_args_str(&a, "--data", &o->data) ||
+                   kc_args_long(&a, "--prompt-len", 1, 1 << 20, &o->prompt_len) ||
+                   kc_args_long(&a, "--cont-len", 1, 1 << 16, &o->cont_len) ||
+                   kc_args_long(&a, "--samples", 1, 1 << 20, &o->samples) ||
+                   kc_args_int(&a, "--threads", 1, 1024, &o->threads)) {
+        } else if (kc_args_str(&a, "--dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
-                fprintf(stderr, "kvcast eval: --dtype must be f32 or bf16\n");
-                return 2;
+                return kc_args_bad(&a, "must be f32 or bf16");
             }
             o->mparams.decode_wtype = o->mparams.prefill_wtype;
-        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1024, &n)) {
-                fprintf(stderr, "kvcast eval: --threads must be in [1, 1024]\n");
-                return 2;
-            }
-            o->threads = (int)n;
-        } else if (missing) {
-            fprintf(stderr, "kvcast eval: %s needs a value\n", argv[i]);
-            return 2;
-        } else if (strcmp(argv[i], "--ids") == 0) {
+        } else if (kc_args_flag(&a, "--ids")) {
             o->ids = true;
-        } else if (strcmp(argv[i], "--no-bos") == 0) {
+        } else if (kc_args_flag(&a, "--no-bos")) {
             o->no_bos = true;
-        } else if (strcmp(argv[i], "--json") == 0) {
+        } else if (kc_args_flag(&a, "--no-greedy")) {
+            o->no_greedy = true;
+        } else if (kc_args_flag(&a, "--json")) {
             o->json = true;
         } else {
-            fprintf(stderr, "kvcast eval: unknown option '%s'\n", argv[i]);
-            eval_usage(stderr);
-            return 2;
+            return kc_args_fail(&a);
         }
-    }
-    if (o->data == NULL) {
-        fprintf(stderr, "kvcast eval: --data is required\n");
-        eval_usage(stderr);
-        return 2;
     }
     if ((o->base == NULL) != (o->aux == NULL) || (o->bundle != NULL && o->base != NULL) ||
         (o->predictor != NULL && o->base == NULL)) {
@@ -129,6 +113,43 @@ static int parse_eval(int argc, char **argv, struct eval_opts *o) {
     if (o->bundle == NULL && o->base == NULL) {
         o->bundle = EVAL_DEFAULT_BUNDLE;
     }
+    if (o->data == NULL) {
+        /* The bundle's own held-out ids: what its quality figures were measured on. */
+        const char *slash = o->bundle != NULL ? strrchr(o->bundle, '/') : NULL;
+        const size_t dir_len = slash != NULL ? (size_t)(slash - o->bundle) + 1 : 0;
+        struct kc_data_windows w;
+        if (o->bundle != NULL &&
+            (o->data_owned = malloc(dir_len + sizeof(EVAL_HELDOUT_FILE))) != NULL) {
+            memcpy(o->data_owned, o->bundle, dir_len);
+            memcpy(o->data_owned + dir_len, EVAL_HELDOUT_FILE, sizeof(EVAL_HELDOUT_FILE));
+        }
+        if (o->data_owned == NULL || kc_data_windows(o->data_owned, &w) != KC_OK) {
+            fprintf(stderr,
+                    "kvcast eval: --data is required (%s%s has no held-out ids file with a "
+                    "'# " KC_DATA_WINDOWS_TAG "' header)\n",
+                    o->bundle != NULL ? "the bundle " : "a pair without a bundle",
+                    o->bundle != NULL ? o->bundle : "");
+            if (o->bundle != NULL && strcmp(o->bundle, EVAL_DEFAULT_BUNDLE) == 0) {
+                fprintf(stderr, "kvcast eval: (the default bundle is looked up from the current "
+                                "directory; run from the repository root or pass --bundle)\n");
+            }
+            eval_usage(stderr);
+            return 2;
+        }
+        o->data = o->data_owned;
+        o->ids = true;
+    }
+    struct kc_data_windows w = {256, 32, 16};
+    if (o->ids && (o->prompt_len == 0 || o->cont_len == 0 || o->samples == 0) &&
+        kc_data_windows(o->data, &w) == KC_OK) {
+        fprintf(stderr,
+                "kvcast eval: %s holds %ld windows for prompt %ld + continuation %ld: the "
+                "defaults\n",
+                o->data, w.samples, w.prompt_len, w.cont_len);
+    }
+    o->prompt_len = o->prompt_len > 0 ? o->prompt_len : w.prompt_len;
+    o->cont_len = o->cont_len > 0 ? o->cont_len : w.cont_len;
+    o->samples = o->samples > 0 ? o->samples : w.samples;
     return 0;
 }
 
@@ -162,6 +183,7 @@ struct eval_run {
     struct eng_kvp_ctx *kc;
     struct eng_kv_pool *pool[ENG_KVP_N_MODES];
     int V, P, C;
+    bool greedy;      /* run the greedy continuation (not --no-greedy) */
     float *logits;    /* [V] */
     float *tf_logits; /* [C - 1, V] */
 };
@@ -181,8 +203,16 @@ static int run_prefill(struct eval_run *r, enum eng_kvp_mode mode, struct eng_se
     return rc;
 }
 
+static int32_t argmax(const float *logits, int V) {
+    int32_t best = 0;
+    for (int v = 1; v < V; v++) {
+        best = logits[v] > logits[best] ? v : best;
+    }
+    return best;
+}
+
 /* One sample in one mode: NLL of cont given prompt (teacher forcing) and the greedy
- * continuation greedy[C]. */
+ * continuation greedy[C] (only greedy[0] with --no-greedy). */
 static int run_sample(struct eval_run *r, enum eng_kvp_mode mode, const int32_t *prompt,
                       const int32_t *cont, struct mode_stats *st, int32_t *greedy,
                       struct kc_error *err) {
@@ -192,6 +222,7 @@ static int run_sample(struct eval_run *r, enum eng_kvp_mode mode, const int32_t 
     if (rc != KC_OK) {
         return rc;
     }
+    greedy[0] = argmax(r->logits, r->V);
     double nll = -(double)eng_log_softmax_at(r->logits, r->V, cont[0]);
     if (r->C > 1) {
         rc = eng_kvp_forward(r->kc, mode, pool, &seq, cont, r->C - 1, ENG_LOGITS_ALL, r->tf_logits,
@@ -206,14 +237,13 @@ static int run_sample(struct eval_run *r, enum eng_kvp_mode mode, const int32_t 
     }
     eng_seq_release(pool, &seq);
     st->nll_sum += nll;
+    if (!r->greedy) {
+        return KC_OK;
+    }
     /* Greedy continuation from a second prefill (also a TTFT sample). */
     rc = run_prefill(r, mode, &seq, prompt, st, err);
     for (int i = 0; rc == KC_OK && i < r->C; i++) {
-        int32_t best = 0;
-        for (int v = 1; v < r->V; v++) {
-            best = r->logits[v] > r->logits[best] ? v : best;
-        }
-        greedy[i] = best;
+        greedy[i] = argmax(r->logits, r->V);
         if (i + 1 < r->C) {
             rc = eng_kvp_forward(r->kc, mode, pool, &seq, &greedy[i], 1, ENG_LOGITS_LAST, r->logits,
                                  err);
@@ -223,44 +253,93 @@ static int run_sample(struct eval_run *r, enum eng_kvp_mode mode, const int32_t 
     return rc;
 }
 
-static void print_json(const struct eval_opts *o, struct mode_stats *ms, long n, double gap) {
-    printf("{\"modes\": {");
-    bool first = true;
+/* Results to read with care: each one printed to stderr and listed in the JSON. */
+struct eval_warnings {
+    int n;
+    char msg[4][320];
+};
+
+static void eval_warn(struct eval_warnings *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void eval_warn(struct eval_warnings *w, const char *fmt, ...) {
+    if (w->n >= (int)(sizeof(w->msg) / sizeof(w->msg[0]))) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->msg[w->n], sizeof(w->msg[0]), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "kvcast eval: warning: %s\n", w->msg[w->n]);
+    w->n++;
+}
+
+/* What the run measured, for both printers. gap: NaN when undefined; meaningful: the aux
+ * model alone is worse than full, so the gap between them is one to close. */
+struct eval_result {
+    const struct eval_opts *o;
+    struct mode_stats *ms;
+    long n;
+    double gap;
+    bool gap_meaningful;
+    const struct eval_warnings *warn;
+};
+
+static int print_json(const struct eval_result *r) {
+    const struct eval_opts *o = r->o;
+    json_t *root = json_object(), *modes = json_object();
     for (int m = 0; m < ENG_KVP_N_MODES; m++) {
-        struct mode_stats *s = &ms[m];
+        struct mode_stats *s = &r->ms[m];
         if (!s->on) {
             continue;
         }
-        const double nll = s->nll_sum / ((double)n * (double)o->cont_len);
-        const double dn = (double)n;
-        printf("%s\"%s\": {\"nll\": %.6f, \"ppl\": %.4f, \"first_token_agreement\": %.4f, "
-               "\"greedy_agreement\": %.4f, \"greedy_agreement_tokens\": %.3f, "
-               "\"ttft_flops\": %.6g, \"ttft_ms_median\": %.3f, \"aux_ms_mean\": %.3f, "
-               "\"predict_ms_mean\": %.3f, \"base_first_step_ms_mean\": %.3f}",
-               first ? "" : ", ", eng_kvp_mode_name((enum eng_kvp_mode)m), nll, exp(nll),
-               (double)s->first_agree / dn, (double)s->greedy_tokens / (dn * (double)o->cont_len),
-               (double)s->greedy_tokens / dn, s->flops, median(s->ttft_ms, s->n_ttft),
-               s->split_sum.aux_ms / s->n_ttft, s->split_sum.predict_ms / s->n_ttft,
-               s->split_sum.base_first_step_ms / s->n_ttft);
-        first = false;
+        const double dn = (double)r->n;
+        const double nll = s->nll_sum / (dn * (double)o->cont_len);
+        json_t *j = json_object();
+        json_object_set_new(j, "nll", kc_json_real(nll, 6));
+        json_object_set_new(j, "ppl", kc_json_real(exp(nll), 4));
+        json_object_set_new(j, "first_token_agreement", kc_json_real(s->first_agree / dn, 4));
+        const double no = o->no_greedy ? NAN : 1.0; /* null without the greedy runs */
+        json_object_set_new(j, "greedy_agreement",
+                            kc_json_real(no * s->greedy_tokens / (dn * (double)o->cont_len), 4));
+        json_object_set_new(j, "greedy_agreement_tokens",
+                            kc_json_real(no * s->greedy_tokens / dn, 3));
+        json_object_set_new(j, "ttft_flops", kc_json_sig(s->flops, 6));
+        json_object_set_new(j, "ttft_ms_median", kc_json_real(median(s->ttft_ms, s->n_ttft), 3));
+        json_object_set_new(j, "aux_ms_mean", kc_json_real(s->split_sum.aux_ms / s->n_ttft, 3));
+        json_object_set_new(j, "predict_ms_mean",
+                            kc_json_real(s->split_sum.predict_ms / s->n_ttft, 3));
+        json_object_set_new(j, "base_first_step_ms_mean",
+                            kc_json_real(s->split_sum.base_first_step_ms / s->n_ttft, 3));
+        json_object_set_new(modes, eng_kvp_mode_name((enum eng_kvp_mode)m), j);
     }
-    printf("}, \"gap_closed\": ");
-    if (isfinite(gap)) {
-        printf("%.4f", gap);
-    } else {
-        printf("null");
+    json_object_set_new(root, "modes", modes);
+    json_object_set_new(root, "gap_closed", kc_json_real(r->gap, 4));
+    json_object_set_new(root, "gap_closed_meaningful", json_boolean(r->gap_meaningful));
+    json_t *warnings = json_array();
+    for (int i = 0; i < r->warn->n; i++) {
+        json_array_append_new(warnings, kc_json_str(r->warn->msg[i]));
     }
-    printf(", \"samples\": %ld, \"prompt_len\": %ld, \"cont_len\": %ld}\n", n, o->prompt_len,
-           o->cont_len);
+    json_object_set_new(root, "warnings", warnings);
+    json_object_set_new(root, "samples", json_integer(r->n));
+    json_object_set_new(root, "prompt_len", json_integer(o->prompt_len));
+    json_object_set_new(root, "cont_len", json_integer(o->cont_len));
+    json_object_set_new(root, "data", kc_json_str(o->data));
+    json_object_set_new(root, "ids", json_boolean(o->ids));
+    json_object_set_new(root, "kvcast_version", kc_json_str(kc_cli_version()));
+    return kc_json_print("kvcast eval", root);
 }
 
-static void print_table(const struct eval_opts *o, struct mode_stats *ms, long n, double gap) {
+static void print_table(const struct eval_result *r) {
+    const struct eval_opts *o = r->o;
+    struct mode_stats *ms = r->ms;
+    const long n = r->n;
     const double full_flops = ms[ENG_KVP_FULL].flops;
     printf("kvcast eval: %ld samples, prompt %ld tokens, continuation %ld tokens\n\n", n,
            o->prompt_len, o->cont_len);
     printf("%-8s %9s %10s %9s %14s %12s %9s %12s %9s\n", "mode", "NLL", "ppl", "1st-tok",
            "greedy-agree", "TTFT GFLOP", "x full", "TTFT ms med", "x full");
     double full_ms = 0.0;
+    const double no = o->no_greedy ? NAN : 1.0; /* nan without the greedy runs */
     for (int m = 0; m < ENG_KVP_N_MODES; m++) {
         struct mode_stats *s = &ms[m];
         if (!s->on) {
@@ -274,9 +353,9 @@ static void print_table(const struct eval_opts *o, struct mode_stats *ms, long n
         printf("%-8s %9.4f %10.3f %9.3f %8.3f (%4.1f) %12.4f %9.3f %12.2f %9.3f\n",
                eng_kvp_mode_name((enum eng_kvp_mode)m), nll, exp(nll),
                (double)s->first_agree / (double)n,
-               (double)s->greedy_tokens / ((double)n * (double)o->cont_len),
-               (double)s->greedy_tokens / (double)n, s->flops / 1e9, s->flops / full_flops, med,
-               full_ms > 0 ? med / full_ms : 0.0);
+               no * (double)s->greedy_tokens / ((double)n * (double)o->cont_len),
+               no * (double)s->greedy_tokens / (double)n, s->flops / 1e9, s->flops / full_flops,
+               med, full_ms > 0 ? med / full_ms : 0.0);
     }
     const struct mode_stats *p = &ms[ENG_KVP_PREDICT];
     if (p->on) {
@@ -284,22 +363,28 @@ static void print_table(const struct eval_opts *o, struct mode_stats *ms, long n
                "%.2f ms\n",
                p->split_sum.aux_ms / p->n_ttft, p->split_sum.predict_ms / p->n_ttft,
                p->split_sum.base_first_step_ms / p->n_ttft);
-        if (isfinite(gap)) {
-            printf("gap closed: %.1f%% of the aux -> full NLL gap\n", 100.0 * gap);
+        if (r->gap_meaningful) {
+            printf("gap closed: %.1f%% of the aux -> full NLL gap\n", 100.0 * r->gap);
         } else {
-            printf("gap closed: undefined (aux and full have the same NLL)\n");
+            printf("gap closed: meaningless here (the aux model alone is not worse than full; "
+                   "see the warnings)\n");
         }
     }
     printf("(greedy-agree: share of continuation tokens matching full's greedy output before "
-           "the first divergence; mean tokens in parentheses)\n");
+           "the first divergence; mean tokens in parentheses; nan with --no-greedy)\n");
+    for (int i = 0; i < r->warn->n; i++) {
+        printf("warning: %s\n", r->warn->msg[i]);
+    }
 }
 
 int kc_cmd_eval(int argc, char **argv) {
     struct eval_opts o = {0};
     int rc = parse_eval(argc, argv, &o);
     if (rc != 0) {
+        free(o.data_owned);
         return rc < 0 ? 0 : rc;
     }
+    struct eval_warnings warn = {0};
     struct kc_error err = {0};
     struct eng_kvp_bundle *b = NULL;
     struct eng_kvp_ctx *kc = NULL;
@@ -346,10 +431,10 @@ int kc_cmd_eval(int argc, char **argv) {
         goto done;
     }
     if ((size_t)o.samples * Wt > n_tokens) {
-        fprintf(stderr,
-                "kvcast eval: note: %ld samples of %d tokens overlap in %zu tokens of "
-                "data\n",
-                o.samples, W, n_tokens);
+        eval_warn(&warn,
+                  "overlapping_samples: %ld samples of %d tokens overlap in %zu tokens of "
+                  "data, so they are not independent",
+                  o.samples, W, n_tokens);
     }
     const int block = 16, blocks = (W + block - 1) / block;
     if (eng_kvp_ctx_create(b->base, b->aux, b->pred, W < 256 ? W : 256, W, o.threads, &kc, &err) !=
@@ -366,6 +451,7 @@ int kc_cmd_eval(int argc, char **argv) {
     r.V = bc->vocab_size;
     r.P = P;
     r.C = C;
+    r.greedy = !o.no_greedy;
     r.logits = calloc((size_t)r.V, sizeof(float));
     r.tf_logits = calloc((size_t)(C > 1 ? C - 1 : 1) * (size_t)r.V, sizeof(float));
     greedy = calloc((size_t)ENG_KVP_N_MODES * (size_t)C, sizeof(int32_t));
@@ -416,7 +502,7 @@ int kc_cmd_eval(int argc, char **argv) {
             }
             const int32_t *ref = greedy + (size_t)ENG_KVP_FULL * C;
             int agree = 0;
-            while (agree < C && g[agree] == ref[agree]) {
+            while (r.greedy && agree < C && g[agree] == ref[agree]) {
                 agree++;
             }
             ms[m].first_agree += g[0] == ref[0];
@@ -433,11 +519,29 @@ int kc_cmd_eval(int argc, char **argv) {
     const double den = (double)o.samples * (double)C;
     const double nf = ms[ENG_KVP_FULL].nll_sum / den, na = ms[ENG_KVP_AUX].nll_sum / den;
     const double np = ms[ENG_KVP_PREDICT].nll_sum / den;
-    const double gap = ms[ENG_KVP_PREDICT].on && na != nf ? (na - np) / (na - nf) : NAN;
+    const bool pred_on = ms[ENG_KVP_PREDICT].on;
+    const double gap = pred_on && na != nf ? (na - np) / (na - nf) : NAN;
+    /* "Gap closed" scales predict between aux (0) and full (1): it means something only when
+     * the aux model alone is worse than full. */
+    if (na <= nf) {
+        eval_warn(&warn,
+                  "aux_beats_full: the aux model alone (NLL %.4f) scores %s the full base (NLL "
+                  "%.4f) on this data, so \"gap closed\" is meaningless; check the pair and "
+                  "that the data is held out",
+                  na, na < nf ? "better than" : "the same as", nf);
+    }
+    const struct eval_result res = {.o = &o,
+                                    .ms = ms,
+                                    .n = o.samples,
+                                    .gap = gap,
+                                    .gap_meaningful = pred_on && na > nf,
+                                    .warn = &warn};
     if (o.json) {
-        print_json(&o, ms, o.samples, gap);
+        if (print_json(&res) != 0) {
+            goto done;
+        }
     } else {
-        print_table(&o, ms, o.samples, gap);
+        print_table(&res);
     }
     exit_code = 0;
 done:
@@ -457,5 +561,6 @@ done:
     }
     eng_kvp_ctx_free(kc);
     eng_kvp_bundle_free(b);
+    free(o.data_owned);
     return exit_code;
 }

@@ -3,6 +3,7 @@
  * tokens with the sampler, print the result and the prefill/decode speeds.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,21 +14,21 @@
 #include "engine/tokenizer.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
+#include "tools/cli/json_out.h"
 
 static void generate_usage(FILE *f) {
-    fprintf(f,
-            "usage: kvcast generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
-            "  --prompt TEXT         text prompt, tokenized with the model's tokenizer.json\n"
-            "  --tokenizer PATH      tokenizer directory or tokenizer.json (default: --model)\n"
-            "  --max-tokens N        tokens to generate (default 32)\n"
-            "  --dtype f32|bf16      weight format for both prefill and decode\n"
-            "  --prefill-dtype T     weights for prefill steps (default f32)\n"
-            "  --decode-dtype T      weights for decode steps (default bf16)\n"
-            "  --temperature X       0 = greedy (default 0)\n"
-            "  --top-k N --top-p X --min-p X --seed N\n"
-            "  --ignore-eos          keep going past end-of-sequence tokens\n"
-            "  --threads N           OpenMP threads (default: all cores)\n"
-            "  --json                print one JSON object\n");
+    fprintf(f, "usage: kvcast generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
+               "  --prompt TEXT         text prompt, tokenized with the model's tokenizer.json\n"
+               "  --tokenizer PATH      tokenizer directory or tokenizer.json (default: --model)\n"
+               "  --max-tokens N        tokens to generate (default 32)\n"
+               "  --dtype f32|bf16      weight format for both prefill and decode\n"
+               "  --prefill-dtype T     weights for prefill steps (default f32)\n"
+               "  --decode-dtype T      weights for decode steps (default bf16)\n"
+               "  --temperature X       0 = greedy (default 0)\n"
+               "  --top-k N --top-p X --min-p X --seed N\n"
+               "  --ignore-eos          keep going past end-of-sequence tokens\n"
+               "  --threads N           OpenMP threads (default: all cores)\n"
+               "  --json                print one JSON object\n");
 }
 
 struct generate_opts {
@@ -44,126 +45,69 @@ struct generate_opts {
     bool json;
 };
 
+/* Returns 0 to go on, -1 after --help (exit 0), or 2 on a bad command line. */
 static int parse_generate(int argc, char **argv, struct generate_opts *o) {
     o->max_tokens = 32;
     o->mparams = eng_model_default_params();
     o->sparams = eng_sampler_default_params();
     o->sparams.temperature = 0.0f;
-    for (int i = 1; i < argc; i++) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast generate", argc, argv);
+    while (kc_args_next(&a)) {
         const char *v = NULL;
-        bool missing = false;
         long n;
         double x;
-        if (strcmp(argv[i], "--help") == 0) {
+        if (kc_args_help(&a)) {
             generate_usage(stdout);
-            exit(0);
-        } else if (kc_arg_value(argc, argv, &i, "--model", &v, &missing)) {
-            o->model_dir = v;
-        } else if (kc_arg_value(argc, argv, &i, "--prompt", &v, &missing)) {
-            o->text = v;
-        } else if (kc_arg_value(argc, argv, &i, "--tokenizer", &v, &missing)) {
-            o->tokenizer = v;
-        } else if (kc_arg_value(argc, argv, &i, "--prompt-ids", &v, &missing)) {
+            return -1;
+        } else if (kc_args_str(&a, "--model", &o->model_dir) ||
+                   kc_args_str(&a, "--prompt", &o->text) ||
+                   kc_args_str(&a, "--tokenizer", &o->tokenizer)) {
+        } else if (kc_args_str(&a, "--prompt-ids", &v)) {
             free(o->prompt);
             o->prompt = NULL;
             if (!kc_arg_ids(v, &o->prompt, &o->n_prompt)) {
-                fprintf(stderr, "kvcast generate: --prompt-ids wants a list like 1,2,3\n");
-                return 2;
+                return kc_args_bad(&a, "wants a list like 1,2,3");
             }
-        } else if (kc_arg_value(argc, argv, &i, "--max-tokens", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1 << 20, &n)) {
-                fprintf(stderr, "kvcast generate: --max-tokens must be an integer >= 1\n");
-                return 2;
-            }
-            o->max_tokens = (int)n;
-        } else if (kc_arg_value(argc, argv, &i, "--dtype", &v, &missing)) {
+        } else if (kc_args_int(&a, "--max-tokens", 1, 1 << 20, &o->max_tokens)) {
+        } else if (kc_args_str(&a, "--dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
-                fprintf(stderr, "kvcast generate: --dtype must be f32 or bf16\n");
-                return 2;
+                return kc_args_bad(&a, "must be f32 or bf16");
             }
             o->mparams.decode_wtype = o->mparams.prefill_wtype;
-        } else if (kc_arg_value(argc, argv, &i, "--prefill-dtype", &v, &missing)) {
+        } else if (kc_args_str(&a, "--prefill-dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
-                fprintf(stderr, "kvcast generate: --prefill-dtype must be f32 or bf16\n");
-                return 2;
+                return kc_args_bad(&a, "must be f32 or bf16");
             }
-        } else if (kc_arg_value(argc, argv, &i, "--decode-dtype", &v, &missing)) {
+        } else if (kc_args_str(&a, "--decode-dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.decode_wtype) != KC_OK) {
-                fprintf(stderr, "kvcast generate: --decode-dtype must be f32 or bf16\n");
-                return 2;
+                return kc_args_bad(&a, "must be f32 or bf16");
             }
-        } else if (kc_arg_value(argc, argv, &i, "--temperature", &v, &missing)) {
-            if (!kc_arg_float(v, 0, 100, &x)) {
-                fprintf(stderr, "kvcast generate: --temperature must be in [0, 100]\n");
-                return 2;
-            }
+        } else if (kc_args_double(&a, "--temperature", 0, 100, &x)) {
             o->sparams.temperature = (float)x;
-        } else if (kc_arg_value(argc, argv, &i, "--top-k", &v, &missing)) {
-            if (!kc_arg_int(v, 0, 1 << 24, &n)) {
-                fprintf(stderr, "kvcast generate: --top-k must be an integer >= 0\n");
-                return 2;
-            }
-            o->sparams.top_k = (int)n;
-        } else if (kc_arg_value(argc, argv, &i, "--top-p", &v, &missing)) {
-            if (!kc_arg_float(v, 1e-9, 1, &x)) {
-                fprintf(stderr, "kvcast generate: --top-p must be in (0, 1]\n");
-                return 2;
-            }
+        } else if (kc_args_int(&a, "--top-k", 0, 1 << 24, &o->sparams.top_k)) {
+        } else if (kc_args_double(&a, "--top-p", 1e-9, 1, &x)) {
             o->sparams.top_p = (float)x;
-        } else if (kc_arg_value(argc, argv, &i, "--min-p", &v, &missing)) {
-            if (!kc_arg_float(v, 0, 1, &x)) {
-                fprintf(stderr, "kvcast generate: --min-p must be in [0, 1]\n");
-                return 2;
-            }
+        } else if (kc_args_double(&a, "--min-p", 0, 1, &x)) {
             o->sparams.min_p = (float)x;
-        } else if (kc_arg_value(argc, argv, &i, "--seed", &v, &missing)) {
-            if (!kc_arg_int(v, 0, __LONG_MAX__, &n)) {
-                fprintf(stderr, "kvcast generate: --seed must be a non-negative integer\n");
-                return 2;
-            }
+        } else if (kc_args_long(&a, "--seed", 0, LONG_MAX, &n)) {
             o->sparams.seed = (uint64_t)n;
-        } else if (kc_arg_value(argc, argv, &i, "--threads", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1024, &n)) {
-                fprintf(stderr, "kvcast generate: --threads must be in [1, 1024]\n");
-                return 2;
-            }
-            o->threads = (int)n;
-        } else if (strcmp(argv[i], "--ignore-eos") == 0) {
+        } else if (kc_args_int(&a, "--threads", 1, 1024, &o->threads)) {
+        } else if (kc_args_flag(&a, "--ignore-eos")) {
             o->ignore_eos = true;
-        } else if (strcmp(argv[i], "--json") == 0) {
+        } else if (kc_args_flag(&a, "--json")) {
             o->json = true;
         } else {
-            fprintf(stderr, "kvcast generate: %s '%s'\n",
-                    missing ? "missing value for" : "unknown option", argv[i]);
-            generate_usage(stderr);
-            return 2;
+            return kc_args_fail(&a);
         }
     }
     if (o->model_dir == NULL || (o->prompt == NULL) == (o->text == NULL)) {
-        fprintf(stderr, "kvcast generate: --model and one of --prompt / --prompt-ids are required\n");
+        fprintf(stderr,
+                "kvcast generate: --model and one of --prompt / --prompt-ids are required\n");
         generate_usage(stderr);
         return 2;
     }
     return 0;
-}
-
-/* Prints s (valid UTF-8, from the tokenizer's decode) as a JSON string, or null. */
-static void print_json_string(const char *s) {
-    if (s == NULL) {
-        printf("null");
-        return;
-    }
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            printf("\\%c", *p);
-        } else if (*p < 0x20) {
-            printf("\\u%04x", *p);
-        } else {
-            putchar(*p);
-        }
-    }
-    putchar('"');
 }
 
 static bool is_eos(const struct eng_model_config *c, int32_t tok) {
@@ -180,7 +124,7 @@ int kc_cmd_generate(int argc, char **argv) {
     int rc = parse_generate(argc, argv, &o);
     if (rc != 0) {
         free(o.prompt);
-        return rc;
+        return rc < 0 ? 0 : rc;
     }
     struct kc_error err = {0};
     struct eng_tok *tok = NULL;
@@ -224,7 +168,8 @@ int kc_cmd_generate(int argc, char **argv) {
     const struct eng_model_config *c = eng_model_config_of(m);
     const int n_ctx = o.n_prompt + o.max_tokens;
     if (n_ctx > c->max_position_embeddings) {
-        fprintf(stderr, "kvcast generate: prompt (%d) + max tokens (%d) exceed the model's %d positions\n",
+        fprintf(stderr,
+                "kvcast generate: prompt (%d) + max tokens (%d) exceed the model's %d positions\n",
                 o.n_prompt, o.max_tokens, c->max_position_embeddings);
         goto done;
     }
@@ -245,8 +190,11 @@ int kc_cmd_generate(int argc, char **argv) {
     for (int i = 0; i < o.n_prompt; i++) {
         eng_sampler_observe(&sampler, o.prompt[i]);
     }
-    struct eng_batch_item item = {.seq = &seq, .tokens = o.prompt, .n_tokens = o.n_prompt,
-                                  .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+    struct eng_batch_item item = {.seq = &seq,
+                                  .tokens = o.prompt,
+                                  .n_tokens = o.n_prompt,
+                                  .logits_mode = ENG_LOGITS_LAST,
+                                  .logits = logits};
     const double t0 = kc_now_s();
     if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
         fprintf(stderr, "kvcast generate: %s\n", err.msg);
@@ -271,8 +219,11 @@ int kc_cmd_generate(int argc, char **argv) {
         if (n_out == o.max_tokens) {
             break;
         }
-        item = (struct eng_batch_item){.seq = &seq, .tokens = &out[n_out - 1], .n_tokens = 1,
-                                       .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+        item = (struct eng_batch_item){.seq = &seq,
+                                       .tokens = &out[n_out - 1],
+                                       .n_tokens = 1,
+                                       .logits_mode = ENG_LOGITS_LAST,
+                                       .logits = logits};
         if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
             fprintf(stderr, "kvcast generate: %s\n", err.msg);
             goto done;
@@ -289,15 +240,19 @@ int kc_cmd_generate(int argc, char **argv) {
     }
     const double decode_tps = n_decode_steps > 0 ? n_decode_steps / t_decode : 0.0;
     if (o.json) {
-        printf("{\"ids\": [");
+        json_t *j = json_object(), *ids = json_array();
         for (int i = 0; i < n_out; i++) {
-            printf("%s%d", i ? ", " : "", out[i]);
+            json_array_append_new(ids, json_integer(out[i]));
         }
-        printf("], \"text\": ");
-        print_json_string(text_out);
-        printf(", \"finish_reason\": \"%s\", \"prompt_tokens\": %d, "
-               "\"prefill_tokens_per_s\": %.3f, \"decode_tokens_per_s\": %.3f}\n",
-               finish, o.n_prompt, prefill_tps, decode_tps);
+        json_object_set_new(j, "ids", ids);
+        json_object_set_new(j, "text", kc_json_strn(text_out, text_len));
+        json_object_set_new(j, "finish_reason", json_string(finish));
+        json_object_set_new(j, "prompt_tokens", json_integer(o.n_prompt));
+        json_object_set_new(j, "prefill_tokens_per_s", kc_json_real(prefill_tps, 3));
+        json_object_set_new(j, "decode_tokens_per_s", kc_json_real(decode_tps, 3));
+        if (kc_json_print("kvcast generate", j) != 0) {
+            goto done;
+        }
     } else {
         if (text_out != NULL) {
             printf("%s%s\n", o.text != NULL ? o.text : "", text_out);
@@ -307,10 +262,11 @@ int kc_cmd_generate(int argc, char **argv) {
             }
             printf("\n");
         }
-        fprintf(stderr, "prefill: %d tokens in %.1f ms (%.1f tokens/s); decode: %d tokens in %.1f ms "
-                        "(%.1f tokens/s); finish: %s\n",
-                o.n_prompt, t_prefill * 1e3, prefill_tps, n_decode_steps, t_decode * 1e3, decode_tps,
-                finish);
+        fprintf(stderr,
+                "prefill: %d tokens in %.1f ms (%.1f tokens/s); decode: %d tokens in %.1f ms "
+                "(%.1f tokens/s); finish: %s\n",
+                o.n_prompt, t_prefill * 1e3, prefill_tps, n_decode_steps, t_decode * 1e3,
+                decode_tps, finish);
     }
     exit_code = 0;
 done:

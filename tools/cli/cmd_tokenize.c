@@ -241,38 +241,25 @@ int kc_cmd_tokenize(int argc, char **argv) {
     bool json = false, jsonl = false;
     unsigned flags = ENG_TOK_ADD_SPECIAL;
     long reps = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        bool missing = false;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast tokenize", argc, argv);
+    while (kc_args_next(&a)) {
+        if (kc_args_help(&a)) {
             tokenize_usage(stdout);
             return 0;
-        } else if (kc_arg_value(argc, argv, &i, "--tokenizer", &v, &missing)) {
-            path = v;
-        } else if (kc_arg_value(argc, argv, &i, "--text", &v, &missing)) {
-            text = v;
-        } else if (kc_arg_value(argc, argv, &i, "--file", &v, &missing)) {
-            file = v;
-        } else if (kc_arg_value(argc, argv, &i, "--bench", &v, &missing)) {
-            if (!kc_arg_int(v, 1, 1000000, &reps)) {
-                fprintf(stderr, "kvcast tokenize: --bench wants a repeat count >= 1\n");
-                return 2;
-            }
-        } else if (missing) {
-            fprintf(stderr, "kvcast tokenize: %s needs a value\n", argv[i]);
-            return 2;
-        } else if (strcmp(argv[i], "--json") == 0) {
+        } else if (kc_args_str(&a, "--tokenizer", &path) || kc_args_str(&a, "--text", &text) ||
+                   kc_args_str(&a, "--file", &file) ||
+                   kc_args_long(&a, "--bench", 1, 1000000, &reps)) {
+        } else if (kc_args_flag(&a, "--json")) {
             json = true;
-        } else if (strcmp(argv[i], "--jsonl") == 0) {
+        } else if (kc_args_flag(&a, "--jsonl")) {
             jsonl = true;
-        } else if (strcmp(argv[i], "--no-special") == 0) {
+        } else if (kc_args_flag(&a, "--no-special")) {
             flags &= ~(unsigned)ENG_TOK_ADD_SPECIAL;
-        } else if (strcmp(argv[i], "--parse-special") == 0) {
+        } else if (kc_args_flag(&a, "--parse-special")) {
             flags |= ENG_TOK_PARSE_SPECIAL;
         } else {
-            fprintf(stderr, "kvcast tokenize: unknown option '%s'\n", argv[i]);
-            tokenize_usage(stderr);
-            return 2;
+            return kc_args_fail(&a);
         }
     }
     if (path == NULL || (text == NULL) == (file == NULL)) {
@@ -347,37 +334,30 @@ int kc_cmd_detokenize(int argc, char **argv) {
     int n = 0;
     bool json = false;
     unsigned flags = 0;
-    for (int i = 1; i < argc; i++) {
+    struct kc_args a;
+    kc_args_init(&a, "kvcast detokenize", argc, argv);
+    while (kc_args_next(&a)) {
         const char *v = NULL;
-        bool missing = false;
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        if (kc_args_help(&a)) {
             detokenize_usage(stdout);
             free(ids);
             return 0;
-        } else if (kc_arg_value(argc, argv, &i, "--tokenizer", &v, &missing)) {
-            path = v;
-        } else if (kc_arg_value(argc, argv, &i, "--ids", &v, &missing)) {
+        } else if (kc_args_str(&a, "--tokenizer", &path)) {
+        } else if (kc_args_str(&a, "--ids", &v)) {
             free(ids);
             ids = NULL;
             if (!kc_arg_ids(v, &ids, &n)) {
-                fprintf(stderr, "kvcast detokenize: --ids wants a list like 1,2,3\n");
-                return 2;
+                return kc_args_bad(&a, "wants a list like 1,2,3");
             }
-        } else if (missing) {
-            fprintf(stderr, "kvcast detokenize: %s needs a value\n", argv[i]);
-            free(ids);
-            return 2;
-        } else if (strcmp(argv[i], "--skip-special") == 0) {
+        } else if (kc_args_flag(&a, "--skip-special")) {
             flags |= ENG_TOK_SKIP_SPECIAL;
-        } else if (strcmp(argv[i], "--clean-up") == 0) {
+        } else if (kc_args_flag(&a, "--clean-up")) {
             flags |= ENG_TOK_CLEAN_UP_SPACES;
-        } else if (strcmp(argv[i], "--json") == 0) {
+        } else if (kc_args_flag(&a, "--json")) {
             json = true;
         } else {
-            fprintf(stderr, "kvcast detokenize: unknown option '%s'\n", argv[i]);
-            detokenize_usage(stderr);
             free(ids);
-            return 2;
+            return kc_args_fail(&a);
         }
     }
     if (path == NULL || ids == NULL) {

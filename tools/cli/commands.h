@@ -13,5 +13,9 @@ int kc_cmd_detokenize(int argc, char **argv); /* cmd_tokenize.c */
 int kc_cmd_calibrate(int argc, char **argv);  /* cmd_calibrate.c */
 int kc_cmd_eval(int argc, char **argv);       /* cmd_eval.c */
 int kc_cmd_serve(int argc, char **argv);      /* cmd_serve.c */
+int kc_cmd_version(int argc, char **argv);    /* cmd_version.c: also `kvcast --version` */
+
+/* The git describe this binary was built from (cmd_version.c). */
+const char *kc_cli_version(void);
 
 #endif

@@ -4,6 +4,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +39,12 @@ static int parse_ids(const char *path, const char *text, size_t max_tokens, int3
     for (;;) {
         while (isspace((unsigned char)*p) || *p == ',') {
             p++;
+        }
+        if (*p == '#') { /* a comment runs to the end of its line */
+            while (*p != '\0' && *p != '\n') {
+                p++;
+            }
+            continue;
         }
         if (*p == '\0' || (max_tokens > 0 && n >= max_tokens)) {
             break;
@@ -130,5 +137,27 @@ int kc_data_tokens(const char *path, bool ids, const char *tok_dir, size_t max_t
         rc = tokenize_text(path, text, len, tok_dir, max_tokens, out, n_out, err);
     }
     free(text);
+    return rc;
+}
+
+int kc_data_windows(const char *path, struct kc_data_windows *w) {
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return KC_ENOTFOUND;
+    }
+    char line[256];
+    int rc = KC_ENOTFOUND;
+    /* Only the leading comment lines can hold the header. */
+    while (fgets(line, sizeof(line), f) != NULL && line[0] == '#') {
+        long p = 0, c = 0, n = 0;
+        if (sscanf(line, "# " KC_DATA_WINDOWS_TAG " prompt_len=%ld cont_len=%ld samples=%ld", &p,
+                   &c, &n) == 3 &&
+            p > 0 && c > 0 && n > 0) {
+            *w = (struct kc_data_windows){.prompt_len = p, .cont_len = c, .samples = n};
+            rc = KC_OK;
+            break;
+        }
+    }
+    fclose(f);
     return rc;
 }

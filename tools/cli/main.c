@@ -15,12 +15,14 @@ struct kc_command {
 
 static const struct kc_command commands[] = {
     {"generate", kc_cmd_generate, "generate tokens from a model directory"},
-    {"bench", kc_cmd_bench, "benchmarks: `bench engine` (forward pass), `bench serve` (HTTP load test)"},
+    {"bench", kc_cmd_bench,
+     "benchmarks: `bench engine` (forward pass), `bench serve` (HTTP load test)"},
     {"tokenize", kc_cmd_tokenize, "print the token ids of a text"},
     {"detokenize", kc_cmd_detokenize, "print the text of token ids"},
     {"serve", kc_cmd_serve, "serve the OpenAI-compatible HTTP API (/v1/completions, ...)"},
     {"calibrate", kc_cmd_calibrate, "fit a KV predictor for a (base, aux) pair in closed form"},
     {"eval", kc_cmd_eval, "KV Prediction quality and TTFT: full vs aux vs predict"},
+    {"version", kc_cmd_version, "the git describe of this build and its libraries' versions"},
 };
 
 static void usage(FILE *f) {
@@ -28,13 +30,17 @@ static void usage(FILE *f) {
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
     }
-    fprintf(f, "\n`kvcast <command> --help` describes each command's options.\n");
+    fprintf(f, "\n`kvcast <command> --help` describes each command's options; `kvcast --version`\n"
+               "prints the build's git describe and library versions.\n");
 }
 
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+        return kc_cmd_version(argc - 1, argv + 1);
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(argv[1], commands[i].name) == 0) {

@@ -290,8 +290,11 @@ def text_tokens(path, tokenizer_json):
 
 
 def read_ids(path):
+    """Token ids separated by whitespace or commas; '#' starts a comment to the end of its line
+    (as tools/cli/kvp_data.c reads them; models/tiny/heldout.ids has a comment header)."""
     with open(path) as f:
-        return np.array([int(x) for x in f.read().replace(",", " ").split()], dtype=np.int64)
+        text = " ".join(line.split("#", 1)[0] for line in f)
+    return np.array([int(x) for x in text.replace(",", " ").split()], dtype=np.int64)
 
 
 def write_ids(path, ids):

@@ -215,7 +215,14 @@ def main():
     w("- `base/`, `aux/`: `config.json`, `model.safetensors` (BF16), `tokenizer.json`, "
       "`tokenizer_config.json`, `generation_config.json` (HF layout).")
     w("- `reference/generations.json`: prompt ids, greedy ids, top-10 last-position logits and "
-      "prompt NLL from the PyTorch recipe (f32), for the engine's golden tests.\n")
+      "prompt NLL from the PyTorch recipe (f32), for the engine's golden tests.")
+    w("- `heldout.ids`: the held-out token ids the KV-prediction table above was measured on: the "
+      "64 windows of *Persuasion* (159 ids each, no BOS, one window per line, `#` comment lines "
+      "first; the header `# kvcast-windows prompt_len=128 cont_len=32 samples=64` gives "
+      "`kvcast eval` its defaults). `kvcast eval` with no `--data` reads it, so "
+      "`kvcast eval --threads 1` reproduces the shipped row without the training work dir. "
+      "Written by `tools/train/heldout_ids.py` from the corpus (`corpus.py`) and the shipped "
+      "tokenizer.\n")
     w("Rebuild: see `tools/train/README.md`.")
     with open(os.path.join(args.models, "README.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(L) + "\n")

@@ -79,6 +79,8 @@ for s in "${stages[@]}"; do
         $PY $HERE/kvp_eval.py --base "$MODELS/base" --aux "$KC_TRAIN_DIR/kvp/aux-pretrained" \
             --predictor "$KC_TRAIN_DIR/kvp/predictor-ridge.safetensors" --no-greedy \
             --write-ids "$KC_TRAIN_DIR/kvp/persuasion.ids"
+        # The same windows, shipped (models/tiny/heldout.ids): `kvcast eval`'s default data.
+        $PY $HERE/heldout_ids.py --dir "$KC_TRAIN_DIR" --models "$MODELS"
         cmake --preset release >/dev/null && cmake --build --preset release -j2 --target kvcast
         $PY $HERE/kvp_report.py --dir "$KC_TRAIN_DIR" --models "$MODELS"
         $PY $HERE/model_card.py --dir "$KC_TRAIN_DIR" --models "$MODELS"
