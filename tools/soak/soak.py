@@ -431,11 +431,13 @@ class Ledger:
             st = rec.get("status") or 0
             slack = nch if (st >= 500 and st != 503) else nch - 1
             if slack > 0:
+                # Choices are submitted in order, so the ones that may have been admitted
+                # before the refusal are the first `slack`.
                 d = self.d
                 d["choices"] += slack
-                d["prompt"] += sum(sorted(lens)[-slack:])
+                d["prompt"] += sum(lens[:slack])
                 d["gen_max"] += slack * rec["max_tokens"]
-                self.maybe_lens += sorted(lens)[-slack:]
+                self.maybe_lens += lens[:slack]
 
 
 # ---------------------------------------------------------------- shared run state
@@ -1105,8 +1107,8 @@ class Sampler(threading.Thread):
 
     def run(self):
         ctx = self.ctx
-        while not self.halt.is_set():
-            t = now()
+        # main() took the sample at t=0; the thread starts one period later.
+        while not self.halt.wait(ctx.args.sample_s):
             if not ctx.server.alive():
                 ctx.fatal("the server exited during the run (code %s)" % ctx.server.proc.poll())
                 return
@@ -1114,7 +1116,6 @@ class Sampler(threading.Thread):
             if found:
                 ctx.fatal("sanitizer/assertion report in the server's stderr: %s" % found[0])
             self.sample()
-            self.halt.wait(max(0.5, ctx.args.sample_s - (now() - t)))
 
 
 # ---------------------------------------------------------------- checks
@@ -1162,6 +1163,8 @@ def reconcile(ledger, m0, m1):
 
     row("finished requests (all reasons)", fin, a["choices"] + b["choices"],
         a["choices"] + b["choices"] + unsure)
+    d["uncertain_choices"] = unsure
+    d["uncertain_choices_counted"] = fin - a["choices"] - b["choices"]
     cancelled_hi = b["choices"] + c["choices"]
     row("  finished_reason=stop", d["request_success_total{finished_reason=stop}"], a["stop"],
         a["stop"] + cancelled_hi)
@@ -1462,6 +1465,8 @@ def run(args, server):
                         drained, drain_s, fds0, fds_end, code, failures, load_t1)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=str)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(results_md(summary))
     print_summary(summary)
     if failures:
         print("\nsoak: FAIL (%d):" % len(failures))
@@ -1481,6 +1486,7 @@ def summarize(args, ctx, server, sampler, first, last, rss, rec_rows, deltas, dr
     rss_vals = [r["rss_mib"] for r in sampler.rows if "rss_mib" in r]
     busy = [r["running"] + r["waiting"] for r in load_rows]
     return {
+        "commit": git_commit(),
         "binary": args.bin,
         "asan": server.asan,
         "server_argv": server.argv,
@@ -1563,7 +1569,45 @@ def print_summary(s):
             print("%-42s %10d %10d %10d  %s" % (x["counter"], x["server"], x["lo"], x["hi"],
                                                 "yes" if x["ok"] else "NO"))
     ok = bool(s["reconcile"]) and all(x["ok"] for x in s["reconcile"])
-    print("counters reconciled: %s" % ("yes" if ok else "NO"))
+    dl = s["server_deltas"]
+    print("counters reconciled: %s (the server counted %s of %s choices whose count the client "
+          "cannot know: non-stream cancels, n > 1 refusals)" % (
+              "yes" if ok else "NO", int(dl.get("uncertain_choices_counted", 0)),
+              int(dl.get("uncertain_choices", 0))))
+
+
+def git_commit():
+    try:
+        c = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                           text=True, timeout=10).stdout.strip()
+        return c or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def results_md(s):
+    """One row for docs/reliability.md's results table."""
+    cls = s["by_class"]
+
+    def n(c, label):
+        return cls.get(c, {}).get(label, 0)
+
+    done = sum(n(c, "200") for c in cls if c not in ("info", "tokenize"))
+    cancelled = sum(n(c, "200+cancel") + n(c, "maybe") for c in ("cancel_stream",
+                                                                  "cancel_nonstream"))
+    tc, hp, r, rc = s["ttft_client_s"], s["health_probe_s"], s["rss_mib"], s["rss_check"]
+    ok = bool(s["reconcile"]) and all(x["ok"] for x in s["reconcile"])
+    head = ("| date (UTC) | commit | build | minutes | requests | 200 / cancelled / 503 | "
+            "TTFT p50 / p99 (ms) | /health p99 (ms) | RSS start / peak / end (MiB) | "
+            "RSS growth after warm-up (MiB) | drained | counters | result |")
+    row = "| %s | %s | %s | %.1f | %d | %d / %d / %d | %s / %s | %s | %s / %s / %s | %s | %s | %s | %s |" % (
+        time.strftime("%Y-%m-%d", time.gmtime()), s["commit"], "ASan" if s["asan"] else "release",
+        s["minutes"], s["requests"], done, cancelled, s["statuses"].get("503", 0),
+        fmt_ms(tc["p50"]), fmt_ms(tc["p99"]), fmt_ms(hp["p99"]), r["start"], r["peak"], r["end"],
+        rc["growth_mib"] if rc["judged"] else "not judged",
+        "yes" if s["drained"] else "NO", "reconciled" if ok else "NOT reconciled",
+        "PASS" if s["pass"] else "FAIL")
+    return "\n".join([head, "|" + "---|" * 13, row]) + "\n"
 
 
 if __name__ == "__main__":

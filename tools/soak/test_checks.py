@@ -133,6 +133,20 @@ class Reconcile(unittest.TestCase):
                      predict=2)
         self.assertEqual(self.failing(m1), ["aborts from cancelled streams (>= 80%)"])
 
+    def test_refused_multi_prompt_counts_its_first_choices(self):
+        # A 503 for prompts [3, 50] may follow the admission of the first choice only (they
+        # are submitted in order): 3 prompt tokens may be counted, 50 may not.
+        led = soak.Ledger(os.devnull)
+        self.addCleanup(led.f.close)
+        led.record(completion("complete", [10], 8, ["length"], 8, modes=[("full", "full")]))
+        led.record(completion("rejected", [3, 50], 16, status=503))
+        ok = metrics(length=1, abort=1, gen=8, prompt=13, errors=1, full=1)
+        rows, _ = soak.reconcile(led, metrics(), ok)
+        self.assertTrue(all(r[4] for r in rows), rows)
+        bad = metrics(length=1, abort=1, gen=8, prompt=60, errors=1, full=1)
+        rows, _ = soak.reconcile(led, metrics(), bad)
+        self.assertEqual([r[0] for r in rows if not r[4]], ["prompt_tokens_total"])
+
     def test_histogram_counts_must_agree(self):
         m1 = metrics(stop=1, length=2, abort=1, gen=16, prompt=27, errors=2, full=2, predict=1)
         m1["e2e_request_latency_seconds_count"] += 1
