@@ -63,7 +63,7 @@ found=0
     for t in "${targets[@]}"; do
         log="build/fuzz/logs/$t.log"
         stat() { sed -n "s/^stat::$1: *\([0-9]*\).*/\1/p" "$log" | tail -n1; }
-        done_line=$(grep -E '^#[0-9]+ +DONE' "$log" | tail -n1 || true)
+        done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -n1 || true)
         cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$done_line")
         ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$done_line")
         corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9]*[a-zA-Z]*\).*/\1/p' <<<"$done_line")
