@@ -910,6 +910,11 @@ def trickle_loop(ctx):
         life = now() - sl.t_open
         ctx.trickle[how] += 1
         ctx.trickle_life.append(life)
+        if how.startswith("closed_in_"):
+            # A server with request deadlines may answer (408/400) before closing; an answer
+            # lost in the close still counts on its side.
+            with ledger.lock:
+                ledger.err_slack += 1
         if how in ("completed", "answered_early") or sl.pos >= len(sl.payload):
             # The whole request was sent: a real request (complete, or maybe-counted).
             rec = {"cls": "trickle", "kind": "completion", "status": status,
@@ -1030,7 +1035,14 @@ def idle_loop(ctx):
                 d = s.recv(4096)
             except OSError:
                 d = b""
-            if d:
+            if d.startswith(b"HTTP/1."):
+                # An answer to an idle connection (e.g. a server reclaiming it with 408/503):
+                # allowed; it may count as an error response on the server's side.
+                st = d.split(b" ", 2)[1].decode("latin-1", "replace") if b" " in d else "?"
+                ctx.idle["answered_" + st] += 1
+                with ctx.ledger.lock:
+                    ctx.ledger.err_slack += 1
+            elif d:
                 ctx.ledger.anomaly("idle_got_data", repr(d[:100]))
             ctx.idle["closed_by_server_" + sl.kind] += 1
             ctx.idle_life.append(now() - sl.t_open)
