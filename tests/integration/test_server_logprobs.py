@@ -33,6 +33,26 @@ TOKENIZER = "tests/fixtures/tiny_tokenizer"
 DTYPE = ["--prefill-dtype", "f32", "--decode-dtype", "f32"]
 
 
+
+def wait_ready(port, proc, timeout=120.0):
+    """The port line comes at bind time, before the models load: wait until /health stops
+    answering 503 "loading"."""
+    import http.client as _hc
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            c = _hc.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health", headers={"Host": "localhost"})
+            st = c.getresponse().status
+            c.close()
+            if st != 503:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
 class Server:
     def __init__(self, model, tmp, name):
         self.log = os.path.join(tmp, name + ".log")
@@ -51,6 +71,8 @@ class Server:
             if marker in line:
                 self.port = int(line.split(marker)[1].split("/")[0].split()[0])
                 break
+        if self.port is not None and not wait_ready(self.port, self.proc):
+            self.port = None
         if self.port is None:
             self.stop()
             fail("server on %s did not start; log:\n%s" % (model, open(self.log).read()[-2000:]))

@@ -53,6 +53,25 @@ def check(cond, msg):
     return cond
 
 
+
+def wait_ready(port, proc, timeout=120.0):
+    """The port line comes at bind time, before the models load: wait until /health stops
+    answering 503 "loading"."""
+    import http.client as _hc
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            c = _hc.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health", headers={"Host": "localhost"})
+            st = c.getresponse().status
+            c.close()
+            if st != 503:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
 class Server:
     def __init__(self, *extra, env=None):
         self.log = tempfile.NamedTemporaryFile(prefix="kc_slow_", suffix=".log", delete=False)
@@ -77,6 +96,8 @@ class Server:
             if m:
                 self.port = int(m.group(1))
                 break
+        if self.port is not None and not wait_ready(self.port, self.p):
+            self.port = None
         if self.port is None:
             self.p.kill()
             raise SystemExit("server did not start: " + open(self.log.name).read()[-2000:])

@@ -33,6 +33,25 @@ def prompt_text(n_bytes):
     return (WORDS * (n_bytes // len(WORDS) + 1))[:n_bytes]
 
 
+
+def wait_ready(port, proc, timeout=120.0):
+    """The port line comes at bind time, before the models load: wait until /health stops
+    answering 503 "loading"."""
+    import http.client as _hc
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            c = _hc.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health", headers={"Host": "localhost"})
+            st = c.getresponse().status
+            c.close()
+            if st != 503:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
 def start_server(kvcast, args, log_dir):
     """Starts kvcast serve on 127.0.0.1:0; returns (Popen, port, out_path, log_path)."""
     out_path = os.path.join(log_dir, "server.out")
@@ -46,7 +65,7 @@ def start_server(kvcast, args, log_dir):
     deadline = time.time() + 120
     while time.time() < deadline:
         m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(out_path).read())
-        if m:
+        if m and wait_ready(int(m.group(1)), p):
             return p, int(m.group(1)), out_path, log_path
         if p.poll() is not None:
             break
