@@ -96,7 +96,14 @@ class Conn:
         return d
 
     def read_head(self):
-        """(status, headers with lower-case names)."""
+        """(status, headers with lower-case names) of the final response: interim 1xx
+        responses (the server's "100 Continue" to a half-closed client) are skipped."""
+        while True:
+            status, headers = self._read_one_head()
+            if not 100 <= status < 200:
+                return status, headers
+
+    def _read_one_head(self):
         line = self.readline()
         parts = line.decode("latin-1").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
