@@ -186,7 +186,9 @@ def main():
     write_model(os.path.join(a.out, "aux"), aux, a.dtype, rng)
     write_predictor(os.path.join(a.out, "predictor.safetensors"), base, aux, a.identity, rng)
     with open(os.path.join(a.out, "kvcast-bundle.json"), "w") as f:
-        json.dump({"base": "base", "aux": "aux", "predictor": "predictor.safetensors"}, f)
+        name = os.path.basename(os.path.normpath(a.out))
+        json.dump({"name": name, "base": "base", "aux": "aux",
+                   "predictor": "predictor.safetensors"}, f)
         f.write("\n")
     print("make_pair.py: wrote %s/{base,aux,predictor.safetensors,kvcast-bundle.json}" % a.out)
 

@@ -72,7 +72,7 @@ for s in "${stages[@]}"; do
         $PY $HERE/kvp_train.py --base "$MODELS/base" --aux "$MODELS/aux" \
             --init "$KC_TRAIN_DIR/kvp/predictor-ridge.safetensors" --out "$KC_TRAIN_DIR/kvp/joint" \
             --steps 800 --install "$MODELS"
-        printf '{"base": "base", "aux": "aux", "predictor": "predictor.safetensors"}\n' \
+        printf '{"name": "kvcast-tiny", "base": "base", "aux": "aux", "predictor": "predictor.safetensors"}\n' \
             > "$MODELS/kvcast-bundle.json"
         # The C engine's measurement for the model card: held-out Persuasion ids (the PyTorch
         # evaluation of the same samples is printed alongside), then `kvcast eval`.
