@@ -740,18 +740,14 @@ static void prep_work(uv_work_t *w) {
  * 2 cores with 8 clients posting 4 MiB prompts (ASan build): with libuv's 4 threads all tokenizing,
  * /health p99 was 86 ms (p50 8 ms); with one job at a time 14 ms (p50 0.7 ms) and more completions
  * per second. The loop thread and the engine workers need the cores more than a huge prompt needs
- * to be tokenized in parallel. Loop-thread state (one server per process).
+ * to be tokenized in parallel. The queue lives in struct srv (loop thread).
  */
-static struct srv_completion *prep_wait_head, *prep_wait_tail;
-static int prep_running;
-
-static int prep_max(void) {
-    static int max;
-    if (max == 0) {
+static int prep_max(struct srv *s) {
+    if (s->prep_max == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
-        max = n >= 4 ? (int)(n / 2 < 4 ? n / 2 : 4) : 1;
+        s->prep_max = n >= 4 ? (int)(n / 2 < 4 ? n / 2 : 4) : 1;
     }
-    return max;
+    return s->prep_max;
 }
 
 static void prep_done(uv_work_t *w, int status);
@@ -759,7 +755,7 @@ static void prep_done(uv_work_t *w, int status);
 /* Hands one job to the threadpool. */
 static void prep_submit(struct srv *s, struct srv_completion *cmp) {
     if (cmp->prep_big) {
-        prep_running++;
+        s->prep_running++;
     }
     if (uv_queue_work(&s->loop, &cmp->work, prep_work, prep_done) == 0) {
         cmp->work_queued = true;
@@ -772,11 +768,11 @@ static void prep_submit(struct srv *s, struct srv_completion *cmp) {
 
 /* Hands waiting big jobs to the threadpool while fewer than prep_max run. */
 static void prep_pump(struct srv *s) {
-    while (prep_wait_head != NULL && prep_running < prep_max()) {
-        struct srv_completion *cmp = prep_wait_head;
-        prep_wait_head = cmp->prep_next;
-        if (prep_wait_head == NULL) {
-            prep_wait_tail = NULL;
+    while (s->prep_wait_head != NULL && s->prep_running < prep_max(s)) {
+        struct srv_completion *cmp = s->prep_wait_head;
+        s->prep_wait_head = cmp->prep_next;
+        if (s->prep_wait_head == NULL) {
+            s->prep_wait_tail = NULL;
         }
         cmp->prep_next = NULL;
         prep_submit(s, cmp);
@@ -793,12 +789,12 @@ static void prep_enqueue(struct srv *s, struct srv_completion *cmp) {
         prep_submit(s, cmp);
         return;
     }
-    if (prep_wait_tail != NULL) {
-        prep_wait_tail->prep_next = cmp;
+    if (s->prep_wait_tail != NULL) {
+        s->prep_wait_tail->prep_next = cmp;
     } else {
-        prep_wait_head = cmp;
+        s->prep_wait_head = cmp;
     }
-    prep_wait_tail = cmp;
+    s->prep_wait_tail = cmp;
     prep_pump(s);
 }
 
@@ -807,7 +803,7 @@ static void prep_done(uv_work_t *w, int status) {
     struct srv_completion *cmp = w->data;
     struct srv *s = cmp->srv;
     if (cmp->prep_big) {
-        prep_running--;
+        s->prep_running--;
     }
     cmp->work_queued = false;
     cmp->preparing = false;
@@ -826,30 +822,27 @@ static void prep_done(uv_work_t *w, int status) {
 }
 
 /* Unknown fields: warn once per name (a bounded set of remembered names) and count all.
- * Loop thread only, like the metrics. */
-#define UNKNOWN_NAMES_MAX 64
-static char unknown_names[UNKNOWN_NAMES_MAX][SRV_UNKNOWN_NAME_MAX];
-static int n_unknown_names;
+ * Loop thread only, like the metrics; the names live in struct srv. */
 
 static void note_unknown_fields(struct srv *s, const struct srv_completion_req *r) {
     s->metrics.request_unknown_fields += (uint64_t)r->n_unknown;
     const int n = r->n_unknown < SRV_UNKNOWN_REPORT ? r->n_unknown : SRV_UNKNOWN_REPORT;
     for (int i = 0; i < n; i++) {
         bool seen = false;
-        for (int j = 0; j < n_unknown_names && !seen; j++) {
-            seen = strcmp(unknown_names[j], r->unknown[i]) == 0;
+        for (int j = 0; j < s->n_unknown_names && !seen; j++) {
+            seen = strcmp(s->unknown_names[j], r->unknown[i]) == 0;
         }
-        if (seen || n_unknown_names > UNKNOWN_NAMES_MAX) {
+        if (seen || s->n_unknown_names > SRV_UNKNOWN_NAMES_MAX) {
             continue;
         }
-        if (n_unknown_names == UNKNOWN_NAMES_MAX) {
+        if (s->n_unknown_names == SRV_UNKNOWN_NAMES_MAX) {
             KC_WARN("more unknown request field names than %d; no longer logging new ones "
                     "(they are still counted in request_unknown_fields_total)",
-                    UNKNOWN_NAMES_MAX);
-            n_unknown_names++;
+                    SRV_UNKNOWN_NAMES_MAX);
+            s->n_unknown_names++;
             continue;
         }
-        snprintf(unknown_names[n_unknown_names++], SRV_UNKNOWN_NAME_MAX, "%s", r->unknown[i]);
+        snprintf(s->unknown_names[s->n_unknown_names++], SRV_UNKNOWN_NAME_MAX, "%s", r->unknown[i]);
         KC_WARN("ignoring unknown request field '%s' (warned once per name; --strict-fields "
                 "refuses such requests)",
                 r->unknown[i]);

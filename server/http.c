@@ -458,8 +458,9 @@ static const char *header(struct srv_conn *c, const char *name) {
     return MHD_lookup_connection_value(c->mc, MHD_HEADER_KIND, name);
 }
 
-/* Does the comma list `list` hold `item` (n bytes; case-insensitive, spaces trimmed)? */
-static bool list_has(const char *list, const char *item, size_t n) {
+/* Does the comma list `list` hold `item` (n bytes; spaces trimmed; nocase: compared
+ * case-insensitively)? */
+static bool list_has(const char *list, const char *item, size_t n, bool nocase) {
     const char *p = list;
     while (*p) {
         const char *comma = strchr(p, ',');
@@ -471,7 +472,7 @@ static bool list_has(const char *list, const char *item, size_t n) {
         while (len > 0 && p[len - 1] == ' ') {
             len--;
         }
-        if (len == n && strncasecmp(p, item, n) == 0) {
+        if (len == n && (nocase ? strncasecmp(p, item, n) : strncmp(p, item, n)) == 0) {
             return true;
         }
         if (comma == NULL) {
@@ -502,7 +503,7 @@ static bool host_ok(struct srv_conn *c) {
         n = (size_t)(colon - h);
     }
     if (allowed[0] != '\0') {
-        return list_has(allowed, h, n);
+        return list_has(allowed, h, n, true);
     }
     static const char *const ok[] = {"localhost", "127.0.0.1", "[::1]"};
     for (size_t i = 0; i < 3; i++) {
@@ -617,26 +618,9 @@ static void cors_origin(struct srv_conn *c) {
     if (allow[0] == '\0' || origin == NULL) {
         return;
     }
-    size_t n = strlen(origin);
-    const char *p = allow;
-    while (*p) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        while (len > 0 && *p == ' ') {
-            p++;
-            len--;
-        }
-        while (len > 0 && p[len - 1] == ' ') {
-            len--;
-        }
-        if (len == n && strncmp(p, origin, n) == 0 && n < sizeof(c->origin)) {
-            memcpy(c->origin, origin, n + 1);
-            return;
-        }
-        if (comma == NULL) {
-            break;
-        }
-        p = comma + 1;
+    const size_t n = strlen(origin);
+    if (n < sizeof(c->origin) && list_has(allow, origin, n, false)) {
+        memcpy(c->origin, origin, n + 1);
     }
 }
 

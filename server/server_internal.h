@@ -51,6 +51,9 @@
 #include "server/request.h"
 #include "server/util.h"
 
+/* How many unknown request field names are remembered (warned about once each). */
+#define SRV_UNKNOWN_NAMES_MAX 64
+
 enum srv_state { SRV_LOADING = 0, SRV_SERVING, SRV_DRAINING, SRV_STOPPING };
 
 struct srv_completion;
@@ -111,6 +114,15 @@ struct srv {
     struct srv_metrics metrics;
     uint64_t next_req;
     uint64_t id_salt;
+    /* completions.c: prepare (parse + tokenize) jobs of big bodies waiting for a threadpool
+     * slot, FIFO through srv_completion.prep_next; at most prep_max run at once */
+    struct srv_completion *prep_wait_head;
+    struct srv_completion *prep_wait_tail;
+    int prep_running;
+    int prep_max;
+    /* completions.c: unknown request field names already warned about (bounded) */
+    char unknown_names[SRV_UNKNOWN_NAMES_MAX][SRV_UNKNOWN_NAME_MAX];
+    int n_unknown_names;
     /* connections (http.c): list in accept order; n_socks_live excludes doomed ones */
     struct srv_sock *socks;
     struct srv_sock *socks_tail;

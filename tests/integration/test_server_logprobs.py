@@ -26,31 +26,15 @@ import subprocess
 import sys
 import tempfile
 import time
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "tools", "bench"))
+from serve_ready import wait_ready  # noqa: E402
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 MODEL = "tests/golden/llama_gqa"
 TOKENIZER = "tests/fixtures/tiny_tokenizer"
 DTYPE = ["--prefill-dtype", "f32", "--decode-dtype", "f32"]
 
-
-
-def wait_ready(port, proc, timeout=120.0):
-    """The port line comes at bind time, before the models load: wait until /health stops
-    answering 503 "loading"."""
-    import http.client as _hc
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            c = _hc.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health", headers={"Host": "localhost"})
-            st = c.getresponse().status
-            c.close()
-            if st != 503:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
 
 
 class Server:

@@ -25,6 +25,8 @@ import sys
 import tempfile
 import threading
 import time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_ready import wait_ready  # noqa: E402
 
 WORDS = "the LORD spake unto Moses saying 12345 , and ; Aaron's sons' 1999 -- "
 
@@ -32,25 +34,6 @@ WORDS = "the LORD spake unto Moses saying 12345 , and ; Aaron's sons' 1999 -- "
 def prompt_text(n_bytes):
     return (WORDS * (n_bytes // len(WORDS) + 1))[:n_bytes]
 
-
-
-def wait_ready(port, proc, timeout=120.0):
-    """The port line comes at bind time, before the models load: wait until /health stops
-    answering 503 "loading"."""
-    import http.client as _hc
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            c = _hc.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health", headers={"Host": "localhost"})
-            st = c.getresponse().status
-            c.close()
-            if st != 503:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
 
 def start_server(kvcast, args, log_dir):
     """Starts kvcast serve on 127.0.0.1:0; returns (Popen, port, out_path, log_path)."""
