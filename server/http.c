@@ -31,6 +31,20 @@
  *      client always gets in; when every connection runs a request the newcomer gets 503.
  *      MHD's own limit sits above ours (it refuses silently), and its per-IP limit is off:
  *      ours answers 503 + Retry-After.
+ *   5. A half-closed client (it sent the whole request, then shutdown(SHUT_WR), e.g. `nc -N`)
+ *      gets its answer. libmicrohttpd 0.9.75 takes a recv() of 0 bytes as the end of the
+ *      connection in any state past the request line (MHD_connection_handle_read: read_closed,
+ *      then close WITH_ERROR), and it calls recv() when the connection's event_loop_info says
+ *      READ and epoll flagged the socket readable. It does not update event_loop_info while a
+ *      connection is suspended, so a connection suspended by the final handler call kept the
+ *      READ of the body it had just read; the client's FIN, arriving meanwhile, flagged it
+ *      readable, and the resume ended in recv() == 0 and a close before the handler ran again
+ *      (status 0, "aborted"). So the routes that suspend (completions, tokenize) return once
+ *      without a response first: MHD then sets the full request's event_loop_info (BLOCK: no
+ *      reads) and calls the handler again at its next run, where the route suspends. MHD then
+ *      never reads the socket again before the response is out (a response queued after the
+ *      body sets WRITE), and the watchdog alone tells a half-closed client from a gone one
+ *      (srv_conn_peer_check).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -432,24 +446,32 @@ enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started) {
     if (st == SRV_SOCK_GONE) {
         return SRV_PEER_GONE;
     }
-    if (st != SRV_SOCK_EOF || c->eof_probed) {
+    if (st != SRV_SOCK_EOF) {
         return SRV_PEER_ALIVE;
     }
     /* FIN from the client: a half-close and a real close look the same until we write. A
      * closed peer answers the write with RST (POLLERR at the next check); a half-closed one
-     * reads it. HTTP/1.0 clients may not get a 1xx: without a write the request simply
-     * runs to its end. */
-    c->eof_probed = true;
+     * reads it. A stream writes anyway (tokens, heartbeats): one heartbeat now is enough. */
     if (response_started) {
+        if (c->eof_probed) {
+            return SRV_PEER_ALIVE;
+        }
+        c->eof_probed = true;
         return SRV_PEER_WANT_WRITE;
     }
-    if (c->http11) {
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        if (!srv_sock_write_now(ci->connect_fd, cont, sizeof(cont) - 1)) {
-            return SRV_PEER_GONE;
-        }
+    /* Before the response only an interim response may be written (RFC 9110 15.2: clients
+     * must accept unexpected 1xx), and only to HTTP/1.1: an HTTP/1.0 request that half-closed
+     * simply runs to its end. The probe repeats every heartbeat, so a client that half-closed
+     * and then closed (`nc -N`, then Ctrl-C) is found gone within a heartbeat, too. */
+    const double now = kc_now_s();
+    if (!c->http11 || (c->eof_probed && now - c->t_probe < c->srv->cfg.heartbeat_ms / 1000.0)) {
+        return SRV_PEER_ALIVE;
     }
-    return SRV_PEER_ALIVE;
+    c->eof_probed = true;
+    c->t_probe = now;
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    return srv_sock_write_now(ci->connect_fd, cont, sizeof(cont) - 1) ? SRV_PEER_ALIVE
+                                                                      : SRV_PEER_GONE;
 }
 
 /* ---- header checks (first call) ---- */
@@ -848,6 +870,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         return srv_send_error(c, &e);
     }
     if (!c->dispatched) {
+        if ((c->route == R_COMPLETIONS || c->route == R_TOKENIZE) && !c->yielded) {
+            /* These routes suspend the connection: first let MHD leave its reading state
+             * (DESIGN 5). It calls us again at its next run, without reading the socket. */
+            c->yielded = true;
+            srv_mhd_kick(s);
+            return MHD_YES;
+        }
         return dispatch(c);
     }
     return srv_completions_resumed(c);

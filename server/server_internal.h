@@ -22,6 +22,8 @@
  *      watchdog checks its socket every disconnect_check_ms (srv_conn_peer_check: EOF alone
  *      is a half-close, not a gone client; a write then tells them apart); streams also get
  *      an SSE comment every heartbeat_ms. A gone client cancels its choices (finish ABORT).
+ *      MHD itself must not read a suspended request's socket after the resume: it would take
+ *      a half-close for the end (http.c DESIGN 5).
  *   6. Connections without a running request (idle keep-alive, head, body) are bounded in
  *      time and number by http.c (struct srv_sock, DESIGN 4 there).
  *   5. MHD_stop_daemon is never called with a suspended connection: shutdown resumes all.
@@ -153,7 +155,8 @@ struct srv_conn {
     double t_start;
     int route;
     bool dispatched;
-    bool close; /* answer with Connection: close (request smuggling attempts) */
+    bool yielded; /* returned once without a response before a suspending route (http.c 5) */
+    bool close;   /* answer with Connection: close (request smuggling attempts) */
     struct srv_buf body;
     int status; /* for the access log */
     int log_prompt_tokens;
@@ -162,7 +165,8 @@ struct srv_conn {
     struct srv_completion *cmp;
     struct srv_sock *sock; /* NULL when MHD gave no socket context */
     bool http11;           /* the request is HTTP/1.1 (1xx interim responses allowed) */
-    bool eof_probed;       /* the client half-closed; the probe was sent (srv_conn_peer_check) */
+    bool eof_probed;       /* the client half-closed; a probe was sent (srv_conn_peer_check) */
+    double t_probe;        /* when the last "100 Continue" probe went out (kc_now_s) */
     bool too_big;          /* body over --max-body-bytes: discard the rest, answer 413 */
     size_t discarded;
     char method[16];
@@ -189,11 +193,13 @@ enum MHD_Result srv_send_error(struct srv_conn *c, const struct srv_error *e);
 void srv_add_common_headers(struct srv_conn *c, struct MHD_Response *r);
 void srv_resume(struct srv_completion *cmp);
 /* Watchdog check of a suspended connection's client. A half-closed client (it sent its
- * request, then shutdown(SHUT_WR), e.g. `nc -N`) is not gone: EOF alone never counts. On the
- * first EOF a write is arranged: for a response not yet started, an HTTP/1.1 "100 Continue"
- * interim response is written here; a peer that really closed answers any write with RST,
- * seen as gone at the next check. response_started: headers are out (a stream), so the
- * caller must write instead (SRV_PEER_WANT_WRITE: send a heartbeat now). */
+ * request, then shutdown(SHUT_WR), e.g. `nc -N`) is not gone: EOF alone never counts. After
+ * EOF a write is arranged: for a response not yet started, an HTTP/1.1 "100 Continue"
+ * interim response is written here, again every --heartbeat-ms; a peer that really closed
+ * answers any write with RST, seen as gone at the next check. response_started: headers are
+ * out (a stream), so the caller must write instead (SRV_PEER_WANT_WRITE, once: send a
+ * heartbeat now; the stream's later writes keep probing). RST, POLLHUP or a TCP state other
+ * than ESTABLISHED/CLOSE_WAIT: gone at once. */
 enum srv_peer { SRV_PEER_ALIVE = 0, SRV_PEER_GONE, SRV_PEER_WANT_WRITE };
 enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started);
 

@@ -20,6 +20,13 @@ if(TARGET kvcast AND TARGET kc_server)
                    $<TARGET_FILE:kvcast>
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_server_slow_clients PROPERTIES LABELS integration TIMEOUT 180)
+  # Half-closed clients (shutdown(SHUT_WR) after the request) under load get whole answers;
+  # clients that really went away (FIN, RST, half-close then close) are cancelled (~10 s).
+  add_test(NAME test_server_half_close
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_half_close.py
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_half_close PROPERTIES LABELS integration TIMEOUT 120)
 endif()
 
 # Logprobs, seeds and non-finite logits (issue 15 items 1, 12, 13): the real server, a model

@@ -54,9 +54,8 @@ CRASH_PATTERNS = re.compile(
     r"kvcast: assertion failed|Segmentation fault|AddressSanitizer:DEADLYSIGNAL"
 )
 
-# The load mix (weights). halfclose (send, then shutdown(SHUT_WR)) is off by default: the
-# current server treats a half-closed client as gone (issue 15 item 5); enable it with
-# --weight halfclose=5 once that is fixed.
+# The load mix (weights). halfclose: a request (half of them streaming) followed by
+# shutdown(SHUT_WR), like `nc -N`; it must get its whole answer (issue 15 item 5).
 DEFAULT_WEIGHTS = {
     "stream": 26,
     "nonstream": 22,
@@ -66,7 +65,7 @@ DEFAULT_WEIGHTS = {
     "oversize": 5,
     "tokenize": 4,
     "info": 4,
-    "halfclose": 0,
+    "halfclose": 5,
 }
 
 
@@ -554,7 +553,8 @@ class Worker(threading.Thread):
 
     def do_completion(self, cls):
         ctx, rng = self.ctx, self.rng
-        stream = cls in ("stream", "cancel_stream")
+        stream = cls in ("stream", "cancel_stream") or (cls == "halfclose" and
+                                                         rng.random() < 0.5)
         cancel = cls.startswith("cancel")
         spec = workload.make_spec(ctx, rng, stream, cancel)
         rec = {
