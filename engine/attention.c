@@ -10,33 +10,41 @@
  * the paged cache (struct eng_kv_view); grp = H / Hkv query heads share one kv head.
  *
  * DESIGN — invariants:
- *  1. Two paths, one contract. Calls with fewer than ATT_TILE_MIN_N query rows (decode,
- *     short continuations) take the row path: one (query row, kv head) item at a time, all
- *     grp heads of the group together, one dot product per key. Longer calls take the tile
- *     path. The threshold was chosen by measurement (docs/bench/engine.md): below it the
- *     row path is as fast or faster, since it packs nothing.
- *  2. Tile path. A work item is (kv head g, tile of tq query rows); its S matrix has
- *     rows = tq * grp rows, one per (query row, head of the group), so each K/V chunk is
- *     read once per tile for all heads that share it. Keys are visited in chunks of ATT_TK
- *     from position 0; a chunk's keys are packed transposed (Kt[D][ATT_TK]) and its values
- *     row-wise with D padded to a multiple of 16 (V[ATT_TK][Dp]), reading the paged cache
- *     position by position, so chunks may cross KV blocks and block tables need not be
- *     contiguous. Then S = (scale*Q) Ktᵀ, an online softmax per row (running max and sum,
- *     the accumulator rescaled when the max grows) and O += P V.
+ *  1. Two paths, one contract. A single decode row of a group of fewer than
+ *     ATT_TILE_MIN_GRP heads takes the row path: one (query row, kv head) item at a time,
+ *     all heads of the group together, one dot product per key. Everything else (prefill
+ *     chunks, decode rows of wide GQA groups) takes the tile path. Measured on a 2-core
+ *     AMD EPYC (Zen 4, AVX-512), CPU time per call at a 2048-token context: one row, grp 3:
+ *     rows 0.44 ms, tiles 0.45 ms; grp 1: 1.40 / 2.06; grp 8: 0.75 / 0.35; two rows, grp 3:
+ *     0.90 / 0.41 (docs/bench/engine.md).
+ *  2. Tile path. A work item is (kv head g, tile of tq query rows); its score matrix has
+ *     rp = tq * grp rows (rounded up to 16), one per (query row, head of the group), so each
+ *     key and value of the chunk is read once per tile for all heads that share it. The
+ *     tile's queries are packed once, scaled and transposed (Qt[D][rp]); scores, P and the
+ *     accumulator are kept transposed too (St[key][rp], Ot[D][rp]), so the softmax runs down
+ *     columns 16 rows a vector and keys and values are broadcast straight from the paged
+ *     cache: no K/V packing, chunks may cross KV blocks, block tables need not be
+ *     contiguous. Keys are visited in chunks of ATT_TK from position 0: St = K Qt, online
+ *     softmax per row (running max and sum), Ot = alpha * Ot + Vᵀ P.
  *  3. Causality: chunks past the tile's last position are never visited; only chunks that
- *     reach past the tile's first position (the diagonal) get a per-row key count, applied
- *     by zeroing P beyond it. A row with no valid key in a chunk leaves its max, sum and
- *     accumulator untouched, so -inf never meets -inf.
- *  4. The products run on register-blocked AVX-512 micro-kernels: ATT_MR rows of S or O at
- *     a time, broadcast-FMA outer products over 4 zmm columns (64 keys of S, 64 floats of
- *     O), 24 accumulators. oneDNN matmuls per tile were measured slower at these sizes
- *     (a 96 x 64 x 64 product is ~0.8 MFLOP: primitive execution overhead dominates); see
- *     docs/bench/engine.md. Without AVX-512 the same tiling runs plain `omp simd` loops.
+ *     reach past the tile's first position (the diagonal) compare each key with each row's
+ *     position, zeroing P beyond it. Padding rows are zero and see every key, and the first
+ *     chunk holds key 0, which every row sees, so no row's max stays -inf past it.
+ *  4. The products run on register-blocked AVX-512 micro-kernels, broadcast-FMA outer
+ *     products: 4 keys x 6 row vectors for St, 4 columns x 6 row vectors for Ot, 24
+ *     accumulators each, the row vectors forced into registers (ATT_IN_REG). An earlier
+ *     version packed each K chunk transposed and V per chunk (row-major S): its packing and
+ *     per-row softmax took ~60% of its time against ~40% for the products (perf). oneDNN
+ *     matmuls per tile were not used: a 96 x 64 x 64 product is ~0.8 MFLOP, about 7 us at
+ *     the GEMM rate, in the range of a primitive's execution overhead, and the softmax must
+ *     run between the two products of every chunk. Without AVX-512 the same tiling runs
+ *     plain `omp simd` loops.
  *  5. Parallel over work items on the calling OpenMP team (schedule dynamic, the longest
  *     tiles first); each thread uses its own slice of the caller's scratch, whose size
  *     eng_attention_scratch_floats gives for both paths.
- *  6. f32 throughout. The exp of P uses exp512/expf_fast (ops_simd.h, <= 2 ulp); the
- *     rescale factor uses libm expf.
+ *  6. f32 throughout. P uses exp512/expf_fast (ops_simd.h, <= 2 ulp); the row path's
+ *     rescale uses libm expf. Queries are scaled before the product (the twin scales the
+ *     dot product): differences stay at float rounding (tests/unit/test_attention.c).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -64,12 +72,15 @@
 #define ATT_ROW_EXTRA 4096
 /* Keys per chunk of the tile path: 4 zmm registers of scores. */
 #define ATT_TK 64
-/* Rows of S (or O) per micro-kernel call: 6 x 4 accumulators + 4 operands fit 32 zmm. */
-#define ATT_MR 6
+/* Row vectors (16 S rows each) per micro-kernel call: 4 x 6 accumulators + 6 operands + 4
+ * broadcasts fit the 32 zmm registers. */
+#define ATT_NV 6
 /* Target S rows (query rows x heads of a group) per tile: Q, S and O of a tile stay in L2. */
 #define ATT_ROWS 96
-/* Calls with at least this many query rows take the tile path (invariant 1). */
-#define ATT_TILE_MIN_N 4
+/* Calls with at least ATT_TILE_MIN_N query rows, or groups of at least ATT_TILE_MIN_GRP
+ * heads, take the tile path (invariant 1). */
+#define ATT_TILE_MIN_N 2
+#define ATT_TILE_MIN_GRP 4
 
 static size_t up16(size_t x) {
     return (x + 15) / 16 * 16;
@@ -247,253 +258,312 @@ static void attention_rows(const float *q, int n, int pos0, const struct eng_kv_
 /* Geometry of the tile path for one (grp, D). */
 struct att_tile {
     int tq; /* query rows per tile */
-    int rp; /* S rows of a full tile (tq * grp) rounded up to ATT_MR */
-    int dp; /* D rounded up to 16 */
+    int rp; /* S rows of a full tile (tq * grp) rounded up to 16 */
     int d;  /* D */
 };
 
 static struct att_tile att_tile_of(int grp, int d) {
     struct att_tile t;
     t.tq = ATT_ROWS / grp > 0 ? ATT_ROWS / grp : 1;
-    t.rp = (t.tq * grp + ATT_MR - 1) / ATT_MR * ATT_MR;
-    t.dp = (int)up16((size_t)d);
+    t.rp = (int)up16((size_t)t.tq * (size_t)grp);
     t.d = d;
     return t;
 }
 
-/* Per-thread scratch of the tile path: Q[rp][D], Kt[D][TK], V[TK][Dp], S[rp][TK],
- * O[rp][Dp], max[rp], sum[rp], each starting on a 64-byte boundary of the slice. */
+/* Per-thread scratch of the tile path, each part on a 64-byte boundary of the slice:
+ * Qt[D][rp] (scaled queries, transposed), St[TK][rp] (scores, then P), Ot[D][rp] (the
+ * accumulator, transposed), max, sum, rescale and query position [rp] each, zeros[D]. */
 static size_t tile_thread_floats(const struct att_tile *t) {
-    const size_t rp = (size_t)t->rp, d = (size_t)t->d, dp = (size_t)t->dp;
-    return up16(rp * d) + up16(d * ATT_TK) + up16(ATT_TK * dp) + up16(rp * ATT_TK) + up16(rp * dp) +
-           2 * up16(rp);
-}
-
-/* Packs the keys and values of positions k0..k0+nk-1 of kv head g: kt[D][TK] (keys
- * transposed, columns nk.. zero) and vp[nk][Dp] (tail of each row zero). */
-static void pack_chunk(const struct eng_kv_view *kv, int k0, int nk, int g, int n_kv_heads, int d,
-                       int dp, float *restrict kt, float *restrict vp) {
-    for (int j = 0; j < nk; j++) {
-        const float *k = kv_key(kv, k0 + j, n_kv_heads, d, g);
-        const float *v = k + kv->v_offset;
-        for (int c = 0; c < d; c++) {
-            kt[(size_t)c * ATT_TK + (size_t)j] = k[c];
-        }
-        float *vr = vp + (size_t)j * (size_t)dp;
-        memcpy(vr, v, (size_t)d * sizeof(float));
-        for (int c = d; c < dp; c++) {
-            vr[c] = 0.0f;
-        }
-    }
-    if (nk < ATT_TK) {
-        for (int c = 0; c < d; c++) {
-            memset(kt + (size_t)c * ATT_TK + (size_t)nk, 0, (size_t)(ATT_TK - nk) * sizeof(float));
-        }
-    }
+    const size_t rp = (size_t)t->rp, d = (size_t)t->d;
+    return 2 * up16(rp * d) + up16(ATT_TK * rp) + 4 * rp + up16(d);
 }
 
 #if defined(__AVX512F__)
-/* s[rp][TK] = qp[rp][D] · kt[D][TK]: ATT_MR rows x 64 keys of accumulators per pass. */
-static void tile_qk(const float *restrict qp, int rp, int d, const float *restrict kt,
-                    float *restrict s) {
-    for (int r0 = 0; r0 < rp; r0 += ATT_MR) {
-        __m512 acc[ATT_MR][4];
-        for (int i = 0; i < ATT_MR; i++) {
-            for (int v = 0; v < 4; v++) {
-                acc[i][v] = _mm512_setzero_ps();
-            }
+/* Keeps an operand loaded once in a register: GCC otherwise folds the load into each of the
+ * 4 FMAs that use it, and Zen 4 issues one 512-bit load per cycle, so the folded loads, not
+ * the FMAs, would set the pace. */
+#define ATT_IN_REG(x) __asm__("" : "+v"(x))
+
+/* St[j][r0..r0+16*NV) = sum_c k_j[c] * Qt[c][r0..] for 4 keys j0..j0+3: 4 x NV accumulators,
+ * the keys broadcast straight from the cache. NV is a constant at every call site. */
+static inline __attribute__((always_inline)) void qk_block(const float *const *kp,
+                                                           const float *restrict qt, int ld, int d,
+                                                           int r0, float *restrict st,
+                                                           const int nv) {
+    __m512 acc[4][ATT_NV];
+    for (int i = 0; i < 4; i++) {
+        for (int v = 0; v < nv; v++) {
+            acc[i][v] = _mm512_setzero_ps();
         }
-        const float *qr = qp + (size_t)r0 * (size_t)d;
-        for (int c = 0; c < d; c++) {
-            const float *kc = kt + (size_t)c * ATT_TK;
-            const __m512 b0 = _mm512_loadu_ps(kc), b1 = _mm512_loadu_ps(kc + 16);
-            const __m512 b2 = _mm512_loadu_ps(kc + 32), b3 = _mm512_loadu_ps(kc + 48);
-            for (int i = 0; i < ATT_MR; i++) {
-                const __m512 a = _mm512_set1_ps(qr[(size_t)i * (size_t)d + (size_t)c]);
-                acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
-                acc[i][2] = _mm512_fmadd_ps(a, b2, acc[i][2]);
-                acc[i][3] = _mm512_fmadd_ps(a, b3, acc[i][3]);
-            }
+    }
+    const float *k0 = kp[0], *k1 = kp[1], *k2 = kp[2], *k3 = kp[3];
+    for (int c = 0; c < d; c++) {
+        const float *qc = qt + (size_t)c * (size_t)ld + (size_t)r0;
+        __m512 b[ATT_NV];
+        for (int v = 0; v < nv; v++) {
+            b[v] = _mm512_loadu_ps(qc + 16 * v);
+            ATT_IN_REG(b[v]);
         }
-        for (int i = 0; i < ATT_MR; i++) {
-            float *sr = s + (size_t)(r0 + i) * ATT_TK;
-            for (int v = 0; v < 4; v++) {
-                _mm512_storeu_ps(sr + 16 * v, acc[i][v]);
-            }
+        const __m512 a0 = _mm512_set1_ps(k0[c]), a1 = _mm512_set1_ps(k1[c]);
+        const __m512 a2 = _mm512_set1_ps(k2[c]), a3 = _mm512_set1_ps(k3[c]);
+        for (int v = 0; v < nv; v++) {
+            acc[0][v] = _mm512_fmadd_ps(a0, b[v], acc[0][v]);
+            acc[1][v] = _mm512_fmadd_ps(a1, b[v], acc[1][v]);
+            acc[2][v] = _mm512_fmadd_ps(a2, b[v], acc[2][v]);
+            acc[3][v] = _mm512_fmadd_ps(a3, b[v], acc[3][v]);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        for (int v = 0; v < nv; v++) {
+            _mm512_storeu_ps(st + (size_t)i * (size_t)ld + (size_t)(r0 + 16 * v), acc[i][v]);
         }
     }
 }
 
-/* o[r0..r0+MR)[c0..c0+16*NV) += p[.][0..nk) · vp[0..nk)[c0..]: one register block. NV is a
- * constant at every call site, so the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void pv_block(const float *restrict p, int r0, int nk,
-                                                           const float *restrict vp, int dp, int c0,
-                                                           float *restrict o, const int nv) {
-    __m512 acc[ATT_MR][4];
-    for (int i = 0; i < ATT_MR; i++) {
-        for (int v = 0; v < nv; v++) {
-            acc[i][v] = _mm512_loadu_ps(o + (size_t)(r0 + i) * (size_t)dp + (size_t)(c0 + 16 * v));
+/* Ot[c0..c0+CB)[r0..r0+16*NV) = alpha * Ot + sum_j v_j[c] * P[j][r0..]: CB x NV
+ * accumulators, the values broadcast straight from the cache. */
+static inline __attribute__((always_inline)) void
+pv_block(const float *const *vp, int nk, const float *restrict p, int ld, int c0, int r0,
+         const float *restrict alpha, float *restrict ot, const int cb, const int nv) {
+    __m512 acc[4][ATT_NV];
+    for (int v = 0; v < nv; v++) {
+        const __m512 al = _mm512_loadu_ps(alpha + r0 + 16 * v);
+        for (int i = 0; i < cb; i++) {
+            acc[i][v] = _mm512_mul_ps(
+                al, _mm512_loadu_ps(ot + (size_t)(c0 + i) * (size_t)ld + (size_t)(r0 + 16 * v)));
         }
     }
     for (int j = 0; j < nk; j++) {
-        const float *vr = vp + (size_t)j * (size_t)dp + (size_t)c0;
-        __m512 b[4];
+        const float *pj = p + (size_t)j * (size_t)ld + (size_t)r0;
+        __m512 b[ATT_NV];
         for (int v = 0; v < nv; v++) {
-            b[v] = _mm512_loadu_ps(vr + 16 * v);
+            b[v] = _mm512_loadu_ps(pj + 16 * v);
+            ATT_IN_REG(b[v]);
         }
-        for (int i = 0; i < ATT_MR; i++) {
-            const __m512 a = _mm512_set1_ps(p[(size_t)(r0 + i) * ATT_TK + (size_t)j]);
+        for (int i = 0; i < cb; i++) {
+            const __m512 a = _mm512_set1_ps(vp[j][c0 + i]);
             for (int v = 0; v < nv; v++) {
                 acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
             }
         }
     }
-    for (int i = 0; i < ATT_MR; i++) {
+    for (int i = 0; i < cb; i++) {
         for (int v = 0; v < nv; v++) {
-            _mm512_storeu_ps(o + (size_t)(r0 + i) * (size_t)dp + (size_t)(c0 + 16 * v), acc[i][v]);
+            _mm512_storeu_ps(ot + (size_t)(c0 + i) * (size_t)ld + (size_t)(r0 + 16 * v), acc[i][v]);
         }
     }
 }
 
-/* o[rp][Dp] += p[rp][TK] (first nk columns) · vp[nk][Dp]. */
-static void tile_pv(const float *restrict p, int rp, int nk, const float *restrict vp, int dp,
-                    float *restrict o) {
-    for (int r0 = 0; r0 < rp; r0 += ATT_MR) {
-        for (int c0 = 0; c0 < dp; c0 += 64) {
-            switch ((dp - c0) / 16) {
-            case 1:
-                pv_block(p, r0, nk, vp, dp, c0, o, 1);
-                break;
-            case 2:
-                pv_block(p, r0, nk, vp, dp, c0, o, 2);
-                break;
-            case 3:
-                pv_block(p, r0, nk, vp, dp, c0, o, 3);
-                break;
-            default:
-                pv_block(p, r0, nk, vp, dp, c0, o, 4);
-                break;
-            }
+#define ATT_NV_CASES(CALL)                                                                         \
+    switch (nv) {                                                                                  \
+    case 1:                                                                                        \
+        CALL(1);                                                                                   \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        CALL(2);                                                                                   \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        CALL(3);                                                                                   \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        CALL(4);                                                                                   \
+        break;                                                                                     \
+    case 5:                                                                                        \
+        CALL(5);                                                                                   \
+        break;                                                                                     \
+    default:                                                                                       \
+        CALL(6);                                                                                   \
+        break;                                                                                     \
+    }
+
+/* St[j][0..rp) for keys j < nk (rounded up to 4 with zero keys). */
+static void tile_qk(const float *const *kp, int nk, const float *restrict qt, int rp, int d,
+                    float *restrict st) {
+    for (int r0 = 0; r0 < rp; r0 += 16 * ATT_NV) {
+        const int nv = (rp - r0) / 16 < ATT_NV ? (rp - r0) / 16 : ATT_NV;
+        for (int j = 0; j < nk; j += 4) {
+#define ATT_QK(NV) qk_block(kp + j, qt, rp, d, r0, st + (size_t)j * (size_t)rp, NV)
+            ATT_NV_CASES(ATT_QK)
+#undef ATT_QK
         }
+    }
+}
+
+/* Ot = alpha * Ot + V^T P over keys j < nk. */
+static void tile_pv(const float *const *vp, int nk, const float *restrict p, int rp, int d,
+                    const float *restrict alpha, float *restrict ot) {
+    for (int r0 = 0; r0 < rp; r0 += 16 * ATT_NV) {
+        const int nv = (rp - r0) / 16 < ATT_NV ? (rp - r0) / 16 : ATT_NV;
+        int c0 = 0;
+        for (; c0 + 4 <= d; c0 += 4) {
+#define ATT_PV(NV) pv_block(vp, nk, p, rp, c0, r0, alpha, ot, 4, NV)
+            ATT_NV_CASES(ATT_PV)
+#undef ATT_PV
+        }
+        for (; c0 < d; c0++) {
+#define ATT_PV1(NV) pv_block(vp, nk, p, rp, c0, r0, alpha, ot, 1, NV)
+            ATT_NV_CASES(ATT_PV1)
+#undef ATT_PV1
+        }
+    }
+}
+
+/* Online softmax over the chunk's keys k0..k0+nk-1 for all rows, 16 rows a vector: St
+ * becomes P (zero where the key is masked), max and sum are updated and alpha receives the
+ * factor that rescales the accumulator. */
+static void tile_softmax(float *restrict st, int nk, int k0, bool diag, int rp,
+                         const int32_t *restrict qpos, float *restrict mx, float *restrict sum,
+                         float *restrict alpha) {
+    for (int r = 0; r < rp; r += 16) {
+        const __m512i qv = _mm512_loadu_si512(qpos + r);
+        const __m512 m_old = _mm512_loadu_ps(mx + r);
+        __m512 bm = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j < nk; j++) {
+            const __m512 s = _mm512_loadu_ps(st + (size_t)j * (size_t)rp + (size_t)r);
+            const __mmask16 k =
+                diag ? _mm512_cmpge_epi32_mask(qv, _mm512_set1_epi32(k0 + j)) : (__mmask16)0xffff;
+            bm = _mm512_mask_max_ps(bm, k, bm, s);
+        }
+        const __m512 m_new = _mm512_max_ps(m_old, bm);
+        /* No key seen yet (first chunk): nothing to rescale, and -inf - -inf is NaN. */
+        const __mmask16 seen = _mm512_cmp_ps_mask(m_old, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        const __m512 al = _mm512_maskz_mov_ps(seen, exp512(_mm512_sub_ps(m_old, m_new)));
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < nk; j++) {
+            float *sp = st + (size_t)j * (size_t)rp + (size_t)r;
+            const __mmask16 k =
+                diag ? _mm512_cmpge_epi32_mask(qv, _mm512_set1_epi32(k0 + j)) : (__mmask16)0xffff;
+            const __m512 e =
+                _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_loadu_ps(sp), m_new)));
+            _mm512_storeu_ps(sp, e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        _mm512_storeu_ps(mx + r, m_new);
+        _mm512_storeu_ps(alpha + r, al);
+        _mm512_storeu_ps(sum + r, _mm512_fmadd_ps(_mm512_loadu_ps(sum + r), al, acc));
     }
 }
 #else
-static void tile_qk(const float *restrict qp, int rp, int d, const float *restrict kt,
-                    float *restrict s) {
-    for (int r = 0; r < rp; r++) {
-        float *sr = s + (size_t)r * ATT_TK;
-        for (int j = 0; j < ATT_TK; j++) {
-            sr[j] = 0.0f;
+static void tile_qk(const float *const *kp, int nk, const float *restrict qt, int rp, int d,
+                    float *restrict st) {
+    for (int j = 0; j < nk; j++) {
+        float *sj = st + (size_t)j * (size_t)rp;
+        for (int r = 0; r < rp; r++) {
+            sj[r] = 0.0f;
         }
         for (int c = 0; c < d; c++) {
-            const float a = qp[(size_t)r * (size_t)d + (size_t)c];
-            const float *kc = kt + (size_t)c * ATT_TK;
+            const float a = kp[j][c];
+            const float *qc = qt + (size_t)c * (size_t)rp;
             ENG_SIMD
-            for (int j = 0; j < ATT_TK; j++) {
-                sr[j] += a * kc[j];
+            for (int r = 0; r < rp; r++) {
+                sj[r] += a * qc[r];
             }
         }
     }
 }
 
-static void tile_pv(const float *restrict p, int rp, int nk, const float *restrict vp, int dp,
-                    float *restrict o) {
-    for (int r = 0; r < rp; r++) {
-        float *orow = o + (size_t)r * (size_t)dp;
+static void tile_pv(const float *const *vp, int nk, const float *restrict p, int rp, int d,
+                    const float *restrict alpha, float *restrict ot) {
+    for (int c = 0; c < d; c++) {
+        float *oc = ot + (size_t)c * (size_t)rp;
+        ENG_SIMD
+        for (int r = 0; r < rp; r++) {
+            oc[r] *= alpha[r];
+        }
         for (int j = 0; j < nk; j++) {
-            const float a = p[(size_t)r * ATT_TK + (size_t)j];
-            const float *vr = vp + (size_t)j * (size_t)dp;
+            const float a = vp[j][c];
+            const float *pj = p + (size_t)j * (size_t)rp;
             ENG_SIMD
-            for (int c = 0; c < dp; c++) {
-                orow[c] += a * vr[c];
+            for (int r = 0; r < rp; r++) {
+                oc[r] += a * pj[r];
             }
         }
+    }
+}
+
+static void tile_softmax(float *restrict st, int nk, int k0, bool diag, int rp,
+                         const int32_t *restrict qpos, float *restrict mx, float *restrict sum,
+                         float *restrict alpha) {
+    for (int r = 0; r < rp; r++) {
+        float bm = -INFINITY;
+        for (int j = 0; j < nk; j++) {
+            const float s = st[(size_t)j * (size_t)rp + (size_t)r];
+            bm = (!diag || qpos[r] >= k0 + j) && s > bm ? s : bm;
+        }
+        const float m_new = bm > mx[r] ? bm : mx[r];
+        alpha[r] = mx[r] == -INFINITY ? 0.0f : expf_fast(mx[r] - m_new);
+        float acc = 0.0f;
+        for (int j = 0; j < nk; j++) {
+            float *sp = st + (size_t)j * (size_t)rp + (size_t)r;
+            *sp = !diag || qpos[r] >= k0 + j ? expf_fast(*sp - m_new) : 0.0f;
+            acc += *sp;
+        }
+        mx[r] = m_new;
+        sum[r] = sum[r] * alpha[r] + acc;
     }
 }
 #endif
-
-/* Online softmax of one S row over its first cnt keys (invariant 3): s becomes P (zero from
- * cnt on), max/sum are updated and the accumulator o[Dp] rescaled if the max grew. */
-static void tile_softmax_row(float *s, int cnt, float *mx, float *sum, float *o, int dp) {
-    if (cnt <= 0) {
-        memset(s, 0, ATT_TK * sizeof(float));
-        return;
-    }
-    float bm = -INFINITY;
-    ENG_SIMD_MAX(bm)
-    for (int j = 0; j < cnt; j++) {
-        bm = s[j] > bm ? s[j] : bm;
-    }
-    if (bm > *mx) {
-        if (*mx != -INFINITY) {
-            const float corr = expf(*mx - bm);
-            scal(o, corr, dp);
-            *sum *= corr;
-        }
-        *mx = bm;
-    }
-    *sum += exp_sub_sum(s, cnt, *mx);
-    if (cnt < ATT_TK) {
-        memset(s + cnt, 0, (size_t)(ATT_TK - cnt) * sizeof(float));
-    }
-}
 
 /* One work item: query rows i0..i0+nq-1 (positions pos0+i0..) of kv head g. */
 static void attend_tile(const float *q, int i0, int nq, int pos0, const struct eng_kv_view *kv,
                         int g, int n_heads, int n_kv_heads, float scale, const struct att_tile *tg,
                         float *out, float *sc) {
-    const int grp = n_heads / n_kv_heads, d = tg->d, dp = tg->dp;
-    const int rows = nq * grp, rp = (rows + ATT_MR - 1) / ATT_MR * ATT_MR;
+    const int grp = n_heads / n_kv_heads, d = tg->d;
+    const int rows = nq * grp, rp = (int)up16((size_t)rows);
     const size_t frp = (size_t)tg->rp;
-    float *qp = sc;
-    float *kt = qp + up16(frp * (size_t)d);
-    float *vp = kt + up16((size_t)d * ATT_TK);
-    float *s = vp + up16((size_t)ATT_TK * (size_t)dp);
-    float *o = s + up16(frp * ATT_TK);
-    float *mx = o + up16(frp * (size_t)dp);
-    float *sum = mx + up16(frp);
-    /* Q rows (query row i, head h) -> row i * grp + h, scaled; padding rows zero. */
+    float *qt = sc;
+    float *ot = qt + up16(frp * (size_t)d);
+    float *st = ot + up16(frp * (size_t)d);
+    float *mx = st + up16(ATT_TK * frp);
+    float *sum = mx + frp;
+    float *alpha = sum + frp;
+    int32_t *qpos = (int32_t *)(void *)(alpha + frp);
+    float *zeros = alpha + 2 * frp;
+    const int first = pos0 + i0, last = pos0 + i0 + nq - 1;
+    /* Row i * grp + h of Qt's columns is (query row i, head h), scaled; padding rows are
+     * zero and see every key, so they stay finite. */
     for (int i = 0; i < nq; i++) {
         const float *src =
             q + ((size_t)(i0 + i) * (size_t)n_heads + (size_t)g * (size_t)grp) * (size_t)d;
-        float *dst = qp + (size_t)i * (size_t)grp * (size_t)d;
-        const size_t len = (size_t)grp * (size_t)d;
-        ENG_SIMD
-        for (size_t c = 0; c < len; c++) {
-            dst[c] = src[c] * scale;
+        for (int h = 0; h < grp; h++) {
+            const int r = i * grp + h;
+            for (int c = 0; c < d; c++) {
+                qt[(size_t)c * (size_t)rp + (size_t)r] =
+                    src[(size_t)h * (size_t)d + (size_t)c] * scale;
+            }
+            qpos[r] = first + i;
         }
     }
-    memset(qp + (size_t)rows * (size_t)d, 0, (size_t)(rp - rows) * (size_t)d * sizeof(float));
-    memset(o, 0, (size_t)rp * (size_t)dp * sizeof(float));
+    for (int r = rows; r < rp; r++) {
+        for (int c = 0; c < d; c++) {
+            qt[(size_t)c * (size_t)rp + (size_t)r] = 0.0f;
+        }
+        qpos[r] = last;
+    }
+    memset(ot, 0, (size_t)rp * (size_t)d * sizeof(float));
+    memset(zeros, 0, (size_t)d * sizeof(float));
     for (int r = 0; r < rp; r++) {
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
     }
-    const int first = pos0 + i0, last = pos0 + i0 + nq - 1;
+    const float *kp[ATT_TK], *vp[ATT_TK];
     for (int k0 = 0; k0 <= last; k0 += ATT_TK) {
         const int nk = last + 1 - k0 < ATT_TK ? last + 1 - k0 : ATT_TK;
-        pack_chunk(kv, k0, nk, g, n_kv_heads, d, dp, kt, vp);
-        tile_qk(qp, rp, d, kt, s);
-        const bool diag = k0 + nk - 1 > first;
-        for (int r = 0; r < rp; r++) {
-            int cnt = r < rows ? nk : 0;
-            if (diag && r < rows) {
-                const int lim = first + r / grp - k0 + 1; /* keys this row may see */
-                cnt = lim < cnt ? lim : cnt;
-            }
-            tile_softmax_row(s + (size_t)r * ATT_TK, cnt, &mx[r], &sum[r], o + (size_t)r * dp, dp);
+        for (int j = 0; j < ATT_TK; j++) {
+            /* Keys past the chunk point at zeros: the 4-key blocks read them harmlessly. */
+            kp[j] = j < nk ? kv_key(kv, k0 + j, n_kv_heads, d, g) : zeros;
+            vp[j] = j < nk ? kp[j] + kv->v_offset : zeros;
         }
-        tile_pv(s, rp, nk, vp, dp, o);
+        tile_qk(kp, nk, qt, rp, d, st);
+        tile_softmax(st, nk, k0, k0 + nk - 1 > first, rp, qpos, mx, sum, alpha);
+        tile_pv(vp, nk, st, rp, d, alpha, ot);
     }
     for (int r = 0; r < rows; r++) {
         const int i = r / grp, h = r % grp;
         float *dst = out + ((size_t)(i0 + i) * (size_t)n_heads + (size_t)(g * grp + h)) * (size_t)d;
-        const float *orow = o + (size_t)r * (size_t)dp;
         const float inv = 1.0f / sum[r];
-        ENG_SIMD
         for (int c = 0; c < d; c++) {
-            dst[c] = orow[c] * inv;
+            dst[c] = ot[(size_t)c * (size_t)rp + (size_t)r] * inv;
         }
     }
 }
@@ -551,7 +621,7 @@ void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv
                    int n_kv_heads, int head_dim, float scale, float *out, float *scratch) {
     check_args(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, out, scratch);
     const size_t per_thread = thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim);
-    if (n < ATT_TILE_MIN_N) {
+    if (n < ATT_TILE_MIN_N && n_heads / n_kv_heads < ATT_TILE_MIN_GRP) {
         attention_rows(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
                        per_thread);
     } else {
