@@ -11,12 +11,14 @@
  *
  * DESIGN — invariants:
  *  1. Two paths, one contract. A single decode row of a group of fewer than
- *     ATT_TILE_MIN_GRP heads takes the row path: one (query row, kv head) item at a time,
- *     all heads of the group together, one dot product per key. Everything else (prefill
- *     chunks, decode rows of wide GQA groups) takes the tile path. Measured on a 2-core
- *     AMD EPYC (Zen 4, AVX-512), CPU time per call at a 2048-token context: one row, grp 3:
- *     rows 0.44 ms, tiles 0.45 ms; grp 1: 1.40 / 2.06; grp 8: 0.75 / 0.35; two rows, grp 3:
- *     0.90 / 0.41 (docs/bench/engine.md).
+ *     ATT_TILE_MIN_GRP heads (MHA, grp 2) takes the row path: one (query row, kv head) item
+ *     at a time, all heads of the group together, one dot product per key. Everything else
+ *     (prefill chunks, decode rows of GQA groups of 3 or more) takes the tile path, whose
+ *     16-row vectors then carry padding rows. Measured on a 2-core AMD EPYC (Zen 4,
+ *     AVX-512), CPU time of one decode row, row path / tile path: grp 3 at contexts 512,
+ *     2048, 8192: 0.12 / 0.12, 0.44 / 0.45, 5.6 / 3.2 ms; grp 8 at 2048: 0.75 / 0.35 ms;
+ *     grp 1 at 512 and 8192: 0.14 / 0.31, 10.0 / 12.1 ms. Two rows, grp 3 at 2048: 0.90 /
+ *     0.41 ms.
  *  2. Tile path. A work item is (kv head g, tile of tq query rows); its score matrix has
  *     rp = tq * grp rows (rounded up to 16), one per (query row, head of the group), so each
  *     key and value of the chunk is read once per tile for all heads that share it. The
@@ -80,7 +82,7 @@
 /* Calls with at least ATT_TILE_MIN_N query rows, or groups of at least ATT_TILE_MIN_GRP
  * heads, take the tile path (invariant 1). */
 #define ATT_TILE_MIN_N 2
-#define ATT_TILE_MIN_GRP 4
+#define ATT_TILE_MIN_GRP 3
 
 static size_t up16(size_t x) {
     return (x + 15) / 16 * 16;

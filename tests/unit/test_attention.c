@@ -168,8 +168,9 @@ static void test_long_context_and_decode(void **state) {
     (void)state;
     const struct attn_case cases[] = {
         {100, 2000, 6, 2, 64, 16, 1.0f, true}, /* prefill chunk ending at 2100 */
-        {1, 2099, 12, 4, 64, 16, 1.0f, true},  /* decode at 2100 */
-        {3, 700, 8, 2, 64, 32, 1.0f, true},    /* a few rows: the row path */
+        {1, 2099, 12, 4, 64, 16, 1.0f, true},  /* decode at 2100, grp 3: the tile path */
+        {1, 900, 4, 2, 64, 16, 1.0f, true},    /* decode, grp 2: the row path */
+        {3, 700, 8, 2, 64, 32, 1.0f, true},    /* a few rows */
     };
     run_cases(cases, sizeof(cases) / sizeof(cases[0]));
 }

@@ -196,10 +196,10 @@ static int decode_steps(struct decode_run *r, int steps, double *t, double *byte
  * the configuration's head shape, run as the engine runs it (chunks of `chunk` query rows,
  * each attending to everything before it) on a random paged cache with a shuffled block
  * table, in GFLOP/s (2 * 2 * D * H * T(T+1)/2: QK^T and PV, causal half) against an f32
- * GEMM measured in the same run. With `old`, the one-row kernel (all of eng_attention
- * before the tiled kernel, still decode's path) runs beside it. Then one decode row at the
- * longest context, and a few rows, on each path: the measurement behind the dispatch of
- * engine/attention.c (invariant 1).
+ * GEMM of the prefill's shape measured right before each length (the host's speed drifts). With
+ * `old`, the one-row kernel (all of eng_attention before the tiled kernel, still decode's path)
+ * runs beside it. Then one decode row at the longest context, and a few rows, on each path: the
+ * measurement behind the dispatch of engine/attention.c (invariant 1).
  */
 struct attn_bench {
     const struct eng_model_config *cfg;
@@ -208,8 +208,9 @@ struct attn_bench {
     int chunk;
     bool old;
     bool json;
-    int threads;        /* of the calling team */
-    double gemm_gflops; /* f32 */
+    int threads;         /* of the calling team */
+    struct eng_dnn *dnn; /* entered by the calling thread: the f32 GEMM beside each length */
+    int gemm_m, gemm_n, gemm_k;
 };
 
 typedef void (*attn_fn)(const float *, int, int, const struct eng_kv_view *, int, int, int, float,
@@ -235,19 +236,17 @@ static double attn_prefill_s(attn_fn fn, const float *q, const struct eng_kv_vie
     return best;
 }
 
-/* Microseconds per call of n rows at the end of a T-token context, best of 5 rounds. */
+/* Microseconds of one call of n rows at the end of a T-token context: the fastest of 40
+ * calls (on this shared host a call now and then waits for a preempted team thread). */
 static double attn_rows_us(attn_fn fn, const float *q, const struct eng_kv_view *kv,
                            const struct eng_model_config *c, int T, int n, float *out,
                            float *scratch) {
     const float scale = 1.0f / sqrtf((float)c->head_dim);
-    const int iters = 20;
     double best = 1e30;
-    for (int r = 0; r < 5; r++) {
+    for (int i = 0; i < 40; i++) {
         const double t0 = kc_now_s();
-        for (int i = 0; i < iters; i++) {
-            fn(q, n, T - n, kv, c->n_heads, c->n_kv_heads, c->head_dim, scale, out, scratch);
-        }
-        const double dt = (kc_now_s() - t0) / iters;
+        fn(q, n, T - n, kv, c->n_heads, c->n_kv_heads, c->head_dim, scale, out, scratch);
+        const double dt = kc_now_s() - t0;
         best = dt < best ? dt : best;
     }
     return best * 1e6;
@@ -292,12 +291,15 @@ static int bench_attention(const struct attn_bench *b) {
     }
     const struct eng_kv_view kv = {cache, stride, (size_t)bs * tok, bs, table};
     if (!b->json) {
-        printf("attention (f32, H %d, Hkv %d, D %d, %d-row chunks; f32 GEMM %.1f GFLOP/s):\n",
-               c->n_heads, c->n_kv_heads, c->head_dim, b->chunk, b->gemm_gflops);
+        printf("attention (f32, H %d, Hkv %d, D %d, %d-row chunks) against an f32 GEMM "
+               "%dx%dx%d measured beside each length:\n",
+               c->n_heads, c->n_kv_heads, c->head_dim, b->chunk, b->gemm_m, b->gemm_n, b->gemm_k);
     }
     for (int i = 0; i < b->n_lens; i++) {
         const int T = (int)b->lens[i];
         const double flops = 4.0 * c->head_dim * c->n_heads * ((double)T * (T + 1) / 2.0);
+        const double gemm =
+            eng_dnn_gemm_gflops(b->dnn, ENG_WTYPE_F32, b->gemm_m, b->gemm_n, b->gemm_k, 5);
         const double t_new =
             attn_prefill_s(eng_attention, q, &kv, c, T, b->chunk, out, scratch, T > 4096 ? 2 : 3);
         const double t_old =
@@ -309,20 +311,21 @@ static int bench_attention(const struct attn_bench *b) {
             json_object_set_new(e, "tokens", json_integer(T));
             json_object_set_new(e, "ms", kc_json_real(t_new * 1e3, 2));
             json_object_set_new(e, "gflops", kc_json_real(g_new, 2));
-            json_object_set_new(e, "vs_gemm", kc_json_real(g_new / b->gemm_gflops, 3));
+            json_object_set_new(e, "gemm_gflops", kc_json_real(gemm, 1));
+            json_object_set_new(e, "vs_gemm", kc_json_real(g_new / gemm, 3));
             if (b->old) {
                 json_object_set_new(e, "old_ms", kc_json_real(t_old * 1e3, 2));
                 json_object_set_new(e, "old_gflops", kc_json_real(g_old, 2));
-                json_object_set_new(e, "old_vs_gemm", kc_json_real(g_old / b->gemm_gflops, 3));
+                json_object_set_new(e, "old_vs_gemm", kc_json_real(g_old / gemm, 3));
                 json_object_set_new(e, "speedup", kc_json_real(t_old / t_new, 2));
             }
             json_array_append_new(arr, e);
         } else {
-            printf("  prefill %5d tokens: %9.2f ms %7.2f GFLOP/s  ratio to GEMM %.2f", T,
-                   t_new * 1e3, g_new, g_new / b->gemm_gflops);
+            printf("  prefill %5d tokens: %9.2f ms %7.2f GFLOP/s  GEMM %7.1f  ratio %.2f", T,
+                   t_new * 1e3, g_new, gemm, g_new / gemm);
             if (b->old) {
                 printf("   | one-row kernel: %9.2f ms %7.2f GFLOP/s  ratio %.2f  speedup %.2fx",
-                       t_old * 1e3, g_old, g_old / b->gemm_gflops, t_old / t_new);
+                       t_old * 1e3, g_old, g_old / gemm, t_old / t_new);
             }
             printf("\n");
         }
@@ -351,7 +354,6 @@ static int bench_attention(const struct attn_bench *b) {
         }
     }
     if (b->json) {
-        json_object_set_new(j, "attn_gemm_gflops", kc_json_real(b->gemm_gflops, 1));
         json_object_set_new(j, "attn_chunk", json_integer(b->chunk));
         json_object_set_new(j, "attention", arr);
         json_object_set_new(j, "attention_rows", dec);
@@ -396,9 +398,10 @@ static int bench_attention_only(const struct eng_model_config *cfg, const long *
                                   .old = old,
                                   .json = json,
                                   .threads = eng_dnn_threads(dnn),
-                                  .gemm_gflops = eng_dnn_gemm_gflops(dnn, ENG_WTYPE_F32, 512,
-                                                                     cfg->intermediate_size,
-                                                                     cfg->hidden_size, 5)};
+                                  .dnn = dnn,
+                                  .gemm_m = 512,
+                                  .gemm_n = cfg->intermediate_size,
+                                  .gemm_k = cfg->hidden_size};
     const int rc = bench_attention(&ab);
     eng_dnn_free(dnn);
     return rc;
@@ -634,18 +637,17 @@ static int bench_engine(int argc, char **argv) {
                dw, decode_tps, decode_gbs, triad_gbs, decode_ratio, n_win, decode_gbs / triad_gbs);
     }
     if (n_attn > 0) {
-        const struct attn_bench ab = {
-            .cfg = &cfg,
-            .lens = attn_lens,
-            .n_lens = n_attn,
-            .chunk = (int)attn_chunk,
-            .old = attn_old,
-            .json = json,
-            .threads = eng_dnn_threads(dnn),
-            .gemm_gflops = mp.prefill_wtype == ENG_WTYPE_F32
-                               ? gemm_gflops
-                               : eng_dnn_gemm_gflops(dnn, ENG_WTYPE_F32, gemm_m,
-                                                     cfg.intermediate_size, cfg.hidden_size, 5)};
+        const struct attn_bench ab = {.cfg = &cfg,
+                                      .lens = attn_lens,
+                                      .n_lens = n_attn,
+                                      .chunk = (int)attn_chunk,
+                                      .old = attn_old,
+                                      .json = json,
+                                      .threads = eng_dnn_threads(dnn),
+                                      .dnn = dnn,
+                                      .gemm_m = gemm_m,
+                                      .gemm_n = cfg.intermediate_size,
+                                      .gemm_k = cfg.hidden_size};
         if (bench_attention(&ab) != 0) {
             goto done;
         }
