@@ -134,8 +134,8 @@ struct eng_kv_view {
  * keys/values (post-RoPE keys) for positions 0..pos0+n-1 are already in the cache.
  * q[n, H, D] (post-RoPE), out[n, H, D]; query head h reads kv head h / (H / Hkv).
  * scratch holds eng_attention_scratch_floats(pos0 + n, H, Hkv, D, threads of the calling
- * team) floats. Implemented in engine/attention.c: prefill chunks run a tiled
- * flash-attention kernel, decode rows the one-row kernel (its DESIGN block says when). */
+ * team) floats. Implemented in engine/attention.c: a tiled flash-attention kernel, and a
+ * one-row kernel for single decode rows of small groups (its DESIGN block says when). */
 void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
                    int n_kv_heads, int head_dim, float scale, float *out, float *scratch);
 void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
