@@ -588,7 +588,9 @@ int eng_ctx_create(const struct eng_model *m, int max_rows, int max_ctx, int n_t
     ctx->logits = kc_aligned_alloc(R * (size_t)c->vocab_size * sizeof(float));
     ctx->pos = kc_calloc(R, sizeof(int32_t));
     ctx->attn_scratch =
-        kc_aligned_alloc(eng_attention_scratch_floats(max_ctx, ctx->n_threads) * sizeof(float));
+        kc_aligned_alloc(eng_attention_scratch_floats(max_ctx, c->n_heads, c->n_kv_heads,
+                                                      c->head_dim, ctx->n_threads) *
+                         sizeof(float));
     if (ctx->x == NULL || ctx->xn == NULL || ctx->qkv == NULL || ctx->q == NULL ||
         ctx->k == NULL || ctx->v == NULL || ctx->att == NULL || ctx->proj == NULL ||
         ctx->gu == NULL || ctx->h == NULL || ctx->logits == NULL || ctx->pos == NULL ||

@@ -133,13 +133,25 @@ struct eng_kv_view {
 /* Causal GQA attention for n query rows of one sequence at positions pos0..pos0+n-1, whose
  * keys/values (post-RoPE keys) for positions 0..pos0+n-1 are already in the cache.
  * q[n, H, D] (post-RoPE), out[n, H, D]; query head h reads kv head h / (H / Hkv).
- * scratch holds eng_attention_scratch_floats(pos0 + n, threads of the calling team) floats. */
+ * scratch holds eng_attention_scratch_floats(pos0 + n, H, Hkv, D, threads of the calling
+ * team) floats. Implemented in engine/attention.c: a tiled flash-attention kernel, and a
+ * one-row kernel for single decode rows of small groups (its DESIGN block says when). */
 void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
                    int n_kv_heads, int head_dim, float scale, float *out, float *scratch);
 void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
                         int n_kv_heads, int head_dim, float scale, float *out, float *scratch);
-/* Scratch floats eng_attention needs for contexts up to n_ctx run by n_threads threads. */
-size_t eng_attention_scratch_floats(int n_ctx, int n_threads);
+/* The two paths of eng_attention forced for any n (same contract and scratch), for the tests
+ * and `kvcast bench engine`'s old-vs-new comparison: _rows is the one-row kernel (decode's
+ * path, and all of eng_attention before the tiled kernel), _tiles the tiled kernel. */
+void eng__attention_rows(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                         int n_kv_heads, int head_dim, float scale, float *out, float *scratch);
+void eng__attention_tiles(const float *q, int n, int pos0, const struct eng_kv_view *kv,
+                          int n_heads, int n_kv_heads, int head_dim, float scale, float *out,
+                          float *scratch);
+/* Scratch floats eng_attention needs for contexts up to n_ctx of this head shape
+ * (H % Hkv == 0) run by n_threads threads. */
+size_t eng_attention_scratch_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim,
+                                    int n_threads);
 
 /* ---- measurements for `kvcast bench engine` ---- */
 

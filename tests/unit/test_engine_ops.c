@@ -678,7 +678,8 @@ static void run_attention_case(const struct attn_case *ac) {
     float *q = rand_floats(qn, ac->q_scale);
     float *out = malloc(qn * sizeof(float));
     float *outr = malloc(qn * sizeof(float));
-    const size_t sf = eng_attention_scratch_floats(n_ctx, team_size());
+    const size_t sf =
+        eng_attention_scratch_floats(n_ctx, ac->heads, ac->kv_heads, ac->d, team_size());
     float *scratch = malloc(sf * sizeof(float));
     float *scratch_r = malloc((size_t)n_ctx * sizeof(float));
     assert_true(out != NULL && outr != NULL && scratch != NULL && scratch_r != NULL);

@@ -2,7 +2,9 @@
 # Engine benchmark on synthetic models of real configurations (random weights, real shapes):
 # runs `kvcast bench engine` for TinyLlama-1.1B shapes at 1 and 2 threads, with f32 and bf16
 # prefill weights, plus the KV Prediction TTFT comparison (--kvp, 1024-token prompt, aux = a
-# layer-pruned copy at 1/4 of the layers), and writes docs/bench/engine.md.
+# layer-pruned copy at 1/4 of the layers), the prefill attention kernel against an f32 GEMM at
+# 512, 2048 and 8192 tokens (beside the one-row kernel it replaced for prefill), and writes
+# docs/bench/engine.md.
 #   usage: tools/bench/engine.sh [path/to/kvcast] [out.md]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -17,12 +19,13 @@ run() { # name args...
     "$KV" bench engine "$@" --json > "$TMP/$name.json" 2> "$TMP/$name.err"
     echo "$KV bench engine $*" > "$TMP/$name.cmd"
 }
-run t1 --config "$CFG" --prompt-len 512 --gen 64 --threads 1
-run t2 --config "$CFG" --prompt-len 512 --gen 64 --threads 2
-run t2bf16 --config "$CFG" --prompt-len 512 --gen 32 --threads 2 --prefill-dtype bf16
+run t1 --config "$CFG" --prompt-len 512 --gen 64 --threads 1 --attn none
+run t2 --config "$CFG" --prompt-len 512 --gen 64 --threads 2 --attn none
+run t2bf16 --config "$CFG" --prompt-len 512 --gen 32 --threads 2 --prefill-dtype bf16 --attn none
+run attn --config "$CFG" --threads 2 --attn-only --attn 512,2048,8192 --attn-old
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 > "$TMP/gemv1.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --rows 8 > "$TMP/gemv8.txt"
-run kvp --config "$CFG" --prompt-len 1024 --gen 4 --threads 2 --kvp --repeat 2
+run kvp --config "$CFG" --prompt-len 1024 --gen 4 --threads 2 --kvp --repeat 2 --attn none
 mkdir -p "$(dirname "$OUT")"
 /usr/bin/python3 - "$TMP" "$OUT" "$CFG" <<'PY'
 import json, os, subprocess, sys, datetime
@@ -62,6 +65,22 @@ L.append("## KV Prediction TTFT (prompt %d tokens, aux = %d layers of the same w
 L.append("| full TTFT ms | predict TTFT ms | aux ms | predictor ms | base step ms | measured predict/full | analytic FLOPs ratio |")
 L.append("|---|---|---|---|---|---|---|")
 L.append("| %.0f | %.0f | %.0f | %.1f | %.1f | **%.3f** | %.3f |" % (k["ttft_full_ms"], k["ttft_predict_ms"], k["aux_ms"], k["predict_ms"], k["base_first_step_ms"], k["ttft_ratio"], k["flops_ratio"]))
+a = load("attn")
+L.append("")
+L.append("## Prefill attention (f32, one layer, %d-row chunks, 2 threads)\n" % a["attn_chunk"])
+L.append("GFLOP/s count QK^T and PV over the causal half (4 D H T(T+1)/2); the GEMM is an f32 "
+         "oneDNN matmul of the prefill's shape in the same run. *one-row kernel* is the kernel "
+         "prefill used before the tiled one (decode's path today).\n")
+L.append("| tokens | tiled ms | tiled GFLOP/s | ratio to GEMM | one-row ms | one-row GFLOP/s | ratio | speedup |")
+L.append("|---|---|---|---|---|---|---|---|")
+for e in a["attention"]:
+    L.append("| %d | %.1f | %.1f | **%.2f** | %.1f | %.1f | %.2f | %.2fx |" % (
+        e["tokens"], e["ms"], e["gflops"], e["vs_gemm"], e["old_ms"], e["old_gflops"], e["old_vs_gemm"], e["speedup"]))
+L.append("\nA few rows at the longest context (us per call; eng_attention picks the path):\n")
+L.append("| rows | eng_attention | one-row kernel | tiled kernel |")
+L.append("|---|---|---|---|")
+for e in a["attention_rows"]:
+    L.append("| %d | %.0f | %.0f | %.0f |" % (e["rows"], e["us"], e["row_kernel_us"], e["tile_kernel_us"]))
 L.append("\nReference points on the same shapes (from the team's notes, llama.cpp `llama-bench`, 1 thread): "
          "prefill 42 tokens/s (f32), decode 4.9 tokens/s (bf16).\n")
 L.append("## Decode weights, packed against plain (`kvcast bench gemv`, 2 threads)\n")
@@ -70,7 +89,7 @@ L.append("Why one-row decode steps read a plain copy of the weights (engine/ops_
 for f in ["gemv1.txt", "gemv8.txt"]:
     L.append("```\n" + open(os.path.join(tmp, f)).read().strip() + "\n```\n")
 L.append("## Commands\n")
-for n in ["t1", "t2", "t2bf16", "kvp"]:
+for n in ["t1", "t2", "t2bf16", "attn", "kvp"]:
     L.append("    " + load(n)["cmd"])
 L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8]" % cfg)
 open(out, "w").write("\n".join(L) + "\n")

@@ -4,6 +4,9 @@
  * memory bandwidth reach in the same run, so engine efficiency is a ratio, not a claim.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +35,13 @@ static void bench_usage(FILE *f) {
                "  --aux-config NAME|F   auxiliary model for --kvp (default: the base's shape\n"
                "                        with --aux-layers layers, a layer-pruned copy)\n"
                "  --aux-layers N        layers of that default aux (default: base layers / 4)\n"
-               "  --json                print one JSON object\n");
+               "  --attn LIST           prefill attention lengths to time, comma-separated, or\n"
+               "                        none (default 512,2048,8192), against an f32 GEMM\n"
+               "  --attn-chunk N        query rows per attention call, as --prefill-chunk of\n"
+               "                        serve (default 256)\n"
+               "  --attn-old            also time the one-row attention kernel (the old path)\n"
+               "  --attn-only           only the attention benchmark\n"
+               "  --json                print one JSON object per part\n");
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -182,11 +191,228 @@ static int decode_steps(struct decode_run *r, int steps, double *t, double *byte
     return KC_OK;
 }
 
+/*
+ * Attention of `kvcast bench engine`: one layer's causal prefill attention of T tokens for
+ * the configuration's head shape, run as the engine runs it (chunks of `chunk` query rows,
+ * each attending to everything before it) on a random paged cache with a shuffled block
+ * table, in GFLOP/s (2 * 2 * D * H * T(T+1)/2: QK^T and PV, causal half) against an f32
+ * GEMM of the prefill's shape measured right before each length (the host's speed drifts). With
+ * `old`, the one-row kernel (all of eng_attention before the tiled kernel, still decode's path)
+ * runs beside it. Then one decode row at the longest context, and a few rows, on each path: the
+ * measurement behind the dispatch of engine/attention.c (invariant 1).
+ */
+struct attn_bench {
+    const struct eng_model_config *cfg;
+    const long *lens;
+    int n_lens;
+    int chunk;
+    bool old;
+    bool json;
+    int threads;         /* of the calling team */
+    struct eng_dnn *dnn; /* entered by the calling thread: the f32 GEMM beside each length */
+    int gemm_m, gemm_n, gemm_k;
+};
+
+typedef void (*attn_fn)(const float *, int, int, const struct eng_kv_view *, int, int, int, float,
+                        float *, float *);
+
+/* Seconds of a whole T-token prefill's attention (one layer), best of reps. */
+static double attn_prefill_s(attn_fn fn, const float *q, const struct eng_kv_view *kv,
+                             const struct eng_model_config *c, int T, int chunk, float *out,
+                             float *scratch, int reps) {
+    const size_t qd = (size_t)c->n_heads * (size_t)c->head_dim;
+    const float scale = 1.0f / sqrtf((float)c->head_dim);
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        const double t0 = kc_now_s();
+        for (int p0 = 0; p0 < T; p0 += chunk) {
+            const int n = T - p0 < chunk ? T - p0 : chunk;
+            fn(q + (size_t)p0 * qd, n, p0, kv, c->n_heads, c->n_kv_heads, c->head_dim, scale, out,
+               scratch);
+        }
+        const double dt = kc_now_s() - t0;
+        best = dt < best ? dt : best;
+    }
+    return best;
+}
+
+/* Microseconds of one call of n rows at the end of a T-token context: the fastest of 40
+ * calls (on this shared host a call now and then waits for a preempted team thread). */
+static double attn_rows_us(attn_fn fn, const float *q, const struct eng_kv_view *kv,
+                           const struct eng_model_config *c, int T, int n, float *out,
+                           float *scratch) {
+    const float scale = 1.0f / sqrtf((float)c->head_dim);
+    double best = 1e30;
+    for (int i = 0; i < 40; i++) {
+        const double t0 = kc_now_s();
+        fn(q, n, T - n, kv, c->n_heads, c->n_kv_heads, c->head_dim, scale, out, scratch);
+        const double dt = kc_now_s() - t0;
+        best = dt < best ? dt : best;
+    }
+    return best * 1e6;
+}
+
+static int bench_attention(const struct attn_bench *b) {
+    const struct eng_model_config *c = b->cfg;
+    int T_max = 0;
+    for (int i = 0; i < b->n_lens; i++) {
+        T_max = b->lens[i] > T_max ? (int)b->lens[i] : T_max;
+    }
+    const int bs = 16, n_blocks = (T_max + bs - 1) / bs;
+    const size_t tok = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    const size_t stride = 2 * (size_t)bs * tok;
+    const size_t qd = (size_t)c->n_heads * (size_t)c->head_dim;
+    const int threads = b->threads;
+    float *cache = malloc((size_t)n_blocks * stride * sizeof(float));
+    int32_t *table = malloc((size_t)n_blocks * sizeof(int32_t));
+    float *q = malloc((size_t)T_max * qd * sizeof(float));
+    float *out = malloc((size_t)(b->chunk > 16 ? b->chunk : 16) * qd * sizeof(float));
+    float *scratch = malloc(
+        eng_attention_scratch_floats(T_max, c->n_heads, c->n_kv_heads, c->head_dim, threads) *
+        sizeof(float));
+    json_t *j = b->json ? json_object() : NULL;
+    json_t *arr = b->json ? json_array() : NULL;
+    int rc = 1;
+    if (cache == NULL || table == NULL || q == NULL || out == NULL || scratch == NULL) {
+        fprintf(stderr, "kvcast bench: out of memory for the attention benchmark\n");
+        goto done;
+    }
+    uint64_t r = 7;
+    for (size_t i = 0; i < (size_t)n_blocks * stride; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        cache[i] = (float)((r >> 40) & 0xffff) / 32768.0f - 1.0f;
+    }
+    for (size_t i = 0; i < (size_t)T_max * qd; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        q[i] = (float)((r >> 40) & 0xffff) / 32768.0f - 1.0f;
+    }
+    for (int i = 0; i < n_blocks; i++) { /* reversed: no two neighbours adjacent in memory */
+        table[i] = n_blocks - 1 - i;
+    }
+    const struct eng_kv_view kv = {cache, stride, (size_t)bs * tok, bs, table};
+    if (!b->json) {
+        printf("attention (f32, H %d, Hkv %d, D %d, %d-row chunks) against an f32 GEMM "
+               "%dx%dx%d measured beside each length:\n",
+               c->n_heads, c->n_kv_heads, c->head_dim, b->chunk, b->gemm_m, b->gemm_n, b->gemm_k);
+    }
+    for (int i = 0; i < b->n_lens; i++) {
+        const int T = (int)b->lens[i];
+        const double flops = 4.0 * c->head_dim * c->n_heads * ((double)T * (T + 1) / 2.0);
+        const double gemm =
+            eng_dnn_gemm_gflops(b->dnn, ENG_WTYPE_F32, b->gemm_m, b->gemm_n, b->gemm_k, 5);
+        const double t_new =
+            attn_prefill_s(eng_attention, q, &kv, c, T, b->chunk, out, scratch, T > 4096 ? 2 : 3);
+        const double t_old =
+            b->old ? attn_prefill_s(eng__attention_rows, q, &kv, c, T, b->chunk, out, scratch, 1)
+                   : 0.0;
+        const double g_new = flops / t_new * 1e-9, g_old = b->old ? flops / t_old * 1e-9 : 0.0;
+        if (b->json) {
+            json_t *e = json_object();
+            json_object_set_new(e, "tokens", json_integer(T));
+            json_object_set_new(e, "ms", kc_json_real(t_new * 1e3, 2));
+            json_object_set_new(e, "gflops", kc_json_real(g_new, 2));
+            json_object_set_new(e, "gemm_gflops", kc_json_real(gemm, 1));
+            json_object_set_new(e, "vs_gemm", kc_json_real(g_new / gemm, 3));
+            if (b->old) {
+                json_object_set_new(e, "old_ms", kc_json_real(t_old * 1e3, 2));
+                json_object_set_new(e, "old_gflops", kc_json_real(g_old, 2));
+                json_object_set_new(e, "old_vs_gemm", kc_json_real(g_old / gemm, 3));
+                json_object_set_new(e, "speedup", kc_json_real(t_old / t_new, 2));
+            }
+            json_array_append_new(arr, e);
+        } else {
+            printf("  prefill %5d tokens: %9.2f ms %7.2f GFLOP/s  GEMM %7.1f  ratio %.2f", T,
+                   t_new * 1e3, g_new, gemm, g_new / gemm);
+            if (b->old) {
+                printf("   | one-row kernel: %9.2f ms %7.2f GFLOP/s  ratio %.2f  speedup %.2fx",
+                       t_old * 1e3, g_old, g_old / gemm, t_old / t_new);
+            }
+            printf("\n");
+        }
+    }
+    /* A decode row and a few rows at the longest context on both paths. */
+    static const int rows[] = {1, 2, 4, 8, 16};
+    json_t *dec = b->json ? json_array() : NULL;
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        const int n = rows[i];
+        const double us_auto = attn_rows_us(eng_attention, q, &kv, c, T_max, n, out, scratch);
+        const double us_rows = attn_rows_us(eng__attention_rows, q, &kv, c, T_max, n, out, scratch);
+        const double us_tiles =
+            attn_rows_us(eng__attention_tiles, q, &kv, c, T_max, n, out, scratch);
+        if (b->json) {
+            json_t *e = json_object();
+            json_object_set_new(e, "rows", json_integer(n));
+            json_object_set_new(e, "context", json_integer(T_max));
+            json_object_set_new(e, "us", kc_json_real(us_auto, 1));
+            json_object_set_new(e, "row_kernel_us", kc_json_real(us_rows, 1));
+            json_object_set_new(e, "tile_kernel_us", kc_json_real(us_tiles, 1));
+            json_array_append_new(dec, e);
+        } else {
+            printf("  %2d row(s) at context %d: %8.1f us (one-row kernel %8.1f us, tiled %8.1f "
+                   "us)\n",
+                   n, T_max, us_auto, us_rows, us_tiles);
+        }
+    }
+    if (b->json) {
+        json_object_set_new(j, "attn_chunk", json_integer(b->chunk));
+        json_object_set_new(j, "attention", arr);
+        json_object_set_new(j, "attention_rows", dec);
+        arr = NULL;
+        if (kc_json_print("kvcast bench engine", j) != 0) {
+            j = NULL;
+            goto done;
+        }
+        j = NULL;
+    }
+    rc = 0;
+done:
+    json_decref(arr);
+    json_decref(j);
+    free(cache);
+    free(table);
+    free(q);
+    free(out);
+    free(scratch);
+    return rc;
+}
+
+/* --attn-only: the attention benchmark beside an f32 GEMM of the prefill's shape (512 rows
+ * x F x C), without building a model. */
+static int bench_attention_only(const struct eng_model_config *cfg, const long *lens, int n_lens,
+                                int chunk, bool old, int threads, bool json) {
+    struct kc_error err = {0};
+    struct eng_dnn *dnn = NULL;
+    if (n_lens == 0) {
+        fprintf(stderr, "kvcast bench: --attn-only with --attn none leaves nothing to run\n");
+        return 2;
+    }
+    if (eng_dnn_create(threads, &dnn, &err) != KC_OK) {
+        fprintf(stderr, "kvcast bench: %s\n", err.msg);
+        return 1;
+    }
+    eng_dnn_enter(dnn);
+    const struct attn_bench ab = {.cfg = cfg,
+                                  .lens = lens,
+                                  .n_lens = n_lens,
+                                  .chunk = chunk,
+                                  .old = old,
+                                  .json = json,
+                                  .threads = eng_dnn_threads(dnn),
+                                  .dnn = dnn,
+                                  .gemm_m = 512,
+                                  .gemm_n = cfg->intermediate_size,
+                                  .gemm_k = cfg->hidden_size};
+    const int rc = bench_attention(&ab);
+    eng_dnn_free(dnn);
+    return rc;
+}
+
 static int bench_engine(int argc, char **argv) {
     const char *config = NULL;
     long prompt_len = 512, gen = 64, threads = 0, repeat = 2, aux_layers = 0;
-    bool json = false, kvp = false;
-    const char *aux_config = NULL;
+    bool json = false, kvp = false, attn_old = false, attn_only = false;
+    const char *aux_config = NULL, *attn_list = "512,2048,8192";
+    long attn_chunk = 256;
     struct eng_model_params mp = eng_model_default_params();
     struct kc_args a;
     kc_args_init(&a, "kvcast bench engine", argc, argv);
@@ -201,6 +427,8 @@ static int bench_engine(int argc, char **argv) {
                    kc_args_long(&a, "--threads", 1, 1024, &threads) ||
                    kc_args_long(&a, "--repeat", 1, 100, &repeat) ||
                    kc_args_str(&a, "--aux-config", &aux_config) ||
+                   kc_args_str(&a, "--attn", &attn_list) ||
+                   kc_args_long(&a, "--attn-chunk", 1, 1 << 16, &attn_chunk) ||
                    kc_args_long(&a, "--aux-layers", 1, ENG_MAX_LAYERS, &aux_layers)) {
         } else if (kc_args_str(&a, "--prefill-dtype", &v)) {
             if (eng_wtype_parse(v, &mp.prefill_wtype) != KC_OK) {
@@ -210,6 +438,10 @@ static int bench_engine(int argc, char **argv) {
             if (eng_wtype_parse(v, &mp.decode_wtype) != KC_OK) {
                 return kc_args_bad(&a, "must be f32 or bf16");
             }
+        } else if (kc_args_flag(&a, "--attn-old")) {
+            attn_old = true;
+        } else if (kc_args_flag(&a, "--attn-only")) {
+            attn_only = true;
         } else if (kc_args_flag(&a, "--kvp")) {
             kvp = true;
         } else if (kc_args_flag(&a, "--json")) {
@@ -229,6 +461,29 @@ static int bench_engine(int argc, char **argv) {
         fprintf(stderr, "kvcast bench: '%s' is neither a preset nor a readable config.json: %s\n",
                 config, err.msg);
         return 2;
+    }
+    long attn_lens[8];
+    int n_attn = 0;
+    if (strcmp(attn_list, "none") != 0) {
+        const char *p = attn_list;
+        while (*p != '\0') {
+            char *end = NULL;
+            const long v = strtol(p, &end, 10);
+            if (end == p || v < 1 || v > (1 << 17) || n_attn == 8 ||
+                (*end != ',' && *end != '\0')) {
+                fprintf(stderr,
+                        "kvcast bench: --attn wants up to 8 comma-separated lengths in "
+                        "[1, 131072] or none, not '%s'\n",
+                        attn_list);
+                return 2;
+            }
+            attn_lens[n_attn++] = v;
+            p = *end == ',' ? end + 1 : end;
+        }
+    }
+    if (attn_only) {
+        return bench_attention_only(&cfg, attn_lens, n_attn, (int)attn_chunk, attn_old,
+                                    (int)threads, json);
     }
     const int T = (int)prompt_len, G = (int)gen, n_ctx = T + G + 1;
     if (n_ctx > cfg.max_position_embeddings) {
@@ -380,6 +635,22 @@ static int bench_engine(int argc, char **argv) {
                "ratio %.2f (median of %d windows against the triad beside each; whole run "
                "against the best triad: %.2f)\n",
                dw, decode_tps, decode_gbs, triad_gbs, decode_ratio, n_win, decode_gbs / triad_gbs);
+    }
+    if (n_attn > 0) {
+        const struct attn_bench ab = {.cfg = &cfg,
+                                      .lens = attn_lens,
+                                      .n_lens = n_attn,
+                                      .chunk = (int)attn_chunk,
+                                      .old = attn_old,
+                                      .json = json,
+                                      .threads = eng_dnn_threads(dnn),
+                                      .dnn = dnn,
+                                      .gemm_m = gemm_m,
+                                      .gemm_n = cfg.intermediate_size,
+                                      .gemm_k = cfg.hidden_size};
+        if (bench_attention(&ab) != 0) {
+            goto done;
+        }
     }
     exit_code = 0;
     if (kvp) {

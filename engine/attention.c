@@ -1,0 +1,688 @@
+/*
+ * attention.c — causal GQA attention over the paged KV cache (declared in engine/ops.h):
+ * a tiled, flash-attention-style kernel for prefill chunks, the one-row kernel for decode,
+ * and the textbook `_ref` twin.
+ *
+ * Place in the data flow: engine/model.c calls eng_attention once per layer and sequence of
+ * a forward step, after RoPE and after this step's keys/values were appended to the cache.
+ *
+ * Shapes: Q[n, H, D] and O[n, H, D] row-major; key/value vectors [Hkv, D] per position in
+ * the paged cache (struct eng_kv_view); grp = H / Hkv query heads share one kv head.
+ *
+ * DESIGN — invariants:
+ *  1. Two paths, one contract. A single decode row of a group of fewer than
+ *     ATT_TILE_MIN_GRP heads (MHA, grp 2) takes the row path: one (query row, kv head) item
+ *     at a time, all heads of the group together, one dot product per key. Everything else
+ *     (prefill chunks, decode rows of GQA groups of 3 or more) takes the tile path, whose
+ *     16-row vectors then carry padding rows. Measured on a 2-core AMD EPYC (Zen 4,
+ *     AVX-512), CPU time of one decode row, row path / tile path: grp 3 at contexts 512,
+ *     2048, 8192: 0.12 / 0.12, 0.44 / 0.45, 5.6 / 3.2 ms; grp 8 at 2048: 0.75 / 0.35 ms;
+ *     grp 1 at 512 and 8192: 0.14 / 0.31, 10.0 / 12.1 ms. Two rows, grp 3 at 2048: 0.90 /
+ *     0.41 ms.
+ *  2. Tile path. A work item is (kv head g, tile of tq query rows); its score matrix has
+ *     rp = tq * grp rows (rounded up to 16), one per (query row, head of the group), so each
+ *     key and value of the chunk is read once per tile for all heads that share it. The
+ *     tile's queries are packed once, scaled and transposed (Qt[D][rp]); scores, P and the
+ *     accumulator are kept transposed too (St[key][rp], Ot[D][rp]), so the softmax runs down
+ *     columns 16 rows a vector and keys and values are broadcast straight from the paged
+ *     cache: no K/V packing, chunks may cross KV blocks, block tables need not be
+ *     contiguous. Keys are visited in chunks of ATT_TK from position 0: St = K Qt, online
+ *     softmax per row (running max and sum), Ot = alpha * Ot + Vᵀ P.
+ *  3. Causality: chunks past the tile's last position are never visited; only chunks that
+ *     reach past the tile's first position (the diagonal) compare each key with each row's
+ *     position, zeroing P beyond it. Padding rows are zero and see every key, and the first
+ *     chunk holds key 0, which every row sees, so no row's max stays -inf past it.
+ *  4. The products run on register-blocked AVX-512 micro-kernels, broadcast-FMA outer
+ *     products: 4 keys x 6 row vectors for St, 4 columns x 6 row vectors for Ot, 24
+ *     accumulators each, the row vectors forced into registers (ATT_IN_REG). An earlier
+ *     version packed each K chunk transposed and V per chunk (row-major S): its packing and
+ *     per-row softmax took ~60% of its time against ~40% for the products (perf). oneDNN
+ *     matmuls per tile were not used: a 96 x 64 x 64 product is ~0.8 MFLOP, about 7 us at
+ *     the GEMM rate, in the range of a primitive's execution overhead, and the softmax must
+ *     run between the two products of every chunk. Without AVX-512 the same tiling runs
+ *     plain `omp simd` loops.
+ *  5. Parallel over work items on the calling OpenMP team (schedule dynamic, the longest
+ *     tiles first); each thread uses its own slice of the caller's scratch, whose size
+ *     eng_attention_scratch_floats gives for both paths.
+ *  6. f32 throughout. P uses exp512/expf_fast (ops_simd.h, <= 2 ulp); the row path's
+ *     rescale uses libm expf. Queries are scaled before the product (the twin scales the
+ *     dot product): differences stay at float rounding (tests/unit/test_attention.c).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <float.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "common/kc.h"
+#include "engine/ops.h"
+#include "engine/ops_simd.h"
+
+/* Work of a whole call below which it stays on one thread. */
+#define ATT_PAR_MIN 32768
+/* Fixed part of the row path's per-thread scratch: room for the running max/sum of a group
+ * and a block of scores even when the context is short. */
+#define ATT_ROW_EXTRA 4096
+/* Keys per chunk of the tile path: 4 zmm registers of scores. */
+#define ATT_TK 64
+/* Row vectors (16 S rows each) per micro-kernel call: 4 x 6 accumulators + 6 operands + 4
+ * broadcasts fit the 32 zmm registers. */
+#define ATT_NV 6
+/* Target S rows (query rows x heads of a group) per tile: Q, S and O of a tile stay in L2. */
+#define ATT_ROWS 96
+/* Calls with at least ATT_TILE_MIN_N query rows, or groups of at least ATT_TILE_MIN_GRP
+ * heads, take the tile path (invariant 1). */
+#define ATT_TILE_MIN_N 2
+#define ATT_TILE_MIN_GRP 3
+
+static size_t up16(size_t x) {
+    return (x + 15) / 16 * 16;
+}
+
+/* Key vector of kv head g at token t. */
+static inline const float *kv_key(const struct eng_kv_view *kv, int t, int n_kv_heads, int d,
+                                  int g) {
+    const int32_t blk = kv->block_table[t / kv->block_size];
+    return kv->base + (size_t)blk * kv->block_stride +
+           ((size_t)(t % kv->block_size) * (size_t)n_kv_heads + (size_t)g) * (size_t)d;
+}
+
+/* s[j] = exp(s[j] - sub) for j < n; returns the sum of the new values. */
+static float exp_sub_sum(float *s, int n, float sub) {
+#if defined(__AVX512F__)
+    const __m512 vsub = _mm512_set1_ps(sub);
+    __m512 acc = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 k = tail_mask(n - j);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), vsub));
+        _mm512_mask_storeu_ps(s + j, k, e);
+        acc = _mm512_mask_add_ps(acc, k, acc, e);
+    }
+    return _mm512_reduce_add_ps(acc);
+#else
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        s[j] = expf_fast(s[j] - sub);
+        sum += s[j];
+    }
+    return sum;
+#endif
+}
+
+static inline void scal(float *restrict y, float a, int d) {
+    ENG_SIMD
+    for (int i = 0; i < d; i++) {
+        y[i] *= a;
+    }
+}
+
+/* ---- row path (decode) ---- */
+
+static size_t row_thread_floats(int n_ctx) {
+    return up16((size_t)(n_ctx > 0 ? n_ctx : 0)) + ATT_ROW_EXTRA;
+}
+
+#if defined(__AVX512F__)
+/* AVX-512 versions: GCC's `omp simd` reduction ends in a scalar loop over the 16 lanes, and
+ * ISO C mode (-ffp-contract=off) forbids fusing the multiply-adds. */
+static inline float dot(const float *restrict a, const float *restrict b, int d) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < d; i += 16) {
+        const __mmask16 k = tail_mask(d - i);
+        acc =
+            _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static inline void axpy(float *restrict y, float a, const float *restrict x, int d) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < d; i += 16) {
+        const __mmask16 k = tail_mask(d - i);
+        const __m512 r =
+            _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i));
+        _mm512_mask_storeu_ps(y + i, k, r);
+    }
+}
+#else
+static inline float dot(const float *restrict a, const float *restrict b, int d) {
+    float s = 0.0f;
+    ENG_SIMD_SUM(s)
+    for (int i = 0; i < d; i++) {
+        s += a[i] * b[i];
+    }
+    return s;
+}
+
+static inline void axpy(float *restrict y, float a, const float *restrict x, int d) {
+    ENG_SIMD
+    for (int i = 0; i < d; i++) {
+        y[i] += a * x[i];
+    }
+}
+#endif
+
+/* Attention of the G query heads q[G, D] of one row (sharing kv head g) over keys 0..L-1;
+ * writes out[G, D]. sc holds sc_floats floats. Keys are visited in blocks with an online
+ * softmax; when the scratch holds all scores of the group there is one block and it is the
+ * classic two-pass softmax. */
+static void attend_group(const float *q, int n_keys, const struct eng_kv_view *kv, int g, int grp,
+                         int n_kv_heads, int d, float scale, float *out, float *sc,
+                         size_t sc_floats) {
+    float *mx = sc, *sum = sc + grp, *s = sc + 2 * grp;
+    KC_ASSERT(sc_floats > 3 * (size_t)grp);
+    size_t blk = (sc_floats - 2 * (size_t)grp) / (size_t)grp;
+    if (blk > (size_t)n_keys) {
+        blk = (size_t)n_keys;
+    }
+    const int bsz = (int)blk;
+    for (int h = 0; h < grp; h++) {
+        mx[h] = -INFINITY;
+        sum[h] = 0.0f;
+        memset(out + (size_t)h * (size_t)d, 0, (size_t)d * sizeof(float));
+    }
+    for (int t0 = 0; t0 < n_keys; t0 += bsz) {
+        const int nb = n_keys - t0 < bsz ? n_keys - t0 : bsz;
+        /* Scores of the block, every key read once for the whole group. */
+        for (int j = 0; j < nb; j++) {
+            const float *k = kv_key(kv, t0 + j, n_kv_heads, d, g);
+            for (int h = 0; h < grp; h++) {
+                s[(size_t)h * blk + (size_t)j] = dot(q + (size_t)h * (size_t)d, k, d) * scale;
+            }
+        }
+        /* Online softmax: rescale what was accumulated if the running max grows. */
+        for (int h = 0; h < grp; h++) {
+            float *sh = s + (size_t)h * blk;
+            float bm = -INFINITY;
+            ENG_SIMD_MAX(bm)
+            for (int j = 0; j < nb; j++) {
+                bm = sh[j] > bm ? sh[j] : bm;
+            }
+            const float m_new = bm > mx[h] ? bm : mx[h];
+            if (m_new > mx[h] && t0 > 0) {
+                const float corr = expf(mx[h] - m_new);
+                scal(out + (size_t)h * (size_t)d, corr, d);
+                sum[h] *= corr;
+            }
+            mx[h] = m_new;
+            sum[h] += exp_sub_sum(sh, nb, m_new);
+        }
+        /* Weighted values, every value read once for the whole group. */
+        for (int j = 0; j < nb; j++) {
+            const float *v = kv_key(kv, t0 + j, n_kv_heads, d, g) + kv->v_offset;
+            for (int h = 0; h < grp; h++) {
+                axpy(out + (size_t)h * (size_t)d, s[(size_t)h * blk + (size_t)j], v, d);
+            }
+        }
+    }
+    for (int h = 0; h < grp; h++) {
+        scal(out + (size_t)h * (size_t)d, 1.0f / sum[h], d);
+    }
+}
+
+static void attention_rows(const float *q, int n, int pos0, const struct eng_kv_view *kv,
+                           int n_heads, int n_kv_heads, int d, float scale, float *out,
+                           float *scratch, size_t per_thread) {
+    const int grp = n_heads / n_kv_heads;
+    const long items = (long)n * n_kv_heads;
+    const size_t work = (size_t)items * (size_t)(pos0 + n) * (size_t)grp * (size_t)d;
+    (void)work;
+#ifdef _OPENMP
+#pragma omp parallel if (items > 1 && work >= ATT_PAR_MIN)
+#endif
+    {
+        float *sc = scratch + (size_t)team_thread() * per_thread;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (long it = 0; it < items; it++) {
+            /* Rows in reverse: the longest (last) rows are handed out first. */
+            const int i = n - 1 - (int)(it / n_kv_heads);
+            const int g = (int)(it % n_kv_heads);
+            const size_t off = ((size_t)i * (size_t)n_heads + (size_t)g * (size_t)grp) * (size_t)d;
+            attend_group(q + off, pos0 + i + 1, kv, g, grp, n_kv_heads, d, scale, out + off, sc,
+                         per_thread);
+        }
+    }
+}
+
+/* ---- tile path (prefill) ---- */
+
+/* Geometry of the tile path for one (grp, D). */
+struct att_tile {
+    int tq; /* query rows per tile */
+    int rp; /* S rows of a full tile (tq * grp) rounded up to 16 */
+    int d;  /* D */
+};
+
+static struct att_tile att_tile_of(int grp, int d) {
+    struct att_tile t;
+    t.tq = ATT_ROWS / grp > 0 ? ATT_ROWS / grp : 1;
+    t.rp = (int)up16((size_t)t.tq * (size_t)grp);
+    t.d = d;
+    return t;
+}
+
+/* Per-thread scratch of the tile path, each part on a 64-byte boundary of the slice:
+ * Qt[D][rp] (scaled queries, transposed), St[TK][rp] (scores, then P), Ot[D][rp] (the
+ * accumulator, transposed), max, sum, rescale and query position [rp] each, zeros[D]. */
+static size_t tile_thread_floats(const struct att_tile *t) {
+    const size_t rp = (size_t)t->rp, d = (size_t)t->d;
+    return 2 * up16(rp * d) + up16(ATT_TK * rp) + 4 * rp + up16(d);
+}
+
+#if defined(__AVX512F__)
+/* Keeps an operand loaded once in a register: GCC otherwise folds the load into each of the
+ * 4 FMAs that use it, and Zen 4 issues one 512-bit load per cycle, so the folded loads, not
+ * the FMAs, would set the pace. */
+#define ATT_IN_REG(x) __asm__("" : "+v"(x))
+
+/* St[j][r0..r0+16*NV) = sum_c k_j[c] * Qt[c][r0..] for 4 keys j0..j0+3: 4 x NV accumulators,
+ * the keys broadcast straight from the cache. NV is a constant at every call site. */
+static inline __attribute__((always_inline)) void qk_block(const float *const *kp,
+                                                           const float *restrict qt, int ld, int d,
+                                                           int r0, float *restrict st,
+                                                           const int nv) {
+    __m512 acc[4][ATT_NV];
+    for (int i = 0; i < 4; i++) {
+        for (int v = 0; v < nv; v++) {
+            acc[i][v] = _mm512_setzero_ps();
+        }
+    }
+    const float *k0 = kp[0], *k1 = kp[1], *k2 = kp[2], *k3 = kp[3];
+    for (int c = 0; c < d; c++) {
+        const float *qc = qt + (size_t)c * (size_t)ld + (size_t)r0;
+        __m512 b[ATT_NV];
+        for (int v = 0; v < nv; v++) {
+            b[v] = _mm512_loadu_ps(qc + 16 * v);
+            ATT_IN_REG(b[v]);
+        }
+        const __m512 a0 = _mm512_set1_ps(k0[c]), a1 = _mm512_set1_ps(k1[c]);
+        const __m512 a2 = _mm512_set1_ps(k2[c]), a3 = _mm512_set1_ps(k3[c]);
+        for (int v = 0; v < nv; v++) {
+            acc[0][v] = _mm512_fmadd_ps(a0, b[v], acc[0][v]);
+            acc[1][v] = _mm512_fmadd_ps(a1, b[v], acc[1][v]);
+            acc[2][v] = _mm512_fmadd_ps(a2, b[v], acc[2][v]);
+            acc[3][v] = _mm512_fmadd_ps(a3, b[v], acc[3][v]);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        for (int v = 0; v < nv; v++) {
+            _mm512_storeu_ps(st + (size_t)i * (size_t)ld + (size_t)(r0 + 16 * v), acc[i][v]);
+        }
+    }
+}
+
+/* Ot[c0..c0+CB)[r0..r0+16*NV) = alpha * Ot + sum_j v_j[c] * P[j][r0..]: CB x NV
+ * accumulators, the values broadcast straight from the cache. */
+static inline __attribute__((always_inline)) void
+pv_block(const float *const *vp, int nk, const float *restrict p, int ld, int c0, int r0,
+         const float *restrict alpha, float *restrict ot, const int cb, const int nv) {
+    __m512 acc[4][ATT_NV];
+    for (int v = 0; v < nv; v++) {
+        const __m512 al = _mm512_loadu_ps(alpha + r0 + 16 * v);
+        for (int i = 0; i < cb; i++) {
+            acc[i][v] = _mm512_mul_ps(
+                al, _mm512_loadu_ps(ot + (size_t)(c0 + i) * (size_t)ld + (size_t)(r0 + 16 * v)));
+        }
+    }
+    for (int j = 0; j < nk; j++) {
+        const float *pj = p + (size_t)j * (size_t)ld + (size_t)r0;
+        __m512 b[ATT_NV];
+        for (int v = 0; v < nv; v++) {
+            b[v] = _mm512_loadu_ps(pj + 16 * v);
+            ATT_IN_REG(b[v]);
+        }
+        for (int i = 0; i < cb; i++) {
+            const __m512 a = _mm512_set1_ps(vp[j][c0 + i]);
+            for (int v = 0; v < nv; v++) {
+                acc[i][v] = _mm512_fmadd_ps(a, b[v], acc[i][v]);
+            }
+        }
+    }
+    for (int i = 0; i < cb; i++) {
+        for (int v = 0; v < nv; v++) {
+            _mm512_storeu_ps(ot + (size_t)(c0 + i) * (size_t)ld + (size_t)(r0 + 16 * v), acc[i][v]);
+        }
+    }
+}
+
+#define ATT_NV_CASES(CALL)                                                                         \
+    switch (nv) {                                                                                  \
+    case 1:                                                                                        \
+        CALL(1);                                                                                   \
+        break;                                                                                     \
+    case 2:                                                                                        \
+        CALL(2);                                                                                   \
+        break;                                                                                     \
+    case 3:                                                                                        \
+        CALL(3);                                                                                   \
+        break;                                                                                     \
+    case 4:                                                                                        \
+        CALL(4);                                                                                   \
+        break;                                                                                     \
+    case 5:                                                                                        \
+        CALL(5);                                                                                   \
+        break;                                                                                     \
+    default:                                                                                       \
+        CALL(6);                                                                                   \
+        break;                                                                                     \
+    }
+
+/* St[j][0..rp) for keys j < nk (rounded up to 4 with zero keys). */
+static void tile_qk(const float *const *kp, int nk, const float *restrict qt, int rp, int d,
+                    float *restrict st) {
+    for (int r0 = 0; r0 < rp; r0 += 16 * ATT_NV) {
+        const int nv = (rp - r0) / 16 < ATT_NV ? (rp - r0) / 16 : ATT_NV;
+        for (int j = 0; j < nk; j += 4) {
+#define ATT_QK(NV) qk_block(kp + j, qt, rp, d, r0, st + (size_t)j * (size_t)rp, NV)
+            ATT_NV_CASES(ATT_QK)
+#undef ATT_QK
+        }
+    }
+}
+
+/* Ot = alpha * Ot + V^T P over keys j < nk. */
+static void tile_pv(const float *const *vp, int nk, const float *restrict p, int rp, int d,
+                    const float *restrict alpha, float *restrict ot) {
+    for (int r0 = 0; r0 < rp; r0 += 16 * ATT_NV) {
+        const int nv = (rp - r0) / 16 < ATT_NV ? (rp - r0) / 16 : ATT_NV;
+        int c0 = 0;
+        for (; c0 + 4 <= d; c0 += 4) {
+#define ATT_PV(NV) pv_block(vp, nk, p, rp, c0, r0, alpha, ot, 4, NV)
+            ATT_NV_CASES(ATT_PV)
+#undef ATT_PV
+        }
+        for (; c0 < d; c0++) {
+#define ATT_PV1(NV) pv_block(vp, nk, p, rp, c0, r0, alpha, ot, 1, NV)
+            ATT_NV_CASES(ATT_PV1)
+#undef ATT_PV1
+        }
+    }
+}
+
+/* Online softmax over the chunk's keys k0..k0+nk-1 for all rows, 16 rows a vector: St
+ * becomes P (zero where the key is masked), max and sum are updated and alpha receives the
+ * factor that rescales the accumulator. */
+static void tile_softmax(float *restrict st, int nk, int k0, bool diag, int rp,
+                         const int32_t *restrict qpos, float *restrict mx, float *restrict sum,
+                         float *restrict alpha) {
+    for (int r = 0; r < rp; r += 16) {
+        const __m512i qv = _mm512_loadu_si512(qpos + r);
+        const __m512 m_old = _mm512_loadu_ps(mx + r);
+        __m512 bm = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j < nk; j++) {
+            const __m512 s = _mm512_loadu_ps(st + (size_t)j * (size_t)rp + (size_t)r);
+            const __mmask16 k =
+                diag ? _mm512_cmpge_epi32_mask(qv, _mm512_set1_epi32(k0 + j)) : (__mmask16)0xffff;
+            bm = _mm512_mask_max_ps(bm, k, bm, s);
+        }
+        const __m512 m_new = _mm512_max_ps(m_old, bm);
+        /* No key seen yet (first chunk): nothing to rescale, and -inf - -inf is NaN. */
+        const __mmask16 seen = _mm512_cmp_ps_mask(m_old, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
+        const __m512 al = _mm512_maskz_mov_ps(seen, exp512(_mm512_sub_ps(m_old, m_new)));
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < nk; j++) {
+            float *sp = st + (size_t)j * (size_t)rp + (size_t)r;
+            const __mmask16 k =
+                diag ? _mm512_cmpge_epi32_mask(qv, _mm512_set1_epi32(k0 + j)) : (__mmask16)0xffff;
+            const __m512 e =
+                _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_loadu_ps(sp), m_new)));
+            _mm512_storeu_ps(sp, e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        _mm512_storeu_ps(mx + r, m_new);
+        _mm512_storeu_ps(alpha + r, al);
+        _mm512_storeu_ps(sum + r, _mm512_fmadd_ps(_mm512_loadu_ps(sum + r), al, acc));
+    }
+}
+#else
+static void tile_qk(const float *const *kp, int nk, const float *restrict qt, int rp, int d,
+                    float *restrict st) {
+    for (int j = 0; j < nk; j++) {
+        float *sj = st + (size_t)j * (size_t)rp;
+        for (int r = 0; r < rp; r++) {
+            sj[r] = 0.0f;
+        }
+        for (int c = 0; c < d; c++) {
+            const float a = kp[j][c];
+            const float *qc = qt + (size_t)c * (size_t)rp;
+            ENG_SIMD
+            for (int r = 0; r < rp; r++) {
+                sj[r] += a * qc[r];
+            }
+        }
+    }
+}
+
+static void tile_pv(const float *const *vp, int nk, const float *restrict p, int rp, int d,
+                    const float *restrict alpha, float *restrict ot) {
+    for (int c = 0; c < d; c++) {
+        float *oc = ot + (size_t)c * (size_t)rp;
+        ENG_SIMD
+        for (int r = 0; r < rp; r++) {
+            oc[r] *= alpha[r];
+        }
+        for (int j = 0; j < nk; j++) {
+            const float a = vp[j][c];
+            const float *pj = p + (size_t)j * (size_t)rp;
+            ENG_SIMD
+            for (int r = 0; r < rp; r++) {
+                oc[r] += a * pj[r];
+            }
+        }
+    }
+}
+
+static void tile_softmax(float *restrict st, int nk, int k0, bool diag, int rp,
+                         const int32_t *restrict qpos, float *restrict mx, float *restrict sum,
+                         float *restrict alpha) {
+    for (int r = 0; r < rp; r++) {
+        float bm = -INFINITY;
+        for (int j = 0; j < nk; j++) {
+            const float s = st[(size_t)j * (size_t)rp + (size_t)r];
+            bm = (!diag || qpos[r] >= k0 + j) && s > bm ? s : bm;
+        }
+        const float m_new = bm > mx[r] ? bm : mx[r];
+        alpha[r] = mx[r] == -INFINITY ? 0.0f : expf_fast(mx[r] - m_new);
+        float acc = 0.0f;
+        for (int j = 0; j < nk; j++) {
+            float *sp = st + (size_t)j * (size_t)rp + (size_t)r;
+            *sp = !diag || qpos[r] >= k0 + j ? expf_fast(*sp - m_new) : 0.0f;
+            acc += *sp;
+        }
+        mx[r] = m_new;
+        sum[r] = sum[r] * alpha[r] + acc;
+    }
+}
+#endif
+
+/* One work item: query rows i0..i0+nq-1 (positions pos0+i0..) of kv head g. */
+static void attend_tile(const float *q, int i0, int nq, int pos0, const struct eng_kv_view *kv,
+                        int g, int n_heads, int n_kv_heads, float scale, const struct att_tile *tg,
+                        float *out, float *sc) {
+    const int grp = n_heads / n_kv_heads, d = tg->d;
+    const int rows = nq * grp, rp = (int)up16((size_t)rows);
+    const size_t frp = (size_t)tg->rp;
+    float *qt = sc;
+    float *ot = qt + up16(frp * (size_t)d);
+    float *st = ot + up16(frp * (size_t)d);
+    float *mx = st + up16(ATT_TK * frp);
+    float *sum = mx + frp;
+    float *alpha = sum + frp;
+    int32_t *qpos = (int32_t *)(void *)(alpha + frp);
+    float *zeros = alpha + 2 * frp;
+    const int first = pos0 + i0, last = pos0 + i0 + nq - 1;
+    /* Row i * grp + h of Qt's columns is (query row i, head h), scaled; padding rows are
+     * zero and see every key, so they stay finite. */
+    for (int i = 0; i < nq; i++) {
+        const float *src =
+            q + ((size_t)(i0 + i) * (size_t)n_heads + (size_t)g * (size_t)grp) * (size_t)d;
+        for (int h = 0; h < grp; h++) {
+            const int r = i * grp + h;
+            for (int c = 0; c < d; c++) {
+                qt[(size_t)c * (size_t)rp + (size_t)r] =
+                    src[(size_t)h * (size_t)d + (size_t)c] * scale;
+            }
+            qpos[r] = first + i;
+        }
+    }
+    for (int r = rows; r < rp; r++) {
+        for (int c = 0; c < d; c++) {
+            qt[(size_t)c * (size_t)rp + (size_t)r] = 0.0f;
+        }
+        qpos[r] = last;
+    }
+    memset(ot, 0, (size_t)rp * (size_t)d * sizeof(float));
+    memset(zeros, 0, (size_t)d * sizeof(float));
+    for (int r = 0; r < rp; r++) {
+        mx[r] = -INFINITY;
+        sum[r] = 0.0f;
+    }
+    const float *kp[ATT_TK], *vp[ATT_TK];
+    for (int k0 = 0; k0 <= last; k0 += ATT_TK) {
+        const int nk = last + 1 - k0 < ATT_TK ? last + 1 - k0 : ATT_TK;
+        for (int j = 0; j < ATT_TK; j++) {
+            /* Keys past the chunk point at zeros: the 4-key blocks read them harmlessly. */
+            kp[j] = j < nk ? kv_key(kv, k0 + j, n_kv_heads, d, g) : zeros;
+            vp[j] = j < nk ? kp[j] + kv->v_offset : zeros;
+        }
+        tile_qk(kp, nk, qt, rp, d, st);
+        tile_softmax(st, nk, k0, k0 + nk - 1 > first, rp, qpos, mx, sum, alpha);
+        tile_pv(vp, nk, st, rp, d, alpha, ot);
+    }
+    for (int r = 0; r < rows; r++) {
+        const int i = r / grp, h = r % grp;
+        float *dst = out + ((size_t)(i0 + i) * (size_t)n_heads + (size_t)(g * grp + h)) * (size_t)d;
+        const float inv = 1.0f / sum[r];
+        for (int c = 0; c < d; c++) {
+            dst[c] = ot[(size_t)c * (size_t)rp + (size_t)r] * inv;
+        }
+    }
+}
+
+static void attention_tiles(const float *q, int n, int pos0, const struct eng_kv_view *kv,
+                            int n_heads, int n_kv_heads, int d, float scale, float *out,
+                            float *scratch, size_t per_thread) {
+    const int grp = n_heads / n_kv_heads;
+    const struct att_tile tg = att_tile_of(grp, d);
+    const int n_tiles = (n + tg.tq - 1) / tg.tq;
+    const long items = (long)n_tiles * n_kv_heads;
+    const size_t work = (size_t)n * (size_t)(pos0 + n) * (size_t)n_heads * (size_t)d;
+    (void)work;
+#ifdef _OPENMP
+#pragma omp parallel if (items > 1 && work >= ATT_PAR_MIN)
+#endif
+    {
+        float *sc = scratch + (size_t)team_thread() * per_thread;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (long it = 0; it < items; it++) {
+            /* Tiles in reverse: the longest (last) tiles are handed out first. */
+            const int t = n_tiles - 1 - (int)(it / n_kv_heads);
+            const int g = (int)(it % n_kv_heads);
+            const int i0 = t * tg.tq, nq = n - i0 < tg.tq ? n - i0 : tg.tq;
+            attend_tile(q, i0, nq, pos0, kv, g, n_heads, n_kv_heads, scale, &tg, out, sc);
+        }
+    }
+}
+
+/* ---- entry points ---- */
+
+static size_t thread_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim) {
+    const struct att_tile tg = att_tile_of(n_heads / n_kv_heads, head_dim);
+    const size_t rows = row_thread_floats(n_ctx), tiles = tile_thread_floats(&tg);
+    return rows > tiles ? rows : tiles;
+}
+
+size_t eng_attention_scratch_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim,
+                                    int n_threads) {
+    KC_ASSERT(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0);
+    return (size_t)(n_threads > 0 ? n_threads : 1) *
+           thread_floats(n_ctx, n_heads, n_kv_heads, head_dim);
+}
+
+static void check_args(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                       int n_kv_heads, int head_dim, const float *out, const float *scratch) {
+    KC_ASSERT(q != NULL && kv != NULL && out != NULL && scratch != NULL);
+    KC_ASSERT(n >= 0 && pos0 >= 0 && n_heads > 0 && n_kv_heads > 0 && head_dim > 0);
+    KC_ASSERT(n_heads % n_kv_heads == 0 && kv->block_size > 0);
+}
+
+void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                   int n_kv_heads, int head_dim, float scale, float *out, float *scratch) {
+    check_args(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, out, scratch);
+    const size_t per_thread = thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim);
+    if (n < ATT_TILE_MIN_N && n_heads / n_kv_heads < ATT_TILE_MIN_GRP) {
+        attention_rows(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
+                       per_thread);
+    } else {
+        attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
+                        per_thread);
+    }
+}
+
+void eng__attention_rows(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                         int n_kv_heads, int head_dim, float scale, float *out, float *scratch) {
+    check_args(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, out, scratch);
+    attention_rows(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
+                   thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim));
+}
+
+void eng__attention_tiles(const float *q, int n, int pos0, const struct eng_kv_view *kv,
+                          int n_heads, int n_kv_heads, int head_dim, float scale, float *out,
+                          float *scratch) {
+    check_args(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, out, scratch);
+    attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
+                    thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim));
+}
+
+void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                        int n_kv_heads, int head_dim, float scale, float *out, float *scratch) {
+    const int grp = n_heads / n_kv_heads, d = head_dim;
+    for (int i = 0; i < n; i++) {
+        const int n_keys = pos0 + i + 1;
+        for (int h = 0; h < n_heads; h++) {
+            const int g = h / grp;
+            const float *qh = q + ((size_t)i * (size_t)n_heads + (size_t)h) * (size_t)d;
+            float *oh = out + ((size_t)i * (size_t)n_heads + (size_t)h) * (size_t)d;
+            float mx = -INFINITY;
+            for (int t = 0; t < n_keys; t++) {
+                const float *k = kv_key(kv, t, n_kv_heads, d, g);
+                float s = 0.0f;
+                for (int j = 0; j < d; j++) {
+                    s += qh[j] * k[j];
+                }
+                scratch[t] = s * scale;
+                mx = scratch[t] > mx ? scratch[t] : mx;
+            }
+            float sum = 0.0f;
+            for (int t = 0; t < n_keys; t++) {
+                scratch[t] = expf(scratch[t] - mx);
+                sum += scratch[t];
+            }
+            for (int j = 0; j < d; j++) {
+                oh[j] = 0.0f;
+            }
+            for (int t = 0; t < n_keys; t++) {
+                const float *v = kv_key(kv, t, n_kv_heads, d, g) + kv->v_offset;
+                for (int j = 0; j < d; j++) {
+                    oh[j] += scratch[t] * v[j];
+                }
+            }
+            for (int j = 0; j < d; j++) {
+                oh[j] /= sum;
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+/*
+ * ops_simd.h — inline helpers shared by the engine's C kernels (engine/ops.c,
+ * engine/attention.c): `omp simd` pragmas that vanish without OpenMP, the Cephes expf
+ * polynomial (scalar expf_fast and 16-lane exp512) and the AVX-512 tail mask. Internal to
+ * the engine: include it only from kernel .c files, after <immintrin.h> where __AVX512F__.
+ * See engine/ops.c invariant 2 for why the fast kernels use their own exp.
+ */
+#ifndef ENG_OPS_SIMD_H
+#define ENG_OPS_SIMD_H
+
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define ENG_PRAGMA(x) _Pragma(#x)
+#ifdef _OPENMP
+#define ENG_SIMD ENG_PRAGMA(omp simd)
+#define ENG_SIMD_SUM(v) ENG_PRAGMA(omp simd reduction(+ : v))
+#define ENG_SIMD_MAX(v) ENG_PRAGMA(omp simd reduction(max : v))
+#else
+#define ENG_SIMD
+#define ENG_SIMD_SUM(v)
+#define ENG_SIMD_MAX(v)
+#endif
+
+/* This thread's index in the calling OpenMP team (0 without OpenMP). */
+static inline int team_thread(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* exp(x) for the fast kernels: Cephes expf polynomial after reduction by ln 2; vectorises
+ * inside `omp simd` loops. Inputs are clamped to [-87.3, 88.7] (the result stays a normal
+ * float); NaN propagates through the polynomial. */
+static inline float expf_fast(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.7f ? 88.7f : x;
+    /* n = round(x / ln 2) via truncation of a positive number (vectorises without SSE4.1
+     * rounding or -fno-trapping-math); x / ln 2 lies in [-126, 128]. */
+    const int32_t ni = (int32_t)(x * 1.44269504088896341f + 128.5f) - 128;
+    const float n = (float)ni;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    /* 2^n built in the exponent field; n + 127 is in [1, 255). */
+    union {
+        uint32_t u;
+        float f;
+    } scale;
+    scale.u = (uint32_t)(ni + 127) << 23;
+    return p * scale.f;
+}
+
+#if defined(__AVX512F__)
+/* expf_fast on 16 lanes: the same polynomial, with exact 2^n by vscalefps. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.7f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __mmask16 tail_mask(int left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+#endif
+
+#endif /* ENG_OPS_SIMD_H */

@@ -1,0 +1,185 @@
+/*
+ * Unit tests for engine/attention.c: eng_attention and both of its paths forced
+ * (eng__attention_tiles, eng__attention_rows) against eng__attention_ref on random caches,
+ * printing maxdiff. The cases aim at the tile path's edges: query chunks that start
+ * mid-sequence (pos0 > 0) with n not a multiple of the tile, key chunks that cross KV
+ * blocks whose size is not a multiple of the chunk, shuffled (non-contiguous) and identity
+ * block tables, GQA groups of 1, 3, 4, 12 and 128, head_dim 64 and others that are not a
+ * multiple of 16, large logits, and long contexts.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "common/kc.h"
+#include "engine/ops.h"
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+/* Uniform in [-1, 1). */
+static float frand(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+static float *rand_floats(size_t n, float scale) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) {
+        p[i] = frand() * scale;
+    }
+    return p;
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n) {
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float d = fabsf(a[i] - b[i]);
+        m = d > m || isnan(d) ? d : m;
+    }
+    return m;
+}
+
+static int team_size(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+struct attn_case {
+    int n, pos0, heads, kv_heads, d, block_size;
+    float q_scale;
+    bool shuffled; /* shuffled block table, else identity */
+};
+
+typedef void (*attn_fn)(const float *, int, int, const struct eng_kv_view *, int, int, int, float,
+                        float *, float *);
+
+/* Largest |fast - ref| over the three entry points for one case; asserts each is finite. */
+static float run_case(const struct attn_case *ac) {
+    const int bs = ac->block_size, n_ctx = ac->pos0 + ac->n;
+    const int n_blocks = (n_ctx + bs - 1) / bs + 3; /* a few spare blocks */
+    const size_t tok = (size_t)ac->kv_heads * (size_t)ac->d;
+    const size_t block_stride = 2 * (size_t)bs * tok + 8; /* K then V, then a gap */
+    float *cache = rand_floats((size_t)n_blocks * block_stride, 1.0f);
+    int32_t *table = malloc((size_t)n_blocks * sizeof(int32_t));
+    assert_non_null(table);
+    for (int b = 0; b < n_blocks; b++) {
+        table[b] = b;
+    }
+    for (int b = n_blocks - 1; ac->shuffled && b > 0; b--) {
+        const int j = (int)((frand() + 1.0f) * 0.5f * (float)(b + 1)) % (b + 1);
+        const int32_t t = table[b];
+        table[b] = table[j];
+        table[j] = t;
+    }
+    const struct eng_kv_view kv = {cache, block_stride, (size_t)bs * tok, bs, table};
+    const size_t qn = (size_t)ac->n * (size_t)ac->heads * (size_t)ac->d;
+    float *q = rand_floats(qn, ac->q_scale);
+    float *outr = malloc(qn * sizeof(float));
+    float *out = malloc(qn * sizeof(float));
+    /* Scratch sized for a longer context than used, as the engine sizes it. */
+    const size_t sf =
+        eng_attention_scratch_floats(n_ctx + 100, ac->heads, ac->kv_heads, ac->d, team_size());
+    float *scratch = malloc(sf * sizeof(float));
+    float *scratch_r = malloc((size_t)n_ctx * sizeof(float));
+    assert_true(out != NULL && outr != NULL && scratch != NULL && scratch_r != NULL);
+    const float scale = 1.0f / sqrtf((float)ac->d);
+    eng__attention_ref(q, ac->n, ac->pos0, &kv, ac->heads, ac->kv_heads, ac->d, scale, outr,
+                       scratch_r);
+    const attn_fn fns[3] = {eng_attention, eng__attention_tiles, eng__attention_rows};
+    const char *names[3] = {"auto", "tiles", "rows"};
+    float worst = 0.0f;
+    for (int f = 0; f < 3; f++) {
+        memset(out, 0xff, qn * sizeof(float)); /* NaN: every output must be written */
+        fns[f](q, ac->n, ac->pos0, &kv, ac->heads, ac->kv_heads, ac->d, scale, out, scratch);
+        const float diff = max_abs_diff(out, outr, qn);
+        printf("  attention %-5s n=%4d pos0=%4d H=%3d Hkv=%2d D=%3d bs=%2d %s qscale=%g "
+               "maxdiff=%.3g\n",
+               names[f], ac->n, ac->pos0, ac->heads, ac->kv_heads, ac->d, bs,
+               ac->shuffled ? "shuffled" : "identity", (double)ac->q_scale, (double)diff);
+        for (size_t i = 0; i < qn; i++) {
+            assert_true(isfinite(out[i]));
+        }
+        worst = diff > worst || isnan(diff) ? diff : worst;
+    }
+    free(cache);
+    free(table);
+    free(q);
+    free(out);
+    free(outr);
+    free(scratch);
+    free(scratch_r);
+    return worst;
+}
+
+static void run_cases(const struct attn_case *cases, size_t n_cases) {
+    for (size_t i = 0; i < n_cases; i++) {
+        const float diff = run_case(&cases[i]);
+        assert_true(diff <= 2e-5f);
+    }
+}
+
+static void test_prefill_chunks_at_block_and_tile_boundaries(void **state) {
+    (void)state;
+    const struct attn_case cases[] = {
+        /* n pos0 H Hkv D bs qscale shuffled */
+        {100, 0, 12, 4, 64, 16, 1.0f, true},  /* the 110M shape, grp 3, from position 0 */
+        {77, 45, 4, 4, 64, 20, 1.0f, true},   /* grp 1, chunk mid-sequence, bs 20 */
+        {50, 130, 8, 2, 40, 24, 1.0f, false}, /* grp 4, D 40, identity table */
+        {33, 64, 12, 4, 72, 7, 30.0f, true},  /* bs 7, D 72, large logits */
+        {64, 64, 12, 4, 64, 64, 1.0f, true},  /* everything aligned to the tile */
+        {4, 61, 12, 4, 64, 16, 1.0f, true},   /* the smallest n of the tile path */
+        {9, 0, 2, 1, 2, 5, 1.0f, true},       /* D 2 */
+        {40, 100, 4, 2, 136, 16, 4.0f, true}, /* D 136: 64 + 64 + 16 columns of O */
+    };
+    run_cases(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void test_gqa_groups_wide_and_narrow(void **state) {
+    (void)state;
+    const struct attn_case cases[] = {
+        {20, 10, 12, 1, 32, 16, 1.0f, true}, /* MQA, grp 12 */
+        {5, 3, 128, 1, 16, 16, 1.0f, true},  /* grp 128: a tile of one query row */
+        {31, 17, 6, 2, 24, 9, 1.0f, true},   /* grp 3, D 24 */
+    };
+    run_cases(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+static void test_long_context_and_decode(void **state) {
+    (void)state;
+    const struct attn_case cases[] = {
+        {100, 2000, 6, 2, 64, 16, 1.0f, true}, /* prefill chunk ending at 2100 */
+        {1, 2099, 12, 4, 64, 16, 1.0f, true},  /* decode at 2100, grp 3: the tile path */
+        {1, 900, 4, 2, 64, 16, 1.0f, true},    /* decode, grp 2: the row path */
+        {3, 700, 8, 2, 64, 32, 1.0f, true},    /* a few rows */
+    };
+    run_cases(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_prefill_chunks_at_block_and_tile_boundaries),
+        cmocka_unit_test(test_gqa_groups_wide_and_narrow),
+        cmocka_unit_test(test_long_context_and_decode),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
