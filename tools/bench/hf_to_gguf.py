@@ -149,9 +149,10 @@ def vocab(cfg):
     for b, i in enumerate(byte_ids):
         toks[i], types[i] = "<0x%02X>" % b, TOK_BYTE
     toks[0], types[0] = "<unk>", TOK_UNKNOWN
-    toks[bos], types[bos] = "<s>", TOK_CONTROL
-    if eos != bos:
-        toks[eos], types[eos] = "</s>", TOK_CONTROL
+    # One id for both (the embedded pair): call it </s> so that llama.cpp counts it as
+    # end-of-generation.
+    toks[bos], types[bos] = "<s>" if eos != bos else "</s>", TOK_CONTROL
+    toks[eos], types[eos] = "</s>", TOK_CONTROL
     scores = [0.0 if t != TOK_NORMAL else -float(i) for i, t in enumerate(types)]
     return toks, scores, types, bos, eos
 
