@@ -294,7 +294,8 @@ def main():
         extra = ""
         if peer:
             pb = sus[peer][0]
-            extra = " %s |" % (fmt(ratio(best, pb), 2) + "x" if best and pb else "—")
+            lower = ">= " if ff is None and sus[peer][1] is not None else ""
+            extra = " %s |" % (lower + fmt(ratio(best, pb), 2) + "x" if best and pb else "—")
         md.append("| %s | %s | %s | %s |%s" % (s, fmt(cap, 3), cell,
                                               num(ff) if ff is not None else "—", extra))
     md.append("")
