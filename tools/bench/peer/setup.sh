@@ -15,8 +15,4 @@ major=$(node -p 'process.versions.node.split(".")[0]')
 # --ignore-scripts: node-llama-cpp's postinstall would only try to download or build llama.cpp
 # when no prebuilt binary fits; the check below says whether one does.
 npm ci --ignore-scripts --no-audit --no-fund
-node --input-type=module -e '
-import { getLlama } from "node-llama-cpp";
-const l = await getLlama({ gpu: false, build: "never" });
-console.log("setup.sh: node-llama-cpp ready (CPU, prebuilt binary; " + l.cpuMathCores + " math cores)");
-'
+node check.mjs
