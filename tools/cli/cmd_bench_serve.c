@@ -20,6 +20,11 @@
  *      whether or not earlier ones have finished. Only --max-concurrency holds a request back;
  *      its clock then starts when it is sent, as in vLLM (which starts it inside the
  *      semaphore).
+ *   1a. Prompts and arrivals come from separate splitmix64 streams (lengths, ids, arrivals,
+ *      warm-up) whose start states are the seed and the stream's number put through the
+ *      finalizer, so two seeds share no prompt (see rng_stream). Warm-up requests use prompts
+ *      of their own: re-sending measured prompts would warm a prompt cache. --dump-prompts
+ *      writes both sets without a server, which is how the test checks that.
  *   2. Timestamps come from the monotonic clock when a write callback delivers bytes; SSE
  *      events that arrive in one read share that timestamp. An event is dispatched at its
  *      blank line; comment lines (heartbeats) are ignored.
@@ -38,6 +43,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <ctype.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -125,6 +131,7 @@ struct bs_opts {
     const char *json_path; /* NULL: no JSON file */
     const char *mode;      /* NULL: the server's default */
     const char *api_key;   /* NULL: none */
+    const char *dump_path; /* --dump-prompts: write the prompts there, send nothing */
     long num_prompts;
     double rate; /* requests/s; INFINITY: all at once */
     long prompt_len, prompt_spread;
@@ -170,8 +177,13 @@ static void bs_usage(FILE *f) {
             "  --logprobs N            send logprobs N (0..5); 0 makes a server without a\n"
             "                          tokenizer stream one chunk per token\n"
             "  --no-ignore-eos         stop at EOS (default: ignore_eos, exactly M tokens)\n"
-            "  --warmup N              unmeasured requests sent first, one at a time (default 1)\n"
-            "  --seed N                seed of prompts and arrival times (default 0)\n"
+            "  --warmup N              unmeasured requests sent first, one at a time, with\n"
+            "                          prompts of their own (synthetic ids, --prompt-len)\n"
+            "                          (default 1)\n"
+            "  --seed N                seed of prompts and arrival times (default 0); two seeds\n"
+            "                          share no prompt\n"
+            "  --dump-prompts FILE     write the warm-up and measured prompts and arrival times\n"
+            "                          as JSON lines to FILE and exit; no server is contacted\n"
             "  --timeout-s X           per-request limit (default 600)\n"
             "  --api-key KEY           sent as 'Authorization: Bearer KEY' (or OPENAI_API_KEY)\n"
             "  --json FILE             write the results as JSON (vLLM field names)\n"
@@ -276,6 +288,7 @@ static int parse_opts(int argc, char **argv, struct bs_opts *o, bool *done) {
                    kc_args_str(&a, "--dataset", &o->dataset) ||
                    kc_args_str(&a, "--json", &o->json_path) ||
                    kc_args_str(&a, "--api-key", &o->api_key) ||
+                   kc_args_str(&a, "--dump-prompts", &o->dump_path) ||
                    kc_args_long(&a, "--num-prompts", 1, 10000000, &o->num_prompts) ||
                    kc_args_long(&a, "--max-concurrency", 1, 100000, &o->max_concurrency) ||
                    kc_args_long(&a, "--vocab-size", 1, INT32_MAX, &o->vocab) ||
@@ -345,11 +358,14 @@ static void dataset_free(struct bs_dataset *d) {
 }
 
 /* splitmix64: small, seedable, good enough for prompt ids and arrival gaps. */
-static uint64_t rng_next(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+static uint64_t rng_mix(uint64_t z) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+static uint64_t rng_next(uint64_t *s) {
+    return rng_mix(*s += 0x9E3779B97F4A7C15ull);
 }
 
 /* Uniform in (0, 1]. */
@@ -357,16 +373,40 @@ static double rng_unit(uint64_t *s) {
     return ((double)(rng_next(s) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
 }
 
-static int dataset_synthetic(const struct bs_opts *o, struct bs_dataset *out) {
+/* Independent streams of one seed: what each is for. */
+enum bs_stream {
+    BS_STREAM_LENGTHS = 1, /* measured prompts' lengths */
+    BS_STREAM_IDS,         /* measured prompts' token ids */
+    BS_STREAM_ARRIVALS,    /* Poisson gaps */
+    BS_STREAM_WARM_LENGTHS,
+    BS_STREAM_WARM_IDS,
+};
+
+/* The start state of stream `stream` of seed `seed`. Every splitmix64 state lies on one
+ * Weyl sequence (each draw adds G), so a state derived linearly from the seed (seed*G + 1)
+ * makes seed k+1's stream seed k's shifted by one draw, and after a few prompts two seeds send
+ * the same prompts (a prompt cache then answers the "different" run). The seed and the stream
+ * go through the bijective finalizer instead: the starting points are unrelated, 2^64 apart
+ * on average, so no two (seed, stream) pairs overlap in any run of practical length. */
+static uint64_t rng_stream(long seed, enum bs_stream stream) {
+    return rng_mix(rng_mix((uint64_t)seed ^ 0x5851F42D4C957F2Dull) +
+                   (uint64_t)stream * 0x632BE59BD9B4E019ull);
+}
+
+/* n synthetic token-id prompts: lengths uniform in [P-S, P+S] from one stream, ids uniform in
+ * [0, vocab) from another. */
+static int dataset_synthetic(const struct bs_opts *o, long n, enum bs_stream lengths,
+                             enum bs_stream ids, struct bs_dataset *out) {
     struct bs_dataset d = {0};
-    uint64_t s = (uint64_t)o->seed * 0x9E3779B97F4A7C15ull + 1;
-    d.p = calloc((size_t)o->num_prompts, sizeof(*d.p));
+    uint64_t sl = rng_stream(o->seed, lengths);
+    uint64_t si = rng_stream(o->seed, ids);
+    d.p = calloc((size_t)(n > 0 ? n : 1), sizeof(*d.p));
     if (d.p == NULL) {
         return KC_ENOMEM;
     }
-    for (long i = 0; i < o->num_prompts; i++) {
+    for (long i = 0; i < n; i++) {
         const long span = 2 * o->prompt_spread + 1;
-        const long len = o->prompt_len - o->prompt_spread + (long)(rng_next(&s) % (uint64_t)span);
+        const long len = o->prompt_len - o->prompt_spread + (long)(rng_next(&sl) % (uint64_t)span);
         struct bs_prompt *p = &d.p[d.n++];
         p->ids = malloc((size_t)len * sizeof(int32_t));
         if (p->ids == NULL) {
@@ -375,7 +415,7 @@ static int dataset_synthetic(const struct bs_opts *o, struct bs_dataset *out) {
         }
         p->n_ids = (int)len;
         for (long t = 0; t < len; t++) {
-            p->ids[t] = (int32_t)(rng_next(&s) % (uint64_t)o->vocab);
+            p->ids[t] = (int32_t)(rng_next(&si) % (uint64_t)o->vocab);
         }
     }
     *out = d;
@@ -1420,8 +1460,8 @@ fail:
 /* ---- entry ---- */
 
 static int run_requests(struct bs_run *run, const struct bs_opts *o, const char *url,
-                        const char *model, const struct bs_dataset *d, size_t first, size_t n,
-                        bool open_loop, uint64_t *rng) {
+                        const char *model, const struct bs_dataset *d, size_t n,
+                        const double *arrival) {
     memset(run, 0, sizeof(*run));
     run->o = o;
     run->n = n;
@@ -1433,18 +1473,14 @@ static int run_requests(struct bs_run *run, const struct bs_opts *o, const char 
     if (run->reqs == NULL || run->arrival == NULL || run->multi == NULL) {
         return KC_ENOMEM;
     }
-    double t = 0.0;
     for (size_t i = 0; i < n; i++) {
         struct bs_req *r = &run->reqs[i];
         r->o = o;
-        r->prompt = &d->p[(first + i) % d->n];
+        r->prompt = &d->p[i % d->n];
         if (req_prepare(r, url, model) != KC_OK) {
             return KC_ENOMEM;
         }
-        if (open_loop && !isinf(o->rate)) {
-            t += -log(rng_unit(rng)) / o->rate;
-        }
-        run->arrival[i] = open_loop ? t : 0.0;
+        run->arrival[i] = arrival != NULL ? arrival[i] : 0.0;
     }
     return run_all(run);
 }
@@ -1464,6 +1500,73 @@ static void run_free(struct bs_run *run) {
     memset(run, 0, sizeof(*run));
 }
 
+/* Open-loop send times (s from the start): exponential gaps of mean 1/rate from the arrivals
+ * stream, or all 0 for rate inf. NULL when out of memory. */
+static double *arrivals_draw(const struct bs_opts *o, size_t n) {
+    double *a = calloc(n ? n : 1, sizeof(double));
+    uint64_t s = rng_stream(o->seed, BS_STREAM_ARRIVALS);
+    double t = 0.0;
+    for (size_t i = 0; a != NULL && i < n; i++) {
+        if (!isinf(o->rate)) {
+            t += -log(rng_unit(&s)) / o->rate;
+        }
+        a[i] = t;
+    }
+    return a;
+}
+
+static json_t *prompt_json(const struct bs_prompt *p) {
+    json_t *j = json_object();
+    if (p->text != NULL) {
+        json_object_set_new(j, "prompt", json_string(p->text));
+    } else {
+        json_t *ids = json_array();
+        for (int i = 0; i < p->n_ids; i++) {
+            json_array_append_new(ids, json_integer(p->ids[i]));
+        }
+        json_object_set_new(j, "prompt", ids);
+    }
+    if (p->max_tokens > 0) {
+        json_object_set_new(j, "max_tokens", json_integer(p->max_tokens));
+    }
+    return j;
+}
+
+/* --dump-prompts: one JSON line per prompt, the warm-up ones first ("warmup": true), the
+ * measured ones with their send time ("arrival_s"). A line without "warmup" is a valid
+ * --dataset line. */
+static int dump_prompts(const char *path, const struct bs_dataset *warm, const struct bs_dataset *d,
+                        const double *arrival) {
+    FILE *f = fopen(path, "w");
+    if (f == NULL) {
+        fprintf(stderr, "kvcast bench serve: cannot write %s: %s\n", path, strerror(errno));
+        return KC_EIO;
+    }
+    int rc = KC_OK;
+    for (size_t k = 0; k < warm->n + d->n && rc == KC_OK; k++) {
+        const bool w = k < warm->n;
+        json_t *j = prompt_json(w ? &warm->p[k] : &d->p[k - warm->n]);
+        if (w) {
+            json_object_set_new(j, "warmup", json_true());
+        } else {
+            json_object_set_new(j, "arrival_s", json_real(arrival[k - warm->n]));
+        }
+        char *line = json_dumps(j, JSON_COMPACT);
+        json_decref(j);
+        if (line == NULL || fprintf(f, "%s\n", line) < 0) {
+            rc = line == NULL ? KC_ENOMEM : KC_EIO;
+        }
+        free(line);
+    }
+    if (fclose(f) != 0 && rc == KC_OK) {
+        rc = KC_EIO;
+    }
+    if (rc != KC_OK) {
+        fprintf(stderr, "kvcast bench serve: writing %s failed\n", path);
+    }
+    return rc;
+}
+
 int kc_bench_serve(int argc, char **argv) {
     struct bs_opts o;
     bool done = false;
@@ -1476,10 +1579,11 @@ int kc_bench_serve(int argc, char **argv) {
         return 1;
     }
     int exit_code = 1;
-    struct bs_dataset d = {0};
+    struct bs_dataset d = {0}, wd = {0};
     struct bs_run run = {0}, warm = {0};
     struct bs_metrics m;
     memset(&m, 0, sizeof(m));
+    double *arrival = NULL;
     char model[256] = {0};
     char url[2048];
     snprintf(url, sizeof(url), "%s%s", o.url, o.endpoint);
@@ -1487,13 +1591,32 @@ int kc_bench_serve(int argc, char **argv) {
         snprintf(model, sizeof(model), "%s", o.model);
     }
     long max_len = 0;
-    if (fetch_model(&o, model, sizeof(model), &max_len) != KC_OK) {
+    if (o.dump_path == NULL && fetch_model(&o, model, sizeof(model), &max_len) != KC_OK) {
         fprintf(stderr, "kvcast bench serve: is a server listening at %s?\n", o.url);
         goto done;
     }
     const bool synthetic = strcmp(o.dataset, "synthetic") == 0;
-    if ((synthetic ? dataset_synthetic(&o, &d) : dataset_file(&o, &d)) != KC_OK) {
+    if ((synthetic ? dataset_synthetic(&o, o.num_prompts, BS_STREAM_LENGTHS, BS_STREAM_IDS, &d)
+                   : dataset_file(&o, &d)) != KC_OK) {
         exit_code = 2;
+        goto done;
+    }
+    /* Warm-up prompts of their own, from streams of their own: re-sending measured prompts
+     * would fill a server's prompt cache and make the measured TTFTs cache hits. */
+    struct bs_opts wgen = o;
+    if (!synthetic && max_len > 0 && o.prompt_len + o.prompt_spread + o.max_tokens > max_len) {
+        /* A file's prompts have their own lengths: keep the warm-up inside the context. */
+        wgen.prompt_len = o.max_tokens + 1 < max_len ? max_len - o.max_tokens : 1;
+        wgen.prompt_spread = 0;
+    }
+    if (dataset_synthetic(&wgen, o.warmup, BS_STREAM_WARM_LENGTHS, BS_STREAM_WARM_IDS, &wd) !=
+            KC_OK ||
+        (arrival = arrivals_draw(&o, (size_t)o.num_prompts)) == NULL) {
+        fprintf(stderr, "kvcast bench serve: out of memory\n");
+        goto done;
+    }
+    if (o.dump_path != NULL) {
+        exit_code = dump_prompts(o.dump_path, &wd, &d, arrival) == KC_OK ? 0 : 1;
         goto done;
     }
     if (synthetic && max_len > 0 && o.prompt_len + o.prompt_spread + o.max_tokens > max_len) {
@@ -1516,14 +1639,13 @@ int kc_bench_serve(int argc, char **argv) {
         printf("Maximum request concurrency: None\n");
     }
     fflush(stdout);
-    uint64_t rng = (uint64_t)o.seed * 0xD1B54A32D192ED03ull + 7;
     if (o.warmup > 0) {
         /* Warm-up: one at a time, not measured (the first request of a fresh server pays for
          * page faults and first-touch allocations). */
         struct bs_opts wo = o;
         wo.max_concurrency = 1;
         wo.progress = false;
-        if (run_requests(&warm, &wo, url, model, &d, 0, (size_t)o.warmup, false, &rng) != KC_OK) {
+        if (run_requests(&warm, &wo, url, model, &wd, (size_t)o.warmup, NULL) != KC_OK) {
             fprintf(stderr, "kvcast bench serve: libcurl failed during the warm-up\n");
             goto done;
         }
@@ -1536,7 +1658,7 @@ int kc_bench_serve(int argc, char **argv) {
         }
     }
     fprintf(stderr, "bench serve: %ld requests to %s (model %s)\n", o.num_prompts, url, model);
-    if (run_requests(&run, &o, url, model, &d, 0, (size_t)o.num_prompts, true, &rng) != KC_OK) {
+    if (run_requests(&run, &o, url, model, &d, (size_t)o.num_prompts, arrival) != KC_OK) {
         fprintf(stderr, "kvcast bench serve: libcurl failed\n");
         goto done;
     }
@@ -1556,7 +1678,9 @@ done:
     metrics_free(&m);
     run_free(&warm);
     run_free(&run);
+    dataset_free(&wd);
     dataset_free(&d);
+    free(arrival);
     curl_global_cleanup();
     return exit_code;
 }
