@@ -14,6 +14,8 @@
 static const double cost_ridge[3] = {1.0, 0.002, 0.002};
 /* Requests simulated at most behind the one decided (queued plus expected arrivals). */
 #define SCH_POLICY_HORIZON 64
+/* Arrivals during a prefill are protected up to this quantile of their Poisson count. */
+#define SCH_ARRIVAL_QUANTILE 0.9
 
 const char *sch_policy_reason_name(enum sch_policy_reason r) {
     switch (r) {
@@ -173,6 +175,21 @@ double sch_cost_estimate(const struct sch_cost_model *m, int n_tokens) {
     return v > 0.0 ? v : 0.0;
 }
 
+void sch_cost_borrow(struct sch_cost_model *to, const struct sch_cost_model *from, int n_tokens) {
+    if (to->n_samples > 0 || from->n_samples == 0) {
+        return;
+    }
+    const double u = (n_tokens > 0 ? n_tokens : 1) / SCH_COST_SCALE;
+    const double seed = from->prior[0] + from->prior[1] * u + from->prior[2] * u * u;
+    if (!(seed > 0.0)) {
+        return;
+    }
+    const double ratio = sch_cost_estimate(from, n_tokens) / seed;
+    for (int i = 0; i < 3; i++) {
+        to->coef[i] = to->prior[i] * ratio;
+    }
+}
+
 void sch_cost_coefs(const struct sch_cost_model *m, double *a, double *b, double *c) {
     if (a != NULL) {
         *a = m->coef[0];
@@ -199,12 +216,13 @@ static double cheapest(const struct sch_policy_input *in, int n, bool can_predic
 
 /*
  * Requests inside the target when this one's prefill costs head_ms: this one, the queued
- * ones behind it, then n_future expected arrivals spaced 1/rate apart, all served FIFO by
- * n_workers sharing the work (a fluid approximation: each prefill occupies 1/n_workers of
- * the time line), every other request at its cheapest mode.
+ * ones behind it, then n_future arrivals that come at once right after the decision (the
+ * worst case for them), all served FIFO by n_workers sharing the work (a fluid
+ * approximation: each prefill occupies 1/n_workers of the time line), every other request
+ * at its cheapest mode.
  */
-static int count_meeting(const struct sch_policy_input *in, double head_ms, int n_future) {
-    const double slo = in->ttft_slo_ms;
+static int count_meeting(const struct sch_policy_input *in, double slo, double head_ms,
+                         int n_future) {
     const double w = in->n_workers > 1 ? in->n_workers : 1;
     int meet = in->waited_ms + in->ahead_ms + head_ms <= slo;
     double t = (in->ahead_ms + head_ms) / w; /* when the queue behind starts moving */
@@ -215,17 +233,28 @@ static int count_meeting(const struct sch_policy_input *in, double head_ms, int 
         meet += q->waited_ms + t + c <= slo;
         t += c / w;
     }
-    if (n_future > 0) {
-        const double gap = 1.0 / in->arrival_rate_per_ms;
-        const double c = cheapest(in, in->arrival_n_prompt, true);
-        for (int k = 1; k <= n_future; k++) {
-            const double arrive = k * gap;
-            const double start = t > arrive ? t : arrive;
-            meet += start - arrive + c <= slo;
-            t = start + c / w;
-        }
+    const double c = cheapest(in, in->arrival_n_prompt, true);
+    for (int k = 0; k < n_future; k++) {
+        meet += t + c <= slo;
+        t += c / w;
     }
     return meet;
+}
+
+/* The number of Poisson arrivals (mean `mean`) not exceeded with probability
+ * SCH_ARRIVAL_QUANTILE, at most cap. */
+static int poisson_quantile(double mean, int cap) {
+    if (!(mean > 0.0)) {
+        return 0;
+    }
+    double p = exp(-mean), cdf = p;
+    int k = 0;
+    while (cdf < SCH_ARRIVAL_QUANTILE && k < cap) {
+        k++;
+        p *= mean / k;
+        cdf += p;
+    }
+    return k;
 }
 
 void sch_policy_decide(const struct sch_policy_input *in, struct sch_policy_decision *out) {
@@ -250,7 +279,9 @@ void sch_policy_decide(const struct sch_policy_input *in, struct sch_policy_deci
     const double c_pred = sch_cost_estimate(in->predict, in->n_prompt);
     d.est_full_ms = in->waited_ms + in->ahead_ms + c_full;
     d.est_predict_ms = in->waited_ms + in->ahead_ms + c_pred;
-    const double slo = in->ttft_slo_ms;
+    const double margin =
+        in->slo_margin > 0.0 ? (in->slo_margin < 0.9 ? in->slo_margin : 0.9) : 0.0;
+    const double slo = in->ttft_slo_ms * (1.0 - margin);
     const bool has_slo = slo > 0.0;
     const double est_best = d.est_predict_ms < d.est_full_ms ? d.est_predict_ms : d.est_full_ms;
     if (has_slo && in->shed_hopeless && in->work_ahead && in->predict->n_samples > 0 &&
@@ -268,16 +299,23 @@ void sch_policy_decide(const struct sch_policy_input *in, struct sch_policy_deci
         d.mode = c_pred < c_full ? SCH_MODE_PREDICT : SCH_MODE_FULL;
         d.reason = SCH_WHY_SLO;
     } else {
-        /* Expected arrivals fill the rest of the horizon, the same number for both modes so
-         * that the counts compare. While predict keeps up with them they meet the target
-         * either way; once it cannot, every one is late by what a full prefill added. */
+        /* Arrivals to protect: as many as come, with probability SCH_ARRIVAL_QUANTILE, while
+         * the queue it leaves drains (its full prefill and the requests behind it), Poisson
+         * at the measured rate; the same number for both modes, so that the counts compare. */
         int n_future = 0;
         if (in->arrival_rate_per_ms > 0.0 && isfinite(in->arrival_rate_per_ms)) {
-            n_future = SCH_POLICY_HORIZON -
-                       (in->n_behind < SCH_POLICY_HORIZON ? in->n_behind : SCH_POLICY_HORIZON);
+            double busy = in->ahead_ms + c_full;
+            for (int j = 0; j < in->n_behind && j < SCH_POLICY_HORIZON; j++) {
+                busy += cheapest(in, in->behind[j].n_prompt, in->behind[j].can_predict);
+            }
+            const int w = in->n_workers > 1 ? in->n_workers : 1;
+            const int room =
+                SCH_POLICY_HORIZON -
+                (in->n_behind < SCH_POLICY_HORIZON ? in->n_behind : SCH_POLICY_HORIZON);
+            n_future = poisson_quantile(in->arrival_rate_per_ms * busy / w, room);
         }
-        d.meet_full = count_meeting(in, c_full, n_future);
-        d.meet_predict = count_meeting(in, c_pred, n_future);
+        d.meet_full = count_meeting(in, slo, c_full, n_future);
+        d.meet_predict = count_meeting(in, slo, c_pred, n_future);
         if (d.meet_full >= d.meet_predict) {
             d.reason = SCH_WHY_FITS_SLO;
         } else {

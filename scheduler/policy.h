@@ -19,17 +19,20 @@
  * All functions here are pure: no clock, no lock, no state beyond their arguments.
  *
  * Rule for `auto` (DESIGN.md section 1: predict trades a little quality for TTFT, so it is
- * used only when TTFT needs it). With est_X = waited + ahead + cost_X(n):
+ * used only when TTFT needs it). With est_X = waited + ahead + cost_X(n), and `target` the
+ * TTFT target less slo_margin of it (prefill costs vary by tens of percent under load: a
+ * request planned to finish just inside the target misses it half the time):
  *   predict if n >= predict_min_prompt                                       (LONG_PROMPT)
  *   full if there is no TTFT target                                          (NO_SLO)
  *   shed (submit only) if there is work ahead and min(est_full, est_predict) > target,
  *        the predict model has been measured, and shedding is on             (HOPELESS)
  *   the cheaper mode if est_full > target                                    (SLO)
  *   otherwise count the requests that meet the target with this one in full and in predict:
- *   this one, the queued ones behind it, and the ones expected to arrive (at arrival_rate,
- *   arrival_n_prompt tokens each) while the queue it leaves drains; queued and expected
- *   requests are assumed to take their cheapest mode. Full when that count is not lower
- *   (FITS_SLO), predict otherwise (QUEUE).
+ *   this one, the queued ones behind it, and the arrivals to expect while the queue it leaves
+ *   drains (the 90th percentile of a Poisson count at arrival_rate, arrival_n_prompt tokens
+ *   each, all arriving at once: a burst, not an average, is what a full prefill must not
+ *   wreck); queued and arriving requests are assumed to take their cheapest mode. Full when
+ *   that count is not lower (FITS_SLO), predict otherwise (QUEUE).
  * Without a usable predictor every auto request runs full (NO_PREDICTOR) and none is shed.
  * A request alone in the server (no work ahead) is never shed, however long its prompt: it
  * gets the best TTFT there is, and nobody else waits for it.
@@ -62,6 +65,11 @@ void sch_cost_init(struct sch_cost_model *m, double a, double b, double c);
 void sch_cost_observe(struct sch_cost_model *m, int n_tokens, double ms);
 /* The estimated cost in ms of a prefill of n_tokens (>= 0 for any n >= 0). */
 double sch_cost_estimate(const struct sch_cost_model *m, int n_tokens);
+/* While `to` has no sample and `from` has some, sets `to` to its seed scaled by how far
+ * `from`'s fit at n_tokens is from `from`'s seed: both modes run on the same machine, so a
+ * measured speed carries over (else a pessimistic seed would keep auto from ever trying, and
+ * so measuring, the other mode). Otherwise does nothing. */
+void sch_cost_borrow(struct sch_cost_model *to, const struct sch_cost_model *from, int n_tokens);
 /* The fitted coefficients as a + b*n + c*n^2 (any pointer may be NULL). */
 void sch_cost_coefs(const struct sch_cost_model *m, double *a, double *b, double *c);
 
@@ -82,11 +90,13 @@ struct sch_policy_input {
     int n_workers;   /* prefill workers sharing the queue (>= 1) */
     const struct sch_policy_waiter *behind; /* queued behind it, in order; may be NULL */
     int n_behind;
-    double arrival_rate_per_ms; /* expected new requests per ms; 0: none expected */
+    double arrival_rate_per_ms; /* measured rate of new requests per ms; 0: none expected */
     int arrival_n_prompt;       /* their mean prompt length */
     const struct sch_cost_model *full;
     const struct sch_cost_model *predict;
     double ttft_slo_ms;     /* target; <= 0: none */
+    double slo_margin;      /* fraction of the target kept for estimate errors (0..0.9): auto
+                             * decisions plan for ttft_slo_ms * (1 - slo_margin) */
     int predict_min_prompt; /* prompts at least this long always predict; <= 0: never */
     bool shed_hopeless;     /* a hopeless auto request may be shed (submit-time calls) */
 };

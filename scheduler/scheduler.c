@@ -52,16 +52,24 @@
 #define SCH_COST_ALPHA 0.2
 /* Cost-model seeds (before the first measured prefill): the predictor GEMMs and cache
  * writes as a fraction of the base model's per-token cost, and the rates assumed per prefill
- * thread for GEMMs and for attention (slower: one row at a time). Only the first decisions
- * use them; no request is shed before predict was measured. */
+ * thread for GEMMs and for attention (slower: one row at a time; both roughly what the tiny
+ * pair measures on a 2-core AVX-512 host). Only the first decisions use them: the first
+ * measured prefill of either mode rescales the other's seed (sch_cost_borrow), and no request
+ * is shed before predict was measured. */
 #define SCH_PREDICT_OVERHEAD 0.05
-#define SCH_PRIOR_GEMM_FLOPS 20e9
-#define SCH_PRIOR_ATTN_FLOPS 2e9
-/* Arrivals the policy expects, as a multiple of the measured mean rate: Poisson arrivals
- * bunch, evenly spaced ones (what the policy simulates) would understate the queue. */
-#define SCH_ARRIVAL_MARGIN 1.5
+#define SCH_PRIOR_GEMM_FLOPS 40e9
+#define SCH_PRIOR_ATTN_FLOPS 8e9
 /* Weight of a new inter-arrival gap / prompt length in the arrival estimates. */
 #define SCH_ARRIVAL_ALPHA 0.1
+/* Fraction of the TTFT target auto mode keeps for estimate errors (policy.h). */
+#define SCH_SLO_MARGIN 0.1
+/* The queue wait estimated at submit is scaled by the EWMA of measured/estimated waits
+ * (what the cost models miss: other threads' load, scheduling gaps), clamped to this range;
+ * only waits estimated above SCH_WAIT_MIN_MS are samples. */
+#define SCH_WAIT_FACTOR_MIN 0.5
+#define SCH_WAIT_FACTOR_MAX 4.0
+#define SCH_WAIT_MIN_MS 20.0
+#define SCH_WAIT_ALPHA 0.1
 /* Requests behind the head that the admission decision looks at. */
 #define SCH_POLICY_BEHIND 32
 /* At most one info line per this interval about auto decisions (the rest: debug). */
@@ -144,6 +152,7 @@ struct sch {
     uint64_t last_submit_ns;
     double arrival_gap_ms;   /* EWMA of the time between submits; 0: fewer than 2 seen */
     double arrival_n_prompt; /* EWMA of submitted prompt lengths */
+    double wait_factor;      /* EWMA of measured / estimated queue waits (starts at 1) */
     uint64_t auto_why[2][SCH_STATS_REASONS]; /* [mode == predict][reason] */
     uint64_t shed;
     uint64_t log_ns;      /* last info line about a decision */
@@ -620,7 +629,7 @@ static struct sch_policy_input policy_input(const struct sch *s, const struct sc
         /* A lull longer than the usual gap means arrivals slowed down. */
         const double since = (double)(now - s->last_submit_ns) / 1e6;
         const double gap = since > s->arrival_gap_ms ? since : s->arrival_gap_ms;
-        rate = SCH_ARRIVAL_MARGIN / gap;
+        rate = 1.0 / gap;
     }
     struct sch_policy_input in = {
         .requested = r->requested_mode,
@@ -632,6 +641,7 @@ static struct sch_policy_input policy_input(const struct sch *s, const struct sc
         .full = &s->model_full,
         .predict = &s->model_predict,
         .ttft_slo_ms = s->cfg.ttft_slo_ms,
+        .slo_margin = SCH_SLO_MARGIN,
         .predict_min_prompt = s->cfg.predict_min_prompt,
     };
     return in;
@@ -667,8 +677,7 @@ static void log_decision(struct sch *s, const struct sch_req *r, const struct sc
  * policy whether r (auto) is hopeless behind the prefills in flight and the requests queued
  * (each at its cheapest mode), shared by the prefill workers. True: shed it (counted,
  * message in err). sch.lock held. */
-static bool shed_at_submit(struct sch *s, const struct sch_req *r, uint64_t now,
-                           struct kc_error *err) {
+static bool shed_at_submit(struct sch *s, struct sch_req *r, uint64_t now, struct kc_error *err) {
     if (s->last_submit_ns != 0) {
         const double gap = (double)(now - s->last_submit_ns) / 1e6;
         s->arrival_gap_ms =
@@ -696,6 +705,8 @@ static bool shed_at_submit(struct sch *s, const struct sch_req *r, uint64_t now,
     struct sch_policy_input in = policy_input(s, r, now);
     in.work_ahead = busy >= s->cfg.prefill_workers; /* else a worker is free for it */
     in.ahead_ms = in.work_ahead ? work / s->cfg.prefill_workers : 0.0;
+    r->est_wait_ms = in.ahead_ms;
+    in.ahead_ms *= s->wait_factor;
     in.shed_hopeless = true;
     struct sch_policy_decision d;
     sch_policy_decide(&in, &d);
@@ -731,6 +742,13 @@ static void choose_mode(struct sch *s, struct sch_req *r) {
     }
     struct sch_policy_input in = policy_input(s, r, now);
     in.waited_ms = (double)(now - r->t_state[SCH_REQ_QUEUED]) / 1e6;
+    if (r->est_wait_ms >= SCH_WAIT_MIN_MS) {
+        /* How far off the submit-time estimate was: corrects the next ones. */
+        double f = in.waited_ms / r->est_wait_ms;
+        f = f < SCH_WAIT_FACTOR_MIN ? SCH_WAIT_FACTOR_MIN
+                                    : (f > SCH_WAIT_FACTOR_MAX ? SCH_WAIT_FACTOR_MAX : f);
+        s->wait_factor = sch_policy_ewma(s->wait_factor, f, SCH_WAIT_ALPHA);
+    }
     in.behind = behind;
     in.n_behind = n_behind;
     struct sch_policy_decision d;
@@ -841,9 +859,11 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     if (r->mode == SCH_MODE_PREDICT) {
         s->cost_predict = sch_policy_ewma(s->cost_predict, per_token, SCH_COST_ALPHA);
         sch_cost_observe(&s->model_predict, r->n_prompt, prefill_ms);
+        sch_cost_borrow(&s->model_full, &s->model_predict, r->n_prompt);
     } else if (!r->prompt_logprobs) {
         s->cost_full = sch_policy_ewma(s->cost_full, per_token, SCH_COST_ALPHA);
         sch_cost_observe(&s->model_full, r->n_prompt, prefill_ms);
+        sch_cost_borrow(&s->model_predict, &s->model_full, r->n_prompt);
     }
     const bool hand_off =
         rc == KC_OK && fin == SCH_FINISH_NONE && sch_req_cancelled(r) == SCH_FINISH_NONE;
@@ -1267,6 +1287,7 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
     s->bcfg = bc;
     s->predict_available = predict_available;
     seed_cost_models(s, bc, predict_available ? eng_model_config_of(aux) : NULL);
+    s->wait_factor = 1.0;
     s->cb = cb;
     s->cb_ud = cb_ud;
     s->start_rc = KC_OK;
@@ -1483,6 +1504,7 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     r->prompt_logprobs = p->prompt_logprobs;
     /* Logits at every prompt position exist only in a base prefill. */
     r->requested_mode = p->prompt_logprobs ? SCH_MODE_FULL : p->mode;
+    r->est_wait_ms = -1.0;
     r->mode = SCH_MODE_FULL;
     r->state = SCH_REQ_QUEUED;
     atomic_init(&r->cancel, SCH_FINISH_NONE);

@@ -161,20 +161,44 @@ static void test_auto_full_only_when_it_costs_no_queued_request_its_slo(void **s
 
 static void test_auto_expected_arrivals_turn_full_into_predict(void **state) {
     (void)state;
-    /* Nothing queued: full fits (400 ms). */
+    /* Nothing queued: full fits (400 ms of 500). One arrival per 10 s: during those 400 ms
+     * none comes with probability 0.96, so nobody is to be protected: full. */
     struct sch_policy_input in = base_input(400);
     in.arrival_n_prompt = 400; /* arrivals cost 120 ms at predict */
-    in.arrival_rate_per_ms = 1.0 / 1000.0;
+    in.arrival_rate_per_ms = 1.0 / 10000.0;
     struct sch_policy_decision d = decide(&in);
     assert_int_equal(d.mode, SCH_MODE_FULL);
     assert_int_equal(d.reason, SCH_WHY_FITS_SLO);
-    /* One every 110 ms: at 120 ms each even predict falls behind, 10 ms per arrival, so the
-     * 280 ms a full prefill adds makes the 11th arrival miss instead of the 39th. */
-    in.arrival_rate_per_ms = 1.0 / 110.0;
+    /* One per second: a 400 ms window sees at most 1 arrival with probability 0.94; that one,
+     * behind full, would answer at 520 ms > 500; behind predict at 240 ms. */
+    in.arrival_rate_per_ms = 1.0 / 1000.0;
     d = decide(&in);
     assert_int_equal(d.mode, SCH_MODE_PREDICT);
     assert_int_equal(d.reason, SCH_WHY_QUEUE);
-    assert_true(d.meet_predict > d.meet_full);
+    assert_int_equal(d.meet_full, 1);
+    assert_int_equal(d.meet_predict, 2);
+    /* A shorter prompt leaves room for it: full 200 + 120 = 320. */
+    in.n_prompt = 200;
+    d = decide(&in);
+    assert_int_equal(d.mode, SCH_MODE_FULL);
+    assert_int_equal(d.meet_full, d.meet_predict);
+}
+
+static void test_auto_slo_margin_plans_inside_the_target(void **state) {
+    (void)state;
+    struct sch_policy_input in = base_input(460); /* full 460 ms of 500: fits ... */
+    assert_int_equal(decide(&in).mode, SCH_MODE_FULL);
+    in.slo_margin = 0.1; /* ... but not 450 */
+    struct sch_policy_decision d = decide(&in);
+    assert_int_equal(d.mode, SCH_MODE_PREDICT);
+    assert_int_equal(d.reason, SCH_WHY_SLO);
+    /* Shedding plans with the same margin: 340 + 138 = 478 > 450. */
+    in.shed_hopeless = true;
+    in.work_ahead = true;
+    in.ahead_ms = 340.0;
+    assert_true(decide(&in).shed);
+    in.slo_margin = 0.0;
+    assert_false(decide(&in).shed);
 }
 
 static void test_auto_hopeless_request_is_shed_only_with_work_ahead(void **state) {
@@ -321,6 +345,26 @@ static void test_cost_model_coefficients_stay_non_negative(void **state) {
     assert_true(sch_cost_estimate(&m, 4000) >= 0.0);
 }
 
+static void test_cost_model_unmeasured_mode_borrows_the_measured_speed(void **state) {
+    (void)state;
+    struct sch_cost_model full, pred;
+    sch_cost_init(&full, 0.0, 1.0, 0.0);
+    sch_cost_init(&pred, 0.0, 0.3, 0.0);
+    for (int i = 0; i < 5; i++) {
+        sch_cost_observe(&pred, 500, 300.0); /* twice as slow as its seed said */
+    }
+    sch_cost_borrow(&full, &pred, 500);
+    assert_int_equal(full.n_samples, 0);
+    const double e = sch_cost_estimate(&full, 500);
+    print_message("full at 500 tokens after borrowing: %.1f ms (seed 500)\n", e);
+    assert_true(e > 950.0 && e < 1050.0);
+    /* Once measured itself, a model keeps its own fit. */
+    sch_cost_observe(&full, 500, 700.0);
+    const double own = sch_cost_estimate(&full, 500);
+    sch_cost_borrow(&full, &pred, 500);
+    assert_true(near(sch_cost_estimate(&full, 500), own));
+}
+
 static void test_ewma_and_reason_names(void **state) {
     (void)state;
     double c = sch_policy_ewma(0.0, 2.0, 0.2);
@@ -343,6 +387,7 @@ int main(void) {
         cmocka_unit_test(test_auto_counts_time_already_waited),
         cmocka_unit_test(test_auto_full_only_when_it_costs_no_queued_request_its_slo),
         cmocka_unit_test(test_auto_expected_arrivals_turn_full_into_predict),
+        cmocka_unit_test(test_auto_slo_margin_plans_inside_the_target),
         cmocka_unit_test(test_auto_hopeless_request_is_shed_only_with_work_ahead),
         cmocka_unit_test(test_auto_prompt_over_threshold_always_predicts),
         cmocka_unit_test(test_auto_predict_no_cheaper_than_full_is_not_chosen_for_the_slo),
@@ -350,6 +395,7 @@ int main(void) {
         cmocka_unit_test(test_cost_model_fits_a_quadratic_from_samples),
         cmocka_unit_test(test_cost_model_one_length_scales_the_seed_and_tracks_drift),
         cmocka_unit_test(test_cost_model_coefficients_stay_non_negative),
+        cmocka_unit_test(test_cost_model_unmeasured_mode_borrows_the_measured_speed),
         cmocka_unit_test(test_ewma_and_reason_names),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
