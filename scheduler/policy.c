@@ -15,7 +15,7 @@ static const double cost_ridge[3] = {1.0, 0.002, 0.002};
 /* Requests simulated at most behind the one decided (queued plus expected arrivals). */
 #define SCH_POLICY_HORIZON 64
 /* Arrivals during a prefill are protected up to this quantile of their Poisson count. */
-#define SCH_ARRIVAL_QUANTILE 0.9
+#define SCH_ARRIVAL_QUANTILE 0.99
 
 const char *sch_policy_reason_name(enum sch_policy_reason r) {
     switch (r) {

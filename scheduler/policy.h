@@ -29,7 +29,7 @@
  *   the cheaper mode if est_full > target                                    (SLO)
  *   otherwise count the requests that meet the target with this one in full and in predict:
  *   this one, the queued ones behind it, and the arrivals to expect while the queue it leaves
- *   drains (the 90th percentile of a Poisson count at arrival_rate, arrival_n_prompt tokens
+ *   drains (the 99th percentile of a Poisson count at arrival_rate, arrival_n_prompt tokens
  *   each, all arriving at once: a burst, not an average, is what a full prefill must not
  *   wreck); queued and arriving requests are assumed to take their cheapest mode. Full when
  *   that count is not lower (FITS_SLO), predict otherwise (QUEUE).

@@ -161,23 +161,23 @@ static void test_auto_full_only_when_it_costs_no_queued_request_its_slo(void **s
 
 static void test_auto_expected_arrivals_turn_full_into_predict(void **state) {
     (void)state;
-    /* Nothing queued: full fits (400 ms of 500). One arrival per 10 s: during those 400 ms
-     * none comes with probability 0.96, so nobody is to be protected: full. */
+    /* Nothing queued: full fits (400 ms of 500). One arrival per 100 s: during those 400 ms
+     * none comes with probability 0.996, so nobody is to be protected: full. */
     struct sch_policy_input in = base_input(400);
     in.arrival_n_prompt = 400; /* arrivals cost 120 ms at predict */
-    in.arrival_rate_per_ms = 1.0 / 10000.0;
+    in.arrival_rate_per_ms = 1.0 / 100000.0;
     struct sch_policy_decision d = decide(&in);
     assert_int_equal(d.mode, SCH_MODE_FULL);
     assert_int_equal(d.reason, SCH_WHY_FITS_SLO);
-    /* One per second: a 400 ms window sees at most 1 arrival with probability 0.94; that one,
-     * behind full, would answer at 520 ms > 500; behind predict at 240 ms. */
+    /* One per second: a 400 ms window sees at most 2 arrivals with probability 0.99; behind
+     * full they would answer at 520 and 640 ms > 500; behind predict at 240 and 360 ms. */
     in.arrival_rate_per_ms = 1.0 / 1000.0;
     d = decide(&in);
     assert_int_equal(d.mode, SCH_MODE_PREDICT);
     assert_int_equal(d.reason, SCH_WHY_QUEUE);
     assert_int_equal(d.meet_full, 1);
-    assert_int_equal(d.meet_predict, 2);
-    /* A shorter prompt leaves room for it: full 200 + 120 = 320. */
+    assert_int_equal(d.meet_predict, 3);
+    /* A shorter prompt leaves room for them: full 200 + 120 = 320, + 120 = 440. */
     in.n_prompt = 200;
     d = decide(&in);
     assert_int_equal(d.mode, SCH_MODE_FULL);
