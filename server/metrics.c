@@ -139,9 +139,10 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
             decisions[i].predict ? "predict" : "full", sch_policy_reason_name(decisions[i].why),
             (unsigned long long)g->auto_decisions[decisions[i].predict][decisions[i].why]);
     }
-    rc |= family(o, p, "requests_shed_total", "counter",
-                 "Auto requests answered 503 at once: no prefill mode could meet the TTFT target "
-                 "behind the queued work (--shed-hopeless).");
+    rc |= family(
+        o, p, "requests_shed_total", "counter",
+        "Auto requests answered 503 at once because no prefill mode could meet the TTFT target "
+        "behind the queued work (--shed-hopeless).");
     rc |= srv_buf_printf(o, "%srequests_shed_total{model_name=\"%s\",reason=\"hopeless\"} %llu\n",
                          p, mn, (unsigned long long)g->shed);
     rc |= family(o, p, "http_error_responses_total", "counter",
