@@ -122,6 +122,9 @@ static const struct cfg_field fields[] = {
           "auto mode: predict when a full prefill would miss this TTFT"),
     F_INT("predict-min-prompt", predict_min_prompt, 0, 16777216,
           "auto mode: prompts at least this long always predict (0: off)"),
+    F_BOOL("shed-hopeless", shed_hopeless,
+           "auto mode: answer 503 + Retry-After at once to a request that even predict cannot "
+           "bring inside --ttft-slo-ms behind the queued work"),
     F_ENUM("prefill-mode", prefill_mode, "auto|full|predict",
            "prefill mode of requests that do not name one"),
     F_INT("max-choices", max_choices, 1, 128, "prompts x n in one request at most"),
@@ -169,6 +172,7 @@ void cfg_settings_default(struct cfg_settings *s) {
     s->max_running = 8;
     s->prefill_chunk = 256;
     s->ttft_slo_ms = 500.0;
+    s->shed_hopeless = true;
     snprintf(s->prefill_mode, sizeof(s->prefill_mode), "auto");
     s->max_choices = 8;
     s->max_stop = 4;

@@ -97,6 +97,7 @@ struct sch_req {
     int min_tokens;
     struct sch_logit_bias *logit_bias; /* [n_logit_bias], owned copy or NULL */
     int n_logit_bias;
+    double est_wait_ms; /* auto mode: queue wait estimated at submit (sch.lock); < 0: none */
 
     /* (owner) */
     enum sch_prefill_mode mode; /* the mode used, set at admission */

@@ -50,9 +50,30 @@
 #define SCH_ALL_LOGITS_BYTES ((size_t)64 << 20)
 /* Weight of a new sample in the per-token prefill cost estimates. */
 #define SCH_COST_ALPHA 0.2
-/* Predict/full cost ratio assumed before predict was measured, on top of the aux/base weight
- * ratio: the predictor GEMMs and the base step on the last token. */
+/* Cost-model seeds (before the first measured prefill): the predictor GEMMs and cache
+ * writes as a fraction of the base model's per-token cost, and the rates assumed per prefill
+ * thread for GEMMs and for attention (slower: one row at a time; both roughly what the tiny
+ * pair measures on a 2-core AVX-512 host). Only the first decisions use them: the first
+ * measured prefill of either mode rescales the other's seed (sch_cost_borrow), and no request
+ * is shed before predict was measured. */
 #define SCH_PREDICT_OVERHEAD 0.05
+#define SCH_PRIOR_GEMM_FLOPS 40e9
+#define SCH_PRIOR_ATTN_FLOPS 8e9
+/* Weight of a new inter-arrival gap / prompt length in the arrival estimates. */
+#define SCH_ARRIVAL_ALPHA 0.1
+/* Fraction of the TTFT target auto mode keeps for estimate errors (policy.h). */
+#define SCH_SLO_MARGIN 0.1
+/* The queue wait estimated at submit is scaled by the EWMA of measured/estimated waits
+ * (what the cost models miss: other threads' load, scheduling gaps), clamped to this range;
+ * only waits estimated above SCH_WAIT_MIN_MS are samples. */
+#define SCH_WAIT_FACTOR_MIN 0.5
+#define SCH_WAIT_FACTOR_MAX 4.0
+#define SCH_WAIT_MIN_MS 20.0
+#define SCH_WAIT_ALPHA 0.1
+/* Requests behind the head that the admission decision looks at. */
+#define SCH_POLICY_BEHIND 32
+/* At most one info line per this interval about auto decisions (the rest: debug). */
+#define SCH_DECISION_LOG_NS 1000000000ull
 
 struct sch_prefill_worker {
     struct sch *s;
@@ -90,7 +111,6 @@ struct sch {
     const struct eng_kvp *pred;
     const struct eng_model_config *bcfg;
     bool predict_available;
-    double predict_prior_ratio;
     sch_event_cb cb;
     void *cb_ud;
     struct eng_kv_pool pool; /* base KV; its own lock guards its free stack */
@@ -121,6 +141,22 @@ struct sch {
 
     struct sch_prefill_worker *pw; /* [cfg.prefill_workers] */
     struct sch_decode_worker dw;
+    /* Auto mode (policy.h): prefill cost models, the prefills in flight (what is left of them
+     * delays every queued request), arrival estimates, decision counters. Guarded by sch.lock. */
+    struct sch_cost_model model_full, model_predict;
+    struct {
+        uint64_t id;    /* 0: free slot */
+        uint64_t t0_ns; /* admission */
+        double est_ms;  /* estimated prefill cost in its mode */
+    } inflight[SCH_MAX_PREFILL_WORKERS];
+    uint64_t last_submit_ns;
+    double arrival_gap_ms;   /* EWMA of the time between submits; 0: fewer than 2 seen */
+    double arrival_n_prompt; /* EWMA of submitted prompt lengths */
+    double wait_factor;      /* EWMA of measured / estimated queue waits (starts at 1) */
+    uint64_t auto_why[2][SCH_STATS_REASONS]; /* [mode == predict][reason] */
+    uint64_t shed;
+    uint64_t log_ns;      /* last info line about a decision */
+    uint64_t log_skipped; /* decisions since then logged at debug only */
 };
 
 /* ---- small helpers ---- */
@@ -163,6 +199,7 @@ struct sch_config sch_default_config(void) {
         .ttft_slo_ms = 1000.0,
         .predict_min_prompt = 512,
         .prefill_workers = 1,
+        .shed_hopeless = true,
     };
     return c;
 }
@@ -564,24 +601,156 @@ static int prefill_predict(struct sch_prefill_worker *w, struct sch_req *r, stru
     return rc;
 }
 
-/* Picks the mode for r (at the head of the queue, admitted) and counts the decision.
- * Called with sch.lock held. */
-static void choose_mode(struct sch *s, struct sch_req *r) {
-    const uint64_t now = kc_now_ns();
-    const struct sch_req *next = s->waiting.head != r ? s->waiting.head : r->next;
+/* ---- auto mode: queue-cost bookkeeping around the policy (policy.h) ---- */
+
+_Static_assert(SCH_WHY_COUNT <= SCH_STATS_REASONS, "sch_stats.auto_decisions too small");
+_Static_assert(SCH_MAX_PREFILL_WORKERS >= 64, "inflight[] smaller than check_config's bound");
+
+/* Whether r would run predict when the policy needs it to (auto or predict asked). */
+static bool can_predict(const struct sch *s, const struct sch_req *r) {
+    return s->predict_available && r->requested_mode != SCH_MODE_FULL;
+}
+
+/* Estimated prefill cost of r at its cheapest mode (sch.lock held). */
+static double cheapest_cost(const struct sch *s, const struct sch_req *r) {
+    const double f = sch_cost_estimate(&s->model_full, r->n_prompt);
+    if (!can_predict(s, r)) {
+        return f;
+    }
+    const double p = sch_cost_estimate(&s->model_predict, r->n_prompt);
+    return r->requested_mode == SCH_MODE_PREDICT || p < f ? p : f;
+}
+
+/* The policy's inputs common to both call sites (sch.lock held). */
+static struct sch_policy_input policy_input(const struct sch *s, const struct sch_req *r,
+                                            uint64_t now) {
+    double rate = 0.0;
+    if (s->arrival_gap_ms > 0.0) {
+        /* A lull longer than the usual gap means arrivals slowed down. */
+        const double since = (double)(now - s->last_submit_ns) / 1e6;
+        const double gap = since > s->arrival_gap_ms ? since : s->arrival_gap_ms;
+        rate = 1.0 / gap;
+    }
     struct sch_policy_input in = {
         .requested = r->requested_mode,
         .predict_available = s->predict_available,
         .n_prompt = r->n_prompt,
-        .waited_ms = (double)(now - r->t_state[SCH_REQ_QUEUED]) / 1e6,
-        .next_n_prompt = next != NULL ? next->n_prompt : 0,
-        .next_waited_ms = next != NULL ? (double)(now - next->t_state[SCH_REQ_QUEUED]) / 1e6 : 0,
-        .full_ms_per_token = s->cost_full,
-        .predict_ms_per_token = s->cost_predict,
-        .predict_prior_ratio = s->predict_prior_ratio,
+        .n_workers = s->cfg.prefill_workers,
+        .arrival_rate_per_ms = rate,
+        .arrival_n_prompt = (int)(s->arrival_n_prompt + 0.5),
+        .full = &s->model_full,
+        .predict = &s->model_predict,
         .ttft_slo_ms = s->cfg.ttft_slo_ms,
+        .slo_margin = SCH_SLO_MARGIN,
         .predict_min_prompt = s->cfg.predict_min_prompt,
     };
+    return in;
+}
+
+/* Logs one auto decision: at info level at most once per SCH_DECISION_LOG_NS (saying how
+ * many went unlogged), at debug level always. sch.lock held. */
+static void log_decision(struct sch *s, const struct sch_req *r, const struct sch_policy_input *in,
+                         const struct sch_policy_decision *d, uint64_t now) {
+    const bool info = now - s->log_ns >= SCH_DECISION_LOG_NS || s->log_ns == 0;
+    if (!info) {
+        s->log_skipped++;
+        KC_DEBUG("req=%llu auto: %s reason=%s n_prompt=%d waited=%.1fms ahead=%.1fms "
+                 "est_full=%.1fms est_predict=%.1fms slo=%.1fms behind=%d meet=%d/%d",
+                 (unsigned long long)r->id, d->shed ? "shed" : sch_mode_name(d->mode),
+                 sch_policy_reason_name(d->reason), r->n_prompt, in->waited_ms, in->ahead_ms,
+                 d->est_full_ms, d->est_predict_ms, in->ttft_slo_ms, in->n_behind, d->meet_full,
+                 d->meet_predict);
+        return;
+    }
+    KC_INFO("req=%llu auto: %s reason=%s n_prompt=%d waited=%.1fms ahead=%.1fms "
+            "est_full=%.1fms est_predict=%.1fms slo=%.1fms behind=%d meet=%d/%d "
+            "(%llu decisions since the last line)",
+            (unsigned long long)r->id, d->shed ? "shed" : sch_mode_name(d->mode),
+            sch_policy_reason_name(d->reason), r->n_prompt, in->waited_ms, in->ahead_ms,
+            d->est_full_ms, d->est_predict_ms, in->ttft_slo_ms, in->n_behind, d->meet_full,
+            d->meet_predict, (unsigned long long)s->log_skipped);
+    s->log_ns = now;
+    s->log_skipped = 0;
+}
+
+/* At submit, before r joins the wait queue: updates the arrival estimates and asks the
+ * policy whether r (auto) is hopeless behind the prefills in flight and the requests queued
+ * (each at its cheapest mode), shared by the prefill workers. True: shed it (counted,
+ * message in err). sch.lock held. */
+static bool shed_at_submit(struct sch *s, struct sch_req *r, uint64_t now, struct kc_error *err) {
+    if (s->last_submit_ns != 0) {
+        const double gap = (double)(now - s->last_submit_ns) / 1e6;
+        s->arrival_gap_ms =
+            sch_policy_ewma(s->arrival_gap_ms, gap > 1e-3 ? gap : 1e-3, SCH_ARRIVAL_ALPHA);
+    }
+    s->last_submit_ns = now;
+    s->arrival_n_prompt = sch_policy_ewma(s->arrival_n_prompt, r->n_prompt, SCH_ARRIVAL_ALPHA);
+    if (!s->cfg.shed_hopeless || r->requested_mode != SCH_MODE_AUTO || !s->predict_available ||
+        !(s->cfg.ttft_slo_ms > 0.0)) {
+        return false;
+    }
+    double work = 0.0;
+    int busy = 0;
+    for (int i = 0; i < s->cfg.prefill_workers; i++) {
+        if (s->inflight[i].id != 0) {
+            const double left = s->inflight[i].est_ms - (double)(now - s->inflight[i].t0_ns) / 1e6;
+            work += left > 0.0 ? left : 0.0;
+            busy++;
+        }
+    }
+    for (const struct sch_req *q = s->waiting.head; q != NULL; q = q->next) {
+        work += cheapest_cost(s, q);
+        busy++;
+    }
+    struct sch_policy_input in = policy_input(s, r, now);
+    in.work_ahead = busy >= s->cfg.prefill_workers; /* else a worker is free for it */
+    in.ahead_ms = in.work_ahead ? work / s->cfg.prefill_workers : 0.0;
+    r->est_wait_ms = in.ahead_ms;
+    in.ahead_ms *= s->wait_factor;
+    in.shed_hopeless = true;
+    struct sch_policy_decision d;
+    sch_policy_decide(&in, &d);
+    if (!d.shed) {
+        return false;
+    }
+    s->shed++;
+    log_decision(s, r, &in, &d, now);
+    kc_error_set(err, KC_EBUSY,
+                 "no prefill mode can meet the %.0f ms TTFT target behind the queued work: "
+                 "estimated %.0f ms",
+                 s->cfg.ttft_slo_ms,
+                 d.est_predict_ms < d.est_full_ms ? d.est_predict_ms : d.est_full_ms);
+    return true;
+}
+
+/* Picks the mode for r (at the head of the queue, admitted; the rest of the queue is behind
+ * it), counts the decision and records r as in flight. Called with sch.lock held. */
+static void choose_mode(struct sch *s, struct sch_req *r) {
+    const uint64_t now = kc_now_ns();
+    struct sch_policy_waiter behind[SCH_POLICY_BEHIND];
+    int n_behind = 0;
+    for (const struct sch_req *q = s->waiting.head; q != NULL && n_behind < SCH_POLICY_BEHIND;
+         q = q->next) {
+        if (q == r) {
+            continue;
+        }
+        behind[n_behind++] = (struct sch_policy_waiter){
+            .n_prompt = q->n_prompt,
+            .waited_ms = (double)(now - q->t_state[SCH_REQ_QUEUED]) / 1e6,
+            .can_predict = can_predict(s, q),
+        };
+    }
+    struct sch_policy_input in = policy_input(s, r, now);
+    in.waited_ms = (double)(now - r->t_state[SCH_REQ_QUEUED]) / 1e6;
+    if (r->est_wait_ms >= SCH_WAIT_MIN_MS) {
+        /* How far off the submit-time estimate was: corrects the next ones. */
+        double f = in.waited_ms / r->est_wait_ms;
+        f = f < SCH_WAIT_FACTOR_MIN ? SCH_WAIT_FACTOR_MIN
+                                    : (f > SCH_WAIT_FACTOR_MAX ? SCH_WAIT_FACTOR_MAX : f);
+        s->wait_factor = sch_policy_ewma(s->wait_factor, f, SCH_WAIT_ALPHA);
+    }
+    in.behind = behind;
+    in.n_behind = n_behind;
     struct sch_policy_decision d;
     sch_policy_decide(&in, &d);
     r->mode = d.mode;
@@ -596,14 +765,28 @@ static void choose_mode(struct sch *s, struct sch_req *r) {
         } else {
             s->auto_full++;
         }
+        s->auto_why[d.mode == SCH_MODE_PREDICT][d.reason]++;
+        log_decision(s, r, &in, &d, now);
     }
-    KC_DEBUG("req=%llu mode=%s requested=%s reason=%s n_prompt=%d waited=%.1fms "
-             "cost_full=%.4f cost_predict=%.4f ms/token est_full=%.1fms est_predict=%.1fms "
-             "slo=%.1fms next_prompt=%d",
-             (unsigned long long)r->id, sch_mode_name(d.mode), sch_mode_name(r->requested_mode),
-             sch_policy_reason_name(d.reason), r->n_prompt, in.waited_ms, s->cost_full,
-             s->cost_predict, d.est_full_ms, d.est_predict_ms, s->cfg.ttft_slo_ms,
-             in.next_n_prompt);
+    for (int i = 0; i < s->cfg.prefill_workers; i++) {
+        if (s->inflight[i].id == 0) {
+            s->inflight[i].id = r->id;
+            s->inflight[i].t0_ns = now;
+            s->inflight[i].est_ms = sch_cost_estimate(
+                d.mode == SCH_MODE_PREDICT ? &s->model_predict : &s->model_full, r->n_prompt);
+            break;
+        }
+    }
+}
+
+/* r's prefill ended (sch.lock held): it no longer delays the queue. */
+static void inflight_done(struct sch *s, const struct sch_req *r) {
+    for (int i = 0; i < s->cfg.prefill_workers; i++) {
+        if (s->inflight[i].id == r->id) {
+            s->inflight[i].id = 0;
+            break;
+        }
+    }
 }
 
 /* Takes the head of the wait queue when its blocks can be reserved. Called with sch.lock
@@ -646,6 +829,7 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     if (rc != KC_OK) {
         pthread_mutex_lock(&s->lock);
         s->n_prefilling--;
+        inflight_done(s, r);
         pthread_mutex_unlock(&s->lock);
         if (rc == KC_ECANCELED) {
             end_cancelled(s, r);
@@ -666,6 +850,7 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
 
     pthread_mutex_lock(&s->lock);
     s->n_prefilling--;
+    inflight_done(s, r);
     s->prompt_tokens += (uint64_t)r->n_prompt;
     s->generated_tokens += (uint64_t)(r->n_generated > 0);
     /* A prompt_logprobs prefill (lm head on every row, smaller chunks) is no sample of the
@@ -673,8 +858,12 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     const double per_token = prefill_ms / r->n_prompt;
     if (r->mode == SCH_MODE_PREDICT) {
         s->cost_predict = sch_policy_ewma(s->cost_predict, per_token, SCH_COST_ALPHA);
+        sch_cost_observe(&s->model_predict, r->n_prompt, prefill_ms);
+        sch_cost_borrow(&s->model_full, &s->model_predict, r->n_prompt);
     } else if (!r->prompt_logprobs) {
         s->cost_full = sch_policy_ewma(s->cost_full, per_token, SCH_COST_ALPHA);
+        sch_cost_observe(&s->model_full, r->n_prompt, prefill_ms);
+        sch_cost_borrow(&s->model_predict, &s->model_full, r->n_prompt);
     }
     const bool hand_off =
         rc == KC_OK && fin == SCH_FINISH_NONE && sch_req_cancelled(r) == SCH_FINISH_NONE;
@@ -1001,6 +1190,37 @@ static void stop_workers(struct sch *s) {
     KC_ASSERT(s->n_live == 0);
 }
 
+/* Prefill FLOPs of a model: per prompt token (every weight GEMM) and per n^2 (causal
+ * attention: QK^T and PV, n^2/2 rows of 2*D FLOPs each, per head and layer). */
+static double flops_per_token(const struct eng_model_config *c) {
+    const double C = c->hidden_size, F = c->intermediate_size;
+    const double q = (double)c->n_heads * c->head_dim, kv = (double)c->n_kv_heads * c->head_dim;
+    return 2.0 * c->n_layers * (C * q + 2.0 * C * kv + q * C + 3.0 * C * F);
+}
+static double flops_per_token2(const struct eng_model_config *c) {
+    return 2.0 * c->n_layers * (double)c->n_heads * c->head_dim;
+}
+
+/* Seeds the auto-mode cost models from the model shapes and assumed per-thread rates; the
+ * first measured prefills replace the guess (policy.h). */
+static void seed_cost_models(struct sch *s, const struct eng_model_config *bc,
+                             const struct eng_model_config *ac) {
+    const double threads = s->cfg.prefill_threads > 0 ? s->cfg.prefill_threads : 1;
+    const double gemm = SCH_PRIOR_GEMM_FLOPS * threads / 1e3; /* FLOPs per ms */
+    const double attn = SCH_PRIOR_ATTN_FLOPS * threads / 1e3;
+    const double head = 2.0 * bc->hidden_size * (double)bc->vocab_size / gemm; /* lm head */
+    const double b_full = flops_per_token(bc) / gemm;
+    sch_cost_init(&s->model_full, 1.0 + head, b_full, flops_per_token2(bc) / attn);
+    if (ac != NULL) {
+        /* aux over the prompt, the predictor (a fraction of the base), one base step */
+        sch_cost_init(&s->model_predict, 1.0 + head + b_full,
+                      flops_per_token(ac) / gemm + SCH_PREDICT_OVERHEAD * b_full,
+                      flops_per_token2(ac) / attn);
+    } else {
+        s->model_predict = s->model_full;
+    }
+}
+
 static void sch_free(struct sch *s) {
     eng_kv_pool_free(&s->pool);
     pthread_cond_destroy(&s->prefill_cv);
@@ -1066,12 +1286,8 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
     s->pred = predict_available ? predictor : NULL;
     s->bcfg = bc;
     s->predict_available = predict_available;
-    s->predict_prior_ratio = 1.0;
-    if (predict_available) {
-        s->predict_prior_ratio =
-            (double)eng_model_weight_bytes(aux) / (double)eng_model_weight_bytes(base) +
-            SCH_PREDICT_OVERHEAD;
-    }
+    seed_cost_models(s, bc, predict_available ? eng_model_config_of(aux) : NULL);
+    s->wait_factor = 1.0;
     s->cb = cb;
     s->cb_ud = cb_ud;
     s->start_rc = KC_OK;
@@ -1288,6 +1504,7 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     r->prompt_logprobs = p->prompt_logprobs;
     /* Logits at every prompt position exist only in a base prefill. */
     r->requested_mode = p->prompt_logprobs ? SCH_MODE_FULL : p->mode;
+    r->est_wait_ms = -1.0;
     r->mode = SCH_MODE_FULL;
     r->state = SCH_REQ_QUEUED;
     atomic_init(&r->cancel, SCH_FINISH_NONE);
@@ -1305,7 +1522,13 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
         return kc_error_set(err, KC_EBUSY, "the wait queue is full (%d requests)", n);
     }
     r->id = ++s->next_id;
-    r->t_state[SCH_REQ_QUEUED] = kc_now_ns();
+    const uint64_t now = kc_now_ns();
+    if (shed_at_submit(s, r, now, err)) {
+        pthread_mutex_unlock(&s->lock);
+        req_free(r);
+        return KC_EBUSY;
+    }
+    r->t_state[SCH_REQ_QUEUED] = now;
     r->live_next = s->live;
     if (s->live != NULL) {
         s->live->live_prev = r;
@@ -1360,6 +1583,12 @@ void sch_stats_get(struct sch *s, struct sch_stats *out) {
     st.generated_tokens = s->generated_tokens;
     st.prefill_ms_per_token_full = s->cost_full;
     st.prefill_ms_per_token_predict = s->cost_predict;
+    memcpy(st.auto_decisions, s->auto_why, sizeof(st.auto_decisions));
+    st.shed = s->shed;
+    sch_cost_coefs(&s->model_full, &st.cost_full_abc[0], &st.cost_full_abc[1],
+                   &st.cost_full_abc[2]);
+    sch_cost_coefs(&s->model_predict, &st.cost_predict_abc[0], &st.cost_predict_abc[1],
+                   &st.cost_predict_abc[2]);
     for (int i = 0; i < s->cfg.prefill_workers; i++) {
         st.aux_blocks_total += s->pw[i].aux_total;
         st.aux_blocks_free += s->pw[i].aux_total - s->pw[i].aux_in_use;

@@ -57,7 +57,12 @@ struct sch_config {
     double ttft_slo_ms;        /* auto mode: target TTFT */
     int predict_min_prompt;    /* auto mode: prompts at least this long always predict */
     int prefill_workers;       /* prefill worker threads (default 1), each prefill_threads wide */
+    bool shed_hopeless;        /* auto mode: submit refuses (KC_EBUSY) a request that no prefill
+                                * mode can bring inside ttft_slo_ms behind the work queued ahead
+                                * (scheduler/policy.h); default true */
 };
+/* Bound of prefill_workers. */
+#define SCH_MAX_PREFILL_WORKERS 64
 /* Defaults that suit a 2-core machine: 1 prefill thread, 1 decode thread. */
 struct sch_config sch_default_config(void);
 
@@ -163,8 +168,9 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
 /*
  * Admits a request or refuses it at once: KC_ECONTEXT (with a message giving the numbers)
  * if prompt + max_tokens can never fit, KC_ERANGE for a token id outside the vocabulary,
- * KC_EINVAL for bad parameters, KC_EBUSY when the wait queue is full (the server answers
- * 429/503 + Retry-After). On success *id identifies the request in events.
+ * KC_EINVAL for bad parameters, KC_EBUSY when the wait queue is full or (shed_hopeless, auto
+ * mode) when no prefill mode can meet the TTFT target behind the queued work (the server
+ * answers 503 + Retry-After). On success *id identifies the request in events.
  */
 int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
                struct kc_error *err);
@@ -174,6 +180,9 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
  * (or the finish given, e.g. STOP for a stop string seen by the server). */
 void sch_cancel(struct sch *s, uint64_t id, enum sch_finish finish);
 
+/* Reasons counted in sch_stats.auto_decisions: >= SCH_WHY_COUNT (policy.h; checked at compile
+ * time). */
+#define SCH_STATS_REASONS 8
 struct sch_stats {
     int queued;
     int prefilling;
@@ -193,6 +202,15 @@ struct sch_stats {
     double prefill_ms_per_token_predict;
     uint64_t auto_full;    /* auto-mode decisions that chose full ... */
     uint64_t auto_predict; /* ... and predict (also counted in mode_full / mode_predict) */
+
+    /* The same decisions by [mode == predict][reason] (enum sch_policy_reason in
+     * scheduler/policy.h, named by sch_policy_reason_name), and the auto requests refused at
+     * submit because no mode could meet the TTFT target (shed_hopeless). */
+    uint64_t auto_decisions[2][SCH_STATS_REASONS];
+    uint64_t shed;
+    /* Prefill cost models of auto mode: ms = a + b*n + c*n^2 for n prompt tokens. */
+    double cost_full_abc[3];
+    double cost_predict_abc[3];
 };
 void sch_stats_get(struct sch *s, struct sch_stats *out);
 

@@ -191,6 +191,8 @@ static void gauges_of(struct srv *s, struct srv_gauges *g) {
     }
     g->conns_dispatched = s->n_socks_dispatched;
     g->conns_waiting = s->n_socks_live - s->n_socks_dispatched;
+    memcpy(g->auto_decisions, st.auto_decisions, sizeof(g->auto_decisions));
+    g->shed = st.shed;
 }
 
 static enum MHD_Result route_health(struct srv_conn *c) {

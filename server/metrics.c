@@ -4,6 +4,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "server/metrics.h"
 
+#include "scheduler/policy.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -120,6 +122,29 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
                          (unsigned long long)m->mode_full);
     rc |= srv_buf_printf(o, "%sprefill_mode_total{model_name=\"%s\",mode=\"predict\"} %llu\n", p,
                          mn, (unsigned long long)m->mode_predict);
+    /* Auto mode's decisions: only the (mode, reason) pairs the policy can produce. */
+    static const struct {
+        int predict;
+        enum sch_policy_reason why;
+    } decisions[] = {
+        {0, SCH_WHY_FITS_SLO},     {0, SCH_WHY_SLO},   {0, SCH_WHY_NO_SLO},
+        {0, SCH_WHY_NO_PREDICTOR}, {1, SCH_WHY_QUEUE}, {1, SCH_WHY_SLO},
+        {1, SCH_WHY_LONG_PROMPT},
+    };
+    rc |= family(o, p, "auto_decisions_total", "counter",
+                 "Prefill modes chosen for prefill_mode auto, by mode and reason.");
+    for (size_t i = 0; i < sizeof(decisions) / sizeof(decisions[0]); i++) {
+        rc |= srv_buf_printf(
+            o, "%sauto_decisions_total{model_name=\"%s\",mode=\"%s\",reason=\"%s\"} %llu\n", p, mn,
+            decisions[i].predict ? "predict" : "full", sch_policy_reason_name(decisions[i].why),
+            (unsigned long long)g->auto_decisions[decisions[i].predict][decisions[i].why]);
+    }
+    rc |= family(
+        o, p, "requests_shed_total", "counter",
+        "Auto requests answered 503 at once because no prefill mode could meet the TTFT target "
+        "behind the queued work (--shed-hopeless).");
+    rc |= srv_buf_printf(o, "%srequests_shed_total{model_name=\"%s\",reason=\"hopeless\"} %llu\n",
+                         p, mn, (unsigned long long)g->shed);
     rc |= family(o, p, "http_error_responses_total", "counter",
                  "Requests answered with an error status.");
     rc |= srv_buf_printf(o, "%shttp_error_responses_total{model_name=\"%s\"} %llu\n", p, mn,

@@ -8,7 +8,11 @@
  *              kvcast:request_unknown_fields_total
  *   gauges     kvcast:num_requests_running, kvcast:num_requests_waiting,
  *              kvcast:kv_cache_usage_perc{pool="base"|"aux"} (a fraction in [0, 1], as vLLM's)
- *   kvcast-only: kvcast:http_connections{state="waiting"|"dispatched"} (gauge),
+ *   kvcast-only: kvcast:auto_decisions_total{mode,reason} (counter: auto-mode prefill-mode
+ *              decisions, reasons as in scheduler/policy.h),
+ *              kvcast:requests_shed_total{reason="hopeless"} (counter: auto requests answered
+ *              503 because no prefill mode could meet --ttft-slo-ms; --shed-hopeless),
+ *              kvcast:http_connections{state="waiting"|"dispatched"} (gauge),
  *              kvcast:http_connections_closed_total{reason} (counter; slow-client defence:
  *              header_timeout, body_timeout, evicted, per_ip_limit, capacity)
  *
@@ -26,6 +30,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "scheduler/scheduler.h"
 #include "server/util.h"
 
 #define SRV_HIST_MAX_BUCKETS 24
@@ -76,6 +81,10 @@ struct srv_gauges {
     int has_aux;
     int conns_waiting;    /* open connections without a running request (idle, head, body) */
     int conns_dispatched; /* open connections whose request runs */
+    /* The scheduler's own counters (one source: scheduler.c counts, /metrics shows):
+     * auto-mode decisions by mode and reason, and auto requests shed at submit. */
+    uint64_t auto_decisions[2][SCH_STATS_REASONS];
+    uint64_t shed;
 };
 
 /* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series.

@@ -334,6 +334,7 @@ static int start_scheduler(struct srv *s, struct kc_error *err) {
     sc.max_context = c->max_context;
     sc.ttft_slo_ms = c->ttft_slo_ms;
     sc.predict_min_prompt = c->predict_min_prompt;
+    sc.shed_hopeless = c->shed_hopeless;
     s->max_model_len = c->max_context > 0 && c->max_context < mc->max_position_embeddings
                            ? c->max_context
                            : mc->max_position_embeddings;

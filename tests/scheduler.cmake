@@ -10,3 +10,11 @@ add_test(NAME test_scheduler_load
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_scheduler_load.sh $<TARGET_FILE:kvcast>
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_scheduler_load PROPERTIES LABELS integration TIMEOUT 300)
+
+# Issue 16 item 3 over real HTTP: auto requests that no prefill mode can serve within the TTFT
+# target get 503 + Retry-After at once and are counted in /metrics; explicit modes never are.
+add_test(NAME test_server_shed
+         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_shed.py
+                 $<TARGET_FILE:kvcast>
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_server_shed PROPERTIES LABELS integration TIMEOUT 180)
