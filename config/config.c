@@ -114,7 +114,7 @@ static const struct cfg_field fields[] = {
           "OpenMP threads of the decode worker (0: elastic, every core when nothing prefills)"),
     F_INT("prefill-workers", prefill_workers, 1, 64, "prefill worker threads"),
     F_DBL("tpot-slo-ms", tpot_slo_ms, 0.0, 3600000.0,
-          "elastic threads: decode step time kept while a prompt prefills (0: even split)"),
+          "elastic threads: decode step time kept while a prompt prefills (0: no target)"),
     F_BOOL("pin-cpus", pin_cpus,
            "pin prefill and decode workers to separate cores (needs both thread counts)"),
     F_INT("base-kv-mib", base_kv_mib, 1, 1048576, "KV cache budget of the base model (MiB)"),

@@ -29,8 +29,11 @@
  *  6. Every request ends in end_request, which emits its one terminal event and frees it.
  *  7. Elastic teams: rebalance() (sch.lock held) recomputes every worker's team with
  *     sch_team_split whenever a prefill starts or ends, the decode worker turns busy or idle,
- *     or a decode step was timed. Workers read their team (eng_dnn_team_source) before every
- *     GEMM, so a resize takes effect within one linear layer, mid-prefill included.
+ *     or a decode step was timed. A contention episode (some prefill running while decode is
+ *     busy) starts with both teams full-width; decode_shared_ms, the step time measured that
+ *     way, decides whether to split, and resets when the last prefill ends. Workers read their team
+ * (eng_dnn_team_source) before every GEMM, so a resize takes effect within one linear layer,
+ * mid-prefill included.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "scheduler/scheduler.h"
@@ -136,7 +139,9 @@ struct sch {
     int n_cpus;
     int n_prefill_busy;
     bool decode_busy;
-    double decode_work_ms; /* core-ms per decode step, EWMA; 0 unmeasured */
+    double decode_work_ms;   /* core-ms per decode step, EWMA; 0 unmeasured */
+    double decode_shared_ms; /* decode step ms while both sides ran full teams, EWMA over
+                              * this contention episode; 0 unmeasured */
 
     struct sch_prefill_worker *pw; /* [cfg.prefill_workers] */
     struct sch_decode_worker dw;
@@ -213,6 +218,7 @@ static void rebalance(struct sch *s) {
         .n_prefilling = s->n_prefill_busy,
         .decode_busy = s->decode_busy,
         .decode_step_work_ms = s->decode_work_ms,
+        .decode_shared_step_ms = s->decode_shared_ms,
         .tpot_target_ms = s->cfg.tpot_slo_ms,
     };
     struct sch_team_split t;
@@ -804,7 +810,9 @@ static void *prefill_main(void *arg) {
             prefill_one(w, r, hook, hook_ud);
             pthread_mutex_lock(&s->lock);
             w->busy = false;
-            s->n_prefill_busy--;
+            if (--s->n_prefill_busy == 0) {
+                s->decode_shared_ms = 0.0; /* the contention episode ended: re-probe next time */
+            }
             rebalance(s);
             pthread_mutex_unlock(&s->lock);
         }
@@ -990,6 +998,10 @@ static void *decode_main(void *arg) {
         }
         double step_ms = 0.0;
         int team = 0;
+        /* A step of a full-width decode team while a prefill runs measures the sharing. */
+        pthread_mutex_lock(&s->lock);
+        bool shared = s->elastic && s->n_prefill_busy > 0;
+        pthread_mutex_unlock(&s->lock);
         if (w->n_running > 0) {
             call_hook(hook, hook_ud, SCH_HOOK_DECODE_BEGIN, 0, w->n_running);
             team = team_now(s, &w->team, s->cfg.decode_threads);
@@ -1002,6 +1014,10 @@ static void *decode_main(void *arg) {
         if (team > 0 && s->elastic) {
             s->decode_work_ms =
                 sch_team_work_update(s->decode_work_ms, step_ms, team, SCH_STEP_ALPHA);
+            if (shared && s->n_prefill_busy > 0 && team == s->n_cpus) {
+                s->decode_shared_ms =
+                    sch_team_work_update(s->decode_shared_ms, step_ms, 1, SCH_STEP_ALPHA);
+            }
             rebalance(s);
         }
     }

@@ -45,9 +45,10 @@ int sch_mode_parse(const char *s, enum sch_prefill_mode *out);
  * Threads. With prefill_threads == decode_threads == 0 (the default) and no pinning, teams are
  * elastic: every worker's contexts are sized for all sch_cpu_count() cores and each GEMM runs
  * on the team the scheduler currently gives its worker: every core to a prefill while nothing
- * decodes and to decode while nothing prefills; when both are busy, decode gets the fewest
- * cores that keep its step within tpot_slo_ms and the prefills share the rest
- * (sched_internal.h sch_team_split). Explicit thread counts (either one) or pinning fix the
+ * decodes and to decode while nothing prefills; when both are busy, both keep every core (the
+ * kernel time-slices them) until a decode step misses tpot_slo_ms, then decode gets the
+ * fewest cores that meet it and the prefills share the rest (sched_internal.h
+ * sch_team_split). Explicit thread counts (either one) or pinning fix the
  * teams (a count left 0 then means OpenMP's default, all cores, unless pinned).
  */
 struct sch_config {
@@ -57,7 +58,7 @@ struct sch_config {
                              * teams; a count left 0 takes its share of the cores (decode
                              * half, the prefill workers the rest) */
     double tpot_slo_ms;     /* elastic teams: decode step time to protect while a prefill
-                             * runs (0: split the cores evenly) */
+                             * runs (0: none, both sides keep every core) */
     size_t base_kv_bytes;   /* memory budget of the base model's KV pool */
     size_t aux_kv_bytes;    /* memory budget of the auxiliary model's (transient) pool;
                              * 0: as needed (one max_context prompt per prefill worker) */

@@ -17,12 +17,13 @@
 #include "scheduler/sched_internal.h"
 
 static struct sch_team_split split(int n_cpus, int n_prefilling, bool decode_busy, double work_ms,
-                                   double target_ms) {
+                                   double shared_ms, double target_ms) {
     const struct sch_team_input in = {
         .n_cpus = n_cpus,
         .n_prefilling = n_prefilling,
         .decode_busy = decode_busy,
         .decode_step_work_ms = work_ms,
+        .decode_shared_step_ms = shared_ms,
         .tpot_target_ms = target_ms,
     };
     struct sch_team_split t = {-1, -1};
@@ -33,62 +34,79 @@ static struct sch_team_split split(int n_cpus, int n_prefilling, bool decode_bus
 /* One side alone gets every core: the lone prefill of issue 16 ran on half of them. */
 static void test_a_side_alone_gets_every_core(void **state) {
     (void)state;
-    struct sch_team_split t = split(2, 1, false, 0.0, 50.0);
+    struct sch_team_split t = split(2, 1, false, 0.0, 0.0, 50.0);
     assert_int_equal(t.prefill, 2);
-    t = split(16, 1, false, 30.0, 50.0);
+    t = split(16, 1, false, 30.0, 90.0, 50.0);
     assert_int_equal(t.prefill, 16);
-    t = split(2, 0, true, 30.0, 50.0);
+    t = split(2, 0, true, 30.0, 90.0, 50.0);
     assert_int_equal(t.decode, 2);
-    t = split(16, 0, true, 30.0, 50.0);
+    t = split(16, 0, true, 30.0, 0.0, 50.0);
     assert_int_equal(t.decode, 16);
     /* Prefill workers alone share the cores. */
-    t = split(16, 4, false, 0.0, 50.0);
+    t = split(16, 4, false, 0.0, 0.0, 50.0);
     assert_int_equal(t.prefill, 4);
-    t = split(2, 3, false, 0.0, 50.0);
+    t = split(2, 3, false, 0.0, 0.0, 50.0);
     assert_int_equal(t.prefill, 1);
 }
 
-/* Both busy: decode gets the fewest cores meeting the TPOT target, prefill the rest. */
-static void test_both_busy_decode_gets_what_meets_the_target(void **state) {
+/* Both busy, sharing unmeasured or within the target (or no target): both keep every core
+ * and the kernel time-slices them. */
+static void test_both_busy_share_every_core_while_decode_meets_the_target(void **state) {
+    (void)state;
+    struct sch_team_split t = split(2, 1, true, 20.0, 0.0, 50.0);
+    assert_int_equal(t.decode, 2);
+    assert_int_equal(t.prefill, 2);
+    t = split(16, 1, true, 120.0, 49.0, 50.0);
+    assert_int_equal(t.decode, 16);
+    assert_int_equal(t.prefill, 16);
+    t = split(16, 1, true, 120.0, 500.0, 0.0);
+    assert_int_equal(t.decode, 16);
+    assert_int_equal(t.prefill, 16);
+    t = split(16, 2, true, 120.0, 10.0, 50.0);
+    assert_int_equal(t.decode, 16);
+    assert_int_equal(t.prefill, 8);
+}
+
+/* Both busy and a shared decode step missed the target: decode gets the fewest cores that
+ * meet it, prefill the rest. */
+static void test_a_missed_target_splits_the_cores(void **state) {
     (void)state;
     /* 120 core-ms per step, 50 ms target: 3 cores (40 ms), 13 to prefill. */
-    struct sch_team_split t = split(16, 1, true, 120.0, 50.0);
+    struct sch_team_split t = split(16, 1, true, 120.0, 80.0, 50.0);
     assert_int_equal(t.decode, 3);
     assert_int_equal(t.prefill, 13);
     /* A cheap step needs one core. */
-    t = split(16, 1, true, 20.0, 50.0);
+    t = split(16, 1, true, 20.0, 80.0, 50.0);
     assert_int_equal(t.decode, 1);
     assert_int_equal(t.prefill, 15);
     /* The target needs more than half: decode gets it (at most n - 1). */
-    t = split(16, 1, true, 600.0, 50.0);
+    t = split(16, 1, true, 600.0, 80.0, 50.0);
     assert_int_equal(t.decode, 12);
     assert_int_equal(t.prefill, 4);
     /* Two prefill workers share the rest. */
-    t = split(16, 2, true, 120.0, 50.0);
+    t = split(16, 2, true, 120.0, 80.0, 50.0);
     assert_int_equal(t.decode, 3);
     assert_int_equal(t.prefill, 6);
     /* 2 cores: one each. */
-    t = split(2, 1, true, 20.0, 50.0);
+    t = split(2, 1, true, 20.0, 80.0, 50.0);
     assert_int_equal(t.decode, 1);
     assert_int_equal(t.prefill, 1);
 }
 
-/* Unmeasured cost, no target, or a target no split meets: an even split, nobody starves. */
-static void test_both_busy_without_a_usable_estimate_splits_evenly(void **state) {
+/* A missed target with the cost unknown or beyond any split: an even split, nobody starves. */
+static void test_a_missed_target_without_a_usable_estimate_splits_evenly(void **state) {
     (void)state;
-    struct sch_team_split t = split(16, 1, true, 0.0, 50.0);
+    struct sch_team_split t = split(16, 1, true, 0.0, 80.0, 50.0);
     assert_int_equal(t.decode, 8);
     assert_int_equal(t.prefill, 8);
-    t = split(16, 1, true, 120.0, 0.0);
-    assert_int_equal(t.decode, 8);
-    t = split(16, 1, true, 5000.0, 50.0);
+    t = split(16, 1, true, 5000.0, 80.0, 50.0);
     assert_int_equal(t.decode, 8);
     assert_int_equal(t.prefill, 8);
-    t = split(1, 1, true, 30.0, 50.0);
+    t = split(1, 1, true, 30.0, 80.0, 50.0);
     assert_int_equal(t.decode, 1);
     assert_int_equal(t.prefill, 1);
     /* More prefill workers than free cores: each still gets one (oversubscribed). */
-    t = split(4, 3, true, 0.0, 50.0);
+    t = split(4, 3, true, 0.0, 80.0, 50.0);
     assert_int_equal(t.decode, 2);
     assert_int_equal(t.prefill, 1);
 }
@@ -137,8 +155,9 @@ static void test_prefill_dtype_follows_amx(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_side_alone_gets_every_core),
-        cmocka_unit_test(test_both_busy_decode_gets_what_meets_the_target),
-        cmocka_unit_test(test_both_busy_without_a_usable_estimate_splits_evenly),
+        cmocka_unit_test(test_both_busy_share_every_core_while_decode_meets_the_target),
+        cmocka_unit_test(test_a_missed_target_splits_the_cores),
+        cmocka_unit_test(test_a_missed_target_without_a_usable_estimate_splits_evenly),
         cmocka_unit_test(test_step_cost_is_core_milliseconds),
         cmocka_unit_test(test_cpu_count_follows_the_affinity_mask),
         cmocka_unit_test(test_prefill_dtype_follows_amx),
