@@ -139,9 +139,10 @@ struct sch {
     int n_cpus;
     int n_prefill_busy;
     bool decode_busy;
-    double decode_work_ms;   /* core-ms per decode step, EWMA; 0 unmeasured */
-    double decode_shared_ms; /* decode step ms while both sides ran full teams, EWMA over
-                              * this contention episode; 0 unmeasured */
+    double decode_work_ms;      /* core-ms per decode step, EWMA; 0 unmeasured */
+    double decode_shared_ms;    /* decode step ms while both sides ran full teams, EWMA over
+                                 * this contention episode; 0 unmeasured */
+    struct sch_team_split plan; /* the teams last planned (for the debug log) */
 
     struct sch_prefill_worker *pw; /* [cfg.prefill_workers] */
     struct sch_decode_worker dw;
@@ -223,6 +224,13 @@ static void rebalance(struct sch *s) {
     };
     struct sch_team_split t;
     sch_team_split(&in, &t);
+    if (t.prefill != s->plan.prefill || t.decode != s->plan.decode) {
+        KC_DEBUG("teams: prefill %d decode %d (prefilling %d, decode %s, shared step %.1f ms, "
+                 "core-ms %.1f, target %.0f ms)",
+                 t.prefill, t.decode, s->n_prefill_busy, s->decode_busy ? "busy" : "idle",
+                 s->decode_shared_ms, s->decode_work_ms, s->cfg.tpot_slo_ms);
+        s->plan = t;
+    }
     for (int i = 0; i < s->cfg.prefill_workers; i++) {
         struct sch_prefill_worker *w = &s->pw[i];
         atomic_store_explicit(&w->team, t.prefill, memory_order_relaxed);
