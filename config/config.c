@@ -105,11 +105,18 @@ static const struct cfg_field fields[] = {
     F_STR("served-model-name", served_model_name,
           "model id clients send and /v1/models lists; default: the bundle's \"name\", else the "
           "base dir's name"),
-    F_ENUM("prefill-dtype", prefill_dtype, "f32|bf16", "weight format of prefill steps"),
+    F_ENUM("prefill-dtype", prefill_dtype, "auto|f32|bf16",
+           "weight format of prefill steps (auto: bf16 where the CPU has AMX, else f32)"),
     F_ENUM("decode-dtype", decode_dtype, "f32|bf16", "weight format of decode steps"),
-    F_INT("prefill-threads", prefill_threads, 1, 1024, "OpenMP threads of the prefill worker"),
-    F_INT("decode-threads", decode_threads, 1, 1024, "OpenMP threads of the decode worker"),
-    F_BOOL("pin-cpus", pin_cpus, "pin prefill and decode workers to separate cores"),
+    F_INT("prefill-threads", prefill_threads, 0, 1024,
+          "OpenMP threads of each prefill worker (0: elastic, every core when decode is idle)"),
+    F_INT("decode-threads", decode_threads, 0, 1024,
+          "OpenMP threads of the decode worker (0: elastic, every core when nothing prefills)"),
+    F_INT("prefill-workers", prefill_workers, 1, 64, "prefill worker threads"),
+    F_DBL("tpot-slo-ms", tpot_slo_ms, 0.0, 3600000.0,
+          "elastic threads: decode step time kept while a prompt prefills (0: no target)"),
+    F_BOOL("pin-cpus", pin_cpus,
+           "pin prefill and decode workers to separate cores (needs both thread counts)"),
     F_INT("base-kv-mib", base_kv_mib, 1, 1048576, "KV cache budget of the base model (MiB)"),
     F_INT("aux-kv-mib", aux_kv_mib, 1, 1048576, "KV cache budget of the auxiliary model (MiB)"),
     F_INT("block-size", block_size, 1, 4096, "tokens per KV block"),
@@ -161,10 +168,12 @@ void cfg_settings_default(struct cfg_settings *s) {
     s->shutdown_timeout_s = 30;
     s->retry_after_s = 1;
     snprintf(s->bundle, sizeof(s->bundle), "models/tiny/kvcast-bundle.json");
-    snprintf(s->prefill_dtype, sizeof(s->prefill_dtype), "f32");
+    snprintf(s->prefill_dtype, sizeof(s->prefill_dtype), "auto");
     snprintf(s->decode_dtype, sizeof(s->decode_dtype), "bf16");
-    s->prefill_threads = 1;
-    s->decode_threads = 1;
+    s->prefill_threads = 0; /* elastic */
+    s->decode_threads = 0;
+    s->prefill_workers = 1;
+    s->tpot_slo_ms = 50.0;
     s->base_kv_mib = 256;
     s->aux_kv_mib = 64;
     s->block_size = 16;

@@ -57,11 +57,13 @@ struct cfg_settings {
     char predictor[CFG_PATH_MAX]; /* predictor.safetensors */
     char tokenizer[CFG_PATH_MAX]; /* tokenizer.json or dir; default: the base model dir */
     char served_model_name[CFG_STR_MAX];
-    char prefill_dtype[8]; /* f32 | bf16 */
+    char prefill_dtype[8]; /* auto | f32 | bf16 (auto: bf16 where the CPU has AMX) */
     char decode_dtype[8];  /* f32 | bf16 */
     /* scheduler */
-    int prefill_threads;
-    int decode_threads;
+    int prefill_threads; /* 0: elastic */
+    int decode_threads;  /* 0: elastic */
+    int prefill_workers;
+    double tpot_slo_ms;
     bool pin_cpus;
     int base_kv_mib;
     int aux_kv_mib;

@@ -17,6 +17,7 @@
 #ifndef ENG_OPS_H
 #define ENG_OPS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,7 +40,13 @@ void eng_dnn_free(struct eng_dnn *dnn);
 /* Sets the calling thread's OpenMP team size to the context's n_threads; call at the start
  * of each forward step (cheap). */
 void eng_dnn_enter(struct eng_dnn *dnn);
+/* The context's n_threads: the largest team its forwards run on. */
 int eng_dnn_threads(const struct eng_dnn *dnn);
+/* Elastic teams: from now on, every eng_dnn the calling thread uses runs each GEMM (and the
+ * OpenMP loops after it) on *team threads, clamped to [1, its n_threads], re-read before every
+ * GEMM; another thread may store to *team at any time. Primitives are cached per team size.
+ * NULL restores the fixed n_threads. *team must outlive the thread's forwards. */
+void eng_dnn_team_source(const atomic_int *team);
 
 /* ---- linear layers ---- */
 

@@ -34,8 +34,15 @@
  *     eng_linear_prepare); a warmed-up step loop only looks up, sets data handles and
  *     executes. Padding rows in the activation scratch keep stale values: their output rows
  *     are never copied out.
- *  5. oneDNN bakes the OpenMP team size into a primitive at creation, so every creation and
- *     every execution runs after omp_set_num_threads(dnn->n_threads).
+ *  5. oneDNN bakes the OpenMP team size into a primitive at creation (oneDNN's OpenMP
+ *     runtime reads the max thread count when the primitive desc is made and forces that
+ *     team at execution), so the team size is part of a cached primitive's key, and every
+ *     creation and execution runs after omp_set_num_threads(team). The team is the
+ *     context's n_threads, or, when the calling thread installed a team source
+ *     (eng_dnn_team_source: the scheduler's elastic teams), that source's current value
+ *     clamped to [1, n_threads], re-read before every GEMM: a long forward follows a resize
+ *     within one linear layer. Attention and the other OpenMP loops between GEMMs run on the
+ *     team the last GEMM set.
  *  6. Why the decode copy is plain: a one-row step over the plain copy runs oneDNN's
  *     "gemm:jit" matmul implementation (taken from the primitive-desc iterator), whose GEMV
  *     kernel streams several weight rows at once. The default brgemm kernel over a packed
@@ -84,6 +91,7 @@
 /* One cached primitive: y[rows, n] = x[rows, k] @ W + b, executed as exec_rows rows. */
 struct eng_prim {
     int n, k, rows, exec_rows;
+    int team; /* OpenMP team size it was created for (invariant 5) */
     enum eng_wtype wt;
     bool bias;
     dnnl_memory_desc_t wmd; /* the packed layout this primitive reads */
@@ -149,6 +157,22 @@ static void set_team(int n_threads) {
 #else
     (void)n_threads;
 #endif
+}
+
+/* The calling thread's team source (invariant 5); NULL: the context's n_threads. */
+static _Thread_local const atomic_int *tl_team_source;
+
+void eng_dnn_team_source(const atomic_int *team) {
+    tl_team_source = team;
+}
+
+/* The team the next GEMM of dnn runs on (invariant 5). */
+static int dnn_team(const struct eng_dnn *dnn) {
+    if (tl_team_source == NULL) {
+        return dnn->n_threads;
+    }
+    const int t = atomic_load_explicit(tl_team_source, memory_order_relaxed);
+    return t < 1 ? 1 : t > dnn->n_threads ? dnn->n_threads : t;
 }
 
 int eng_dnn_create(int n_threads, struct eng_dnn **out, struct kc_error *err) {
@@ -218,7 +242,7 @@ void eng_dnn_free(struct eng_dnn *dnn) {
 }
 
 void eng_dnn_enter(struct eng_dnn *dnn) {
-    set_team(dnn->n_threads);
+    set_team(dnn_team(dnn));
 }
 
 int eng_dnn_threads(const struct eng_dnn *dnn) {
@@ -617,26 +641,27 @@ size_t eng_linear_bytes_read(const struct eng_linear *l, int m) {
 
 /* ---- primitive cache ---- */
 
-static size_t prim_hash(int n, int k, int rows, enum eng_wtype wt, bool bias) {
+static size_t prim_hash(int n, int k, int rows, enum eng_wtype wt, bool bias, int team) {
     uint64_t h = 1469598103934665603ull;
-    const uint64_t v[5] = {(uint64_t)n, (uint64_t)k, (uint64_t)rows, (uint64_t)wt, (uint64_t)bias};
-    for (int i = 0; i < 5; i++) {
+    const uint64_t v[6] = {(uint64_t)n,  (uint64_t)k,    (uint64_t)rows,
+                           (uint64_t)wt, (uint64_t)bias, (uint64_t)team};
+    for (int i = 0; i < 6; i++) {
         h = (h ^ v[i]) * 1099511628211ull;
     }
     return (size_t)(h ^ (h >> 29));
 }
 
 static struct eng_prim *prim_lookup(const struct eng_dnn *dnn, const struct eng_linear *l,
-                                    const struct eng_wcopy *c, int rows) {
+                                    const struct eng_wcopy *c, int rows, int team) {
     const bool bias = l->bias != NULL;
-    size_t i = prim_hash(l->n_out, l->n_in, rows, c->wt, bias) & (dnn->cap - 1);
+    size_t i = prim_hash(l->n_out, l->n_in, rows, c->wt, bias, team) & (dnn->cap - 1);
     for (;;) {
         const struct eng_prim *p = dnn->slots[i];
         if (p == NULL) {
             return NULL;
         }
         if (p->n == l->n_out && p->k == l->n_in && p->rows == rows && p->wt == c->wt &&
-            p->bias == bias && dnnl_memory_desc_equal(&p->wmd, &c->md)) {
+            p->bias == bias && p->team == team && dnnl_memory_desc_equal(&p->wmd, &c->md)) {
             return dnn->slots[i];
         }
         i = (i + 1) & (dnn->cap - 1);
@@ -653,7 +678,7 @@ static int prim_insert(struct eng_dnn *dnn, struct eng_prim *p) {
         for (size_t i = 0; i < dnn->cap; i++) {
             struct eng_prim *q = dnn->slots[i];
             if (q != NULL) {
-                size_t j = prim_hash(q->n, q->k, q->rows, q->wt, q->bias) & (cap - 1);
+                size_t j = prim_hash(q->n, q->k, q->rows, q->wt, q->bias, q->team) & (cap - 1);
                 while (slots[j] != NULL) {
                     j = (j + 1) & (cap - 1);
                 }
@@ -664,7 +689,7 @@ static int prim_insert(struct eng_dnn *dnn, struct eng_prim *p) {
         dnn->slots = slots;
         dnn->cap = cap;
     }
-    size_t j = prim_hash(p->n, p->k, p->rows, p->wt, p->bias) & (dnn->cap - 1);
+    size_t j = prim_hash(p->n, p->k, p->rows, p->wt, p->bias, p->team) & (dnn->cap - 1);
     while (dnn->slots[j] != NULL) {
         j = (j + 1) & (dnn->cap - 1);
     }
@@ -673,9 +698,10 @@ static int prim_insert(struct eng_dnn *dnn, struct eng_prim *p) {
     return 0;
 }
 
-/* Creates the primitive for `rows` rows of copy c (invariant 2) and grows the scratch. */
+/* Creates the primitive for `rows` rows of copy c on a team of `team` threads (invariants 2
+ * and 5) and grows the scratch. */
 static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const struct eng_wcopy *c,
-                       int rows, struct eng_prim **out, struct kc_error *err) {
+                       int rows, int team, struct eng_prim **out, struct kc_error *err) {
     const bool bias = l->bias != NULL;
     const int n = l->n_out, k = l->n_in;
     dnnl_primitive_desc_t pd = NULL;
@@ -691,7 +717,8 @@ static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const st
     p->bias = bias;
     p->wmd = c->md;
     p->exec_rows = rows;
-    set_team(dnn->n_threads);
+    p->team = team;
+    set_team(team);
     dnnl_status_t st =
         matmul_pd(dnn->engine, rows, n, k, c->wt, &c->md, bias, c->plain && rows == 1, &pd);
     if (st == dnnl_success &&
@@ -815,10 +842,12 @@ static void cvt_bf16_par(const float *x, size_t n, uint16_t *y) {
 static void run_block(struct eng_dnn *dnn, const struct eng_linear *l, const struct eng_wcopy *c,
                       int rows, const float *x, int r, float *y) {
     const int n = l->n_out, k = l->n_in;
-    struct eng_prim *p = prim_lookup(dnn, l, c, rows);
+    const int team = dnn_team(dnn);
+    set_team(team);
+    struct eng_prim *p = prim_lookup(dnn, l, c, rows, team);
     if (p == NULL) {
         struct kc_error err = {0};
-        const int rc = prim_create(dnn, l, c, rows, &p, &err);
+        const int rc = prim_create(dnn, l, c, rows, team, &p, &err);
         /* Creation failing here means eng_linear_prepare was skipped and the machine cannot
          * run this shape: a programmer error for a kernel. */
         if (rc != 0) {
@@ -869,10 +898,11 @@ int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_
                        struct kc_error *err) {
     KC_ASSERT(dnn != NULL && l != NULL);
     struct eng_prim *p;
+    const int team = dnn_team(dnn);
     for (int m = 1; m <= max_m && m <= ENG_DECODE_MAX_M; m++) {
         const struct eng_wcopy *c = &l->copy[m == 1 ? l->gemv_copy : l->decode_copy];
-        if (prim_lookup(dnn, l, c, m) == NULL) {
-            const int rc = prim_create(dnn, l, c, m, &p, err);
+        if (prim_lookup(dnn, l, c, m, team) == NULL) {
+            const int rc = prim_create(dnn, l, c, m, team, &p, err);
             if (rc != 0) {
                 return rc;
             }
@@ -885,8 +915,8 @@ int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_
     const int r1 = max_m > ENG_LINEAR_CHUNK ? ENG_LINEAR_CHUNK : max_m;
     for (int r = r0; r <= r1; r++) {
         const int b = chunk_bucket(r);
-        if (prim_lookup(dnn, l, c, b) == NULL) {
-            const int rc = prim_create(dnn, l, c, b, &p, err);
+        if (prim_lookup(dnn, l, c, b, team) == NULL) {
+            const int rc = prim_create(dnn, l, c, b, team, &p, err);
             if (rc != 0) {
                 return rc;
             }

@@ -83,6 +83,7 @@ void sch_req_timings(const struct sch_req *r, struct sch_timings *out) {
         .ttft_ms = ms_between(t_submit, r->t_first_token),
         .decode_ms = ms_between(r->t_first_token, r->t_last_token),
         .mode = r->mode == SCH_MODE_AUTO ? SCH_MODE_FULL : r->mode,
+        .prefill_threads = r->prefill_threads,
     };
     *out = t;
 }

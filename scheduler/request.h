@@ -106,6 +106,7 @@ struct sch_req {
     int32_t last_token;         /* sampled, not yet fed to the model */
     int n_generated;
     double aux_ms, predict_ms, base_first_step_ms;
+    int prefill_threads; /* the widest team its prefill ran on (owner: the prefill worker) */
 
     /* 0 or the enum sch_finish the request was cancelled with (set once, any thread). */
     atomic_int cancel;

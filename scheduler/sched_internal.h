@@ -13,6 +13,35 @@
  * CPUs are not all online, KC_EINVAL when the kernel refuses. */
 int sch__pin_self(int first_cpu, int n_cpus);
 
+/* ---- elastic teams (teams.c) ---- */
+
+/* What is busy when the teams are (re)planned. */
+struct sch_team_input {
+    int n_cpus;                   /* cores the scheduler may use (>= 1) */
+    int n_prefilling;             /* prefill workers running a prefill now */
+    bool decode_busy;             /* the decode worker has sequences to step */
+    double decode_step_work_ms;   /* one decode step's cost in core-milliseconds (step time x
+                                   * team size, EWMA); <= 0: not measured yet */
+    double decode_shared_step_ms; /* decode step time (EWMA) measured in this contention
+                                   * episode while both sides ran full-width teams; <= 0:
+                                   * not measured yet */
+    double tpot_target_ms;        /* the decode step time to protect; <= 0: none */
+};
+/* OpenMP team sizes: of each prefilling worker, and of the decode worker. */
+struct sch_team_split {
+    int prefill;
+    int decode;
+};
+/* Plans the teams: a side alone gets every core (prefills share them). When both are busy,
+ * both keep every core (the kernel time-slices the teams) while decode_shared_step_ms is
+ * unmeasured or within tpot_target_ms (or there is no target); once it misses the target,
+ * decode gets the fewest cores meeting it under linear scaling of decode_step_work_ms (at
+ * most n_cpus - 1; half when unknown or when no split meets it) and the prefills share the
+ * rest. Every team is >= 1, so prefill workers beyond the free cores oversubscribe. Pure. */
+void sch_team_split(const struct sch_team_input *in, struct sch_team_split *out);
+/* The EWMA of a decode step's core-milliseconds after a step of step_ms on `team` threads. */
+double sch_team_work_update(double work_ms, double step_ms, int team, double alpha);
+
 /* Points in the workers' loops where a test may observe or pause them. Hooks run on the
  * worker thread with no scheduler lock held; they may call sch_cancel and block (briefly). */
 enum sch_hook_point {

@@ -5,7 +5,9 @@
  * Threads: the caller's threads (submit, cancel, stats, drain, destroy), N prefill workers
  * (default 1) and one decode worker. Each worker creates its own engine contexts on its own
  * thread (oneDNN primitives run on the thread that created them: RELIABILITY.md section 7)
- * with its own OpenMP team size, optionally pinned to its own cores.
+ * with its own OpenMP team size, optionally pinned to its own cores. With elastic teams (the
+ * default) every context is sized for all cores and each worker's team size is an atomic
+ * the scheduler rewrites as work comes and goes (invariant 7).
  *
  * DESIGN invariants:
  *  1. Lock order: sch.lock, then a KV pool's lock (taken inside eng_seq_reserve/_release and
@@ -25,6 +27,13 @@
  *  5. The decode worker's step allocates nothing: batch arrays are sized max_running at start,
  *     and every block a sequence can need was reserved at admission.
  *  6. Every request ends in end_request, which emits its one terminal event and frees it.
+ *  7. Elastic teams: rebalance() (sch.lock held) recomputes every worker's team with
+ *     sch_team_split whenever a prefill starts or ends, the decode worker turns busy or idle,
+ *     or a decode step was timed. A contention episode (some prefill running while decode is
+ *     busy) starts with both teams full-width; decode_shared_ms, the step time measured that
+ *     way, decides whether to split, and resets when the last prefill ends. Workers read their team
+ * (eng_dnn_team_source) before every GEMM, so a resize takes effect within one linear layer,
+ * mid-prefill included.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "scheduler/scheduler.h"
@@ -32,6 +41,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,8 +62,8 @@
 #define SCH_COST_ALPHA 0.2
 /* Cost-model seeds (before the first measured prefill): the predictor GEMMs and cache
  * writes as a fraction of the base model's per-token cost, and the rates assumed per prefill
- * thread for GEMMs and for attention (slower: one row at a time; both roughly what the tiny
- * pair measures on a 2-core AVX-512 host). Only the first decisions use them: the first
+ * thread for GEMMs and for attention (slower: softmax between two small products; both
+ * conservative for a 2-core AVX-512 host). Only the first decisions use them: the first
  * measured prefill of either mode rescales the other's seed (sch_cost_borrow), and no request
  * is shed before predict was measured. */
 #define SCH_PREDICT_OVERHEAD 0.05
@@ -74,6 +84,8 @@
 #define SCH_POLICY_BEHIND 32
 /* At most one info line per this interval about auto decisions (the rest: debug). */
 #define SCH_DECISION_LOG_NS 1000000000ull
+/* Weight of a new sample in the decode step cost estimate (elastic teams). */
+#define SCH_STEP_ALPHA 0.2
 
 struct sch_prefill_worker {
     struct sch *s;
@@ -86,8 +98,11 @@ struct sch_prefill_worker {
     float *all_logits;       /* [all_rows, V] prompt_logprobs: the logits of every row of a
                               * chunk (allocated by the first such request, then kept) */
     int all_rows;
-    int aux_in_use; /* aux blocks held by the prefill in flight (sch.lock) */
-    int aux_total;  /* blocks of this worker's private aux pool (set at start) */
+    int aux_in_use;  /* aux blocks held by the prefill in flight (sch.lock) */
+    int aux_total;   /* blocks of this worker's private aux pool (set at start) */
+    atomic_int team; /* elastic: OpenMP team of its next GEMM (written under sch.lock) */
+    bool busy;       /* a prefill is in flight (sch.lock) */
+    int team_peak;   /* the widest team of the prefill in flight (sch.lock) */
 };
 
 struct sch_decode_worker {
@@ -102,6 +117,7 @@ struct sch_decode_worker {
     int *rc;                      /* [max_running] KC_OK, or why the row could not be sampled */
     struct kc_error *err;         /* [max_running] its message */
     float *logits;                /* [max_running, V] */
+    atomic_int team;              /* elastic: OpenMP team of its next GEMM */
 };
 
 struct sch {
@@ -138,6 +154,15 @@ struct sch {
     char start_msg[640];
     sch_hook_fn hook;
     void *hook_ud;
+    /* Elastic teams (invariant 7). */
+    bool elastic;
+    int n_cpus;
+    int n_prefill_busy;
+    bool decode_busy;
+    double decode_work_ms;      /* core-ms per decode step, EWMA; 0 unmeasured */
+    double decode_shared_ms;    /* decode step ms while both sides ran full teams, EWMA over
+                                 * this contention episode; 0 unmeasured */
+    struct sch_team_split plan; /* the teams last planned (for the debug log) */
 
     struct sch_prefill_worker *pw; /* [cfg.prefill_workers] */
     struct sch_decode_worker dw;
@@ -186,9 +211,10 @@ int sch_mode_parse(const char *s, enum sch_prefill_mode *out) {
 
 struct sch_config sch_default_config(void) {
     struct sch_config c = {
-        .prefill_threads = 1,
-        .decode_threads = 1,
+        .prefill_threads = 0,
+        .decode_threads = 0,
         .pin_cpus = false,
+        .tpot_slo_ms = 50.0,
         .base_kv_bytes = (size_t)256 << 20,
         .aux_kv_bytes = 0,
         .block_size = 16,
@@ -217,6 +243,47 @@ static void call_hook(sch_hook_fn fn, void *ud, enum sch_hook_point p, uint64_t 
     if (fn != NULL) {
         fn(ud, p, id, step);
     }
+}
+
+/* Elastic teams: replans every worker's team from what is busy (invariant 7). Called with
+ * sch.lock held. */
+static void rebalance(struct sch *s) {
+    if (!s->elastic) {
+        return;
+    }
+    const struct sch_team_input in = {
+        .n_cpus = s->n_cpus,
+        .n_prefilling = s->n_prefill_busy,
+        .decode_busy = s->decode_busy,
+        .decode_step_work_ms = s->decode_work_ms,
+        .decode_shared_step_ms = s->decode_shared_ms,
+        .tpot_target_ms = s->cfg.tpot_slo_ms,
+    };
+    struct sch_team_split t;
+    sch_team_split(&in, &t);
+    if (t.prefill != s->plan.prefill || t.decode != s->plan.decode) {
+        KC_DEBUG("teams: prefill %d decode %d (prefilling %d, decode %s, shared step %.1f ms, "
+                 "core-ms %.1f, target %.0f ms)",
+                 t.prefill, t.decode, s->n_prefill_busy, s->decode_busy ? "busy" : "idle",
+                 s->decode_shared_ms, s->decode_work_ms, s->cfg.tpot_slo_ms);
+        s->plan = t;
+    }
+    for (int i = 0; i < s->cfg.prefill_workers; i++) {
+        struct sch_prefill_worker *w = &s->pw[i];
+        atomic_store_explicit(&w->team, t.prefill, memory_order_relaxed);
+        if (w->busy && t.prefill > w->team_peak) {
+            w->team_peak = t.prefill;
+        }
+    }
+    atomic_store_explicit(&s->dw.team, t.decode, memory_order_relaxed);
+}
+
+/* The team a worker of n_threads runs on now (fixed teams: n_threads or OpenMP's default). */
+static int team_now(const struct sch *s, const atomic_int *team, int n_threads) {
+    if (s->elastic) {
+        return atomic_load_explicit(team, memory_order_relaxed);
+    }
+    return n_threads > 0 ? n_threads : s->n_cpus;
 }
 
 static void unlink_live(struct sch *s, struct sch_req *r) {
@@ -448,16 +515,20 @@ static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *er
     if (w->logits == NULL) {
         return kc_error_set(err, KC_ENOMEM, "prefill worker: out of memory");
     }
+    /* Elastic: contexts for every core, each GEMM on the team rebalance() gives. */
+    const int threads = s->elastic ? s->n_cpus : c->prefill_threads;
+    if (s->elastic) {
+        eng_dnn_team_source(&w->team);
+    }
     if (s->predict_available) {
         int rc = eng_kvp_ctx_create(s->base, s->aux, s->pred, c->prefill_chunk, c->max_context,
-                                    c->prefill_threads, &w->kvp, err);
+                                    threads, &w->kvp, err);
         if (rc == KC_OK) {
             w->aux_total = eng_kvp_ctx_aux_blocks(w->kvp);
         }
         return rc;
     }
-    return eng_ctx_create(s->base, c->prefill_chunk, c->max_context, c->prefill_threads, &w->ctx,
-                          err);
+    return eng_ctx_create(s->base, c->prefill_chunk, c->max_context, threads, &w->ctx, err);
 }
 
 /* One base forward of a prompt chunk (the kvp context's base side when there is one). */
@@ -826,6 +897,9 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     if (rc == KC_OK && sch_req_cancelled(r) != SCH_FINISH_NONE) {
         rc = KC_ECANCELED;
     }
+    pthread_mutex_lock(&s->lock);
+    r->prefill_threads = s->elastic ? w->team_peak : team_now(s, &w->team, s->cfg.prefill_threads);
+    pthread_mutex_unlock(&s->lock);
     if (rc != KC_OK) {
         pthread_mutex_lock(&s->lock);
         s->n_prefilling--;
@@ -924,7 +998,20 @@ static void *prefill_main(void *arg) {
             end_request(s, failed, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_ENOMEM,
                         "out of memory reserving KV blocks");
         } else {
+            pthread_mutex_lock(&s->lock);
+            w->busy = true;
+            s->n_prefill_busy++;
+            rebalance(s);
+            w->team_peak = atomic_load_explicit(&w->team, memory_order_relaxed);
+            pthread_mutex_unlock(&s->lock);
             prefill_one(w, r, hook, hook_ud);
+            pthread_mutex_lock(&s->lock);
+            w->busy = false;
+            if (--s->n_prefill_busy == 0) {
+                s->decode_shared_ms = 0.0; /* the contention episode ended: re-probe next time */
+            }
+            rebalance(s);
+            pthread_mutex_unlock(&s->lock);
         }
         pthread_mutex_lock(&s->lock);
     }
@@ -973,7 +1060,11 @@ static int decode_worker_init(struct sch_decode_worker *w, struct kc_error *err)
         w->err == NULL || w->logits == NULL) {
         return kc_error_set(err, KC_ENOMEM, "decode worker: out of memory");
     }
-    return eng_ctx_create(s->base, c->max_running, c->max_context, c->decode_threads, &w->ctx, err);
+    if (s->elastic) {
+        eng_dnn_team_source(&w->team);
+    }
+    return eng_ctx_create(s->base, c->max_running, c->max_context,
+                          s->elastic ? s->n_cpus : c->decode_threads, &w->ctx, err);
 }
 
 /* Removes running[i] (keeping join order) and returns it. */
@@ -1067,6 +1158,10 @@ static void *decode_main(void *arg) {
     pthread_cond_broadcast(&s->idle_cv);
     while (rc == KC_OK) {
         while (s->reap.head == NULL && s->handoff.head == NULL && w->n_running == 0) {
+            if (s->decode_busy) {
+                s->decode_busy = false; /* idle: the prefills get every core */
+                rebalance(s);
+            }
             if (s->decode_stop) {
                 goto out;
             }
@@ -1081,6 +1176,10 @@ static void *decode_main(void *arg) {
         }
         struct sch_queue reaped = {0};
         decode_join(s, w, &reaped);
+        if (!s->decode_busy && w->n_running > 0) {
+            s->decode_busy = true;
+            rebalance(s);
+        }
         pthread_mutex_unlock(&s->lock);
 
         struct sch_req *r;
@@ -1094,12 +1193,30 @@ static void *decode_main(void *arg) {
                 i++;
             }
         }
+        double step_ms = 0.0;
+        int team = 0;
+        /* A step of a full-width decode team while a prefill runs measures the sharing. */
+        pthread_mutex_lock(&s->lock);
+        bool shared = s->elastic && s->n_prefill_busy > 0;
+        pthread_mutex_unlock(&s->lock);
         if (w->n_running > 0) {
             call_hook(hook, hook_ud, SCH_HOOK_DECODE_BEGIN, 0, w->n_running);
+            team = team_now(s, &w->team, s->cfg.decode_threads);
+            const uint64_t t0 = kc_now_ns();
             decode_step(s, w);
+            step_ms = (double)(kc_now_ns() - t0) / 1e6;
             call_hook(hook, hook_ud, SCH_HOOK_DECODE_END, 0, w->n_running);
         }
         pthread_mutex_lock(&s->lock);
+        if (team > 0 && s->elastic) {
+            s->decode_work_ms =
+                sch_team_work_update(s->decode_work_ms, step_ms, team, SCH_STEP_ALPHA);
+            if (shared && s->n_prefill_busy > 0 && team == s->n_cpus) {
+                s->decode_shared_ms =
+                    sch_team_work_update(s->decode_shared_ms, step_ms, 1, SCH_STEP_ALPHA);
+            }
+            rebalance(s);
+        }
     }
 out:
     pthread_mutex_unlock(&s->lock);
@@ -1119,10 +1236,6 @@ static int check_config(const struct sch_config *c, const struct eng_model_confi
     if (c->prefill_workers < 1 || c->prefill_workers > 64) {
         return kc_error_set(err, KC_EINVAL, "scheduler: prefill_workers %d not in [1, 64]",
                             c->prefill_workers);
-    }
-    if (c->pin_cpus && (c->prefill_threads < 1 || c->decode_threads < 1)) {
-        return kc_error_set(err, KC_EINVAL,
-                            "scheduler: pinning needs explicit prefill and decode thread counts");
     }
     if (c->block_size < 1 || c->block_size > 4096) {
         return kc_error_set(err, KC_EINVAL, "scheduler: block_size %d not in [1, 4096]",
@@ -1147,6 +1260,9 @@ static int check_config(const struct sch_config *c, const struct eng_model_confi
     }
     if (!(c->ttft_slo_ms >= 0.0 && isfinite(c->ttft_slo_ms))) {
         return kc_error_set(err, KC_EINVAL, "scheduler: ttft_slo_ms must be finite and >= 0");
+    }
+    if (!(c->tpot_slo_ms >= 0.0 && isfinite(c->tpot_slo_ms))) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: tpot_slo_ms must be finite and >= 0");
     }
     return KC_OK;
 }
@@ -1205,7 +1321,10 @@ static double flops_per_token2(const struct eng_model_config *c) {
  * first measured prefills replace the guess (policy.h). */
 static void seed_cost_models(struct sch *s, const struct eng_model_config *bc,
                              const struct eng_model_config *ac) {
-    const double threads = s->cfg.prefill_threads > 0 ? s->cfg.prefill_threads : 1;
+    /* Elastic teams: a lone prefill runs on every core. */
+    const double threads = s->elastic                  ? s->n_cpus
+                           : s->cfg.prefill_threads > 0 ? s->cfg.prefill_threads
+                                                        : 1;
     const double gemm = SCH_PRIOR_GEMM_FLOPS * threads / 1e3; /* FLOPs per ms */
     const double attn = SCH_PRIOR_ATTN_FLOPS * threads / 1e3;
     const double head = 2.0 * bc->hidden_size * (double)bc->vocab_size / gemm; /* lm head */
@@ -1243,6 +1362,18 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         return rc;
     }
     struct sch_config c = *cfg;
+    const int n_cpus = sch_cpu_count();
+    if (c.pin_cpus) {
+        /* Pinned workers need disjoint fixed teams: a count left at 0 takes its share of the
+         * cores (decode half, the prefill workers the rest), at least 1. */
+        if (c.decode_threads == 0) {
+            c.decode_threads = n_cpus / 2 > 0 ? n_cpus / 2 : 1;
+        }
+        if (c.prefill_threads == 0) {
+            const int rest = (n_cpus - c.decode_threads) / c.prefill_workers;
+            c.prefill_threads = rest > 0 ? rest : 1;
+        }
+    }
     if (c.max_context == 0) {
         c.max_context = bc->max_position_embeddings;
     }
@@ -1286,11 +1417,13 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
     s->pred = predict_available ? predictor : NULL;
     s->bcfg = bc;
     s->predict_available = predict_available;
-    seed_cost_models(s, bc, predict_available ? eng_model_config_of(aux) : NULL);
     s->wait_factor = 1.0;
     s->cb = cb;
     s->cb_ud = cb_ud;
     s->start_rc = KC_OK;
+    s->elastic = c.prefill_threads == 0 && c.decode_threads == 0;
+    s->n_cpus = n_cpus;
+    seed_cost_models(s, bc, predict_available ? eng_model_config_of(aux) : NULL);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->prefill_cv, NULL);
     pthread_cond_init(&s->decode_cv, NULL);
@@ -1315,6 +1448,10 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         free(s);
         return rc;
     }
+    for (int i = 0; i < c.prefill_workers; i++) {
+        atomic_init(&s->pw[i].team, s->n_cpus);
+    }
+    atomic_init(&s->dw.team, s->n_cpus);
 
     /* Start the workers one at a time; each builds its engine state on its own thread and
      * reports before the next starts. Serial start-up keeps the oneDNN primitive creation of
@@ -1350,11 +1487,21 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         kc_error_set(err, rc, "scheduler: %s", s->start_msg);
         goto fail;
     }
-    KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each), context %d, "
-            "%d prefill worker(s) x %d threads, decode %d threads, max_running %d, predict %s",
-            (int)n_blocks, c.block_size, block_bytes, c.max_context, c.prefill_workers,
-            c.prefill_threads, c.decode_threads, c.max_running,
-            predict_available ? "available" : "unavailable");
+    if (s->elastic) {
+        KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each), context %d, "
+                "%d prefill worker(s), elastic teams over %d cores (decode step target %.0f "
+                "ms), max_running %d, predict %s",
+                (int)n_blocks, c.block_size, block_bytes, c.max_context, c.prefill_workers,
+                s->n_cpus, c.tpot_slo_ms, c.max_running,
+                predict_available ? "available" : "unavailable");
+    } else {
+        KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each), context %d, "
+                "%d prefill worker(s) x %d threads, decode %d threads, max_running %d, "
+                "predict %s",
+                (int)n_blocks, c.block_size, block_bytes, c.max_context, c.prefill_workers,
+                c.prefill_threads, c.decode_threads, c.max_running,
+                predict_available ? "available" : "unavailable");
+    }
     *out = s;
     return KC_OK;
 fail:

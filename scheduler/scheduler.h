@@ -41,30 +41,56 @@ const char *sch_mode_name(enum sch_prefill_mode m);
 /* Parses "auto" | "full" | "predict". */
 int sch_mode_parse(const char *s, enum sch_prefill_mode *out);
 
+/*
+ * Threads. With prefill_threads == decode_threads == 0 (the default) and no pinning, teams are
+ * elastic: every worker's contexts are sized for all sch_cpu_count() cores and each GEMM runs
+ * on the team the scheduler currently gives its worker: every core to a prefill while nothing
+ * decodes and to decode while nothing prefills; when both are busy, both keep every core (the
+ * kernel time-slices them) until a decode step misses tpot_slo_ms, then decode gets the
+ * fewest cores that meet it and the prefills share the rest (sched_internal.h
+ * sch_team_split). Explicit thread counts (either one) or pinning fix the
+ * teams (a count left 0 then means OpenMP's default, all cores, unless pinned).
+ */
 struct sch_config {
-    int prefill_threads;       /* OpenMP threads of the prefill worker */
-    int decode_threads;        /* OpenMP threads of the decode worker */
-    bool pin_cpus;             /* pin prefill to cores [0, p), decode to [p, p + d) */
-    size_t base_kv_bytes;      /* memory budget of the base model's KV pool */
-    size_t aux_kv_bytes;       /* memory budget of the auxiliary model's (transient) pool;
-                                * 0: as needed (one max_context prompt per prefill worker) */
-    int block_size;            /* tokens per KV block */
-    int max_queue;             /* waiting requests beyond which submit says KC_EBUSY */
-    int max_running;           /* sequences decoding at once */
-    int prefill_chunk;         /* rows per prefill forward step (chunked prefill) */
-    int max_context;           /* prompt + max_tokens limit (<= the model's positions; 0:
-                                * the model's positions) */
-    double ttft_slo_ms;        /* auto mode: target TTFT */
-    int predict_min_prompt;    /* auto mode: prompts at least this long always predict */
-    int prefill_workers;       /* prefill worker threads (default 1), each prefill_threads wide */
-    bool shed_hopeless;        /* auto mode: submit refuses (KC_EBUSY) a request that no prefill
-                                * mode can bring inside ttft_slo_ms behind the work queued ahead
-                                * (scheduler/policy.h); default true */
+    int prefill_threads;    /* OpenMP threads of each prefill worker; 0: elastic */
+    int decode_threads;     /* OpenMP threads of the decode worker; 0: elastic */
+    bool pin_cpus;          /* pin prefill to cores [0, p), decode to [p, p + d): fixed
+                             * teams; a count left 0 takes its share of the cores (decode
+                             * half, the prefill workers the rest) */
+    double tpot_slo_ms;     /* elastic teams: decode step time to protect while a prefill
+                             * runs (0: none, both sides keep every core) */
+    size_t base_kv_bytes;   /* memory budget of the base model's KV pool */
+    size_t aux_kv_bytes;    /* memory budget of the auxiliary model's (transient) pool;
+                             * 0: as needed (one max_context prompt per prefill worker) */
+    int block_size;         /* tokens per KV block */
+    int max_queue;          /* waiting requests beyond which submit says KC_EBUSY */
+    int max_running;        /* sequences decoding at once */
+    int prefill_chunk;      /* rows per prefill forward step (chunked prefill) */
+    int max_context;        /* prompt + max_tokens limit (<= the model's positions; 0:
+                             * the model's positions) */
+    double ttft_slo_ms;     /* auto mode: target TTFT */
+    int predict_min_prompt; /* auto mode: prompts at least this long always predict */
+    int prefill_workers;    /* prefill worker threads (default 1), each prefill_threads wide
+                             * (elastic: they share the prefill cores) */
+    bool shed_hopeless;     /* auto mode: submit refuses (KC_EBUSY) a request that no prefill
+                             * mode can bring inside ttft_slo_ms behind the work queued ahead
+                             * (scheduler/policy.h); default true */
 };
 /* Bound of prefill_workers. */
 #define SCH_MAX_PREFILL_WORKERS 64
-/* Defaults that suit a 2-core machine: 1 prefill thread, 1 decode thread. */
+/* Defaults: elastic teams over every usable core, one prefill worker. */
 struct sch_config sch_default_config(void);
+
+/* Cores this process may run on: the affinity mask's count (a container's cpuset), else the
+ * online count; >= 1. */
+int sch_cpu_count(void);
+/* The prefill weight type to use by default on a CPU whose /proc/cpuinfo "flags" line is
+ * `flags` (NULL or unknown: "f32"): "bf16" where AMX with bf16 tiles exists (amx_bf16 and
+ * amx_tile), where bf16 GEMMs are several times faster than f32; "f32" elsewhere (AVX-512
+ * bf16 alone is no faster than f32 for prefill GEMMs). Pure. */
+const char *sch_prefill_dtype_for_flags(const char *flags);
+/* sch_prefill_dtype_for_flags of this machine's first CPU ("f32" if unreadable). */
+const char *sch_prefill_dtype_default(void);
 
 /* One logit_bias entry: bias is added to token id's logit before every sampling step. */
 struct sch_logit_bias {
@@ -81,7 +107,7 @@ struct sch_request_params {
     int max_tokens;        /* >= 1; 0 (prefill only, no token) only with prompt_logprobs */
     struct eng_sampler_params sampling;
     bool ignore_eos;
-    int n_logprobs;        /* 0..SCH_MAX_LOGPROBS alternatives reported per token; -1 none */
+    int n_logprobs; /* 0..SCH_MAX_LOGPROBS alternatives reported per token; -1 none */
     enum sch_prefill_mode mode;
     /* Also report every prompt token's logprob (SCH_EV_PROMPT_TOKEN, with max(n_logprobs, 0)
      * alternatives): the base model's logits at every prompt position, so the request is
@@ -127,6 +153,7 @@ struct sch_timings {
     double ttft_ms;             /* submit -> first token */
     double decode_ms;           /* first token -> last token */
     enum sch_prefill_mode mode; /* the mode actually used (never AUTO) */
+    int prefill_threads;        /* the widest OpenMP team its prefill ran on */
 };
 
 struct sch_event {

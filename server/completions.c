@@ -214,6 +214,7 @@ static json_t *timings_json(const struct sch_timings *t, double tokenize_ms) {
     json_object_set_new(o, "ttft_ms", json_num(t->ttft_ms));
     json_object_set_new(o, "decode_ms", json_num(t->decode_ms));
     json_object_set_new(o, "prefill_mode", json_string(sch_mode_name(t->mode)));
+    json_object_set_new(o, "prefill_threads", json_integer(t->prefill_threads));
     return o;
 }
 

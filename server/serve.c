@@ -262,7 +262,10 @@ static int load_models(struct srv *s, struct kc_error *err) {
     struct eng_model_params mp = eng_model_default_params();
     struct eng_kvp_bundle_spec spec = {NULL, NULL, NULL, NULL};
     int rc;
-    if ((rc = eng_wtype_parse(c->prefill_dtype, &mp.prefill_wtype)) != KC_OK ||
+    /* auto: bf16 prefill where the CPU has AMX (sch_prefill_dtype_for_flags), else f32. */
+    const bool dtype_auto = strcmp(c->prefill_dtype, "auto") == 0;
+    const char *prefill_dtype = dtype_auto ? sch_prefill_dtype_default() : c->prefill_dtype;
+    if ((rc = eng_wtype_parse(prefill_dtype, &mp.prefill_wtype)) != KC_OK ||
         (rc = eng_wtype_parse(c->decode_dtype, &mp.decode_wtype)) != KC_OK) {
         return kc_error_set(err, KC_EINVAL, "bad --prefill-dtype / --decode-dtype");
     }
@@ -281,12 +284,19 @@ static int load_models(struct srv *s, struct kc_error *err) {
         aux = aux[0] != '\0' ? aux : spec.aux_dir;
         pred = pred[0] != '\0' ? pred : spec.predictor_path;
     }
-    KC_INFO("models: %s%s: base %s, aux %s%s, predictor %s%s; weights prefill %s decode %s; "
-            "threads prefill %d decode %d",
+    char threads[64];
+    if (c->prefill_threads == 0 && c->decode_threads == 0) {
+        snprintf(threads, sizeof(threads), "elastic over %d cores", sch_cpu_count());
+    } else {
+        snprintf(threads, sizeof(threads), "prefill %d decode %d (0: all cores)",
+                 c->prefill_threads, c->decode_threads);
+    }
+    KC_INFO("models: %s%s: base %s, aux %s%s, predictor %s%s; weights prefill %s%s decode %s; "
+            "threads %s",
             from_bundle ? "bundle " : "", from_bundle ? c->bundle : "--model", base_dir,
             aux[0] ? aux : "(none)", from_bundle && c->aux[0] ? " (--aux)" : "",
             pred[0] ? pred : "(none)", from_bundle && c->predictor[0] ? " (--predictor)" : "",
-            c->prefill_dtype, c->decode_dtype, c->prefill_threads, c->decode_threads);
+            prefill_dtype, dtype_auto ? " (auto)" : "", c->decode_dtype, threads);
     if (aux[0] != '\0') {
         rc = eng_kvp_bundle_open(base_dir, aux, pred[0] ? pred : NULL, &mp, &s->bundle, err);
         if (rc != KC_OK && from_bundle && rc != KC_ECANCELED) {
@@ -325,6 +335,8 @@ static int start_scheduler(struct srv *s, struct kc_error *err) {
     sc.prefill_threads = c->prefill_threads;
     sc.decode_threads = c->decode_threads;
     sc.pin_cpus = c->pin_cpus;
+    sc.prefill_workers = c->prefill_workers;
+    sc.tpot_slo_ms = c->tpot_slo_ms;
     sc.base_kv_bytes = (size_t)c->base_kv_mib << 20;
     sc.aux_kv_bytes = (size_t)c->aux_kv_mib << 20;
     sc.block_size = c->block_size;

@@ -18,3 +18,14 @@ add_test(NAME test_server_shed
                  $<TARGET_FILE:kvcast>
          WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(test_server_shed PROPERTIES LABELS integration TIMEOUT 180)
+
+# Issue 16 item 2: elastic teams (the plan as a pure function, the machine defaults) and, over
+# real HTTP, a lone prefill on every core, a cpuset honoured, explicit thread flags honoured.
+kc_add_unit_test(test_scheduler_teams SOURCES unit/test_scheduler_teams.c LIBS kc_scheduler)
+if(TARGET kvcast)
+  add_test(NAME test_server_threads
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_threads.py
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_threads PROPERTIES LABELS integration TIMEOUT 120)
+endif()

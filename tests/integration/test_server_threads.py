@@ -1,0 +1,154 @@
+#!/usr/bin/python3
+"""Integration test of issue 16 item 2 over real HTTP: every core on the work at hand.
+
+  - Defaults (no thread flag): a lone request's prefill runs on every core the process may
+    use (timings.prefill_threads == the affinity mask's count), and the log says the teams
+    are elastic.
+  - Under `taskset -c 0` (a container's cpuset, in small) the same defaults use one core.
+  - Explicit --prefill-threads 1 --decode-threads 1 fixes the teams: prefill_threads is 1.
+  - Elastic teams under concurrency: 6 requests at once all complete with the same greedy
+    tokens as a lone request (teams resized mid-prefill and mid-decode change no result).
+
+Model: tests/golden/llama_gqa (vocab 128, 128 positions), tokenizer tests/fixtures/tiny_tokenizer.
+usage: test_server_threads.py path/to/kvcast   (run from the source root)
+"""
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "tools", "bench"))
+from serve_ready import wait_ready  # noqa: E402
+
+KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
+MODEL = "tests/golden/llama_gqa"
+TOKENIZER = "tests/fixtures/tiny_tokenizer"
+
+
+def fail(msg):
+    print("FAIL: " + msg)
+    sys.exit(1)
+
+
+class Server:
+    def __init__(self, tmp, name, extra, prefix=()):
+        self.log = os.path.join(tmp, name + ".log")
+        args = list(prefix) + [KVCAST, "serve", "--model", MODEL, "--tokenizer", TOKENIZER,
+                               "--host", "127.0.0.1", "--port", "0", "--base-kv-mib", "2",
+                               "--no-access-log", "--prefill-dtype", "f32", "--decode-dtype",
+                               "f32"] + extra
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "w"),
+                                     text=True)
+        self.port = None
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            marker = "listening on http://127.0.0.1:"
+            if marker in line:
+                self.port = int(line.split(marker)[1].split("/")[0].split()[0])
+                break
+        if self.port is not None and not wait_ready(self.port, self.proc):
+            self.port = None
+        if self.port is None:
+            self.stop()
+            fail("server %s did not start; log:\n%s" % (name, open(self.log).read()[-2000:]))
+
+    def complete(self, body):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        c.request("POST", "/v1/completions", body=json.dumps(body),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        raw = r.read().decode()
+        c.close()
+        if r.status != 200:
+            fail("status %d: %s" % (r.status, raw[:500]))
+        return json.loads(raw)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+BODY = {"model": "llama_gqa", "prompt": "the lord spake unto moses saying", "max_tokens": 8,
+        "temperature": 0, "ignore_eos": True, "prefill_mode": "full"}
+
+
+def prefill_threads(srv):
+    out = srv.complete(BODY)
+    t = out.get("timings")
+    if not isinstance(t, dict) or not isinstance(t.get("prefill_threads"), int):
+        fail("no integer timings.prefill_threads in %s" % json.dumps(out)[:500])
+    return t["prefill_threads"], out["choices"][0]["text"]
+
+
+def main():
+    cores = len(os.sched_getaffinity(0))
+    tmp = tempfile.mkdtemp(prefix="kc_threads_")
+    try:
+        srv = Server(tmp, "default", [])
+        try:
+            got, text = prefill_threads(srv)
+            if got != cores:
+                fail("lone prefill ran on %d threads, want all %d cores" % (got, cores))
+            log = open(srv.log).read()
+            if "elastic over %d cores" % cores not in log:
+                fail("log does not say 'elastic over %d cores':\n%s" % (cores, log[-1500:]))
+            # Six at once: teams are resized while prefills and decode steps run; greedy
+            # outputs must not change.
+            results = [None] * 6
+
+            def one(i):
+                results[i] = srv.complete(BODY)["choices"][0]["text"]
+            th = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+            for t in th:
+                t.start()
+            for t in th:
+                t.join()
+            for i, r in enumerate(results):
+                if r != text:
+                    fail("concurrent request %d answered %r, alone %r" % (i, r, text))
+        finally:
+            srv.stop()
+        print("ok: lone prefill on %d/%d cores, 6 concurrent requests agree" % (cores, cores))
+
+        taskset = shutil.which("taskset")
+        if taskset is not None:
+            first = str(sorted(os.sched_getaffinity(0))[0])
+            srv = Server(tmp, "cpuset", [], prefix=(taskset, "-c", first))
+            try:
+                got, _ = prefill_threads(srv)
+                if got != 1:
+                    fail("under taskset -c (1 core) the prefill ran on %d threads" % got)
+            finally:
+                srv.stop()
+            print("ok: a 1-core cpuset gives 1 thread")
+        else:
+            print("note: no taskset here; cpuset case not run")
+
+        srv = Server(tmp, "fixed", ["--prefill-threads", "1", "--decode-threads", "1"])
+        try:
+            got, _ = prefill_threads(srv)
+            if got != 1:
+                fail("--prefill-threads 1 ran the prefill on %d threads" % got)
+        finally:
+            srv.stop()
+        print("ok: --prefill-threads 1 is an explicit override")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("PASS")
+
+
+if __name__ == "__main__":
+    main()
