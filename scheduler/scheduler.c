@@ -1322,7 +1322,7 @@ static double flops_per_token2(const struct eng_model_config *c) {
 static void seed_cost_models(struct sch *s, const struct eng_model_config *bc,
                              const struct eng_model_config *ac) {
     /* Elastic teams: a lone prefill runs on every core. */
-    const double threads = s->elastic                  ? s->n_cpus
+    const double threads = s->elastic                   ? s->n_cpus
                            : s->cfg.prefill_threads > 0 ? s->cfg.prefill_threads
                                                         : 1;
     const double gemm = SCH_PRIOR_GEMM_FLOPS * threads / 1e3; /* FLOPs per ms */
