@@ -4,23 +4,38 @@ set key top left
 set grid
 set style line 1 lc rgb "#1f77b4" lw 2 pt 7 ps 1.2
 set style line 2 lc rgb "#d62728" lw 2 pt 5 ps 1.2
-set style line 3 lc rgb "#2ca02c" lw 2 pt 9 ps 1.4
+set style line 3 lc rgb "#2ca02c" lw 2 pt 9 ps 1.2
+set style line 4 lc rgb "#ff7f0e" lw 2 pt 13 ps 1.2
 set output "ttft_vs_prompt_len.png"
 set title "Median TTFT vs prompt length (client-side, one request at a time)"
 set xlabel "prompt tokens"
 set ylabel "median TTFT (ms)"
 set logscale x 2
-set yrange [0:*]
+set logscale y 10
 plot "serving_ttft.dat" u 1:2 w lp ls 1 t "full", \
-     "" u 1:3 w lp ls 2 t "predict", \
-     "" u 1:4 w lp ls 3 t "auto"
+     "serving_ttft.dat" u 1:3 w lp ls 2 t "predict", \
+     "serving_ttft.dat" u 1:4 w lp ls 3 t "auto", \
+     "serving_ttft.dat" u 1:5 w lp ls 4 t "node-llama-cpp"
 unset logscale x
+unset logscale y
 set output "goodput_vs_rate.png"
-set title "Goodput vs request rate (TTFT <= 450 ms, TPOT <= 10 ms; prompts 768:256 tokens)"
+set title "Goodput vs offered rate (TTFT <= 2890 ms and TPOT <= 66 ms; prompts 1024:256)"
 set xlabel "request rate (req/s, Poisson)"
 set ylabel "goodput (req/s)"
+set xrange [0:3.402]
 set yrange [0:*]
-plot "serving_goodput.dat" u 1:2 w lp ls 1 t "full", \
-     "" u 1:3 w lp ls 2 t "predict", \
-     "" u 1:4 w lp ls 3 t "auto", \
-     "" u 1:1 w l lc rgb "#999999" dt 2 t "offered load"
+plot "serving_rate_full.dat" u 1:2 w lp ls 1 t "full", \
+     "serving_rate_predict.dat" u 1:2 w lp ls 2 t "predict", \
+     "serving_rate_auto.dat" u 1:2 w lp ls 3 t "auto", \
+     "serving_rate_node-llama-cpp.dat" u 1:2 w lp ls 4 t "node-llama-cpp", \
+     x w l lc rgb "#999999" dt 2 t "offered load"
+set output "attainment_vs_rate.png"
+set title "Share of requests meeting both SLOs vs offered rate"
+set ylabel "SLO attainment (%)"
+set yrange [0:105]
+set key bottom left
+plot "serving_rate_full.dat" u 1:4 w lp ls 1 t "full", \
+     "serving_rate_predict.dat" u 1:4 w lp ls 2 t "predict", \
+     "serving_rate_auto.dat" u 1:4 w lp ls 3 t "auto", \
+     "serving_rate_node-llama-cpp.dat" u 1:4 w lp ls 4 t "node-llama-cpp", \
+     90 w l lc rgb "#999999" dt 2 t "90% (DistServe)"

@@ -383,6 +383,14 @@ def main():
         if a_ is not None and p_:
             bars.append("- sustainable goodput of auto >= 2x %s's: %.3f vs %.3f req/s, %.2fx (%s)"
                         % (peer, a_, p_, a_ / p_, "**met**" if a_ >= 2 * p_ else "**not met**"))
+        elif a_ is not None and sus[peer][1]:
+            # The peer missed already at its lowest tested rate: its sustainable goodput is
+            # below that rate, so auto's ratio is at least a_ / that rate.
+            lo = sus[peer][1]
+            bars.append("- sustainable goodput of auto >= 2x %s's: %.3f vs < %.3f req/s (%s missed "
+                        "at its lowest tested rate), > %.1fx (%s)"
+                        % (peer, a_, lo, peer, a_ / lo, "**met**" if a_ >= 2 * lo else
+                           "not determined: test the peer at lower rates"))
         else:
             bars.append("- sustainable goodput of auto >= 2x %s's: not determined (auto %s, %s %s)"
                         % (peer, fmt(a_, 3), peer, fmt(p_, 3)))
