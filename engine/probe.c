@@ -19,7 +19,7 @@
 #include "engine/ops_dnnl_internal.h"
 #include "engine/probe.h"
 
-/* One weight matrix of eng_dnn_weights_probe: its primitive and memory objects. */
+/* One weight matrix of eng_weights_probe: its primitive and memory objects. */
 struct probe_mat {
     dnnl_primitive_t prim;
     dnnl_memory_t src, w, dst, pad;
