@@ -6,9 +6,10 @@
  * Place in the data flow: a leaf module. tools/cli and server/ read a cfg_settings; nothing
  * here knows about sockets, models or the scheduler. One table (config.c) describes every
  * setting once: its kebab-case flag name, the JSON key (the same name with '_' for '-'), the
- * env name (KVCAST_ + upper-case with '_'), its type, range, default and help line. The help
- * text, the file loader, the env reader and the flag parser are all driven by that table, so a
- * new setting is one row plus one struct field.
+ * env name (KVCAST_ + upper-case with '_'), its type, range and help line. The help text, the
+ * file loader, the env reader and the flag parser are all driven by that table; the defaults
+ * are set apart, in cfg_settings_default (config.c), and --help prints them from there. So a
+ * new setting is one row, one struct field and one default line.
  *
  * Ownership: cfg_settings is a plain value (fixed-size strings, no heap), copyable.
  * Thread rules: none; fill it on the main thread before anything starts.

@@ -3,8 +3,10 @@
  * attention and element-wise kernels in C. Every fast kernel has a plain `_ref` twin that
  * tests compare against (printing maxdiff).
  *
- * Place in the data flow: engine/model.c calls these for every layer of every forward step.
- * Nothing else in kvcast includes dnnl.h; this header keeps oneDNN types opaque.
+ * Place in the data flow: engine/model.c (and the predictor in kvp.c) call these for every
+ * layer of every forward step.
+ * This header keeps oneDNN types opaque: only the engine's oneDNN files (ops_dnnl.c,
+ * ops_gram.c, probe.c) include dnnl.h. The `kvcast bench` measurements are in probe.h.
  *
  * Shape legend: M rows (tokens in a step), T tokens of one sequence, H query heads,
  * Hkv kv heads, D head dim, C model dim, F ffn dim, V vocab, N/K a linear's out/in size.
@@ -159,32 +161,6 @@ void eng__attention_tiles(const float *q, int n, int pos0, const struct eng_kv_v
  * (H % Hkv == 0) run by n_threads threads. */
 size_t eng_attention_scratch_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim,
                                     int n_threads);
-
-/* ---- measurements for `kvcast bench engine` ---- */
-
-/* GFLOP/s of one large oneDNN matmul (m x n x k, weights packed in wt), best of iters;
- * 0 when a buffer or primitive cannot be created. */
-double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters);
-
-/* Streams weight matrices of type wt (k[i] x n[i], i < n_mats) through matmul primitives of `rows`
- * rows, as decode does: packed in the layout oneDNN picks for `rows`, or plain (the HF [n, k]
- * matrix; one row then runs the "gemm:jit" GEMV, see ops_dnnl.c invariant 6). run: GB/s of
- * weights read by one pass over all matrices. For `kvcast bench gemv`. */
-struct eng_weights_probe;
-int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, bool plain,
-                             const int *k, const int *n, int n_mats, struct eng_weights_probe **out,
-                             struct kc_error *err);
-double eng_weights_probe_run(struct eng_weights_probe *p);
-void eng_weights_probe_free(struct eng_weights_probe *p);
-
-/* Stream-triad bandwidth (a[i] = b[i] + s*c[i], GB/s, best of iters) with the calling thread's
- * OpenMP team, on arrays kept between runs, so a benchmark can sample the machine's
- * bandwidth right beside each window of its own work (this host's bandwidth swings with
- * its neighbours' load from second to second). create: NULL when out of memory. */
-struct eng_triad;
-struct eng_triad *eng_triad_create(size_t bytes_per_array);
-double eng_triad_run(struct eng_triad *t, int iters); /* GB/s, best of iters */
-void eng_triad_free(struct eng_triad *t);
 
 /* Writes the linked oneDNN's version ("3.0.0 (commit 1a2b3c)") to out (cap bytes, truncated,
  * NUL-terminated), for `kvcast --version`. */

@@ -1,7 +1,8 @@
 /*
- * ops_dnnl.c — linear layers on oneDNN 2.6 matmul primitives (C API), the per-thread oneDNN
- * context, and the two machine measurements (single-GEMM GFLOP/s, stream triad). The only
- * file in kvcast that includes dnnl.h.
+ * ops_dnnl.c — linear layers on oneDNN 2.6 matmul primitives (C API) and the per-thread
+ * oneDNN context. The `kvcast bench` measurements built on the same primitives are in
+ * probe.c, the A^T B of the KV predictor's fit in ops_gram.c; those three files (and
+ * ops_dnnl_internal.h) are the only ones in kvcast that include dnnl.h.
  *
  * Place in the data flow: engine/model.c creates one eng_linear per projection at load and
  * calls eng_linear_forward for every layer of every step, through the eng_dnn of the worker
@@ -73,18 +74,12 @@
 #include "common/kc.h"
 #include "engine/dtype.h"
 #include "engine/ops.h"
+#include "engine/ops_dnnl_internal.h"
 
 /* Rows per prefill chunk; also the representative row count of the prefill copy. */
 #define ENG_LINEAR_CHUNK 512
 /* Converting activations to bf16 goes parallel from this many elements on. */
 #define ENG_CVT_PAR_MIN 65536
-
-/* Checks a oneDNN status inside a kernel, where failures are programmer errors. */
-#define DNN_ASSERT(call)                                                                           \
-    do {                                                                                           \
-        dnnl_status_t st_ = (call);                                                                \
-        KC_ASSERT(st_ == dnnl_success);                                                            \
-    } while (0)
 
 /* ---- per-thread context ---- */
 
@@ -136,28 +131,6 @@ struct eng_linear {
     float *bias;                              /* [N] or NULL */
     dnnl_memory_t bias_mem;
 };
-
-static dnnl_data_type_t wt_dnnl(enum eng_wtype wt) {
-    return wt == ENG_WTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
-}
-
-static size_t wt_size(enum eng_wtype wt) {
-    return wt == ENG_WTYPE_BF16 ? 2 : 4;
-}
-
-static const char *wt_name(enum eng_wtype wt) {
-    return wt == ENG_WTYPE_BF16 ? "bf16" : "f32";
-}
-
-static void set_team(int n_threads) {
-#ifdef _OPENMP
-    if (n_threads > 0) {
-        omp_set_num_threads(n_threads);
-    }
-#else
-    (void)n_threads;
-#endif
-}
 
 /* The calling thread's team source (invariant 5); NULL: the context's n_threads. */
 static _Thread_local const atomic_int *tl_team_source;
@@ -955,226 +928,25 @@ void eng__linear_ref(const struct eng_weight_part *parts, int n_parts, int n_in,
     }
 }
 
-/* ---- measurements ---- */
+/* ---- for engine/probe.c (ops_dnnl_internal.h) ---- */
 
-static double now_s(void) {
-    return kc_now_s();
+dnnl_engine_t eng__dnn_engine(const struct eng_dnn *dnn) {
+    return dnn->engine;
 }
 
-/* One weight matrix of eng_dnn_weights_probe: its primitive and memory objects. */
-struct probe_mat {
-    dnnl_primitive_t prim;
-    dnnl_memory_t src, w, dst, pad;
-    void *wbuf, *padbuf;
-    size_t bytes;
-};
-
-struct eng_weights_probe {
-    struct eng_dnn *dnn;
-    int rows, n_mats;
-    size_t bytes; /* weights read by one pass */
-    struct probe_mat *mats;
-    void *x;
-    float *y;
-};
-
-/* Seconds of one pass of every matrix through its primitive. */
-static double probe_pass_s(struct eng_weights_probe *p) {
-    set_team(p->dnn->n_threads);
-    const double t0 = now_s();
-    for (int i = 0; i < p->n_mats; i++) {
-        const struct probe_mat *q = &p->mats[i];
-        const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, q->src},
-                                         {DNNL_ARG_WEIGHTS, q->w},
-                                         {DNNL_ARG_DST, q->dst},
-                                         {DNNL_ARG_SCRATCHPAD, q->pad}};
-        DNN_ASSERT(dnnl_primitive_execute(q->prim, p->dnn->stream, 4, args));
-    }
-    DNN_ASSERT(dnnl_stream_wait(p->dnn->stream));
-    return now_s() - t0;
+dnnl_stream_t eng__dnn_stream(const struct eng_dnn *dnn) {
+    return dnn->stream;
 }
 
-void eng_weights_probe_free(struct eng_weights_probe *p) {
-    if (p == NULL) {
-        return;
-    }
-    for (int i = 0; i < p->n_mats && p->mats != NULL; i++) {
-        struct probe_mat *q = &p->mats[i];
-        dnnl_memory_destroy(q->src);
-        dnnl_memory_destroy(q->w);
-        dnnl_memory_destroy(q->dst);
-        dnnl_memory_destroy(q->pad);
-        dnnl_primitive_destroy(q->prim);
-        kc_aligned_free(q->wbuf);
-        kc_aligned_free(q->padbuf);
-    }
-    free(p->mats);
-    kc_aligned_free(p->x);
-    kc_aligned_free(p->y);
-    free(p);
+dnnl_status_t eng__dnn_matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
+                                 const dnnl_memory_desc_t *w, bool bias, bool gemv,
+                                 dnnl_primitive_desc_t *pd) {
+    return matmul_pd(engine, rows, n, k, wt, w, bias, gemv, pd);
 }
 
-int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, bool plain,
-                             const int *k, const int *n, int n_mats, struct eng_weights_probe **out,
-                             struct kc_error *err) {
-    KC_ASSERT(dnn != NULL && rows > 0 && n_mats > 0);
-    struct eng_weights_probe *p = kc_calloc(1, sizeof(*p));
-    int max_k = 0, max_n = 0;
-    for (int i = 0; i < n_mats; i++) {
-        max_k = k[i] > max_k ? k[i] : max_k;
-        max_n = n[i] > max_n ? n[i] : max_n;
-    }
-    if (p == NULL || (p->mats = kc_calloc((size_t)n_mats, sizeof(*p->mats))) == NULL ||
-        (p->x = kc_aligned_alloc((size_t)rows * (size_t)max_k * wt_size(wt))) == NULL ||
-        (p->y = kc_aligned_alloc((size_t)rows * (size_t)max_n * sizeof(float))) == NULL) {
-        eng_weights_probe_free(p);
-        return kc_error_set(err, KC_ENOMEM, "weights probe: out of memory");
-    }
-    p->dnn = dnn;
-    p->rows = rows;
-    p->n_mats = n_mats;
-    set_team(dnn->n_threads);
-    for (int i = 0; i < n_mats; i++) {
-        struct probe_mat *q = &p->mats[i];
-        dnnl_memory_desc_t wmd;
-        const dnnl_dims_t dims = {k[i], n[i]}, strides = {1, k[i]};
-        dnnl_primitive_desc_t pd = NULL;
-        dnnl_status_t st = dnnl_success;
-        if (plain) {
-            st = dnnl_memory_desc_init_by_strides(&wmd, 2, dims, wt_dnnl(wt), strides);
-        } else if (preferred_wmd(dnn->engine, rows, n[i], k[i], wt, false, &wmd, NULL) != 0) {
-            st = dnnl_unimplemented;
-        }
-        if (st == dnnl_success) {
-            st = matmul_pd(dnn->engine, rows, n[i], k[i], wt, &wmd, false, plain && rows == 1, &pd);
-        }
-        if (st == dnnl_success) {
-            st = dnnl_primitive_create(&q->prim, pd);
-        }
-        const dnnl_memory_desc_t *pad_md =
-            st == dnnl_success ? dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0)
-                               : NULL;
-        if (st == dnnl_success) {
-            q->bytes = dnnl_memory_desc_get_size(&wmd);
-            p->bytes += q->bytes;
-            q->wbuf = kc_aligned_alloc(q->bytes);
-            q->padbuf = kc_aligned_alloc(dnnl_memory_desc_get_size(pad_md) + 64);
-            st = q->wbuf != NULL && q->padbuf != NULL ? dnnl_success : dnnl_out_of_memory;
-        }
-        if (st == dnnl_success) {
-            /* Small positive values: timing must not meet denormals or NaNs. */
-            for (size_t j = 0; j < q->bytes / wt_size(wt); j++) {
-                const float v = 0.01f * (float)(1 + j % 7);
-                if (wt == ENG_WTYPE_BF16) {
-                    ((uint16_t *)q->wbuf)[j] = eng_f32_to_bf16(v);
-                } else {
-                    ((float *)q->wbuf)[j] = v;
-                }
-            }
-            st = dnnl_memory_create(&q->src, dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0),
-                                    dnn->engine, p->x);
-        }
-        if (st == dnnl_success) {
-            st = dnnl_memory_create(&q->w, &wmd, dnn->engine, q->wbuf);
-        }
-        if (st == dnnl_success) {
-            st = dnnl_memory_create(&q->dst, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0),
-                                    dnn->engine, p->y);
-        }
-        if (st == dnnl_success) {
-            st = dnnl_memory_create(&q->pad, pad_md, dnn->engine, q->padbuf);
-        }
-        dnnl_primitive_desc_destroy(pd);
-        if (st != dnnl_success) {
-            eng_weights_probe_free(p);
-            return kc_error_set(err, KC_EBACKEND, "weights probe: %d x %d x %d %s (status %d)",
-                                rows, n[i], k[i], wt_name(wt), (int)st);
-        }
-    }
-    *out = p;
-    return KC_OK;
-}
-
-double eng_weights_probe_run(struct eng_weights_probe *p) {
-    return (double)p->bytes / probe_pass_s(p) * 1e-9;
-}
-
-double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters) {
-    KC_ASSERT(dnn != NULL && m > 0 && n > 0 && k > 0);
-    struct eng_weights_probe *p = NULL;
-    if (eng_weights_probe_create(dnn, wt, m, false, &k, &n, 1, &p, NULL) != KC_OK) {
-        return 0.0;
-    }
-    double best = 0.0;
-    for (int it = -1; it < (iters > 0 ? iters : 1); it++) {
-        const double g = 2.0 * m * (double)n * k / probe_pass_s(p) / 1e9;
-        if (it >= 0 && g > best) {
-            best = g; /* iteration -1 warms up caches and page mappings */
-        }
-    }
-    eng_weights_probe_free(p);
-    return best;
-}
-
-struct eng_triad {
-    float *a, *b, *c;
-    long n;
-};
-
-struct eng_triad *eng_triad_create(size_t bytes_per_array) {
-    struct eng_triad *t = kc_calloc(1, sizeof(*t));
-    const size_t n = bytes_per_array / sizeof(float);
-    if (t == NULL || n == 0 || n > (size_t)LONG_MAX) {
-        free(t);
-        return NULL;
-    }
-    t->n = (long)n;
-    t->a = kc_aligned_alloc(n * sizeof(float));
-    t->b = kc_aligned_alloc(n * sizeof(float));
-    t->c = kc_aligned_alloc(n * sizeof(float));
-    if (t->a == NULL || t->b == NULL || t->c == NULL) {
-        eng_triad_free(t);
-        return NULL;
-    }
-    /* First touch from the team that will run the triad. */
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (long i = 0; i < t->n; i++) {
-        t->a[i] = 0.0f;
-        t->b[i] = 1.0f;
-        t->c[i] = 2.0f;
-    }
-    return t;
-}
-
-double eng_triad_run(struct eng_triad *t, int iters) {
-    const float s = 3.0f;
-    double best = 0.0;
-    for (int it = 0; it < (iters > 0 ? iters : 1); it++) {
-        float *restrict a = t->a;
-        const float *restrict b = t->b, *restrict c = t->c;
-        const double t0 = now_s();
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-        for (long i = 0; i < t->n; i++) {
-            a[i] = b[i] + s * c[i];
-        }
-        const double gbs = 3.0 * (double)t->n * sizeof(float) / (now_s() - t0) / 1e9;
-        best = gbs > best ? gbs : best;
-    }
-    KC_ASSERT(t->a[t->n - 1] == 7.0f);
-    return best;
-}
-
-void eng_triad_free(struct eng_triad *t) {
-    if (t != NULL) {
-        kc_aligned_free(t->a);
-        kc_aligned_free(t->b);
-        kc_aligned_free(t->c);
-        free(t);
-    }
+int eng__dnn_preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
+                           bool bias, dnnl_memory_desc_t *out, struct kc_error *err) {
+    return preferred_wmd(engine, rows, n, k, wt, bias, out, err);
 }
 
 void eng_dnnl_version(char *out, size_t cap) {

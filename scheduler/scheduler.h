@@ -47,8 +47,8 @@ int sch_mode_parse(const char *s, enum sch_prefill_mode *out);
  * on the team the scheduler currently gives its worker: every core to a prefill while nothing
  * decodes and to decode while nothing prefills; when both are busy, both keep every core (the
  * kernel time-slices them) until a decode step misses tpot_slo_ms, then decode gets the
- * fewest cores that meet it and the prefills share the rest (sched_internal.h
- * sch_team_split). Explicit thread counts (either one) or pinning fix the
+ * fewest cores that meet it and the prefills share the rest (sch_team_split in
+ * scheduler/teams.c). Explicit thread counts (either one) or pinning fix the
  * teams (a count left 0 then means OpenMP's default, all cores, unless pinned).
  */
 struct sch_config {

@@ -1,15 +1,18 @@
 /*
- * http.c — libmicrohttpd driven by the libuv loop, and the routes.
+ * http.c — libmicrohttpd driven by the libuv loop: connection tracking, the checks of a
+ * request's first call, and the responses. The route table and the simple handlers are in
+ * routes.c.
  *
  * MHD runs in "external epoll" mode: uv_poll watches MHD's epoll fd, a uv_timer fires at
  * MHD_get_timeout() (and at 0 ms after a resume), and both call MHD_run on the loop thread.
  * So every MHD callback (access handler, content reader, completion notice) runs on the loop
  * thread too, and connection state needs no locks (server_internal.h, invariant 1).
  *
- * Routes: GET /health, GET /metrics, GET /v1/models, POST /v1/completions,
- * POST /v1/chat/completions (501), POST /tokenize, POST /detokenize; OPTIONS for CORS
- * preflights. /v1/..., /tokenize, /detokenize and (unless --metrics-public) /metrics need the
- * API key when one is set; /health never does. Every response carries X-Request-Id.
+ * Routes (table and handlers: routes.c): GET /health, GET /metrics, GET /v1/models,
+ * POST /v1/completions, POST /v1/chat/completions (501), POST /tokenize, POST /detokenize;
+ * OPTIONS for CORS preflights. /v1/..., /tokenize, /detokenize and (unless --metrics-public)
+ * /metrics need the API key when one is set; /health never does. Every response carries
+ * X-Request-Id.
  *
  * DESIGN
  *   1. Everything that can be refused from the headers is refused on the first call, before
@@ -60,38 +63,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <jansson.h>
-
 #include "server/server_internal.h"
-
-enum route {
-    R_NONE = 0,
-    R_HEALTH,
-    R_METRICS,
-    R_MODELS,
-    R_COMPLETIONS,
-    R_CHAT,
-    R_TOKENIZE,
-    R_DETOKENIZE,
-};
-
-struct route_def {
-    const char *path;
-    enum route route;
-    const char *method; /* the one allowed method besides OPTIONS */
-    bool auth;
-};
-
-static const struct route_def routes[] = {
-    {"/health", R_HEALTH, "GET", false},
-    {"/metrics", R_METRICS, "GET", false},
-    {"/v1/models", R_MODELS, "GET", true},
-    {"/v1/completions", R_COMPLETIONS, "POST", true},
-    {"/v1/chat/completions", R_CHAT, "POST", true},
-    {"/tokenize", R_TOKENIZE, "POST", true},
-    {"/detokenize", R_DETOKENIZE, "POST", true},
-};
-#define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
 
 /* ---- responses ---- */
 
@@ -123,12 +95,11 @@ enum MHD_Result srv_send(struct srv_conn *c, int status, const char *content_typ
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, ra);
     }
     if (status == 405) {
-        for (size_t i = 0; i < N_ROUTES; i++) {
-            if (routes[i].route == (enum route)c->route) {
-                char allow[32];
-                snprintf(allow, sizeof(allow), "%s, OPTIONS", routes[i].method);
-                MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
-            }
+        const struct srv_route_def *rd = srv_route_get(c->route);
+        if (rd != NULL) {
+            char allow[32];
+            snprintf(allow, sizeof(allow), "%s, OPTIONS", rd->method);
+            MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
         }
     }
     if (c->close || status == 413 || status == 403) {
@@ -154,123 +125,10 @@ enum MHD_Result srv_send_error(struct srv_conn *c, const struct srv_error *e) {
     return ret;
 }
 
-static enum MHD_Result send_json(struct srv_conn *c, int status, json_t *o) {
-    char *txt = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (txt == NULL) {
-        return MHD_NO;
-    }
-    enum MHD_Result ret = srv_send(c, status, "application/json", txt, strlen(txt));
-    free(txt);
-    return ret;
-}
-
-static enum MHD_Result send_http_error(struct srv_conn *c, int status, const char *msg) {
+enum MHD_Result srv_send_http_error(struct srv_conn *c, int status, const char *msg) {
     struct srv_error e;
     srv_error_http(&e, status, "%s", msg);
     return srv_send_error(c, &e);
-}
-
-/* ---- simple routes ---- */
-
-static void gauges_of(struct srv *s, struct srv_gauges *g) {
-    struct sch_stats st;
-    memset(&st, 0, sizeof(st));
-    memset(g, 0, sizeof(*g));
-    if (s->sch != NULL) {
-        sch_stats_get(s->sch, &st);
-    }
-    g->running = st.prefilling + st.running;
-    g->waiting = st.queued;
-    if (st.base_blocks_total > 0) {
-        g->kv_base = (double)(st.base_blocks_total - st.base_blocks_free) / st.base_blocks_total;
-    }
-    if (st.aux_blocks_total > 0) {
-        g->has_aux = 1;
-        g->kv_aux = (double)(st.aux_blocks_total - st.aux_blocks_free) / st.aux_blocks_total;
-    }
-    g->conns_dispatched = s->n_socks_dispatched;
-    g->conns_waiting = s->n_socks_live - s->n_socks_dispatched;
-    memcpy(g->auto_decisions, st.auto_decisions, sizeof(g->auto_decisions));
-    g->shed = st.shed;
-}
-
-static enum MHD_Result route_health(struct srv_conn *c) {
-    struct srv *s = c->srv;
-    if (s->state == SRV_LOADING) {
-        /* What the README, Dockerfile and k8s probes expect while the models load. */
-        return srv_send(c, 503, "application/json", "{\"status\":\"loading\"}", 20);
-    }
-    if (s->state != SRV_SERVING) {
-        return send_http_error(c, 503, "the server is shutting down");
-    }
-    return srv_send(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
-}
-
-static enum MHD_Result route_metrics(struct srv_conn *c) {
-    struct srv_gauges g;
-    gauges_of(c->srv, &g);
-    struct srv_buf o = {0};
-    if (srv_metrics_render(&c->srv->metrics, &g, &o) != KC_OK) {
-        srv_buf_free(&o);
-        return MHD_NO;
-    }
-    enum MHD_Result ret = srv_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
-    srv_buf_free(&o);
-    return ret;
-}
-
-static enum MHD_Result route_models(struct srv_conn *c) {
-    struct srv *s = c->srv;
-    json_t *m = json_object();
-    json_object_set_new(m, "id", json_string(s->model_id));
-    json_object_set_new(m, "object", json_string("model"));
-    json_object_set_new(m, "created", json_integer(0));
-    json_object_set_new(m, "owned_by", json_string("kvcast"));
-    json_t *root = json_stringn(s->model_root, strlen(s->model_root));
-    json_object_set_new(m, "root", root ? root : json_string(s->model_id));
-    json_object_set_new(m, "parent", json_null());
-    json_object_set_new(m, "max_model_len", json_integer(s->max_model_len));
-    json_object_set_new(m, "permission", json_array());
-    json_t *o = json_object();
-    json_object_set_new(o, "object", json_string("list"));
-    json_t *data = json_array();
-    json_array_append_new(data, m);
-    json_object_set_new(o, "data", data);
-    return send_json(c, 200, o);
-}
-
-static enum MHD_Result route_tokenize(struct srv_conn *c) {
-    return srv_tokenize_start(c); /* off the loop thread: completions.c */
-}
-
-static enum MHD_Result route_detokenize(struct srv_conn *c) {
-    struct srv *s = c->srv;
-    struct srv_error e;
-    int32_t *ids = NULL;
-    int n = 0;
-    if (srv_detokenize_parse(c->body.p, c->body.len, &s->lim, &ids, &n, &e) != KC_OK) {
-        return srv_send_error(c, &e);
-    }
-    if (s->tok == NULL) {
-        free(ids);
-        srv_error_kc(&e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
-        return srv_send_error(c, &e);
-    }
-    char *text = NULL;
-    size_t len = 0;
-    struct kc_error kerr = {0};
-    int rc = eng_tok_decode(s->tok, ids, (size_t)n, 0, &text, &len, &kerr);
-    free(ids);
-    if (rc != KC_OK) {
-        srv_error_kc(&e, KC_EINVAL, "tokens", "%s", kerr.msg);
-        return srv_send_error(c, &e);
-    }
-    json_t *o = json_object();
-    json_t *t = json_stringn(text, len);
-    json_object_set_new(o, "prompt", t ? t : json_string(""));
-    free(text);
-    return send_json(c, 200, o);
 }
 
 /* ---- connection tracking (DESIGN 4) ---- */
@@ -664,7 +522,7 @@ static const char *cors_allow_headers(struct srv_conn *c) {
     return "Authorization, Content-Type";
 }
 
-static enum MHD_Result preflight(struct srv_conn *c, const struct route_def *rd) {
+static enum MHD_Result preflight(struct srv_conn *c, const struct srv_route_def *rd) {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     if (r == NULL) {
         return MHD_NO;
@@ -720,12 +578,12 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
         if (k->over_ip) {
             s->metrics.conn_closed[SRV_CLOSE_PER_IP]++;
             refusal_warn(s, "refused a request over --max-connections-per-ip", k->addr);
-            return send_http_error(c, 503, "Too many connections from this address");
+            return srv_send_http_error(c, 503, "Too many connections from this address");
         }
         s->metrics.conn_closed[SRV_CLOSE_CAPACITY]++;
         refusal_warn(s, "refused a request: every connection runs a request (--max-connections)",
                      k->addr);
-        return send_http_error(c, 503, "The server is busy; retry later.");
+        return srv_send_http_error(c, 503, "The server is busy; retry later.");
     }
     struct framing fr;
     const char *ferr = framing_error(c, &fr);
@@ -736,32 +594,27 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
         return srv_send_error(c, &e);
     }
     if (!host_ok(c)) {
-        return send_http_error(c, 403, "Host header not allowed");
+        return srv_send_http_error(c, 403, "Host header not allowed");
     }
     const char *cl = fr.n_cl > 0 ? fr.cl : NULL;
-    const struct route_def *rd = NULL;
-    for (size_t i = 0; i < N_ROUTES; i++) {
-        if (strcmp(url, routes[i].path) == 0) {
-            rd = &routes[i];
-        }
-    }
+    const struct srv_route_def *rd = srv_route_find(url);
     if (rd == NULL) {
-        return send_http_error(c, 404, "Not found");
+        return srv_send_http_error(c, 404, "Not found");
     }
     c->route = rd->route;
     cors_origin(c);
     if (strcmp(method, "OPTIONS") == 0) {
         return preflight(c, rd);
     }
-    bool need_auth = rd->auth || (rd->route == R_METRICS && !s->cfg.metrics_public);
+    bool need_auth = rd->auth || (rd->route == SRV_ROUTE_METRICS && !s->cfg.metrics_public);
     if (need_auth && !auth_ok(c)) {
         /* Identical body for a missing and a wrong key (RELIABILITY D1). */
-        return send_http_error(c, 401, "Incorrect or missing API key.");
+        return srv_send_http_error(c, 401, "Incorrect or missing API key.");
     }
     if (strcmp(method, rd->method) != 0) {
-        return send_http_error(c, 405, "Method not allowed");
+        return srv_send_http_error(c, 405, "Method not allowed");
     }
-    if (s->state == SRV_LOADING && rd->route != R_HEALTH) {
+    if (s->state == SRV_LOADING && rd->route != SRV_ROUTE_HEALTH) {
         struct srv_error e;
         srv_error_kc(&e, KC_EBUSY, NULL, "The server is loading the model; retry shortly.");
         return srv_send_error(c, &e);
@@ -770,7 +623,7 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
         const char *ct = header(c, MHD_HTTP_HEADER_CONTENT_TYPE);
         if (ct != NULL && strncasecmp(ct, "application/json", 16) != 0 &&
             strstr(ct, "+json") == NULL) {
-            return send_http_error(c, 415, "Content-Type must be application/json");
+            return srv_send_http_error(c, 415, "Content-Type must be application/json");
         }
         if (cl != NULL) {
             char *end = NULL;
@@ -783,7 +636,7 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
             }
         }
     }
-    if (rd->route == R_COMPLETIONS && s->state != SRV_SERVING) {
+    if (rd->route == SRV_ROUTE_COMPLETIONS && s->state != SRV_SERVING) {
         struct srv_error e;
         srv_error_kc(&e, KC_EBUSY, NULL, "The server is shutting down.");
         return srv_send_error(c, &e);
@@ -794,27 +647,7 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
 static enum MHD_Result dispatch(struct srv_conn *c) {
     c->dispatched = true;
     sock_set_phase(c->srv, c->sock, SRV_SOCK_DISPATCHED);
-    switch ((enum route)c->route) {
-    case R_HEALTH:
-        return route_health(c);
-    case R_METRICS:
-        return route_metrics(c);
-    case R_MODELS:
-        return route_models(c);
-    case R_COMPLETIONS:
-        return srv_completions_start(c);
-    case R_CHAT:
-        return send_http_error(c, 501,
-                               "/v1/chat/completions is not implemented yet; use "
-                               "/v1/completions");
-    case R_TOKENIZE:
-        return route_tokenize(c);
-    case R_DETOKENIZE:
-        return route_detokenize(c);
-    case R_NONE:
-        break;
-    }
-    return send_http_error(c, 404, "Not found");
+    return srv_route_run(c);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const char *url,
@@ -872,7 +705,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         return srv_send_error(c, &e);
     }
     if (!c->dispatched) {
-        if ((c->route == R_COMPLETIONS || c->route == R_TOKENIZE) && !c->yielded) {
+        if ((c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_TOKENIZE) && !c->yielded) {
             /* These routes suspend the connection: first let MHD leave its reading state
              * (DESIGN 5). It calls us again at its next run, without reading the socket. */
             c->yielded = true;

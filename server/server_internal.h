@@ -147,13 +147,25 @@ struct srv {
     int exit_code;
 };
 
+/* The routes of routes.c; SRV_ROUTE_NONE: no route matched (404). */
+enum srv_route {
+    SRV_ROUTE_NONE = 0,
+    SRV_ROUTE_HEALTH,
+    SRV_ROUTE_METRICS,
+    SRV_ROUTE_MODELS,
+    SRV_ROUTE_COMPLETIONS,
+    SRV_ROUTE_CHAT,
+    SRV_ROUTE_TOKENIZE,
+    SRV_ROUTE_DETOKENIZE,
+};
+
 /* Per HTTP request (MHD's con_cls). */
 struct srv_conn {
     struct srv *srv;
     struct MHD_Connection *mc;
     uint64_t rid;
     double t_start;
-    int route;
+    enum srv_route route;
     bool dispatched;
     bool yielded; /* returned once without a response before a suspending route (http.c 5) */
     bool close;   /* answer with Connection: close (request smuggling attempts) */
@@ -189,6 +201,8 @@ void srv_mhd_kick(struct srv *s);
 enum MHD_Result srv_send(struct srv_conn *c, int status, const char *content_type, const char *body,
                          size_t len);
 enum MHD_Result srv_send_error(struct srv_conn *c, const struct srv_error *e);
+/* An error body of the plain HTTP kind (srv_error_http) with status and msg. */
+enum MHD_Result srv_send_http_error(struct srv_conn *c, int status, const char *msg);
 /* CORS and X-Request-Id headers every response of c carries. */
 void srv_add_common_headers(struct srv_conn *c, struct MHD_Response *r);
 void srv_resume(struct srv_completion *cmp);
@@ -202,6 +216,23 @@ void srv_resume(struct srv_completion *cmp);
  * than ESTABLISHED/CLOSE_WAIT: gone at once. */
 enum srv_peer { SRV_PEER_ALIVE = 0, SRV_PEER_GONE, SRV_PEER_WANT_WRITE };
 enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started);
+
+/* routes.c */
+/* One row of the route table: the only method allowed besides OPTIONS, and whether the
+ * route needs the API key when one is set (/metrics: http.c adds --metrics-public). */
+struct srv_route_def {
+    const char *path;
+    enum srv_route route;
+    const char *method;
+    bool auth;
+};
+/* The table row for an exact path, or NULL (404). */
+const struct srv_route_def *srv_route_find(const char *path);
+/* The table row of a route, or NULL for SRV_ROUTE_NONE. */
+const struct srv_route_def *srv_route_get(enum srv_route route);
+/* Answers (or, for completions and tokenize, starts) a request that passed every check of
+ * http.c's first call and whose body arrived: the handler of c->route. */
+enum MHD_Result srv_route_run(struct srv_conn *c);
 
 /* completions.c */
 enum MHD_Result srv_completions_start(struct srv_conn *c);

@@ -15,6 +15,7 @@
 #include "engine/kvp.h"
 #include "engine/model.h"
 #include "engine/ops.h"
+#include "engine/probe.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/json_out.h"

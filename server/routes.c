@@ -1,0 +1,182 @@
+/*
+ * routes.c — the route table and the handlers that answer on the loop thread: GET /health,
+ * GET /metrics, GET /v1/models, POST /detokenize, and the 501 of POST /v1/chat/completions.
+ * POST /v1/completions and POST /tokenize only start their work here (completions.c). The
+ * connection machinery that decides whether a request reaches a route at all (limits, Host,
+ * framing, auth, method, content type, body) is http.c; 404 and 405 are answered there from
+ * this table (srv_route_find, srv_route_get).
+ *
+ * Thread rules: everything here runs on the loop thread, inside MHD's access handler.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "server/server_internal.h"
+
+static const struct srv_route_def routes[] = {
+    {"/health", SRV_ROUTE_HEALTH, "GET", false},
+    {"/metrics", SRV_ROUTE_METRICS, "GET", false},
+    {"/v1/models", SRV_ROUTE_MODELS, "GET", true},
+    {"/v1/completions", SRV_ROUTE_COMPLETIONS, "POST", true},
+    {"/v1/chat/completions", SRV_ROUTE_CHAT, "POST", true},
+    {"/tokenize", SRV_ROUTE_TOKENIZE, "POST", true},
+    {"/detokenize", SRV_ROUTE_DETOKENIZE, "POST", true},
+};
+#define N_ROUTES (sizeof(routes) / sizeof(routes[0]))
+
+const struct srv_route_def *srv_route_find(const char *path) {
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        if (strcmp(path, routes[i].path) == 0) {
+            return &routes[i];
+        }
+    }
+    return NULL;
+}
+
+const struct srv_route_def *srv_route_get(enum srv_route route) {
+    for (size_t i = 0; i < N_ROUTES; i++) {
+        if (routes[i].route == route) {
+            return &routes[i];
+        }
+    }
+    return NULL;
+}
+
+static enum MHD_Result send_json(struct srv_conn *c, int status, json_t *o) {
+    char *txt = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (txt == NULL) {
+        return MHD_NO;
+    }
+    enum MHD_Result ret = srv_send(c, status, "application/json", txt, strlen(txt));
+    free(txt);
+    return ret;
+}
+
+static void gauges_of(struct srv *s, struct srv_gauges *g) {
+    struct sch_stats st;
+    memset(&st, 0, sizeof(st));
+    memset(g, 0, sizeof(*g));
+    if (s->sch != NULL) {
+        sch_stats_get(s->sch, &st);
+    }
+    g->running = st.prefilling + st.running;
+    g->waiting = st.queued;
+    if (st.base_blocks_total > 0) {
+        g->kv_base = (double)(st.base_blocks_total - st.base_blocks_free) / st.base_blocks_total;
+    }
+    if (st.aux_blocks_total > 0) {
+        g->has_aux = 1;
+        g->kv_aux = (double)(st.aux_blocks_total - st.aux_blocks_free) / st.aux_blocks_total;
+    }
+    g->conns_dispatched = s->n_socks_dispatched;
+    g->conns_waiting = s->n_socks_live - s->n_socks_dispatched;
+    memcpy(g->auto_decisions, st.auto_decisions, sizeof(g->auto_decisions));
+    g->shed = st.shed;
+}
+
+static enum MHD_Result route_health(struct srv_conn *c) {
+    struct srv *s = c->srv;
+    if (s->state == SRV_LOADING) {
+        /* What the README, Dockerfile and k8s probes expect while the models load. */
+        return srv_send(c, 503, "application/json", "{\"status\":\"loading\"}", 20);
+    }
+    if (s->state != SRV_SERVING) {
+        return srv_send_http_error(c, 503, "the server is shutting down");
+    }
+    return srv_send(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
+}
+
+static enum MHD_Result route_metrics(struct srv_conn *c) {
+    struct srv_gauges g;
+    gauges_of(c->srv, &g);
+    struct srv_buf o = {0};
+    if (srv_metrics_render(&c->srv->metrics, &g, &o) != KC_OK) {
+        srv_buf_free(&o);
+        return MHD_NO;
+    }
+    enum MHD_Result ret = srv_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+    srv_buf_free(&o);
+    return ret;
+}
+
+static enum MHD_Result route_models(struct srv_conn *c) {
+    struct srv *s = c->srv;
+    json_t *m = json_object();
+    json_object_set_new(m, "id", json_string(s->model_id));
+    json_object_set_new(m, "object", json_string("model"));
+    json_object_set_new(m, "created", json_integer(0));
+    json_object_set_new(m, "owned_by", json_string("kvcast"));
+    json_t *root = json_stringn(s->model_root, strlen(s->model_root));
+    json_object_set_new(m, "root", root ? root : json_string(s->model_id));
+    json_object_set_new(m, "parent", json_null());
+    json_object_set_new(m, "max_model_len", json_integer(s->max_model_len));
+    json_object_set_new(m, "permission", json_array());
+    json_t *o = json_object();
+    json_object_set_new(o, "object", json_string("list"));
+    json_t *data = json_array();
+    json_array_append_new(data, m);
+    json_object_set_new(o, "data", data);
+    return send_json(c, 200, o);
+}
+
+static enum MHD_Result route_tokenize(struct srv_conn *c) {
+    return srv_tokenize_start(c); /* off the loop thread: completions.c */
+}
+
+static enum MHD_Result route_detokenize(struct srv_conn *c) {
+    struct srv *s = c->srv;
+    struct srv_error e;
+    int32_t *ids = NULL;
+    int n = 0;
+    if (srv_detokenize_parse(c->body.p, c->body.len, &s->lim, &ids, &n, &e) != KC_OK) {
+        return srv_send_error(c, &e);
+    }
+    if (s->tok == NULL) {
+        free(ids);
+        srv_error_kc(&e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
+        return srv_send_error(c, &e);
+    }
+    char *text = NULL;
+    size_t len = 0;
+    struct kc_error kerr = {0};
+    int rc = eng_tok_decode(s->tok, ids, (size_t)n, 0, &text, &len, &kerr);
+    free(ids);
+    if (rc != KC_OK) {
+        srv_error_kc(&e, KC_EINVAL, "tokens", "%s", kerr.msg);
+        return srv_send_error(c, &e);
+    }
+    json_t *o = json_object();
+    json_t *t = json_stringn(text, len);
+    json_object_set_new(o, "prompt", t ? t : json_string(""));
+    free(text);
+    return send_json(c, 200, o);
+}
+
+enum MHD_Result srv_route_run(struct srv_conn *c) {
+    switch (c->route) {
+    case SRV_ROUTE_HEALTH:
+        return route_health(c);
+    case SRV_ROUTE_METRICS:
+        return route_metrics(c);
+    case SRV_ROUTE_MODELS:
+        return route_models(c);
+    case SRV_ROUTE_COMPLETIONS:
+        return srv_completions_start(c);
+    case SRV_ROUTE_CHAT:
+        return srv_send_http_error(c, 501,
+                                   "/v1/chat/completions is not implemented yet; use "
+                                   "/v1/completions");
+    case SRV_ROUTE_TOKENIZE:
+        return route_tokenize(c);
+    case SRV_ROUTE_DETOKENIZE:
+        return route_detokenize(c);
+    case SRV_ROUTE_NONE:
+        break;
+    }
+    return srv_send_http_error(c, 404, "Not found");
+}
