@@ -1045,7 +1045,8 @@ fail:
     return rc;
 }
 
-const struct eng_model *eng_kvp_ctx_model(const struct eng_kvp_ctx *kc, enum eng_kvp_mode mode) {
+static const struct eng_model *eng_kvp_ctx_model(const struct eng_kvp_ctx *kc,
+                                                 enum eng_kvp_mode mode) {
     return mode == ENG_KVP_AUX ? kc->aux : kc->base;
 }
 

@@ -203,14 +203,10 @@ int eng_kvp_ctx_create(const struct eng_model *base, const struct eng_model *aux
                        struct eng_kvp_ctx **out, struct kc_error *err);
 void eng_kvp_ctx_free(struct eng_kvp_ctx *kc);
 
-/* The model that owns a sequence prefilled in mode (aux for AUX, base otherwise): pool and
- * later forwards of that sequence are that model's. */
-const struct eng_model *eng_kvp_ctx_model(const struct eng_kvp_ctx *kc, enum eng_kvp_mode mode);
-
 /*
- * Prefills an empty sequence seq (in pool, which belongs to eng_kvp_ctx_model(kc, mode)) with
- * tokens[0..n-1] in the given mode and writes the logits of the first output token to
- * logits[V]. PREDICT with n == 1 has nothing to predict and runs the base on t[0]. On success
+ * Prefills an empty sequence seq (in pool, which belongs to the aux model for AUX, the base
+ * otherwise) with tokens[0..n-1] in the given mode and writes the logits of the first output token
+ * to logits[V]. PREDICT with n == 1 has nothing to predict and runs the base on t[0]. On success
  * seq->n_tokens == n and *timings (nullable) holds the split. On failure seq is empty again,
  * the private aux sequence is released, and err says why: KC_EINVAL (non-empty seq, n < 1,
  * PREDICT without a predictor), KC_ECONTEXT (n > max_ctx), KC_ERANGE (token id), KC_EBUSY

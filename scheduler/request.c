@@ -24,7 +24,7 @@ const char *sch_req_state_name(enum sch_req_state s) {
     return "?";
 }
 
-bool sch_req_state_terminal(enum sch_req_state s) {
+bool sch__req_state_terminal(enum sch_req_state s) {
     return s == SCH_REQ_FINISHED || s == SCH_REQ_CANCELLED || s == SCH_REQ_FAILED;
 }
 

@@ -127,9 +127,6 @@ bool sch_req_transition_legal(enum sch_req_state from, enum sch_req_state to);
  * bug otherwise). Called by the owner of r. */
 void sch_req_transition(struct sch_req *r, enum sch_req_state to);
 
-/* Whether s is terminal (FINISHED, CANCELLED, FAILED). */
-bool sch_req_state_terminal(enum sch_req_state s);
-
 /* Requests cancellation with finish f (STOP or ABORT); the first call wins. Returns whether
  * this call set the flag. Any thread. */
 bool sch_req_cancel(struct sch_req *r, enum sch_finish f);
@@ -139,5 +136,10 @@ enum sch_finish sch_req_cancelled(const struct sch_req *r);
 
 /* Fills the timings of r's terminal event from its timestamps. */
 void sch_req_timings(const struct sch_req *r, struct sch_timings *out);
+
+/* ---- test-only (no production caller; the state-machine tests use it) ---- */
+
+/* Whether s is terminal (FINISHED, CANCELLED, FAILED). */
+bool sch__req_state_terminal(enum sch_req_state s);
 
 #endif /* SCH_REQUEST_H */

@@ -55,4 +55,10 @@ typedef void (*sch_hook_fn)(void *ud, enum sch_hook_point point, uint64_t id, in
 /* Installs a hook; call before the first submit. */
 void sch__set_hook(struct sch *s, sch_hook_fn fn, void *ud);
 
+/* ---- test-only (no production caller: the server drains its own requests, serve.c) ---- */
+
+/* Stops admitting (submit returns KC_EBUSY), lets running requests finish, and returns
+ * when all are done or timeout_ms passed (then cancels the rest). */
+void sch__drain(struct sch *s, int timeout_ms);
+
 #endif /* SCH_SCHED_INTERNAL_H */

@@ -145,9 +145,7 @@ struct sch {
     bool stopping; /* prefill workers exit */
     bool decode_stop;
     int n_prefilling;
-    int n_running; /* handed off + decoding */
-    uint64_t finished, cancelled, failed, mode_full, mode_predict, auto_full, auto_predict;
-    uint64_t prompt_tokens, generated_tokens;
+    int n_running;                  /* handed off + decoding */
     double cost_full, cost_predict; /* ms per prompt token, EWMA; 0 unmeasured */
     int n_reported;                 /* workers that finished start-up */
     int start_rc;
@@ -196,6 +194,20 @@ const char *sch_mode_name(enum sch_prefill_mode m) {
         return "predict";
     }
     return "?";
+}
+
+const char *sch_finish_name(enum sch_finish f) {
+    switch (f) {
+    case SCH_FINISH_NONE:
+        return NULL;
+    case SCH_FINISH_STOP:
+        return "stop";
+    case SCH_FINISH_LENGTH:
+        return "length";
+    case SCH_FINISH_ABORT:
+        return "abort";
+    }
+    return NULL;
 }
 
 int sch_mode_parse(const char *s, enum sch_prefill_mode *out) {
@@ -332,19 +344,12 @@ static void end_request(struct sch *s, struct sch_req *r, enum sch_req_state sta
     }
     KC_DEBUG("req=%llu %s finish=%d generated=%d ttft=%.1fms", (unsigned long long)r->id,
              sch_req_state_name(state), (int)finish, r->n_generated, ev.timings.ttft_ms);
-    /* Counters first, so that a client that saw the terminal event sees it counted; the
-     * request leaves the live list only after its event went out, so that when drain sees
-     * no live request every terminal event has been delivered. */
+    /* The running count first, so that a client that saw the terminal event sees it gone;
+     * the request leaves the live list only after its event went out, so that when drain
+     * sees no live request every terminal event has been delivered. */
     pthread_mutex_lock(&s->lock);
     if (was_running) {
         s->n_running--;
-    }
-    if (state == SCH_REQ_FAILED) {
-        s->failed++;
-    } else if (state == SCH_REQ_CANCELLED && finish == SCH_FINISH_ABORT) {
-        s->cancelled++;
-    } else {
-        s->finished++;
     }
     pthread_mutex_unlock(&s->lock);
     s->cb(s->cb_ud, &ev);
@@ -825,17 +830,7 @@ static void choose_mode(struct sch *s, struct sch_req *r) {
     struct sch_policy_decision d;
     sch_policy_decide(&in, &d);
     r->mode = d.mode;
-    if (d.mode == SCH_MODE_PREDICT) {
-        s->mode_predict++;
-    } else {
-        s->mode_full++;
-    }
     if (r->requested_mode == SCH_MODE_AUTO) {
-        if (d.mode == SCH_MODE_PREDICT) {
-            s->auto_predict++;
-        } else {
-            s->auto_full++;
-        }
         s->auto_why[d.mode == SCH_MODE_PREDICT][d.reason]++;
         log_decision(s, r, &in, &d, now);
     }
@@ -925,8 +920,6 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     pthread_mutex_lock(&s->lock);
     s->n_prefilling--;
     inflight_done(s, r);
-    s->prompt_tokens += (uint64_t)r->n_prompt;
-    s->generated_tokens += (uint64_t)(r->n_generated > 0);
     /* A prompt_logprobs prefill (lm head on every row, smaller chunks) is no sample of the
      * cost auto mode plans with. */
     const double per_token = prefill_ms / r->n_prompt;
@@ -1116,19 +1109,13 @@ static void decode_step(struct sch *s, struct sch_decode_worker *w) {
         }
         return;
     }
-    /* Sample each sequence from its row and emit its token; count the step's tokens before
-     * any terminal event goes out (stats then agree with what clients saw); retire finished
-     * sequences at once, keeping join order. A row the sampler refuses (NaN/Inf logits) fails
-     * its own sequence only. */
-    uint64_t emitted = 0;
+    /* Sample each sequence from its row and emit its token; retire finished sequences at
+     * once, keeping join order. A row the sampler refuses (NaN/Inf logits) fails its own
+     * sequence only. */
     for (int i = 0; i < n; i++) {
         w->rc[i] =
             sample_and_emit(s, w->running[i], w->logits + (size_t)i * V, &w->finish[i], &w->err[i]);
-        emitted += w->rc[i] == KC_OK;
     }
-    pthread_mutex_lock(&s->lock);
-    s->generated_tokens += emitted;
-    pthread_mutex_unlock(&s->lock);
     int kept = 0;
     for (int i = 0; i < n; i++) {
         struct sch_req *r = w->running[i];
@@ -1719,15 +1706,6 @@ void sch_stats_get(struct sch *s, struct sch_stats *out) {
     st.queued = s->waiting.n + s->reap.n;
     st.prefilling = s->n_prefilling;
     st.running = s->n_running;
-    st.finished = s->finished;
-    st.cancelled = s->cancelled;
-    st.failed = s->failed;
-    st.mode_full = s->mode_full;
-    st.mode_predict = s->mode_predict;
-    st.auto_full = s->auto_full;
-    st.auto_predict = s->auto_predict;
-    st.prompt_tokens = s->prompt_tokens;
-    st.generated_tokens = s->generated_tokens;
     st.prefill_ms_per_token_full = s->cost_full;
     st.prefill_ms_per_token_predict = s->cost_predict;
     memcpy(st.auto_decisions, s->auto_why, sizeof(st.auto_decisions));
@@ -1746,7 +1724,7 @@ void sch_stats_get(struct sch *s, struct sch_stats *out) {
     *out = st;
 }
 
-void sch_drain(struct sch *s, int timeout_ms) {
+void sch__drain(struct sch *s, int timeout_ms) {
     if (s == NULL) {
         return;
     }

@@ -132,6 +132,9 @@ enum sch_event_type {
 };
 
 enum sch_finish { SCH_FINISH_NONE = 0, SCH_FINISH_STOP, SCH_FINISH_LENGTH, SCH_FINISH_ABORT };
+#define SCH_FINISH_COUNT (SCH_FINISH_ABORT + 1)
+/* The OpenAI finish_reason of f: "stop", "length" or "abort"; NULL for SCH_FINISH_NONE. */
+const char *sch_finish_name(enum sch_finish f);
 
 /*
  * Timings of one request, all measured by the scheduler from sch_submit (so server-side work
@@ -218,21 +221,14 @@ struct sch_stats {
     int base_blocks_total;
     int aux_blocks_free;
     int aux_blocks_total;
-    uint64_t finished;
-    uint64_t cancelled;
-    uint64_t failed;
-    uint64_t mode_full;
-    uint64_t mode_predict;
-    uint64_t prompt_tokens;
-    uint64_t generated_tokens;
     double prefill_ms_per_token_full; /* running estimates used by auto mode */
     double prefill_ms_per_token_predict;
-    uint64_t auto_full;    /* auto-mode decisions that chose full ... */
-    uint64_t auto_predict; /* ... and predict (also counted in mode_full / mode_predict) */
 
-    /* The same decisions by [mode == predict][reason] (enum sch_policy_reason in
-     * scheduler/policy.h, named by sch_policy_reason_name), and the auto requests refused at
-     * submit because no mode could meet the TTFT target (shed_hopeless). */
+    /* Request and token counters live in the server (server/metrics.h), which counts what
+     * clients saw; the scheduler keeps only what it alone knows. Auto-mode decisions by
+     * [mode == predict][reason] (enum sch_policy_reason in scheduler/policy.h, named by
+     * sch_policy_reason_name), and the auto requests refused at submit because no mode could
+     * meet the TTFT target (shed_hopeless). */
     uint64_t auto_decisions[2][SCH_STATS_REASONS];
     uint64_t shed;
     /* Prefill cost models of auto mode: ms = a + b*n + c*n^2 for n prompt tokens. */
@@ -240,10 +236,6 @@ struct sch_stats {
     double cost_predict_abc[3];
 };
 void sch_stats_get(struct sch *s, struct sch_stats *out);
-
-/* Stops admitting (submit returns KC_EBUSY), lets running requests finish, and returns
- * when all are done or timeout_ms passed (then cancels the rest). */
-void sch_drain(struct sch *s, int timeout_ms);
 
 /* Cancels everything, joins the workers, frees the pools. Every request still alive gets
  * its terminal event before this returns (requests the workers did not reach get it on the

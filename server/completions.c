@@ -76,10 +76,10 @@ struct srv_choice {
     struct srv_stop stop;
     struct srv_buf text; /* non-stream: the whole text */
     int n_tokens;
-    const char *finish; /* "stop" | "length" | "abort" */
-    int stop_index;     /* matched stop string, -1 none */
-    int32_t last_token; /* for stop_reason when a stop_token_id ended the choice */
-    int error;          /* KC_E* from SCH_EV_ERROR, 0 none */
+    enum sch_finish finish; /* SCH_FINISH_NONE until the choice ends; named only in JSON */
+    int stop_index;         /* matched stop string, -1 none */
+    int32_t last_token;     /* for stop_reason when a stop_token_id ended the choice */
+    int error;              /* KC_E* from SCH_EV_ERROR, 0 none */
     char errmsg[256];
     struct sch_timings timings;
     bool have_timings;
@@ -244,7 +244,7 @@ static json_t *stop_reason_json(const struct srv_choice *ch) {
         return json_string(ch->cmp->req.stop[ch->stop_index]);
     }
     const struct srv_completion_req *r = &ch->cmp->req;
-    if (ch->finish != NULL && strcmp(ch->finish, "stop") == 0 && ch->n_tokens > 0) {
+    if (ch->finish == SCH_FINISH_STOP && ch->n_tokens > 0) {
         for (int i = 0; i < r->n_stop_token_ids; i++) {
             if (r->stop_token_ids[i] == ch->last_token) {
                 return json_integer(ch->last_token); /* vLLM: the stop token's id */
@@ -261,7 +261,9 @@ static json_t *choice_json(const struct srv_choice *ch, const char *text, size_t
     json_object_set_new(c, "text", json_text(text, len));
     json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(c, "finish_reason",
-                        final && ch->finish ? json_string(ch->finish) : json_null());
+                        final && ch->finish != SCH_FINISH_NONE
+                            ? json_string(sch_finish_name(ch->finish))
+                            : json_null());
     json_object_set_new(c, "stop_reason", final ? stop_reason_json(ch) : json_null());
     return c;
 }
@@ -417,7 +419,7 @@ static void choice_text(struct srv_completion *cmp, struct srv_choice *ch, const
     int m = srv_stop_feed(&ch->stop, piece, n, &emit);
     if (m >= 0) {
         ch->stop_index = m;
-        ch->finish = "stop";
+        ch->finish = SCH_FINISH_STOP;
         ch->text_done = true;
         sch_cancel(s->sch, ch->sch_id, SCH_FINISH_STOP);
     }
@@ -496,11 +498,11 @@ static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
     ch->have_timings = ev->type == SCH_EV_DONE;
     if (!ch->text_done) {
         ch->text_done = true;
-        ch->finish = ev->finish == SCH_FINISH_LENGTH ? "length"
-                     : ev->finish == SCH_FINISH_STOP ? "stop"
-                                                     : "abort";
+        ch->finish = ev->finish == SCH_FINISH_LENGTH || ev->finish == SCH_FINISH_STOP
+                         ? ev->finish
+                         : SCH_FINISH_ABORT;
         if (ev->type == SCH_EV_ERROR || cmp->client_gone || cmp->timed_out) {
-            ch->finish = "abort";
+            ch->finish = SCH_FINISH_ABORT;
         }
         /* Flush the detokenizer's incomplete character, then the held-back text. */
         size_t n = 0;
@@ -510,7 +512,7 @@ static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
             int m = srv_stop_feed(&ch->stop, s->tok_buf, n, &rest);
             if (m >= 0) {
                 ch->stop_index = m;
-                ch->finish = "stop";
+                ch->finish = SCH_FINISH_STOP;
             }
         }
         if (ch->stop_index < 0) {
@@ -536,20 +538,13 @@ static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
     }
     /* Metrics: one finished request per choice, as vLLM counts sequences. */
     struct srv_metrics *m = &s->metrics;
-    const char *f = ch->finish ? ch->finish : "abort";
-    m->success[strcmp(f, "stop") == 0     ? SRV_FIN_STOP
-               : strcmp(f, "length") == 0 ? SRV_FIN_LENGTH
-                                          : SRV_FIN_ABORT]++;
+    m->success[ch->finish != SCH_FINISH_NONE ? ch->finish : SCH_FINISH_ABORT]++;
     m->generation_tokens += (uint64_t)ch->n_tokens;
     m->prompt_tokens += (uint64_t)ev->n_prompt;
     if (ch->have_timings && ch->n_tokens > 0) {
         srv_hist_observe(&m->ttft, ch->timings.ttft_ms / 1000.0);
         srv_hist_observe(&m->queue, ch->timings.queue_ms / 1000.0);
-        if (ch->timings.mode == SCH_MODE_PREDICT) {
-            m->mode_predict++;
-        } else {
-            m->mode_full++;
-        }
+        m->prefill_mode[ch->timings.mode == SCH_MODE_PREDICT ? SCH_MODE_PREDICT : SCH_MODE_FULL]++;
     }
     srv_hist_observe(&m->e2e, kc_now_s() - cmp->t_start);
     if (cmp->conn != NULL) {
@@ -995,7 +990,7 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
             .sampling = req.sampling,
             .ignore_eos = req.ignore_eos,
             .n_logprobs = req.logprobs,
-            .mode = (enum sch_prefill_mode)req.mode,
+            .mode = req.mode,
             /* max_tokens 0 (only with echo) scores the prompt and generates nothing. */
             .prompt_logprobs = cmp->prompt_lp || req.max_tokens == 0,
             .stop_token_ids = req.stop_token_ids,

@@ -91,7 +91,6 @@ static int family(struct srv_buf *o, const char *prefix, const char *base, const
 int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, struct srv_buf *o) {
     const char *mn = m->model_name;
     const char *p = m->prefix;
-    static const char *const fin[SRV_FIN_COUNT] = {"stop", "length", "abort"};
     int rc = KC_OK;
     rc |= family(o, p, "num_requests_running", "gauge", "Requests prefilling or decoding.");
     rc |= srv_buf_printf(o, "%snum_requests_running{model_name=\"%s\"} %d\n", p, mn, g->running);
@@ -111,17 +110,19 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
     rc |= srv_buf_printf(o, "%sgeneration_tokens_total{model_name=\"%s\"} %llu\n", p, mn,
                          (unsigned long long)m->generation_tokens);
     rc |= family(o, p, "request_success_total", "counter", "Finished requests.");
-    for (int i = 0; i < SRV_FIN_COUNT; i++) {
+    for (int f = SCH_FINISH_STOP; f < SCH_FINISH_COUNT; f++) {
         rc |= srv_buf_printf(o,
                              "%srequest_success_total{model_name=\"%s\",finished_reason=\"%s\"} "
                              "%llu\n",
-                             p, mn, fin[i], (unsigned long long)m->success[i]);
+                             p, mn, sch_finish_name((enum sch_finish)f),
+                             (unsigned long long)m->success[f]);
     }
     rc |= family(o, p, "prefill_mode_total", "counter", "Requests by the prefill mode used.");
-    rc |= srv_buf_printf(o, "%sprefill_mode_total{model_name=\"%s\",mode=\"full\"} %llu\n", p, mn,
-                         (unsigned long long)m->mode_full);
-    rc |= srv_buf_printf(o, "%sprefill_mode_total{model_name=\"%s\",mode=\"predict\"} %llu\n", p,
-                         mn, (unsigned long long)m->mode_predict);
+    static const enum sch_prefill_mode used[] = {SCH_MODE_FULL, SCH_MODE_PREDICT}; /* never AUTO */
+    for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
+        rc |= srv_buf_printf(o, "%sprefill_mode_total{model_name=\"%s\",mode=\"%s\"} %llu\n", p, mn,
+                             sch_mode_name(used[i]), (unsigned long long)m->prefill_mode[used[i]]);
+    }
     /* Auto mode's decisions: only the (mode, reason) pairs the policy can produce. */
     static const struct {
         int predict;

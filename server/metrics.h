@@ -43,8 +43,6 @@ struct srv_hist {
     uint64_t count;
 };
 
-enum srv_finish_label { SRV_FIN_STOP = 0, SRV_FIN_LENGTH, SRV_FIN_ABORT, SRV_FIN_COUNT };
-
 /* Why the server closed (or refused with 503) a connection that had no request running. */
 enum srv_conn_close_reason {
     SRV_CLOSE_HEADER_TIMEOUT = 0, /* no whole request head within --header-timeout-s */
@@ -64,10 +62,9 @@ struct srv_metrics {
     struct srv_hist queue;
     uint64_t prompt_tokens;
     uint64_t generation_tokens;
-    uint64_t success[SRV_FIN_COUNT];
-    uint64_t mode_full;
-    uint64_t mode_predict;
-    uint64_t http_errors; /* requests answered with a 4xx/5xx status */
+    uint64_t success[SCH_FINISH_COUNT];          /* by enum sch_finish; [SCH_FINISH_NONE] unused */
+    uint64_t prefill_mode[SCH_MODE_PREDICT + 1]; /* by enum sch_prefill_mode; [AUTO] unused */
+    uint64_t http_errors;                        /* requests answered with a 4xx/5xx status */
     uint64_t conn_closed[SRV_CLOSE_COUNT];
     /* unknown /v1/completions fields ignored */
     uint64_t request_unknown_fields;

@@ -19,11 +19,9 @@
 
 #include <jansson.h>
 
-/* Must match enum sch_prefill_mode (scheduler/scheduler.h); kept local so the validator links
- * without the scheduler. */
-static const char *const mode_names[] = {"auto", "full", "predict"};
-
-json_t *srv_json_parse_object(const char *body, size_t len, struct srv_error *e) {
+/* Parses a JSON body with the server's rules (duplicates rejected, root must be an object);
+ * returns a new reference or NULL with e filled (400). */
+static json_t *json_parse_object(const char *body, size_t len, struct srv_error *e) {
     if (len == 0) {
         srv_error_kc(e, KC_EINVAL, NULL, "request body is empty; expected a JSON object");
         return NULL;
@@ -682,17 +680,10 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
     r->mode = lim->default_mode;
     json_t *mode = json_object_get(root, "prefill_mode");
     if (mode != NULL && !json_is_null(mode)) {
-        int found = -1;
-        for (int i = 0; json_is_string(mode) && i < 3; i++) {
-            if (strcmp(json_string_value(mode), mode_names[i]) == 0) {
-                found = i;
-            }
-        }
-        if (found < 0) {
+        if (sch_mode_parse(json_string_value(mode), &r->mode) != KC_OK) {
             return srv_error_kc(e, KC_EINVAL, "prefill_mode",
                                 "'prefill_mode' must be \"predict\", \"full\" or \"auto\"");
         }
-        r->mode = found;
     }
     return KC_OK;
 }
@@ -702,7 +693,7 @@ int srv_completion_parse(const char *body, size_t len, const struct srv_limits *
     struct srv_completion_req r;
     memset(&r, 0, sizeof(r));
     int rc;
-    json_t *root = srv_json_parse_object(body, len, e);
+    json_t *root = json_parse_object(body, len, e);
     if (root == NULL) {
         return KC_EINVAL;
     }
@@ -798,7 +789,7 @@ int srv_prompt_check(const struct srv_prompt *p, int index, int max_tokens,
 int srv_tokenize_parse(const char *body, size_t len, const struct srv_limits *lim, char **text,
                        size_t *text_len, bool *add_special, struct srv_error *e) {
     static const char *const known[] = {"model", "prompt", "add_special_tokens"};
-    json_t *root = srv_json_parse_object(body, len, e);
+    json_t *root = json_parse_object(body, len, e);
     int rc;
     if (root == NULL) {
         return KC_EINVAL;
@@ -838,7 +829,7 @@ fail:
 int srv_detokenize_parse(const char *body, size_t len, const struct srv_limits *lim, int32_t **ids,
                          int *n_ids, struct srv_error *e) {
     static const char *const known[] = {"model", "tokens"};
-    json_t *root = srv_json_parse_object(body, len, e);
+    json_t *root = json_parse_object(body, len, e);
     int rc;
     if (root == NULL) {
         return KC_EINVAL;

@@ -3,8 +3,9 @@
  * into a plain struct, before anything is allocated for generation.
  *
  * Place in the data flow: HTTP body -> srv_completion_parse -> (tokenize string prompts) ->
- * sch_submit per choice. Nothing here touches sockets, the tokenizer or the scheduler, so the
- * whole validator is unit-testable and fuzzable on its own.
+ * sch_submit per choice. Nothing here touches sockets, the tokenizer or a running scheduler (it
+ * only shares the scheduler's prefill-mode enum and its names), so the whole validator is
+ * unit-testable and fuzzable on its own.
  *
  * Rules (RELIABILITY section C): jansson json_loadb with JSON_REJECT_DUPLICATES (bodies are
  * not NUL-terminated; duplicate keys are a 400); integers must be JSON integers (1.0 is not);
@@ -26,6 +27,7 @@
 #include <stdint.h>
 
 #include "engine/sampler.h"
+#include "scheduler/scheduler.h"
 #include "server/errors.h"
 
 /* One prompt: either text (to be tokenized) or token ids. */
@@ -45,7 +47,7 @@ struct srv_limits {
     int max_stop;         /* stop strings */
     int max_stop_bytes;   /* bytes per stop string */
     bool strict;          /* unknown fields are errors */
-    int default_mode;     /* enum sch_prefill_mode used when prefill_mode is absent */
+    enum sch_prefill_mode default_mode; /* used when prefill_mode is absent */
 };
 
 /* One logit_bias entry: bias added to the logit of token id before sampling. Same layout as
@@ -80,7 +82,7 @@ struct srv_completion_req {
     bool ignore_eos;
     bool skip_special_tokens;
     bool include_stop_str_in_output;
-    int mode; /* enum sch_prefill_mode */
+    enum sch_prefill_mode mode;
     /* vLLM extras */
     int32_t *stop_token_ids; /* generating one of these ends the choice (finish "stop") */
     int n_stop_token_ids;
@@ -122,11 +124,5 @@ int srv_tokenize_parse(const char *body, size_t len, const struct srv_limits *li
                        size_t *text_len, bool *add_special, struct srv_error *e);
 int srv_detokenize_parse(const char *body, size_t len, const struct srv_limits *lim, int32_t **ids,
                          int *n_ids, struct srv_error *e);
-
-/* Parses a JSON body with the server's rules (duplicates rejected, root must be an object);
- * returns a new reference or NULL with e filled (400). Declared here for routes that take
- * JSON; the return type is jansson's json_t. */
-struct json_t;
-struct json_t *srv_json_parse_object(const char *body, size_t len, struct srv_error *e);
 
 #endif /* SRV_REQUEST_H */

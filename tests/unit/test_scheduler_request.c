@@ -46,17 +46,17 @@ static void test_legal_edges_are_exactly_the_drawn_ones(void **state) {
 static void test_terminal_states_have_no_way_out(void **state) {
     (void)state;
     for (int f = 0; f < SCH_REQ_N_STATES; f++) {
-        if (!sch_req_state_terminal(f)) {
+        if (!sch__req_state_terminal(f)) {
             continue;
         }
         for (int t = 0; t < SCH_REQ_N_STATES; t++) {
             assert_false(sch_req_transition_legal(f, t));
         }
     }
-    assert_true(sch_req_state_terminal(SCH_REQ_FINISHED));
-    assert_true(sch_req_state_terminal(SCH_REQ_CANCELLED));
-    assert_true(sch_req_state_terminal(SCH_REQ_FAILED));
-    assert_false(sch_req_state_terminal(SCH_REQ_DECODING));
+    assert_true(sch__req_state_terminal(SCH_REQ_FINISHED));
+    assert_true(sch__req_state_terminal(SCH_REQ_CANCELLED));
+    assert_true(sch__req_state_terminal(SCH_REQ_FAILED));
+    assert_false(sch__req_state_terminal(SCH_REQ_DECODING));
 }
 
 static void test_transitions_stamp_times_and_timings_follow(void **state) {

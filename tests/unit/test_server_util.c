@@ -112,7 +112,7 @@ static void test_metrics_exposition_has_vllm_names(void **state) {
     srv_hist_observe(&m.ttft, 0.003);
     srv_hist_observe(&m.ttft, 100.0);
     srv_hist_observe(&m.ttft, -1.0);
-    m.success[SRV_FIN_ABORT] = 2;
+    m.success[SCH_FINISH_ABORT] = 2;
     m.prompt_tokens = 7;
     struct srv_gauges g = {.running = 1, .waiting = 2, .kv_base = 0.25, .kv_aux = 0, .has_aux = 1};
     struct srv_buf o = {0};
