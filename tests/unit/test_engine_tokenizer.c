@@ -19,8 +19,8 @@
 #include <cmocka.h>
 
 #include "common/kc.h"
-#include "engine/tokenizer.h"
-#include "engine/tokenizer_internal.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_internal.h"
 
 /* ---- a tiny string builder ---- */
 

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/kc.h"
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 

@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #include "common/kc.h"
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #define ENG__TOK_MAX_FILE ((size_t)64 << 20)
 #define ENG__TOK_MAX_CONFIG ((size_t)8 << 20)
