@@ -10,7 +10,7 @@
  * and the loop thread touches neither; the job only reads `struct srv` fields that are
  * immutable while serving (lim, tok) and checks the atomic `abandon` between prompts.
  * The encode path is safe to run on several threads at once: eng_tok_encode keeps all its
- * scratch in the call (engine/tokenizer.h). Scheduler events reach this file through
+ * scratch in the call (tokenizer/tokenizer.h). Scheduler events reach this file through
  * srv_completions_on_event after the async drain.
  *
  * Lifecycle of one completion:

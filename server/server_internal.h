@@ -46,12 +46,12 @@
 #include "config/config.h"
 #include "engine/kvp.h"
 #include "engine/model.h"
-#include "engine/tokenizer.h"
 #include "scheduler/scheduler.h"
 #include "server/errors.h"
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/util.h"
+#include "tokenizer/tokenizer.h"
 
 /* How many unknown request field names are remembered (warned about once each). */
 #define SRV_UNKNOWN_NAMES_MAX 64

@@ -17,7 +17,7 @@ if(KC_FUZZ)
                          -fno-omit-frame-pointer)
   # Coverage feedback and sanitizers must reach the code under test, not only the harness:
   # instrument the libraries the targets link, and make their users link the runtimes.
-  foreach(lib kc_common kc_engine kc_server_core)
+  foreach(lib kc_common kc_tokenizer kc_engine kc_server_core)
     target_compile_options(${lib} PRIVATE -fsanitize=fuzzer-no-link ${KC_FUZZ_SANITIZERS})
     target_link_options(${lib} INTERFACE -fsanitize=address,undefined)
   endforeach()
@@ -28,7 +28,7 @@ if(KC_FUZZ)
     add_executable(${target} fuzz/${target}.c)
     target_compile_options(${target} PRIVATE -fsanitize=fuzzer ${KC_FUZZ_SANITIZERS})
     target_link_options(${target} PRIVATE -fsanitize=fuzzer ${KC_FUZZ_SANITIZERS})
-    target_link_libraries(${target} PRIVATE ${ARGN} kc_engine PkgConfig::PCRE2)
+    target_link_libraries(${target} PRIVATE ${ARGN} kc_tokenizer kc_engine)
     set(work_corpus ${CMAKE_BINARY_DIR}/fuzz-corpus/${target})
     file(MAKE_DIRECTORY ${work_corpus})
     add_test(NAME ${target}

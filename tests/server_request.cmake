@@ -2,4 +2,4 @@
 # encodes. The HTTP-level test (test_server_request_http) is registered in server.cmake.
 find_package(Threads REQUIRED)
 kc_add_unit_test(test_engine_tokenizer_max SOURCES unit/test_engine_tokenizer_max.c
-                 LIBS kc_engine Threads::Threads)
+                 LIBS kc_tokenizer Threads::Threads)

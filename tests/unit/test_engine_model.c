@@ -20,7 +20,7 @@
 #include "common/kc.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 static const char *const CASES[] = {"llama_gqa", "llama_untied_bf16", "qwen2_bias",
                                     "llama3_scaling", "llama_linear_scaling"};

@@ -1,5 +1,5 @@
 /*
- * Unit tests for engine/tokenizer: small tokenizer.json files written here, covering both BPE
+ * Unit tests for tokenizer/: small tokenizer.json files written here, covering both BPE
  * styles (byte-level and SentencePiece with byte fallback), both merge forms, added tokens,
  * the post-processor and tokenizer_config.json, NFC, streaming decode of split UTF-8, hostile
  * tokenizer files and hostile inputs. Conformance with Hugging Face on real tokenizers is
@@ -19,8 +19,8 @@
 #include <cmocka.h>
 
 #include "common/kc.h"
-#include "engine/tokenizer.h"
-#include "engine/tokenizer_internal.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_internal.h"
 
 /* ---- a tiny string builder ---- */
 

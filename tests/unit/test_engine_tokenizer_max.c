@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 static struct eng_tok *tok;
 static char *text;

@@ -11,7 +11,7 @@
 #include "common/kc.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/json_out.h"

@@ -2,7 +2,7 @@
  * cmd_tokenize.c — `kvcast tokenize` (text -> ids) and `kvcast detokenize` (ids -> text) over a
  * Hugging Face tokenizer.json, plus a small throughput benchmark (`tokenize --bench N`).
  *
- * Place in the data flow: a thin shell over engine/tokenizer.h, used by people and by the
+ * Place in the data flow: a thin shell over tokenizer/tokenizer.h, used by people and by the
  * conformance test (tests/conformance/tokenizer/run.mjs), which reads the --json output.
  * Exit codes: 0 ok, 1 the tokenizer or the input failed, 2 bad command line.
  */
@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "common/kc.h"
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 

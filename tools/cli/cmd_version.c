@@ -9,9 +9,9 @@
 #include <stdio.h>
 
 #include "engine/ops.h"
-#include "engine/tokenizer.h"
 #include "kc_version.h"
 #include "server/version.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/json_out.h"

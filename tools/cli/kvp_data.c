@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 /* Text is tokenized in pieces of at most this many bytes, cut after a line break. */
 #define KC_DATA_PIECE ((size_t)1 << 20)

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "engine/tokenizer_internal.h"
+#include "tokenizer/tokenizer_internal.h"
 
 /* GPT-2's pattern, used by the ByteLevel pre-tokenizer when use_regex is true. */
 static const char gpt2_pattern[] =

@@ -1,5 +1,5 @@
 /*
- * tokenizer_internal.h — the tokenizer's private structures, shared by engine/tokenizer*.c only
+ * tokenizer_internal.h — the tokenizer's private structures, shared by tokenizer/tokenizer*.c only
  * (load in tokenizer.c, encode in tokenizer_encode.c, decode in tokenizer_decode.c, Unicode
  * helpers in tokenizer_unicode.c, NFC tables in tokenizer_nfc_data.c).
  *
@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #include "common/kc.h"
-#include "engine/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #define ENG__TOK_MAX_FILE ((size_t)64 << 20)
 #define ENG__TOK_MAX_CONFIG ((size_t)8 << 20)
