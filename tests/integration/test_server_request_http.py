@@ -214,11 +214,13 @@ def test_tokenize_load(port):
     print("4 MiB over-context prompt refused in %.3f s" % dt, flush=True)
 
     # /health while 4 MiB prompts are tokenized (truncate_prompt_tokens: the whole text is
-    # encoded). Looser bound than the 50 ms target: ASan, 2 shared cores.
+    # encoded). Not a speed target (tools/bench/health_under_tokenize.py measures that): a
+    # bound that a loop thread blocked by a 4 MiB encode (seconds) breaks, and that an ASan
+    # build on 2 cores shared with other work (p99 up to ~300 ms seen) keeps.
     res = hut.measure(port, seconds=3.0, clients=4, prompt_mib=4, probe_ms=10)
     print("health under tokenize:", json.dumps(res), flush=True)
     check(res["n_errors"] == 0 and res["completions"] > 0, "tokenize load: %r" % res)
-    check(res["health_p99_ms"] < 200, "/health p99 %.1f ms >= 200 ms" % res["health_p99_ms"])
+    check(res["health_p99_ms"] < 1000, "/health p99 %.1f ms >= 1000 ms" % res["health_p99_ms"])
     # Short requests do not queue behind the 4 MiB ones (their prepare jobs skip the cap).
     check(res["small_completions"] > 0 and res["small_completion_max_ms"] < 1500,
           "short completion under tokenize load: %r ms" % res["small_completion_max_ms"])
