@@ -6,7 +6,7 @@ if(TARGET kvcast)
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_cli_args.sh
                    $<TARGET_FILE:kvcast>
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_cli_args PROPERTIES LABELS integration TIMEOUT 120)
+  set_tests_properties(test_cli_args PROPERTIES LABELS integration TIMEOUT 300)
   add_test(NAME test_eval_heldout_readme_figure
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_eval_heldout.sh
                    $<TARGET_FILE:kvcast>
