@@ -804,6 +804,12 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
 int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
                   int n, const float *const *k_pre, const float *const *v,
                   struct kc_error *err) {
+    return eng_kv_inject_ld(m, pool, seq, n, k_pre, v, NULL, err);
+}
+
+int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
+                     int n, const float *const *k_pre, const float *const *v,
+                     const size_t *lds, struct kc_error *err) {
     const struct eng_model_config *c = &m->cfg;
     const int kvd = c->n_kv_heads * c->head_dim;
     if (n < 0 || n > c->max_position_embeddings - seq->n_tokens) {
@@ -831,9 +837,19 @@ int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct en
         const int lo = b * bs > p0 ? b * bs : p0;
         const int hi = (b + 1) * bs < p0 + n ? (b + 1) * bs : p0 + n;
         float *kd = eng_kv_k_at(pool, seq, l, lo);
-        const size_t off = (size_t)(lo - p0) * (size_t)kvd, len = (size_t)(hi - lo) * (size_t)kvd;
-        memcpy(kd, k_pre[l] + off, len * sizeof(float));
-        memcpy(eng_kv_v_at(pool, seq, l, lo), v[l] + off, len * sizeof(float));
+        float *vd = eng_kv_v_at(pool, seq, l, lo);
+        const size_t ld = lds != NULL ? lds[l] : (size_t)kvd;
+        KC_ASSERT(ld >= (size_t)kvd);
+        const size_t row = (size_t)kvd * sizeof(float);
+        if (ld == (size_t)kvd) {
+            memcpy(kd, k_pre[l] + (size_t)(lo - p0) * ld, (size_t)(hi - lo) * row);
+            memcpy(vd, v[l] + (size_t)(lo - p0) * ld, (size_t)(hi - lo) * row);
+        } else {
+            for (int r = lo; r < hi; r++) {
+                memcpy(kd + (size_t)(r - lo) * (size_t)kvd, k_pre[l] + (size_t)(r - p0) * ld, row);
+                memcpy(vd + (size_t)(r - lo) * (size_t)kvd, v[l] + (size_t)(r - p0) * ld, row);
+            }
+        }
         int32_t pos[INJECT_ROPE_RUN];
         for (int r0 = lo; r0 < hi; r0 += INJECT_ROPE_RUN) {
             const int run = hi - r0 < INJECT_ROPE_RUN ? hi - r0 : INJECT_ROPE_RUN;
