@@ -182,16 +182,18 @@ void eng_kvp_free(struct eng_kvp *p) {
     if (p == NULL) {
         return;
     }
-    for (int l = 0; l < p->shape.base_layers; l++) {
+    for (int a = 0; a < p->shape.aux_layers; a++) {
         if (p->k != NULL) {
-            eng_linear_free(p->k[l]);
+            eng_linear_free(p->k[a]);
         }
         if (p->v != NULL) {
-            eng_linear_free(p->v[l]);
+            eng_linear_free(p->v[a]);
         }
     }
     free(p->k);
     free(p->v);
+    free(p->width);
+    free(p->col);
     free(p->k_w);
     free(p->v_w);
     free(p->k_b);
@@ -228,10 +230,12 @@ static int kvp_alloc(const struct eng_kvp_shape *s, const int32_t *map, struct e
     p->v_w = kc_calloc(nw, sizeof(float));
     p->k_b = kc_calloc(Lb * Nb, sizeof(float));
     p->v_b = kc_calloc(Lb * Nb, sizeof(float));
-    p->k = kc_calloc(Lb, sizeof(struct eng_linear *));
-    p->v = kc_calloc(Lb, sizeof(struct eng_linear *));
+    p->k = kc_calloc((size_t)s->aux_layers, sizeof(struct eng_linear *));
+    p->v = kc_calloc((size_t)s->aux_layers, sizeof(struct eng_linear *));
+    p->width = kc_calloc((size_t)s->aux_layers, sizeof(int32_t));
+    p->col = kc_calloc(Lb, sizeof(int32_t));
     if (p->layer_map == NULL || p->k_w == NULL || p->v_w == NULL || p->k_b == NULL ||
-        p->v_b == NULL || p->k == NULL || p->v == NULL) {
+        p->v_b == NULL || p->k == NULL || p->v == NULL || p->width == NULL || p->col == NULL) {
         eng_kvp_free(p);
         return kc_error_set(err, KC_ENOMEM, "predictor: out of memory for %zu weights", 2 * nw);
     }
@@ -240,25 +244,44 @@ static int kvp_alloc(const struct eng_kvp_shape *s, const int32_t *map, struct e
     return KC_OK;
 }
 
-/* Packs every map of p from its host arrays (invariant 1). */
+/* Packs every map of p from its host arrays (invariant 1), stacked per aux layer (see
+ * struct eng_kvp). */
 static int kvp_pack(struct eng_kvp *p, struct kc_error *err) {
-    const int Lb = p->shape.base_layers, Nb = p->shape.base_kv_dim, Na = p->shape.aux_kv_dim;
-    for (int l = 0; l < Lb; l++) {
-        const size_t wo = (size_t)l * Nb * Na, bo = (size_t)l * Nb;
-        const struct eng_weight_part kp = {
-            .data = p->k_w + wo, .bias = p->k_b + bo, .dtype = ENG_DTYPE_F32, .rows = Nb};
-        const struct eng_weight_part vp = {
-            .data = p->v_w + wo, .bias = p->v_b + bo, .dtype = ENG_DTYPE_F32, .rows = Nb};
-        int rc = eng_linear_create(&kp, 1, Na, ENG_WTYPE_F32, ENG_WTYPE_F32, &p->k[l], err);
+    const int Lb = p->shape.base_layers, La = p->shape.aux_layers;
+    const int Nb = p->shape.base_kv_dim, Na = p->shape.aux_kv_dim;
+    struct eng_weight_part *kp = kc_calloc((size_t)Lb, sizeof(*kp));
+    struct eng_weight_part *vp = kc_calloc((size_t)Lb, sizeof(*vp));
+    int rc =
+        kp != NULL && vp != NULL ? KC_OK : kc_error_set(err, KC_ENOMEM, "predictor: out of memory");
+    for (int a = 0; a < La && rc == KC_OK; a++) {
+        int n_parts = 0;
+        for (int l = 0; l < Lb; l++) {
+            if (p->layer_map[l] != a) {
+                continue;
+            }
+            const size_t wo = (size_t)l * Nb * Na, bo = (size_t)l * Nb;
+            p->col[l] = n_parts * Nb;
+            kp[n_parts] = (struct eng_weight_part){
+                .data = p->k_w + wo, .bias = p->k_b + bo, .dtype = ENG_DTYPE_F32, .rows = Nb};
+            vp[n_parts] = (struct eng_weight_part){
+                .data = p->v_w + wo, .bias = p->v_b + bo, .dtype = ENG_DTYPE_F32, .rows = Nb};
+            n_parts++;
+        }
+        p->width[a] = n_parts * Nb;
+        if (n_parts == 0) {
+            continue;
+        }
+        rc = eng_linear_create(kp, n_parts, Na, ENG_WTYPE_F32, ENG_WTYPE_F32, &p->k[a], err);
         if (rc == KC_OK) {
-            rc = eng_linear_create(&vp, 1, Na, ENG_WTYPE_F32, ENG_WTYPE_F32, &p->v[l], err);
+            rc = eng_linear_create(vp, n_parts, Na, ENG_WTYPE_F32, ENG_WTYPE_F32, &p->v[a], err);
         }
         if (rc != KC_OK) {
-            kc_error_prefix(err, "predictor layer %d", l);
-            return rc;
+            kc_error_prefix(err, "predictor maps of aux layer %d", a);
         }
     }
-    return KC_OK;
+    free(kp);
+    free(vp);
+    return rc;
 }
 
 int eng_kvp_create(const struct eng_kvp_shape *shape, const int32_t *layer_map, const float *k_w,
@@ -964,11 +987,13 @@ void eng_kvp_ctx_free(struct eng_kvp_ctx *kc) {
     }
     eng_kv_pool_free(&kc->aux_pool);
     const int La = kc->aux != NULL ? eng_model_config_of(kc->aux)->n_layers : 0;
-    const int Lb = kc->base != NULL ? eng_model_config_of(kc->base)->n_layers : 0;
     free_bufs(kc->aux_k, La);
     free_bufs(kc->aux_v, La);
-    free_bufs(kc->pred_k, Lb);
-    free_bufs(kc->pred_v, Lb);
+    free_bufs(kc->pred_k, La);
+    free_bufs(kc->pred_v, La);
+    free(kc->pred_kl);
+    free(kc->pred_vl);
+    free(kc->pred_ld);
     eng_dnn_free(kc->dnn);
     eng_ctx_free(kc->aux_ctx);
     eng_ctx_free(kc->base_ctx);
@@ -1013,7 +1038,7 @@ int eng_kvp_ctx_create(const struct eng_model *base, const struct eng_model *aux
     if (rc != KC_OK) {
         goto fail;
     }
-    const int Na = ac->n_kv_heads * ac->head_dim, Nb = bc->n_kv_heads * bc->head_dim;
+    const int Na = ac->n_kv_heads * ac->head_dim;
     kc->aux_k = alloc_bufs(ac->n_layers, max_ctx, Na);
     kc->aux_v = alloc_bufs(ac->n_layers, max_ctx, Na);
     if (kc->aux_k == NULL || kc->aux_v == NULL) {
@@ -1021,17 +1046,39 @@ int eng_kvp_ctx_create(const struct eng_model *base, const struct eng_model *aux
         goto fail;
     }
     if (pred != NULL) {
-        kc->pred_k = alloc_bufs(bc->n_layers, max_ctx, Nb);
-        kc->pred_v = alloc_bufs(bc->n_layers, max_ctx, Nb);
-        if (kc->pred_k == NULL || kc->pred_v == NULL) {
+        /* Stacked outputs per aux layer, and per base layer a strided view into them. */
+        const int La = ac->n_layers, Lb = bc->n_layers;
+        kc->pred_k = kc_calloc((size_t)La, sizeof(float *));
+        kc->pred_v = kc_calloc((size_t)La, sizeof(float *));
+        kc->pred_kl = kc_calloc((size_t)Lb, sizeof(float *));
+        kc->pred_vl = kc_calloc((size_t)Lb, sizeof(float *));
+        kc->pred_ld = kc_calloc((size_t)Lb, sizeof(size_t));
+        bool ok = kc->pred_k != NULL && kc->pred_v != NULL && kc->pred_kl != NULL &&
+                  kc->pred_vl != NULL && kc->pred_ld != NULL;
+        for (int a = 0; a < La && ok; a++) {
+            const size_t cols = pred->width[a] > 0 ? (size_t)pred->width[a] : 1u;
+            kc->pred_k[a] = kc_aligned_alloc((size_t)max_ctx * cols * sizeof(float));
+            kc->pred_v[a] = kc_aligned_alloc((size_t)max_ctx * cols * sizeof(float));
+            ok = kc->pred_k[a] != NULL && kc->pred_v[a] != NULL;
+        }
+        if (!ok) {
             rc = kc_error_set(err, KC_ENOMEM, "kvp context: out of memory for predicted KV");
             goto fail;
         }
+        for (int l = 0; l < Lb; l++) {
+            const int a = pred->layer_map[l];
+            kc->pred_kl[l] = kc->pred_k[a] + pred->col[l];
+            kc->pred_vl[l] = kc->pred_v[a] + pred->col[l];
+            kc->pred_ld[l] = (size_t)pred->width[a];
+        }
         /* Create every predictor primitive now, so prefills create nothing. */
-        for (int l = 0; l < bc->n_layers && rc == KC_OK; l++) {
-            rc = eng_linear_prepare(kc->dnn, pred->k[l], max_ctx, err);
+        for (int a = 0; a < La && rc == KC_OK; a++) {
+            if (pred->k[a] == NULL) {
+                continue;
+            }
+            rc = eng_linear_prepare(kc->dnn, pred->k[a], max_ctx, err);
             if (rc == KC_OK) {
-                rc = eng_linear_prepare(kc->dnn, pred->v[l], max_ctx, err);
+                rc = eng_linear_prepare(kc->dnn, pred->v[a], max_ctx, err);
             }
         }
         if (rc != KC_OK) {
@@ -1093,17 +1140,18 @@ static int prefill_predict(struct eng_kvp_ctx *kc, struct eng_kv_pool *pool, str
             return rc;
         }
         t->aux_ms = ms_since(t0);
-        /* Per base layer: one GEMM for K and one for V over the m tokens. */
+        /* Per aux layer: one GEMM for K and one for V over the m tokens, computing the maps
+         * of every base layer that reads it at once (struct eng_kvp). */
         t0 = kc_now_ns();
         eng_dnn_enter(kc->dnn);
-        for (int l = 0; l < p->shape.base_layers; l++) {
-            const int a = p->layer_map[l];
-            eng_linear_forward(kc->dnn, p->k[l], kc->aux_k[a], m, kc->pred_k[l]);
-            eng_linear_forward(kc->dnn, p->v[l], kc->aux_v[a], m, kc->pred_v[l]);
+        for (int a = 0; a < p->shape.aux_layers; a++) {
+            if (p->k[a] != NULL) {
+                eng_linear_forward(kc->dnn, p->k[a], kc->aux_k[a], m, kc->pred_k[a]);
+                eng_linear_forward(kc->dnn, p->v[a], kc->aux_v[a], m, kc->pred_v[a]);
+            }
         }
         /* Rotate the predicted keys with the base RoPE and write them into its cache. */
-        rc = eng_kv_inject(kc->base, pool, seq, m, (const float *const *)kc->pred_k,
-                           (const float *const *)kc->pred_v, err);
+        rc = eng_kv_inject_ld(kc->base, pool, seq, m, kc->pred_kl, kc->pred_vl, kc->pred_ld, err);
         if (rc != KC_OK) {
             return rc;
         }

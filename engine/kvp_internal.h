@@ -11,11 +11,17 @@
 
 struct eng_kvp {
     struct eng_kvp_shape shape;
-    int32_t *layer_map;    /* [Lb] */
-    float *k_w, *v_w;      /* [Lb, Nb, Na] f32 host copies (for saving and inspection) */
-    float *k_b, *v_b;      /* [Lb, Nb] */
-    struct eng_linear **k; /* [Lb] packed [Nb, Na] + bias, f32 */
-    struct eng_linear **v; /* [Lb] */
+    int32_t *layer_map; /* [Lb] */
+    float *k_w, *v_w;   /* [Lb, Nb, Na] f32 host copies (for saving and inspection) */
+    float *k_b, *v_b;   /* [Lb, Nb] */
+    /* [La] per aux layer a: the maps of every base layer l with layer_map[l] == a, stacked
+     * in order of l into one packed [width[a], Na] + bias f32 linear (NULL when no base
+     * layer reads a), so a prefill runs one K and one V GEMM per aux layer, not per base
+     * layer: fewer, wider GEMMs. Base layer l's output is columns col[l] .. col[l] + Nb. */
+    struct eng_linear **k;
+    struct eng_linear **v;
+    int32_t *width; /* [La] */
+    int32_t *col;   /* [Lb] */
 };
 
 struct eng_kvp_ctx {
@@ -26,11 +32,13 @@ struct eng_kvp_ctx {
     int max_ctx;
     struct eng_ctx *base_ctx;
     struct eng_ctx *aux_ctx;
-    struct eng_dnn *dnn;         /* predictor GEMMs */
-    struct eng_kv_pool aux_pool; /* private: aux sequences of PREDICT and calibration */
-    struct eng_seq aux_seq;      /* empty between calls */
-    float **aux_k, **aux_v;      /* [La] -> [max_ctx, Na] captures, every aux layer */
-    float **pred_k, **pred_v;    /* [Lb] -> [max_ctx - 1, Nb] (when pred != NULL) */
+    struct eng_dnn *dnn;              /* predictor GEMMs */
+    struct eng_kv_pool aux_pool;      /* private: aux sequences of PREDICT and calibration */
+    struct eng_seq aux_seq;           /* empty between calls */
+    float **aux_k, **aux_v;           /* [La] -> [max_ctx, Na] captures, every aux layer */
+    float **pred_k, **pred_v;         /* [La] -> [max_ctx, width[a]] (when pred != NULL) */
+    const float **pred_kl, **pred_vl; /* [Lb] views: pred_k[map[l]] + col[l] */
+    size_t *pred_ld;                  /* [Lb] row stride of those views: width[map[l]] */
 };
 
 /* Runs model m (ctx, pool) over n tokens of an empty seq with a capture and no logits, then

@@ -796,9 +796,20 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
     return KC_OK;
 }
 
+/* eng_kv_inject goes parallel from this many copied floats on (as ops.c's ENG_PAR_MIN). */
+#define INJECT_PAR_MIN 32768
+/* Rows rotated per eng_rope call inside an inject unit (positions on the stack). */
+#define INJECT_ROPE_RUN 64
+
 int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
                   int n, const float *const *k_pre, const float *const *v,
                   struct kc_error *err) {
+    return eng_kv_inject_ld(m, pool, seq, n, k_pre, v, NULL, err);
+}
+
+int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
+                     int n, const float *const *k_pre, const float *const *v,
+                     const size_t *lds, struct kc_error *err) {
     const struct eng_model_config *c = &m->cfg;
     const int kvd = c->n_kv_heads * c->head_dim;
     if (n < 0 || n > c->max_position_embeddings - seq->n_tokens) {
@@ -809,15 +820,43 @@ int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct en
     if (rc != KC_OK) {
         return kc_error_set(err, rc, "kv inject: cannot reserve KV blocks (%s)", kc_strerror(rc));
     }
-    for (int l = 0; l < c->n_layers; l++) {
-        for (int t = 0; t < n; t++) {
-            const int32_t p = seq->n_tokens + t;
-            float *kd = eng_kv_k_at(pool, seq, l, p);
-            memcpy(kd, k_pre[l] + (size_t)t * kvd, (size_t)kvd * sizeof(float));
-            /* Rotate in place: the cache row is one contiguous [Hkv, D] vector. */
-            eng_rope(&m->rope, kd, 1, c->n_kv_heads, &p);
-            memcpy(eng_kv_v_at(pool, seq, l, p), v[l] + (size_t)t * kvd,
-                   (size_t)kvd * sizeof(float));
+    /* One work unit per (layer, cache block): a block holds its K rows (and its V rows)
+     * contiguously, so each unit copies two runs and rotates its keys; units are spread
+     * over the OpenMP team of the caller (set by its last GEMM). Rotating a whole run at
+     * once, rather than one row per eng_rope call, also drops a parallel-region entry per
+     * row. Same arithmetic as row by row, so the result is bit-identical. */
+    const int bs = pool->block_size, p0 = seq->n_tokens;
+    const int nb = n > 0 ? (p0 + n - 1) / bs - p0 / bs + 1 : 0;
+    const long units = (long)c->n_layers * nb;
+    const size_t work = (size_t)n * (size_t)kvd * 2u * (size_t)c->n_layers;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (units > 1 && work >= INJECT_PAR_MIN)
+#endif
+    for (long u = 0; u < units; u++) {
+        const int l = (int)(u / nb), b = p0 / bs + (int)(u % nb);
+        const int lo = b * bs > p0 ? b * bs : p0;
+        const int hi = (b + 1) * bs < p0 + n ? (b + 1) * bs : p0 + n;
+        float *kd = eng_kv_k_at(pool, seq, l, lo);
+        float *vd = eng_kv_v_at(pool, seq, l, lo);
+        const size_t ld = lds != NULL ? lds[l] : (size_t)kvd;
+        KC_ASSERT(ld >= (size_t)kvd);
+        const size_t row = (size_t)kvd * sizeof(float);
+        if (ld == (size_t)kvd) {
+            memcpy(kd, k_pre[l] + (size_t)(lo - p0) * ld, (size_t)(hi - lo) * row);
+            memcpy(vd, v[l] + (size_t)(lo - p0) * ld, (size_t)(hi - lo) * row);
+        } else {
+            for (int r = lo; r < hi; r++) {
+                memcpy(kd + (size_t)(r - lo) * (size_t)kvd, k_pre[l] + (size_t)(r - p0) * ld, row);
+                memcpy(vd + (size_t)(r - lo) * (size_t)kvd, v[l] + (size_t)(r - p0) * ld, row);
+            }
+        }
+        int32_t pos[INJECT_ROPE_RUN];
+        for (int r0 = lo; r0 < hi; r0 += INJECT_ROPE_RUN) {
+            const int run = hi - r0 < INJECT_ROPE_RUN ? hi - r0 : INJECT_ROPE_RUN;
+            for (int i = 0; i < run; i++) {
+                pos[i] = r0 + i;
+            }
+            eng_rope(&m->rope, kd + (size_t)(r0 - lo) * (size_t)kvd, run, c->n_kv_heads, pos);
         }
     }
     seq->n_tokens += n;

@@ -113,4 +113,10 @@ int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct en
                   int n, const float *const *k_pre, const float *const *v,
                   struct kc_error *err);
 
+/* eng_kv_inject with the rows of k_pre[l] and v[l] ld[l] floats apart (ld[l] >= Hkv * D),
+ * so that they can be views into wider GEMM outputs (KV Prediction's stacked maps). */
+int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
+                     int n, const float *const *k_pre, const float *const *v, const size_t *ld,
+                     struct kc_error *err);
+
 #endif /* ENG_MODEL_H */

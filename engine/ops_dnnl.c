@@ -78,6 +78,8 @@
 
 /* Rows per prefill chunk; also the representative row count of the prefill copy. */
 #define ENG_LINEAR_CHUNK 512
+/* eng_linear_prepare prepares every elastic team size up to this many threads. */
+#define ENG_PREPARE_TEAMS_MAX 8
 /* Converting activations to bf16 goes parallel from this many elements on. */
 #define ENG_CVT_PAR_MIN 65536
 
@@ -867,11 +869,10 @@ void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const f
     }
 }
 
-int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_m,
-                       struct kc_error *err) {
-    KC_ASSERT(dnn != NULL && l != NULL);
+/* Creates every primitive of l for up to max_m rows on a team of `team` threads. */
+static int prepare_team(struct eng_dnn *dnn, const struct eng_linear *l, int max_m, int team,
+                        struct kc_error *err) {
     struct eng_prim *p;
-    const int team = dnn_team(dnn);
     for (int m = 1; m <= max_m && m <= ENG_DECODE_MAX_M; m++) {
         const struct eng_wcopy *c = &l->copy[m == 1 ? l->gemv_copy : l->decode_copy];
         if (prim_lookup(dnn, l, c, m, team) == NULL) {
@@ -896,6 +897,27 @@ int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_
         }
     }
     return 0;
+}
+
+int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_m,
+                       struct kc_error *err) {
+    KC_ASSERT(dnn != NULL && l != NULL);
+    /* With a team source (elastic teams) every team 1..n_threads can be handed out, so all
+     * are prepared and a step never creates a primitive (invariant 4). Capped at
+     * ENG_PREPARE_TEAMS_MAX threads: the primitive count grows linearly with the teams, and
+     * beyond it start-up and memory would grow for sizes the split rarely hands out; those
+     * are still created lazily on first use. */
+    if (tl_team_source != NULL && dnn->n_threads <= ENG_PREPARE_TEAMS_MAX) {
+        for (int t = 1; t <= dnn->n_threads; t++) {
+            const int rc = prepare_team(dnn, l, max_m, t, err);
+            if (rc != 0) {
+                return rc;
+            }
+        }
+        set_team(dnn_team(dnn));
+        return 0;
+    }
+    return prepare_team(dnn, l, max_m, dnn_team(dnn), err);
 }
 
 void eng__linear_ref(const struct eng_weight_part *parts, int n_parts, int n_in, const float *x,

@@ -184,6 +184,65 @@ static void test_identity_predictor_reproduces_base_kv(void **state) {
     }
 }
 
+/* Stacked maps: every base layer reads aux layer 0 (aux = base), base layer l through
+ * (l + 1) * I. The prefill runs one stacked GEMM per aux layer and injects strided views of
+ * it, so predicted layer l must hold (l + 1) times the full path's layer-0 K/V (RoPE is
+ * linear) at every prompt position but the last: checks the column offsets and strides. */
+static void test_stacked_maps_put_each_layer_in_its_columns(void **state) {
+    (void)state;
+    struct eng_model *base = load_case("llama_gqa"), *aux = load_case("llama_gqa");
+    const struct eng_model_config *c = eng_model_config_of(base);
+    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
+    const int L = s.base_layers, N = s.base_kv_dim, V = c->vocab_size;
+    float *w = calloc((size_t)L * N * N, sizeof(float));
+    int32_t *map = calloc((size_t)L, sizeof(int32_t));
+    for (int l = 0; l < L; l++) {
+        for (int i = 0; i < N; i++) {
+            w[(size_t)l * N * N + (size_t)i * N + i] = (float)(l + 1);
+        }
+    }
+    struct kc_error err = {0};
+    struct eng_kvp *pred = NULL;
+    assert_int_equal(eng_kvp_create(&s, map, w, NULL, w, NULL, &pred, &err), KC_OK);
+    int n = 0;
+    int32_t *prompt = golden_tokens("llama_gqa", &n);
+    struct eng_kvp_ctx *kc = NULL;
+    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 64, n + 1, 1, &kc, &err), KC_OK);
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 8, 32, &err), KC_OK);
+    struct eng_seq full = {0}, pr = {0};
+    float *logits = calloc((size_t)V, sizeof(float));
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &full, prompt, n, logits, NULL, &err),
+                     KC_OK);
+    assert_int_equal(
+        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &pr, prompt, n, logits, NULL, &err), KC_OK);
+    float worst = 0.0f;
+    for (int l = 0; l < L; l++) {
+        for (int p = 0; p < n - 1; p++) {
+            const float *fk = eng_kv_k_at(&pool, &full, 0, p), *pk = eng_kv_k_at(&pool, &pr, l, p);
+            const float *fv = eng_kv_v_at(&pool, &full, 0, p), *pv = eng_kv_v_at(&pool, &pr, l, p);
+            for (int i = 0; i < N; i++) {
+                const float sc = (float)(l + 1);
+                worst = fmaxf(worst, fabsf(pk[i] - sc * fk[i]) / (1.0f + fabsf(sc * fk[i])));
+                worst = fmaxf(worst, fabsf(pv[i] - sc * fv[i]) / (1.0f + fabsf(sc * fv[i])));
+            }
+        }
+    }
+    print_message("stacked maps over %d base layers: worst relative diff %.3g\n", L, worst);
+    assert_true(worst <= 1e-5f);
+    eng_seq_release(&pool, &full);
+    eng_seq_release(&pool, &pr);
+    free(logits);
+    free(prompt);
+    free(w);
+    free(map);
+    eng_kv_pool_free(&pool);
+    eng_kvp_ctx_free(kc);
+    eng_kvp_free(pred);
+    eng_model_free(aux);
+    eng_model_free(base);
+}
+
 /* ---- a real-shaped pair: golden base, smaller random aux ---- */
 
 static struct eng_model *small_aux_for(const struct eng_model_config *base, uint64_t seed) {
@@ -1035,6 +1094,7 @@ static void test_calibration_with_aux_equal_base_recovers_identity(void **state)
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_identity_predictor_reproduces_base_kv),
+        cmocka_unit_test(test_stacked_maps_put_each_layer_in_its_columns),
         cmocka_unit_test(test_random_predictor_runs_and_one_token_prompt_works),
         cmocka_unit_test(test_prefill_rejects_bad_requests),
         cmocka_unit_test(test_layer_map_parse_and_auto),
