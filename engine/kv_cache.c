@@ -11,14 +11,14 @@ size_t eng_kv_block_bytes(const struct eng_model_config *cfg, int block_size) {
            (size_t)cfg->head_dim * sizeof(float);
 }
 
-int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg,
-                     int block_size, int n_blocks, struct kc_error *err) {
+int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg, int block_size,
+                     int n_blocks, struct kc_error *err) {
     if (block_size <= 0 || block_size > 4096 || n_blocks <= 0) {
         return kc_error_set(err, KC_EINVAL, "kv pool: block_size %d / n_blocks %d out of range",
                             block_size, n_blocks);
     }
-    size_t block_floats = (size_t)cfg->n_layers * 2 * (size_t)block_size *
-                          (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
+    size_t block_floats = (size_t)cfg->n_layers * 2 * (size_t)block_size * (size_t)cfg->n_kv_heads *
+                          (size_t)cfg->head_dim;
     size_t slab_bytes;
     if (!kc_size_mul(block_floats * sizeof(float), (size_t)n_blocks, &slab_bytes)) {
         return kc_error_set(err, KC_ERANGE, "kv pool: size overflows");
@@ -125,8 +125,7 @@ struct eng_kv_view eng_kv_view_of(const struct eng_kv_pool *pool, const struct e
     return v;
 }
 
-float *eng_kv_k_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer,
-                   int pos) {
+float *eng_kv_k_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos) {
     KC_ASSERT(pos >= 0 && pos < seq->n_blocks * pool->block_size);
     const size_t row = (size_t)pool->n_kv_heads * pool->head_dim;
     const size_t plane = (size_t)pool->block_size * row;
@@ -135,8 +134,7 @@ float *eng_kv_k_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, in
            (size_t)(pos % pool->block_size) * row;
 }
 
-float *eng_kv_v_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer,
-                   int pos) {
+float *eng_kv_v_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos) {
     const size_t plane = (size_t)pool->block_size * pool->n_kv_heads * pool->head_dim;
     return eng_kv_k_at(pool, seq, layer, pos) + plane;
 }

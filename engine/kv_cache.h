@@ -29,13 +29,13 @@
 struct eng_model_config;
 
 struct eng_kv_pool {
-    int n_layers;     /* L */
-    int n_kv_heads;   /* Hkv */
-    int head_dim;     /* D */
-    int block_size;   /* tokens per block */
+    int n_layers;   /* L */
+    int n_kv_heads; /* Hkv */
+    int head_dim;   /* D */
+    int block_size; /* tokens per block */
     int n_blocks;
-    size_t block_floats; /* L * 2 * block_size * Hkv * D */
-    float *slab;         /* [n_blocks, L, 2, block_size, Hkv, D] */
+    size_t block_floats;  /* L * 2 * block_size * Hkv * D */
+    float *slab;          /* [n_blocks, L, 2, block_size, Hkv, D] */
     pthread_mutex_t lock; /* guards free_stack and n_free */
     int32_t *free_stack;  /* [n_blocks] */
     int n_free;
@@ -53,8 +53,8 @@ struct eng_seq {
 size_t eng_kv_block_bytes(const struct eng_model_config *cfg, int block_size);
 
 /* Allocates a pool of n_blocks blocks of block_size tokens for a model of this shape. */
-int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg,
-                     int block_size, int n_blocks, struct kc_error *err);
+int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg, int block_size,
+                     int n_blocks, struct kc_error *err);
 void eng_kv_pool_free(struct eng_kv_pool *pool);
 /* Number of free blocks (a snapshot). */
 int eng_kv_pool_n_free(struct eng_kv_pool *pool);

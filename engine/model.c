@@ -37,9 +37,9 @@ struct eng_model {
     struct eng_layer *layers; /* [L] */
     void *embed;              /* [V, C] in embed_dtype, a private copy */
     enum eng_dtype embed_dtype;
-    float *final_norm;           /* [C] */
-    struct eng_linear *lm_head;  /* [V, C]; the embedding itself when tied */
-    struct eng_rope_table rope;  /* positions [0, max_position_embeddings) */
+    float *final_norm;          /* [C] */
+    struct eng_linear *lm_head; /* [V, C]; the embedding itself when tied */
+    struct eng_rope_table rope; /* positions [0, max_position_embeddings) */
 };
 
 struct eng_ctx {
@@ -170,8 +170,8 @@ static uint16_t *random_bf16(uint64_t *rng, size_t n, float center, float amp) {
  * From a file: checks existence, float dtype and shape. Random: allocates into a slot of
  * src->scratch that the caller frees.
  */
-static int get_tensor(struct weight_source *src, const char *name, int rows, int cols,
-                      int slot, float center, const void **data, enum eng_dtype *dtype,
+static int get_tensor(struct weight_source *src, const char *name, int rows, int cols, int slot,
+                      float center, const void **data, enum eng_dtype *dtype,
                       struct kc_error *err) {
     if (src->st == NULL) {
         size_t n = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
@@ -194,8 +194,9 @@ static int get_tensor(struct weight_source *src, const char *name, int rows, int
         src->done_bytes += t->nbytes;
     }
     if (t->dtype != ENG_DTYPE_F32 && t->dtype != ENG_DTYPE_BF16 && t->dtype != ENG_DTYPE_F16) {
-        return kc_error_set(err, KC_EFORMAT, "%s: tensor '%s' has dtype %s; expected F32, BF16 or F16",
-                            src->path, name, eng_dtype_name(t->dtype));
+        return kc_error_set(err, KC_EFORMAT,
+                            "%s: tensor '%s' has dtype %s; expected F32, BF16 or F16", src->path,
+                            name, eng_dtype_name(t->dtype));
     }
     const bool ok = cols > 0 ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
                              : (t->ndim == 1 && t->shape[0] == rows);
@@ -206,7 +207,8 @@ static int get_tensor(struct weight_source *src, const char *name, int rows, int
             used += (size_t)snprintf(got + used, sizeof(got) - used, "%s%lld", d ? ", " : "",
                                      (long long)t->shape[d]);
         }
-        return kc_error_set(err, KC_EFORMAT, "%s: tensor '%s' has shape [%s]; config.json implies [%d%s%.0d]",
+        return kc_error_set(err, KC_EFORMAT,
+                            "%s: tensor '%s' has shape [%s]; config.json implies [%d%s%.0d]",
                             src->path, name, got, rows, cols > 0 ? ", " : "", cols);
     }
     *data = t->data;
@@ -481,8 +483,8 @@ static void free_scratch(struct weight_source *src) {
     }
 }
 
-int eng_model_load(const char *dir, const struct eng_model_params *params,
-                   struct eng_model **out, struct kc_error *err) {
+int eng_model_load(const char *dir, const struct eng_model_params *params, struct eng_model **out,
+                   struct kc_error *err) {
     char path[4096];
     struct eng_model_config cfg;
     if (kc_path_join(path, sizeof(path), dir, "config.json") != KC_OK) {
@@ -527,9 +529,8 @@ int eng_model_load(const char *dir, const struct eng_model_params *params,
     return KC_OK;
 }
 
-int eng_model_init_random(const struct eng_model_config *cfg,
-                          const struct eng_model_params *params, uint64_t seed,
-                          struct eng_model **out, struct kc_error *err) {
+int eng_model_init_random(const struct eng_model_config *cfg, const struct eng_model_params *params,
+                          uint64_t seed, struct eng_model **out, struct kc_error *err) {
     struct weight_source src = {.st = NULL, .path = "random", .rng = seed};
     int rc = build_model(cfg, params, &src, out, err);
     free_scratch(&src);
@@ -543,8 +544,8 @@ void eng_ctx_free(struct eng_ctx *ctx) {
         return;
     }
     eng_dnn_free(ctx->dnn);
-    float *bufs[] = {ctx->x,   ctx->xn,   ctx->qkv, ctx->q,  ctx->k,      ctx->v,
-                     ctx->att, ctx->proj, ctx->gu,  ctx->h,  ctx->logits, ctx->attn_scratch};
+    float *bufs[] = {ctx->x,   ctx->xn,   ctx->qkv, ctx->q, ctx->k,      ctx->v,
+                     ctx->att, ctx->proj, ctx->gu,  ctx->h, ctx->logits, ctx->attn_scratch};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
         kc_aligned_free(bufs[i]);
     }
@@ -591,10 +592,9 @@ int eng_ctx_create(const struct eng_model *m, int max_rows, int max_ctx, int n_t
         kc_aligned_alloc(eng_attention_scratch_floats(max_ctx, c->n_heads, c->n_kv_heads,
                                                       c->head_dim, ctx->n_threads) *
                          sizeof(float));
-    if (ctx->x == NULL || ctx->xn == NULL || ctx->qkv == NULL || ctx->q == NULL ||
-        ctx->k == NULL || ctx->v == NULL || ctx->att == NULL || ctx->proj == NULL ||
-        ctx->gu == NULL || ctx->h == NULL || ctx->logits == NULL || ctx->pos == NULL ||
-        ctx->attn_scratch == NULL) {
+    if (ctx->x == NULL || ctx->xn == NULL || ctx->qkv == NULL || ctx->q == NULL || ctx->k == NULL ||
+        ctx->v == NULL || ctx->att == NULL || ctx->proj == NULL || ctx->gu == NULL ||
+        ctx->h == NULL || ctx->logits == NULL || ctx->pos == NULL || ctx->attn_scratch == NULL) {
         eng_ctx_free(ctx);
         return kc_error_set(err, KC_ENOMEM, "forward context: out of memory");
     }
@@ -683,8 +683,8 @@ static void forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
                        (size_t)kvd * sizeof(float));
             }
             const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
-            eng_attention(ctx->q + (size_t)r0 * qd, items[i].n_tokens, seq->n_tokens, &view, H,
-                          Hkv, D, scale, ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
+            eng_attention(ctx->q + (size_t)r0 * qd, items[i].n_tokens, seq->n_tokens, &view, H, Hkv,
+                          D, scale, ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
             r0 += items[i].n_tokens;
         }
         eng_linear_forward(ctx->dnn, ly->o, ctx->att, M, ctx->proj);
@@ -750,8 +750,8 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
         }
         if (it->n_tokens > ctx->max_ctx - it->seq->n_tokens) {
             return kc_error_set(err, KC_ECONTEXT,
-                                "forward: %d tokens after %d would exceed the context of %d", it->n_tokens,
-                                it->seq->n_tokens, ctx->max_ctx);
+                                "forward: %d tokens after %d would exceed the context of %d",
+                                it->n_tokens, it->seq->n_tokens, ctx->max_ctx);
         }
         for (int t = 0; t < it->n_tokens; t++) {
             if (it->tokens[t] < 0 || it->tokens[t] >= c->vocab_size) {
@@ -779,14 +779,16 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
     /* One sequence: chunks of max_rows rows; the cache carries context across chunks. */
     struct eng_batch_item whole = items[0];
     for (int start = 0; start < whole.n_tokens; start += ctx->max_rows) {
-        const int n = whole.n_tokens - start < ctx->max_rows ? whole.n_tokens - start : ctx->max_rows;
+        const int n =
+            whole.n_tokens - start < ctx->max_rows ? whole.n_tokens - start : ctx->max_rows;
         const bool last = start + n == whole.n_tokens;
         struct eng_batch_item chunk = {
             .seq = whole.seq,
             .tokens = whole.tokens + start,
             .n_tokens = n,
-            .logits_mode = whole.logits_mode == ENG_LOGITS_ALL ? ENG_LOGITS_ALL
-                           : (last ? whole.logits_mode : ENG_LOGITS_NONE),
+            .logits_mode = whole.logits_mode == ENG_LOGITS_ALL
+                               ? ENG_LOGITS_ALL
+                               : (last ? whole.logits_mode : ENG_LOGITS_NONE),
             .logits = whole.logits_mode == ENG_LOGITS_ALL
                           ? whole.logits + (size_t)start * (size_t)c->vocab_size
                           : whole.logits,
@@ -801,15 +803,14 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
 /* Rows rotated per eng_rope call inside an inject unit (positions on the stack). */
 #define INJECT_ROPE_RUN 64
 
-int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
-                  int n, const float *const *k_pre, const float *const *v,
-                  struct kc_error *err) {
+int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq, int n,
+                  const float *const *k_pre, const float *const *v, struct kc_error *err) {
     return eng_kv_inject_ld(m, pool, seq, n, k_pre, v, NULL, err);
 }
 
 int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
-                     int n, const float *const *k_pre, const float *const *v,
-                     const size_t *lds, struct kc_error *err) {
+                     int n, const float *const *k_pre, const float *const *v, const size_t *lds,
+                     struct kc_error *err) {
     const struct eng_model_config *c = &m->cfg;
     const int kvd = c->n_kv_heads * c->head_dim;
     if (n < 0 || n > c->max_position_embeddings - seq->n_tokens) {

@@ -56,9 +56,8 @@ int eng_model_load(const char *dir, const struct eng_model_params *params, struc
                    struct kc_error *err);
 /* Builds a model of configuration cfg with random weights (seeded), for benchmarks of real
  * shapes without files. Weights ~ N(0, 0.02) drawn from a fast PRNG. */
-int eng_model_init_random(const struct eng_model_config *cfg,
-                          const struct eng_model_params *params, uint64_t seed,
-                          struct eng_model **out, struct kc_error *err);
+int eng_model_init_random(const struct eng_model_config *cfg, const struct eng_model_params *params,
+                          uint64_t seed, struct eng_model **out, struct kc_error *err);
 void eng_model_free(struct eng_model *m);
 const struct eng_model_config *eng_model_config_of(const struct eng_model *m);
 /* Bytes of packed weights, and bytes a forward step of m rows reads from weights. */
@@ -109,9 +108,8 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
  * before RoPE; keys are rotated with this model's RoPE at their positions as they are
  * written. Advances seq->n_tokens by n. KV Prediction's way into the base model's cache.
  */
-int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
-                  int n, const float *const *k_pre, const float *const *v,
-                  struct kc_error *err);
+int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq, int n,
+                  const float *const *k_pre, const float *const *v, struct kc_error *err);
 
 /* eng_kv_inject with the rows of k_pre[l] and v[l] ld[l] floats apart (ld[l] >= Hkv * D),
  * so that they can be views into wider GEMM outputs (KV Prediction's stacked maps). */

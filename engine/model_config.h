@@ -41,14 +41,14 @@ struct eng_model_config {
     float rms_norm_eps;
     float rope_theta;
     enum eng_rope_scaling rope_scaling;
-    float rope_factor;                 /* llama3 / linear */
-    float rope_low_freq_factor;        /* llama3 */
-    float rope_high_freq_factor;       /* llama3 */
-    int rope_original_max_position;    /* llama3 original_max_position_embeddings */
+    float rope_factor;              /* llama3 / linear */
+    float rope_low_freq_factor;     /* llama3 */
+    float rope_high_freq_factor;    /* llama3 */
+    int rope_original_max_position; /* llama3 original_max_position_embeddings */
     bool tie_word_embeddings;
-    bool attention_bias;               /* q/k/v projections carry a bias (qwen2) */
-    int bos_token_id;                  /* -1 when absent */
-    int eos_token_ids[ENG_MAX_EOS];    /* `eos_token_id` may be an int or a list */
+    bool attention_bias;            /* q/k/v projections carry a bias (qwen2) */
+    int bos_token_id;               /* -1 when absent */
+    int eos_token_ids[ENG_MAX_EOS]; /* `eos_token_id` may be an int or a list */
     int n_eos;
     /* Sliding-window attention span (mistral `sliding_window`, qwen2 when
      * `use_sliding_window`), 0 = none. We do not implement SWA: a window smaller than

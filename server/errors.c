@@ -11,8 +11,8 @@
 
 #include <jansson.h>
 
-__attribute__((format(printf, 2, 0))) static void set_message(struct srv_error *e,
-                                                             const char *fmt, va_list ap) {
+__attribute__((format(printf, 2, 0))) static void set_message(struct srv_error *e, const char *fmt,
+                                                              va_list ap) {
     vsnprintf(e->message, sizeof(e->message), fmt, ap);
 }
 

@@ -66,7 +66,8 @@ static void test_view_and_accessors_address_the_same_floats(void **state) {
     for (int l = 0; l < c.n_layers; l++) {
         struct eng_kv_view view = eng_kv_view_of(&pool, &s, l);
         for (int t = 0; t < 10; t++) {
-            const float *k = view.base + (size_t)view.block_table[t / view.block_size] * view.block_stride +
+            const float *k = view.base +
+                             (size_t)view.block_table[t / view.block_size] * view.block_stride +
                              (size_t)(t % view.block_size) * kvd;
             assert_true(k[1] == (float)(l * 1000 + t * 10 + 1));
             assert_true(k[view.v_offset + 1] == -(float)(l * 1000 + t * 10 + 1));

@@ -5,11 +5,11 @@
  * separate decodes, and injected pre-RoPE K/V == the model's own.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,10 +30,10 @@ struct golden {
     struct eng_st_set *ref;
     const int32_t *tokens;
     int T;
-    const float *logits;  /* [T, V] */
-    const float *k_pre;   /* [L, T, Hkv D] */
-    const float *k_post;  /* [L, T, Hkv D] */
-    const float *v;       /* [L, T, Hkv D] */
+    const float *logits;   /* [T, V] */
+    const float *k_pre;    /* [L, T, Hkv D] */
+    const float *k_post;   /* [L, T, Hkv D] */
+    const float *v;        /* [L, T, Hkv D] */
     const int32_t *greedy; /* [G] */
     int G;
 };
@@ -126,8 +126,11 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
         vc[l] = calloc((size_t)g.T * kvd, sizeof(float));
     }
     struct eng_kv_capture cap = {.k = kc, .v = vc};
-    struct eng_batch_item item = {.seq = &seq, .tokens = g.tokens, .n_tokens = g.T,
-                                  .logits_mode = ENG_LOGITS_ALL, .logits = logits};
+    struct eng_batch_item item = {.seq = &seq,
+                                  .tokens = g.tokens,
+                                  .n_tokens = g.T,
+                                  .logits_mode = ENG_LOGITS_ALL,
+                                  .logits = logits};
     assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, &cap, &err), KC_OK);
     assert_int_equal(seq.n_tokens, g.T);
 
@@ -142,13 +145,14 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
         kscale = fmaxf(kscale, max_abs(rk, (size_t)g.T * kvd));
         vscale = fmaxf(vscale, max_abs(rv, (size_t)g.T * kvd));
         for (int t = 0; t < g.T; t++) {
-            dkp = fmaxf(dkp, max_diff(eng_kv_k_at(&pool, &seq, l, t), rkp + (size_t)t * kvd,
-                                      (size_t)kvd));
+            dkp = fmaxf(
+                dkp, max_diff(eng_kv_k_at(&pool, &seq, l, t), rkp + (size_t)t * kvd, (size_t)kvd));
         }
     }
-    print_message("%s (%s, rows %d): logit scale %.3f maxdiff logits %.3g, k_pre %.3g, k_post %.3g, "
-                  "v %.3g\n",
-                  name, wt == ENG_WTYPE_F32 ? "f32" : "bf16", max_rows, scale, dl, dk, dkp, dv);
+    print_message(
+        "%s (%s, rows %d): logit scale %.3f maxdiff logits %.3g, k_pre %.3g, k_post %.3g, "
+        "v %.3g\n",
+        name, wt == ENG_WTYPE_F32 ? "f32" : "bf16", max_rows, scale, dl, dk, dkp, dv);
     assert_true(dl <= tol * scale);
     assert_true(dk <= tol * kscale);
     assert_true(dkp <= tol * kscale);
@@ -208,16 +212,22 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
         assert_int_equal(eng_kv_pool_init(&pool, c, 16, 16, &err), KC_OK);
         struct eng_seq seq = {0};
         float *logits = calloc((size_t)c->vocab_size, sizeof(float));
-        struct eng_batch_item item = {.seq = &seq, .tokens = g.tokens, .n_tokens = g.T,
-                                      .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+        struct eng_batch_item item = {.seq = &seq,
+                                      .tokens = g.tokens,
+                                      .n_tokens = g.T,
+                                      .logits_mode = ENG_LOGITS_LAST,
+                                      .logits = logits};
         assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
         for (int i = 0; i < g.G; i++) {
             int32_t tok = argmax(logits, c->vocab_size);
             if (tok != g.greedy[i]) {
                 fail_msg("%s: greedy token %d is %d, reference %d", CASES[ci], i, tok, g.greedy[i]);
             }
-            item = (struct eng_batch_item){.seq = &seq, .tokens = &tok, .n_tokens = 1,
-                                           .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+            item = (struct eng_batch_item){.seq = &seq,
+                                           .tokens = &tok,
+                                           .n_tokens = 1,
+                                           .logits_mode = ENG_LOGITS_LAST,
+                                           .logits = logits};
             assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
         }
         eng_seq_release(&pool, &seq);
@@ -251,19 +261,27 @@ static void test_batched_decode_and_injection_match_single(void **state) {
     /* Alone: prefill lens[i] tokens, then one decode step of the next token. */
     for (int i = 0; i < 3; i++) {
         struct eng_seq s = {0};
-        struct eng_batch_item it = {.seq = &s, .tokens = g.tokens, .n_tokens = lens[i] + 1,
-                                    .logits_mode = ENG_LOGITS_LAST, .logits = single + (size_t)i * V};
+        struct eng_batch_item it = {.seq = &s,
+                                    .tokens = g.tokens,
+                                    .n_tokens = lens[i] + 1,
+                                    .logits_mode = ENG_LOGITS_LAST,
+                                    .logits = single + (size_t)i * V};
         assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
         eng_seq_release(&pool, &s);
     }
     /* Together: prefill each, then one 3-row decode step. */
     struct eng_batch_item items[3];
     for (int i = 0; i < 3; i++) {
-        struct eng_batch_item it = {.seq = &seqs[i], .tokens = g.tokens, .n_tokens = lens[i],
-                                    .logits_mode = ENG_LOGITS_NONE, .logits = NULL};
+        struct eng_batch_item it = {.seq = &seqs[i],
+                                    .tokens = g.tokens,
+                                    .n_tokens = lens[i],
+                                    .logits_mode = ENG_LOGITS_NONE,
+                                    .logits = NULL};
         assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
-        items[i] = (struct eng_batch_item){.seq = &seqs[i], .tokens = &g.tokens[lens[i]],
-                                           .n_tokens = 1, .logits_mode = ENG_LOGITS_LAST,
+        items[i] = (struct eng_batch_item){.seq = &seqs[i],
+                                           .tokens = &g.tokens[lens[i]],
+                                           .n_tokens = 1,
+                                           .logits_mode = ENG_LOGITS_LAST,
                                            .logits = batched + (size_t)i * V};
     }
     assert_int_equal(eng_forward(ctx, m, &pool, items, 3, NULL, &err), KC_OK);
@@ -281,8 +299,11 @@ static void test_batched_decode_and_injection_match_single(void **state) {
     }
     struct eng_seq a = {0}, b = {0};
     struct eng_kv_capture cap = {.k = kc, .v = vc};
-    struct eng_batch_item it = {.seq = &a, .tokens = g.tokens, .n_tokens = n,
-                                .logits_mode = ENG_LOGITS_LAST, .logits = single};
+    struct eng_batch_item it = {.seq = &a,
+                                .tokens = g.tokens,
+                                .n_tokens = n,
+                                .logits_mode = ENG_LOGITS_LAST,
+                                .logits = single};
     assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, &cap, &err), KC_OK);
     assert_int_equal(eng_kv_inject(m, &pool, &b, n - 1, (const float *const *)kc,
                                    (const float *const *)vc, &err),
@@ -293,8 +314,11 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                  (size_t)kvd) <= 1e-6f);
         }
     }
-    it = (struct eng_batch_item){.seq = &b, .tokens = &g.tokens[n - 1], .n_tokens = 1,
-                                 .logits_mode = ENG_LOGITS_LAST, .logits = batched};
+    it = (struct eng_batch_item){.seq = &b,
+                                 .tokens = &g.tokens[n - 1],
+                                 .n_tokens = 1,
+                                 .logits_mode = ENG_LOGITS_LAST,
+                                 .logits = batched};
     assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
     const float di = max_diff(single, batched, (size_t)V);
     print_message("injected vs own KV logits maxdiff %.3g\n", di);
@@ -333,8 +357,11 @@ static void test_forward_rejects_bad_tokens_and_context(void **state) {
     struct eng_seq seq = {0};
     float *logits = calloc((size_t)c->vocab_size, sizeof(float));
     int32_t bad[2] = {1, c->vocab_size};
-    struct eng_batch_item it = {.seq = &seq, .tokens = bad, .n_tokens = 2,
-                                .logits_mode = ENG_LOGITS_LAST, .logits = logits};
+    struct eng_batch_item it = {.seq = &seq,
+                                .tokens = bad,
+                                .n_tokens = 2,
+                                .logits_mode = ENG_LOGITS_LAST,
+                                .logits = logits};
     assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);
     bad[1] = -1;
     assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);

@@ -4,4 +4,6 @@
 #include "server/serve.h"
 #include "tools/cli/commands.h"
 
-int kc_cmd_serve(int argc, char **argv) { return srv_serve_main(argc, argv); }
+int kc_cmd_serve(int argc, char **argv) {
+    return srv_serve_main(argc, argv);
+}
