@@ -23,8 +23,6 @@ bounded; the whole run takes about 15 s.
 """
 import json
 import os
-import re
-import select
 import signal
 import socket
 import struct
@@ -35,7 +33,7 @@ import threading
 import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import wait_ready  # noqa: E402
+from serve_ready import start_port  # noqa: E402
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 STEP_MS = 25  # --debug-step-delay-ms: a decode step takes at least this long
@@ -63,23 +61,8 @@ class Server:
              "--debug-step-delay-ms", str(STEP_MS), "--disconnect-check-ms", "20",
              "--heartbeat-ms", "100"],
             stdout=subprocess.PIPE, stderr=self.log)
-        self.port = None
-        t0 = time.time()
-        buf = b""
-        while time.time() - t0 < 60 and self.port is None:
-            r, _, _ = select.select([self.p.stdout], [], [], 0.5)
-            if not r:
-                if self.p.poll() is not None:
-                    break
-                continue
-            chunk = os.read(self.p.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buf += chunk
-            m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", buf)
-            if m:
-                self.port = int(m.group(1))
-        if self.port is None or not wait_ready(self.port, self.p):
+        self.port = start_port(self.p)
+        if self.port is None:
             self.p.kill()
             raise SystemExit("server did not start: " + open(self.log.name).read()[-2000:])
 

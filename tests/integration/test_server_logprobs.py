@@ -25,10 +25,9 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import wait_ready  # noqa: E402
+from serve_ready import start_port  # noqa: E402
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 MODEL = "tests/golden/llama_gqa"
@@ -45,18 +44,7 @@ class Server:
                 "--no-access-log"] + DTYPE
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "w"),
                                      text=True)
-        self.port = None
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            marker = "listening on http://127.0.0.1:"
-            if marker in line:
-                self.port = int(line.split(marker)[1].split("/")[0].split()[0])
-                break
-        if self.port is not None and not wait_ready(self.port, self.proc):
-            self.port = None
+        self.port = start_port(self.proc)
         if self.port is None:
             self.stop()
             fail("server on %s did not start; log:\n%s" % (model, open(self.log).read()[-2000:]))

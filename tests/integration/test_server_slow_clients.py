@@ -30,7 +30,6 @@ import os
 import random
 import re
 import resource
-import select
 import signal
 import socket
 import subprocess
@@ -40,7 +39,7 @@ import threading
 import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import wait_ready  # noqa: E402
+from serve_ready import start_port  # noqa: E402
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 BASE = ["serve", "--model", "tests/golden/llama_gqa", "--tokenizer",
@@ -63,25 +62,7 @@ class Server:
         e.update(env or {})
         self.p = subprocess.Popen([KVCAST] + BASE + list(extra), stdout=subprocess.PIPE,
                                   stderr=self.log, env=e)
-        self.port = None
-        t0 = time.time()
-        buf = b""
-        while time.time() - t0 < 60:
-            r, _, _ = select.select([self.p.stdout], [], [], 0.5)
-            if not r:
-                if self.p.poll() is not None:
-                    break
-                continue
-            chunk = os.read(self.p.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buf += chunk
-            m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", buf)
-            if m:
-                self.port = int(m.group(1))
-                break
-        if self.port is not None and not wait_ready(self.port, self.p):
-            self.port = None
+        self.port = start_port(self.p)
         if self.port is None:
             self.p.kill()
             raise SystemExit("server did not start: " + open(self.log.name).read()[-2000:])

@@ -28,33 +28,8 @@
 #include "common/kc.h"
 #include "engine/ops.h"
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-/* Uniform in [-1, 1). */
-static float frand(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (float)((rng_state >> 40) & 0xffffff) / 8388608.0f - 1.0f;
-}
-
-static float *rand_floats(size_t n, float scale) {
-    float *p = malloc((n ? n : 1) * sizeof(float));
-    assert_non_null(p);
-    for (size_t i = 0; i < n; i++) {
-        p[i] = frand() * scale;
-    }
-    return p;
-}
-
-static float max_abs_diff(const float *a, const float *b, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float d = fabsf(a[i] - b[i]);
-        m = d > m || isnan(d) ? d : m;
-    }
-    return m;
-}
+#define TEST_RAND_SEED 0x2545f4914f6cdd1dull
+#include "tests/unit/test_rand.h"
 
 static int team_size(void) {
 #ifdef _OPENMP

@@ -6,7 +6,38 @@ benchmarks here, the integration tests under tests/integration/) call wait_ready
 the port. Standard library only.
 """
 import http.client
+import os
+import re
+import select
 import time
+
+_LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+
+
+def read_port(proc, timeout=60.0):
+    """The port from the "listening on http://127.0.0.1:PORT" line of proc's stdout (a pipe,
+    text or binary); None when proc exits or timeout seconds pass first."""
+    fd, buf, deadline = proc.stdout.fileno(), b"", time.time() + timeout
+    while time.time() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if not r:
+            if proc.poll() is not None:
+                return None
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None
+        buf += chunk
+        m = _LISTENING.search(buf)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def start_port(proc, timeout=60.0):
+    """read_port, then wait_ready: the port of a server that is serving, or None."""
+    port = read_port(proc, timeout)
+    return port if port is not None and wait_ready(port, proc) else None
 
 
 def wait_ready(port, proc, timeout=120.0):
