@@ -210,6 +210,22 @@ const char *sch_finish_name(enum sch_finish f) {
     return NULL;
 }
 
+const char *sch_refine_result_name(enum sch_refine_result r) {
+    switch (r) {
+    case SCH_REFINE_NONE:
+        return "none";
+    case SCH_REFINE_SWAPPED:
+        return "swapped";
+    case SCH_REFINE_SKIPPED:
+        return "skipped";
+    case SCH_REFINE_CANCELLED:
+        return "cancelled";
+    case SCH_REFINE_FAILED:
+        return "failed";
+    }
+    return "?";
+}
+
 int sch_mode_parse(const char *s, enum sch_prefill_mode *out) {
     static const enum sch_prefill_mode modes[] = {SCH_MODE_AUTO, SCH_MODE_FULL, SCH_MODE_PREDICT};
     for (size_t i = 0; s != NULL && i < sizeof(modes) / sizeof(modes[0]); i++) {
@@ -238,6 +254,8 @@ struct sch_config sch_default_config(void) {
         .predict_min_prompt = 512,
         .prefill_workers = 1,
         .shed_hopeless = true,
+        .prefix_caching = true,
+        .refine = true,
     };
     return c;
 }

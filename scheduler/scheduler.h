@@ -75,6 +75,11 @@ struct sch_config {
     bool shed_hopeless;     /* auto mode: submit refuses (KC_EBUSY) a request that no prefill
                              * mode can bring inside ttft_slo_ms behind the work queued ahead
                              * (scheduler/policy.h); default true */
+    bool prefix_caching;    /* reuse exact KV blocks across requests by content (base and aux
+                             * pools, vLLM's automatic prefix caching); default true */
+    bool refine;            /* the default of sch_request_params.refine: a predict-mode
+                             * sequence gets its exact base KV computed in the background and
+                             * swapped in; default true */
 };
 /* Bound of prefill_workers. */
 #define SCH_MAX_PREFILL_WORKERS 64
@@ -98,6 +103,23 @@ struct sch_logit_bias {
     float bias;
 };
 
+/* Whether a predict-mode request's predicted KV is replaced by exact KV in the background
+ * (refinement). DEFAULT: sch_config.refine. */
+enum sch_refine { SCH_REFINE_DEFAULT = 0, SCH_REFINE_ON, SCH_REFINE_OFF };
+
+/* How a request's refinement ended (one per request, reported in its terminal event). */
+enum sch_refine_result {
+    SCH_REFINE_NONE = 0,  /* not asked for, or the request was not prefilled in predict mode */
+    SCH_REFINE_SWAPPED,   /* the exact KV was swapped in (refined_at_token says when) */
+    SCH_REFINE_SKIPPED,   /* never finished: the request ended first (load kept the prefill
+                           * workers busy, or it was short) */
+    SCH_REFINE_CANCELLED, /* the request was cancelled while its refinement ran */
+    SCH_REFINE_FAILED,    /* the refinement's forward failed (the request went on predicted) */
+};
+#define SCH_REFINE_RESULT_COUNT (SCH_REFINE_FAILED + 1)
+/* "none", "swapped", "skipped", "cancelled", "failed". */
+const char *sch_refine_result_name(enum sch_refine_result r);
+
 #define SCH_MAX_STOP_TOKEN_IDS 64
 #define SCH_MAX_LOGIT_BIAS 1024
 
@@ -120,6 +142,7 @@ struct sch_request_params {
                      * first min_tokens tokens; 0..max_tokens */
     const struct sch_logit_bias *logit_bias; /* bias in [-100, 100] per token id */
     int n_logit_bias;                        /* 0..SCH_MAX_LOGIT_BIAS */
+    enum sch_refine refine;                  /* predict mode: refine in the background */
 };
 
 enum sch_event_type {
@@ -157,6 +180,17 @@ struct sch_timings {
     double decode_ms;           /* first token -> last token */
     enum sch_prefill_mode mode; /* the mode actually used (never AUTO) */
     int prefill_threads;        /* the widest OpenMP team its prefill ran on */
+    /* Prefix cache: prompt tokens whose prefill the cache saved, in the mode used (full: base
+     * KV reused; predict: aux KV reused, the aux forward skipped over them) — OpenAI's
+     * usage.prompt_tokens_details.cached_tokens. base_cached_tokens: prompt tokens whose
+     * exact base KV was reused (predict mode predicts only the positions after them). */
+    int cached_tokens;
+    int base_cached_tokens;
+    /* Refinement (predict mode): the outcome; refined_at_token, the generated tokens emitted
+     * before the exact KV was swapped in (-1 unless SWAPPED); refine_ms, first token -> swap. */
+    enum sch_refine_result refine_result;
+    int refined_at_token;
+    double refine_ms;
 };
 
 struct sch_event {
@@ -231,6 +265,16 @@ struct sch_stats {
      * meet the TTFT target (shed_hopeless). */
     uint64_t auto_decisions[2][SCH_STATS_REASONS];
     uint64_t shed;
+    /* Prefix cache, vLLM's counters: prompt tokens looked up and found, per pool ([0] base,
+     * [1] aux), counted once per prefill; and the cached blocks no sequence uses (evictable,
+     * counted in *_blocks_free). */
+    uint64_t prefix_queries[2];
+    uint64_t prefix_hits[2];
+    int base_blocks_cached;
+    int aux_blocks_cached;
+    /* Refinement jobs waiting for an idle prefill worker, and running. */
+    int refine_queued;
+    int refine_running;
     /* Prefill cost models of auto mode: ms = a + b*n + c*n^2 for n prompt tokens. */
     double cost_full_abc[3];
     double cost_predict_abc[3];
