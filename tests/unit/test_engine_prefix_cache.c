@@ -263,6 +263,55 @@ static void test_forged_hash_collisions_never_reuse_wrong_kv(void **state) {
     pool_close(&pool);
 }
 
+/* Sees only the low byte of each token and ignores the parent: [1, ...] and [257, ...] collide. */
+static uint64_t hash_low_bytes(uint64_t parent, const int32_t *tokens, int n) {
+    (void)parent;
+    uint64_t h = 1469598103934665603ULL;
+    for (int i = 0; i < n; i++) {
+        h = (h ^ (uint32_t)(tokens[i] & 0xff)) * 1099511628211ULL;
+    }
+    return h;
+}
+
+/* A cached block whose parent was evicted and replaced by colliding content (same hash, same
+ * parent hash, different tokens) must not match: the parent block and its generation do. */
+static void test_child_of_an_evicted_parent_never_matches_a_colliding_one(void **state) {
+    (void)state;
+    struct eng_kv_pool pool;
+    pool_open(&pool, 4, true);
+    eng_kv_prefix_set_hash_for_test(&pool, hash_low_bytes);
+    int32_t ab[8], a2b[8];
+    fill(ab, 8, 1);
+    fill(a2b, 8, 1);
+    a2b[0] = 257; /* a different first block with the same hash */
+    struct eng_seq x = {0}, y = {0}, w = {0}, z = {0}, q = {0};
+    /* x caches A alone; y computes A, B itself: its A is a twin, its B is cached under x's A. */
+    assert_int_equal(eng_seq_reserve(&pool, &x, 4), KC_OK);
+    x.n_tokens = 4;
+    eng_kv_prefix_publish(&pool, &x, ab, 4);
+    assert_int_equal(eng_seq_reserve(&pool, &y, 8), KC_OK);
+    y.n_tokens = 8;
+    eng_kv_prefix_publish(&pool, &y, ab, 8);
+    assert_int_equal(stats_of(&pool).n_cached, 2);
+    /* x goes; its A is evicted while y still holds B. */
+    eng_seq_release(&pool, &x);
+    assert_int_equal(eng_seq_reserve(&pool, &w, 8), KC_OK);
+    assert_int_equal(stats_of(&pool).evictions, 1);
+    eng_seq_release(&pool, &w);
+    check_refs(&pool, 2);
+    /* z caches the colliding A'. A lookup of A', B finds A' and then B with an equal parent
+     * hash and equal tokens, but B's K/V was computed after A, not A'. */
+    assert_int_equal(eng_seq_reserve(&pool, &z, 4), KC_OK);
+    z.n_tokens = 4;
+    eng_kv_prefix_publish(&pool, &z, a2b, 4);
+    assert_int_equal(eng_kv_prefix_attach(&pool, &q, a2b, 8), 4);
+    check_refs(&pool, 4);
+    eng_seq_release(&pool, &q);
+    eng_seq_release(&pool, &z);
+    eng_seq_release(&pool, &y);
+    pool_close(&pool);
+}
+
 static void test_two_sequences_share_blocks_with_refcounts(void **state) {
     (void)state;
     struct eng_kv_pool pool;
@@ -518,6 +567,7 @@ int main(void) {
         cmocka_unit_test(test_max_tokens_caps_the_attach),
         cmocka_unit_test(test_chained_hash_needs_the_same_parent),
         cmocka_unit_test(test_forged_hash_collisions_never_reuse_wrong_kv),
+        cmocka_unit_test(test_child_of_an_evicted_parent_never_matches_a_colliding_one),
         cmocka_unit_test(test_two_sequences_share_blocks_with_refcounts),
         cmocka_unit_test(test_lru_evicts_tails_and_least_recently_used_first),
         cmocka_unit_test(test_reserve_evicts_yet_stays_all_or_nothing),
