@@ -274,7 +274,8 @@ static uint64_t hash_low_bytes(uint64_t parent, const int32_t *tokens, int n) {
 }
 
 /* A cached block whose parent was evicted and replaced by colliding content (same hash, same
- * parent hash, different tokens) must not match: the parent block and its generation do. */
+ * parent hash, same block id, different tokens) must not match: the parent's generation
+ * differs. */
 static void test_child_of_an_evicted_parent_never_matches_a_colliding_one(void **state) {
     (void)state;
     struct eng_kv_pool pool;
@@ -284,7 +285,7 @@ static void test_child_of_an_evicted_parent_never_matches_a_colliding_one(void *
     fill(ab, 8, 1);
     fill(a2b, 8, 1);
     a2b[0] = 257; /* a different first block with the same hash */
-    struct eng_seq x = {0}, y = {0}, w = {0}, z = {0}, q = {0};
+    struct eng_seq x = {0}, y = {0}, v = {0}, w = {0}, z = {0}, q = {0};
     /* x caches A alone; y computes A, B itself: its A is a twin, its B is cached under x's A. */
     assert_int_equal(eng_seq_reserve(&pool, &x, 4), KC_OK);
     x.n_tokens = 4;
@@ -293,20 +294,25 @@ static void test_child_of_an_evicted_parent_never_matches_a_colliding_one(void *
     y.n_tokens = 8;
     eng_kv_prefix_publish(&pool, &y, ab, 8);
     assert_int_equal(stats_of(&pool).n_cached, 2);
-    /* x goes; its A is evicted while y still holds B. */
+    /* x goes; its A is evicted while y still holds B (v takes the last free block first). */
+    const int32_t a_id = x.blocks[0];
     eng_seq_release(&pool, &x);
-    assert_int_equal(eng_seq_reserve(&pool, &w, 8), KC_OK);
+    assert_int_equal(eng_seq_reserve(&pool, &v, 4), KC_OK);
+    assert_int_equal(eng_seq_reserve(&pool, &w, 4), KC_OK);
+    assert_int_equal(w.blocks[0], a_id);
     assert_int_equal(stats_of(&pool).evictions, 1);
     eng_seq_release(&pool, &w);
-    check_refs(&pool, 2);
-    /* z caches the colliding A'. A lookup of A', B finds A' and then B with an equal parent
-     * hash and equal tokens, but B's K/V was computed after A, not A'. */
+    check_refs(&pool, 3);
+    /* z caches the colliding A' in the very block A had. A lookup of A', B finds A' and then
+     * B with an equal parent hash, parent id and tokens, but B's K/V was computed after A. */
     assert_int_equal(eng_seq_reserve(&pool, &z, 4), KC_OK);
+    assert_int_equal(z.blocks[0], a_id);
     z.n_tokens = 4;
     eng_kv_prefix_publish(&pool, &z, a2b, 4);
     assert_int_equal(eng_kv_prefix_attach(&pool, &q, a2b, 8), 4);
-    check_refs(&pool, 4);
+    check_refs(&pool, 5);
     eng_seq_release(&pool, &q);
+    eng_seq_release(&pool, &v);
     eng_seq_release(&pool, &z);
     eng_seq_release(&pool, &y);
     pool_close(&pool);
