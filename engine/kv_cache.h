@@ -106,7 +106,8 @@ int eng_kv_prefix_enable(struct eng_kv_pool *pool, struct kc_error *err);
 bool eng_kv_prefix_enabled(const struct eng_kv_pool *pool);
 
 /* Attaches to the EMPTY seq (n_blocks == 0, n_tokens == 0; else KC_EINVAL) the longest run of
- * cached blocks whose content matches tokens[0..): block i matches when its chained hash
+ * cached blocks whose content matches tokens[0..) (at least max_tokens of them are readable;
+ * NULL attaches nothing): block i matches when its chained hash
  * h_i = H(h_{i-1}, tokens[i*bs .. (i+1)*bs)) (h_{-1} a fixed seed) is in the index AND its
  * stored tokens, parent hash and parent block compare equal. Only whole blocks, and at most
  * max_tokens positions (callers pass n - 1 so that the last prompt token is always computed).
