@@ -10,16 +10,36 @@
  * Layout: block b, layer l holds K [block_size, Hkv, D] then V [block_size, Hkv, D] at
  * slab + (b * L + l) * 2 * block_size * Hkv * D. Keys are stored after RoPE.
  *
+ * Prefix caching (off by default, eng_kv_prefix_enable turns it on): full blocks of exact K/V
+ * are content-addressed by a chained hash of their tokens (vLLM's automatic prefix caching).
+ * A sequence publishes its exact full blocks (eng_kv_prefix_publish); a later sequence whose
+ * tokens start the same way attaches them (eng_kv_prefix_attach) instead of computing them.
+ * Blocks carry reference counts; a cached block that no sequence references sits on an LRU
+ * list, still reusable, and eng_seq_reserve evicts it (least recently used first) only when
+ * the free stack is empty.
+ *
  * DESIGN invariants:
- *  1. A block is either on the free stack or in exactly one sequence's block table.
+ *  1. A block is either on the free stack, or on the LRU list (cached, referenced by no
+ *     sequence), or referenced by >= 1 sequence (refcount = number of block tables holding it).
+ *     With prefix caching off, refcounts are never above 1 and the LRU list is always empty.
  *  2. seq->n_tokens <= seq->n_blocks * block_size: positions below n_tokens hold valid K/V.
- *  3. The pool's lock guards only the free stack; block contents are touched without it by
- *     the single stage that owns the sequence.
+ *  3. The pool's lock guards the free stack, the refcounts, the LRU list and the index; it is
+ *     a leaf lock (nothing else is taken while it is held). Block contents are touched without
+ *     it by the single stage that owns the sequence.
+ *  4. Shared blocks are read-only: a sequence only ever writes positions >= seq->n_tokens, and
+ *     eng_kv_prefix_attach leaves n_tokens block-aligned, so new writes go to blocks the
+ *     sequence owns alone. Consequently a caller must never lower seq->n_tokens below a
+ *     position it attached or published (it would then rewrite shared/cached K/V).
+ *  5. The index holds only blocks whose positions hold EXACT K/V of their tokens (never
+ *     predicted K/V), and at most one block per chained hash. A hit is verified by comparing
+ *     the block's tokens, its parent hash and its parent block (id and generation), so a hash
+ *     collision can never reuse wrong K/V.
  */
 #ifndef ENG_KV_CACHE_H
 #define ENG_KV_CACHE_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +47,7 @@
 #include "engine/ops.h"
 
 struct eng_model_config;
+struct eng_kv_prefix; /* the prefix-cache index (kv_cache.c); NULL while prefix caching is off */
 
 struct eng_kv_pool {
     int n_layers;   /* L */
@@ -36,9 +57,10 @@ struct eng_kv_pool {
     int n_blocks;
     size_t block_floats;  /* L * 2 * block_size * Hkv * D */
     float *slab;          /* [n_blocks, L, 2, block_size, Hkv, D] */
-    pthread_mutex_t lock; /* guards free_stack and n_free */
+    pthread_mutex_t lock; /* guards free_stack, n_free and everything in prefix */
     int32_t *free_stack;  /* [n_blocks] */
-    int n_free;
+    int n_free;           /* blocks on the free stack (not counting idle cached blocks) */
+    struct eng_kv_prefix *prefix;
 };
 
 /* A sequence's block table and how many positions of it hold K/V. */
@@ -56,18 +78,78 @@ size_t eng_kv_block_bytes(const struct eng_model_config *cfg, int block_size);
 int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg, int block_size,
                      int n_blocks, struct kc_error *err);
 void eng_kv_pool_free(struct eng_kv_pool *pool);
-/* Number of free blocks (a snapshot). */
+/* Number of reservable blocks (a snapshot): the free stack, plus the idle cached blocks when
+ * prefix caching is on. */
 int eng_kv_pool_n_free(struct eng_kv_pool *pool);
 
 /* Blocks needed to hold n_tokens positions. */
 int eng_kv_blocks_for(const struct eng_kv_pool *pool, int n_tokens);
 
-/* Makes seq able to hold n_tokens positions, taking blocks from the pool. All or nothing:
- * KC_EBUSY (seq unchanged) when the pool has too few free blocks. */
+/* Makes seq able to hold n_tokens positions, taking blocks from the pool: from the free stack
+ * first, then (prefix caching on) by evicting the least recently used idle cached blocks from
+ * the index. All or nothing: KC_EBUSY (seq unchanged) when the pool has too few reservable
+ * blocks; KC_ENOMEM when the block table cannot grow. */
 int eng_seq_reserve(struct eng_kv_pool *pool, struct eng_seq *seq, int n_tokens);
 /* Returns every block of seq to the pool and resets it to empty (keeps nothing). An empty
- * sequence never touches the pool, so releasing it is safe before the pool exists. */
+ * sequence never touches the pool, so releasing it is safe before the pool exists. With prefix
+ * caching on it drops one reference per block, last block first; a block reaching 0 goes to
+ * the LRU tail when it is cached (so a prefix's tail is evicted before its head), else to the
+ * free stack. */
 void eng_seq_release(struct eng_kv_pool *pool, struct eng_seq *seq);
+
+/* Turns prefix caching on for this pool (allocates its index: per-block refcount, hash,
+ * parent hash and parent block, the block's tokens, LRU links; a hash table keyed by the
+ * chained hash; O(n_blocks * block_size) ints, allocated once here). Off (the default after
+ * eng_kv_pool_init) the pool behaves exactly as without it. Calling it again is a no-op.
+ * Blocks already reserved count as referenced once. KC_ENOMEM (pool unchanged) on failure. */
+int eng_kv_prefix_enable(struct eng_kv_pool *pool, struct kc_error *err);
+bool eng_kv_prefix_enabled(const struct eng_kv_pool *pool);
+
+/* Attaches to the EMPTY seq (n_blocks == 0, n_tokens == 0; else KC_EINVAL) the longest run of
+ * cached blocks whose content matches tokens[0..) (at least max_tokens of them are readable;
+ * NULL attaches nothing): block i matches when its chained hash
+ * h_i = H(h_{i-1}, tokens[i*bs .. (i+1)*bs)) (h_{-1} a fixed seed) is in the index AND its
+ * stored tokens, parent hash and parent block compare equal. Only whole blocks, and at most
+ * max_tokens positions (callers pass n - 1 so that the last prompt token is always computed).
+ * Takes a reference on each block (a cached block nobody referenced leaves the LRU list).
+ * Sets seq->n_blocks and seq->n_tokens to what it attached and returns the number of tokens
+ * attached (0 when disabled or nothing matched). Grows the block table as eng_seq_reserve
+ * does; KC_ENOMEM (negative) if that fails (seq unchanged: no block attached). */
+int eng_kv_prefix_attach(struct eng_kv_pool *pool, struct eng_seq *seq, const int32_t *tokens,
+                         int max_tokens);
+
+/* Registers the full blocks of seq that cover positions [0, n) (n <= seq->n_tokens; tokens[0..n)
+ * are their tokens) as cached content. The caller promises those positions hold EXACT K/V of
+ * those tokens (never predicted KV). Blocks already in the index are skipped; a block whose
+ * hash is already taken by another block is left unregistered (duplicate content), and so is
+ * everything after a block whose hash is taken by different content (its children could never
+ * be reached). No-op when disabled. Never changes seq. */
+void eng_kv_prefix_publish(struct eng_kv_pool *pool, const struct eng_seq *seq,
+                           const int32_t *tokens, int n);
+
+struct eng_kv_pool_stats {
+    int n_blocks;
+    int n_free;        /* on the free stack (never cached, or evicted) */
+    int n_cached_idle; /* cached, referenced by no sequence: reusable, evictable (LRU) */
+    int n_in_use;      /* referenced by at least one sequence */
+    int n_cached;      /* in the index, in use or idle */
+    uint64_t evictions;
+};
+/* A consistent snapshot (taken under the pool lock). */
+void eng_kv_pool_stats_get(struct eng_kv_pool *pool, struct eng_kv_pool_stats *out);
+
+/* Checks the pool's accounting (tests): every block is in exactly one of {free stack, LRU
+ * list with refcount 0, refcount > 0}; the index holds exactly the cached blocks, each once;
+ * n_free/n_cached_idle/n_in_use add up to n_blocks; the sum of refcounts equals
+ * expected_refs when expected_refs >= 0 (the number of (sequence, block) pairs the caller
+ * holds). KC_EINVAL with a message naming the first broken rule (KC_ENOMEM if its scratch
+ * cannot be allocated). Takes the pool lock. */
+int eng_kv_pool_check(struct eng_kv_pool *pool, int expected_refs, struct kc_error *err);
+
+/* Test-only hook: replaces the block hash of this (enabled) pool, e.g. by a constant to force
+ * collisions; NULL restores the default. Never used outside tests. */
+typedef uint64_t (*eng_kv_prefix_hash_fn)(uint64_t parent, const int32_t *tokens, int n);
+void eng_kv_prefix_set_hash_for_test(struct eng_kv_pool *pool, eng_kv_prefix_hash_fn fn);
 
 /* The view eng_attention needs for layer l of seq. */
 struct eng_kv_view eng_kv_view_of(const struct eng_kv_pool *pool, const struct eng_seq *seq,

@@ -1,5 +1,6 @@
 kc_add_unit_test(test_engine_model SOURCES unit/test_engine_model.c LIBS kc_engine kc_tokenizer)
 kc_add_unit_test(test_engine_kv_cache SOURCES unit/test_engine_kv_cache.c LIBS kc_engine)
+kc_add_unit_test(test_engine_prefix_cache SOURCES unit/test_engine_prefix_cache.c LIBS kc_engine)
 kc_add_unit_test(test_engine_sampler SOURCES unit/test_engine_sampler.c LIBS kc_engine)
 add_test(NAME test_cli_generate
          COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_cli_generate.sh $<TARGET_FILE:kvcast>)
