@@ -1,7 +1,7 @@
 /*
- * kvp_internal.h — the layouts of the KV Prediction objects, shared by engine/kvp.c
- * (predictor, bundle, prefill) and engine/kvp_calibrate.c (calibration). Not for use
- * outside these two files.
+ * kvp_internal.h — the layouts of the KV Prediction objects, shared by engine/kvp_io.c
+ * (predictors, bundles), engine/kvp.c (contexts, prefill) and engine/kvp_calibrate.c
+ * (calibration). Not for use outside these three files.
  */
 #ifndef ENG_KVP_INTERNAL_H
 #define ENG_KVP_INTERNAL_H
