@@ -1,15 +1,23 @@
 /*
- * kvp.c — KV Prediction's prefill: modes, the per-thread context and the prefill paths (see
- * kvp.h for the method). Predictor files, layer maps and bundles live in engine/kvp_io.c,
- * calibration in engine/kvp_calibrate.c.
+ * kvp.c — KV Prediction's prefill: modes, the per-thread context (aux forward context,
+ * predictor GEMMs, capture and prediction buffers) and the prefill paths, eng_kvp_predict
+ * above all (see kvp.h for the method). Predictor files, layer maps and bundles live in
+ * engine/kvp_io.c, calibration in engine/kvp_calibrate.c.
  *
  * DESIGN invariants:
- *  1. The aux pass of a PREDICT prefill runs on the context's private aux pool and its
- *     sequence is released before eng_kvp_prefill returns, on success and on failure. A
- *     failed prefill leaves the caller's sequence empty (it was empty on entry).
- *  2. eng_kvp_prefill allocates nothing of its own: captures and predictions live in the
+ *  1. The caller owns every KV pool, every sequence and the base forward context
+ *     (struct eng_kvp_seqs); a struct eng_kvp_ctx holds only the aux side and the predictor.
+ *     There is one way to a predicted cache, eng_kvp_predict: eng_kvp_prefill(PREDICT) calls
+ *     it.
+ *  2. eng_kvp_predict allocates nothing of its own: captures and predictions live in the
  *     context, sized for max_ctx at creation, and every predictor primitive is created there
  *     (eng_linear_prepare). Only the sequences' block tables grow (engine/kv_cache.c).
+ *  3. The predictor's input rows for positions [c, n - 1) are one contiguous block of the
+ *     capture buffers, row r holding position lo + r (lo = min(a, c)): the aux positions the
+ *     call computes are captured at their row, the cached ones in [c, a) are read back from
+ *     the aux cache (eng_kv_extract) into theirs. So one GEMM per aux layer covers them all.
+ *  4. A failed call leaves the sequences to the caller (it releases them): nothing here
+ *     releases or resets a sequence it did not create.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/kvp.h"
@@ -20,9 +28,6 @@
 
 #include "engine/kvp_internal.h"
 #include "engine/ops.h"
-
-/* Block size of the private aux pool. */
-#define KVP_AUX_BLOCK 16
 
 /* ---- modes and contexts ---- */
 
@@ -78,13 +83,11 @@ void eng_kvp_ctx_free(struct eng_kvp_ctx *kc) {
     if (kc == NULL) {
         return;
     }
-    if (kc->aux_pool.slab != NULL) {
-        eng_seq_release(&kc->aux_pool, &kc->aux_seq);
-    }
-    eng_kv_pool_free(&kc->aux_pool);
     const int La = kc->aux != NULL ? eng_model_config_of(kc->aux)->n_layers : 0;
     free_bufs(kc->aux_k, La);
     free_bufs(kc->aux_v, La);
+    free(kc->aux_kx);
+    free(kc->aux_vx);
     free_bufs(kc->pred_k, La);
     free_bufs(kc->pred_v, La);
     free(kc->pred_kl);
@@ -92,7 +95,6 @@ void eng_kvp_ctx_free(struct eng_kvp_ctx *kc) {
     free(kc->pred_ld);
     eng_dnn_free(kc->dnn);
     eng_ctx_free(kc->aux_ctx);
-    eng_ctx_free(kc->base_ctx);
     free(kc);
 }
 
@@ -120,16 +122,9 @@ int eng_kvp_ctx_create(const struct eng_model *base, const struct eng_model *aux
     kc->pred = pred;
     kc->max_rows = max_rows;
     kc->max_ctx = max_ctx;
-    rc = eng_ctx_create(base, max_rows, max_ctx, n_threads, &kc->base_ctx, err);
-    if (rc == KC_OK) {
-        rc = eng_ctx_create(aux, max_rows, max_ctx, n_threads, &kc->aux_ctx, err);
-    }
+    rc = eng_ctx_create(aux, max_rows, max_ctx, n_threads, &kc->aux_ctx, err);
     if (rc == KC_OK) {
         rc = eng_dnn_create(n_threads, &kc->dnn, err);
-    }
-    if (rc == KC_OK) {
-        rc = eng_kv_pool_init(&kc->aux_pool, ac, KVP_AUX_BLOCK,
-                              (max_ctx + KVP_AUX_BLOCK - 1) / KVP_AUX_BLOCK, err);
     }
     if (rc != KC_OK) {
         goto fail;
@@ -137,7 +132,9 @@ int eng_kvp_ctx_create(const struct eng_model *base, const struct eng_model *aux
     const int Na = ac->n_kv_heads * ac->head_dim;
     kc->aux_k = alloc_bufs(ac->n_layers, max_ctx, Na);
     kc->aux_v = alloc_bufs(ac->n_layers, max_ctx, Na);
-    if (kc->aux_k == NULL || kc->aux_v == NULL) {
+    kc->aux_kx = kc_calloc((size_t)ac->n_layers, sizeof(float *));
+    kc->aux_vx = kc_calloc((size_t)ac->n_layers, sizeof(float *));
+    if (kc->aux_k == NULL || kc->aux_v == NULL || kc->aux_kx == NULL || kc->aux_vx == NULL) {
         rc = kc_error_set(err, KC_ENOMEM, "kvp context: out of memory for aux captures");
         goto fail;
     }
@@ -188,155 +185,208 @@ fail:
     return rc;
 }
 
-static const struct eng_model *eng_kvp_ctx_model(const struct eng_kvp_ctx *kc,
-                                                 enum eng_kvp_mode mode) {
-    return mode == ENG_KVP_AUX ? kc->aux : kc->base;
-}
-
-int eng_kvp_ctx_aux_free_blocks(struct eng_kvp_ctx *kc) {
-    return eng_kv_pool_n_free(&kc->aux_pool);
-}
-
-int eng_kvp_ctx_aux_blocks(const struct eng_kvp_ctx *kc) {
-    return kc->aux_pool.n_blocks;
-}
-
-int eng__kvp_capture_run(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
-                         struct eng_seq *seq, const int32_t *tokens, int n, float **k, float **v,
-                         struct kc_error *err) {
-    const struct eng_kv_capture cap = {.k = k, .v = v};
-    struct eng_batch_item item = {.seq = seq,
-                                  .tokens = tokens,
-                                  .n_tokens = n,
-                                  .logits_mode = ENG_LOGITS_NONE,
-                                  .logits = NULL};
-    const int rc = eng_forward(ctx, m, pool, &item, 1, &cap, err);
-    eng_seq_release(pool, seq);
-    return rc;
-}
-
 static double ms_since(uint64_t t0) {
     return (double)(kc_now_ns() - t0) / 1e6;
 }
 
-/* The PREDICT path of eng_kvp_prefill; seq is empty and n, tokens are checked. */
-static int prefill_predict(struct eng_kvp_ctx *kc, struct eng_kv_pool *pool, struct eng_seq *seq,
-                           const int32_t *tokens, int n, float *logits, struct eng_kvp_timings *t,
-                           struct kc_error *err) {
-    const struct eng_kvp *p = kc->pred;
-    const int m = n - 1;
-    int rc;
-    uint64_t t0 = kc_now_ns();
-    if (m > 0) {
-        /* Aux forward over t[0..n-2], keeping its pre-RoPE K/V (invariant 1). */
-        rc = eng__kvp_capture_run(kc->aux_ctx, kc->aux, &kc->aux_pool, &kc->aux_seq, tokens, m,
-                                  kc->aux_k, kc->aux_v, err);
-        if (rc != KC_OK) {
-            kc_error_prefix(err, "aux");
-            return rc;
-        }
-        t->aux_ms = ms_since(t0);
-        /* Per aux layer: one GEMM for K and one for V over the m tokens, computing the maps
-         * of every base layer that reads it at once (struct eng_kvp). */
-        t0 = kc_now_ns();
-        eng_dnn_enter(kc->dnn);
-        for (int a = 0; a < p->shape.aux_layers; a++) {
-            if (p->k[a] != NULL) {
-                eng_linear_forward(kc->dnn, p->k[a], kc->aux_k[a], m, kc->pred_k[a]);
-                eng_linear_forward(kc->dnn, p->v[a], kc->aux_v[a], m, kc->pred_v[a]);
-            }
-        }
-        /* Rotate the predicted keys with the base RoPE and write them into its cache. */
-        rc = eng_kv_inject_ld(kc->base, pool, seq, m, kc->pred_kl, kc->pred_vl, kc->pred_ld, err);
-        if (rc != KC_OK) {
-            return rc;
-        }
-        t->predict_ms = ms_since(t0);
-    }
-    /* The base processes only the last prompt token, attending to the predicted cache. */
-    t0 = kc_now_ns();
-    struct eng_batch_item item = {.seq = seq,
-                                  .tokens = tokens + m,
-                                  .n_tokens = 1,
-                                  .logits_mode = ENG_LOGITS_LAST,
-                                  .logits = logits};
-    rc = eng_forward(kc->base_ctx, kc->base, pool, &item, 1, NULL, err);
-    t->base_first_step_ms = ms_since(t0);
-    return rc;
-}
-
-int eng_kvp_prefill(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
-                    struct eng_seq *seq, const int32_t *tokens, int n, float *logits,
-                    struct eng_kvp_timings *timings, struct kc_error *err) {
-    if (seq == NULL || pool == NULL || tokens == NULL || logits == NULL || n < 1) {
+/* The checks every prefill makes on a request: tokens, logits, 1 <= n <= max_ctx, ids. */
+static int check_request(const struct eng_kvp_ctx *kc, const struct eng_kvp_seqs *io,
+                         const int32_t *tokens, int n, const float *logits, struct kc_error *err) {
+    if (kc == NULL || io == NULL || tokens == NULL || logits == NULL || n < 1) {
         return kc_error_set(err, KC_EINVAL,
-                            "kvp prefill: needs a sequence, a pool, logits and "
-                            "n >= 1 tokens (n = %d)",
+                            "kvp prefill: needs a context, sequences, logits and n >= 1 tokens "
+                            "(n = %d)",
                             n);
-    }
-    if (seq->n_tokens != 0) {
-        return kc_error_set(err, KC_EINVAL, "kvp prefill: the sequence already holds %d tokens",
-                            seq->n_tokens);
     }
     if (n > kc->max_ctx) {
         return kc_error_set(err, KC_ECONTEXT, "kvp prefill: %d tokens exceed the context of %d", n,
                             kc->max_ctx);
     }
-    const struct eng_model *m = eng_kvp_ctx_model(kc, mode);
-    const int V = eng_model_config_of(m)->vocab_size;
+    const int V = eng_model_config_of(kc->base)->vocab_size; /* == aux's (eng_kvp_check_pair) */
     for (int i = 0; i < n; i++) {
         if (tokens[i] < 0 || tokens[i] >= V) {
             return kc_error_set(err, KC_ERANGE, "kvp prefill: token id %d outside [0, %d)",
                                 tokens[i], V);
         }
     }
-    struct eng_kvp_timings t = {0};
-    const uint64_t t0 = kc_now_ns();
-    int rc;
-    switch (mode) {
-    case ENG_KVP_FULL:
-    case ENG_KVP_AUX: {
-        struct eng_batch_item item = {.seq = seq,
-                                      .tokens = tokens,
-                                      .n_tokens = n,
-                                      .logits_mode = ENG_LOGITS_LAST,
-                                      .logits = logits};
-        rc = eng_forward(mode == ENG_KVP_FULL ? kc->base_ctx : kc->aux_ctx, m, pool, &item, 1, NULL,
-                         err);
-        if (mode == ENG_KVP_FULL) {
-            t.base_first_step_ms = ms_since(t0);
-        } else {
-            t.aux_ms = ms_since(t0);
-        }
-        break;
-    }
-    case ENG_KVP_PREDICT:
-        if (kc->pred == NULL) {
-            return kc_error_set(err, KC_EINVAL, "kvp prefill: predict mode needs a predictor");
-        }
-        rc = prefill_predict(kc, pool, seq, tokens, n, logits, &t, err);
-        break;
-    default:
-        return kc_error_set(err, KC_EINVAL, "kvp prefill: unknown mode %d", (int)mode);
-    }
+    return KC_OK;
+}
+
+static bool has_base(const struct eng_kvp_seqs *io) {
+    return io->base_ctx != NULL && io->base_pool != NULL && io->base != NULL;
+}
+
+static bool has_aux(const struct eng_kvp_seqs *io) {
+    return io->aux_pool != NULL && io->aux != NULL;
+}
+
+int eng_kvp_predict(struct eng_kvp_ctx *kc, const struct eng_kvp_seqs *io, const int32_t *tokens,
+                    int n, float *logits, struct eng_kvp_timings *t, struct kc_error *err) {
+    int rc = check_request(kc, io, tokens, n, logits, err);
     if (rc != KC_OK) {
-        eng_seq_release(pool, seq); /* invariant 1: empty again */
         return rc;
     }
-    t.total_ms = ms_since(t0);
-    if (timings != NULL) {
-        *timings = t;
+    if (!has_base(io) || !has_aux(io)) {
+        return kc_error_set(err, KC_EINVAL,
+                            "kvp predict: needs a base context, both pools and both sequences");
+    }
+    if (kc->pred == NULL) {
+        return kc_error_set(err, KC_EINVAL, "kvp predict: predict mode needs a predictor");
+    }
+    const struct eng_kvp *p = kc->pred;
+    const int c = io->base->n_tokens, a = io->aux->n_tokens, m = n - 1;
+    const int bs = io->base_pool->block_size;
+    if (c < 0 || c >= n || c % bs != 0) {
+        return kc_error_set(err, KC_EINVAL,
+                            "kvp predict: a base prefix of %d positions must be a multiple of "
+                            "the block size %d and below the %d prompt tokens",
+                            c, bs, n);
+    }
+    if (a < 0 || a > m) {
+        return kc_error_set(err, KC_EINVAL,
+                            "kvp predict: an aux prefix of %d positions exceeds the %d tokens "
+                            "the aux model reads",
+                            a, m);
+    }
+    struct eng_kvp_timings tm = {0};
+    const uint64_t t_all = kc_now_ns();
+    const int lo = a < c ? a : c; /* row 0 of the capture buffers holds position lo */
+    const int Na = p->shape.aux_kv_dim, La = p->shape.aux_layers;
+    uint64_t t0 = kc_now_ns();
+    if (a < m) {
+        /* Aux forward over t[a..n-2], capturing pre-RoPE K/V at row (position - lo), needed
+         * only when some of those positions are predicted (invariant 3). */
+        for (int l = 0; l < La; l++) {
+            kc->aux_kx[l] = kc->aux_k[l] + (size_t)(a - lo) * (size_t)Na;
+            kc->aux_vx[l] = kc->aux_v[l] + (size_t)(a - lo) * (size_t)Na;
+        }
+        const struct eng_kv_capture cap = {.k = kc->aux_kx, .v = kc->aux_vx};
+        struct eng_batch_item item = {.seq = io->aux,
+                                      .tokens = tokens + a,
+                                      .n_tokens = m - a,
+                                      .logits_mode = ENG_LOGITS_NONE,
+                                      .logits = NULL};
+        rc = eng_forward(kc->aux_ctx, kc->aux, io->aux_pool, &item, 1, m > c ? &cap : NULL, err);
+        if (rc != KC_OK) {
+            kc_error_prefix(err, "aux");
+            return rc;
+        }
+        tm.aux_ms = ms_since(t0);
+    }
+    if (c < m) {
+        t0 = kc_now_ns();
+        if (a > c) {
+            /* Positions [c, a) come from the cached aux prefix, into rows 0 .. a - c. */
+            rc = eng_kv_extract(kc->aux, io->aux_pool, io->aux, c, a - c, kc->aux_k, kc->aux_v,
+                                NULL, err);
+            if (rc != KC_OK) {
+                kc_error_prefix(err, "aux prefix");
+                return rc;
+            }
+        }
+        /* Per aux layer: one GEMM for K and one for V over the m - c predicted positions,
+         * computing the maps of every base layer that reads it at once (struct eng_kvp). */
+        const size_t off = (size_t)(c - lo) * (size_t)Na;
+        eng_dnn_enter(kc->dnn);
+        for (int l = 0; l < La; l++) {
+            if (p->k[l] != NULL) {
+                eng_linear_forward(kc->dnn, p->k[l], kc->aux_k[l] + off, m - c, kc->pred_k[l]);
+                eng_linear_forward(kc->dnn, p->v[l], kc->aux_v[l] + off, m - c, kc->pred_v[l]);
+            }
+        }
+        /* Rotate the predicted keys with the base RoPE and write them after the exact
+         * prefix. */
+        rc = eng_kv_inject_ld(kc->base, io->base_pool, io->base, m - c, kc->pred_kl, kc->pred_vl,
+                              kc->pred_ld, err);
+        if (rc != KC_OK) {
+            return rc;
+        }
+        tm.predict_ms = ms_since(t0);
+    }
+    /* The base processes only the last prompt token, attending to the predicted cache. */
+    t0 = kc_now_ns();
+    struct eng_batch_item item = {.seq = io->base,
+                                  .tokens = tokens + m,
+                                  .n_tokens = 1,
+                                  .logits_mode = ENG_LOGITS_LAST,
+                                  .logits = logits};
+    rc = eng_forward(io->base_ctx, kc->base, io->base_pool, &item, 1, NULL, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    tm.base_first_step_ms = ms_since(t0);
+    tm.total_ms = ms_since(t_all);
+    if (t != NULL) {
+        *t = tm;
     }
     return KC_OK;
 }
 
-int eng_kvp_forward(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
-                    struct eng_seq *seq, const int32_t *tokens, int n,
-                    enum eng_logits_mode logits_mode, float *logits, struct kc_error *err) {
-    struct eng_batch_item item = {
-        .seq = seq, .tokens = tokens, .n_tokens = n, .logits_mode = logits_mode, .logits = logits};
-    return eng_forward(mode == ENG_KVP_AUX ? kc->aux_ctx : kc->base_ctx,
-                       eng_kvp_ctx_model(kc, mode), pool, &item, 1, NULL, err);
+int eng_kvp_prefill(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, const struct eng_kvp_seqs *io,
+                    const int32_t *tokens, int n, float *logits, struct eng_kvp_timings *t,
+                    struct kc_error *err) {
+    if (mode == ENG_KVP_PREDICT) {
+        return eng_kvp_predict(kc, io, tokens, n, logits, t, err);
+    }
+    if (mode != ENG_KVP_FULL && mode != ENG_KVP_AUX) {
+        return kc_error_set(err, KC_EINVAL, "kvp prefill: unknown mode %d", (int)mode);
+    }
+    int rc = check_request(kc, io, tokens, n, logits, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    const bool full = mode == ENG_KVP_FULL;
+    if (full ? !has_base(io) : !has_aux(io)) {
+        return kc_error_set(err, KC_EINVAL, "kvp prefill: %s mode needs its %s",
+                            eng_kvp_mode_name(mode),
+                            full ? "base context, pool and sequence" : "aux pool and sequence");
+    }
+    struct eng_seq *seq = full ? io->base : io->aux;
+    const int c = seq->n_tokens;
+    if (c < 0 || c >= n) {
+        return kc_error_set(err, KC_EINVAL,
+                            "kvp prefill: the sequence already holds %d of the %d tokens", c, n);
+    }
+    struct eng_kvp_timings tm = {0};
+    const uint64_t t0 = kc_now_ns();
+    struct eng_batch_item item = {.seq = seq,
+                                  .tokens = tokens + c,
+                                  .n_tokens = n - c,
+                                  .logits_mode = ENG_LOGITS_LAST,
+                                  .logits = logits};
+    rc = full ? eng_forward(io->base_ctx, kc->base, io->base_pool, &item, 1, NULL, err)
+              : eng_forward(kc->aux_ctx, kc->aux, io->aux_pool, &item, 1, NULL, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    tm.total_ms = ms_since(t0);
+    if (full) {
+        tm.base_first_step_ms = tm.total_ms;
+    } else {
+        tm.aux_ms = tm.total_ms;
+    }
+    if (t != NULL) {
+        *t = tm;
+    }
+    return KC_OK;
+}
+
+int eng_kvp_forward(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, const struct eng_kvp_seqs *io,
+                    const int32_t *tokens, int n, enum eng_logits_mode logits_mode, float *logits,
+                    struct kc_error *err) {
+    const bool aux = mode == ENG_KVP_AUX;
+    if (kc == NULL || io == NULL || (aux ? !has_aux(io) : !has_base(io))) {
+        return kc_error_set(err, KC_EINVAL, "kvp forward: %s mode needs its %s",
+                            eng_kvp_mode_name(mode),
+                            aux ? "aux pool and sequence" : "base context, pool and sequence");
+    }
+    struct eng_batch_item item = {.seq = aux ? io->aux : io->base,
+                                  .tokens = tokens,
+                                  .n_tokens = n,
+                                  .logits_mode = logits_mode,
+                                  .logits = logits};
+    return aux ? eng_forward(kc->aux_ctx, kc->aux, io->aux_pool, &item, 1, NULL, err)
+               : eng_forward(io->base_ctx, kc->base, io->base_pool, &item, 1, NULL, err);
 }
 
 /* FLOPs of a forward over positions pos0 .. pos0+n-1, with the lm_head for the last row

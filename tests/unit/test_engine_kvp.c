@@ -103,6 +103,69 @@ static struct eng_kvp *identity_predictor(const struct eng_model_config *c) {
     return p;
 }
 
+/* ---- the caller's side of a KV-prediction prefill ---- */
+
+/* What a caller of the kvp API owns besides its pools: a base forward context and, for
+ * PREDICT, an aux pool and sequence. */
+struct kvp_rig {
+    struct eng_kvp_ctx *kc;
+    struct eng_ctx *bctx;
+    struct eng_kv_pool apool; /* block size 4, max_ctx positions */
+    struct eng_seq aseq;      /* PREDICT's aux side, empty between calls */
+};
+
+static void rig_init(struct kvp_rig *r, const struct eng_model *base, const struct eng_model *aux,
+                     const struct eng_kvp *pred, int max_rows, int max_ctx) {
+    struct kc_error err = {0};
+    memset(r, 0, sizeof(*r));
+    if (eng_kvp_ctx_create(base, aux, pred, max_rows, max_ctx, 1, &r->kc, &err) != KC_OK ||
+        eng_ctx_create(base, max_rows, max_ctx, 1, &r->bctx, &err) != KC_OK ||
+        eng_kv_pool_init(&r->apool, eng_model_config_of(aux), 4, (max_ctx + 3) / 4, &err) !=
+            KC_OK) {
+        fail_msg("rig: %s", err.msg);
+    }
+}
+
+/* Frees the rig, checking that every aux block went back. */
+static void rig_free(struct kvp_rig *r) {
+    assert_int_equal(r->aseq.n_tokens, 0);
+    assert_int_equal(eng_kv_pool_n_free(&r->apool), r->apool.n_blocks);
+    eng_kv_pool_free(&r->apool);
+    eng_ctx_free(r->bctx);
+    eng_kvp_ctx_free(r->kc);
+}
+
+/* Where mode reads and writes: seq (in pool) is the base sequence, or the aux one for AUX. */
+static struct eng_kvp_seqs rig_io(struct kvp_rig *r, enum eng_kvp_mode mode,
+                                  struct eng_kv_pool *pool, struct eng_seq *seq) {
+    if (mode == ENG_KVP_AUX) {
+        return (struct eng_kvp_seqs){.aux_pool = pool, .aux = seq};
+    }
+    return (struct eng_kvp_seqs){.base_ctx = r->bctx,
+                                 .base_pool = pool,
+                                 .base = seq,
+                                 .aux_pool = &r->apool,
+                                 .aux = &r->aseq};
+}
+
+/* eng_kvp_prefill of seq with the rig's aux side, released after the call (as a caller that
+ * publishes no aux blocks does). */
+static int rig_prefill(struct kvp_rig *r, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
+                       struct eng_seq *seq, const int32_t *tokens, int n, float *logits,
+                       struct eng_kvp_timings *t, struct kc_error *err) {
+    const struct eng_kvp_seqs io = rig_io(r, mode, pool, seq);
+    const int rc = eng_kvp_prefill(r->kc, mode, &io, tokens, n, logits, t, err);
+    eng_seq_release(&r->apool, &r->aseq);
+    return rc;
+}
+
+static int rig_forward(struct kvp_rig *r, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
+                       struct eng_seq *seq, const int32_t *tokens, int n, enum eng_logits_mode lm,
+                       float *logits, struct kc_error *err) {
+    const struct eng_kvp_seqs io = rig_io(r, mode, pool, seq);
+    return eng_kvp_forward(r->kc, mode, &io, tokens, n, lm, logits, err);
+}
+
 /* ---- the invariant ---- */
 
 /* With aux = base and identity maps, the predicted cache equals the base's own cache and the
@@ -116,21 +179,19 @@ static void check_identity_invariant(const char *name) {
     int32_t *prompt = golden_tokens(name, &n);
     const int G = 32;
     struct kc_error err = {0};
-    struct eng_kvp_ctx *kc = NULL;
-    if (eng_kvp_ctx_create(base, aux, pred, 64, n + G + 1, 1, &kc, &err) != KC_OK) {
-        fail_msg("%s", err.msg);
-    }
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, pred, 64, n + G + 1);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 8, 32, &err), KC_OK);
     struct eng_seq full = {0}, pr = {0};
     float *lf = calloc((size_t)V, sizeof(float)), *lp = calloc((size_t)V, sizeof(float));
     struct eng_kvp_timings t = {0};
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &full, prompt, n, lf, NULL, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &full, prompt, n, lf, NULL, &err),
                      KC_OK);
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &pr, prompt, n, lp, &t, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_PREDICT, &pool, &pr, prompt, n, lp, &t, &err),
                      KC_OK);
     assert_int_equal(pr.n_tokens, n);
-    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+    assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
     float dk = 0, dv = 0;
     for (int l = 0; l < L; l++) {
         for (int p = 0; p < n; p++) {
@@ -156,10 +217,9 @@ static void check_identity_invariant(const char *name) {
             fail_msg("%s: greedy token %d differs: full %d, predict %d", name, i, a, b);
         }
         assert_int_equal(
-            eng_kvp_forward(kc, ENG_KVP_FULL, &pool, &full, &a, 1, ENG_LOGITS_LAST, lf, &err),
-            KC_OK);
+            rig_forward(&rig, ENG_KVP_FULL, &pool, &full, &a, 1, ENG_LOGITS_LAST, lf, &err), KC_OK);
         assert_int_equal(
-            eng_kvp_forward(kc, ENG_KVP_PREDICT, &pool, &pr, &b, 1, ENG_LOGITS_LAST, lp, &err),
+            rig_forward(&rig, ENG_KVP_PREDICT, &pool, &pr, &b, 1, ENG_LOGITS_LAST, lp, &err),
             KC_OK);
     }
     eng_seq_release(&pool, &full);
@@ -169,7 +229,7 @@ static void check_identity_invariant(const char *name) {
     free(lp);
     free(prompt);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
@@ -206,16 +266,16 @@ static void test_stacked_maps_put_each_layer_in_its_columns(void **state) {
     assert_int_equal(eng_kvp_create(&s, map, w, NULL, w, NULL, &pred, &err), KC_OK);
     int n = 0;
     int32_t *prompt = golden_tokens("llama_gqa", &n);
-    struct eng_kvp_ctx *kc = NULL;
-    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 64, n + 1, 1, &kc, &err), KC_OK);
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, pred, 64, n + 1);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 8, 32, &err), KC_OK);
     struct eng_seq full = {0}, pr = {0};
     float *logits = calloc((size_t)V, sizeof(float));
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &full, prompt, n, logits, NULL, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &full, prompt, n, logits, NULL, &err),
                      KC_OK);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &pr, prompt, n, logits, NULL, &err), KC_OK);
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_PREDICT, &pool, &pr, prompt, n, logits, NULL, &err),
+                     KC_OK);
     float worst = 0.0f;
     for (int l = 0; l < L; l++) {
         for (int p = 0; p < n - 1; p++) {
@@ -237,7 +297,7 @@ static void test_stacked_maps_put_each_layer_in_its_columns(void **state) {
     free(w);
     free(map);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
@@ -278,8 +338,8 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
     struct eng_kvp *pred = NULL;
     struct kc_error err = {0};
     assert_int_equal(eng_kvp_create_random(&s, NULL, 42, &pred, &err), KC_OK);
-    struct eng_kvp_ctx *kc = NULL;
-    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 16, 64, 1, &kc, &err), KC_OK);
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, pred, 16, 64);
     struct eng_kv_pool bpool, apool;
     assert_int_equal(eng_kv_pool_init(&bpool, bc, 4, 16, &err), KC_OK);
     assert_int_equal(eng_kv_pool_init(&apool, eng_model_config_of(aux), 4, 16, &err), KC_OK);
@@ -295,8 +355,8 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
             struct eng_kv_pool *pool = mode == ENG_KVP_AUX ? &apool : &bpool;
             struct eng_seq seq = {0};
             struct eng_kvp_timings t = {0};
-            if (eng_kvp_prefill(kc, (enum eng_kvp_mode)mode, pool, &seq, prompt, lens[li], logits,
-                                &t, &err) != KC_OK) {
+            if (rig_prefill(&rig, (enum eng_kvp_mode)mode, pool, &seq, prompt, lens[li], logits, &t,
+                            &err) != KC_OK) {
                 fail_msg("%s n=%d: %s", eng_kvp_mode_name((enum eng_kvp_mode)mode), lens[li],
                          err.msg);
             }
@@ -307,24 +367,23 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
             assert_true(t.total_ms >= 0.0);
             /* One decode step after the prefill. */
             int32_t next = argmax(logits, V);
-            assert_int_equal(eng_kvp_forward(kc, (enum eng_kvp_mode)mode, pool, &seq, &next, 1,
-                                             ENG_LOGITS_LAST, logits, &err),
+            assert_int_equal(rig_forward(&rig, (enum eng_kvp_mode)mode, pool, &seq, &next, 1,
+                                         ENG_LOGITS_LAST, logits, &err),
                              KC_OK);
             eng_seq_release(pool, &seq);
         }
     }
     /* n == 1: nothing to predict, predict == full exactly. */
     struct eng_seq a = {0}, b = {0};
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &bpool, &a, prompt, 1, ref, NULL, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &bpool, &a, prompt, 1, ref, NULL, &err),
                      KC_OK);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &bpool, &b, prompt, 1, logits, NULL, &err), KC_OK);
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_PREDICT, &bpool, &b, prompt, 1, logits, NULL, &err),
+                     KC_OK);
     assert_true(max_diff(ref, logits, (size_t)V) == 0.0f);
     eng_seq_release(&bpool, &a);
     eng_seq_release(&bpool, &b);
     assert_int_equal(eng_kv_pool_n_free(&bpool), 16);
     assert_int_equal(eng_kv_pool_n_free(&apool), 16);
-    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
     /* The analytic FLOPs of predict are below full's for this 4x cheaper-per-token aux. */
     const double ff = eng_kvp_ttft_flops(ENG_KVP_FULL, bc, eng_model_config_of(aux), &s, 40);
     const double fp = eng_kvp_ttft_flops(ENG_KVP_PREDICT, bc, eng_model_config_of(aux), &s, 40);
@@ -334,55 +393,92 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
     free(ref);
     eng_kv_pool_free(&bpool);
     eng_kv_pool_free(&apool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
 }
 
-/* Bad prefill requests are refused before anything changes, and leave no blocks taken. */
+/* Bad prefill requests are refused before anything changes; a pool that runs dry midway
+ * (base or aux) is KC_EBUSY; after the caller releases both sequences, every block of both
+ * pools is back. */
 static void test_prefill_rejects_bad_requests(void **state) {
     (void)state;
     struct eng_model *base = load_case("llama_gqa"), *aux = load_case("llama_gqa");
     const struct eng_model_config *c = eng_model_config_of(base);
     struct kc_error err = {0};
-    struct eng_kvp_ctx *kc = NULL, *nopred = NULL;
     struct eng_kvp *pred = identity_predictor(c);
-    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 8, 16, 1, &kc, &err), KC_OK);
-    assert_int_equal(eng_kvp_ctx_create(base, aux, NULL, 8, 16, 1, &nopred, &err), KC_OK);
+    struct kvp_rig rig, nopred;
+    rig_init(&rig, base, aux, pred, 8, 16);
+    rig_init(&nopred, base, aux, NULL, 8, 16);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 4, 8, &err), KC_OK);
     float *logits = calloc((size_t)c->vocab_size, sizeof(float));
     int32_t toks[20] = {0};
     struct eng_seq seq = {0};
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 0, logits, NULL, &err),
-                     KC_EINVAL);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 17, logits, NULL, &err),
-        KC_ECONTEXT);
+    struct eng_kvp_seqs io = rig_io(&rig, ENG_KVP_PREDICT, &pool, &seq);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 0, logits, NULL, &err), KC_EINVAL);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 17, logits, NULL, &err), KC_ECONTEXT);
     toks[3] = c->vocab_size;
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 5, logits, NULL, &err),
-                     KC_ERANGE);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 5, logits, NULL, &err), KC_ERANGE);
     toks[3] = 0;
-    assert_int_equal(
-        eng_kvp_prefill(nopred, ENG_KVP_PREDICT, &pool, &seq, toks, 5, logits, NULL, &err),
-        KC_EINVAL);
+    assert_int_equal(eng_kvp_predict(nopred.kc, &io, toks, 5, logits, NULL, &err), KC_EINVAL);
     print_message("error: %s\n", err.msg);
+    /* A missing member of io. */
+    struct eng_kvp_seqs half = io;
+    half.aux = NULL;
+    assert_int_equal(eng_kvp_predict(rig.kc, &half, toks, 5, logits, NULL, &err), KC_EINVAL);
+    half = io;
+    half.base_ctx = NULL;
+    assert_int_equal(eng_kvp_predict(rig.kc, &half, toks, 5, logits, NULL, &err), KC_EINVAL);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 8);
+    assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
     /* A base pool too small for the prompt: the predicted KV cannot be written. */
     struct eng_kv_pool tiny;
     assert_int_equal(eng_kv_pool_init(&tiny, c, 4, 2, &err), KC_OK);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &tiny, &seq, toks, 12, logits, NULL, &err), KC_EBUSY);
-    assert_int_equal(seq.n_tokens, 0);
+    struct eng_kvp_seqs tio = rig_io(&rig, ENG_KVP_PREDICT, &tiny, &seq);
+    assert_int_equal(eng_kvp_predict(rig.kc, &tio, toks, 12, logits, NULL, &err), KC_EBUSY);
+    print_message("error: %s\n", err.msg);
+    eng_seq_release(&tiny, &seq);
+    eng_seq_release(&rig.apool, &rig.aseq);
     assert_int_equal(eng_kv_pool_n_free(&tiny), 2);
-    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
-    /* A sequence that already holds tokens. */
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &seq, toks, 3, logits, NULL, &err),
+    assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
+    /* An aux pool too small: the aux forward cannot reserve its blocks. */
+    struct eng_kv_pool atiny;
+    struct eng_seq aseq = {0};
+    assert_int_equal(eng_kv_pool_init(&atiny, eng_model_config_of(aux), 4, 2, &err), KC_OK);
+    struct eng_kvp_seqs aio = io;
+    aio.aux_pool = &atiny;
+    aio.aux = &aseq;
+    assert_int_equal(eng_kvp_predict(rig.kc, &aio, toks, 12, logits, NULL, &err), KC_EBUSY);
+    print_message("error: %s\n", err.msg);
+    eng_seq_release(&pool, &seq);
+    eng_seq_release(&atiny, &aseq);
+    assert_int_equal(eng_kv_pool_n_free(&atiny), 2);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 8);
+    /* A base prefix that is not a whole number of blocks, or covers the whole prompt. */
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &seq, toks, 3, logits, NULL, &err),
                      KC_OK);
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 3, logits, NULL, &err),
-                     KC_EINVAL);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 6, logits, NULL, &err), KC_EINVAL);
     assert_int_equal(seq.n_tokens, 3);
     eng_seq_release(&pool, &seq);
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &seq, toks, 4, logits, NULL, &err),
+                     KC_OK);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 4, logits, NULL, &err), KC_EINVAL);
+    assert_int_equal(seq.n_tokens, 4);
+    /* ... a FULL prefill of a sequence that already holds every token ... */
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &seq, toks, 4, logits, NULL, &err),
+                     KC_EINVAL);
+    eng_seq_release(&pool, &seq);
+    /* ... and an aux prefix longer than the n - 1 tokens the aux reads. */
+    struct eng_kvp_seqs aonly = rig_io(&rig, ENG_KVP_AUX, &rig.apool, &rig.aseq);
+    assert_int_equal(eng_kvp_prefill(rig.kc, ENG_KVP_AUX, &aonly, toks, 5, logits, NULL, &err),
+                     KC_OK);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 5, logits, NULL, &err), KC_EINVAL);
+    print_message("error: %s\n", err.msg);
+    assert_int_equal(seq.n_tokens, 0);
+    assert_int_equal(rig.aseq.n_tokens, 5);
+    eng_seq_release(&rig.apool, &rig.aseq);
     assert_int_equal(eng_kv_pool_n_free(&pool), 8);
     /* A predictor of another pair's shape is refused at context creation. */
     struct eng_model *other = load_case("llama_untied_bf16");
@@ -392,10 +488,11 @@ static void test_prefill_rejects_bad_requests(void **state) {
     assert_null(bad);
     eng_model_free(other);
     free(logits);
+    eng_kv_pool_free(&atiny);
     eng_kv_pool_free(&tiny);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
-    eng_kvp_ctx_free(nopred);
+    rig_free(&rig);
+    rig_free(&nopred);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
@@ -1035,8 +1132,8 @@ static void test_calibration_with_aux_equal_base_recovers_identity(void **state)
         assert_int_equal(map[l], l);
     }
     struct kc_error err = {0};
-    struct eng_kvp_ctx *kc = NULL;
-    assert_int_equal(eng_kvp_ctx_create(base, aux, NULL, 32, 64, 1, &kc, &err), KC_OK);
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, NULL, 32, 64);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 16, 4, &err), KC_OK);
     struct eng_kvp_calib *cal = NULL;
@@ -1048,11 +1145,12 @@ static void test_calibration_with_aux_equal_base_recovers_identity(void **state)
             st = st * 6364136223846793005ull + 1442695040888963407ull;
             toks[i] = (int32_t)((st >> 33) % (uint64_t)c->vocab_size);
         }
-        if (eng_kvp_calib_window(cal, kc, &pool, toks, 64, &err) != KC_OK) {
+        if (eng_kvp_calib_window(cal, rig.kc, rig.bctx, &pool, &rig.apool, toks, 64, &err) !=
+            KC_OK) {
             fail_msg("%s", err.msg);
         }
         assert_int_equal(eng_kv_pool_n_free(&pool), 4);
-        assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+        assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
     }
     struct eng_kvp *p = NULL;
     assert_int_equal(eng_kvp_calib_solve(cal, 0.0, &p, &err), KC_OK);
@@ -1082,11 +1180,12 @@ static void test_calibration_with_aux_equal_base_recovers_identity(void **state)
     /* Windows longer than the context are refused. */
     assert_int_equal(eng_kvp_calib_create(&s, map, 1, &cal, &err), KC_OK);
     int32_t many[65] = {0};
-    assert_int_equal(eng_kvp_calib_window(cal, kc, &pool, many, 65, &err), KC_ECONTEXT);
+    assert_int_equal(eng_kvp_calib_window(cal, rig.kc, rig.bctx, &pool, &rig.apool, many, 65, &err),
+                     KC_ECONTEXT);
     eng_kvp_calib_free(cal);
     assert_int_equal(eng_kv_pool_n_free(&pool), 4);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_model_free(aux);
     eng_model_free(base);
 }
