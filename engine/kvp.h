@@ -3,10 +3,11 @@
  * per-layer affine predictor turns its keys and values into the base model's KV cache, and
  * the base model runs only the last prompt token to produce the first output token.
  *
- * Place in the data flow: a prefill worker calls eng_kvp_prefill (mode PREDICT) instead of a
- * full base prefill; the sequence it fills is then decoded by the base model as usual
- * (eng_forward), appending its own exact K/V. `kvcast calibrate` fits a predictor with the
- * eng_kvp_calib_* functions; `kvcast eval` compares the three modes; `kvcast bench engine
+ * Place in the data flow: a prefill worker calls eng_kvp_predict instead of a full base
+ * prefill, on its own base forward context and the server's pools; the base sequence it fills
+ * is then decoded by the base model as usual (eng_forward), appending its own exact K/V. `kvcast
+ * calibrate` fits a predictor with the eng_kvp_calib_* functions; `kvcast eval` compares the three
+ * modes; `kvcast bench engine
  * --kvp` times them on synthetic pairs (eng_kvp_create_random).
  *
  * The method, per prompt t[0..n-1]:
@@ -27,11 +28,20 @@
  * {"name": "kvcast-tiny", "base": DIR, "aux": DIR, "predictor": FILE} with paths relative to
  * the bundle's folder; "name" (optional) is the model id a server shows clients.
  *
+ * With cached prefixes (a prefix cache): when the base sequence already holds the exact K/V
+ * of t[0..c) and the aux sequence the aux K/V of t[0..a), the aux runs over t[a..n-2] only and
+ * the predictor predicts positions [c, n-1) only, reading the aux K/V of positions in [c, a)
+ * back from the aux cache (eng_kv_extract).
+ *
+ * Files: engine/kvp_io.c (predictors, layer maps, bundles), engine/kvp.c (contexts and
+ * prefill), engine/kvp_calibrate.c (calibration).
+ *
  * Ownership and thread rules: a predictor (struct eng_kvp) and a bundle are immutable after
- * load and shared by all threads. A struct eng_kvp_ctx (the two models' forward contexts, a
- * oneDNN context for the predictor GEMMs, a private aux KV pool and the capture/prediction
- * buffers) belongs to one thread; eng_kvp_prefill allocates nothing of its own (only the
- * sequences' block tables grow, as in any forward). A calibration accumulator
+ * load and shared by all threads. A struct eng_kvp_ctx (the aux forward context, a oneDNN
+ * context for the predictor GEMMs and the capture/prediction buffers; no base context and no
+ * KV pool) belongs to one thread. Callers own the base forward context, both KV pools and
+ * both sequences and pass them in (struct eng_kvp_seqs); a prefill allocates nothing of its
+ * own (only the sequences' block tables grow, as in any forward). A calibration accumulator
  * (struct eng_kvp_calib) belongs to one thread.
  */
 #ifndef ENG_KVP_H
@@ -183,49 +193,74 @@ int eng_kvp_mode_parse(const char *s, enum eng_kvp_mode *out);
 /* Where a prefill's time went, in milliseconds. FULL and AUX put everything in
  * base_first_step_ms / aux_ms respectively. */
 struct eng_kvp_timings {
-    double aux_ms;             /* aux forward over t[0..n-2] (AUX: over all n) */
-    double predict_ms;         /* predictor GEMMs + injection into the base cache */
-    double base_first_step_ms; /* base forward of t[n-1] (FULL: of all n) */
+    double aux_ms;             /* aux forward over the aux tokens actually run (AUX: all run) */
+    double predict_ms;         /* aux prefix read-back + predictor GEMMs + injection */
+    double base_first_step_ms; /* base forward of t[n-1] (FULL: of every token run) */
     double total_ms;
 };
 
 struct eng_kvp_ctx;
 
 /*
- * Creates the per-thread state for prefills and forwards of prompts up to max_ctx positions
- * in steps of up to max_rows rows, on an OpenMP team of n_threads: forward contexts for base
- * and aux, a oneDNN context for the predictor, a private aux KV pool holding max_ctx
- * positions, and capture/prediction buffers for max_ctx - 1 tokens. pred may be NULL (then
- * only FULL and AUX work); base, aux and pred must fit each other (eng_kvp_check_models).
+ * The aux forward context, the oneDNN context for the predictor GEMMs, and capture/prediction
+ * buffers for prompts up to max_ctx positions, in steps of up to max_rows rows, on an OpenMP
+ * team of n_threads. base is needed for its shape and RoPE (inject) only: the caller owns the
+ * base forward context. pred may be NULL (then only AUX, and FULL on the caller's base
+ * context); base, aux and pred must fit each other (eng_kvp_check_models).
  */
 int eng_kvp_ctx_create(const struct eng_model *base, const struct eng_model *aux,
                        const struct eng_kvp *pred, int max_rows, int max_ctx, int n_threads,
                        struct eng_kvp_ctx **out, struct kc_error *err);
 void eng_kvp_ctx_free(struct eng_kvp_ctx *kc);
 
+/* Where a KV-Prediction prefill reads and writes: the caller's base forward context, the base
+ * pool and sequence, the aux pool and sequence. */
+struct eng_kvp_seqs {
+    struct eng_ctx *base_ctx;
+    struct eng_kv_pool *base_pool;
+    struct eng_seq *base; /* holds c >= 0 EXACT positions of tokens[0..c) on entry (a cached
+                           * prefix; c a multiple of the base block size, c < n) */
+    struct eng_kv_pool *aux_pool;
+    struct eng_seq *aux; /* holds a >= 0 aux positions of tokens[0..a) on entry (a cached aux
+                          * prefix, a <= n - 1) */
+};
+
 /*
- * Prefills an empty sequence seq (in pool, which belongs to the aux model for AUX, the base
- * otherwise) with tokens[0..n-1] in the given mode and writes the logits of the first output token
- * to logits[V]. PREDICT with n == 1 has nothing to predict and runs the base on t[0]. On success
- * seq->n_tokens == n and *timings (nullable) holds the split. On failure seq is empty again,
- * the private aux sequence is released, and err says why: KC_EINVAL (non-empty seq, n < 1,
- * PREDICT without a predictor), KC_ECONTEXT (n > max_ctx), KC_ERANGE (token id), KC_EBUSY
- * (pool too small).
+ * KV Prediction with cached prefixes: the aux model runs over tokens[a .. n-1) only (capturing
+ * pre-RoPE K/V), the predictor predicts base positions [c, n-1) only — from the captures for
+ * positions >= a and, for positions in [c, a), from the aux cache itself via eng_kv_extract —
+ * injects them after the exact prefix, and the base runs t[n-1] (if c == n - 1 there is nothing
+ * to predict). On success base->n_tokens == n, aux->n_tokens == n - 1 (the caller may publish
+ * the aux blocks and releases aux), logits[V] are the first output token's, *t (nullable) the
+ * split (aux_ms covers only the aux tokens actually run). Errors: KC_EINVAL (bad c/a/n, no
+ * predictor, a missing member of io), KC_ECONTEXT (n > max_ctx), KC_ERANGE (token id), KC_EBUSY
+ * (a pool ran dry). On failure the caller releases both sequences (their contents past c / a
+ * are unspecified).
  */
-int eng_kvp_prefill(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
-                    struct eng_seq *seq, const int32_t *tokens, int n, float *logits,
-                    struct eng_kvp_timings *timings, struct kc_error *err);
+int eng_kvp_predict(struct eng_kvp_ctx *kc, const struct eng_kvp_seqs *io, const int32_t *tokens,
+                    int n, float *logits, struct eng_kvp_timings *t, struct kc_error *err);
 
-/* One forward of n tokens appended to seq with the model of mode (a decode step or teacher
- * forcing after a prefill); logits as eng_batch_item. Errors as eng_forward. */
-int eng_kvp_forward(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
-                    struct eng_seq *seq, const int32_t *tokens, int n,
-                    enum eng_logits_mode logits_mode, float *logits, struct kc_error *err);
+/*
+ * A prefill of tokens[0..n) in the given mode (for the tools, which compare modes), writing
+ * the first output token's logits to logits[V]:
+ *   FULL:    base forward over tokens[c..n) on io->base_ctx into io->base (c = its n_tokens);
+ *   AUX:     aux forward over tokens[a..n) into io->aux (a = its n_tokens), the aux model
+ *            standing in for the base;
+ *   PREDICT: eng_kvp_predict (io->aux then holds n - 1 positions: the caller releases it).
+ * FULL needs only io's base members, AUX only its aux ones. Errors as eng_kvp_predict, and
+ * KC_EINVAL when the sequence already holds all n tokens. On failure the caller releases the
+ * sequences.
+ */
+int eng_kvp_prefill(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, const struct eng_kvp_seqs *io,
+                    const int32_t *tokens, int n, float *logits, struct eng_kvp_timings *t,
+                    struct kc_error *err);
 
-/* Free blocks of the private aux pool (for tests: every prefill returns them all). */
-int eng_kvp_ctx_aux_free_blocks(struct eng_kvp_ctx *kc);
-/* Total blocks of the private aux pool. */
-int eng_kvp_ctx_aux_blocks(const struct eng_kvp_ctx *kc);
+/* One forward of n tokens appended with the model of mode (a decode step or teacher forcing
+ * after a prefill): FULL and PREDICT to io->base on io->base_ctx, AUX to io->aux on the
+ * context's aux side; logits as eng_batch_item. Errors as eng_forward. */
+int eng_kvp_forward(struct eng_kvp_ctx *kc, enum eng_kvp_mode mode, const struct eng_kvp_seqs *io,
+                    const int32_t *tokens, int n, enum eng_logits_mode logits_mode, float *logits,
+                    struct kc_error *err);
 
 /* Analytic FLOPs to the first output token for an n-token prompt in mode (2 per multiply-add,
  * attention included; see eng_model_config_flops_per_token). pred_shape may be NULL for FULL
@@ -256,12 +291,13 @@ int eng_kvp_calib_add(struct eng_kvp_calib *c, int n, const float *const *aux_k,
                       const float *const *aux_v, const float *const *base_k,
                       const float *const *base_v, struct kc_error *err);
 
-/* Runs base (on transient sequences of base_pool) and aux (on kc's private pool) over one
- * window of n tokens, capturing pre-RoPE K/V of every position, and adds the pairs. All
- * blocks are returned before it returns. n <= kc's max_ctx. */
-int eng_kvp_calib_window(struct eng_kvp_calib *c, struct eng_kvp_ctx *kc,
-                         struct eng_kv_pool *base_pool, const int32_t *tokens, int n,
-                         struct kc_error *err);
+/* Runs base (base_ctx, on a transient sequence of base_pool) and aux (kc's aux side, on a
+ * transient sequence of aux_pool) over one window of n tokens, capturing pre-RoPE K/V of every
+ * position, and adds the pairs. All blocks are returned before it returns, on failure too.
+ * n <= kc's max_ctx. */
+int eng_kvp_calib_window(struct eng_kvp_calib *c, struct eng_kvp_ctx *kc, struct eng_ctx *base_ctx,
+                         struct eng_kv_pool *base_pool, struct eng_kv_pool *aux_pool,
+                         const int32_t *tokens, int n, struct kc_error *err);
 
 /* Rows accumulated so far. */
 int64_t eng_kvp_calib_rows(const struct eng_kvp_calib *c);

@@ -236,9 +236,29 @@ int eng_kvp_calib_add(struct eng_kvp_calib *c, int n, const float *const *aux_k,
     return KC_OK;
 }
 
-int eng_kvp_calib_window(struct eng_kvp_calib *c, struct eng_kvp_ctx *kc,
-                         struct eng_kv_pool *base_pool, const int32_t *tokens, int n,
-                         struct kc_error *err) {
+/* Runs model m (ctx, pool) over n tokens of the empty seq with a capture and no logits, then
+ * releases seq (on failure too). */
+static int capture_run(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+                       struct eng_seq *seq, const int32_t *tokens, int n, float **k, float **v,
+                       struct kc_error *err) {
+    const struct eng_kv_capture cap = {.k = k, .v = v};
+    struct eng_batch_item item = {.seq = seq,
+                                  .tokens = tokens,
+                                  .n_tokens = n,
+                                  .logits_mode = ENG_LOGITS_NONE,
+                                  .logits = NULL};
+    const int rc = eng_forward(ctx, m, pool, &item, 1, &cap, err);
+    eng_seq_release(pool, seq);
+    return rc;
+}
+
+int eng_kvp_calib_window(struct eng_kvp_calib *c, struct eng_kvp_ctx *kc, struct eng_ctx *base_ctx,
+                         struct eng_kv_pool *base_pool, struct eng_kv_pool *aux_pool,
+                         const int32_t *tokens, int n, struct kc_error *err) {
+    if (base_ctx == NULL || base_pool == NULL || aux_pool == NULL || tokens == NULL) {
+        return kc_error_set(err, KC_EINVAL,
+                            "calibration: needs a base context, both pools and tokens");
+    }
     const struct eng_kvp_shape want =
         eng_kvp_shape_of_pair(eng_model_config_of(kc->base), eng_model_config_of(kc->aux));
     if (memcmp(&want, &c->shape, sizeof(want)) != 0) {
@@ -269,14 +289,12 @@ int eng_kvp_calib_window(struct eng_kvp_calib *c, struct eng_kvp_ctx *kc,
         c->base_cap = n;
     }
     struct eng_seq seq = {0};
-    int rc = eng__kvp_capture_run(kc->base_ctx, kc->base, base_pool, &seq, tokens, n, c->base_k,
-                                  c->base_v, err);
+    int rc = capture_run(base_ctx, kc->base, base_pool, &seq, tokens, n, c->base_k, c->base_v, err);
     if (rc != KC_OK) {
         kc_error_prefix(err, "calibration, base");
         return rc;
     }
-    rc = eng__kvp_capture_run(kc->aux_ctx, kc->aux, &kc->aux_pool, &kc->aux_seq, tokens, n,
-                              kc->aux_k, kc->aux_v, err);
+    rc = capture_run(kc->aux_ctx, kc->aux, aux_pool, &seq, tokens, n, kc->aux_k, kc->aux_v, err);
     if (rc != KC_OK) {
         kc_error_prefix(err, "calibration, aux");
         return rc;

@@ -1,7 +1,7 @@
 /*
- * kvp_internal.h — the layouts of the KV Prediction objects, shared by engine/kvp.c
- * (predictor, bundle, prefill) and engine/kvp_calibrate.c (calibration). Not for use
- * outside these two files.
+ * kvp_internal.h — the layouts of the KV Prediction objects, shared by engine/kvp_io.c
+ * (predictors, bundles), engine/kvp.c (contexts, prefill) and engine/kvp_calibrate.c
+ * (calibration). Not for use outside these three files.
  */
 #ifndef ENG_KVP_INTERNAL_H
 #define ENG_KVP_INTERNAL_H
@@ -25,26 +25,18 @@ struct eng_kvp {
 };
 
 struct eng_kvp_ctx {
-    const struct eng_model *base;
+    const struct eng_model *base; /* shape and RoPE of the injected keys; no base context */
     const struct eng_model *aux;
     const struct eng_kvp *pred; /* NULL: no PREDICT */
     int max_rows;
     int max_ctx;
-    struct eng_ctx *base_ctx;
-    struct eng_ctx *aux_ctx;
+    struct eng_ctx *aux_ctx;          /* aux forwards (PREDICT, AUX, calibration) */
     struct eng_dnn *dnn;              /* predictor GEMMs */
-    struct eng_kv_pool aux_pool;      /* private: aux sequences of PREDICT and calibration */
-    struct eng_seq aux_seq;           /* empty between calls */
     float **aux_k, **aux_v;           /* [La] -> [max_ctx, Na] captures, every aux layer */
+    float **aux_kx, **aux_vx;         /* [La] scratch views into aux_k/aux_v at a row offset */
     float **pred_k, **pred_v;         /* [La] -> [max_ctx, width[a]] (when pred != NULL) */
     const float **pred_kl, **pred_vl; /* [Lb] views: pred_k[map[l]] + col[l] */
     size_t *pred_ld;                  /* [Lb] row stride of those views: width[map[l]] */
 };
-
-/* Runs model m (ctx, pool) over n tokens of an empty seq with a capture and no logits, then
- * releases seq. Used by calibration. */
-int eng__kvp_capture_run(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
-                         struct eng_seq *seq, const int32_t *tokens, int n, float **k, float **v,
-                         struct kc_error *err);
 
 #endif /* ENG_KVP_INTERNAL_H */

@@ -863,3 +863,65 @@ int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct
     seq->n_tokens += n;
     return KC_OK;
 }
+
+/* Undoes eng_rope on x[m, n_heads, D] rows at positions pos0 .. pos0 + m - 1: the rotation by
+ * the same angle with the sine negated, (x[i], x[i+D/2]) -> (x[i]cos + x[i+D/2]sin,
+ * x[i+D/2]cos - x[i]sin). */
+static void rope_undo(const struct eng_rope_table *t, float *x, int m, int n_heads, int pos0) {
+    const int d = t->head_dim, half = d / 2;
+    for (int r = 0; r < m; r++) {
+        KC_ASSERT(pos0 + r >= 0 && pos0 + r < t->max_pos);
+        const float *c = t->cos + (size_t)(pos0 + r) * (size_t)half;
+        const float *s = t->sin + (size_t)(pos0 + r) * (size_t)half;
+        for (int h = 0; h < n_heads; h++) {
+            float *xh = x + ((size_t)r * (size_t)n_heads + (size_t)h) * (size_t)d;
+            for (int i = 0; i < half; i++) {
+                const float a = xh[i], b = xh[i + half];
+                xh[i] = a * c[i] + b * s[i];
+                xh[i + half] = b * c[i] - a * s[i];
+            }
+        }
+    }
+}
+
+int eng_kv_extract(const struct eng_model *m, const struct eng_kv_pool *pool,
+                   const struct eng_seq *seq, int pos0, int n, float *const *k_pre, float *const *v,
+                   const size_t *lds, struct kc_error *err) {
+    const struct eng_model_config *c = &m->cfg;
+    const int kvd = c->n_kv_heads * c->head_dim;
+    if (pool->n_layers != c->n_layers || pool->n_kv_heads != c->n_kv_heads ||
+        pool->head_dim != c->head_dim) {
+        return kc_error_set(err, KC_EINVAL, "kv extract: KV pool shape does not match the model");
+    }
+    if (pos0 < 0 || n < 0 || n > seq->n_tokens - pos0) {
+        return kc_error_set(err, KC_EINVAL,
+                            "kv extract: positions [%d, %d) are outside the %d the sequence holds",
+                            pos0, pos0 + n, seq->n_tokens);
+    }
+    /* One work unit per (layer, cache block), as eng_kv_inject_ld: copy the block's run of
+     * K and V rows out, then rotate the keys back in place in the destination. */
+    const int bs = pool->block_size;
+    const int nb = n > 0 ? (pos0 + n - 1) / bs - pos0 / bs + 1 : 0;
+    const long units = (long)c->n_layers * nb;
+    const size_t work = (size_t)n * (size_t)kvd * 2u * (size_t)c->n_layers;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (units > 1 && work >= INJECT_PAR_MIN)
+#endif
+    for (long u = 0; u < units; u++) {
+        const int l = (int)(u / nb), b = pos0 / bs + (int)(u % nb);
+        const int lo = b * bs > pos0 ? b * bs : pos0;
+        const int hi = (b + 1) * bs < pos0 + n ? (b + 1) * bs : pos0 + n;
+        const float *ks = eng_kv_k_at(pool, seq, l, lo);
+        const float *vs = eng_kv_v_at(pool, seq, l, lo);
+        const size_t ld = lds != NULL ? lds[l] : (size_t)kvd;
+        KC_ASSERT(ld >= (size_t)kvd);
+        const size_t row = (size_t)kvd * sizeof(float);
+        for (int r = lo; r < hi; r++) {
+            float *kd = k_pre[l] + (size_t)(r - pos0) * ld;
+            memcpy(kd, ks + (size_t)(r - lo) * (size_t)kvd, row);
+            memcpy(v[l] + (size_t)(r - pos0) * ld, vs + (size_t)(r - lo) * (size_t)kvd, row);
+            rope_undo(&m->rope, kd, 1, c->n_kv_heads, r);
+        }
+    }
+    return KC_OK;
+}

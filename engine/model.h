@@ -3,8 +3,9 @@
  * the paged KV cache.
  *
  * Place in the data flow: prefill and decode workers call eng_forward; KV Prediction uses
- * the capture hook (pre-RoPE keys and values the model computed) and eng_kv_inject (keys
- * and values it did not compute). Tools (`kvcast generate`, `bench engine`) call it too.
+ * the capture hook (pre-RoPE keys and values the model computed), eng_kv_inject (keys
+ * and values it did not compute) and eng_kv_extract (cached keys and values read back). Tools
+ * (`kvcast generate`, `bench engine`) call it too.
  *
  * Ownership: a model owns its packed weights (struct eng_linear), norms, embedding copy and
  * RoPE table; it keeps no reference to the files it was loaded from. A model is immutable
@@ -116,5 +117,17 @@ int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct en
 int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq,
                      int n, const float *const *k_pre, const float *const *v, const size_t *ld,
                      struct kc_error *err);
+
+/*
+ * The inverse of eng_kv_inject: reads positions [pos0, pos0 + n) of every layer of seq back as
+ * pre-RoPE keys (rotated back with this model's RoPE) and values: k_pre[l], v[l] receive
+ * [n, Hkv * D] rows ld[l] floats apart (ld NULL: Hkv * D). Touches neither the pool nor seq.
+ * KC_EINVAL for a range outside [0, seq->n_tokens) or a pool of another shape. KV Prediction's
+ * way to reuse a cached aux prefix: its keys come back equal to what a capture would have
+ * given up to rounding (a rotation and its inverse, ~1e-7 relative).
+ */
+int eng_kv_extract(const struct eng_model *m, const struct eng_kv_pool *pool,
+                   const struct eng_seq *seq, int pos0, int n, float *const *k_pre, float *const *v,
+                   const size_t *ld, struct kc_error *err);
 
 #endif /* ENG_MODEL_H */

@@ -92,11 +92,13 @@ struct sch_prefill_worker {
     int index;
     pthread_t thread;
     bool started;
-    struct eng_ctx *ctx;     /* base forward for full prefill (when there is no kvp ctx) */
-    struct eng_kvp_ctx *kvp; /* base + aux + predictor, when predict is available */
-    float *logits;           /* [V] first-token logits */
-    float *all_logits;       /* [all_rows, V] prompt_logprobs: the logits of every row of a
-                              * chunk (allocated by the first such request, then kept) */
+    struct eng_ctx *ctx;         /* base forward of every prefill */
+    struct eng_kvp_ctx *kvp;     /* aux side + predictor, when predict is available */
+    struct eng_kv_pool aux_pool; /* private aux pool of predict prefills (with kvp) */
+    struct eng_seq aux_seq;      /* empty between prefills */
+    float *logits;               /* [V] first-token logits */
+    float *all_logits;           /* [all_rows, V] prompt_logprobs: the logits of every row of a
+                                  * chunk (allocated by the first such request, then kept) */
     int all_rows;
     int aux_in_use;  /* aux blocks held by the prefill in flight (sch.lock) */
     int aux_total;   /* blocks of this worker's private aux pool (set at start) */
@@ -518,6 +520,10 @@ static void prefill_worker_free(struct sch_prefill_worker *w) {
     w->ctx = NULL;
     eng_kvp_ctx_free(w->kvp);
     w->kvp = NULL;
+    eng_seq_release(&w->aux_pool, &w->aux_seq);
+    if (w->aux_pool.slab != NULL) {
+        eng_kv_pool_free(&w->aux_pool);
+    }
     free(w->logits);
     free(w->all_logits);
     w->logits = w->all_logits = NULL;
@@ -543,25 +549,26 @@ static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *er
     if (s->elastic) {
         eng_dnn_team_source(&w->team);
     }
-    if (s->predict_available) {
-        int rc = eng_kvp_ctx_create(s->base, s->aux, s->pred, c->prefill_chunk, c->max_context,
-                                    threads, &w->kvp, err);
+    int rc = eng_ctx_create(s->base, c->prefill_chunk, c->max_context, threads, &w->ctx, err);
+    if (rc == KC_OK && s->predict_available) {
+        rc = eng_kvp_ctx_create(s->base, s->aux, s->pred, c->prefill_chunk, c->max_context, threads,
+                                &w->kvp, err);
+        /* A private aux pool of max_context positions, as the kvp context used to hold. */
         if (rc == KC_OK) {
-            w->aux_total = eng_kvp_ctx_aux_blocks(w->kvp);
+            rc = eng_kv_pool_init(&w->aux_pool, eng_model_config_of(s->aux), 16,
+                                  (c->max_context + 15) / 16, err);
         }
-        return rc;
+        if (rc == KC_OK) {
+            w->aux_total = w->aux_pool.n_blocks;
+        }
     }
-    return eng_ctx_create(s->base, c->prefill_chunk, c->max_context, threads, &w->ctx, err);
+    return rc;
 }
 
-/* One base forward of a prompt chunk (the kvp context's base side when there is one). */
+/* One base forward of a prompt chunk. */
 static int prefill_forward(struct sch_prefill_worker *w, struct sch_req *r, int start, int n,
                            enum eng_logits_mode lm, float *logits, struct kc_error *err) {
     struct sch *s = w->s;
-    if (w->kvp != NULL) {
-        return eng_kvp_forward(w->kvp, ENG_KVP_FULL, &s->pool, &r->seq, r->prompt + start, n, lm,
-                               logits, err);
-    }
     struct eng_batch_item item = {
         .seq = &r->seq,
         .tokens = r->prompt + start,
@@ -674,16 +681,18 @@ static int prefill_predict(struct sch_prefill_worker *w, struct sch_req *r, stru
     if (sch_req_cancelled(r) != SCH_FINISH_NONE) {
         return KC_ECANCELED;
     }
-    /* The private aux pool holds max_context positions in aux_total blocks. */
-    const int aux_blocks =
-        (int)(((int64_t)(r->n_prompt - 1) * w->aux_total + s->cfg.max_context - 1) /
-              s->cfg.max_context);
+    const int aux_blocks = eng_kv_blocks_for(&w->aux_pool, r->n_prompt - 1);
     pthread_mutex_lock(&s->lock);
     w->aux_in_use = aux_blocks;
     pthread_mutex_unlock(&s->lock);
     struct eng_kvp_timings t = {0};
-    int rc = eng_kvp_prefill(w->kvp, ENG_KVP_PREDICT, &s->pool, &r->seq, r->prompt, r->n_prompt,
-                             w->logits, &t, err);
+    const struct eng_kvp_seqs io = {.base_ctx = w->ctx,
+                                    .base_pool = &s->pool,
+                                    .base = &r->seq,
+                                    .aux_pool = &w->aux_pool,
+                                    .aux = &w->aux_seq};
+    int rc = eng_kvp_predict(w->kvp, &io, r->prompt, r->n_prompt, w->logits, &t, err);
+    eng_seq_release(&w->aux_pool, &w->aux_seq);
     pthread_mutex_lock(&s->lock);
     w->aux_in_use = 0;
     pthread_mutex_unlock(&s->lock);

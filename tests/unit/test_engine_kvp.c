@@ -1,10 +1,13 @@
 /*
- * Tests of KV Prediction (engine/kvp.c, engine/kvp_calibrate.c, engine/ops_gram.c): the
- * identity invariant (aux = base, identity maps: predicted cache == the base's own, greedy
- * output == the full path), random predictors of real shapes, predictor files and bundles
- * (round trip and every rejection), layer maps, one-token prompts, and closed-form
- * calibration (exact recovery of a known affine map; ~identity when aux = base). Every test
- * checks that all KV blocks went back to their pools.
+ * Tests of KV Prediction (engine/kvp.c, engine/kvp_io.c, engine/kvp_calibrate.c,
+ * engine/ops_gram.c, eng_kv_extract of engine/model.c): the identity invariant (aux = base,
+ * identity maps: predicted cache == the base's own, greedy output == the full path), random
+ * predictors of real shapes, cached prefixes (an exact base prefix stays bit for bit and gives
+ * "full prefix + predicted rest"; a cached aux prefix gives the logits of none), predictor
+ * files and bundles (round trip and every rejection), layer maps, one-token prompts, and
+ * closed-form calibration (exact recovery of a known affine map; ~identity when aux = base).
+ * The tests own the base context and both pools, as a prefill worker does (struct kvp_rig),
+ * and every test checks that all KV blocks went back to their pools, after failures too.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -103,6 +106,69 @@ static struct eng_kvp *identity_predictor(const struct eng_model_config *c) {
     return p;
 }
 
+/* ---- the caller's side of a KV-prediction prefill ---- */
+
+/* What a caller of the kvp API owns besides its pools: a base forward context and, for
+ * PREDICT, an aux pool and sequence. */
+struct kvp_rig {
+    struct eng_kvp_ctx *kc;
+    struct eng_ctx *bctx;
+    struct eng_kv_pool apool; /* block size 4, max_ctx positions */
+    struct eng_seq aseq;      /* PREDICT's aux side, empty between calls */
+};
+
+static void rig_init(struct kvp_rig *r, const struct eng_model *base, const struct eng_model *aux,
+                     const struct eng_kvp *pred, int max_rows, int max_ctx) {
+    struct kc_error err = {0};
+    memset(r, 0, sizeof(*r));
+    if (eng_kvp_ctx_create(base, aux, pred, max_rows, max_ctx, 1, &r->kc, &err) != KC_OK ||
+        eng_ctx_create(base, max_rows, max_ctx, 1, &r->bctx, &err) != KC_OK ||
+        eng_kv_pool_init(&r->apool, eng_model_config_of(aux), 4, (max_ctx + 3) / 4, &err) !=
+            KC_OK) {
+        fail_msg("rig: %s", err.msg);
+    }
+}
+
+/* Frees the rig, checking that every aux block went back. */
+static void rig_free(struct kvp_rig *r) {
+    assert_int_equal(r->aseq.n_tokens, 0);
+    assert_int_equal(eng_kv_pool_n_free(&r->apool), r->apool.n_blocks);
+    eng_kv_pool_free(&r->apool);
+    eng_ctx_free(r->bctx);
+    eng_kvp_ctx_free(r->kc);
+}
+
+/* Where mode reads and writes: seq (in pool) is the base sequence, or the aux one for AUX. */
+static struct eng_kvp_seqs rig_io(struct kvp_rig *r, enum eng_kvp_mode mode,
+                                  struct eng_kv_pool *pool, struct eng_seq *seq) {
+    if (mode == ENG_KVP_AUX) {
+        return (struct eng_kvp_seqs){.aux_pool = pool, .aux = seq};
+    }
+    return (struct eng_kvp_seqs){.base_ctx = r->bctx,
+                                 .base_pool = pool,
+                                 .base = seq,
+                                 .aux_pool = &r->apool,
+                                 .aux = &r->aseq};
+}
+
+/* eng_kvp_prefill of seq with the rig's aux side, released after the call (as a caller that
+ * publishes no aux blocks does). */
+static int rig_prefill(struct kvp_rig *r, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
+                       struct eng_seq *seq, const int32_t *tokens, int n, float *logits,
+                       struct eng_kvp_timings *t, struct kc_error *err) {
+    const struct eng_kvp_seqs io = rig_io(r, mode, pool, seq);
+    const int rc = eng_kvp_prefill(r->kc, mode, &io, tokens, n, logits, t, err);
+    eng_seq_release(&r->apool, &r->aseq);
+    return rc;
+}
+
+static int rig_forward(struct kvp_rig *r, enum eng_kvp_mode mode, struct eng_kv_pool *pool,
+                       struct eng_seq *seq, const int32_t *tokens, int n, enum eng_logits_mode lm,
+                       float *logits, struct kc_error *err) {
+    const struct eng_kvp_seqs io = rig_io(r, mode, pool, seq);
+    return eng_kvp_forward(r->kc, mode, &io, tokens, n, lm, logits, err);
+}
+
 /* ---- the invariant ---- */
 
 /* With aux = base and identity maps, the predicted cache equals the base's own cache and the
@@ -116,21 +182,19 @@ static void check_identity_invariant(const char *name) {
     int32_t *prompt = golden_tokens(name, &n);
     const int G = 32;
     struct kc_error err = {0};
-    struct eng_kvp_ctx *kc = NULL;
-    if (eng_kvp_ctx_create(base, aux, pred, 64, n + G + 1, 1, &kc, &err) != KC_OK) {
-        fail_msg("%s", err.msg);
-    }
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, pred, 64, n + G + 1);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 8, 32, &err), KC_OK);
     struct eng_seq full = {0}, pr = {0};
     float *lf = calloc((size_t)V, sizeof(float)), *lp = calloc((size_t)V, sizeof(float));
     struct eng_kvp_timings t = {0};
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &full, prompt, n, lf, NULL, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &full, prompt, n, lf, NULL, &err),
                      KC_OK);
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &pr, prompt, n, lp, &t, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_PREDICT, &pool, &pr, prompt, n, lp, &t, &err),
                      KC_OK);
     assert_int_equal(pr.n_tokens, n);
-    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+    assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
     float dk = 0, dv = 0;
     for (int l = 0; l < L; l++) {
         for (int p = 0; p < n; p++) {
@@ -156,10 +220,9 @@ static void check_identity_invariant(const char *name) {
             fail_msg("%s: greedy token %d differs: full %d, predict %d", name, i, a, b);
         }
         assert_int_equal(
-            eng_kvp_forward(kc, ENG_KVP_FULL, &pool, &full, &a, 1, ENG_LOGITS_LAST, lf, &err),
-            KC_OK);
+            rig_forward(&rig, ENG_KVP_FULL, &pool, &full, &a, 1, ENG_LOGITS_LAST, lf, &err), KC_OK);
         assert_int_equal(
-            eng_kvp_forward(kc, ENG_KVP_PREDICT, &pool, &pr, &b, 1, ENG_LOGITS_LAST, lp, &err),
+            rig_forward(&rig, ENG_KVP_PREDICT, &pool, &pr, &b, 1, ENG_LOGITS_LAST, lp, &err),
             KC_OK);
     }
     eng_seq_release(&pool, &full);
@@ -169,7 +232,7 @@ static void check_identity_invariant(const char *name) {
     free(lp);
     free(prompt);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
@@ -206,16 +269,16 @@ static void test_stacked_maps_put_each_layer_in_its_columns(void **state) {
     assert_int_equal(eng_kvp_create(&s, map, w, NULL, w, NULL, &pred, &err), KC_OK);
     int n = 0;
     int32_t *prompt = golden_tokens("llama_gqa", &n);
-    struct eng_kvp_ctx *kc = NULL;
-    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 64, n + 1, 1, &kc, &err), KC_OK);
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, pred, 64, n + 1);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 8, 32, &err), KC_OK);
     struct eng_seq full = {0}, pr = {0};
     float *logits = calloc((size_t)V, sizeof(float));
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &full, prompt, n, logits, NULL, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &full, prompt, n, logits, NULL, &err),
                      KC_OK);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &pr, prompt, n, logits, NULL, &err), KC_OK);
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_PREDICT, &pool, &pr, prompt, n, logits, NULL, &err),
+                     KC_OK);
     float worst = 0.0f;
     for (int l = 0; l < L; l++) {
         for (int p = 0; p < n - 1; p++) {
@@ -237,7 +300,7 @@ static void test_stacked_maps_put_each_layer_in_its_columns(void **state) {
     free(w);
     free(map);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
@@ -278,8 +341,8 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
     struct eng_kvp *pred = NULL;
     struct kc_error err = {0};
     assert_int_equal(eng_kvp_create_random(&s, NULL, 42, &pred, &err), KC_OK);
-    struct eng_kvp_ctx *kc = NULL;
-    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 16, 64, 1, &kc, &err), KC_OK);
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, pred, 16, 64);
     struct eng_kv_pool bpool, apool;
     assert_int_equal(eng_kv_pool_init(&bpool, bc, 4, 16, &err), KC_OK);
     assert_int_equal(eng_kv_pool_init(&apool, eng_model_config_of(aux), 4, 16, &err), KC_OK);
@@ -295,8 +358,8 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
             struct eng_kv_pool *pool = mode == ENG_KVP_AUX ? &apool : &bpool;
             struct eng_seq seq = {0};
             struct eng_kvp_timings t = {0};
-            if (eng_kvp_prefill(kc, (enum eng_kvp_mode)mode, pool, &seq, prompt, lens[li], logits,
-                                &t, &err) != KC_OK) {
+            if (rig_prefill(&rig, (enum eng_kvp_mode)mode, pool, &seq, prompt, lens[li], logits, &t,
+                            &err) != KC_OK) {
                 fail_msg("%s n=%d: %s", eng_kvp_mode_name((enum eng_kvp_mode)mode), lens[li],
                          err.msg);
             }
@@ -307,24 +370,23 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
             assert_true(t.total_ms >= 0.0);
             /* One decode step after the prefill. */
             int32_t next = argmax(logits, V);
-            assert_int_equal(eng_kvp_forward(kc, (enum eng_kvp_mode)mode, pool, &seq, &next, 1,
-                                             ENG_LOGITS_LAST, logits, &err),
+            assert_int_equal(rig_forward(&rig, (enum eng_kvp_mode)mode, pool, &seq, &next, 1,
+                                         ENG_LOGITS_LAST, logits, &err),
                              KC_OK);
             eng_seq_release(pool, &seq);
         }
     }
     /* n == 1: nothing to predict, predict == full exactly. */
     struct eng_seq a = {0}, b = {0};
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &bpool, &a, prompt, 1, ref, NULL, &err),
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &bpool, &a, prompt, 1, ref, NULL, &err),
                      KC_OK);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &bpool, &b, prompt, 1, logits, NULL, &err), KC_OK);
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_PREDICT, &bpool, &b, prompt, 1, logits, NULL, &err),
+                     KC_OK);
     assert_true(max_diff(ref, logits, (size_t)V) == 0.0f);
     eng_seq_release(&bpool, &a);
     eng_seq_release(&bpool, &b);
     assert_int_equal(eng_kv_pool_n_free(&bpool), 16);
     assert_int_equal(eng_kv_pool_n_free(&apool), 16);
-    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
     /* The analytic FLOPs of predict are below full's for this 4x cheaper-per-token aux. */
     const double ff = eng_kvp_ttft_flops(ENG_KVP_FULL, bc, eng_model_config_of(aux), &s, 40);
     const double fp = eng_kvp_ttft_flops(ENG_KVP_PREDICT, bc, eng_model_config_of(aux), &s, 40);
@@ -334,55 +396,454 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
     free(ref);
     eng_kv_pool_free(&bpool);
     eng_kv_pool_free(&apool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
 }
 
-/* Bad prefill requests are refused before anything changes, and leave no blocks taken. */
+/* ---- cached prefixes: eng_kv_extract and eng_kvp_predict with c > 0 or a > 0 ---- */
+
+static float uniform_pm1(uint64_t *st) {
+    *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(*st >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+}
+
+/* eng_kv_extract undoes eng_kv_inject: pre-RoPE keys come back within 1e-6 (relative) and
+ * values bit for bit, across block boundaries, at positions past a prefix, into strided
+ * rows; a range outside the sequence is refused. */
+static void check_extract_inverts_inject(const char *name) {
+    struct eng_model *m = load_case(name);
+    const struct eng_model_config *c = eng_model_config_of(m);
+    const int L = c->n_layers, kvd = c->n_kv_heads * c->head_dim, n0 = 5, n = 19;
+    const size_t ld = (size_t)kvd + 3;
+    struct kc_error err = {0};
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 8, &err), KC_OK);
+    float **k = calloc((size_t)L, sizeof(float *)), **v = calloc((size_t)L, sizeof(float *));
+    float **kx = calloc((size_t)L, sizeof(float *)), **vx = calloc((size_t)L, sizeof(float *));
+    size_t *lds = calloc((size_t)L, sizeof(size_t));
+    uint64_t st = 11;
+    for (int l = 0; l < L; l++) {
+        k[l] = malloc((size_t)(n0 + n) * kvd * sizeof(float));
+        v[l] = malloc((size_t)(n0 + n) * kvd * sizeof(float));
+        kx[l] = calloc((size_t)n * ld, sizeof(float));
+        vx[l] = calloc((size_t)n * ld, sizeof(float));
+        lds[l] = ld;
+        for (int i = 0; i < (n0 + n) * kvd; i++) {
+            k[l][i] = uniform_pm1(&st);
+            v[l][i] = uniform_pm1(&st);
+        }
+    }
+    struct eng_seq seq = {0};
+    assert_int_equal(
+        eng_kv_inject(m, &pool, &seq, n0, (const float *const *)k, (const float *const *)v, &err),
+        KC_OK);
+    /* The second injection starts mid-block, at position n0. */
+    const float **kr = calloc((size_t)L, sizeof(float *)),
+                **vr = calloc((size_t)L, sizeof(float *));
+    for (int l = 0; l < L; l++) {
+        kr[l] = k[l] + (size_t)n0 * kvd;
+        vr[l] = v[l] + (size_t)n0 * kvd;
+    }
+    assert_int_equal(eng_kv_inject(m, &pool, &seq, n, kr, vr, &err), KC_OK);
+    assert_int_equal(eng_kv_extract(m, &pool, &seq, n0, n, kx, vx, lds, &err), KC_OK);
+    float worst = 0.0f;
+    for (int l = 0; l < L; l++) {
+        for (int r = 0; r < n; r++) {
+            /* Relative to the row's largest key: a rotation's rounding scales with the pair
+             * it mixes, not with the smaller of its two elements. */
+            const float *want = kr[l] + (size_t)r * kvd, *got = kx[l] + (size_t)r * ld;
+            float scale = 0.0f;
+            for (int i = 0; i < kvd; i++) {
+                scale = fmaxf(scale, fabsf(want[i]));
+            }
+            worst = fmaxf(worst, max_diff(want, got, (size_t)kvd) / scale);
+            for (int i = 0; i < kvd; i++) {
+                assert_true(vx[l][(size_t)r * ld + i] == vr[l][(size_t)r * kvd + i]);
+            }
+            /* The gap between strided rows is untouched. */
+            assert_true(kx[l][(size_t)r * ld + kvd] == 0.0f);
+        }
+    }
+    print_message("%s: extract after inject, worst relative key error %.3g\n", name, worst);
+    assert_true(worst <= 1e-6f);
+    /* Contiguous rows (ld NULL), one position. */
+    assert_int_equal(eng_kv_extract(m, &pool, &seq, 0, 1, kx, vx, NULL, &err), KC_OK);
+    assert_true(vx[0][0] == v[0][0]);
+    assert_int_equal(eng_kv_extract(m, &pool, &seq, n0, n + 1, kx, vx, lds, &err), KC_EINVAL);
+    assert_int_equal(eng_kv_extract(m, &pool, &seq, -1, 2, kx, vx, lds, &err), KC_EINVAL);
+    eng_seq_release(&pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 8);
+    for (int l = 0; l < L; l++) {
+        free(k[l]);
+        free(v[l]);
+        free(kx[l]);
+        free(vx[l]);
+    }
+    free(k);
+    free(v);
+    free(kx);
+    free(vx);
+    free(kr);
+    free(vr);
+    free(lds);
+    eng_kv_pool_free(&pool);
+    eng_model_free(m);
+}
+
+static void test_kv_extract_inverts_inject(void **state) {
+    (void)state;
+    check_extract_inverts_inject("llama_gqa");
+    check_extract_inverts_inject("llama3_scaling");
+    check_extract_inverts_inject("qwen2_bias");
+}
+
+/* A golden base with a small random aux and a random predictor, a base pool of 4-position
+ * blocks, the rig's aux pool, and a 41-token prompt. */
+struct prefix_case {
+    struct eng_model *base, *aux;
+    struct eng_kvp *pred;
+    struct kvp_rig rig;
+    struct eng_kv_pool pool;
+    int V, L, kvd, n;
+    int32_t prompt[41];
+};
+
+static void prefix_case_init(struct prefix_case *pc) {
+    memset(pc, 0, sizeof(*pc));
+    pc->base = load_case("llama_untied_bf16");
+    const struct eng_model_config *bc = eng_model_config_of(pc->base);
+    pc->aux = small_aux_for(bc, 7);
+    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(bc, eng_model_config_of(pc->aux));
+    struct kc_error err = {0};
+    assert_int_equal(eng_kvp_create_random(&s, NULL, 42, &pc->pred, &err), KC_OK);
+    rig_init(&pc->rig, pc->base, pc->aux, pc->pred, 16, 64);
+    assert_int_equal(eng_kv_pool_init(&pc->pool, bc, 4, 48, &err), KC_OK);
+    pc->V = bc->vocab_size;
+    pc->L = bc->n_layers;
+    pc->kvd = bc->n_kv_heads * bc->head_dim;
+    pc->n = 41;
+    for (int i = 0; i < pc->n; i++) {
+        pc->prompt[i] = (int32_t)((i * 37 + 11) % pc->V);
+    }
+}
+
+static void prefix_case_free(struct prefix_case *pc) {
+    assert_int_equal(eng_kv_pool_n_free(&pc->pool), pc->pool.n_blocks);
+    eng_kv_pool_free(&pc->pool);
+    rig_free(&pc->rig);
+    eng_kvp_free(pc->pred);
+    eng_model_free(pc->aux);
+    eng_model_free(pc->base);
+}
+
+/* A FULL prefill of prompt[0..c) into the empty seq. */
+static void full_prefix(struct prefix_case *pc, struct eng_seq *seq, int c, float *logits) {
+    struct kc_error err = {0};
+    if (c > 0 && rig_prefill(&pc->rig, ENG_KVP_FULL, &pc->pool, seq, pc->prompt, c, logits, NULL,
+                             &err) != KC_OK) {
+        fail_msg("full prefix of %d: %s", c, err.msg);
+    }
+}
+
+/* An AUX forward of prompt[0..a) into the rig's empty aux sequence (a cached aux prefix). */
+static void aux_prefix(struct prefix_case *pc, int a) {
+    struct kc_error err = {0};
+    const struct eng_kvp_seqs io = rig_io(&pc->rig, ENG_KVP_AUX, &pc->rig.apool, &pc->rig.aseq);
+    if (a > 0 && eng_kvp_forward(pc->rig.kc, ENG_KVP_AUX, &io, pc->prompt, a, ENG_LOGITS_NONE, NULL,
+                                 &err) != KC_OK) {
+        fail_msg("aux prefix of %d: %s", a, err.msg);
+    }
+}
+
+/* eng_kvp_predict over the whole prompt with the base prefix already in seq and the aux
+ * prefix already in the rig's aux sequence; checks the sequences' lengths after it, then
+ * releases the aux sequence. */
+static void predict_into(struct prefix_case *pc, struct eng_seq *seq, float *logits,
+                         struct eng_kvp_timings *t) {
+    struct kc_error err = {0};
+    const struct eng_kvp_seqs io = rig_io(&pc->rig, ENG_KVP_PREDICT, &pc->pool, seq);
+    const int c = seq->n_tokens, a = pc->rig.aseq.n_tokens;
+    if (eng_kvp_predict(pc->rig.kc, &io, pc->prompt, pc->n, logits, t, &err) != KC_OK) {
+        fail_msg("predict c=%d a=%d: %s", c, a, err.msg);
+    }
+    assert_int_equal(seq->n_tokens, pc->n);
+    assert_int_equal(pc->rig.aseq.n_tokens, pc->n - 1);
+    eng_seq_release(&pc->rig.apool, &pc->rig.aseq);
+}
+
+static float rel_diff(const float *a, const float *b, int n) {
+    float scale = 1.0f;
+    for (int i = 0; i < n; i++) {
+        scale = fmaxf(scale, fabsf(a[i]));
+    }
+    return max_diff(a, b, (size_t)n) / scale;
+}
+
+/* Predict with an exact base prefix of c positions (from a FULL prefill of prompt[0..c)):
+ * the prefix stays bit for bit, and the first-token logits equal those of "full prefix +
+ * predicted rest" built by hand (the predicted KV of a c = 0 predict, read back with
+ * eng_kv_extract and injected after a full prefix). c = n - 1 (a whole number of blocks)
+ * predicts nothing and equals a full prefill; more exact prefix brings predict closer to
+ * full. */
+static void test_predict_with_base_prefix(void **state) {
+    (void)state;
+    struct prefix_case pc;
+    prefix_case_init(&pc);
+    const int V = pc.V, L = pc.L, kvd = pc.kvd, n = pc.n;
+    struct kc_error err = {0};
+    float *lfull = calloc((size_t)V, sizeof(float)), *l0 = calloc((size_t)V, sizeof(float));
+    float *lc = calloc((size_t)V, sizeof(float)), *lref = calloc((size_t)V, sizeof(float));
+    float *scratch = calloc((size_t)V, sizeof(float));
+    struct eng_seq full = {0}, q = {0};
+    full_prefix(&pc, &full, n, lfull);
+    predict_into(&pc, &q, l0, NULL); /* c = 0, a = 0: every position predicted */
+    const float d0 = rel_diff(lfull, l0, V);
+    /* Q's predicted KV, pre-RoPE, for every position but the last. */
+    float **qk = calloc((size_t)L, sizeof(float *)), **qv = calloc((size_t)L, sizeof(float *));
+    const float **qkc = calloc((size_t)L, sizeof(float *));
+    const float **qvc = calloc((size_t)L, sizeof(float *));
+    for (int l = 0; l < L; l++) {
+        qk[l] = calloc((size_t)n * kvd, sizeof(float));
+        qv[l] = calloc((size_t)n * kvd, sizeof(float));
+    }
+    assert_int_equal(eng_kv_extract(pc.base, &pc.pool, &q, 0, n - 1, qk, qv, NULL, &err), KC_OK);
+    float *snap = calloc((size_t)L * n * kvd * 2, sizeof(float));
+    const int cs[] = {4, 16, 36, 40};
+    for (size_t ci = 0; ci < sizeof(cs) / sizeof(cs[0]); ci++) {
+        const int c = cs[ci];
+        struct eng_seq p = {0}, r = {0};
+        full_prefix(&pc, &p, c, scratch);
+        for (int l = 0; l < L; l++) {
+            for (int i = 0; i < c; i++) {
+                memcpy(snap + ((size_t)(l * n + i) * 2) * kvd, eng_kv_k_at(&pc.pool, &p, l, i),
+                       (size_t)kvd * sizeof(float));
+                memcpy(snap + ((size_t)(l * n + i) * 2 + 1) * kvd, eng_kv_v_at(&pc.pool, &p, l, i),
+                       (size_t)kvd * sizeof(float));
+            }
+        }
+        struct eng_kvp_timings t = {0};
+        predict_into(&pc, &p, lc, &t);
+        for (int l = 0; l < L; l++) {
+            for (int i = 0; i < c; i++) {
+                assert_memory_equal(snap + ((size_t)(l * n + i) * 2) * kvd,
+                                    eng_kv_k_at(&pc.pool, &p, l, i), (size_t)kvd * sizeof(float));
+                assert_memory_equal(snap + ((size_t)(l * n + i) * 2 + 1) * kvd,
+                                    eng_kv_v_at(&pc.pool, &p, l, i), (size_t)kvd * sizeof(float));
+            }
+        }
+        /* The reference: full prefix, then Q's predictions for [c, n - 1), then t[n-1]. */
+        full_prefix(&pc, &r, c, scratch);
+        for (int l = 0; l < L; l++) {
+            qkc[l] = qk[l] + (size_t)c * kvd;
+            qvc[l] = qv[l] + (size_t)c * kvd;
+        }
+        assert_int_equal(eng_kv_inject(pc.base, &pc.pool, &r, n - 1 - c, qkc, qvc, &err), KC_OK);
+        assert_int_equal(rig_forward(&pc.rig, ENG_KVP_FULL, &pc.pool, &r, pc.prompt + n - 1, 1,
+                                     ENG_LOGITS_LAST, lref, &err),
+                         KC_OK);
+        const float dref = rel_diff(lref, lc, V), dfull = rel_diff(lfull, lc, V);
+        print_message("base prefix c=%d: vs full prefix + predicted rest %.3g, vs full %.3g (c=0: "
+                      "%.3g); predict %.2f ms\n",
+                      c, dref, dfull, d0, t.predict_ms);
+        assert_true(dref <= 1e-5f);
+        if (c == n - 1) {
+            assert_true(t.predict_ms == 0.0);
+            assert_true(dfull <= 1e-5f);
+        } else if (c == 36) {
+            /* The most exact prefix short of n - 1 (36 of 40 positions) is closer to full's
+             * logits than none. */
+            assert_true(dfull < d0);
+        }
+        eng_seq_release(&pc.pool, &p);
+        eng_seq_release(&pc.pool, &r);
+    }
+    eng_seq_release(&pc.pool, &full);
+    eng_seq_release(&pc.pool, &q);
+    for (int l = 0; l < L; l++) {
+        free(qk[l]);
+        free(qv[l]);
+    }
+    free(qk);
+    free(qv);
+    free(qkc);
+    free(qvc);
+    free(snap);
+    free(lfull);
+    free(l0);
+    free(lc);
+    free(lref);
+    free(scratch);
+    prefix_case_free(&pc);
+}
+
+/* Predict with a cached aux prefix of a positions (an aux forward of prompt[0..a)) gives the
+ * logits of predict without one (the aux K/V of [c, a) read back instead of captured:
+ * rounding only), for a < c, a == c, a > c and a == n - 1, and runs the aux over the
+ * remaining tokens only. */
+static void test_predict_with_aux_prefix(void **state) {
+    (void)state;
+    struct prefix_case pc;
+    prefix_case_init(&pc);
+    const int V = pc.V, n = pc.n;
+    float *l0 = calloc((size_t)V, sizeof(float)), *la = calloc((size_t)V, sizeof(float));
+    float *scratch = calloc((size_t)V, sizeof(float));
+    const int cases[][2] = {{0, 0},   {0, 20},  {16, 8},  {16, 16}, {16, 30},
+                            {16, 40}, {36, 37}, {40, 12}, {40, 40}};
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        const int c = cases[k][0], a = cases[k][1];
+        struct eng_seq p0 = {0}, pa = {0};
+        struct eng_kvp_timings t0 = {0}, ta = {0};
+        full_prefix(&pc, &p0, c, scratch);
+        predict_into(&pc, &p0, l0, &t0);
+        full_prefix(&pc, &pa, c, scratch);
+        aux_prefix(&pc, a);
+        predict_into(&pc, &pa, la, &ta);
+        const float d = rel_diff(l0, la, V);
+        print_message("c=%d a=%d: logits vs a=0 %.3g; aux %.2f ms (a=0: %.2f ms)\n", c, a, d,
+                      ta.aux_ms, t0.aux_ms);
+        assert_true(d <= 1e-5f);
+        if (a == n - 1) {
+            assert_true(ta.aux_ms == 0.0);
+        }
+        eng_seq_release(&pc.pool, &p0);
+        eng_seq_release(&pc.pool, &pa);
+    }
+    free(l0);
+    free(la);
+    free(scratch);
+    prefix_case_free(&pc);
+}
+
+/* Every failure with cached prefixes leaves blocks only in the caller's sequences: once it
+ * releases them, both pools are whole again. */
+static void test_predict_with_prefixes_returns_every_block_on_failure(void **state) {
+    (void)state;
+    struct prefix_case pc;
+    prefix_case_init(&pc);
+    struct kc_error err = {0};
+    float *logits = calloc((size_t)pc.V, sizeof(float));
+    /* A base pool with room for the 16-position prefix and a little more. */
+    struct eng_kv_pool small;
+    assert_int_equal(eng_kv_pool_init(&small, eng_model_config_of(pc.base), 4, 6, &err), KC_OK);
+    struct eng_seq p = {0};
+    assert_int_equal(
+        rig_prefill(&pc.rig, ENG_KVP_FULL, &small, &p, pc.prompt, 16, logits, NULL, &err), KC_OK);
+    aux_prefix(&pc, 24);
+    const struct eng_kvp_seqs io = rig_io(&pc.rig, ENG_KVP_PREDICT, &small, &p);
+    assert_int_equal(eng_kvp_predict(pc.rig.kc, &io, pc.prompt, pc.n, logits, NULL, &err),
+                     KC_EBUSY);
+    print_message("error: %s\n", err.msg);
+    eng_seq_release(&small, &p);
+    eng_seq_release(&pc.rig.apool, &pc.rig.aseq);
+    assert_int_equal(eng_kv_pool_n_free(&small), 6);
+    assert_int_equal(eng_kv_pool_n_free(&pc.rig.apool), pc.rig.apool.n_blocks);
+    /* An aux pool that runs dry after a cached aux prefix. */
+    struct eng_kv_pool asmall;
+    struct eng_seq aseq = {0};
+    assert_int_equal(eng_kv_pool_init(&asmall, eng_model_config_of(pc.aux), 4, 7, &err), KC_OK);
+    struct eng_kvp_seqs aio = rig_io(&pc.rig, ENG_KVP_AUX, &asmall, &aseq);
+    assert_int_equal(
+        eng_kvp_forward(pc.rig.kc, ENG_KVP_AUX, &aio, pc.prompt, 20, ENG_LOGITS_NONE, NULL, &err),
+        KC_OK);
+    struct eng_seq b = {0};
+    full_prefix(&pc, &b, 8, logits);
+    struct eng_kvp_seqs bio = rig_io(&pc.rig, ENG_KVP_PREDICT, &pc.pool, &b);
+    bio.aux_pool = &asmall;
+    bio.aux = &aseq;
+    assert_int_equal(eng_kvp_predict(pc.rig.kc, &bio, pc.prompt, pc.n, logits, NULL, &err),
+                     KC_EBUSY);
+    print_message("error: %s\n", err.msg);
+    eng_seq_release(&pc.pool, &b);
+    eng_seq_release(&asmall, &aseq);
+    assert_int_equal(eng_kv_pool_n_free(&asmall), 7);
+    free(logits);
+    eng_kv_pool_free(&small);
+    eng_kv_pool_free(&asmall);
+    prefix_case_free(&pc);
+}
+
+/* Bad prefill requests are refused before anything changes; a pool that runs dry midway
+ * (base or aux) is KC_EBUSY; after the caller releases both sequences, every block of both
+ * pools is back. */
 static void test_prefill_rejects_bad_requests(void **state) {
     (void)state;
     struct eng_model *base = load_case("llama_gqa"), *aux = load_case("llama_gqa");
     const struct eng_model_config *c = eng_model_config_of(base);
     struct kc_error err = {0};
-    struct eng_kvp_ctx *kc = NULL, *nopred = NULL;
     struct eng_kvp *pred = identity_predictor(c);
-    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 8, 16, 1, &kc, &err), KC_OK);
-    assert_int_equal(eng_kvp_ctx_create(base, aux, NULL, 8, 16, 1, &nopred, &err), KC_OK);
+    struct kvp_rig rig, nopred;
+    rig_init(&rig, base, aux, pred, 8, 16);
+    rig_init(&nopred, base, aux, NULL, 8, 16);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 4, 8, &err), KC_OK);
     float *logits = calloc((size_t)c->vocab_size, sizeof(float));
     int32_t toks[20] = {0};
     struct eng_seq seq = {0};
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 0, logits, NULL, &err),
-                     KC_EINVAL);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 17, logits, NULL, &err),
-        KC_ECONTEXT);
+    struct eng_kvp_seqs io = rig_io(&rig, ENG_KVP_PREDICT, &pool, &seq);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 0, logits, NULL, &err), KC_EINVAL);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 17, logits, NULL, &err), KC_ECONTEXT);
     toks[3] = c->vocab_size;
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 5, logits, NULL, &err),
-                     KC_ERANGE);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 5, logits, NULL, &err), KC_ERANGE);
     toks[3] = 0;
-    assert_int_equal(
-        eng_kvp_prefill(nopred, ENG_KVP_PREDICT, &pool, &seq, toks, 5, logits, NULL, &err),
-        KC_EINVAL);
+    assert_int_equal(eng_kvp_predict(nopred.kc, &io, toks, 5, logits, NULL, &err), KC_EINVAL);
     print_message("error: %s\n", err.msg);
+    /* A missing member of io. */
+    struct eng_kvp_seqs half = io;
+    half.aux = NULL;
+    assert_int_equal(eng_kvp_predict(rig.kc, &half, toks, 5, logits, NULL, &err), KC_EINVAL);
+    half = io;
+    half.base_ctx = NULL;
+    assert_int_equal(eng_kvp_predict(rig.kc, &half, toks, 5, logits, NULL, &err), KC_EINVAL);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 8);
+    assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
     /* A base pool too small for the prompt: the predicted KV cannot be written. */
     struct eng_kv_pool tiny;
     assert_int_equal(eng_kv_pool_init(&tiny, c, 4, 2, &err), KC_OK);
-    assert_int_equal(
-        eng_kvp_prefill(kc, ENG_KVP_PREDICT, &tiny, &seq, toks, 12, logits, NULL, &err), KC_EBUSY);
-    assert_int_equal(seq.n_tokens, 0);
+    struct eng_kvp_seqs tio = rig_io(&rig, ENG_KVP_PREDICT, &tiny, &seq);
+    assert_int_equal(eng_kvp_predict(rig.kc, &tio, toks, 12, logits, NULL, &err), KC_EBUSY);
+    print_message("error: %s\n", err.msg);
+    eng_seq_release(&tiny, &seq);
+    eng_seq_release(&rig.apool, &rig.aseq);
     assert_int_equal(eng_kv_pool_n_free(&tiny), 2);
-    assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
-    /* A sequence that already holds tokens. */
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &pool, &seq, toks, 3, logits, NULL, &err),
+    assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
+    /* An aux pool too small: the aux forward cannot reserve its blocks. */
+    struct eng_kv_pool atiny;
+    struct eng_seq aseq = {0};
+    assert_int_equal(eng_kv_pool_init(&atiny, eng_model_config_of(aux), 4, 2, &err), KC_OK);
+    struct eng_kvp_seqs aio = io;
+    aio.aux_pool = &atiny;
+    aio.aux = &aseq;
+    assert_int_equal(eng_kvp_predict(rig.kc, &aio, toks, 12, logits, NULL, &err), KC_EBUSY);
+    print_message("error: %s\n", err.msg);
+    eng_seq_release(&pool, &seq);
+    eng_seq_release(&atiny, &aseq);
+    assert_int_equal(eng_kv_pool_n_free(&atiny), 2);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 8);
+    /* A base prefix that is not a whole number of blocks, or covers the whole prompt. */
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &seq, toks, 3, logits, NULL, &err),
                      KC_OK);
-    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_PREDICT, &pool, &seq, toks, 3, logits, NULL, &err),
-                     KC_EINVAL);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 6, logits, NULL, &err), KC_EINVAL);
     assert_int_equal(seq.n_tokens, 3);
     eng_seq_release(&pool, &seq);
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &seq, toks, 4, logits, NULL, &err),
+                     KC_OK);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 4, logits, NULL, &err), KC_EINVAL);
+    assert_int_equal(seq.n_tokens, 4);
+    /* ... a FULL prefill of a sequence that already holds every token ... */
+    assert_int_equal(rig_prefill(&rig, ENG_KVP_FULL, &pool, &seq, toks, 4, logits, NULL, &err),
+                     KC_EINVAL);
+    eng_seq_release(&pool, &seq);
+    /* ... and an aux prefix longer than the n - 1 tokens the aux reads. */
+    struct eng_kvp_seqs aonly = rig_io(&rig, ENG_KVP_AUX, &rig.apool, &rig.aseq);
+    assert_int_equal(eng_kvp_prefill(rig.kc, ENG_KVP_AUX, &aonly, toks, 5, logits, NULL, &err),
+                     KC_OK);
+    assert_int_equal(eng_kvp_predict(rig.kc, &io, toks, 5, logits, NULL, &err), KC_EINVAL);
+    print_message("error: %s\n", err.msg);
+    assert_int_equal(seq.n_tokens, 0);
+    assert_int_equal(rig.aseq.n_tokens, 5);
+    eng_seq_release(&rig.apool, &rig.aseq);
     assert_int_equal(eng_kv_pool_n_free(&pool), 8);
     /* A predictor of another pair's shape is refused at context creation. */
     struct eng_model *other = load_case("llama_untied_bf16");
@@ -392,10 +853,11 @@ static void test_prefill_rejects_bad_requests(void **state) {
     assert_null(bad);
     eng_model_free(other);
     free(logits);
+    eng_kv_pool_free(&atiny);
     eng_kv_pool_free(&tiny);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
-    eng_kvp_ctx_free(nopred);
+    rig_free(&rig);
+    rig_free(&nopred);
     eng_kvp_free(pred);
     eng_model_free(aux);
     eng_model_free(base);
@@ -1035,8 +1497,8 @@ static void test_calibration_with_aux_equal_base_recovers_identity(void **state)
         assert_int_equal(map[l], l);
     }
     struct kc_error err = {0};
-    struct eng_kvp_ctx *kc = NULL;
-    assert_int_equal(eng_kvp_ctx_create(base, aux, NULL, 32, 64, 1, &kc, &err), KC_OK);
+    struct kvp_rig rig;
+    rig_init(&rig, base, aux, NULL, 32, 64);
     struct eng_kv_pool pool;
     assert_int_equal(eng_kv_pool_init(&pool, c, 16, 4, &err), KC_OK);
     struct eng_kvp_calib *cal = NULL;
@@ -1048,11 +1510,12 @@ static void test_calibration_with_aux_equal_base_recovers_identity(void **state)
             st = st * 6364136223846793005ull + 1442695040888963407ull;
             toks[i] = (int32_t)((st >> 33) % (uint64_t)c->vocab_size);
         }
-        if (eng_kvp_calib_window(cal, kc, &pool, toks, 64, &err) != KC_OK) {
+        if (eng_kvp_calib_window(cal, rig.kc, rig.bctx, &pool, &rig.apool, toks, 64, &err) !=
+            KC_OK) {
             fail_msg("%s", err.msg);
         }
         assert_int_equal(eng_kv_pool_n_free(&pool), 4);
-        assert_int_equal(eng_kvp_ctx_aux_free_blocks(kc), eng_kvp_ctx_aux_blocks(kc));
+        assert_int_equal(eng_kv_pool_n_free(&rig.apool), rig.apool.n_blocks);
     }
     struct eng_kvp *p = NULL;
     assert_int_equal(eng_kvp_calib_solve(cal, 0.0, &p, &err), KC_OK);
@@ -1082,11 +1545,12 @@ static void test_calibration_with_aux_equal_base_recovers_identity(void **state)
     /* Windows longer than the context are refused. */
     assert_int_equal(eng_kvp_calib_create(&s, map, 1, &cal, &err), KC_OK);
     int32_t many[65] = {0};
-    assert_int_equal(eng_kvp_calib_window(cal, kc, &pool, many, 65, &err), KC_ECONTEXT);
+    assert_int_equal(eng_kvp_calib_window(cal, rig.kc, rig.bctx, &pool, &rig.apool, many, 65, &err),
+                     KC_ECONTEXT);
     eng_kvp_calib_free(cal);
     assert_int_equal(eng_kv_pool_n_free(&pool), 4);
     eng_kv_pool_free(&pool);
-    eng_kvp_ctx_free(kc);
+    rig_free(&rig);
     eng_model_free(aux);
     eng_model_free(base);
 }
@@ -1097,6 +1561,10 @@ int main(void) {
         cmocka_unit_test(test_stacked_maps_put_each_layer_in_its_columns),
         cmocka_unit_test(test_random_predictor_runs_and_one_token_prompt_works),
         cmocka_unit_test(test_prefill_rejects_bad_requests),
+        cmocka_unit_test(test_kv_extract_inverts_inject),
+        cmocka_unit_test(test_predict_with_base_prefix),
+        cmocka_unit_test(test_predict_with_aux_prefix),
+        cmocka_unit_test(test_predict_with_prefixes_returns_every_block_on_failure),
         cmocka_unit_test(test_layer_map_parse_and_auto),
         cmocka_unit_test(test_predictor_file_round_trip_and_rejections),
         cmocka_unit_test(test_bundle_checks_tokenizers_and_shapes),

@@ -71,8 +71,9 @@ static int bench_kvp(const struct eng_model *base, const struct eng_model_config
     struct eng_model *aux = NULL;
     struct eng_kvp *pred = NULL;
     struct eng_kvp_ctx *kc = NULL;
-    struct eng_kv_pool pool = {0};
-    struct eng_seq seq = {0};
+    struct eng_ctx *bctx = NULL;
+    struct eng_kv_pool pool = {0}, apool = {0};
+    struct eng_seq seq = {0}, aseq = {0};
     int32_t *tokens = NULL;
     float *logits = NULL;
     int rc = 1;
@@ -82,7 +83,9 @@ static int bench_kvp(const struct eng_model *base, const struct eng_model_config
         eng_kvp_create_random(&shape, NULL, 7, &pred, &err) != KC_OK ||
         eng_kvp_ctx_create(base, aux, pred, T < 512 ? T : 512, T + 1, threads, &kc, &err) !=
             KC_OK ||
-        eng_kv_pool_init(&pool, bc, 16, (T + 16) / 16 + 1, &err) != KC_OK) {
+        eng_ctx_create(base, T < 512 ? T : 512, T + 1, threads, &bctx, &err) != KC_OK ||
+        eng_kv_pool_init(&pool, bc, 16, (T + 16) / 16 + 1, &err) != KC_OK ||
+        eng_kv_pool_init(&apool, aux_cfg, 16, (T + 16) / 16 + 1, &err) != KC_OK) {
         fprintf(stderr, "kvcast bench --kvp: %s\n", err.msg);
         goto done;
     }
@@ -102,12 +105,18 @@ static int bench_kvp(const struct eng_model *base, const struct eng_model_config
         for (int mi = 0; mi < 2; mi++) {
             struct eng_kvp_timings t = {0};
             const double t0 = kc_now_s();
-            if (eng_kvp_prefill(kc, modes[mi], &pool, &seq, tokens, T, logits, &t, &err) != KC_OK) {
+            const struct eng_kvp_seqs io = {.base_ctx = bctx,
+                                            .base_pool = &pool,
+                                            .base = &seq,
+                                            .aux_pool = &apool,
+                                            .aux = &aseq};
+            if (eng_kvp_prefill(kc, modes[mi], &io, tokens, T, logits, &t, &err) != KC_OK) {
                 fprintf(stderr, "kvcast bench --kvp: %s\n", err.msg);
                 goto done;
             }
             const double dt = kc_now_s() - t0;
             eng_seq_release(&pool, &seq);
+            eng_seq_release(&apool, &aseq);
             if (rep > 0 && dt < best[mi]) {
                 best[mi] = dt;
                 if (mi == 1) {
@@ -149,7 +158,14 @@ done:
     free(tokens);
     free(logits);
     eng_seq_release(&pool, &seq); /* an empty sequence never touches the pool */
-    eng_kv_pool_free(&pool);
+    eng_seq_release(&apool, &aseq);
+    if (pool.slab != NULL) {
+        eng_kv_pool_free(&pool);
+    }
+    if (apool.slab != NULL) {
+        eng_kv_pool_free(&apool);
+    }
+    eng_ctx_free(bctx);
     eng_kvp_ctx_free(kc);
     eng_kvp_free(pred);
     eng_model_free(aux);

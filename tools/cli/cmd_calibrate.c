@@ -127,7 +127,8 @@ int kc_cmd_calibrate(int argc, char **argv) {
     struct eng_kvp_ctx *kc = NULL;
     struct eng_kvp_calib *cal = NULL;
     struct eng_kvp *pred = NULL;
-    struct eng_kv_pool pool = {0};
+    struct eng_kv_pool pool = {0}, apool = {0};
+    struct eng_ctx *bctx = NULL;
     int32_t *tokens = NULL, *map = NULL, *window = NULL;
     size_t n_tokens = 0;
     int exit_code = 1;
@@ -193,7 +194,10 @@ int kc_cmd_calibrate(int argc, char **argv) {
     }
     if (eng_kvp_ctx_create(base, aux, NULL, ctx < 512 ? ctx : 512, ctx, o.threads, &kc, &err) !=
             KC_OK ||
+        eng_ctx_create(base, ctx < 512 ? ctx : 512, ctx, o.threads, &bctx, &err) != KC_OK ||
         eng_kv_pool_init(&pool, bc, block, (ctx + block - 1) / block, &err) != KC_OK ||
+        eng_kv_pool_init(&apool, eng_model_config_of(aux), block, (ctx + block - 1) / block,
+                         &err) != KC_OK ||
         eng_kvp_calib_create(&shape, map, o.threads, &cal, &err) != KC_OK) {
         fprintf(stderr, "kvcast calibrate: %s\n", err.msg);
         goto done;
@@ -223,7 +227,7 @@ int kc_cmd_calibrate(int argc, char **argv) {
             window[0] = bos;
         }
         memcpy(window + (bos >= 0 ? 1 : 0), tokens + done_tokens, k * sizeof(int32_t));
-        if (eng_kvp_calib_window(cal, kc, &pool, window, w, &err) != KC_OK) {
+        if (eng_kvp_calib_window(cal, kc, bctx, &pool, &apool, window, w, &err) != KC_OK) {
             fprintf(stderr, "\nkvcast calibrate: window at token %zu: %s\n", done_tokens, err.msg);
             goto done;
         }
@@ -255,6 +259,10 @@ done:
     if (pool.slab != NULL) {
         eng_kv_pool_free(&pool);
     }
+    if (apool.slab != NULL) {
+        eng_kv_pool_free(&apool);
+    }
+    eng_ctx_free(bctx);
     eng_kvp_ctx_free(kc);
     eng_model_free(aux);
     eng_model_free(base);

@@ -181,18 +181,45 @@ static double median(double *v, int n) {
 /* Everything one sample of one mode needs. */
 struct eval_run {
     struct eng_kvp_ctx *kc;
+    struct eng_ctx *base_ctx; /* base forwards of FULL and PREDICT */
     struct eng_kv_pool *pool[ENG_KVP_N_MODES];
+    struct eng_seq aux_seq; /* PREDICT's aux side, released after each prefill */
     int V, P, C;
     bool greedy;      /* run the greedy continuation (not --no-greedy) */
     float *logits;    /* [V] */
     float *tf_logits; /* [C - 1, V] */
 };
 
-/* Prefills prompt in mode, timing it. */
+/* Where mode reads and writes: seq is the base sequence (FULL, PREDICT) or the aux one (AUX). */
+static struct eng_kvp_seqs run_seqs(struct eval_run *r, enum eng_kvp_mode mode,
+                                    struct eng_seq *seq) {
+    const bool aux = mode == ENG_KVP_AUX;
+    const struct eng_kvp_seqs io = {.base_ctx = r->base_ctx,
+                                    .base_pool = r->pool[ENG_KVP_FULL],
+                                    .base = aux ? NULL : seq,
+                                    .aux_pool = r->pool[ENG_KVP_AUX],
+                                    .aux = aux ? seq : &r->aux_seq};
+    return io;
+}
+
+/* One forward appended to seq with the model of mode. */
+static int run_forward(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq,
+                       const int32_t *tokens, int n, enum eng_logits_mode lm, float *logits,
+                       struct kc_error *err) {
+    const struct eng_kvp_seqs io = run_seqs(r, mode, seq);
+    return eng_kvp_forward(r->kc, mode, &io, tokens, n, lm, logits, err);
+}
+
+/* Prefills prompt in mode into the empty seq, timing it; seq is empty again on failure. */
 static int run_prefill(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq,
                        const int32_t *prompt, struct mode_stats *st, struct kc_error *err) {
     struct eng_kvp_timings t = {0};
-    int rc = eng_kvp_prefill(r->kc, mode, r->pool[mode], seq, prompt, r->P, r->logits, &t, err);
+    const struct eng_kvp_seqs io = run_seqs(r, mode, seq);
+    int rc = eng_kvp_prefill(r->kc, mode, &io, prompt, r->P, r->logits, &t, err);
+    eng_seq_release(r->pool[ENG_KVP_AUX], &r->aux_seq);
+    if (rc != KC_OK) {
+        eng_seq_release(r->pool[mode], seq);
+    }
     if (rc == KC_OK && st != NULL) {
         st->ttft_ms[st->n_ttft++] = t.total_ms;
         st->split_sum.aux_ms += t.aux_ms;
@@ -225,8 +252,7 @@ static int run_sample(struct eval_run *r, enum eng_kvp_mode mode, const int32_t 
     greedy[0] = argmax(r->logits, r->V);
     double nll = -(double)eng_log_softmax_at(r->logits, r->V, cont[0]);
     if (r->C > 1) {
-        rc = eng_kvp_forward(r->kc, mode, pool, &seq, cont, r->C - 1, ENG_LOGITS_ALL, r->tf_logits,
-                             err);
+        rc = run_forward(r, mode, &seq, cont, r->C - 1, ENG_LOGITS_ALL, r->tf_logits, err);
         if (rc != KC_OK) {
             eng_seq_release(pool, &seq);
             return rc;
@@ -245,8 +271,7 @@ static int run_sample(struct eval_run *r, enum eng_kvp_mode mode, const int32_t 
     for (int i = 0; rc == KC_OK && i < r->C; i++) {
         greedy[i] = argmax(r->logits, r->V);
         if (i + 1 < r->C) {
-            rc = eng_kvp_forward(r->kc, mode, pool, &seq, &greedy[i], 1, ENG_LOGITS_LAST, r->logits,
-                                 err);
+            rc = run_forward(r, mode, &seq, &greedy[i], 1, ENG_LOGITS_LAST, r->logits, err);
         }
     }
     eng_seq_release(pool, &seq);
@@ -388,6 +413,7 @@ int kc_cmd_eval(int argc, char **argv) {
     struct kc_error err = {0};
     struct eng_kvp_bundle *b = NULL;
     struct eng_kvp_ctx *kc = NULL;
+    struct eng_ctx *bctx = NULL;
     struct eng_kv_pool bpool = {0}, apool = {0};
     int32_t *tokens = NULL, *greedy = NULL, *sample = NULL;
     size_t n_tokens = 0;
@@ -439,12 +465,14 @@ int kc_cmd_eval(int argc, char **argv) {
     const int block = 16, blocks = (W + block - 1) / block;
     if (eng_kvp_ctx_create(b->base, b->aux, b->pred, W < 256 ? W : 256, W, o.threads, &kc, &err) !=
             KC_OK ||
+        eng_ctx_create(b->base, W < 256 ? W : 256, W, o.threads, &bctx, &err) != KC_OK ||
         eng_kv_pool_init(&bpool, bc, block, blocks, &err) != KC_OK ||
         eng_kv_pool_init(&apool, ac, block, blocks, &err) != KC_OK) {
         fprintf(stderr, "kvcast eval: %s\n", err.msg);
         goto done;
     }
     r.kc = kc;
+    r.base_ctx = bctx;
     r.pool[ENG_KVP_FULL] = &bpool;
     r.pool[ENG_KVP_PREDICT] = &bpool;
     r.pool[ENG_KVP_AUX] = &apool;
@@ -559,6 +587,7 @@ done:
     if (apool.slab != NULL) {
         eng_kv_pool_free(&apool);
     }
+    eng_ctx_free(bctx);
     eng_kvp_ctx_free(kc);
     eng_kvp_bundle_free(b);
     free(o.data_owned);
