@@ -84,6 +84,13 @@ void sch_req_timings(const struct sch_req *r, struct sch_timings *out) {
         .decode_ms = ms_between(r->t_first_token, r->t_last_token),
         .mode = r->mode == SCH_MODE_AUTO ? SCH_MODE_FULL : r->mode,
         .prefill_threads = r->prefill_threads,
+        .cached_tokens = r->cached_tokens,
+        .base_cached_tokens = r->base_cached_tokens,
+        .refine_result = r->refine_result,
+        .refined_at_token = r->refine_result == SCH_REFINE_SWAPPED ? r->refined_at_token : -1,
+        .refine_ms = r->refine_result == SCH_REFINE_SWAPPED
+                         ? ms_between(r->t_first_token, r->t_refined)
+                         : 0.0,
     };
     *out = t;
 }

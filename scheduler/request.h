@@ -64,6 +64,14 @@
 #include "engine/sampler.h"
 #include "scheduler/scheduler.h"
 
+/* Where a request's refinement job is (guarded by sch.lock). */
+enum sch_refine_state {
+    SCH_RSTATE_NONE = 0, /* no job (not asked, not predict, finished, or given up) */
+    SCH_RSTATE_QUEUED,   /* on the refine queue, refine_seq empty */
+    SCH_RSTATE_RUNNING,  /* a prefill worker computes refine_seq */
+    SCH_RSTATE_READY,    /* refine_seq is exact up to refine_exact: the decode worker swaps */
+};
+
 enum sch_req_state {
     SCH_REQ_QUEUED = 0,
     SCH_REQ_PREFILLING,
@@ -84,8 +92,12 @@ struct sch_req {
     /* Links of the scheduler's list of live requests (sch_cancel looks ids up there). */
     struct sch_req *live_prev, *live_next;
 
+    /* The prompt, then each generated token as it is sampled: [n_prompt + max_tokens], owned.
+     * Positions below n_known are immutable; the owner appends (refinement reads them). */
+    int32_t *tokens;
+    atomic_int n_known;
+
     /* Immutable after submit. */
-    int32_t *prompt; /* [n_prompt], owned copy */
     int n_prompt;
     int max_tokens;
     bool ignore_eos;
@@ -106,7 +118,24 @@ struct sch_req {
     int32_t last_token;         /* sampled, not yet fed to the model */
     int n_generated;
     double aux_ms, predict_ms, base_first_step_ms;
-    int prefill_threads; /* the widest team its prefill ran on (owner: the prefill worker) */
+    int prefill_threads;    /* the widest team its prefill ran on (owner: the prefill worker) */
+    int cached_tokens;      /* prefix cache: prompt tokens whose prefill was saved */
+    int base_cached_tokens; /* prefix cache: prompt tokens whose exact base KV was reused */
+
+    /* Refinement (scheduler.c, "refinement"): a predict-mode sequence's exact KV, computed by
+     * a job on an idle prefill worker into refine_seq and swapped in by the decode worker.
+     * refine_state and refine_next are guarded by sch.lock; refine_seq belongs to the job
+     * while RUNNING, to the request's owner otherwise. */
+    bool refine; /* asked for (request or server default) */
+    enum sch_refine_state refine_state;
+    struct sch_req *refine_next; /* refine queue link */
+    struct eng_seq refine_seq;
+    int refine_exact; /* positions the job computed (all exact prefill) */
+    bool orphaned;    /* ended while its job ran: the job frees it */
+    bool refine_swap; /* (decode worker) READY seen: swap before the next step */
+    enum sch_refine_result refine_result;
+    int refined_at_token;
+    uint64_t t_refined;
 
     /* 0 or the enum sch_finish the request was cancelled with (set once, any thread). */
     atomic_int cancel;

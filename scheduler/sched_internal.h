@@ -5,6 +5,7 @@
 #ifndef SCH_SCHED_INTERNAL_H
 #define SCH_SCHED_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "scheduler/scheduler.h"
@@ -49,6 +50,7 @@ enum sch_hook_point {
     SCH_HOOK_DECODE_JOIN,       /* the decode worker has work, before it joins hand-offs */
     SCH_HOOK_DECODE_BEGIN,      /* before a decode step of step = n running sequences */
     SCH_HOOK_DECODE_END,        /* after that step's tokens were emitted */
+    SCH_HOOK_REFINE_CHUNK,      /* after each refinement chunk of request id (step = chunk) */
 };
 typedef void (*sch_hook_fn)(void *ud, enum sch_hook_point point, uint64_t id, int step);
 
@@ -60,5 +62,9 @@ void sch__set_hook(struct sch *s, sch_hook_fn fn, void *ud);
 /* Stops admitting (submit returns KC_EBUSY), lets running requests finish, and returns
  * when all are done or timeout_ms passed (then cancels the rest). */
 void sch__drain(struct sch *s, int timeout_ms);
+
+/* Checks both KV pools' accounting (eng_kv_pool_check): with idle true, also that no block is
+ * referenced (every request ended). KC_EINVAL with the first broken rule. */
+int sch__check_pools(struct sch *s, bool idle, struct kc_error *err);
 
 #endif /* SCH_SCHED_INTERNAL_H */

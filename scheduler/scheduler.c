@@ -86,22 +86,21 @@
 #define SCH_DECISION_LOG_NS 1000000000ull
 /* Weight of a new sample in the decode step cost estimate (elastic teams). */
 #define SCH_STEP_ALPHA 0.2
+/* Refinement: decoded tokens a job leaves to the decode worker to feed before the swap (about
+ * one decode step's work); more than this and the job runs another prefill step. */
+#define SCH_REFINE_CATCHUP 8
 
 struct sch_prefill_worker {
     struct sch *s;
     int index;
     pthread_t thread;
     bool started;
-    struct eng_ctx *ctx;         /* base forward of every prefill */
-    struct eng_kvp_ctx *kvp;     /* aux side + predictor, when predict is available */
-    struct eng_kv_pool aux_pool; /* private aux pool of predict prefills (with kvp) */
-    struct eng_seq aux_seq;      /* empty between prefills */
-    float *logits;               /* [V] first-token logits */
-    float *all_logits;           /* [all_rows, V] prompt_logprobs: the logits of every row of a
-                                  * chunk (allocated by the first such request, then kept) */
+    struct eng_ctx *ctx;     /* base forward: full prefill, predict's base step, refinement */
+    struct eng_kvp_ctx *kvp; /* aux forward + predictor, when predict is available */
+    float *logits;           /* [V] first-token logits */
+    float *all_logits;       /* [all_rows, V] prompt_logprobs: the logits of every row of a
+                              * chunk (allocated by the first such request, then kept) */
     int all_rows;
-    int aux_in_use;  /* aux blocks held by the prefill in flight (sch.lock) */
-    int aux_total;   /* blocks of this worker's private aux pool (set at start) */
     atomic_int team; /* elastic: OpenMP team of its next GEMM (written under sch.lock) */
     bool busy;       /* a prefill is in flight (sch.lock) */
     int team_peak;   /* the widest team of the prefill in flight (sch.lock) */
@@ -131,7 +130,9 @@ struct sch {
     bool predict_available;
     sch_event_cb cb;
     void *cb_ud;
-    struct eng_kv_pool pool; /* base KV; its own lock guards its free stack */
+    struct eng_kv_pool pool;     /* base KV; its own lock guards its blocks */
+    struct eng_kv_pool aux_pool; /* aux KV of predict prefills (transient, and the aux
+                                  * prefix cache); empty when predict is unavailable */
 
     pthread_mutex_t lock;      /* guards everything from here to the workers (invariant 2) */
     pthread_cond_t prefill_cv; /* work for prefill workers: submit, freed blocks, reap, stop */
@@ -182,6 +183,11 @@ struct sch {
     uint64_t shed;
     uint64_t log_ns;      /* last info line about a decision */
     uint64_t log_skipped; /* decisions since then logged at debug only */
+    /* Prefix cache counters ([0] base, [1] aux; tokens) and the refine queue (FIFO through
+     * refine_next), all under sch.lock. */
+    uint64_t prefix_queries[2], prefix_hits[2];
+    struct sch_req *refine_head, *refine_tail;
+    int n_refine_queued, n_refine_running;
 };
 
 /* ---- small helpers ---- */
@@ -334,8 +340,77 @@ static void req_free(struct sch_req *r) {
     eng_sampler_free(&r->sampler);
     free(r->stop_token_ids);
     free(r->logit_bias);
-    free(r->prompt);
+    free(r->tokens);
     free(r);
+}
+
+/* ---- refinement: the queue (sch.lock held) ---- */
+
+static void refine_push(struct sch *s, struct sch_req *r) {
+    r->refine_next = NULL;
+    if (s->refine_tail != NULL) {
+        s->refine_tail->refine_next = r;
+    } else {
+        s->refine_head = r;
+    }
+    s->refine_tail = r;
+    s->n_refine_queued++;
+    r->refine_state = SCH_RSTATE_QUEUED;
+}
+
+static struct sch_req *refine_pop(struct sch *s) {
+    struct sch_req *r = s->refine_head;
+    if (r != NULL) {
+        s->refine_head = r->refine_next;
+        if (s->refine_head == NULL) {
+            s->refine_tail = NULL;
+        }
+        r->refine_next = NULL;
+        s->n_refine_queued--;
+    }
+    return r;
+}
+
+static void refine_unlink(struct sch *s, struct sch_req *r) {
+    struct sch_req *prev = NULL;
+    for (struct sch_req *q = s->refine_head; q != NULL; prev = q, q = q->refine_next) {
+        if (q != r) {
+            continue;
+        }
+        if (prev != NULL) {
+            prev->refine_next = r->refine_next;
+        } else {
+            s->refine_head = r->refine_next;
+        }
+        if (s->refine_tail == r) {
+            s->refine_tail = prev;
+        }
+        r->refine_next = NULL;
+        s->n_refine_queued--;
+        return;
+    }
+}
+
+/* The request is ending (sch.lock held): its refinement's outcome, unless it already has one,
+ * is that it never swapped in. */
+static void refine_settle(struct sch_req *r, bool cancelled) {
+    if (r->refine_state != SCH_RSTATE_NONE || r->refine_swap) {
+        r->refine_result = cancelled ? SCH_REFINE_CANCELLED : SCH_REFINE_SKIPPED;
+    }
+}
+
+/* The request has ended (sch.lock held, its event delivered): drops its refinement job.
+ * Returns true when the job is running on a prefill worker, which then owns the request's
+ * memory and frees it (the request is "orphaned", refine_run); the caller must not touch it
+ * after unlocking. Otherwise the caller releases refine_seq and frees it. */
+static bool refine_detach(struct sch *s, struct sch_req *r) {
+    if (r->refine_state == SCH_RSTATE_QUEUED) {
+        refine_unlink(s, r);
+    }
+    const bool orphan = r->refine_state == SCH_RSTATE_RUNNING;
+    r->orphaned = orphan;
+    r->refine_state = SCH_RSTATE_NONE;
+    return orphan;
 }
 
 /*
@@ -348,6 +423,9 @@ static void end_request(struct sch *s, struct sch_req *r, enum sch_req_state sta
     KC_ASSERT(r->prev == NULL && r->next == NULL);
     const bool was_running = r->state == SCH_REQ_HANDED_OFF || r->state == SCH_REQ_DECODING;
     eng_seq_release(&s->pool, &r->seq);
+    pthread_mutex_lock(&s->lock);
+    refine_settle(r, state == SCH_REQ_CANCELLED);
+    pthread_mutex_unlock(&s->lock);
     sch_req_transition(r, state);
     struct sch_event ev = {
         .type = state == SCH_REQ_FAILED ? SCH_EV_ERROR : SCH_EV_DONE,
@@ -378,9 +456,19 @@ static void end_request(struct sch *s, struct sch_req *r, enum sch_req_state sta
     if (--s->n_live == 0) {
         pthread_cond_broadcast(&s->idle_cv);
     }
+    const bool orphan = refine_detach(s, r);
     /* Blocks came back: the head of the wait queue may fit now. */
     pthread_cond_broadcast(&s->prefill_cv);
     pthread_mutex_unlock(&s->lock);
+    if (orphan) {
+        return; /* its refinement job frees it (refine_run) */
+    }
+    if (r->refine_seq.n_blocks > 0) {
+        eng_seq_release(&s->pool, &r->refine_seq); /* READY: exact KV that came too late */
+        pthread_mutex_lock(&s->lock);
+        pthread_cond_broadcast(&s->prefill_cv);
+        pthread_mutex_unlock(&s->lock);
+    }
     req_free(r);
 }
 
@@ -493,7 +581,9 @@ static int sample_and_emit(struct sch *s, struct sch_req *r, float *logits, enum
     }
     eng_sampler_observe(&r->sampler, tok);
     r->last_token = tok;
+    r->tokens[r->n_prompt + r->n_generated] = tok;
     r->n_generated++;
+    atomic_store_explicit(&r->n_known, r->n_prompt + r->n_generated, memory_order_release);
     const uint64_t now = kc_now_ns();
     if (r->n_generated == 1) {
         r->t_first_token = now;
@@ -520,10 +610,6 @@ static void prefill_worker_free(struct sch_prefill_worker *w) {
     w->ctx = NULL;
     eng_kvp_ctx_free(w->kvp);
     w->kvp = NULL;
-    eng_seq_release(&w->aux_pool, &w->aux_seq);
-    if (w->aux_pool.slab != NULL) {
-        eng_kv_pool_free(&w->aux_pool);
-    }
     free(w->logits);
     free(w->all_logits);
     w->logits = w->all_logits = NULL;
@@ -553,25 +639,19 @@ static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *er
     if (rc == KC_OK && s->predict_available) {
         rc = eng_kvp_ctx_create(s->base, s->aux, s->pred, c->prefill_chunk, c->max_context, threads,
                                 &w->kvp, err);
-        /* A private aux pool of max_context positions, as the kvp context used to hold. */
-        if (rc == KC_OK) {
-            rc = eng_kv_pool_init(&w->aux_pool, eng_model_config_of(s->aux), 16,
-                                  (c->max_context + 15) / 16, err);
-        }
-        if (rc == KC_OK) {
-            w->aux_total = w->aux_pool.n_blocks;
-        }
     }
     return rc;
 }
 
-/* One base forward of a prompt chunk. */
-static int prefill_forward(struct sch_prefill_worker *w, struct sch_req *r, int start, int n,
-                           enum eng_logits_mode lm, float *logits, struct kc_error *err) {
+/* One base forward of n tokens of r, from tokens[start], appended to seq (the request's
+ * sequence, or its refinement's). */
+static int prefill_forward(struct sch_prefill_worker *w, struct sch_req *r, struct eng_seq *seq,
+                           int start, int n, enum eng_logits_mode lm, float *logits,
+                           struct kc_error *err) {
     struct sch *s = w->s;
     struct eng_batch_item item = {
-        .seq = &r->seq,
-        .tokens = r->prompt + start,
+        .seq = seq,
+        .tokens = r->tokens + start,
         .n_tokens = n,
         .logits_mode = lm,
         .logits = logits,
@@ -612,7 +692,7 @@ static int emit_prompt_logprobs(struct sch_prefill_worker *w, struct sch_req *r,
         struct sch_event ev = {.type = SCH_EV_PROMPT_TOKEN,
                                .id = r->id,
                                .user = r->user,
-                               .token = r->prompt[0],
+                               .token = r->tokens[0],
                                .position = 0,
                                .has_logprob = false};
         s->cb(s->cb_ud, &ev);
@@ -632,9 +712,9 @@ static int emit_prompt_logprobs(struct sch_prefill_worker *w, struct sch_req *r,
         struct sch_event ev = {.type = SCH_EV_PROMPT_TOKEN,
                                .id = r->id,
                                .user = r->user,
-                               .token = r->prompt[pos],
+                               .token = r->tokens[pos],
                                .position = pos};
-        event_logprobs(&ev, row, V, r->prompt[pos], n_top);
+        event_logprobs(&ev, row, V, r->tokens[pos], n_top);
         s->cb(s->cb_ud, &ev);
     }
     return KC_OK;
@@ -653,16 +733,17 @@ static int prefill_full(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
         chunk = w->all_rows < chunk ? w->all_rows : chunk;
     }
     int step = 0;
-    for (int start = 0; start < r->n_prompt; start += chunk, step++) {
+    /* A cached prefix (admit_head) is already in the sequence: start after it. */
+    for (int start = r->seq.n_tokens; start < r->n_prompt; start += chunk, step++) {
         if (sch_req_cancelled(r) != SCH_FINISH_NONE) {
             return KC_ECANCELED;
         }
         const int n = r->n_prompt - start < chunk ? r->n_prompt - start : chunk;
         const bool last = start + n == r->n_prompt;
         int rc = r->prompt_logprobs
-                     ? prefill_forward(w, r, start, n, ENG_LOGITS_ALL, w->all_logits, err)
-                     : prefill_forward(w, r, start, n, last ? ENG_LOGITS_LAST : ENG_LOGITS_NONE,
-                                       w->logits, err);
+                     ? prefill_forward(w, r, &r->seq, start, n, ENG_LOGITS_ALL, w->all_logits, err)
+                     : prefill_forward(w, r, &r->seq, start, n,
+                                       last ? ENG_LOGITS_LAST : ENG_LOGITS_NONE, w->logits, err);
         if (rc == KC_OK && r->prompt_logprobs) {
             rc = emit_prompt_logprobs(w, r, start, n, err);
         }
@@ -671,32 +752,59 @@ static int prefill_full(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
         }
         call_hook(hook, hook_ud, SCH_HOOK_PREFILL_CHUNK, r->id, step);
     }
+    if (w->s->cfg.prefix_caching) {
+        eng_kv_prefix_publish(&w->s->pool, &r->seq, r->tokens, r->n_prompt); /* exact KV */
+    }
     return KC_OK;
 }
 
-/* KV Prediction: aux over t[0..n-2], predicted base KV, base step on t[n-1]. One engine call:
- * cancellation is checked before and after it (the aux model is the cheap part). */
+/* KV Prediction: aux over t[0..n-2] (after a cached aux prefix), predicted base KV (after a
+ * cached exact base prefix), base step on t[n-1]. One engine call: cancellation is checked
+ * before and after it (the aux model is the cheap part). The aux sequence lives only for the
+ * call; its full blocks stay behind in the aux prefix cache. */
 static int prefill_predict(struct sch_prefill_worker *w, struct sch_req *r, struct kc_error *err) {
     struct sch *s = w->s;
     if (sch_req_cancelled(r) != SCH_FINISH_NONE) {
         return KC_ECANCELED;
     }
-    const int aux_blocks = eng_kv_blocks_for(&w->aux_pool, r->n_prompt - 1);
-    pthread_mutex_lock(&s->lock);
-    w->aux_in_use = aux_blocks;
-    pthread_mutex_unlock(&s->lock);
-    struct eng_kvp_timings t = {0};
-    const struct eng_kvp_seqs io = {.base_ctx = w->ctx,
-                                    .base_pool = &s->pool,
-                                    .base = &r->seq,
-                                    .aux_pool = &w->aux_pool,
-                                    .aux = &w->aux_seq};
-    int rc = eng_kvp_predict(w->kvp, &io, r->prompt, r->n_prompt, w->logits, &t, err);
-    eng_seq_release(&w->aux_pool, &w->aux_seq);
-    pthread_mutex_lock(&s->lock);
-    w->aux_in_use = 0;
-    pthread_mutex_unlock(&s->lock);
+    const int n_aux = r->n_prompt - 1;
+    struct eng_seq aux = {0};
+    int a = 0, rc = KC_OK;
+    if (s->cfg.prefix_caching) {
+        a = eng_kv_prefix_attach(&s->aux_pool, &aux, r->tokens, n_aux);
+        rc = a < 0 ? a : KC_OK;
+        a = a < 0 ? 0 : a;
+    }
     if (rc == KC_OK) {
+        rc = eng_seq_reserve(&s->aux_pool, &aux, n_aux);
+        if (rc == KC_EBUSY) {
+            kc_error_set(err, rc,
+                         "the auxiliary KV pool cannot hold this prompt's %d positions "
+                         "now (raise --aux-kv-mib)",
+                         n_aux);
+        }
+    }
+    struct eng_kvp_timings t = {0};
+    if (rc == KC_OK) {
+        const struct eng_kvp_seqs io = {
+            .base_ctx = w->ctx,
+            .base_pool = &s->pool,
+            .base = &r->seq,
+            .aux_pool = &s->aux_pool,
+            .aux = &aux,
+        };
+        rc = eng_kvp_predict(w->kvp, &io, r->tokens, r->n_prompt, w->logits, &t, err);
+    }
+    if (rc == KC_OK && s->cfg.prefix_caching) {
+        eng_kv_prefix_publish(&s->aux_pool, &aux, r->tokens, n_aux);
+    }
+    eng_seq_release(&s->aux_pool, &aux);
+    if (rc == KC_OK) {
+        pthread_mutex_lock(&s->lock);
+        s->prefix_queries[1] += (uint64_t)n_aux;
+        s->prefix_hits[1] += (uint64_t)a;
+        pthread_mutex_unlock(&s->lock);
+        r->cached_tokens = a;
         r->aux_ms = t.aux_ms;
         r->predict_ms = t.predict_ms;
         r->base_first_step_ms = t.base_first_step_ms;
@@ -737,7 +845,7 @@ static struct sch_policy_input policy_input(const struct sch *s, const struct sc
     struct sch_policy_input in = {
         .requested = r->requested_mode,
         .predict_available = s->predict_available,
-        .n_prompt = r->n_prompt,
+        .n_prompt = r->n_prompt - r->base_cached_tokens, /* what is left to prefill */
         .n_workers = s->cfg.prefill_workers,
         .arrival_rate_per_ms = rate,
         .arrival_n_prompt = (int)(s->arrival_n_prompt + 0.5),
@@ -865,8 +973,9 @@ static void choose_mode(struct sch *s, struct sch_req *r) {
         if (s->inflight[i].id == 0) {
             s->inflight[i].id = r->id;
             s->inflight[i].t0_ns = now;
-            s->inflight[i].est_ms = sch_cost_estimate(
-                d.mode == SCH_MODE_PREDICT ? &s->model_predict : &s->model_full, r->n_prompt);
+            s->inflight[i].est_ms =
+                sch_cost_estimate(d.mode == SCH_MODE_PREDICT ? &s->model_predict : &s->model_full,
+                                  r->n_prompt - r->base_cached_tokens);
             break;
         }
     }
@@ -890,15 +999,31 @@ static struct sch_req *admit_head(struct sch *s, struct sch_req **failed) {
     if (r == NULL) {
         return NULL;
     }
-    int rc = eng_seq_reserve(&s->pool, &r->seq, req_positions(r->n_prompt, r->max_tokens));
+    /* The exact base KV of a cached prefix first (never the last prompt token, whose logits
+     * the prefill must compute; prompt_logprobs needs the logits of every position). */
+    int c = 0, rc = KC_OK;
+    if (s->cfg.prefix_caching && !r->prompt_logprobs) {
+        c = eng_kv_prefix_attach(&s->pool, &r->seq, r->tokens, r->n_prompt - 1);
+        rc = c < 0 ? c : KC_OK;
+        c = c < 0 ? 0 : c;
+    }
+    if (rc == KC_OK) {
+        rc = eng_seq_reserve(&s->pool, &r->seq, req_positions(r->n_prompt, r->max_tokens));
+    }
     if (rc == KC_EBUSY) {
-        return NULL; /* wait for blocks: FIFO, nobody overtakes the head */
+        eng_seq_release(&s->pool, &r->seq); /* its cached prefix stays cached */
+        return NULL;                        /* wait for blocks: FIFO, nobody overtakes the head */
     }
     sch_queue_remove(&s->waiting, r);
     if (rc != KC_OK) {
         *failed = r;
         return NULL;
     }
+    if (s->cfg.prefix_caching && !r->prompt_logprobs) {
+        s->prefix_queries[0] += (uint64_t)r->n_prompt;
+        s->prefix_hits[0] += (uint64_t)c;
+    }
+    r->base_cached_tokens = r->cached_tokens = c;
     choose_mode(s, r);
     sch_req_transition(r, SCH_REQ_PREFILLING);
     s->n_prefilling++;
@@ -947,10 +1072,12 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     pthread_mutex_lock(&s->lock);
     s->n_prefilling--;
     inflight_done(s, r);
-    /* A prompt_logprobs prefill (lm head on every row, smaller chunks) is no sample of the
-     * cost auto mode plans with. */
+    /* A prompt_logprobs prefill (lm head on every row, smaller chunks) and one that reused a
+     * cached prefix are no samples of the cost auto mode plans with. */
     const double per_token = prefill_ms / r->n_prompt;
-    if (r->mode == SCH_MODE_PREDICT) {
+    if (r->cached_tokens > 0 || r->base_cached_tokens > 0) {
+        /* no sample */
+    } else if (r->mode == SCH_MODE_PREDICT) {
         s->cost_predict = sch_policy_ewma(s->cost_predict, per_token, SCH_COST_ALPHA);
         sch_cost_observe(&s->model_predict, r->n_prompt, prefill_ms);
         sch_cost_borrow(&s->model_full, &s->model_predict, r->n_prompt);
@@ -962,6 +1089,11 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     const bool hand_off =
         rc == KC_OK && fin == SCH_FINISH_NONE && sch_req_cancelled(r) == SCH_FINISH_NONE;
     if (hand_off) {
+        /* Predicted KV gets its exact replacement computed when a prefill worker is idle
+         * (refine_run); a fully cached exact prompt has nothing to refine. */
+        if (r->refine && r->mode == SCH_MODE_PREDICT && r->base_cached_tokens < r->n_prompt - 1) {
+            refine_push(s, r);
+        }
         sch_req_transition(r, SCH_REQ_HANDED_OFF);
         sch_queue_push(&s->handoff, r);
         s->n_running++;
@@ -980,6 +1112,94 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
     }
 }
 
+/* ---- refinement: the job ---- */
+
+/*
+ * Runs r's refinement job (taken from the refine queue, RUNNING) on an idle prefill worker:
+ * the exact base prefill of every position the decode worker's sequence holds (prompt and
+ * generated tokens, from r->tokens), in prefill_chunk steps, into r->refine_seq, after
+ * whatever exact prefix the cache has. It yields to first-token work: between chunks, a
+ * waiting request preempts it (its exact blocks go to the prefix cache, so that the retry
+ * resumes there, and the job goes back to the end of the queue). It catches up with the
+ * tokens decoded meanwhile while they are worth a prefill step; the decode worker feeds the
+ * rest and swaps (refine_swap). Without the lock.
+ */
+static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook_fn hook,
+                       void *hook_ud) {
+    struct sch *s = w->s;
+    struct eng_seq *rs = &r->refine_seq;
+    struct kc_error err = {0};
+    bool preempted = false, abandoned = false;
+    int target = atomic_load_explicit(&r->n_known, memory_order_acquire) - 1;
+    int rc = KC_OK;
+    if (s->cfg.prefix_caching) {
+        const int c = eng_kv_prefix_attach(&s->pool, rs, r->tokens, target);
+        rc = c < 0 ? c : KC_OK;
+    }
+    /* Every block the request can still need, as at admission (request.h invariant 3): the
+     * swapped-in sequence must never take a block in a decode step. */
+    if (rc == KC_OK) {
+        rc = eng_seq_reserve(&s->pool, rs, req_positions(r->n_prompt, r->max_tokens));
+    }
+    for (int step = 0; rc == KC_OK && !preempted && !abandoned;) {
+        while (rs->n_tokens < target) {
+            pthread_mutex_lock(&s->lock);
+            abandoned = r->orphaned || s->stopping;
+            preempted = s->waiting.head != NULL;
+            pthread_mutex_unlock(&s->lock);
+            if (abandoned || preempted) {
+                break;
+            }
+            const int left = target - rs->n_tokens;
+            const int n = left < s->cfg.prefill_chunk ? left : s->cfg.prefill_chunk;
+            rc = prefill_forward(w, r, rs, rs->n_tokens, n, ENG_LOGITS_NONE, NULL, &err);
+            if (rc != KC_OK) {
+                break;
+            }
+            call_hook(hook, hook_ud, SCH_HOOK_REFINE_CHUNK, r->id, step++);
+        }
+        if (rc != KC_OK || abandoned || preempted) {
+            break;
+        }
+        const int known = atomic_load_explicit(&r->n_known, memory_order_acquire) - 1;
+        if (known - rs->n_tokens <= SCH_REFINE_CATCHUP) {
+            break; /* the decode worker feeds the last few (refine_swap) */
+        }
+        target = known;
+    }
+    const bool ready = rc == KC_OK && !preempted && !abandoned;
+    if (rc == KC_OK && s->cfg.prefix_caching) {
+        eng_kv_prefix_publish(&s->pool, rs, r->tokens, rs->n_tokens); /* exact KV */
+    }
+    if (!ready) {
+        eng_seq_release(&s->pool, rs);
+    }
+    pthread_mutex_lock(&s->lock);
+    s->n_refine_running--;
+    const bool orphan = r->orphaned;
+    if (!orphan) {
+        if (ready) {
+            r->refine_exact = rs->n_tokens;
+            r->refine_state = SCH_RSTATE_READY;
+        } else if (preempted) {
+            refine_push(s, r);
+        } else {
+            r->refine_state = SCH_RSTATE_NONE;
+            r->refine_result =
+                rc == KC_OK || rc == KC_EBUSY ? SCH_REFINE_SKIPPED : SCH_REFINE_FAILED;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (rc != KC_OK && rc != KC_EBUSY) {
+        KC_WARN("req=%llu refinement failed (decoding goes on with the predicted KV): %s",
+                (unsigned long long)r->id, err.msg);
+    }
+    if (orphan) {
+        eng_seq_release(&s->pool, rs);
+        req_free(r); /* end_request left it to us (refine_end) */
+    }
+}
+
 static void *prefill_main(void *arg) {
     struct sch_prefill_worker *w = arg;
     struct sch *s = w->s;
@@ -994,7 +1214,7 @@ static void *prefill_main(void *arg) {
     pthread_cond_broadcast(&s->idle_cv);
     while (rc == KC_OK) {
         /* Wait for an admissible head of the queue, ending cancelled requests meanwhile. */
-        struct sch_req *r = NULL, *failed = NULL;
+        struct sch_req *r = NULL, *failed = NULL, *job = NULL;
         while (!s->stopping) {
             if (s->reap.head != NULL) {
                 pthread_mutex_unlock(&s->lock);
@@ -1006,9 +1226,15 @@ static void *prefill_main(void *arg) {
             if (r != NULL || failed != NULL) {
                 break;
             }
+            /* Idle: refinement, below any first-token work (refine_run). */
+            if (s->waiting.head == NULL && (job = refine_pop(s)) != NULL) {
+                job->refine_state = SCH_RSTATE_RUNNING;
+                s->n_refine_running++;
+                break;
+            }
             pthread_cond_wait(&s->prefill_cv, &s->lock);
         }
-        if (r == NULL && failed == NULL) {
+        if (r == NULL && failed == NULL && job == NULL) {
             break; /* stopping */
         }
         sch_hook_fn hook = s->hook;
@@ -1024,7 +1250,11 @@ static void *prefill_main(void *arg) {
             rebalance(s);
             w->team_peak = atomic_load_explicit(&w->team, memory_order_relaxed);
             pthread_mutex_unlock(&s->lock);
-            prefill_one(w, r, hook, hook_ud);
+            if (job != NULL) {
+                refine_run(w, job, hook, hook_ud);
+            } else {
+                prefill_one(w, r, hook, hook_ud);
+            }
             pthread_mutex_lock(&s->lock);
             w->busy = false;
             if (--s->n_prefill_busy == 0) {
@@ -1111,6 +1341,51 @@ static void decode_join(struct sch *s, struct sch_decode_worker *w, struct sch_q
         sch_req_transition(r, SCH_REQ_DECODING);
         w->running[w->n_running++] = r;
     }
+    for (int i = 0; i < w->n_running; i++) {
+        struct sch_req *r = w->running[i];
+        if (r->refine_state == SCH_RSTATE_READY) {
+            r->refine_state = SCH_RSTATE_NONE; /* the job is done: refine_seq is ours */
+            r->refine_swap = true;
+        }
+    }
+}
+
+/* Swaps r's exact KV in at a step boundary (the decode worker, without the lock): feeds the
+ * tokens decoded since its job stopped (a few), then r decodes on refine_seq and its predicted
+ * blocks go back to the pool. A failed catch-up keeps the predicted KV. */
+static void refine_swap(struct sch *s, struct sch_decode_worker *w, struct sch_req *r) {
+    struct eng_seq *rs = &r->refine_seq;
+    r->refine_swap = false;
+    const int gap = r->seq.n_tokens - rs->n_tokens;
+    KC_ASSERT(gap >= 0);
+    struct kc_error err = {0};
+    int rc = KC_OK;
+    if (gap > 0) {
+        struct eng_batch_item item = {
+            .seq = rs,
+            .tokens = r->tokens + rs->n_tokens,
+            .n_tokens = gap,
+            .logits_mode = ENG_LOGITS_NONE,
+        };
+        rc = eng_forward(w->ctx, s->base, &s->pool, &item, 1, NULL, &err);
+    }
+    if (rc != KC_OK) {
+        KC_WARN("req=%llu refinement catch-up failed (decoding goes on with the predicted KV): "
+                "%s",
+                (unsigned long long)r->id, err.msg);
+        eng_seq_release(&s->pool, rs);
+        r->refine_result = SCH_REFINE_FAILED;
+        return;
+    }
+    struct eng_seq predicted = r->seq;
+    r->seq = *rs;
+    memset(rs, 0, sizeof(*rs));
+    eng_seq_release(&s->pool, &predicted);
+    r->refine_result = SCH_REFINE_SWAPPED;
+    r->refined_at_token = r->n_generated;
+    r->t_refined = kc_now_ns();
+    KC_DEBUG("req=%llu refined at token %d (%d exact positions, %d fed at the swap)",
+             (unsigned long long)r->id, r->n_generated, r->refine_exact, gap);
 }
 
 /* One continuous-batching step over every running sequence. Allocates nothing. */
@@ -1204,6 +1479,9 @@ static void *decode_main(void *arg) {
             if (sch_req_cancelled(w->running[i]) != SCH_FINISH_NONE) {
                 end_cancelled(s, running_take(w, i));
             } else {
+                if (w->running[i]->refine_swap) {
+                    refine_swap(s, w, w->running[i]);
+                }
                 i++;
             }
         }
@@ -1354,7 +1632,27 @@ static void seed_cost_models(struct sch *s, const struct eng_model_config *bc,
     }
 }
 
+/* The aux pool: aux_kv_bytes, or (0) one max_context prompt per prefill worker and at least
+ * as many positions as the base pool has (aux KV is the cheap kind; the surplus holds the aux
+ * prefix cache). */
+static int aux_pool_init(struct sch *s, const struct eng_model_config *ac, int base_blocks,
+                         struct kc_error *err) {
+    const struct sch_config *c = &s->cfg;
+    const size_t block_bytes = eng_kv_block_bytes(ac, c->block_size);
+    size_t n = c->aux_kv_bytes / block_bytes;
+    if (c->aux_kv_bytes == 0) {
+        n = (size_t)c->prefill_workers *
+            (size_t)((c->max_context + c->block_size - 1) / c->block_size);
+        n = n > (size_t)base_blocks ? n : (size_t)base_blocks;
+    }
+    if (n > INT32_MAX / 2) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: the aux KV pool would have %zu blocks", n);
+    }
+    return eng_kv_pool_init(&s->aux_pool, ac, c->block_size, (int)n, err);
+}
+
 static void sch_free(struct sch *s) {
+    eng_kv_pool_free(&s->aux_pool);
     eng_kv_pool_free(&s->pool);
     pthread_cond_destroy(&s->prefill_cv);
     pthread_cond_destroy(&s->decode_cv);
@@ -1399,8 +1697,9 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
             kc_error_prefix(err, "scheduler");
             return rc;
         }
-        const size_t need =
-            (size_t)c.prefill_workers * (size_t)c.max_context * eng_kv_block_bytes(ac, 1);
+        const size_t need = (size_t)c.prefill_workers *
+                            (size_t)((c.max_context + c.block_size - 1) / c.block_size) *
+                            eng_kv_block_bytes(ac, c.block_size);
         if (c.aux_kv_bytes != 0 && c.aux_kv_bytes < need) {
             return kc_error_set(err, KC_EINVAL,
                                 "scheduler: aux_kv_bytes %zu is below the %zu bytes %d prefill "
@@ -1452,14 +1751,17 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         return kc_error_set(err, KC_ENOMEM, "scheduler: out of memory");
     }
     rc = eng_kv_pool_init(&s->pool, bc, c.block_size, (int)n_blocks, err);
+    if (rc == KC_OK && predict_available) {
+        rc = aux_pool_init(s, eng_model_config_of(aux), (int)n_blocks, err);
+    }
+    if (rc == KC_OK && c.prefix_caching) {
+        rc = eng_kv_prefix_enable(&s->pool, err);
+        if (rc == KC_OK && predict_available) {
+            rc = eng_kv_prefix_enable(&s->aux_pool, err);
+        }
+    }
     if (rc != KC_OK) {
-        free(s->pw);
-        s->pw = NULL;
-        pthread_cond_destroy(&s->prefill_cv);
-        pthread_cond_destroy(&s->decode_cv);
-        pthread_cond_destroy(&s->idle_cv);
-        pthread_mutex_destroy(&s->lock);
-        free(s);
+        sch_free(s);
         return rc;
     }
     for (int i = 0; i < c.prefill_workers; i++) {
@@ -1585,6 +1887,10 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     if (p->mode != SCH_MODE_AUTO && p->mode != SCH_MODE_FULL && p->mode != SCH_MODE_PREDICT) {
         return kc_error_set(err, KC_EINVAL, "unknown prefill mode %d", (int)p->mode);
     }
+    if (p->refine != SCH_REFINE_DEFAULT && p->refine != SCH_REFINE_ON &&
+        p->refine != SCH_REFINE_OFF) {
+        return kc_error_set(err, KC_EINVAL, "unknown refine setting %d", (int)p->refine);
+    }
     int rc = eng_sampler_params_validate(&p->sampling, err);
     if (rc != KC_OK) {
         return rc;
@@ -1621,14 +1927,14 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     if (r == NULL) {
         return kc_error_set(err, KC_ENOMEM, "out of memory");
     }
-    r->prompt = kc_calloc((size_t)p->n_prompt, sizeof(int32_t));
-    if (r->prompt == NULL) {
+    r->tokens = kc_calloc((size_t)p->n_prompt + (size_t)p->max_tokens, sizeof(int32_t));
+    if (r->tokens == NULL) {
         free(r);
         return kc_error_set(err, KC_ENOMEM, "out of memory");
     }
     rc = eng_sampler_init(&r->sampler, &p->sampling, bc->vocab_size, err);
     if (rc != KC_OK) {
-        free(r->prompt);
+        free(r->tokens);
         free(r);
         return rc;
     }
@@ -1653,7 +1959,7 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     }
     r->n_logit_bias = p->n_logit_bias;
     r->min_tokens = p->min_tokens;
-    memcpy(r->prompt, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
+    memcpy(r->tokens, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
     for (int i = 0; i < p->n_prompt; i++) {
         eng_sampler_observe(&r->sampler, p->prompt[i]);
     }
@@ -1663,6 +1969,9 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     r->ignore_eos = p->ignore_eos;
     r->n_logprobs = p->n_logprobs;
     r->prompt_logprobs = p->prompt_logprobs;
+    atomic_init(&r->n_known, p->n_prompt);
+    r->refine = p->refine == SCH_REFINE_ON || (p->refine == SCH_REFINE_DEFAULT && s->cfg.refine);
+    r->refined_at_token = -1;
     /* Logits at every prompt position exist only in a base prefill. */
     r->requested_mode = p->prompt_logprobs ? SCH_MODE_FULL : p->mode;
     r->est_wait_ms = -1.0;
@@ -1741,14 +2050,31 @@ void sch_stats_get(struct sch *s, struct sch_stats *out) {
                    &st.cost_full_abc[2]);
     sch_cost_coefs(&s->model_predict, &st.cost_predict_abc[0], &st.cost_predict_abc[1],
                    &st.cost_predict_abc[2]);
-    for (int i = 0; i < s->cfg.prefill_workers; i++) {
-        st.aux_blocks_total += s->pw[i].aux_total;
-        st.aux_blocks_free += s->pw[i].aux_total - s->pw[i].aux_in_use;
-    }
-    st.base_blocks_free = eng_kv_pool_n_free(&s->pool);
+    memcpy(st.prefix_queries, s->prefix_queries, sizeof(st.prefix_queries));
+    memcpy(st.prefix_hits, s->prefix_hits, sizeof(st.prefix_hits));
+    st.refine_queued = s->n_refine_queued;
+    st.refine_running = s->n_refine_running;
+    struct eng_kv_pool_stats ps;
+    eng_kv_pool_stats_get(&s->pool, &ps);
+    st.base_blocks_free = ps.n_free + ps.n_cached_idle;
+    st.base_blocks_cached = ps.n_cached_idle;
     st.base_blocks_total = s->pool.n_blocks;
+    if (s->aux_pool.slab != NULL) {
+        eng_kv_pool_stats_get(&s->aux_pool, &ps);
+        st.aux_blocks_free = ps.n_free + ps.n_cached_idle;
+        st.aux_blocks_cached = ps.n_cached_idle;
+        st.aux_blocks_total = s->aux_pool.n_blocks;
+    }
     pthread_mutex_unlock(&s->lock);
     *out = st;
+}
+
+int sch__check_pools(struct sch *s, bool idle, struct kc_error *err) {
+    int rc = eng_kv_pool_check(&s->pool, idle ? 0 : -1, err);
+    if (rc == KC_OK && s->aux_pool.slab != NULL) {
+        rc = eng_kv_pool_check(&s->aux_pool, idle ? 0 : -1, err);
+    }
+    return rc;
 }
 
 void sch__drain(struct sch *s, int timeout_ms) {

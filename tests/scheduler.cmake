@@ -1,6 +1,9 @@
 kc_add_unit_test(test_scheduler_request SOURCES unit/test_scheduler_request.c LIBS kc_scheduler)
 kc_add_unit_test(test_scheduler_policy SOURCES unit/test_scheduler_policy.c LIBS kc_scheduler)
-kc_add_unit_test(test_scheduler_run SOURCES unit/test_scheduler_run.c LIBS kc_scheduler)
+kc_add_unit_test(test_scheduler_run SOURCES unit/test_scheduler_run.c unit/sched_harness.c
+                 LIBS kc_scheduler)
+kc_add_unit_test(test_scheduler_prefix SOURCES unit/test_scheduler_prefix.c unit/sched_harness.c
+                 LIBS kc_scheduler)
 kc_add_unit_test(test_scheduler_alloc SOURCES unit/test_scheduler_alloc.c LIBS kc_scheduler)
 target_link_options(test_scheduler_alloc PRIVATE -Wl,--wrap=malloc -Wl,--wrap=calloc
                     -Wl,--wrap=realloc -Wl,--wrap=aligned_alloc)
@@ -29,3 +32,11 @@ if(TARGET kvcast)
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_server_threads PROPERTIES LABELS integration TIMEOUT 120)
 endif()
+
+# Issue 17 over real HTTP: a 1,000-token shared prefix cuts TTFT (cached_tokens reported), a
+# load over shared system prompts hits the cache, refinements are counted, blocks reconcile.
+add_test(NAME test_server_prefix_cache
+         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_prefix_cache.py
+                 $<TARGET_FILE:kvcast>
+         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(test_server_prefix_cache PROPERTIES LABELS integration TIMEOUT 240)
