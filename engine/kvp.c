@@ -256,9 +256,9 @@ int eng_kvp_predict(struct eng_kvp_ctx *kc, const struct eng_kvp_seqs *io, const
     if (a < m) {
         /* Aux forward over t[a..n-2], capturing pre-RoPE K/V at row (position - lo), needed
          * only when some of those positions are predicted (invariant 3). */
-        for (int l = 0; l < La; l++) {
-            kc->aux_kx[l] = kc->aux_k[l] + (size_t)(a - lo) * (size_t)Na;
-            kc->aux_vx[l] = kc->aux_v[l] + (size_t)(a - lo) * (size_t)Na;
+        for (int al = 0; al < La; al++) {
+            kc->aux_kx[al] = kc->aux_k[al] + (size_t)(a - lo) * (size_t)Na;
+            kc->aux_vx[al] = kc->aux_v[al] + (size_t)(a - lo) * (size_t)Na;
         }
         const struct eng_kv_capture cap = {.k = kc->aux_kx, .v = kc->aux_vx};
         struct eng_batch_item item = {.seq = io->aux,
@@ -288,10 +288,10 @@ int eng_kvp_predict(struct eng_kvp_ctx *kc, const struct eng_kvp_seqs *io, const
          * computing the maps of every base layer that reads it at once (struct eng_kvp). */
         const size_t off = (size_t)(c - lo) * (size_t)Na;
         eng_dnn_enter(kc->dnn);
-        for (int l = 0; l < La; l++) {
-            if (p->k[l] != NULL) {
-                eng_linear_forward(kc->dnn, p->k[l], kc->aux_k[l] + off, m - c, kc->pred_k[l]);
-                eng_linear_forward(kc->dnn, p->v[l], kc->aux_v[l] + off, m - c, kc->pred_v[l]);
+        for (int al = 0; al < La; al++) {
+            if (p->k[al] != NULL) {
+                eng_linear_forward(kc->dnn, p->k[al], kc->aux_k[al] + off, m - c, kc->pred_k[al]);
+                eng_linear_forward(kc->dnn, p->v[al], kc->aux_v[al] + off, m - c, kc->pred_v[al]);
             }
         }
         /* Rotate the predicted keys with the base RoPE and write them after the exact

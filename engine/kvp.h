@@ -5,10 +5,10 @@
  *
  * Place in the data flow: a prefill worker calls eng_kvp_predict instead of a full base
  * prefill, on its own base forward context and the server's pools; the base sequence it fills
- * is then decoded by the base model as usual (eng_forward), appending its own exact K/V. `kvcast
- * calibrate` fits a predictor with the eng_kvp_calib_* functions; `kvcast eval` compares the three
- * modes; `kvcast bench engine
- * --kvp` times them on synthetic pairs (eng_kvp_create_random).
+ * is then decoded by the base model as usual (eng_forward), appending its own exact K/V.
+ * `kvcast calibrate` fits a predictor with the eng_kvp_calib_* functions; `kvcast eval`
+ * compares the three modes; `kvcast bench engine --kvp` times them on synthetic pairs
+ * (eng_kvp_create_random).
  *
  * The method, per prompt t[0..n-1]:
  *   aux forward over t[0..n-2], capturing pre-RoPE keys/values  Ka[a], Va[a]   [n-1, Na]

@@ -803,6 +803,32 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
 /* Rows rotated per eng_rope call inside an inject unit (positions on the stack). */
 #define INJECT_ROPE_RUN 64
 
+/* The work units of eng_kv_inject_ld and eng_kv_extract over positions [p0, p0 + n) of every
+ * layer: one per (layer, cache block), since a block holds its K rows (and its V rows)
+ * contiguously. */
+struct kv_units {
+    int p0, n, bs, nb; /* nb: cache blocks the positions touch */
+    long count;        /* layers * nb */
+    bool par;          /* worth an OpenMP team: several units, INJECT_PAR_MIN floats copied */
+};
+
+static struct kv_units kv_units_of(const struct eng_kv_pool *pool, int p0, int n) {
+    struct kv_units ku = {.p0 = p0, .n = n, .bs = pool->block_size};
+    const size_t kvd = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+    ku.nb = n > 0 ? (p0 + n - 1) / ku.bs - p0 / ku.bs + 1 : 0;
+    ku.count = (long)pool->n_layers * ku.nb;
+    ku.par = ku.count > 1 && (size_t)n * kvd * 2u * (size_t)pool->n_layers >= INJECT_PAR_MIN;
+    return ku;
+}
+
+/* Unit u's layer and its positions [lo, hi). */
+static void kv_unit_at(const struct kv_units *ku, long u, int *l, int *lo, int *hi) {
+    const int b = ku->p0 / ku->bs + (int)(u % ku->nb);
+    *l = (int)(u / ku->nb);
+    *lo = b * ku->bs > ku->p0 ? b * ku->bs : ku->p0;
+    *hi = (b + 1) * ku->bs < ku->p0 + ku->n ? (b + 1) * ku->bs : ku->p0 + ku->n;
+}
+
 int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq, int n,
                   const float *const *k_pre, const float *const *v, struct kc_error *err) {
     return eng_kv_inject_ld(m, pool, seq, n, k_pre, v, NULL, err);
@@ -813,6 +839,10 @@ int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct
                      struct kc_error *err) {
     const struct eng_model_config *c = &m->cfg;
     const int kvd = c->n_kv_heads * c->head_dim;
+    if (pool->n_layers != c->n_layers || pool->n_kv_heads != c->n_kv_heads ||
+        pool->head_dim != c->head_dim) {
+        return kc_error_set(err, KC_EINVAL, "kv inject: KV pool shape does not match the model");
+    }
     if (n < 0 || n > c->max_position_embeddings - seq->n_tokens) {
         return kc_error_set(err, KC_ECONTEXT, "kv inject: %d positions after %d exceed %d", n,
                             seq->n_tokens, c->max_position_embeddings);
@@ -826,17 +856,14 @@ int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct
      * over the OpenMP team of the caller (set by its last GEMM). Rotating a whole run at
      * once, rather than one row per eng_rope call, also drops a parallel-region entry per
      * row. Same arithmetic as row by row, so the result is bit-identical. */
-    const int bs = pool->block_size, p0 = seq->n_tokens;
-    const int nb = n > 0 ? (p0 + n - 1) / bs - p0 / bs + 1 : 0;
-    const long units = (long)c->n_layers * nb;
-    const size_t work = (size_t)n * (size_t)kvd * 2u * (size_t)c->n_layers;
+    const int p0 = seq->n_tokens;
+    const struct kv_units ku = kv_units_of(pool, p0, n);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (units > 1 && work >= INJECT_PAR_MIN)
+#pragma omp parallel for schedule(static) if (ku.par)
 #endif
-    for (long u = 0; u < units; u++) {
-        const int l = (int)(u / nb), b = p0 / bs + (int)(u % nb);
-        const int lo = b * bs > p0 ? b * bs : p0;
-        const int hi = (b + 1) * bs < p0 + n ? (b + 1) * bs : p0 + n;
+    for (long u = 0; u < ku.count; u++) {
+        int l, lo, hi;
+        kv_unit_at(&ku, u, &l, &lo, &hi);
         float *kd = eng_kv_k_at(pool, seq, l, lo);
         float *vd = eng_kv_v_at(pool, seq, l, lo);
         const size_t ld = lds != NULL ? lds[l] : (size_t)kvd;
@@ -900,17 +927,13 @@ int eng_kv_extract(const struct eng_model *m, const struct eng_kv_pool *pool,
     }
     /* One work unit per (layer, cache block), as eng_kv_inject_ld: copy the block's run of
      * K and V rows out, then rotate the keys back in place in the destination. */
-    const int bs = pool->block_size;
-    const int nb = n > 0 ? (pos0 + n - 1) / bs - pos0 / bs + 1 : 0;
-    const long units = (long)c->n_layers * nb;
-    const size_t work = (size_t)n * (size_t)kvd * 2u * (size_t)c->n_layers;
+    const struct kv_units ku = kv_units_of(pool, pos0, n);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (units > 1 && work >= INJECT_PAR_MIN)
+#pragma omp parallel for schedule(static) if (ku.par)
 #endif
-    for (long u = 0; u < units; u++) {
-        const int l = (int)(u / nb), b = pos0 / bs + (int)(u % nb);
-        const int lo = b * bs > pos0 ? b * bs : pos0;
-        const int hi = (b + 1) * bs < pos0 + n ? (b + 1) * bs : pos0 + n;
+    for (long u = 0; u < ku.count; u++) {
+        int l, lo, hi;
+        kv_unit_at(&ku, u, &l, &lo, &hi);
         const float *ks = eng_kv_k_at(pool, seq, l, lo);
         const float *vs = eng_kv_v_at(pool, seq, l, lo);
         const size_t ld = lds != NULL ? lds[l] : (size_t)kvd;
