@@ -7,8 +7,10 @@
  * its own exact K/V), first-token and greedy-continuation agreement with full, analytic TTFT
  * FLOPs and the measured median TTFT; and the share of the aux -> full NLL gap that predict
  * closes, with a warning when that share means nothing (the aux model alone is not worse than
- * full). Without --data it reads the bundle's held-out ids (models/tiny/heldout.ids: the
- * windows the README's quality figure was measured on).
+ * full). With a predictor it adds the rows predict_refine@1/4/16: predict mode with the
+ * exact KV swapped in after k generated tokens, as background refinement does (see
+ * refine_sample). Without --data it reads the bundle's held-out ids (models/tiny/heldout.ids:
+ * the windows the README's quality figure was measured on).
  *
  * Exit codes: 0 ok, 1 a model, the data or a forward failed, 2 bad command line.
  */
