@@ -11,7 +11,7 @@ if(TARGET kvcast)
            COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_eval_heldout.sh
                    $<TARGET_FILE:kvcast>
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_eval_heldout_readme_figure PROPERTIES LABELS integration TIMEOUT 240)
+  set_tests_properties(test_eval_heldout_readme_figure PROPERTIES LABELS integration TIMEOUT 400)
 endif()
 kc_add_unit_test(test_tools_cli_args
                  SOURCES unit/test_tools_cli_args.c ${CMAKE_SOURCE_DIR}/tools/cli/args.c

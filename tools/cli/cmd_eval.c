@@ -7,8 +7,10 @@
  * its own exact K/V), first-token and greedy-continuation agreement with full, analytic TTFT
  * FLOPs and the measured median TTFT; and the share of the aux -> full NLL gap that predict
  * closes, with a warning when that share means nothing (the aux model alone is not worse than
- * full). Without --data it reads the bundle's held-out ids (models/tiny/heldout.ids: the
- * windows the README's quality figure was measured on).
+ * full). With a predictor it adds the rows predict_refine@1/4/16: predict mode with the
+ * exact KV swapped in after k generated tokens, as background refinement does (see
+ * refine_sample). Without --data it reads the bundle's held-out ids (models/tiny/heldout.ids:
+ * the windows the README's quality figure was measured on).
  *
  * Exit codes: 0 ok, 1 a model, the data or a forward failed, 2 bad command line.
  */
@@ -53,6 +55,8 @@ static void eval_usage(FILE *f) {
         "  --no-bos            no BOS token before each sample\n"
         "  --no-greedy         NLL and first-token agreement only: no greedy continuation\n"
         "                      (half the time; greedy agreement is then null)\n"
+        "  --no-refine         no predict_refine@1/4/16 rows (predict with the exact KV\n"
+        "                      swapped in after k generated tokens)\n"
         "  --dtype f32|bf16    weights for every step (default: f32 prefill, bf16 decode)\n"
         "  --threads N         OpenMP threads (default: all cores)\n"
         "  --json              print one JSON object instead of a table\n"
@@ -64,7 +68,7 @@ struct eval_opts {
     const char *bundle, *base, *aux, *predictor, *data;
     char *data_owned;                   /* the default data path, when --data is absent */
     long prompt_len, cont_len, samples; /* 0: not given */
-    bool ids, json, no_bos, no_greedy;
+    bool ids, json, no_bos, no_greedy, no_refine;
     int threads;
     struct eng_model_params mparams;
 };
@@ -98,6 +102,8 @@ static int parse_eval(int argc, char **argv, struct eval_opts *o) {
             o->no_bos = true;
         } else if (kc_args_flag(&a, "--no-greedy")) {
             o->no_greedy = true;
+        } else if (kc_args_flag(&a, "--no-refine")) {
+            o->no_refine = true;
         } else if (kc_args_flag(&a, "--json")) {
             o->json = true;
         } else {
@@ -278,6 +284,193 @@ static int run_sample(struct eval_run *r, enum eng_kvp_mode mode, const int32_t 
     return rc;
 }
 
+/*
+ * predict_refine@k: what a predict-mode request with background refinement sees when the
+ * exact KV is swapped in after k generated tokens. Each pass is run for real: a predict
+ * prefill of the prompt and k - 1 decode steps on the predicted cache, then the swap (a base
+ * prefill of prompt + the k tokens, chunked as full mode's; the predicted sequence is
+ * released first, as the swap frees its blocks), then decoding on the exact cache. Three
+ * passes per k and sample:
+ *   NLL:          teacher-forced on the continuation; tokens j < k are scored on the
+ *                 predicted cache, tokens j >= k on the refined one.
+ *   same-prefix:  full's greedy tokens are fed; counted: positions j >= k whose argmax is
+ *                 full's greedy token. The tokens are forced, so positions >= k depend only on
+ *                 the refined cache (prompt + full's first k tokens) and the predicted phase,
+ *                 whose outputs are not counted, is not run. This measures how exactly the
+ *                 swapped-in cache reproduces full mode (chunked prefill vs full's decode
+ *                 steps), not how far predict's own text strays.
+ *   free-running: the greedy text a user gets: predict greedy for k tokens, swap over prompt
+ *                 + those tokens, greedy on; counted: positions j >= k whose token equals
+ *                 full's greedy token at j (positionally, also after an earlier divergence),
+ *                 and, as the other modes' greedy agreement, the tokens before the first
+ *                 divergence.
+ * The engine is called only through eval_engine_prefill and eval_engine_forward.
+ */
+#define EVAL_N_REFINE 3
+static const int eval_refine_k[EVAL_N_REFINE] = {1, 4, 16};
+
+struct refine_stats {
+    bool on;            /* k < C: the swap happens inside the scored window */
+    int k;              /* tokens generated on the predicted cache before the swap */
+    double nll_sum;     /* over samples * C tokens */
+    long first_agree;   /* samples whose first token (on the predicted cache) equals full's */
+    long same_prefix;   /* same-prefix positions >= k agreeing with full's greedy token */
+    long free_running;  /* free-running positions >= k agreeing with full's greedy token */
+    long greedy_tokens; /* free-running tokens before the first divergence from full's */
+};
+
+/* The engine calls of the predict_refine passes, in one place. The logits of a prefill go to
+ * r->logits. */
+static int eval_engine_prefill(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq,
+                               const int32_t *tokens, int n, struct kc_error *err) {
+    return eng_kvp_prefill(r->kc, mode, r->pool[mode], seq, tokens, n, r->logits, NULL, err);
+}
+
+static int eval_engine_forward(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq,
+                               const int32_t *tokens, int n, enum eng_logits_mode logits_mode,
+                               float *logits, struct kc_error *err) {
+    return eng_kvp_forward(r->kc, mode, r->pool[mode], seq, tokens, n, logits_mode, logits, err);
+}
+
+static void eval_engine_release(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq) {
+    eng_seq_release(r->pool[mode], seq);
+}
+
+/* The refine point: releases the predicted sequence *pseq and prefills *fseq with the base
+ * over toks[0..P+k-1] (prompt + the k tokens generated before the swap). The logits of
+ * token P + k go to r->logits. */
+static int refine_swap(struct eval_run *r, struct eng_seq *pseq, struct eng_seq *fseq,
+                       const int32_t *toks, int k, struct kc_error *err) {
+    eval_engine_release(r, ENG_KVP_PREDICT, pseq);
+    return eval_engine_prefill(r, ENG_KVP_FULL, fseq, toks, r->P + k, err);
+}
+
+/* NLL pass: window = prompt + continuation [P + C]; adds to st->nll_sum and first_agree. */
+static int refine_nll(struct eval_run *r, struct refine_stats *st, const int32_t *window,
+                      const int32_t *ref, struct kc_error *err) {
+    const int P = r->P, C = r->C, k = st->k, V = r->V;
+    const int32_t *cont = window + P;
+    struct eng_seq pseq = {0}, fseq = {0};
+    int rc = eval_engine_prefill(r, ENG_KVP_PREDICT, &pseq, window, P, err);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    st->first_agree += argmax(r->logits, V) == ref[0];
+    double nll = -(double)eng_log_softmax_at(r->logits, V, cont[0]);
+    if (k > 1) {
+        rc = eval_engine_forward(r, ENG_KVP_PREDICT, &pseq, cont, k - 1, ENG_LOGITS_ALL,
+                                 r->tf_logits, err);
+        for (int j = 1; rc == KC_OK && j < k; j++) {
+            nll -= (double)eng_log_softmax_at(r->tf_logits + (size_t)(j - 1) * V, V, cont[j]);
+        }
+    }
+    if (rc == KC_OK) {
+        rc = refine_swap(r, &pseq, &fseq, window, k, err);
+    }
+    if (rc == KC_OK) {
+        nll -= (double)eng_log_softmax_at(r->logits, V, cont[k]);
+    }
+    if (rc == KC_OK && k + 1 < C) {
+        rc = eval_engine_forward(r, ENG_KVP_FULL, &fseq, cont + k, C - 1 - k, ENG_LOGITS_ALL,
+                                 r->tf_logits, err);
+        for (int j = k + 1; rc == KC_OK && j < C; j++) {
+            nll -= (double)eng_log_softmax_at(r->tf_logits + (size_t)(j - k - 1) * V, V, cont[j]);
+        }
+    }
+    eval_engine_release(r, ENG_KVP_PREDICT, &pseq);
+    eval_engine_release(r, ENG_KVP_FULL, &fseq);
+    if (rc == KC_OK) {
+        st->nll_sum += nll;
+    }
+    return rc;
+}
+
+/* Same-prefix pass: buf[P + C] = prompt + full's greedy tokens ref[C]. */
+static int refine_same_prefix(struct eval_run *r, struct refine_stats *st, const int32_t *buf,
+                              const int32_t *ref, struct kc_error *err) {
+    const int P = r->P, C = r->C, k = st->k, V = r->V;
+    struct eng_seq pseq = {0}, fseq = {0};
+    int rc = refine_swap(r, &pseq, &fseq, buf, k, err);
+    if (rc == KC_OK) {
+        st->same_prefix += argmax(r->logits, V) == ref[k];
+    }
+    if (rc == KC_OK && k + 1 < C) {
+        rc = eval_engine_forward(r, ENG_KVP_FULL, &fseq, buf + P + k, C - 1 - k, ENG_LOGITS_ALL,
+                                 r->tf_logits, err);
+        for (int j = k + 1; rc == KC_OK && j < C; j++) {
+            st->same_prefix += argmax(r->tf_logits + (size_t)(j - k - 1) * V, V) == ref[j];
+        }
+    }
+    eval_engine_release(r, ENG_KVP_FULL, &fseq);
+    return rc;
+}
+
+/* Free-running pass: buf[P + C] holds the prompt; its continuation part is overwritten with
+ * the tokens generated. */
+static int refine_free_running(struct eval_run *r, struct refine_stats *st, int32_t *buf,
+                               const int32_t *ref, struct kc_error *err) {
+    const int P = r->P, C = r->C, k = st->k, V = r->V;
+    int32_t *g = buf + P;
+    struct eng_seq pseq = {0}, fseq = {0};
+    int rc = eval_engine_prefill(r, ENG_KVP_PREDICT, &pseq, buf, P, err);
+    for (int i = 0; rc == KC_OK && i < k; i++) {
+        g[i] = argmax(r->logits, V);
+        if (i + 1 < k) {
+            rc = eval_engine_forward(r, ENG_KVP_PREDICT, &pseq, &g[i], 1, ENG_LOGITS_LAST,
+                                     r->logits, err);
+        }
+    }
+    if (rc == KC_OK) {
+        rc = refine_swap(r, &pseq, &fseq, buf, k, err);
+    }
+    for (int i = k; rc == KC_OK && i < C; i++) {
+        g[i] = argmax(r->logits, V);
+        if (i + 1 < C) {
+            rc = eval_engine_forward(r, ENG_KVP_FULL, &fseq, &g[i], 1, ENG_LOGITS_LAST, r->logits,
+                                     err);
+        }
+    }
+    eval_engine_release(r, ENG_KVP_PREDICT, &pseq);
+    eval_engine_release(r, ENG_KVP_FULL, &fseq);
+    if (rc != KC_OK) {
+        return rc;
+    }
+    int agree = 0;
+    while (agree < C && g[agree] == ref[agree]) {
+        agree++;
+    }
+    st->greedy_tokens += agree;
+    for (int j = k; j < C; j++) {
+        st->free_running += g[j] == ref[j];
+    }
+    return KC_OK;
+}
+
+/* All predict_refine passes of one sample. window[P + C]: the sample; ref[C]: full's greedy
+ * continuation (only ref[0] without the greedy runs); buf[P + C]: scratch. */
+static int refine_sample(struct eval_run *r, struct refine_stats *rs, const int32_t *window,
+                         const int32_t *ref, int32_t *buf, struct kc_error *err) {
+    for (int i = 0; i < EVAL_N_REFINE; i++) {
+        struct refine_stats *st = &rs[i];
+        if (!st->on) {
+            continue;
+        }
+        int rc = refine_nll(r, st, window, ref, err);
+        if (rc == KC_OK && r->greedy) {
+            memcpy(buf, window, (size_t)r->P * sizeof(int32_t));
+            memcpy(buf + r->P, ref, (size_t)r->C * sizeof(int32_t));
+            rc = refine_same_prefix(r, st, buf, ref, err);
+        }
+        if (rc == KC_OK && r->greedy) {
+            rc = refine_free_running(r, st, buf, ref, err);
+        }
+        if (rc != KC_OK) {
+            return rc;
+        }
+    }
+    return KC_OK;
+}
+
 /* Results to read with care: each one printed to stderr and listed in the JSON. */
 struct eval_warnings {
     int n;
@@ -307,7 +500,74 @@ struct eval_result {
     double gap;
     bool gap_meaningful;
     const struct eval_warnings *warn;
+    const struct refine_stats *rs; /* [EVAL_N_REFINE] */
 };
+
+static void refine_name(const struct refine_stats *st, char *buf, size_t size) {
+    snprintf(buf, size, "predict_refine@%d", st->k);
+}
+
+/* The predict_refine rows of the JSON "modes". */
+static void refine_json(const struct eval_result *r, json_t *modes) {
+    const double no = r->o->no_greedy ? NAN : 1.0; /* null without the greedy runs */
+    const double dn = (double)r->n, C = (double)r->o->cont_len;
+    for (int i = 0; i < EVAL_N_REFINE; i++) {
+        const struct refine_stats *st = &r->rs[i];
+        if (!st->on) {
+            continue;
+        }
+        const double nll = st->nll_sum / (dn * C), after = dn * (C - st->k);
+        json_t *j = json_object();
+        json_object_set_new(j, "nll", kc_json_real(nll, 6));
+        json_object_set_new(j, "ppl", kc_json_real(exp(nll), 4));
+        json_object_set_new(j, "first_token_agreement", kc_json_real(st->first_agree / dn, 4));
+        json_object_set_new(j, "refine_at_token", json_integer(st->k));
+        json_object_set_new(j, "greedy_agreement",
+                            kc_json_real(no * (double)st->greedy_tokens / (dn * C), 4));
+        json_object_set_new(j, "greedy_agreement_tokens",
+                            kc_json_real(no * (double)st->greedy_tokens / dn, 3));
+        json_object_set_new(j, "greedy_agreement_after_refine_same_prefix",
+                            kc_json_real(no * (double)st->same_prefix / after, 4));
+        json_object_set_new(j, "greedy_agreement_after_refine_free_running",
+                            kc_json_real(no * (double)st->free_running / after, 4));
+        char name[32];
+        refine_name(st, name, sizeof(name));
+        json_object_set_new(modes, name, j);
+    }
+}
+
+/* The predict_refine rows of the table. */
+static void refine_table(const struct eval_result *r) {
+    const double no = r->o->no_greedy ? NAN : 1.0; /* nan without the greedy runs */
+    const double dn = (double)r->n, C = (double)r->o->cont_len;
+    bool any = false;
+    for (int i = 0; i < EVAL_N_REFINE; i++) {
+        const struct refine_stats *st = &r->rs[i];
+        if (!st->on) {
+            continue;
+        }
+        if (!any) {
+            printf("\npredict_refine@k: predict, the exact KV swapped in after k generated tokens "
+                   "(TTFT as predict)\n");
+            printf("%-18s %9s %10s %9s %14s %12s %12s\n", "mode", "NLL", "ppl", "1st-tok",
+                   "greedy-agree", "same-pfx>=k", "free-run>=k");
+            any = true;
+        }
+        const double nll = st->nll_sum / (dn * C), after = dn * (C - st->k);
+        char name[32];
+        refine_name(st, name, sizeof(name));
+        printf("%-18s %9.4f %10.3f %9.3f %8.3f (%4.1f) %12.4f %12.4f\n", name, nll, exp(nll),
+               (double)st->first_agree / dn, no * (double)st->greedy_tokens / (dn * C),
+               no * (double)st->greedy_tokens / dn, no * (double)st->same_prefix / after,
+               no * (double)st->free_running / after);
+    }
+    if (any) {
+        printf("(same-pfx>=k, free-run>=k: share of the tokens after the refine point "
+               "(positions >= k) equal to full's\n greedy token at the same position; same-pfx "
+               "feeds full's greedy tokens, free-run is the row's own greedy\n text; "
+               "greedy-agree: free-run's tokens before the first divergence, as above)\n");
+    }
+}
 
 static int print_json(const struct eval_result *r) {
     const struct eval_opts *o = r->o;
@@ -337,6 +597,7 @@ static int print_json(const struct eval_result *r) {
                             kc_json_real(s->split_sum.base_first_step_ms / s->n_ttft, 3));
         json_object_set_new(modes, eng_kvp_mode_name((enum eng_kvp_mode)m), j);
     }
+    refine_json(r, modes);
     json_object_set_new(root, "modes", modes);
     json_object_set_new(root, "gap_closed", kc_json_real(r->gap, 4));
     json_object_set_new(root, "gap_closed_meaningful", json_boolean(r->gap_meaningful));
@@ -397,6 +658,7 @@ static void print_table(const struct eval_result *r) {
     }
     printf("(greedy-agree: share of continuation tokens matching full's greedy output before "
            "the first divergence; mean tokens in parentheses; nan with --no-greedy)\n");
+    refine_table(r);
     for (int i = 0; i < r->warn->n; i++) {
         printf("warning: %s\n", r->warn->msg[i]);
     }
@@ -415,9 +677,10 @@ int kc_cmd_eval(int argc, char **argv) {
     struct eng_kvp_ctx *kc = NULL;
     struct eng_ctx *bctx = NULL;
     struct eng_kv_pool bpool = {0}, apool = {0};
-    int32_t *tokens = NULL, *greedy = NULL, *sample = NULL;
+    int32_t *tokens = NULL, *greedy = NULL, *sample = NULL, *refine_buf = NULL;
     size_t n_tokens = 0;
     struct mode_stats ms[ENG_KVP_N_MODES] = {{0}};
+    struct refine_stats rs[EVAL_N_REFINE] = {{0}};
     struct eval_run r = {0};
     int exit_code = 1;
 
@@ -484,7 +747,9 @@ int kc_cmd_eval(int argc, char **argv) {
     r.tf_logits = calloc((size_t)(C > 1 ? C - 1 : 1) * (size_t)r.V, sizeof(float));
     greedy = calloc((size_t)ENG_KVP_N_MODES * (size_t)C, sizeof(int32_t));
     sample = calloc((size_t)W, sizeof(int32_t));
-    if (r.logits == NULL || r.tf_logits == NULL || greedy == NULL || sample == NULL) {
+    refine_buf = calloc((size_t)W, sizeof(int32_t));
+    if (r.logits == NULL || r.tf_logits == NULL || greedy == NULL || sample == NULL ||
+        refine_buf == NULL) {
         fprintf(stderr, "kvcast eval: out of memory\n");
         goto done;
     }
@@ -497,6 +762,10 @@ int kc_cmd_eval(int argc, char **argv) {
             goto done;
         }
         ms[m].flops = eng_kvp_ttft_flops((enum eng_kvp_mode)m, bc, ac, ps, P);
+    }
+    for (int i = 0; i < EVAL_N_REFINE; i++) {
+        rs[i].k = eval_refine_k[i];
+        rs[i].on = b->pred != NULL && !o.no_refine && rs[i].k < C;
     }
     /* Warm-up: one prefill per mode creates the oneDNN primitives outside the timings. */
     for (int m = 0; m < ENG_KVP_N_MODES; m++) {
@@ -536,6 +805,11 @@ int kc_cmd_eval(int argc, char **argv) {
             ms[m].first_agree += g[0] == ref[0];
             ms[m].greedy_tokens += agree;
         }
+        if (refine_sample(&r, rs, sample, greedy + (size_t)ENG_KVP_FULL * C, refine_buf, &err) !=
+            KC_OK) {
+            fprintf(stderr, "kvcast eval: sample %ld, predict_refine: %s\n", s, err.msg);
+            goto done;
+        }
         if (tty) {
             fprintf(stderr, "\rsample %ld/%ld (%.1f s)", s + 1, o.samples, kc_now_s() - t0);
             fflush(stderr);
@@ -563,7 +837,8 @@ int kc_cmd_eval(int argc, char **argv) {
                                     .n = o.samples,
                                     .gap = gap,
                                     .gap_meaningful = pred_on && na > nf,
-                                    .warn = &warn};
+                                    .warn = &warn,
+                                    .rs = rs};
     if (o.json) {
         if (print_json(&res) != 0) {
             goto done;
@@ -580,6 +855,7 @@ done:
     free(r.tf_logits);
     free(greedy);
     free(sample);
+    free(refine_buf);
     free(tokens);
     if (bpool.slab != NULL) {
         eng_kv_pool_free(&bpool);
