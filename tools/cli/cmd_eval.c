@@ -323,13 +323,16 @@ struct refine_stats {
  * r->logits. */
 static int eval_engine_prefill(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq,
                                const int32_t *tokens, int n, struct kc_error *err) {
-    return eng_kvp_prefill(r->kc, mode, r->pool[mode], seq, tokens, n, r->logits, NULL, err);
+    const struct eng_kvp_seqs io = run_seqs(r, mode, seq);
+    const int rc = eng_kvp_prefill(r->kc, mode, &io, tokens, n, r->logits, NULL, err);
+    eng_seq_release(r->pool[ENG_KVP_AUX], &r->aux_seq);
+    return rc;
 }
 
 static int eval_engine_forward(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq,
                                const int32_t *tokens, int n, enum eng_logits_mode logits_mode,
                                float *logits, struct kc_error *err) {
-    return eng_kvp_forward(r->kc, mode, r->pool[mode], seq, tokens, n, logits_mode, logits, err);
+    return run_forward(r, mode, seq, tokens, n, logits_mode, logits, err);
 }
 
 static void eval_engine_release(struct eval_run *r, enum eng_kvp_mode mode, struct eng_seq *seq) {
