@@ -132,6 +132,12 @@ static const struct cfg_field fields[] = {
     F_BOOL("shed-hopeless", shed_hopeless,
            "auto mode: answer 503 + Retry-After at once to a request that even predict cannot "
            "bring inside --ttft-slo-ms behind the queued work"),
+    F_BOOL("enable-prefix-caching", enable_prefix_caching,
+           "reuse the exact KV of prompt prefixes seen before (vLLM's automatic prefix caching, "
+           "base and aux pools); --no-enable-prefix-caching prefills every prompt whole"),
+    F_BOOL("refine", refine,
+           "predict mode: compute the prompt's exact base KV in the background after the first "
+           "token and swap it in (a request's \"refine\" field overrides)"),
     F_ENUM("prefill-mode", prefill_mode, "auto|full|predict",
            "prefill mode of requests that do not name one"),
     F_INT("max-choices", max_choices, 1, 128, "prompts x n in one request at most"),
@@ -182,6 +188,8 @@ void cfg_settings_default(struct cfg_settings *s) {
     s->prefill_chunk = 256;
     s->ttft_slo_ms = 500.0;
     s->shed_hopeless = true;
+    s->enable_prefix_caching = true;
+    s->refine = true;
     snprintf(s->prefill_mode, sizeof(s->prefill_mode), "auto");
     s->max_choices = 8;
     s->max_stop = 4;

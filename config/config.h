@@ -75,7 +75,9 @@ struct cfg_settings {
     int max_context; /* 0: the model's max_position_embeddings */
     double ttft_slo_ms;
     int predict_min_prompt;
-    bool shed_hopeless;    /* auto: refuse (503) requests no mode can serve within the SLO */
+    bool shed_hopeless;         /* auto: refuse (503) requests no mode can serve within the SLO */
+    bool enable_prefix_caching; /* reuse exact KV blocks across requests by content */
+    bool refine;           /* predict mode: swap in the exact base KV computed in the background */
     char prefill_mode[16]; /* default for requests: auto | full | predict */
     /* request limits */
     int max_choices;    /* prompts x n per request */

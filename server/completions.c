@@ -215,18 +215,38 @@ static json_t *timings_json(const struct sch_timings *t, double tokenize_ms) {
     json_object_set_new(o, "decode_ms", json_num(t->decode_ms));
     json_object_set_new(o, "prefill_mode", json_string(sch_mode_name(t->mode)));
     json_object_set_new(o, "prefill_threads", json_integer(t->prefill_threads));
+    /* Prefix cache and refinement (scheduler.h states what each means). */
+    json_object_set_new(o, "cached_tokens", json_integer(t->cached_tokens));
+    json_object_set_new(o, "base_cached_tokens", json_integer(t->base_cached_tokens));
+    json_object_set_new(o, "refine", json_string(sch_refine_result_name(t->refine_result)));
+    /* null unless swapped: the scheduler's -1 is its "never" (scheduler.h). */
+    const bool swapped = t->refine_result == SCH_REFINE_SWAPPED && t->refined_at_token >= 0;
+    json_object_set_new(o, "refined_at_token",
+                        swapped ? json_integer(t->refined_at_token) : json_null());
+    json_object_set_new(o, "refine_ms", json_num(t->refine_ms));
     return o;
 }
 
 static json_t *usage_json(const struct srv_completion *cmp) {
     int gen = 0;
+    json_int_t cached = 0;
     for (int i = 0; i < cmp->n_choices; i++) {
-        gen += cmp->choices[i].n_tokens;
+        const struct srv_choice *ch = &cmp->choices[i];
+        gen += ch->n_tokens;
+        /* prompt_tokens counts each prompt once (not once per choice), so do the cached ones:
+         * the first choice of each prompt (choices of one prompt are consecutive). */
+        if (ch->index % cmp->req.n == 0 && ch->have_timings) {
+            cached += ch->timings.cached_tokens;
+        }
     }
     json_t *u = json_object();
     json_object_set_new(u, "prompt_tokens", json_integer(cmp->prompt_tokens));
     json_object_set_new(u, "total_tokens", json_integer((json_int_t)cmp->prompt_tokens + gen));
     json_object_set_new(u, "completion_tokens", json_integer(gen));
+    /* OpenAI's prefix-cache report: prompt tokens whose prefill the cache saved. */
+    json_t *details = json_object();
+    json_object_set_new(details, "cached_tokens", json_integer(cached));
+    json_object_set_new(u, "prompt_tokens_details", details);
     return u;
 }
 
@@ -545,6 +565,13 @@ static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
         srv_hist_observe(&m->ttft, ch->timings.ttft_ms / 1000.0);
         srv_hist_observe(&m->queue, ch->timings.queue_ms / 1000.0);
         m->prefill_mode[ch->timings.mode == SCH_MODE_PREDICT ? SCH_MODE_PREDICT : SCH_MODE_FULL]++;
+    }
+    const enum sch_refine_result rr = ev->timings.refine_result;
+    if (rr > SCH_REFINE_NONE && rr < SCH_REFINE_RESULT_COUNT) {
+        m->refine[rr]++;
+        if (rr == SCH_REFINE_SWAPPED) {
+            srv_hist_observe(&m->refine_latency, ev->timings.refine_ms / 1000.0);
+        }
     }
     srv_hist_observe(&m->e2e, kc_now_s() - cmp->t_start);
     if (cmp->conn != NULL) {
@@ -999,6 +1026,7 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
             /* same layout (request.h); asserted at the top of this file */
             .logit_bias = (const struct sch_logit_bias *)req.logit_bias,
             .n_logit_bias = req.n_logit_bias,
+            .refine = req.refine,
         };
         /* Choice k of a seeded request: its own stream, unrelated to other seeds' streams. */
         sp.sampling.seed = req.seed_given

@@ -347,6 +347,8 @@ static int start_scheduler(struct srv *s, struct kc_error *err) {
     sc.ttft_slo_ms = c->ttft_slo_ms;
     sc.predict_min_prompt = c->predict_min_prompt;
     sc.shed_hopeless = c->shed_hopeless;
+    sc.prefix_caching = c->enable_prefix_caching;
+    sc.refine = c->refine;
     s->max_model_len = c->max_context > 0 && c->max_context < mc->max_position_embeddings
                            ? c->max_context
                            : mc->max_position_embeddings;
