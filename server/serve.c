@@ -33,6 +33,7 @@
 #include "scheduler/sched_internal.h"
 #include "server/serve.h"
 #include "server/server_internal.h"
+#include "server/settings.h"
 
 extern char **environ;
 
@@ -329,30 +330,9 @@ static void delay_hook(void *ud, enum sch_hook_point point, uint64_t id, int ste
 }
 
 static int start_scheduler(struct srv *s, struct kc_error *err) {
-    const struct cfg_settings *c = &s->cfg;
-    const struct eng_model_config *mc = eng_model_config_of(s->base);
-    struct sch_config sc = sch_default_config();
-    sc.prefill_threads = c->prefill_threads;
-    sc.decode_threads = c->decode_threads;
-    sc.pin_cpus = c->pin_cpus;
-    sc.prefill_workers = c->prefill_workers;
-    sc.tpot_slo_ms = c->tpot_slo_ms;
-    sc.base_kv_bytes = (size_t)c->base_kv_mib << 20;
-    sc.aux_kv_bytes = (size_t)c->aux_kv_mib << 20;
-    sc.block_size = c->block_size;
-    sc.max_queue = c->max_queue;
-    sc.max_running = c->max_running;
-    sc.prefill_chunk = c->prefill_chunk;
-    sc.max_context = c->max_context;
-    sc.ttft_slo_ms = c->ttft_slo_ms;
-    sc.predict_min_prompt = c->predict_min_prompt;
-    sc.shed_hopeless = c->shed_hopeless;
-    sc.prefix_caching = c->enable_prefix_caching;
-    sc.refine = c->refine;
-    s->max_model_len = c->max_context > 0 && c->max_context < mc->max_position_embeddings
-                           ? c->max_context
-                           : mc->max_position_embeddings;
-    sc.max_context = s->max_model_len;
+    const struct sch_config sc =
+        srv_sch_config(&s->cfg, eng_model_config_of(s->base)->max_position_embeddings);
+    s->max_model_len = sc.max_context;
     const struct eng_model *aux = s->bundle ? s->bundle->aux : NULL;
     const struct eng_kvp *pred = s->bundle ? s->bundle->pred : NULL;
     int rc = sch_create(&sc, s->base, aux, pred, on_sch_event, s, &s->sch, err);
@@ -411,20 +391,8 @@ static void load_done_cb(uv_work_t *w, int status) {
         begin_stopping(s);
         return;
     }
-    s->lim = (struct srv_limits){
-        .model_id = s->model_id,
-        .vocab_size = eng_model_config_of(s->base)->vocab_size,
-        .max_context = s->max_model_len,
-        .max_choices = s->cfg.max_choices,
-        .max_stop = s->cfg.max_stop,
-        .max_stop_bytes = s->cfg.max_stop_bytes,
-        .strict = s->cfg.strict_fields,
-        .default_mode = SCH_MODE_AUTO,
-    };
-    enum sch_prefill_mode dm = SCH_MODE_AUTO;
-    if (sch_mode_parse(s->cfg.prefill_mode, &dm) == KC_OK) {
-        s->lim.default_mode = (int)dm;
-    }
+    s->lim = srv_limits_of(&s->cfg, s->model_id, eng_model_config_of(s->base)->vocab_size,
+                           eng_model_config_of(s->base)->max_position_embeddings);
     /* Counters kept since the bind (503s while loading) stay; only the label changes. */
     struct srv_metrics named;
     srv_metrics_init(&named, s->model_id, strcmp(s->cfg.metric_names, "prometheus") == 0);
