@@ -179,12 +179,18 @@ static void cancel_live(struct srv_completion *cmp, enum sch_finish finish) {
     }
 }
 
-void srv_resume(struct srv_completion *cmp) {
+/* Resumes cmp's connection if it is suspended (and still there). */
+static void resume(struct srv_completion *cmp) {
     if (cmp->suspended && cmp->conn != NULL) {
         cmp->suspended = false;
-        MHD_resume_connection(cmp->conn->mc);
-        srv_mhd_kick(cmp->srv);
+        srv_http_resume(cmp->conn);
     }
+}
+
+/* Suspends cmp's connection until resume: a result or stream bytes to come. */
+static void suspend(struct srv_completion *cmp) {
+    srv_http_suspend(cmp->conn);
+    cmp->suspended = true;
 }
 
 /* ---- JSON pieces ---- */
@@ -349,7 +355,7 @@ static void sse_append(struct srv_completion *cmp, json_t *o) {
     }
     srv_buf_printf(&cmp->out, "data: %s\n\n", txt);
     free(txt);
-    srv_resume(cmp);
+    resume(cmp);
 }
 
 static void sse_chunk(struct srv_completion *cmp, struct srv_choice *ch, const char *text,
@@ -385,7 +391,7 @@ static void build_result(struct srv_completion *cmp) {
         }
         srv_buf_printf(&cmp->out, "data: [DONE]\n\n");
         cmp->eof = true;
-        srv_resume(cmp);
+        resume(cmp);
         return;
     }
     /* Non-stream: a failed choice makes the whole request an error. */
@@ -402,7 +408,7 @@ static void build_result(struct srv_completion *cmp) {
             }
             c->pending_status = e.status;
             c->pending_ready = true;
-            srv_resume(cmp);
+            resume(cmp);
             return;
         }
     }
@@ -427,7 +433,7 @@ static void build_result(struct srv_completion *cmp) {
     }
     c->pending_status = txt != NULL ? 200 : 500;
     c->pending_ready = true;
-    srv_resume(cmp);
+    resume(cmp);
     (void)s;
 }
 
@@ -610,7 +616,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     struct srv_completion *cmp = cls;
     (void)pos;
     if (cmp->client_gone || cmp->conn == NULL) {
-        return MHD_CONTENT_READER_END_WITH_ERROR;
+        return SRV_STREAM_ERROR;
     }
     if (cmp->out.len > 0) {
         size_t n = cmp->out.len < max ? cmp->out.len : max;
@@ -620,7 +626,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         return (ssize_t)n;
     }
     if (cmp->eof) {
-        return MHD_CONTENT_READER_END_OF_STREAM;
+        return SRV_STREAM_END;
     }
     double now = kc_now_s();
     static const char ping[] = ": ping\n\n";
@@ -630,8 +636,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         return (ssize_t)(sizeof(ping) - 1);
     }
     /* Nothing to send: 0 is only allowed together with a suspend (RELIABILITY 3.2). */
-    MHD_suspend_connection(cmp->conn->mc);
-    cmp->suspended = true;
+    suspend(cmp);
     return 0;
 }
 
@@ -839,7 +844,7 @@ static void prep_done(uv_work_t *w, int status) {
         maybe_free(cmp); /* the client went away meanwhile */
     } else {
         cmp->ready = true;
-        srv_resume(cmp); /* the handler runs again: srv_completions_resumed -> start_prepared */
+        resume(cmp); /* the handler runs again: srv_completions_resumed -> start_prepared */
     }
     prep_pump(s);
 }
@@ -899,7 +904,7 @@ static void completion_link(struct srv *s, struct srv_completion *cmp) {
 
 /* The access handler's first call with the whole body: hand parse + tokenize to the
  * threadpool and keep the connection suspended until prep_done resumes it. */
-static enum MHD_Result prep_start(struct srv_conn *c, bool tokenize_route) {
+static enum srv_http_rc prep_start(struct srv_conn *c, bool tokenize_route) {
     struct srv *s = c->srv;
     struct srv_completion *cmp = calloc(1, sizeof(*cmp));
     if (cmp == NULL) {
@@ -921,23 +926,22 @@ static enum MHD_Result prep_start(struct srv_conn *c, bool tokenize_route) {
     c->cmp = cmp;
     cmp->preparing = true;
     /* Suspend first: prep_enqueue may finish the job at once (fallback path) and resume. */
-    MHD_suspend_connection(c->mc);
-    cmp->suspended = true;
+    suspend(cmp);
     prep_enqueue(s, cmp);
-    return MHD_YES;
+    return SRV_HTTP_OK;
 }
 
-enum MHD_Result srv_completions_start(struct srv_conn *c) {
+enum srv_http_rc srv_completions_start(struct srv_conn *c) {
     return prep_start(c, false);
 }
 
-enum MHD_Result srv_tokenize_start(struct srv_conn *c) {
+enum srv_http_rc srv_tokenize_start(struct srv_conn *c) {
     return prep_start(c, true);
 }
 
 /* Detaches a completion that never submitted anything and answers with e. */
-static enum MHD_Result start_failed(struct srv_conn *c, struct srv_completion *cmp,
-                                    const struct srv_error *e) {
+static enum srv_http_rc start_failed(struct srv_conn *c, struct srv_completion *cmp,
+                                     const struct srv_error *e) {
     const struct srv_error copy = *e; /* e may live in cmp, which is freed here */
     cancel_live(cmp, SCH_FINISH_ABORT);
     cmp->conn = NULL;
@@ -947,7 +951,7 @@ static enum MHD_Result start_failed(struct srv_conn *c, struct srv_completion *c
 }
 
 /* The handler ran again after prep_done: check the job's result, submit, answer. */
-static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion *cmp) {
+static enum srv_http_rc start_prepared(struct srv_conn *c, struct srv_completion *cmp) {
     struct srv *s = c->srv;
     struct srv_error e;
     cmp->ready = false;
@@ -958,7 +962,7 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
         return start_failed(c, cmp, &cmp->prep_err);
     }
     if (cmp->tokenize_route) {
-        enum MHD_Result ret = srv_send(c, 200, "application/json", cmp->out.p, cmp->out.len);
+        enum srv_http_rc ret = srv_send(c, 200, "application/json", cmp->out.p, cmp->out.len);
         cmp->result_built = true;
         cmp->conn = NULL;
         c->cmp = NULL;
@@ -1067,36 +1071,25 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
         }
     }
     if (cmp->stream) {
-        struct MHD_Response *resp = MHD_create_response_from_callback(
-            MHD_SIZE_UNKNOWN, 4096, stream_reader, cmp, stream_free);
-        if (resp == NULL) {
+        cmp->resp_alive = true; /* until stream_free, which the seam calls even on failure */
+        enum srv_http_rc ret = srv_http_stream_begin(c, stream_reader, stream_free, cmp);
+        if (ret != SRV_HTTP_OK) {
             cancel_live(cmp, SCH_FINISH_ABORT);
-            return MHD_NO;
         }
-        cmp->resp_alive = true;
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-        srv_add_common_headers(c, resp);
-        c->status = 200;
-        enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_OK, resp);
-        MHD_destroy_response(resp);
         return ret;
     }
-    MHD_suspend_connection(c->mc);
-    cmp->suspended = true;
-    return MHD_YES;
+    suspend(cmp);
+    return SRV_HTTP_OK;
 }
 
-enum MHD_Result srv_completions_resumed(struct srv_conn *c) {
+enum srv_http_rc srv_completions_resumed(struct srv_conn *c) {
     struct srv_completion *cmp = c->cmp;
     if (cmp == NULL || cmp->client_gone) {
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
     if (cmp->preparing) { /* woken early (a shutdown path): keep waiting for the job */
-        MHD_suspend_connection(c->mc);
-        cmp->suspended = true;
-        return MHD_YES;
+        suspend(cmp);
+        return SRV_HTTP_OK;
     }
     if (cmp->ready) {
         return start_prepared(c, cmp);
@@ -1107,9 +1100,8 @@ enum MHD_Result srv_completions_resumed(struct srv_conn *c) {
                         c->pending_body.len);
     }
     /* Woken without a result (e.g. a heartbeat meant for streams): wait again. */
-    MHD_suspend_connection(c->mc);
-    cmp->suspended = true;
-    return MHD_YES;
+    suspend(cmp);
+    return SRV_HTTP_OK;
 }
 
 void srv_completions_conn_closed(struct srv_completion *cmp, bool ok) {
@@ -1134,7 +1126,7 @@ void srv_completions_tick(struct srv *s) {
         }
         /* Only while suspended: MHD does not touch the fd then (RELIABILITY 3.3). */
         enum srv_peer peer = cmp->suspended && !cmp->client_gone
-                                 ? srv_conn_peer_check(cmp->conn, cmp->stream)
+                                 ? srv_http_peer_check(cmp->conn, cmp->stream)
                                  : SRV_PEER_ALIVE;
         if (peer == SRV_PEER_WANT_WRITE) {
             cmp->t_last_write = 0.0; /* a heartbeat now: a closed peer answers it with RST */
@@ -1143,7 +1135,7 @@ void srv_completions_tick(struct srv *s) {
             KC_INFO("req=%llu client went away; cancelling", (unsigned long long)cmp->conn->rid);
             cmp->client_gone = true;
             cancel_live(cmp, SCH_FINISH_ABORT);
-            srv_resume(cmp);
+            resume(cmp);
             continue;
         }
         if (deadline > 0 && !cmp->timed_out && cmp->n_live > 0 && now - cmp->t_start > deadline) {
@@ -1153,7 +1145,7 @@ void srv_completions_tick(struct srv *s) {
             cancel_live(cmp, SCH_FINISH_ABORT);
         }
         if (cmp->stream && cmp->suspended && now - cmp->t_last_write >= hb) {
-            srv_resume(cmp);
+            resume(cmp);
         }
     }
 }
@@ -1169,7 +1161,7 @@ void srv_completions_resume_all(struct srv *s) {
         if (!cmp->result_built) {
             cmp->client_gone = true; /* the handler / reader then closes the connection */
         }
-        srv_resume(cmp);
+        resume(cmp);
     }
 }
 

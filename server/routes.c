@@ -46,13 +46,13 @@ const struct srv_route_def *srv_route_get(enum srv_route route) {
     return NULL;
 }
 
-static enum MHD_Result send_json(struct srv_conn *c, int status, json_t *o) {
+static enum srv_http_rc send_json(struct srv_conn *c, int status, json_t *o) {
     char *txt = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (txt == NULL) {
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
-    enum MHD_Result ret = srv_send(c, status, "application/json", txt, strlen(txt));
+    enum srv_http_rc ret = srv_send(c, status, "application/json", txt, strlen(txt));
     free(txt);
     return ret;
 }
@@ -85,7 +85,7 @@ static void gauges_of(struct srv *s, struct srv_gauges *g) {
     g->refine_running = st.refine_running;
 }
 
-static enum MHD_Result route_health(struct srv_conn *c) {
+static enum srv_http_rc route_health(struct srv_conn *c) {
     struct srv *s = c->srv;
     if (s->state == SRV_LOADING) {
         /* What the README, Dockerfile and k8s probes expect while the models load. */
@@ -97,20 +97,20 @@ static enum MHD_Result route_health(struct srv_conn *c) {
     return srv_send(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
 }
 
-static enum MHD_Result route_metrics(struct srv_conn *c) {
+static enum srv_http_rc route_metrics(struct srv_conn *c) {
     struct srv_gauges g;
     gauges_of(c->srv, &g);
     struct srv_buf o = {0};
     if (srv_metrics_render(&c->srv->metrics, &g, &o) != KC_OK) {
         srv_buf_free(&o);
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
-    enum MHD_Result ret = srv_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+    enum srv_http_rc ret = srv_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
     srv_buf_free(&o);
     return ret;
 }
 
-static enum MHD_Result route_models(struct srv_conn *c) {
+static enum srv_http_rc route_models(struct srv_conn *c) {
     struct srv *s = c->srv;
     json_t *m = json_object();
     json_object_set_new(m, "id", json_string(s->model_id));
@@ -130,11 +130,11 @@ static enum MHD_Result route_models(struct srv_conn *c) {
     return send_json(c, 200, o);
 }
 
-static enum MHD_Result route_tokenize(struct srv_conn *c) {
+static enum srv_http_rc route_tokenize(struct srv_conn *c) {
     return srv_tokenize_start(c); /* off the loop thread: completions.c */
 }
 
-static enum MHD_Result route_detokenize(struct srv_conn *c) {
+static enum srv_http_rc route_detokenize(struct srv_conn *c) {
     struct srv *s = c->srv;
     struct srv_error e;
     int32_t *ids = NULL;
@@ -163,7 +163,7 @@ static enum MHD_Result route_detokenize(struct srv_conn *c) {
     return send_json(c, 200, o);
 }
 
-enum MHD_Result srv_route_run(struct srv_conn *c) {
+enum srv_http_rc srv_route_run(struct srv_conn *c) {
     switch (c->route) {
     case SRV_ROUTE_HEALTH:
         return route_health(c);
