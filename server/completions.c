@@ -261,7 +261,7 @@ static json_t *envelope(const struct srv_completion *cmp) {
     json_object_set_new(o, "id", json_string(cmp->id));
     json_object_set_new(o, "object", json_string("text_completion"));
     json_object_set_new(o, "created", json_integer(cmp->created));
-    json_object_set_new(o, "model", json_string(cmp->srv->model_id));
+    json_object_set_new(o, "model", json_string(cmp->srv->models.id));
     return o;
 }
 
@@ -305,14 +305,14 @@ static json_t *logprobs_new(void) {
 
 /* The piece of text one token decodes to on its own (for logprobs' "tokens"). */
 static json_t *token_text(const struct srv *s, int32_t id, bool as_ids) {
-    if (s->tok == NULL || as_ids) {
+    if (s->models.tok == NULL || as_ids) {
         char buf[32];
         snprintf(buf, sizeof(buf), "token_id:%d", id);
         return json_string(buf);
     }
     char *t = NULL;
     size_t n = 0;
-    if (eng_tok_decode(s->tok, &id, 1, 0, &t, &n, NULL) != KC_OK) {
+    if (eng_tok_decode(s->models.tok, &id, 1, 0, &t, &n, NULL) != KC_OK) {
         return json_string("");
     }
     json_t *j = json_text(t, n);
@@ -482,7 +482,7 @@ static void on_token(struct srv_completion *cmp, struct srv_choice *ch,
         logprobs_add(s, lp, ev, ch->text_offset, cmp->req.return_tokens_as_token_ids);
     }
     size_t n = 0;
-    if (s->tok != NULL &&
+    if (s->models.tok != NULL &&
         eng_tok_stream_push(&ch->ts, ev->token, s->tok_buf, s->tok_buf_cap, &n, NULL) != KC_OK) {
         n = 0;
     }
@@ -533,7 +533,7 @@ static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
         /* Flush the detokenizer's incomplete character, then the held-back text. */
         size_t n = 0;
         struct srv_buf rest = {0};
-        if (s->tok != NULL &&
+        if (s->models.tok != NULL &&
             eng_tok_stream_flush(&ch->ts, s->tok_buf, s->tok_buf_cap, &n) == KC_OK && n > 0) {
             int m = srv_stop_feed(&ch->stop, s->tok_buf, n, &rest);
             if (m >= 0) {
@@ -668,7 +668,7 @@ static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
         }
         struct srv_prompt *p = &r->prompts[i];
         if (p->text != NULL) {
-            if (s->tok == NULL) {
+            if (s->models.tok == NULL) {
                 return srv_error_kc(e, KC_EUNSUPPORTED, "prompt",
                                     "this model has no tokenizer: send the prompt as token "
                                     "ids");
@@ -676,7 +676,7 @@ static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
             struct kc_error kerr = {0};
             int32_t *ids = NULL;
             size_t n = 0;
-            int rc = eng_tok_encode_max(s->tok, p->text, p->text_len,
+            int rc = eng_tok_encode_max(s->models.tok, p->text, p->text_len,
                                         r->add_special_tokens ? ENG_TOK_ADD_SPECIAL : 0, max_ids,
                                         &ids, &n, &kerr);
             if (rc == KC_ECONTEXT) {
@@ -715,20 +715,21 @@ static int tokenize_route_work(const struct srv *s, struct srv_completion *cmp) 
     if (rc != KC_OK) {
         return rc;
     }
-    if (s->tok == NULL) {
+    if (s->models.tok == NULL) {
         free(text);
         return srv_error_kc(e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
     }
     int32_t *ids = NULL;
     size_t n = 0;
     struct kc_error kerr = {0};
-    rc = eng_tok_encode(s->tok, text, len, special ? ENG_TOK_ADD_SPECIAL : 0, &ids, &n, &kerr);
+    rc = eng_tok_encode(s->models.tok, text, len, special ? ENG_TOK_ADD_SPECIAL : 0, &ids, &n,
+                        &kerr);
     free(text);
     if (rc != KC_OK) {
         return srv_error_kc(e, rc == KC_ENOMEM ? rc : KC_EINVAL, "prompt", "%s", kerr.msg);
     }
     rc = srv_buf_printf(&cmp->out, "{\"count\":%zu,\"max_model_len\":%d,\"tokens\":[", n,
-                        s->max_model_len);
+                        s->models.max_model_len);
     for (size_t i = 0; i < n && rc == KC_OK; i++) {
         rc = srv_buf_printf(&cmp->out, i ? ",%d" : "%d", ids[i]);
     }
@@ -882,12 +883,12 @@ static void echo_text(struct srv *s, const struct srv_prompt *p, struct srv_buf 
         srv_buf_append(out, p->text, p->text_len);
         return;
     }
-    if (s->tok == NULL) {
+    if (s->models.tok == NULL) {
         return;
     }
     char *t = NULL;
     size_t n = 0;
-    if (eng_tok_decode(s->tok, p->ids, (size_t)p->n_ids, 0, &t, &n, NULL) == KC_OK) {
+    if (eng_tok_decode(s->models.tok, p->ids, (size_t)p->n_ids, 0, &t, &n, NULL) == KC_OK) {
         srv_buf_append(out, t, n);
         free(t);
     }
@@ -1006,8 +1007,8 @@ static enum srv_http_rc start_prepared(struct srv_conn *c, struct srv_completion
         /* Before min_tokens tokens, stop strings are not matched (DESIGN 6). */
         srv_stop_init(&ch->stop, req.stop, req.min_tokens > 0 ? 0 : req.n_stop,
                       req.include_stop_str_in_output);
-        if (s->tok != NULL) {
-            eng_tok_stream_init(&ch->ts, s->tok,
+        if (s->models.tok != NULL) {
+            eng_tok_stream_init(&ch->ts, s->models.tok,
                                 req.skip_special_tokens ? ENG_TOK_SKIP_SPECIAL : 0);
         }
         if (req.logprobs >= 0 && (!req.stream || cmp->prompt_lp)) {

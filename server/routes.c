@@ -113,14 +113,14 @@ static enum srv_http_rc route_metrics(struct srv_conn *c) {
 static enum srv_http_rc route_models(struct srv_conn *c) {
     struct srv *s = c->srv;
     json_t *m = json_object();
-    json_object_set_new(m, "id", json_string(s->model_id));
+    json_object_set_new(m, "id", json_string(s->models.id));
     json_object_set_new(m, "object", json_string("model"));
     json_object_set_new(m, "created", json_integer(0));
     json_object_set_new(m, "owned_by", json_string("kvcast"));
-    json_t *root = json_stringn(s->model_root, strlen(s->model_root));
-    json_object_set_new(m, "root", root ? root : json_string(s->model_id));
+    json_t *root = json_stringn(s->models.root, strlen(s->models.root));
+    json_object_set_new(m, "root", root ? root : json_string(s->models.id));
     json_object_set_new(m, "parent", json_null());
-    json_object_set_new(m, "max_model_len", json_integer(s->max_model_len));
+    json_object_set_new(m, "max_model_len", json_integer(s->models.max_model_len));
     json_object_set_new(m, "permission", json_array());
     json_t *o = json_object();
     json_object_set_new(o, "object", json_string("list"));
@@ -142,7 +142,7 @@ static enum srv_http_rc route_detokenize(struct srv_conn *c) {
     if (srv_detokenize_parse(c->body.p, c->body.len, &s->lim, &ids, &n, &e) != KC_OK) {
         return srv_send_error(c, &e);
     }
-    if (s->tok == NULL) {
+    if (s->models.tok == NULL) {
         free(ids);
         srv_error_kc(&e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
         return srv_send_error(c, &e);
@@ -150,7 +150,7 @@ static enum srv_http_rc route_detokenize(struct srv_conn *c) {
     char *text = NULL;
     size_t len = 0;
     struct kc_error kerr = {0};
-    int rc = eng_tok_decode(s->tok, ids, (size_t)n, 0, &text, &len, &kerr);
+    int rc = eng_tok_decode(s->models.tok, ids, (size_t)n, 0, &text, &len, &kerr);
     free(ids);
     if (rc != KC_OK) {
         srv_error_kc(&e, KC_EINVAL, "tokens", "%s", kerr.msg);

@@ -84,6 +84,19 @@ struct srv_sock {
     char addr[64];  /* client address (text), "-" when unknown */
 };
 
+/* The loaded models and what is read off them. The loader thread fills them (serve.c) and
+ * owns them until load_done_cb; from then on they are read-only while serving: the loop
+ * thread and the prepare jobs on the threadpool (which encode with tok) read them. */
+struct srv_models {
+    struct eng_kvp_bundle *bundle; /* when loaded from a bundle or --aux/--predictor */
+    struct eng_model *base_owned;  /* when loaded from --model alone */
+    const struct eng_model *base;  /* the bundle's base or base_owned */
+    struct eng_tok *tok;           /* NULL: token-id prompts only, empty text out */
+    char id[CFG_STR_MAX];          /* the served model name ("model" of requests, /v1/models) */
+    char root[CFG_PATH_MAX];       /* the base model's directory (/v1/models "root") */
+    int max_model_len;             /* prompt + max_tokens limit (srv_max_context) */
+};
+
 struct srv {
     struct cfg_settings cfg;
     enum srv_state state;
@@ -98,16 +111,9 @@ struct srv {
     int signals_seen;
     struct MHD_Daemon *mhd;
     int port;
-    /* models */
-    struct eng_kvp_bundle *bundle; /* when loaded from a bundle or --aux/--predictor */
-    struct eng_model *base_owned;  /* when loaded from --model alone */
-    const struct eng_model *base;
-    struct eng_tok *tok; /* NULL: token-id prompts only, empty text out */
-    char *tok_buf;       /* loop-thread scratch for eng_tok_stream_push */
+    struct srv_models models;
+    char *tok_buf; /* loop-thread scratch for eng_tok_stream_push (sized for models.tok) */
     size_t tok_buf_cap;
-    char model_id[CFG_STR_MAX];
-    char model_root[CFG_PATH_MAX];
-    int max_model_len;
     struct srv_limits lim;
     struct sch *sch;
     /* scheduler -> loop thread; ev_lock guards evq, evq_len, evq_cap */
