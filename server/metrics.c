@@ -108,17 +108,17 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
                  "Idle KV blocks the prefix cache keeps (evictable; counted as free in "
                  "kv_cache_usage_perc).");
     rc |= srv_buf_printf(o, "%skv_cache_cached_blocks{model_name=\"%s\",pool=\"base\"} %d\n", p, mn,
-                         g->base_blocks_cached);
+                         g->sch.base_blocks_cached);
     if (g->has_aux) {
         rc |= srv_buf_printf(o, "%skv_cache_cached_blocks{model_name=\"%s\",pool=\"aux\"} %d\n", p,
-                             mn, g->aux_blocks_cached);
+                             mn, g->sch.aux_blocks_cached);
     }
     rc |= family(o, p, "kv_refine_jobs", "gauge",
                  "Refinement jobs (exact base prefill of predict-mode requests) by state.");
     rc |= srv_buf_printf(o, "%skv_refine_jobs{model_name=\"%s\",state=\"queued\"} %d\n", p, mn,
-                         g->refine_queued);
+                         g->sch.refine_queued);
     rc |= srv_buf_printf(o, "%skv_refine_jobs{model_name=\"%s\",state=\"running\"} %d\n", p, mn,
-                         g->refine_running);
+                         g->sch.refine_running);
     /* vLLM's prefix-cache counters, in prompt tokens: hits / queries is the hit rate. The aux
      * pool's only with an aux model, like its usage gauge. */
     static const char *const pools[2] = {"base", "aux"};
@@ -127,13 +127,13 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
     for (int i = 0; i < 1 + (g->has_aux != 0); i++) {
         rc |=
             srv_buf_printf(o, "%sprefix_cache_queries_total{model_name=\"%s\",pool=\"%s\"} %llu\n",
-                           p, mn, pools[i], (unsigned long long)g->prefix_queries[i]);
+                           p, mn, pools[i], (unsigned long long)g->sch.prefix_queries[i]);
     }
     rc |= family(o, p, "prefix_cache_hits_total", "counter",
                  "Prompt tokens found in the prefix cache.");
     for (int i = 0; i < 1 + (g->has_aux != 0); i++) {
         rc |= srv_buf_printf(o, "%sprefix_cache_hits_total{model_name=\"%s\",pool=\"%s\"} %llu\n",
-                             p, mn, pools[i], (unsigned long long)g->prefix_hits[i]);
+                             p, mn, pools[i], (unsigned long long)g->sch.prefix_hits[i]);
     }
     rc |= family(o, p, "prompt_tokens_total", "counter", "Prefill tokens processed.");
     rc |= srv_buf_printf(o, "%sprompt_tokens_total{model_name=\"%s\"} %llu\n", p, mn,
@@ -170,14 +170,14 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
         rc |= srv_buf_printf(
             o, "%sauto_decisions_total{model_name=\"%s\",mode=\"%s\",reason=\"%s\"} %llu\n", p, mn,
             decisions[i].predict ? "predict" : "full", sch_policy_reason_name(decisions[i].why),
-            (unsigned long long)g->auto_decisions[decisions[i].predict][decisions[i].why]);
+            (unsigned long long)g->sch.auto_decisions[decisions[i].predict][decisions[i].why]);
     }
     rc |= family(
         o, p, "requests_shed_total", "counter",
         "Auto requests answered 503 at once because no prefill mode could meet the TTFT target "
         "behind the queued work (--shed-hopeless).");
     rc |= srv_buf_printf(o, "%srequests_shed_total{model_name=\"%s\",reason=\"hopeless\"} %llu\n",
-                         p, mn, (unsigned long long)g->shed);
+                         p, mn, (unsigned long long)g->sch.shed);
     rc |= family(o, p, "http_error_responses_total", "counter",
                  "Requests answered with an error status.");
     rc |= srv_buf_printf(o, "%shttp_error_responses_total{model_name=\"%s\"} %llu\n", p, mn,

@@ -89,19 +89,11 @@ struct srv_gauges {
     int has_aux;
     int conns_waiting;    /* open connections without a running request (idle, head, body) */
     int conns_dispatched; /* open connections whose request runs */
-    /* The scheduler's own counters (one source: scheduler.c counts, /metrics shows):
-     * auto-mode decisions by mode and reason, and auto requests shed at submit. */
-    uint64_t auto_decisions[2][SCH_STATS_REASONS];
-    uint64_t shed;
-    /* Prefix cache (vLLM's counters, in prompt tokens): looked up and found, per pool
-     * ([0] base, [1] aux); and the cached blocks no sequence uses (evictable). */
-    uint64_t prefix_queries[2];
-    uint64_t prefix_hits[2];
-    int base_blocks_cached;
-    int aux_blocks_cached;
-    /* Refinement jobs waiting for a prefill worker, and running. */
-    int refine_queued;
-    int refine_running;
+    /* The scheduler's own counters and gauges, rendered as they are (one source: the
+     * scheduler counts, /metrics shows): auto-mode decisions by mode and reason, auto requests
+     * shed at submit, the prefix cache's queries/hits and cached blocks per pool, and the
+     * refinement jobs queued and running. */
+    struct sch_stats sch;
 };
 
 /* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series.

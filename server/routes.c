@@ -75,14 +75,7 @@ static void gauges_of(struct srv *s, struct srv_gauges *g) {
     }
     g->conns_dispatched = s->n_socks_dispatched;
     g->conns_waiting = s->n_socks_live - s->n_socks_dispatched;
-    memcpy(g->auto_decisions, st.auto_decisions, sizeof(g->auto_decisions));
-    g->shed = st.shed;
-    memcpy(g->prefix_queries, st.prefix_queries, sizeof(g->prefix_queries));
-    memcpy(g->prefix_hits, st.prefix_hits, sizeof(g->prefix_hits));
-    g->base_blocks_cached = st.base_blocks_cached;
-    g->aux_blocks_cached = st.aux_blocks_cached;
-    g->refine_queued = st.refine_queued;
-    g->refine_running = st.refine_running;
+    g->sch = st;
 }
 
 static enum srv_http_rc route_health(struct srv_conn *c) {

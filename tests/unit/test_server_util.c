@@ -160,6 +160,54 @@ static void test_metrics_prometheus_names_have_no_colon(void **state) {
     srv_buf_free(&o);
 }
 
+/* Issue 17's families: the scheduler's prefix-cache counters and refine gauges rendered as
+ * they are, the refine outcomes and latency counted by the server. */
+static void test_metrics_prefix_cache_and_refine_families(void **state) {
+    (void)state;
+    struct srv_metrics m;
+    srv_metrics_init(&m, "tiny", false);
+    m.refine[SCH_REFINE_SWAPPED] = 2;
+    m.refine[SCH_REFINE_CANCELLED] = 1;
+    srv_hist_observe(&m.refine_latency, 0.03);
+    srv_hist_observe(&m.refine_latency, 0.3);
+    struct srv_gauges g = {.has_aux = 1};
+    g.sch.prefix_queries[0] = 100;
+    g.sch.prefix_hits[0] = 64;
+    g.sch.prefix_queries[1] = 7;
+    g.sch.prefix_hits[1] = 3;
+    g.sch.base_blocks_cached = 12;
+    g.sch.aux_blocks_cached = 5;
+    g.sch.refine_queued = 2;
+    g.sch.refine_running = 1;
+    struct srv_buf o = {0};
+    assert_int_equal(srv_metrics_render(&m, &g, &o), KC_OK);
+    static const char *const want[] = {
+        "# TYPE kvcast:prefix_cache_queries_total counter\n",
+        "kvcast:prefix_cache_queries_total{model_name=\"tiny\",pool=\"base\"} 100\n",
+        "kvcast:prefix_cache_hits_total{model_name=\"tiny\",pool=\"base\"} 64\n",
+        "kvcast:prefix_cache_queries_total{model_name=\"tiny\",pool=\"aux\"} 7\n",
+        "kvcast:prefix_cache_hits_total{model_name=\"tiny\",pool=\"aux\"} 3\n",
+        "kvcast:kv_cache_cached_blocks{model_name=\"tiny\",pool=\"base\"} 12\n",
+        "kvcast:kv_cache_cached_blocks{model_name=\"tiny\",pool=\"aux\"} 5\n",
+        "kvcast:kv_refine_jobs{model_name=\"tiny\",state=\"queued\"} 2\n",
+        "kvcast:kv_refine_jobs{model_name=\"tiny\",state=\"running\"} 1\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"swapped\"} 2\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"skipped\"} 0\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"cancelled\"} 1\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"failed\"} 0\n",
+        "# TYPE kvcast:kv_refine_seconds histogram\n",
+        "kvcast:kv_refine_seconds_bucket{model_name=\"tiny\",le=\"0.04\"} 1\n",
+        "kvcast:kv_refine_seconds_count{model_name=\"tiny\"} 2\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        if (strstr(o.p, want[i]) == NULL) {
+            fail_msg("missing: %s", want[i]);
+        }
+    }
+    assert_null(strstr(o.p, "result=\"none\""));
+    srv_buf_free(&o);
+}
+
 /* settings -> sch_config and limits: each field from its own setting (distinct values, so a
  * swapped pair fails), and max_context resolved against the model in one place. */
 static void test_sch_config_is_built_from_every_setting(void **state) {
@@ -232,6 +280,7 @@ static void test_sch_config_is_built_from_every_setting(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sch_config_is_built_from_every_setting),
+        cmocka_unit_test(test_metrics_prefix_cache_and_refine_families),
         cmocka_unit_test(test_stop_string_split_across_tokens_is_cut_and_held_back),
         cmocka_unit_test(test_near_miss_is_released_and_flushed),
         cmocka_unit_test(test_secret_compare),
