@@ -40,7 +40,13 @@
  *   7. `timings` are the scheduler's (scheduler.h states their relations), plus
  *      tokenize_ms: from the whole body being received to the end of its prepare job
  *      (queueing on the threadpool, JSON parse, tokenization); it ends before the
- *      scheduler's clock starts, so it is not part of queue_ms or ttft_ms.
+ *      scheduler's clock starts, so it is not part of queue_ms or ttft_ms. The prefix cache
+ *      and refinement add cached_tokens, base_cached_tokens, refine, refined_at_token (null
+ *      unless swapped) and refine_ms; usage.prompt_tokens_details.cached_tokens sums the
+ *      cached tokens once per prompt, like prompt_tokens (DESIGN 4).
+ *   8. This file speaks OpenAI semantics only: HTTP goes through http.c's seam
+ *      (server_internal.h: srv_send*, srv_http_suspend/resume, srv_http_stream_begin,
+ *      srv_http_peer_check), which alone calls libmicrohttpd and adds CORS headers.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
