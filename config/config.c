@@ -32,166 +32,139 @@ struct cfg_field {
     size_t size;         /* strings: buffer size */
     double lo, hi;       /* numbers: inclusive range */
     const char *choices; /* T_ENUM: "a|b|c" */
+    const char *def;     /* the built-in default, as a flag's text (parsed like one) */
     const char *help;
 };
 
 #define FLD_SIZE(m) sizeof(((struct cfg_settings *)0)->m)
-#define F_STR(n, m, h)                                                                             \
-    { n, T_STR, offsetof(struct cfg_settings, m), FLD_SIZE(m), 0, 0, NULL, h }
-#define F_SECRET(n, m, h)                                                                          \
-    { n, T_SECRET, offsetof(struct cfg_settings, m), FLD_SIZE(m), 0, 0, NULL, h }
-#define F_ENUM(n, m, c, h)                                                                         \
-    { n, T_ENUM, offsetof(struct cfg_settings, m), FLD_SIZE(m), 0, 0, c, h }
-#define F_INT(n, m, lo, hi, h)                                                                     \
-    { n, T_INT, offsetof(struct cfg_settings, m), 0, lo, hi, NULL, h }
-#define F_LONG(n, m, lo, hi, h)                                                                    \
-    { n, T_LONG, offsetof(struct cfg_settings, m), 0, lo, hi, NULL, h }
-#define F_DBL(n, m, lo, hi, h)                                                                     \
-    { n, T_DOUBLE, offsetof(struct cfg_settings, m), 0, lo, hi, NULL, h }
-#define F_BOOL(n, m, h)                                                                            \
-    { n, T_BOOL, offsetof(struct cfg_settings, m), 0, 0, 1, NULL, h }
+#define F_STR(n, m, d, h)                                                                          \
+    { n, T_STR, offsetof(struct cfg_settings, m), FLD_SIZE(m), 0, 0, NULL, d, h }
+#define F_SECRET(n, m, d, h)                                                                       \
+    { n, T_SECRET, offsetof(struct cfg_settings, m), FLD_SIZE(m), 0, 0, NULL, d, h }
+#define F_ENUM(n, m, c, d, h)                                                                      \
+    { n, T_ENUM, offsetof(struct cfg_settings, m), FLD_SIZE(m), 0, 0, c, d, h }
+#define F_INT(n, m, lo, hi, d, h)                                                                  \
+    { n, T_INT, offsetof(struct cfg_settings, m), 0, lo, hi, NULL, d, h }
+#define F_LONG(n, m, lo, hi, d, h)                                                                 \
+    { n, T_LONG, offsetof(struct cfg_settings, m), 0, lo, hi, NULL, d, h }
+#define F_DBL(n, m, lo, hi, d, h)                                                                  \
+    { n, T_DOUBLE, offsetof(struct cfg_settings, m), 0, lo, hi, NULL, d, h }
+#define F_BOOL(n, m, d, h)                                                                         \
+    { n, T_BOOL, offsetof(struct cfg_settings, m), 0, 0, 1, NULL, d, h }
 
 static const struct cfg_field fields[] = {
-    F_STR("host", host, "address to listen on (0.0.0.0 exposes the server: needs --api-key)"),
-    F_INT("port", port, 0, 65535, "TCP port; 0 picks a free one and prints it"),
-    F_SECRET("api-key", api_key,
+    F_STR("host", host, "127.0.0.1",
+          "address to listen on (0.0.0.0 exposes the server: needs --api-key)"),
+    F_INT("port", port, 0, 65535, "8080", "TCP port; 0 picks a free one and prints it"),
+    F_SECRET("api-key", api_key, "",
              "require 'Authorization: Bearer KEY' on /v1/* (prefer the env or file form)"),
-    F_STR("api-key-file", api_key_file, "read the API key from the first line of this file"),
-    F_BOOL("insecure-public", insecure_public, "allow a non-loopback --host without an API key"),
-    F_STR("cors-allow-origins", cors_allow_origins,
+    F_STR("api-key-file", api_key_file, "", "read the API key from the first line of this file"),
+    F_BOOL("insecure-public", insecure_public, "false",
+           "allow a non-loopback --host without an API key"),
+    F_STR("cors-allow-origins", cors_allow_origins, "",
           "comma-separated origins allowed by CORS; empty sends no CORS headers"),
-    F_STR("cors-allow-headers", cors_allow_headers,
+    F_STR("cors-allow-headers", cors_allow_headers, "",
           "request headers a CORS preflight allows (comma list); empty: reflect the headers the "
           "preflight asks for (allowed origins only)"),
-    F_STR("allowed-hosts", allowed_hosts,
+    F_STR("allowed-hosts", allowed_hosts, "",
           "Host header names answered (comma list, '*' any; DNS-rebinding defence); empty: "
           "localhost/127.x/[::1] when bound to loopback, any otherwise"),
-    F_BOOL("metrics-public", metrics_public, "serve /metrics without the API key"),
-    F_INT("max-connections", max_connections, 1, 65536,
+    F_BOOL("metrics-public", metrics_public, "false", "serve /metrics without the API key"),
+    F_INT("max-connections", max_connections, 1, 65536, "256",
           "open HTTP connections; over it the oldest connection still sending its request "
           "(or idle) is closed, or the new one gets 503"),
-    F_INT("max-connections-per-ip", max_connections_per_ip, 0, 65536,
+    F_INT("max-connections-per-ip", max_connections_per_ip, 0, 65536, "0",
           "open connections per client address; more get 503 (0: unlimited; proxies and load "
           "generators share one address)"),
-    F_INT("connection-memory-kib", connection_memory_kib, 16, 1024,
+    F_INT("connection-memory-kib", connection_memory_kib, 16, 1024, "64",
           "per-connection memory for headers and buffers (KiB)"),
-    F_INT("connection-timeout-s", connection_timeout_s, 1, 86400,
+    F_INT("connection-timeout-s", connection_timeout_s, 1, 86400, "30",
           "close connections idle this long (seconds)"),
-    F_INT("header-timeout-s", header_timeout_s, 1, 3600,
+    F_INT("header-timeout-s", header_timeout_s, 1, 3600, "10",
           "close a connection that has not sent a whole request head this long after it opened "
           "or its previous response ended (slow clients, idle keep-alive)"),
-    F_INT("body-timeout-s", body_timeout_s, 1, 86400,
+    F_INT("body-timeout-s", body_timeout_s, 1, 86400, "30",
           "close a connection whose request body (chunked too) is not complete this long after "
           "its head"),
-    F_LONG("max-body-bytes", max_body_bytes, 1024, 1073741824.0, "largest request body (bytes)"),
-    F_INT("request-timeout-s", request_timeout_s, 0, 86400,
+    F_LONG("max-body-bytes", max_body_bytes, 1024, 1073741824.0, "4194304",
+           "largest request body (bytes)"),
+    F_INT("request-timeout-s", request_timeout_s, 0, 86400, "600",
           "abort a completion running longer than this (0: never)"),
-    F_INT("heartbeat-ms", heartbeat_ms, 50, 600000,
+    F_INT("heartbeat-ms", heartbeat_ms, 50, 600000, "2000",
           "SSE keep-alive comment interval on idle streams (ms)"),
-    F_INT("disconnect-check-ms", disconnect_check_ms, 10, 60000,
+    F_INT("disconnect-check-ms", disconnect_check_ms, 10, 60000, "200",
           "how often waiting connections are checked for a gone client (ms)"),
-    F_INT("shutdown-timeout-s", shutdown_timeout_s, 0, 86400,
+    F_INT("shutdown-timeout-s", shutdown_timeout_s, 0, 86400, "30",
           "on SIGTERM, let running requests finish this long before cancelling them"),
-    F_INT("retry-after-s", retry_after_s, 0, 3600, "Retry-After sent with 503 when busy"),
-    F_STR("bundle", bundle, "KV Prediction bundle (base + aux + predictor) JSON file"),
-    F_STR("model", model, "base model directory (Hugging Face layout); overrides the bundle"),
-    F_STR("aux", aux,
+    F_INT("retry-after-s", retry_after_s, 0, 3600, "1", "Retry-After sent with 503 when busy"),
+    F_STR("bundle", bundle, "models/tiny/kvcast-bundle.json",
+          "KV Prediction bundle (base + aux + predictor) JSON file"),
+    F_STR("model", model, "", "base model directory (Hugging Face layout); overrides the bundle"),
+    F_STR("aux", aux, "",
           "auxiliary model directory: with --model, pairs with --predictor; else replaces the "
           "bundle's"),
-    F_STR("predictor", predictor,
+    F_STR("predictor", predictor, "",
           "predictor.safetensors mapping aux KV to base KV; without --model, replaces the "
           "bundle's"),
-    F_STR("tokenizer", tokenizer, "tokenizer.json (or its directory); default: the base model's"),
-    F_STR("served-model-name", served_model_name,
+    F_STR("tokenizer", tokenizer, "",
+          "tokenizer.json (or its directory); default: the base model's"),
+    F_STR("served-model-name", served_model_name, "",
           "model id clients send and /v1/models lists; default: the bundle's \"name\", else the "
           "base dir's name"),
-    F_ENUM("prefill-dtype", prefill_dtype, "auto|f32|bf16",
+    F_ENUM("prefill-dtype", prefill_dtype, "auto|f32|bf16", "auto",
            "weight format of prefill steps (auto: bf16 where the CPU has AMX, else f32)"),
-    F_ENUM("decode-dtype", decode_dtype, "f32|bf16", "weight format of decode steps"),
-    F_INT("prefill-threads", prefill_threads, 0, 1024,
+    F_ENUM("decode-dtype", decode_dtype, "f32|bf16", "bf16", "weight format of decode steps"),
+    F_INT("prefill-threads", prefill_threads, 0, 1024, "0",
           "OpenMP threads of each prefill worker (0: elastic, every core when decode is idle)"),
-    F_INT("decode-threads", decode_threads, 0, 1024,
+    F_INT("decode-threads", decode_threads, 0, 1024, "0",
           "OpenMP threads of the decode worker (0: elastic, every core when nothing prefills)"),
-    F_INT("prefill-workers", prefill_workers, 1, 64, "prefill worker threads"),
-    F_DBL("tpot-slo-ms", tpot_slo_ms, 0.0, 3600000.0,
+    F_INT("prefill-workers", prefill_workers, 1, 64, "1", "prefill worker threads"),
+    F_DBL("tpot-slo-ms", tpot_slo_ms, 0.0, 3600000.0, "50",
           "elastic threads: decode step time kept while a prompt prefills (0: no target)"),
-    F_BOOL("pin-cpus", pin_cpus,
+    F_BOOL("pin-cpus", pin_cpus, "false",
            "pin prefill and decode workers to separate cores (needs both thread counts)"),
-    F_INT("base-kv-mib", base_kv_mib, 1, 1048576, "KV cache budget of the base model (MiB)"),
-    F_INT("aux-kv-mib", aux_kv_mib, 1, 1048576, "KV cache budget of the auxiliary model (MiB)"),
-    F_INT("block-size", block_size, 1, 4096, "tokens per KV block"),
-    F_INT("max-queue", max_queue, 1, 1000000, "waiting requests beyond which new ones get 503"),
-    F_INT("max-running", max_running, 1, 4096, "sequences decoding at once"),
-    F_INT("prefill-chunk", prefill_chunk, 1, 65536, "prompt rows per prefill step"),
-    F_INT("max-context", max_context, 0, 16777216,
+    F_INT("base-kv-mib", base_kv_mib, 1, 1048576, "256", "KV cache budget of the base model (MiB)"),
+    F_INT("aux-kv-mib", aux_kv_mib, 1, 1048576, "64",
+          "KV cache budget of the auxiliary model (MiB)"),
+    F_INT("block-size", block_size, 1, 4096, "16", "tokens per KV block"),
+    F_INT("max-queue", max_queue, 1, 1000000, "64",
+          "waiting requests beyond which new ones get 503"),
+    F_INT("max-running", max_running, 1, 4096, "8", "sequences decoding at once"),
+    F_INT("prefill-chunk", prefill_chunk, 1, 65536, "256", "prompt rows per prefill step"),
+    F_INT("max-context", max_context, 0, 16777216, "0",
           "prompt + max_tokens limit (0: the model's positions)"),
-    F_DBL("ttft-slo-ms", ttft_slo_ms, 0.0, 3600000.0,
+    F_DBL("ttft-slo-ms", ttft_slo_ms, 0.0, 3600000.0, "500",
           "auto mode: predict when a full prefill would miss this TTFT"),
-    F_INT("predict-min-prompt", predict_min_prompt, 0, 16777216,
+    F_INT("predict-min-prompt", predict_min_prompt, 0, 16777216, "0",
           "auto mode: prompts at least this long always predict (0: off)"),
-    F_BOOL("shed-hopeless", shed_hopeless,
+    F_BOOL("shed-hopeless", shed_hopeless, "true",
            "auto mode: answer 503 + Retry-After at once to a request that even predict cannot "
            "bring inside --ttft-slo-ms behind the queued work"),
-    F_ENUM("prefill-mode", prefill_mode, "auto|full|predict",
+    F_BOOL("enable-prefix-caching", enable_prefix_caching, "true",
+           "reuse the exact KV of prompt prefixes seen before (vLLM's automatic prefix caching, "
+           "base and aux pools); --no-enable-prefix-caching prefills every prompt whole"),
+    F_BOOL("refine", refine, "true",
+           "predict mode: compute the prompt's exact base KV in the background after the first "
+           "token and swap it in (a request's \"refine\" field overrides)"),
+    F_ENUM("prefill-mode", prefill_mode, "auto|full|predict", "auto",
            "prefill mode of requests that do not name one"),
-    F_INT("max-choices", max_choices, 1, 128, "prompts x n in one request at most"),
-    F_INT("max-stop", max_stop, 0, 64, "stop strings per request at most"),
-    F_INT("max-stop-bytes", max_stop_bytes, 1, 4096, "bytes per stop string at most"),
-    F_BOOL("strict-fields", strict_fields,
+    F_INT("max-choices", max_choices, 1, 128, "8", "prompts x n in one request at most"),
+    F_INT("max-stop", max_stop, 0, 64, "4", "stop strings per request at most"),
+    F_INT("max-stop-bytes", max_stop_bytes, 1, 4096, "240", "bytes per stop string at most"),
+    F_BOOL("strict-fields", strict_fields, "false",
            "reject requests with unknown fields (default: ignore them, warn once per name)"),
-    F_ENUM("log-level", log_level, "error|warn|info|debug", "log verbosity"),
-    F_ENUM("log-format", log_format, "text|json", "log lines as text or one JSON object each"),
-    F_BOOL("access-log", access_log, "one log line per request"),
-    F_ENUM("metric-names", metric_names, "vllm|prometheus",
+    F_ENUM("log-level", log_level, "error|warn|info|debug", "info", "log verbosity"),
+    F_ENUM("log-format", log_format, "text|json", "text",
+           "log lines as text or one JSON object each"),
+    F_BOOL("access-log", access_log, "true", "one log line per request"),
+    F_ENUM("metric-names", metric_names, "vllm|prometheus", "vllm",
            "/metrics names: vllm = kvcast:<vLLM name>, prometheus = kvcast_<vLLM name>"),
-    F_INT("debug-step-delay-ms", debug_step_delay_ms, 0, 10000,
+    F_INT("debug-step-delay-ms", debug_step_delay_ms, 0, 10000, "0",
           "testing only: sleep after every decode step and prefill chunk"),
-    F_INT("debug-load-delay-ms", debug_load_delay_ms, 0, 600000,
+    F_INT("debug-load-delay-ms", debug_load_delay_ms, 0, 600000, "0",
           "testing only: wait this long before loading models (/health answers 'loading')"),
 };
 #define N_FIELDS (sizeof(fields) / sizeof(fields[0]))
-
-void cfg_settings_default(struct cfg_settings *s) {
-    memset(s, 0, sizeof(*s));
-    snprintf(s->host, sizeof(s->host), "127.0.0.1");
-    s->port = 8080;
-    s->max_connections = 256;
-    s->max_connections_per_ip = 0;
-    s->connection_memory_kib = 64;
-    s->connection_timeout_s = 30;
-    s->header_timeout_s = 10;
-    s->body_timeout_s = 30;
-    s->max_body_bytes = 4L << 20;
-    s->request_timeout_s = 600;
-    s->heartbeat_ms = 2000;
-    s->disconnect_check_ms = 200;
-    s->shutdown_timeout_s = 30;
-    s->retry_after_s = 1;
-    snprintf(s->bundle, sizeof(s->bundle), "models/tiny/kvcast-bundle.json");
-    snprintf(s->prefill_dtype, sizeof(s->prefill_dtype), "auto");
-    snprintf(s->decode_dtype, sizeof(s->decode_dtype), "bf16");
-    s->prefill_threads = 0; /* elastic */
-    s->decode_threads = 0;
-    s->prefill_workers = 1;
-    s->tpot_slo_ms = 50.0;
-    s->base_kv_mib = 256;
-    s->aux_kv_mib = 64;
-    s->block_size = 16;
-    s->max_queue = 64;
-    s->max_running = 8;
-    s->prefill_chunk = 256;
-    s->ttft_slo_ms = 500.0;
-    s->shed_hopeless = true;
-    snprintf(s->prefill_mode, sizeof(s->prefill_mode), "auto");
-    s->max_choices = 8;
-    s->max_stop = 4;
-    s->max_stop_bytes = 240;
-    s->strict_fields = false; /* vLLM clients send fields we do not know: ignore them */
-    snprintf(s->log_level, sizeof(s->log_level), "info");
-    snprintf(s->log_format, sizeof(s->log_format), "text");
-    snprintf(s->metric_names, sizeof(s->metric_names), "vllm");
-    s->access_log = true;
-}
 
 static const struct cfg_field *field_find(const char *name, size_t len) {
     for (size_t i = 0; i < N_FIELDS; i++) {
@@ -309,6 +282,18 @@ static int field_set(struct cfg_settings *s, const struct cfg_field *f, const ch
     }
     }
     return kc_error_set(err, KC_EINVAL, "%s: bad setting type", src);
+}
+
+/* The defaults are the table's `def` texts, parsed by field_set like any other layer's, so a
+ * default outside its own row's range or choices cannot ship (the KC_ASSERT fails at once). */
+void cfg_settings_default(struct cfg_settings *s) {
+    memset(s, 0, sizeof(*s));
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        struct kc_error err = {0};
+        const int rc = field_set(s, &fields[i], fields[i].def, fields[i].name, &err);
+        KC_ASSERT(rc == KC_OK);
+        (void)rc;
+    }
 }
 
 int cfg_set(struct cfg_settings *s, const char *name, const char *value, const char *source,

@@ -6,10 +6,10 @@
  * Place in the data flow: a leaf module. tools/cli and server/ read a cfg_settings; nothing
  * here knows about sockets, models or the scheduler. One table (config.c) describes every
  * setting once: its kebab-case flag name, the JSON key (the same name with '_' for '-'), the
- * env name (KVCAST_ + upper-case with '_'), its type, range and help line. The help text, the
- * file loader, the env reader and the flag parser are all driven by that table; the defaults
- * are set apart, in cfg_settings_default (config.c), and --help prints them from there. So a
- * new setting is one row, one struct field and one default line.
+ * env name (KVCAST_ + upper-case with '_'), its type, range, default and help line. The help
+ * text, the defaults, the file loader, the env reader and the flag parser are all driven by
+ * that table. So a new setting is one row and one struct field. (The scheduler's sch_config is
+ * built from these settings in one place, srv_sch_config in server/settings.c.)
  *
  * Ownership: cfg_settings is a plain value (fixed-size strings, no heap), copyable.
  * Thread rules: none; fill it on the main thread before anything starts.
@@ -75,7 +75,9 @@ struct cfg_settings {
     int max_context; /* 0: the model's max_position_embeddings */
     double ttft_slo_ms;
     int predict_min_prompt;
-    bool shed_hopeless;    /* auto: refuse (503) requests no mode can serve within the SLO */
+    bool shed_hopeless;         /* auto: refuse (503) requests no mode can serve within the SLO */
+    bool enable_prefix_caching; /* reuse exact KV blocks across requests by content */
+    bool refine;           /* predict mode: swap in the exact base KV computed in the background */
     char prefill_mode[16]; /* default for requests: auto | full | predict */
     /* request limits */
     int max_choices;    /* prompts x n per request */
@@ -92,7 +94,7 @@ struct cfg_settings {
     int debug_load_delay_ms; /* sleep before loading models, to observe LOADING (0: off) */
 };
 
-/* Fills s with the built-in defaults. */
+/* Fills s with the built-in defaults: each row's default text, parsed like a flag's. */
 void cfg_settings_default(struct cfg_settings *s);
 
 /* Sets one setting from text, by its kebab-case name ("max-queue"); source names where the

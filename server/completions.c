@@ -40,7 +40,13 @@
  *   7. `timings` are the scheduler's (scheduler.h states their relations), plus
  *      tokenize_ms: from the whole body being received to the end of its prepare job
  *      (queueing on the threadpool, JSON parse, tokenization); it ends before the
- *      scheduler's clock starts, so it is not part of queue_ms or ttft_ms.
+ *      scheduler's clock starts, so it is not part of queue_ms or ttft_ms. The prefix cache
+ *      and refinement add cached_tokens, base_cached_tokens, refine, refined_at_token (null
+ *      unless swapped) and refine_ms; usage.prompt_tokens_details.cached_tokens sums the
+ *      cached tokens once per prompt, like prompt_tokens (DESIGN 4).
+ *   8. This file speaks OpenAI semantics only: HTTP goes through http.c's seam
+ *      (server_internal.h: srv_send*, srv_http_suspend/resume, srv_http_stream_begin,
+ *      srv_http_peer_check), which alone calls libmicrohttpd and adds CORS headers.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -179,12 +185,18 @@ static void cancel_live(struct srv_completion *cmp, enum sch_finish finish) {
     }
 }
 
-void srv_resume(struct srv_completion *cmp) {
+/* Resumes cmp's connection if it is suspended (and still there). */
+static void resume(struct srv_completion *cmp) {
     if (cmp->suspended && cmp->conn != NULL) {
         cmp->suspended = false;
-        MHD_resume_connection(cmp->conn->mc);
-        srv_mhd_kick(cmp->srv);
+        srv_http_resume(cmp->conn);
     }
+}
+
+/* Suspends cmp's connection until resume: a result or stream bytes to come. */
+static void suspend(struct srv_completion *cmp) {
+    srv_http_suspend(cmp->conn);
+    cmp->suspended = true;
 }
 
 /* ---- JSON pieces ---- */
@@ -215,18 +227,38 @@ static json_t *timings_json(const struct sch_timings *t, double tokenize_ms) {
     json_object_set_new(o, "decode_ms", json_num(t->decode_ms));
     json_object_set_new(o, "prefill_mode", json_string(sch_mode_name(t->mode)));
     json_object_set_new(o, "prefill_threads", json_integer(t->prefill_threads));
+    /* Prefix cache and refinement (scheduler.h states what each means). */
+    json_object_set_new(o, "cached_tokens", json_integer(t->cached_tokens));
+    json_object_set_new(o, "base_cached_tokens", json_integer(t->base_cached_tokens));
+    json_object_set_new(o, "refine", json_string(sch_refine_result_name(t->refine_result)));
+    /* null unless swapped: the scheduler's -1 is its "never" (scheduler.h). */
+    const bool swapped = t->refine_result == SCH_REFINE_SWAPPED && t->refined_at_token >= 0;
+    json_object_set_new(o, "refined_at_token",
+                        swapped ? json_integer(t->refined_at_token) : json_null());
+    json_object_set_new(o, "refine_ms", json_num(t->refine_ms));
     return o;
 }
 
 static json_t *usage_json(const struct srv_completion *cmp) {
     int gen = 0;
+    json_int_t cached = 0;
     for (int i = 0; i < cmp->n_choices; i++) {
-        gen += cmp->choices[i].n_tokens;
+        const struct srv_choice *ch = &cmp->choices[i];
+        gen += ch->n_tokens;
+        /* prompt_tokens counts each prompt once (not once per choice), so do the cached ones:
+         * the first choice of each prompt (choices of one prompt are consecutive). */
+        if (ch->index % cmp->req.n == 0 && ch->have_timings) {
+            cached += ch->timings.cached_tokens;
+        }
     }
     json_t *u = json_object();
     json_object_set_new(u, "prompt_tokens", json_integer(cmp->prompt_tokens));
     json_object_set_new(u, "total_tokens", json_integer((json_int_t)cmp->prompt_tokens + gen));
     json_object_set_new(u, "completion_tokens", json_integer(gen));
+    /* OpenAI's prefix-cache report: prompt tokens whose prefill the cache saved. */
+    json_t *details = json_object();
+    json_object_set_new(details, "cached_tokens", json_integer(cached));
+    json_object_set_new(u, "prompt_tokens_details", details);
     return u;
 }
 
@@ -235,7 +267,7 @@ static json_t *envelope(const struct srv_completion *cmp) {
     json_object_set_new(o, "id", json_string(cmp->id));
     json_object_set_new(o, "object", json_string("text_completion"));
     json_object_set_new(o, "created", json_integer(cmp->created));
-    json_object_set_new(o, "model", json_string(cmp->srv->model_id));
+    json_object_set_new(o, "model", json_string(cmp->srv->models.id));
     return o;
 }
 
@@ -279,14 +311,14 @@ static json_t *logprobs_new(void) {
 
 /* The piece of text one token decodes to on its own (for logprobs' "tokens"). */
 static json_t *token_text(const struct srv *s, int32_t id, bool as_ids) {
-    if (s->tok == NULL || as_ids) {
+    if (s->models.tok == NULL || as_ids) {
         char buf[32];
         snprintf(buf, sizeof(buf), "token_id:%d", id);
         return json_string(buf);
     }
     char *t = NULL;
     size_t n = 0;
-    if (eng_tok_decode(s->tok, &id, 1, 0, &t, &n, NULL) != KC_OK) {
+    if (eng_tok_decode(s->models.tok, &id, 1, 0, &t, &n, NULL) != KC_OK) {
         return json_string("");
     }
     json_t *j = json_text(t, n);
@@ -329,7 +361,7 @@ static void sse_append(struct srv_completion *cmp, json_t *o) {
     }
     srv_buf_printf(&cmp->out, "data: %s\n\n", txt);
     free(txt);
-    srv_resume(cmp);
+    resume(cmp);
 }
 
 static void sse_chunk(struct srv_completion *cmp, struct srv_choice *ch, const char *text,
@@ -365,7 +397,7 @@ static void build_result(struct srv_completion *cmp) {
         }
         srv_buf_printf(&cmp->out, "data: [DONE]\n\n");
         cmp->eof = true;
-        srv_resume(cmp);
+        resume(cmp);
         return;
     }
     /* Non-stream: a failed choice makes the whole request an error. */
@@ -382,7 +414,7 @@ static void build_result(struct srv_completion *cmp) {
             }
             c->pending_status = e.status;
             c->pending_ready = true;
-            srv_resume(cmp);
+            resume(cmp);
             return;
         }
     }
@@ -407,7 +439,7 @@ static void build_result(struct srv_completion *cmp) {
     }
     c->pending_status = txt != NULL ? 200 : 500;
     c->pending_ready = true;
-    srv_resume(cmp);
+    resume(cmp);
     (void)s;
 }
 
@@ -456,7 +488,7 @@ static void on_token(struct srv_completion *cmp, struct srv_choice *ch,
         logprobs_add(s, lp, ev, ch->text_offset, cmp->req.return_tokens_as_token_ids);
     }
     size_t n = 0;
-    if (s->tok != NULL &&
+    if (s->models.tok != NULL &&
         eng_tok_stream_push(&ch->ts, ev->token, s->tok_buf, s->tok_buf_cap, &n, NULL) != KC_OK) {
         n = 0;
     }
@@ -507,7 +539,7 @@ static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
         /* Flush the detokenizer's incomplete character, then the held-back text. */
         size_t n = 0;
         struct srv_buf rest = {0};
-        if (s->tok != NULL &&
+        if (s->models.tok != NULL &&
             eng_tok_stream_flush(&ch->ts, s->tok_buf, s->tok_buf_cap, &n) == KC_OK && n > 0) {
             int m = srv_stop_feed(&ch->stop, s->tok_buf, n, &rest);
             if (m >= 0) {
@@ -546,6 +578,13 @@ static void on_terminal(struct srv_completion *cmp, struct srv_choice *ch,
         srv_hist_observe(&m->queue, ch->timings.queue_ms / 1000.0);
         m->prefill_mode[ch->timings.mode == SCH_MODE_PREDICT ? SCH_MODE_PREDICT : SCH_MODE_FULL]++;
     }
+    const enum sch_refine_result rr = ev->timings.refine_result;
+    if (rr > SCH_REFINE_NONE && rr < SCH_REFINE_RESULT_COUNT) {
+        m->refine[rr]++;
+        if (rr == SCH_REFINE_SWAPPED) {
+            srv_hist_observe(&m->refine_latency, ev->timings.refine_ms / 1000.0);
+        }
+    }
     srv_hist_observe(&m->e2e, kc_now_s() - cmp->t_start);
     if (cmp->conn != NULL) {
         cmp->conn->log_gen_tokens += ch->n_tokens;
@@ -583,7 +622,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     struct srv_completion *cmp = cls;
     (void)pos;
     if (cmp->client_gone || cmp->conn == NULL) {
-        return MHD_CONTENT_READER_END_WITH_ERROR;
+        return SRV_STREAM_ERROR;
     }
     if (cmp->out.len > 0) {
         size_t n = cmp->out.len < max ? cmp->out.len : max;
@@ -593,7 +632,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         return (ssize_t)n;
     }
     if (cmp->eof) {
-        return MHD_CONTENT_READER_END_OF_STREAM;
+        return SRV_STREAM_END;
     }
     double now = kc_now_s();
     static const char ping[] = ": ping\n\n";
@@ -603,8 +642,7 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         return (ssize_t)(sizeof(ping) - 1);
     }
     /* Nothing to send: 0 is only allowed together with a suspend (RELIABILITY 3.2). */
-    MHD_suspend_connection(cmp->conn->mc);
-    cmp->suspended = true;
+    suspend(cmp);
     return 0;
 }
 
@@ -636,7 +674,7 @@ static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
         }
         struct srv_prompt *p = &r->prompts[i];
         if (p->text != NULL) {
-            if (s->tok == NULL) {
+            if (s->models.tok == NULL) {
                 return srv_error_kc(e, KC_EUNSUPPORTED, "prompt",
                                     "this model has no tokenizer: send the prompt as token "
                                     "ids");
@@ -644,7 +682,7 @@ static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
             struct kc_error kerr = {0};
             int32_t *ids = NULL;
             size_t n = 0;
-            int rc = eng_tok_encode_max(s->tok, p->text, p->text_len,
+            int rc = eng_tok_encode_max(s->models.tok, p->text, p->text_len,
                                         r->add_special_tokens ? ENG_TOK_ADD_SPECIAL : 0, max_ids,
                                         &ids, &n, &kerr);
             if (rc == KC_ECONTEXT) {
@@ -683,20 +721,21 @@ static int tokenize_route_work(const struct srv *s, struct srv_completion *cmp) 
     if (rc != KC_OK) {
         return rc;
     }
-    if (s->tok == NULL) {
+    if (s->models.tok == NULL) {
         free(text);
         return srv_error_kc(e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
     }
     int32_t *ids = NULL;
     size_t n = 0;
     struct kc_error kerr = {0};
-    rc = eng_tok_encode(s->tok, text, len, special ? ENG_TOK_ADD_SPECIAL : 0, &ids, &n, &kerr);
+    rc = eng_tok_encode(s->models.tok, text, len, special ? ENG_TOK_ADD_SPECIAL : 0, &ids, &n,
+                        &kerr);
     free(text);
     if (rc != KC_OK) {
         return srv_error_kc(e, rc == KC_ENOMEM ? rc : KC_EINVAL, "prompt", "%s", kerr.msg);
     }
     rc = srv_buf_printf(&cmp->out, "{\"count\":%zu,\"max_model_len\":%d,\"tokens\":[", n,
-                        s->max_model_len);
+                        s->models.max_model_len);
     for (size_t i = 0; i < n && rc == KC_OK; i++) {
         rc = srv_buf_printf(&cmp->out, i ? ",%d" : "%d", ids[i]);
     }
@@ -812,7 +851,7 @@ static void prep_done(uv_work_t *w, int status) {
         maybe_free(cmp); /* the client went away meanwhile */
     } else {
         cmp->ready = true;
-        srv_resume(cmp); /* the handler runs again: srv_completions_resumed -> start_prepared */
+        resume(cmp); /* the handler runs again: srv_completions_resumed -> start_prepared */
     }
     prep_pump(s);
 }
@@ -850,12 +889,12 @@ static void echo_text(struct srv *s, const struct srv_prompt *p, struct srv_buf 
         srv_buf_append(out, p->text, p->text_len);
         return;
     }
-    if (s->tok == NULL) {
+    if (s->models.tok == NULL) {
         return;
     }
     char *t = NULL;
     size_t n = 0;
-    if (eng_tok_decode(s->tok, p->ids, (size_t)p->n_ids, 0, &t, &n, NULL) == KC_OK) {
+    if (eng_tok_decode(s->models.tok, p->ids, (size_t)p->n_ids, 0, &t, &n, NULL) == KC_OK) {
         srv_buf_append(out, t, n);
         free(t);
     }
@@ -872,7 +911,7 @@ static void completion_link(struct srv *s, struct srv_completion *cmp) {
 
 /* The access handler's first call with the whole body: hand parse + tokenize to the
  * threadpool and keep the connection suspended until prep_done resumes it. */
-static enum MHD_Result prep_start(struct srv_conn *c, bool tokenize_route) {
+static enum srv_http_rc prep_start(struct srv_conn *c, bool tokenize_route) {
     struct srv *s = c->srv;
     struct srv_completion *cmp = calloc(1, sizeof(*cmp));
     if (cmp == NULL) {
@@ -894,23 +933,22 @@ static enum MHD_Result prep_start(struct srv_conn *c, bool tokenize_route) {
     c->cmp = cmp;
     cmp->preparing = true;
     /* Suspend first: prep_enqueue may finish the job at once (fallback path) and resume. */
-    MHD_suspend_connection(c->mc);
-    cmp->suspended = true;
+    suspend(cmp);
     prep_enqueue(s, cmp);
-    return MHD_YES;
+    return SRV_HTTP_OK;
 }
 
-enum MHD_Result srv_completions_start(struct srv_conn *c) {
+enum srv_http_rc srv_completions_start(struct srv_conn *c) {
     return prep_start(c, false);
 }
 
-enum MHD_Result srv_tokenize_start(struct srv_conn *c) {
+enum srv_http_rc srv_tokenize_start(struct srv_conn *c) {
     return prep_start(c, true);
 }
 
 /* Detaches a completion that never submitted anything and answers with e. */
-static enum MHD_Result start_failed(struct srv_conn *c, struct srv_completion *cmp,
-                                    const struct srv_error *e) {
+static enum srv_http_rc start_failed(struct srv_conn *c, struct srv_completion *cmp,
+                                     const struct srv_error *e) {
     const struct srv_error copy = *e; /* e may live in cmp, which is freed here */
     cancel_live(cmp, SCH_FINISH_ABORT);
     cmp->conn = NULL;
@@ -920,7 +958,7 @@ static enum MHD_Result start_failed(struct srv_conn *c, struct srv_completion *c
 }
 
 /* The handler ran again after prep_done: check the job's result, submit, answer. */
-static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion *cmp) {
+static enum srv_http_rc start_prepared(struct srv_conn *c, struct srv_completion *cmp) {
     struct srv *s = c->srv;
     struct srv_error e;
     cmp->ready = false;
@@ -931,7 +969,7 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
         return start_failed(c, cmp, &cmp->prep_err);
     }
     if (cmp->tokenize_route) {
-        enum MHD_Result ret = srv_send(c, 200, "application/json", cmp->out.p, cmp->out.len);
+        enum srv_http_rc ret = srv_send(c, 200, "application/json", cmp->out.p, cmp->out.len);
         cmp->result_built = true;
         cmp->conn = NULL;
         c->cmp = NULL;
@@ -975,8 +1013,8 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
         /* Before min_tokens tokens, stop strings are not matched (DESIGN 6). */
         srv_stop_init(&ch->stop, req.stop, req.min_tokens > 0 ? 0 : req.n_stop,
                       req.include_stop_str_in_output);
-        if (s->tok != NULL) {
-            eng_tok_stream_init(&ch->ts, s->tok,
+        if (s->models.tok != NULL) {
+            eng_tok_stream_init(&ch->ts, s->models.tok,
                                 req.skip_special_tokens ? ENG_TOK_SKIP_SPECIAL : 0);
         }
         if (req.logprobs >= 0 && (!req.stream || cmp->prompt_lp)) {
@@ -999,6 +1037,7 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
             /* same layout (request.h); asserted at the top of this file */
             .logit_bias = (const struct sch_logit_bias *)req.logit_bias,
             .n_logit_bias = req.n_logit_bias,
+            .refine = req.refine,
         };
         /* Choice k of a seeded request: its own stream, unrelated to other seeds' streams. */
         sp.sampling.seed = req.seed_given
@@ -1039,36 +1078,25 @@ static enum MHD_Result start_prepared(struct srv_conn *c, struct srv_completion 
         }
     }
     if (cmp->stream) {
-        struct MHD_Response *resp = MHD_create_response_from_callback(
-            MHD_SIZE_UNKNOWN, 4096, stream_reader, cmp, stream_free);
-        if (resp == NULL) {
+        cmp->resp_alive = true; /* until stream_free, which the seam calls even on failure */
+        enum srv_http_rc ret = srv_http_stream_begin(c, stream_reader, stream_free, cmp);
+        if (ret != SRV_HTTP_OK) {
             cancel_live(cmp, SCH_FINISH_ABORT);
-            return MHD_NO;
         }
-        cmp->resp_alive = true;
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-        MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-        srv_add_common_headers(c, resp);
-        c->status = 200;
-        enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_OK, resp);
-        MHD_destroy_response(resp);
         return ret;
     }
-    MHD_suspend_connection(c->mc);
-    cmp->suspended = true;
-    return MHD_YES;
+    suspend(cmp);
+    return SRV_HTTP_OK;
 }
 
-enum MHD_Result srv_completions_resumed(struct srv_conn *c) {
+enum srv_http_rc srv_completions_resumed(struct srv_conn *c) {
     struct srv_completion *cmp = c->cmp;
     if (cmp == NULL || cmp->client_gone) {
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
     if (cmp->preparing) { /* woken early (a shutdown path): keep waiting for the job */
-        MHD_suspend_connection(c->mc);
-        cmp->suspended = true;
-        return MHD_YES;
+        suspend(cmp);
+        return SRV_HTTP_OK;
     }
     if (cmp->ready) {
         return start_prepared(c, cmp);
@@ -1079,9 +1107,8 @@ enum MHD_Result srv_completions_resumed(struct srv_conn *c) {
                         c->pending_body.len);
     }
     /* Woken without a result (e.g. a heartbeat meant for streams): wait again. */
-    MHD_suspend_connection(c->mc);
-    cmp->suspended = true;
-    return MHD_YES;
+    suspend(cmp);
+    return SRV_HTTP_OK;
 }
 
 void srv_completions_conn_closed(struct srv_completion *cmp, bool ok) {
@@ -1106,7 +1133,7 @@ void srv_completions_tick(struct srv *s) {
         }
         /* Only while suspended: MHD does not touch the fd then (RELIABILITY 3.3). */
         enum srv_peer peer = cmp->suspended && !cmp->client_gone
-                                 ? srv_conn_peer_check(cmp->conn, cmp->stream)
+                                 ? srv_http_peer_check(cmp->conn, cmp->stream)
                                  : SRV_PEER_ALIVE;
         if (peer == SRV_PEER_WANT_WRITE) {
             cmp->t_last_write = 0.0; /* a heartbeat now: a closed peer answers it with RST */
@@ -1115,7 +1142,7 @@ void srv_completions_tick(struct srv *s) {
             KC_INFO("req=%llu client went away; cancelling", (unsigned long long)cmp->conn->rid);
             cmp->client_gone = true;
             cancel_live(cmp, SCH_FINISH_ABORT);
-            srv_resume(cmp);
+            resume(cmp);
             continue;
         }
         if (deadline > 0 && !cmp->timed_out && cmp->n_live > 0 && now - cmp->t_start > deadline) {
@@ -1125,7 +1152,7 @@ void srv_completions_tick(struct srv *s) {
             cancel_live(cmp, SCH_FINISH_ABORT);
         }
         if (cmp->stream && cmp->suspended && now - cmp->t_last_write >= hb) {
-            srv_resume(cmp);
+            resume(cmp);
         }
     }
 }
@@ -1141,7 +1168,7 @@ void srv_completions_resume_all(struct srv *s) {
         if (!cmp->result_built) {
             cmp->client_gone = true; /* the handler / reader then closes the connection */
         }
-        srv_resume(cmp);
+        resume(cmp);
     }
 }
 

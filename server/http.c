@@ -1,7 +1,10 @@
 /*
  * http.c — libmicrohttpd driven by the libuv loop: connection tracking, the checks of a
  * request's first call, and the responses. The route table and the simple handlers are in
- * routes.c.
+ * routes.c. This is the only file that speaks libmicrohttpd (the seam, server_internal.h):
+ * the routes and completions.c queue responses, begin streams, suspend and resume
+ * connections and check for gone clients through srv_send*, srv_http_* only, and every
+ * response gets its CORS and X-Request-Id headers here (tests/check_layering.sh).
  *
  * MHD runs in "external epoll" mode: uv_poll watches MHD's epoll fd, a uv_timer fires at
  * MHD_get_timeout() (and at 0 ms after a resume), and both call MHD_run on the loop thread.
@@ -47,7 +50,7 @@
  *      reads) and calls the handler again at its next run, where the route suspends. MHD then
  *      never reads the socket again before the response is out (a response queued after the
  *      body sets WRITE), and the watchdog alone tells a half-closed client from a gone one
- *      (srv_conn_peer_check).
+ *      (srv_http_peer_check).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -63,11 +66,32 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <microhttpd.h>
+
 #include "server/server_internal.h"
+
+/* The seam's codes are libmicrohttpd's own, so they convert by value. */
+_Static_assert((int)SRV_HTTP_OK == (int)MHD_YES && (int)SRV_HTTP_CLOSE == (int)MHD_NO,
+               "enum srv_http_rc must match enum MHD_Result");
+_Static_assert(SRV_STREAM_END == MHD_CONTENT_READER_END_OF_STREAM &&
+                   SRV_STREAM_ERROR == MHD_CONTENT_READER_END_WITH_ERROR,
+               "SRV_STREAM_* must match MHD_CONTENT_READER_*");
+
+static enum MHD_Result mhd_rc(enum srv_http_rc r) {
+    return r == SRV_HTTP_OK ? MHD_YES : MHD_NO;
+}
+
+static enum srv_http_rc http_rc(enum MHD_Result r) {
+    return r == MHD_YES ? SRV_HTTP_OK : SRV_HTTP_CLOSE;
+}
+
+static void mhd_kick(struct srv *s);
 
 /* ---- responses ---- */
 
-void srv_add_common_headers(struct srv_conn *c, struct MHD_Response *r) {
+/* CORS and X-Request-Id headers: every response of c carries them, and only this file adds
+ * them. */
+static void add_common_headers(struct srv_conn *c, struct MHD_Response *r) {
     if (c->origin[0] != '\0') {
         MHD_add_response_header(r, "Access-Control-Allow-Origin", c->origin);
         MHD_add_response_header(r, "Access-Control-Expose-Headers", "X-Request-Id");
@@ -78,17 +102,17 @@ void srv_add_common_headers(struct srv_conn *c, struct MHD_Response *r) {
     }
 }
 
-enum MHD_Result srv_send(struct srv_conn *c, int status, const char *content_type, const char *body,
-                         size_t len) {
+enum srv_http_rc srv_send(struct srv_conn *c, int status, const char *content_type,
+                          const char *body, size_t len) {
     struct MHD_Response *r = MHD_create_response_from_buffer(
         len, (void *)(uintptr_t)(body ? body : ""), MHD_RESPMEM_MUST_COPY);
     if (r == NULL) {
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
     if (content_type != NULL) {
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     }
-    srv_add_common_headers(c, r);
+    add_common_headers(c, r);
     if (status == 503) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", c->srv->cfg.retry_after_s);
@@ -111,24 +135,52 @@ enum MHD_Result srv_send(struct srv_conn *c, int status, const char *content_typ
     }
     enum MHD_Result ret = MHD_queue_response(c->mc, (unsigned int)status, r);
     MHD_destroy_response(r);
-    return ret;
+    return http_rc(ret);
 }
 
-enum MHD_Result srv_send_error(struct srv_conn *c, const struct srv_error *e) {
+enum srv_http_rc srv_send_error(struct srv_conn *c, const struct srv_error *e) {
     size_t len = 0;
     char *body = srv_error_body(e, &len);
     if (body == NULL) {
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
-    enum MHD_Result ret = srv_send(c, e->status, "application/json", body, len);
+    enum srv_http_rc ret = srv_send(c, e->status, "application/json", body, len);
     free(body);
     return ret;
 }
 
-enum MHD_Result srv_send_http_error(struct srv_conn *c, int status, const char *msg) {
+enum srv_http_rc srv_send_http_error(struct srv_conn *c, int status, const char *msg) {
     struct srv_error e;
     srv_error_http(&e, status, "%s", msg);
     return srv_send_error(c, &e);
+}
+
+void srv_http_suspend(struct srv_conn *c) {
+    MHD_suspend_connection(c->mc);
+}
+
+void srv_http_resume(struct srv_conn *c) {
+    MHD_resume_connection(c->mc);
+    mhd_kick(c->srv);
+}
+
+enum srv_http_rc srv_http_stream_begin(struct srv_conn *c, srv_stream_read_fn read,
+                                       srv_stream_done_fn done, void *ud) {
+    /* The reader and done callbacks have MHD's own signatures (and codes, asserted above). */
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, read, ud, done);
+    if (r == NULL) {
+        done(ud);
+        return SRV_HTTP_CLOSE;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Accel-Buffering", "no");
+    add_common_headers(c, r);
+    c->status = 200;
+    enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_OK, r);
+    MHD_destroy_response(r); /* not queued: this calls done(ud) */
+    return http_rc(ret);
 }
 
 /* ---- connection tracking (DESIGN 4) ---- */
@@ -184,7 +236,7 @@ static void sock_doom(struct srv *s, struct srv_sock *k, enum srv_conn_close_rea
         "closed the longest-waiting idle or slow connection to make room (--max-connections)",
         "refused a connection over --max-connections-per-ip", "refused a connection: busy"};
     refusal_warn(s, what[why], k->addr);
-    srv_mhd_kick(s);
+    mhd_kick(s);
 }
 
 /* The live connection without a running request that has waited longest, except skip. */
@@ -296,7 +348,7 @@ static void on_conn_timer(uv_timer_t *t) {
     }
 }
 
-enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started) {
+enum srv_peer srv_http_peer_check(struct srv_conn *c, bool response_started) {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c->mc, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci == NULL) {
@@ -522,10 +574,10 @@ static const char *cors_allow_headers(struct srv_conn *c) {
     return "Authorization, Content-Type";
 }
 
-static enum MHD_Result preflight(struct srv_conn *c, const struct srv_route_def *rd) {
+static enum srv_http_rc preflight(struct srv_conn *c, const struct srv_route_def *rd) {
     struct MHD_Response *r = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     if (r == NULL) {
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
     if (c->origin[0] != '\0') {
         char methods[32];
@@ -534,14 +586,14 @@ static enum MHD_Result preflight(struct srv_conn *c, const struct srv_route_def 
         MHD_add_response_header(r, "Access-Control-Allow-Headers", cors_allow_headers(c));
         MHD_add_response_header(r, "Access-Control-Max-Age", "600");
     }
-    srv_add_common_headers(c, r);
+    add_common_headers(c, r);
     if (c->origin[0] != '\0') {
         MHD_add_response_header(r, "Vary", "Access-Control-Request-Headers");
     }
     c->status = 204;
     enum MHD_Result ret = MHD_queue_response(c->mc, MHD_HTTP_NO_CONTENT, r);
     MHD_destroy_response(r);
-    return ret;
+    return http_rc(ret);
 }
 
 /* X-Request-Id: the client's when it is a plain token of at most 64 bytes, else ours. */
@@ -569,8 +621,8 @@ static void log_safe_copy(char *dst, size_t cap, const char *src) {
 }
 
 /* The first call for a request: everything decidable from the headers (DESIGN 1). Returns
- * MHD_YES with nothing queued to go on reading the body. */
-static enum MHD_Result first_call(struct srv_conn *c, const char *url, const char *method) {
+ * SRV_HTTP_OK with nothing queued to go on reading the body. */
+static enum srv_http_rc first_call(struct srv_conn *c, const char *url, const char *method) {
     struct srv *s = c->srv;
     struct srv_sock *k = c->sock;
     if (k != NULL && (k->over_ip || k->over_cap)) {
@@ -641,10 +693,10 @@ static enum MHD_Result first_call(struct srv_conn *c, const char *url, const cha
         srv_error_kc(&e, KC_EBUSY, NULL, "The server is shutting down.");
         return srv_send_error(c, &e);
     }
-    return MHD_YES;
+    return SRV_HTTP_OK;
 }
 
-static enum MHD_Result dispatch(struct srv_conn *c) {
+static enum srv_http_rc dispatch(struct srv_conn *c) {
     c->dispatched = true;
     sock_set_phase(c->srv, c->sock, SRV_SOCK_DISPATCHED);
     return srv_route_run(c);
@@ -671,7 +723,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         request_id(c);
         *con_cls = c;
         sock_set_phase(s, c->sock, SRV_SOCK_BODY);
-        return first_call(c, url, method);
+        return mhd_rc(first_call(c, url, method));
     }
     if (*upload_data_size > 0) {
         size_t n = *upload_data_size;
@@ -702,19 +754,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         srv_error_http(&e, 413, "Request body larger than %ld bytes", s->cfg.max_body_bytes);
         c->too_big = false;
         c->dispatched = true;
-        return srv_send_error(c, &e);
+        return mhd_rc(srv_send_error(c, &e));
     }
     if (!c->dispatched) {
         if ((c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_TOKENIZE) && !c->yielded) {
             /* These routes suspend the connection: first let MHD leave its reading state
              * (DESIGN 5). It calls us again at its next run, without reading the socket. */
             c->yielded = true;
-            srv_mhd_kick(s);
+            mhd_kick(s);
             return MHD_YES;
         }
-        return dispatch(c);
+        return mhd_rc(dispatch(c));
     }
-    return srv_completions_resumed(c);
+    return mhd_rc(srv_completions_resumed(c));
 }
 
 static void on_completed(void *cls, struct MHD_Connection *mc, void **con_cls,
@@ -804,7 +856,8 @@ static void run_mhd(struct srv *s) {
     }
 }
 
-void srv_mhd_kick(struct srv *s) {
+/* Asks the loop to call MHD_run soon (after a resume). */
+static void mhd_kick(struct srv *s) {
     if (s->mhd != NULL) {
         uv_timer_start(&s->mhd_timer, on_mhd_timer, 0, 0);
     }
@@ -950,7 +1003,7 @@ int srv_http_start(struct srv *s, struct kc_error *err) {
     every = every < 50 ? 50 : every > 250 ? 250 : every;
     uv_timer_start(&s->conn_timer, on_conn_timer, every, every);
     s->conn_timer_on = true;
-    srv_mhd_kick(s);
+    mhd_kick(s);
     return KC_OK;
 }
 

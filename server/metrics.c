@@ -43,6 +43,7 @@ void srv_metrics_init(struct srv_metrics *m, const char *model_name, bool promet
     hist_init(&m->itl, itl_bounds, NB(itl_bounds));
     hist_init(&m->e2e, e2e_bounds, NB(e2e_bounds));
     hist_init(&m->queue, e2e_bounds, NB(e2e_bounds));
+    hist_init(&m->refine_latency, ttft_bounds, NB(ttft_bounds));
 }
 
 void srv_hist_observe(struct srv_hist *h, double v) {
@@ -103,6 +104,37 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
         rc |= srv_buf_printf(o, "%skv_cache_usage_perc{model_name=\"%s\",pool=\"aux\"} %.6g\n", p,
                              mn, g->kv_aux);
     }
+    rc |= family(o, p, "kv_cache_cached_blocks", "gauge",
+                 "Idle KV blocks the prefix cache keeps (evictable; counted as free in "
+                 "kv_cache_usage_perc).");
+    rc |= srv_buf_printf(o, "%skv_cache_cached_blocks{model_name=\"%s\",pool=\"base\"} %d\n", p, mn,
+                         g->sch.base_blocks_cached);
+    if (g->has_aux) {
+        rc |= srv_buf_printf(o, "%skv_cache_cached_blocks{model_name=\"%s\",pool=\"aux\"} %d\n", p,
+                             mn, g->sch.aux_blocks_cached);
+    }
+    rc |= family(o, p, "kv_refine_jobs", "gauge",
+                 "Refinement jobs (exact base prefill of predict-mode requests) by state.");
+    rc |= srv_buf_printf(o, "%skv_refine_jobs{model_name=\"%s\",state=\"queued\"} %d\n", p, mn,
+                         g->sch.refine_queued);
+    rc |= srv_buf_printf(o, "%skv_refine_jobs{model_name=\"%s\",state=\"running\"} %d\n", p, mn,
+                         g->sch.refine_running);
+    /* vLLM's prefix-cache counters, in prompt tokens: hits / queries is the hit rate. The aux
+     * pool's only with an aux model, like its usage gauge. */
+    static const char *const pools[2] = {"base", "aux"};
+    rc |= family(o, p, "prefix_cache_queries_total", "counter",
+                 "Prompt tokens looked up in the prefix cache.");
+    for (int i = 0; i < 1 + (g->has_aux != 0); i++) {
+        rc |=
+            srv_buf_printf(o, "%sprefix_cache_queries_total{model_name=\"%s\",pool=\"%s\"} %llu\n",
+                           p, mn, pools[i], (unsigned long long)g->sch.prefix_queries[i]);
+    }
+    rc |= family(o, p, "prefix_cache_hits_total", "counter",
+                 "Prompt tokens found in the prefix cache.");
+    for (int i = 0; i < 1 + (g->has_aux != 0); i++) {
+        rc |= srv_buf_printf(o, "%sprefix_cache_hits_total{model_name=\"%s\",pool=\"%s\"} %llu\n",
+                             p, mn, pools[i], (unsigned long long)g->sch.prefix_hits[i]);
+    }
     rc |= family(o, p, "prompt_tokens_total", "counter", "Prefill tokens processed.");
     rc |= srv_buf_printf(o, "%sprompt_tokens_total{model_name=\"%s\"} %llu\n", p, mn,
                          (unsigned long long)m->prompt_tokens);
@@ -138,14 +170,14 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
         rc |= srv_buf_printf(
             o, "%sauto_decisions_total{model_name=\"%s\",mode=\"%s\",reason=\"%s\"} %llu\n", p, mn,
             decisions[i].predict ? "predict" : "full", sch_policy_reason_name(decisions[i].why),
-            (unsigned long long)g->auto_decisions[decisions[i].predict][decisions[i].why]);
+            (unsigned long long)g->sch.auto_decisions[decisions[i].predict][decisions[i].why]);
     }
     rc |= family(
         o, p, "requests_shed_total", "counter",
         "Auto requests answered 503 at once because no prefill mode could meet the TTFT target "
         "behind the queued work (--shed-hopeless).");
     rc |= srv_buf_printf(o, "%srequests_shed_total{model_name=\"%s\",reason=\"hopeless\"} %llu\n",
-                         p, mn, (unsigned long long)g->shed);
+                         p, mn, (unsigned long long)g->sch.shed);
     rc |= family(o, p, "http_error_responses_total", "counter",
                  "Requests answered with an error status.");
     rc |= srv_buf_printf(o, "%shttp_error_responses_total{model_name=\"%s\"} %llu\n", p, mn,
@@ -169,6 +201,16 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
                  "Unknown request fields ignored (--strict-fields refuses them instead).");
     rc |= srv_buf_printf(o, "%srequest_unknown_fields_total{model_name=\"%s\"} %llu\n", p, mn,
                          (unsigned long long)m->request_unknown_fields);
+    rc |= family(o, p, "kv_refine_total", "counter",
+                 "Predict-mode refinements (exact base KV swapped in) by how they ended.");
+    for (int r = SCH_REFINE_SWAPPED; r < SCH_REFINE_RESULT_COUNT; r++) {
+        rc |= srv_buf_printf(o, "%skv_refine_total{model_name=\"%s\",result=\"%s\"} %llu\n", p, mn,
+                             sch_refine_result_name((enum sch_refine_result)r),
+                             (unsigned long long)m->refine[r]);
+    }
+    rc |= render_hist(o, p, "kv_refine_seconds",
+                      "First token to the exact KV swapped in, of refined requests, in seconds.",
+                      &m->refine_latency, mn);
     rc |= render_hist(o, p, "time_to_first_token_seconds", "Time to first token in seconds.",
                       &m->ttft, mn);
     rc |= render_hist(o, p, "inter_token_latency_seconds",

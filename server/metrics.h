@@ -5,7 +5,9 @@
  *              kvcast:e2e_request_latency_seconds, kvcast:request_queue_time_seconds
  *   counters   kvcast:prompt_tokens_total, kvcast:generation_tokens_total,
  *              kvcast:request_success_total{finished_reason}, kvcast:prefill_mode_total{mode},
- *              kvcast:request_unknown_fields_total
+ *              kvcast:request_unknown_fields_total,
+ *              kvcast:prefix_cache_queries_total{pool}, kvcast:prefix_cache_hits_total{pool}
+ *              (vLLM's prefix-cache counters, in prompt tokens; pool="base"|"aux")
  *   gauges     kvcast:num_requests_running, kvcast:num_requests_waiting,
  *              kvcast:kv_cache_usage_perc{pool="base"|"aux"} (a fraction in [0, 1], as vLLM's)
  *   kvcast-only: kvcast:auto_decisions_total{mode,reason} (counter: auto-mode prefill-mode
@@ -14,7 +16,12 @@
  *              503 because no prefill mode could meet --ttft-slo-ms; --shed-hopeless),
  *              kvcast:http_connections{state="waiting"|"dispatched"} (gauge),
  *              kvcast:http_connections_closed_total{reason} (counter; slow-client defence:
- *              header_timeout, body_timeout, evicted, per_ip_limit, capacity)
+ *              header_timeout, body_timeout, evicted, per_ip_limit, capacity),
+ *              kvcast:kv_refine_total{result="swapped"|"skipped"|"cancelled"|"failed"}
+ *              (counter: how predict-mode refinements ended), kvcast:kv_refine_seconds
+ *              (histogram: first token -> exact KV swapped in), kvcast:kv_cache_cached_blocks
+ *              {pool} (gauge: idle blocks the prefix cache keeps, evictable),
+ *              kvcast:kv_refine_jobs{state="queued"|"running"} (gauge)
  *
  * Naming: vLLM writes `vllm:name`; promtool's linter rejects every ':' in an exported name (colons
  * are reserved for recording rules). The registry therefore renders one of two spellings of the
@@ -68,6 +75,10 @@ struct srv_metrics {
     uint64_t conn_closed[SRV_CLOSE_COUNT];
     /* unknown /v1/completions fields ignored */
     uint64_t request_unknown_fields;
+    /* refinement outcomes of predict-mode requests, by enum sch_refine_result ([NONE] unused),
+     * counted from terminal events; and first token -> swap of the swapped ones */
+    uint64_t refine[SCH_REFINE_RESULT_COUNT];
+    struct srv_hist refine_latency;
 };
 
 struct srv_gauges {
@@ -78,10 +89,11 @@ struct srv_gauges {
     int has_aux;
     int conns_waiting;    /* open connections without a running request (idle, head, body) */
     int conns_dispatched; /* open connections whose request runs */
-    /* The scheduler's own counters (one source: scheduler.c counts, /metrics shows):
-     * auto-mode decisions by mode and reason, and auto requests shed at submit. */
-    uint64_t auto_decisions[2][SCH_STATS_REASONS];
-    uint64_t shed;
+    /* The scheduler's own counters and gauges, rendered as they are (one source: the
+     * scheduler counts, /metrics shows): auto-mode decisions by mode and reason, auto requests
+     * shed at submit, the prefix cache's queries/hits and cached blocks per pool, and the
+     * refinement jobs queued and running. */
+    struct sch_stats sch;
 };
 
 /* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series.

@@ -520,6 +520,7 @@ static const char *const completion_fields[] = {
     "ignore_eos",
     "user",
     "prefill_mode",
+    "refine",
     "suffix",
     "logit_bias",
     "min_tokens",
@@ -684,6 +685,17 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
             return srv_error_kc(e, KC_EINVAL, "prefill_mode",
                                 "'prefill_mode' must be \"predict\", \"full\" or \"auto\"");
         }
+    }
+    /* kvcast extra: predict mode's background refinement; absent or null: the server's
+     * --refine. */
+    json_t *refine = json_object_get(root, "refine");
+    r->refine = SCH_REFINE_DEFAULT;
+    if (refine != NULL && !json_is_null(refine)) {
+        if (!json_is_boolean(refine)) {
+            return srv_error_kc(e, KC_EINVAL, "refine", "'refine' must be a boolean, got %s",
+                                type_name(refine));
+        }
+        r->refine = json_is_true(refine) ? SCH_REFINE_ON : SCH_REFINE_OFF;
     }
     return KC_OK;
 }

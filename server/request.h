@@ -83,6 +83,7 @@ struct srv_completion_req {
     bool skip_special_tokens;
     bool include_stop_str_in_output;
     enum sch_prefill_mode mode;
+    enum sch_refine refine; /* "refine": true|false; absent: SCH_REFINE_DEFAULT (--refine) */
     /* vLLM extras */
     int32_t *stop_token_ids; /* generating one of these ends the choice (finish "stop") */
     int n_stop_token_ids;

@@ -46,13 +46,13 @@ const struct srv_route_def *srv_route_get(enum srv_route route) {
     return NULL;
 }
 
-static enum MHD_Result send_json(struct srv_conn *c, int status, json_t *o) {
+static enum srv_http_rc send_json(struct srv_conn *c, int status, json_t *o) {
     char *txt = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (txt == NULL) {
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
-    enum MHD_Result ret = srv_send(c, status, "application/json", txt, strlen(txt));
+    enum srv_http_rc ret = srv_send(c, status, "application/json", txt, strlen(txt));
     free(txt);
     return ret;
 }
@@ -75,11 +75,10 @@ static void gauges_of(struct srv *s, struct srv_gauges *g) {
     }
     g->conns_dispatched = s->n_socks_dispatched;
     g->conns_waiting = s->n_socks_live - s->n_socks_dispatched;
-    memcpy(g->auto_decisions, st.auto_decisions, sizeof(g->auto_decisions));
-    g->shed = st.shed;
+    g->sch = st;
 }
 
-static enum MHD_Result route_health(struct srv_conn *c) {
+static enum srv_http_rc route_health(struct srv_conn *c) {
     struct srv *s = c->srv;
     if (s->state == SRV_LOADING) {
         /* What the README, Dockerfile and k8s probes expect while the models load. */
@@ -91,30 +90,30 @@ static enum MHD_Result route_health(struct srv_conn *c) {
     return srv_send(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
 }
 
-static enum MHD_Result route_metrics(struct srv_conn *c) {
+static enum srv_http_rc route_metrics(struct srv_conn *c) {
     struct srv_gauges g;
     gauges_of(c->srv, &g);
     struct srv_buf o = {0};
     if (srv_metrics_render(&c->srv->metrics, &g, &o) != KC_OK) {
         srv_buf_free(&o);
-        return MHD_NO;
+        return SRV_HTTP_CLOSE;
     }
-    enum MHD_Result ret = srv_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
+    enum srv_http_rc ret = srv_send(c, 200, "text/plain; version=0.0.4; charset=utf-8", o.p, o.len);
     srv_buf_free(&o);
     return ret;
 }
 
-static enum MHD_Result route_models(struct srv_conn *c) {
+static enum srv_http_rc route_models(struct srv_conn *c) {
     struct srv *s = c->srv;
     json_t *m = json_object();
-    json_object_set_new(m, "id", json_string(s->model_id));
+    json_object_set_new(m, "id", json_string(s->models.id));
     json_object_set_new(m, "object", json_string("model"));
     json_object_set_new(m, "created", json_integer(0));
     json_object_set_new(m, "owned_by", json_string("kvcast"));
-    json_t *root = json_stringn(s->model_root, strlen(s->model_root));
-    json_object_set_new(m, "root", root ? root : json_string(s->model_id));
+    json_t *root = json_stringn(s->models.root, strlen(s->models.root));
+    json_object_set_new(m, "root", root ? root : json_string(s->models.id));
     json_object_set_new(m, "parent", json_null());
-    json_object_set_new(m, "max_model_len", json_integer(s->max_model_len));
+    json_object_set_new(m, "max_model_len", json_integer(s->models.max_model_len));
     json_object_set_new(m, "permission", json_array());
     json_t *o = json_object();
     json_object_set_new(o, "object", json_string("list"));
@@ -124,11 +123,11 @@ static enum MHD_Result route_models(struct srv_conn *c) {
     return send_json(c, 200, o);
 }
 
-static enum MHD_Result route_tokenize(struct srv_conn *c) {
+static enum srv_http_rc route_tokenize(struct srv_conn *c) {
     return srv_tokenize_start(c); /* off the loop thread: completions.c */
 }
 
-static enum MHD_Result route_detokenize(struct srv_conn *c) {
+static enum srv_http_rc route_detokenize(struct srv_conn *c) {
     struct srv *s = c->srv;
     struct srv_error e;
     int32_t *ids = NULL;
@@ -136,7 +135,7 @@ static enum MHD_Result route_detokenize(struct srv_conn *c) {
     if (srv_detokenize_parse(c->body.p, c->body.len, &s->lim, &ids, &n, &e) != KC_OK) {
         return srv_send_error(c, &e);
     }
-    if (s->tok == NULL) {
+    if (s->models.tok == NULL) {
         free(ids);
         srv_error_kc(&e, KC_EUNSUPPORTED, NULL, "this model has no tokenizer");
         return srv_send_error(c, &e);
@@ -144,7 +143,7 @@ static enum MHD_Result route_detokenize(struct srv_conn *c) {
     char *text = NULL;
     size_t len = 0;
     struct kc_error kerr = {0};
-    int rc = eng_tok_decode(s->tok, ids, (size_t)n, 0, &text, &len, &kerr);
+    int rc = eng_tok_decode(s->models.tok, ids, (size_t)n, 0, &text, &len, &kerr);
     free(ids);
     if (rc != KC_OK) {
         srv_error_kc(&e, KC_EINVAL, "tokens", "%s", kerr.msg);
@@ -157,7 +156,7 @@ static enum MHD_Result route_detokenize(struct srv_conn *c) {
     return send_json(c, 200, o);
 }
 
-enum MHD_Result srv_route_run(struct srv_conn *c) {
+enum srv_http_rc srv_route_run(struct srv_conn *c) {
     switch (c->route) {
     case SRV_ROUTE_HEALTH:
         return route_health(c);

@@ -33,6 +33,7 @@
 #include "scheduler/sched_internal.h"
 #include "server/serve.h"
 #include "server/server_internal.h"
+#include "server/settings.h"
 
 extern char **environ;
 
@@ -207,9 +208,9 @@ static int debug_load_delay(struct srv *s, struct kc_error *err) {
 
 static void set_model_id(struct srv *s, const char *bundle_name, const char *base_dir) {
     if (s->cfg.served_model_name[0] != '\0') {
-        snprintf(s->model_id, sizeof(s->model_id), "%s", s->cfg.served_model_name);
+        snprintf(s->models.id, sizeof(s->models.id), "%s", s->cfg.served_model_name);
     } else if (bundle_name != NULL) {
-        snprintf(s->model_id, sizeof(s->model_id), "%s", bundle_name);
+        snprintf(s->models.id, sizeof(s->models.id), "%s", bundle_name);
     } else {
         char tmp[CFG_PATH_MAX];
         snprintf(tmp, sizeof(tmp), "%s", base_dir);
@@ -217,8 +218,16 @@ static void set_model_id(struct srv *s, const char *bundle_name, const char *bas
         while (n > 1 && tmp[n - 1] == '/') {
             tmp[--n] = '\0';
         }
-        snprintf(s->model_id, sizeof(s->model_id), "%s", basename(tmp));
+        snprintf(s->models.id, sizeof(s->models.id), "%s", basename(tmp));
     }
+}
+
+/* Frees what load_models and load_tokenizer loaded (all of it optional). */
+static void models_free(struct srv_models *m) {
+    eng_tok_free(m->tok);
+    eng_kvp_bundle_free(m->bundle);
+    eng_model_free(m->base_owned);
+    memset(m, 0, sizeof(*m));
 }
 
 /* Loads the tokenizer (explicit, else the base dir's tokenizer.json when there is one) and
@@ -237,16 +246,16 @@ static int load_tokenizer(struct srv *s, const char *base_dir, struct kc_error *
         }
     }
     KC_INFO("tokenizer %s", path);
-    int rc = eng_tok_load(path, &s->tok, err);
+    int rc = eng_tok_load(path, &s->models.tok, err);
     if (rc != KC_OK) {
         return rc;
     }
-    const int32_t vocab = eng_model_config_of(s->base)->vocab_size;
-    if ((rc = eng_tok_check_vocab(s->tok, vocab, err)) != KC_OK) {
+    const int32_t vocab = eng_model_config_of(s->models.base)->vocab_size;
+    if ((rc = eng_tok_check_vocab(s->models.tok, vocab, err)) != KC_OK) {
         kc_error_prefix(err, "tokenizer %s does not fit model %s", path, base_dir);
         return rc;
     }
-    s->tok_buf_cap = eng_tok_stream_bound(s->tok);
+    s->tok_buf_cap = eng_tok_stream_bound(s->models.tok);
     s->tok_buf = malloc(s->tok_buf_cap);
     if (s->tok_buf == NULL) {
         return kc_error_set(err, KC_ENOMEM, "out of memory");
@@ -298,16 +307,16 @@ static int load_models(struct srv *s, struct kc_error *err) {
             pred[0] ? pred : "(none)", from_bundle && c->predictor[0] ? " (--predictor)" : "",
             prefill_dtype, dtype_auto ? " (auto)" : "", c->decode_dtype, threads);
     if (aux[0] != '\0') {
-        rc = eng_kvp_bundle_open(base_dir, aux, pred[0] ? pred : NULL, &mp, &s->bundle, err);
+        rc = eng_kvp_bundle_open(base_dir, aux, pred[0] ? pred : NULL, &mp, &s->models.bundle, err);
         if (rc != KC_OK && from_bundle && rc != KC_ECANCELED) {
             kc_error_prefix(err, "bundle %s", c->bundle);
         }
     } else {
-        rc = eng_model_load(base_dir, &mp, &s->base_owned, err);
+        rc = eng_model_load(base_dir, &mp, &s->models.base_owned, err);
     }
     if (rc == KC_OK) {
-        s->base = s->bundle != NULL ? s->bundle->base : s->base_owned;
-        snprintf(s->model_root, sizeof(s->model_root), "%s", base_dir);
+        s->models.base = s->models.bundle != NULL ? s->models.bundle->base : s->models.base_owned;
+        snprintf(s->models.root, sizeof(s->models.root), "%s", base_dir);
         set_model_id(s, spec.name, base_dir);
         rc = load_tokenizer(s, base_dir, err);
     }
@@ -329,31 +338,12 @@ static void delay_hook(void *ud, enum sch_hook_point point, uint64_t id, int ste
 }
 
 static int start_scheduler(struct srv *s, struct kc_error *err) {
-    const struct cfg_settings *c = &s->cfg;
-    const struct eng_model_config *mc = eng_model_config_of(s->base);
-    struct sch_config sc = sch_default_config();
-    sc.prefill_threads = c->prefill_threads;
-    sc.decode_threads = c->decode_threads;
-    sc.pin_cpus = c->pin_cpus;
-    sc.prefill_workers = c->prefill_workers;
-    sc.tpot_slo_ms = c->tpot_slo_ms;
-    sc.base_kv_bytes = (size_t)c->base_kv_mib << 20;
-    sc.aux_kv_bytes = (size_t)c->aux_kv_mib << 20;
-    sc.block_size = c->block_size;
-    sc.max_queue = c->max_queue;
-    sc.max_running = c->max_running;
-    sc.prefill_chunk = c->prefill_chunk;
-    sc.max_context = c->max_context;
-    sc.ttft_slo_ms = c->ttft_slo_ms;
-    sc.predict_min_prompt = c->predict_min_prompt;
-    sc.shed_hopeless = c->shed_hopeless;
-    s->max_model_len = c->max_context > 0 && c->max_context < mc->max_position_embeddings
-                           ? c->max_context
-                           : mc->max_position_embeddings;
-    sc.max_context = s->max_model_len;
-    const struct eng_model *aux = s->bundle ? s->bundle->aux : NULL;
-    const struct eng_kvp *pred = s->bundle ? s->bundle->pred : NULL;
-    int rc = sch_create(&sc, s->base, aux, pred, on_sch_event, s, &s->sch, err);
+    const struct sch_config sc =
+        srv_sch_config(&s->cfg, eng_model_config_of(s->models.base)->max_position_embeddings);
+    s->models.max_model_len = sc.max_context;
+    const struct eng_model *aux = s->models.bundle ? s->models.bundle->aux : NULL;
+    const struct eng_kvp *pred = s->models.bundle ? s->models.bundle->pred : NULL;
+    int rc = sch_create(&sc, s->models.base, aux, pred, on_sch_event, s, &s->sch, err);
     if (rc == KC_OK && s->cfg.debug_step_delay_ms > 0) {
         KC_WARN("--debug-step-delay-ms %d: generation is slowed down on purpose",
                 s->cfg.debug_step_delay_ms);
@@ -409,29 +399,17 @@ static void load_done_cb(uv_work_t *w, int status) {
         begin_stopping(s);
         return;
     }
-    s->lim = (struct srv_limits){
-        .model_id = s->model_id,
-        .vocab_size = eng_model_config_of(s->base)->vocab_size,
-        .max_context = s->max_model_len,
-        .max_choices = s->cfg.max_choices,
-        .max_stop = s->cfg.max_stop,
-        .max_stop_bytes = s->cfg.max_stop_bytes,
-        .strict = s->cfg.strict_fields,
-        .default_mode = SCH_MODE_AUTO,
-    };
-    enum sch_prefill_mode dm = SCH_MODE_AUTO;
-    if (sch_mode_parse(s->cfg.prefill_mode, &dm) == KC_OK) {
-        s->lim.default_mode = (int)dm;
-    }
+    s->lim = srv_limits_of(&s->cfg, s->models.id, eng_model_config_of(s->models.base)->vocab_size,
+                           eng_model_config_of(s->models.base)->max_position_embeddings);
     /* Counters kept since the bind (503s while loading) stay; only the label changes. */
     struct srv_metrics named;
-    srv_metrics_init(&named, s->model_id, strcmp(s->cfg.metric_names, "prometheus") == 0);
+    srv_metrics_init(&named, s->models.id, strcmp(s->cfg.metric_names, "prometheus") == 0);
     memcpy(s->metrics.model_name, named.model_name, sizeof(named.model_name));
     s->state = SRV_SERVING;
     char url[CFG_STR_MAX + 32];
     server_url(s, url, sizeof(url));
-    KC_INFO("model %s (max_model_len %d, vocab %d%s) loaded in %.1f s; serving on %s", s->model_id,
-            s->max_model_len, s->lim.vocab_size, s->tok ? "" : ", no tokenizer",
+    KC_INFO("model %s (max_model_len %d, vocab %d%s) loaded in %.1f s; serving on %s", s->models.id,
+            s->models.max_model_len, s->lim.vocab_size, s->models.tok ? "" : ", no tokenizer",
             kc_now_s() - s->load_t0, url);
 }
 
@@ -530,10 +508,8 @@ done:
     }
     free(s->evq);
     pthread_mutex_destroy(&s->ev_lock);
-    eng_tok_free(s->tok);
+    models_free(&s->models);
     free(s->tok_buf);
-    eng_kvp_bundle_free(s->bundle);
-    eng_model_free(s->base_owned);
     free(s);
     return exit_code;
 }

@@ -19,7 +19,7 @@
  *      scheduler holds `user` pointers until then) and (b) MHD is done with its connection
  *      and response. srv_completion_maybe_free checks both.
  *   4. A suspended connection gets no MHD timeout and no disconnect detection, so the
- *      watchdog checks its socket every disconnect_check_ms (srv_conn_peer_check: EOF alone
+ *      watchdog checks its socket every disconnect_check_ms (srv_http_peer_check: EOF alone
  *      is a half-close, not a gone client; a write then tells them apart); streams also get
  *      an SSE comment every heartbeat_ms. A gone client cancels its choices (finish ABORT).
  *      MHD itself must not read a suspended request's socket after the resume: it would take
@@ -40,7 +40,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <microhttpd.h>
+#include <sys/types.h>
+
 #include <uv.h>
 
 #include "config/config.h"
@@ -55,6 +56,10 @@
 
 /* How many unknown request field names are remembered (warned about once each). */
 #define SRV_UNKNOWN_NAMES_MAX 64
+
+/* libmicrohttpd's handles, opaque outside http.c. */
+struct MHD_Daemon;
+struct MHD_Connection;
 
 enum srv_state { SRV_LOADING = 0, SRV_SERVING, SRV_DRAINING, SRV_STOPPING };
 
@@ -79,6 +84,19 @@ struct srv_sock {
     char addr[64];  /* client address (text), "-" when unknown */
 };
 
+/* The loaded models and what is read off them. The loader thread fills them (serve.c) and
+ * owns them until load_done_cb; from then on they are read-only while serving: the loop
+ * thread and the prepare jobs on the threadpool (which encode with tok) read them. */
+struct srv_models {
+    struct eng_kvp_bundle *bundle; /* when loaded from a bundle or --aux/--predictor */
+    struct eng_model *base_owned;  /* when loaded from --model alone */
+    const struct eng_model *base;  /* the bundle's base or base_owned */
+    struct eng_tok *tok;           /* NULL: token-id prompts only, empty text out */
+    char id[CFG_STR_MAX];          /* the served model name ("model" of requests, /v1/models) */
+    char root[CFG_PATH_MAX];       /* the base model's directory (/v1/models "root") */
+    int max_model_len;             /* prompt + max_tokens limit (srv_max_context) */
+};
+
 struct srv {
     struct cfg_settings cfg;
     enum srv_state state;
@@ -93,16 +111,9 @@ struct srv {
     int signals_seen;
     struct MHD_Daemon *mhd;
     int port;
-    /* models */
-    struct eng_kvp_bundle *bundle; /* when loaded from a bundle or --aux/--predictor */
-    struct eng_model *base_owned;  /* when loaded from --model alone */
-    const struct eng_model *base;
-    struct eng_tok *tok; /* NULL: token-id prompts only, empty text out */
-    char *tok_buf;       /* loop-thread scratch for eng_tok_stream_push */
+    struct srv_models models;
+    char *tok_buf; /* loop-thread scratch for eng_tok_stream_push (sized for models.tok) */
     size_t tok_buf_cap;
-    char model_id[CFG_STR_MAX];
-    char model_root[CFG_PATH_MAX];
-    int max_model_len;
     struct srv_limits lim;
     struct sch *sch;
     /* scheduler -> loop thread; ev_lock guards evq, evq_len, evq_cap */
@@ -177,7 +188,7 @@ struct srv_conn {
     struct srv_completion *cmp;
     struct srv_sock *sock; /* NULL when MHD gave no socket context */
     bool http11;           /* the request is HTTP/1.1 (1xx interim responses allowed) */
-    bool eof_probed;       /* the client half-closed; a probe was sent (srv_conn_peer_check) */
+    bool eof_probed;       /* the client half-closed; a probe was sent (srv_http_peer_check) */
     double t_probe;        /* when the last "100 Continue" probe went out (kc_now_s) */
     bool too_big;          /* body over --max-body-bytes: discard the rest, answer 413 */
     size_t discarded;
@@ -192,20 +203,49 @@ struct srv_conn {
     char origin[256]; /* allowed CORS origin to echo, "" for none */
 };
 
-/* http.c */
+/* http.c — the only file that speaks libmicrohttpd (tests/check_layering.sh enforces it:
+ * microhttpd.h is included nowhere else but version.c). The rest of the server answers
+ * through this seam: queue a whole response, begin a stream, suspend and resume a
+ * connection, and ask whether its client is still there. CORS and X-Request-Id headers are
+ * added here to every response, so no route adds them itself. All loop thread. */
 int srv_http_start(struct srv *s, struct kc_error *err);
 void srv_http_stop(struct srv *s);
-/* Ask the loop to call MHD_run soon (after a resume). */
-void srv_mhd_kick(struct srv *s);
+
+/* What a handler returns to http.c: SRV_HTTP_OK when a response is queued or the connection
+ * was suspended to answer later (on a first call with nothing queued: go on reading the
+ * body); SRV_HTTP_CLOSE to drop the connection without an answer (libmicrohttpd's MHD_NO). */
+enum srv_http_rc { SRV_HTTP_CLOSE = 0, SRV_HTTP_OK = 1 };
+
 /* Queues a JSON (or other) body with status and common headers; takes a copy of body. */
-enum MHD_Result srv_send(struct srv_conn *c, int status, const char *content_type, const char *body,
-                         size_t len);
-enum MHD_Result srv_send_error(struct srv_conn *c, const struct srv_error *e);
+enum srv_http_rc srv_send(struct srv_conn *c, int status, const char *content_type,
+                          const char *body, size_t len);
+enum srv_http_rc srv_send_error(struct srv_conn *c, const struct srv_error *e);
 /* An error body of the plain HTTP kind (srv_error_http) with status and msg. */
-enum MHD_Result srv_send_http_error(struct srv_conn *c, int status, const char *msg);
-/* CORS and X-Request-Id headers every response of c carries. */
-void srv_add_common_headers(struct srv_conn *c, struct MHD_Response *r);
-void srv_resume(struct srv_completion *cmp);
+enum srv_http_rc srv_send_http_error(struct srv_conn *c, int status, const char *msg);
+
+/* Suspends c's connection: libmicrohttpd neither calls the handler (or a stream's reader) nor
+ * touches the socket until srv_http_resume. A suspended connection has no timeout: the
+ * caller's watchdog checks it (srv_http_peer_check). */
+void srv_http_suspend(struct srv_conn *c);
+/* Resumes a connection suspended by srv_http_suspend and asks the loop to run MHD now: the
+ * handler runs again (srv_completions_resumed) or the stream's reader is called again. */
+void srv_http_resume(struct srv_conn *c);
+
+/* A stream's reader: copies up to max bytes to buf and returns their count; returns
+ * SRV_STREAM_END after the last byte, SRV_STREAM_ERROR to cut the connection, or 0 when it
+ * has nothing now, and then it must have called srv_http_suspend (a reader that returns 0
+ * without suspending would be polled in a busy loop). */
+#define SRV_STREAM_END ((ssize_t)-1)
+#define SRV_STREAM_ERROR ((ssize_t)-2)
+typedef ssize_t (*srv_stream_read_fn)(void *ud, uint64_t pos, char *buf, size_t max);
+/* Called once when the stream's response is gone (sent, cut, or never queued). */
+typedef void (*srv_stream_done_fn)(void *ud);
+/* Begins a 200 text/event-stream answer of unknown length (SSE: no caching, no proxy
+ * buffering) whose bytes come from read(ud, ...). done(ud) is called exactly once, also when
+ * this fails (SRV_HTTP_CLOSE: no memory, or MHD refused the response). */
+enum srv_http_rc srv_http_stream_begin(struct srv_conn *c, srv_stream_read_fn read,
+                                       srv_stream_done_fn done, void *ud);
+
 /* Watchdog check of a suspended connection's client. A half-closed client (it sent its
  * request, then shutdown(SHUT_WR), e.g. `nc -N`) is not gone: EOF alone never counts. After
  * EOF a write is arranged: for a response not yet started, an HTTP/1.1 "100 Continue"
@@ -215,7 +255,7 @@ void srv_resume(struct srv_completion *cmp);
  * heartbeat now; the stream's later writes keep probing). RST, POLLHUP or a TCP state other
  * than ESTABLISHED/CLOSE_WAIT: gone at once. */
 enum srv_peer { SRV_PEER_ALIVE = 0, SRV_PEER_GONE, SRV_PEER_WANT_WRITE };
-enum srv_peer srv_conn_peer_check(struct srv_conn *c, bool response_started);
+enum srv_peer srv_http_peer_check(struct srv_conn *c, bool response_started);
 
 /* routes.c */
 /* One row of the route table: the only method allowed besides OPTIONS, and whether the
@@ -232,14 +272,14 @@ const struct srv_route_def *srv_route_find(const char *path);
 const struct srv_route_def *srv_route_get(enum srv_route route);
 /* Answers (or, for completions and tokenize, starts) a request that passed every check of
  * http.c's first call and whose body arrived: the handler of c->route. */
-enum MHD_Result srv_route_run(struct srv_conn *c);
+enum srv_http_rc srv_route_run(struct srv_conn *c);
 
 /* completions.c */
-enum MHD_Result srv_completions_start(struct srv_conn *c);
+enum srv_http_rc srv_completions_start(struct srv_conn *c);
 /* POST /tokenize, encoded on the threadpool like completion prompts. */
-enum MHD_Result srv_tokenize_start(struct srv_conn *c);
+enum srv_http_rc srv_tokenize_start(struct srv_conn *c);
 /* The handler ran again for a connection whose completion is attached. */
-enum MHD_Result srv_completions_resumed(struct srv_conn *c);
+enum srv_http_rc srv_completions_resumed(struct srv_conn *c);
 void srv_completions_on_event(struct srv *s, const struct sch_event *ev);
 /* The HTTP request ended (toe: MHD's termination code). */
 void srv_completions_conn_closed(struct srv_completion *cmp, bool ok);

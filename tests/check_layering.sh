@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fails when an include crosses a layer (STYLE.md "Layers and includes"):
 #  - a third-party header outside the module that owns it (dnnl.h only in the engine's oneDNN files,
-#    microhttpd.h and uv.h only in server/, pcre2.h only in tokenizer/, libcurl only in tools/);
+#    microhttpd.h only in server/http.c (and version.c, for its version string), uv.h only in
+#    server/, pcre2.h only in tokenizer/, libcurl only in tools/);
+#  - CORS headers added outside server/http.c (the HTTP seam adds them to every response);
 #  - jansson.h outside its allow-list (the files that read or write JSON today);
 #  - common/ including any other module, tokenizer/ including anything but common/ and itself,
 #    engine/ including config/, server/ or scheduler/, scheduler/ including server/ or config/;
@@ -29,7 +31,12 @@ check() { # pattern allowed-path-regex description
   if [ -n "$hits" ]; then fail "$3 included outside its module" "$hits"; fi
 }
 check '(oneapi/dnnl/)?dnnl' '^engine/(ops_dnnl\.c|ops_dnnl_internal\.h|ops_gram\.c|probe\.c)$' 'oneDNN'
-check '(microhttpd|uv)\.h' '^server/' 'libmicrohttpd/libuv'
+# The sealed HTTP seam (issue 21 item 6): only http.c speaks libmicrohttpd; the routes and
+# completions.c answer through its API (server_internal.h), so without the header no other
+# file can call an MHD_ function or use its types and codes (the -Werror build refuses an
+# undeclared function).
+check 'microhttpd\.h' '^server/(http|version)\.c$' 'libmicrohttpd (only server/http.c, the HTTP seam)'
+check 'uv\.h' '^server/' 'libuv'
 check 'cmocka\.h' '^$' 'cmocka'
 check 'curl/curl\.h' '^tools/' 'libcurl'
 check 'pcre2\.h' '^tokenizer/' 'PCRE2'
@@ -41,6 +48,13 @@ check 'pcre2\.h' '^tokenizer/' 'PCRE2'
 # loader (tokenizer/*.c), the HTTP layer (server/*.c) and the CLI (tools/).
 JANSSON_ALLOW='^(config/config\.c|engine/(kvp[a-z0-9_]*|model_config|safetensors)\.c|tokenizer/[a-z0-9_]+\.c|server/[a-z0-9_]+\.c|tools/.*)$'
 check 'jansson\.h' "$JANSSON_ALLOW" 'jansson (allow-list in check_layering.sh)'
+
+# CORS: http.c adds the Access-Control-* headers to every response (and answers preflights);
+# a route that added its own would send them twice or to an origin that is not allowed.
+# shellcheck disable=SC2086 # word splitting of SRC_DIRS is intended
+hits=$(grep -rl 'Access-Control-' --include='*.[ch]' $SRC_DIRS 2>/dev/null | grep -vxF server/http.c |
+  sort || true)
+if [ -n "$hits" ]; then fail 'CORS headers added outside server/http.c' "$hits"; fi
 
 # Project includes between modules: "<module>/..." paths. $1 = folder, $2 = regex of the
 # module prefixes it must not include.

@@ -32,6 +32,8 @@ plant engine/sampler.c '#include <pcre2.h>'
 plant engine/ops.c '#include "server/server_internal.h"'
 plant scheduler/scheduler.h '#include <dnnl.h>'
 plant engine/model.c '#include <uv.h>'
+plant server/completions.c '#include <microhttpd.h>'
+plant server/routes.c 'static const char *const cors = "Access-Control-Allow-Origin";'
 rc=0
 out=$(bash "$script" "$tmp") || rc=$?
 fails=0

@@ -68,3 +68,14 @@ if(TARGET kvcast AND TARGET kc_server)
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(test_server_request_http PROPERTIES LABELS integration TIMEOUT 180)
 endif()
+
+# Refinement and the prefix cache over HTTP (issue 17, server side): the "refine" request field,
+# usage.prompt_tokens_details.cached_tokens, the timings fields, the /metrics families, and
+# --no-enable-prefix-caching / --no-refine (~5 s).
+if(TARGET kvcast AND TARGET kc_server)
+  add_test(NAME test_server_prefix_refine
+           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_prefix_refine.py
+                   $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_server_prefix_refine PROPERTIES LABELS integration TIMEOUT 120)
+endif()

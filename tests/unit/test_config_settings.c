@@ -345,6 +345,32 @@ static void test_api_key_on_cmdline_is_flagged(void **state) {
     assert_string_equal(s.api_key, "k2");
 }
 
+/* Issue 17's switches: on by default; --no-<name>, KVCAST_<NAME> and the JSON file's
+ * snake_case key turn them off, like every other boolean. */
+static void test_prefix_caching_and_refine_switches(void **state) {
+    (void)state;
+    struct cfg_settings s;
+    cfg_settings_default(&s);
+    assert_true(s.enable_prefix_caching);
+    assert_true(s.refine);
+    char *path = write_tmp("{\"enable_prefix_caching\": false}");
+    char cfgarg[80];
+    snprintf(cfgarg, sizeof(cfgarg), "--config=%s", path);
+    char *argv[] = {"serve", cfgarg, "--no-refine", NULL};
+    char *envp[] = {"KVCAST_ENABLE_PREFIX_CACHING=true", NULL};
+    bool help = false;
+    struct kc_error err = {0};
+    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_OK);
+    assert_true(s.enable_prefix_caching); /* env beats the file */
+    assert_false(s.refine);
+    char *argv2[] = {"serve", "--no-enable-prefix-caching", "--refine=true", NULL};
+    assert_int_equal(cfg_settings_load(3, argv2, NULL, &s, &help, &err), KC_OK);
+    assert_false(s.enable_prefix_caching);
+    assert_true(s.refine);
+    assert_int_equal(cfg_set(&s, "refine", "maybe", "--refine", &err), KC_EINVAL);
+    unlink(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_are_loopback_port_8080_and_valid),
@@ -360,6 +386,7 @@ int main(void) {
         cmocka_unit_test(test_help_lists_every_setting_with_default),
         cmocka_unit_test(test_connection_defaults_and_new_settings),
         cmocka_unit_test(test_api_key_on_cmdline_is_flagged),
+        cmocka_unit_test(test_prefix_caching_and_refine_switches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -416,6 +416,38 @@ static void test_vllm_extra_fields_parse(void **state) {
     assert_non_null(strstr(e.message, "not supported"));
 }
 
+/* "refine" (issue 17): a boolean or null; absent and null leave the server's --refine. */
+static void test_refine_field_is_a_boolean(void **state) {
+    (void)state;
+    struct srv_completion_req r;
+    struct srv_error e;
+    static const struct {
+        const char *body;
+        enum sch_refine want;
+    } ok[] = {
+        {"{\"prompt\":[1]}", SCH_REFINE_DEFAULT},
+        {"{\"prompt\":[1],\"refine\":null}", SCH_REFINE_DEFAULT},
+        {"{\"prompt\":[1],\"refine\":true}", SCH_REFINE_ON},
+        {"{\"prompt\":[1],\"refine\":false}", SCH_REFINE_OFF},
+    };
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        assert_int_equal(parse(ok[i].body, &r, &e), KC_OK);
+        assert_int_equal(r.refine, ok[i].want);
+        assert_int_equal(r.n_unknown, 0); /* a known field, never "ignored" */
+        srv_completion_req_free(&r);
+    }
+    static const char *const wrong[] = {"\"yes\"", "1", "0", "[]", "{}", "\"true\""};
+    for (size_t i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
+        char body[64];
+        snprintf(body, sizeof(body), "{\"prompt\":[1],\"refine\":%s}", wrong[i]);
+        memset(&e, 0, sizeof(e));
+        assert_int_equal(parse(body, &r, &e), KC_EINVAL);
+        assert_int_equal(e.status, 400);
+        assert_string_equal(e.param, "refine");
+        assert_non_null(strstr(e.message, "must be a boolean"));
+    }
+}
+
 static void test_deep_nesting_is_refused_quickly(void **state) {
     (void)state;
     const size_t depth = 100000;
@@ -499,6 +531,7 @@ int main(void) {
         cmocka_unit_test(test_every_numeric_field_rejects_wrong_types_and_extremes),
         cmocka_unit_test(test_non_strict_mode_ignores_unknown_fields),
         cmocka_unit_test(test_vllm_extra_fields_parse),
+        cmocka_unit_test(test_refine_field_is_a_boolean),
         cmocka_unit_test(test_deep_nesting_is_refused_quickly),
         cmocka_unit_test(test_context_check_after_tokenizing_gives_numbers),
         cmocka_unit_test(test_tokenize_and_detokenize_bodies),

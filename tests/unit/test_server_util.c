@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "server/metrics.h"
+#include "server/settings.h"
 #include "server/util.h"
 
 /* Feeds pieces one by one; returns the emitted text (static) and the matched index. */
@@ -159,8 +160,127 @@ static void test_metrics_prometheus_names_have_no_colon(void **state) {
     srv_buf_free(&o);
 }
 
+/* Issue 17's families: the scheduler's prefix-cache counters and refine gauges rendered as
+ * they are, the refine outcomes and latency counted by the server. */
+static void test_metrics_prefix_cache_and_refine_families(void **state) {
+    (void)state;
+    struct srv_metrics m;
+    srv_metrics_init(&m, "tiny", false);
+    m.refine[SCH_REFINE_SWAPPED] = 2;
+    m.refine[SCH_REFINE_CANCELLED] = 1;
+    srv_hist_observe(&m.refine_latency, 0.03);
+    srv_hist_observe(&m.refine_latency, 0.3);
+    struct srv_gauges g = {.has_aux = 1};
+    g.sch.prefix_queries[0] = 100;
+    g.sch.prefix_hits[0] = 64;
+    g.sch.prefix_queries[1] = 7;
+    g.sch.prefix_hits[1] = 3;
+    g.sch.base_blocks_cached = 12;
+    g.sch.aux_blocks_cached = 5;
+    g.sch.refine_queued = 2;
+    g.sch.refine_running = 1;
+    struct srv_buf o = {0};
+    assert_int_equal(srv_metrics_render(&m, &g, &o), KC_OK);
+    static const char *const want[] = {
+        "# TYPE kvcast:prefix_cache_queries_total counter\n",
+        "kvcast:prefix_cache_queries_total{model_name=\"tiny\",pool=\"base\"} 100\n",
+        "kvcast:prefix_cache_hits_total{model_name=\"tiny\",pool=\"base\"} 64\n",
+        "kvcast:prefix_cache_queries_total{model_name=\"tiny\",pool=\"aux\"} 7\n",
+        "kvcast:prefix_cache_hits_total{model_name=\"tiny\",pool=\"aux\"} 3\n",
+        "kvcast:kv_cache_cached_blocks{model_name=\"tiny\",pool=\"base\"} 12\n",
+        "kvcast:kv_cache_cached_blocks{model_name=\"tiny\",pool=\"aux\"} 5\n",
+        "kvcast:kv_refine_jobs{model_name=\"tiny\",state=\"queued\"} 2\n",
+        "kvcast:kv_refine_jobs{model_name=\"tiny\",state=\"running\"} 1\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"swapped\"} 2\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"skipped\"} 0\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"cancelled\"} 1\n",
+        "kvcast:kv_refine_total{model_name=\"tiny\",result=\"failed\"} 0\n",
+        "# TYPE kvcast:kv_refine_seconds histogram\n",
+        "kvcast:kv_refine_seconds_bucket{model_name=\"tiny\",le=\"0.04\"} 1\n",
+        "kvcast:kv_refine_seconds_count{model_name=\"tiny\"} 2\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        if (strstr(o.p, want[i]) == NULL) {
+            fail_msg("missing: %s", want[i]);
+        }
+    }
+    assert_null(strstr(o.p, "result=\"none\""));
+    srv_buf_free(&o);
+}
+
+/* settings -> sch_config and limits: each field from its own setting (distinct values, so a
+ * swapped pair fails), and max_context resolved against the model in one place. */
+static void test_sch_config_is_built_from_every_setting(void **state) {
+    (void)state;
+    struct cfg_settings c;
+    cfg_settings_default(&c);
+    c.prefill_threads = 3;
+    c.decode_threads = 5;
+    c.pin_cpus = true;
+    c.tpot_slo_ms = 7.5;
+    c.base_kv_mib = 11;
+    c.aux_kv_mib = 13;
+    c.block_size = 17;
+    c.max_queue = 19;
+    c.max_running = 23;
+    c.prefill_chunk = 29;
+    c.max_context = 31;
+    c.ttft_slo_ms = 37.5;
+    c.predict_min_prompt = 41;
+    c.prefill_workers = 43;
+    c.shed_hopeless = false;
+    c.enable_prefix_caching = false;
+    c.refine = false;
+    struct sch_config sc = srv_sch_config(&c, 1000);
+    assert_int_equal(sc.prefill_threads, 3);
+    assert_int_equal(sc.decode_threads, 5);
+    assert_true(sc.pin_cpus);
+    assert_true(sc.tpot_slo_ms == 7.5);
+    assert_int_equal(sc.base_kv_bytes, (size_t)11 << 20);
+    assert_int_equal(sc.aux_kv_bytes, (size_t)13 << 20);
+    assert_int_equal(sc.block_size, 17);
+    assert_int_equal(sc.max_queue, 19);
+    assert_int_equal(sc.max_running, 23);
+    assert_int_equal(sc.prefill_chunk, 29);
+    assert_int_equal(sc.max_context, 31);
+    assert_true(sc.ttft_slo_ms == 37.5);
+    assert_int_equal(sc.predict_min_prompt, 41);
+    assert_int_equal(sc.prefill_workers, 43);
+    assert_false(sc.shed_hopeless);
+    assert_false(sc.prefix_caching);
+    assert_false(sc.refine);
+    /* The defaults turn both issue-17 features on. */
+    struct cfg_settings d;
+    cfg_settings_default(&d);
+    sc = srv_sch_config(&d, 1000);
+    assert_true(sc.prefix_caching);
+    assert_true(sc.refine);
+    assert_true(sc.shed_hopeless);
+    /* max_context: 0 and anything past the model mean the model's positions. */
+    assert_int_equal(sc.max_context, 1000);
+    c.max_context = 0;
+    assert_int_equal(srv_max_context(&c, 512), 512);
+    c.max_context = 4096;
+    assert_int_equal(srv_max_context(&c, 512), 512);
+    c.max_context = 100;
+    assert_int_equal(srv_max_context(&c, 512), 100);
+    /* The limits share that resolution and take --prefill-mode as the default mode. */
+    snprintf(c.prefill_mode, sizeof(c.prefill_mode), "predict");
+    c.max_choices = 3;
+    c.strict_fields = true;
+    struct srv_limits lim = srv_limits_of(&c, "tiny", 4096, 512);
+    assert_int_equal(lim.max_context, 100);
+    assert_int_equal(lim.vocab_size, 4096);
+    assert_int_equal(lim.max_choices, 3);
+    assert_true(lim.strict);
+    assert_int_equal(lim.default_mode, SCH_MODE_PREDICT);
+    assert_string_equal(lim.model_id, "tiny");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sch_config_is_built_from_every_setting),
+        cmocka_unit_test(test_metrics_prefix_cache_and_refine_families),
         cmocka_unit_test(test_stop_string_split_across_tokens_is_cut_and_held_back),
         cmocka_unit_test(test_near_miss_is_released_and_flushed),
         cmocka_unit_test(test_secret_compare),
