@@ -277,7 +277,14 @@ static bool is_eos(const struct eng_model_config *c, int32_t tok) {
     return false;
 }
 
-static void call_hook(sch_hook_fn fn, void *ud, enum sch_hook_point p, uint64_t id, int step) {
+/* The test hook at point p, after cfg.debug_step_delay_ms at the points that delay. */
+static void call_hook(const struct sch *s, sch_hook_fn fn, void *ud, enum sch_hook_point p,
+                      uint64_t id, int step) {
+    const int ms = s->cfg.debug_step_delay_ms;
+    if (ms > 0 && (p == SCH_HOOK_DECODE_END || p == SCH_HOOK_PREFILL_CHUNK)) {
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     if (fn != NULL) {
         fn(ud, p, id, step);
     }
@@ -750,7 +757,7 @@ static int prefill_full(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
         if (rc != KC_OK) {
             return rc;
         }
-        call_hook(hook, hook_ud, SCH_HOOK_PREFILL_CHUNK, r->id, step);
+        call_hook(w->s, hook, hook_ud, SCH_HOOK_PREFILL_CHUNK, r->id, step);
     }
     if (w->s->cfg.prefix_caching) {
         eng_kv_prefix_publish(&w->s->pool, &r->seq, r->tokens, r->n_prompt); /* exact KV */
@@ -1156,7 +1163,7 @@ static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook
             if (rc != KC_OK) {
                 break;
             }
-            call_hook(hook, hook_ud, SCH_HOOK_REFINE_CHUNK, r->id, step++);
+            call_hook(s, hook, hook_ud, SCH_HOOK_REFINE_CHUNK, r->id, step++);
         }
         if (rc != KC_OK || abandoned || preempted) {
             break;
@@ -1492,12 +1499,12 @@ static void *decode_main(void *arg) {
         bool shared = s->elastic && s->n_prefill_busy > 0;
         pthread_mutex_unlock(&s->lock);
         if (w->n_running > 0) {
-            call_hook(hook, hook_ud, SCH_HOOK_DECODE_BEGIN, 0, w->n_running);
+            call_hook(s, hook, hook_ud, SCH_HOOK_DECODE_BEGIN, 0, w->n_running);
             team = team_now(s, &w->team, s->cfg.decode_threads);
             const uint64_t t0 = kc_now_ns();
             decode_step(s, w);
             step_ms = (double)(kc_now_ns() - t0) / 1e6;
-            call_hook(hook, hook_ud, SCH_HOOK_DECODE_END, 0, w->n_running);
+            call_hook(s, hook, hook_ud, SCH_HOOK_DECODE_END, 0, w->n_running);
         }
         pthread_mutex_lock(&s->lock);
         if (team > 0 && s->elastic) {

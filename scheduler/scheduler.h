@@ -52,34 +52,37 @@ int sch_mode_parse(const char *s, enum sch_prefill_mode *out);
  * teams (a count left 0 then means OpenMP's default, all cores, unless pinned).
  */
 struct sch_config {
-    int prefill_threads;    /* OpenMP threads of each prefill worker; 0: elastic */
-    int decode_threads;     /* OpenMP threads of the decode worker; 0: elastic */
-    bool pin_cpus;          /* pin prefill to cores [0, p), decode to [p, p + d): fixed
-                             * teams; a count left 0 takes its share of the cores (decode
-                             * half, the prefill workers the rest) */
-    double tpot_slo_ms;     /* elastic teams: decode step time to protect while a prefill
-                             * runs (0: none, both sides keep every core) */
-    size_t base_kv_bytes;   /* memory budget of the base model's KV pool */
-    size_t aux_kv_bytes;    /* memory budget of the auxiliary model's (transient) pool;
-                             * 0: as needed (one max_context prompt per prefill worker) */
-    int block_size;         /* tokens per KV block */
-    int max_queue;          /* waiting requests beyond which submit says KC_EBUSY */
-    int max_running;        /* sequences decoding at once */
-    int prefill_chunk;      /* rows per prefill forward step (chunked prefill) */
-    int max_context;        /* prompt + max_tokens limit (<= the model's positions; 0:
-                             * the model's positions) */
-    double ttft_slo_ms;     /* auto mode: target TTFT */
-    int predict_min_prompt; /* auto mode: prompts at least this long always predict */
-    int prefill_workers;    /* prefill worker threads (default 1), each prefill_threads wide
-                             * (elastic: they share the prefill cores) */
-    bool shed_hopeless;     /* auto mode: submit refuses (KC_EBUSY) a request that no prefill
-                             * mode can bring inside ttft_slo_ms behind the work queued ahead
-                             * (scheduler/policy.h); default true */
-    bool prefix_caching;    /* reuse exact KV blocks across requests by content (base and aux
-                             * pools, vLLM's automatic prefix caching); default true */
-    bool refine;            /* the default of sch_request_params.refine: a predict-mode
-                             * sequence gets its exact base KV computed in the background and
-                             * swapped in; default true */
+    int prefill_threads;     /* OpenMP threads of each prefill worker; 0: elastic */
+    int decode_threads;      /* OpenMP threads of the decode worker; 0: elastic */
+    bool pin_cpus;           /* pin prefill to cores [0, p), decode to [p, p + d): fixed
+                              * teams; a count left 0 takes its share of the cores (decode
+                              * half, the prefill workers the rest) */
+    double tpot_slo_ms;      /* elastic teams: decode step time to protect while a prefill
+                              * runs (0: none, both sides keep every core) */
+    size_t base_kv_bytes;    /* memory budget of the base model's KV pool */
+    size_t aux_kv_bytes;     /* memory budget of the auxiliary model's (transient) pool;
+                              * 0: as needed (one max_context prompt per prefill worker) */
+    int block_size;          /* tokens per KV block */
+    int max_queue;           /* waiting requests beyond which submit says KC_EBUSY */
+    int max_running;         /* sequences decoding at once */
+    int prefill_chunk;       /* rows per prefill forward step (chunked prefill) */
+    int max_context;         /* prompt + max_tokens limit (<= the model's positions; 0:
+                              * the model's positions) */
+    double ttft_slo_ms;      /* auto mode: target TTFT */
+    int predict_min_prompt;  /* auto mode: prompts at least this long always predict */
+    int prefill_workers;     /* prefill worker threads (default 1), each prefill_threads wide
+                              * (elastic: they share the prefill cores) */
+    bool shed_hopeless;      /* auto mode: submit refuses (KC_EBUSY) a request that no prefill
+                              * mode can bring inside ttft_slo_ms behind the work queued ahead
+                              * (scheduler/policy.h); default true */
+    bool prefix_caching;     /* reuse exact KV blocks across requests by content (base and aux
+                              * pools, vLLM's automatic prefix caching); default true */
+    bool refine;             /* the default of sch_request_params.refine: a predict-mode
+                              * sequence gets its exact base KV computed in the background and
+                              * swapped in; default true */
+    int debug_step_delay_ms; /* testing only: every worker sleeps this long after each decode
+                              * step and prefill chunk, so that tests can disconnect
+                              * mid-stream or drain with requests running (0: off) */
 };
 /* Bound of prefill_workers. */
 #define SCH_MAX_PREFILL_WORKERS 64

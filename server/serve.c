@@ -30,7 +30,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "scheduler/sched_internal.h"
 #include "server/serve.h"
 #include "server/server_internal.h"
 #include "server/settings.h"
@@ -324,19 +323,6 @@ static int load_models(struct srv *s, struct kc_error *err) {
     return rc;
 }
 
-/* --debug-step-delay-ms: slows the workers down so tests can disconnect mid-stream and
- * drain with requests running. Uses the scheduler's test hook (runs on worker threads). */
-static void delay_hook(void *ud, enum sch_hook_point point, uint64_t id, int step) {
-    const struct srv *s = ud;
-    (void)id;
-    (void)step;
-    if (point == SCH_HOOK_DECODE_END || point == SCH_HOOK_PREFILL_CHUNK) {
-        const long ms = s->cfg.debug_step_delay_ms;
-        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-}
-
 static int start_scheduler(struct srv *s, struct kc_error *err) {
     const struct sch_config sc =
         srv_sch_config(&s->cfg, eng_model_config_of(s->models.base)->max_position_embeddings);
@@ -347,7 +333,6 @@ static int start_scheduler(struct srv *s, struct kc_error *err) {
     if (rc == KC_OK && s->cfg.debug_step_delay_ms > 0) {
         KC_WARN("--debug-step-delay-ms %d: generation is slowed down on purpose",
                 s->cfg.debug_step_delay_ms);
-        sch__set_hook(s->sch, delay_hook, s);
     }
     return rc;
 }

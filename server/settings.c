@@ -29,6 +29,7 @@ struct sch_config srv_sch_config(const struct cfg_settings *c, int model_positio
         .shed_hopeless = c->shed_hopeless,
         .prefix_caching = c->enable_prefix_caching,
         .refine = c->refine,
+        .debug_step_delay_ms = c->debug_step_delay_ms,
     };
     return sc;
 }

@@ -141,10 +141,21 @@ def main():
         if warm["timings"].get("cached_tokens") != want:
             fail("timings.cached_tokens %r" % warm["timings"].get("cached_tokens"))
 
+        # A lone predict request with room to decode is refined: the exact KV swapped in.
+        lone = srv.complete(ids(4, 150), "predict", max_tokens=100, refine=True)
+        tm = lone["timings"]
+        print("lone predict: refine %s at token %s after %.1f ms" % (
+            tm.get("refine"), tm.get("refined_at_token"), tm.get("refine_ms") or 0))
+        if tm.get("refine") != "swapped" or not isinstance(tm.get("refined_at_token"), int) \
+                or not 1 <= tm["refined_at_token"] < 100:
+            fail("a lone predict request was not refined: %s" % json.dumps(tm))
+
         # 2. Load: 4 system prompts x 6 users, full and predict (refined), 6 at a time.
         before = srv.metrics()
         systems = [ids(10 + k, 300) for k in range(4)]
-        jobs = [(systems[i % 4] + ids(100 + i, 20 + i % 7), "predict" if i % 2 else "full")
+        # Each system prompt is first served in full mode (its exact base KV is cached), then
+        # in both modes: predict requests reuse the exact base prefix and the aux prefix.
+        jobs = [(systems[i % 4] + ids(100 + i, 20 + i % 7), "predict" if (i // 4) % 2 else "full")
                 for i in range(24)]
         results = [None] * len(jobs)
 
@@ -175,7 +186,7 @@ def main():
         if q <= 0 or h / q < 0.5:
             fail("base prefix cache hit rate %.2f under a load of shared system prompts" %
                  (h / max(q, 1)))
-        n_predict = sum(1 for r in results if r["timings"]["mode"] == "predict")
+        n_predict = sum(1 for r in results if r["timings"]["prefill_mode"] == "predict")
         if sum(refined.values()) < n_predict or refined["failed"] != 0:
             fail("%d predict requests, refinement results %s" % (n_predict, refined))
         if sum(cached(r) for r in results) <= 0:

@@ -231,6 +231,7 @@ static void test_sch_config_is_built_from_every_setting(void **state) {
     c.shed_hopeless = false;
     c.enable_prefix_caching = false;
     c.refine = false;
+    c.debug_step_delay_ms = 47;
     struct sch_config sc = srv_sch_config(&c, 1000);
     assert_int_equal(sc.prefill_threads, 3);
     assert_int_equal(sc.decode_threads, 5);
@@ -249,6 +250,7 @@ static void test_sch_config_is_built_from_every_setting(void **state) {
     assert_false(sc.shed_hopeless);
     assert_false(sc.prefix_caching);
     assert_false(sc.refine);
+    assert_int_equal(sc.debug_step_delay_ms, 47);
     /* The defaults turn both issue-17 features on. */
     struct cfg_settings d;
     cfg_settings_default(&d);
