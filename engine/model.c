@@ -627,9 +627,21 @@ static void embed_rows(const struct eng_model *m, const int32_t *tokens, int n, 
     }
 }
 
+/* The calling thread's stop flag (eng_forward_stop_source); NULL: none. */
+static _Thread_local const atomic_int *tl_stop;
+
+void eng_forward_stop_source(const atomic_int *flag) {
+    tl_stop = flag;
+}
+
+static bool stop_asked(void) {
+    return tl_stop != NULL && atomic_load_explicit(tl_stop, memory_order_relaxed) != 0;
+}
+
 /* One step of at most max_rows rows. capture_row0: row offset of this step inside the
- * capture buffers (chunked prefill of item 0). */
-static void forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+ * capture buffers (chunked prefill of item 0). false: stopped before a layer (stop_asked),
+ * nothing advanced. */
+static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
                          struct eng_batch_item *items, int n_items,
                          const struct eng_kv_capture *capture, int capture_row0) {
     const struct eng_model_config *c = &m->cfg;
@@ -649,6 +661,9 @@ static void forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
     }
 
     for (int l = 0; l < c->n_layers; l++) {
+        if (stop_asked()) {
+            return false;
+        }
         const struct eng_layer *ly = &m->layers[l];
         /* Attention block: normalise, project to q|k|v. */
         eng_rmsnorm(ctx->x, ly->attn_norm, M, C, c->rms_norm_eps, ctx->xn);
@@ -728,6 +743,7 @@ static void forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
     for (int i = 0; i < n_items; i++) {
         items[i].seq->n_tokens += items[i].n_tokens;
     }
+    return true;
 }
 
 int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
@@ -773,8 +789,9 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
     }
     eng_dnn_enter(ctx->dnn);
     if (n_items > 1) {
-        forward_rows(ctx, m, pool, items, n_items, capture, 0);
-        return KC_OK;
+        return forward_rows(ctx, m, pool, items, n_items, capture, 0)
+                   ? KC_OK
+                   : kc_error_set(err, KC_ECANCELED, "forward: stopped");
     }
     /* One sequence: chunks of max_rows rows; the cache carries context across chunks. */
     struct eng_batch_item whole = items[0];
@@ -793,7 +810,10 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
                           ? whole.logits + (size_t)start * (size_t)c->vocab_size
                           : whole.logits,
         };
-        forward_rows(ctx, m, pool, &chunk, 1, capture, start);
+        if (!forward_rows(ctx, m, pool, &chunk, 1, capture, start)) {
+            return kc_error_set(err, KC_ECANCELED, "forward: stopped after %d of %d tokens", start,
+                                whole.n_tokens);
+        }
     }
     return KC_OK;
 }

@@ -23,6 +23,7 @@
 #ifndef ENG_MODEL_H
 #define ENG_MODEL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -102,6 +103,13 @@ struct eng_kv_capture {
 int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
                 struct eng_batch_item *items, int n_items, const struct eng_kv_capture *capture,
                 struct kc_error *err);
+
+/* Installs, for the calling thread, a flag that stops its forwards: eng_forward reads it before
+ * every layer and, once it is non-zero, fails with KC_ECANCELED. The sequences keep the
+ * positions of the chunks that completed (K/V written past them is never read, and the next
+ * forward overwrites it); the blocks reserved stay reserved. NULL: none. The scheduler's
+ * refinement jobs yield to first-token work this way, within one layer. */
+void eng_forward_stop_source(const atomic_int *flag);
 
 /*
  * Writes externally supplied keys and values for positions seq->n_tokens ..

@@ -130,9 +130,10 @@ struct sch_req {
     enum sch_refine_state refine_state;
     struct sch_req *refine_next; /* refine queue link */
     struct eng_seq refine_seq;
-    int refine_exact; /* positions the job computed (all exact prefill) */
-    bool orphaned;    /* ended while its job ran: the job frees it */
-    bool refine_swap; /* (decode worker) READY seen: swap before the next step */
+    int refine_exact;  /* positions the job computed (all exact prefill) */
+    bool orphaned;     /* ended while its job ran: the job frees it */
+    int refine_worker; /* RUNNING: the prefill worker running the job */
+    bool refine_swap;  /* (decode worker) READY seen: swap before the next step */
     enum sch_refine_result refine_result;
     int refined_at_token;
     uint64_t t_refined;

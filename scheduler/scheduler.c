@@ -101,6 +101,10 @@ struct sch_prefill_worker {
     float *all_logits;       /* [all_rows, V] prompt_logprobs: the logits of every row of a
                               * chunk (allocated by the first such request, then kept) */
     int all_rows;
+    /* Refinement: the job in flight (sch.lock), and the flag that stops its forward within a
+     * layer when first-token work arrives or its request ends (eng_forward_stop_source). */
+    struct sch_req *refining;
+    atomic_int stop;
     atomic_int team; /* elastic: OpenMP team of its next GEMM (written under sch.lock) */
     bool busy;       /* a prefill is in flight (sch.lock) */
     int team_peak;   /* the widest team of the prefill in flight (sch.lock) */
@@ -416,6 +420,9 @@ static bool refine_detach(struct sch *s, struct sch_req *r) {
     }
     const bool orphan = r->refine_state == SCH_RSTATE_RUNNING;
     r->orphaned = orphan;
+    if (orphan) {
+        atomic_store_explicit(&s->pw[r->refine_worker].stop, 1, memory_order_relaxed);
+    }
     r->refine_state = SCH_RSTATE_NONE;
     return orphan;
 }
@@ -642,6 +649,7 @@ static int prefill_worker_init(struct sch_prefill_worker *w, struct kc_error *er
     if (s->elastic) {
         eng_dnn_team_source(&w->team);
     }
+    eng_forward_stop_source(&w->stop);
     int rc = eng_ctx_create(s->base, c->prefill_chunk, c->max_context, threads, &w->ctx, err);
     if (rc == KC_OK && s->predict_available) {
         rc = eng_kvp_ctx_create(s->base, s->aux, s->pred, c->prefill_chunk, c->max_context, threads,
@@ -1121,6 +1129,16 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
 
 /* ---- refinement: the job ---- */
 
+/* First-token work is waiting (or the scheduler stops): every refinement in flight stops
+ * within a layer (sch.lock held). */
+static void stop_refinements(struct sch *s) {
+    for (int i = 0; i < s->cfg.prefill_workers; i++) {
+        if (s->pw[i].refining != NULL) {
+            atomic_store_explicit(&s->pw[i].stop, 1, memory_order_relaxed);
+        }
+    }
+}
+
 /*
  * Runs r's refinement job (taken from the refine queue, RUNNING) on an idle prefill worker:
  * the exact base prefill of every position the decode worker's sequence holds (prompt and
@@ -1153,6 +1171,10 @@ static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook
             pthread_mutex_lock(&s->lock);
             abandoned = r->orphaned || s->stopping;
             preempted = s->waiting.head != NULL;
+            if (!abandoned && !preempted) {
+                /* A stop for work another worker took already: go on. */
+                atomic_store_explicit(&w->stop, 0, memory_order_relaxed);
+            }
             pthread_mutex_unlock(&s->lock);
             if (abandoned || preempted) {
                 break;
@@ -1160,6 +1182,10 @@ static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook
             const int left = target - rs->n_tokens;
             const int n = left < s->cfg.prefill_chunk ? left : s->cfg.prefill_chunk;
             rc = prefill_forward(w, r, rs, rs->n_tokens, n, ENG_LOGITS_NONE, NULL, &err);
+            if (rc == KC_ECANCELED) {
+                rc = KC_OK; /* stopped within a layer: the checks above say why */
+                continue;
+            }
             if (rc != KC_OK) {
                 break;
             }
@@ -1183,6 +1209,8 @@ static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook
     }
     pthread_mutex_lock(&s->lock);
     s->n_refine_running--;
+    w->refining = NULL;
+    atomic_store_explicit(&w->stop, 0, memory_order_relaxed);
     const bool orphan = r->orphaned;
     if (!orphan) {
         if (ready) {
@@ -1236,6 +1264,9 @@ static void *prefill_main(void *arg) {
             /* Idle: refinement, below any first-token work (refine_run). */
             if (s->waiting.head == NULL && (job = refine_pop(s)) != NULL) {
                 job->refine_state = SCH_RSTATE_RUNNING;
+                job->refine_worker = w->index;
+                w->refining = job;
+                atomic_store_explicit(&w->stop, 0, memory_order_relaxed);
                 s->n_refine_running++;
                 break;
             }
@@ -1570,6 +1601,7 @@ static void stop_workers(struct sch *s) {
     pthread_mutex_lock(&s->lock);
     s->stopping = true;
     s->draining = true;
+    stop_refinements(s);
     for (struct sch_req *r = s->live; r != NULL; r = r->live_next) {
         sch_req_cancel(r, SCH_FINISH_ABORT);
     }
@@ -2013,6 +2045,7 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
     s->live = r;
     s->n_live++;
     sch_queue_push(&s->waiting, r);
+    stop_refinements(s);
     pthread_cond_signal(&s->prefill_cv);
     *id = r->id;
     pthread_mutex_unlock(&s->lock);

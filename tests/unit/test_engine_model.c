@@ -382,6 +382,60 @@ static void test_forward_rejects_bad_tokens_and_context(void **state) {
     eng_model_free(m);
 }
 
+/* A stop flag (eng_forward_stop_source) ends a forward with KC_ECANCELED before its next layer:
+ * a chunked prefill keeps the chunks that completed, and the next forward continues exactly. */
+static void test_stop_flag_ends_a_forward_between_layers(void **state) {
+    (void)state;
+    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
+    const struct eng_model_config *c = eng_model_config_of(m);
+    struct kc_error err = {0};
+    struct eng_ctx *ctx = NULL;
+    assert_int_equal(eng_ctx_create(m, 8, 64, 1, &ctx, &err), KC_OK);
+    struct eng_kv_pool pool;
+    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 16, &err), KC_OK);
+    struct eng_seq seq = {0}, ref = {0};
+    float *logits = calloc((size_t)c->vocab_size, sizeof(float));
+    float *want = calloc((size_t)c->vocab_size, sizeof(float));
+    int32_t toks[20];
+    for (int i = 0; i < 20; i++) {
+        toks[i] = (int32_t)(1 + (i * 5) % 60);
+    }
+    atomic_int stop;
+    atomic_init(&stop, 1);
+    eng_forward_stop_source(&stop);
+    struct eng_batch_item it = {.seq = &seq,
+                                .tokens = toks,
+                                .n_tokens = 20,
+                                .logits_mode = ENG_LOGITS_LAST,
+                                .logits = logits};
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ECANCELED);
+    assert_int_equal(seq.n_tokens, 0);
+    atomic_store(&stop, 0);
+    it.n_tokens = 8; /* one whole chunk, then 12 more */
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    it.tokens = toks + 8;
+    it.n_tokens = 12;
+    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    eng_forward_stop_source(NULL);
+    struct eng_batch_item r = {.seq = &ref,
+                               .tokens = toks,
+                               .n_tokens = 20,
+                               .logits_mode = ENG_LOGITS_LAST,
+                               .logits = want};
+    assert_int_equal(eng_forward(ctx, m, &pool, &r, 1, NULL, &err), KC_OK);
+    assert_int_equal(seq.n_tokens, 20);
+    for (int v = 0; v < c->vocab_size; v++) {
+        assert_true(fabsf(logits[v] - want[v]) <= 1e-6f * (1.0f + fabsf(want[v])));
+    }
+    eng_seq_release(&pool, &seq);
+    eng_seq_release(&pool, &ref);
+    free(logits);
+    free(want);
+    eng_kv_pool_free(&pool);
+    eng_ctx_free(ctx);
+    eng_model_free(m);
+}
+
 /* A model directory whose tensors disagree with its config.json is refused with a message
  * naming the tensor. */
 static void test_load_rejects_shape_mismatch(void **state) {
@@ -600,6 +654,7 @@ int main(void) {
         cmocka_unit_test(test_greedy_generation_matches_reference_f32),
         cmocka_unit_test(test_batched_decode_and_injection_match_single),
         cmocka_unit_test(test_forward_rejects_bad_tokens_and_context),
+        cmocka_unit_test(test_stop_flag_ends_a_forward_between_layers),
         cmocka_unit_test(test_load_rejects_shape_mismatch),
         cmocka_unit_test(test_load_rejects_tensors_the_config_does_not_use),
         cmocka_unit_test(test_load_reports_progress_and_can_be_cancelled),
