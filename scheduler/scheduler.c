@@ -165,6 +165,7 @@ struct sch {
     int n_prefill_busy;
     bool decode_busy;
     double decode_work_ms;      /* core-ms per decode step, EWMA; 0 unmeasured */
+    double decode_step_ms;      /* decode step time, EWMA; 0 unmeasured */
     double decode_shared_ms;    /* decode step ms while both sides ran full teams, EWMA over
                                  * this contention episode; 0 unmeasured */
     struct sch_team_split plan; /* the teams last planned (for the debug log) */
@@ -1129,6 +1130,26 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
 
 /* ---- refinement: the job ---- */
 
+/* The next queued refinement that can still pay off, or NULL (sch.lock held). A job is worth
+ * starting when its prefill, at the full-mode cost model's estimate doubled (it shares the
+ * cores with the decode worker, which is busy with its request), would end before the request
+ * is expected to: its tokens still to generate at the measured decode step time. Otherwise it
+ * would only slow that decode down: it ends as "skipped" at once. */
+static struct sch_req *refine_next_worth(struct sch *s) {
+    struct sch_req *r;
+    while ((r = refine_pop(s)) != NULL) {
+        const int left =
+            r->max_tokens - atomic_load_explicit(&r->n_known, memory_order_relaxed) + r->n_prompt;
+        const double refine_ms = 2.0 * sch_cost_estimate(&s->model_full, r->n_prompt);
+        if (s->decode_step_ms <= 0.0 || refine_ms < left * s->decode_step_ms) {
+            return r;
+        }
+        r->refine_state = SCH_RSTATE_NONE;
+        r->refine_result = SCH_REFINE_SKIPPED;
+    }
+    return NULL;
+}
+
 /* First-token work is waiting (or the scheduler stops): every refinement in flight stops
  * within a layer (sch.lock held). */
 static void stop_refinements(struct sch *s) {
@@ -1260,9 +1281,8 @@ static void *prefill_main(void *arg) {
             r = admit_head(s, &failed);
             if (r != NULL || failed != NULL) {
                 break;
-            }
-            /* Idle: refinement, below any first-token work (refine_run). */
-            if (s->waiting.head == NULL && (job = refine_pop(s)) != NULL) {
+            } /* Idle: refinement, below any first-token work (refine_run). */
+            if (s->waiting.head == NULL && (job = refine_next_worth(s)) != NULL) {
                 job->refine_state = SCH_RSTATE_RUNNING;
                 job->refine_worker = w->index;
                 w->refining = job;
@@ -1538,6 +1558,9 @@ static void *decode_main(void *arg) {
             call_hook(s, hook, hook_ud, SCH_HOOK_DECODE_END, 0, w->n_running);
         }
         pthread_mutex_lock(&s->lock);
+        if (team > 0) {
+            s->decode_step_ms = sch_policy_ewma(s->decode_step_ms, step_ms, SCH_STEP_ALPHA);
+        }
         if (team > 0 && s->elastic) {
             s->decode_work_ms =
                 sch_team_work_update(s->decode_work_ms, step_ms, team, SCH_STEP_ALPHA);
