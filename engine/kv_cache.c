@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/model_config.h"
+#include "engine/io/model_config.h"
 
 /* The prefix-cache index: per-block state in flat arrays indexed by block id, a chained
  * hash table (bucket heads + per-block next links) and a doubly linked LRU list. Everything

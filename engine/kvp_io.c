@@ -25,10 +25,10 @@
 
 #include <jansson.h>
 
-#include "engine/dtype.h"
+#include "engine/io/dtype.h"
+#include "engine/io/safetensors.h"
 #include "engine/kvp_internal.h"
 #include "engine/ops.h"
-#include "engine/safetensors.h"
 
 /* Largest merged-head K/V width a predictor may have (keeps Nb * Na far from overflow). */
 #define KVP_MAX_KV_DIM (ENG_MAX_HEADS * ENG_MAX_HEAD_DIM)

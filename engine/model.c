@@ -19,8 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/dtype.h"
-#include "engine/safetensors.h"
+#include "engine/io/dtype.h"
+#include "engine/io/safetensors.h"
 
 struct eng_layer {
     struct eng_linear *qkv;     /* [(H + 2 Hkv) D, C] */

@@ -28,8 +28,8 @@
 #include <stdint.h>
 
 #include "common/kc.h"
+#include "engine/io/model_config.h"
 #include "engine/kv_cache.h"
-#include "engine/model_config.h"
 #include "engine/ops.h"
 
 struct eng_model_params {

@@ -40,7 +40,7 @@
 #endif
 
 #include "common/kc.h"
-#include "engine/model_config.h"
+#include "engine/io/model_config.h"
 #include "engine/ops.h"
 
 #include "engine/ops_simd.h"

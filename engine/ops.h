@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 #include "common/kc.h"
-#include "engine/dtype.h"
+#include "engine/io/dtype.h"
 
 /* Weight format in which a linear layer's weights are packed for compute. */
 enum eng_wtype { ENG_WTYPE_F32 = 0, ENG_WTYPE_BF16 };

@@ -72,7 +72,7 @@
 #endif
 
 #include "common/kc.h"
-#include "engine/dtype.h"
+#include "engine/io/dtype.h"
 #include "engine/ops.h"
 #include "engine/ops_dnnl_internal.h"
 

@@ -14,7 +14,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "common/kc.h"
-#include "engine/dtype.h"
+#include "engine/io/dtype.h"
 #include "engine/ops.h"
 #include "engine/ops_dnnl_internal.h"
 #include "engine/probe.h"

@@ -7,7 +7,7 @@
 #  - jansson.h outside its allow-list (the files that read or write JSON today);
 #  - common/ including any other module, tokenizer/ including anything but common/ and itself,
 #    engine/ including config/, server/ or scheduler/, scheduler/ including server/ or config/;
-#  - scheduler/sched_internal.h outside scheduler/ and tests/ (known exceptions listed below).
+#  - scheduler/sched_internal.h outside scheduler/ and tests/.
 # Usage: check_layering.sh [repo-root]. Prints every violation, exits 1 if there is any.
 set -u
 cd "${1:-.}" || exit 2
@@ -46,7 +46,7 @@ check 'pcre2\.h' '^tokenizer/' 'PCRE2'
 # loaders in engine/ (safetensors header, config.json, the KV-predictor bundle and its
 # I/O: kvp*.c so a split of kvp.c stays inside the rule), the tokenizer's tokenizer.json
 # loader (tokenizer/*.c), the HTTP layer (server/*.c) and the CLI (tools/).
-JANSSON_ALLOW='^(config/config\.c|engine/(kvp[a-z0-9_]*|model_config|safetensors)\.c|tokenizer/[a-z0-9_]+\.c|server/[a-z0-9_]+\.c|tools/.*)$'
+JANSSON_ALLOW='^(config/config\.c|engine/(kvp[a-z0-9_]*|io/model_config|io/safetensors)\.c|tokenizer/[a-z0-9_]+\.c|server/[a-z0-9_]+\.c|tools/.*)$'
 check 'jansson\.h' "$JANSSON_ALLOW" 'jansson (allow-list in check_layering.sh)'
 
 # CORS: http.c adds the Access-Control-* headers to every response (and answers preflights);
@@ -72,19 +72,9 @@ forbid engine '(config|server|scheduler)' 'engine/ includes upper layers'
 forbid scheduler '(server|config)' 'scheduler/ includes server/ or config/'
 
 # scheduler/sched_internal.h: the scheduler's private structs, for scheduler/*.c and white-box
-# tests only. Known exceptions, to be removed by the work that fixes them (do not add more):
-#   server/serve.c — reads the test-only step delay (issue 21 item 6: it becomes a documented
-#                    sch_config field or test hook).
-SCHED_INTERNAL_EXCEPTIONS=()
+# tests only (tests/ is outside SRC_DIRS).
 hits=$(including '([a-z]+/)?sched_internal\.h' | grep -vE '^scheduler/' || true)
-unknown=$(echo "$hits" | grep -vxF -f <(printf '%s\n' "${SCHED_INTERNAL_EXCEPTIONS[@]}") || true)
-if [ -n "$unknown" ]; then fail 'sched_internal.h included outside scheduler/ and tests/' "$unknown"; fi
-# A listed exception that no longer applies is reported, not failed, so the fix can land first.
-for f in "${SCHED_INTERNAL_EXCEPTIONS[@]}"; do
-  if ! echo "$hits" | grep -qxF "$f"; then
-    echo "layering: note: $f no longer includes sched_internal.h; drop it from SCHED_INTERNAL_EXCEPTIONS"
-  fi
-done
+if [ -n "$hits" ]; then fail 'sched_internal.h included outside scheduler/ and tests/' "$hits"; fi
 
 [ $bad -eq 0 ] && echo "layering: ok"
 exit $bad

@@ -3,8 +3,9 @@
  * producing exactly the ids that Hugging Face's own tokenizer produces.
  *
  * Place in the data flow: the server tokenizes a request's prompt with eng_tok_encode() before
- * it becomes a kc_request, and turns sampled ids back into text with an eng_tok_stream (one per
- * sequence) for SSE chunks, or eng_tok_decode() for a whole completion. The CLI's
+ * it submits it to the scheduler (server/completions.c), and turns sampled ids back into text
+ * with an eng_tok_stream (one per sequence) for SSE chunks, or eng_tok_decode() for a whole
+ * completion. The CLI's
  * `kvcast tokenize|detokenize` is a thin shell around the same calls.
  *
  * Supported (everything else is refused at load with KC_EUNSUPPORTED naming the component):

@@ -1,5 +1,5 @@
 /* dtype.c — element type names, sizes and conversions. */
-#include "engine/dtype.h"
+#include "engine/io/dtype.h"
 
 #include <math.h>
 

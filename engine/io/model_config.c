@@ -17,7 +17,7 @@
  * Thread rules: pure functions, no shared state.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "engine/model_config.h"
+#include "engine/io/model_config.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -21,7 +21,7 @@
  * lookups are read-only.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "engine/safetensors.h"
+#include "engine/io/safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -33,7 +33,7 @@
 #include <stdint.h>
 
 #include "common/kc.h"
-#include "engine/dtype.h"
+#include "engine/io/dtype.h"
 
 #define ENG_ST_MAX_HEADER (100u * 1024u * 1024u) /* 100 MB, as the reference reader */
 #define ENG_ST_MAX_DIMS 8

@@ -22,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/io/model_config.h"
 #include "engine/kv_cache.h"
-#include "engine/model_config.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -7,8 +7,8 @@
 
 #include <cmocka.h>
 
+#include "engine/io/model_config.h"
 #include "engine/kv_cache.h"
-#include "engine/model_config.h"
 
 static struct eng_model_config small_config(void) {
     struct eng_model_config c = {0};

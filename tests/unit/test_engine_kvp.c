@@ -24,10 +24,10 @@
 #include <cmocka.h>
 
 #include "common/kc.h"
+#include "engine/io/safetensors.h"
 #include "engine/kvp.h"
 #include "engine/model.h"
 #include "engine/ops_gram.h"
-#include "engine/safetensors.h"
 
 static void case_dir(char *out, size_t cap, const char *name) {
     const char *src = getenv("KC_SOURCE_DIR");

@@ -18,8 +18,8 @@
 #include <cmocka.h>
 
 #include "common/kc.h"
+#include "engine/io/safetensors.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
 #include "tokenizer/tokenizer.h"
 
 static const char *const CASES[] = {"llama_gqa", "llama_untied_bf16", "qwen2_bias",

@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "engine/model_config.h"
+#include "engine/io/model_config.h"
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 

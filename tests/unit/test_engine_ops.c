@@ -23,8 +23,8 @@
 #endif
 
 #include "common/kc.h"
-#include "engine/dtype.h"
-#include "engine/model_config.h"
+#include "engine/io/dtype.h"
+#include "engine/io/model_config.h"
 #include "engine/ops.h"
 
 /* ---- helpers ---- */

@@ -11,8 +11,8 @@
 
 #include <cmocka.h>
 
+#include "engine/io/model_config.h"
 #include "engine/kv_cache.h"
-#include "engine/model_config.h"
 
 enum { BS = 4 }; /* tokens per block in every test */
 

@@ -20,7 +20,7 @@
 
 #include <cmocka.h>
 
-#include "engine/safetensors.h"
+#include "engine/io/safetensors.h"
 
 static char g_dir[64];
 

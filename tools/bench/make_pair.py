@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-# The engine's presets (engine/model_config.c) that the embedded pair is trained with.
+# The engine's presets (engine/io/model_config.c) that the embedded pair is trained with.
 PRESETS = {
     "kvcast-base": dict(vocab_size=4096, hidden_size=256, intermediate_size=688,
                         num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
