@@ -25,15 +25,23 @@
  *     worker looks first (the decode worker between steps or when idle, a prefill worker
  *     between requests), so ending it never waits for a long prefill.
  *  5. The decode worker's step allocates nothing: batch arrays are sized max_running at start,
- *     and every block a sequence can need was reserved at admission.
- *  6. Every request ends in end_request, which emits its one terminal event and frees it.
+ *     and every block a sequence can need was reserved at admission. *  6. Every request ends in
+ * end_request, which emits its one terminal event and frees it, unless its refinement job is
+ * running: then the job frees it (refine_detach).
  *  7. Elastic teams: rebalance() (sch.lock held) recomputes every worker's team with
  *     sch_team_split whenever a prefill starts or ends, the decode worker turns busy or idle,
  *     or a decode step was timed. A contention episode (some prefill running while decode is
- *     busy) starts with both teams full-width; decode_shared_ms, the step time measured that
- *     way, decides whether to split, and resets when the last prefill ends. Workers read their team
+ *     busy) starts with both teams full-width; decode_shared_ms, the step time measured that * way,
+ * decides whether to split, and resets when the last prefill ends. Workers read their team
  * (eng_dnn_team_source) before every GEMM, so a resize takes effect within one linear layer,
  * mid-prefill included.
+ *  8. Prefix cache: only exact KV is published (a full prefill's prompt, aux prefills, a
+ *     refinement's blocks), never a predicted block; a sequence attaches cached blocks only
+ *     while empty, so its writes always go to blocks of its own.
+ *  9. Refinement never holds up first-token work: a job starts only while the wait queue is
+ *     empty, and sch_submit raises every running job's stop flag, which its forward reads
+ *     before each layer. The job owns refine_seq while RUNNING; the decode worker owns it once
+ *     READY and alone swaps it in, at a step boundary.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "scheduler/scheduler.h"
@@ -1163,12 +1171,12 @@ static void stop_refinements(struct sch *s) {
 /*
  * Runs r's refinement job (taken from the refine queue, RUNNING) on an idle prefill worker:
  * the exact base prefill of every position the decode worker's sequence holds (prompt and
- * generated tokens, from r->tokens), in prefill_chunk steps, into r->refine_seq, after
- * whatever exact prefix the cache has. It yields to first-token work: between chunks, a
- * waiting request preempts it (its exact blocks go to the prefix cache, so that the retry
- * resumes there, and the job goes back to the end of the queue). It catches up with the
- * tokens decoded meanwhile while they are worth a prefill step; the decode worker feeds the
- * rest and swaps (refine_swap). Without the lock.
+ * generated tokens, from r->tokens), in prefill_chunk steps, into r->refine_seq, after * whatever
+ * exact prefix the cache has. It yields to first-token work (invariant 9): a waiting request stops
+ * it within a layer, its exact blocks go to the prefix cache, so that the retry resumes there, and
+ * the job goes back to the end of the queue. It catches up with the tokens decoded meanwhile while
+ * they are worth a prefill step; the decode worker feeds the rest and swaps (refine_swap). Without
+ * the lock.
  */
 static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook_fn hook,
                        void *hook_ud) {
