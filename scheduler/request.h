@@ -49,9 +49,10 @@
  *  2. Every request leaves exactly one terminal event; after it the id is dead.
  *  3. The base sequence holds, from admission to the end, every block the request can need
  *     (n_prompt + max(max_tokens, 1) - 1 positions), so a decode step never takes a block
- *     and never allocates. The owner that ends the request releases them.
- *  4. `cancel` is the only field written by other threads while a worker owns the request;
- *     it is atomic and set once (the first finish wins).
+ *     and never allocates. The owner that ends the request releases them. *  4. `cancel` is the
+ * only field written by other threads while a worker owns the request; it is atomic and set once
+ * (the first finish wins). Refinement adds a second, parallel owner of refine_seq only (see the
+ * refine_* fields), and reads tokens below n_known.
  */
 #ifndef SCH_REQUEST_H
 #define SCH_REQUEST_H
