@@ -60,8 +60,10 @@ struct sch_config {
     double tpot_slo_ms;      /* elastic teams: decode step time to protect while a prefill
                               * runs (0: none, both sides keep every core) */
     size_t base_kv_bytes;    /* memory budget of the base model's KV pool */
-    size_t aux_kv_bytes;     /* memory budget of the auxiliary model's (transient) pool;
-                              * 0: as needed (one max_context prompt per prefill worker) */
+    size_t aux_kv_bytes;     /* memory budget of the auxiliary model's pool (predict prefills'
+                              * transient sequences, then the aux prefix cache); at least one
+                              * max_context prompt per prefill worker; 0: that, and at least as
+                              * many positions as the base pool */
     int block_size;          /* tokens per KV block */
     int max_queue;           /* waiting requests beyond which submit says KC_EBUSY */
     int max_running;         /* sequences decoding at once */
