@@ -443,20 +443,34 @@ static int parse_sequence(struct load_ctx *c, const json_t *j, const char *where
     return 0;
 }
 
-static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *where, int depth) {
-    struct eng_tok *tok = c->tok;
+/* Opens the normalizer / pre-tokenizer / post-processor j: absent or null is nothing to do, a
+ * Sequence is parsed here (its items under seq_key, each through parse). Returns < 0 on
+ * error, 1 when nothing is left for the caller, 0 when *type names a component the caller
+ * parses itself. */
+static int component_open(struct load_ctx *c, const json_t *j, const char *where, int depth,
+                          const char *seq_key, component_parser parse, const char **type) {
     if (j == NULL || json_is_null(j)) {
-        return 0;
+        return 1;
     }
-    const char *type = "";
-    int rc = get_component_type(c, j, where, depth, &type);
+    int rc = get_component_type(c, j, where, depth, type);
     if (rc < 0) {
         return rc;
     }
-    struct eng__tok_step *st = NULL;
-    if (strcmp(type, "Sequence") == 0) {
-        return parse_sequence(c, j, where, depth, "normalizers", parse_normalizer);
+    if (strcmp(*type, "Sequence") == 0) {
+        rc = parse_sequence(c, j, where, depth, seq_key, parse);
+        return rc < 0 ? rc : 1;
     }
+    return 0;
+}
+
+static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *where, int depth) {
+    struct eng_tok *tok = c->tok;
+    const char *type = "";
+    int rc = component_open(c, j, where, depth, "normalizers", parse_normalizer, &type);
+    if (rc != 0) {
+        return rc < 0 ? rc : 0;
+    }
+    struct eng__tok_step *st = NULL;
     if (strcmp(type, "Prepend") == 0) {
         const json_t *s;
         if ((rc = get_str(c, j, where, "prepend", &s)) < 0) {
@@ -512,18 +526,12 @@ static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *whe
 
 static int parse_pre_tokenizer(struct load_ctx *c, const json_t *j, const char *where, int depth) {
     struct eng_tok *tok = c->tok;
-    if (j == NULL || json_is_null(j)) {
-        return 0;
-    }
     const char *type = "";
-    int rc = get_component_type(c, j, where, depth, &type);
-    if (rc < 0) {
-        return rc;
+    int rc = component_open(c, j, where, depth, "pretokenizers", parse_pre_tokenizer, &type);
+    if (rc != 0) {
+        return rc < 0 ? rc : 0;
     }
     struct eng__tok_step *st = NULL;
-    if (strcmp(type, "Sequence") == 0) {
-        return parse_sequence(c, j, where, depth, "pretokenizers", parse_pre_tokenizer);
-    }
     if (tok->n_pre > 0 && tok->pre[tok->n_pre - 1].kind == ENG__TOK_P_BYTELEVEL) {
         return kc_error_set(c->err, KC_EUNSUPPORTED,
                             "%s: %s: a pre-tokenizer after ByteLevel is not supported", c->name,
@@ -1044,19 +1052,13 @@ static int template_ids(struct load_ctx *c, const json_t *pp, const char *where,
 
 static int parse_post(struct load_ctx *c, const json_t *pp, const char *where, int depth) {
     struct eng_tok *tok = c->tok;
-    if (pp == NULL || json_is_null(pp)) {
-        return 0;
-    }
     const char *type = "";
-    int rc = get_component_type(c, pp, where, depth, &type);
-    if (rc < 0) {
-        return rc;
+    int rc = component_open(c, pp, where, depth, "processors", parse_post, &type);
+    if (rc != 0) {
+        return rc < 0 ? rc : 0;
     }
     if (strcmp(type, "ByteLevel") == 0) {
         return 0; /* offsets only */
-    }
-    if (strcmp(type, "Sequence") == 0) {
-        return parse_sequence(c, pp, where, depth, "processors", parse_post);
     }
     if (tok->n_prefix > 0 || tok->n_suffix > 0) {
         return kc_error_set(c->err, KC_EUNSUPPORTED,
