@@ -77,6 +77,7 @@ size_t eng_kv_block_bytes(const struct eng_model_config *cfg, int block_size);
 /* Allocates a pool of n_blocks blocks of block_size tokens for a model of this shape. */
 int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg, int block_size,
                      int n_blocks, struct kc_error *err);
+/* Frees the pool; a no-op on NULL, on a zeroed (never initialised) pool and on a freed one. */
 void eng_kv_pool_free(struct eng_kv_pool *pool);
 /* Number of reservable blocks (a snapshot): the free stack, plus the idle cached blocks when
  * prefix caching is on. */

@@ -311,6 +311,13 @@ done:
     return rc;
 }
 
+/* A linear that is one stored tensor without bias (o_proj, down_proj, lm_head). */
+static int get_linear1(struct weight_source *src, const struct eng_model_params *p, int n_in,
+                       const char *name, int rows, struct eng_linear **out, struct kc_error *err) {
+    const char *const names[1] = {name};
+    return get_linear(src, p, n_in, 1, names, NULL, &rows, out, err);
+}
+
 static int build_model(const struct eng_model_config *cfg, const struct eng_model_params *params,
                        struct weight_source *src, struct eng_model **out, struct kc_error *err) {
     const int C = cfg->hidden_size, F = cfg->intermediate_size, V = cfg->vocab_size;
@@ -345,8 +352,7 @@ static int build_model(const struct eng_model_config *cfg, const struct eng_mode
             goto fail;
         }
         snprintf(n0, sizeof(n0), "model.layers.%d.self_attn.o_proj.weight", l);
-        const char *o_names[1] = {n0};
-        rc = get_linear(src, params, qd, 1, o_names, NULL, &C, &ly->o, err);
+        rc = get_linear1(src, params, qd, n0, C, &ly->o, err);
         if (rc != KC_OK) {
             goto fail;
         }
@@ -359,8 +365,7 @@ static int build_model(const struct eng_model_config *cfg, const struct eng_mode
             goto fail;
         }
         snprintf(n0, sizeof(n0), "model.layers.%d.mlp.down_proj.weight", l);
-        const char *d_names[1] = {n0};
-        rc = get_linear(src, params, F, 1, d_names, NULL, &C, &ly->down, err);
+        rc = get_linear1(src, params, F, n0, C, &ly->down, err);
         if (rc != KC_OK) {
             goto fail;
         }
@@ -405,8 +410,7 @@ static int build_model(const struct eng_model_config *cfg, const struct eng_mode
         rc = eng_linear_create(&part, 1, C, params->prefill_wtype, params->decode_wtype,
                                &m->lm_head, err);
     } else {
-        const char *lm_names[1] = {"lm_head.weight"};
-        rc = get_linear(src, params, C, 1, lm_names, NULL, &V, &m->lm_head, err);
+        rc = get_linear1(src, params, C, "lm_head.weight", V, &m->lm_head, err);
     }
     if (rc != KC_OK) {
         goto fail;

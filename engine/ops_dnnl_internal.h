@@ -1,8 +1,9 @@
 /*
  * ops_dnnl_internal.h — what engine/ops_dnnl.c shares with engine/probe.c, the measurement
  * probes of `kvcast bench`: the weight-type helpers, the team setter, the matmul primitive-desc
- * builders and the oneDNN engine/stream of an eng_dnn. Private to those two files (it includes
- * dnnl.h; tests/check_layering.sh keeps dnnl.h inside the engine's oneDNN files).
+ * builders and the oneDNN engine/stream of an eng_dnn; engine/ops_gram.c takes the team setter
+ * from it too. Private to those three files (it includes dnnl.h; tests/check_layering.sh keeps
+ * dnnl.h inside the engine's oneDNN files).
  */
 #ifndef ENG_OPS_DNNL_INTERNAL_H
 #define ENG_OPS_DNNL_INTERNAL_H

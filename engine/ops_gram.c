@@ -1,6 +1,7 @@
 /*
- * ops_gram.c — A^T B on oneDNN 2.6 matmul (see ops_gram.h). Besides ops_dnnl.c, the only
- * engine file that includes dnnl.h.
+ * ops_gram.c — A^T B on oneDNN 2.6 matmul (see ops_gram.h). One of the engine's oneDNN files
+ * (ops_dnnl.c, probe.c, this one: the only ones that include dnnl.h); it takes the team setter
+ * from ops_dnnl_internal.h.
  *
  * DESIGN invariants:
  *  1. A^T is never materialised: the matmul's source is A viewed as a p x n matrix with
@@ -20,9 +21,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "engine/ops_dnnl_internal.h" /* set_team */
 
 #define GRAM_CACHE 8
 
@@ -39,16 +38,6 @@ struct eng_gram {
     struct gram_prim slot[GRAM_CACHE];
     int next; /* slot replaced next when the table is full */
 };
-
-static void set_team(int n_threads) {
-#ifdef _OPENMP
-    if (n_threads > 0) {
-        omp_set_num_threads(n_threads);
-    }
-#else
-    (void)n_threads;
-#endif
-}
 
 static void prim_clear(struct gram_prim *s) {
     dnnl_memory_destroy(s->a);

@@ -420,33 +420,57 @@ static int add_step(struct load_ctx *c, struct eng__tok_step *steps, int *n, con
     return 0;
 }
 
-static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *where, int depth) {
-    struct eng_tok *tok = c->tok;
-    if (j == NULL || json_is_null(j)) {
-        return 0;
+/* A normalizer, pre-tokenizer or post-processor parser: the component j at `where`, nested
+ * `depth` Sequences deep. */
+typedef int (*component_parser)(struct load_ctx *c, const json_t *j, const char *where, int depth);
+
+/* A {"type": "Sequence", key: [...]} component: each item of j[key] through parse, one level
+ * deeper (get_component_type bounds the depth). */
+static int parse_sequence(struct load_ctx *c, const json_t *j, const char *where, int depth,
+                          const char *key, component_parser parse) {
+    const json_t *arr = json_object_get(j, key);
+    if (!json_is_array(arr)) {
+        return kc_error_set(c->err, KC_EFORMAT, "%s: %s.%s must be an array", c->name, where, key);
     }
-    const char *type = "";
-    int rc = get_component_type(c, j, where, depth, &type);
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        char sub[128];
+        snprintf(sub, sizeof(sub), "%s.%s[%zu]", where, key, i);
+        int rc = parse(c, json_array_get(arr, i), sub, depth + 1);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Opens the normalizer / pre-tokenizer / post-processor j: absent or null is nothing to do, a
+ * Sequence is parsed here (its items under seq_key, each through parse). Returns < 0 on
+ * error, 1 when nothing is left for the caller, 0 when *type names a component the caller
+ * parses itself. */
+static int component_open(struct load_ctx *c, const json_t *j, const char *where, int depth,
+                          const char *seq_key, component_parser parse, const char **type) {
+    if (j == NULL || json_is_null(j)) {
+        return 1;
+    }
+    int rc = get_component_type(c, j, where, depth, type);
     if (rc < 0) {
         return rc;
     }
-    struct eng__tok_step *st = NULL;
-    if (strcmp(type, "Sequence") == 0) {
-        const json_t *arr = json_object_get(j, "normalizers");
-        if (!json_is_array(arr)) {
-            return kc_error_set(c->err, KC_EFORMAT, "%s: %s.normalizers must be an array", c->name,
-                                where);
-        }
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[128];
-            snprintf(sub, sizeof(sub), "%s.normalizers[%zu]", where, i);
-            rc = parse_normalizer(c, json_array_get(arr, i), sub, depth + 1);
-            if (rc < 0) {
-                return rc;
-            }
-        }
-        return 0;
+    if (strcmp(*type, "Sequence") == 0) {
+        rc = parse_sequence(c, j, where, depth, seq_key, parse);
+        return rc < 0 ? rc : 1;
     }
+    return 0;
+}
+
+static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *where, int depth) {
+    struct eng_tok *tok = c->tok;
+    const char *type = "";
+    int rc = component_open(c, j, where, depth, "normalizers", parse_normalizer, &type);
+    if (rc != 0) {
+        return rc < 0 ? rc : 0;
+    }
+    struct eng__tok_step *st = NULL;
     if (strcmp(type, "Prepend") == 0) {
         const json_t *s;
         if ((rc = get_str(c, j, where, "prepend", &s)) < 0) {
@@ -502,31 +526,12 @@ static int parse_normalizer(struct load_ctx *c, const json_t *j, const char *whe
 
 static int parse_pre_tokenizer(struct load_ctx *c, const json_t *j, const char *where, int depth) {
     struct eng_tok *tok = c->tok;
-    if (j == NULL || json_is_null(j)) {
-        return 0;
-    }
     const char *type = "";
-    int rc = get_component_type(c, j, where, depth, &type);
-    if (rc < 0) {
-        return rc;
+    int rc = component_open(c, j, where, depth, "pretokenizers", parse_pre_tokenizer, &type);
+    if (rc != 0) {
+        return rc < 0 ? rc : 0;
     }
     struct eng__tok_step *st = NULL;
-    if (strcmp(type, "Sequence") == 0) {
-        const json_t *arr = json_object_get(j, "pretokenizers");
-        if (!json_is_array(arr)) {
-            return kc_error_set(c->err, KC_EFORMAT, "%s: %s.pretokenizers must be an array",
-                                c->name, where);
-        }
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[128];
-            snprintf(sub, sizeof(sub), "%s.pretokenizers[%zu]", where, i);
-            rc = parse_pre_tokenizer(c, json_array_get(arr, i), sub, depth + 1);
-            if (rc < 0) {
-                return rc;
-            }
-        }
-        return 0;
-    }
     if (tok->n_pre > 0 && tok->pre[tok->n_pre - 1].kind == ENG__TOK_P_BYTELEVEL) {
         return kc_error_set(c->err, KC_EUNSUPPORTED,
                             "%s: %s: a pre-tokenizer after ByteLevel is not supported", c->name,
@@ -1047,31 +1052,13 @@ static int template_ids(struct load_ctx *c, const json_t *pp, const char *where,
 
 static int parse_post(struct load_ctx *c, const json_t *pp, const char *where, int depth) {
     struct eng_tok *tok = c->tok;
-    if (pp == NULL || json_is_null(pp)) {
-        return 0;
-    }
     const char *type = "";
-    int rc = get_component_type(c, pp, where, depth, &type);
-    if (rc < 0) {
-        return rc;
+    int rc = component_open(c, pp, where, depth, "processors", parse_post, &type);
+    if (rc != 0) {
+        return rc < 0 ? rc : 0;
     }
     if (strcmp(type, "ByteLevel") == 0) {
         return 0; /* offsets only */
-    }
-    if (strcmp(type, "Sequence") == 0) {
-        const json_t *arr = json_object_get(pp, "processors");
-        if (!json_is_array(arr)) {
-            return kc_error_set(c->err, KC_EFORMAT, "%s: %s.processors must be an array", c->name,
-                                where);
-        }
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[128];
-            snprintf(sub, sizeof(sub), "%s.processors[%zu]", where, i);
-            if ((rc = parse_post(c, json_array_get(arr, i), sub, depth + 1)) < 0) {
-                return rc;
-            }
-        }
-        return 0;
     }
     if (tok->n_prefix > 0 || tok->n_suffix > 0) {
         return kc_error_set(c->err, KC_EUNSUPPORTED,

@@ -444,12 +444,14 @@ static int next_match(struct enc *e, const struct eng__tok_step *st, const char 
 
 static int pretok(struct enc *e, int step, const char *s, size_t len);
 
-/* Splits s by st's pattern; Isolated keeps both gaps and matches as pieces, Removed keeps
- * the gaps (or, inverted, the matches). */
-static int split_step(struct enc *e, const struct eng__tok_step *st, int next_step, const char *s,
-                      size_t len) {
-    const bool keep_gaps = !st->removed || !st->invert;
-    const bool keep_matches = !st->removed || st->invert;
+/* Where split_pieces sends each piece: pretok (the next pre-tokenizer step) or model_piece. */
+typedef int (*piece_sink)(struct enc *e, int next_step, const char *s, size_t len);
+
+/* Cuts s at the matches of st's pattern and hands the non-empty gaps (keep_gaps) and the
+ * matches (keep_matches) in order to sink; a negative return is the error (e->rc or
+ * next_match's). */
+static int split_pieces(struct enc *e, const struct eng__tok_step *st, const char *s, size_t len,
+                        bool keep_gaps, bool keep_matches, piece_sink sink, int next_step) {
     size_t pos = 0, ms, me;
     for (;;) {
         const int m = next_match(e, st, s, len, pos, &ms, &me);
@@ -459,18 +461,27 @@ static int split_step(struct enc *e, const struct eng__tok_step *st, int next_st
         if (m == 0) {
             break;
         }
-        if (keep_gaps && ms > pos && pretok(e, next_step, s + pos, ms - pos) < 0) {
+        if (keep_gaps && ms > pos && sink(e, next_step, s + pos, ms - pos) < 0) {
             return e->rc;
         }
-        if (keep_matches && pretok(e, next_step, s + ms, me - ms) < 0) {
+        if (keep_matches && sink(e, next_step, s + ms, me - ms) < 0) {
             return e->rc;
         }
         pos = me;
     }
-    if (keep_gaps && pos < len && pretok(e, next_step, s + pos, len - pos) < 0) {
+    if (keep_gaps && pos < len && sink(e, next_step, s + pos, len - pos) < 0) {
         return e->rc;
     }
     return 0;
+}
+
+/* Splits s by st's pattern; Isolated keeps both gaps and matches as pieces, Removed keeps
+ * the gaps (or, inverted, the matches). */
+static int split_step(struct enc *e, const struct eng__tok_step *st, int next_step, const char *s,
+                      size_t len) {
+    const bool keep_gaps = !st->removed || !st->invert;
+    const bool keep_matches = !st->removed || st->invert;
+    return split_pieces(e, st, s, len, keep_gaps, keep_matches, pretok, next_step);
 }
 
 static const char metaspace[] = "\xE2\x96\x81"; /* U+2581 */
@@ -546,6 +557,12 @@ static int metaspace_step(struct enc *e, const struct eng__tok_step *st, int nex
     return rc < 0 ? e->rc : 0;
 }
 
+/* A piece_sink that runs the model on the piece as one word (ByteLevel's pieces). */
+static int model_piece(struct enc *e, int next_step, const char *s, size_t len) {
+    (void)next_step;
+    return model_word(e, s, len);
+}
+
 static int pretok(struct enc *e, int step, const char *s, size_t len) {
     const struct eng_tok *tok = e->tok;
     if (len == 0) {
@@ -575,27 +592,7 @@ static int pretok(struct enc *e, int step, const char *s, size_t len) {
         return model_word(e, s, len);
     }
     /* Isolated split by the GPT-2 pattern, then straight to the model. */
-    size_t pos = 0, ms, me;
-    for (;;) {
-        const int m = next_match(e, st, s, len, pos, &ms, &me);
-        if (m < 0) {
-            return m;
-        }
-        if (m == 0) {
-            break;
-        }
-        if (ms > pos && model_word(e, s + pos, ms - pos) < 0) {
-            return e->rc;
-        }
-        if (model_word(e, s + ms, me - ms) < 0) {
-            return e->rc;
-        }
-        pos = me;
-    }
-    if (pos < len && model_word(e, s + pos, len - pos) < 0) {
-        return e->rc;
-    }
-    return 0;
+    return split_pieces(e, st, s, len, true, true, model_piece, 0);
 }
 
 /* ---- normalizer ---- */

@@ -85,16 +85,8 @@ PEER_ARGS=()
 MODES="full predict auto"
 
 ORIG_ARGS=("$@")
-# Prints its arguments as one shell-quoted command line.
-quote_args() {
-    local out="" a
-    for a in "$@"; do
-        if [[ $a =~ [^A-Za-z0-9_./:=@,+-] ]]; then out+="'${a//\'/\'\\\'\'}' "; else out+="$a "; fi
-    done
-    echo "${out% }"
-}
-die() { echo "compare.sh: $*" >&2; exit 2; }
-need() { [ $# -ge 2 ] || die "$1 needs a value"; }
+# shellcheck source=tools/bench/lib.sh
+. tools/bench/lib.sh # quote_args, die, need
 
 while [ $# -gt 0 ]; do
     case $1 in

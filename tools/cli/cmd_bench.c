@@ -159,12 +159,8 @@ done:
     free(logits);
     eng_seq_release(&pool, &seq); /* an empty sequence never touches the pool */
     eng_seq_release(&apool, &aseq);
-    if (pool.slab != NULL) {
-        eng_kv_pool_free(&pool);
-    }
-    if (apool.slab != NULL) {
-        eng_kv_pool_free(&apool);
-    }
+    eng_kv_pool_free(&pool);
+    eng_kv_pool_free(&apool);
     eng_ctx_free(bctx);
     eng_kvp_ctx_free(kc);
     eng_kvp_free(pred);

@@ -58,6 +58,7 @@
 #include <jansson.h>
 
 #include "common/kc.h"
+#include "server/util.h" /* srv_buf: the growable byte buffer */
 #include "tools/cli/args.h"
 #include "tools/cli/commands.h"
 
@@ -67,35 +68,6 @@
 #define BS_MAX_DATASET_BYTES ((size_t)1 << 30)
 
 /* ---- small containers ---- */
-
-struct bs_buf {
-    char *p;
-    size_t len, cap;
-};
-
-static int buf_append(struct bs_buf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) {
-            cap *= 2;
-        }
-        char *p = realloc(b->p, cap);
-        if (p == NULL) {
-            return KC_ENOMEM;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-    return KC_OK;
-}
-
-static void buf_free(struct bs_buf *b) {
-    free(b->p);
-    memset(b, 0, sizeof(*b));
-}
 
 struct bs_vec {
     double *v;
@@ -575,9 +547,9 @@ struct bs_req {
     struct curl_slist *headers;
     char *body;
     /* SSE parser state (DESIGN 2) */
-    struct bs_buf line;
-    struct bs_buf data;
-    struct bs_buf errbody;
+    struct srv_buf line;
+    struct srv_buf data;
+    struct srv_buf errbody;
     long status; /* 0 until the headers are in */
     /* measurements, seconds on the monotonic clock */
     double t_start, t_last, t_end;
@@ -616,9 +588,9 @@ static void req_free(struct bs_req *r) {
     }
     curl_slist_free_all(r->headers);
     free(r->body);
-    buf_free(&r->line);
-    buf_free(&r->data);
-    buf_free(&r->errbody);
+    srv_buf_free(&r->line);
+    srv_buf_free(&r->data);
+    srv_buf_free(&r->errbody);
     vec_free(&r->itl);
     r->easy = NULL;
     r->headers = NULL;
@@ -712,10 +684,10 @@ static void req_on_line(struct bs_req *r, const char *s, size_t n, double now) {
             k++;
         }
         if (r->data.len > 0) {
-            buf_append(&r->data, "\n", 1);
+            srv_buf_append(&r->data, "\n", 1);
         }
         if (r->data.len + (n - k) > BS_MAX_EVENT_BYTES ||
-            buf_append(&r->data, s + k, n - k) != KC_OK) {
+            srv_buf_append(&r->data, s + k, n - k) != KC_OK) {
             req_set_err(r, BS_FAIL_STREAM, "SSE event too large or out of memory");
         }
     }
@@ -731,7 +703,7 @@ static size_t req_write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
     }
     if (r->status != 200) {
         size_t keep = r->errbody.len < BS_MAX_ERRBODY ? BS_MAX_ERRBODY - r->errbody.len : 0;
-        buf_append(&r->errbody, ptr, n < keep ? n : keep);
+        srv_buf_append(&r->errbody, ptr, n < keep ? n : keep);
         return n;
     }
     for (size_t i = 0; i < n; i++) {
@@ -750,7 +722,7 @@ static size_t req_write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
             j++;
         }
         if (r->line.len + (j - i) > BS_MAX_EVENT_BYTES ||
-            buf_append(&r->line, ptr + i, j - i) != KC_OK) {
+            srv_buf_append(&r->line, ptr + i, j - i) != KC_OK) {
             req_set_err(r, BS_FAIL_STREAM, "SSE line too large or out of memory");
             return 0; /* abort the transfer */
         }
@@ -956,8 +928,8 @@ static void run_drain(struct bs_run *run) {
         r->headers = NULL;
         free(r->body);
         r->body = NULL;
-        buf_free(&r->line);
-        buf_free(&r->data);
+        srv_buf_free(&r->line);
+        srv_buf_free(&r->data);
         run->in_flight--;
         run->n_done++;
         if (r->fail != BS_OK) {
@@ -1397,9 +1369,9 @@ static int write_json(const struct bs_run *run, const struct bs_metrics *m, cons
 /* ---- GET /v1/models ---- */
 
 static size_t buf_write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
-    struct bs_buf *b = ud;
+    struct srv_buf *b = ud;
     const size_t n = size * nmemb;
-    if (b->len + n > (1u << 20) || buf_append(b, ptr, n) != KC_OK) {
+    if (b->len + n > (1u << 20) || srv_buf_append(b, ptr, n) != KC_OK) {
         return 0;
     }
     return n;
@@ -1409,7 +1381,7 @@ static size_t buf_write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
 static int fetch_model(const struct bs_opts *o, char *model, size_t cap, long *max_len) {
     char url[2048];
     snprintf(url, sizeof(url), "%s/v1/models", o->url);
-    struct bs_buf b = {0};
+    struct srv_buf b = {0};
     struct curl_slist *h = auth_headers(o, NULL);
     CURL *e = curl_easy_init();
     int rc = KC_ENOMEM;
@@ -1453,7 +1425,7 @@ fail:
         curl_easy_cleanup(e);
     }
     curl_slist_free_all(h);
-    buf_free(&b);
+    srv_buf_free(&b);
     return rc;
 }
 

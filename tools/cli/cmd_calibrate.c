@@ -256,12 +256,8 @@ int kc_cmd_calibrate(int argc, char **argv) {
 done:
     eng_kvp_free(pred);
     eng_kvp_calib_free(cal);
-    if (pool.slab != NULL) {
-        eng_kv_pool_free(&pool);
-    }
-    if (apool.slab != NULL) {
-        eng_kv_pool_free(&apool);
-    }
+    eng_kv_pool_free(&pool);
+    eng_kv_pool_free(&apool);
     eng_ctx_free(bctx);
     eng_kvp_ctx_free(kc);
     eng_model_free(aux);

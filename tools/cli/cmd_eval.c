@@ -860,12 +860,8 @@ done:
     free(sample);
     free(refine_buf);
     free(tokens);
-    if (bpool.slab != NULL) {
-        eng_kv_pool_free(&bpool);
-    }
-    if (apool.slab != NULL) {
-        eng_kv_pool_free(&apool);
-    }
+    eng_kv_pool_free(&bpool);
+    eng_kv_pool_free(&apool);
     eng_ctx_free(bctx);
     eng_kvp_ctx_free(kc);
     eng_kvp_bundle_free(b);

@@ -55,6 +55,21 @@ def read_docs(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def merge_pair(w, a, b, new):
+    """w with every non-overlapping (a, b), left to right, replaced by new: one merge applied
+    to one word, in training and in encoding alike."""
+    out = []
+    j = 0
+    while j < len(w):
+        if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
+            out.append(new)
+            j += 2
+        else:
+            out.append(w[j])
+            j += 1
+    return out
+
+
 def train(docs, vocab_size=VOCAB_SIZE, log=print):
     t0 = time.time()
     wc = collections.Counter()
@@ -86,15 +101,7 @@ def train(docs, vocab_size=VOCAB_SIZE, log=print):
             f = freqs[i]
             for p in zip(w, w[1:]):
                 pair_counts[p] -= f
-            out = []
-            j = 0
-            while j < len(w):
-                if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
-                    out.append(new)
-                    j += 2
-                else:
-                    out.append(w[j])
-                    j += 1
+            out = merge_pair(w, a, b, new)
             words[i] = out
             for p in zip(out, out[1:]):
                 pair_counts[p] += f
@@ -203,16 +210,7 @@ class Tokenizer:
             if best is None:
                 break
             _, new, a, b = best
-            out = []
-            j = 0
-            while j < len(w):
-                if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
-                    out.append(new)
-                    j += 2
-                else:
-                    out.append(w[j])
-                    j += 1
-            w = out
+            w = merge_pair(w, a, b, new)
         self.cache[piece] = w
         return w
 
