@@ -22,18 +22,13 @@ Usage: test_server_half_close.py KVCAST_BINARY (run from the source root). Every
 bounded; the whole run takes about 15 s.
 """
 import json
-import os
-import signal
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import start_port  # noqa: E402
+
+import kc_testlib as kc
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 STEP_MS = 25  # --debug-step-delay-ms: a decode step takes at least this long
@@ -50,35 +45,17 @@ def check(cond, msg):
     return cond
 
 
-class Server:
+class Server(kc.Server):
     def __init__(self):
-        self.log = tempfile.NamedTemporaryFile(prefix="kc_halfclose_", suffix=".log",
-                                               delete=False)
-        self.p = subprocess.Popen(
-            [KVCAST, "serve", "--model", "tests/golden/llama_gqa", "--tokenizer",
-             "tests/fixtures/tiny_tokenizer", "--host", "127.0.0.1", "--port", "0",
-             "--base-kv-mib", "1", "--served-model-name", "tiny", "--access-log",
-             "--debug-step-delay-ms", str(STEP_MS), "--disconnect-check-ms", "20",
-             "--heartbeat-ms", "100"],
-            stdout=subprocess.PIPE, stderr=self.log)
-        self.port = start_port(self.p)
-        if self.port is None:
-            self.p.kill()
-            raise SystemExit("server did not start: " + open(self.log.name).read()[-2000:])
+        super().__init__(KVCAST, ["--model", "tests/golden/llama_gqa", "--tokenizer",
+                                  "tests/fixtures/tiny_tokenizer", "--base-kv-mib", "1",
+                                  "--served-model-name", "tiny", "--access-log",
+                                  "--debug-step-delay-ms", str(STEP_MS),
+                                  "--disconnect-check-ms", "20", "--heartbeat-ms", "100"])
 
     def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        try:
-            rc = self.p.wait(30)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = self.p.wait()
-        check(rc == 0, "server exit status %s" % rc)
-        text = open(self.log.name, errors="replace").read()
-        os.unlink(self.log.name)
-        check("AddressSanitizer" not in text and "runtime error" not in text,
-              "sanitizer report in the server log:\n" + text[-3000:])
-        return text
+        """Stops the server, checks its exit status and log; returns the log."""
+        return self.finish(check)
 
 
 def dial(port, src="127.0.0.1", timeout=10.0):
@@ -282,12 +259,7 @@ def metric(port, name):
         r = parse_response(read_until_eof(s, 5.0), eof=True)
     finally:
         s.close()
-    tot = None
-    for line in r[2].decode().splitlines():
-        key, _, val = line.rpartition(" ")
-        if key == name:
-            tot = (tot or 0.0) + float(val)
-    return tot
+    return kc.parse_metrics(r[2].decode()).get(name)
 
 
 def wait_idle(port, timeout):
