@@ -7,7 +7,9 @@ first entry of sys.path); the shell tests' inline Python adds tests/integration 
     and a bounded stop.
   - parse_metrics / total: the Prometheus text of /metrics as {"name{labels}": value}, and
     the sum of one metric over the series whose labels match.
-  - fail / check: the fail-fast reporting most tests use (FAIL: ..., exit status 1).
+  - fail / check: the fail-fast reporting most tests use (FAIL: ..., exit status 1);
+    expect / FAILS: the reporting of tests that go on after a failure and exit 1 at the end
+    when FAILS is not empty.
 Each test keeps its own server arguments, requests and assertions; only the plumbing is here.
 """
 import http.client
@@ -32,6 +34,17 @@ def fail(msg):
 def check(cond, msg):
     if not cond:
         fail(msg)
+
+
+FAILS = []  # what expect() found wrong
+
+
+def expect(cond, msg):
+    """Records and prints a failure without ending the test; returns cond."""
+    if not cond:
+        FAILS.append(msg)
+        print("FAIL:", msg, flush=True)
+    return cond
 
 
 def sanitizer_report(log_text):

@@ -29,20 +29,13 @@ import threading
 import time
 
 import kc_testlib as kc
+from kc_testlib import FAILS, expect as check
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 STEP_MS = 25  # --debug-step-delay-ms: a decode step takes at least this long
-FAILS = []
 ABORTS = 'kvcast:request_success_total{model_name="tiny",finished_reason="abort"}'
 KV = 'kvcast:kv_cache_usage_perc{model_name="tiny",pool="base"}'
 RUNNING = 'kvcast:num_requests_running{model_name="tiny"}'
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg, flush=True)
-    return cond
 
 
 class Server(kc.Server):
@@ -272,6 +265,18 @@ def wait_idle(port, timeout):
     return None
 
 
+def recv_until(s, marker, timeout=5.0):
+    """Reads from s until marker has come (or the server closed); returns what was read."""
+    s.settimeout(timeout)
+    got = b""
+    while marker not in got:
+        d = s.recv(4096)
+        if not d:
+            break
+        got += d
+    return got
+
+
 def test_gone(srv):
     port = srv.port
     check(wait_idle(port, 10.0) is not None, "server idle before the disconnect cases")
@@ -288,23 +293,11 @@ def test_gone(srv):
             # The server writes "100 Continue" when it sees the FIN; read it, so that the
             # later close() sends nothing (no RST for unread data): only a later probe finds
             # the client gone.
-            s.settimeout(5.0)
-            got = b""
-            while b"\r\n\r\n" not in got:
-                d = s.recv(4096)
-                if not d:
-                    break
-                got += d
+            got = recv_until(s, b"\r\n\r\n")
             check(got.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"),
                   "%s: the half-close probe, got %r" % (case, got[:80]))
         if stream:
-            s.settimeout(5.0)
-            got = b""
-            while b"data: {" not in got:
-                d = s.recv(4096)
-                if not d:
-                    break
-                got += d
+            recv_until(s, b"data: {")
         t1 = time.time()
         while metric(port, RUNNING) < 1 and time.time() - t1 < 5.0:
             time.sleep(0.02)

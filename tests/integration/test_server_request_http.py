@@ -29,16 +29,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
 import health_under_tokenize as hut  # noqa: E402
+from kc_testlib import FAILS, expect as check  # noqa: E402
 
-FAILS = []
 EPS_MS = 0.01  # JSON carries 9 significant digits
-
-
-def check(cond, what):
-    if not cond:
-        FAILS.append(what)
-        print("FAIL:", what, flush=True)
-    return cond
 
 
 def post(port, obj, timeout=60):

@@ -37,19 +37,12 @@ import threading
 import time
 
 import kc_testlib as kc
+from kc_testlib import FAILS, expect as check
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 BASE = ["--model", "tests/golden/llama_gqa", "--tokenizer",
         "tests/fixtures/tiny_tokenizer", "--base-kv-mib", "1",
         "--served-model-name", "tiny"]
-FAILS = []
-
-
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg, flush=True)
-    return cond
 
 
 class Server(kc.Server):

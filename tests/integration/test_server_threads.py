@@ -53,6 +53,17 @@ def prefill_threads(srv):
     return t["prefill_threads"], out["choices"][0]["text"]
 
 
+def one_thread(tmp, name, extra, what, prefix=()):
+    """A server started with extra (under prefix) runs a lone prefill on one thread."""
+    srv = Server(tmp, name, extra, prefix=prefix)
+    try:
+        got, _ = prefill_threads(srv)
+        if got != 1:
+            fail("%s ran on %d threads" % (what, got))
+    finally:
+        srv.stop()
+
+
 def main():
     cores = len(os.sched_getaffinity(0))
     tmp = tempfile.mkdtemp(prefix="kc_threads_")
@@ -86,24 +97,14 @@ def main():
         taskset = shutil.which("taskset")
         if taskset is not None:
             first = str(sorted(os.sched_getaffinity(0))[0])
-            srv = Server(tmp, "cpuset", [], prefix=(taskset, "-c", first))
-            try:
-                got, _ = prefill_threads(srv)
-                if got != 1:
-                    fail("under taskset -c (1 core) the prefill ran on %d threads" % got)
-            finally:
-                srv.stop()
+            one_thread(tmp, "cpuset", [], "under taskset -c (1 core) the prefill",
+                       prefix=(taskset, "-c", first))
             print("ok: a 1-core cpuset gives 1 thread")
         else:
             print("note: no taskset here; cpuset case not run")
 
-        srv = Server(tmp, "fixed", ["--prefill-threads", "1", "--decode-threads", "1"])
-        try:
-            got, _ = prefill_threads(srv)
-            if got != 1:
-                fail("--prefill-threads 1 ran the prefill on %d threads" % got)
-        finally:
-            srv.stop()
+        one_thread(tmp, "fixed", ["--prefill-threads", "1", "--decode-threads", "1"],
+                   "with --prefill-threads 1 the prefill")
         print("ok: --prefill-threads 1 is an explicit override")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
