@@ -20,6 +20,8 @@
 #include "common/kc.h"
 #include "engine/io/safetensors.h"
 #include "engine/model.h"
+#include "tests/unit/test_compare.h"
+#include "tests/unit/test_models.h"
 #include "tokenizer/tokenizer.h"
 
 static const char *const CASES[] = {"llama_gqa", "llama_untied_bf16", "qwen2_bias",
@@ -38,14 +40,9 @@ struct golden {
     int G;
 };
 
-static void case_dir(char *out, size_t cap, const char *name) {
-    const char *src = getenv("KC_SOURCE_DIR");
-    snprintf(out, cap, "%s/tests/golden/%s", src != NULL ? src : ".", name);
-}
-
 static void golden_open(const char *name, struct golden *g) {
     char dir[1024], path[1100];
-    case_dir(dir, sizeof(dir), name);
+    test_golden_dir(dir, sizeof(dir), name);
     snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
     struct kc_error err = {0};
     int rc = eng_st_set_open(path, &g->ref, &err);
@@ -65,52 +62,13 @@ static void golden_open(const char *name, struct golden *g) {
     g->G = (int)t->shape[0];
 }
 
-static struct eng_model *load_case(const char *name, enum eng_wtype wt) {
-    char dir[1024];
-    case_dir(dir, sizeof(dir), name);
-    struct eng_model_params p = {.prefill_wtype = wt, .decode_wtype = wt};
-    struct eng_model *m = NULL;
-    struct kc_error err = {0};
-    if (eng_model_load(dir, &p, &m, &err) != KC_OK) {
-        fail_msg("%s: %s", dir, err.msg);
-    }
-    return m;
-}
-
-static float max_abs(const float *a, size_t n) {
-    float mx = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        mx = fabsf(a[i]) > mx ? fabsf(a[i]) : mx;
-    }
-    return mx;
-}
-
-static float max_diff(const float *a, const float *b, size_t n) {
-    float mx = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float d = fabsf(a[i] - b[i]);
-        mx = d > mx || isnan(d) ? d : mx;
-    }
-    return mx;
-}
-
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++) {
-        if (x[i] > x[best]) {
-            best = i;
-        }
-    }
-    return best;
-}
-
 /* Prefill of the golden tokens with all logits and a capture of K/V, then checks against the
  * reference: logits (relative to the logit scale), pre-RoPE keys, values, cached post-RoPE
  * keys. tol is relative to max |reference|. */
 static void check_prefill(const char *name, enum eng_wtype wt, float tol, int max_rows) {
     struct golden g = {0};
     golden_open(name, &g);
-    struct eng_model *m = load_case(name, wt);
+    struct eng_model *m = test_golden_model(name, wt);
     const struct eng_model_config *c = eng_model_config_of(m);
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
     struct kc_error err = {0};
@@ -135,18 +93,18 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
     assert_int_equal(seq.n_tokens, g.T);
 
     const float scale = max_abs(g.logits, (size_t)g.T * V);
-    const float dl = max_diff(logits, g.logits, (size_t)g.T * V);
+    const float dl = max_abs_diff(logits, g.logits, (size_t)g.T * V);
     float dk = 0, dv = 0, dkp = 0, kscale = 0, vscale = 0;
     for (int l = 0; l < L; l++) {
         const float *rk = g.k_pre + (size_t)l * g.T * kvd, *rv = g.v + (size_t)l * g.T * kvd;
         const float *rkp = g.k_post + (size_t)l * g.T * kvd;
-        dk = fmaxf(dk, max_diff(kc[l], rk, (size_t)g.T * kvd));
-        dv = fmaxf(dv, max_diff(vc[l], rv, (size_t)g.T * kvd));
+        dk = fmaxf(dk, max_abs_diff(kc[l], rk, (size_t)g.T * kvd));
+        dv = fmaxf(dv, max_abs_diff(vc[l], rv, (size_t)g.T * kvd));
         kscale = fmaxf(kscale, max_abs(rk, (size_t)g.T * kvd));
         vscale = fmaxf(vscale, max_abs(rv, (size_t)g.T * kvd));
         for (int t = 0; t < g.T; t++) {
-            dkp = fmaxf(
-                dkp, max_diff(eng_kv_k_at(&pool, &seq, l, t), rkp + (size_t)t * kvd, (size_t)kvd));
+            dkp = fmaxf(dkp, max_abs_diff(eng_kv_k_at(&pool, &seq, l, t), rkp + (size_t)t * kvd,
+                                          (size_t)kvd));
         }
     }
     print_message(
@@ -203,7 +161,7 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
     for (size_t ci = 0; ci < N_CASES; ci++) {
         struct golden g = {0};
         golden_open(CASES[ci], &g);
-        struct eng_model *m = load_case(CASES[ci], ENG_WTYPE_F32);
+        struct eng_model *m = test_golden_model(CASES[ci], ENG_WTYPE_F32);
         const struct eng_model_config *c = eng_model_config_of(m);
         struct kc_error err = {0};
         struct eng_ctx *ctx = NULL;
@@ -246,7 +204,7 @@ static void test_batched_decode_and_injection_match_single(void **state) {
     (void)state;
     struct golden g = {0};
     golden_open("llama_gqa", &g);
-    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
+    struct eng_model *m = test_golden_model("llama_gqa", ENG_WTYPE_F32);
     const struct eng_model_config *c = eng_model_config_of(m);
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
     struct kc_error err = {0};
@@ -285,7 +243,7 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                            .logits = batched + (size_t)i * V};
     }
     assert_int_equal(eng_forward(ctx, m, &pool, items, 3, NULL, &err), KC_OK);
-    const float d = max_diff(single, batched, 3 * (size_t)V);
+    const float d = max_abs_diff(single, batched, 3 * (size_t)V);
     print_message("batched vs single decode maxdiff %.3g\n", d);
     assert_true(d <= 1e-4f * max_abs(single, 3 * (size_t)V));
 
@@ -310,8 +268,8 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                      KC_OK);
     for (int l = 0; l < L; l++) {
         for (int t = 0; t < n - 1; t++) {
-            assert_true(max_diff(eng_kv_k_at(&pool, &a, l, t), eng_kv_k_at(&pool, &b, l, t),
-                                 (size_t)kvd) <= 1e-6f);
+            assert_true(max_abs_diff(eng_kv_k_at(&pool, &a, l, t), eng_kv_k_at(&pool, &b, l, t),
+                                     (size_t)kvd) <= 1e-6f);
         }
     }
     it = (struct eng_batch_item){.seq = &b,
@@ -320,7 +278,7 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                  .logits_mode = ENG_LOGITS_LAST,
                                  .logits = batched};
     assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
-    const float di = max_diff(single, batched, (size_t)V);
+    const float di = max_abs_diff(single, batched, (size_t)V);
     print_message("injected vs own KV logits maxdiff %.3g\n", di);
     assert_true(di <= 1e-5f * max_abs(single, (size_t)V));
 
@@ -347,7 +305,7 @@ static void test_batched_decode_and_injection_match_single(void **state) {
 /* Bad input to a step is refused before anything changes. */
 static void test_forward_rejects_bad_tokens_and_context(void **state) {
     (void)state;
-    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
+    struct eng_model *m = test_golden_model("llama_gqa", ENG_WTYPE_F32);
     const struct eng_model_config *c = eng_model_config_of(m);
     struct kc_error err = {0};
     struct eng_ctx *ctx = NULL;
@@ -386,7 +344,7 @@ static void test_forward_rejects_bad_tokens_and_context(void **state) {
  * a chunked prefill keeps the chunks that completed, and the next forward continues exactly. */
 static void test_stop_flag_ends_a_forward_between_layers(void **state) {
     (void)state;
-    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
+    struct eng_model *m = test_golden_model("llama_gqa", ENG_WTYPE_F32);
     const struct eng_model_config *c = eng_model_config_of(m);
     struct kc_error err = {0};
     struct eng_ctx *ctx = NULL;
@@ -444,7 +402,7 @@ static void test_load_rejects_shape_mismatch(void **state) {
     char *dir = mkdtemp(tmpl);
     assert_non_null(dir);
     char src[1024], path[1100];
-    case_dir(src, sizeof(src), "llama_gqa");
+    test_golden_dir(src, sizeof(src), "llama_gqa");
     snprintf(path, sizeof(path), "%s/config.json", src);
     char *cfg = NULL;
     size_t len = 0;
@@ -484,7 +442,7 @@ static char *model_copy(char *tmpl, int n_layers, const char *const *extra, size
     char *dir = mkdtemp(tmpl);
     assert_non_null(dir);
     char src[1024], path[1100];
-    case_dir(src, sizeof(src), "llama_gqa");
+    test_golden_dir(src, sizeof(src), "llama_gqa");
     snprintf(path, sizeof(path), "%s/config.json", src);
     char *cfg = NULL;
     size_t len = 0;
@@ -594,7 +552,7 @@ static int on_progress(void *ud, const char *path, size_t done, size_t total) {
 static void test_load_reports_progress_and_can_be_cancelled(void **state) {
     (void)state;
     char dir[1024];
-    case_dir(dir, sizeof(dir), "llama_gqa");
+    test_golden_dir(dir, sizeof(dir), "llama_gqa");
     struct progress_log pl = {0};
     struct eng_model_params mp = eng_model_default_params();
     mp.progress_cb = on_progress;
@@ -619,9 +577,8 @@ static void test_load_reports_progress_and_can_be_cancelled(void **state) {
  * tokenizer is fine (padded vocabularies). */
 static void test_tokenizer_must_fit_the_model_vocab(void **state) {
     (void)state;
-    const char *src = getenv("KC_SOURCE_DIR");
     char path[1100];
-    snprintf(path, sizeof(path), "%s/tests/fixtures/tiny_tokenizer", src != NULL ? src : ".");
+    test_source_path(path, sizeof(path), "tests/fixtures/tiny_tokenizer");
     struct eng_tok *tok = NULL;
     struct kc_error err = {0};
     if (eng_tok_load(path, &tok, &err) != KC_OK) {
