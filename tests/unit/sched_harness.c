@@ -23,6 +23,7 @@
 #include "sched_harness.h"
 #include "scheduler/sched_internal.h"
 #include "scheduler/scheduler.h"
+#include "tests/unit/test_models.h"
 
 struct eng_model *g_model;
 
@@ -207,13 +208,9 @@ void sleep_ms(int ms) {
 
 int harness_group_setup(void **state) {
     (void)state;
-    const char *src = getenv("KC_SOURCE_DIR");
-    char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/tests/golden/llama_gqa", src != NULL ? src : ".");
-    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_F32};
     struct kc_error err = {0};
-    if (eng_model_load(dir, &p, &g_model, &err) != KC_OK) {
-        fprintf(stderr, "%s: %s\n", dir, err.msg);
+    if (test_golden_load("llama_gqa", ENG_WTYPE_F32, &g_model, &err) != KC_OK) {
+        fprintf(stderr, "tests/golden/llama_gqa: %s\n", err.msg);
         return -1;
     }
     return 0;
@@ -246,6 +243,22 @@ struct sch *start(struct harness *h, const struct sch_config *c, const struct en
     h->s = s;
     sch__set_hook(s, on_hook, h);
     return s;
+}
+
+void harness_start(struct harness *h, const struct sch_config *c, const struct eng_model *aux,
+                   const struct eng_kvp *pred) {
+    harness_init(h);
+    start(h, c, aux, pred);
+}
+
+void harness_stop(struct harness *h) {
+    sch_destroy(h->s);
+    harness_free(h);
+}
+
+void harness_finish(struct harness *h, int n_requests) {
+    check_clean(h, n_requests);
+    harness_stop(h);
 }
 
 void make_prompt(int32_t *p, int n, int salt) {

@@ -75,6 +75,13 @@ int harness_group_teardown(void **state);
 struct sch_config test_config(int n_blocks);
 struct sch *start(struct harness *h, const struct sch_config *c, const struct eng_model *aux,
                   const struct eng_kvp *pred);
+/* harness_init(h), then start(h, c, aux, pred). */
+void harness_start(struct harness *h, const struct sch_config *c, const struct eng_model *aux,
+                   const struct eng_kvp *pred);
+/* The scheduler destroyed, then harness_free(h). */
+void harness_stop(struct harness *h);
+/* check_clean(h, n_requests), then harness_stop(h): the usual end of a test. */
+void harness_finish(struct harness *h, int n_requests);
 void make_prompt(int32_t *p, int n, int salt);
 struct sch_request_params greedy_params(const int32_t *prompt, int n, int max_tokens);
 uint64_t submit_ok(struct harness *h, const struct sch_request_params *p, int slot);
