@@ -140,35 +140,21 @@ static struct eng_kvp *bad_predictor(void) {
  * generated: a base prefill in chunks of `chunk` rows, then one token per step. */
 static void full_mode_logprobs(const int32_t *prompt, int n, const int32_t *gen, int n_gen,
                                int chunk, double *out) {
-    const struct eng_model_config *c = eng_model_config_of(g_model);
-    struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    struct eng_kv_pool pool = {0};
-    struct eng_seq seq = {0};
-    float *logits = calloc((size_t)c->vocab_size, sizeof(float));
-    assert_non_null(logits);
-    assert_int_equal(eng_ctx_create(g_model, chunk, n + n_gen, 1, &ctx, &err), KC_OK);
-    assert_int_equal(eng_kv_pool_init(&pool, c, 8, (n + n_gen) / 8 + 1, &err), KC_OK);
+    struct direct_run d;
+    direct_open(&d, chunk, n + n_gen);
+    const float *logits = d.logits;
     for (int j = 0; j < n_gen; j++) {
-        struct eng_batch_item item = {.seq = &seq,
-                                      .tokens = j == 0 ? prompt : &gen[j - 1],
-                                      .n_tokens = j == 0 ? n : 1,
-                                      .logits_mode = ENG_LOGITS_LAST,
-                                      .logits = logits};
-        assert_int_equal(eng_forward(ctx, g_model, &pool, &item, 1, NULL, &err), KC_OK);
+        direct_feed(&d, j == 0 ? prompt : &gen[j - 1], j == 0 ? n : 1);
         double mx = logits[0], sum = 0.0;
-        for (int v = 1; v < c->vocab_size; v++) {
+        for (int v = 1; v < d.c->vocab_size; v++) {
             mx = logits[v] > mx ? logits[v] : mx;
         }
-        for (int v = 0; v < c->vocab_size; v++) {
+        for (int v = 0; v < d.c->vocab_size; v++) {
             sum += exp((double)logits[v] - mx);
         }
         out[j] = (double)logits[gen[j]] - mx - log(sum);
     }
-    eng_seq_release(&pool, &seq);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    free(logits);
+    direct_close(&d);
 }
 
 /* Refinement's invariant: once the exact KV is swapped in, every next-token distribution is
