@@ -62,20 +62,42 @@ static void golden_open(const char *name, struct golden *g) {
     g->G = (int)t->shape[0];
 }
 
+/* A golden model with a context for steps of max_rows rows over max_ctx positions and a pool of
+ * n_blocks blocks of block_size positions: what the caller of a step holds. */
+struct rig {
+    struct eng_model *m;
+    const struct eng_model_config *c;
+    struct eng_ctx *ctx;
+    struct eng_kv_pool pool;
+};
+
+static void rig_open(struct rig *r, const char *name, enum eng_wtype wt, int max_rows, int max_ctx,
+                     int block_size, int n_blocks) {
+    struct kc_error err = {0};
+    r->m = test_golden_model(name, wt);
+    r->c = eng_model_config_of(r->m);
+    r->ctx = NULL;
+    assert_int_equal(eng_ctx_create(r->m, max_rows, max_ctx, 1, &r->ctx, &err), KC_OK);
+    assert_int_equal(eng_kv_pool_init(&r->pool, r->c, block_size, n_blocks, &err), KC_OK);
+}
+
+static void rig_close(struct rig *r) {
+    eng_kv_pool_free(&r->pool);
+    eng_ctx_free(r->ctx);
+    eng_model_free(r->m);
+}
+
 /* Prefill of the golden tokens with all logits and a capture of K/V, then checks against the
  * reference: logits (relative to the logit scale), pre-RoPE keys, values, cached post-RoPE
  * keys. tol is relative to max |reference|. */
 static void check_prefill(const char *name, enum eng_wtype wt, float tol, int max_rows) {
     struct golden g = {0};
     golden_open(name, &g);
-    struct eng_model *m = test_golden_model(name, wt);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, name, wt, max_rows, 128, 4, 64);
+    const struct eng_model_config *c = r.c;
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, max_rows, 128, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 64, &err), KC_OK);
     struct eng_seq seq = {0};
     float *logits = calloc((size_t)g.T * V, sizeof(float));
     float **kc = calloc((size_t)L, sizeof(float *)), **vc = calloc((size_t)L, sizeof(float *));
@@ -89,7 +111,7 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
                                   .n_tokens = g.T,
                                   .logits_mode = ENG_LOGITS_ALL,
                                   .logits = logits};
-    assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, &cap, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &item, 1, &cap, &err), KC_OK);
     assert_int_equal(seq.n_tokens, g.T);
 
     const float scale = max_abs(g.logits, (size_t)g.T * V);
@@ -103,7 +125,7 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
         kscale = fmaxf(kscale, max_abs(rk, (size_t)g.T * kvd));
         vscale = fmaxf(vscale, max_abs(rv, (size_t)g.T * kvd));
         for (int t = 0; t < g.T; t++) {
-            dkp = fmaxf(dkp, max_abs_diff(eng_kv_k_at(&pool, &seq, l, t), rkp + (size_t)t * kvd,
+            dkp = fmaxf(dkp, max_abs_diff(eng_kv_k_at(&r.pool, &seq, l, t), rkp + (size_t)t * kvd,
                                           (size_t)kvd));
         }
     }
@@ -116,8 +138,8 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
     assert_true(dkp <= tol * kscale);
     assert_true(dv <= tol * vscale);
 
-    eng_seq_release(&pool, &seq);
-    assert_int_equal(eng_kv_pool_n_free(&pool), 64);
+    eng_seq_release(&r.pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&r.pool), 64);
     for (int l = 0; l < L; l++) {
         free(kc[l]);
         free(vc[l]);
@@ -125,34 +147,33 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
     free(kc);
     free(vc);
     free(logits);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
     eng_st_set_free(g.ref);
+}
+
+/* check_prefill for every golden case. */
+static void check_prefill_cases(enum eng_wtype wt, float tol, int max_rows) {
+    for (size_t i = 0; i < N_CASES; i++) {
+        check_prefill(CASES[i], wt, tol, max_rows);
+    }
 }
 
 static void test_prefill_matches_reference_f32(void **state) {
     (void)state;
-    for (size_t i = 0; i < N_CASES; i++) {
-        check_prefill(CASES[i], ENG_WTYPE_F32, 1e-4f, 64);
-    }
+    check_prefill_cases(ENG_WTYPE_F32, 1e-4f, 64);
 }
 
 static void test_chunked_prefill_matches_reference(void **state) {
     (void)state;
     /* 5-row chunks: the paged cache carries context across chunk and block boundaries. */
-    for (size_t i = 0; i < N_CASES; i++) {
-        check_prefill(CASES[i], ENG_WTYPE_F32, 1e-4f, 5);
-    }
+    check_prefill_cases(ENG_WTYPE_F32, 1e-4f, 5);
 }
 
 /* bf16 weights round every weight to 8 bits of mantissa and activations to bf16 before each
  * GEMM; the documented bound is 5% of the logit scale. */
 static void test_prefill_bf16_within_documented_bound(void **state) {
     (void)state;
-    for (size_t i = 0; i < N_CASES; i++) {
-        check_prefill(CASES[i], ENG_WTYPE_BF16, 5e-2f, 64);
-    }
+    check_prefill_cases(ENG_WTYPE_BF16, 5e-2f, 64);
 }
 
 /* Greedy decoding of the golden continuation, token by token through the decode path. */
@@ -161,13 +182,10 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
     for (size_t ci = 0; ci < N_CASES; ci++) {
         struct golden g = {0};
         golden_open(CASES[ci], &g);
-        struct eng_model *m = test_golden_model(CASES[ci], ENG_WTYPE_F32);
-        const struct eng_model_config *c = eng_model_config_of(m);
+        struct rig r;
+        rig_open(&r, CASES[ci], ENG_WTYPE_F32, 64, 128, 16, 16);
+        const struct eng_model_config *c = r.c;
         struct kc_error err = {0};
-        struct eng_ctx *ctx = NULL;
-        assert_int_equal(eng_ctx_create(m, 64, 128, 1, &ctx, &err), KC_OK);
-        struct eng_kv_pool pool;
-        assert_int_equal(eng_kv_pool_init(&pool, c, 16, 16, &err), KC_OK);
         struct eng_seq seq = {0};
         float *logits = calloc((size_t)c->vocab_size, sizeof(float));
         struct eng_batch_item item = {.seq = &seq,
@@ -175,7 +193,7 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
                                       .n_tokens = g.T,
                                       .logits_mode = ENG_LOGITS_LAST,
                                       .logits = logits};
-        assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
+        assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &item, 1, NULL, &err), KC_OK);
         for (int i = 0; i < g.G; i++) {
             int32_t tok = argmax(logits, c->vocab_size);
             if (tok != g.greedy[i]) {
@@ -186,13 +204,11 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
                                            .n_tokens = 1,
                                            .logits_mode = ENG_LOGITS_LAST,
                                            .logits = logits};
-            assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
+            assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &item, 1, NULL, &err), KC_OK);
         }
-        eng_seq_release(&pool, &seq);
+        eng_seq_release(&r.pool, &seq);
         free(logits);
-        eng_kv_pool_free(&pool);
-        eng_ctx_free(ctx);
-        eng_model_free(m);
+        rig_close(&r);
         eng_st_set_free(g.ref);
     }
 }
@@ -204,14 +220,11 @@ static void test_batched_decode_and_injection_match_single(void **state) {
     (void)state;
     struct golden g = {0};
     golden_open("llama_gqa", &g);
-    struct eng_model *m = test_golden_model("llama_gqa", ENG_WTYPE_F32);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, "llama_gqa", ENG_WTYPE_F32, 32, 128, 4, 128);
+    const struct eng_model_config *c = r.c;
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, 32, 128, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 128, &err), KC_OK);
     const int lens[3] = {g.T - 1, 7, 13};
     struct eng_seq seqs[3] = {{0}};
     float *single = calloc(3 * (size_t)V, sizeof(float));
@@ -224,8 +237,8 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                     .n_tokens = lens[i] + 1,
                                     .logits_mode = ENG_LOGITS_LAST,
                                     .logits = single + (size_t)i * V};
-        assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
-        eng_seq_release(&pool, &s);
+        assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
+        eng_seq_release(&r.pool, &s);
     }
     /* Together: prefill each, then one 3-row decode step. */
     struct eng_batch_item items[3];
@@ -235,14 +248,14 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                     .n_tokens = lens[i],
                                     .logits_mode = ENG_LOGITS_NONE,
                                     .logits = NULL};
-        assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+        assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
         items[i] = (struct eng_batch_item){.seq = &seqs[i],
                                            .tokens = &g.tokens[lens[i]],
                                            .n_tokens = 1,
                                            .logits_mode = ENG_LOGITS_LAST,
                                            .logits = batched + (size_t)i * V};
     }
-    assert_int_equal(eng_forward(ctx, m, &pool, items, 3, NULL, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, items, 3, NULL, &err), KC_OK);
     const float d = max_abs_diff(single, batched, 3 * (size_t)V);
     print_message("batched vs single decode maxdiff %.3g\n", d);
     assert_true(d <= 1e-4f * max_abs(single, 3 * (size_t)V));
@@ -262,13 +275,13 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                 .n_tokens = n,
                                 .logits_mode = ENG_LOGITS_LAST,
                                 .logits = single};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, &cap, &err), KC_OK);
-    assert_int_equal(eng_kv_inject(m, &pool, &b, n - 1, (const float *const *)kc,
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, &cap, &err), KC_OK);
+    assert_int_equal(eng_kv_inject(r.m, &r.pool, &b, n - 1, (const float *const *)kc,
                                    (const float *const *)vc, &err),
                      KC_OK);
     for (int l = 0; l < L; l++) {
         for (int t = 0; t < n - 1; t++) {
-            assert_true(max_abs_diff(eng_kv_k_at(&pool, &a, l, t), eng_kv_k_at(&pool, &b, l, t),
+            assert_true(max_abs_diff(eng_kv_k_at(&r.pool, &a, l, t), eng_kv_k_at(&r.pool, &b, l, t),
                                      (size_t)kvd) <= 1e-6f);
         }
     }
@@ -277,17 +290,17 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                  .n_tokens = 1,
                                  .logits_mode = ENG_LOGITS_LAST,
                                  .logits = batched};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
     const float di = max_abs_diff(single, batched, (size_t)V);
     print_message("injected vs own KV logits maxdiff %.3g\n", di);
     assert_true(di <= 1e-5f * max_abs(single, (size_t)V));
 
-    eng_seq_release(&pool, &a);
-    eng_seq_release(&pool, &b);
+    eng_seq_release(&r.pool, &a);
+    eng_seq_release(&r.pool, &b);
     for (int i = 0; i < 3; i++) {
-        eng_seq_release(&pool, &seqs[i]);
+        eng_seq_release(&r.pool, &seqs[i]);
     }
-    assert_int_equal(eng_kv_pool_n_free(&pool), 128);
+    assert_int_equal(eng_kv_pool_n_free(&r.pool), 128);
     for (int l = 0; l < L; l++) {
         free(kc[l]);
         free(vc[l]);
@@ -296,22 +309,17 @@ static void test_batched_decode_and_injection_match_single(void **state) {
     free(vc);
     free(single);
     free(batched);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
     eng_st_set_free(g.ref);
 }
 
 /* Bad input to a step is refused before anything changes. */
 static void test_forward_rejects_bad_tokens_and_context(void **state) {
     (void)state;
-    struct eng_model *m = test_golden_model("llama_gqa", ENG_WTYPE_F32);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, "llama_gqa", ENG_WTYPE_F32, 8, 16, 4, 2);
+    const struct eng_model_config *c = r.c;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, 8, 16, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 2, &err), KC_OK);
     struct eng_seq seq = {0};
     float *logits = calloc((size_t)c->vocab_size, sizeof(float));
     int32_t bad[2] = {1, c->vocab_size};
@@ -320,37 +328,32 @@ static void test_forward_rejects_bad_tokens_and_context(void **state) {
                                 .n_tokens = 2,
                                 .logits_mode = ENG_LOGITS_LAST,
                                 .logits = logits};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ERANGE);
     bad[1] = -1;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ERANGE);
     assert_int_equal(seq.n_tokens, 0);
     int32_t many[17] = {0};
     it.tokens = many;
     it.n_tokens = 17;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ECONTEXT);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ECONTEXT);
     /* The pool holds 8 positions: 9 tokens cannot get blocks. */
     it.n_tokens = 9;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_EBUSY);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_EBUSY);
     assert_int_equal(seq.n_tokens, 0);
-    eng_seq_release(&pool, &seq);
-    assert_int_equal(eng_kv_pool_n_free(&pool), 2);
+    eng_seq_release(&r.pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&r.pool), 2);
     free(logits);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
 }
 
 /* A stop flag (eng_forward_stop_source) ends a forward with KC_ECANCELED before its next layer:
  * a chunked prefill keeps the chunks that completed, and the next forward continues exactly. */
 static void test_stop_flag_ends_a_forward_between_layers(void **state) {
     (void)state;
-    struct eng_model *m = test_golden_model("llama_gqa", ENG_WTYPE_F32);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, "llama_gqa", ENG_WTYPE_F32, 8, 64, 4, 16);
+    const struct eng_model_config *c = r.c;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, 8, 64, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 16, &err), KC_OK);
     struct eng_seq seq = {0}, ref = {0};
     float *logits = calloc((size_t)c->vocab_size, sizeof(float));
     float *want = calloc((size_t)c->vocab_size, sizeof(float));
@@ -366,32 +369,30 @@ static void test_stop_flag_ends_a_forward_between_layers(void **state) {
                                 .n_tokens = 20,
                                 .logits_mode = ENG_LOGITS_LAST,
                                 .logits = logits};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ECANCELED);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ECANCELED);
     assert_int_equal(seq.n_tokens, 0);
     atomic_store(&stop, 0);
     it.n_tokens = 8; /* one whole chunk, then 12 more */
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
     it.tokens = toks + 8;
     it.n_tokens = 12;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
     eng_forward_stop_source(NULL);
-    struct eng_batch_item r = {.seq = &ref,
-                               .tokens = toks,
-                               .n_tokens = 20,
-                               .logits_mode = ENG_LOGITS_LAST,
-                               .logits = want};
-    assert_int_equal(eng_forward(ctx, m, &pool, &r, 1, NULL, &err), KC_OK);
+    struct eng_batch_item ri = {.seq = &ref,
+                                .tokens = toks,
+                                .n_tokens = 20,
+                                .logits_mode = ENG_LOGITS_LAST,
+                                .logits = want};
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &ri, 1, NULL, &err), KC_OK);
     assert_int_equal(seq.n_tokens, 20);
     for (int v = 0; v < c->vocab_size; v++) {
         assert_true(fabsf(logits[v] - want[v]) <= 1e-6f * (1.0f + fabsf(want[v])));
     }
-    eng_seq_release(&pool, &seq);
-    eng_seq_release(&pool, &ref);
+    eng_seq_release(&r.pool, &seq);
+    eng_seq_release(&r.pool, &ref);
     free(logits);
     free(want);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
 }
 
 /* A model directory whose tensors disagree with its config.json is refused with a message
