@@ -399,6 +399,42 @@ static void test_stop_flag_ends_a_forward_between_layers(void **state) {
     rig_close(&r);
 }
 
+/* The golden llama_gqa: its folder in src, its config.json as returned text (to free). */
+static char *golden_config(char *src, size_t cap) {
+    char path[1100];
+    test_golden_dir(src, cap, "llama_gqa");
+    snprintf(path, sizeof(path), "%s/config.json", src);
+    char *cfg = NULL;
+    size_t len = 0;
+    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
+    return cfg;
+}
+
+/* The number after "key": in the config text cfg. */
+static long config_number(const char *cfg, const char *key) {
+    char quoted[128];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", key);
+    const char *p = strstr(cfg, quoted);
+    assert_non_null(p);
+    return strtol(strchr(p, ':') + 1, NULL, 10);
+}
+
+/* Writes dir/config.json: cfg with the number after "key": set to value. */
+static void write_config(const char *dir, const char *cfg, const char *key, long value) {
+    char quoted[128], edited[8192], path[1100];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", key);
+    const char *p = strstr(cfg, quoted);
+    assert_non_null(p);
+    const char *colon = strchr(p, ':');
+    snprintf(edited, sizeof(edited), "%.*s: %ld%s", (int)(colon - cfg), cfg, value,
+             strpbrk(colon + 1, ",}"));
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(edited, f);
+    fclose(f);
+}
+
 /* A model directory whose tensors disagree with its config.json is refused with a message
  * naming the tensor. */
 static void test_load_rejects_shape_mismatch(void **state) {
@@ -407,23 +443,10 @@ static void test_load_rejects_shape_mismatch(void **state) {
     char *dir = mkdtemp(tmpl);
     assert_non_null(dir);
     char src[1024], path[1100];
-    test_golden_dir(src, sizeof(src), "llama_gqa");
-    snprintf(path, sizeof(path), "%s/config.json", src);
-    char *cfg = NULL;
-    size_t len = 0;
-    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
+    char *cfg = golden_config(src, sizeof(src));
     /* Same weights, but a config that claims a wider FFN. */
-    char *p = strstr(cfg, "\"intermediate_size\"");
-    assert_non_null(p);
-    char *colon = strchr(p, ':');
-    long ffn = strtol(colon + 1, NULL, 10);
-    char edited[8192];
-    snprintf(edited, sizeof(edited), "%.*s: %ld%s", (int)(colon - cfg), cfg, ffn + 1,
-             strpbrk(colon + 1, ",}"));
+    write_config(dir, cfg, "intermediate_size", config_number(cfg, "intermediate_size") + 1);
     snprintf(path, sizeof(path), "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    fputs(edited, f);
-    fclose(f);
     char link_target[1100], link_path[1100];
     snprintf(link_target, sizeof(link_target), "%s/model.safetensors", src);
     snprintf(link_path, sizeof(link_path), "%s/model.safetensors", dir);
@@ -447,27 +470,10 @@ static char *model_copy(char *tmpl, int n_layers, const char *const *extra, size
     char *dir = mkdtemp(tmpl);
     assert_non_null(dir);
     char src[1024], path[1100];
-    test_golden_dir(src, sizeof(src), "llama_gqa");
-    snprintf(path, sizeof(path), "%s/config.json", src);
-    char *cfg = NULL;
-    size_t len = 0;
-    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
-    char edited[8192];
-    char *p = strstr(cfg, "\"num_hidden_layers\"");
-    assert_non_null(p);
-    char *colon = strchr(p, ':');
-    if (n_layers > 0) {
-        snprintf(edited, sizeof(edited), "%.*s: %d%s", (int)(colon - cfg), cfg, n_layers,
-                 strpbrk(colon + 1, ",}"));
-    } else {
-        snprintf(edited, sizeof(edited), "%s", cfg);
-    }
+    char *cfg = golden_config(src, sizeof(src));
+    const long layers = config_number(cfg, "num_hidden_layers");
+    write_config(dir, cfg, "num_hidden_layers", n_layers > 0 ? n_layers : layers);
     free(cfg);
-    snprintf(path, sizeof(path), "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(edited, f);
-    fclose(f);
     snprintf(path, sizeof(path), "%s/model.safetensors", src);
     struct eng_st_set *st = NULL;
     struct kc_error err = {0};
