@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "common/kc.h"
+#include "engine/io/model_config.h"
 #include "engine/model.h"
 
 /* out = the source tree's path of rel ("tests/fixtures/tiny_tokenizer", ...). */
@@ -44,6 +45,15 @@ static inline struct eng_model *test_golden_model(const char *name, enum eng_wty
         fail_msg("tests/golden/%s: %s", name, err.msg);
     }
     return m;
+}
+
+/* A config with only the KV shape set: what the KV pool reads. */
+static inline struct eng_model_config test_kv_config(int n_layers, int n_kv_heads, int head_dim) {
+    struct eng_model_config c = {0};
+    c.n_layers = n_layers;
+    c.n_kv_heads = n_kv_heads;
+    c.head_dim = head_dim;
+    return c;
 }
 
 #endif /* KC_TEST_MODELS_H */
