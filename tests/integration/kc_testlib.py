@@ -48,8 +48,8 @@ def expect(cond, msg):
 
 
 def sanitizer_report(log_text):
-    """True when a server log holds an AddressSanitizer or UBSan report."""
-    return "AddressSanitizer" in log_text or "runtime error" in log_text
+    """True when a server log holds a sanitizer report (ASan, LSan, UBSan, ...)."""
+    return "Sanitizer" in log_text or "runtime error" in log_text
 
 
 def parse_metrics(text):
