@@ -9,34 +9,19 @@ target_link_options(test_scheduler_alloc PRIVATE -Wl,--wrap=malloc -Wl,--wrap=ca
                     -Wl,--wrap=realloc -Wl,--wrap=aligned_alloc)
 
 # Issue 7's bars over real HTTP: 16 concurrent clients, metrics reconcile, auto's routing.
-add_test(NAME test_scheduler_load
-         COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_scheduler_load.sh $<TARGET_FILE:kvcast>
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_scheduler_load PROPERTIES LABELS integration TIMEOUT 300)
+kc_add_script_test(test_scheduler_load integration/test_scheduler_load.sh TIMEOUT 300)
 
 # Issue 16 item 3 over real HTTP: auto requests that no prefill mode can serve within the TTFT
 # target get 503 + Retry-After at once and are counted in /metrics; explicit modes never are.
-add_test(NAME test_server_shed
-         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_shed.py
-                 $<TARGET_FILE:kvcast>
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_server_shed PROPERTIES LABELS integration TIMEOUT 180)
+kc_add_script_test(test_server_shed integration/test_server_shed.py TIMEOUT 180)
 
 # Issue 16 item 2: elastic teams (the plan as a pure function, the machine defaults) and, over
 # real HTTP, a lone prefill on every core, a cpuset honoured, explicit thread flags honoured.
 kc_add_unit_test(test_scheduler_teams SOURCES unit/test_scheduler_teams.c LIBS kc_scheduler)
 if(TARGET kvcast)
-  add_test(NAME test_server_threads
-           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_threads.py
-                   $<TARGET_FILE:kvcast>
-           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_server_threads PROPERTIES LABELS integration TIMEOUT 120)
+  kc_add_script_test(test_server_threads integration/test_server_threads.py TIMEOUT 120)
 endif()
 
 # Issue 17 over real HTTP: a 1,000-token shared prefix cuts TTFT (cached_tokens reported), a
 # load over shared system prompts hits the cache, refinements are counted, blocks reconcile.
-add_test(NAME test_server_prefix_cache
-         COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_prefix_cache.py
-                 $<TARGET_FILE:kvcast>
-         WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(test_server_prefix_cache PROPERTIES LABELS integration TIMEOUT 240)
+kc_add_script_test(test_server_prefix_cache integration/test_server_prefix_cache.py TIMEOUT 240)

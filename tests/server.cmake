@@ -15,28 +15,16 @@ if(TARGET kvcast AND TARGET kc_server)
   add_dependencies(test_server_http kvcast)
   # Slow/idle/half-closed clients, framing, per-IP limit, metrics auth, CORS, request ids and
   # JSON logs, over raw sockets from many 127.x source addresses (about 30 s).
-  add_test(NAME test_server_slow_clients
-           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_slow_clients.py
-                   $<TARGET_FILE:kvcast>
-           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_server_slow_clients PROPERTIES LABELS integration TIMEOUT 180)
+  kc_add_script_test(test_server_slow_clients integration/test_server_slow_clients.py TIMEOUT 180)
   # Half-closed clients (shutdown(SHUT_WR) after the request) under load get whole answers;
   # clients that really went away (FIN, RST, half-close then close) are cancelled (~10 s).
-  add_test(NAME test_server_half_close
-           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_half_close.py
-                   $<TARGET_FILE:kvcast>
-           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_server_half_close PROPERTIES LABELS integration TIMEOUT 120)
+  kc_add_script_test(test_server_half_close integration/test_server_half_close.py TIMEOUT 120)
 endif()
 
 # Logprobs, seeds and non-finite logits (issue 15 items 1, 12, 13): the real server, a model
 # with NaN logits, and `kvcast eval` as the reference for prompt NLL.
 if(TARGET kvcast AND TARGET kc_server)
-  add_test(NAME test_server_logprobs
-           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_logprobs.py
-                   $<TARGET_FILE:kvcast>
-           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_server_logprobs PROPERTIES LABELS integration TIMEOUT 180)
+  kc_add_script_test(test_server_logprobs integration/test_server_logprobs.py TIMEOUT 180)
 endif()
 
 # Conformance: the official OpenAI Node SDK (pinned in tests/conformance/openai/package-lock.json)
@@ -51,31 +39,19 @@ endif()
 # Start-up: bind before loading (busy port, /health "loading", SIGTERM while loading) and the
 # model files that must be refused at start-up (unused tensors, predictor misfit, tokenizer).
 if(TARGET kvcast)
-  add_test(NAME test_server_startup
-           COMMAND bash ${CMAKE_SOURCE_DIR}/tests/integration/test_server_startup.sh
-                   $<TARGET_FILE:kvcast>
-           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_server_startup PROPERTIES LABELS integration TIMEOUT 120)
+  kc_add_script_test(test_server_startup integration/test_server_startup.sh TIMEOUT 120)
 endif()
 
 # Request handling over HTTP on the shipped tiny bundle: tokenization off the loop thread
 # (/health p99 under 4 MiB prompts), early context refusal, abandoned/shutdown tokenize jobs,
 # the timings relations in every prefill mode, and the vLLM extra fields (issue 15).
 if(TARGET kvcast AND TARGET kc_server)
-  add_test(NAME test_server_request_http
-           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_request_http.py
-                   $<TARGET_FILE:kvcast>
-           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_server_request_http PROPERTIES LABELS integration TIMEOUT 180)
+  kc_add_script_test(test_server_request_http integration/test_server_request_http.py TIMEOUT 180)
 endif()
 
 # Refinement and the prefix cache over HTTP (issue 17, server side): the "refine" request field,
 # usage.prompt_tokens_details.cached_tokens, the timings fields, the /metrics families, and
 # --no-enable-prefix-caching / --no-refine (~5 s).
 if(TARGET kvcast AND TARGET kc_server)
-  add_test(NAME test_server_prefix_refine
-           COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_server_prefix_refine.py
-                   $<TARGET_FILE:kvcast>
-           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_server_prefix_refine PROPERTIES LABELS integration TIMEOUT 120)
+  kc_add_script_test(test_server_prefix_refine integration/test_server_prefix_refine.py TIMEOUT 120)
 endif()

@@ -22,24 +22,13 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 $PY - "$TMP/load.json" "$TMP/metrics.txt" <<'EOF' || fail "reconciliation"
-import json, re, sys
+import json, sys
+sys.path.insert(0, "tests/integration")
+import kc_testlib as kc
 j = json.load(open(sys.argv[1]))
-metrics = {}
-for line in open(sys.argv[2]):
-    if line.startswith("#") or not line.strip():
-        continue
-    name_labels, value = line.rsplit(" ", 1)
-    metrics[name_labels] = float(value)
+metrics = kc.parse_metrics(open(sys.argv[2]).read())
 def total(name, **labels):
-    s = 0.0
-    for k, v in metrics.items():
-        m = re.match(r"([^{]+)(\{(.*)\})?$", k)
-        if m.group(1) != name:
-            continue
-        ls = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(ls.get(a) == b for a, b in labels.items()):
-            s += v
-    return s
+    return kc.total(metrics, name, **labels)
 n = 48
 assert j["completed"] == n and j["failed"] == 0, (j["completed"], j["failed"], j["errors"])
 assert total("kvcast:request_success_total") == n, metrics

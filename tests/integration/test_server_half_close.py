@@ -22,63 +22,33 @@ Usage: test_server_half_close.py KVCAST_BINARY (run from the source root). Every
 bounded; the whole run takes about 15 s.
 """
 import json
-import os
-import signal
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import start_port  # noqa: E402
+
+import kc_testlib as kc
+from kc_testlib import FAILS, expect as check
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 STEP_MS = 25  # --debug-step-delay-ms: a decode step takes at least this long
-FAILS = []
 ABORTS = 'kvcast:request_success_total{model_name="tiny",finished_reason="abort"}'
 KV = 'kvcast:kv_cache_usage_perc{model_name="tiny",pool="base"}'
 RUNNING = 'kvcast:num_requests_running{model_name="tiny"}'
 
 
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg, flush=True)
-    return cond
-
-
-class Server:
+class Server(kc.Server):
     def __init__(self):
-        self.log = tempfile.NamedTemporaryFile(prefix="kc_halfclose_", suffix=".log",
-                                               delete=False)
-        self.p = subprocess.Popen(
-            [KVCAST, "serve", "--model", "tests/golden/llama_gqa", "--tokenizer",
-             "tests/fixtures/tiny_tokenizer", "--host", "127.0.0.1", "--port", "0",
-             "--base-kv-mib", "1", "--served-model-name", "tiny", "--access-log",
-             "--debug-step-delay-ms", str(STEP_MS), "--disconnect-check-ms", "20",
-             "--heartbeat-ms", "100"],
-            stdout=subprocess.PIPE, stderr=self.log)
-        self.port = start_port(self.p)
-        if self.port is None:
-            self.p.kill()
-            raise SystemExit("server did not start: " + open(self.log.name).read()[-2000:])
+        super().__init__(KVCAST, ["--model", "tests/golden/llama_gqa", "--tokenizer",
+                                  "tests/fixtures/tiny_tokenizer", "--base-kv-mib", "1",
+                                  "--served-model-name", "tiny", "--access-log",
+                                  "--debug-step-delay-ms", str(STEP_MS),
+                                  "--disconnect-check-ms", "20", "--heartbeat-ms", "100"])
 
     def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        try:
-            rc = self.p.wait(30)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = self.p.wait()
-        check(rc == 0, "server exit status %s" % rc)
-        text = open(self.log.name, errors="replace").read()
-        os.unlink(self.log.name)
-        check("AddressSanitizer" not in text and "runtime error" not in text,
-              "sanitizer report in the server log:\n" + text[-3000:])
-        return text
+        """Stops the server, checks its exit status and log; returns the log."""
+        return self.finish(check)
 
 
 def dial(port, src="127.0.0.1", timeout=10.0):
@@ -282,12 +252,7 @@ def metric(port, name):
         r = parse_response(read_until_eof(s, 5.0), eof=True)
     finally:
         s.close()
-    tot = None
-    for line in r[2].decode().splitlines():
-        key, _, val = line.rpartition(" ")
-        if key == name:
-            tot = (tot or 0.0) + float(val)
-    return tot
+    return kc.parse_metrics(r[2].decode()).get(name)
 
 
 def wait_idle(port, timeout):
@@ -298,6 +263,18 @@ def wait_idle(port, timeout):
             return time.time() - t0
         time.sleep(0.03)
     return None
+
+
+def recv_until(s, marker, timeout=5.0):
+    """Reads from s until marker has come (or the server closed); returns what was read."""
+    s.settimeout(timeout)
+    got = b""
+    while marker not in got:
+        d = s.recv(4096)
+        if not d:
+            break
+        got += d
+    return got
 
 
 def test_gone(srv):
@@ -316,23 +293,11 @@ def test_gone(srv):
             # The server writes "100 Continue" when it sees the FIN; read it, so that the
             # later close() sends nothing (no RST for unread data): only a later probe finds
             # the client gone.
-            s.settimeout(5.0)
-            got = b""
-            while b"\r\n\r\n" not in got:
-                d = s.recv(4096)
-                if not d:
-                    break
-                got += d
+            got = recv_until(s, b"\r\n\r\n")
             check(got.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"),
                   "%s: the half-close probe, got %r" % (case, got[:80]))
         if stream:
-            s.settimeout(5.0)
-            got = b""
-            while b"data: {" not in got:
-                d = s.recv(4096)
-                if not d:
-                    break
-                got += d
+            recv_until(s, b"data: {")
         t1 = time.time()
         while metric(port, RUNNING) < 1 and time.time() - t1 < 5.0:
             time.sleep(0.02)

@@ -15,7 +15,6 @@
 Model: tests/golden/llama_gqa (vocab 128, 128 positions), tokenizer tests/fixtures/tiny_tokenizer.
 usage: test_server_logprobs.py path/to/kvcast   (run from the source root)
 """
-import http.client
 import json
 import math
 import os
@@ -25,9 +24,9 @@ import struct
 import subprocess
 import sys
 import tempfile
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import start_port  # noqa: E402
+
+import kc_testlib as kc
+from kc_testlib import check, fail
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 MODEL = "tests/golden/llama_gqa"
@@ -35,32 +34,14 @@ TOKENIZER = "tests/fixtures/tiny_tokenizer"
 DTYPE = ["--prefill-dtype", "f32", "--decode-dtype", "f32"]
 
 
-
-class Server:
+class Server(kc.Server):
     def __init__(self, model, tmp, name):
-        self.log = os.path.join(tmp, name + ".log")
-        args = [KVCAST, "serve", "--model", model, "--tokenizer", TOKENIZER, "--host",
-                "127.0.0.1", "--port", "0", "--base-kv-mib", "2", "--served-model-name", "tiny",
-                "--no-access-log"] + DTYPE
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "w"),
-                                     text=True)
-        self.port = start_port(self.proc)
-        if self.port is None:
-            self.stop()
-            fail("server on %s did not start; log:\n%s" % (model, open(self.log).read()[-2000:]))
-
-    def request(self, method, path, body=None, timeout=60):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        data = json.dumps(body) if body is not None else None
-        hdr = {"Content-Type": "application/json"} if data is not None else {}
-        c.request(method, path, body=data, headers=hdr)
-        r = c.getresponse()
-        raw = r.read().decode()
-        c.close()
-        return r.status, raw
+        super().__init__(KVCAST, ["--model", model, "--tokenizer", TOKENIZER, "--base-kv-mib",
+                                  "2", "--served-model-name", "tiny", "--no-access-log"] + DTYPE,
+                         os.path.join(tmp, name + ".log"), name="server on " + model)
 
     def complete(self, body):
-        status, raw = self.request("POST", "/v1/completions", body)
+        status, raw = self.post(body)
         try:
             return status, json.loads(raw)
         except ValueError:
@@ -68,7 +49,7 @@ class Server:
 
     def stream(self, body):
         """Returns (status, [parsed data events], saw [DONE])."""
-        status, raw = self.request("POST", "/v1/completions", dict(body, stream=True))
+        status, raw = self.post(dict(body, stream=True))
         events, done = [], False
         for block in raw.split("\n\n"):
             if not block.startswith("data: "):
@@ -83,31 +64,13 @@ class Server:
     def alive(self):
         if self.proc.poll() is not None:
             fail("server exited with %s; log:\n%s" % (self.proc.returncode,
-                                                     open(self.log).read()[-3000:]))
-        status, _ = self.request("GET", "/health")
+                                                     self.log_text()[-3000:]))
+        status, _, _ = self.request("GET", "/health")
         check(status == 200, "/health answers %d" % status)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        log = open(self.log).read()
-        if "ERROR: AddressSanitizer" in log or "runtime error:" in log:
-            fail("sanitizer report in %s:\n%s" % (self.log, log[-3000:]))
-
-
-def fail(msg):
-    print("FAIL: " + msg)
-    raise SystemExit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
+        """Stops the server and fails on a sanitizer report in its log."""
+        self.finish(clean_exit=False)
 
 
 # ---- item 1: non-finite logits ----
@@ -223,7 +186,7 @@ def test_nan_model_fails_requests_cleanly(tmp):
             check(status == 200 and done and errs and "non-finite" in errs[0]["error"]["message"],
                   "NaN model stream %s: %d %s" % (body, status, events))
             srv.alive()
-        status, raw = srv.request("GET", "/metrics")
+        status, raw, _ = srv.request("GET", "/metrics")
         check(status == 200, "/metrics after NaN requests: %d" % status)
     finally:
         srv.stop()

@@ -12,89 +12,36 @@ embedded tiny pair (models/tiny):
 Bounded: two servers, a few dozen requests, every HTTP call has a timeout.
 usage: test_server_prefix_cache.py path/to/kvcast   (run from the source root)
 """
-import http.client
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import start_port  # noqa: E402
+import kc_testlib as kc
+from kc_testlib import fail, total
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 BUNDLE = "models/tiny/kvcast-bundle.json"
 BLOCK = 16  # --kv-block-size default
 
 
-def fail(msg):
-    print("FAIL: " + msg, file=sys.stderr)
-    sys.exit(1)
-
-
-class Server:
+class Server(kc.Server):
     def __init__(self, tmp, name, extra):
-        self.log = os.path.join(tmp, name + ".log")
-        args = [KVCAST, "serve", "--bundle", BUNDLE, "--host", "127.0.0.1", "--port", "0",
-                "--no-access-log", "--max-connections-per-ip", "0"] + extra
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "w"),
-                                     text=True)
-        self.port = start_port(self.proc)
-        if self.port is None:
-            self.stop()
-            fail("server did not start; log:\n%s" % open(self.log).read()[-2000:])
+        super().__init__(KVCAST, ["--bundle", BUNDLE, "--no-access-log",
+                                  "--max-connections-per-ip", "0"] + extra,
+                         os.path.join(tmp, name + ".log"))
 
     def complete(self, prompt, mode, max_tokens=2, refine=None):
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
                 "prefill_mode": mode}
         if refine is not None:
             body["refine"] = refine
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        c.request("POST", "/v1/completions", body=json.dumps(body),
-                  headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        raw = r.read().decode()
-        c.close()
-        if r.status != 200:
-            fail("%s request got %d: %s" % (mode, r.status, raw[:400]))
+        status, raw = self.post(body, timeout=120)
+        if status != 200:
+            fail("%s request got %d: %s" % (mode, status, raw[:400]))
         return json.loads(raw)
-
-    def metrics(self):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-        c.close()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[k] = float(v)
-        return out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def total(metrics, name, **labels):
-    s = 0.0
-    for k, v in metrics.items():
-        m = re.match(r"([^{]+)(\{(.*)\})?$", k)
-        if m.group(1) != name:
-            continue
-        ls = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(ls.get(a) == b for a, b in labels.items()):
-            s += v
-    return s
 
 
 def ids(seed, n):

@@ -22,29 +22,18 @@ usage: test_server_prefix_refine.py path/to/kvcast   (run from the source root)
 """
 import http.client
 import json
-import os
 import re
+import os
 import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import start_port  # noqa: E402
+import kc_testlib as kc
+from kc_testlib import check
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 BUNDLE = "models/tiny/kvcast-bundle.json"
 RESULTS = ("swapped", "skipped", "cancelled", "failed")
-
-
-def fail(msg):
-    print("FAIL: " + msg, file=sys.stderr)
-    sys.exit(1)
-
-
-def check(cond, msg):
-    if not cond:
-        fail(msg)
 
 
 def is_int(x):
@@ -55,49 +44,17 @@ def is_num(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-class Server:
+class Server(kc.Server):
     def __init__(self, tmp, name, extra, env=None):
-        self.log = os.path.join(tmp, name + ".log")
-        args = [KVCAST, "serve", "--bundle", BUNDLE, "--host", "127.0.0.1", "--port", "0",
-                "--no-access-log"] + extra
-        e = dict(os.environ)
-        e.update(env or {})
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "w"),
-                                     text=True, env=e)
-        self.port = start_port(self.proc)
-        if self.port is None:
-            self.stop()
-            fail("server did not start; log:\n%s" % open(self.log).read()[-2000:])
-
-    def post(self, body):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        c.request("POST", "/v1/completions", body=json.dumps(body),
-                  headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        raw = r.read().decode()
-        c.close()
-        return r.status, raw
+        super().__init__(KVCAST, ["--bundle", BUNDLE, "--no-access-log"] + extra,
+                         os.path.join(tmp, name + ".log"), env=env)
 
     def metrics(self):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-        c.close()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                k, v = line.rsplit(" ", 1)
-                out[re.sub(r'model_name="[^"]*",?', "", k).replace("{}", "")] = float(v)
+        """(text, {series: value}) with the model_name label left out of the series."""
+        text = self.metrics_text()
+        out = {re.sub(r'model_name="[^"]*",?', "", k).replace("{}", ""): v
+               for k, v in kc.parse_metrics(text).items()}
         return text, out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def prompt(seed, n=40):

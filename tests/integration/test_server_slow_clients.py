@@ -30,56 +30,28 @@ import os
 import random
 import re
 import resource
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import start_port  # noqa: E402
+
+import kc_testlib as kc
+from kc_testlib import FAILS, expect as check
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
-BASE = ["serve", "--model", "tests/golden/llama_gqa", "--tokenizer",
-        "tests/fixtures/tiny_tokenizer", "--host", "127.0.0.1", "--port", "0",
-        "--base-kv-mib", "1", "--served-model-name", "tiny"]
-FAILS = []
+BASE = ["--model", "tests/golden/llama_gqa", "--tokenizer",
+        "tests/fixtures/tiny_tokenizer", "--base-kv-mib", "1",
+        "--served-model-name", "tiny"]
 
 
-def check(cond, msg):
-    if not cond:
-        FAILS.append(msg)
-        print("FAIL:", msg, flush=True)
-    return cond
-
-
-class Server:
+class Server(kc.Server):
     def __init__(self, *extra, env=None):
-        self.log = tempfile.NamedTemporaryFile(prefix="kc_slow_", suffix=".log", delete=False)
-        e = dict(os.environ)
-        e.update(env or {})
-        self.p = subprocess.Popen([KVCAST] + BASE + list(extra), stdout=subprocess.PIPE,
-                                  stderr=self.log, env=e)
-        self.port = start_port(self.p)
-        if self.port is None:
-            self.p.kill()
-            raise SystemExit("server did not start: " + open(self.log.name).read()[-2000:])
+        super().__init__(KVCAST, BASE + list(extra), env=env)
 
     def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        try:
-            rc = self.p.wait(30)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            rc = self.p.wait()
-        check(rc == 0, "server exit status %s" % rc)
-        text = open(self.log.name, errors="replace").read()
-        os.unlink(self.log.name)
-        check("AddressSanitizer" not in text and "runtime error" not in text,
-              "sanitizer report in the server log:\n" + text[-3000:])
-        return text
+        """Stops the server, checks its exit status and log; returns the log."""
+        return self.finish(check)
 
 
 def dial(port, src="127.0.0.1", timeout=5.0):
@@ -176,14 +148,7 @@ def raw(port, data, timeout=5.0):
 def metric(port, name, headers=()):
     st, _, body = request(port, "GET", "/metrics", headers=headers)
     assert st == 200, st
-    tot = 0.0
-    found = False
-    for line in body.decode().splitlines():
-        key, _, val = line.rpartition(" ")
-        if key == name:
-            tot += float(val)
-            found = True
-    return tot if found else None
+    return kc.parse_metrics(body.decode()).get(name)
 
 
 def closed_count(port, reason):

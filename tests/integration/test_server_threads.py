@@ -12,61 +12,33 @@
 Model: tests/golden/llama_gqa (vocab 128, 128 positions), tokenizer tests/fixtures/tiny_tokenizer.
 usage: test_server_threads.py path/to/kvcast   (run from the source root)
 """
-import http.client
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "tools", "bench"))
-from serve_ready import start_port  # noqa: E402
+
+import kc_testlib as kc
+from kc_testlib import fail
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 MODEL = "tests/golden/llama_gqa"
 TOKENIZER = "tests/fixtures/tiny_tokenizer"
 
 
-def fail(msg):
-    print("FAIL: " + msg)
-    sys.exit(1)
-
-
-class Server:
+class Server(kc.Server):
     def __init__(self, tmp, name, extra, prefix=()):
-        self.log = os.path.join(tmp, name + ".log")
-        args = list(prefix) + [KVCAST, "serve", "--model", MODEL, "--tokenizer", TOKENIZER,
-                               "--host", "127.0.0.1", "--port", "0", "--base-kv-mib", "2",
-                               "--no-access-log", "--prefill-dtype", "f32", "--decode-dtype",
-                               "f32"] + extra
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=open(self.log, "w"),
-                                     text=True)
-        self.port = start_port(self.proc)
-        if self.port is None:
-            self.stop()
-            fail("server %s did not start; log:\n%s" % (name, open(self.log).read()[-2000:]))
+        super().__init__(KVCAST, ["--model", MODEL, "--tokenizer", TOKENIZER, "--base-kv-mib",
+                                  "2", "--no-access-log", "--prefill-dtype", "f32",
+                                  "--decode-dtype", "f32"] + extra,
+                         os.path.join(tmp, name + ".log"), prefix=prefix, name="server " + name)
 
     def complete(self, body):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        c.request("POST", "/v1/completions", body=json.dumps(body),
-                  headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        raw = r.read().decode()
-        c.close()
-        if r.status != 200:
-            fail("status %d: %s" % (r.status, raw[:500]))
+        status, raw = self.post(body)
+        if status != 200:
+            fail("status %d: %s" % (status, raw[:500]))
         return json.loads(raw)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 BODY = {"model": "llama_gqa", "prompt": "the lord spake unto moses saying", "max_tokens": 8,
@@ -79,6 +51,17 @@ def prefill_threads(srv):
     if not isinstance(t, dict) or not isinstance(t.get("prefill_threads"), int):
         fail("no integer timings.prefill_threads in %s" % json.dumps(out)[:500])
     return t["prefill_threads"], out["choices"][0]["text"]
+
+
+def one_thread(tmp, name, extra, what, prefix=()):
+    """A server started with extra (under prefix) runs a lone prefill on one thread."""
+    srv = Server(tmp, name, extra, prefix=prefix)
+    try:
+        got, _ = prefill_threads(srv)
+        if got != 1:
+            fail("%s ran on %d threads" % (what, got))
+    finally:
+        srv.stop()
 
 
 def main():
@@ -114,24 +97,14 @@ def main():
         taskset = shutil.which("taskset")
         if taskset is not None:
             first = str(sorted(os.sched_getaffinity(0))[0])
-            srv = Server(tmp, "cpuset", [], prefix=(taskset, "-c", first))
-            try:
-                got, _ = prefill_threads(srv)
-                if got != 1:
-                    fail("under taskset -c (1 core) the prefill ran on %d threads" % got)
-            finally:
-                srv.stop()
+            one_thread(tmp, "cpuset", [], "under taskset -c (1 core) the prefill",
+                       prefix=(taskset, "-c", first))
             print("ok: a 1-core cpuset gives 1 thread")
         else:
             print("note: no taskset here; cpuset case not run")
 
-        srv = Server(tmp, "fixed", ["--prefill-threads", "1", "--decode-threads", "1"])
-        try:
-            got, _ = prefill_threads(srv)
-            if got != 1:
-                fail("--prefill-threads 1 ran the prefill on %d threads" % got)
-        finally:
-            srv.stop()
+        one_thread(tmp, "fixed", ["--prefill-threads", "1", "--decode-threads", "1"],
+                   "with --prefill-threads 1 the prefill")
         print("ok: --prefill-threads 1 is an explicit override")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

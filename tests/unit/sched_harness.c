@@ -23,6 +23,8 @@
 #include "sched_harness.h"
 #include "scheduler/sched_internal.h"
 #include "scheduler/scheduler.h"
+#include "tests/unit/test_compare.h"
+#include "tests/unit/test_models.h"
 
 struct eng_model *g_model;
 
@@ -207,13 +209,9 @@ void sleep_ms(int ms) {
 
 int harness_group_setup(void **state) {
     (void)state;
-    const char *src = getenv("KC_SOURCE_DIR");
-    char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/tests/golden/llama_gqa", src != NULL ? src : ".");
-    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_F32};
     struct kc_error err = {0};
-    if (eng_model_load(dir, &p, &g_model, &err) != KC_OK) {
-        fprintf(stderr, "%s: %s\n", dir, err.msg);
+    if (test_golden_load("llama_gqa", ENG_WTYPE_F32, &g_model, &err) != KC_OK) {
+        fprintf(stderr, "tests/golden/llama_gqa: %s\n", err.msg);
         return -1;
     }
     return 0;
@@ -246,6 +244,22 @@ struct sch *start(struct harness *h, const struct sch_config *c, const struct en
     h->s = s;
     sch__set_hook(s, on_hook, h);
     return s;
+}
+
+void harness_start(struct harness *h, const struct sch_config *c, const struct eng_model *aux,
+                   const struct eng_kvp *pred) {
+    harness_init(h);
+    start(h, c, aux, pred);
+}
+
+void harness_stop(struct harness *h) {
+    sch_destroy(h->s);
+    harness_free(h);
+}
+
+void harness_finish(struct harness *h, int n_requests) {
+    check_clean(h, n_requests);
+    harness_stop(h);
 }
 
 void make_prompt(int32_t *p, int n, int salt) {
@@ -309,40 +323,43 @@ void check_clean(struct harness *h, int n_requests) {
     }
 }
 
-/* Greedy decoding straight on the engine: prefill the prompt, then one token per step. */
-void direct_greedy(const int32_t *prompt, int n, int max_tokens, int32_t *out) {
-    const struct eng_model_config *c = eng_model_config_of(g_model);
+void direct_open(struct direct_run *d, int chunk, int n_positions) {
+    memset(d, 0, sizeof(*d));
+    d->c = eng_model_config_of(g_model);
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    struct eng_kv_pool pool = {0};
-    struct eng_seq seq = {0};
-    float *logits = calloc((size_t)c->vocab_size, sizeof(float));
-    assert_non_null(logits);
-    assert_int_equal(eng_ctx_create(g_model, 16, n + max_tokens, 1, &ctx, &err), KC_OK);
-    assert_int_equal(eng_kv_pool_init(&pool, c, 8, (n + max_tokens) / 8 + 1, &err), KC_OK);
-    struct eng_batch_item item = {.seq = &seq,
-                                  .tokens = prompt,
+    d->logits = calloc((size_t)d->c->vocab_size, sizeof(float));
+    assert_non_null(d->logits);
+    assert_int_equal(eng_ctx_create(g_model, chunk, n_positions, 1, &d->ctx, &err), KC_OK);
+    assert_int_equal(eng_kv_pool_init(&d->pool, d->c, 8, n_positions / 8 + 1, &err), KC_OK);
+}
+
+void direct_feed(struct direct_run *d, const int32_t *tokens, int n) {
+    struct kc_error err = {0};
+    struct eng_batch_item item = {.seq = &d->seq,
+                                  .tokens = tokens,
                                   .n_tokens = n,
                                   .logits_mode = ENG_LOGITS_LAST,
-                                  .logits = logits};
-    assert_int_equal(eng_forward(ctx, g_model, &pool, &item, 1, NULL, &err), KC_OK);
+                                  .logits = d->logits};
+    assert_int_equal(eng_forward(d->ctx, g_model, &d->pool, &item, 1, NULL, &err), KC_OK);
+}
+
+void direct_close(struct direct_run *d) {
+    eng_seq_release(&d->pool, &d->seq);
+    eng_kv_pool_free(&d->pool);
+    eng_ctx_free(d->ctx);
+    free(d->logits);
+}
+
+/* Greedy decoding straight on the engine: prefill the prompt, then one token per step. */
+void direct_greedy(const int32_t *prompt, int n, int max_tokens, int32_t *out) {
+    struct direct_run d;
+    direct_open(&d, 16, n + max_tokens);
+    direct_feed(&d, prompt, n);
     for (int t = 0; t < max_tokens; t++) {
-        int32_t best = 0;
-        for (int v = 1; v < c->vocab_size; v++) {
-            best = logits[v] > logits[best] ? v : best;
-        }
-        out[t] = best;
-        item = (struct eng_batch_item){.seq = &seq,
-                                       .tokens = &out[t],
-                                       .n_tokens = 1,
-                                       .logits_mode = ENG_LOGITS_LAST,
-                                       .logits = logits};
+        out[t] = argmax(d.logits, d.c->vocab_size);
         if (t + 1 < max_tokens) {
-            assert_int_equal(eng_forward(ctx, g_model, &pool, &item, 1, NULL, &err), KC_OK);
+            direct_feed(&d, &out[t], 1);
         }
     }
-    eng_seq_release(&pool, &seq);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    free(logits);
+    direct_close(&d);
 }

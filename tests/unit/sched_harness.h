@@ -75,10 +75,31 @@ int harness_group_teardown(void **state);
 struct sch_config test_config(int n_blocks);
 struct sch *start(struct harness *h, const struct sch_config *c, const struct eng_model *aux,
                   const struct eng_kvp *pred);
+/* harness_init(h), then start(h, c, aux, pred). */
+void harness_start(struct harness *h, const struct sch_config *c, const struct eng_model *aux,
+                   const struct eng_kvp *pred);
+/* The scheduler destroyed, then harness_free(h). */
+void harness_stop(struct harness *h);
+/* check_clean(h, n_requests), then harness_stop(h): the usual end of a test. */
+void harness_finish(struct harness *h, int n_requests);
 void make_prompt(int32_t *p, int n, int salt);
 struct sch_request_params greedy_params(const int32_t *prompt, int n, int max_tokens);
 uint64_t submit_ok(struct harness *h, const struct sch_request_params *p, int slot);
 void check_clean(struct harness *h, int n_requests);
+/* A sequence run straight on the golden model, without a scheduler: a context for steps of up
+ * to `chunk` rows, a pool of 8-position blocks for n_positions, one sequence, and the logits of
+ * the last token fed. Failures fail the test. */
+struct direct_run {
+    const struct eng_model_config *c;
+    struct eng_ctx *ctx;
+    struct eng_kv_pool pool;
+    struct eng_seq seq;
+    float *logits; /* [vocab_size] */
+};
+void direct_open(struct direct_run *d, int chunk, int n_positions);
+/* Runs n tokens through the sequence; d->logits are then those of the last. */
+void direct_feed(struct direct_run *d, const int32_t *tokens, int n);
+void direct_close(struct direct_run *d);
 void direct_greedy(const int32_t *prompt, int n, int max_tokens, int32_t *out);
 
 #endif /* KC_TEST_SCHED_HARNESS_H */

@@ -21,23 +21,13 @@
 
 #include <cmocka.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "common/kc.h"
 #include "engine/ops.h"
 
 #define TEST_RAND_SEED 0x2545f4914f6cdd1dull
 #include "tests/unit/test_rand.h"
 
-static int team_size(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+#include "tests/unit/test_attn.h"
 
 struct attn_case {
     int n, pos0, heads, kv_heads, d, block_size;
@@ -51,41 +41,22 @@ typedef void (*attn_fn)(const float *, int, int, const struct eng_kv_view *, int
 /* Largest |fast - ref| over the three entry points for one case; asserts each is finite. */
 static float run_case(const struct attn_case *ac) {
     const int bs = ac->block_size, n_ctx = ac->pos0 + ac->n;
-    const int n_blocks = (n_ctx + bs - 1) / bs + 3; /* a few spare blocks */
-    const size_t tok = (size_t)ac->kv_heads * (size_t)ac->d;
-    const size_t block_stride = 2 * (size_t)bs * tok + 8; /* K then V, then a gap */
-    float *cache = rand_floats((size_t)n_blocks * block_stride, 1.0f);
-    int32_t *table = malloc((size_t)n_blocks * sizeof(int32_t));
-    assert_non_null(table);
-    for (int b = 0; b < n_blocks; b++) {
-        table[b] = b;
-    }
-    for (int b = n_blocks - 1; ac->shuffled && b > 0; b--) {
-        const int j = (int)((frand() + 1.0f) * 0.5f * (float)(b + 1)) % (b + 1);
-        const int32_t t = table[b];
-        table[b] = table[j];
-        table[j] = t;
-    }
-    const struct eng_kv_view kv = {cache, block_stride, (size_t)bs * tok, bs, table};
-    const size_t qn = (size_t)ac->n * (size_t)ac->heads * (size_t)ac->d;
-    float *q = rand_floats(qn, ac->q_scale);
-    float *outr = malloc(qn * sizeof(float));
-    float *out = malloc(qn * sizeof(float));
+    struct test_attn a;
     /* Scratch sized for a longer context than used, as the engine sizes it. */
-    const size_t sf =
-        eng_attention_scratch_floats(n_ctx + 100, ac->heads, ac->kv_heads, ac->d, team_size());
-    float *scratch = malloc(sf * sizeof(float));
-    float *scratch_r = malloc((size_t)n_ctx * sizeof(float));
-    assert_true(out != NULL && outr != NULL && scratch != NULL && scratch_r != NULL);
+    test_attn_create(&a, ac->n, ac->pos0, ac->heads, ac->kv_heads, ac->d, bs, ac->q_scale,
+                     ac->shuffled, n_ctx + 100);
+    const float *q = a.q;
+    float *out = a.out, *outr = a.outr;
+    const size_t qn = a.qn;
     const float scale = 1.0f / sqrtf((float)ac->d);
-    eng__attention_ref(q, ac->n, ac->pos0, &kv, ac->heads, ac->kv_heads, ac->d, scale, outr,
-                       scratch_r);
+    eng__attention_ref(q, ac->n, ac->pos0, &a.kv, ac->heads, ac->kv_heads, ac->d, scale, outr,
+                       a.scratch_r);
     const attn_fn fns[3] = {eng_attention, eng__attention_tiles, eng__attention_rows};
     const char *names[3] = {"auto", "tiles", "rows"};
     float worst = 0.0f;
     for (int f = 0; f < 3; f++) {
         memset(out, 0xff, qn * sizeof(float)); /* NaN: every output must be written */
-        fns[f](q, ac->n, ac->pos0, &kv, ac->heads, ac->kv_heads, ac->d, scale, out, scratch);
+        fns[f](q, ac->n, ac->pos0, &a.kv, ac->heads, ac->kv_heads, ac->d, scale, out, a.scratch);
         const float diff = max_abs_diff(out, outr, qn);
         printf("  attention %-5s n=%4d pos0=%4d H=%3d Hkv=%2d D=%3d bs=%2d %s qscale=%g "
                "maxdiff=%.3g\n",
@@ -96,13 +67,7 @@ static float run_case(const struct attn_case *ac) {
         }
         worst = diff > worst || isnan(diff) ? diff : worst;
     }
-    free(cache);
-    free(table);
-    free(q);
-    free(out);
-    free(outr);
-    free(scratch);
-    free(scratch_r);
+    test_attn_free(&a);
     return worst;
 }
 

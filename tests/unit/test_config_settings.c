@@ -25,6 +25,16 @@ static char *write_tmp(const char *text) {
     return path;
 }
 
+/* cfg_settings_load over a NULL-terminated argv, for the tests that do not ask for --help. */
+static int load(char **argv, char **envp, struct cfg_settings *s, struct kc_error *err) {
+    int argc = 0;
+    while (argv[argc] != NULL) {
+        argc++;
+    }
+    bool help = false;
+    return cfg_settings_load(argc, argv, envp, s, &help, err);
+}
+
 static void test_defaults_are_loopback_port_8080_and_valid(void **state) {
     (void)state;
     struct cfg_settings s;
@@ -79,9 +89,8 @@ static void test_config_file_from_env_and_errors_name_file_and_key(void **state)
         char *envp[] = {env, NULL};
         char *argv[] = {"serve", NULL};
         struct cfg_settings s;
-        bool help = false;
         struct kc_error err = {0};
-        int rc = cfg_settings_load(1, argv, envp, &s, &help, &err);
+        int rc = load(argv, envp, &s, &err);
         if (rc == KC_OK) {
             fail_msg("accepted bad config %s", bad[i]);
         }
@@ -194,12 +203,11 @@ static void test_public_host_needs_a_key(void **state) {
     char *argv[] = {"serve", "--host", "0.0.0.0", NULL};
     char *envp[] = {NULL};
     struct cfg_settings s;
-    bool help = false;
     struct kc_error err = {0};
-    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_EINVAL);
+    assert_int_equal(load(argv, envp, &s, &err), KC_EINVAL);
     assert_non_null(strstr(err.msg, "--api-key"));
     char *envk[] = {"KVCAST_API_KEY=sekrit-123", NULL};
-    assert_int_equal(cfg_settings_load(3, argv, envk, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv, envk, &s, &err), KC_OK);
     assert_string_equal(s.api_key, "sekrit-123");
     char desc[8192];
     cfg_settings_describe(&s, desc, sizeof(desc));
@@ -213,14 +221,13 @@ static void test_api_key_file_reads_first_line(void **state) {
     char *argv[] = {"serve", "--api-key-file", path, NULL};
     char *envp[] = {NULL};
     struct cfg_settings s;
-    bool help = false;
     struct kc_error err = {0};
-    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv, envp, &s, &err), KC_OK);
     assert_string_equal(s.api_key, "file-key-42");
     unlink(path);
     path = write_tmp("\n");
     argv[2] = path;
-    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_EINVAL);
+    assert_int_equal(load(argv, envp, &s, &err), KC_EINVAL);
     assert_null(strstr(err.msg, "file-key"));
     unlink(path);
 }
@@ -231,21 +238,20 @@ static void test_aux_needs_predictor_only_with_model(void **state) {
     (void)state;
     char *envp[] = {NULL};
     struct cfg_settings s;
-    bool help = false;
     struct kc_error err = {0};
     char *argv[] = {"serve", "--model", "models/base", "--aux", "models/aux", NULL};
-    assert_int_equal(cfg_settings_load(5, argv, envp, &s, &help, &err), KC_EINVAL);
+    assert_int_equal(load(argv, envp, &s, &err), KC_EINVAL);
     assert_non_null(strstr(err.msg, "--predictor"));
     char *argv2[] = {"serve", "--model", "models/base", "--predictor", "p.safetensors", NULL};
-    assert_int_equal(cfg_settings_load(5, argv2, envp, &s, &help, &err), KC_EINVAL);
+    assert_int_equal(load(argv2, envp, &s, &err), KC_EINVAL);
     assert_non_null(strstr(err.msg, "--aux"));
     char *argv3[] = {"serve", "--aux", "models/aux", NULL};
-    assert_int_equal(cfg_settings_load(3, argv3, envp, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv3, envp, &s, &err), KC_OK);
     assert_string_equal(s.aux, "models/aux");
     char *argv4[] = {"serve", "--predictor", "p.safetensors", NULL};
-    assert_int_equal(cfg_settings_load(3, argv4, envp, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv4, envp, &s, &err), KC_OK);
     char *argv5[] = {"serve", "--bundle", "", "--aux", "models/aux", NULL};
-    assert_int_equal(cfg_settings_load(5, argv5, envp, &s, &help, &err), KC_EINVAL);
+    assert_int_equal(load(argv5, envp, &s, &err), KC_EINVAL);
     assert_non_null(strstr(err.msg, "no model"));
 }
 
@@ -271,9 +277,8 @@ static void test_host_is_loopback_resolves_the_address(void **state) {
     char *argv[] = {"serve", "--host", "127.0.0.1.invalid", NULL};
     char *envp[] = {NULL};
     struct cfg_settings s;
-    bool help = false;
     struct kc_error err = {0};
-    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_EINVAL);
+    assert_int_equal(load(argv, envp, &s, &err), KC_EINVAL);
     assert_non_null(strstr(err.msg, "--api-key"));
 }
 
@@ -334,13 +339,12 @@ static void test_api_key_on_cmdline_is_flagged(void **state) {
     char *argv[] = {"serve", "--api-key", "k1", NULL};
     char *envp[] = {NULL};
     struct cfg_settings s;
-    bool help = false;
     struct kc_error err = {0};
-    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv, envp, &s, &err), KC_OK);
     assert_true(s.api_key_on_cmdline);
     char *argv2[] = {"serve", NULL};
     char *envp2[] = {"KVCAST_API_KEY=k2", NULL};
-    assert_int_equal(cfg_settings_load(1, argv2, envp2, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv2, envp2, &s, &err), KC_OK);
     assert_false(s.api_key_on_cmdline);
     assert_string_equal(s.api_key, "k2");
 }
@@ -358,13 +362,12 @@ static void test_prefix_caching_and_refine_switches(void **state) {
     snprintf(cfgarg, sizeof(cfgarg), "--config=%s", path);
     char *argv[] = {"serve", cfgarg, "--no-refine", NULL};
     char *envp[] = {"KVCAST_ENABLE_PREFIX_CACHING=true", NULL};
-    bool help = false;
     struct kc_error err = {0};
-    assert_int_equal(cfg_settings_load(3, argv, envp, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv, envp, &s, &err), KC_OK);
     assert_true(s.enable_prefix_caching); /* env beats the file */
     assert_false(s.refine);
     char *argv2[] = {"serve", "--no-enable-prefix-caching", "--refine=true", NULL};
-    assert_int_equal(cfg_settings_load(3, argv2, NULL, &s, &help, &err), KC_OK);
+    assert_int_equal(load(argv2, NULL, &s, &err), KC_OK);
     assert_false(s.enable_prefix_caching);
     assert_true(s.refine);
     assert_int_equal(cfg_set(&s, "refine", "maybe", "--refine", &err), KC_EINVAL);

@@ -9,13 +9,10 @@
 
 #include "engine/io/model_config.h"
 #include "engine/kv_cache.h"
+#include "tests/unit/test_models.h"
 
 static struct eng_model_config small_config(void) {
-    struct eng_model_config c = {0};
-    c.n_layers = 3;
-    c.n_kv_heads = 2;
-    c.head_dim = 4;
-    return c;
+    return test_kv_config(3, 2, 4); /* layers, KV heads, head size */
 }
 
 static void test_reserve_is_all_or_nothing_and_release_returns_blocks(void **state) {

@@ -28,28 +28,17 @@
 #include "engine/kvp.h"
 #include "engine/model.h"
 #include "engine/ops_gram.h"
-
-static void case_dir(char *out, size_t cap, const char *name) {
-    const char *src = getenv("KC_SOURCE_DIR");
-    snprintf(out, cap, "%s/tests/golden/%s", src != NULL ? src : ".", name);
-}
+#include "tests/unit/test_compare.h"
+#include "tests/unit/test_models.h"
 
 static struct eng_model *load_case(const char *name) {
-    char dir[1024];
-    case_dir(dir, sizeof(dir), name);
-    struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_F32};
-    struct eng_model *m = NULL;
-    struct kc_error err = {0};
-    if (eng_model_load(dir, &p, &m, &err) != KC_OK) {
-        fail_msg("%s: %s", dir, err.msg);
-    }
-    return m;
+    return test_golden_model(name, ENG_WTYPE_F32);
 }
 
 /* The golden prompt of a case (24 tokens), copied. */
 static int32_t *golden_tokens(const char *name, int *n) {
     char dir[1024], path[1100];
-    case_dir(dir, sizeof(dir), name);
+    test_golden_dir(dir, sizeof(dir), name);
     snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
     struct eng_st_set *ref = NULL;
     struct kc_error err = {0};
@@ -63,25 +52,6 @@ static int32_t *golden_tokens(const char *name, int *n) {
     memcpy(tok, t->data, (size_t)*n * sizeof(int32_t));
     eng_st_set_free(ref);
     return tok;
-}
-
-static float max_diff(const float *a, const float *b, size_t n) {
-    float mx = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float d = fabsf(a[i] - b[i]);
-        mx = d > mx || isnan(d) ? d : mx;
-    }
-    return mx;
-}
-
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++) {
-        if (x[i] > x[best]) {
-            best = i;
-        }
-    }
-    return best;
 }
 
 /* An identity predictor for a model paired with itself. */
@@ -198,13 +168,13 @@ static void check_identity_invariant(const char *name) {
     float dk = 0, dv = 0;
     for (int l = 0; l < L; l++) {
         for (int p = 0; p < n; p++) {
-            dk = fmaxf(dk, max_diff(eng_kv_k_at(&pool, &full, l, p), eng_kv_k_at(&pool, &pr, l, p),
-                                    (size_t)kvd));
-            dv = fmaxf(dv, max_diff(eng_kv_v_at(&pool, &full, l, p), eng_kv_v_at(&pool, &pr, l, p),
-                                    (size_t)kvd));
+            dk = fmaxf(dk, max_abs_diff(eng_kv_k_at(&pool, &full, l, p),
+                                        eng_kv_k_at(&pool, &pr, l, p), (size_t)kvd));
+            dv = fmaxf(dv, max_abs_diff(eng_kv_v_at(&pool, &full, l, p),
+                                        eng_kv_v_at(&pool, &pr, l, p), (size_t)kvd));
         }
     }
-    const float dl = max_diff(lf, lp, (size_t)V);
+    const float dl = max_abs_diff(lf, lp, (size_t)V);
     print_message("%s: identity predictor maxdiff k %.3g v %.3g first logits %.3g "
                   "(aux %.2f ms, predict %.2f ms, base step %.2f ms)\n",
                   name, dk, dv, dl, t.aux_ms, t.predict_ms, t.base_first_step_ms);
@@ -382,7 +352,7 @@ static void test_random_predictor_runs_and_one_token_prompt_works(void **state) 
                      KC_OK);
     assert_int_equal(rig_prefill(&rig, ENG_KVP_PREDICT, &bpool, &b, prompt, 1, logits, NULL, &err),
                      KC_OK);
-    assert_true(max_diff(ref, logits, (size_t)V) == 0.0f);
+    assert_true(max_abs_diff(ref, logits, (size_t)V) == 0.0f);
     eng_seq_release(&bpool, &a);
     eng_seq_release(&bpool, &b);
     assert_int_equal(eng_kv_pool_n_free(&bpool), 16);
@@ -458,7 +428,7 @@ static void check_extract_inverts_inject(const char *name) {
             for (int i = 0; i < kvd; i++) {
                 scale = fmaxf(scale, fabsf(want[i]));
             }
-            worst = fmaxf(worst, max_diff(want, got, (size_t)kvd) / scale);
+            worst = fmaxf(worst, max_abs_diff(want, got, (size_t)kvd) / scale);
             for (int i = 0; i < kvd; i++) {
                 assert_true(vx[l][(size_t)r * ld + i] == vr[l][(size_t)r * kvd + i]);
             }
@@ -578,7 +548,7 @@ static float rel_diff(const float *a, const float *b, int n) {
     for (int i = 0; i < n; i++) {
         scale = fmaxf(scale, fabsf(a[i]));
     }
-    return max_diff(a, b, (size_t)n) / scale;
+    return max_abs_diff(a, b, (size_t)n) / scale;
 }
 
 /* Predict with an exact base prefix of c positions (from a FULL prefill of prompt[0..c)):
@@ -1106,7 +1076,7 @@ static void link_model(const char *dir, const char *sub, const char *golden) {
     char d[1100], src[1100], dst[1200], s2[1200];
     snprintf(d, sizeof(d), "%s/%s", dir, sub);
     assert_int_equal(mkdir(d, 0755), 0);
-    case_dir(src, sizeof(src), golden);
+    test_golden_dir(src, sizeof(src), golden);
     static const char *const files[2] = {"config.json", "model.safetensors"};
     for (int i = 0; i < 2; i++) {
         snprintf(s2, sizeof(s2), "%s/%s", src, files[i]);
@@ -1288,8 +1258,7 @@ static void test_bundle_name_and_read(void **state) {
     }
     /* The shipped tiny bundle is named. */
     char tiny[1100];
-    const char *src = getenv("KC_SOURCE_DIR");
-    snprintf(tiny, sizeof(tiny), "%s/models/tiny/kvcast-bundle.json", src != NULL ? src : ".");
+    test_source_path(tiny, sizeof(tiny), "models/tiny/kvcast-bundle.json");
     if (eng_kvp_bundle_read(tiny, &spec, &err) != KC_OK) {
         fail_msg("%s", err.msg);
     }
@@ -1364,13 +1333,13 @@ static void test_gram_matches_reference(void **state) {
     assert_int_equal(eng_gram_create(1, &g, &err), KC_OK);
     assert_int_equal(eng_gram_atb(g, a, b, n, p, q, c, &err), KC_OK);
     eng__gram_atb_ref(a, b, n, p, q, r);
-    const float d = max_diff(c, r, (size_t)p * q);
+    const float d = max_abs_diff(c, r, (size_t)p * q);
     print_message("gram A^T B %dx%dx%d maxdiff %.3g\n", p, n, q, d);
     assert_true(d <= 1e-4f);
     /* A^T A through the same cache, and a second shape. */
     assert_int_equal(eng_gram_atb(g, a, a, n, p, p, c, &err), KC_OK);
     eng__gram_atb_ref(a, a, n, p, p, r);
-    assert_true(max_diff(c, r, (size_t)p * p) <= 1e-4f);
+    assert_true(max_abs_diff(c, r, (size_t)p * p) <= 1e-4f);
     assert_int_equal(eng_gram_atb(g, a, b, 0, p, q, c, &err), KC_EINVAL);
     eng_gram_free(g);
     free(a);
@@ -1451,8 +1420,8 @@ static void test_calibration_recovers_known_affine_map(void **state) {
         for (int w = 0; w < 2; w++) {
             const float *pw, *pb;
             eng_kvp_map_of(p, w ? 'v' : 'k', l, &pw, &pb);
-            dw = fmaxf(dw, max_diff(pw, A[l][w], (size_t)Nb * Na));
-            db = fmaxf(db, max_diff(pb, B[l][w], (size_t)Nb));
+            dw = fmaxf(dw, max_abs_diff(pw, A[l][w], (size_t)Nb * Na));
+            db = fmaxf(db, max_abs_diff(pb, B[l][w], (size_t)Nb));
         }
     }
     print_message("affine recovery maxdiff weights %.3g bias %.3g\n", dw, db);

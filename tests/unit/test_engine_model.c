@@ -20,6 +20,8 @@
 #include "common/kc.h"
 #include "engine/io/safetensors.h"
 #include "engine/model.h"
+#include "tests/unit/test_compare.h"
+#include "tests/unit/test_models.h"
 #include "tokenizer/tokenizer.h"
 
 static const char *const CASES[] = {"llama_gqa", "llama_untied_bf16", "qwen2_bias",
@@ -38,14 +40,9 @@ struct golden {
     int G;
 };
 
-static void case_dir(char *out, size_t cap, const char *name) {
-    const char *src = getenv("KC_SOURCE_DIR");
-    snprintf(out, cap, "%s/tests/golden/%s", src != NULL ? src : ".", name);
-}
-
 static void golden_open(const char *name, struct golden *g) {
     char dir[1024], path[1100];
-    case_dir(dir, sizeof(dir), name);
+    test_golden_dir(dir, sizeof(dir), name);
     snprintf(path, sizeof(path), "%s/reference.safetensors", dir);
     struct kc_error err = {0};
     int rc = eng_st_set_open(path, &g->ref, &err);
@@ -65,43 +62,47 @@ static void golden_open(const char *name, struct golden *g) {
     g->G = (int)t->shape[0];
 }
 
-static struct eng_model *load_case(const char *name, enum eng_wtype wt) {
-    char dir[1024];
-    case_dir(dir, sizeof(dir), name);
-    struct eng_model_params p = {.prefill_wtype = wt, .decode_wtype = wt};
-    struct eng_model *m = NULL;
+/* A golden model with a context for steps of max_rows rows over max_ctx positions and a pool of
+ * n_blocks blocks of block_size positions: what the caller of a step holds. */
+struct rig {
+    struct eng_model *m;
+    const struct eng_model_config *c;
+    struct eng_ctx *ctx;
+    struct eng_kv_pool pool;
+};
+
+static void rig_open(struct rig *r, const char *name, enum eng_wtype wt, int max_rows, int max_ctx,
+                     int block_size, int n_blocks) {
     struct kc_error err = {0};
-    if (eng_model_load(dir, &p, &m, &err) != KC_OK) {
-        fail_msg("%s: %s", dir, err.msg);
-    }
-    return m;
+    r->m = test_golden_model(name, wt);
+    r->c = eng_model_config_of(r->m);
+    r->ctx = NULL;
+    assert_int_equal(eng_ctx_create(r->m, max_rows, max_ctx, 1, &r->ctx, &err), KC_OK);
+    assert_int_equal(eng_kv_pool_init(&r->pool, r->c, block_size, n_blocks, &err), KC_OK);
 }
 
-static float max_abs(const float *a, size_t n) {
-    float mx = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        mx = fabsf(a[i]) > mx ? fabsf(a[i]) : mx;
-    }
-    return mx;
+static void rig_close(struct rig *r) {
+    eng_kv_pool_free(&r->pool);
+    eng_ctx_free(r->ctx);
+    eng_model_free(r->m);
 }
 
-static float max_diff(const float *a, const float *b, size_t n) {
-    float mx = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float d = fabsf(a[i] - b[i]);
-        mx = d > mx || isnan(d) ? d : mx;
+/* L zeroed per-layer buffers of n floats each (a K or V capture). */
+static float **layers_alloc(int L, size_t n) {
+    float **x = calloc((size_t)L, sizeof(float *));
+    assert_non_null(x);
+    for (int l = 0; l < L; l++) {
+        x[l] = calloc(n, sizeof(float));
+        assert_non_null(x[l]);
     }
-    return mx;
+    return x;
 }
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++) {
-        if (x[i] > x[best]) {
-            best = i;
-        }
+static void layers_free(float **x, int L) {
+    for (int l = 0; l < L; l++) {
+        free(x[l]);
     }
-    return best;
+    free(x);
 }
 
 /* Prefill of the golden tokens with all logits and a capture of K/V, then checks against the
@@ -110,43 +111,37 @@ static int argmax(const float *x, int n) {
 static void check_prefill(const char *name, enum eng_wtype wt, float tol, int max_rows) {
     struct golden g = {0};
     golden_open(name, &g);
-    struct eng_model *m = load_case(name, wt);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, name, wt, max_rows, 128, 4, 64);
+    const struct eng_model_config *c = r.c;
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, max_rows, 128, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 64, &err), KC_OK);
     struct eng_seq seq = {0};
     float *logits = calloc((size_t)g.T * V, sizeof(float));
-    float **kc = calloc((size_t)L, sizeof(float *)), **vc = calloc((size_t)L, sizeof(float *));
-    for (int l = 0; l < L; l++) {
-        kc[l] = calloc((size_t)g.T * kvd, sizeof(float));
-        vc[l] = calloc((size_t)g.T * kvd, sizeof(float));
-    }
+    float **kc = layers_alloc(L, (size_t)g.T * kvd);
+    float **vc = layers_alloc(L, (size_t)g.T * kvd);
     struct eng_kv_capture cap = {.k = kc, .v = vc};
     struct eng_batch_item item = {.seq = &seq,
                                   .tokens = g.tokens,
                                   .n_tokens = g.T,
                                   .logits_mode = ENG_LOGITS_ALL,
                                   .logits = logits};
-    assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, &cap, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &item, 1, &cap, &err), KC_OK);
     assert_int_equal(seq.n_tokens, g.T);
 
     const float scale = max_abs(g.logits, (size_t)g.T * V);
-    const float dl = max_diff(logits, g.logits, (size_t)g.T * V);
+    const float dl = max_abs_diff(logits, g.logits, (size_t)g.T * V);
     float dk = 0, dv = 0, dkp = 0, kscale = 0, vscale = 0;
     for (int l = 0; l < L; l++) {
         const float *rk = g.k_pre + (size_t)l * g.T * kvd, *rv = g.v + (size_t)l * g.T * kvd;
         const float *rkp = g.k_post + (size_t)l * g.T * kvd;
-        dk = fmaxf(dk, max_diff(kc[l], rk, (size_t)g.T * kvd));
-        dv = fmaxf(dv, max_diff(vc[l], rv, (size_t)g.T * kvd));
+        dk = fmaxf(dk, max_abs_diff(kc[l], rk, (size_t)g.T * kvd));
+        dv = fmaxf(dv, max_abs_diff(vc[l], rv, (size_t)g.T * kvd));
         kscale = fmaxf(kscale, max_abs(rk, (size_t)g.T * kvd));
         vscale = fmaxf(vscale, max_abs(rv, (size_t)g.T * kvd));
         for (int t = 0; t < g.T; t++) {
-            dkp = fmaxf(
-                dkp, max_diff(eng_kv_k_at(&pool, &seq, l, t), rkp + (size_t)t * kvd, (size_t)kvd));
+            dkp = fmaxf(dkp, max_abs_diff(eng_kv_k_at(&r.pool, &seq, l, t), rkp + (size_t)t * kvd,
+                                          (size_t)kvd));
         }
     }
     print_message(
@@ -158,43 +153,38 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
     assert_true(dkp <= tol * kscale);
     assert_true(dv <= tol * vscale);
 
-    eng_seq_release(&pool, &seq);
-    assert_int_equal(eng_kv_pool_n_free(&pool), 64);
-    for (int l = 0; l < L; l++) {
-        free(kc[l]);
-        free(vc[l]);
-    }
-    free(kc);
-    free(vc);
+    eng_seq_release(&r.pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&r.pool), 64);
+    layers_free(kc, L);
+    layers_free(vc, L);
     free(logits);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
     eng_st_set_free(g.ref);
+}
+
+/* check_prefill for every golden case. */
+static void check_prefill_cases(enum eng_wtype wt, float tol, int max_rows) {
+    for (size_t i = 0; i < N_CASES; i++) {
+        check_prefill(CASES[i], wt, tol, max_rows);
+    }
 }
 
 static void test_prefill_matches_reference_f32(void **state) {
     (void)state;
-    for (size_t i = 0; i < N_CASES; i++) {
-        check_prefill(CASES[i], ENG_WTYPE_F32, 1e-4f, 64);
-    }
+    check_prefill_cases(ENG_WTYPE_F32, 1e-4f, 64);
 }
 
 static void test_chunked_prefill_matches_reference(void **state) {
     (void)state;
     /* 5-row chunks: the paged cache carries context across chunk and block boundaries. */
-    for (size_t i = 0; i < N_CASES; i++) {
-        check_prefill(CASES[i], ENG_WTYPE_F32, 1e-4f, 5);
-    }
+    check_prefill_cases(ENG_WTYPE_F32, 1e-4f, 5);
 }
 
 /* bf16 weights round every weight to 8 bits of mantissa and activations to bf16 before each
  * GEMM; the documented bound is 5% of the logit scale. */
 static void test_prefill_bf16_within_documented_bound(void **state) {
     (void)state;
-    for (size_t i = 0; i < N_CASES; i++) {
-        check_prefill(CASES[i], ENG_WTYPE_BF16, 5e-2f, 64);
-    }
+    check_prefill_cases(ENG_WTYPE_BF16, 5e-2f, 64);
 }
 
 /* Greedy decoding of the golden continuation, token by token through the decode path. */
@@ -203,13 +193,10 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
     for (size_t ci = 0; ci < N_CASES; ci++) {
         struct golden g = {0};
         golden_open(CASES[ci], &g);
-        struct eng_model *m = load_case(CASES[ci], ENG_WTYPE_F32);
-        const struct eng_model_config *c = eng_model_config_of(m);
+        struct rig r;
+        rig_open(&r, CASES[ci], ENG_WTYPE_F32, 64, 128, 16, 16);
+        const struct eng_model_config *c = r.c;
         struct kc_error err = {0};
-        struct eng_ctx *ctx = NULL;
-        assert_int_equal(eng_ctx_create(m, 64, 128, 1, &ctx, &err), KC_OK);
-        struct eng_kv_pool pool;
-        assert_int_equal(eng_kv_pool_init(&pool, c, 16, 16, &err), KC_OK);
         struct eng_seq seq = {0};
         float *logits = calloc((size_t)c->vocab_size, sizeof(float));
         struct eng_batch_item item = {.seq = &seq,
@@ -217,7 +204,7 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
                                       .n_tokens = g.T,
                                       .logits_mode = ENG_LOGITS_LAST,
                                       .logits = logits};
-        assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
+        assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &item, 1, NULL, &err), KC_OK);
         for (int i = 0; i < g.G; i++) {
             int32_t tok = argmax(logits, c->vocab_size);
             if (tok != g.greedy[i]) {
@@ -228,13 +215,11 @@ static void test_greedy_generation_matches_reference_f32(void **state) {
                                            .n_tokens = 1,
                                            .logits_mode = ENG_LOGITS_LAST,
                                            .logits = logits};
-            assert_int_equal(eng_forward(ctx, m, &pool, &item, 1, NULL, &err), KC_OK);
+            assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &item, 1, NULL, &err), KC_OK);
         }
-        eng_seq_release(&pool, &seq);
+        eng_seq_release(&r.pool, &seq);
         free(logits);
-        eng_kv_pool_free(&pool);
-        eng_ctx_free(ctx);
-        eng_model_free(m);
+        rig_close(&r);
         eng_st_set_free(g.ref);
     }
 }
@@ -246,14 +231,11 @@ static void test_batched_decode_and_injection_match_single(void **state) {
     (void)state;
     struct golden g = {0};
     golden_open("llama_gqa", &g);
-    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, "llama_gqa", ENG_WTYPE_F32, 32, 128, 4, 128);
+    const struct eng_model_config *c = r.c;
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, 32, 128, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 128, &err), KC_OK);
     const int lens[3] = {g.T - 1, 7, 13};
     struct eng_seq seqs[3] = {{0}};
     float *single = calloc(3 * (size_t)V, sizeof(float));
@@ -266,8 +248,8 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                     .n_tokens = lens[i] + 1,
                                     .logits_mode = ENG_LOGITS_LAST,
                                     .logits = single + (size_t)i * V};
-        assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
-        eng_seq_release(&pool, &s);
+        assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
+        eng_seq_release(&r.pool, &s);
     }
     /* Together: prefill each, then one 3-row decode step. */
     struct eng_batch_item items[3];
@@ -277,26 +259,23 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                     .n_tokens = lens[i],
                                     .logits_mode = ENG_LOGITS_NONE,
                                     .logits = NULL};
-        assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+        assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
         items[i] = (struct eng_batch_item){.seq = &seqs[i],
                                            .tokens = &g.tokens[lens[i]],
                                            .n_tokens = 1,
                                            .logits_mode = ENG_LOGITS_LAST,
                                            .logits = batched + (size_t)i * V};
     }
-    assert_int_equal(eng_forward(ctx, m, &pool, items, 3, NULL, &err), KC_OK);
-    const float d = max_diff(single, batched, 3 * (size_t)V);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, items, 3, NULL, &err), KC_OK);
+    const float d = max_abs_diff(single, batched, 3 * (size_t)V);
     print_message("batched vs single decode maxdiff %.3g\n", d);
     assert_true(d <= 1e-4f * max_abs(single, 3 * (size_t)V));
 
     /* Injection: capture K/V of the first n-1 tokens, inject them into a fresh sequence,
      * then run the last token; logits equal the full prefill's. */
     const int n = g.T;
-    float **kc = calloc((size_t)L, sizeof(float *)), **vc = calloc((size_t)L, sizeof(float *));
-    for (int l = 0; l < L; l++) {
-        kc[l] = calloc((size_t)n * kvd, sizeof(float));
-        vc[l] = calloc((size_t)n * kvd, sizeof(float));
-    }
+    float **kc = layers_alloc(L, (size_t)n * kvd);
+    float **vc = layers_alloc(L, (size_t)n * kvd);
     struct eng_seq a = {0}, b = {0};
     struct eng_kv_capture cap = {.k = kc, .v = vc};
     struct eng_batch_item it = {.seq = &a,
@@ -304,14 +283,14 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                 .n_tokens = n,
                                 .logits_mode = ENG_LOGITS_LAST,
                                 .logits = single};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, &cap, &err), KC_OK);
-    assert_int_equal(eng_kv_inject(m, &pool, &b, n - 1, (const float *const *)kc,
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, &cap, &err), KC_OK);
+    assert_int_equal(eng_kv_inject(r.m, &r.pool, &b, n - 1, (const float *const *)kc,
                                    (const float *const *)vc, &err),
                      KC_OK);
     for (int l = 0; l < L; l++) {
         for (int t = 0; t < n - 1; t++) {
-            assert_true(max_diff(eng_kv_k_at(&pool, &a, l, t), eng_kv_k_at(&pool, &b, l, t),
-                                 (size_t)kvd) <= 1e-6f);
+            assert_true(max_abs_diff(eng_kv_k_at(&r.pool, &a, l, t), eng_kv_k_at(&r.pool, &b, l, t),
+                                     (size_t)kvd) <= 1e-6f);
         }
     }
     it = (struct eng_batch_item){.seq = &b,
@@ -319,41 +298,32 @@ static void test_batched_decode_and_injection_match_single(void **state) {
                                  .n_tokens = 1,
                                  .logits_mode = ENG_LOGITS_LAST,
                                  .logits = batched};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
-    const float di = max_diff(single, batched, (size_t)V);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
+    const float di = max_abs_diff(single, batched, (size_t)V);
     print_message("injected vs own KV logits maxdiff %.3g\n", di);
     assert_true(di <= 1e-5f * max_abs(single, (size_t)V));
 
-    eng_seq_release(&pool, &a);
-    eng_seq_release(&pool, &b);
+    eng_seq_release(&r.pool, &a);
+    eng_seq_release(&r.pool, &b);
     for (int i = 0; i < 3; i++) {
-        eng_seq_release(&pool, &seqs[i]);
+        eng_seq_release(&r.pool, &seqs[i]);
     }
-    assert_int_equal(eng_kv_pool_n_free(&pool), 128);
-    for (int l = 0; l < L; l++) {
-        free(kc[l]);
-        free(vc[l]);
-    }
-    free(kc);
-    free(vc);
+    assert_int_equal(eng_kv_pool_n_free(&r.pool), 128);
+    layers_free(kc, L);
+    layers_free(vc, L);
     free(single);
     free(batched);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
     eng_st_set_free(g.ref);
 }
 
 /* Bad input to a step is refused before anything changes. */
 static void test_forward_rejects_bad_tokens_and_context(void **state) {
     (void)state;
-    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, "llama_gqa", ENG_WTYPE_F32, 8, 16, 4, 2);
+    const struct eng_model_config *c = r.c;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, 8, 16, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 2, &err), KC_OK);
     struct eng_seq seq = {0};
     float *logits = calloc((size_t)c->vocab_size, sizeof(float));
     int32_t bad[2] = {1, c->vocab_size};
@@ -362,37 +332,32 @@ static void test_forward_rejects_bad_tokens_and_context(void **state) {
                                 .n_tokens = 2,
                                 .logits_mode = ENG_LOGITS_LAST,
                                 .logits = logits};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ERANGE);
     bad[1] = -1;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ERANGE);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ERANGE);
     assert_int_equal(seq.n_tokens, 0);
     int32_t many[17] = {0};
     it.tokens = many;
     it.n_tokens = 17;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ECONTEXT);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ECONTEXT);
     /* The pool holds 8 positions: 9 tokens cannot get blocks. */
     it.n_tokens = 9;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_EBUSY);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_EBUSY);
     assert_int_equal(seq.n_tokens, 0);
-    eng_seq_release(&pool, &seq);
-    assert_int_equal(eng_kv_pool_n_free(&pool), 2);
+    eng_seq_release(&r.pool, &seq);
+    assert_int_equal(eng_kv_pool_n_free(&r.pool), 2);
     free(logits);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
 }
 
 /* A stop flag (eng_forward_stop_source) ends a forward with KC_ECANCELED before its next layer:
  * a chunked prefill keeps the chunks that completed, and the next forward continues exactly. */
 static void test_stop_flag_ends_a_forward_between_layers(void **state) {
     (void)state;
-    struct eng_model *m = load_case("llama_gqa", ENG_WTYPE_F32);
-    const struct eng_model_config *c = eng_model_config_of(m);
+    struct rig r;
+    rig_open(&r, "llama_gqa", ENG_WTYPE_F32, 8, 64, 4, 16);
+    const struct eng_model_config *c = r.c;
     struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    assert_int_equal(eng_ctx_create(m, 8, 64, 1, &ctx, &err), KC_OK);
-    struct eng_kv_pool pool;
-    assert_int_equal(eng_kv_pool_init(&pool, c, 4, 16, &err), KC_OK);
     struct eng_seq seq = {0}, ref = {0};
     float *logits = calloc((size_t)c->vocab_size, sizeof(float));
     float *want = calloc((size_t)c->vocab_size, sizeof(float));
@@ -408,32 +373,66 @@ static void test_stop_flag_ends_a_forward_between_layers(void **state) {
                                 .n_tokens = 20,
                                 .logits_mode = ENG_LOGITS_LAST,
                                 .logits = logits};
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_ECANCELED);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_ECANCELED);
     assert_int_equal(seq.n_tokens, 0);
     atomic_store(&stop, 0);
     it.n_tokens = 8; /* one whole chunk, then 12 more */
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
     it.tokens = toks + 8;
     it.n_tokens = 12;
-    assert_int_equal(eng_forward(ctx, m, &pool, &it, 1, NULL, &err), KC_OK);
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &it, 1, NULL, &err), KC_OK);
     eng_forward_stop_source(NULL);
-    struct eng_batch_item r = {.seq = &ref,
-                               .tokens = toks,
-                               .n_tokens = 20,
-                               .logits_mode = ENG_LOGITS_LAST,
-                               .logits = want};
-    assert_int_equal(eng_forward(ctx, m, &pool, &r, 1, NULL, &err), KC_OK);
+    struct eng_batch_item ri = {.seq = &ref,
+                                .tokens = toks,
+                                .n_tokens = 20,
+                                .logits_mode = ENG_LOGITS_LAST,
+                                .logits = want};
+    assert_int_equal(eng_forward(r.ctx, r.m, &r.pool, &ri, 1, NULL, &err), KC_OK);
     assert_int_equal(seq.n_tokens, 20);
     for (int v = 0; v < c->vocab_size; v++) {
         assert_true(fabsf(logits[v] - want[v]) <= 1e-6f * (1.0f + fabsf(want[v])));
     }
-    eng_seq_release(&pool, &seq);
-    eng_seq_release(&pool, &ref);
+    eng_seq_release(&r.pool, &seq);
+    eng_seq_release(&r.pool, &ref);
     free(logits);
     free(want);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    eng_model_free(m);
+    rig_close(&r);
+}
+
+/* The golden llama_gqa: its folder in src, its config.json as returned text (to free). */
+static char *golden_config(char *src, size_t cap) {
+    char path[1100];
+    test_golden_dir(src, cap, "llama_gqa");
+    snprintf(path, sizeof(path), "%s/config.json", src);
+    char *cfg = NULL;
+    size_t len = 0;
+    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
+    return cfg;
+}
+
+/* The number after "key": in the config text cfg. */
+static long config_number(const char *cfg, const char *key) {
+    char quoted[128];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", key);
+    const char *p = strstr(cfg, quoted);
+    assert_non_null(p);
+    return strtol(strchr(p, ':') + 1, NULL, 10);
+}
+
+/* Writes dir/config.json: cfg with the number after "key": set to value. */
+static void write_config(const char *dir, const char *cfg, const char *key, long value) {
+    char quoted[128], edited[8192], path[1100];
+    snprintf(quoted, sizeof(quoted), "\"%s\"", key);
+    const char *p = strstr(cfg, quoted);
+    assert_non_null(p);
+    const char *colon = strchr(p, ':');
+    snprintf(edited, sizeof(edited), "%.*s: %ld%s", (int)(colon - cfg), cfg, value,
+             strpbrk(colon + 1, ",}"));
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(edited, f);
+    fclose(f);
 }
 
 /* A model directory whose tensors disagree with its config.json is refused with a message
@@ -444,23 +443,10 @@ static void test_load_rejects_shape_mismatch(void **state) {
     char *dir = mkdtemp(tmpl);
     assert_non_null(dir);
     char src[1024], path[1100];
-    case_dir(src, sizeof(src), "llama_gqa");
-    snprintf(path, sizeof(path), "%s/config.json", src);
-    char *cfg = NULL;
-    size_t len = 0;
-    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
+    char *cfg = golden_config(src, sizeof(src));
     /* Same weights, but a config that claims a wider FFN. */
-    char *p = strstr(cfg, "\"intermediate_size\"");
-    assert_non_null(p);
-    char *colon = strchr(p, ':');
-    long ffn = strtol(colon + 1, NULL, 10);
-    char edited[8192];
-    snprintf(edited, sizeof(edited), "%.*s: %ld%s", (int)(colon - cfg), cfg, ffn + 1,
-             strpbrk(colon + 1, ",}"));
+    write_config(dir, cfg, "intermediate_size", config_number(cfg, "intermediate_size") + 1);
     snprintf(path, sizeof(path), "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    fputs(edited, f);
-    fclose(f);
     char link_target[1100], link_path[1100];
     snprintf(link_target, sizeof(link_target), "%s/model.safetensors", src);
     snprintf(link_path, sizeof(link_path), "%s/model.safetensors", dir);
@@ -484,27 +470,10 @@ static char *model_copy(char *tmpl, int n_layers, const char *const *extra, size
     char *dir = mkdtemp(tmpl);
     assert_non_null(dir);
     char src[1024], path[1100];
-    case_dir(src, sizeof(src), "llama_gqa");
-    snprintf(path, sizeof(path), "%s/config.json", src);
-    char *cfg = NULL;
-    size_t len = 0;
-    assert_int_equal(kc_file_read(path, 1 << 20, &cfg, &len, NULL), KC_OK);
-    char edited[8192];
-    char *p = strstr(cfg, "\"num_hidden_layers\"");
-    assert_non_null(p);
-    char *colon = strchr(p, ':');
-    if (n_layers > 0) {
-        snprintf(edited, sizeof(edited), "%.*s: %d%s", (int)(colon - cfg), cfg, n_layers,
-                 strpbrk(colon + 1, ",}"));
-    } else {
-        snprintf(edited, sizeof(edited), "%s", cfg);
-    }
+    char *cfg = golden_config(src, sizeof(src));
+    const long layers = config_number(cfg, "num_hidden_layers");
+    write_config(dir, cfg, "num_hidden_layers", n_layers > 0 ? n_layers : layers);
     free(cfg);
-    snprintf(path, sizeof(path), "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(edited, f);
-    fclose(f);
     snprintf(path, sizeof(path), "%s/model.safetensors", src);
     struct eng_st_set *st = NULL;
     struct kc_error err = {0};
@@ -594,7 +563,7 @@ static int on_progress(void *ud, const char *path, size_t done, size_t total) {
 static void test_load_reports_progress_and_can_be_cancelled(void **state) {
     (void)state;
     char dir[1024];
-    case_dir(dir, sizeof(dir), "llama_gqa");
+    test_golden_dir(dir, sizeof(dir), "llama_gqa");
     struct progress_log pl = {0};
     struct eng_model_params mp = eng_model_default_params();
     mp.progress_cb = on_progress;
@@ -619,9 +588,8 @@ static void test_load_reports_progress_and_can_be_cancelled(void **state) {
  * tokenizer is fine (padded vocabularies). */
 static void test_tokenizer_must_fit_the_model_vocab(void **state) {
     (void)state;
-    const char *src = getenv("KC_SOURCE_DIR");
     char path[1100];
-    snprintf(path, sizeof(path), "%s/tests/fixtures/tiny_tokenizer", src != NULL ? src : ".");
+    test_source_path(path, sizeof(path), "tests/fixtures/tiny_tokenizer");
     struct eng_tok *tok = NULL;
     struct kc_error err = {0};
     if (eng_tok_load(path, &tok, &err) != KC_OK) {

@@ -18,10 +18,6 @@
 
 #include <cmocka.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "common/kc.h"
 #include "engine/io/dtype.h"
 #include "engine/io/model_config.h"
@@ -32,21 +28,7 @@
 #define TEST_RAND_SEED 0x9e3779b97f4a7c15ull
 #include "tests/unit/test_rand.h"
 
-static float max_abs(const float *a, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        m = fabsf(a[i]) > m ? fabsf(a[i]) : m;
-    }
-    return m;
-}
-
-static int team_size(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+#include "tests/unit/test_attn.h"
 
 static struct eng_dnn *dnn_new(int threads) {
     struct eng_dnn *d = NULL;
@@ -631,52 +613,24 @@ struct attn_case {
 };
 
 static void run_attention_case(const struct attn_case *ac) {
-    const int bs = 16, n_ctx = ac->pos0 + ac->n;
-    const int n_blocks = (n_ctx + bs - 1) / bs + 3; /* a few spare blocks */
-    const size_t tok = (size_t)ac->kv_heads * ac->d;
-    const size_t block_stride = 2 * (size_t)bs * tok + 8; /* K then V, then a gap */
-    float *cache = rand_floats((size_t)n_blocks * block_stride, 1.0f);
-    int32_t *table = malloc((size_t)n_blocks * sizeof(int32_t));
-    assert_non_null(table);
-    /* Shuffled block table: logical block b lives in physical block table[b]. */
-    for (int b = 0; b < n_blocks; b++) {
-        table[b] = b;
-    }
-    for (int b = n_blocks - 1; b > 0; b--) {
-        const int j = (int)((frand() + 1.0f) * 0.5f * (float)(b + 1)) % (b + 1);
-        const int32_t tmp = table[b];
-        table[b] = table[j];
-        table[j] = tmp;
-    }
-    const struct eng_kv_view kv = {cache, block_stride, (size_t)bs * tok, bs, table};
-    const size_t qn = (size_t)ac->n * ac->heads * ac->d;
-    float *q = rand_floats(qn, ac->q_scale);
-    float *out = malloc(qn * sizeof(float));
-    float *outr = malloc(qn * sizeof(float));
-    const size_t sf =
-        eng_attention_scratch_floats(n_ctx, ac->heads, ac->kv_heads, ac->d, team_size());
-    float *scratch = malloc(sf * sizeof(float));
-    float *scratch_r = malloc((size_t)n_ctx * sizeof(float));
-    assert_true(out != NULL && outr != NULL && scratch != NULL && scratch_r != NULL);
-    assert_true(sf >= (size_t)n_ctx);
+    const int n_ctx = ac->pos0 + ac->n;
+    struct test_attn a; /* blocks of 16, shuffled block table */
+    test_attn_create(&a, ac->n, ac->pos0, ac->heads, ac->kv_heads, ac->d, 16, ac->q_scale, true,
+                     n_ctx);
+    assert_true(a.scratch_floats >= (size_t)n_ctx);
     const float scale = 1.0f / sqrtf((float)ac->d);
-    eng_attention(q, ac->n, ac->pos0, &kv, ac->heads, ac->kv_heads, ac->d, scale, out, scratch);
-    eng__attention_ref(q, ac->n, ac->pos0, &kv, ac->heads, ac->kv_heads, ac->d, scale, outr,
-                       scratch_r);
-    const float diff = max_abs_diff(out, outr, qn);
+    eng_attention(a.q, ac->n, ac->pos0, &a.kv, ac->heads, ac->kv_heads, ac->d, scale, a.out,
+                  a.scratch);
+    eng__attention_ref(a.q, ac->n, ac->pos0, &a.kv, ac->heads, ac->kv_heads, ac->d, scale, a.outr,
+                       a.scratch_r);
+    const float diff = max_abs_diff(a.out, a.outr, a.qn);
     printf("  attention n=%3d pos0=%4d H=%2d Hkv=%2d D=%2d qscale=%g maxdiff=%.3g\n", ac->n,
            ac->pos0, ac->heads, ac->kv_heads, ac->d, (double)ac->q_scale, (double)diff);
     assert_true(diff <= 2e-5f);
-    for (size_t i = 0; i < qn; i++) {
-        assert_true(isfinite(out[i]));
+    for (size_t i = 0; i < a.qn; i++) {
+        assert_true(isfinite(a.out[i]));
     }
-    free(cache);
-    free(table);
-    free(q);
-    free(out);
-    free(outr);
-    free(scratch);
-    free(scratch_r);
+    test_attn_free(&a);
 }
 
 static void test_attention_matches_ref_prefill_gqa_and_mha(void **state) {

@@ -13,15 +13,12 @@
 
 #include "engine/io/model_config.h"
 #include "engine/kv_cache.h"
+#include "tests/unit/test_models.h"
 
 enum { BS = 4 }; /* tokens per block in every test */
 
 static struct eng_model_config small_config(void) {
-    struct eng_model_config c = {0};
-    c.n_layers = 2;
-    c.n_kv_heads = 1;
-    c.head_dim = 2;
-    return c;
+    return test_kv_config(2, 1, 2); /* layers, KV heads, head size */
 }
 
 static void pool_open(struct eng_kv_pool *pool, int n_blocks, bool enable) {

@@ -1,7 +1,7 @@
 /*
  * test_rand.h — the kernel tests' random inputs and comparison: a xorshift64 stream (seeded by
- * TEST_RAND_SEED, defined before the include, so each test keeps its own inputs) and the max
- * absolute difference that treats NaN as infinitely wrong. Include after <cmocka.h>.
+ * TEST_RAND_SEED, defined before the include, so each test keeps its own inputs), with the
+ * comparisons of test_compare.h. Include after <cmocka.h>.
  */
 #ifndef KC_TEST_RAND_H
 #define KC_TEST_RAND_H
@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+#include "tests/unit/test_compare.h"
 
 #ifndef TEST_RAND_SEED
 #define TEST_RAND_SEED 0x9e3779b97f4a7c15ull
@@ -31,15 +33,6 @@ static float *rand_floats(size_t n, float scale) {
         p[i] = frand() * scale;
     }
     return p;
-}
-
-static float max_abs_diff(const float *a, const float *b, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float d = fabsf(a[i] - b[i]);
-        m = d > m || isnan(d) ? d : m;
-    }
-    return m;
 }
 
 #endif /* KC_TEST_RAND_H */

@@ -25,6 +25,7 @@
 #include "engine/model.h"
 #include "scheduler/sched_internal.h"
 #include "scheduler/scheduler.h"
+#include "tests/unit/test_models.h"
 
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
@@ -164,13 +165,9 @@ static void run_batch(struct harness *h, struct sch *s, const int32_t *prompt, i
 
 static void test_decode_step_allocates_nothing_after_warm_up(void **state) {
     (void)state;
-    const char *src = getenv("KC_SOURCE_DIR");
-    char dir[1024];
-    snprintf(dir, sizeof(dir), "%s/tests/golden/llama_gqa", src != NULL ? src : ".");
-    struct eng_model_params mp = {.prefill_wtype = ENG_WTYPE_F32, .decode_wtype = ENG_WTYPE_F32};
     struct eng_model *m = NULL;
     struct kc_error err = {0};
-    assert_int_equal(eng_model_load(dir, &mp, &m, &err), KC_OK);
+    assert_int_equal(test_golden_load("llama_gqa", ENG_WTYPE_F32, &m, &err), KC_OK);
     struct harness h;
     memset(&h, 0, sizeof(h));
     pthread_mutex_init(&h.mu, NULL);

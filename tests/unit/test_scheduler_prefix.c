@@ -33,14 +33,11 @@
 static void run_cold(const struct sch_config *c, const struct sch_request_params *p,
                      struct rec *out) {
     struct harness h;
-    harness_init(&h);
-    start(&h, c, NULL, NULL);
+    harness_start(&h, c, NULL, NULL);
     submit_ok(&h, p, 0);
     wait_terminal(&h, 1);
     *out = h.recs[0];
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
 }
 
 static void assert_same_output(const struct rec *a, const struct rec *b, float tol) {
@@ -82,8 +79,7 @@ static void test_full_mode_with_a_prefix_hit_equals_full_mode_without(void **sta
         assert_int_equal(cold1.timings.cached_tokens, 0);
 
         struct harness h;
-        harness_init(&h);
-        start(&h, &c, NULL, NULL);
+        harness_start(&h, &c, NULL, NULL);
         submit_ok(&h, &p1, 0);
         wait_terminal(&h, 1);
         submit_ok(&h, &p1, 1); /* the same prompt: 5 blocks = 40 of its 44 first tokens */
@@ -102,9 +98,7 @@ static void test_full_mode_with_a_prefix_hit_equals_full_mode_without(void **sta
         assert_int_equal(st.prefix_queries[0], 3 * 45);
         assert_int_equal(st.prefix_hits[0], 40 + 32);
         assert_true(st.base_blocks_cached > 0);
-        check_clean(&h, 3);
-        sch_destroy(h.s);
-        harness_free(&h);
+        harness_finish(&h, 3);
     }
 }
 
@@ -114,8 +108,7 @@ static void test_prefix_caching_off_reuses_nothing(void **state) {
     struct sch_config c = test_config(64);
     c.prefix_caching = false;
     struct harness h;
-    harness_init(&h);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[40];
     make_prompt(prompt, 40, 9);
     struct sch_request_params p = greedy_params(prompt, 40, 4);
@@ -128,9 +121,7 @@ static void test_prefix_caching_off_reuses_nothing(void **state) {
     sch_stats_get(h.s, &st);
     assert_int_equal(st.prefix_queries[0], 0);
     assert_int_equal(st.base_blocks_cached, 0);
-    check_clean(&h, 2);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 2);
 }
 
 /* A random predictor (the golden model as its own aux): predicted KV far from exact. */
@@ -149,35 +140,21 @@ static struct eng_kvp *bad_predictor(void) {
  * generated: a base prefill in chunks of `chunk` rows, then one token per step. */
 static void full_mode_logprobs(const int32_t *prompt, int n, const int32_t *gen, int n_gen,
                                int chunk, double *out) {
-    const struct eng_model_config *c = eng_model_config_of(g_model);
-    struct kc_error err = {0};
-    struct eng_ctx *ctx = NULL;
-    struct eng_kv_pool pool = {0};
-    struct eng_seq seq = {0};
-    float *logits = calloc((size_t)c->vocab_size, sizeof(float));
-    assert_non_null(logits);
-    assert_int_equal(eng_ctx_create(g_model, chunk, n + n_gen, 1, &ctx, &err), KC_OK);
-    assert_int_equal(eng_kv_pool_init(&pool, c, 8, (n + n_gen) / 8 + 1, &err), KC_OK);
+    struct direct_run d;
+    direct_open(&d, chunk, n + n_gen);
+    const float *logits = d.logits;
     for (int j = 0; j < n_gen; j++) {
-        struct eng_batch_item item = {.seq = &seq,
-                                      .tokens = j == 0 ? prompt : &gen[j - 1],
-                                      .n_tokens = j == 0 ? n : 1,
-                                      .logits_mode = ENG_LOGITS_LAST,
-                                      .logits = logits};
-        assert_int_equal(eng_forward(ctx, g_model, &pool, &item, 1, NULL, &err), KC_OK);
+        direct_feed(&d, j == 0 ? prompt : &gen[j - 1], j == 0 ? n : 1);
         double mx = logits[0], sum = 0.0;
-        for (int v = 1; v < c->vocab_size; v++) {
+        for (int v = 1; v < d.c->vocab_size; v++) {
             mx = logits[v] > mx ? logits[v] : mx;
         }
-        for (int v = 0; v < c->vocab_size; v++) {
+        for (int v = 0; v < d.c->vocab_size; v++) {
             sum += exp((double)logits[v] - mx);
         }
         out[j] = (double)logits[gen[j]] - mx - log(sum);
     }
-    eng_seq_release(&pool, &seq);
-    eng_kv_pool_free(&pool);
-    eng_ctx_free(ctx);
-    free(logits);
+    direct_close(&d);
 }
 
 /* Refinement's invariant: once the exact KV is swapped in, every next-token distribution is
@@ -214,21 +191,16 @@ static void test_refined_sequence_decodes_exactly_like_full_mode(void **state) {
         }
     }
     assert_true(fabs(want[0] - (double)r->logprobs[0]) > 1e-3); /* the predictor is bad */
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
 
     /* refine off: never swapped, reported as none */
-    harness_init(&h);
-    start(&h, &c, g_model, pred);
+    harness_start(&h, &c, g_model, pred);
     p.refine = SCH_REFINE_OFF;
     submit_ok(&h, &p, 0);
     wait_terminal(&h, 1);
     assert_int_equal(h.recs[0].timings.refine_result, SCH_REFINE_NONE);
     assert_int_equal(h.recs[0].timings.refined_at_token, -1);
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
     eng_kvp_free(pred);
 }
 
@@ -239,8 +211,7 @@ static void test_predict_reuses_the_exact_base_prefix_and_the_aux_prefix(void **
     struct eng_kvp *pred = bad_predictor();
     struct sch_config c = test_config(96);
     struct harness h;
-    harness_init(&h);
-    start(&h, &c, g_model, pred);
+    harness_start(&h, &c, g_model, pred);
     int32_t a[45], b[45];
     make_prompt(a, 45, 31);
     make_prompt(b, 45, 32);
@@ -274,9 +245,7 @@ static void test_predict_reuses_the_exact_base_prefix_and_the_aux_prefix(void **
     sch_stats_get(h.s, &st);
     assert_int_equal(st.prefix_hits[1], 40);
     assert_int_equal(st.prefix_queries[1], 3 * 44);
-    check_clean(&h, 4);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 4);
     eng_kvp_free(pred);
 }
 
@@ -301,9 +270,7 @@ static void test_cancel_during_refinement_frees_every_block(void **state) {
     assert_int_equal(h.recs[0].finish, SCH_FINISH_ABORT);
     assert_int_equal(h.recs[0].timings.refine_result, SCH_REFINE_CANCELLED);
     assert_true(h.refine_chunks >= 1);
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
     eng_kvp_free(pred);
 }
 
@@ -315,8 +282,7 @@ static void test_eviction_under_pressure_keeps_the_books(void **state) {
     struct sch_config c = test_config(40); /* 320 positions */
     c.max_running = 4;
     struct harness h;
-    harness_init(&h);
-    start(&h, &c, g_model, pred);
+    harness_start(&h, &c, g_model, pred);
     int32_t prompts[MAX_REQ][64];
     const int n_req = 24;
     for (int i = 0; i < n_req; i++) {
@@ -336,9 +302,7 @@ static void test_eviction_under_pressure_keeps_the_books(void **state) {
     struct sch_stats st;
     sch_stats_get(h.s, &st);
     assert_true(st.prefix_hits[0] > 0);
-    check_clean(&h, n_req);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, n_req);
     eng_kvp_free(pred);
 }
 

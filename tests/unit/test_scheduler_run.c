@@ -31,9 +31,8 @@
 static void test_request_runs_to_length_and_matches_direct_greedy(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[40];
     make_prompt(prompt, 40, 1);
     struct sch_request_params p = greedy_params(prompt, 40, 24);
@@ -59,16 +58,14 @@ static void test_request_runs_to_length_and_matches_direct_greedy(void **state) 
     struct sch_stats st;
     sch_stats_get(h.s, &st);
     assert_true(st.prefill_ms_per_token_full > 0.0);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_stop(&h);
 }
 
 static void test_eight_concurrent_requests_complete_and_free_every_block(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(96);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompts[8][48];
     for (int i = 0; i < 8; i++) {
         const int n = 5 + i * 6;
@@ -91,8 +88,7 @@ static void test_eight_concurrent_requests_complete_and_free_every_block(void **
     struct sch_stats st;
     sch_stats_get(h.s, &st);
     assert_int_equal(st.queued + st.prefilling + st.running, 0);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_stop(&h);
 }
 
 /* The same request alone and batched with 7 others gives the same first 16 greedy tokens,
@@ -109,9 +105,8 @@ static void test_batched_output_equals_alone_and_seeded_sampling_repeats(void **
     int32_t alone[2][16];
     for (int round = 0; round < 2; round++) {
         struct harness h;
-        harness_init(&h);
         struct sch_config c = test_config(128);
-        start(&h, &c, NULL, NULL);
+        harness_start(&h, &c, NULL, NULL);
         if (round == 0) {
             submit_ok(&h, &greedy, 0);
             wait_terminal(&h, 1);
@@ -148,18 +143,16 @@ static void test_batched_output_equals_alone_and_seeded_sampling_repeats(void **
                 }
             }
         }
-        sch_destroy(h.s);
-        harness_free(&h);
+        harness_stop(&h);
     }
 }
 
 static void test_full_wait_queue_answers_busy(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(128);
     c.max_queue = 3;
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[20];
     make_prompt(prompt, 20, 3);
     struct sch_request_params p = greedy_params(prompt, 20, 4);
@@ -179,17 +172,14 @@ static void test_full_wait_queue_answers_busy(void **state) {
     assert_int_equal(st.prefilling, 1);
     open_gates(&h);
     wait_terminal(&h, 4);
-    check_clean(&h, 4);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 4);
 }
 
 static void test_requests_that_can_never_fit_are_refused_at_submit(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(4); /* 4 blocks of 8 = 32 positions */
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[120];
     make_prompt(prompt, 120, 5);
     struct kc_error err = {0};
@@ -222,17 +212,14 @@ static void test_requests_that_can_never_fit_are_refused_at_submit(void **state)
     assert_non_null(strstr(err.msg, "position 1"));
     wait_terminal(&h, 1);
     assert_int_equal(h.recs[0].n_tokens, 9);
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
 }
 
 static void test_cancel_while_queued_ends_without_the_prefill_worker(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[20];
     make_prompt(prompt, 20, 6);
     struct sch_request_params p = greedy_params(prompt, 20, 8);
@@ -253,18 +240,15 @@ static void test_cancel_while_queued_ends_without_the_prefill_worker(void **stat
     wait_terminal(&h, 2);
     assert_int_equal(h.recs[0].finish, SCH_FINISH_LENGTH);
     sch_cancel(h.s, id1, SCH_FINISH_ABORT); /* a dead id is ignored */
-    check_clean(&h, 2);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 2);
 }
 
 static void test_cancel_during_prefill_stops_at_the_next_chunk(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
     c.prefill_chunk = 8;
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[64];
     make_prompt(prompt, 64, 7);
     struct sch_request_params p = greedy_params(prompt, 64, 8);
@@ -275,17 +259,14 @@ static void test_cancel_during_prefill_stops_at_the_next_chunk(void **state) {
     assert_int_equal(h.recs[0].finish, SCH_FINISH_ABORT);
     assert_int_equal(h.recs[0].n_tokens, 0);
     assert_true(h.recs[0].timings.prefill_ms >= 0.0);
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
 }
 
 static void test_cancel_during_decode_ends_with_abort_and_frees_blocks(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[16];
     make_prompt(prompt, 16, 8);
     struct sch_request_params p = greedy_params(prompt, 16, 60);
@@ -304,9 +285,7 @@ static void test_cancel_during_decode_ends_with_abort_and_frees_blocks(void **st
     }
     assert_int_equal(h.recs[2].finish, SCH_FINISH_LENGTH);
     assert_int_equal(h.recs[2].n_tokens, 60);
-    check_clean(&h, 3);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 3);
 }
 
 /* A long prompt at the head of the queue that waits for blocks is not overtaken by a short
@@ -314,9 +293,8 @@ static void test_cancel_during_decode_ends_with_abort_and_frees_blocks(void **st
 static void test_admission_is_fifo_so_long_prompts_do_not_starve(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(12); /* 96 positions */
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t a[8], b[60], cc[8];
     make_prompt(a, 8, 9);
     make_prompt(b, 60, 10);
@@ -340,17 +318,14 @@ static void test_admission_is_fifo_so_long_prompts_do_not_starve(void **state) {
         assert_int_equal(h.recs[i].finish, SCH_FINISH_LENGTH);
     }
     assert_true(h.recs[1].t_first_token < h.recs[2].t_first_token);
-    check_clean(&h, 3);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 3);
 }
 
 static void test_predict_without_aux_falls_back_to_full(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[12];
     make_prompt(prompt, 12, 12);
     struct sch_request_params p = greedy_params(prompt, 12, 3);
@@ -358,17 +333,14 @@ static void test_predict_without_aux_falls_back_to_full(void **state) {
     submit_ok(&h, &p, 0);
     wait_terminal(&h, 1);
     assert_int_equal(h.recs[0].timings.mode, SCH_MODE_FULL);
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
 }
 
 static void test_eos_and_single_token_requests_finish_at_prefill(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[10];
     make_prompt(prompt, 10, 13);
     struct sch_request_params p = greedy_params(prompt, 10, 1);
@@ -388,17 +360,14 @@ static void test_eos_and_single_token_requests_finish_at_prefill(void **state) {
         assert_int_equal(r->finish, SCH_FINISH_LENGTH);
         assert_int_equal(r->n_tokens, 30);
     }
-    check_clean(&h, 2);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 2);
 }
 
 static void test_drain_finishes_in_flight_requests_and_refuses_new_ones(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(128);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[20];
     make_prompt(prompt, 20, 14);
     struct sch_request_params p = greedy_params(prompt, 20, 30);
@@ -412,17 +381,14 @@ static void test_drain_finishes_in_flight_requests_and_refuses_new_ones(void **s
     struct kc_error err = {0};
     uint64_t id = 0;
     assert_int_equal(sch_submit(h.s, &p, &h.recs[6], &id, &err), KC_EBUSY);
-    check_clean(&h, 6);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 6);
 }
 
 static void test_drain_timeout_cancels_the_rest(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(128);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[20];
     make_prompt(prompt, 20, 15);
     struct sch_request_params p = greedy_params(prompt, 20, 30);
@@ -445,18 +411,15 @@ static void test_drain_timeout_cancels_the_rest(void **state) {
     }
     pthread_mutex_unlock(&h.mu);
     assert_true(aborted >= 1);
-    check_clean(&h, 5);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 5);
 }
 
 static void test_destroy_with_requests_in_every_stage_ends_each_once(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(128);
     c.prefill_chunk = 8;
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[64];
     make_prompt(prompt, 64, 16);
     struct sch_request_params p = greedy_params(prompt, 16, 60);
@@ -504,9 +467,8 @@ static void test_identity_predictor_matches_full_and_reports_predict(void **stat
     assert_int_equal(eng_kvp_create(&shape, map, w, NULL, w, NULL, &pred, &err), KC_OK);
 
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
-    start(&h, &c, g_model, pred);
+    harness_start(&h, &c, g_model, pred);
     int32_t prompt[40];
     make_prompt(prompt, 40, 17);
     struct sch_request_params p = greedy_params(prompt, 40, 16);
@@ -530,12 +492,9 @@ static void test_identity_predictor_matches_full_and_reports_predict(void **stat
     struct sch_stats st;
     sch_stats_get(h.s, &st);
     assert_true(st.aux_blocks_total > 0);
-    check_clean(&h, 2);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 2);
 
-    harness_init(&h);
-    start(&h, &c, g_model, pred);
+    harness_start(&h, &c, g_model, pred);
     p = greedy_params(prompt, 40, 4); /* >= 30: predict */
     submit_ok(&h, &p, 0);
     p = greedy_params(prompt, 10, 4); /* short, no cost measured yet or fits 1 s: full */
@@ -551,9 +510,7 @@ static void test_identity_predictor_matches_full_and_reports_predict(void **stat
     }
     assert_int_equal(auto_n[1], 1);
     assert_int_equal(auto_n[0], 1);
-    check_clean(&h, 2);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 2);
     eng_kvp_free(pred);
     free(w);
     free(map);
@@ -583,9 +540,8 @@ static void test_bad_config_is_refused_with_a_message(void **state) {
 static void test_cancel_with_stop_reports_stop(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(64);
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[16];
     make_prompt(prompt, 16, 18);
     struct sch_request_params p = greedy_params(prompt, 16, 60);
@@ -597,9 +553,7 @@ static void test_cancel_with_stop_reports_stop(void **state) {
     wait_terminal(&h, 1);
     assert_int_equal(h.recs[0].finish, SCH_FINISH_STOP);
     assert_int_equal(h.recs[0].n_tokens, 1);
-    check_clean(&h, 1);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 1);
 }
 
 /* Pinning (1 prefill core + 1 decode core) and two prefill workers still serve correctly;
@@ -607,11 +561,10 @@ static void test_cancel_with_stop_reports_stop(void **state) {
 static void test_pinned_workers_and_two_prefill_workers_serve_requests(void **state) {
     (void)state;
     struct harness h;
-    harness_init(&h);
     struct sch_config c = test_config(96);
     c.pin_cpus = true;
     c.prefill_workers = 2;
-    start(&h, &c, NULL, NULL);
+    harness_start(&h, &c, NULL, NULL);
     int32_t prompt[24];
     make_prompt(prompt, 24, 19);
     struct sch_request_params p = greedy_params(prompt, 24, 12);
@@ -622,9 +575,7 @@ static void test_pinned_workers_and_two_prefill_workers_serve_requests(void **st
     for (int i = 1; i < 6; i++) {
         assert_memory_equal(h.recs[i].tokens, h.recs[0].tokens, 12 * sizeof(int32_t));
     }
-    check_clean(&h, 6);
-    sch_destroy(h.s);
-    harness_free(&h);
+    harness_finish(&h, 6);
 }
 
 int main(void) {

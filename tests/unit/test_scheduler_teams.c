@@ -31,6 +31,19 @@ static struct sch_team_split split(int n_cpus, int n_prefilling, bool decode_bus
     return t;
 }
 
+/* split(...) gives decode want_decode cores and each prefill worker want_prefill. */
+static void expect_split(int n_cpus, int n_prefilling, bool decode_busy, double work_ms,
+                         double shared_ms, double target_ms, int want_decode, int want_prefill) {
+    const struct sch_team_split t =
+        split(n_cpus, n_prefilling, decode_busy, work_ms, shared_ms, target_ms);
+    if (t.decode != want_decode || t.prefill != want_prefill) {
+        print_message("split(%d, %d, %d, %g, %g, %g): decode %d prefill %d\n", n_cpus, n_prefilling,
+                      (int)decode_busy, work_ms, shared_ms, target_ms, t.decode, t.prefill);
+    }
+    assert_int_equal(t.decode, want_decode);
+    assert_int_equal(t.prefill, want_prefill);
+}
+
 /* One side alone gets every core: the lone prefill of issue 16 ran on half of them. */
 static void test_a_side_alone_gets_every_core(void **state) {
     (void)state;
@@ -53,18 +66,10 @@ static void test_a_side_alone_gets_every_core(void **state) {
  * and the kernel time-slices them. */
 static void test_both_busy_share_every_core_while_decode_meets_the_target(void **state) {
     (void)state;
-    struct sch_team_split t = split(2, 1, true, 20.0, 0.0, 50.0);
-    assert_int_equal(t.decode, 2);
-    assert_int_equal(t.prefill, 2);
-    t = split(16, 1, true, 120.0, 49.0, 50.0);
-    assert_int_equal(t.decode, 16);
-    assert_int_equal(t.prefill, 16);
-    t = split(16, 1, true, 120.0, 500.0, 0.0);
-    assert_int_equal(t.decode, 16);
-    assert_int_equal(t.prefill, 16);
-    t = split(16, 2, true, 120.0, 10.0, 50.0);
-    assert_int_equal(t.decode, 16);
-    assert_int_equal(t.prefill, 8);
+    expect_split(2, 1, true, 20.0, 0.0, 50.0, 2, 2);
+    expect_split(16, 1, true, 120.0, 49.0, 50.0, 16, 16);
+    expect_split(16, 1, true, 120.0, 500.0, 0.0, 16, 16);
+    expect_split(16, 2, true, 120.0, 10.0, 50.0, 16, 8);
 }
 
 /* Both busy and a shared decode step missed the target: decode gets the fewest cores that
@@ -72,43 +77,25 @@ static void test_both_busy_share_every_core_while_decode_meets_the_target(void *
 static void test_a_missed_target_splits_the_cores(void **state) {
     (void)state;
     /* 120 core-ms per step, 50 ms target: 3 cores (40 ms), 13 to prefill. */
-    struct sch_team_split t = split(16, 1, true, 120.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 3);
-    assert_int_equal(t.prefill, 13);
+    expect_split(16, 1, true, 120.0, 80.0, 50.0, 3, 13);
     /* A cheap step needs one core. */
-    t = split(16, 1, true, 20.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 1);
-    assert_int_equal(t.prefill, 15);
+    expect_split(16, 1, true, 20.0, 80.0, 50.0, 1, 15);
     /* The target needs more than half: decode gets it (at most n - 1). */
-    t = split(16, 1, true, 600.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 12);
-    assert_int_equal(t.prefill, 4);
+    expect_split(16, 1, true, 600.0, 80.0, 50.0, 12, 4);
     /* Two prefill workers share the rest. */
-    t = split(16, 2, true, 120.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 3);
-    assert_int_equal(t.prefill, 6);
+    expect_split(16, 2, true, 120.0, 80.0, 50.0, 3, 6);
     /* 2 cores: one each. */
-    t = split(2, 1, true, 20.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 1);
-    assert_int_equal(t.prefill, 1);
+    expect_split(2, 1, true, 20.0, 80.0, 50.0, 1, 1);
 }
 
 /* A missed target with the cost unknown or beyond any split: an even split, nobody starves. */
 static void test_a_missed_target_without_a_usable_estimate_splits_evenly(void **state) {
     (void)state;
-    struct sch_team_split t = split(16, 1, true, 0.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 8);
-    assert_int_equal(t.prefill, 8);
-    t = split(16, 1, true, 5000.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 8);
-    assert_int_equal(t.prefill, 8);
-    t = split(1, 1, true, 30.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 1);
-    assert_int_equal(t.prefill, 1);
+    expect_split(16, 1, true, 0.0, 80.0, 50.0, 8, 8);
+    expect_split(16, 1, true, 5000.0, 80.0, 50.0, 8, 8);
+    expect_split(1, 1, true, 30.0, 80.0, 50.0, 1, 1);
     /* More prefill workers than free cores: each still gets one (oversubscribed). */
-    t = split(4, 3, true, 0.0, 80.0, 50.0);
-    assert_int_equal(t.decode, 2);
-    assert_int_equal(t.prefill, 1);
+    expect_split(4, 3, true, 0.0, 80.0, 50.0, 2, 1);
 }
 
 static void test_step_cost_is_core_milliseconds(void **state) {

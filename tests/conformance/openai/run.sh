@@ -7,15 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 kvcast="${1:?usage: run.sh /path/to/kvcast}"
-for tool in node npm; do
-  if ! command -v "$tool" >/dev/null 2>&1; then
-    echo "openai conformance: '$tool' is not installed (apt-get install nodejs npm)" >&2
-    exit 1
-  fi
-done
+. "$here/../npm_lib.sh"
+kc_npm_ready "openai conformance" "$here" node_modules/openai/package.json
 cd "$here"
-if [ ! -f node_modules/openai/package.json ]; then
-  echo "openai conformance: installing pinned npm packages" >&2
-  npm ci --offline --no-audit --no-fund >&2 || npm ci --no-audit --no-fund >&2
-fi
 exec node run.mjs "$kvcast" "$(cd "$here/../../.." && pwd)"
