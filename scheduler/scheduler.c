@@ -1721,7 +1721,7 @@ static int aux_pool_init(struct sch *s, const struct eng_model_config *ac, int b
     return eng_kv_pool_init(&s->aux_pool, ac, c->block_size, (int)n, err);
 }
 
-static void sch_free(struct sch *s) {
+static void sch_memory_free(struct sch *s) {
     eng_kv_pool_free(&s->aux_pool);
     eng_kv_pool_free(&s->pool);
     pthread_cond_destroy(&s->prefill_cv);
@@ -1817,7 +1817,7 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
     pthread_condattr_destroy(&ca);
     s->pw = kc_calloc((size_t)c.prefill_workers, sizeof(*s->pw));
     if (s->pw == NULL) {
-        sch_free(s);
+        sch_memory_free(s);
         return kc_error_set(err, KC_ENOMEM, "scheduler: out of memory");
     }
     rc = eng_kv_pool_init(&s->pool, bc, c.block_size, (int)n_blocks, err);
@@ -1831,7 +1831,7 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         }
     }
     if (rc != KC_OK) {
-        sch_free(s);
+        sch_memory_free(s);
         return rc;
     }
     for (int i = 0; i < c.prefill_workers; i++) {
@@ -1892,7 +1892,7 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
     return KC_OK;
 fail:
     stop_workers(s);
-    sch_free(s);
+    sch_memory_free(s);
     return rc;
 }
 
@@ -2187,10 +2187,10 @@ void sch__drain(struct sch *s, int timeout_ms) {
     pthread_mutex_unlock(&s->lock);
 }
 
-void sch_destroy(struct sch *s) {
+void sch_free(struct sch *s) {
     if (s == NULL) {
         return;
     }
     stop_workers(s);
-    sch_free(s);
+    sch_memory_free(s);
 }

@@ -289,6 +289,6 @@ void sch_stats_get(struct sch *s, struct sch_stats *out);
 /* Cancels everything, joins the workers, frees the pools. Every request still alive gets
  * its terminal event before this returns (requests the workers did not reach get it on the
  * calling thread, after the workers are joined). */
-void sch_destroy(struct sch *s);
+void sch_free(struct sch *s);
 
 #endif /* SCH_SCHEDULER_H */

@@ -481,7 +481,7 @@ done:
         srv_http_stop(s);
     }
     if (s->sch != NULL) {
-        sch_destroy(s->sch); /* emits terminal events for anything still alive */
+        sch_free(s->sch); /* emits terminal events for anything still alive */
         s->sch = NULL;
     }
     drain_events(s);

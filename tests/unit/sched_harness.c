@@ -253,7 +253,7 @@ void harness_start(struct harness *h, const struct sch_config *c, const struct e
 }
 
 void harness_stop(struct harness *h) {
-    sch_destroy(h->s);
+    sch_free(h->s);
     harness_free(h);
 }
 

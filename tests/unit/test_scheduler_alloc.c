@@ -191,7 +191,7 @@ static void test_decode_step_allocates_nothing_after_warm_up(void **state) {
     printf("decode steps measured: %ld, allocations in them: %ld\n", steps, allocs);
     assert_true(steps >= 8);
     assert_int_equal(allocs, 0);
-    sch_destroy(s);
+    sch_free(s);
     pthread_cond_destroy(&h.cv);
     pthread_mutex_destroy(&h.mu);
     eng_model_free(m);

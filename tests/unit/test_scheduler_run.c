@@ -433,7 +433,7 @@ static void test_destroy_with_requests_in_every_stage_ends_each_once(void **stat
     submit_ok(&h, &p, 5);
     wait_paused(&h, 1);
     open_gates(&h); /* destroy proceeds whatever the stage reached */
-    sch_destroy(h.s);
+    sch_free(h.s);
     pthread_mutex_lock(&h.mu);
     assert_int_equal(h.n_terminal, 6);
     for (int i = 0; i < 6; i++) {
