@@ -413,10 +413,12 @@ static char *golden_config(char *src, size_t cap) {
 /* The number after "key": in the config text cfg. */
 static long config_number(const char *cfg, const char *key) {
     char quoted[128];
-    snprintf(quoted, sizeof(quoted), "\"%s\"", key);
-    const char *p = strstr(cfg, quoted);
-    assert_non_null(p);
-    return strtol(strchr(p, ':') + 1, NULL, 10);
+    snprintf(quoted, sizeof(quoted), "\"%s\"", key);    const char *at = strstr(cfg, quoted);
+    const char *colon = at != NULL ? strchr(at, ':') : NULL;
+    if (colon == NULL) {
+        fail_msg("config.json has no number for %s", key);
+    }
+    return strtol(colon + 1, NULL, 10);
 }
 
 /* Writes dir/config.json: cfg with the number after "key": set to value. */
