@@ -302,7 +302,11 @@ static int bench_attention(const struct attn_bench *b) {
     for (int i = 0; i < n_blocks; i++) { /* reversed: no two neighbours adjacent in memory */
         table[i] = n_blocks - 1 - i;
     }
-    const struct eng_kv_view kv = {cache, stride, (size_t)bs * tok, bs, table};
+    const struct eng_kv_view kv = {.base = cache,
+                                   .block_stride = stride,
+                                   .v_offset = (size_t)bs * tok,
+                                   .block_size = bs,
+                                   .block_table = table};
     if (!b->json) {
         printf("attention (f32, H %d, Hkv %d, D %d, %d-row chunks) against an f32 GEMM "
                "%dx%dx%d measured beside each length:\n",
