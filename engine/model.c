@@ -874,8 +874,9 @@ static int kv_inject_rounded(const struct eng_model *m, struct eng_kv_pool *pool
         return KC_ENOMEM;
     }
     const int p0 = ku->p0;
+    /* num_threads: the team never outgrows the buffer's n_thr slices. */
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (ku->par)
+#pragma omp parallel for schedule(static) num_threads(n_thr) if (ku->par)
 #endif
     for (long u = 0; u < ku->count; u++) {
         int l, lo, hi;

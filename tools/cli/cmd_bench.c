@@ -269,6 +269,76 @@ static double attn_rows_us(attn_fn fn, const float *q, const struct eng_kv_view 
     return best * 1e6;
 }
 
+/* --kv-dtype bf16: the attention of one decode row through every layer of the model (each
+ * layer its own cache of T positions, so the caches together are far larger than the CPU's
+ * caches, as in a decode step), on f32 and on bf16 caches, interleaved, best of 5 each. */
+static int attn_step_bench(const struct eng_model_config *c, int T, const float *q, float *out,
+                           float *scratch, bool json, json_t *j) {
+    const int bs = 16, nb = (T + bs - 1) / bs, L = c->n_layers;
+    const size_t tok = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    const size_t stride = 2 * (size_t)bs * tok, layer = (size_t)nb * stride;
+    float *cache = malloc((size_t)L * layer * sizeof(float));
+    uint16_t *cache16 = malloc((size_t)L * layer * sizeof(uint16_t));
+    int32_t *table = malloc((size_t)nb * sizeof(int32_t));
+    if (cache == NULL || cache16 == NULL || table == NULL) {
+        free(cache);
+        free(cache16);
+        free(table);
+        fprintf(stderr, "kvcast bench: out of memory for the decode-step attention caches\n");
+        return 1;
+    }
+    uint64_t r = 11;
+    for (size_t i = 0; i < (size_t)L * layer; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        cache[i] = (float)((r >> 40) & 0xffff) / 32768.0f - 1.0f;
+        cache16[i] = eng_f32_to_bf16(cache[i]);
+    }
+    for (int i = 0; i < nb; i++) {
+        table[i] = nb - 1 - i;
+    }
+    const float scale = 1.0f / sqrtf((float)c->head_dim);
+    double best[2] = {1e30, 1e30};
+    for (int rep = 0; rep < 5; rep++) {
+        for (int d = 0; d < 2; d++) {
+            const double t0 = kc_now_s();
+            for (int l = 0; l < L; l++) {
+                struct eng_kv_view kv = {.block_stride = stride,
+                                         .v_offset = (size_t)bs * tok,
+                                         .block_size = bs,
+                                         .block_table = table};
+                if (d == 1) {
+                    kv.base16 = cache16 + (size_t)l * layer;
+                    kv.dtype = ENG_DTYPE_BF16;
+                } else {
+                    kv.base = cache + (size_t)l * layer;
+                }
+                eng_attention(q, 1, T - 1, &kv, c->n_heads, c->n_kv_heads, c->head_dim, scale, out,
+                              scratch);
+            }
+            const double dt = kc_now_s() - t0;
+            best[d] = dt < best[d] ? dt : best[d];
+        }
+    }
+    const double kv_mb = (double)L * (double)T * 2.0 * (double)tok * 4.0 * 1e-6;
+    if (json) {
+        json_t *e = json_object();
+        json_object_set_new(e, "context", json_integer(T));
+        json_object_set_new(e, "layers", json_integer(L));
+        json_object_set_new(e, "f32_kv_us", kc_json_real(best[0] * 1e6, 1));
+        json_object_set_new(e, "bf16_kv_us", kc_json_real(best[1] * 1e6, 1));
+        json_object_set_new(e, "speedup", kc_json_real(best[0] / best[1], 2));
+        json_object_set_new(j, "attention_decode_step", e);
+    } else {
+        printf("  decode step attention, %d layers at context %d (%.0f MB of f32 K/V): f32 KV "
+               "%8.1f us, bf16 KV %8.1f us (%.2fx)\n",
+               L, T, kv_mb, best[0] * 1e6, best[1] * 1e6, best[0] / best[1]);
+    }
+    free(cache);
+    free(cache16);
+    free(table);
+    return 0;
+}
+
 static int bench_attention(const struct attn_bench *b) {
     const struct eng_model_config *c = b->cfg;
     int T_max = 0;
@@ -396,6 +466,9 @@ static int bench_attention(const struct attn_bench *b) {
             }
             printf("\n");
         }
+    }
+    if (b->kv_bf16 && attn_step_bench(c, T_max, q, out, scratch, b->json, j) != 0) {
+        goto done;
     }
     if (b->json) {
         json_object_set_new(j, "attn_chunk", json_integer(b->chunk));
