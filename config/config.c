@@ -127,6 +127,9 @@ static const struct cfg_field fields[] = {
     F_INT("aux-kv-mib", aux_kv_mib, 1, 1048576, "64",
           "KV cache budget of the auxiliary model (MiB)"),
     F_INT("block-size", block_size, 1, 4096, "16", "tokens per KV block"),
+    F_ENUM("kv-dtype", kv_dtype, "f32|bf16", "f32",
+           "element type of the KV caches (bf16: half the memory per token, attention reads "
+           "half the bytes; K/V rounded to bf16)"),
     F_INT("max-queue", max_queue, 1, 1000000, "64",
           "waiting requests beyond which new ones get 503"),
     F_INT("max-running", max_running, 1, 4096, "8", "sequences decoding at once"),

@@ -69,6 +69,7 @@ struct cfg_settings {
     int base_kv_mib;
     int aux_kv_mib;
     int block_size;
+    char kv_dtype[8]; /* f32 | bf16: element type of the KV caches */
     int max_queue;
     int max_running;
     int prefill_chunk;

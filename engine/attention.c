@@ -47,6 +47,15 @@
  *  6. f32 throughout. P uses exp512/expf_fast (ops_simd.h, <= 2 ulp); the row path's
  *     rescale uses libm expf. Queries are scaled before the product (the twin scales the
  *     dot product): differences stay at float rounding (tests/unit/test_attention.c).
+ *  7. bf16 caches (`--kv-dtype bf16`, view dtype ENG_DTYPE_BF16): keys and values are
+ *     widened to f32 exactly (a bf16 is the high half of an f32: zero-extend, shift by 16;
+ *     AVX-512F only), so the arithmetic and the result are those of the f32 kernel on the
+ *     rounded K/V. The row path widens in registers (dot_bf16, axpy_bf16), its dtype fixed
+ *     per call by picking one of two instantiations of attend_group. The tile path widens
+ *     each chunk's ATT_TK keys and values once per tile into per-thread Kf/Vf rows (L1) and
+ *     runs the f32 micro-kernels unchanged: the widening is D/16 vector ops per key against
+ *     rp/16 * D FMAs, and the f32 path only gains a per-key branch in the chunk setup. The
+ *     twin reads the elements through kv_elem.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -88,12 +97,23 @@ static size_t up16(size_t x) {
     return (x + 15) / 16 * 16;
 }
 
-/* Key vector of kv head g at token t. */
+/* Element offset of the key vector of kv head g at token t from the view's base. */
+static inline size_t kv_key_off(const struct eng_kv_view *kv, int t, int n_kv_heads, int d, int g) {
+    const int32_t blk = kv->block_table[t / kv->block_size];
+    return (size_t)blk * kv->block_stride +
+           ((size_t)(t % kv->block_size) * (size_t)n_kv_heads + (size_t)g) * (size_t)d;
+}
+
+/* Key vector of kv head g at token t: f32 views ... */
 static inline const float *kv_key(const struct eng_kv_view *kv, int t, int n_kv_heads, int d,
                                   int g) {
-    const int32_t blk = kv->block_table[t / kv->block_size];
-    return kv->base + (size_t)blk * kv->block_stride +
-           ((size_t)(t % kv->block_size) * (size_t)n_kv_heads + (size_t)g) * (size_t)d;
+    return kv->base + kv_key_off(kv, t, n_kv_heads, d, g);
+}
+
+/* ... and bf16 views (invariant 7). */
+static inline const uint16_t *kv_key16(const struct eng_kv_view *kv, int t, int n_kv_heads, int d,
+                                       int g) {
+    return kv->base16 + kv_key_off(kv, t, n_kv_heads, d, g);
 }
 
 /* s[j] = exp(s[j] - sub) for j < n; returns the sum of the new values. */
@@ -153,6 +173,50 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, int
         _mm512_mask_storeu_ps(y + i, k, r);
     }
 }
+
+/* The first min(n, 16) bf16 of p widened to f32 lanes (the rest zero): a bf16 is the high half
+ * of an f32, so zero-extend to 32 bits and shift left by 16 (AVX-512F; no avx512_bf16). */
+static inline __m512 bf16_load16(const uint16_t *p, int n) {
+    __m256i h;
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    h = _mm256_maskz_loadu_epi16(tail_mask(n), p);
+#else
+    if (n >= 16) {
+        h = _mm256_loadu_si256((const __m256i *)(const void *)p);
+    } else {
+        uint16_t t[16] = {0};
+        memcpy(t, p, (size_t)n * sizeof(uint16_t));
+        h = _mm256_loadu_si256((const __m256i *)(const void *)t);
+    }
+#endif
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline float dot_bf16(const float *restrict a, const uint16_t *restrict b, int d) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < d; i += 16) {
+        const __mmask16 k = tail_mask(d - i);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), bf16_load16(b + i, d - i), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+static inline void axpy_bf16(float *restrict y, float a, const uint16_t *restrict x, int d) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < d; i += 16) {
+        const __mmask16 k = tail_mask(d - i);
+        const __m512 r =
+            _mm512_fmadd_ps(va, bf16_load16(x + i, d - i), _mm512_maskz_loadu_ps(k, y + i));
+        _mm512_mask_storeu_ps(y + i, k, r);
+    }
+}
+
+/* dst[0..n) = src[0..n) widened to f32. */
+static inline void bf16_to_f32_row(const uint16_t *restrict src, float *restrict dst, int n) {
+    for (int i = 0; i < n; i += 16) {
+        _mm512_mask_storeu_ps(dst + i, tail_mask(n - i), bf16_load16(src + i, n - i));
+    }
+}
 #else
 static inline float dot(const float *restrict a, const float *restrict b, int d) {
     float s = 0.0f;
@@ -169,15 +233,40 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, int
         y[i] += a * x[i];
     }
 }
+
+static inline float dot_bf16(const float *restrict a, const uint16_t *restrict b, int d) {
+    float s = 0.0f;
+    ENG_SIMD_SUM(s)
+    for (int i = 0; i < d; i++) {
+        s += a[i] * eng_bf16_to_f32(b[i]);
+    }
+    return s;
+}
+
+static inline void axpy_bf16(float *restrict y, float a, const uint16_t *restrict x, int d) {
+    ENG_SIMD
+    for (int i = 0; i < d; i++) {
+        y[i] += a * eng_bf16_to_f32(x[i]);
+    }
+}
+
+static inline void bf16_to_f32_row(const uint16_t *restrict src, float *restrict dst, int n) {
+    ENG_SIMD
+    for (int i = 0; i < n; i++) {
+        dst[i] = eng_bf16_to_f32(src[i]);
+    }
+}
 #endif
 
 /* Attention of the G query heads q[G, D] of one row (sharing kv head g) over keys 0..L-1;
  * writes out[G, D]. sc holds sc_floats floats. Keys are visited in blocks with an online
  * softmax; when the scratch holds all scores of the group there is one block and it is the
- * classic two-pass softmax. */
-static void attend_group(const float *q, int n_keys, const struct eng_kv_view *kv, int g, int grp,
-                         int n_kv_heads, int d, float scale, float *out, float *sc,
-                         size_t sc_floats) {
+ * classic two-pass softmax. bf (a constant at both call sites: one instantiation per cache
+ * dtype) says the view holds bf16 elements, widened in registers by dot_bf16/axpy_bf16. */
+static inline __attribute__((always_inline)) void
+attend_group_t(const float *q, int n_keys, const struct eng_kv_view *kv, int g, int grp,
+               int n_kv_heads, int d, float scale, float *out, float *sc, size_t sc_floats,
+               const bool bf) {
     float *mx = sc, *sum = sc + grp, *s = sc + 2 * grp;
     KC_ASSERT(sc_floats > 3 * (size_t)grp);
     size_t blk = (sc_floats - 2 * (size_t)grp) / (size_t)grp;
@@ -194,9 +283,17 @@ static void attend_group(const float *q, int n_keys, const struct eng_kv_view *k
         const int nb = n_keys - t0 < bsz ? n_keys - t0 : bsz;
         /* Scores of the block, every key read once for the whole group. */
         for (int j = 0; j < nb; j++) {
-            const float *k = kv_key(kv, t0 + j, n_kv_heads, d, g);
-            for (int h = 0; h < grp; h++) {
-                s[(size_t)h * blk + (size_t)j] = dot(q + (size_t)h * (size_t)d, k, d) * scale;
+            if (bf) {
+                const uint16_t *k = kv_key16(kv, t0 + j, n_kv_heads, d, g);
+                for (int h = 0; h < grp; h++) {
+                    s[(size_t)h * blk + (size_t)j] =
+                        dot_bf16(q + (size_t)h * (size_t)d, k, d) * scale;
+                }
+            } else {
+                const float *k = kv_key(kv, t0 + j, n_kv_heads, d, g);
+                for (int h = 0; h < grp; h++) {
+                    s[(size_t)h * blk + (size_t)j] = dot(q + (size_t)h * (size_t)d, k, d) * scale;
+                }
             }
         }
         /* Online softmax: rescale what was accumulated if the running max grows. */
@@ -218,15 +315,34 @@ static void attend_group(const float *q, int n_keys, const struct eng_kv_view *k
         }
         /* Weighted values, every value read once for the whole group. */
         for (int j = 0; j < nb; j++) {
-            const float *v = kv_key(kv, t0 + j, n_kv_heads, d, g) + kv->v_offset;
-            for (int h = 0; h < grp; h++) {
-                axpy(out + (size_t)h * (size_t)d, s[(size_t)h * blk + (size_t)j], v, d);
+            if (bf) {
+                const uint16_t *v = kv_key16(kv, t0 + j, n_kv_heads, d, g) + kv->v_offset;
+                for (int h = 0; h < grp; h++) {
+                    axpy_bf16(out + (size_t)h * (size_t)d, s[(size_t)h * blk + (size_t)j], v, d);
+                }
+            } else {
+                const float *v = kv_key(kv, t0 + j, n_kv_heads, d, g) + kv->v_offset;
+                for (int h = 0; h < grp; h++) {
+                    axpy(out + (size_t)h * (size_t)d, s[(size_t)h * blk + (size_t)j], v, d);
+                }
             }
         }
     }
     for (int h = 0; h < grp; h++) {
         scal(out + (size_t)h * (size_t)d, 1.0f / sum[h], d);
     }
+}
+
+static void attend_group_f32(const float *q, int n_keys, const struct eng_kv_view *kv, int g,
+                             int grp, int n_kv_heads, int d, float scale, float *out, float *sc,
+                             size_t sc_floats) {
+    attend_group_t(q, n_keys, kv, g, grp, n_kv_heads, d, scale, out, sc, sc_floats, false);
+}
+
+static void attend_group_bf16(const float *q, int n_keys, const struct eng_kv_view *kv, int g,
+                              int grp, int n_kv_heads, int d, float scale, float *out, float *sc,
+                              size_t sc_floats) {
+    attend_group_t(q, n_keys, kv, g, grp, n_kv_heads, d, scale, out, sc, sc_floats, true);
 }
 
 static void attention_rows(const float *q, int n, int pos0, const struct eng_kv_view *kv,
@@ -236,6 +352,10 @@ static void attention_rows(const float *q, int n, int pos0, const struct eng_kv_
     const long items = (long)n * n_kv_heads;
     const size_t work = (size_t)items * (size_t)(pos0 + n) * (size_t)grp * (size_t)d;
     (void)work;
+    /* The cache dtype picks the instantiation once per call, outside every loop. */
+    void (*const attend_group)(const float *, int, const struct eng_kv_view *, int, int, int, int,
+                               float, float *, float *, size_t) =
+        kv->dtype == ENG_DTYPE_BF16 ? attend_group_bf16 : attend_group_f32;
 #ifdef _OPENMP
 #pragma omp parallel if (items > 1 && work >= ATT_PAR_MIN)
 #endif
@@ -274,10 +394,11 @@ static struct att_tile att_tile_of(int grp, int d) {
 
 /* Per-thread scratch of the tile path, each part on a 64-byte boundary of the slice:
  * Qt[D][rp] (scaled queries, transposed), St[TK][rp] (scores, then P), Ot[D][rp] (the
- * accumulator, transposed), max, sum, rescale and query position [rp] each, zeros[D]. */
+ * accumulator, transposed), max, sum, rescale and query position [rp] each, zeros[D], and
+ * the chunk's keys and values widened from bf16, Kf[TK][D] and Vf[TK][D] (bf16 views). */
 static size_t tile_thread_floats(const struct att_tile *t) {
     const size_t rp = (size_t)t->rp, d = (size_t)t->d;
-    return 2 * up16(rp * d) + up16(ATT_TK * rp) + 4 * rp + up16(d);
+    return 2 * up16(rp * d) + up16(ATT_TK * rp) + 4 * rp + up16(d) + 2 * up16(ATT_TK * d);
 }
 
 #if defined(__AVX512F__)
@@ -521,6 +642,9 @@ static void attend_tile(const float *q, int i0, int nq, int pos0, const struct e
     float *alpha = sum + frp;
     int32_t *qpos = (int32_t *)(void *)(alpha + frp);
     float *zeros = alpha + 2 * frp;
+    float *kf = zeros + up16((size_t)d);
+    float *vf = kf + up16(ATT_TK * (size_t)d);
+    const bool bf = kv->dtype == ENG_DTYPE_BF16;
     const int first = pos0 + i0, last = pos0 + i0 + nq - 1;
     /* Row i * grp + h of Qt's columns is (query row i, head h), scaled; padding rows are
      * zero and see every key, so they stay finite. */
@@ -553,8 +677,20 @@ static void attend_tile(const float *q, int i0, int nq, int pos0, const struct e
         const int nk = last + 1 - k0 < ATT_TK ? last + 1 - k0 : ATT_TK;
         for (int j = 0; j < ATT_TK; j++) {
             /* Keys past the chunk point at zeros: the 4-key blocks read them harmlessly. */
-            kp[j] = j < nk ? kv_key(kv, k0 + j, n_kv_heads, d, g) : zeros;
-            vp[j] = j < nk ? kp[j] + kv->v_offset : zeros;
+            if (j >= nk) {
+                kp[j] = vp[j] = zeros;
+            } else if (bf) {
+                /* bf16 cache: widen the chunk's rows into Kf/Vf once (invariant 7). */
+                const uint16_t *k16 = kv_key16(kv, k0 + j, n_kv_heads, d, g);
+                float *kr = kf + (size_t)j * (size_t)d, *vr = vf + (size_t)j * (size_t)d;
+                bf16_to_f32_row(k16, kr, d);
+                bf16_to_f32_row(k16 + kv->v_offset, vr, d);
+                kp[j] = kr;
+                vp[j] = vr;
+            } else {
+                kp[j] = kv_key(kv, k0 + j, n_kv_heads, d, g);
+                vp[j] = kp[j] + kv->v_offset;
+            }
         }
         tile_qk(kp, nk, qt, rp, d, st);
         tile_softmax(st, nk, k0, k0 + nk - 1 > first, rp, qpos, mx, sum, alpha);
@@ -647,6 +783,11 @@ void eng__attention_tiles(const float *q, int n, int pos0, const struct eng_kv_v
                     thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim));
 }
 
+/* Element i of the view's slab as f32, for the twin. */
+static float kv_elem(const struct eng_kv_view *kv, size_t i) {
+    return kv->dtype == ENG_DTYPE_BF16 ? eng_bf16_to_f32(kv->base16[i]) : kv->base[i];
+}
+
 void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
                         int n_kv_heads, int head_dim, float scale, float *out, float *scratch) {
     const int grp = n_heads / n_kv_heads, d = head_dim;
@@ -658,10 +799,10 @@ void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_vie
             float *oh = out + ((size_t)i * (size_t)n_heads + (size_t)h) * (size_t)d;
             float mx = -INFINITY;
             for (int t = 0; t < n_keys; t++) {
-                const float *k = kv_key(kv, t, n_kv_heads, d, g);
+                const size_t ko = kv_key_off(kv, t, n_kv_heads, d, g);
                 float s = 0.0f;
                 for (int j = 0; j < d; j++) {
-                    s += qh[j] * k[j];
+                    s += qh[j] * kv_elem(kv, ko + (size_t)j);
                 }
                 scratch[t] = s * scale;
                 mx = scratch[t] > mx ? scratch[t] : mx;
@@ -675,9 +816,9 @@ void eng__attention_ref(const float *q, int n, int pos0, const struct eng_kv_vie
                 oh[j] = 0.0f;
             }
             for (int t = 0; t < n_keys; t++) {
-                const float *v = kv_key(kv, t, n_kv_heads, d, g) + kv->v_offset;
+                const size_t vo = kv_key_off(kv, t, n_kv_heads, d, g) + kv->v_offset;
                 for (int j = 0; j < d; j++) {
-                    oh[j] += scratch[t] * v[j];
+                    oh[j] += scratch[t] * kv_elem(kv, vo + (size_t)j);
                 }
             }
             for (int j = 0; j < d; j++) {

@@ -137,21 +137,52 @@ static void kv_prefix_destroy(struct eng_kv_prefix *px) {
     free(px);
 }
 
-size_t eng_kv_block_bytes(const struct eng_model_config *cfg, int block_size) {
+static size_t kv_elem_size(enum eng_dtype dtype) {
+    return dtype == ENG_DTYPE_BF16 ? sizeof(uint16_t) : sizeof(float);
+}
+
+size_t eng_kv_block_bytes_of(const struct eng_model_config *cfg, int block_size,
+                             enum eng_dtype dtype) {
     return (size_t)cfg->n_layers * 2 * (size_t)block_size * (size_t)cfg->n_kv_heads *
-           (size_t)cfg->head_dim * sizeof(float);
+           (size_t)cfg->head_dim * kv_elem_size(dtype);
+}
+
+size_t eng_kv_block_bytes(const struct eng_model_config *cfg, int block_size) {
+    return eng_kv_block_bytes_of(cfg, block_size, ENG_DTYPE_F32);
+}
+
+int eng_kv_dtype_parse(const char *s, enum eng_dtype *out) {
+    if (s != NULL && strcmp(s, "f32") == 0) {
+        *out = ENG_DTYPE_F32;
+        return KC_OK;
+    }
+    if (s != NULL && strcmp(s, "bf16") == 0) {
+        *out = ENG_DTYPE_BF16;
+        return KC_OK;
+    }
+    return KC_EINVAL;
 }
 
 int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg, int block_size,
                      int n_blocks, struct kc_error *err) {
+    return eng_kv_pool_init_dtype(pool, cfg, block_size, n_blocks, ENG_DTYPE_F32, err);
+}
+
+int eng_kv_pool_init_dtype(struct eng_kv_pool *pool, const struct eng_model_config *cfg,
+                           int block_size, int n_blocks, enum eng_dtype dtype,
+                           struct kc_error *err) {
     if (block_size <= 0 || block_size > 4096 || n_blocks <= 0) {
         return kc_error_set(err, KC_EINVAL, "kv pool: block_size %d / n_blocks %d out of range",
                             block_size, n_blocks);
     }
-    size_t block_floats = (size_t)cfg->n_layers * 2 * (size_t)block_size * (size_t)cfg->n_kv_heads *
-                          (size_t)cfg->head_dim;
+    if (dtype != ENG_DTYPE_F32 && dtype != ENG_DTYPE_BF16) {
+        return kc_error_set(err, KC_EINVAL, "kv pool: element type %s is not f32 or bf16",
+                            eng_dtype_name(dtype));
+    }
+    size_t block_elems = (size_t)cfg->n_layers * 2 * (size_t)block_size * (size_t)cfg->n_kv_heads *
+                         (size_t)cfg->head_dim;
     size_t slab_bytes;
-    if (!kc_size_mul(block_floats * sizeof(float), (size_t)n_blocks, &slab_bytes)) {
+    if (!kc_size_mul(block_elems * kv_elem_size(dtype), (size_t)n_blocks, &slab_bytes)) {
         return kc_error_set(err, KC_ERANGE, "kv pool: size overflows");
     }
     struct eng_kv_pool p = {
@@ -160,7 +191,9 @@ int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cf
         .head_dim = cfg->head_dim,
         .block_size = block_size,
         .n_blocks = n_blocks,
-        .block_floats = block_floats,
+        .dtype = dtype,
+        .elem_size = kv_elem_size(dtype),
+        .block_elems = block_elems,
     };
     p.slab = kc_aligned_alloc(slab_bytes);
     p.free_stack = kc_calloc((size_t)n_blocks, sizeof(int32_t));
@@ -289,28 +322,89 @@ void eng_seq_release(struct eng_kv_pool *pool, struct eng_seq *seq) {
 struct eng_kv_view eng_kv_view_of(const struct eng_kv_pool *pool, const struct eng_seq *seq,
                                   int layer) {
     const size_t plane = (size_t)pool->block_size * (size_t)pool->n_kv_heads * pool->head_dim;
+    const size_t off = (size_t)layer * 2 * plane; /* elements */
     struct eng_kv_view v = {
-        .base = pool->slab + (size_t)layer * 2 * plane,
-        .block_stride = pool->block_floats,
+        .block_stride = pool->block_elems,
         .v_offset = plane,
         .block_size = pool->block_size,
         .block_table = seq->blocks,
+        .dtype = pool->dtype,
     };
+    if (pool->dtype == ENG_DTYPE_BF16) {
+        v.base16 = (const uint16_t *)pool->slab + off;
+    } else {
+        v.base = (const float *)pool->slab + off;
+    }
     return v;
 }
 
-float *eng_kv_k_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos) {
+void *eng_kv_k_ptr(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos) {
     KC_ASSERT(pos >= 0 && pos < seq->n_blocks * pool->block_size);
     const size_t row = (size_t)pool->n_kv_heads * pool->head_dim;
     const size_t plane = (size_t)pool->block_size * row;
     const int32_t b = seq->blocks[pos / pool->block_size];
-    return pool->slab + (size_t)b * pool->block_floats + (size_t)layer * 2 * plane +
-           (size_t)(pos % pool->block_size) * row;
+    const size_t elem = (size_t)b * pool->block_elems + (size_t)layer * 2 * plane +
+                        (size_t)(pos % pool->block_size) * row;
+    return (char *)pool->slab + elem * pool->elem_size;
+}
+
+void *eng_kv_v_ptr(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos) {
+    const size_t plane = (size_t)pool->block_size * pool->n_kv_heads * pool->head_dim;
+    return (char *)eng_kv_k_ptr(pool, seq, layer, pos) + plane * pool->elem_size;
+}
+
+float *eng_kv_k_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos) {
+    KC_ASSERT(pool->dtype == ENG_DTYPE_F32);
+    return eng_kv_k_ptr(pool, seq, layer, pos);
 }
 
 float *eng_kv_v_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos) {
-    const size_t plane = (size_t)pool->block_size * pool->n_kv_heads * pool->head_dim;
-    return eng_kv_k_at(pool, seq, layer, pos) + plane;
+    KC_ASSERT(pool->dtype == ENG_DTYPE_F32);
+    return eng_kv_v_ptr(pool, seq, layer, pos);
+}
+
+void eng_kv_store_f32(const struct eng_kv_pool *pool, void *dst, const float *src, size_t n) {
+    if (pool->dtype == ENG_DTYPE_BF16) {
+        uint16_t *d = dst;
+        for (size_t i = 0; i < n; i++) {
+            d[i] = eng_f32_to_bf16(src[i]);
+        }
+    } else {
+        memcpy(dst, src, n * sizeof(float));
+    }
+}
+
+void eng_kv_load_f32(const struct eng_kv_pool *pool, float *dst, const void *src, size_t n) {
+    if (pool->dtype == ENG_DTYPE_BF16) {
+        const uint16_t *s = src;
+        for (size_t i = 0; i < n; i++) {
+            dst[i] = eng_bf16_to_f32(s[i]);
+        }
+    } else {
+        memcpy(dst, src, n * sizeof(float));
+    }
+}
+
+void eng_kv_row_put(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos,
+                    const float *k, const float *v) {
+    const size_t kvd = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+    if (k != NULL) {
+        eng_kv_store_f32(pool, eng_kv_k_ptr(pool, seq, layer, pos), k, kvd);
+    }
+    if (v != NULL) {
+        eng_kv_store_f32(pool, eng_kv_v_ptr(pool, seq, layer, pos), v, kvd);
+    }
+}
+
+void eng_kv_row_get(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos,
+                    float *k, float *v) {
+    const size_t kvd = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
+    if (k != NULL) {
+        eng_kv_load_f32(pool, k, eng_kv_k_ptr(pool, seq, layer, pos), kvd);
+    }
+    if (v != NULL) {
+        eng_kv_load_f32(pool, v, eng_kv_v_ptr(pool, seq, layer, pos), kvd);
+    }
 }
 
 int eng_kv_prefix_enable(struct eng_kv_pool *pool, struct kc_error *err) {

@@ -8,7 +8,13 @@
  * that owns the sequence releases its blocks at the end (eng_seq_release).
  *
  * Layout: block b, layer l holds K [block_size, Hkv, D] then V [block_size, Hkv, D] at
- * slab + (b * L + l) * 2 * block_size * Hkv * D. Keys are stored after RoPE.
+ * element (b * L + l) * 2 * block_size * Hkv * D of the slab. Keys are stored after RoPE.
+ *
+ * Element type (the pool's dtype, fixed at init): f32 (the default), or bf16 (`--kv-dtype
+ * bf16`), which halves the slab per block and the bytes attention streams per key. Writers
+ * round f32 to bf16 (round to nearest even, eng_f32_to_bf16) as they store, readers widen
+ * exactly; all arithmetic stays f32. Nothing but the block byte size and the accessors
+ * depends on the dtype (the prefix cache only moves block ids).
  *
  * Prefix caching (off by default, eng_kv_prefix_enable turns it on): full blocks of exact K/V
  * are content-addressed by a chained hash of their tokens (vLLM's automatic prefix caching).
@@ -44,6 +50,7 @@
 #include <stdint.h>
 
 #include "common/kc.h"
+#include "engine/io/dtype.h"
 #include "engine/ops.h"
 
 struct eng_model_config;
@@ -55,8 +62,10 @@ struct eng_kv_pool {
     int head_dim;   /* D */
     int block_size; /* tokens per block */
     int n_blocks;
-    size_t block_floats;  /* L * 2 * block_size * Hkv * D */
-    float *slab;          /* [n_blocks, L, 2, block_size, Hkv, D] */
+    enum eng_dtype dtype; /* ENG_DTYPE_F32 or ENG_DTYPE_BF16 */
+    size_t elem_size;     /* bytes per element: 4 or 2 */
+    size_t block_elems;   /* elements per block: L * 2 * block_size * Hkv * D */
+    void *slab;           /* [n_blocks, L, 2, block_size, Hkv, D] elements of dtype */
     pthread_mutex_t lock; /* guards free_stack, n_free and everything in prefix */
     int32_t *free_stack;  /* [n_blocks] */
     int n_free;           /* blocks on the free stack (not counting idle cached blocks) */
@@ -71,12 +80,21 @@ struct eng_seq {
     int n_tokens;
 };
 
-/* Bytes of slab one block takes for this model shape. */
+/* Bytes of slab one block takes for this model shape, f32 elements. */
 size_t eng_kv_block_bytes(const struct eng_model_config *cfg, int block_size);
+/* The same for elements of dtype (ENG_DTYPE_F32 or ENG_DTYPE_BF16). */
+size_t eng_kv_block_bytes_of(const struct eng_model_config *cfg, int block_size,
+                             enum eng_dtype dtype);
 
-/* Allocates a pool of n_blocks blocks of block_size tokens for a model of this shape. */
+/* Allocates a pool of n_blocks blocks of block_size tokens for a model of this shape, f32. */
 int eng_kv_pool_init(struct eng_kv_pool *pool, const struct eng_model_config *cfg, int block_size,
                      int n_blocks, struct kc_error *err);
+/* The same with elements of dtype: ENG_DTYPE_F32 or ENG_DTYPE_BF16 (else KC_EINVAL). */
+int eng_kv_pool_init_dtype(struct eng_kv_pool *pool, const struct eng_model_config *cfg,
+                           int block_size, int n_blocks, enum eng_dtype dtype,
+                           struct kc_error *err);
+/* Parses "f32" / "bf16" into ENG_DTYPE_F32 / ENG_DTYPE_BF16; KC_EINVAL otherwise. */
+int eng_kv_dtype_parse(const char *s, enum eng_dtype *out);
 /* Frees the pool; a no-op on NULL, on a zeroed (never initialised) pool and on a freed one. */
 void eng_kv_pool_free(struct eng_kv_pool *pool);
 /* Number of reservable blocks (a snapshot): the free stack, plus the idle cached blocks when
@@ -152,11 +170,25 @@ int eng_kv_pool_check(struct eng_kv_pool *pool, int expected_refs, struct kc_err
 typedef uint64_t (*eng_kv_prefix_hash_fn)(uint64_t parent, const int32_t *tokens, int n);
 void eng_kv_prefix_set_hash_for_test(struct eng_kv_pool *pool, eng_kv_prefix_hash_fn fn);
 
-/* The view eng_attention needs for layer l of seq. */
+/* The view eng_attention needs for layer l of seq (its dtype is the pool's). */
 struct eng_kv_view eng_kv_view_of(const struct eng_kv_pool *pool, const struct eng_seq *seq,
                                   int layer);
-/* Pointers to the K and V vectors ([Hkv * D] each) of position pos of layer l. */
+/* Pointers to the K and V vectors ([Hkv * D] each) of position pos of layer l of an f32 pool
+ * (asserts the dtype). */
 float *eng_kv_k_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos);
 float *eng_kv_v_at(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos);
+/* The same for any dtype: pointers to the first element (float or uint16_t bf16 bits). */
+void *eng_kv_k_ptr(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos);
+void *eng_kv_v_ptr(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos);
+/* Element conversion between f32 rows and the pool's dtype: n elements from src (f32) into dst
+ * (pool elements; bf16 rounds to nearest even), and back (exact). Memcpy for f32 pools. */
+void eng_kv_store_f32(const struct eng_kv_pool *pool, void *dst, const float *src, size_t n);
+void eng_kv_load_f32(const struct eng_kv_pool *pool, float *dst, const void *src, size_t n);
+/* Stores / loads the K and V vectors ([Hkv * D] f32 each) of position pos of layer l in the
+ * pool's dtype (k or v NULL: skipped). */
+void eng_kv_row_put(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos,
+                    const float *k, const float *v);
+void eng_kv_row_get(const struct eng_kv_pool *pool, const struct eng_seq *seq, int layer, int pos,
+                    float *k, float *v);
 
 #endif /* ENG_KV_CACHE_H */

@@ -19,6 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "engine/io/dtype.h"
 #include "engine/io/safetensors.h"
 
@@ -695,11 +699,9 @@ static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
         for (int i = 0; i < n_items; i++) {
             const struct eng_seq *seq = items[i].seq;
             for (int t = 0; t < items[i].n_tokens; t++) {
-                const int p = seq->n_tokens + t;
-                memcpy(eng_kv_k_at(pool, seq, l, p), ctx->k + (size_t)(r0 + t) * kvd,
-                       (size_t)kvd * sizeof(float));
-                memcpy(eng_kv_v_at(pool, seq, l, p), ctx->v + (size_t)(r0 + t) * kvd,
-                       (size_t)kvd * sizeof(float));
+                /* In the pool's dtype: a copy for f32, rounded to nearest even for bf16. */
+                eng_kv_row_put(pool, seq, l, seq->n_tokens + t, ctx->k + (size_t)(r0 + t) * kvd,
+                               ctx->v + (size_t)(r0 + t) * kvd);
             }
             const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
             eng_attention(ctx->q + (size_t)r0 * qd, items[i].n_tokens, seq->n_tokens, &view, H, Hkv,
@@ -853,6 +855,58 @@ static void kv_unit_at(const struct kv_units *ku, long u, int *l, int *lo, int *
     *hi = (b + 1) * ku->bs < ku->p0 + ku->n ? (b + 1) * ku->bs : ku->p0 + ku->n;
 }
 
+/* eng_kv_inject_ld for a pool whose elements are not f32 (bf16): keys are rotated in f32 in a
+ * per-thread buffer of INJECT_ROPE_RUN rows, then rounded into the cache, so an injected key
+ * is rounded exactly as the forward's append rounds a computed one (RoPE first, then one
+ * rounding); values are rounded straight from the source rows. KC_ENOMEM if the buffer cannot
+ * be allocated (nothing written). */
+static int kv_inject_rounded(const struct eng_model *m, struct eng_kv_pool *pool,
+                             const struct eng_seq *seq, const struct kv_units *ku,
+                             const float *const *k_pre, const float *const *v, const size_t *lds) {
+    const struct eng_model_config *c = &m->cfg;
+    const size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    int n_thr = 1;
+#ifdef _OPENMP
+    n_thr = ku->par ? omp_get_max_threads() : 1;
+#endif
+    float *buf = kc_calloc((size_t)n_thr * INJECT_ROPE_RUN * kvd, sizeof(float));
+    if (buf == NULL) {
+        return KC_ENOMEM;
+    }
+    const int p0 = ku->p0;
+    /* num_threads: the team never outgrows the buffer's n_thr slices. */
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(n_thr) if (ku->par)
+#endif
+    for (long u = 0; u < ku->count; u++) {
+        int l, lo, hi;
+        kv_unit_at(ku, u, &l, &lo, &hi);
+        int thr = 0;
+#ifdef _OPENMP
+        thr = ku->par ? omp_get_thread_num() : 0;
+#endif
+        float *kb = buf + (size_t)thr * INJECT_ROPE_RUN * kvd;
+        const size_t ld = lds != NULL ? lds[l] : kvd;
+        KC_ASSERT(ld >= kvd);
+        int32_t pos[INJECT_ROPE_RUN];
+        for (int r0 = lo; r0 < hi; r0 += INJECT_ROPE_RUN) {
+            const int run = hi - r0 < INJECT_ROPE_RUN ? hi - r0 : INJECT_ROPE_RUN;
+            for (int i = 0; i < run; i++) {
+                pos[i] = r0 + i;
+                memcpy(kb + (size_t)i * kvd, k_pre[l] + (size_t)(r0 + i - p0) * ld,
+                       kvd * sizeof(float));
+            }
+            eng_rope(&m->rope, kb, run, c->n_kv_heads, pos);
+            for (int i = 0; i < run; i++) {
+                eng_kv_row_put(pool, seq, l, r0 + i, kb + (size_t)i * kvd,
+                               v[l] + (size_t)(r0 + i - p0) * ld);
+            }
+        }
+    }
+    free(buf);
+    return KC_OK;
+}
+
 int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq, int n,
                   const float *const *k_pre, const float *const *v, struct kc_error *err) {
     return eng_kv_inject_ld(m, pool, seq, n, k_pre, v, NULL, err);
@@ -882,6 +936,14 @@ int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct
      * row. Same arithmetic as row by row, so the result is bit-identical. */
     const int p0 = seq->n_tokens;
     const struct kv_units ku = kv_units_of(pool, p0, n);
+    if (pool->dtype != ENG_DTYPE_F32) {
+        rc = kv_inject_rounded(m, pool, seq, &ku, k_pre, v, lds);
+        if (rc != KC_OK) {
+            return kc_error_set(err, rc, "kv inject: cannot allocate the rotation buffer");
+        }
+        seq->n_tokens += n;
+        return KC_OK;
+    }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (ku.par)
 #endif
@@ -958,15 +1020,17 @@ int eng_kv_extract(const struct eng_model *m, const struct eng_kv_pool *pool,
     for (long u = 0; u < ku.count; u++) {
         int l, lo, hi;
         kv_unit_at(&ku, u, &l, &lo, &hi);
-        const float *ks = eng_kv_k_at(pool, seq, l, lo);
-        const float *vs = eng_kv_v_at(pool, seq, l, lo);
+        /* Rows of the pool's elements (f32: a copy; bf16: widened exactly). */
+        const char *ks = eng_kv_k_ptr(pool, seq, l, lo);
+        const char *vs = eng_kv_v_ptr(pool, seq, l, lo);
         const size_t ld = lds != NULL ? lds[l] : (size_t)kvd;
         KC_ASSERT(ld >= (size_t)kvd);
-        const size_t row = (size_t)kvd * sizeof(float);
+        const size_t row = (size_t)kvd * pool->elem_size;
         for (int r = lo; r < hi; r++) {
             float *kd = k_pre[l] + (size_t)(r - pos0) * ld;
-            memcpy(kd, ks + (size_t)(r - lo) * (size_t)kvd, row);
-            memcpy(v[l] + (size_t)(r - pos0) * ld, vs + (size_t)(r - lo) * (size_t)kvd, row);
+            eng_kv_load_f32(pool, kd, ks + (size_t)(r - lo) * row, (size_t)kvd);
+            eng_kv_load_f32(pool, v[l] + (size_t)(r - pos0) * ld, vs + (size_t)(r - lo) * row,
+                            (size_t)kvd);
             rope_undo(&m->rope, kd, 1, c->n_kv_heads, r);
         }
     }

@@ -116,6 +116,9 @@ void eng_forward_stop_source(const atomic_int *flag);
  * seq->n_tokens + n - 1 of every layer: k_pre[l] and v[l] are [n, Hkv * D] with keys
  * before RoPE; keys are rotated with this model's RoPE at their positions as they are
  * written. Advances seq->n_tokens by n. KV Prediction's way into the base model's cache.
+ * A bf16 pool gets the rows in its dtype: keys rotated in f32, then rounded once, exactly as
+ * the forward's append rounds the keys it computes (KC_ENOMEM if the rotation buffer cannot
+ * be allocated).
  */
 int eng_kv_inject(const struct eng_model *m, struct eng_kv_pool *pool, struct eng_seq *seq, int n,
                   const float *const *k_pre, const float *const *v, struct kc_error *err);
@@ -132,7 +135,9 @@ int eng_kv_inject_ld(const struct eng_model *m, struct eng_kv_pool *pool, struct
  * [n, Hkv * D] rows ld[l] floats apart (ld NULL: Hkv * D). Touches neither the pool nor seq.
  * KC_EINVAL for a range outside [0, seq->n_tokens) or a pool of another shape. KV Prediction's
  * way to reuse a cached aux prefix: its keys come back equal to what a capture would have
- * given up to rounding (a rotation and its inverse, ~1e-7 relative).
+ * given up to rounding (a rotation and its inverse, ~1e-7 relative). A bf16 pool's elements
+ * are widened exactly: values come back as their bf16 rounding, keys within one bf16 rounding
+ * of the rotated key (rotated back).
  */
 int eng_kv_extract(const struct eng_model *m, const struct eng_kv_pool *pool,
                    const struct eng_seq *seq, int pos0, int n, float *const *k_pre, float *const *v,

@@ -130,13 +130,19 @@ void eng__rope_ref(const struct eng_rope_table *t, float *x, int m, int n_heads,
 
 /* Where one sequence's keys and values of one layer live. Token t's key vector
  * [Hkv, D] starts at base + block_table[t / block_size] * block_stride
- * + (t % block_size) * Hkv * D; its value vector v_offset floats further. */
+ * + (t % block_size) * Hkv * D; its value vector v_offset elements further. Elements are
+ * f32 (dtype ENG_DTYPE_F32, the zero value: base) or bf16 bit patterns (ENG_DTYPE_BF16:
+ * base16); strides count elements. */
 struct eng_kv_view {
-    const float *base;
+    union {
+        const float *base;      /* ENG_DTYPE_F32 */
+        const uint16_t *base16; /* ENG_DTYPE_BF16 */
+    };
     size_t block_stride;
     size_t v_offset;
     int block_size;
     const int32_t *block_table;
+    enum eng_dtype dtype; /* ENG_DTYPE_F32 or ENG_DTYPE_BF16 */
 };
 
 /* Causal GQA attention for n query rows of one sequence at positions pos0..pos0+n-1, whose

@@ -1602,6 +1602,9 @@ static int check_config(const struct sch_config *c, const struct eng_model_confi
         return kc_error_set(err, KC_EINVAL, "scheduler: block_size %d not in [1, 4096]",
                             c->block_size);
     }
+    if (c->kv_dtype != ENG_DTYPE_F32 && c->kv_dtype != ENG_DTYPE_BF16) {
+        return kc_error_set(err, KC_EINVAL, "scheduler: kv_dtype must be f32 or bf16");
+    }
     if (c->max_queue < 1 || c->max_queue > 1000000) {
         return kc_error_set(err, KC_EINVAL, "scheduler: max_queue %d not in [1, 1000000]",
                             c->max_queue);
@@ -1708,7 +1711,7 @@ static void seed_cost_models(struct sch *s, const struct eng_model_config *bc,
 static int aux_pool_init(struct sch *s, const struct eng_model_config *ac, int base_blocks,
                          struct kc_error *err) {
     const struct sch_config *c = &s->cfg;
-    const size_t block_bytes = eng_kv_block_bytes(ac, c->block_size);
+    const size_t block_bytes = eng_kv_block_bytes_of(ac, c->block_size, c->kv_dtype);
     size_t n = c->aux_kv_bytes / block_bytes;
     if (c->aux_kv_bytes == 0) {
         n = (size_t)c->prefill_workers *
@@ -1718,7 +1721,7 @@ static int aux_pool_init(struct sch *s, const struct eng_model_config *ac, int b
     if (n > INT32_MAX / 2) {
         return kc_error_set(err, KC_EINVAL, "scheduler: the aux KV pool would have %zu blocks", n);
     }
-    return eng_kv_pool_init(&s->aux_pool, ac, c->block_size, (int)n, err);
+    return eng_kv_pool_init_dtype(&s->aux_pool, ac, c->block_size, (int)n, c->kv_dtype, err);
 }
 
 static void sch_memory_free(struct sch *s) {
@@ -1769,7 +1772,7 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         }
         const size_t need = (size_t)c.prefill_workers *
                             (size_t)((c.max_context + c.block_size - 1) / c.block_size) *
-                            eng_kv_block_bytes(ac, c.block_size);
+                            eng_kv_block_bytes_of(ac, c.block_size, c.kv_dtype);
         if (c.aux_kv_bytes != 0 && c.aux_kv_bytes < need) {
             return kc_error_set(err, KC_EINVAL,
                                 "scheduler: aux_kv_bytes %zu is below the %zu bytes %d prefill "
@@ -1781,7 +1784,7 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
     if ((aux != NULL || predictor != NULL) && !predict_available) {
         KC_WARN("scheduler: no usable auxiliary model + predictor; predict falls back to full");
     }
-    const size_t block_bytes = eng_kv_block_bytes(bc, c.block_size);
+    const size_t block_bytes = eng_kv_block_bytes_of(bc, c.block_size, c.kv_dtype);
     const size_t n_blocks = c.base_kv_bytes / block_bytes;
     if (n_blocks < 1 || n_blocks > INT32_MAX / 2) {
         return kc_error_set(err, KC_EINVAL,
@@ -1820,7 +1823,7 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         sch_memory_free(s);
         return kc_error_set(err, KC_ENOMEM, "scheduler: out of memory");
     }
-    rc = eng_kv_pool_init(&s->pool, bc, c.block_size, (int)n_blocks, err);
+    rc = eng_kv_pool_init_dtype(&s->pool, bc, c.block_size, (int)n_blocks, c.kv_dtype, err);
     if (rc == KC_OK && predict_available) {
         rc = aux_pool_init(s, eng_model_config_of(aux), (int)n_blocks, err);
     }
@@ -1874,17 +1877,19 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         goto fail;
     }
     if (s->elastic) {
-        KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each), context %d, "
+        KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each, %s), context %d, "
                 "%d prefill worker(s), elastic teams over %d cores (decode step target %.0f "
                 "ms), max_running %d, predict %s",
-                (int)n_blocks, c.block_size, block_bytes, c.max_context, c.prefill_workers,
+                (int)n_blocks, c.block_size, block_bytes,
+                c.kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32", c.max_context, c.prefill_workers,
                 s->n_cpus, c.tpot_slo_ms, c.max_running,
                 predict_available ? "available" : "unavailable");
     } else {
-        KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each), context %d, "
+        KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each, %s), context %d, "
                 "%d prefill worker(s) x %d threads, decode %d threads, max_running %d, "
                 "predict %s",
-                (int)n_blocks, c.block_size, block_bytes, c.max_context, c.prefill_workers,
+                (int)n_blocks, c.block_size, block_bytes,
+                c.kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32", c.max_context, c.prefill_workers,
                 c.prefill_threads, c.decode_threads, c.max_running,
                 predict_available ? "available" : "unavailable");
     }

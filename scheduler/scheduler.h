@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "common/kc.h"
+#include "engine/io/dtype.h"
 #include "engine/sampler.h"
 
 struct eng_model;
@@ -65,6 +66,9 @@ struct sch_config {
                               * max_context prompt per prefill worker; 0: that, and at least as
                               * many positions as the base pool */
     int block_size;          /* tokens per KV block */
+    enum eng_dtype kv_dtype; /* element type of the base and aux KV pools: ENG_DTYPE_F32 (the
+                              * default, zero) or ENG_DTYPE_BF16 (half the bytes per block, so
+                              * twice the blocks for the same budget) */
     int max_queue;           /* waiting requests beyond which submit says KC_EBUSY */
     int max_running;         /* sequences decoding at once */
     int prefill_chunk;       /* rows per prefill forward step (chunked prefill) */

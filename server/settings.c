@@ -3,6 +3,8 @@
  */
 #include "server/settings.h"
 
+#include <string.h>
+
 int srv_max_context(const struct cfg_settings *c, int model_positions) {
     return c->max_context > 0 && c->max_context < model_positions ? c->max_context
                                                                   : model_positions;
@@ -19,6 +21,7 @@ struct sch_config srv_sch_config(const struct cfg_settings *c, int model_positio
         .base_kv_bytes = (size_t)c->base_kv_mib << 20,
         .aux_kv_bytes = (size_t)c->aux_kv_mib << 20,
         .block_size = c->block_size,
+        .kv_dtype = strcmp(c->kv_dtype, "bf16") == 0 ? ENG_DTYPE_BF16 : ENG_DTYPE_F32,
         .max_queue = c->max_queue,
         .max_running = c->max_running,
         .prefill_chunk = c->prefill_chunk,

@@ -56,7 +56,11 @@ static inline void test_attn_create(struct test_attn *a, int n, int pos0, int he
         a->table[b] = a->table[j];
         a->table[j] = t;
     }
-    a->kv = (struct eng_kv_view){a->cache, block_stride, (size_t)bs * tok, bs, a->table};
+    a->kv = (struct eng_kv_view){.base = a->cache,
+                                 .block_stride = block_stride,
+                                 .v_offset = (size_t)bs * tok,
+                                 .block_size = bs,
+                                 .block_table = a->table};
     a->qn = (size_t)n * (size_t)heads * (size_t)d;
     a->q = rand_floats(a->qn, q_scale);
     a->out = malloc(a->qn * sizeof(float));

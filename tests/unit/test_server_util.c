@@ -221,6 +221,7 @@ static void test_sch_config_is_built_from_every_setting(void **state) {
     c.base_kv_mib = 11;
     c.aux_kv_mib = 13;
     c.block_size = 17;
+    snprintf(c.kv_dtype, sizeof(c.kv_dtype), "bf16");
     c.max_queue = 19;
     c.max_running = 23;
     c.prefill_chunk = 29;
@@ -240,6 +241,7 @@ static void test_sch_config_is_built_from_every_setting(void **state) {
     assert_int_equal(sc.base_kv_bytes, (size_t)11 << 20);
     assert_int_equal(sc.aux_kv_bytes, (size_t)13 << 20);
     assert_int_equal(sc.block_size, 17);
+    assert_int_equal(sc.kv_dtype, ENG_DTYPE_BF16);
     assert_int_equal(sc.max_queue, 19);
     assert_int_equal(sc.max_running, 23);
     assert_int_equal(sc.prefill_chunk, 29);
@@ -258,6 +260,7 @@ static void test_sch_config_is_built_from_every_setting(void **state) {
     assert_true(sc.prefix_caching);
     assert_true(sc.refine);
     assert_true(sc.shed_hopeless);
+    assert_int_equal(sc.kv_dtype, ENG_DTYPE_F32); /* --kv-dtype defaults to f32 */
     /* max_context: 0 and anything past the model mean the model's positions. */
     assert_int_equal(sc.max_context, 1000);
     c.max_context = 0;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "common/kc.h"
+#include "engine/kv_cache.h"
 #include "engine/kvp.h"
 #include "engine/model.h"
 #include "engine/ops.h"
@@ -28,6 +29,8 @@ static void bench_usage(FILE *f) {
                "  --threads N           OpenMP threads (default: all cores)\n"
                "  --prefill-dtype T     f32|bf16 (default f32)\n"
                "  --decode-dtype T      f32|bf16 (default bf16)\n"
+               "  --kv-dtype T          f32|bf16 KV cache (default f32); bf16 also times the\n"
+               "                        attention benchmark's decode rows on a bf16 cache\n"
                "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
                "  decode runs in windows of 4 steps, each compared with a stream triad run\n"
                "  right beside it; the decode ratio is the median over windows\n"
@@ -224,6 +227,7 @@ struct attn_bench {
     int threads;         /* of the calling team */
     struct eng_dnn *dnn; /* entered by the calling thread: the f32 GEMM beside each length */
     int gemm_m, gemm_n, gemm_k;
+    bool kv_bf16; /* also time the decode rows on a bf16 copy of the cache */
 };
 
 typedef void (*attn_fn)(const float *, int, int, const struct eng_kv_view *, int, int, int, float,
@@ -265,6 +269,76 @@ static double attn_rows_us(attn_fn fn, const float *q, const struct eng_kv_view 
     return best * 1e6;
 }
 
+/* --kv-dtype bf16: the attention of one decode row through every layer of the model (each
+ * layer its own cache of T positions, so the caches together are far larger than the CPU's
+ * caches, as in a decode step), on f32 and on bf16 caches, interleaved, best of 5 each. */
+static int attn_step_bench(const struct eng_model_config *c, int T, const float *q, float *out,
+                           float *scratch, bool json, json_t *j) {
+    const int bs = 16, nb = (T + bs - 1) / bs, L = c->n_layers;
+    const size_t tok = (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    const size_t stride = 2 * (size_t)bs * tok, layer = (size_t)nb * stride;
+    float *cache = malloc((size_t)L * layer * sizeof(float));
+    uint16_t *cache16 = malloc((size_t)L * layer * sizeof(uint16_t));
+    int32_t *table = malloc((size_t)nb * sizeof(int32_t));
+    if (cache == NULL || cache16 == NULL || table == NULL) {
+        free(cache);
+        free(cache16);
+        free(table);
+        fprintf(stderr, "kvcast bench: out of memory for the decode-step attention caches\n");
+        return 1;
+    }
+    uint64_t r = 11;
+    for (size_t i = 0; i < (size_t)L * layer; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        cache[i] = (float)((r >> 40) & 0xffff) / 32768.0f - 1.0f;
+        cache16[i] = eng_f32_to_bf16(cache[i]);
+    }
+    for (int i = 0; i < nb; i++) {
+        table[i] = nb - 1 - i;
+    }
+    const float scale = 1.0f / sqrtf((float)c->head_dim);
+    double best[2] = {1e30, 1e30};
+    for (int rep = 0; rep < 5; rep++) {
+        for (int d = 0; d < 2; d++) {
+            const double t0 = kc_now_s();
+            for (int l = 0; l < L; l++) {
+                struct eng_kv_view kv = {.block_stride = stride,
+                                         .v_offset = (size_t)bs * tok,
+                                         .block_size = bs,
+                                         .block_table = table};
+                if (d == 1) {
+                    kv.base16 = cache16 + (size_t)l * layer;
+                    kv.dtype = ENG_DTYPE_BF16;
+                } else {
+                    kv.base = cache + (size_t)l * layer;
+                }
+                eng_attention(q, 1, T - 1, &kv, c->n_heads, c->n_kv_heads, c->head_dim, scale, out,
+                              scratch);
+            }
+            const double dt = kc_now_s() - t0;
+            best[d] = dt < best[d] ? dt : best[d];
+        }
+    }
+    const double kv_mb = (double)L * (double)T * 2.0 * (double)tok * 4.0 * 1e-6;
+    if (json) {
+        json_t *e = json_object();
+        json_object_set_new(e, "context", json_integer(T));
+        json_object_set_new(e, "layers", json_integer(L));
+        json_object_set_new(e, "f32_kv_us", kc_json_real(best[0] * 1e6, 1));
+        json_object_set_new(e, "bf16_kv_us", kc_json_real(best[1] * 1e6, 1));
+        json_object_set_new(e, "speedup", kc_json_real(best[0] / best[1], 2));
+        json_object_set_new(j, "attention_decode_step", e);
+    } else {
+        printf("  decode step attention, %d layers at context %d (%.0f MB of f32 K/V): f32 KV "
+               "%8.1f us, bf16 KV %8.1f us (%.2fx)\n",
+               L, T, kv_mb, best[0] * 1e6, best[1] * 1e6, best[0] / best[1]);
+    }
+    free(cache);
+    free(cache16);
+    free(table);
+    return 0;
+}
+
 static int bench_attention(const struct attn_bench *b) {
     const struct eng_model_config *c = b->cfg;
     int T_max = 0;
@@ -285,6 +359,7 @@ static int bench_attention(const struct attn_bench *b) {
         sizeof(float));
     json_t *j = b->json ? json_object() : NULL;
     json_t *arr = b->json ? json_array() : NULL;
+    uint16_t *cache16 = NULL;
     int rc = 1;
     if (cache == NULL || table == NULL || q == NULL || out == NULL || scratch == NULL) {
         fprintf(stderr, "kvcast bench: out of memory for the attention benchmark\n");
@@ -302,7 +377,24 @@ static int bench_attention(const struct attn_bench *b) {
     for (int i = 0; i < n_blocks; i++) { /* reversed: no two neighbours adjacent in memory */
         table[i] = n_blocks - 1 - i;
     }
-    const struct eng_kv_view kv = {cache, stride, (size_t)bs * tok, bs, table};
+    const struct eng_kv_view kv = {.base = cache,
+                                   .block_stride = stride,
+                                   .v_offset = (size_t)bs * tok,
+                                   .block_size = bs,
+                                   .block_table = table};
+    struct eng_kv_view kv16 = kv;
+    if (b->kv_bf16) {
+        cache16 = malloc((size_t)n_blocks * stride * sizeof(uint16_t));
+        if (cache16 == NULL) {
+            fprintf(stderr, "kvcast bench: out of memory for the bf16 cache\n");
+            goto done;
+        }
+        for (size_t i = 0; i < (size_t)n_blocks * stride; i++) {
+            cache16[i] = eng_f32_to_bf16(cache[i]);
+        }
+        kv16.base16 = cache16;
+        kv16.dtype = ENG_DTYPE_BF16;
+    }
     if (!b->json) {
         printf("attention (f32, H %d, Hkv %d, D %d, %d-row chunks) against an f32 GEMM "
                "%dx%dx%d measured beside each length:\n",
@@ -352,6 +444,8 @@ static int bench_attention(const struct attn_bench *b) {
         const double us_rows = attn_rows_us(eng__attention_rows, q, &kv, c, T_max, n, out, scratch);
         const double us_tiles =
             attn_rows_us(eng__attention_tiles, q, &kv, c, T_max, n, out, scratch);
+        const double us_bf16 =
+            b->kv_bf16 ? attn_rows_us(eng_attention, q, &kv16, c, T_max, n, out, scratch) : 0.0;
         if (b->json) {
             json_t *e = json_object();
             json_object_set_new(e, "rows", json_integer(n));
@@ -359,12 +453,22 @@ static int bench_attention(const struct attn_bench *b) {
             json_object_set_new(e, "us", kc_json_real(us_auto, 1));
             json_object_set_new(e, "row_kernel_us", kc_json_real(us_rows, 1));
             json_object_set_new(e, "tile_kernel_us", kc_json_real(us_tiles, 1));
+            if (b->kv_bf16) {
+                json_object_set_new(e, "bf16_kv_us", kc_json_real(us_bf16, 1));
+            }
             json_array_append_new(dec, e);
         } else {
             printf("  %2d row(s) at context %d: %8.1f us (one-row kernel %8.1f us, tiled %8.1f "
-                   "us)\n",
+                   "us)",
                    n, T_max, us_auto, us_rows, us_tiles);
+            if (b->kv_bf16) {
+                printf("  bf16 KV: %8.1f us (%.2fx)", us_bf16, us_auto / us_bf16);
+            }
+            printf("\n");
         }
+    }
+    if (b->kv_bf16 && attn_step_bench(c, T_max, q, out, scratch, b->json, j) != 0) {
+        goto done;
     }
     if (b->json) {
         json_object_set_new(j, "attn_chunk", json_integer(b->chunk));
@@ -382,6 +486,7 @@ done:
     json_decref(arr);
     json_decref(j);
     free(cache);
+    free(cache16);
     free(table);
     free(q);
     free(out);
@@ -392,7 +497,7 @@ done:
 /* --attn-only: the attention benchmark beside an f32 GEMM of the prefill's shape (512 rows
  * x F x C), without building a model. */
 static int bench_attention_only(const struct eng_model_config *cfg, const long *lens, int n_lens,
-                                int chunk, bool old, int threads, bool json) {
+                                int chunk, bool old, int threads, bool json, bool kv_bf16) {
     struct kc_error err = {0};
     struct eng_dnn *dnn = NULL;
     if (n_lens == 0) {
@@ -414,7 +519,8 @@ static int bench_attention_only(const struct eng_model_config *cfg, const long *
                                   .dnn = dnn,
                                   .gemm_m = 512,
                                   .gemm_n = cfg->intermediate_size,
-                                  .gemm_k = cfg->hidden_size};
+                                  .gemm_k = cfg->hidden_size,
+                                  .kv_bf16 = kv_bf16};
     const int rc = bench_attention(&ab);
     eng_dnn_free(dnn);
     return rc;
@@ -426,6 +532,7 @@ static int bench_engine(int argc, char **argv) {
     bool json = false, kvp = false, attn_old = false, attn_only = false;
     const char *aux_config = NULL, *attn_list = "512,2048,8192";
     long attn_chunk = 256;
+    enum eng_dtype kv_dtype = ENG_DTYPE_F32;
     struct eng_model_params mp = eng_model_default_params();
     struct kc_args a;
     kc_args_init(&a, "kvcast bench engine", argc, argv);
@@ -449,6 +556,10 @@ static int bench_engine(int argc, char **argv) {
             }
         } else if (kc_args_str(&a, "--decode-dtype", &v)) {
             if (eng_wtype_parse(v, &mp.decode_wtype) != KC_OK) {
+                return kc_args_bad(&a, "must be f32 or bf16");
+            }
+        } else if (kc_args_str(&a, "--kv-dtype", &v)) {
+            if (eng_kv_dtype_parse(v, &kv_dtype) != KC_OK) {
                 return kc_args_bad(&a, "must be f32 or bf16");
             }
         } else if (kc_args_flag(&a, "--attn-old")) {
@@ -496,7 +607,7 @@ static int bench_engine(int argc, char **argv) {
     }
     if (attn_only) {
         return bench_attention_only(&cfg, attn_lens, n_attn, (int)attn_chunk, attn_old,
-                                    (int)threads, json);
+                                    (int)threads, json, kv_dtype == ENG_DTYPE_BF16);
     }
     const int T = (int)prompt_len, G = (int)gen, n_ctx = T + G + 1;
     if (n_ctx > cfg.max_position_embeddings) {
@@ -519,7 +630,7 @@ static int bench_engine(int argc, char **argv) {
     if (eng_model_init_random(&cfg, &mp, 1234, &m, &err) != KC_OK ||
         eng_ctx_create(m, T < 512 ? T : 512, n_ctx, (int)threads, &ctx, &err) != KC_OK ||
         eng_dnn_create((int)threads, &dnn, &err) != KC_OK ||
-        eng_kv_pool_init(&pool, &cfg, 16, (n_ctx + 15) / 16, &err) != KC_OK) {
+        eng_kv_pool_init_dtype(&pool, &cfg, 16, (n_ctx + 15) / 16, kv_dtype, &err) != KC_OK) {
         fprintf(stderr, "kvcast bench: %s\n", err.msg);
         goto done;
     }
@@ -572,7 +683,8 @@ static int bench_engine(int argc, char **argv) {
      * window is compared with the bandwidth measured right beside it (the mean of the two
      * triads around it); the reported ratio is the median over windows. */
     enum { DECODE_WINDOW = 4 };
-    const double kv_bytes_per_pos = 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4.0;
+    const double kv_bytes_per_pos =
+        2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (double)pool.elem_size;
     const int n_win = (G + DECODE_WINDOW - 1) / DECODE_WINDOW;
     double *win_ratio = calloc((size_t)n_win, sizeof(double));
     if (win_ratio == NULL) {
@@ -618,6 +730,7 @@ static int bench_engine(int argc, char **argv) {
     const double decode_gbs = bytes_decode / t_decode * 1e-9;
     const char *pw = mp.prefill_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
     const char *dw = mp.decode_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
+    const char *kvw = kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32";
     if (json) {
         json_t *j = json_object();
         json_object_set_new(j, "config", kc_json_str(config));
@@ -626,6 +739,7 @@ static int bench_engine(int argc, char **argv) {
         json_object_set_new(j, "gen", json_integer(G));
         json_object_set_new(j, "prefill_dtype", json_string(pw));
         json_object_set_new(j, "decode_dtype", json_string(dw));
+        json_object_set_new(j, "kv_dtype", json_string(kvw));
         json_object_set_new(j, "prefill_tokens_per_s", kc_json_real(prefill_tps, 2));
         json_object_set_new(j, "prefill_gflops", kc_json_real(prefill_gflops, 1));
         json_object_set_new(j, "gemm_gflops", kc_json_real(gemm_gflops, 1));
@@ -639,7 +753,8 @@ static int bench_engine(int argc, char **argv) {
             goto done;
         }
     } else {
-        printf("config %s, %d threads, prompt %d, gen %d\n", config, eng_dnn_threads(dnn), T, G);
+        printf("config %s, %d threads, prompt %d, gen %d, %s KV cache\n", config,
+               eng_dnn_threads(dnn), T, G, kvw);
         printf("prefill (%s weights): %8.1f tokens/s  %7.1f GFLOP/s   single GEMM %dx%dx%d: %7.1f "
                "GFLOP/s  ratio %.2f\n",
                pw, prefill_tps, prefill_gflops, gemm_m, cfg.intermediate_size, cfg.hidden_size,
@@ -660,7 +775,8 @@ static int bench_engine(int argc, char **argv) {
                                       .dnn = dnn,
                                       .gemm_m = gemm_m,
                                       .gemm_n = cfg.intermediate_size,
-                                      .gemm_k = cfg.hidden_size};
+                                      .gemm_k = cfg.hidden_size,
+                                      .kv_bf16 = kv_dtype == ENG_DTYPE_BF16};
         if (bench_attention(&ab) != 0) {
             goto done;
         }
