@@ -20,11 +20,14 @@
 
 #include "common/kc.h"
 #include "engine/io/dtype.h"
+#include "engine/kvp.h"
 #include "engine/model.h"
 #include "engine/ops.h"
 
 #define TEST_RAND_SEED 0x51f15eedull
 #include "tests/unit/test_rand.h"
+
+#include "tests/unit/test_models.h"
 
 static struct eng_dnn *dnn_new(int threads) {
     struct eng_dnn *d = NULL;
@@ -230,12 +233,121 @@ static void test_int8_wtype_parses(void **state) {
     assert_int_equal(eng_wtype_parse("INT8", &wt), KC_EINVAL);
 }
 
+/* An identity predictor for a model paired with itself. */
+static struct eng_kvp *identity_predictor(const struct eng_model_config *c) {
+    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
+    const int L = s.base_layers, N = s.base_kv_dim;
+    float *w = calloc((size_t)L * N * N, sizeof(float));
+    int32_t *map = calloc((size_t)L, sizeof(int32_t));
+    assert_true(w != NULL && map != NULL);
+    for (int l = 0; l < L; l++) {
+        map[l] = l;
+        for (int i = 0; i < N; i++) {
+            w[(size_t)l * N * N + (size_t)i * N + i] = 1.0f;
+        }
+    }
+    struct eng_kvp *p = NULL;
+    struct kc_error err = {0};
+    if (eng_kvp_create(&s, map, w, NULL, w, NULL, &p, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    free(w);
+    free(map);
+    return p;
+}
+
+/* KV Prediction with int8 base and aux weights (the golden llama_gqa paired with itself, an
+ * identity predictor): predict mode runs, its predicted cache equals the full path's and the
+ * greedy continuations agree, as with f32 (test_engine_kvp.c's identity invariant). */
+static void test_kvp_predict_runs_with_int8_base_and_aux(void **state) {
+    (void)state;
+    struct eng_model *base = test_golden_model("llama_gqa", ENG_WTYPE_INT8);
+    struct eng_model *aux = test_golden_model("llama_gqa", ENG_WTYPE_INT8);
+    const struct eng_model_config *c = eng_model_config_of(base);
+    const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
+    struct eng_kvp *pred = identity_predictor(c);
+    int32_t prompt[24];
+    for (int i = 0; i < 24; i++) {
+        prompt[i] = (int32_t)((i * 37 + 11) % V);
+    }
+    const int n = 24, G = 16;
+    struct kc_error err = {0};
+    struct eng_kvp_ctx *kc = NULL;
+    struct eng_ctx *bctx = NULL;
+    struct eng_kv_pool apool, pool;
+    assert_int_equal(eng_kvp_ctx_create(base, aux, pred, 64, n + G + 1, 1, &kc, &err), KC_OK);
+    assert_int_equal(eng_ctx_create(base, 64, n + G + 1, 1, &bctx, &err), KC_OK);
+    assert_int_equal(eng_kv_pool_init(&apool, c, 4, 16, &err), KC_OK);
+    assert_int_equal(eng_kv_pool_init(&pool, c, 8, 32, &err), KC_OK);
+    struct eng_seq full = {0}, pr = {0}, aseq = {0};
+    float *lf = calloc((size_t)V, sizeof(float)), *lp = calloc((size_t)V, sizeof(float));
+    assert_true(lf != NULL && lp != NULL);
+    const struct eng_kvp_seqs io_full = {
+        .base_ctx = bctx, .base_pool = &pool, .base = &full, .aux_pool = &apool, .aux = &aseq};
+    const struct eng_kvp_seqs io_pr = {
+        .base_ctx = bctx, .base_pool = &pool, .base = &pr, .aux_pool = &apool, .aux = &aseq};
+    assert_int_equal(eng_kvp_prefill(kc, ENG_KVP_FULL, &io_full, prompt, n, lf, NULL, &err), KC_OK);
+    eng_seq_release(&apool, &aseq);
+    struct eng_kvp_timings t = {0};
+    if (eng_kvp_prefill(kc, ENG_KVP_PREDICT, &io_pr, prompt, n, lp, &t, &err) != KC_OK) {
+        fail_msg("int8 predict: %s", err.msg);
+    }
+    eng_seq_release(&apool, &aseq);
+    assert_int_equal(pr.n_tokens, n);
+    float dk = 0, dv = 0, kscale = 0;
+    for (int l = 0; l < L; l++) {
+        for (int p = 0; p < n; p++) {
+            dk = fmaxf(dk, max_abs_diff(eng_kv_k_at(&pool, &full, l, p),
+                                        eng_kv_k_at(&pool, &pr, l, p), (size_t)kvd));
+            dv = fmaxf(dv, max_abs_diff(eng_kv_v_at(&pool, &full, l, p),
+                                        eng_kv_v_at(&pool, &pr, l, p), (size_t)kvd));
+            kscale = fmaxf(kscale, max_abs(eng_kv_k_at(&pool, &full, l, p), (size_t)kvd));
+        }
+    }
+    const float dl = max_abs_diff(lf, lp, (size_t)V);
+    print_message("int8 identity predictor: maxdiff k %.3g v %.3g (k scale %.3g), first logits "
+                  "%.3g\n",
+                  dk, dv, kscale, dl);
+    for (int i = 0; i < V; i++) {
+        assert_true(isfinite(lp[i]));
+    }
+    /* Same int8 weights on both sides: the s32 products are exact, so the caches agree up to
+     * f32 summation order in attention and the one-row vs chunk GEMM epilogue. */
+    assert_true(dk <= 1e-4f * kscale);
+    assert_true(dv <= 1e-4f * kscale);
+    int agree = 0;
+    for (int i = 0; i < G; i++) {
+        int32_t a = argmax(lf, V), b = argmax(lp, V);
+        agree += a == b && agree == i;
+        assert_int_equal(
+            eng_kvp_forward(kc, ENG_KVP_FULL, &io_full, &a, 1, ENG_LOGITS_LAST, lf, &err), KC_OK);
+        assert_int_equal(
+            eng_kvp_forward(kc, ENG_KVP_PREDICT, &io_pr, &b, 1, ENG_LOGITS_LAST, lp, &err), KC_OK);
+    }
+    print_message("int8 predict vs full: greedy agrees for %d of %d tokens\n", agree, G);
+    assert_int_equal(agree, G);
+    eng_seq_release(&pool, &full);
+    eng_seq_release(&pool, &pr);
+    assert_int_equal(eng_kv_pool_n_free(&pool), 32);
+    assert_int_equal(eng_kv_pool_n_free(&apool), 16);
+    free(lf);
+    free(lp);
+    eng_kv_pool_free(&pool);
+    eng_kv_pool_free(&apool);
+    eng_ctx_free(bctx);
+    eng_kvp_ctx_free(kc);
+    eng_kvp_free(pred);
+    eng_model_free(aux);
+    eng_model_free(base);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_int8_linear_matches_emulation_decode_and_prefill),
         cmocka_unit_test(test_int8_beside_other_types),
         cmocka_unit_test(test_int8_weights_take_a_quarter_of_f32),
         cmocka_unit_test(test_int8_wtype_parses),
+        cmocka_unit_test(test_kvp_predict_runs_with_int8_base_and_aux),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
