@@ -51,7 +51,11 @@
  *     swings between 13 and 26 GB/s from one second to the next while a stream triad holds
  *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
  *     `kvcast bench gemv`). At 8 rows the plain copy is 15-30% slower than a packed one
- *     (`--rows 8`), hence two decode copies: memory traded for both.
+ *     (`--rows 8`), hence two decode copies: memory traded for both. int8 keeps the same
+ *     split by measurement: one row over the plain s8 copy runs gemm:jit at 27-30 GB/s
+ *     (TinyLlama shapes, 2 threads, `kvcast bench gemv --dtype int8` under ONEDNN_VERBOSE:
+ *     2048x11264 in 0.79 ms, 5632x2048 in 0.38 ms), while the layout oneDNN prefers for one
+ *     row (ab, also gemm:jit) took twice as long (1.54 ms, 0.85 ms).
  *  7. int8 (ENG_WTYPE_INT8): every copy holds s8 weights quantized symmetrically per output
  *     channel (scale_j = max|W_j| / 127) and the n scales (wscale, as a oneDNN memory).
  *     Activations are quantized per row to s8, symmetric (scale_r = max|x_r| / 127, into the
