@@ -83,7 +83,15 @@ int eng_wtype_parse(const char *s, enum eng_wtype *out) {
         *out = ENG_WTYPE_BF16;
         return KC_OK;
     }
+    if (s != NULL && strcmp(s, "int8") == 0) {
+        *out = ENG_WTYPE_INT8;
+        return KC_OK;
+    }
     return KC_EINVAL;
+}
+
+const char *eng_wtype_name(enum eng_wtype wt) {
+    return wt == ENG_WTYPE_BF16 ? "bf16" : wt == ENG_WTYPE_INT8 ? "int8" : "f32";
 }
 
 const struct eng_model_config *eng_model_config_of(const struct eng_model *m) {

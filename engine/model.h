@@ -44,8 +44,10 @@ struct eng_model_params {
 /* f32 prefill weights, bf16 decode weights, no progress callback: the fastest pair on
  * AVX-512 CPUs. */
 struct eng_model_params eng_model_default_params(void);
-/* Parses "f32" / "bf16". */
+/* Parses "f32" / "bf16" / "int8". */
 int eng_wtype_parse(const char *s, enum eng_wtype *out);
+/* The name eng_wtype_parse takes for wt ("f32", "bf16", "int8"). */
+const char *eng_wtype_name(enum eng_wtype wt);
 
 struct eng_model;
 

@@ -26,8 +26,10 @@
 #include "common/kc.h"
 #include "engine/io/dtype.h"
 
-/* Weight format in which a linear layer's weights are packed for compute. */
-enum eng_wtype { ENG_WTYPE_F32 = 0, ENG_WTYPE_BF16 };
+/* Weight format in which a linear layer's weights are packed for compute. INT8: symmetric
+ * per-output-channel s8 weights (scale = max|row| / 127, quantized at creation) times
+ * activations quantized per row to s8 at every forward (ops_dnnl.c invariant 7). */
+enum eng_wtype { ENG_WTYPE_F32 = 0, ENG_WTYPE_BF16, ENG_WTYPE_INT8 };
 
 /* Steps with at most this many rows use the decode-packed weights, larger ones the prefill
  * ones (prefill is compute-bound and fastest in f32; decode memory-bound, fastest in bf16). */
@@ -79,7 +81,9 @@ size_t eng_linear_bytes(const struct eng_linear *l);
 size_t eng_linear_bytes_read(const struct eng_linear *l, int m);
 
 /* y[m, N] = x[m, K] @ W^T + b, in f32 (bf16 weights: activations converted to bf16, f32
- * accumulation). Primitives are created on first use of a shape and cached in dnn. */
+ * accumulation; int8: activations quantized per row to s8, s32 accumulation, rescaled by the
+ * row's and the output channel's scales). Primitives are created on first use of a shape and cached
+ * in dnn. */
 void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const float *x, int m,
                         float *y);
 /* Creates, in dnn, every primitive eng_linear_forward can use for l with up to max_m rows,

@@ -51,7 +51,23 @@
  *     swings between 13 and 26 GB/s from one second to the next while a stream triad holds
  *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
  *     `kvcast bench gemv`). At 8 rows the plain copy is 15-30% slower than a packed one
- *     (`--rows 8`), hence two decode copies: memory traded for both.
+ *     (`--rows 8`), hence two decode copies: memory traded for both. int8 keeps the same
+ *     split by measurement: one row over the plain s8 copy runs gemm:jit at 27-30 GB/s
+ *     (TinyLlama shapes, 2 threads, `kvcast bench gemv --dtype int8` under ONEDNN_VERBOSE:
+ *     2048x11264 in 0.79 ms, 5632x2048 in 0.38 ms), while the layout oneDNN prefers for one
+ *     row (ab, also gemm:jit) took twice as long (1.54 ms, 0.85 ms).
+ *  7. int8 (ENG_WTYPE_INT8): every copy holds s8 weights quantized symmetrically per output
+ *     channel (scale_j = max|W_j| / 127) and the n scales (wscale, as a oneDNN memory).
+ *     Activations are quantized per row to s8, symmetric (scale_r = max|x_r| / 127, into the
+ *     activation scratch): symmetric s8 needs no zero point, so the s32 products are exact
+ *     and one multiply per output restores them; u8 with a zero point would gain one bit for
+ *     one-sided rows, but the rows here (norm outputs, attention, SwiGLU) are two-sided, and
+ *     oneDNN's s8 x s8 path handles VNNI's u8 x s8 instruction with a weight compensation
+ *     it computes itself at packing. The matmul applies scale_j as runtime per-column output
+ *     scales (mask 1 << 1; runtime because primitives are cached per shape and shared by
+ *     linears of equal shape); scale_r and the bias are applied in f32 after it, in the same
+ *     pass that copies padded rows out (oneDNN 2.6 has no per-row output scale, and its
+ *     int8 bias would be added before the output scale).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -82,6 +98,8 @@
 #define ENG_PREPARE_TEAMS_MAX 8
 /* Converting activations to bf16 goes parallel from this many elements on. */
 #define ENG_CVT_PAR_MIN 65536
+/* Quantizing activations to s8 goes parallel from this many rows on. */
+#define ENG_QUANT_PAR_ROWS 32
 
 /* ---- per-thread context ---- */
 
@@ -110,6 +128,7 @@ struct eng_dnn {
     size_t out_bytes;
     void *pad; /* oneDNN user-mode scratchpad */
     size_t pad_bytes;
+    float xscale[ENG_LINEAR_CHUNK]; /* int8: per-row activation scales of the running block */
 };
 
 /* One copy of a linear's weights: packed, or plain (the HF [n, k] row-major matrix). */
@@ -121,6 +140,8 @@ struct eng_wcopy {
     void *data;
     size_t bytes;
     dnnl_memory_t mem;
+    float *wscale; /* int8: [n] per-output-channel weight scales (invariant 7), else NULL */
+    dnnl_memory_t wscale_mem;
 };
 
 struct eng_linear {
@@ -307,6 +328,11 @@ static dnnl_status_t matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enu
         return st;
     }
     st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success && wt == ENG_WTYPE_INT8) {
+        /* Per-column weight scales, given at execution (invariant 7). */
+        const float runtime = DNNL_RUNTIME_F32_VAL;
+        st = dnnl_primitive_attr_set_output_scales(attr, 1, 1 << 1, &runtime);
+    }
     if (st == dnnl_success && gemv) {
         *pd = gemv_pd(&desc, attr, engine);
     }
@@ -400,9 +426,25 @@ static bool dtype_ok(enum eng_dtype t) {
     return t == ENG_DTYPE_F32 || t == ENG_DTYPE_BF16 || t == ENG_DTYPE_F16;
 }
 
-/* Stacks the parts into a plain [N, K] matrix of element type wt. */
+/* Quantizes one f32 row of k weights to s8, symmetric; returns its scale (0 for a zero row). */
+static float quant_row_s8(const float *w, int k, int8_t *q) {
+    float amax = 0.0f;
+    for (int i = 0; i < k; i++) {
+        amax = fmaxf(amax, fabsf(w[i]));
+    }
+    const float scale = amax / 127.0f;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    for (int i = 0; i < k; i++) {
+        const float v = nearbyintf(w[i] * inv);
+        q[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+    }
+    return scale;
+}
+
+/* Stacks the parts into a plain [N, K] matrix of element type wt; int8 also writes the
+ * per-row scales to wscale[N]. */
 static void stack_parts(const struct eng_weight_part *parts, int n_parts, int k, enum eng_wtype wt,
-                        void *dst, float *row_tmp) {
+                        void *dst, float *wscale, float *row_tmp) {
     size_t row0 = 0;
     for (int p = 0; p < n_parts; p++) {
         for (int r = 0; r < parts[p].rows; r++) {
@@ -419,6 +461,10 @@ static void stack_parts(const struct eng_weight_part *parts, int n_parts, int k,
                 continue;
             }
             eng_dtype_to_f32(parts[p].dtype, src, row_tmp, (size_t)k);
+            if (wt == ENG_WTYPE_INT8) {
+                wscale[out_row] = quant_row_s8(row_tmp, k, (int8_t *)dst + out_row * (size_t)k);
+                continue;
+            }
             uint16_t *o = (uint16_t *)dst + out_row * (size_t)k;
             for (int i = 0; i < k; i++) {
                 o[i] = eng_f32_to_bf16(row_tmp[i]);
@@ -435,6 +481,8 @@ void eng_linear_free(struct eng_linear *l) {
     for (int i = 0; i < 3; i++) {
         dnnl_memory_destroy(l->copy[i].mem);
         kc_aligned_free(l->copy[i].data);
+        dnnl_memory_destroy(l->copy[i].wscale_mem);
+        kc_aligned_free(l->copy[i].wscale);
     }
     dnnl_memory_destroy(l->bias_mem);
     kc_aligned_free(l->bias);
@@ -442,6 +490,11 @@ void eng_linear_free(struct eng_linear *l) {
         dnnl_engine_destroy(l->engine);
     }
     free(l);
+}
+
+/* Whether oneDNN adds l's bias for weight type wt (int8 adds it after, invariant 7). */
+static bool prim_bias(const struct eng_linear *l, enum eng_wtype wt) {
+    return l->bias != NULL && wt != ENG_WTYPE_INT8;
 }
 
 /* Builds copy c of l in weight type wt from the stacked parts. */
@@ -463,7 +516,21 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
         rc = kc_error_set(err, KC_ENOMEM, "linear %d x %d: out of memory", n, k);
         goto fail;
     }
-    stack_parts(parts, n_parts, k, wt, plain, row_tmp);
+    if (wt == ENG_WTYPE_INT8) {
+        c->wscale = kc_aligned_alloc((size_t)n * sizeof(float));
+        dnnl_memory_desc_t s_md;
+        const dnnl_dims_t s_dims = {n};
+        if (c->wscale == NULL) {
+            rc = kc_error_set(err, KC_ENOMEM, "linear %d x %d: out of memory", n, k);
+            goto fail;
+        }
+        if (dnnl_memory_desc_init_by_tag(&s_md, 1, s_dims, dnnl_f32, dnnl_a) != dnnl_success ||
+            dnnl_memory_create(&c->wscale_mem, &s_md, l->engine, c->wscale) != dnnl_success) {
+            rc = kc_error_set(err, KC_EBACKEND, "oneDNN: int8 scales memory of %d x %d", n, k);
+            goto fail;
+        }
+    }
+    stack_parts(parts, n_parts, k, wt, plain, c->wscale, row_tmp);
     c->wt = wt;
     c->plain = plain_layout;
     c->rep_rows = plain_layout ? 1 : rep_rows;
@@ -479,7 +546,7 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
         c->bytes = plain_bytes;
         plain = NULL;
     } else {
-        rc = preferred_wmd(l->engine, rep_rows, n, k, wt, l->bias != NULL, &c->md, err);
+        rc = preferred_wmd(l->engine, rep_rows, n, k, wt, prim_bias(l, wt), &c->md, err);
         if (rc != 0) {
             goto fail;
         }
@@ -493,6 +560,7 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
         rc = kc_error_set(err, KC_EBACKEND, "oneDNN: weights memory (status %d)", (int)st);
         goto fail;
     }
+    rc = 0;
 fail:
     kc_aligned_free(plain);
     free(row_tmp);
@@ -505,8 +573,7 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
     if (parts == NULL || n_parts <= 0 || n_in <= 0) {
         return kc_error_set(err, KC_EINVAL, "linear: %d parts of %d inputs", n_parts, n_in);
     }
-    if ((prefill_wt != ENG_WTYPE_F32 && prefill_wt != ENG_WTYPE_BF16) ||
-        (decode_wt != ENG_WTYPE_F32 && decode_wt != ENG_WTYPE_BF16)) {
+    if ((unsigned)prefill_wt > ENG_WTYPE_INT8 || (unsigned)decode_wt > ENG_WTYPE_INT8) {
         return kc_error_set(err, KC_EINVAL, "linear: bad weight type");
     }
     long long n_out = 0;
@@ -628,7 +695,7 @@ static size_t prim_hash(int n, int k, int rows, enum eng_wtype wt, bool bias, in
 
 static struct eng_prim *prim_lookup(const struct eng_dnn *dnn, const struct eng_linear *l,
                                     const struct eng_wcopy *c, int rows, int team) {
-    const bool bias = l->bias != NULL;
+    const bool bias = prim_bias(l, c->wt);
     size_t i = prim_hash(l->n_out, l->n_in, rows, c->wt, bias, team) & (dnn->cap - 1);
     for (;;) {
         const struct eng_prim *p = dnn->slots[i];
@@ -677,7 +744,7 @@ static int prim_insert(struct eng_dnn *dnn, struct eng_prim *p) {
  * and 5) and grows the scratch. */
 static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const struct eng_wcopy *c,
                        int rows, int team, struct eng_prim **out, struct kc_error *err) {
-    const bool bias = l->bias != NULL;
+    const bool bias = prim_bias(l, c->wt);
     const int n = l->n_out, k = l->n_in;
     dnnl_primitive_desc_t pd = NULL;
     int rc = KC_EBACKEND;
@@ -742,6 +809,7 @@ static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const st
     }
     /* Scratch: activations for the padded/converted rows, padded dst, scratchpad. */
     const size_t er = (size_t)p->exec_rows;
+    KC_ASSERT(er <= ENG_LINEAR_CHUNK); /* dnn->xscale */
     if (scratch_grow(&dnn->act, &dnn->act_bytes, er * (size_t)k * sizeof(float)) != 0 ||
         scratch_grow((void **)&dnn->out, &dnn->out_bytes, er * (size_t)n * sizeof(float)) != 0 ||
         scratch_grow(&dnn->pad, &dnn->pad_bytes, dnnl_memory_desc_get_size(pad_md) + 64) != 0) {
@@ -813,6 +881,44 @@ static void cvt_bf16_par(const float *x, size_t n, uint16_t *y) {
     }
 }
 
+/* Quantizes rows x k f32 (row stride k) to s8 per row, symmetric (invariant 7); writes each
+ * row's scale to scale[]. */
+static void quant_act_rows(const float *restrict x, int rows, int k, int8_t *restrict q,
+                           float *restrict scale) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (rows >= ENG_QUANT_PAR_ROWS)
+#endif
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * (size_t)k;
+        int8_t *qr = q + (size_t)r * (size_t)k;
+#if defined(__AVX512F__)
+        __m512 vmax = _mm512_setzero_ps();
+        int i = 0;
+        for (; i + 16 <= k; i += 16) {
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xr + i)));
+        }
+        float amax = _mm512_reduce_max_ps(vmax);
+        for (; i < k; i++) {
+            amax = fmaxf(amax, fabsf(xr[i]));
+        }
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const __m512 vinv = _mm512_set1_ps(inv);
+        for (i = 0; i + 16 <= k; i += 16) {
+            /* cvtps rounds to nearest even; |x * inv| <= 127 (+ rounding) saturates. */
+            const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vinv));
+            _mm_storeu_si128((__m128i *)(void *)(qr + i), _mm512_cvtsepi32_epi8(v));
+        }
+        for (; i < k; i++) {
+            const float v = nearbyintf(xr[i] * inv);
+            qr[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+        }
+        scale[r] = amax / 127.0f;
+#else
+        scale[r] = quant_row_s8(xr, k, qr);
+#endif
+    }
+}
+
 /* Runs rows r (<= bucket's rows) of x through the cached primitive for `rows`. */
 static void run_block(struct eng_dnn *dnn, const struct eng_linear *l, const struct eng_wcopy *c,
                       int rows, const float *x, int r, float *y) {
@@ -830,8 +936,12 @@ static void run_block(struct eng_dnn *dnn, const struct eng_linear *l, const str
         }
     }
     const bool padded = p->exec_rows > r;
+    const bool int8 = c->wt == ENG_WTYPE_INT8;
     const void *src = x;
-    if (c->wt == ENG_WTYPE_BF16) {
+    if (int8) {
+        quant_act_rows(x, r, k, dnn->act, dnn->xscale);
+        src = dnn->act;
+    } else if (c->wt == ENG_WTYPE_BF16) {
         cvt_bf16_par(x, (size_t)r * (size_t)k, dnn->act);
         src = dnn->act;
     } else if (padded) {
@@ -847,9 +957,33 @@ static void run_block(struct eng_dnn *dnn, const struct eng_linear *l, const str
                                {DNNL_ARG_DST, p->dst},
                                {DNNL_ARG_SCRATCHPAD, p->pad},
                                {DNNL_ARG_BIAS, l->bias_mem}};
-    DNN_ASSERT(dnnl_primitive_execute(p->prim, dnn->stream, l->bias_mem != NULL ? 5 : 4, args));
+    if (int8) {
+        args[4] = (dnnl_exec_arg_t){DNNL_ARG_ATTR_OUTPUT_SCALES, c->wscale_mem};
+    }
+    DNN_ASSERT(
+        dnnl_primitive_execute(p->prim, dnn->stream, int8 || l->bias_mem != NULL ? 5 : 4, args));
     DNN_ASSERT(dnnl_stream_wait(dnn->stream));
-    if (padded) {
+    if (int8) {
+        /* Row scales and bias (invariant 7), copying padded rows out on the way. */
+        const float *restrict b = l->bias;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (r >= ENG_QUANT_PAR_ROWS)
+#endif
+        for (int i = 0; i < r; i++) {
+            const float s = dnn->xscale[i];
+            const float *restrict d = dst + (size_t)i * (size_t)n;
+            float *restrict o = y + (size_t)i * (size_t)n;
+            if (b != NULL) {
+                for (int j = 0; j < n; j++) {
+                    o[j] = d[j] * s + b[j];
+                }
+            } else {
+                for (int j = 0; j < n; j++) {
+                    o[j] = d[j] * s;
+                }
+            }
+        }
+    } else if (padded) {
         memcpy(y, dnn->out, (size_t)r * (size_t)n * sizeof(float));
     }
 }

@@ -27,16 +27,18 @@
         KC_ASSERT(st_ == dnnl_success);                                                            \
     } while (0)
 
+/* Element type of the weights AND of the activations a matmul of weight type wt reads (int8:
+ * s8 weights times s8 activations, see ops_dnnl.c invariant 7). */
 static inline dnnl_data_type_t wt_dnnl(enum eng_wtype wt) {
-    return wt == ENG_WTYPE_BF16 ? dnnl_bf16 : dnnl_f32;
+    return wt == ENG_WTYPE_BF16 ? dnnl_bf16 : wt == ENG_WTYPE_INT8 ? dnnl_s8 : dnnl_f32;
 }
 
 static inline size_t wt_size(enum eng_wtype wt) {
-    return wt == ENG_WTYPE_BF16 ? 2 : 4;
+    return wt == ENG_WTYPE_BF16 ? 2 : wt == ENG_WTYPE_INT8 ? 1 : 4;
 }
 
 static inline const char *wt_name(enum eng_wtype wt) {
-    return wt == ENG_WTYPE_BF16 ? "bf16" : "f32";
+    return wt == ENG_WTYPE_BF16 ? "bf16" : wt == ENG_WTYPE_INT8 ? "int8" : "f32";
 }
 
 /* Sets the calling thread's OpenMP team size (<= 0: unchanged). */
@@ -55,8 +57,9 @@ dnnl_engine_t eng__dnn_engine(const struct eng_dnn *dnn);
 dnnl_stream_t eng__dnn_stream(const struct eng_dnn *dnn);
 
 /* A matmul primitive desc for rows x k @ k x n with weights md w (NULL: format `any`),
- * optional f32 bias, f32 dst and a user-mode scratchpad; with gemv, oneDNN's "gemm:jit"
- * implementation when offered (ops_dnnl.c invariant 6). */
+ * optional f32 bias, f32 dst and a user-mode scratchpad; int8 (bias must be false) takes
+ * per-column output scales at execution (DNNL_ARG_ATTR_OUTPUT_SCALES, n f32); with gemv, oneDNN's
+ * "gemm:jit" implementation when offered (ops_dnnl.c invariant 6). */
 dnnl_status_t eng__dnn_matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
                                  const dnnl_memory_desc_t *w, bool bias, bool gemv,
                                  dnnl_primitive_desc_t *pd);

@@ -23,7 +23,9 @@
 struct probe_mat {
     dnnl_primitive_t prim;
     dnnl_memory_t src, w, dst, pad;
+    dnnl_memory_t osc; /* int8: the runtime per-column output scales (all 1) */
     void *wbuf, *padbuf;
+    float *oscbuf;
     size_t bytes;
 };
 
@@ -42,11 +44,13 @@ static double probe_pass_s(struct eng_weights_probe *p) {
     const double t0 = kc_now_s();
     for (int i = 0; i < p->n_mats; i++) {
         const struct probe_mat *q = &p->mats[i];
-        const dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, q->src},
+        const dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, q->src},
                                          {DNNL_ARG_WEIGHTS, q->w},
                                          {DNNL_ARG_DST, q->dst},
-                                         {DNNL_ARG_SCRATCHPAD, q->pad}};
-        DNN_ASSERT(dnnl_primitive_execute(q->prim, eng__dnn_stream(p->dnn), 4, args));
+                                         {DNNL_ARG_SCRATCHPAD, q->pad},
+                                         {DNNL_ARG_ATTR_OUTPUT_SCALES, q->osc}};
+        DNN_ASSERT(
+            dnnl_primitive_execute(q->prim, eng__dnn_stream(p->dnn), q->osc != NULL ? 5 : 4, args));
     }
     DNN_ASSERT(dnnl_stream_wait(eng__dnn_stream(p->dnn)));
     return kc_now_s() - t0;
@@ -62,7 +66,9 @@ void eng_weights_probe_free(struct eng_weights_probe *p) {
         dnnl_memory_destroy(q->w);
         dnnl_memory_destroy(q->dst);
         dnnl_memory_destroy(q->pad);
+        dnnl_memory_destroy(q->osc);
         dnnl_primitive_destroy(q->prim);
+        kc_aligned_free(q->oscbuf);
         kc_aligned_free(q->wbuf);
         kc_aligned_free(q->padbuf);
     }
@@ -127,6 +133,8 @@ int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, b
                 const float v = 0.01f * (float)(1 + j % 7);
                 if (wt == ENG_WTYPE_BF16) {
                     ((uint16_t *)q->wbuf)[j] = eng_f32_to_bf16(v);
+                } else if (wt == ENG_WTYPE_INT8) {
+                    ((int8_t *)q->wbuf)[j] = (int8_t)(1 + j % 7);
                 } else {
                     ((float *)q->wbuf)[j] = v;
                 }
@@ -143,6 +151,20 @@ int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, b
         }
         if (st == dnnl_success) {
             st = dnnl_memory_create(&q->pad, pad_md, engine, q->padbuf);
+        }
+        if (st == dnnl_success && wt == ENG_WTYPE_INT8) {
+            dnnl_memory_desc_t s_md;
+            const dnnl_dims_t s_dims = {n[i]};
+            q->oscbuf = kc_aligned_alloc((size_t)n[i] * sizeof(float));
+            st = q->oscbuf != NULL
+                     ? dnnl_memory_desc_init_by_tag(&s_md, 1, s_dims, dnnl_f32, dnnl_a)
+                     : dnnl_out_of_memory;
+            for (int j = 0; st == dnnl_success && j < n[i]; j++) {
+                q->oscbuf[j] = 1.0f;
+            }
+            if (st == dnnl_success) {
+                st = dnnl_memory_create(&q->osc, &s_md, engine, q->oscbuf);
+            }
         }
         dnnl_primitive_desc_destroy(pd);
         if (st != dnnl_success) {

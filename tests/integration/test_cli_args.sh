@@ -62,7 +62,7 @@ expect_2 "--prompt-ids" generate --model="$G" --prompt-ids=1,x
 expect_2 "unexpected argument 'stray'" generate --model "$G" --prompt-ids 1 stray
 expect_2 "--samples must be" eval --samples=x
 expect_2 "--prompt-len must be" eval --prompt-len=0
-expect_2 "--dtype must be f32 or bf16" eval --dtype=f16
+expect_2 "--dtype must be f32, bf16 or int8" eval --dtype=f16
 expect_2 "--data is required" eval --base models/tiny/base --aux models/tiny/aux
 expect_2 "--ridge must be" calibrate --ridge=-1
 expect_2 "--tokens must be" calibrate --tokens=1

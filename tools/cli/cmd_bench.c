@@ -27,8 +27,8 @@ static void bench_usage(FILE *f) {
                "  --prompt-len N        prefill length (default 512)\n"
                "  --gen N               decode steps (default 64)\n"
                "  --threads N           OpenMP threads (default: all cores)\n"
-               "  --prefill-dtype T     f32|bf16 (default f32)\n"
-               "  --decode-dtype T      f32|bf16 (default bf16)\n"
+               "  --prefill-dtype T     f32|bf16|int8 (default f32)\n"
+               "  --decode-dtype T      f32|bf16|int8 (default bf16)\n"
                "  --kv-dtype T          f32|bf16 KV cache (default f32); bf16 also times the\n"
                "                        attention benchmark's decode rows on a bf16 cache\n"
                "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
@@ -552,11 +552,11 @@ static int bench_engine(int argc, char **argv) {
                    kc_args_long(&a, "--aux-layers", 1, ENG_MAX_LAYERS, &aux_layers)) {
         } else if (kc_args_str(&a, "--prefill-dtype", &v)) {
             if (eng_wtype_parse(v, &mp.prefill_wtype) != KC_OK) {
-                return kc_args_bad(&a, "must be f32 or bf16");
+                return kc_args_bad(&a, "must be f32, bf16 or int8");
             }
         } else if (kc_args_str(&a, "--decode-dtype", &v)) {
             if (eng_wtype_parse(v, &mp.decode_wtype) != KC_OK) {
-                return kc_args_bad(&a, "must be f32 or bf16");
+                return kc_args_bad(&a, "must be f32, bf16 or int8");
             }
         } else if (kc_args_str(&a, "--kv-dtype", &v)) {
             if (eng_kv_dtype_parse(v, &kv_dtype) != KC_OK) {
@@ -728,8 +728,8 @@ static int bench_engine(int argc, char **argv) {
     const double prefill_gflops = prefill_flops(&cfg, T) / best_prefill * 1e-9;
     const double decode_tps = G / t_decode;
     const double decode_gbs = bytes_decode / t_decode * 1e-9;
-    const char *pw = mp.prefill_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
-    const char *dw = mp.decode_wtype == ENG_WTYPE_F32 ? "f32" : "bf16";
+    const char *pw = eng_wtype_name(mp.prefill_wtype);
+    const char *dw = eng_wtype_name(mp.decode_wtype);
     const char *kvw = kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32";
     if (json) {
         json_t *j = json_object();
@@ -811,21 +811,27 @@ done:
 }
 
 /*
- * `kvcast bench gemv`: one decode step's bf16 weights of a configuration (q|k|v, o, gate|up and
- * down of every layer) streamed through oneDNN matmuls of --rows rows, packed and plain, round
- * after round with a stream triad in each round: the measurement behind the engine's plain
- * one-row copy (engine/ops_dnnl.c, invariant 6).
+ * `kvcast bench gemv`: one decode step's bf16 (or --dtype int8/f32) weights of a configuration
+ * (q|k|v, o, gate|up and down of every layer) streamed through oneDNN matmuls of --rows rows,
+ * packed and plain, round after round with a stream triad in each round: the measurement behind the
+ * engine's plain one-row copy (engine/ops_dnnl.c, invariant 6).
  */
 static int bench_gemv(int argc, char **argv) {
     const char *config = "tinyllama-1.1b";
     long rows = 1, rounds = 8, threads = 0;
+    enum eng_wtype wt = ENG_WTYPE_BF16;
     struct kc_args a;
     kc_args_init(&a, "kvcast bench gemv", argc, argv);
     while (kc_args_next(&a)) {
+        const char *v = NULL;
         if (kc_args_help(&a)) {
             printf("usage: kvcast bench gemv [--config NAME|config.json] [--rows N (1)] "
-                   "[--rounds N (8)] [--threads N]\n");
+                   "[--rounds N (8)] [--threads N] [--dtype f32|bf16|int8 (bf16)]\n");
             return 0;
+        } else if (kc_args_str(&a, "--dtype", &v)) {
+            if (eng_wtype_parse(v, &wt) != KC_OK) {
+                return kc_args_bad(&a, "must be f32, bf16 or int8");
+            }
         } else if (kc_args_str(&a, "--config", &config) ||
                    kc_args_long(&a, "--rows", 1, ENG_DECODE_MAX_M, &rows) ||
                    kc_args_long(&a, "--rounds", 1, 1000, &rounds) ||
@@ -860,10 +866,10 @@ static int bench_gemv(int argc, char **argv) {
         }
     }
     if (eng_dnn_create((int)threads, &dnn, &err) != KC_OK ||
-        eng_weights_probe_create(dnn, ENG_WTYPE_BF16, (int)rows, false, k, n, n_mats, &probe[0],
-                                 &err) != KC_OK ||
-        eng_weights_probe_create(dnn, ENG_WTYPE_BF16, (int)rows, true, k, n, n_mats, &probe[1],
-                                 &err) != KC_OK) {
+        eng_weights_probe_create(dnn, wt, (int)rows, false, k, n, n_mats, &probe[0], &err) !=
+            KC_OK ||
+        eng_weights_probe_create(dnn, wt, (int)rows, true, k, n, n_mats, &probe[1], &err) !=
+            KC_OK) {
         fprintf(stderr, "kvcast bench gemv: %s\n", err.msg);
         goto done;
     }
@@ -873,8 +879,8 @@ static int bench_gemv(int argc, char **argv) {
         fprintf(stderr, "kvcast bench gemv: out of memory\n");
         goto done;
     }
-    printf("config %s, %d threads, %ld rows: GB/s of bf16 decode weights per round\n", config,
-           eng_dnn_threads(dnn), rows);
+    printf("config %s, %d threads, %ld rows: GB/s of %s decode weights per round\n", config,
+           eng_dnn_threads(dnn), rows, eng_wtype_name(wt));
     printf("round   packed   plain%s   triad\n", rows == 1 ? " (gemv)" : "       ");
     (void)eng_weights_probe_run(probe[0]); /* warm-up: page mappings, primitives */
     (void)eng_weights_probe_run(probe[1]);

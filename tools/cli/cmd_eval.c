@@ -57,7 +57,8 @@ static void eval_usage(FILE *f) {
         "                      (half the time; greedy agreement is then null)\n"
         "  --no-refine         no predict_refine@1/4/16 rows (predict with the exact KV\n"
         "                      swapped in after k generated tokens)\n"
-        "  --dtype f32|bf16    weights for every step (default: f32 prefill, bf16 decode)\n"
+        "  --dtype f32|bf16|int8\n"
+        "                      weights for every step (default: f32 prefill, bf16 decode)\n"
         "  --threads N         OpenMP threads (default: all cores)\n"
         "  --json              print one JSON object instead of a table\n"
         "Warnings (stderr, and \"warnings\" in the JSON) flag results to read with care: when the\n"
@@ -93,7 +94,7 @@ static int parse_eval(int argc, char **argv, struct eval_opts *o) {
                    kc_args_int(&a, "--threads", 1, 1024, &o->threads)) {
         } else if (kc_args_str(&a, "--dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
-                return kc_args_bad(&a, "must be f32 or bf16");
+                return kc_args_bad(&a, "must be f32, bf16 or int8");
             }
             o->mparams.decode_wtype = o->mparams.prefill_wtype;
         } else if (kc_args_flag(&a, "--ids")) {

@@ -21,7 +21,7 @@ static void generate_usage(FILE *f) {
                "  --prompt TEXT         text prompt, tokenized with the model's tokenizer.json\n"
                "  --tokenizer PATH      tokenizer directory or tokenizer.json (default: --model)\n"
                "  --max-tokens N        tokens to generate (default 32)\n"
-               "  --dtype f32|bf16      weight format for both prefill and decode\n"
+               "  --dtype f32|bf16|int8 weight format for both prefill and decode\n"
                "  --prefill-dtype T     weights for prefill steps (default f32)\n"
                "  --decode-dtype T      weights for decode steps (default bf16)\n"
                "  --temperature X       0 = greedy (default 0)\n"
@@ -72,16 +72,16 @@ static int parse_generate(int argc, char **argv, struct generate_opts *o) {
         } else if (kc_args_int(&a, "--max-tokens", 1, 1 << 20, &o->max_tokens)) {
         } else if (kc_args_str(&a, "--dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
-                return kc_args_bad(&a, "must be f32 or bf16");
+                return kc_args_bad(&a, "must be f32, bf16 or int8");
             }
             o->mparams.decode_wtype = o->mparams.prefill_wtype;
         } else if (kc_args_str(&a, "--prefill-dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
-                return kc_args_bad(&a, "must be f32 or bf16");
+                return kc_args_bad(&a, "must be f32, bf16 or int8");
             }
         } else if (kc_args_str(&a, "--decode-dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.decode_wtype) != KC_OK) {
-                return kc_args_bad(&a, "must be f32 or bf16");
+                return kc_args_bad(&a, "must be f32, bf16 or int8");
             }
         } else if (kc_args_double(&a, "--temperature", 0, 100, &x)) {
             o->sparams.temperature = (float)x;
