@@ -69,8 +69,10 @@
 enum sch_refine_state {
     SCH_RSTATE_NONE = 0, /* no job (not asked, not predict, finished, or given up) */
     SCH_RSTATE_QUEUED,   /* on the refine queue, refine_seq empty */
-    SCH_RSTATE_RUNNING,  /* a prefill worker computes refine_seq */
-    SCH_RSTATE_READY,    /* refine_seq is exact up to refine_exact: the decode worker swaps */
+    SCH_RSTATE_RUNNING,
+    /* a prefill worker computes refine_seq */ SCH_RSTATE_READY, /* refine_seq holds what the job
+                                                                    computed: the decode worker
+                                                                    swaps */
 };
 
 enum sch_req_state {
@@ -131,7 +133,6 @@ struct sch_req {
     enum sch_refine_state refine_state;
     struct sch_req *refine_next; /* refine queue link */
     struct eng_seq refine_seq;
-    int refine_exact;  /* positions the job computed (all exact prefill) */
     bool orphaned;     /* ended while its job ran: the job frees it */
     int refine_worker; /* RUNNING: the prefill worker running the job */
     bool refine_swap;  /* (decode worker) READY seen: swap before the next step */

@@ -1243,7 +1243,6 @@ static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook
     const bool orphan = r->orphaned;
     if (!orphan) {
         if (ready) {
-            r->refine_exact = rs->n_tokens;
             r->refine_state = SCH_RSTATE_READY;
         } else if (preempted) {
             refine_push(s, r);
@@ -1450,8 +1449,8 @@ static void refine_swap(struct sch *s, struct sch_decode_worker *w, struct sch_r
     r->refine_result = SCH_REFINE_SWAPPED;
     r->refined_at_token = r->n_generated;
     r->t_refined = kc_now_ns();
-    KC_DEBUG("req=%llu refined at token %d (%d exact positions, %d fed at the swap)",
-             (unsigned long long)r->id, r->n_generated, r->refine_exact, gap);
+    KC_DEBUG("req=%llu refined at token %d (%d positions from the job, %d fed at the swap)",
+             (unsigned long long)r->id, r->n_generated, r->seq.n_tokens - gap, gap);
 }
 
 /* One continuous-batching step over every running sequence. Allocates nothing. */

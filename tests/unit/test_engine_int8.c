@@ -233,29 +233,6 @@ static void test_int8_wtype_parses(void **state) {
     assert_int_equal(eng_wtype_parse("INT8", &wt), KC_EINVAL);
 }
 
-/* An identity predictor for a model paired with itself. */
-static struct eng_kvp *identity_predictor(const struct eng_model_config *c) {
-    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
-    const int L = s.base_layers, N = s.base_kv_dim;
-    float *w = calloc((size_t)L * N * N, sizeof(float));
-    int32_t *map = calloc((size_t)L, sizeof(int32_t));
-    assert_true(w != NULL && map != NULL);
-    for (int l = 0; l < L; l++) {
-        map[l] = l;
-        for (int i = 0; i < N; i++) {
-            w[(size_t)l * N * N + (size_t)i * N + i] = 1.0f;
-        }
-    }
-    struct eng_kvp *p = NULL;
-    struct kc_error err = {0};
-    if (eng_kvp_create(&s, map, w, NULL, w, NULL, &p, &err) != KC_OK) {
-        fail_msg("%s", err.msg);
-    }
-    free(w);
-    free(map);
-    return p;
-}
-
 /* KV Prediction with int8 base and aux weights (the golden llama_gqa paired with itself, an
  * identity predictor): predict mode runs, its predicted cache equals the full path's and the
  * greedy continuations agree, as with f32 (test_engine_kvp.c's identity invariant). */
@@ -265,7 +242,7 @@ static void test_kvp_predict_runs_with_int8_base_and_aux(void **state) {
     struct eng_model *aux = test_golden_model("llama_gqa", ENG_WTYPE_INT8);
     const struct eng_model_config *c = eng_model_config_of(base);
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
-    struct eng_kvp *pred = identity_predictor(c);
+    struct eng_kvp *pred = test_identity_predictor(c);
     int32_t prompt[24];
     for (int i = 0; i < 24; i++) {
         prompt[i] = (int32_t)((i * 37 + 11) % V);

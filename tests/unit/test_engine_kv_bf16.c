@@ -379,24 +379,6 @@ static void test_greedy_agreement_over_64_tokens(void **state) {
     printf("  greedy agreement over all fixtures: %d/%d\n", agree_all, steps_all);
 }
 
-/* L zeroed per-layer buffers of n floats each. */
-static float **layers_alloc(int L, size_t n) {
-    float **x = calloc((size_t)L, sizeof(float *));
-    assert_non_null(x);
-    for (int l = 0; l < L; l++) {
-        x[l] = calloc(n, sizeof(float));
-        assert_non_null(x[l]);
-    }
-    return x;
-}
-
-static void layers_free(float **x, int L) {
-    for (int l = 0; l < L; l++) {
-        free(x[l]);
-    }
-    free(x);
-}
-
 /* KV Prediction's way into a bf16 base pool: inject of captured pre-RoPE K/V stores exactly
  * what the forward's append stored; extract reads V back as its bf16 rounding and pre-RoPE K
  * within one bf16 rounding; a step after injected K/V gives the logits of the own K/V. */
@@ -411,8 +393,10 @@ static void test_inject_extract_round_trip_bf16_pool(void **state) {
         const struct eng_model_config *c = r.c;
         const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
         struct kc_error err = {0};
-        float **kc = layers_alloc(L, (size_t)n * kvd), **vc = layers_alloc(L, (size_t)n * kvd);
-        float **kx = layers_alloc(L, (size_t)n * kvd), **vx = layers_alloc(L, (size_t)n * kvd);
+        float **kc = test_layers_alloc(L, (size_t)n * kvd),
+              **vc = test_layers_alloc(L, (size_t)n * kvd);
+        float **kx = test_layers_alloc(L, (size_t)n * kvd),
+              **vx = test_layers_alloc(L, (size_t)n * kvd);
         float *own = calloc((size_t)V, sizeof(float)), *inj = calloc((size_t)V, sizeof(float));
         assert_true(own != NULL && inj != NULL);
         struct eng_seq a = {0}, b = {0};
@@ -455,38 +439,15 @@ static void test_inject_extract_round_trip_bf16_pool(void **state) {
         assert_true(di <= 1e-5f * max_abs(own, (size_t)V));
         eng_seq_release(&r.pool, &a);
         eng_seq_release(&r.pool, &b);
-        layers_free(kc, L);
-        layers_free(vc, L);
-        layers_free(kx, L);
-        layers_free(vx, L);
+        test_layers_free(kc, L);
+        test_layers_free(vc, L);
+        test_layers_free(kx, L);
+        test_layers_free(vx, L);
         free(own);
         free(inj);
         rig_close(&r);
         eng_st_set_free(set);
     }
-}
-
-/* An identity predictor for a model paired with itself (as test_engine_kvp.c's). */
-static struct eng_kvp *identity_predictor(const struct eng_model_config *c) {
-    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
-    const int L = s.base_layers, N = s.base_kv_dim;
-    float *w = calloc((size_t)L * N * N, sizeof(float));
-    int32_t *map = calloc((size_t)L, sizeof(int32_t));
-    assert_true(w != NULL && map != NULL);
-    for (int l = 0; l < L; l++) {
-        map[l] = l;
-        for (int i = 0; i < N; i++) {
-            w[(size_t)l * N * N + (size_t)i * N + i] = 1.0f;
-        }
-    }
-    struct eng_kvp *p = NULL;
-    struct kc_error err = {0};
-    if (eng_kvp_create(&s, map, w, NULL, w, NULL, &p, &err) != KC_OK) {
-        fail_msg("%s", err.msg);
-    }
-    free(w);
-    free(map);
-    return p;
 }
 
 /* KV Prediction into bf16 pools (base and aux, as `--kv-dtype bf16` makes them): with aux =
@@ -501,7 +462,7 @@ static void test_kv_prediction_into_bf16_pools(void **state) {
         struct eng_model *aux = test_golden_model(CASES[ci], ENG_WTYPE_F32);
         const struct eng_model_config *c = eng_model_config_of(base);
         const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
-        struct eng_kvp *pred = identity_predictor(c);
+        struct eng_kvp *pred = test_identity_predictor(c);
         struct eng_st_set *set = NULL;
         const int32_t *prompt = NULL;
         const int n = golden_tokens(CASES[ci], &set, &prompt);

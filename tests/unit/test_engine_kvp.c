@@ -54,28 +54,6 @@ static int32_t *golden_tokens(const char *name, int *n) {
     return tok;
 }
 
-/* An identity predictor for a model paired with itself. */
-static struct eng_kvp *identity_predictor(const struct eng_model_config *c) {
-    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
-    const int L = s.base_layers, N = s.base_kv_dim;
-    float *w = calloc((size_t)L * N * N, sizeof(float));
-    int32_t *map = calloc((size_t)L, sizeof(int32_t));
-    for (int l = 0; l < L; l++) {
-        map[l] = l;
-        for (int i = 0; i < N; i++) {
-            w[(size_t)l * N * N + (size_t)i * N + i] = 1.0f;
-        }
-    }
-    struct eng_kvp *p = NULL;
-    struct kc_error err = {0};
-    if (eng_kvp_create(&s, map, w, NULL, w, NULL, &p, &err) != KC_OK) {
-        fail_msg("%s", err.msg);
-    }
-    free(w);
-    free(map);
-    return p;
-}
-
 /* ---- the caller's side of a KV-prediction prefill ---- */
 
 /* What a caller of the kvp API owns besides its pools: a base forward context and, for
@@ -147,7 +125,7 @@ static void check_identity_invariant(const char *name) {
     struct eng_model *base = load_case(name), *aux = load_case(name);
     const struct eng_model_config *c = eng_model_config_of(base);
     const int V = c->vocab_size, L = c->n_layers, kvd = c->n_kv_heads * c->head_dim;
-    struct eng_kvp *pred = identity_predictor(c);
+    struct eng_kvp *pred = test_identity_predictor(c);
     int n = 0;
     int32_t *prompt = golden_tokens(name, &n);
     const int G = 32;
@@ -742,7 +720,7 @@ static void test_prefill_rejects_bad_requests(void **state) {
     struct eng_model *base = load_case("llama_gqa"), *aux = load_case("llama_gqa");
     const struct eng_model_config *c = eng_model_config_of(base);
     struct kc_error err = {0};
-    struct eng_kvp *pred = identity_predictor(c);
+    struct eng_kvp *pred = test_identity_predictor(c);
     struct kvp_rig rig, nopred;
     rig_init(&rig, base, aux, pred, 8, 16);
     rig_init(&nopred, base, aux, NULL, 8, 16);
@@ -1114,7 +1092,7 @@ static void test_bundle_checks_tokenizers_and_shapes(void **state) {
     link_model(dir, "aux", "llama_gqa");
     link_model(dir, "other", "llama_untied_bf16");
     struct eng_model *m = load_case("llama_gqa");
-    struct eng_kvp *pred = identity_predictor(eng_model_config_of(m));
+    struct eng_kvp *pred = test_identity_predictor(eng_model_config_of(m));
     eng_model_free(m);
     char ppath[1100], bpath[1100];
     snprintf(ppath, sizeof(ppath), "%s/predictor.safetensors", dir);
@@ -1207,7 +1185,7 @@ static void test_bundle_name_and_read(void **state) {
     assert_non_null(dir);
     link_model(dir, "base", "llama_gqa");
     struct eng_model *m = load_case("llama_gqa");
-    struct eng_kvp *pred = identity_predictor(eng_model_config_of(m));
+    struct eng_kvp *pred = test_identity_predictor(eng_model_config_of(m));
     eng_model_free(m);
     char ppath[1100], bpath[1100], want[1200];
     snprintf(ppath, sizeof(ppath), "%s/p.safetensors", dir);
@@ -1279,7 +1257,7 @@ static void test_predictor_misfit_names_file_and_tensor(void **state) {
     link_model(dir, "other", "llama_untied_bf16"); /* 3 layers */
     struct eng_model *m = load_case("llama_gqa");  /* 2 layers */
     const struct eng_model_config *gc = eng_model_config_of(m);
-    struct eng_kvp *pred = identity_predictor(gc);
+    struct eng_kvp *pred = test_identity_predictor(gc);
     char ppath[1100], other[1100];
     snprintf(ppath, sizeof(ppath), "%s/p.safetensors", dir);
     snprintf(other, sizeof(other), "%s/other", dir);

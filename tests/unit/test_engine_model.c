@@ -87,24 +87,6 @@ static void rig_close(struct rig *r) {
     eng_model_free(r->m);
 }
 
-/* L zeroed per-layer buffers of n floats each (a K or V capture). */
-static float **layers_alloc(int L, size_t n) {
-    float **x = calloc((size_t)L, sizeof(float *));
-    assert_non_null(x);
-    for (int l = 0; l < L; l++) {
-        x[l] = calloc(n, sizeof(float));
-        assert_non_null(x[l]);
-    }
-    return x;
-}
-
-static void layers_free(float **x, int L) {
-    for (int l = 0; l < L; l++) {
-        free(x[l]);
-    }
-    free(x);
-}
-
 /* Prefill of the golden tokens with all logits and a capture of K/V, then checks against the
  * reference: logits (relative to the logit scale), pre-RoPE keys, values, cached post-RoPE
  * keys. tol is relative to max |reference|. */
@@ -118,8 +100,8 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
     struct kc_error err = {0};
     struct eng_seq seq = {0};
     float *logits = calloc((size_t)g.T * V, sizeof(float));
-    float **kc = layers_alloc(L, (size_t)g.T * kvd);
-    float **vc = layers_alloc(L, (size_t)g.T * kvd);
+    float **kc = test_layers_alloc(L, (size_t)g.T * kvd);
+    float **vc = test_layers_alloc(L, (size_t)g.T * kvd);
     struct eng_kv_capture cap = {.k = kc, .v = vc};
     struct eng_batch_item item = {.seq = &seq,
                                   .tokens = g.tokens,
@@ -159,8 +141,8 @@ static void check_prefill(const char *name, enum eng_wtype wt, float tol, int ma
 
     eng_seq_release(&r.pool, &seq);
     assert_int_equal(eng_kv_pool_n_free(&r.pool), 64);
-    layers_free(kc, L);
-    layers_free(vc, L);
+    test_layers_free(kc, L);
+    test_layers_free(vc, L);
     free(logits);
     rig_close(&r);
     eng_st_set_free(g.ref);
@@ -304,8 +286,8 @@ static void test_batched_decode_and_injection_match_single(void **state) {
     /* Injection: capture K/V of the first n-1 tokens, inject them into a fresh sequence,
      * then run the last token; logits equal the full prefill's. */
     const int n = g.T;
-    float **kc = layers_alloc(L, (size_t)n * kvd);
-    float **vc = layers_alloc(L, (size_t)n * kvd);
+    float **kc = test_layers_alloc(L, (size_t)n * kvd);
+    float **vc = test_layers_alloc(L, (size_t)n * kvd);
     struct eng_seq a = {0}, b = {0};
     struct eng_kv_capture cap = {.k = kc, .v = vc};
     struct eng_batch_item it = {.seq = &a,
@@ -339,8 +321,8 @@ static void test_batched_decode_and_injection_match_single(void **state) {
         eng_seq_release(&r.pool, &seqs[i]);
     }
     assert_int_equal(eng_kv_pool_n_free(&r.pool), 128);
-    layers_free(kc, L);
-    layers_free(vc, L);
+    test_layers_free(kc, L);
+    test_layers_free(vc, L);
     free(single);
     free(batched);
     rig_close(&r);

@@ -13,6 +13,7 @@
 
 #include "common/kc.h"
 #include "engine/io/model_config.h"
+#include "engine/kvp.h"
 #include "engine/model.h"
 
 /* out = the source tree's path of rel ("tests/fixtures/tiny_tokenizer", ...). */
@@ -54,6 +55,48 @@ static inline struct eng_model_config test_kv_config(int n_layers, int n_kv_head
     c.n_kv_heads = n_kv_heads;
     c.head_dim = head_dim;
     return c;
+}
+
+/* An identity predictor for a model of config c paired with itself (aux = base): every base
+ * layer's K and V maps are the identity of its own layer, so predict must equal full. */
+static inline struct eng_kvp *test_identity_predictor(const struct eng_model_config *c) {
+    const struct eng_kvp_shape s = eng_kvp_shape_of_pair(c, c);
+    const int L = s.base_layers, N = s.base_kv_dim;
+    float *w = calloc((size_t)L * N * N, sizeof(float));
+    int32_t *map = calloc((size_t)L, sizeof(int32_t));
+    assert_true(w != NULL && map != NULL);
+    for (int l = 0; l < L; l++) {
+        map[l] = l;
+        for (int i = 0; i < N; i++) {
+            w[(size_t)l * N * N + (size_t)i * N + i] = 1.0f;
+        }
+    }
+    struct eng_kvp *p = NULL;
+    struct kc_error err = {0};
+    if (eng_kvp_create(&s, map, w, NULL, w, NULL, &p, &err) != KC_OK) {
+        fail_msg("%s", err.msg);
+    }
+    free(w);
+    free(map);
+    return p;
+}
+
+/* L zeroed per-layer buffers of n floats each (a K or V capture); test_layers_free frees them. */
+static inline float **test_layers_alloc(int L, size_t n) {
+    float **x = calloc((size_t)L, sizeof(float *));
+    assert_non_null(x);
+    for (int l = 0; l < L; l++) {
+        x[l] = calloc(n, sizeof(float));
+        assert_non_null(x[l]);
+    }
+    return x;
+}
+
+static inline void test_layers_free(float **x, int L) {
+    for (int l = 0; l < L; l++) {
+        free(x[l]);
+    }
+    free(x);
 }
 
 #endif /* KC_TEST_MODELS_H */

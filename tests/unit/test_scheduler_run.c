@@ -25,6 +25,7 @@
 #include "engine/kvp.h"
 #include "engine/model.h"
 #include "sched_harness.h"
+#include "test_models.h"
 
 /* ---- tests ---- */
 
@@ -449,22 +450,7 @@ static void test_destroy_with_requests_in_every_stage_ends_each_once(void **stat
  * output equals the full prefill's token for token, and the mode is reported. */
 static void test_identity_predictor_matches_full_and_reports_predict(void **state) {
     (void)state;
-    const struct eng_model_config *bc = eng_model_config_of(g_model);
-    struct eng_kvp_shape shape = eng_kvp_shape_of_pair(bc, bc);
-    const int Lb = shape.base_layers, Nb = shape.base_kv_dim, Na = shape.aux_kv_dim;
-    float *w = calloc((size_t)Lb * Nb * Na, sizeof(float));
-    int32_t *map = calloc((size_t)Lb, sizeof(int32_t));
-    assert_non_null(w);
-    assert_non_null(map);
-    for (int l = 0; l < Lb; l++) {
-        map[l] = l;
-        for (int i = 0; i < Nb; i++) {
-            w[((size_t)l * Nb + i) * Na + i] = 1.0f;
-        }
-    }
-    struct eng_kvp *pred = NULL;
-    struct kc_error err = {0};
-    assert_int_equal(eng_kvp_create(&shape, map, w, NULL, w, NULL, &pred, &err), KC_OK);
+    struct eng_kvp *pred = test_identity_predictor(eng_model_config_of(g_model));
 
     struct harness h;
     struct sch_config c = test_config(64);
@@ -512,8 +498,6 @@ static void test_identity_predictor_matches_full_and_reports_predict(void **stat
     assert_int_equal(auto_n[0], 1);
     harness_finish(&h, 2);
     eng_kvp_free(pred);
-    free(w);
-    free(map);
 }
 
 static void test_bad_config_is_refused_with_a_message(void **state) {
