@@ -18,6 +18,12 @@ PKGS=(
   gnuplot-nox
   # model tooling (PyTorch reference + training recipe, run with /usr/bin/python3)
   python3 python3-numpy python3-torch libopenblas0-pthread
+  # chat templates: the reference Jinja the renderer is checked against byte for byte
+  python3-jinja2
+  # disaggregated serving: KV and control messages between prefill and decode hosts
+  libucx-dev
+  # multi-host tests in network namespaces (ip netns, veth, bridge)
+  iproute2
 )
 
 missing=()
