@@ -45,7 +45,7 @@ const require = createRequire(import.meta.url);
 const PENDING = {
   role: { env: "KVCAST_ROLE", type: "choice", choices: ["all", "prefill", "decode"], def: "all" },
   "prefill-peers": { env: "KVCAST_PREFILL_PEERS", type: "text", def: "" },
-  "pd-port": { env: "KVCAST_PD_PORT", type: "int", min: 1, max: 65535, def: "8081" },
+  "pd-port": { env: "KVCAST_PD_PORT", type: "int", min: 0, max: 65535, def: "8081" },
 };
 
 // ---------------------------------------------------------------- kvcast facts
