@@ -418,7 +418,7 @@ function checkK8sLayout(facts, layout, allPods, errors) {
     const foreign = allPods.filter((p) => p.layout !== layout.dir && matches(s.spec?.selector, p.labels));
     const headless = s.spec?.clusterIP === "None";
     for (const p of sel) {
-      if (!headless && p.role === "prefill") errors.push(`${where}: selects prefill pods (${p.dep.metadata.name}), which serve no clients`);
+      if (!headless && p.role === "prefill") errors.push(`${where}: selects prefill pods (${p.dep.metadata.name}), whose capacity is for the decode hosts' prompts`);
       if (headless && p.role !== "prefill") errors.push(`${where}: headless prefill Service selects ${p.role} pods (${p.dep.metadata.name})`);
       for (const sp of s.spec.ports ?? []) {
         const target = resolvePort(p.ports, sp.targetPort ?? sp.port);
