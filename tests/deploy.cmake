@@ -12,3 +12,15 @@ if(TARGET kvcast)
            COMMAND bash ${CMAKE_SOURCE_DIR}/deploy/check-metrics.sh $<TARGET_FILE:kvcast>)
   set_tests_properties(test_deploy_promtool_metrics PROPERTIES LABELS integration TIMEOUT 120)
 endif()
+
+# The Kubernetes manifests (deploy/k8s/, deploy/k8s/pd/) and the compose files, checked without
+# kubectl or Docker (tests/deploy/validate.mjs): API schemas from the pinned kubernetes-models
+# with unknown fields refused, the Compose Specification schema, every kvcast setting through
+# kvcast's own parser, and the cross-references (peers -> headless Service -> pd port, Service
+# selectors -> pod roles, probe ports and paths), then a self-test that breaks them one way at
+# a time. Needs node + npm; run.sh installs the pinned packages on first use.
+if(TARGET kvcast)
+  add_test(NAME test_deploy_manifests
+           COMMAND bash ${CMAKE_SOURCE_DIR}/tests/deploy/run.sh $<TARGET_FILE:kvcast>)
+  set_tests_properties(test_deploy_manifests PROPERTIES LABELS integration TIMEOUT 300)
+endif()
