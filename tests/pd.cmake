@@ -1,2 +1,16 @@
 # Disaggregated serving (issue 20; docs/disaggregated.md): the prefill/decode wire protocol.
 kc_add_unit_test(test_scheduler_pd_msg SOURCES unit/test_scheduler_pd_msg.c LIBS kc_scheduler)
+# The UCX transport on loopback: SUBMIT -> FIRST + a TinyLlama-sized prompt's K/V (f32 and
+# bf16 on the wire) byte for byte, a peer of another model shape refused, a peer gone reported.
+kc_add_unit_test(test_scheduler_pd_ucx SOURCES unit/test_scheduler_pd_ucx.c LIBS kc_scheduler
+                 TIMEOUT 120)
+# Full stacks through UCX's frame-pointer-less libraries, so that the suppression can match.
+set_property(TEST test_scheduler_pd_ucx APPEND PROPERTY ENVIRONMENT
+             "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+             "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+
+# Stream vs tagged messages for a TinyLlama-sized prompt's K/V on loopback (the transport's
+# wire choice, pd_ucx.c): prints the best of 8 each; asserts nothing about speed. Compare
+# transports with e.g. `UCX_TLS=tcp ctest --preset ci -L bench -R pd_wire -V`.
+kc_add_unit_test(bench_pd_wire SOURCES unit/bench_pd_wire.c LIBS PkgConfig::UCX Threads::Threads
+                 LABELS bench TIMEOUT 120)
