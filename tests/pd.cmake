@@ -14,3 +14,13 @@ set_property(TEST test_scheduler_pd_ucx APPEND PROPERTY ENVIRONMENT
 # transports with e.g. `UCX_TLS=tcp ctest --preset ci -L bench -R pd_wire -V`.
 kc_add_unit_test(bench_pd_wire SOURCES unit/bench_pd_wire.c LIBS PkgConfig::UCX Threads::Threads
                  LABELS bench TIMEOUT 120)
+
+# Stages C-E over real HTTP on loopback: --role prefill + --role decode vs --role all with the
+# embedded pair (f32): greedy text and logprobs bit for bit in full and predict mode, streaming,
+# transfer metrics, KV back to 0 on both hosts, kill -9 of the prefill host -> a clean 503.
+if(TARGET kvcast)
+  kc_add_script_test(test_pd_loopback integration/test_pd_loopback.py TIMEOUT 180)
+  set_property(TEST test_pd_loopback APPEND PROPERTY ENVIRONMENT
+               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endif()
