@@ -24,3 +24,18 @@ if(TARGET kvcast)
                "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
                "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
 endif()
+
+# The same across two network namespaces (veth pairs + a bridge, 198.18.0.0/15), built and
+# removed by the test (needs root + iproute2, else skipped): the smoke (bit-identical outputs,
+# KV back to 0) and, labelled slow, the TTFT comparison and a kill -9 of the prefill host under
+# load (`ctest --preset ci -L slow -R pd_netns -V`).
+if(TARGET kvcast)
+  foreach(variant smoke full)
+    set(name test_pd_netns_${variant})
+    add_test(NAME ${name} COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_pd_netns.py
+                                  $<TARGET_FILE:kvcast> --${variant}
+             WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(${name} PROPERTIES LABELS slow TIMEOUT 600 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
+                         ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  endforeach()
+endif()
