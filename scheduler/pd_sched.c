@@ -288,7 +288,8 @@ void sch__pd_ship(struct sch_pd *pd, struct sch_req *r, enum sch_finish fin) {
     const struct eng_kv_pool *pool = sch__pool(pd->s);
     const size_t esz = sch_pd_dtype_size(d);
     const size_t kvd = pd->kvd;
-    uint8_t *buf = malloc(SCH_PD_MAX_KV_CHUNK_BYTES);
+    /* The largest chunk, not the bound: a small prompt's K/V touches a few pages only. */
+    uint8_t *buf = malloc((size_t)sch_pd_kv_bytes(&pd->shape, layers_per, tok_per, d));
     float *k = malloc(2 * kvd * sizeof(float));
     if (buf == NULL || k == NULL) {
         free(buf);

@@ -222,21 +222,24 @@ def main():
                 os.unlink(log)
 
 
-def measure_ttft(all_port, D, reps=15):
-    """TTFT of the same requests on --role all and across the namespaces, interleaved."""
+def measure_ttft(all_port, D, rounds=4, block=6):
+    """TTFT of the same request on --role all and across the namespaces, side by side in one
+    run: alternating blocks of `block` requests per side, the first of each block dropped. (An
+    OpenMP team keeps spinning for a while after its last parallel region (libgomp); on these 2
+    shared cores the other server's spinning team slows the first request after a switch.)"""
     prompt = "The history of the city begins with a small settlement on the river, where " * 6
     for mode in ("predict", "full"):
         ta, td = [], []
-        for i in range(reps + 2):
-            fa, _ = ttft_stream("127.0.0.1", all_port, prompt, mode)
-            fd, _ = ttft_stream(*D, prompt, mode)
-            if i >= 2:  # warm-up
-                ta.append(fa)
-                td.append(fd)
+        for _ in range(rounds):
+            for host, port, out in (("127.0.0.1", all_port, ta), (D[0], D[1], td)):
+                for i in range(block):
+                    f, _ = ttft_stream(host, port, prompt, mode)
+                    if i > 0:
+                        out.append(f)
         ma, md = statistics.median(ta), statistics.median(td)
         bar = 1.15 if mode == "predict" else 1.1
         print("pd netns TTFT %s: all %.2f ms, across hosts %.2f ms, ratio %.2f (bar %.2f), "
-              "median of %d" % (mode, 1000 * ma, 1000 * md, md / ma, bar, reps))
+              "median of %d" % (mode, 1000 * ma, 1000 * md, md / ma, bar, len(ta)))
         if ASSERT_BARS:
             kc.check(md / ma <= bar, "%s TTFT ratio %.2f above %.2f" % (mode, md / ma, bar))
 
