@@ -39,3 +39,13 @@ if(TARGET kvcast)
                          ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
   endforeach()
 endif()
+
+# Item 3's first fault over real HTTP: a prefill host killed (-9) with a request in flight; the
+# decode host retries it once on the other prefill host (200, same greedy text), counts the
+# retry and the peer's error, and its KV returns to 0.
+if(TARGET kvcast)
+  kc_add_script_test(test_pd_retry integration/test_pd_retry.py TIMEOUT 180)
+  set_property(TEST test_pd_retry APPEND PROPERTY ENVIRONMENT
+               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endif()
