@@ -341,7 +341,11 @@ void sch__pd_ended(struct sch_pd *pd, struct sch_req *r, const struct sch_event 
     if (found && ev->type == SCH_EV_ERROR) {
         send_error(pd, r->pd_conn, r->pd_peer_req, ev->error, ev->error == KC_EBUSY, ev->message);
     } else if (found && ev->type == SCH_EV_DONE && r->n_generated == 0 && r->max_tokens > 0) {
-        send_error(pd, r->pd_conn, r->pd_peer_req, KC_ECANCELED, false, "cancelled");
+        /* Cancelled here before its first token: by its decode host (which no longer waits
+         * for it), or because this host is stopping (a rolling update): then the decode host
+         * may retry it on another prefill host. */
+        send_error(pd, r->pd_conn, r->pd_peer_req, KC_EBUSY, true,
+                   "cancelled on the prefill host (stopping, or cancelled by the decode host)");
     }
 }
 
