@@ -6,6 +6,10 @@ chunk) and listed first, P2 normal; one decode host D with --prefill-peers P1,P2
      holds it. D retries it once on P2: the client gets 200 with the same greedy text as a
      request served by P2 alone, D counts one retry, and D's KV usage returns to 0.
   2. D's /health then lists P1 down and P2 up; per-peer errors count P1's loss.
+  3. Client cancel reaches the prefill host: P3 (slow like P1) replaces it; a streaming client
+     whose request P3 holds disconnects; D sends CANCEL and P3 drops the request before its
+     first token: P3 never ships its FIRST and K/V (it sends at most an ERROR frame), and
+     both hosts' KV usage returns to 0.
 Bounded: every HTTP call has a timeout; servers are stopped in finally.
 usage: test_pd_retry.py path/to/kvcast   (run from the source root)
 """
@@ -43,6 +47,45 @@ def wait_for(cond, what, timeout=30.0):
 def pd_port(srv):
     return wait_for(lambda: (lambda r: r[1].get("pd_port") if r[0] == 200 else None)(health(srv)),
                     "a prefill host's /health")
+
+
+def client_cancel_reaches_prefill(servers):
+    p3 = kc.Server(KVCAST, COMMON + ["--role", "prefill", "--pd-port", "0",
+                                     "--debug-step-delay-ms", "3000"], name="P3")
+    servers.append(p3)
+    port3 = pd_port(p3)
+    d = kc.Server(KVCAST, ["--bundle", "models/tiny/kvcast-bundle.json", "--no-access-log",
+                           "--base-kv-mib", "8", "--role", "decode", "--prefill-peers",
+                           "127.0.0.1:%d" % port3], name="decode2")
+    servers.append(d)
+    wait_for(lambda: health(d)[1].get("prefill_peers_up") == 1, "P3 up")
+    sent0 = kc.total(p3.metrics(), "kvcast:pd_transfer_bytes_total", direction="sent")
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
+    body = dict(BODY, stream=True, max_tokens=64)
+    c.request("POST", "/v1/completions", body=json.dumps(body),
+              headers={"Content-Type": "application/json"})
+    wait_for(lambda: any(p["in_flight"] == 1 for p in health(d)[1].get("prefill_peers", [])),
+             "the request on P3")
+    c.sock.close()  # the client goes away while P3 prefills
+    c.close()
+    wait_for(lambda: all(p["in_flight"] == 0 for p in health(d)[1]["prefill_peers"]),
+             "D to drop the request")
+    # P3's prefill chunk ends after its 3 s delay; the request must then end there unshipped.
+    time.sleep(4.0)
+    mp = p3.metrics()
+    sent = kc.total(mp, "kvcast:pd_transfer_bytes_total", direction="sent") - sent0
+    if sent > 200:  # an ERROR frame (~120 bytes) at most; FIRST alone is ~300
+        fail("P3 sent %d bytes after the client left: the K/V was shipped, CANCEL did not arrive"
+             % sent)
+    wait_for(lambda: kc.total(p3.metrics(), "kvcast:kv_cache_usage_perc", pool="base") == 0
+             and kc.total(d.metrics(), "kvcast:kv_cache_usage_perc", pool="base") == 0,
+             "KV usage back to 0 after the cancel")
+    print("pd cancel: client disconnect reached the prefill host (%d bytes sent after it, no "
+          "K/V), KV back to 0 on both" % sent)
+    for srv in (d, p3):
+        servers.remove(srv)
+        srv.finish()
 
 
 def main():
@@ -99,6 +142,7 @@ def main():
                  "decode KV usage back to 0")
         print("pd retry: request retried on the surviving prefill host (200, %r), 1 retry "
               "counted, KV back to 0" % text)
+        client_cancel_reaches_prefill(servers)
         servers.remove(p1)
         p1.finish(clean_exit=False)
         for srv in (d, p2):
