@@ -39,6 +39,7 @@ struct sch_config srv_sch_config(const struct cfg_settings *c, int model_positio
         .pd_host = c->host,
         .pd_port = c->pd_port,
         .prefill_peers = c->prefill_peers,
+        .pd_timeout_ms = c->pd_timeout_ms,
     };
     return sc;
 }

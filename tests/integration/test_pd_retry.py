@@ -10,6 +10,8 @@ chunk) and listed first, P2 normal; one decode host D with --prefill-peers P1,P2
      whose request P3 holds disconnects; D sends CANCEL and P3 drops the request before its
      first token: P3 never ships its FIRST and K/V (it sends at most an ERROR frame), and
      both hosts' KV usage returns to 0.
+  4. A stalled prefill host times out: with --pd-timeout-ms 1000 on the decode host and P3
+     sleeping 3 s in its prefill, a request fails cleanly (503) after ~1 s, not 3.
 Bounded: every HTTP call has a timeout; servers are stopped in finally.
 usage: test_pd_retry.py path/to/kvcast   (run from the source root)
 """
@@ -83,6 +85,24 @@ def client_cancel_reaches_prefill(servers):
              "KV usage back to 0 after the cancel")
     print("pd cancel: client disconnect reached the prefill host (%d bytes sent after it, no "
           "K/V), KV back to 0 on both" % sent)
+    d.stop()
+    servers.remove(d)
+    d.finish()
+    d = kc.Server(KVCAST, ["--bundle", "models/tiny/kvcast-bundle.json", "--no-access-log",
+                           "--base-kv-mib", "8", "--role", "decode", "--prefill-peers",
+                           "127.0.0.1:%d" % port3, "--pd-timeout-ms", "1000"], name="decode3")
+    servers.append(d)
+    wait_for(lambda: health(d)[1].get("prefill_peers_up") == 1, "P3 up for decode3")
+    time.sleep(3.5)  # P3's worker done with the cancelled request's sleep
+    t0 = time.time()
+    status, raw = d.post(BODY, timeout=30)
+    dt = time.time() - t0
+    if status != 503 or not 0.9 <= dt < 2.9:
+        fail("stalled prefill host: %d after %.2f s (want 503 after ~1 s): %s" % (status, dt,
+                                                                               raw[:200]))
+    print("pd stall: a stalled prefill host timed out: 503 after %.2f s" % dt)
+    wait_for(lambda: kc.total(d.metrics(), "kvcast:kv_cache_usage_perc", pool="base") == 0,
+             "decode KV usage back to 0 after the timeout")
     for srv in (d, p3):
         servers.remove(srv)
         srv.finish()
