@@ -153,6 +153,17 @@ static const struct cfg_field fields[] = {
            "token and swap it in (a request's \"refine\" field overrides)"),
     F_ENUM("prefill-mode", prefill_mode, "auto|full|predict", "auto",
            "prefill mode of requests that do not name one"),
+    F_ENUM("role", role, "all|prefill|decode", "all",
+           "disaggregated serving: prefill = serve decode hosts' prompts over UCX on --pd-port; "
+           "decode = the HTTP front, prompts prefilled by --prefill-peers"),
+    F_STR("prefill-peers", prefill_peers, "",
+          "--role decode: prefill hosts as host:port,... (their --pd-port; names re-resolved "
+          "every 5 s, e.g. a headless Service)"),
+    F_INT("pd-port", pd_port, 0, 65535, "8081",
+          "--role prefill: UCX listen port for decode hosts (on --host; 0 picks one)"),
+    F_INT("pd-timeout-ms", pd_timeout_ms, 100, 3600000, "30000",
+          "--role decode: a prefill host silent this long on a request is given up (CANCEL; "
+          "retried once elsewhere, else 503)"),
     F_INT("max-choices", max_choices, 1, 128, "8", "prompts x n in one request at most"),
     F_INT("max-stop", max_stop, 0, 64, "4", "stop strings per request at most"),
     F_INT("max-stop-bytes", max_stop_bytes, 1, 4096, "240", "bytes per stop string at most"),

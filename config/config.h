@@ -80,6 +80,11 @@ struct cfg_settings {
     bool enable_prefix_caching; /* reuse exact KV blocks across requests by content */
     bool refine;           /* predict mode: swap in the exact base KV computed in the background */
     char prefill_mode[16]; /* default for requests: auto | full | predict */
+    /* disaggregated serving (docs/disaggregated.md) */
+    char role[16];                    /* all | prefill | decode */
+    char prefill_peers[CFG_PATH_MAX]; /* decode: host:port,... of the prefill hosts' --pd-port */
+    int pd_port;                      /* prefill: UCX listen port (0: any, printed) */
+    int pd_timeout_ms;                /* decode: a remote prefill silent this long fails */
     /* request limits */
     int max_choices;    /* prompts x n per request */
     int max_stop;       /* stop strings per request */

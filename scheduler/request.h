@@ -140,6 +140,14 @@ struct sch_req {
     int refined_at_token;
     uint64_t t_refined;
 
+    /* Disaggregated serving, prefill host (pd_sched.c): the decode host's connection (0: a
+     * local request) and request id, the K/V dtype it wants, and the first token's event,
+     * kept for FIRST instead of being emitted. Immutable after submit but pd_first (owner). */
+    uint64_t pd_conn;
+    uint64_t pd_peer_req;
+    int pd_wire_dtype;
+    struct sch_event pd_first;
+
     /* 0 or the enum sch_finish the request was cancelled with (set once, any thread). */
     atomic_int cancel;
 

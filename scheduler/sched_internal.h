@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "scheduler/request.h"
 #include "scheduler/scheduler.h"
 
 /* Pins the calling thread to CPUs [first_cpu, first_cpu + n_cpus). KC_ERANGE when those
@@ -66,5 +67,55 @@ void sch__drain(struct sch *s, int timeout_ms);
 /* Checks both KV pools' accounting (eng_kv_pool_check): with idle true, also that no block is
  * referenced (every request ended). KC_EINVAL with the first broken rule. */
 int sch__check_pools(struct sch *s, bool idle, struct kc_error *err);
+
+/* ---- disaggregated serving: the seam between scheduler.c and pd_sched.c ---- */
+
+struct sch_req;
+struct sch_pd;
+struct sch_pd_first;
+struct eng_kv_pool;
+
+/* pd_sched.c, called by scheduler.c. */
+
+/* Starts the prefill host's listener or the decode host's peers and dispatcher (role ALL:
+ * *out NULL). shape_ctx: the scheduler's max_context. */
+int sch__pd_create(struct sch *s, const struct sch_config *c, struct sch_pd **out,
+                   struct kc_error *err);
+/* Decode host: stops dispatching and ends every request it holds (cancelled), before the
+ * workers stop. Prefill host: stops accepting. */
+void sch__pd_stop(struct sch_pd *pd);
+void sch__pd_free(struct sch_pd *pd);
+/* Prefill host: r (a remote request) has its first token in r->pd_first and its K/V in
+ * r->seq: send FIRST and the K/V to its decode host (fin: the finish the first token caused). */
+void sch__pd_ship(struct sch_pd *pd, struct sch_req *r, enum sch_finish fin);
+/* Prefill host: r (remote) ended with its terminal event ev; tells the decode host when it
+ * failed or was cancelled before its FIRST went out, and forgets it. */
+void sch__pd_ended(struct sch_pd *pd, struct sch_req *r, const struct sch_event *ev);
+void sch__pd_stats(struct sch_pd *pd, struct sch_stats *st);
+int sch__pd_peers(struct sch_pd *pd, struct sch_pd_peer_info *out, int max);
+int sch__pd_port(struct sch_pd *pd);
+
+/* scheduler.c, called by pd_sched.c. */
+
+/* Prefill host: sch_submit for a decode host's request (its events go to pd, not the
+ * server). */
+int sch__submit_remote(struct sch *s, const struct sch_request_params *p, uint64_t conn,
+                       uint64_t peer_req, int wire_dtype, uint64_t *id, struct kc_error *err);
+/* Decode host: waits up to wait_ms for the head of the wait queue to get its blocks, ends
+ * cancelled queued requests meanwhile; returns it PREFILLING (owned by the caller) or NULL
+ * (timeout, stopping, or nothing waiting). */
+struct sch_req *sch__remote_admit(struct sch *s, int wait_ms);
+/* Whether a request waits for admission. */
+bool sch__remote_waiting(struct sch *s);
+/* Decode host: the first token arrived: emits it (its logprobs as the prefill host computed
+ * them), restores the sampler's PRNG state; *fin gets the finish it caused. */
+void sch__remote_first(struct sch *s, struct sch_req *r, const struct sch_pd_first *f);
+/* Decode host: r's K/V is all in its blocks (n_tokens positions): hand it to decode. */
+void sch__remote_handoff(struct sch *s, struct sch_req *r, int n_tokens);
+/* Decode host: ends a PREFILLING remote request (state CANCELLED, FINISHED or FAILED). */
+void sch__remote_end(struct sch *s, struct sch_req *r, enum sch_req_state state,
+                     enum sch_finish finish, int error, const char *message);
+struct eng_kv_pool *sch__pool(struct sch *s);
+int sch__vocab_size(struct sch *s);
 
 #endif /* SCH_SCHED_INTERNAL_H */

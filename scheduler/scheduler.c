@@ -58,6 +58,7 @@
 #include "engine/kv_cache.h"
 #include "engine/kvp.h"
 #include "engine/model.h"
+#include "scheduler/pd_msg.h"
 #include "scheduler/policy.h"
 #include "scheduler/queue.h"
 #include "scheduler/request.h"
@@ -201,6 +202,8 @@ struct sch {
     uint64_t prefix_queries[2], prefix_hits[2];
     struct sch_req *refine_head, *refine_tail;
     int n_refine_queued, n_refine_running;
+    /* Disaggregated serving (pd_sched.c): NULL in role ALL. */
+    struct sch_pd *pd;
 };
 
 /* ---- small helpers ---- */
@@ -245,6 +248,28 @@ const char *sch_refine_result_name(enum sch_refine_result r) {
         return "failed";
     }
     return "?";
+}
+
+const char *sch_role_name(enum sch_role r) {
+    switch (r) {
+    case SCH_ROLE_PREFILL:
+        return "prefill";
+    case SCH_ROLE_DECODE:
+        return "decode";
+    default:
+        return "all";
+    }
+}
+
+int sch_role_parse(const char *s, enum sch_role *out) {
+    static const enum sch_role roles[] = {SCH_ROLE_ALL, SCH_ROLE_PREFILL, SCH_ROLE_DECODE};
+    for (size_t i = 0; s != NULL && i < sizeof(roles) / sizeof(roles[0]); i++) {
+        if (strcmp(s, sch_role_name(roles[i])) == 0) {
+            *out = roles[i];
+            return KC_OK;
+        }
+    }
+    return KC_EINVAL;
 }
 
 int sch_mode_parse(const char *s, enum sch_prefill_mode *out) {
@@ -473,7 +498,11 @@ static void end_request(struct sch *s, struct sch_req *r, enum sch_req_state sta
         s->n_running--;
     }
     pthread_mutex_unlock(&s->lock);
-    s->cb(s->cb_ud, &ev);
+    if (r->pd_conn != 0) {
+        sch__pd_ended(s->pd, r, &ev); /* a decode host's request: its events are not ours */
+    } else {
+        s->cb(s->cb_ud, &ev);
+    }
     pthread_mutex_lock(&s->lock);
     unlink_live(s, r);
     if (--s->n_live == 0) {
@@ -616,7 +645,11 @@ static int sample_and_emit(struct sch *s, struct sch_req *r, float *logits, enum
     if (r->n_logprobs >= 0) {
         event_logprobs(&ev, logits, V, tok, r->n_logprobs);
     }
-    s->cb(s->cb_ud, &ev);
+    if (r->pd_conn != 0) {
+        r->pd_first = ev; /* a decode host's request: the token goes out in FIRST */
+    } else {
+        s->cb(s->cb_ud, &ev);
+    }
     const bool early = r->n_generated <= r->min_tokens;
     if (!early && ((!r->ignore_eos && is_eos(s->bcfg, tok)) || is_stop_token(r, tok))) {
         *fin = SCH_FINISH_STOP;
@@ -1091,6 +1124,14 @@ static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hoo
         rc = sample_and_emit(s, r, w->logits, &fin, &err);
     } else {
         r->t_first_token = r->t_last_token = kc_now_ns();
+    }
+    if (rc == KC_OK && r->pd_conn != 0 && sch_req_cancelled(r) == SCH_FINISH_NONE) {
+        /* A decode host's request: its first token and K/V go there; it ends here (below,
+         * as finished), which frees its blocks. */
+        sch__pd_ship(s->pd, r, fin);
+        if (fin == SCH_FINISH_NONE) {
+            fin = SCH_FINISH_LENGTH;
+        }
     }
 
     pthread_mutex_lock(&s->lock);
@@ -1641,6 +1682,9 @@ static void stop_workers(struct sch *s) {
     pthread_cond_broadcast(&s->prefill_cv);
     pthread_cond_broadcast(&s->decode_cv);
     pthread_mutex_unlock(&s->lock);
+    if (s->pd != NULL) {
+        sch__pd_stop(s->pd); /* its remote prefills end before the workers go */
+    }
     for (int i = 0; i < s->cfg.prefill_workers; i++) {
         if (s->pw[i].started) {
             pthread_join(s->pw[i].thread, NULL);
@@ -1746,6 +1790,12 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         return rc;
     }
     struct sch_config c = *cfg;
+    if (c.role == SCH_ROLE_DECODE) {
+        /* Every prompt position's K/V comes from a prefill host: cached blocks would be
+         * overwritten (kv_cache.h invariant 4), so a decode host caches no prefixes. */
+        c.prefix_caching = false;
+        c.refine = false;
+    }
     const int n_cpus = sch_cpu_count();
     if (c.pin_cpus) {
         /* Pinned workers need disjoint fixed teams: a count left at 0 takes its share of the
@@ -1847,6 +1897,10 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
      * primitive cache is thread-safe, but uninstrumented under TSan. */
     for (int i = 0; i <= c.prefill_workers && rc == KC_OK; i++) {
         const bool decode = i == c.prefill_workers;
+        if (!decode && c.role == SCH_ROLE_DECODE) {
+            s->n_reported++; /* a decode host prefills nothing itself */
+            continue;
+        }
         pthread_t *th = decode ? &s->dw.thread : &s->pw[i].thread;
         if (decode) {
             s->dw.s = s;
@@ -1875,6 +1929,10 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
         kc_error_set(err, rc, "scheduler: %s", s->start_msg);
         goto fail;
     }
+    rc = sch__pd_create(s, &c, &s->pd, err);
+    if (rc != KC_OK) {
+        goto fail;
+    }
     if (s->elastic) {
         KC_INFO("scheduler: %d base KV blocks of %d tokens (%zu bytes each, %s), context %d, "
                 "%d prefill worker(s), elastic teams over %d cores (decode step target %.0f "
@@ -1896,8 +1954,120 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
     return KC_OK;
 fail:
     stop_workers(s);
+    sch__pd_free(s->pd);
     sch_memory_free(s);
     return rc;
+}
+
+/* ---- disaggregated serving: what pd_sched.c needs of the scheduler (sched_internal.h) ---- */
+
+struct sch_req *sch__remote_admit(struct sch *s, int wait_ms) {
+    struct sch_req *r = NULL, *failed = NULL;
+    pthread_mutex_lock(&s->lock);
+    while (!s->stopping) {
+        if (s->reap.head != NULL) {
+            pthread_mutex_unlock(&s->lock);
+            reap_cancelled(s);
+            pthread_mutex_lock(&s->lock);
+            continue;
+        }
+        r = admit_head(s, &failed);
+        if (r != NULL || failed != NULL) {
+            break;
+        }
+        /* prefill_cv is on CLOCK_REALTIME: the timeout is a bound on the wait, not a deadline
+         * to keep exactly. */
+        struct timespec rt;
+        clock_gettime(CLOCK_REALTIME, &rt);
+        rt.tv_nsec += (long)wait_ms * 1000000L;
+        rt.tv_sec += rt.tv_nsec / 1000000000L;
+        rt.tv_nsec %= 1000000000L;
+        if (pthread_cond_timedwait(&s->prefill_cv, &s->lock, &rt) == ETIMEDOUT) {
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (failed != NULL) {
+        end_request(s, failed, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_ENOMEM,
+                    "out of memory reserving KV blocks");
+    }
+    return r;
+}
+
+bool sch__remote_waiting(struct sch *s) {
+    pthread_mutex_lock(&s->lock);
+    const bool w = s->waiting.head != NULL || s->reap.head != NULL;
+    pthread_mutex_unlock(&s->lock);
+    return w;
+}
+
+void sch__remote_first(struct sch *s, struct sch_req *r, const struct sch_pd_first *f) {
+    const int32_t tok = f->token;
+    r->mode = f->mode_used;
+    r->cached_tokens = f->cached_tokens;
+    r->aux_ms = f->aux_ms;
+    r->predict_ms = f->predict_ms;
+    r->base_first_step_ms = f->base_first_step_ms;
+    /* The prefill host sampled with this request's sampler: continue its PRNG stream, and
+     * count the token for the penalties as it did. */
+    r->sampler.rng[0] = f->rng[0];
+    r->sampler.rng[1] = f->rng[1];
+    eng_sampler_observe(&r->sampler, tok);
+    r->last_token = tok;
+    r->tokens[r->n_prompt + r->n_generated] = tok;
+    r->n_generated++;
+    atomic_store_explicit(&r->n_known, r->n_prompt + r->n_generated, memory_order_release);
+    r->t_first_token = r->t_last_token = kc_now_ns();
+    struct sch_event ev = {.type = SCH_EV_TOKEN, .id = r->id, .user = r->user, .token = tok};
+    if (r->n_logprobs >= 0 && f->has_logprob) {
+        ev.has_logprob = true;
+        ev.logprob = f->logprob;
+        ev.n_top = f->n_top < r->n_logprobs ? f->n_top : r->n_logprobs;
+        memcpy(ev.top_ids, f->top_ids, (size_t)ev.n_top * sizeof(int32_t));
+        memcpy(ev.top_logprobs, f->top_logprobs, (size_t)ev.n_top * sizeof(float));
+    }
+    s->cb(s->cb_ud, &ev);
+}
+
+void sch__remote_handoff(struct sch *s, struct sch_req *r, int n_tokens) {
+    r->seq.n_tokens = n_tokens;
+    pthread_mutex_lock(&s->lock);
+    s->n_prefilling--;
+    inflight_done(s, r);
+    sch_req_transition(r, SCH_REQ_HANDED_OFF);
+    sch_queue_push(&s->handoff, r);
+    s->n_running++;
+    pthread_cond_signal(&s->decode_cv);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void sch__remote_end(struct sch *s, struct sch_req *r, enum sch_req_state state,
+                     enum sch_finish finish, int error, const char *message) {
+    pthread_mutex_lock(&s->lock);
+    s->n_prefilling--;
+    inflight_done(s, r);
+    pthread_mutex_unlock(&s->lock);
+    if (state == SCH_REQ_CANCELLED) {
+        end_cancelled(s, r);
+    } else {
+        end_request(s, r, state, finish, error, message);
+    }
+}
+
+struct eng_kv_pool *sch__pool(struct sch *s) {
+    return &s->pool;
+}
+
+int sch__vocab_size(struct sch *s) {
+    return s->bcfg->vocab_size;
+}
+
+int sch_pd_peers(struct sch *s, struct sch_pd_peer_info *out, int max) {
+    return s->pd != NULL ? sch__pd_peers(s->pd, out, max) : 0;
+}
+
+int sch_pd_port(struct sch *s) {
+    return s->pd != NULL ? sch__pd_port(s->pd) : 0;
 }
 
 void sch__set_hook(struct sch *s, sch_hook_fn fn, void *ud) {
@@ -1941,8 +2111,21 @@ static int check_extras(const struct sch_request_params *p, int V, struct kc_err
     return KC_OK;
 }
 
+static int submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t conn,
+                  uint64_t peer_req, int wire_dtype, uint64_t *id, struct kc_error *err);
+
 int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
                struct kc_error *err) {
+    return submit(s, p, user, 0, 0, 0, id, err);
+}
+
+int sch__submit_remote(struct sch *s, const struct sch_request_params *p, uint64_t conn,
+                       uint64_t peer_req, int wire_dtype, uint64_t *id, struct kc_error *err) {
+    return submit(s, p, NULL, conn, peer_req, wire_dtype, id, err);
+}
+
+static int submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t conn,
+                  uint64_t peer_req, int wire_dtype, uint64_t *id, struct kc_error *err) {
     if (s == NULL || p == NULL || id == NULL) {
         return kc_error_set(err, KC_EINVAL, "submit: missing scheduler, parameters or id");
     }
@@ -2038,6 +2221,9 @@ int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, ui
         eng_sampler_observe(&r->sampler, p->prompt[i]);
     }
     r->user = user;
+    r->pd_conn = conn;
+    r->pd_peer_req = peer_req;
+    r->pd_wire_dtype = wire_dtype;
     r->n_prompt = p->n_prompt;
     r->max_tokens = p->max_tokens;
     r->ignore_eos = p->ignore_eos;
@@ -2141,6 +2327,9 @@ void sch_stats_get(struct sch *s, struct sch_stats *out) {
         st.aux_blocks_total = s->aux_pool.n_blocks;
     }
     pthread_mutex_unlock(&s->lock);
+    if (s->pd != NULL) {
+        sch__pd_stats(s->pd, &st);
+    }
     *out = st;
 }
 
@@ -2196,5 +2385,6 @@ void sch_free(struct sch *s) {
         return;
     }
     stop_workers(s);
+    sch__pd_free(s->pd);
     sch_memory_free(s);
 }

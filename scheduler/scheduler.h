@@ -42,6 +42,16 @@ const char *sch_mode_name(enum sch_prefill_mode m);
 /* Parses "auto" | "full" | "predict". */
 int sch_mode_parse(const char *s, enum sch_prefill_mode *out);
 
+/* Where this process stands in disaggregated serving (issue 20, docs/disaggregated.md). */
+enum sch_role {
+    SCH_ROLE_ALL = 0, /* prefill and decode in this process (the default) */
+    SCH_ROLE_PREFILL, /* prefill workers serve remote decode hosts over UCX (pd_port) */
+    SCH_ROLE_DECODE,  /* no prefill workers: prompts go to prefill_peers, K/V comes back */
+};
+/* "all" | "prefill" | "decode". */
+int sch_role_parse(const char *s, enum sch_role *out);
+const char *sch_role_name(enum sch_role r);
+
 /*
  * Threads. With prefill_threads == decode_threads == 0 (the default) and no pinning, teams are
  * elastic: every worker's contexts are sized for all sch_cpu_count() cores and each GEMM runs
@@ -89,6 +99,15 @@ struct sch_config {
     int debug_step_delay_ms; /* testing only: every worker sleeps this long after each decode
                               * step and prefill chunk, so that tests can disconnect
                               * mid-stream or drain with requests running (0: off) */
+    /* Disaggregated serving (docs/disaggregated.md). A prefill host ships each remote
+     * request's first token and prompt K/V to its decode host and frees its blocks; a decode
+     * host admits requests into its own pool, has them prefilled by a peer and decodes. */
+    enum sch_role role;
+    const char *pd_host;       /* prefill: UCX listen address (NULL or "": every address) */
+    int pd_port;               /* prefill: UCX listen port (0: any) */
+    const char *prefill_peers; /* decode: "host:port,..." (names re-resolved every 5 s) */
+    int pd_max_inflight;       /* decode: remote prefills in flight per prefill host (0: 4) */
+    int pd_timeout_ms;         /* decode: a remote prefill silent this long fails (0: 30000) */
 };
 /* Bound of prefill_workers. */
 #define SCH_MAX_PREFILL_WORKERS 64
@@ -287,8 +306,30 @@ struct sch_stats {
     /* Prefill cost models of auto mode: ms = a + b*n + c*n^2 for n prompt tokens. */
     double cost_full_abc[3];
     double cost_predict_abc[3];
+    /* Disaggregated serving: frame bytes sent and received over UCX; decode hosts: remote
+     * prefills completed (K/V all in), their SUBMIT -> last K/V byte seconds, retries on another
+     * prefill host, and remote prefills that failed; prefill hosts: remote requests in flight. */
+    uint64_t pd_bytes_sent, pd_bytes_received;
+    uint64_t pd_transfers;
+    double pd_transfer_seconds;
+    uint64_t pd_retries, pd_failures;
+    int pd_in_flight;
 };
 void sch_stats_get(struct sch *s, struct sch_stats *out);
+
+/* A decode host's view of one prefill host (one resolved address of --prefill-peers). */
+struct sch_pd_peer_info {
+    char addr[80]; /* "host:port" as resolved */
+    bool up;       /* connected, HELLO accepted */
+    int queued;    /* its last load report */
+    int free_blocks;
+    int in_flight;   /* our requests on it */
+    uint64_t errors; /* connection failures, ERROR replies and timeouts */
+};
+/* Up to max peers into out; returns how many there are (0 unless role decode). */
+int sch_pd_peers(struct sch *s, struct sch_pd_peer_info *out, int max);
+/* A prefill host's UCX port (the bound one when pd_port was 0); 0 unless role prefill. */
+int sch_pd_port(struct sch *s);
 
 /* Cancels everything, joins the workers, frees the pools. Every request still alive gets
  * its terminal event before this returns (requests the workers did not reach get it on the

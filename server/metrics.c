@@ -89,6 +89,60 @@ static int family(struct srv_buf *o, const char *prefix, const char *base, const
                           type);
 }
 
+/* Disaggregated serving (docs/disaggregated.md): UCX traffic, remote prefills, and a decode
+ * host's view of each prefill peer. */
+static int render_pd(struct srv_buf *o, const char *p, const char *mn, const struct srv_gauges *g) {
+    const struct sch_stats *st = &g->sch;
+    int rc = family(o, p, "pd_transfer_bytes_total", "counter",
+                    "Bytes of prefill/decode frames (control and K/V) sent and received over UCX.");
+    rc |=
+        srv_buf_printf(o, "%spd_transfer_bytes_total{model_name=\"%s\",direction=\"sent\"} %llu\n",
+                       p, mn, (unsigned long long)st->pd_bytes_sent);
+    rc |= srv_buf_printf(
+        o, "%spd_transfer_bytes_total{model_name=\"%s\",direction=\"received\"} %llu\n", p, mn,
+        (unsigned long long)st->pd_bytes_received);
+    rc |= family(o, p, "pd_transfer_seconds", "summary",
+                 "Decode host: SUBMIT to the last K/V byte of each completed remote prefill.");
+    rc |= srv_buf_printf(o, "%spd_transfer_seconds_sum{model_name=\"%s\"} %.6f\n", p, mn,
+                         st->pd_transfer_seconds);
+    rc |= srv_buf_printf(o, "%spd_transfer_seconds_count{model_name=\"%s\"} %llu\n", p, mn,
+                         (unsigned long long)st->pd_transfers);
+    rc |= family(o, p, "pd_retries_total", "counter",
+                 "Decode host: remote prefills retried on another prefill host.");
+    rc |= srv_buf_printf(o, "%spd_retries_total{model_name=\"%s\"} %llu\n", p, mn,
+                         (unsigned long long)st->pd_retries);
+    rc |= family(o, p, "pd_failures_total", "counter",
+                 "Decode host: remote prefills that failed (503 or an error event).");
+    rc |= srv_buf_printf(o, "%spd_failures_total{model_name=\"%s\"} %llu\n", p, mn,
+                         (unsigned long long)st->pd_failures);
+    rc |= family(o, p, "pd_remote_in_flight", "gauge",
+                 "Remote prefills in flight (decode host: sent; prefill host: being served).");
+    rc |=
+        srv_buf_printf(o, "%spd_remote_in_flight{model_name=\"%s\"} %d\n", p, mn, st->pd_in_flight);
+    if (g->n_peers > 0) {
+        rc |=
+            family(o, p, "pd_peer_up", "gauge", "Decode host: prefill peer connected (1) or not.");
+        for (int i = 0; i < g->n_peers; i++) {
+            rc |= srv_buf_printf(o, "%spd_peer_up{model_name=\"%s\",peer=\"%s\"} %d\n", p, mn,
+                                 g->peers[i].addr, g->peers[i].up ? 1 : 0);
+        }
+        rc |= family(
+            o, p, "pd_peer_errors_total", "counter",
+            "Decode host: connection failures, ERROR replies and timeouts per prefill peer.");
+        for (int i = 0; i < g->n_peers; i++) {
+            rc |= srv_buf_printf(o, "%spd_peer_errors_total{model_name=\"%s\",peer=\"%s\"} %llu\n",
+                                 p, mn, g->peers[i].addr, (unsigned long long)g->peers[i].errors);
+        }
+        rc |= family(o, p, "pd_peer_queued", "gauge",
+                     "Decode host: a prefill peer's queue length from its last load report.");
+        for (int i = 0; i < g->n_peers; i++) {
+            rc |= srv_buf_printf(o, "%spd_peer_queued{model_name=\"%s\",peer=\"%s\"} %d\n", p, mn,
+                                 g->peers[i].addr, g->peers[i].queued);
+        }
+    }
+    return rc;
+}
+
 int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, struct srv_buf *o) {
     const char *mn = m->model_name;
     const char *p = m->prefix;
@@ -207,6 +261,9 @@ int srv_metrics_render(const struct srv_metrics *m, const struct srv_gauges *g, 
         rc |= srv_buf_printf(o, "%skv_refine_total{model_name=\"%s\",result=\"%s\"} %llu\n", p, mn,
                              sch_refine_result_name((enum sch_refine_result)r),
                              (unsigned long long)m->refine[r]);
+    }
+    if (g->pd_role != SCH_ROLE_ALL) {
+        rc |= render_pd(o, p, mn, g);
     }
     rc |= render_hist(o, p, "kv_refine_seconds",
                       "First token to the exact KV swapped in, of refined requests, in seconds.",

@@ -94,6 +94,11 @@ struct srv_gauges {
      * shed at submit, the prefix cache's queries/hits and cached blocks per pool, and the
      * refinement jobs queued and running. */
     struct sch_stats sch;
+    /* Disaggregated serving (0: role all, nothing rendered): the role, and a decode host's
+     * prefill peers. */
+    int pd_role;
+    struct sch_pd_peer_info peers[16];
+    int n_peers;
 };
 
 /* Zeroes the registry and sets vLLM's bucket bounds; model_name labels every series.

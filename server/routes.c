@@ -76,6 +76,11 @@ static void gauges_of(struct srv *s, struct srv_gauges *g) {
     g->conns_dispatched = s->n_socks_dispatched;
     g->conns_waiting = s->n_socks_live - s->n_socks_dispatched;
     g->sch = st;
+    if (s->sch != NULL && strcmp(s->cfg.role, "all") != 0) {
+        g->pd_role = strcmp(s->cfg.role, "prefill") == 0 ? SCH_ROLE_PREFILL : SCH_ROLE_DECODE;
+        const int n = sch_pd_peers(s->sch, g->peers, 16);
+        g->n_peers = n < 16 ? n : 16;
+    }
 }
 
 static enum srv_http_rc route_health(struct srv_conn *c) {
@@ -87,7 +92,37 @@ static enum srv_http_rc route_health(struct srv_conn *c) {
     if (s->state != SRV_SERVING) {
         return srv_send_http_error(c, 503, "the server is shutting down");
     }
-    return srv_send(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    if (s->sch == NULL || strcmp(s->cfg.role, "all") == 0) {
+        return srv_send(c, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    }
+    /* Disaggregated serving (docs/disaggregated.md): the role, and on a decode host its
+     * prefill peers. Still 200 with every peer down (a liveness probe must not restart decode
+     * pods for the prefill pool's sake); completions then get 503. */
+    json_t *o = json_object();
+    json_object_set_new(o, "status", json_string("ok"));
+    json_object_set_new(o, "role", json_string(s->cfg.role));
+    if (strcmp(s->cfg.role, "prefill") == 0) {
+        json_object_set_new(o, "pd_port", json_integer(sch_pd_port(s->sch)));
+    } else {
+        struct sch_pd_peer_info peers[64];
+        const int n = sch_pd_peers(s->sch, peers, 64);
+        json_t *a = json_array();
+        int up = 0;
+        for (int i = 0; i < n && i < 64; i++) {
+            json_t *p = json_object();
+            json_object_set_new(p, "addr", json_string(peers[i].addr));
+            json_object_set_new(p, "up", json_boolean(peers[i].up));
+            json_object_set_new(p, "queued", json_integer(peers[i].queued));
+            json_object_set_new(p, "free_blocks", json_integer(peers[i].free_blocks));
+            json_object_set_new(p, "in_flight", json_integer(peers[i].in_flight));
+            json_object_set_new(p, "errors", json_integer((json_int_t)peers[i].errors));
+            json_array_append_new(a, p);
+            up += peers[i].up;
+        }
+        json_object_set_new(o, "prefill_peers_up", json_integer(up));
+        json_object_set_new(o, "prefill_peers", a);
+    }
+    return send_json(c, 200, o);
 }
 
 static enum srv_http_rc route_metrics(struct srv_conn *c) {

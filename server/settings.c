@@ -33,6 +33,13 @@ struct sch_config srv_sch_config(const struct cfg_settings *c, int model_positio
         .prefix_caching = c->enable_prefix_caching,
         .refine = c->refine,
         .debug_step_delay_ms = c->debug_step_delay_ms,
+        .role = strcmp(c->role, "prefill") == 0  ? SCH_ROLE_PREFILL
+                : strcmp(c->role, "decode") == 0 ? SCH_ROLE_DECODE
+                                                 : SCH_ROLE_ALL,
+        .pd_host = c->host,
+        .pd_port = c->pd_port,
+        .prefill_peers = c->prefill_peers,
+        .pd_timeout_ms = c->pd_timeout_ms,
     };
     return sc;
 }

@@ -2,7 +2,8 @@
 # Fails when an include crosses a layer (STYLE.md "Layers and includes"):
 #  - a third-party header outside the module that owns it (dnnl.h only in the engine's oneDNN files,
 #    microhttpd.h only in server/http.c (and version.c, for its version string), uv.h only in
-#    server/, pcre2.h only in tokenizer/, libcurl only in tools/);
+#    server/, pcre2.h only in tokenizer/, libcurl only in tools/, UCX (ucp/ucs/uct) only in
+#    scheduler/pd_ucx.c, the prefill/decode transport);
 #  - CORS headers added outside server/http.c (the HTTP seam adds them to every response);
 #  - jansson.h outside its allow-list (the files that read or write JSON today);
 #  - common/ including any other module, tokenizer/ including anything but common/ and itself,
@@ -40,6 +41,9 @@ check 'uv\.h' '^server/' 'libuv'
 check 'cmocka\.h' '^$' 'cmocka'
 check 'curl/curl\.h' '^tools/' 'libcurl'
 check 'pcre2\.h' '^tokenizer/' 'PCRE2'
+# UCX moves K/V between prefill and decode hosts (issue 20): one transport file speaks it; the
+# protocol (pd_msg.c) and the scheduler see plain bytes and callbacks.
+check 'uc[pst]/api/' '^scheduler/pd_ucx\.c$' 'UCX (only scheduler/pd_ucx.c, the prefill/decode transport)'
 
 # jansson.h: only the code that parses or writes JSON, never a header below tools/ (no json_t
 # in a library's API). Derived from the code: config.c (JSON config file), the model-file

@@ -3,7 +3,8 @@
 # against two embedded tokenizers; fuzz_tokenizer_load: tokenizer.json + config loader) and
 # the HTTP request validator (fuzz_completion_request, C20) and the sampler (fuzz_sampler:
 # arbitrary logits with NaN/Inf and every sampling parameter, issue 15) and the KV pool's prefix
-# cache (fuzz_kv_prefix: random request traffic, K/V exactness and accounting, issue 17).
+# cache (fuzz_kv_prefix: random request traffic, K/V exactness and accounting, issue 17) and the
+# prefill/decode wire protocol (fuzz_pd_msg: frames from a hostile peer, issue 20).
 # Built only with -DKC_FUZZ=ON and clang:
 #   cmake --preset fuzz && cmake --build --preset fuzz
 #   ctest --test-dir build/fuzz -L fuzz                        (60 s each)
@@ -18,7 +19,7 @@ if(KC_FUZZ)
                          -fno-omit-frame-pointer)
   # Coverage feedback and sanitizers must reach the code under test, not only the harness:
   # instrument the libraries the targets link, and make their users link the runtimes.
-  foreach(lib kc_common kc_tokenizer kc_engine kc_server_core)
+  foreach(lib kc_common kc_tokenizer kc_engine kc_scheduler kc_server_core)
     target_compile_options(${lib} PRIVATE -fsanitize=fuzzer-no-link ${KC_FUZZ_SANITIZERS})
     target_link_options(${lib} INTERFACE -fsanitize=address,undefined)
   endforeach()
@@ -49,4 +50,5 @@ if(KC_FUZZ)
   kc_add_fuzz_target(fuzz_completion_request 65536 kc_server_core)
   kc_add_fuzz_target(fuzz_sampler 4096)
   kc_add_fuzz_target(fuzz_kv_prefix 4096)
+  kc_add_fuzz_target(fuzz_pd_msg 65536 kc_scheduler)
 endif()

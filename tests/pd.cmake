@@ -1,0 +1,51 @@
+# Disaggregated serving (issue 20; docs/disaggregated.md): the prefill/decode wire protocol.
+kc_add_unit_test(test_scheduler_pd_msg SOURCES unit/test_scheduler_pd_msg.c LIBS kc_scheduler)
+# The UCX transport on loopback: SUBMIT -> FIRST + a TinyLlama-sized prompt's K/V (f32 and
+# bf16 on the wire) byte for byte, a peer of another model shape refused, a peer gone reported.
+kc_add_unit_test(test_scheduler_pd_ucx SOURCES unit/test_scheduler_pd_ucx.c LIBS kc_scheduler
+                 TIMEOUT 120)
+# Full stacks through UCX's frame-pointer-less libraries, so that the suppression can match.
+set_property(TEST test_scheduler_pd_ucx APPEND PROPERTY ENVIRONMENT
+             "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+             "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+
+# Stream vs tagged messages for a TinyLlama-sized prompt's K/V on loopback (the transport's
+# wire choice, pd_ucx.c): prints the best of 8 each; asserts nothing about speed. Compare
+# transports with e.g. `UCX_TLS=tcp ctest --preset ci -L bench -R pd_wire -V`.
+kc_add_unit_test(bench_pd_wire SOURCES unit/bench_pd_wire.c LIBS PkgConfig::UCX Threads::Threads
+                 LABELS bench TIMEOUT 120)
+
+# Stages C-E over real HTTP on loopback: --role prefill + --role decode vs --role all with the
+# embedded pair (f32): greedy text and logprobs bit for bit in full and predict mode, streaming,
+# transfer metrics, KV back to 0 on both hosts, kill -9 of the prefill host -> a clean 503.
+if(TARGET kvcast)
+  kc_add_script_test(test_pd_loopback integration/test_pd_loopback.py TIMEOUT 180)
+  set_property(TEST test_pd_loopback APPEND PROPERTY ENVIRONMENT
+               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endif()
+
+# The same across two network namespaces (veth pairs + a bridge, 198.18.0.0/15), built and
+# removed by the test (needs root + iproute2, else skipped): the smoke (bit-identical outputs,
+# KV back to 0) and, labelled slow, the TTFT comparison and a kill -9 of the prefill host under
+# load (`ctest --preset ci -L slow -R pd_netns -V`).
+if(TARGET kvcast)
+  foreach(variant smoke full)
+    set(name test_pd_netns_${variant})
+    add_test(NAME ${name} COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_pd_netns.py
+                                  $<TARGET_FILE:kvcast> --${variant}
+             WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+    set_tests_properties(${name} PROPERTIES LABELS slow TIMEOUT 600 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
+                         ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  endforeach()
+endif()
+
+# Item 3's first fault over real HTTP: a prefill host killed (-9) with a request in flight; the
+# decode host retries it once on the other prefill host (200, same greedy text), counts the
+# retry and the peer's error, and its KV returns to 0.
+if(TARGET kvcast)
+  kc_add_script_test(test_pd_retry integration/test_pd_retry.py TIMEOUT 180)
+  set_property(TEST test_pd_retry APPEND PROPERTY ENVIRONMENT
+               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endif()
