@@ -51,11 +51,8 @@
  *     swings between 13 and 26 GB/s from one second to the next while a stream triad holds
  *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
  *     `kvcast bench gemv`). At 8 rows the plain copy is 15-30% slower than a packed one
- *     (`--rows 8`), hence two decode copies: memory traded for both. int8 keeps the same
- *     split by measurement: one row over the plain s8 copy runs gemm:jit at 27-30 GB/s
- *     (TinyLlama shapes, 2 threads, `kvcast bench gemv --dtype int8` under ONEDNN_VERBOSE:
- *     2048x11264 in 0.79 ms, 5632x2048 in 0.38 ms), while the layout oneDNN prefers for one
- *     row (ab, also gemm:jit) took twice as long (1.54 ms, 0.85 ms).
+ *     (`--rows 8`), hence two decode copies: memory traded for both. int8 one-row steps
+ *     leave the matmul altogether (invariant 8).
  *  7. int8 (ENG_WTYPE_INT8): every copy holds s8 weights quantized symmetrically per output
  *     channel (scale_j = max|W_j| / 127) and the n scales (wscale, as a oneDNN memory).
  *     Activations are quantized per row to s8, symmetric (scale_r = max|x_r| / 127, into the
@@ -68,6 +65,31 @@
  *     linears of equal shape); scale_r and the bias are applied in f32 after it, in the same
  *     pass that copies padded rows out (oneDNN 2.6 has no per-row output scale, and its
  *     int8 bias would be added before the output scale).
+ *  8. One-row int8 runs an inner product, not a matmul: the gemv copy of an int8 linear is
+ *     packed in the layout oneDNN's s8 inner product picks for one row (weights `any`, [n, k];
+ *     on AVX512-VNNI that is "brgemm:avx512_core_vnni", with the s8-source compensation
+ *     stored after the weights), and eng_prim.ip marks its primitive. Prefill and 2..16 rows
+ *     keep the matmul. Measured side by side in one run on the 2-core AMD EPYC (AVX512-VNNI,
+ *     no AMX), 2 threads, all s8 weights of a TinyLlama-1.1B decode step (22 layers of q|k|v
+ *     2560x2048, o 2048x2048, gate|up 11264x2048, down 2048x5632, plus the 32000x2048
+ *     lm_head: 1.03 GB), 21 rounds, each pass divided by the mean of a stream triad run just
+ *     before and just after it (a standalone oneDNN probe; the table is its output):
+ *
+ *       s8 x s8 -> f32, one row                     oneDNN impl             median  best GB/s
+ *       matmul, plain [n,k] (`ba`)   (the old path)  gemm:jit                  0.73       38.6
+ *       inner product, weights `any` (this path)     brgemm:avx512_core_vnni   1.04       57.4
+ *       matmul `ba`, N split in 2, 1 prim/thread     gemm:jit                  0.74       38.2
+ *       inner product `any`, N split in 2            brgemm:avx512_core_vnni   1.02       53.7
+ *
+ *     The other candidates ran in another run, 9 rounds, under heavy load from other jobs
+ *     (load average 6 on the 2 cores: every ratio is low, only their order means something):
+ *     matmul `ba` gemm:jit (old path) 0.16, inner product `any` 0.27, matmul `any` (packed
+ *     for one row; oneDNN still picks gemm:jit) 0.10, matmul `ab` 0.10, inner product with
+ *     plain `oi` weights (x64:gemm_s8s8s32:jit) 0.16, u8 source with a runtime zero point
+ *     (matmul gemm:jit) 0.06: none beats the inner product. oneDNN's own threading of one
+ *     row is as good as splitting N by hand, so one primitive runs on the team. (The triad
+ *     counts 3 arrays of 8-byte doubles and no write-allocate, so a kernel can read > 1.0 of
+ *     it.) q|k|v and gate|up are already one fused linear each (engine/model.c).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -109,6 +131,7 @@ struct eng_prim {
     int team; /* OpenMP team size it was created for (invariant 5) */
     enum eng_wtype wt;
     bool bias;
+    bool ip;                /* an inner product (invariant 8), else a matmul */
     dnnl_memory_desc_t wmd; /* the packed layout this primitive reads */
     dnnl_primitive_t prim;
     dnnl_memory_t src, dst, pad; /* handles set per call */
@@ -135,7 +158,8 @@ struct eng_dnn {
 struct eng_wcopy {
     enum eng_wtype wt;
     bool plain;
-    int rep_rows; /* row count whose preferred layout this is (1 when plain) */
+    bool ip;      /* the int8 one-row copy: an inner product's layout [n, k] (invariant 8) */
+    int rep_rows; /* row count whose preferred layout this is (1 when plain or ip) */
     dnnl_memory_desc_t md;
     void *data;
     size_t bytes;
@@ -150,8 +174,10 @@ struct eng_linear {
     dnnl_engine_t engine; /* owns the memory objects below */
     int n_copies;
     struct eng_wcopy copy[3];
-    int prefill_copy, decode_copy, gemv_copy; /* indices into copy[]: rows > 16, 2..16, 1 */
-    float *bias;                              /* [N] or NULL */
+    /* Indices into copy[] for rows > 16, 2..16 and 1; gemv_copy is plain (invariant 6), for
+     * int8 an inner product's layout (invariant 8). */
+    int prefill_copy, decode_copy, gemv_copy;
+    float *bias; /* [N] or NULL */
     dnnl_memory_t bias_mem;
 };
 
@@ -343,6 +369,48 @@ static dnnl_status_t matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enu
     return st;
 }
 
+/* Creates an int8 inner-product primitive desc (forward inference) for rows x k s8 source,
+ * [n, k] s8 weights of md w (NULL: format `any`), no bias, f32 dst, a user-mode scratchpad and
+ * runtime per-output-channel output scales (invariant 8). */
+static dnnl_status_t ip_pd_s8(dnnl_engine_t engine, int rows, int n, int k,
+                              const dnnl_memory_desc_t *w, dnnl_primitive_desc_t *pd) {
+    *pd = NULL;
+    dnnl_memory_desc_t src_md, w_md, dst_md;
+    const dnnl_dims_t src_dims = {rows, k}, w_dims = {n, k}, dst_dims = {rows, n};
+    dnnl_status_t st = dnnl_memory_desc_init_by_tag(&src_md, 2, src_dims, dnnl_s8, dnnl_nc);
+    if (st == dnnl_success) {
+        st = dnnl_memory_desc_init_by_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_nc);
+    }
+    if (st == dnnl_success && w != NULL) {
+        w_md = *w;
+    } else if (st == dnnl_success) {
+        st = dnnl_memory_desc_init_by_tag(&w_md, 2, w_dims, dnnl_s8, dnnl_format_tag_any);
+    }
+    dnnl_inner_product_desc_t desc;
+    if (st == dnnl_success) {
+        st = dnnl_inner_product_forward_desc_init(&desc, dnnl_forward_inference, &src_md, &w_md,
+                                                  NULL, &dst_md);
+    }
+    if (st != dnnl_success) {
+        return st;
+    }
+    dnnl_primitive_attr_t attr = NULL;
+    st = dnnl_primitive_attr_create(&attr);
+    if (st != dnnl_success) {
+        return st;
+    }
+    const float runtime = DNNL_RUNTIME_F32_VAL;
+    st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success) {
+        st = dnnl_primitive_attr_set_output_scales(attr, 1, 1 << 1, &runtime);
+    }
+    if (st == dnnl_success) {
+        st = dnnl_primitive_desc_create(pd, &desc, attr, engine, NULL);
+    }
+    dnnl_primitive_attr_destroy(attr);
+    return st;
+}
+
 /* Weights md of the layout oneDNN prefers for rows x k @ k x n. */
 static int preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt, bool bias,
                          dnnl_memory_desc_t *out, struct kc_error *err) {
@@ -360,11 +428,13 @@ static int preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_
 /* Reorders plain [n, k] weights (element type wt, row-major) into a new buffer in layout md.
  * On success *data is a kc_aligned_alloc buffer of *bytes bytes. */
 static int pack_weights(dnnl_engine_t engine, const void *plain, int n, int k, enum eng_wtype wt,
-                        const dnnl_memory_desc_t *md, void **data, size_t *bytes,
+                        bool ip, const dnnl_memory_desc_t *md, void **data, size_t *bytes,
                         struct kc_error *err) {
     dnnl_memory_desc_t src_md;
-    const dnnl_dims_t dims = {k, n};
-    const dnnl_dims_t strides = {1, k}; /* W^T view of [n, k] row-major: format `ba` */
+    /* A matmul's weights are k x n: the W^T view of [n, k] row-major, format `ba`; an inner
+     * product's are [n, k] itself (format `oi`). */
+    const dnnl_dims_t dims = {ip ? n : k, ip ? k : n};
+    const dnnl_dims_t strides = {ip ? k : 1, ip ? 1 : k};
     dnnl_primitive_desc_t pd = NULL;
     dnnl_primitive_t prim = NULL;
     dnnl_memory_t src = NULL, dst = NULL;
@@ -497,10 +567,16 @@ static bool prim_bias(const struct eng_linear *l, enum eng_wtype wt) {
     return l->bias != NULL && wt != ENG_WTYPE_INT8;
 }
 
+/* Layout of a weight copy: packed for a matmul of rep_rows rows, plain, or packed for a
+ * one-row int8 inner product (invariant 8). */
+enum copy_layout { COPY_PACKED, COPY_PLAIN, COPY_IP };
+
 /* Builds copy c of l in weight type wt from the stacked parts. */
 static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_wtype wt,
-                            int rep_rows, bool plain_layout, const struct eng_weight_part *parts,
-                            int n_parts, struct kc_error *err) {
+                            int rep_rows, enum copy_layout layout,
+                            const struct eng_weight_part *parts, int n_parts,
+                            struct kc_error *err) {
+    const bool plain_layout = layout == COPY_PLAIN;
     const int n = l->n_out, k = l->n_in;
     size_t plain_bytes;
     void *plain = NULL;
@@ -533,7 +609,8 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
     stack_parts(parts, n_parts, k, wt, plain, c->wscale, row_tmp);
     c->wt = wt;
     c->plain = plain_layout;
-    c->rep_rows = plain_layout ? 1 : rep_rows;
+    c->ip = layout == COPY_IP;
+    c->rep_rows = layout != COPY_PACKED ? 1 : rep_rows;
     if (plain_layout) {
         const dnnl_dims_t dims = {k, n};
         const dnnl_dims_t strides = {1, k}; /* W^T view of [n, k] row-major: format `ba` */
@@ -545,12 +622,28 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
         c->data = plain;
         c->bytes = plain_bytes;
         plain = NULL;
+    } else if (c->ip) {
+        KC_ASSERT(wt == ENG_WTYPE_INT8);
+        dnnl_primitive_desc_t pd = NULL;
+        const dnnl_status_t st = ip_pd_s8(l->engine, 1, n, k, NULL, &pd);
+        if (st != dnnl_success) {
+            rc = kc_error_set(err, KC_EBACKEND,
+                              "oneDNN: no int8 inner product for 1 x %d x %d (status %d)", n, k,
+                              (int)st);
+            goto fail;
+        }
+        c->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        dnnl_primitive_desc_destroy(pd);
+        rc = pack_weights(l->engine, plain, n, k, wt, true, &c->md, &c->data, &c->bytes, err);
+        if (rc != 0) {
+            goto fail;
+        }
     } else {
         rc = preferred_wmd(l->engine, rep_rows, n, k, wt, prim_bias(l, wt), &c->md, err);
         if (rc != 0) {
             goto fail;
         }
-        rc = pack_weights(l->engine, plain, n, k, wt, &c->md, &c->data, &c->bytes, err);
+        rc = pack_weights(l->engine, plain, n, k, wt, false, &c->md, &c->data, &c->bytes, err);
         if (rc != 0) {
             goto fail;
         }
@@ -629,7 +722,8 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
             goto fail;
         }
     }
-    rc = linear_make_copy(l, &l->copy[0], prefill_wt, ENG_LINEAR_CHUNK, false, parts, n_parts, err);
+    rc = linear_make_copy(l, &l->copy[0], prefill_wt, ENG_LINEAR_CHUNK, COPY_PACKED, parts, n_parts,
+                          err);
     if (rc != 0) {
         goto fail;
     }
@@ -639,14 +733,16 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
     if (decode_wt != prefill_wt) {
         /* Packed for one row: the layout oneDNN picks for 16 rows read weights at 0.67 of
          * stream bandwidth against 0.90 with this one (TinyLlama shapes, one thread). */
-        rc = linear_make_copy(l, &l->copy[1], decode_wt, 1, false, parts, n_parts, err);
+        rc = linear_make_copy(l, &l->copy[1], decode_wt, 1, COPY_PACKED, parts, n_parts, err);
         if (rc != 0) {
             goto fail;
         }
         l->decode_copy = l->n_copies++;
     }
-    /* One-row steps run over the plain matrix (invariant 6). */
-    rc = linear_make_copy(l, &l->copy[l->n_copies], decode_wt, 1, true, parts, n_parts, err);
+    /* One-row steps run over the plain matrix (invariant 6), int8 over an inner product's
+     * packed layout (invariant 8). */
+    rc = linear_make_copy(l, &l->copy[l->n_copies], decode_wt, 1,
+                          decode_wt == ENG_WTYPE_INT8 ? COPY_IP : COPY_PLAIN, parts, n_parts, err);
     if (rc != 0) {
         goto fail;
     }
@@ -703,7 +799,8 @@ static struct eng_prim *prim_lookup(const struct eng_dnn *dnn, const struct eng_
             return NULL;
         }
         if (p->n == l->n_out && p->k == l->n_in && p->rows == rows && p->wt == c->wt &&
-            p->bias == bias && p->team == team && dnnl_memory_desc_equal(&p->wmd, &c->md)) {
+            p->bias == bias && p->team == team && p->ip == c->ip &&
+            dnnl_memory_desc_equal(&p->wmd, &c->md)) {
             return dnn->slots[i];
         }
         i = (i + 1) & (dnn->cap - 1);
@@ -760,17 +857,20 @@ static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const st
     p->wmd = c->md;
     p->exec_rows = rows;
     p->team = team;
+    p->ip = c->ip;
     set_team(team);
     dnnl_status_t st =
-        matmul_pd(dnn->engine, rows, n, k, c->wt, &c->md, bias, c->plain && rows == 1, &pd);
+        c->ip ? ip_pd_s8(dnn->engine, rows, n, k, &c->md, &pd)
+              : matmul_pd(dnn->engine, rows, n, k, c->wt, &c->md, bias, c->plain && rows == 1, &pd);
     if (st == dnnl_success &&
         !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
                                 &c->md)) {
         st = dnnl_unimplemented;
     }
-    if (st != dnnl_success) {
+    if (st != dnnl_success && !c->ip) {
         /* oneDNN refuses the packed layout for this row count: run the row count the
-         * layout was chosen for, padding rows (invariant 2). */
+         * layout was chosen for, padding rows (invariant 2). The inner-product copy only
+         * runs the one row it was packed for. */
         dnnl_primitive_desc_destroy(pd);
         pd = NULL;
         p->exec_rows = c->rep_rows > rows ? c->rep_rows : rows;

@@ -4,6 +4,7 @@
 if(TARGET kvcast)
   kc_add_script_test(test_cli_args integration/test_cli_args.sh TIMEOUT 300)
   kc_add_script_test(test_eval_heldout_readme_figure integration/test_eval_heldout.sh TIMEOUT 400)
+  kc_add_script_test(test_cli_dtypes integration/test_cli_dtypes.sh TIMEOUT 300)
 endif()
 kc_add_unit_test(test_tools_cli_args
                  SOURCES unit/test_tools_cli_args.c ${CMAKE_SOURCE_DIR}/tools/cli/args.c

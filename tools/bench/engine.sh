@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Engine benchmark on synthetic models of real configurations (random weights, real shapes):
-# runs `kvcast bench engine` for TinyLlama-1.1B shapes at 1 and 2 threads, with f32 and bf16
-# prefill weights, plus the KV Prediction TTFT comparison (--kvp, 1024-token prompt, aux = a
+# runs `kvcast bench engine` for TinyLlama-1.1B shapes at 1 thread (f32 prefill, bf16 decode)
+# and at 2 threads for every weight type (--dtypes f32,bf16,int8: each type for prefill and
+# decode, prefill against the single GEMM of its own type, decode against the triad), plus the KV Prediction TTFT comparison (--kvp, 1024-token prompt, aux = a
 # layer-pruned copy at 1/4 of the layers), the prefill attention kernel against an f32 GEMM at
 # 512, 2048 and 8192 tokens (beside the one-row kernel it replaced for prefill), and writes
-# docs/bench/engine.md.
+# docs/bench/engine.md. Hand-written sections of docs/bench/engine.md after the KEEP marker line
+# are kept.
 #   usage: tools/bench/engine.sh [path/to/kvcast] [out.md]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -20,23 +22,30 @@ run() { # name args...
     echo "$KV bench engine $*" > "$TMP/$name.cmd"
 }
 run t1 --config "$CFG" --prompt-len 512 --gen 64 --threads 1 --attn none
-run t2 --config "$CFG" --prompt-len 512 --gen 64 --threads 2 --attn none
-run t2bf16 --config "$CFG" --prompt-len 512 --gen 32 --threads 2 --prefill-dtype bf16 --attn none
+run t2 --config "$CFG" --prompt-len 512 --gen 64 --threads 2 --dtypes f32,bf16,int8 --attn none
 run attn --config "$CFG" --threads 2 --attn-only --attn 512,2048,8192 --attn-old
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 > "$TMP/gemv1.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --rows 8 > "$TMP/gemv8.txt"
+"$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --dtype int8 > "$TMP/gemv1i8.txt"
 run kvp --config "$CFG" --prompt-len 1024 --gen 4 --threads 2 --kvp --repeat 2 --attn none
 mkdir -p "$(dirname "$OUT")"
 /usr/bin/python3 - "$TMP" "$OUT" "$CFG" <<'PY'
 import json, os, subprocess, sys, datetime
 tmp, out, cfg = sys.argv[1:4]
+KEEP = "<!-- engine.sh: the sections below are written by hand and kept on regeneration -->"
+def objs(n):
+    return [json.loads(l) for l in open(os.path.join(tmp, n + ".json")) if l.strip()]
 def load(n):
-    objs = [json.loads(l) for l in open(os.path.join(tmp, n + ".json")) if l.strip()]
     d = {}
-    for o in objs:
+    for o in objs(n):
         d.update(o)
     d["cmd"] = open(os.path.join(tmp, n + ".cmd")).read().strip()
     return d
+kept = ""
+if os.path.exists(out):
+    old = open(out).read()
+    if KEEP in old:
+        kept = old[old.index(KEEP):]
 cpu = subprocess.run("lscpu | grep 'Model name' | sed 's/.*: *//'", shell=True, capture_output=True, text=True).stdout.strip()
 flags = subprocess.run("grep -o -w -E 'avx512f|avx512_bf16|amx_bf16' /proc/cpuinfo | sort -u | tr '\\n' ' '", shell=True, capture_output=True, text=True).stdout.strip()
 mem = subprocess.run("free -g | awk '/Mem:/{print $2\" GiB\"}'", shell=True, capture_output=True, text=True).stdout.strip()
@@ -51,14 +60,22 @@ L.append("Decode ratio: batch-1 decode runs in windows of 4 steps with a one-pas
          "ratio is the median over windows (the host's bandwidth swings from second to second, so a "
          "triad measured once, before the decode, is a poor yardstick). *whole run* divides the "
          "whole decode's GB/s by the best triad instead.\n")
-L.append("| run | threads | prefill weights | prefill tok/s | prefill GFLOP/s | single GEMM GFLOP/s | ratio | decode weights | decode tok/s | decode GB/s | triad GB/s | ratio | whole run |")
-L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for n in ["t1", "t2", "t2bf16"]:
-    d = load(n)
-    L.append("| %s | %d | %s | %.1f | %.1f | %.1f | **%.2f** | %s | %.2f | %.2f | %.2f | **%.2f** | %.2f |" % (
+L.append("Prefill ratio: the prefill's GFLOP/s (int8: GOP/s) against one oneDNN GEMM of the same "
+         "weight type and shape (512 x FFN x hidden) measured in the same run. *MB/token* is what a decode "
+         "step reads (weights + KV); *triad allows* is the best triad's GB/s over it.\n")
+L.append("| run | threads | prefill weights | prefill tok/s | prefill GFLOP/s | single GEMM GFLOP/s | ratio | decode weights | decode tok/s | decode GB/s | MB/token | triad GB/s | triad allows tok/s | ratio | whole run |")
+L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+rows = [("t1", o) for o in objs("t1")] + [("t2", o) for o in objs("t2")]
+bf16 = [o["decode_tokens_per_s"] for n, o in rows if n == "t2" and o["decode_dtype"] == "bf16"]
+for n, d in rows:
+    mbt = d["decode_gbs"] * 1e3 / d["decode_tokens_per_s"]
+    L.append("| %s | %d | %s | %.1f | %.1f | %.1f | **%.2f** | %s | %.2f | %.2f | %.0f | %.2f | %.1f | **%.2f** | %.2f |" % (
         n, d["threads"], d["prefill_dtype"], d["prefill_tokens_per_s"], d["prefill_gflops"], d["gemm_gflops"],
-        d["prefill_vs_gemm"], d["decode_dtype"], d["decode_tokens_per_s"], d["decode_gbs"], d["triad_gbs"],
-        d["decode_vs_triad"], d["decode_vs_best_triad"]))
+        d["prefill_vs_gemm"], d["decode_dtype"], d["decode_tokens_per_s"], d["decode_gbs"], mbt, d["triad_gbs"],
+        d["triad_gbs"] * 1e3 / mbt, d["decode_vs_triad"], d["decode_vs_best_triad"]))
+if bf16:
+    L.append("\nDecode tokens/s against bf16 decode (2 threads, same run): " + ", ".join(
+        "%s %.2fx" % (o["decode_dtype"], o["decode_tokens_per_s"] / bf16[0]) for n, o in rows if n == "t2") + ".")
 k = load("kvp")["kvp"]
 L.append("")
 L.append("## KV Prediction TTFT (prompt %d tokens, aux = %d layers of the same width, random predictor)\n" % (k["prompt_len"], k["aux_layers"]))
@@ -84,14 +101,19 @@ for e in a["attention_rows"]:
 L.append("\nReference points on the same shapes (from the team's notes, llama.cpp `llama-bench`, 1 thread): "
          "prefill 42 tokens/s (f32), decode 4.9 tokens/s (bf16).\n")
 L.append("## Decode weights, packed against plain (`kvcast bench gemv`, 2 threads)\n")
-L.append("Why one-row decode steps read a plain copy of the weights (engine/ops_dnnl.c, invariant 6): "
-         "GB/s of one decode step's bf16 weights through oneDNN, round by round beside a triad.\n")
-for f in ["gemv1.txt", "gemv8.txt"]:
+L.append("Why one-row bf16 decode steps read a plain copy of the weights (engine/ops_dnnl.c, invariant 6): "
+         "GB/s of one decode step's weights through oneDNN matmuls, round by round beside a triad. "
+         "The int8 rows are the matmuls one-row int8 steps no longer use: they run an s8 inner "
+         "product instead (invariant 8, whose comment holds the side-by-side table).\n")
+for f in ["gemv1.txt", "gemv8.txt", "gemv1i8.txt"]:
     L.append("```\n" + open(os.path.join(tmp, f)).read().strip() + "\n```\n")
 L.append("## Commands\n")
-for n in ["t1", "t2", "t2bf16", "attn", "kvp"]:
+for n in ["t1", "t2", "attn", "kvp"]:
     L.append("    " + load(n)["cmd"])
-L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8]" % cfg)
-open(out, "w").write("\n".join(L) + "\n")
+L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8 | --dtype int8]" % cfg)
+text = "\n".join(L) + "\n"
+if kept:
+    text += "\n" + kept
+open(out, "w").write(text)
 print(open(out).read())
 PY

@@ -29,6 +29,12 @@ static void bench_usage(FILE *f) {
                "  --threads N           OpenMP threads (default: all cores)\n"
                "  --prefill-dtype T     f32|bf16|int8 (default f32)\n"
                "  --decode-dtype T      f32|bf16|int8 (default bf16)\n"
+               "  --dtypes LIST         weight types to run one after another, each for both\n"
+               "                        prefill and decode (e.g. f32,bf16,int8; overrides the\n"
+               "                        two above): each prefill against the single GEMM of\n"
+               "                        its own type, each decode against the triad, then a\n"
+               "                        summary table; --attn and --kvp run with the first\n"
+               "                        type only; --json prints one object per type\n"
                "  --kv-dtype T          f32|bf16 KV cache (default f32); bf16 also times the\n"
                "                        attention benchmark's decode rows on a bf16 cache\n"
                "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
@@ -526,7 +532,22 @@ static int bench_attention_only(const struct eng_model_config *cfg, const long *
     return rc;
 }
 
-static int bench_engine(int argc, char **argv) {
+/* One pass of bench_engine_one under --dtypes: the weight type for prefill and decode, and
+ * whether the attention and --kvp parts run too. */
+struct engine_pass {
+    enum eng_wtype wt;
+    bool extras;
+};
+
+/* What one pass measured, for the --dtypes summary. */
+struct engine_row {
+    enum eng_wtype prefill_wt, decode_wt;
+    double prefill_tps, prefill_vs_gemm, gemm_gflops;
+    double decode_tps, decode_vs_triad, triad_gbs, decode_bytes_per_token;
+};
+
+static int bench_engine_one(int argc, char **argv, const struct engine_pass *pass,
+                            struct engine_row *row) {
     const char *config = NULL;
     long prompt_len = 512, gen = 64, threads = 0, repeat = 2, aux_layers = 0;
     bool json = false, kvp = false, attn_old = false, attn_only = false;
@@ -577,6 +598,15 @@ static int bench_engine(int argc, char **argv) {
     if (config == NULL) {
         bench_usage(stderr);
         return 2;
+    }
+    if (pass != NULL) {
+        mp.prefill_wtype = pass->wt;
+        mp.decode_wtype = pass->wt;
+        if (!pass->extras) {
+            attn_list = "none";
+            attn_only = false;
+            kvp = false;
+        }
     }
     struct kc_error err = {0};
     struct eng_model_config cfg;
@@ -730,6 +760,17 @@ static int bench_engine(int argc, char **argv) {
     const double decode_gbs = bytes_decode / t_decode * 1e-9;
     const char *pw = eng_wtype_name(mp.prefill_wtype);
     const char *dw = eng_wtype_name(mp.decode_wtype);
+    if (row != NULL) {
+        *row = (struct engine_row){.prefill_wt = mp.prefill_wtype,
+                                   .decode_wt = mp.decode_wtype,
+                                   .prefill_tps = prefill_tps,
+                                   .prefill_vs_gemm = prefill_gflops / gemm_gflops,
+                                   .gemm_gflops = gemm_gflops,
+                                   .decode_tps = decode_tps,
+                                   .decode_vs_triad = decode_ratio,
+                                   .triad_gbs = triad_gbs,
+                                   .decode_bytes_per_token = bytes_decode / G};
+    }
     const char *kvw = kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32";
     if (json) {
         json_t *j = json_object();
@@ -808,6 +849,102 @@ done:
     eng_ctx_free(ctx);
     eng_model_free(m);
     return exit_code;
+}
+
+/* The --dtypes summary: one row per weight type, each ratio against its own ceiling, and
+ * decode tokens/s against bf16's when bf16 ran. */
+static void engine_summary(const struct engine_row *rows, int n) {
+    double bf16_tps = 0.0;
+    for (int i = 0; i < n; i++) {
+        if (rows[i].decode_wt == ENG_WTYPE_BF16) {
+            bf16_tps = rows[i].decode_tps;
+        }
+    }
+    printf("\nsummary: each prefill against the single GEMM of its type, each decode against the "
+           "stream triad\n");
+    printf("%-7s %13s %11s %8s %12s %10s %14s %8s %9s\n", "weights", "prefill tok/s",
+           "GEMM G(OP)/s", "ratio", "decode tok/s", "MB/token", "triad allows", "ratio", "x bf16");
+    for (int i = 0; i < n; i++) {
+        const struct engine_row *r = &rows[i];
+        const double allows = r->triad_gbs * 1e9 / r->decode_bytes_per_token;
+        printf("%-7s %13.1f %11.1f %8.2f %12.2f %10.1f %14.2f %8.2f", eng_wtype_name(r->decode_wt),
+               r->prefill_tps, r->gemm_gflops, r->prefill_vs_gemm, r->decode_tps,
+               r->decode_bytes_per_token * 1e-6, allows, r->decode_vs_triad);
+        if (bf16_tps > 0.0) {
+            printf(" %9.2f", r->decode_tps / bf16_tps);
+        }
+        printf("\n");
+    }
+    printf(
+        "(triad allows: tokens/s of the best triad over the bytes a decode step reads; the decode "
+        "ratio is the median over windows against the triad beside each)\n");
+}
+
+/* `kvcast bench engine`: with --dtypes LIST, one bench_engine_one pass per weight type and a
+ * summary; without it, one pass with --prefill-dtype/--decode-dtype. */
+static int bench_engine(int argc, char **argv) {
+    const char *list = NULL;
+    char **rest = calloc((size_t)argc + 1, sizeof(char *));
+    int n_rest = 0;
+    if (rest == NULL) {
+        return 1;
+    }
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--dtypes") == 0 && i + 1 < argc) {
+            list = argv[++i];
+        } else if (strncmp(argv[i], "--dtypes=", 9) == 0) {
+            list = argv[i] + 9;
+        } else {
+            rest[n_rest++] = argv[i];
+        }
+    }
+    if (list == NULL) {
+        free(rest);
+        return bench_engine_one(argc, argv, NULL, NULL);
+    }
+    enum { MAX_TYPES = 3 };
+    struct engine_pass passes[MAX_TYPES];
+    struct engine_row rows[MAX_TYPES];
+    int n = 0;
+    for (const char *p = list;;) {
+        const char *end = strchr(p, ',');
+        const size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        char name[8];
+        if (len == 0 || len >= sizeof(name) || n == MAX_TYPES) {
+            break;
+        }
+        memcpy(name, p, len);
+        name[len] = '\0';
+        if (eng_wtype_parse(name, &passes[n].wt) != KC_OK) {
+            break;
+        }
+        passes[n].extras = n == 0;
+        n++;
+        if (end == NULL) {
+            list = NULL; /* parsed to the end */
+            break;
+        }
+        p = end + 1;
+    }
+    if (list != NULL || n == 0) {
+        fprintf(stderr, "kvcast bench engine: --dtypes wants up to 3 of f32, bf16, int8, "
+                        "comma-separated\n");
+        free(rest);
+        return 2;
+    }
+    bool json = false;
+    for (int i = 0; i < n_rest; i++) {
+        json = json || strcmp(rest[i], "--json") == 0;
+    }
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        rc = bench_engine_one(n_rest, rest, &passes[i], &rows[i]);
+    }
+    if (rc == 0 && !json) {
+        engine_summary(rows, n);
+    }
+    free(rest);
+    return rc;
 }
 
 /*

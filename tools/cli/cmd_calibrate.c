@@ -35,6 +35,8 @@ static void calibrate_usage(FILE *f) {
         "  --layer-map M       auto (round(l (La-1)/(Lb-1))) or a list 0,0,1,1,... with one\n"
         "                      aux layer per base layer (default auto)\n"
         "  --ids               FILE holds token ids (whitespace/comma separated), not text\n"
+        "  --kv-dtype f32|bf16 element type of the KV cache the models attend over while\n"
+        "                      their K/V are captured (default f32), as serve's\n"
         "  --threads N         OpenMP threads (default: all cores)\n"
         "  --quiet             no progress bar\n",
         CALIB_DEFAULT_TOKENS, CALIB_DEFAULT_CTX, CALIB_DEFAULT_RIDGE);
@@ -46,6 +48,7 @@ struct calibrate_opts {
     double ridge;
     bool ids, quiet, no_bos;
     int threads;
+    enum eng_dtype kv_dtype;
 };
 
 static int parse_calibrate(int argc, char **argv, struct calibrate_opts *o) {
@@ -53,9 +56,11 @@ static int parse_calibrate(int argc, char **argv, struct calibrate_opts *o) {
     o->ctx = CALIB_DEFAULT_CTX;
     o->ridge = CALIB_DEFAULT_RIDGE;
     o->layer_map = "auto";
+    o->kv_dtype = ENG_DTYPE_F32;
     struct kc_args a;
     kc_args_init(&a, "kvcast calibrate", argc, argv);
     while (kc_args_next(&a)) {
+        const char *v = NULL;
         if (kc_args_help(&a)) {
             calibrate_usage(stdout);
             return -1;
@@ -66,6 +71,10 @@ static int parse_calibrate(int argc, char **argv, struct calibrate_opts *o) {
                    kc_args_long(&a, "--ctx", 2, 1 << 20, &o->ctx) ||
                    kc_args_double(&a, "--ridge", 0.0, 1e6, &o->ridge) ||
                    kc_args_int(&a, "--threads", 1, 1024, &o->threads)) {
+        } else if (kc_args_str(&a, "--kv-dtype", &v)) {
+            if (eng_kv_dtype_parse(v, &o->kv_dtype) != KC_OK) {
+                return kc_args_bad(&a, "must be f32 or bf16");
+            }
         } else if (kc_args_flag(&a, "--ids")) {
             o->ids = true;
         } else if (kc_args_flag(&a, "--no-bos")) {
@@ -195,9 +204,10 @@ int kc_cmd_calibrate(int argc, char **argv) {
     if (eng_kvp_ctx_create(base, aux, NULL, ctx < 512 ? ctx : 512, ctx, o.threads, &kc, &err) !=
             KC_OK ||
         eng_ctx_create(base, ctx < 512 ? ctx : 512, ctx, o.threads, &bctx, &err) != KC_OK ||
-        eng_kv_pool_init(&pool, bc, block, (ctx + block - 1) / block, &err) != KC_OK ||
-        eng_kv_pool_init(&apool, eng_model_config_of(aux), block, (ctx + block - 1) / block,
-                         &err) != KC_OK ||
+        eng_kv_pool_init_dtype(&pool, bc, block, (ctx + block - 1) / block, o.kv_dtype, &err) !=
+            KC_OK ||
+        eng_kv_pool_init_dtype(&apool, eng_model_config_of(aux), block, (ctx + block - 1) / block,
+                               o.kv_dtype, &err) != KC_OK ||
         eng_kvp_calib_create(&shape, map, o.threads, &cal, &err) != KC_OK) {
         fprintf(stderr, "kvcast calibrate: %s\n", err.msg);
         goto done;

@@ -35,6 +35,9 @@
 
 #define EVAL_HELDOUT_FILE "heldout.ids"
 
+/* Weight types one --dtype list may name (each at most once). */
+#define EVAL_MAX_DTYPES 3
+
 static void eval_usage(FILE *f) {
     fprintf(
         f,
@@ -57,8 +60,12 @@ static void eval_usage(FILE *f) {
         "                      (half the time; greedy agreement is then null)\n"
         "  --no-refine         no predict_refine@1/4/16 rows (predict with the exact KV\n"
         "                      swapped in after k generated tokens)\n"
-        "  --dtype f32|bf16|int8\n"
-        "                      weights for every step (default: f32 prefill, bf16 decode)\n"
+        "  --dtype T[,T...]    weights for every step, f32|bf16|int8 (default: f32 prefill,\n"
+        "                      bf16 decode); a list (e.g. f32,int8) runs the evaluation once\n"
+        "                      per type and prints them in one table: the rows of a later\n"
+        "                      type are named mode/type (full/int8, ...) and their agreements\n"
+        "                      are against the FIRST type's full mode\n"
+        "  --kv-dtype f32|bf16 element type of the KV caches (default f32), as serve's\n"
         "  --threads N         OpenMP threads (default: all cores)\n"
         "  --json              print one JSON object instead of a table\n"
         "Warnings (stderr, and \"warnings\" in the JSON) flag results to read with care: when the\n"
@@ -72,11 +79,46 @@ struct eval_opts {
     bool ids, json, no_bos, no_greedy, no_refine;
     int threads;
     struct eng_model_params mparams;
+    enum eng_wtype dtypes[EVAL_MAX_DTYPES]; /* --dtype list; n_dtypes 0: the defaults */
+    int n_dtypes;
+    enum eng_dtype kv_dtype;
 };
+
+/* Parses a --dtype list ("int8", "f32,int8") into o->dtypes; KC_EINVAL on an unknown or a
+ * repeated type. */
+static int parse_dtype_list(const char *v, struct eval_opts *o) {
+    o->n_dtypes = 0;
+    const char *p = v;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        const size_t len = end != NULL ? (size_t)(end - p) : strlen(p);
+        char name[8];
+        enum eng_wtype wt;
+        if (len == 0 || len >= sizeof(name) || o->n_dtypes == EVAL_MAX_DTYPES) {
+            return KC_EINVAL;
+        }
+        memcpy(name, p, len);
+        name[len] = '\0';
+        if (eng_wtype_parse(name, &wt) != KC_OK) {
+            return KC_EINVAL;
+        }
+        for (int i = 0; i < o->n_dtypes; i++) {
+            if (o->dtypes[i] == wt) {
+                return KC_EINVAL;
+            }
+        }
+        o->dtypes[o->n_dtypes++] = wt;
+        if (end == NULL) {
+            return KC_OK;
+        }
+        p = end + 1;
+    }
+}
 
 /* Returns 0 to go on, -1 after --help (exit 0), 2 on a bad command line. */
 static int parse_eval(int argc, char **argv, struct eval_opts *o) {
     o->mparams = eng_model_default_params();
+    o->kv_dtype = ENG_DTYPE_F32;
     struct kc_args a;
     kc_args_init(&a, "kvcast eval", argc, argv);
     while (kc_args_next(&a)) {
@@ -93,10 +135,14 @@ static int parse_eval(int argc, char **argv, struct eval_opts *o) {
                    kc_args_long(&a, "--samples", 1, 1 << 20, &o->samples) ||
                    kc_args_int(&a, "--threads", 1, 1024, &o->threads)) {
         } else if (kc_args_str(&a, "--dtype", &v)) {
-            if (eng_wtype_parse(v, &o->mparams.prefill_wtype) != KC_OK) {
-                return kc_args_bad(&a, "must be f32, bf16 or int8");
+            if (parse_dtype_list(v, o) != KC_OK) {
+                return kc_args_bad(&a, "must be f32, bf16 or int8, or a comma-separated list of "
+                                       "them without repeats");
             }
-            o->mparams.decode_wtype = o->mparams.prefill_wtype;
+        } else if (kc_args_str(&a, "--kv-dtype", &v)) {
+            if (eng_kv_dtype_parse(v, &o->kv_dtype) != KC_OK) {
+                return kc_args_bad(&a, "must be f32 or bf16");
+            }
         } else if (kc_args_flag(&a, "--ids")) {
             o->ids = true;
         } else if (kc_args_flag(&a, "--no-bos")) {
@@ -478,7 +524,7 @@ static int refine_sample(struct eval_run *r, struct refine_stats *rs, const int3
 /* Results to read with care: each one printed to stderr and listed in the JSON. */
 struct eval_warnings {
     int n;
-    char msg[4][320];
+    char msg[6][320];
 };
 
 static void eval_warn(struct eval_warnings *w, const char *fmt, ...)
@@ -505,10 +551,16 @@ struct eval_result {
     bool gap_meaningful;
     const struct eval_warnings *warn;
     const struct refine_stats *rs; /* [EVAL_N_REFINE] */
+    const char *dtype;             /* the weight type's name ("default": no --dtype) */
+    const char *suffix; /* appended to the row names: "" for the first type, "/int8" ... */
 };
 
-static void refine_name(const struct refine_stats *st, char *buf, size_t size) {
-    snprintf(buf, size, "predict_refine@%d", st->k);
+static void refine_name(const struct refine_stats *st, const char *suffix, char *buf, size_t size) {
+    snprintf(buf, size, "predict_refine@%d%s", st->k, suffix);
+}
+
+static void mode_name(enum eng_kvp_mode m, const char *suffix, char *buf, size_t size) {
+    snprintf(buf, size, "%s%s", eng_kvp_mode_name(m), suffix);
 }
 
 /* The predict_refine rows of the JSON "modes". */
@@ -534,8 +586,8 @@ static void refine_json(const struct eval_result *r, json_t *modes) {
                             kc_json_real(no * (double)st->same_prefix / after, 4));
         json_object_set_new(j, "greedy_agreement_after_refine_free_running",
                             kc_json_real(no * (double)st->free_running / after, 4));
-        char name[32];
-        refine_name(st, name, sizeof(name));
+        char name[40];
+        refine_name(st, r->suffix, name, sizeof(name));
         json_object_set_new(modes, name, j);
     }
 }
@@ -553,14 +605,14 @@ static void refine_table(const struct eval_result *r) {
         if (!any) {
             printf("\npredict_refine@k: predict, the exact KV swapped in after k generated tokens "
                    "(TTFT as predict)\n");
-            printf("%-18s %9s %10s %9s %14s %12s %12s\n", "mode", "NLL", "ppl", "1st-tok",
+            printf("%-23s %9s %10s %9s %14s %12s %12s\n", "mode", "NLL", "ppl", "1st-tok",
                    "greedy-agree", "same-pfx>=k", "free-run>=k");
             any = true;
         }
         const double nll = st->nll_sum / (dn * C), after = dn * (C - st->k);
-        char name[32];
-        refine_name(st, name, sizeof(name));
-        printf("%-18s %9.4f %10.3f %9.3f %8.3f (%4.1f) %12.4f %12.4f\n", name, nll, exp(nll),
+        char name[40];
+        refine_name(st, r->suffix, name, sizeof(name));
+        printf("%-23s %9.4f %10.3f %9.3f %8.3f (%4.1f) %12.4f %12.4f\n", name, nll, exp(nll),
                (double)st->first_agree / dn, no * (double)st->greedy_tokens / (dn * C),
                no * (double)st->greedy_tokens / dn, no * (double)st->same_prefix / after,
                no * (double)st->free_running / after);
@@ -573,61 +625,75 @@ static void refine_table(const struct eval_result *r) {
     }
 }
 
-static int print_json(const struct eval_result *r) {
-    const struct eval_opts *o = r->o;
-    json_t *root = json_object(), *modes = json_object();
-    for (int m = 0; m < ENG_KVP_N_MODES; m++) {
-        struct mode_stats *s = &r->ms[m];
-        if (!s->on) {
-            continue;
+static int print_json(const struct eval_result *res, int n_res) {
+    const struct eval_opts *o = res[0].o;
+    json_t *root = json_object(), *modes = json_object(), *dtypes = json_array();
+    for (int ri = 0; ri < n_res; ri++) {
+        const struct eval_result *r = &res[ri];
+        for (int m = 0; m < ENG_KVP_N_MODES; m++) {
+            struct mode_stats *s = &r->ms[m];
+            if (!s->on) {
+                continue;
+            }
+            const double dn = (double)r->n;
+            const double nll = s->nll_sum / (dn * (double)o->cont_len);
+            json_t *j = json_object();
+            json_object_set_new(j, "nll", kc_json_real(nll, 6));
+            json_object_set_new(j, "ppl", kc_json_real(exp(nll), 4));
+            json_object_set_new(j, "first_token_agreement", kc_json_real(s->first_agree / dn, 4));
+            const double no = o->no_greedy ? NAN : 1.0; /* null without the greedy runs */
+            json_object_set_new(
+                j, "greedy_agreement",
+                kc_json_real(no * s->greedy_tokens / (dn * (double)o->cont_len), 4));
+            json_object_set_new(j, "greedy_agreement_tokens",
+                                kc_json_real(no * s->greedy_tokens / dn, 3));
+            json_object_set_new(j, "ttft_flops", kc_json_sig(s->flops, 6));
+            json_object_set_new(j, "ttft_ms_median",
+                                kc_json_real(median(s->ttft_ms, s->n_ttft), 3));
+            json_object_set_new(j, "aux_ms_mean", kc_json_real(s->split_sum.aux_ms / s->n_ttft, 3));
+            json_object_set_new(j, "predict_ms_mean",
+                                kc_json_real(s->split_sum.predict_ms / s->n_ttft, 3));
+            json_object_set_new(j, "base_first_step_ms_mean",
+                                kc_json_real(s->split_sum.base_first_step_ms / s->n_ttft, 3));
+            json_object_set_new(j, "dtype", kc_json_str(r->dtype));
+            char name[40];
+            mode_name((enum eng_kvp_mode)m, r->suffix, name, sizeof(name));
+            json_object_set_new(modes, name, j);
         }
-        const double dn = (double)r->n;
-        const double nll = s->nll_sum / (dn * (double)o->cont_len);
-        json_t *j = json_object();
-        json_object_set_new(j, "nll", kc_json_real(nll, 6));
-        json_object_set_new(j, "ppl", kc_json_real(exp(nll), 4));
-        json_object_set_new(j, "first_token_agreement", kc_json_real(s->first_agree / dn, 4));
-        const double no = o->no_greedy ? NAN : 1.0; /* null without the greedy runs */
-        json_object_set_new(j, "greedy_agreement",
-                            kc_json_real(no * s->greedy_tokens / (dn * (double)o->cont_len), 4));
-        json_object_set_new(j, "greedy_agreement_tokens",
-                            kc_json_real(no * s->greedy_tokens / dn, 3));
-        json_object_set_new(j, "ttft_flops", kc_json_sig(s->flops, 6));
-        json_object_set_new(j, "ttft_ms_median", kc_json_real(median(s->ttft_ms, s->n_ttft), 3));
-        json_object_set_new(j, "aux_ms_mean", kc_json_real(s->split_sum.aux_ms / s->n_ttft, 3));
-        json_object_set_new(j, "predict_ms_mean",
-                            kc_json_real(s->split_sum.predict_ms / s->n_ttft, 3));
-        json_object_set_new(j, "base_first_step_ms_mean",
-                            kc_json_real(s->split_sum.base_first_step_ms / s->n_ttft, 3));
-        json_object_set_new(modes, eng_kvp_mode_name((enum eng_kvp_mode)m), j);
+        refine_json(r, modes);
+        json_t *d = json_object();
+        json_object_set_new(d, "dtype", kc_json_str(r->dtype));
+        json_object_set_new(d, "suffix", kc_json_str(r->suffix));
+        json_object_set_new(d, "gap_closed", kc_json_real(r->gap, 4));
+        json_object_set_new(d, "gap_closed_meaningful", json_boolean(r->gap_meaningful));
+        json_array_append_new(dtypes, d);
     }
-    refine_json(r, modes);
     json_object_set_new(root, "modes", modes);
-    json_object_set_new(root, "gap_closed", kc_json_real(r->gap, 4));
-    json_object_set_new(root, "gap_closed_meaningful", json_boolean(r->gap_meaningful));
+    json_object_set_new(root, "dtypes", dtypes);
+    json_object_set_new(root, "gap_closed", kc_json_real(res[0].gap, 4));
+    json_object_set_new(root, "gap_closed_meaningful", json_boolean(res[0].gap_meaningful));
     json_t *warnings = json_array();
-    for (int i = 0; i < r->warn->n; i++) {
-        json_array_append_new(warnings, kc_json_str(r->warn->msg[i]));
+    for (int i = 0; i < res[0].warn->n; i++) {
+        json_array_append_new(warnings, kc_json_str(res[0].warn->msg[i]));
     }
     json_object_set_new(root, "warnings", warnings);
-    json_object_set_new(root, "samples", json_integer(r->n));
+    json_object_set_new(root, "samples", json_integer(res[0].n));
     json_object_set_new(root, "prompt_len", json_integer(o->prompt_len));
     json_object_set_new(root, "cont_len", json_integer(o->cont_len));
+    json_object_set_new(root, "kv_dtype",
+                        json_string(o->kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32"));
     json_object_set_new(root, "data", kc_json_str(o->data));
     json_object_set_new(root, "ids", json_boolean(o->ids));
     json_object_set_new(root, "kvcast_version", kc_json_str(kc_cli_version()));
     return kc_json_print("kvcast eval", root);
 }
 
-static void print_table(const struct eval_result *r) {
+/* The rows of one weight type in the main table; "x full" compares with that type's full. */
+static void table_rows(const struct eval_result *r) {
     const struct eval_opts *o = r->o;
     struct mode_stats *ms = r->ms;
     const long n = r->n;
     const double full_flops = ms[ENG_KVP_FULL].flops;
-    printf("kvcast eval: %ld samples, prompt %ld tokens, continuation %ld tokens\n\n", n,
-           o->prompt_len, o->cont_len);
-    printf("%-8s %9s %10s %9s %14s %12s %9s %12s %9s\n", "mode", "NLL", "ppl", "1st-tok",
-           "greedy-agree", "TTFT GFLOP", "x full", "TTFT ms med", "x full");
     double full_ms = 0.0;
     const double no = o->no_greedy ? NAN : 1.0; /* nan without the greedy runs */
     for (int m = 0; m < ENG_KVP_N_MODES; m++) {
@@ -640,42 +706,86 @@ static void print_table(const struct eval_result *r) {
         if (m == ENG_KVP_FULL) {
             full_ms = med;
         }
-        printf("%-8s %9.4f %10.3f %9.3f %8.3f (%4.1f) %12.4f %9.3f %12.2f %9.3f\n",
-               eng_kvp_mode_name((enum eng_kvp_mode)m), nll, exp(nll),
-               (double)s->first_agree / (double)n,
+        char name[40];
+        mode_name((enum eng_kvp_mode)m, r->suffix, name, sizeof(name));
+        printf("%-13s %9.4f %10.3f %9.3f %8.3f (%4.1f) %12.4f %9.3f %12.2f %9.3f\n", name, nll,
+               exp(nll), (double)s->first_agree / (double)n,
                no * (double)s->greedy_tokens / ((double)n * (double)o->cont_len),
                no * (double)s->greedy_tokens / (double)n, s->flops / 1e9, s->flops / full_flops,
                med, full_ms > 0 ? med / full_ms : 0.0);
     }
-    const struct mode_stats *p = &ms[ENG_KVP_PREDICT];
-    if (p->on) {
-        printf("\npredict TTFT split (mean): aux %.2f ms, predictor %.2f ms, base first step "
+}
+
+static void print_table(const struct eval_result *res, int n_res) {
+    const struct eval_opts *o = res[0].o;
+    printf("kvcast eval: %ld samples, prompt %ld tokens, continuation %ld tokens, %s KV cache\n",
+           res[0].n, o->prompt_len, o->cont_len, o->kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32");
+    if (n_res > 1) {
+        printf("weights: %s (rows without a suffix)", res[0].dtype);
+        for (int i = 1; i < n_res; i++) {
+            printf(", %s (rows %s)", res[i].dtype, res[i].suffix);
+        }
+        printf("; agreements are against the %s full mode\n", res[0].dtype);
+    }
+    printf("\n%-13s %9s %10s %9s %14s %12s %9s %12s %9s\n", "mode", "NLL", "ppl", "1st-tok",
+           "greedy-agree", "TTFT GFLOP", "x full", "TTFT ms med", "x full");
+    for (int i = 0; i < n_res; i++) {
+        table_rows(&res[i]);
+    }
+    for (int i = 0; i < n_res; i++) {
+        const struct eval_result *r = &res[i];
+        const struct mode_stats *p = &r->ms[ENG_KVP_PREDICT];
+        if (!p->on) {
+            continue;
+        }
+        printf("\npredict%s TTFT split (mean): aux %.2f ms, predictor %.2f ms, base first step "
                "%.2f ms\n",
-               p->split_sum.aux_ms / p->n_ttft, p->split_sum.predict_ms / p->n_ttft,
+               r->suffix, p->split_sum.aux_ms / p->n_ttft, p->split_sum.predict_ms / p->n_ttft,
                p->split_sum.base_first_step_ms / p->n_ttft);
         if (r->gap_meaningful) {
-            printf("gap closed: %.1f%% of the aux -> full NLL gap\n", 100.0 * r->gap);
+            printf("gap closed%s: %.1f%% of the aux -> full NLL gap\n", r->suffix, 100.0 * r->gap);
         } else {
-            printf("gap closed: meaningless here (the aux model alone is not worse than full; "
-                   "see the warnings)\n");
+            printf("gap closed%s: meaningless here (the aux model alone is not worse than full; "
+                   "see the warnings)\n",
+                   r->suffix);
         }
     }
     printf("(greedy-agree: share of continuation tokens matching full's greedy output before "
            "the first divergence; mean tokens in parentheses; nan with --no-greedy)\n");
-    refine_table(r);
-    for (int i = 0; i < r->warn->n; i++) {
-        printf("warning: %s\n", r->warn->msg[i]);
+    for (int i = 0; i < n_res; i++) {
+        refine_table(&res[i]);
+    }
+    for (int i = 0; i < res[0].warn->n; i++) {
+        printf("warning: %s\n", res[0].warn->msg[i]);
     }
 }
 
-int kc_cmd_eval(int argc, char **argv) {
-    struct eval_opts o = {0};
-    int rc = parse_eval(argc, argv, &o);
-    if (rc != 0) {
-        free(o.data_owned);
-        return rc < 0 ? 0 : rc;
+/* What one weight type's pass measured; ms[m].ttft_ms is owned (eval_pass_free). */
+struct eval_pass {
+    struct mode_stats ms[ENG_KVP_N_MODES];
+    struct refine_stats rs[EVAL_N_REFINE];
+    double gap;
+    bool gap_meaningful;
+    char suffix[16];
+};
+
+static void eval_pass_free(struct eval_pass *ps) {
+    for (int m = 0; m < ENG_KVP_N_MODES; m++) {
+        free(ps->ms[m].ttft_ms);
+        ps->ms[m].ttft_ms = NULL;
     }
-    struct eval_warnings warn = {0};
+}
+
+/*
+ * One evaluation of every mode with the weights of o->mparams. ref_all[samples * C]: the
+ * greedy continuation of full mode per sample; the first pass (first) writes it and every
+ * pass measures its agreements against it, so a later weight type's rows compare with the
+ * first type's full mode. Returns the exit code (0 ok, 1 failed).
+ */
+static int eval_pass_run(const struct eval_opts *po, bool first, int32_t *ref_all,
+                         struct eval_warnings *warn, struct eval_pass *pass) {
+    const struct eval_opts o = *po;
+    int rc;
     struct kc_error err = {0};
     struct eng_kvp_bundle *b = NULL;
     struct eng_kvp_ctx *kc = NULL;
@@ -683,8 +793,8 @@ int kc_cmd_eval(int argc, char **argv) {
     struct eng_kv_pool bpool = {0}, apool = {0};
     int32_t *tokens = NULL, *greedy = NULL, *sample = NULL, *refine_buf = NULL;
     size_t n_tokens = 0;
-    struct mode_stats ms[ENG_KVP_N_MODES] = {{0}};
-    struct refine_stats rs[EVAL_N_REFINE] = {{0}};
+    struct mode_stats *ms = pass->ms;
+    struct refine_stats *rs = pass->rs;
     struct eval_run r = {0};
     int exit_code = 1;
 
@@ -724,7 +834,7 @@ int kc_cmd_eval(int argc, char **argv) {
         goto done;
     }
     if ((size_t)o.samples * Wt > n_tokens) {
-        eval_warn(&warn,
+        eval_warn(warn,
                   "overlapping_samples: %ld samples of %d tokens overlap in %zu tokens of "
                   "data, so they are not independent",
                   o.samples, W, n_tokens);
@@ -733,8 +843,8 @@ int kc_cmd_eval(int argc, char **argv) {
     if (eng_kvp_ctx_create(b->base, b->aux, b->pred, W < 256 ? W : 256, W, o.threads, &kc, &err) !=
             KC_OK ||
         eng_ctx_create(b->base, W < 256 ? W : 256, W, o.threads, &bctx, &err) != KC_OK ||
-        eng_kv_pool_init(&bpool, bc, block, blocks, &err) != KC_OK ||
-        eng_kv_pool_init(&apool, ac, block, blocks, &err) != KC_OK) {
+        eng_kv_pool_init_dtype(&bpool, bc, block, blocks, o.kv_dtype, &err) != KC_OK ||
+        eng_kv_pool_init_dtype(&apool, ac, block, blocks, o.kv_dtype, &err) != KC_OK) {
         fprintf(stderr, "kvcast eval: %s\n", err.msg);
         goto done;
     }
@@ -791,6 +901,7 @@ int kc_cmd_eval(int argc, char **argv) {
         }
         memcpy(sample + (bos >= 0 ? 1 : 0), tokens + start, Wt * sizeof(int32_t));
         const int32_t *prompt = sample, *cont = sample + P;
+        int32_t *ref = ref_all + (size_t)s * (size_t)C;
         for (int m = 0; m < ENG_KVP_N_MODES; m++) {
             if (!ms[m].on) {
                 continue;
@@ -801,7 +912,9 @@ int kc_cmd_eval(int argc, char **argv) {
                         eng_kvp_mode_name((enum eng_kvp_mode)m), err.msg);
                 goto done;
             }
-            const int32_t *ref = greedy + (size_t)ENG_KVP_FULL * C;
+            if (first && m == ENG_KVP_FULL) {
+                memcpy(ref, g, (size_t)C * sizeof(int32_t));
+            }
             int agree = 0;
             while (r.greedy && agree < C && g[agree] == ref[agree]) {
                 agree++;
@@ -809,8 +922,7 @@ int kc_cmd_eval(int argc, char **argv) {
             ms[m].first_agree += g[0] == ref[0];
             ms[m].greedy_tokens += agree;
         }
-        if (refine_sample(&r, rs, sample, greedy + (size_t)ENG_KVP_FULL * C, refine_buf, &err) !=
-            KC_OK) {
+        if (refine_sample(&r, rs, sample, ref, refine_buf, &err) != KC_OK) {
             fprintf(stderr, "kvcast eval: sample %ld, predict_refine: %s\n", s, err.msg);
             goto done;
         }
@@ -830,31 +942,16 @@ int kc_cmd_eval(int argc, char **argv) {
     /* "Gap closed" scales predict between aux (0) and full (1): it means something only when
      * the aux model alone is worse than full. */
     if (na <= nf) {
-        eval_warn(&warn,
-                  "aux_beats_full: the aux model alone (NLL %.4f) scores %s the full base (NLL "
+        eval_warn(warn,
+                  "aux_beats_full%s: the aux model alone (NLL %.4f) scores %s the full base (NLL "
                   "%.4f) on this data, so \"gap closed\" is meaningless; check the pair and "
                   "that the data is held out",
-                  na, na < nf ? "better than" : "the same as", nf);
+                  pass->suffix, na, na < nf ? "better than" : "the same as", nf);
     }
-    const struct eval_result res = {.o = &o,
-                                    .ms = ms,
-                                    .n = o.samples,
-                                    .gap = gap,
-                                    .gap_meaningful = pred_on && na > nf,
-                                    .warn = &warn,
-                                    .rs = rs};
-    if (o.json) {
-        if (print_json(&res) != 0) {
-            goto done;
-        }
-    } else {
-        print_table(&res);
-    }
+    pass->gap = gap;
+    pass->gap_meaningful = pred_on && na > nf;
     exit_code = 0;
 done:
-    for (int m = 0; m < ENG_KVP_N_MODES; m++) {
-        free(ms[m].ttft_ms);
-    }
     free(r.logits);
     free(r.tf_logits);
     free(greedy);
@@ -866,6 +963,63 @@ done:
     eng_ctx_free(bctx);
     eng_kvp_ctx_free(kc);
     eng_kvp_bundle_free(b);
+    return exit_code;
+}
+
+int kc_cmd_eval(int argc, char **argv) {
+    struct eval_opts o = {0};
+    const int rc = parse_eval(argc, argv, &o);
+    if (rc != 0) {
+        free(o.data_owned);
+        return rc < 0 ? 0 : rc;
+    }
+    const int n_pass = o.n_dtypes > 0 ? o.n_dtypes : 1;
+    struct eval_pass pass[EVAL_MAX_DTYPES];
+    memset(pass, 0, sizeof(pass));
+    struct eval_result res[EVAL_MAX_DTYPES];
+    struct eval_warnings warn = {0};
+    int exit_code = 1;
+    int32_t *ref = calloc((size_t)o.samples * (size_t)o.cont_len, sizeof(int32_t));
+    if (ref == NULL) {
+        fprintf(stderr, "kvcast eval: out of memory\n");
+        goto done;
+    }
+    for (int i = 0; i < n_pass; i++) {
+        const char *dt = "default";
+        if (o.n_dtypes > 0) {
+            o.mparams.prefill_wtype = o.dtypes[i];
+            o.mparams.decode_wtype = o.dtypes[i];
+            dt = eng_wtype_name(o.dtypes[i]);
+        }
+        if (i > 0) {
+            snprintf(pass[i].suffix, sizeof(pass[i].suffix), "/%s", dt);
+        }
+        if (eval_pass_run(&o, i == 0, ref, &warn, &pass[i]) != 0) {
+            goto done;
+        }
+        res[i] = (struct eval_result){.o = &o,
+                                      .ms = pass[i].ms,
+                                      .n = o.samples,
+                                      .gap = pass[i].gap,
+                                      .gap_meaningful = pass[i].gap_meaningful,
+                                      .warn = &warn,
+                                      .rs = pass[i].rs,
+                                      .dtype = dt,
+                                      .suffix = pass[i].suffix};
+    }
+    if (o.json) {
+        if (print_json(res, n_pass) != 0) {
+            goto done;
+        }
+    } else {
+        print_table(res, n_pass);
+    }
+    exit_code = 0;
+done:
+    for (int i = 0; i < n_pass; i++) {
+        eval_pass_free(&pass[i]);
+    }
+    free(ref);
     free(o.data_owned);
     return exit_code;
 }

@@ -24,6 +24,7 @@ static void generate_usage(FILE *f) {
                "  --dtype f32|bf16|int8 weight format for both prefill and decode\n"
                "  --prefill-dtype T     weights for prefill steps (default f32)\n"
                "  --decode-dtype T      weights for decode steps (default bf16)\n"
+               "  --kv-dtype f32|bf16   element type of the KV cache (default f32), as serve's\n"
                "  --temperature X       0 = greedy (default 0)\n"
                "  --top-k N --top-p X --min-p X --seed N\n"
                "  --ignore-eos          keep going past end-of-sequence tokens\n"
@@ -40,6 +41,7 @@ struct generate_opts {
     int max_tokens;
     struct eng_model_params mparams;
     struct eng_sampler_params sparams;
+    enum eng_dtype kv_dtype;
     bool ignore_eos;
     int threads;
     bool json;
@@ -48,6 +50,7 @@ struct generate_opts {
 /* Returns 0 to go on, -1 after --help (exit 0), or 2 on a bad command line. */
 static int parse_generate(int argc, char **argv, struct generate_opts *o) {
     o->max_tokens = 32;
+    o->kv_dtype = ENG_DTYPE_F32;
     o->mparams = eng_model_default_params();
     o->sparams = eng_sampler_default_params();
     o->sparams.temperature = 0.0f;
@@ -82,6 +85,10 @@ static int parse_generate(int argc, char **argv, struct generate_opts *o) {
         } else if (kc_args_str(&a, "--decode-dtype", &v)) {
             if (eng_wtype_parse(v, &o->mparams.decode_wtype) != KC_OK) {
                 return kc_args_bad(&a, "must be f32, bf16 or int8");
+            }
+        } else if (kc_args_str(&a, "--kv-dtype", &v)) {
+            if (eng_kv_dtype_parse(v, &o->kv_dtype) != KC_OK) {
+                return kc_args_bad(&a, "must be f32 or bf16");
             }
         } else if (kc_args_double(&a, "--temperature", 0, 100, &x)) {
             o->sparams.temperature = (float)x;
@@ -176,7 +183,8 @@ int kc_cmd_generate(int argc, char **argv) {
     const int block = 16;
     if (eng_ctx_create(m, o.n_prompt < 512 ? o.n_prompt : 512, n_ctx, o.threads, &ctx, &err) !=
             KC_OK ||
-        eng_kv_pool_init(&pool, c, block, (n_ctx + block - 1) / block, &err) != KC_OK ||
+        eng_kv_pool_init_dtype(&pool, c, block, (n_ctx + block - 1) / block, o.kv_dtype, &err) !=
+            KC_OK ||
         eng_sampler_init(&sampler, &o.sparams, c->vocab_size, &err) != KC_OK) {
         fprintf(stderr, "kvcast generate: %s\n", err.msg);
         goto done;
