@@ -654,6 +654,39 @@ static bool stop_asked(void) {
     return tl_stop != NULL && atomic_load_explicit(tl_stop, memory_order_relaxed) != 0;
 }
 
+/* The calling thread's profile (eng_forward_profile); NULL: none. */
+static _Thread_local struct eng_profile *tl_prof;
+
+void eng_forward_profile(struct eng_profile *p) {
+    tl_prof = p;
+}
+
+const char *eng_prof_op_name(enum eng_prof_op op) {
+    static const char *const names[ENG_PROF_N] = {
+        "embed",  "norm",     "qkv",     "split",  "rope", "kv append", "attention",
+        "o-proj", "residual", "gate/up", "swiglu", "down", "lm_head",   "convert"};
+    return (unsigned)op < ENG_PROF_N ? names[op] : "?";
+}
+
+/* Start of a profiled op: the clock when a profile is installed, else 0. */
+static inline double prof_t0(void) {
+    return tl_prof != NULL ? kc_now_s() : 0.0;
+}
+
+/* End of a profiled op started at t0, with its FLOPs. */
+static inline void prof_add(enum eng_prof_op op, double t0, double flops) {
+    if (tl_prof != NULL) {
+        tl_prof->s[op] += kc_now_s() - t0;
+        tl_prof->flops[op] += flops;
+        tl_prof->calls[op]++;
+    }
+}
+
+/* FLOPs of an m-row product with l. */
+static double lin_flops(const struct eng_linear *l, int m) {
+    return 2.0 * m * (double)eng_linear_n_in(l) * (double)eng_linear_n_out(l);
+}
+
 /* One step of at most max_rows rows. capture_row0: row offset of this step inside the
  * capture buffers (chunked prefill of item 0). false: stopped before a layer (stop_asked),
  * nothing advanced. */
@@ -667,14 +700,16 @@ static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
     const float scale = 1.0f / sqrtf((float)D);
 
     /* Lay the items' tokens out as rows and note each row's position. */
+    double t = prof_t0();
     int M = 0;
     for (int i = 0; i < n_items; i++) {
         embed_rows(m, items[i].tokens, items[i].n_tokens, ctx->x + (size_t)M * C);
-        for (int t = 0; t < items[i].n_tokens; t++) {
-            ctx->pos[M + t] = items[i].seq->n_tokens + t;
+        for (int r = 0; r < items[i].n_tokens; r++) {
+            ctx->pos[M + r] = items[i].seq->n_tokens + r;
         }
         M += items[i].n_tokens;
     }
+    prof_add(ENG_PROF_EMBED, t, 0.0);
 
     for (int l = 0; l < c->n_layers; l++) {
         if (stop_asked()) {
@@ -682,8 +717,13 @@ static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
         }
         const struct eng_layer *ly = &m->layers[l];
         /* Attention block: normalise, project to q|k|v. */
+        t = prof_t0();
         eng_rmsnorm(ctx->x, ly->attn_norm, M, C, c->rms_norm_eps, ctx->xn);
+        prof_add(ENG_PROF_NORM, t, 0.0);
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->qkv, ctx->xn, M, ctx->qkv);
+        prof_add(ENG_PROF_QKV, t, lin_flops(ly->qkv, M));
+        t = prof_t0();
         for (int r = 0; r < M; r++) {
             const float *row = ctx->qkv + (size_t)r * qkvd;
             memcpy(ctx->q + (size_t)r * qd, row, (size_t)qd * sizeof(float));
@@ -700,37 +740,63 @@ static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
                 memcpy(capture->v[l] + (size_t)capture_row0 * kvd, ctx->v, n0);
             }
         }
+        prof_add(ENG_PROF_SPLIT, t, 0.0);
+        t = prof_t0();
         eng_rope(&m->rope, ctx->q, M, H, ctx->pos);
         eng_rope(&m->rope, ctx->k, M, Hkv, ctx->pos);
+        prof_add(ENG_PROF_ROPE, t, 0.0);
         /* Append this step's keys and values, then attend per sequence. */
         int r0 = 0;
         for (int i = 0; i < n_items; i++) {
             const struct eng_seq *seq = items[i].seq;
-            for (int t = 0; t < items[i].n_tokens; t++) {
+            const int n = items[i].n_tokens;
+            t = prof_t0();
+            for (int r = 0; r < n; r++) {
                 /* In the pool's dtype: a copy for f32, rounded to nearest even for bf16. */
-                eng_kv_row_put(pool, seq, l, seq->n_tokens + t, ctx->k + (size_t)(r0 + t) * kvd,
-                               ctx->v + (size_t)(r0 + t) * kvd);
+                eng_kv_row_put(pool, seq, l, seq->n_tokens + r, ctx->k + (size_t)(r0 + r) * kvd,
+                               ctx->v + (size_t)(r0 + r) * kvd);
             }
+            prof_add(ENG_PROF_KV, t, 0.0);
+            t = prof_t0();
             const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
-            eng_attention(ctx->q + (size_t)r0 * qd, items[i].n_tokens, seq->n_tokens, &view, H, Hkv,
-                          D, scale, ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
-            r0 += items[i].n_tokens;
+            eng_attention(ctx->q + (size_t)r0 * qd, n, seq->n_tokens, &view, H, Hkv, D, scale,
+                          ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
+            /* QK^T and PV over the causal triangle: row r sees n_tokens + r + 1 keys. */
+            prof_add(ENG_PROF_ATTN, t,
+                     4.0 * qd * ((double)n * seq->n_tokens + (double)n * (n + 1) / 2.0));
+            r0 += n;
         }
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->o, ctx->att, M, ctx->proj);
+        prof_add(ENG_PROF_O, t, lin_flops(ly->o, M));
+        t = prof_t0();
         eng_add(ctx->x, ctx->proj, (size_t)M * C);
+        prof_add(ENG_PROF_RESID, t, 0.0);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)). */
+        t = prof_t0();
         eng_rmsnorm(ctx->x, ly->mlp_norm, M, C, c->rms_norm_eps, ctx->xn);
+        prof_add(ENG_PROF_NORM, t, 0.0);
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->gate_up, ctx->xn, M, ctx->gu);
+        prof_add(ENG_PROF_GATE_UP, t, lin_flops(ly->gate_up, M));
+        t = prof_t0();
         eng_swiglu(ctx->gu, M, F, ctx->h);
+        prof_add(ENG_PROF_SWIGLU, t, 0.0);
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->down, ctx->h, M, ctx->proj);
+        prof_add(ENG_PROF_DOWN, t, lin_flops(ly->down, M));
+        t = prof_t0();
         eng_add(ctx->x, ctx->proj, (size_t)M * C);
+        prof_add(ENG_PROF_RESID, t, 0.0);
     }
 
     /* LM head for the rows that want logits: a single item wanting all rows writes straight
      * into its buffer; otherwise the wanted rows are gathered. */
+    t = prof_t0();
     if (n_items == 1 && items[0].logits_mode == ENG_LOGITS_ALL) {
         eng_rmsnorm(ctx->x, m->final_norm, M, C, c->rms_norm_eps, ctx->xn);
         eng_linear_forward(ctx->dnn, m->lm_head, ctx->xn, M, items[0].logits);
+        prof_add(ENG_PROF_LM_HEAD, t, lin_flops(m->lm_head, M));
     } else {
         int n_out = 0;
         int r_end = 0;
@@ -753,6 +819,7 @@ static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
                 }
             }
         }
+        prof_add(ENG_PROF_LM_HEAD, t, lin_flops(m->lm_head, n_out));
     }
     for (int i = 0; i < n_items; i++) {
         items[i].seq->n_tokens += items[i].n_tokens;
