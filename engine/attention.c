@@ -69,7 +69,9 @@
  *     to the f32 kernel. oneDNN matmuls were not used for the same reason as in invariant 4
  *     (the softmax runs between the products of every chunk; a batched QK^T over whole rows
  *     would hold T x T scores and compute the masked half). Without avx512_bf16 compiled in,
- *     eng_attention_bf16 runs the f32 tile kernel and rounds its output.
+ *     or for fewer than ATT_BF16_MIN_N query rows (the packing of the whole context would cost
+ *     as much as a row's attention), eng_attention_bf16 runs the f32 tile kernel and rounds
+ *     its output.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -106,6 +108,9 @@
  * heads, take the tile path (invariant 1). */
 #define ATT_TILE_MIN_N 2
 #define ATT_TILE_MIN_GRP 3
+/* eng_attention_bf16 packs the whole context's K/V once per call (invariant 8): worth it from
+ * this many query rows on; fewer rows (an item of a batched decode step) take the f32 tiles. */
+#define ATT_BF16_MIN_N 16
 
 static size_t up16(size_t x) {
     return (x + 15) / 16 * 16;
@@ -1078,11 +1083,14 @@ size_t eng_attention_bf16_scratch_floats(int n_ctx, int n_heads, int n_kv_heads,
                                          int n_threads) {
     KC_ASSERT(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0);
     const size_t thr = (size_t)(n_threads > 0 ? n_threads : 1);
+    const size_t f32 = thr * thread_floats(n_ctx, n_heads, n_kv_heads, head_dim);
 #if defined(__AVX512BF16__)
     const struct att_tile tg = att_tile_of(n_heads / n_kv_heads, head_dim);
-    return up16(kv16_floats(n_ctx, n_kv_heads, head_dim)) + thr * tile16_thread_floats(&tg);
+    const size_t bf =
+        up16(kv16_floats(n_ctx, n_kv_heads, head_dim)) + thr * tile16_thread_floats(&tg);
+    return bf > f32 ? bf : f32;
 #else
-    return thr * thread_floats(n_ctx, n_heads, n_kv_heads, head_dim);
+    return f32;
 #endif
 }
 
@@ -1092,12 +1100,14 @@ void eng_attention_bf16(const float *q, int n, int pos0, const struct eng_kv_vie
                scratch);
     KC_ASSERT(head_dim % 2 == 0);
 #if defined(__AVX512BF16__)
-    attention_tiles_bf16(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch);
-#else
-    /* Without avx512_bf16: the f32 tile kernel, rounding its output (invariant 8). */
+    if (n >= ATT_BF16_MIN_N) {
+        attention_tiles_bf16(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch);
+        return;
+    }
+#endif
+    /* A few rows (or no avx512_bf16): the f32 tile kernel, rounding its output (invariant 8). */
     attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, NULL, out, scratch,
                     thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim));
-#endif
 }
 
 void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,

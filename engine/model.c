@@ -693,7 +693,7 @@ void eng_forward_profile(struct eng_profile *p) {
 const char *eng_prof_op_name(enum eng_prof_op op) {
     static const char *const names[ENG_PROF_N] = {
         "embed",  "norm",     "qkv",     "split",  "rope", "kv append", "attention",
-        "o-proj", "residual", "gate/up", "swiglu", "down", "lm_head",   "convert"};
+        "o-proj", "residual", "gate/up", "swiglu", "down", "lm_head"};
     return (unsigned)op < ENG_PROF_N ? names[op] : "?";
 }
 
@@ -832,7 +832,7 @@ static bool forward_layers_bf16(struct eng_ctx *ctx, const struct eng_model *m,
         prof_add(ENG_PROF_NORM, t, 0.0);
         t = prof_t0();
         eng_linear_forward_bf16(ctx->dnn, ly->qkv, ctx->act16, M, ctx->qkv);
-        prof_add(ENG_PROF_QKV, t, (double)2 * M * C * qkvd);
+        prof_add(ENG_PROF_QKV, t, lin_flops(ly->qkv, M));
         /* KV Prediction reads keys before rotation: capture them from the q|k|v rows. */
         if (capture != NULL) {
             t = prof_t0();
@@ -872,20 +872,20 @@ static bool forward_layers_bf16(struct eng_ctx *ctx, const struct eng_model *m,
         }
         t = prof_t0();
         eng_linear_forward_bf16(ctx->dnn, ly->o, ctx->act16, M, ctx->proj);
-        prof_add(ENG_PROF_O, t, (double)2 * M * qd * C);
+        prof_add(ENG_PROF_O, t, lin_flops(ly->o, M));
         /* MLP block: x += o(att); x += down(silu(gate(xn)) * up(xn)). */
         t = prof_t0();
         eng_rmsnorm_bf16(ctx->x, ctx->proj, ly->mlp_norm, M, C, c->rms_norm_eps, ctx->act16);
         prof_add(ENG_PROF_NORM, t, 0.0);
         t = prof_t0();
         eng_linear_forward_bf16(ctx->dnn, ly->gate_up, ctx->act16, M, ctx->gu);
-        prof_add(ENG_PROF_GATE_UP, t, (double)2 * M * C * 2 * F);
+        prof_add(ENG_PROF_GATE_UP, t, lin_flops(ly->gate_up, M));
         t = prof_t0();
         eng_swiglu_bf16(ctx->gu, M, F, ctx->act16);
         prof_add(ENG_PROF_SWIGLU, t, 0.0);
         t = prof_t0();
         eng_linear_forward_bf16(ctx->dnn, ly->down, ctx->act16, M, ctx->proj);
-        prof_add(ENG_PROF_DOWN, t, (double)2 * M * F * C);
+        prof_add(ENG_PROF_DOWN, t, lin_flops(ly->down, M));
         pending = ctx->proj;
     }
     t = prof_t0();

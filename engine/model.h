@@ -116,7 +116,8 @@ void eng_forward_stop_source(const atomic_int *flag);
 /* The ops of a forward step that eng_forward times when a profile is installed
  * (eng_forward_profile). NORM covers the RMS norms, including a bf16 norm that writes the next
  * GEMM's input; SPLIT the copy of q|k|v apart (and the capture for KV Prediction); KV the
- * append of K/V to the cache; RESID the residual adds; CVT any conversion pass of its own. */
+ * append of K/V to the cache; RESID the residual adds. A GEMM's time includes the conversion
+ * of its f32 input to bf16 or int8, where eng_linear_forward does one. */
 enum eng_prof_op {
     ENG_PROF_EMBED = 0,
     ENG_PROF_NORM,
@@ -131,7 +132,6 @@ enum eng_prof_op {
     ENG_PROF_SWIGLU,
     ENG_PROF_DOWN,
     ENG_PROF_LM_HEAD,
-    ENG_PROF_CVT,
     ENG_PROF_N
 };
 

@@ -192,7 +192,9 @@ void eng__attention_tiles(const float *q, int n, int pos0, const struct eng_kv_v
 /* eng_attention for the bf16 prefill: the same contract, but the products run in bf16 with
  * f32 accumulation (queries, keys, values and the softmax weights P rounded to bf16; the
  * softmax itself in f32) and out[n, H, D] is written in bf16, the o-projection's input
- * (eng_linear_forward_bf16). H D must be even. scratch holds
+ * (eng_linear_forward_bf16). Calls of fewer than 16 query rows (items of a batched decode
+ * step) run eng_attention's f32 tile kernel and only round its output. D must be even.
+ * scratch holds
  * eng_attention_bf16_scratch_floats(pos0 + n, ...) floats. attention.c invariant 8. */
 void eng_attention_bf16(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
                         int n_kv_heads, int head_dim, float scale, uint16_t *out, float *scratch);

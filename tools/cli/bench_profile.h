@@ -11,6 +11,7 @@
 
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/ops.h"
 
 /* One prefill to profile: the bench's model, context, pool and prompt, and what it measured. */
 struct kc_bench_profile_in {
@@ -20,18 +21,23 @@ struct kc_bench_profile_in {
     struct eng_seq *seq; /* empty on entry; released (empty) on return */
     const int32_t *tokens;
     int n_tokens;
-    float *logits;      /* [V] for the last token's logits */
-    int repeat;         /* profiled prefills; the fastest one's profile is printed */
-    double flops;       /* matmul + attention FLOPs of the prefill (cmd_bench.c prefill_flops) */
-    double gemm_gflops; /* the single GEMM of the prefill weight type, measured beside it */
-    const char *wtype;  /* prefill weight type's name */
+    float *logits;       /* [V] for the last token's logits */
+    int repeat;          /* profiled prefills; the fastest one's profile is printed */
+    double flops;        /* matmul + attention FLOPs of the prefill (cmd_bench.c prefill_flops) */
+    struct eng_dnn *dnn; /* entered by the calling thread: the single GEMM beside each prefill */
+    enum eng_wtype wt;   /* prefill weight type, of that GEMM */
+    int gemm_m, gemm_n, gemm_k;
+    const char *wtype; /* prefill weight type's name */
     bool json;
 };
 
 /* Runs in->repeat prefills with a profile installed (after the bench's timed ones, so every
- * primitive exists) and prints the fastest one's per-op table (ms, share of the prefill,
- * GFLOP/s and ratio to the single GEMM for the products) and the prefill's GEMM-rate ratio,
- * as text or one JSON object {"profile": {...}}. 0, or 1 after printing why it failed. */
+ * primitive exists), each between two measurements of the single GEMM, and prints every run's
+ * GEMM-rate ratio (prefill GFLOP/s over the mean of the GEMM before and after it), their
+ * median, and the per-op table (ms, share of the prefill, GFLOP/s and ratio to the GEMM beside
+ * it for the products) of the run with the best ratio: the one least disturbed by the host's
+ * other load. Text, or one JSON object {"profile": {...}}. 0, or 1 after printing why it
+ * failed. */
 int kc_bench_profile_run(const struct kc_bench_profile_in *in);
 
 #endif /* KC_BENCH_PROFILE_H */

@@ -33,8 +33,9 @@ static void bench_usage(FILE *f) {
                "  --kv-dtype T          f32|bf16 KV cache (default f32); bf16 also times the\n"
                "                        attention benchmark's decode rows on a bf16 cache\n"
                "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
-               "  --profile             then as many profiled prefills: where the fastest one's\n"
-               "                        time goes per op (ms, share, GFLOP/s against the GEMM)\n"
+               "  --profile             then --repeat profiled prefills, each between two runs of\n"
+               "                        the single GEMM: their ratios, and where the time of\n"
+               "                        the best one goes per op (ms, share, GFLOP/s vs GEMM)\n"
                "  decode runs in windows of 4 steps, each compared with a stream triad run\n"
                "  right beside it; the decode ratio is the median over windows\n"
                "  --kvp                 also time KV Prediction: auxiliary prefill + predictor\n"
@@ -780,7 +781,11 @@ static int bench_engine(int argc, char **argv) {
                                                 .logits = logits,
                                                 .repeat = (int)repeat,
                                                 .flops = prefill_flops(&cfg, T),
-                                                .gemm_gflops = gemm_gflops,
+                                                .dnn = dnn,
+                                                .wt = mp.prefill_wtype,
+                                                .gemm_m = gemm_m,
+                                                .gemm_n = cfg.intermediate_size,
+                                                .gemm_k = cfg.hidden_size,
                                                 .wtype = pw,
                                                 .json = json};
         if (kc_bench_profile_run(&pin) != 0) {
