@@ -56,6 +56,22 @@
  *     runs the f32 micro-kernels unchanged: the widening is D/16 vector ops per key against
  *     rp/16 * D FMAs, and the f32 path only gains a per-key branch in the chunk setup. The
  *     twin reads the elements through kv_elem.
+ *  8. bf16 tile path (eng_attention_bf16, the bf16 prefill's attention). Tiles and the f32
+ *     online softmax as in invariant 2, but the two products run on vdpbf16ps (avx512_bf16:
+ *     two bf16 products per f32 lane and instruction, twice the f32 FMA's work): at the start
+ *     of a call each kv head's keys and values of the whole context are packed once, rounded
+ *     to bf16, into pair layouts (Kb[t][D/2] of (k[2p], k[2p+1]) and Vp[t/2][D] of
+ *     (v_t[c], v_t+1[c])), shared by all tiles; a tile packs its scaled queries as Qt2[D/2][rp]
+ *     pairs and, after each chunk's softmax, P as P2[TK/2][rp] pairs, so every operand of the
+ *     micro-kernels is one 32-bit broadcast or one 64-byte load, as in invariant 4. The output
+ *     is rounded to bf16 for the o-projection. Rounding q, k, v and P to bf16 (8 bits of
+ *     mantissa) is the price: tests/unit/test_engine_bf16_prefill.c measures the difference
+ *     to the f32 kernel. oneDNN matmuls were not used for the same reason as in invariant 4
+ *     (the softmax runs between the products of every chunk; a batched QK^T over whole rows
+ *     would hold T x T scores and compute the masked half). Without avx512_bf16 compiled in,
+ *     or for fewer than ATT_BF16_MIN_N query rows (the packing of the whole context would cost
+ *     as much as a row's attention), eng_attention_bf16 runs the f32 tile kernel and rounds
+ *     its output.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -92,6 +108,9 @@
  * heads, take the tile path (invariant 1). */
 #define ATT_TILE_MIN_N 2
 #define ATT_TILE_MIN_GRP 3
+/* eng_attention_bf16 packs the whole context's K/V once per call (invariant 8): worth it from
+ * this many query rows on; fewer rows (an item of a batched decode step) take the f32 tiles. */
+#define ATT_BF16_MIN_N 16
 
 static size_t up16(size_t x) {
     return (x + 15) / 16 * 16;
@@ -627,10 +646,11 @@ static void tile_softmax(float *restrict st, int nk, int k0, bool diag, int rp,
 }
 #endif
 
-/* One work item: query rows i0..i0+nq-1 (positions pos0+i0..) of kv head g. */
+/* One work item: query rows i0..i0+nq-1 (positions pos0+i0..) of kv head g. Writes out, or
+ * out16 (rounded to bf16) when out16 is not NULL. */
 static void attend_tile(const float *q, int i0, int nq, int pos0, const struct eng_kv_view *kv,
                         int g, int n_heads, int n_kv_heads, float scale, const struct att_tile *tg,
-                        float *out, float *sc) {
+                        float *out, uint16_t *out16, float *sc) {
     const int grp = n_heads / n_kv_heads, d = tg->d;
     const int rows = nq * grp, rp = (int)up16((size_t)rows);
     const size_t frp = (size_t)tg->rp;
@@ -698,17 +718,24 @@ static void attend_tile(const float *q, int i0, int nq, int pos0, const struct e
     }
     for (int r = 0; r < rows; r++) {
         const int i = r / grp, h = r % grp;
-        float *dst = out + ((size_t)(i0 + i) * (size_t)n_heads + (size_t)(g * grp + h)) * (size_t)d;
+        const size_t o = ((size_t)(i0 + i) * (size_t)n_heads + (size_t)(g * grp + h)) * (size_t)d;
         const float inv = 1.0f / sum[r];
-        for (int c = 0; c < d; c++) {
-            dst[c] = ot[(size_t)c * (size_t)rp + (size_t)r] * inv;
+        if (out16 != NULL) {
+            for (int c = 0; c < d; c++) {
+                out16[o + (size_t)c] =
+                    eng_f32_to_bf16(ot[(size_t)c * (size_t)rp + (size_t)r] * inv);
+            }
+        } else {
+            for (int c = 0; c < d; c++) {
+                out[o + (size_t)c] = ot[(size_t)c * (size_t)rp + (size_t)r] * inv;
+            }
         }
     }
 }
 
 static void attention_tiles(const float *q, int n, int pos0, const struct eng_kv_view *kv,
                             int n_heads, int n_kv_heads, int d, float scale, float *out,
-                            float *scratch, size_t per_thread) {
+                            uint16_t *out16, float *scratch, size_t per_thread) {
     const int grp = n_heads / n_kv_heads;
     const struct att_tile tg = att_tile_of(grp, d);
     const int n_tiles = (n + tg.tq - 1) / tg.tq;
@@ -728,7 +755,7 @@ static void attention_tiles(const float *q, int n, int pos0, const struct eng_kv
             const int t = n_tiles - 1 - (int)(it / n_kv_heads);
             const int g = (int)(it % n_kv_heads);
             const int i0 = t * tg.tq, nq = n - i0 < tg.tq ? n - i0 : tg.tq;
-            attend_tile(q, i0, nq, pos0, kv, g, n_heads, n_kv_heads, scale, &tg, out, sc);
+            attend_tile(q, i0, nq, pos0, kv, g, n_heads, n_kv_heads, scale, &tg, out, out16, sc);
         }
     }
 }
@@ -755,6 +782,334 @@ static void check_args(const float *q, int n, int pos0, const struct eng_kv_view
     KC_ASSERT(n_heads % n_kv_heads == 0 && kv->block_size > 0);
 }
 
+/* ---- bf16 tile path (the bf16 prefill; invariant 8) ---- */
+
+#if defined(__AVX512BF16__)
+/* 16 bf16 of row a and 16 of row b interleaved into 16 pairs (a low, b high): lane c holds
+ * (a[c], b[c]), the operand layout of vdpbf16ps. */
+static inline __m512i bf16_pairs(__m256i a, __m256i b) {
+    return _mm512_or_si512(_mm512_cvtepu16_epi32(a),
+                           _mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+
+/* The first min(n, 16) elements of a cache row (f32 rounded to bf16, or bf16 as they are),
+ * zero past n. */
+static inline __m256i kv_row16(const struct eng_kv_view *kv, size_t off, int n) {
+    const __mmask16 k = tail_mask(n);
+    if (kv->dtype == ENG_DTYPE_BF16) {
+        return _mm256_maskz_loadu_epi16(k, kv->base16 + off);
+    }
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, kv->base + off));
+}
+
+/* Packs kv head g's keys and values of positions [t0, t0 + ATT_TK) (zero from n_keys on):
+ * kb[t][D/2] holds key t's pairs (k[2p], k[2p+1]); vp[t/2][D] holds value pairs
+ * (v_t[c], v_{t+1}[c]) for even t. */
+static void pack_kv_block(const struct eng_kv_view *kv, int g, int n_kv_heads, int d, int t0,
+                          int n_keys, uint32_t *restrict kb, uint32_t *restrict vp) {
+    const int hd = d / 2;
+    for (int t = t0; t < t0 + ATT_TK; t++) {
+        uint32_t *kr = kb + (size_t)t * (size_t)hd;
+        if (t >= n_keys) {
+            memset(kr, 0, (size_t)hd * sizeof(uint32_t));
+            continue;
+        }
+        const size_t off = kv_key_off(kv, t, n_kv_heads, d, g);
+        for (int c = 0; c < d; c += 16) {
+            /* 16 bf16 = 8 pairs, in memory order. */
+            _mm256_mask_storeu_epi16((uint16_t *)(void *)kr + c, tail_mask(d - c),
+                                     kv_row16(kv, off + (size_t)c, d - c));
+        }
+    }
+    for (int t = t0; t < t0 + ATT_TK; t += 2) {
+        uint32_t *vr = vp + (size_t)(t / 2) * (size_t)d;
+        const size_t oa = t < n_keys ? kv_key_off(kv, t, n_kv_heads, d, g) + kv->v_offset : 0;
+        const size_t ob =
+            t + 1 < n_keys ? kv_key_off(kv, t + 1, n_kv_heads, d, g) + kv->v_offset : 0;
+        for (int c = 0; c < d; c += 16) {
+            const __m256i a =
+                t < n_keys ? kv_row16(kv, oa + (size_t)c, d - c) : _mm256_setzero_si256();
+            const __m256i b =
+                t + 1 < n_keys ? kv_row16(kv, ob + (size_t)c, d - c) : _mm256_setzero_si256();
+            _mm512_mask_storeu_epi32(vr + c, tail_mask(d - c), bf16_pairs(a, b));
+        }
+    }
+}
+
+/* St[j][r0..r0+16*NV) = sum_p kb_j[p] . Qt2[p][r0..] for 4 keys j0..j0+3 (pairs of products
+ * per vdpbf16ps, f32 accumulation). */
+static inline __attribute__((always_inline)) void qk_block_bf16(const uint32_t *restrict kb,
+                                                                const uint32_t *restrict qt, int ld,
+                                                                int hd, int r0, float *restrict st,
+                                                                const int nv) {
+    __m512 acc[4][ATT_NV];
+    for (int i = 0; i < 4; i++) {
+        for (int v = 0; v < nv; v++) {
+            acc[i][v] = _mm512_setzero_ps();
+        }
+    }
+    const uint32_t *k0 = kb, *k1 = kb + hd, *k2 = kb + 2 * hd, *k3 = kb + 3 * hd;
+    for (int p = 0; p < hd; p++) {
+        const uint32_t *qp = qt + (size_t)p * (size_t)ld + (size_t)r0;
+        __m512i b[ATT_NV];
+        for (int v = 0; v < nv; v++) {
+            b[v] = _mm512_loadu_si512(qp + 16 * v);
+            ATT_IN_REG(b[v]);
+        }
+        const __m512bh a0 = (__m512bh)_mm512_set1_epi32((int)k0[p]);
+        const __m512bh a1 = (__m512bh)_mm512_set1_epi32((int)k1[p]);
+        const __m512bh a2 = (__m512bh)_mm512_set1_epi32((int)k2[p]);
+        const __m512bh a3 = (__m512bh)_mm512_set1_epi32((int)k3[p]);
+        for (int v = 0; v < nv; v++) {
+            acc[0][v] = _mm512_dpbf16_ps(acc[0][v], a0, (__m512bh)b[v]);
+            acc[1][v] = _mm512_dpbf16_ps(acc[1][v], a1, (__m512bh)b[v]);
+            acc[2][v] = _mm512_dpbf16_ps(acc[2][v], a2, (__m512bh)b[v]);
+            acc[3][v] = _mm512_dpbf16_ps(acc[3][v], a3, (__m512bh)b[v]);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        for (int v = 0; v < nv; v++) {
+            _mm512_storeu_ps(st + (size_t)i * (size_t)ld + (size_t)(r0 + 16 * v), acc[i][v]);
+        }
+    }
+}
+
+/* Ot[c0..c0+CB)[r0..r0+16*NV) = alpha * Ot + sum_jp vp[jp][c] . P2[jp][r0..] over key pairs. */
+static inline __attribute__((always_inline)) void
+pv_block_bf16(const uint32_t *restrict vp, int nkp, const uint32_t *restrict p2, int ld, int d,
+              int c0, int r0, const float *restrict alpha, float *restrict ot, const int cb,
+              const int nv) {
+    __m512 acc[4][ATT_NV];
+    for (int v = 0; v < nv; v++) {
+        const __m512 al = _mm512_loadu_ps(alpha + r0 + 16 * v);
+        for (int i = 0; i < cb; i++) {
+            acc[i][v] = _mm512_mul_ps(
+                al, _mm512_loadu_ps(ot + (size_t)(c0 + i) * (size_t)ld + (size_t)(r0 + 16 * v)));
+        }
+    }
+    for (int jp = 0; jp < nkp; jp++) {
+        const uint32_t *pj = p2 + (size_t)jp * (size_t)ld + (size_t)r0;
+        const uint32_t *vj = vp + (size_t)jp * (size_t)d + (size_t)c0;
+        __m512i b[ATT_NV];
+        for (int v = 0; v < nv; v++) {
+            b[v] = _mm512_loadu_si512(pj + 16 * v);
+            ATT_IN_REG(b[v]);
+        }
+        for (int i = 0; i < cb; i++) {
+            const __m512bh a = (__m512bh)_mm512_set1_epi32((int)vj[i]);
+            for (int v = 0; v < nv; v++) {
+                acc[i][v] = _mm512_dpbf16_ps(acc[i][v], a, (__m512bh)b[v]);
+            }
+        }
+    }
+    for (int i = 0; i < cb; i++) {
+        for (int v = 0; v < nv; v++) {
+            _mm512_storeu_ps(ot + (size_t)(c0 + i) * (size_t)ld + (size_t)(r0 + 16 * v), acc[i][v]);
+        }
+    }
+}
+
+/* P2[jp][r] = (P[2jp][r], P[2jp+1][r]) rounded to bf16 for jp < ceil(nk / 2); a missing odd
+ * key is zero. */
+static void pack_p(const float *restrict st, int nk, int rp, uint32_t *restrict p2) {
+    /* cvtne2ps puts b's 16 bf16 in the high half: interleave to pairs (a[i], b[i]). */
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24,
+                                         8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int j = 0; j < nk; j += 2) {
+        const float *s0 = st + (size_t)j * (size_t)rp;
+        const float *s1 = s0 + rp;
+        uint32_t *dst = p2 + (size_t)(j / 2) * (size_t)rp;
+        for (int r = 0; r < rp; r += 16) {
+            const __m512 a = _mm512_loadu_ps(s0 + r);
+            const __m512 b = j + 1 < nk ? _mm512_loadu_ps(s1 + r) : _mm512_setzero_ps();
+            const __m512i x = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+            _mm512_storeu_si512(dst + r, _mm512_permutexvar_epi16(idx, x));
+        }
+    }
+}
+
+static void tile_qk_bf16(const uint32_t *kb, int nk, const uint32_t *restrict qt, int rp, int d,
+                         float *restrict st) {
+    const int hd = d / 2;
+    for (int r0 = 0; r0 < rp; r0 += 16 * ATT_NV) {
+        const int nv = (rp - r0) / 16 < ATT_NV ? (rp - r0) / 16 : ATT_NV;
+        for (int j = 0; j < nk; j += 4) {
+#define ATT_QK(NV)                                                                                 \
+    qk_block_bf16(kb + (size_t)j * (size_t)hd, qt, rp, hd, r0, st + (size_t)j * (size_t)rp, NV)
+            ATT_NV_CASES(ATT_QK)
+#undef ATT_QK
+        }
+    }
+}
+
+static void tile_pv_bf16(const uint32_t *vp, int nk, const uint32_t *restrict p2, int rp, int d,
+                         const float *restrict alpha, float *restrict ot) {
+    const int nkp = (nk + 1) / 2;
+    for (int r0 = 0; r0 < rp; r0 += 16 * ATT_NV) {
+        const int nv = (rp - r0) / 16 < ATT_NV ? (rp - r0) / 16 : ATT_NV;
+        int c0 = 0;
+        for (; c0 + 4 <= d; c0 += 4) {
+#define ATT_PV(NV) pv_block_bf16(vp, nkp, p2, rp, d, c0, r0, alpha, ot, 4, NV)
+            ATT_NV_CASES(ATT_PV)
+#undef ATT_PV
+        }
+        for (; c0 < d; c0++) {
+#define ATT_PV1(NV) pv_block_bf16(vp, nkp, p2, rp, d, c0, r0, alpha, ot, 1, NV)
+            ATT_NV_CASES(ATT_PV1)
+#undef ATT_PV1
+        }
+    }
+}
+
+/* Per-thread scratch of the bf16 tile path: Qt2[D/2][rp] (scaled query pairs), Ot[D][rp],
+ * St[TK][rp], P2[TK/2][rp], max, sum, rescale and query position [rp] each. */
+static size_t tile16_thread_floats(const struct att_tile *t) {
+    const size_t rp = (size_t)t->rp, d = (size_t)t->d;
+    return up16(rp * (d / 2)) + up16(rp * d) + up16(ATT_TK * rp) + up16(ATT_TK / 2 * rp) + 4 * rp;
+}
+
+/* Packed keys and values of all kv heads for n_ctx positions: Kb and Vp (pack_kv_block). */
+static size_t kv16_floats(int n_ctx, int n_kv_heads, int d) {
+    const size_t tp = (size_t)(n_ctx + ATT_TK - 1) / ATT_TK * ATT_TK;
+    return (size_t)n_kv_heads * tp * (size_t)d; /* (D/2 + D/2) uint32 per position */
+}
+
+/* One work item of the bf16 path: query rows i0..i0+nq-1 of kv head g against its packed
+ * keys kb [Tp][D/2] and values vp [Tp/2][D]. */
+static void attend_tile_bf16(const float *q, int i0, int nq, int pos0, const uint32_t *kb,
+                             const uint32_t *vp, int g, int n_heads, int n_kv_heads, float scale,
+                             const struct att_tile *tg, uint16_t *out, float *sc) {
+    (void)n_kv_heads;
+    const int grp = n_heads / n_kv_heads, d = tg->d, hd = d / 2;
+    const int rows = nq * grp, rp = (int)up16((size_t)rows);
+    const size_t frp = (size_t)tg->rp;
+    uint32_t *qt = (uint32_t *)(void *)sc;
+    float *ot = sc + up16(frp * (size_t)hd);
+    float *st = ot + up16(frp * (size_t)d);
+    uint32_t *p2 = (uint32_t *)(void *)(st + up16(ATT_TK * frp));
+    float *mx = (float *)(void *)(p2 + up16(ATT_TK / 2 * frp));
+    float *sum = mx + frp;
+    float *alpha = sum + frp;
+    int32_t *qpos = (int32_t *)(void *)(alpha + frp);
+    const int first = pos0 + i0, last = pos0 + i0 + nq - 1;
+    for (int i = 0; i < nq; i++) {
+        const float *src =
+            q + ((size_t)(i0 + i) * (size_t)n_heads + (size_t)g * (size_t)grp) * (size_t)d;
+        for (int h = 0; h < grp; h++) {
+            const int r = i * grp + h;
+            const float *qh = src + (size_t)h * (size_t)d;
+            for (int p = 0; p < hd; p++) {
+                qt[(size_t)p * (size_t)rp + (size_t)r] =
+                    (uint32_t)eng_f32_to_bf16(qh[2 * p] * scale) |
+                    (uint32_t)eng_f32_to_bf16(qh[2 * p + 1] * scale) << 16;
+            }
+            qpos[r] = first + i;
+        }
+    }
+    for (int r = rows; r < rp; r++) {
+        for (int p = 0; p < hd; p++) {
+            qt[(size_t)p * (size_t)rp + (size_t)r] = 0;
+        }
+        qpos[r] = last;
+    }
+    memset(ot, 0, (size_t)rp * (size_t)d * sizeof(float));
+    for (int r = 0; r < rp; r++) {
+        mx[r] = -INFINITY;
+        sum[r] = 0.0f;
+    }
+    for (int k0 = 0; k0 <= last; k0 += ATT_TK) {
+        const int nk = last + 1 - k0 < ATT_TK ? last + 1 - k0 : ATT_TK;
+        /* Keys past nk up to the 4-key block are zero rows of the packed block. */
+        tile_qk_bf16(kb + (size_t)k0 * (size_t)hd, nk, qt, rp, d, st);
+        tile_softmax(st, nk, k0, k0 + nk - 1 > first, rp, qpos, mx, sum, alpha);
+        pack_p(st, nk, rp, p2);
+        tile_pv_bf16(vp + (size_t)(k0 / 2) * (size_t)d, nk, p2, rp, d, alpha, ot);
+    }
+    for (int r = 0; r < rows; r++) {
+        const int i = r / grp, h = r % grp;
+        uint16_t *dst =
+            out + ((size_t)(i0 + i) * (size_t)n_heads + (size_t)(g * grp + h)) * (size_t)d;
+        const float inv = 1.0f / sum[r];
+        for (int c = 0; c < d; c++) {
+            dst[c] = eng_f32_to_bf16(ot[(size_t)c * (size_t)rp + (size_t)r] * inv);
+        }
+    }
+}
+
+static void attention_tiles_bf16(const float *q, int n, int pos0, const struct eng_kv_view *kv,
+                                 int n_heads, int n_kv_heads, int d, float scale, uint16_t *out,
+                                 float *scratch) {
+    const int grp = n_heads / n_kv_heads, n_keys = pos0 + n;
+    const struct att_tile tg = att_tile_of(grp, d);
+    const int n_tiles = (n + tg.tq - 1) / tg.tq;
+    const long items = (long)n_tiles * n_kv_heads;
+    const size_t tp = (size_t)(n_keys + ATT_TK - 1) / ATT_TK * ATT_TK;
+    const size_t head16 = tp * (size_t)d / 2; /* uint32 of one kv head's Kb (and of its Vp) */
+    uint32_t *kb = (uint32_t *)(void *)scratch;
+    uint32_t *vp = kb + (size_t)n_kv_heads * head16;
+    float *thr = scratch + up16(kv16_floats(n_keys, n_kv_heads, d));
+    const size_t per_thread = tile16_thread_floats(&tg);
+    const long blocks = (long)(tp / ATT_TK) * n_kv_heads;
+    const size_t work = (size_t)n * (size_t)n_keys * (size_t)n_heads * (size_t)d;
+    (void)work;
+#ifdef _OPENMP
+#pragma omp parallel if (items > 1 && work >= ATT_PAR_MIN)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (long b = 0; b < blocks; b++) {
+            const int g = (int)(b % n_kv_heads), t0 = (int)(b / n_kv_heads) * ATT_TK;
+            pack_kv_block(kv, g, n_kv_heads, d, t0, n_keys, kb + (size_t)g * head16,
+                          vp + (size_t)g * head16);
+        }
+        float *sc = thr + (size_t)team_thread() * per_thread;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (long it = 0; it < items; it++) {
+            const int t = n_tiles - 1 - (int)(it / n_kv_heads);
+            const int g = (int)(it % n_kv_heads);
+            const int i0 = t * tg.tq, nq = n - i0 < tg.tq ? n - i0 : tg.tq;
+            attend_tile_bf16(q, i0, nq, pos0, kb + (size_t)g * head16, vp + (size_t)g * head16, g,
+                             n_heads, n_kv_heads, scale, &tg, out, sc);
+        }
+    }
+}
+#endif /* __AVX512BF16__ */
+
+size_t eng_attention_bf16_scratch_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim,
+                                         int n_threads) {
+    KC_ASSERT(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0 && head_dim > 0);
+    const size_t thr = (size_t)(n_threads > 0 ? n_threads : 1);
+    const size_t f32 = thr * thread_floats(n_ctx, n_heads, n_kv_heads, head_dim);
+#if defined(__AVX512BF16__)
+    const struct att_tile tg = att_tile_of(n_heads / n_kv_heads, head_dim);
+    const size_t bf =
+        up16(kv16_floats(n_ctx, n_kv_heads, head_dim)) + thr * tile16_thread_floats(&tg);
+    return bf > f32 ? bf : f32;
+#else
+    return f32;
+#endif
+}
+
+void eng_attention_bf16(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                        int n_kv_heads, int head_dim, float scale, uint16_t *out, float *scratch) {
+    check_args(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, (const float *)(const void *)out,
+               scratch);
+    KC_ASSERT(head_dim % 2 == 0);
+#if defined(__AVX512BF16__)
+    if (n >= ATT_BF16_MIN_N) {
+        attention_tiles_bf16(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch);
+        return;
+    }
+#endif
+    /* A few rows (or no avx512_bf16): the f32 tile kernel, rounding its output (invariant 8). */
+    attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, NULL, out, scratch,
+                    thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim));
+}
+
 void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
                    int n_kv_heads, int head_dim, float scale, float *out, float *scratch) {
     check_args(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, out, scratch);
@@ -763,7 +1118,7 @@ void eng_attention(const float *q, int n, int pos0, const struct eng_kv_view *kv
         attention_rows(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
                        per_thread);
     } else {
-        attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
+        attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, NULL, scratch,
                         per_thread);
     }
 }
@@ -779,7 +1134,7 @@ void eng__attention_tiles(const float *q, int n, int pos0, const struct eng_kv_v
                           int n_heads, int n_kv_heads, int head_dim, float scale, float *out,
                           float *scratch) {
     check_args(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, out, scratch);
-    attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, scratch,
+    attention_tiles(q, n, pos0, kv, n_heads, n_kv_heads, head_dim, scale, out, NULL, scratch,
                     thread_floats(pos0 + n, n_heads, n_kv_heads, head_dim));
 }
 

@@ -10,6 +10,15 @@
  *     before touching the cache, so a failed step leaves sequences as they were (apart from
  *     blocks reserved for them).
  *  4. A step allocates nothing: all buffers live in struct eng_ctx.
+ *  5. bf16 prefill (prefill weights bf16, a step of more than ENG_DECODE_MAX_M rows:
+ *     forward_layers_bf16): activations reach the GEMMs in bf16 straight from the op before
+ *     them, with no conversion pass of their own: the norm (which also adds the residual
+ *     pending from the sub-layer before) writes the q|k|v and gate|up inputs, SwiGLU the
+ *     down projection's, and attention (eng_attention_bf16, bf16 products) the
+ *     o-projection's; RoPE rotates q and k straight out of the q|k|v rows. The GEMMs see
+ *     the same bits as when eng_linear_forward converted their f32 inputs; what differs
+ *     from the f32-attention path is only attention's bf16 rounding (ops.h). Every other
+ *     step (f32 or int8 prefill, decode) runs forward_layers, unchanged.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine/model.h"
@@ -64,6 +73,9 @@ struct eng_ctx {
     float *logits; /* [R, V] rows gathered across items */
     int32_t *pos;  /* [R] */
     float *attn_scratch;
+    /* bf16 prefill only (invariant 5), else NULL: */
+    uint16_t *act16;       /* [R, max(C, H D, F)] the next GEMM's bf16 input */
+    float *attn_scratch16; /* eng_attention_bf16's scratch */
 };
 
 struct eng_model_params eng_model_default_params(void) {
@@ -565,6 +577,8 @@ void eng_ctx_free(struct eng_ctx *ctx) {
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) {
         kc_aligned_free(bufs[i]);
     }
+    kc_aligned_free(ctx->act16);
+    kc_aligned_free(ctx->attn_scratch16);
     free(ctx->pos);
     free(ctx);
 }
@@ -614,6 +628,21 @@ int eng_ctx_create(const struct eng_model *m, int max_rows, int max_ctx, int n_t
         eng_ctx_free(ctx);
         return kc_error_set(err, KC_ENOMEM, "forward context: out of memory");
     }
+    if (max_rows > ENG_DECODE_MAX_M &&
+        eng_linear_prefill_wtype(m->layers[0].qkv) == ENG_WTYPE_BF16) {
+        size_t w = (size_t)c->hidden_size;
+        w = qd > w ? qd : w;
+        w = (size_t)c->intermediate_size > w ? (size_t)c->intermediate_size : w;
+        ctx->act16 = kc_aligned_alloc(R * w * sizeof(uint16_t));
+        ctx->attn_scratch16 =
+            kc_aligned_alloc(eng_attention_bf16_scratch_floats(max_ctx, c->n_heads, c->n_kv_heads,
+                                                               c->head_dim, ctx->n_threads) *
+                             sizeof(float));
+        if (ctx->act16 == NULL || ctx->attn_scratch16 == NULL) {
+            eng_ctx_free(ctx);
+            return kc_error_set(err, KC_ENOMEM, "forward context: out of memory");
+        }
+    }
     /* Create every primitive a step can need now, so the step loop creates nothing. */
     const int prep_rows = max_rows;
     rc = eng_linear_prepare(ctx->dnn, m->lm_head, prep_rows, err);
@@ -654,36 +683,63 @@ static bool stop_asked(void) {
     return tl_stop != NULL && atomic_load_explicit(tl_stop, memory_order_relaxed) != 0;
 }
 
-/* One step of at most max_rows rows. capture_row0: row offset of this step inside the
- * capture buffers (chunked prefill of item 0). false: stopped before a layer (stop_asked),
- * nothing advanced. */
-static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
-                         struct eng_batch_item *items, int n_items,
-                         const struct eng_kv_capture *capture, int capture_row0) {
+/* The calling thread's profile (eng_forward_profile); NULL: none. */
+static _Thread_local struct eng_profile *tl_prof;
+
+void eng_forward_profile(struct eng_profile *p) {
+    tl_prof = p;
+}
+
+const char *eng_prof_op_name(enum eng_prof_op op) {
+    static const char *const names[ENG_PROF_N] = {
+        "embed",  "norm",     "qkv",     "split",  "rope", "kv append", "attention",
+        "o-proj", "residual", "gate/up", "swiglu", "down", "lm_head"};
+    return (unsigned)op < ENG_PROF_N ? names[op] : "?";
+}
+
+/* Start of a profiled op: the clock when a profile is installed, else 0. */
+static inline double prof_t0(void) {
+    return tl_prof != NULL ? kc_now_s() : 0.0;
+}
+
+/* End of a profiled op started at t0, with its FLOPs. */
+static inline void prof_add(enum eng_prof_op op, double t0, double flops) {
+    if (tl_prof != NULL) {
+        tl_prof->s[op] += kc_now_s() - t0;
+        tl_prof->flops[op] += flops;
+        tl_prof->calls[op]++;
+    }
+}
+
+/* FLOPs of an m-row product with l. */
+static double lin_flops(const struct eng_linear *l, int m) {
+    return 2.0 * m * (double)eng_linear_n_in(l) * (double)eng_linear_n_out(l);
+}
+
+/* The layers of a step of M rows laid out in ctx->x (positions in ctx->pos), every step but
+ * the bf16 prefill's (invariant 5). false: stopped before a layer (stop_asked). */
+static bool forward_layers(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+                           struct eng_batch_item *items, int n_items, int M,
+                           const struct eng_kv_capture *capture, int capture_row0) {
     const struct eng_model_config *c = &m->cfg;
-    const int C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size;
+    const int C = c->hidden_size, F = c->intermediate_size;
     const int H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
     const int qd = H * D, kvd = Hkv * D, qkvd = qd + 2 * kvd;
     const float scale = 1.0f / sqrtf((float)D);
-
-    /* Lay the items' tokens out as rows and note each row's position. */
-    int M = 0;
-    for (int i = 0; i < n_items; i++) {
-        embed_rows(m, items[i].tokens, items[i].n_tokens, ctx->x + (size_t)M * C);
-        for (int t = 0; t < items[i].n_tokens; t++) {
-            ctx->pos[M + t] = items[i].seq->n_tokens + t;
-        }
-        M += items[i].n_tokens;
-    }
-
+    double t;
     for (int l = 0; l < c->n_layers; l++) {
         if (stop_asked()) {
             return false;
         }
         const struct eng_layer *ly = &m->layers[l];
         /* Attention block: normalise, project to q|k|v. */
+        t = prof_t0();
         eng_rmsnorm(ctx->x, ly->attn_norm, M, C, c->rms_norm_eps, ctx->xn);
+        prof_add(ENG_PROF_NORM, t, 0.0);
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->qkv, ctx->xn, M, ctx->qkv);
+        prof_add(ENG_PROF_QKV, t, lin_flops(ly->qkv, M));
+        t = prof_t0();
         for (int r = 0; r < M; r++) {
             const float *row = ctx->qkv + (size_t)r * qkvd;
             memcpy(ctx->q + (size_t)r * qd, row, (size_t)qd * sizeof(float));
@@ -700,37 +756,179 @@ static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
                 memcpy(capture->v[l] + (size_t)capture_row0 * kvd, ctx->v, n0);
             }
         }
+        prof_add(ENG_PROF_SPLIT, t, 0.0);
+        t = prof_t0();
         eng_rope(&m->rope, ctx->q, M, H, ctx->pos);
         eng_rope(&m->rope, ctx->k, M, Hkv, ctx->pos);
+        prof_add(ENG_PROF_ROPE, t, 0.0);
         /* Append this step's keys and values, then attend per sequence. */
         int r0 = 0;
         for (int i = 0; i < n_items; i++) {
             const struct eng_seq *seq = items[i].seq;
-            for (int t = 0; t < items[i].n_tokens; t++) {
+            const int n = items[i].n_tokens;
+            t = prof_t0();
+            for (int r = 0; r < n; r++) {
                 /* In the pool's dtype: a copy for f32, rounded to nearest even for bf16. */
-                eng_kv_row_put(pool, seq, l, seq->n_tokens + t, ctx->k + (size_t)(r0 + t) * kvd,
-                               ctx->v + (size_t)(r0 + t) * kvd);
+                eng_kv_row_put(pool, seq, l, seq->n_tokens + r, ctx->k + (size_t)(r0 + r) * kvd,
+                               ctx->v + (size_t)(r0 + r) * kvd);
             }
+            prof_add(ENG_PROF_KV, t, 0.0);
+            t = prof_t0();
             const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
-            eng_attention(ctx->q + (size_t)r0 * qd, items[i].n_tokens, seq->n_tokens, &view, H, Hkv,
-                          D, scale, ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
-            r0 += items[i].n_tokens;
+            eng_attention(ctx->q + (size_t)r0 * qd, n, seq->n_tokens, &view, H, Hkv, D, scale,
+                          ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
+            /* QK^T and PV over the causal triangle: row r sees n_tokens + r + 1 keys. */
+            prof_add(ENG_PROF_ATTN, t,
+                     4.0 * qd * ((double)n * seq->n_tokens + (double)n * (n + 1) / 2.0));
+            r0 += n;
         }
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->o, ctx->att, M, ctx->proj);
+        prof_add(ENG_PROF_O, t, lin_flops(ly->o, M));
+        t = prof_t0();
         eng_add(ctx->x, ctx->proj, (size_t)M * C);
+        prof_add(ENG_PROF_RESID, t, 0.0);
         /* MLP block: x += down(silu(gate(xn)) * up(xn)). */
+        t = prof_t0();
         eng_rmsnorm(ctx->x, ly->mlp_norm, M, C, c->rms_norm_eps, ctx->xn);
+        prof_add(ENG_PROF_NORM, t, 0.0);
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->gate_up, ctx->xn, M, ctx->gu);
+        prof_add(ENG_PROF_GATE_UP, t, lin_flops(ly->gate_up, M));
+        t = prof_t0();
         eng_swiglu(ctx->gu, M, F, ctx->h);
+        prof_add(ENG_PROF_SWIGLU, t, 0.0);
+        t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->down, ctx->h, M, ctx->proj);
+        prof_add(ENG_PROF_DOWN, t, lin_flops(ly->down, M));
+        t = prof_t0();
         eng_add(ctx->x, ctx->proj, (size_t)M * C);
+        prof_add(ENG_PROF_RESID, t, 0.0);
+    }
+
+    return true;
+}
+
+/* forward_layers for the bf16 prefill (invariant 5): the same steps, with bf16 activations
+ * into every GEMM; the residual add of each sub-layer is done by the norm after it. */
+static bool forward_layers_bf16(struct eng_ctx *ctx, const struct eng_model *m,
+                                struct eng_kv_pool *pool, struct eng_batch_item *items, int n_items,
+                                int M, const struct eng_kv_capture *capture, int capture_row0) {
+    const struct eng_model_config *c = &m->cfg;
+    const int C = c->hidden_size, F = c->intermediate_size;
+    const int H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
+    const int qd = H * D, kvd = Hkv * D, qkvd = qd + 2 * kvd;
+    const float scale = 1.0f / sqrtf((float)D);
+    const float *pending = NULL; /* [M, C] still to add to x: the last down projection */
+    double t;
+    for (int l = 0; l < c->n_layers; l++) {
+        if (stop_asked()) {
+            return false;
+        }
+        const struct eng_layer *ly = &m->layers[l];
+        /* Attention block: add the pending residual, normalise into bf16, project to q|k|v. */
+        t = prof_t0();
+        eng_rmsnorm_bf16(ctx->x, pending, ly->attn_norm, M, C, c->rms_norm_eps, ctx->act16);
+        prof_add(ENG_PROF_NORM, t, 0.0);
+        t = prof_t0();
+        eng_linear_forward_bf16(ctx->dnn, ly->qkv, ctx->act16, M, ctx->qkv);
+        prof_add(ENG_PROF_QKV, t, lin_flops(ly->qkv, M));
+        /* KV Prediction reads keys before rotation: capture them from the q|k|v rows. */
+        if (capture != NULL) {
+            t = prof_t0();
+            const int n0 = items[0].n_tokens;
+            for (int r = 0; r < n0; r++) {
+                const float *row = ctx->qkv + (size_t)r * qkvd;
+                const size_t o = (size_t)(capture_row0 + r) * kvd;
+                if (capture->k != NULL && capture->k[l] != NULL) {
+                    memcpy(capture->k[l] + o, row + qd, (size_t)kvd * sizeof(float));
+                }
+                if (capture->v != NULL && capture->v[l] != NULL) {
+                    memcpy(capture->v[l] + o, row + qd + kvd, (size_t)kvd * sizeof(float));
+                }
+            }
+            prof_add(ENG_PROF_SPLIT, t, 0.0);
+        }
+        t = prof_t0();
+        eng_rope_split(&m->rope, ctx->qkv, M, H, Hkv, ctx->pos, ctx->q, ctx->k, ctx->v);
+        prof_add(ENG_PROF_ROPE, t, 0.0);
+        int r0 = 0;
+        for (int i = 0; i < n_items; i++) {
+            const struct eng_seq *seq = items[i].seq;
+            const int n = items[i].n_tokens;
+            t = prof_t0();
+            for (int r = 0; r < n; r++) {
+                eng_kv_row_put(pool, seq, l, seq->n_tokens + r, ctx->k + (size_t)(r0 + r) * kvd,
+                               ctx->v + (size_t)(r0 + r) * kvd);
+            }
+            prof_add(ENG_PROF_KV, t, 0.0);
+            t = prof_t0();
+            const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
+            eng_attention_bf16(ctx->q + (size_t)r0 * qd, n, seq->n_tokens, &view, H, Hkv, D, scale,
+                               ctx->act16 + (size_t)r0 * qd, ctx->attn_scratch16);
+            prof_add(ENG_PROF_ATTN, t,
+                     4.0 * qd * ((double)n * seq->n_tokens + (double)n * (n + 1) / 2.0));
+            r0 += n;
+        }
+        t = prof_t0();
+        eng_linear_forward_bf16(ctx->dnn, ly->o, ctx->act16, M, ctx->proj);
+        prof_add(ENG_PROF_O, t, lin_flops(ly->o, M));
+        /* MLP block: x += o(att); x += down(silu(gate(xn)) * up(xn)). */
+        t = prof_t0();
+        eng_rmsnorm_bf16(ctx->x, ctx->proj, ly->mlp_norm, M, C, c->rms_norm_eps, ctx->act16);
+        prof_add(ENG_PROF_NORM, t, 0.0);
+        t = prof_t0();
+        eng_linear_forward_bf16(ctx->dnn, ly->gate_up, ctx->act16, M, ctx->gu);
+        prof_add(ENG_PROF_GATE_UP, t, lin_flops(ly->gate_up, M));
+        t = prof_t0();
+        eng_swiglu_bf16(ctx->gu, M, F, ctx->act16);
+        prof_add(ENG_PROF_SWIGLU, t, 0.0);
+        t = prof_t0();
+        eng_linear_forward_bf16(ctx->dnn, ly->down, ctx->act16, M, ctx->proj);
+        prof_add(ENG_PROF_DOWN, t, lin_flops(ly->down, M));
+        pending = ctx->proj;
+    }
+    t = prof_t0();
+    eng_add(ctx->x, pending, (size_t)M * C);
+    prof_add(ENG_PROF_RESID, t, 0.0);
+    return true;
+}
+
+/* One step of at most max_rows rows. capture_row0: row offset of this step inside the
+ * capture buffers (chunked prefill of item 0). false: stopped before a layer (stop_asked),
+ * nothing advanced. */
+static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+                         struct eng_batch_item *items, int n_items,
+                         const struct eng_kv_capture *capture, int capture_row0) {
+    const struct eng_model_config *c = &m->cfg;
+    const int C = c->hidden_size, V = c->vocab_size;
+
+    /* Lay the items' tokens out as rows and note each row's position. */
+    double t = prof_t0();
+    int M = 0;
+    for (int i = 0; i < n_items; i++) {
+        embed_rows(m, items[i].tokens, items[i].n_tokens, ctx->x + (size_t)M * C);
+        for (int r = 0; r < items[i].n_tokens; r++) {
+            ctx->pos[M + r] = items[i].seq->n_tokens + r;
+        }
+        M += items[i].n_tokens;
+    }
+    prof_add(ENG_PROF_EMBED, t, 0.0);
+    const bool run =
+        ctx->act16 != NULL && M > ENG_DECODE_MAX_M
+            ? forward_layers_bf16(ctx, m, pool, items, n_items, M, capture, capture_row0)
+            : forward_layers(ctx, m, pool, items, n_items, M, capture, capture_row0);
+    if (!run) {
+        return false;
     }
 
     /* LM head for the rows that want logits: a single item wanting all rows writes straight
      * into its buffer; otherwise the wanted rows are gathered. */
+    t = prof_t0();
     if (n_items == 1 && items[0].logits_mode == ENG_LOGITS_ALL) {
         eng_rmsnorm(ctx->x, m->final_norm, M, C, c->rms_norm_eps, ctx->xn);
         eng_linear_forward(ctx->dnn, m->lm_head, ctx->xn, M, items[0].logits);
+        prof_add(ENG_PROF_LM_HEAD, t, lin_flops(m->lm_head, M));
     } else {
         int n_out = 0;
         int r_end = 0;
@@ -753,6 +951,7 @@ static bool forward_rows(struct eng_ctx *ctx, const struct eng_model *m, struct 
                 }
             }
         }
+        prof_add(ENG_PROF_LM_HEAD, t, lin_flops(m->lm_head, n_out));
     }
     for (int i = 0; i < n_items; i++) {
         items[i].seq->n_tokens += items[i].n_tokens;

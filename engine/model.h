@@ -113,6 +113,42 @@ int eng_forward(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_po
  * refinement jobs yield to first-token work this way, within one layer. */
 void eng_forward_stop_source(const atomic_int *flag);
 
+/* The ops of a forward step that eng_forward times when a profile is installed
+ * (eng_forward_profile). NORM covers the RMS norms, including a bf16 norm that writes the next
+ * GEMM's input; SPLIT the copy of q|k|v apart (and the capture for KV Prediction); KV the
+ * append of K/V to the cache; RESID the residual adds. A GEMM's time includes the conversion
+ * of its f32 input to bf16 or int8, where eng_linear_forward does one. */
+enum eng_prof_op {
+    ENG_PROF_EMBED = 0,
+    ENG_PROF_NORM,
+    ENG_PROF_QKV,
+    ENG_PROF_SPLIT,
+    ENG_PROF_ROPE,
+    ENG_PROF_KV,
+    ENG_PROF_ATTN,
+    ENG_PROF_O,
+    ENG_PROF_RESID,
+    ENG_PROF_GATE_UP,
+    ENG_PROF_SWIGLU,
+    ENG_PROF_DOWN,
+    ENG_PROF_LM_HEAD,
+    ENG_PROF_N
+};
+
+/* Wall seconds, calls and FLOPs (matmuls and attention products; 0 for the rest) per op,
+ * summed over the forwards run while installed. */
+struct eng_profile {
+    double s[ENG_PROF_N];
+    double flops[ENG_PROF_N];
+    long calls[ENG_PROF_N];
+};
+
+/* Installs, for the calling thread, a profile that its forwards add to (NULL: none, the
+ * default). Each profiled op costs two clock reads; unprofiled forwards one branch. */
+void eng_forward_profile(struct eng_profile *p);
+/* Short name of an op ("qkv", "attention", ...). */
+const char *eng_prof_op_name(enum eng_prof_op op);
+
 /*
  * Writes externally supplied keys and values for positions seq->n_tokens ..
  * seq->n_tokens + n - 1 of every layer: k_pre[l] and v[l] are [n, Hkv * D] with keys

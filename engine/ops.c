@@ -21,6 +21,14 @@
  *     GCC will not vectorise the clamp under the default -ftrapping-math; the `_ref` twins
  *     use libm expf. The helpers live in engine/ops_simd.h.
  *  3. (Attention: see engine/attention.c.)
+ *  5. bf16 prefill (engine/model.c invariant 5): eng_rmsnorm_bf16 and eng_swiglu_bf16 write
+ *     the next GEMM's bf16 input straight from registers, rounding with ops_simd.h's
+ *     bf16_store16, the rounding engine/ops_dnnl.c applies to f32 inputs; the f32 values
+ *     they round are computed by the same expressions as eng_rmsnorm and eng_swiglu, so the
+ *     GEMMs see the bits they saw when a separate conversion pass ran. eng_rmsnorm_bf16
+ *     also adds the pending residual first, so the add costs no pass of its own.
+ *     eng_rope_split rotates q and k straight out of the q|k|v GEMM's rows, by eng_rope's
+ *     arithmetic.
  *  4. RoPE angles are computed in double and stored as float, so cos/sin are correctly
  *     rounded at every position (PyTorch computes position * inv_freq in float32 and loses
  *     up to ~1e-4 rad at position 2000; our table is the exact value HF approximates).
@@ -88,6 +96,61 @@ void eng__rmsnorm_ref(const float *x, const float *w, int m, int c, float eps, f
     }
 }
 
+/* One row of eng_rmsnorm_bf16: x += a (a may be NULL), y = bf16(x * inv * w). */
+static void rmsnorm_row_bf16(float *restrict x, const float *restrict a, const float *restrict w,
+                             int c, float eps, uint16_t *restrict y) {
+    if (a != NULL) {
+        ENG_SIMD
+        for (int i = 0; i < c; i++) {
+            x[i] += a[i];
+        }
+    }
+    float ss = 0.0f;
+    ENG_SIMD_SUM(ss)
+    for (int i = 0; i < c; i++) {
+        ss += x[i] * x[i];
+    }
+    const float inv = 1.0f / sqrtf(ss / (float)c + eps);
+#if defined(__AVX512F__)
+    const __m512 vinv = _mm512_set1_ps(inv);
+    for (int i = 0; i < c; i += 16) {
+        const __mmask16 k = tail_mask(c - i);
+        const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), vinv),
+                                       _mm512_maskz_loadu_ps(k, w + i));
+        bf16_store16(y + i, v, k);
+    }
+#else
+    for (int i = 0; i < c; i++) {
+        y[i] = eng_f32_to_bf16(x[i] * inv * w[i]);
+    }
+#endif
+}
+
+void eng_rmsnorm_bf16(float *x, const float *add, const float *w, int m, int c, float eps,
+                      uint16_t *y) {
+    KC_ASSERT(x != NULL && w != NULL && y != NULL && m >= 0 && c > 0);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((size_t)m * (size_t)c >= ENG_PAR_MIN && m > 1)
+#endif
+    for (int r = 0; r < m; r++) {
+        const size_t o = (size_t)r * (size_t)c;
+        rmsnorm_row_bf16(x + o, add != NULL ? add + o : NULL, w, c, eps, y + o);
+    }
+}
+
+void eng__rmsnorm_bf16_ref(float *x, const float *add, const float *w, int m, int c, float eps,
+                           uint16_t *y, float *tmp) {
+    if (add != NULL) {
+        for (size_t i = 0; i < (size_t)m * (size_t)c; i++) {
+            x[i] += add[i];
+        }
+    }
+    eng__rmsnorm_ref(x, w, m, c, eps, tmp);
+    for (size_t i = 0; i < (size_t)m * (size_t)c; i++) {
+        y[i] = eng_f32_to_bf16(tmp[i]);
+    }
+}
+
 /* ---- SwiGLU ---- */
 
 static void swiglu_row(const float *restrict gate, const float *restrict up, int f,
@@ -127,6 +190,36 @@ void eng__swiglu_ref(const float *gate_up, int m, int f, float *h) {
         for (int i = 0; i < f; i++) {
             h[(size_t)r * (size_t)f + (size_t)i] = g[i] / (1.0f + expf(-g[i])) * u[i];
         }
+    }
+}
+
+static void swiglu_row_bf16(const float *restrict gate, const float *restrict up, int f,
+                            uint16_t *restrict h) {
+#if defined(__AVX512F__)
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int i = 0; i < f; i += 16) {
+        const __mmask16 k = tail_mask(f - i);
+        const __m512 g = _mm512_maskz_loadu_ps(k, gate + i);
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
+        bf16_store16(h + i, _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(k, up + i)), k);
+    }
+#else
+    for (int i = 0; i < f; i++) {
+        const float g = gate[i];
+        h[i] = eng_f32_to_bf16(g / (1.0f + expf_fast(-g)) * up[i]);
+    }
+#endif
+}
+
+void eng_swiglu_bf16(const float *gate_up, int m, int f, uint16_t *h) {
+    KC_ASSERT(gate_up != NULL && h != NULL && m >= 0 && f > 0);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((size_t)m * (size_t)f >= ENG_PAR_MIN && m > 1)
+#endif
+    for (int r = 0; r < m; r++) {
+        const float *g = gate_up + (size_t)r * 2 * (size_t)f;
+        swiglu_row_bf16(g, g + f, f, h + (size_t)r * (size_t)f);
     }
 }
 
@@ -269,6 +362,39 @@ void eng_rope(const struct eng_rope_table *t, float *x, int m, int n_heads, cons
         for (int h = 0; h < n_heads; h++) {
             rope_head(x + ((size_t)r * (size_t)n_heads + (size_t)h) * (size_t)d, c, s, half);
         }
+    }
+}
+
+void eng_rope_split(const struct eng_rope_table *t, const float *qkv, int m, int n_heads,
+                    int n_kv_heads, const int32_t *pos, float *q, float *k, float *v) {
+    KC_ASSERT(t != NULL && qkv != NULL && pos != NULL && q != NULL && k != NULL && v != NULL);
+    KC_ASSERT(m >= 0 && n_heads > 0 && n_kv_heads > 0);
+    const int d = t->head_dim, half = d / 2;
+    const size_t qd = (size_t)n_heads * (size_t)d, kvd = (size_t)n_kv_heads * (size_t)d;
+    const size_t ld = qd + 2 * kvd;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if ((size_t)m * ld >= ENG_PAR_MIN && m > 1)
+#endif
+    for (int r = 0; r < m; r++) {
+        KC_ASSERT(pos[r] >= 0 && pos[r] < t->max_pos);
+        const float *restrict c = t->cos + (size_t)pos[r] * (size_t)half;
+        const float *restrict s = t->sin + (size_t)pos[r] * (size_t)half;
+        const float *src = qkv + (size_t)r * ld;
+        float *dq = q + (size_t)r * qd, *dk = k + (size_t)r * kvd;
+        for (int h = 0; h < n_heads + n_kv_heads; h++) {
+            const float *restrict x0 = src + (size_t)h * (size_t)d;
+            const float *restrict x1 = x0 + half;
+            float *restrict y0 =
+                h < n_heads ? dq + (size_t)h * (size_t)d : dk + (size_t)(h - n_heads) * (size_t)d;
+            float *restrict y1 = y0 + half;
+            ENG_SIMD
+            for (int i = 0; i < half; i++) {
+                const float a = x0[i], b = x1[i];
+                y0[i] = a * c[i] - b * s[i];
+                y1[i] = b * c[i] + a * s[i];
+            }
+        }
+        memcpy(v + (size_t)r * kvd, src + qd + kvd, kvd * sizeof(float));
     }
 }
 

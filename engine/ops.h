@@ -92,6 +92,14 @@ void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const f
  * fails with KC_EBACKEND or KC_ENOMEM and a message. */
 int eng_linear_prepare(struct eng_dnn *dnn, const struct eng_linear *l, int max_m,
                        struct kc_error *err);
+/* eng_linear_forward for an m > ENG_DECODE_MAX_M row prefill of a linear whose prefill weights
+ * are bf16, with x[m, K] already in bf16 (eng_rmsnorm_bf16, eng_swiglu_bf16,
+ * eng_attention_bf16): no conversion pass. Same primitives and result as eng_linear_forward
+ * on the f32 rows that round to x. */
+void eng_linear_forward_bf16(struct eng_dnn *dnn, const struct eng_linear *l, const uint16_t *x,
+                             int m, float *y);
+/* The weight type l's prefill (m > ENG_DECODE_MAX_M) rows run on. */
+enum eng_wtype eng_linear_prefill_wtype(const struct eng_linear *l);
 /* Reference twin: plain triple loop over the source weights (any dtype), f32 accumulate. */
 void eng__linear_ref(const struct eng_weight_part *parts, int n_parts, int n_in, const float *x,
                      int m, float *y);
@@ -108,6 +116,16 @@ void eng__swiglu_ref(const float *gate_up, int m, int f, float *h);
 
 /* y += x, n elements. */
 void eng_add(float *y, const float *x, size_t n);
+
+/* The bf16 prefill's activations (engine/model.c invariant 5; ops.c invariant 5), each the
+ * f32 kernel's result rounded to bf16 (nearest even) as eng_linear_forward would round it:
+ * eng_rmsnorm_bf16 first adds add[m, C] (nullable: none) into x, the residual, then writes
+ * y[m, C] = bf16(rmsnorm(x) * w); eng_swiglu_bf16 writes h[m, F] = bf16(silu(gate) * up). */
+void eng_rmsnorm_bf16(float *x, const float *add, const float *w, int m, int c, float eps,
+                      uint16_t *y);
+void eng__rmsnorm_bf16_ref(float *x, const float *add, const float *w, int m, int c, float eps,
+                           uint16_t *y, float *tmp /* [m, C] */);
+void eng_swiglu_bf16(const float *gate_up, int m, int f, uint16_t *h);
 
 /* ---- rotary position embedding (Hugging Face "rotate_half" layout) ---- */
 
@@ -129,6 +147,10 @@ void eng_rope_table_free(struct eng_rope_table *t);
 void eng_rope(const struct eng_rope_table *t, float *x, int m, int n_heads, const int32_t *pos);
 void eng__rope_ref(const struct eng_rope_table *t, float *x, int m, int n_heads,
                    const int32_t *pos);
+/* qkv[m, (H + 2 Hkv) D] rows of the q|k|v GEMM split into q[m, H D] and k[m, Hkv D], each
+ * rotated as eng_rope rotates it (bit for bit), and v[m, Hkv D], copied. */
+void eng_rope_split(const struct eng_rope_table *t, const float *qkv, int m, int n_heads,
+                    int n_kv_heads, const int32_t *pos, float *q, float *k, float *v);
 
 /* ---- attention over a paged KV cache ---- */
 
@@ -167,6 +189,17 @@ void eng__attention_rows(const float *q, int n, int pos0, const struct eng_kv_vi
 void eng__attention_tiles(const float *q, int n, int pos0, const struct eng_kv_view *kv,
                           int n_heads, int n_kv_heads, int head_dim, float scale, float *out,
                           float *scratch);
+/* eng_attention for the bf16 prefill: the same contract, but the products run in bf16 with
+ * f32 accumulation (queries, keys, values and the softmax weights P rounded to bf16; the
+ * softmax itself in f32) and out[n, H, D] is written in bf16, the o-projection's input
+ * (eng_linear_forward_bf16). Calls of fewer than 16 query rows (items of a batched decode
+ * step) run eng_attention's f32 tile kernel and only round its output. D must be even.
+ * scratch holds
+ * eng_attention_bf16_scratch_floats(pos0 + n, ...) floats. attention.c invariant 8. */
+void eng_attention_bf16(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                        int n_kv_heads, int head_dim, float scale, uint16_t *out, float *scratch);
+size_t eng_attention_bf16_scratch_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim,
+                                         int n_threads);
 /* Scratch floats eng_attention needs for contexts up to n_ctx of this head shape
  * (H % Hkv == 0) run by n_threads threads. */
 size_t eng_attention_scratch_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim,

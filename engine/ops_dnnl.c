@@ -1103,6 +1103,59 @@ void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const f
     }
 }
 
+/* run_block for rows already in bf16 (eng_linear_forward_bf16): the same primitive, no
+ * conversion; only a padded block copies its rows into the activation scratch. */
+static void run_block_bf16(struct eng_dnn *dnn, const struct eng_linear *l,
+                           const struct eng_wcopy *c, int rows, const uint16_t *x, int r,
+                           float *y) {
+    const int n = l->n_out, k = l->n_in;
+    const int team = dnn_team(dnn);
+    set_team(team);
+    struct eng_prim *p = prim_lookup(dnn, l, c, rows, team);
+    if (p == NULL) {
+        struct kc_error err = {0};
+        if (prim_create(dnn, l, c, rows, team, &p, &err) != 0) {
+            kc__assert_fail(err.msg, __FILE__, __LINE__, __func__);
+        }
+    }
+    const bool padded = p->exec_rows > r;
+    const void *src = x;
+    if (padded) {
+        memcpy(dnn->act, x, (size_t)r * (size_t)k * sizeof(uint16_t));
+        src = dnn->act;
+    }
+    float *dst = padded ? dnn->out : y;
+    DNN_ASSERT(dnnl_memory_set_data_handle(p->src, (void *)(uintptr_t)src));
+    DNN_ASSERT(dnnl_memory_set_data_handle(p->dst, dst));
+    DNN_ASSERT(dnnl_memory_set_data_handle(p->pad, dnn->pad));
+    const dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, p->src},
+                                     {DNNL_ARG_WEIGHTS, c->mem},
+                                     {DNNL_ARG_DST, p->dst},
+                                     {DNNL_ARG_SCRATCHPAD, p->pad},
+                                     {DNNL_ARG_BIAS, l->bias_mem}};
+    DNN_ASSERT(dnnl_primitive_execute(p->prim, dnn->stream, l->bias_mem != NULL ? 5 : 4, args));
+    DNN_ASSERT(dnnl_stream_wait(dnn->stream));
+    if (padded) {
+        memcpy(y, dnn->out, (size_t)r * (size_t)n * sizeof(float));
+    }
+}
+
+void eng_linear_forward_bf16(struct eng_dnn *dnn, const struct eng_linear *l, const uint16_t *x,
+                             int m, float *y) {
+    KC_ASSERT(dnn != NULL && l != NULL && x != NULL && y != NULL && m > ENG_DECODE_MAX_M);
+    const struct eng_wcopy *c = &l->copy[l->prefill_copy];
+    KC_ASSERT(c->wt == ENG_WTYPE_BF16);
+    const size_t k = (size_t)l->n_in, n = (size_t)l->n_out;
+    for (int off = 0; off < m; off += ENG_LINEAR_CHUNK) {
+        const int r = m - off < ENG_LINEAR_CHUNK ? m - off : ENG_LINEAR_CHUNK;
+        run_block_bf16(dnn, l, c, chunk_bucket(r), x + (size_t)off * k, r, y + (size_t)off * n);
+    }
+}
+
+enum eng_wtype eng_linear_prefill_wtype(const struct eng_linear *l) {
+    return l->copy[l->prefill_copy].wt;
+}
+
 /* Creates every primitive of l for up to max_m rows on a team of `team` threads. */
 static int prepare_team(struct eng_dnn *dnn, const struct eng_linear *l, int max_m, int team,
                         struct kc_error *err) {

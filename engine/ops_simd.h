@@ -3,12 +3,17 @@
  * engine/attention.c): `omp simd` pragmas that vanish without OpenMP, the Cephes expf
  * polynomial (scalar expf_fast and 16-lane exp512) and the AVX-512 tail mask. Internal to
  * the engine: include it only from kernel .c files, after <immintrin.h> where __AVX512F__.
- * See engine/ops.c invariant 2 for why the fast kernels use their own exp.
+ * See engine/ops.c invariant 2 for why the fast kernels use their own exp. Also the f32 ->
+ * bf16 rounding of the bf16 prefill's activations (bf16_store16, cvt_row_bf16), the same
+ * rounding as engine/ops_dnnl.c's per-call conversion (vcvtneps2bf16 where avx512_bf16 is
+ * compiled in: round to nearest even, denormals to zero; eng_f32_to_bf16 elsewhere).
  */
 #ifndef ENG_OPS_SIMD_H
 #define ENG_OPS_SIMD_H
 
 #include <stdint.h>
+
+#include "engine/io/dtype.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -88,6 +93,35 @@ static inline __m512 exp512(__m512 x) {
 static inline __mmask16 tail_mask(int left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
 }
+
+/* The first lanes of v that k selects, rounded to bf16 and stored at y. */
+static inline void bf16_store16(uint16_t *y, __m512 v, __mmask16 k) {
+#if defined(__AVX512BF16__)
+    _mm256_mask_storeu_epi16(y, k, (__m256i)_mm512_cvtneps_pbh(v));
+#else
+    float t[16];
+    _mm512_storeu_ps(t, v);
+    for (int i = 0; i < 16; i++) {
+        if (k & (1u << i)) {
+            y[i] = eng_f32_to_bf16(t[i]);
+        }
+    }
 #endif
+}
+#endif
+
+/* y[0..n) = x[0..n) rounded to bf16 (see the file comment). */
+static inline void cvt_row_bf16(const float *restrict x, int n, uint16_t *restrict y) {
+#if defined(__AVX512F__)
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        bf16_store16(y + i, _mm512_maskz_loadu_ps(k, x + i), k);
+    }
+#else
+    for (int i = 0; i < n; i++) {
+        y[i] = eng_f32_to_bf16(x[i]);
+    }
+#endif
+}
 
 #endif /* ENG_OPS_SIMD_H */

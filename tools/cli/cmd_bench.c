@@ -18,6 +18,7 @@
 #include "engine/ops.h"
 #include "engine/probe.h"
 #include "tools/cli/args.h"
+#include "tools/cli/bench_profile.h"
 #include "tools/cli/commands.h"
 #include "tools/cli/json_out.h"
 
@@ -38,6 +39,9 @@ static void bench_usage(FILE *f) {
                "  --kv-dtype T          f32|bf16 KV cache (default f32); bf16 also times the\n"
                "                        attention benchmark's decode rows on a bf16 cache\n"
                "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
+               "  --profile             then --repeat profiled prefills, each between two runs of\n"
+               "                        the single GEMM: their ratios, and where the time of\n"
+               "                        the best one goes per op (ms, share, GFLOP/s vs GEMM)\n"
                "  decode runs in windows of 4 steps, each compared with a stream triad run\n"
                "  right beside it; the decode ratio is the median over windows\n"
                "  --kvp                 also time KV Prediction: auxiliary prefill + predictor\n"
@@ -550,7 +554,7 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
                             struct engine_row *row) {
     const char *config = NULL;
     long prompt_len = 512, gen = 64, threads = 0, repeat = 2, aux_layers = 0;
-    bool json = false, kvp = false, attn_old = false, attn_only = false;
+    bool json = false, kvp = false, attn_old = false, attn_only = false, profile = false;
     const char *aux_config = NULL, *attn_list = "512,2048,8192";
     long attn_chunk = 256;
     enum eng_dtype kv_dtype = ENG_DTYPE_F32;
@@ -587,6 +591,8 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
             attn_old = true;
         } else if (kc_args_flag(&a, "--attn-only")) {
             attn_only = true;
+        } else if (kc_args_flag(&a, "--profile")) {
+            profile = true;
         } else if (kc_args_flag(&a, "--kvp")) {
             kvp = true;
         } else if (kc_args_flag(&a, "--json")) {
@@ -804,6 +810,28 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
                "ratio %.2f (median of %d windows against the triad beside each; whole run "
                "against the best triad: %.2f)\n",
                dw, decode_tps, decode_gbs, triad_gbs, decode_ratio, n_win, decode_gbs / triad_gbs);
+    }
+    if (profile) {
+        eng_seq_release(&pool, &seq);
+        const struct kc_bench_profile_in pin = {.ctx = ctx,
+                                                .m = m,
+                                                .pool = &pool,
+                                                .seq = &seq,
+                                                .tokens = tokens,
+                                                .n_tokens = T,
+                                                .logits = logits,
+                                                .repeat = (int)repeat,
+                                                .flops = prefill_flops(&cfg, T),
+                                                .dnn = dnn,
+                                                .wt = mp.prefill_wtype,
+                                                .gemm_m = gemm_m,
+                                                .gemm_n = cfg.intermediate_size,
+                                                .gemm_k = cfg.hidden_size,
+                                                .wtype = pw,
+                                                .json = json};
+        if (kc_bench_profile_run(&pin) != 0) {
+            goto done;
+        }
     }
     if (n_attn > 0) {
         const struct attn_bench ab = {.cfg = &cfg,
