@@ -160,7 +160,7 @@ int eng_chat_load_buffer(const char *origin, const char *src, size_t len, const 
     json_t *config = NULL;
     if (config_json != NULL) {
         json_error_t jerr;
-        config = json_loadb(config_json, config_len, 0, &jerr);
+        config = json_loadb(config_json, config_len, JSON_DECODE_INT_AS_REAL, &jerr);
         if (!json_is_object(config)) {
             json_decref(config);
             return kc_error_set(err, KC_EFORMAT, "%s: tokenizer_config.json: %s", origin,
@@ -279,12 +279,13 @@ int eng_chat_load(const char *tok_path, const char *template_path, struct eng_ch
         return rc == KC_ERANGE ? kc_error_set(err, rc, "%s: path too long", tok_path) : rc;
     }
     struct stat st;
+    /* INT_AS_REAL: Llama 3's model_max_length (1e30 as an integer) overflows json_int_t. */
     if (stat(cpath, &st) == 0) {
         if ((rc = kc_file_read(cpath, ENG__TOK_MAX_CONFIG, &ctext, &clen, err)) != KC_OK) {
             goto out;
         }
         json_error_t jerr;
-        config = json_loadb(ctext, clen, 0, &jerr);
+        config = json_loadb(ctext, clen, JSON_DECODE_INT_AS_REAL, &jerr);
         if (!json_is_object(config)) {
             rc = kc_error_set(err, KC_EFORMAT, "%s: %s", cpath,
                               config == NULL ? jerr.text : "not a JSON object");

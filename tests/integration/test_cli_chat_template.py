@@ -124,7 +124,9 @@ def test_sources(tmp):
     conv = write(os.path.join(tmp, "conv2.json"), CONV[:2])
     jinja = "JINJA {{ messages | length }}"
     # Config string wins over the .jinja file beside it.
-    d = tokenizer_copy(tmp, "cfg_str", {"chat_template": "CFG {{ messages[0]['role'] }}"},
+    # (model_max_length as Llama 3 writes it: an integer beyond 64 bits.)
+    d = tokenizer_copy(tmp, "cfg_str", {"chat_template": "CFG {{ messages[0]['role'] }}",
+                                        "model_max_length": 1000000000000000019884624838656},
                        jinja=jinja)
     out, _ = run(["--tokenizer", d, "--messages", conv])
     check(out == "CFG system", "config string template: %r" % out)
