@@ -49,4 +49,6 @@ if(KC_FUZZ)
   kc_add_fuzz_target(fuzz_completion_request 65536 kc_server_core)
   kc_add_fuzz_target(fuzz_sampler 4096)
   kc_add_fuzz_target(fuzz_kv_prefix 4096)
+  # POST /v1/chat/completions up to the prompt: srv_chat_parse, then eng_chat_render (issue 19).
+  kc_add_fuzz_target(fuzz_chat_request 65536 kc_server_core)
 endif()
