@@ -36,11 +36,17 @@ int srv_chat_load(struct srv *s, const char *tok_path, struct kc_error *err) {
         return rc;
     }
     if (rc == KC_ENOTFOUND) {
+        /* cerr.msg is "no chat template: <where it looked>": say that part once. */
+        static const char lead[] = "no chat template: ";
+        const char *where = cerr.msg;
+        if (strncmp(where, lead, sizeof(lead) - 1) == 0) {
+            where += sizeof(lead) - 1;
+        }
         snprintf(s->models.chat_missing, sizeof(s->models.chat_missing),
-                 "The model '%.100s' has no chat template (%.220s), so /v1/chat/completions cannot "
-                 "render messages. Start the server with --chat-template FILE (a Jinja chat "
-                 "template), or send a prompt to /v1/completions.",
-                 s->models.id, cerr.msg);
+                 "The model '%.100s' has no chat template (%.220s), so /v1/chat/completions "
+                 "cannot render messages. Start the server with --chat-template FILE (a Jinja "
+                 "chat template), or send a prompt to /v1/completions.",
+                 s->models.id, where);
         KC_INFO("%s: /v1/chat/completions answers 400 (--chat-template FILE gives one)", cerr.msg);
         return KC_OK;
     }
