@@ -1985,6 +1985,36 @@ static int filter_round(struct jj_rc *rc, const struct jj_node *n, struct jj_val
         }
         method = av[1].u.s->s;
     }
+    int64_t iv;
+    if (as_int(v, &iv) && !strcmp(method, "common")) {
+        /* Python's round(int, n) stays an int (half to even for n < 0). */
+        if (prec >= 0) {
+            *out = jj_int(iv);
+            return 0;
+        }
+        if (prec < -18) {
+            *out = jj_int(0);
+            return 0;
+        }
+        int64_t m = 1;
+        for (int64_t k = 0; k < -prec; k++) {
+            m *= 10;
+        }
+        int64_t q = iv / m, rem = iv % m;
+        if (rem < 0) {
+            q -= 1;
+            rem += m;
+        }
+        if (rem * 2 > m || (rem * 2 == m && (q & 1))) {
+            q += 1;
+        }
+        int64_t res;
+        if (__builtin_mul_overflow(q, m, &res)) {
+            return jj_fail(rc, n, KC_ERANGE, "integer overflow");
+        }
+        *out = jj_int(res);
+        return 0;
+    }
     if (prec < -300 || prec > 300) {
         *out = jj_float(d);
         return 0;
@@ -2572,6 +2602,17 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
             struct jj_val x = items->v[i];
             if (ag[0] && (r = attr_path(rc, n, x, av[0], &x)) < 0) {
                 return r;
+            }
+            if ((acc.t == JJ_LIST || acc.t == JJ_TUPLE) && x.t == acc.t) {
+                struct jj_list *l = jj_list_new(p, acc.u.l->n + x.u.l->n);
+                if (!l) {
+                    return jj_oom(rc, n);
+                }
+                jj_copy_vals(l->v, acc.u.l->v, acc.u.l->n);
+                jj_copy_vals(l->v + acc.u.l->n, x.u.l->v, x.u.l->n);
+                l->n = acc.u.l->n + x.u.l->n;
+                acc.u.l = l;
+                continue;
             }
             bool fa = acc.t == JJ_FLOAT, fb = x.t == JJ_FLOAT;
             int64_t ia, ib;

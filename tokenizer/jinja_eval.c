@@ -902,10 +902,12 @@ static int call_macro(struct jj_rc *rc, const struct jj_node *n, struct jj_macro
                 if ((r = frame_set(rc, n, f, kw, args->v[i])) < 0) {
                     return r;
                 }
-            } else if (kw->len == 6 && !memcmp(kw->s, "caller", 6)) {
+            } else if (kw->len == 6 && !memcmp(kw->s, "caller", 6) && (def->op & 4)) {
                 if ((r = frame_set(rc, n, f, kw, args->v[i])) < 0) {
                     return r;
                 }
+            } else if (!(def->op & 2)) {
+                return jj_fail(rc, n, KC_EINVAL, "macro takes no keyword argument '%s'", kw->s);
             } else if (jj_dict_set(&rc->pool, kwargs, jj_strv(kw), args->v[i]) < 0) {
                 return jj_oom(rc, n);
             }
@@ -915,6 +917,9 @@ static int call_macro(struct jj_rc *rc, const struct jj_node *n, struct jj_macro
                 return r;
             }
             pos++;
+        } else if (!(def->op & 1)) {
+            return jj_fail(rc, n, KC_EINVAL, "macro takes not more than %d argument(s)",
+                           def->nkids);
         } else if (!jj_list_push(&rc->pool, varargs, args->v[i])) {
             return jj_oom(rc, n);
         }
