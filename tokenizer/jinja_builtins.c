@@ -747,6 +747,14 @@ enum {
     M_LIST_INDEX,
     M_LIST_COUNT,
     M_CYCLE,
+    M_REMOVEPREFIX,
+    M_REMOVESUFFIX,
+    M_PARTITION,
+    M_RPARTITION,
+    M_RINDEX,
+    M_CASEFOLD,
+    M_ISNUMERIC,
+    M_COPY,
 };
 
 struct method_def {
@@ -785,13 +793,23 @@ static const struct method_def STR_METHODS[] = {
     {"zfill", M_ZFILL},
     {"ljust", M_LJUST},
     {"rjust", M_RJUST},
+    {"removeprefix", M_REMOVEPREFIX},
+    {"removesuffix", M_REMOVESUFFIX},
+    {"partition", M_PARTITION},
+    {"rpartition", M_RPARTITION},
+    {"rindex", M_RINDEX},
+    {"casefold", M_CASEFOLD},
+    {"isnumeric", M_ISNUMERIC},
+    {"isdecimal", M_ISNUMERIC},
     {NULL, 0},
 };
 static const struct method_def DICT_METHODS[] = {
-    {"items", M_ITEMS}, {"keys", M_KEYS}, {"values", M_VALUES}, {"get", M_GET}, {NULL, 0},
+    {"items", M_ITEMS}, {"keys", M_KEYS}, {"values", M_VALUES},
+    {"get", M_GET},     {"copy", M_COPY}, {NULL, 0},
 };
 static const struct method_def LIST_METHODS[] = {
     {"index", M_LIST_INDEX},
+    {"copy", M_COPY},
     {"count", M_LIST_COUNT},
     {NULL, 0},
 };
@@ -1103,6 +1121,97 @@ static int str_method(struct jj_rc *rc, const struct jj_node *n, int id, const s
         *out = jj_bool(res);
         return 0;
     }
+    case M_REMOVEPREFIX:
+    case M_REMOVESUFFIX: {
+        BIND(id == M_REMOVEPREFIX ? "removeprefix" : "removesuffix", "affix");
+        const struct jj_str *a;
+        if ((r = need_str(rc, n, "argument", av[0], &a)) < 0) {
+            return r;
+        }
+        if (a->len > s->len) {
+            *out = jj_strv(s);
+            return 0;
+        }
+        if (id == M_REMOVEPREFIX && memcmp(s->s, a->s, a->len) == 0) {
+            return mkstr(rc, n, s->s + a->len, s->len - a->len, out);
+        }
+        if (id == M_REMOVESUFFIX && a->len && memcmp(s->s + s->len - a->len, a->s, a->len) == 0) {
+            return mkstr(rc, n, s->s, s->len - a->len, out);
+        }
+        *out = jj_strv(s);
+        return 0;
+    }
+    case M_PARTITION:
+    case M_RPARTITION: {
+        BIND("partition", "sep");
+        const struct jj_str *sep;
+        if ((r = need_str(rc, n, "separator", av[0], &sep)) < 0) {
+            return r;
+        }
+        if (sep->len == 0) {
+            return jj_fail(rc, n, KC_EINVAL, "empty separator");
+        }
+        size_t k = SIZE_MAX;
+        if (id == M_PARTITION) {
+            k = find_bytes(s->s, s->len, sep->s, sep->len, 0);
+        } else {
+            for (size_t i = s->len - (sep->len <= s->len ? sep->len : s->len) + 1; i-- > 0;) {
+                if (i + sep->len <= s->len && memcmp(s->s + i, sep->s, sep->len) == 0) {
+                    k = i;
+                    break;
+                }
+            }
+        }
+        struct jj_list *l = jj_list_new(jj_rc_pool(rc), 3);
+        if (!l) {
+            return jj_oom(rc, n);
+        }
+        struct jj_val parts[3];
+        if (k == SIZE_MAX) {
+            int empty_first = id == M_RPARTITION;
+            if ((r = mkstr(rc, n, "", 0, &parts[1])) < 0) {
+                return r;
+            }
+            parts[0] = empty_first ? parts[1] : jj_strv(s);
+            parts[2] = empty_first ? jj_strv(s) : parts[1];
+        } else if ((r = mkstr(rc, n, s->s, k, &parts[0])) < 0 ||
+                   (r = mkstr(rc, n, s->s + k + sep->len, s->len - k - sep->len, &parts[2])) < 0) {
+            return r;
+        } else {
+            parts[1] = jj_strv(sep);
+        }
+        jj_copy_vals(l->v, parts, 3);
+        l->n = 3;
+        out->t = JJ_TUPLE;
+        out->u.l = l;
+        return 0;
+    }
+    case M_RINDEX: {
+        BIND("rindex", "sub");
+        const struct jj_str *sub;
+        if ((r = need_str(rc, n, "substring", av[0], &sub)) < 0) {
+            return r;
+        }
+        for (size_t i = s->len + 1; i-- > 0;) {
+            if (i + sub->len <= s->len && memcmp(s->s + i, sub->s, sub->len) == 0) {
+                *out = jj_int((int64_t)jj_utf8_len(s->s, i));
+                return 0;
+            }
+        }
+        return jj_fail(rc, n, KC_EINVAL, "substring not found");
+    }
+    case M_CASEFOLD:
+        NOARGS("casefold");
+        return do_case(rc, n, s, CASE_LOWER, out);
+    case M_ISNUMERIC: {
+        NOARGS("isnumeric");
+        bool res = s->len > 0;
+        for (size_t i = 0; i < s->len; i++) {
+            res = res && s->s[i] >= '0' && s->s[i] <= '9';
+        }
+        *out = jj_bool(res);
+        return 0;
+    }
     case M_CENTER:
     case M_LJUST:
     case M_RJUST:
@@ -1183,6 +1292,10 @@ int jj_method_call(struct jj_rc *rc, const struct jj_node *n, const struct jj_me
         *out = v ? *v : ag[1] ? av[1] : jj_none();
         return 0;
     }
+    case M_COPY:
+        NOARGS("copy");
+        *out = self; /* containers are immutable once built (jinja_internal.h DESIGN 3) */
+        return 0;
     case M_LIST_INDEX:
     case M_LIST_COUNT: {
         BIND("index", "value");
@@ -1745,6 +1858,10 @@ static int select_common(struct jj_rc *rc, const struct jj_node *n, struct jj_va
                          const struct jj_args *args, bool attr, bool select, struct jj_val *out) {
     struct jj_list *items;
     int r;
+    if (!jj_truthy(v)) {
+        /* jinja2's select/reject/map are generators guarded by `if value:`. */
+        return list_val(rc, n, jj_list_new(jj_rc_pool(rc), 0), out);
+    }
     if ((r = jj_iterate(rc, n, v, &items)) < 0) {
         return r;
     }
@@ -2534,6 +2651,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
         return list_val(rc, n, l, out);
     }
     if (name_is(name, "map")) {
+        if (!jj_truthy(v)) {
+            return list_val(rc, n, jj_list_new(p, 0), out);
+        }
         if ((r = jj_iterate(rc, n, v, &items)) < 0) {
             return r;
         }
