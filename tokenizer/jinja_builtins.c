@@ -622,7 +622,9 @@ int jj_str_format_percent(struct jj_rc *rc, const struct jj_node *n, const struc
             return jj_fail(rc, n, KC_EINVAL, "unsupported format character '%c'", conv);
         }
     }
-    if (!mapping && argi < nargs) {
+    /* Python only complains about unused arguments when they are not a mapping-like object
+     * (a dict or a list: both have __getitem__). */
+    if (!mapping && argi < nargs && args.t != JJ_LIST && args.t != JJ_UNDEF) {
         return jj_fail(rc, n, KC_EINVAL, "not all arguments converted during string formatting");
     }
     return buf_done(rc, n, &b, out);
@@ -1983,9 +1985,13 @@ static int filter_indent(struct jj_rc *rc, const struct jj_node *n, struct jj_va
     BIND("indent", "width", "first", "blank");
     const struct jj_str *s, *ind = NULL;
     int r;
-    if ((r = soft_str(rc, n, v, &s)) < 0) {
-        return r;
+    /* jinja2 appends "\n" to the value itself: only strings indent. */
+    if (v.t != JJ_STR) {
+        return jj_fail(rc, n, KC_EINVAL,
+                       "indent: unsupported operand type(s) for +=: '%s' and 'str'",
+                       jj_type_name(v));
     }
+    s = v.u.s;
     char spaces[256];
     struct jj_str *tmp = NULL;
     int64_t w = 4;
@@ -2162,10 +2168,7 @@ static int filter_truncate(struct jj_rc *rc, const struct jj_node *n, struct jj_
     BIND("truncate", "length", "killwords", "end", "leeway");
     const struct jj_str *s, *end = NULL;
     int r;
-    int64_t length = 255, leeway = 5;
-    if ((r = soft_str(rc, n, v, &s)) < 0) {
-        return r;
-    }
+    int64_t length = 255, leeway = 5, vlen;
     if (ag[0] && (r = need_int(rc, n, "length", av[0], &length)) < 0) {
         return r;
     }
@@ -2175,6 +2178,19 @@ static int filter_truncate(struct jj_rc *rc, const struct jj_node *n, struct jj_
     if (ag[3] && av[3].t != JJ_NONE && (r = need_int(rc, n, "leeway", av[3], &leeway)) < 0) {
         return r;
     }
+    /* jinja2 measures len(value) without converting it: a short list or dict comes back as
+     * it is. */
+    if ((r = length_of(rc, n, v, &vlen)) < 0) {
+        return r;
+    }
+    if (v.t != JJ_STR) {
+        if (vlen <= length + leeway) {
+            *out = v;
+            return 0;
+        }
+        return jj_fail(rc, n, KC_EINVAL, "truncate: can only concatenate str to str");
+    }
+    s = v.u.s;
     size_t el = end ? jj_utf8_len(end->s, end->len) : 3;
     const char *es = end ? end->s : "...";
     size_t ebytes = end ? end->len : 3;
@@ -2463,6 +2479,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
                 return r;
             }
             k = lower_if_str(rc, n, k, ag[0] && jj_truthy(av[0]));
+            if (!jj_hashable(k)) {
+                return jj_fail(rc, n, KC_EINVAL, "unhashable type: '%s'", jj_type_name(k));
+            }
             bool dup = false;
             for (size_t j = 0; j < seen->n && !dup; j++) {
                 dup = jj_equal(seen->v[j], k);
@@ -2513,6 +2532,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
             return 0;
         }
         return jj_fail(rc, n, KC_EINVAL, "bad operand type for abs(): '%s'", jj_type_name(v));
+    }
+    if ((name_is(name, "int") || name_is(name, "float")) && v.t == JJ_UNDEF) {
+        return jj_fail(rc, n, KC_EINVAL, "'%s' is undefined", v.u.s ? v.u.s->s : "value");
     }
     if (name_is(name, "int")) {
         BIND("int", "default", "base");
@@ -2767,8 +2789,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
         size_t i = 0;
         while (i < s->len) {
             uint32_t c = jj_utf8_next(s->s, s->len, &i);
-            bool w = c == '_' || (c >= '0' && c <= '9') || jj_is_alpha(c) || c >= 0x80;
-            w = w && !jj_is_space(c);
+            /* Python's \w: letters and digits of any script; symbols and emoji are not. */
+            bool w = c == '_' || (c >= '0' && c <= '9') || jj_is_alpha(c) ||
+                     (c >= 0xC0 && c < 0x2000 && c != 0xD7 && c != 0xF7 && !jj_is_space(c));
             if (w && !in) {
                 words++;
             }
@@ -2816,7 +2839,9 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
         *out =
             v.t == JJ_STR || v.t == JJ_LIST || v.t == JJ_TUPLE || v.t == JJ_DICT || v.t == JJ_UNDEF;
     } else if (name_is(name, "callable")) {
-        *out = v.t == JJ_MACRO || v.t == JJ_FUNC || v.t == JJ_METHOD;
+        /* Python's callable(): jinja2's Undefined and LoopContext define __call__. */
+        *out = v.t == JJ_MACRO || v.t == JJ_FUNC || v.t == JJ_METHOD || v.t == JJ_UNDEF ||
+               v.t == JJ_LOOP;
     } else if (name_is(name, "escaped")) {
         *out = false;
     } else if (name_is(name, "odd") || name_is(name, "even")) {
@@ -2833,7 +2858,19 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
         *out = name_is(name, "odd") ? odd : !odd;
     } else if (name_is(name, "divisibleby")) {
         if (!as_int(v, &iv) || !as_int(arg, &dv)) {
-            return jj_fail(rc, n, KC_EINVAL, "divisibleby needs integers");
+            double a, b;
+            if ((v.t != JJ_FLOAT && !as_int(v, &iv)) || (arg.t != JJ_FLOAT && !as_int(arg, &dv))) {
+                return jj_fail(rc, n, KC_EINVAL,
+                               "unsupported operand type(s) for %%: '%s' and '%s'", jj_type_name(v),
+                               jj_type_name(arg));
+            }
+            a = v.t == JJ_FLOAT ? v.u.f : (double)iv;
+            b = arg.t == JJ_FLOAT ? arg.u.f : (double)dv;
+            if (b == 0) {
+                return jj_fail(rc, n, KC_EINVAL, "float modulo");
+            }
+            *out = fmod(a, b) == 0;
+            return 0;
         }
         if (dv == 0) {
             return jj_fail(rc, n, KC_EINVAL, "integer division or modulo by zero");
@@ -2891,6 +2928,9 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
             }
             break;
         case JJ_DICT:
+            if (!jj_hashable(v)) {
+                return jj_fail(rc, n, KC_EINVAL, "unhashable type: '%s'", jj_type_name(v));
+            }
             *out = jj_dict_get(arg.u.d, v) != NULL;
             break;
         case JJ_UNDEF:
@@ -2905,15 +2945,19 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
         if ((r = jj_to_str(rc, n, v, &s)) < 0) {
             return r;
         }
-        bool lower = name_is(name, "lower"), res = true;
+        /* Python's str.islower/isupper: at least one cased character, none of the other case. */
+        bool lower = name_is(name, "lower"), res = true, cased = false;
         size_t i = 0;
         while (i < s->len) {
             uint32_t c = jj_utf8_next(s->s, s->len, &i);
             if (lower ? jj_to_lower(c) != c : jj_to_upper(c) != c) {
                 res = false;
             }
+            if (jj_to_lower(c) != c || jj_to_upper(c) != c) {
+                cased = true;
+            }
         }
-        *out = res;
+        *out = res && cased;
     } else if (name_is(name, "filter")) {
         *out = v.t == JJ_STR && jj_filter_exists(v.u.s->s, v.u.s->len);
     } else if (name_is(name, "test")) {

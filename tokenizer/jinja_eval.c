@@ -737,7 +737,7 @@ static int binop(struct jj_rc *rc, const struct jj_node *n, int op, struct jj_va
             return repeat(rc, n, b, ia, out);
         }
     }
-    if (op == JJ_OP_MOD && a.t == JJ_STR && b.t != JJ_UNDEF) {
+    if (op == JJ_OP_MOD && a.t == JJ_STR) {
         return jj_str_format_percent(rc, n, a.u.s, b, out);
     }
     return type_error(rc, n, names[op <= JJ_OP_POW ? op : 0], a, b);
@@ -779,6 +779,9 @@ static int contains(struct jj_rc *rc, const struct jj_node *n, struct jj_val ite
         }
         return 0;
     case JJ_DICT:
+        if (!jj_hashable(item)) {
+            return jj_fail(rc, n, KC_EINVAL, "unhashable type: '%s'", jj_type_name(item));
+        }
         *out = jj_dict_get(container.u.d, item) != NULL;
         return 0;
     case JJ_UNDEF:

@@ -1403,12 +1403,9 @@ static struct jj_node *parse_subscript(struct parser *p, struct jj_node *obj) {
         }
     }
     next(p);
-    if (nitems == 0) {
-        perr_at(p, at->line, at->col, "expected a subscript");
-        return NULL;
-    }
-    struct jj_node *key = items[0];
-    if (nitems > 1 || any_tuple) {
+    struct jj_node *key = nitems ? items[0] : NULL;
+    if (nitems != 1 || any_tuple) {
+        /* x[] is x[()] in jinja2. */
         if (!(key = mk(p, JN_TUPLE, at))) {
             return NULL;
         }
