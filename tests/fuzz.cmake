@@ -3,7 +3,8 @@
 # against two embedded tokenizers; fuzz_tokenizer_load: tokenizer.json + config loader) and
 # the HTTP request validator (fuzz_completion_request, C20) and the sampler (fuzz_sampler:
 # arbitrary logits with NaN/Inf and every sampling parameter, issue 15) and the KV pool's prefix
-# cache (fuzz_kv_prefix: random request traffic, K/V exactness and accounting, issue 17).
+# cache (fuzz_kv_prefix: random request traffic, K/V exactness and accounting, issue 17) and the
+# Jinja chat-template engine (fuzz_jinja: parse + render any template, issue 19).
 # Built only with -DKC_FUZZ=ON and clang:
 #   cmake --preset fuzz && cmake --build --preset fuzz
 #   ctest --test-dir build/fuzz -L fuzz                        (60 s each)
@@ -49,6 +50,7 @@ if(KC_FUZZ)
   kc_add_fuzz_target(fuzz_completion_request 65536 kc_server_core)
   kc_add_fuzz_target(fuzz_sampler 4096)
   kc_add_fuzz_target(fuzz_kv_prefix 4096)
+  kc_add_fuzz_target(fuzz_jinja 8192)
   # POST /v1/chat/completions up to the prompt: srv_chat_parse, then eng_chat_render (issue 19).
   kc_add_fuzz_target(fuzz_chat_request 65536 kc_server_core)
 endif()

@@ -48,9 +48,11 @@
  *   methods     str: startswith, endswith (str or tuple), strip, lstrip, rstrip, split, rsplit,
  *               splitlines, upper, lower, title, capitalize, swapcase, replace, find, rfind,
  *               index, count, join, format ({} {0} {name}), isdigit, isalpha, isalnum, isspace,
- *               isupper, islower, center, zfill; dict: items, keys, values, get; list/tuple:
- *               index, count. Mutating methods (append, pop, update, ...) are refused as the
- *               immutable sandbox refuses them.
+ *               isupper, islower, isnumeric, isdecimal, center, zfill, ljust, rjust,
+ *               removeprefix, removesuffix, partition, rpartition, rindex, casefold; dict:
+ *               items, keys, values, get, copy; list/tuple: index, count, copy. Mutating
+ *               methods (append, pop, update, ...) are refused as the immutable sandbox
+ *               refuses them.
  * Values: undefined, none, bool, int (int64), float (double, printed like Python's repr),
  * string (UTF-8; length, indexing and slicing count code points as Python does), list, tuple,
  * dict (insertion order), namespace, macro, loop. Case mapping (upper/lower/title/...) covers

@@ -622,7 +622,9 @@ int jj_str_format_percent(struct jj_rc *rc, const struct jj_node *n, const struc
             return jj_fail(rc, n, KC_EINVAL, "unsupported format character '%c'", conv);
         }
     }
-    if (!mapping && argi < nargs) {
+    /* Python only complains about unused arguments when they are not a mapping-like object
+     * (a dict or a list: both have __getitem__). */
+    if (!mapping && argi < nargs && args.t != JJ_LIST && args.t != JJ_UNDEF) {
         return jj_fail(rc, n, KC_EINVAL, "not all arguments converted during string formatting");
     }
     return buf_done(rc, n, &b, out);
@@ -747,6 +749,14 @@ enum {
     M_LIST_INDEX,
     M_LIST_COUNT,
     M_CYCLE,
+    M_REMOVEPREFIX,
+    M_REMOVESUFFIX,
+    M_PARTITION,
+    M_RPARTITION,
+    M_RINDEX,
+    M_CASEFOLD,
+    M_ISNUMERIC,
+    M_COPY,
 };
 
 struct method_def {
@@ -785,13 +795,23 @@ static const struct method_def STR_METHODS[] = {
     {"zfill", M_ZFILL},
     {"ljust", M_LJUST},
     {"rjust", M_RJUST},
+    {"removeprefix", M_REMOVEPREFIX},
+    {"removesuffix", M_REMOVESUFFIX},
+    {"partition", M_PARTITION},
+    {"rpartition", M_RPARTITION},
+    {"rindex", M_RINDEX},
+    {"casefold", M_CASEFOLD},
+    {"isnumeric", M_ISNUMERIC},
+    {"isdecimal", M_ISNUMERIC},
     {NULL, 0},
 };
 static const struct method_def DICT_METHODS[] = {
-    {"items", M_ITEMS}, {"keys", M_KEYS}, {"values", M_VALUES}, {"get", M_GET}, {NULL, 0},
+    {"items", M_ITEMS}, {"keys", M_KEYS}, {"values", M_VALUES},
+    {"get", M_GET},     {"copy", M_COPY}, {NULL, 0},
 };
 static const struct method_def LIST_METHODS[] = {
     {"index", M_LIST_INDEX},
+    {"copy", M_COPY},
     {"count", M_LIST_COUNT},
     {NULL, 0},
 };
@@ -1103,6 +1123,97 @@ static int str_method(struct jj_rc *rc, const struct jj_node *n, int id, const s
         *out = jj_bool(res);
         return 0;
     }
+    case M_REMOVEPREFIX:
+    case M_REMOVESUFFIX: {
+        BIND(id == M_REMOVEPREFIX ? "removeprefix" : "removesuffix", "affix");
+        const struct jj_str *a;
+        if ((r = need_str(rc, n, "argument", av[0], &a)) < 0) {
+            return r;
+        }
+        if (a->len > s->len) {
+            *out = jj_strv(s);
+            return 0;
+        }
+        if (id == M_REMOVEPREFIX && memcmp(s->s, a->s, a->len) == 0) {
+            return mkstr(rc, n, s->s + a->len, s->len - a->len, out);
+        }
+        if (id == M_REMOVESUFFIX && a->len && memcmp(s->s + s->len - a->len, a->s, a->len) == 0) {
+            return mkstr(rc, n, s->s, s->len - a->len, out);
+        }
+        *out = jj_strv(s);
+        return 0;
+    }
+    case M_PARTITION:
+    case M_RPARTITION: {
+        BIND("partition", "sep");
+        const struct jj_str *sep;
+        if ((r = need_str(rc, n, "separator", av[0], &sep)) < 0) {
+            return r;
+        }
+        if (sep->len == 0) {
+            return jj_fail(rc, n, KC_EINVAL, "empty separator");
+        }
+        size_t k = SIZE_MAX;
+        if (id == M_PARTITION) {
+            k = find_bytes(s->s, s->len, sep->s, sep->len, 0);
+        } else {
+            for (size_t i = s->len - (sep->len <= s->len ? sep->len : s->len) + 1; i-- > 0;) {
+                if (i + sep->len <= s->len && memcmp(s->s + i, sep->s, sep->len) == 0) {
+                    k = i;
+                    break;
+                }
+            }
+        }
+        struct jj_list *l = jj_list_new(jj_rc_pool(rc), 3);
+        if (!l) {
+            return jj_oom(rc, n);
+        }
+        struct jj_val parts[3];
+        if (k == SIZE_MAX) {
+            int empty_first = id == M_RPARTITION;
+            if ((r = mkstr(rc, n, "", 0, &parts[1])) < 0) {
+                return r;
+            }
+            parts[0] = empty_first ? parts[1] : jj_strv(s);
+            parts[2] = empty_first ? jj_strv(s) : parts[1];
+        } else if ((r = mkstr(rc, n, s->s, k, &parts[0])) < 0 ||
+                   (r = mkstr(rc, n, s->s + k + sep->len, s->len - k - sep->len, &parts[2])) < 0) {
+            return r;
+        } else {
+            parts[1] = jj_strv(sep);
+        }
+        jj_copy_vals(l->v, parts, 3);
+        l->n = 3;
+        out->t = JJ_TUPLE;
+        out->u.l = l;
+        return 0;
+    }
+    case M_RINDEX: {
+        BIND("rindex", "sub");
+        const struct jj_str *sub;
+        if ((r = need_str(rc, n, "substring", av[0], &sub)) < 0) {
+            return r;
+        }
+        for (size_t i = s->len + 1; i-- > 0;) {
+            if (i + sub->len <= s->len && memcmp(s->s + i, sub->s, sub->len) == 0) {
+                *out = jj_int((int64_t)jj_utf8_len(s->s, i));
+                return 0;
+            }
+        }
+        return jj_fail(rc, n, KC_EINVAL, "substring not found");
+    }
+    case M_CASEFOLD:
+        NOARGS("casefold");
+        return do_case(rc, n, s, CASE_LOWER, out);
+    case M_ISNUMERIC: {
+        NOARGS("isnumeric");
+        bool res = s->len > 0;
+        for (size_t i = 0; i < s->len; i++) {
+            res = res && s->s[i] >= '0' && s->s[i] <= '9';
+        }
+        *out = jj_bool(res);
+        return 0;
+    }
     case M_CENTER:
     case M_LJUST:
     case M_RJUST:
@@ -1183,6 +1294,10 @@ int jj_method_call(struct jj_rc *rc, const struct jj_node *n, const struct jj_me
         *out = v ? *v : ag[1] ? av[1] : jj_none();
         return 0;
     }
+    case M_COPY:
+        NOARGS("copy");
+        *out = self; /* containers are immutable once built (jinja_internal.h DESIGN 3) */
+        return 0;
     case M_LIST_INDEX:
     case M_LIST_COUNT: {
         BIND("index", "value");
@@ -1745,6 +1860,10 @@ static int select_common(struct jj_rc *rc, const struct jj_node *n, struct jj_va
                          const struct jj_args *args, bool attr, bool select, struct jj_val *out) {
     struct jj_list *items;
     int r;
+    if (!jj_truthy(v)) {
+        /* jinja2's select/reject/map are generators guarded by `if value:`. */
+        return list_val(rc, n, jj_list_new(jj_rc_pool(rc), 0), out);
+    }
     if ((r = jj_iterate(rc, n, v, &items)) < 0) {
         return r;
     }
@@ -1866,9 +1985,13 @@ static int filter_indent(struct jj_rc *rc, const struct jj_node *n, struct jj_va
     BIND("indent", "width", "first", "blank");
     const struct jj_str *s, *ind = NULL;
     int r;
-    if ((r = soft_str(rc, n, v, &s)) < 0) {
-        return r;
+    /* jinja2 appends "\n" to the value itself: only strings indent. */
+    if (v.t != JJ_STR) {
+        return jj_fail(rc, n, KC_EINVAL,
+                       "indent: unsupported operand type(s) for +=: '%s' and 'str'",
+                       jj_type_name(v));
     }
+    s = v.u.s;
     char spaces[256];
     struct jj_str *tmp = NULL;
     int64_t w = 4;
@@ -1985,6 +2108,36 @@ static int filter_round(struct jj_rc *rc, const struct jj_node *n, struct jj_val
         }
         method = av[1].u.s->s;
     }
+    int64_t iv;
+    if (as_int(v, &iv) && !strcmp(method, "common")) {
+        /* Python's round(int, n) stays an int (half to even for n < 0). */
+        if (prec >= 0) {
+            *out = jj_int(iv);
+            return 0;
+        }
+        if (prec < -18) {
+            *out = jj_int(0);
+            return 0;
+        }
+        int64_t m = 1;
+        for (int64_t k = 0; k < -prec; k++) {
+            m *= 10;
+        }
+        int64_t q = iv / m, rem = iv % m;
+        if (rem < 0) {
+            q -= 1;
+            rem += m;
+        }
+        if (rem * 2 > m || (rem * 2 == m && (q & 1))) {
+            q += 1;
+        }
+        int64_t res;
+        if (__builtin_mul_overflow(q, m, &res)) {
+            return jj_fail(rc, n, KC_ERANGE, "integer overflow");
+        }
+        *out = jj_int(res);
+        return 0;
+    }
     if (prec < -300 || prec > 300) {
         *out = jj_float(d);
         return 0;
@@ -2015,10 +2168,7 @@ static int filter_truncate(struct jj_rc *rc, const struct jj_node *n, struct jj_
     BIND("truncate", "length", "killwords", "end", "leeway");
     const struct jj_str *s, *end = NULL;
     int r;
-    int64_t length = 255, leeway = 5;
-    if ((r = soft_str(rc, n, v, &s)) < 0) {
-        return r;
-    }
+    int64_t length = 255, leeway = 5, vlen;
     if (ag[0] && (r = need_int(rc, n, "length", av[0], &length)) < 0) {
         return r;
     }
@@ -2028,6 +2178,19 @@ static int filter_truncate(struct jj_rc *rc, const struct jj_node *n, struct jj_
     if (ag[3] && av[3].t != JJ_NONE && (r = need_int(rc, n, "leeway", av[3], &leeway)) < 0) {
         return r;
     }
+    /* jinja2 measures len(value) without converting it: a short list or dict comes back as
+     * it is. */
+    if ((r = length_of(rc, n, v, &vlen)) < 0) {
+        return r;
+    }
+    if (v.t != JJ_STR) {
+        if (vlen <= length + leeway) {
+            *out = v;
+            return 0;
+        }
+        return jj_fail(rc, n, KC_EINVAL, "truncate: can only concatenate str to str");
+    }
+    s = v.u.s;
     size_t el = end ? jj_utf8_len(end->s, end->len) : 3;
     const char *es = end ? end->s : "...";
     size_t ebytes = end ? end->len : 3;
@@ -2316,6 +2479,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
                 return r;
             }
             k = lower_if_str(rc, n, k, ag[0] && jj_truthy(av[0]));
+            if (!jj_hashable(k)) {
+                return jj_fail(rc, n, KC_EINVAL, "unhashable type: '%s'", jj_type_name(k));
+            }
             bool dup = false;
             for (size_t j = 0; j < seen->n && !dup; j++) {
                 dup = jj_equal(seen->v[j], k);
@@ -2366,6 +2532,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
             return 0;
         }
         return jj_fail(rc, n, KC_EINVAL, "bad operand type for abs(): '%s'", jj_type_name(v));
+    }
+    if ((name_is(name, "int") || name_is(name, "float")) && v.t == JJ_UNDEF) {
+        return jj_fail(rc, n, KC_EINVAL, "'%s' is undefined", v.u.s ? v.u.s->s : "value");
     }
     if (name_is(name, "int")) {
         BIND("int", "default", "base");
@@ -2504,6 +2673,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
         return list_val(rc, n, l, out);
     }
     if (name_is(name, "map")) {
+        if (!jj_truthy(v)) {
+            return list_val(rc, n, jj_list_new(p, 0), out);
+        }
         if ((r = jj_iterate(rc, n, v, &items)) < 0) {
             return r;
         }
@@ -2573,6 +2745,17 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
             if (ag[0] && (r = attr_path(rc, n, x, av[0], &x)) < 0) {
                 return r;
             }
+            if ((acc.t == JJ_LIST || acc.t == JJ_TUPLE) && x.t == acc.t) {
+                struct jj_list *l = jj_list_new(p, acc.u.l->n + x.u.l->n);
+                if (!l) {
+                    return jj_oom(rc, n);
+                }
+                jj_copy_vals(l->v, acc.u.l->v, acc.u.l->n);
+                jj_copy_vals(l->v + acc.u.l->n, x.u.l->v, x.u.l->n);
+                l->n = acc.u.l->n + x.u.l->n;
+                acc.u.l = l;
+                continue;
+            }
             bool fa = acc.t == JJ_FLOAT, fb = x.t == JJ_FLOAT;
             int64_t ia, ib;
             if ((fa || as_int(acc, &ia)) && (fb || as_int(x, &ib))) {
@@ -2606,8 +2789,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
         size_t i = 0;
         while (i < s->len) {
             uint32_t c = jj_utf8_next(s->s, s->len, &i);
-            bool w = c == '_' || (c >= '0' && c <= '9') || jj_is_alpha(c) || c >= 0x80;
-            w = w && !jj_is_space(c);
+            /* Python's \w: letters and digits of any script; symbols and emoji are not. */
+            bool w = c == '_' || (c >= '0' && c <= '9') || jj_is_alpha(c) ||
+                     (c >= 0xC0 && c < 0x2000 && c != 0xD7 && c != 0xF7 && !jj_is_space(c));
             if (w && !in) {
                 words++;
             }
@@ -2655,7 +2839,9 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
         *out =
             v.t == JJ_STR || v.t == JJ_LIST || v.t == JJ_TUPLE || v.t == JJ_DICT || v.t == JJ_UNDEF;
     } else if (name_is(name, "callable")) {
-        *out = v.t == JJ_MACRO || v.t == JJ_FUNC || v.t == JJ_METHOD;
+        /* Python's callable(): jinja2's Undefined and LoopContext define __call__. */
+        *out = v.t == JJ_MACRO || v.t == JJ_FUNC || v.t == JJ_METHOD || v.t == JJ_UNDEF ||
+               v.t == JJ_LOOP;
     } else if (name_is(name, "escaped")) {
         *out = false;
     } else if (name_is(name, "odd") || name_is(name, "even")) {
@@ -2672,7 +2858,19 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
         *out = name_is(name, "odd") ? odd : !odd;
     } else if (name_is(name, "divisibleby")) {
         if (!as_int(v, &iv) || !as_int(arg, &dv)) {
-            return jj_fail(rc, n, KC_EINVAL, "divisibleby needs integers");
+            double a, b;
+            if ((v.t != JJ_FLOAT && !as_int(v, &iv)) || (arg.t != JJ_FLOAT && !as_int(arg, &dv))) {
+                return jj_fail(rc, n, KC_EINVAL,
+                               "unsupported operand type(s) for %%: '%s' and '%s'", jj_type_name(v),
+                               jj_type_name(arg));
+            }
+            a = v.t == JJ_FLOAT ? v.u.f : (double)iv;
+            b = arg.t == JJ_FLOAT ? arg.u.f : (double)dv;
+            if (b == 0) {
+                return jj_fail(rc, n, KC_EINVAL, "float modulo");
+            }
+            *out = fmod(a, b) == 0;
+            return 0;
         }
         if (dv == 0) {
             return jj_fail(rc, n, KC_EINVAL, "integer division or modulo by zero");
@@ -2730,6 +2928,9 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
             }
             break;
         case JJ_DICT:
+            if (!jj_hashable(v)) {
+                return jj_fail(rc, n, KC_EINVAL, "unhashable type: '%s'", jj_type_name(v));
+            }
             *out = jj_dict_get(arg.u.d, v) != NULL;
             break;
         case JJ_UNDEF:
@@ -2744,15 +2945,19 @@ int jj_test_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_str
         if ((r = jj_to_str(rc, n, v, &s)) < 0) {
             return r;
         }
-        bool lower = name_is(name, "lower"), res = true;
+        /* Python's str.islower/isupper: at least one cased character, none of the other case. */
+        bool lower = name_is(name, "lower"), res = true, cased = false;
         size_t i = 0;
         while (i < s->len) {
             uint32_t c = jj_utf8_next(s->s, s->len, &i);
             if (lower ? jj_to_lower(c) != c : jj_to_upper(c) != c) {
                 res = false;
             }
+            if (jj_to_lower(c) != c || jj_to_upper(c) != c) {
+                cased = true;
+            }
         }
-        *out = res;
+        *out = res && cased;
     } else if (name_is(name, "filter")) {
         *out = v.t == JJ_STR && jj_filter_exists(v.u.s->s, v.u.s->len);
     } else if (name_is(name, "test")) {

@@ -737,7 +737,7 @@ static int binop(struct jj_rc *rc, const struct jj_node *n, int op, struct jj_va
             return repeat(rc, n, b, ia, out);
         }
     }
-    if (op == JJ_OP_MOD && a.t == JJ_STR && b.t != JJ_UNDEF) {
+    if (op == JJ_OP_MOD && a.t == JJ_STR) {
         return jj_str_format_percent(rc, n, a.u.s, b, out);
     }
     return type_error(rc, n, names[op <= JJ_OP_POW ? op : 0], a, b);
@@ -779,6 +779,9 @@ static int contains(struct jj_rc *rc, const struct jj_node *n, struct jj_val ite
         }
         return 0;
     case JJ_DICT:
+        if (!jj_hashable(item)) {
+            return jj_fail(rc, n, KC_EINVAL, "unhashable type: '%s'", jj_type_name(item));
+        }
         *out = jj_dict_get(container.u.d, item) != NULL;
         return 0;
     case JJ_UNDEF:
@@ -902,10 +905,12 @@ static int call_macro(struct jj_rc *rc, const struct jj_node *n, struct jj_macro
                 if ((r = frame_set(rc, n, f, kw, args->v[i])) < 0) {
                     return r;
                 }
-            } else if (kw->len == 6 && !memcmp(kw->s, "caller", 6)) {
+            } else if (kw->len == 6 && !memcmp(kw->s, "caller", 6) && (def->op & 4)) {
                 if ((r = frame_set(rc, n, f, kw, args->v[i])) < 0) {
                     return r;
                 }
+            } else if (!(def->op & 2)) {
+                return jj_fail(rc, n, KC_EINVAL, "macro takes no keyword argument '%s'", kw->s);
             } else if (jj_dict_set(&rc->pool, kwargs, jj_strv(kw), args->v[i]) < 0) {
                 return jj_oom(rc, n);
             }
@@ -915,6 +920,9 @@ static int call_macro(struct jj_rc *rc, const struct jj_node *n, struct jj_macro
                 return r;
             }
             pos++;
+        } else if (!(def->op & 1)) {
+            return jj_fail(rc, n, KC_EINVAL, "macro takes not more than %d argument(s)",
+                           def->nkids);
         } else if (!jj_list_push(&rc->pool, varargs, args->v[i])) {
             return jj_oom(rc, n);
         }

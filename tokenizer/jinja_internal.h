@@ -185,6 +185,8 @@ bool jj_list_push(struct jj_pool *p, struct jj_list *l, struct jj_val v);
 struct jj_dict *jj_dict_new(struct jj_pool *p);
 /* Inserts or replaces key k. Returns 0, KC_ENOMEM, or KC_EINVAL when k is unhashable. */
 int jj_dict_set(struct jj_pool *p, struct jj_dict *d, struct jj_val k, struct jj_val v);
+/* Whether k can be a dict key (Python's hashable: scalars and tuples of them). */
+bool jj_hashable(struct jj_val k);
 /* The value for key k, or NULL. */
 struct jj_val *jj_dict_get(const struct jj_dict *d, struct jj_val k);
 struct jj_val *jj_dict_get_str(const struct jj_dict *d, const char *key, size_t len);

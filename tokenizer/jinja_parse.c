@@ -1403,12 +1403,9 @@ static struct jj_node *parse_subscript(struct parser *p, struct jj_node *obj) {
         }
     }
     next(p);
-    if (nitems == 0) {
-        perr_at(p, at->line, at->col, "expected a subscript");
-        return NULL;
-    }
-    struct jj_node *key = items[0];
-    if (nitems > 1 || any_tuple) {
+    struct jj_node *key = nitems ? items[0] : NULL;
+    if (nitems != 1 || any_tuple) {
+        /* x[] is x[()] in jinja2. */
         if (!(key = mk(p, JN_TUPLE, at))) {
             return NULL;
         }
@@ -1586,15 +1583,27 @@ static struct jj_node *parse_target(struct parser *p, bool allow_ns, const char 
     }
     for (;;) {
         struct tok *k = cur(p);
-        if (k->t != TK_NAME) {
-            unexpected(p, "a variable name");
-            return NULL;
+        struct jj_node *nm;
+        if (is_op(k, "(")) {
+            if (!enter(p)) {
+                return NULL;
+            }
+            nm = parse_target(p, false, NULL);
+            leave(p);
+            if (!nm) {
+                return NULL;
+            }
+        } else {
+            if (k->t != TK_NAME) {
+                unexpected(p, "a variable name");
+                return NULL;
+            }
+            nm = mk(p, JN_NAME, k);
+            if (!nm || !(nm->name = tok_str(p, k))) {
+                return NULL;
+            }
+            next(p);
         }
-        struct jj_node *nm = mk(p, JN_NAME, k);
-        if (!nm || !(nm->name = tok_str(p, k))) {
-            return NULL;
-        }
-        next(p);
         if (!first) {
             first = nm;
         } else {
@@ -1822,6 +1831,30 @@ static bool parse_params(struct parser *p, struct jj_node *n) {
     return true;
 }
 
+/* Which of varargs (1), kwargs (2) and caller (4) a macro body mentions: like jinja2, a macro
+ * that never names varargs/kwargs refuses extra positional/keyword arguments. */
+static int names_used(const struct jj_node *n) {
+    if (!n) {
+        return 0;
+    }
+    int f = 0;
+    if (n->kind == JN_NAME) {
+        if (n->name->len == 7 && !memcmp(n->name->s, "varargs", 7)) {
+            f |= 1;
+        } else if (n->name->len == 6 && !memcmp(n->name->s, "kwargs", 6)) {
+            f |= 2;
+        } else if (n->name->len == 6 && !memcmp(n->name->s, "caller", 6)) {
+            f |= 4;
+        }
+    }
+    f |= names_used(n->a) | names_used(n->b) | names_used(n->c) | names_used(n->body) |
+         names_used(n->els);
+    for (int i = 0; i < n->nkids; i++) {
+        f |= names_used(n->kids[i]);
+    }
+    return f;
+}
+
 static struct jj_node *parse_macro(struct parser *p, struct tok *at) {
     struct jj_node *n = mk(p, JN_MACRO, at);
     struct tok *k = cur(p);
@@ -1847,6 +1880,7 @@ static struct jj_node *parse_macro(struct parser *p, struct tok *at) {
     if (!n->body || !end_tag(p, "endmacro")) {
         return NULL;
     }
+    n->op = names_used(n->body);
     return adopt(p, n, n->body) ? n : NULL;
 }
 
@@ -1877,6 +1911,7 @@ static struct jj_node *parse_callblock(struct parser *p, struct tok *at) {
     if (!n->body || !end_tag(p, "endcall")) {
         return NULL;
     }
+    n->op = names_used(n->body);
     return adopt(p, n, n->a) && adopt(p, n, n->body) ? n : NULL;
 }
 

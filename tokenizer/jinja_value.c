@@ -362,8 +362,9 @@ struct jj_dict *jj_dict_new(struct jj_pool *p) {
     return jj_alloc(p, sizeof(struct jj_dict));
 }
 
-static bool hashable(struct jj_val k) {
+bool jj_hashable(struct jj_val k) {
     switch (k.t) {
+    case JJ_UNDEF: /* jinja2's Undefined defines __hash__ */
     case JJ_NONE:
     case JJ_BOOL:
     case JJ_INT:
@@ -372,7 +373,7 @@ static bool hashable(struct jj_val k) {
         return true;
     case JJ_TUPLE:
         for (size_t i = 0; i < k.u.l->n; i++) {
-            if (!hashable(k.u.l->v[i])) {
+            if (!jj_hashable(k.u.l->v[i])) {
                 return false;
             }
         }
@@ -454,7 +455,7 @@ static struct jj_val *dict_find(const struct jj_dict *d, struct jj_val k, uint64
 }
 
 struct jj_val *jj_dict_get(const struct jj_dict *d, struct jj_val k) {
-    if (!hashable(k)) {
+    if (!jj_hashable(k)) {
         return NULL;
     }
     return dict_find(d, k, hash_val(k, 0));
@@ -488,7 +489,7 @@ struct jj_val *jj_dict_get_str(const struct jj_dict *d, const char *key, size_t 
 }
 
 int jj_dict_set(struct jj_pool *p, struct jj_dict *d, struct jj_val k, struct jj_val v) {
-    if (!hashable(k)) {
+    if (!jj_hashable(k)) {
         return KC_EINVAL;
     }
     uint64_t h = hash_val(k, 0);

@@ -10,6 +10,7 @@ transformers uses it) and by the C driver (render.c). Outputs must be identical;
 fails, kvcast must fail too, and a raise_exception message must be the same text. The first
 difference of each failing pair is printed. Exits non-zero on any difference.
 """
+import copy
 import glob
 import json
 import os
@@ -111,7 +112,9 @@ def main():
         got = json.loads(line)
         if "out_hex" in got:
             got = {"out": bytes.fromhex(got["out_hex"]).decode("utf-8", "replace")}
-        want = reference.render(env, tpl, ctx)
+        # A copy: jinja2 can mutate a context list in place before failing (`list|indent` runs
+        # `s += "\n"`), which must not leak into the next pair.
+        want = reference.render(env, tpl, copy.deepcopy(ctx))
         label = f"{tname} x {cname} (add_generation_prompt={agp})"
         ok = True
         why = ""
