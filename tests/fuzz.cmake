@@ -4,7 +4,8 @@
 # the HTTP request validator (fuzz_completion_request, C20) and the sampler (fuzz_sampler:
 # arbitrary logits with NaN/Inf and every sampling parameter, issue 15) and the KV pool's prefix
 # cache (fuzz_kv_prefix: random request traffic, K/V exactness and accounting, issue 17) and the
-# Jinja chat-template engine (fuzz_jinja: parse + render any template, issue 19).
+# Jinja chat-template engine (fuzz_jinja: parse + render any template, issue 19) and the chat
+# request path (fuzz_chat_request: srv_chat_parse, then eng_chat_render of the tiny template).
 # Built only with -DKC_FUZZ=ON and clang:
 #   cmake --preset fuzz && cmake --build --preset fuzz
 #   ctest --test-dir build/fuzz -L fuzz                        (60 s each)
