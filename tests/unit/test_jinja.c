@@ -245,6 +245,9 @@ static void test_runtime_errors(void **state) {
     check_err("{{ [[1]] | unique | list }}", "{}", KC_EINVAL, "unhashable");
     check_err("{{ [] in {} }}", "{}", KC_EINVAL, "unhashable");
     check_err("{{ missing | int }}", "{}", KC_EINVAL, "'missing' is undefined");
+    /* Found by fuzz_jinja: an item of an anonymous undefined value (no name to report). */
+    check_err("{{ [][0][0] }}", "{}", KC_EINVAL, "undefined value");
+    check_err("{{ missing[0] }}", "{}", KC_EINVAL, "'missing' is undefined");
     /* raise_exception: the message exactly, without a location. */
     struct kc_error err = {0};
     char *out = NULL;
