@@ -58,6 +58,18 @@
  * dict (insertion order), namespace, macro, loop. Case mapping (upper/lower/title/...) covers
  * ASCII, Latin-1, Greek and Cyrillic; other letters are left unchanged.
  *
+ * Not supported (a clear error, never a wrong render): recursive loops and loop.changed,
+ * include/import/extends (no loader), *args/**kwargs in calls, format specs in str.format,
+ * integers beyond 64 bits, cycler/joiner/lipsum; range() and dict views print as lists.
+ *
+ * Context: transformers always passes tools and documents (None when absent) plus the
+ * tokenizer's special tokens (bos_token, eos_token, ...); pass "tools": null and
+ * "documents": null too for the same rendering (`tools is defined` is then true).
+ *
+ * Limits: max_output bytes of output, max_steps loop iterations + calls, max_depth nested
+ * macro calls; the render's memory pool is capped at 64 x max_output (at least 64 MiB, at most
+ * 1 GiB) plus 8 x the context's size; the evaluator's recursion is bounded as well.
+ *
  * Errors: parse errors are KC_EFORMAT "template:LINE:COL: what"; runtime errors KC_EINVAL
  * "template:LINE:COL: what"; raise_exception(msg) KC_EINVAL with err->msg exactly msg;
  * a limit (output size, steps, call depth, memory) KC_ERANGE. Nesting in the template source is

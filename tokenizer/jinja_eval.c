@@ -325,7 +325,7 @@ int jj_getitem(struct jj_rc *rc, const struct jj_node *n, struct jj_val obj, str
     int64_t idx;
     switch (obj.t) {
     case JJ_UNDEF:
-        return jj_getattr(rc, n, obj, key.t == JJ_STR ? key.u.s : NULL, out);
+        return undefined_error(rc, n, obj);
     case JJ_DICT: {
         struct jj_val *v = jj_dict_get(obj.u.d, key);
         if (v) {

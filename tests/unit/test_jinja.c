@@ -189,6 +189,16 @@ static void test_filters_and_tests(void **state) {
         "{{ d.keys() | list }} {{ '{}-{}'.format(1, 2) }}",
         CTX, "True False a ['a', 'b'] HELLO Heo 2 0 ['b', 'a'] 1-2");
     check("{{ strftime_now('%d %b %Y %H:%M') }}", "{}", "06 Dec 2024 14:16");
+    /* jinja2 details found by differential testing against jinja2 3.1.2. */
+    check(
+        "{{ missing is callable }} {{ none | map('upper') | list }} {{ [1] | truncate(0) }} "
+        "{{ 'abc' % [] }} {{ 5 | round }} {{ 2.5 | round }} {{ 'x' is upper }} {{ '1' is upper }}",
+        "{}", "True [] [1] abc 5 2.0 False False");
+    check("{{ {'a': 1}.items }}", "{}", "<built-in function>");
+    check("{% for a, (b, c) in [(1, (2, 3))] %}{{ a }}{{ b }}{{ c }}{% endfor %}", "{}", "123");
+    check(
+        "{{ 'a b  c'.split(None, 1) }} {{ 'a=b=c'.rpartition('=') }} {{ 'ab'.removeprefix('a') }}",
+        "{}", "['a', 'b  c'] ('a=b', '=', 'c') b");
     check("{{ 'a' | e }}{{ '<&>' | e }}", "{}", "a&lt;&amp;&gt;");
 }
 
@@ -228,6 +238,16 @@ static void test_runtime_errors(void **state) {
     check_err("{{ {} | tojson(indent=none) ~ (none | tojson) ~ (missing | tojson) }}", "{}",
               KC_EINVAL, "not JSON serializable");
     check_err("{{ 9223372036854775807 + 1 }}", "{}", KC_ERANGE, "integer overflow");
+    check_err("{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", "{}", KC_EINVAL, "not more than 1");
+    check_err("{% macro m(a) %}{% endmacro %}{{ m(b=2) }}", "{}", KC_EINVAL,
+              "keyword argument 'b'");
+    check_err("{{ items | indent }}", CTX, KC_EINVAL, "indent");
+    check_err("{{ [[1]] | unique | list }}", "{}", KC_EINVAL, "unhashable");
+    check_err("{{ [] in {} }}", "{}", KC_EINVAL, "unhashable");
+    check_err("{{ missing | int }}", "{}", KC_EINVAL, "'missing' is undefined");
+    /* Found by fuzz_jinja: an item of an anonymous undefined value (no name to report). */
+    check_err("{{ [][0][0] }}", "{}", KC_EINVAL, "undefined value");
+    check_err("{{ missing[0] }}", "{}", KC_EINVAL, "'missing' is undefined");
     /* raise_exception: the message exactly, without a location. */
     struct kc_error err = {0};
     char *out = NULL;
