@@ -9,7 +9,9 @@
  *   2. The context is built as JSON text: the messages after their checks (re-serialized only
  *      when content parts were joined), then tools/documents spliced in byte for byte as the
  *      caller gave them (a re-serialization could reformat their numbers, which `tojson`
- *      would then print differently from Python).
+ *      would then print differently from Python), or null when not given: transformers'
+ *      apply_chat_template always passes tools=None, documents=None, so `tools is defined`
+ *      is true and `tools is none` tells them apart.
  *   3. Special-token strings are read from tokenizer_config.json once, at load, and kept as a
  *      JSON text fragment that every render appends to its context.
  */
@@ -547,13 +549,18 @@ int eng_chat_render(const struct eng_chat *c, const struct eng_chat_input *in, c
     }
     cb_str(&ctx, in->add_generation_prompt ? ",\"add_generation_prompt\":true"
                                            : ",\"add_generation_prompt\":false");
+    /* transformers always passes both, None when absent (DESIGN 2). */
+    cb_str(&ctx, ",\"tools\":");
     if (in->tools != NULL) {
-        cb_str(&ctx, ",\"tools\":");
         cb_add(&ctx, in->tools, in->tools_len);
+    } else {
+        cb_str(&ctx, "null");
     }
+    cb_str(&ctx, ",\"documents\":");
     if (in->documents != NULL) {
-        cb_str(&ctx, ",\"documents\":");
         cb_add(&ctx, in->documents, in->documents_len);
+    } else {
+        cb_str(&ctx, "null");
     }
     cb_str(&ctx, c->specials);
     cb_str(&ctx, "}");

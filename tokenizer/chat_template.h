@@ -21,7 +21,8 @@
  *   bos_token, eos_token, unk_token, pad_token, sep_token, cls_token, mask_token: strings
  *                          from tokenizer_config.json (a string or {"content": ...}), only
  *                          those it sets; additional_special_tokens the same way, as a list;
- *   tools, documents       only when given (absent otherwise, so `tools is defined` works);
+ *   tools, documents       as given, else null (transformers passes None: `tools is defined`
+ *                          is always true, `tools is not none` says whether they were given);
  *   strftime_now(fmt)      the Jinja engine's (tokenizer/jinja.h).
  * Messages are checked before rendering (KC_EINVAL naming the field, e.g. "messages[2].role"):
  * a non-empty array of objects; role one of system, user, assistant, tool; content a string,

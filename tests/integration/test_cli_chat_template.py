@@ -13,8 +13,8 @@ lstrip_blocks, tojson = json.dumps(ensure_ascii=False), raise_exception).
      "default", a directory without any template, and a template that does not parse fail
      with exit 1 and a message saying so.
   3. Context: bos_token/eos_token from the config (strings or {"content": ...} objects), tools
-     and documents passed through when the messages file is an object that has them (absent
-     otherwise), content parts joined with "\\n" for a string template and passed as a list to
+     and documents passed through when the messages file is an object that has them (None
+     otherwise, as transformers passes them), content parts joined with "\\n" for a string template and passed as a list to
      a template that loops over content.
   4. Errors: bad messages (exit 1, naming the field), raise_exception (exit 1, its message),
      missing options (exit 2).
@@ -161,9 +161,9 @@ def test_sources(tmp):
 
 def test_context(tmp):
     # Special tokens as AddedToken objects; tools and documents through tojson.
-    tpl = ("{{ bos_token }}|{{ eos_token }}|{{ unk_token is defined }}|"
-           "{% if tools is defined %}{{ tools | tojson }}{% else %}no tools{% endif %}|"
-           "{% if documents is defined %}{{ documents | tojson(indent=2) }}{% endif %}|"
+    tpl = ("{{ bos_token }}|{{ eos_token }}|{{ unk_token is defined }}|{{ tools is defined }}|"
+           "{% if tools is not none %}{{ tools | tojson }}{% else %}no tools{% endif %}|"
+           "{% if documents is not none %}{{ documents | tojson(indent=2) }}{% endif %}|"
            "{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
     d = tokenizer_copy(tmp, "ctx", {"chat_template": tpl,
                                     "bos_token": {"content": "<|endoftext|>", "lstrip": False},
@@ -183,7 +183,11 @@ def test_context(tmp):
     check(out == want, "context: got %r want %r" % (out, want))
     conv2 = write(os.path.join(tmp, "c4.json"), [{"role": "user", "content": "x"}])
     out, _ = run(["--tokenizer", d, "--messages", conv2])
-    check("|no tools|" in out, "tools absent unless given: %r" % out)
+    want = reference(tpl, {"messages": [{"role": "user", "content": "x"}], "tools": None,
+                           "documents": None, "add_generation_prompt": False,
+                           "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"})
+    check(out == want and "|True|no tools|" in out,
+          "tools and documents are None unless given (as transformers passes them): %r" % out)
     # A template that loops over content gets the parts list.
     tpl2 = ("{% for m in messages %}{% if m['content'] is string %}S:{{ m['content'] }}"
             "{% else %}{% for p in m['content'] %}P:{{ p['text'] }};{% endfor %}{% endif %}"
