@@ -59,7 +59,7 @@
  * ASCII, Latin-1, Greek and Cyrillic; other letters are left unchanged.
  *
  * Not supported (a clear error, never a wrong render): recursive loops and loop.changed,
- * include/import/extends (no loader), *args/**kwargs in calls, format specs in str.format,
+ * include/import/extends (no loader), *args and **kwargs in calls, format specs in str.format,
  * integers beyond 64 bits, cycler/joiner/lipsum; range() and dict views print as lists.
  *
  * Context: transformers always passes tools and documents (None when absent) plus the

@@ -2751,7 +2751,9 @@ int jj_filter_apply(struct jj_rc *rc, const struct jj_node *n, const struct jj_s
                     return jj_oom(rc, n);
                 }
                 jj_copy_vals(l->v, acc.u.l->v, acc.u.l->n);
-                jj_copy_vals(l->v + acc.u.l->n, x.u.l->v, x.u.l->n);
+                if (x.u.l->n > 0) { /* NULL + 0 is undefined behaviour */
+                    jj_copy_vals(l->v + acc.u.l->n, x.u.l->v, x.u.l->n);
+                }
                 l->n = acc.u.l->n + x.u.l->n;
                 acc.u.l = l;
                 continue;

@@ -519,7 +519,9 @@ static int concat_seq(struct jj_rc *rc, const struct jj_node *n, struct jj_val a
         return jj_oom(rc, n);
     }
     jj_copy_vals(l->v, a.u.l->v, a.u.l->n);
-    jj_copy_vals(l->v + a.u.l->n, b.u.l->v, b.u.l->n);
+    if (b.u.l->n > 0) { /* NULL + 0 is undefined behaviour */
+        jj_copy_vals(l->v + a.u.l->n, b.u.l->v, b.u.l->n);
+    }
     l->n = a.u.l->n + b.u.l->n;
     out->t = a.t;
     out->u.l = l;
@@ -528,8 +530,8 @@ static int concat_seq(struct jj_rc *rc, const struct jj_node *n, struct jj_val a
 
 static int repeat(struct jj_rc *rc, const struct jj_node *n, struct jj_val seq, int64_t times,
                   struct jj_val *out) {
-    if (times < 0) {
-        times = 0;
+    if (times < 0 || (seq.t == JJ_STR ? seq.u.s->len : seq.u.l->n) == 0) {
+        times = 0; /* also keeps '' * 10**18 from looping */
     }
     if (seq.t == JJ_STR) {
         size_t total;
@@ -558,7 +560,9 @@ static int repeat(struct jj_rc *rc, const struct jj_node *n, struct jj_val seq, 
         return jj_oom(rc, n);
     }
     for (int64_t i = 0; i < times; i++) {
-        jj_copy_vals(l->v + l->n, seq.u.l->v, seq.u.l->n);
+        if (seq.u.l->n > 0) { /* NULL + 0 is undefined behaviour */
+            jj_copy_vals(l->v + l->n, seq.u.l->v, seq.u.l->n);
+        }
         l->n += seq.u.l->n;
     }
     out->t = seq.t;

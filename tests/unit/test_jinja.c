@@ -248,6 +248,9 @@ static void test_runtime_errors(void **state) {
     /* Found by fuzz_jinja: an item of an anonymous undefined value (no name to report). */
     check_err("{{ [][0][0] }}", "{}", KC_EINVAL, "undefined value");
     check_err("{{ missing[0] }}", "{}", KC_EINVAL, "'missing' is undefined");
+    /* Found by fuzz_jinja: repeating an empty list (NULL + 0), and must not loop 10**18 times. */
+    check("{{ 2 * (missing | list) }}{{ [] * 1000000000000000000 }}{{ '' * 1000000000000000000 }}",
+          "{}", "[][]");
     /* raise_exception: the message exactly, without a location. */
     struct kc_error err = {0};
     char *out = NULL;
