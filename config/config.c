@@ -108,6 +108,9 @@ static const struct cfg_field fields[] = {
           "bundle's"),
     F_STR("tokenizer", tokenizer, "",
           "tokenizer.json (or its directory); default: the base model's"),
+    F_STR("chat-template", chat_template, "",
+          "Jinja chat template file for /v1/chat/completions; default: tokenizer_config.json's "
+          "chat_template, else chat_template.jinja beside the tokenizer"),
     F_STR("served-model-name", served_model_name, "",
           "model id clients send and /v1/models lists; default: the bundle's \"name\", else the "
           "base dir's name"),

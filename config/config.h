@@ -57,6 +57,8 @@ struct cfg_settings {
     char aux[CFG_PATH_MAX];       /* auxiliary model dir */
     char predictor[CFG_PATH_MAX]; /* predictor.safetensors */
     char tokenizer[CFG_PATH_MAX]; /* tokenizer.json or dir; default: the base model dir */
+    /* Jinja chat template file; overrides the tokenizer's (tokenizer/chat_template.h) */
+    char chat_template[CFG_PATH_MAX];
     char served_model_name[CFG_STR_MAX];
     char prefill_dtype[8]; /* auto | f32 | bf16 (auto: bf16 where the CPU has AMX) */
     char decode_dtype[8];  /* f32 | bf16 */

@@ -1,7 +1,9 @@
 /*
- * completions.c — POST /v1/completions: validate, tokenize, submit one scheduler request per
- * choice (prompts x n), and turn the scheduler's events into OpenAI/vLLM-shaped output: SSE
- * chunks (`data: {...}\n\n` ... `data: [DONE]\n\n`) or one JSON body.
+ * completions.c — POST /v1/completions and POST /v1/chat/completions: validate, tokenize (a
+ * chat renders its messages first: server/chat.c), submit one scheduler request per choice
+ * (prompts x n), and turn the scheduler's events into OpenAI/vLLM-shaped output: SSE chunks
+ * (`data: {...}\n\n` ... `data: [DONE]\n\n`) or one JSON body. Both routes share everything
+ * from the prepare job on; only the JSON shapes differ (DESIGN 9).
  *
  * Thread rules: loop thread only (see server_internal.h), except prep_work, which parses the
  * body and tokenizes the prompts on libuv's threadpool (uv_queue_work) so that a 4 MiB
@@ -47,6 +49,13 @@
  *   8. This file speaks OpenAI semantics only: HTTP goes through http.c's seam
  *      (server_internal.h: srv_send*, srv_http_suspend/resume, srv_http_stream_begin,
  *      srv_http_peer_check), which alone calls libmicrohttpd and adds CORS headers.
+ *   9. Chat (req.chat) differs from /v1/completions in shapes only: object "chat.completion"
+ *      / "chat.completion.chunk", id "chatcmpl-...", choices[].message {role, content} or
+ *      delta; logprobs {"content": [{token, logprob, bytes, top_logprobs: [top n]}]}. A chat
+ *      stream sends per choice a first delta {role: "assistant", content: ""}, content
+ *      deltas, then a last chunk whose delta is empty and which carries finish_reason (text
+ *      still held back by the stop matcher goes out in a content delta just before it); then
+ *      the usage chunk (include_usage) and [DONE], as /v1/completions.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -130,6 +139,7 @@ struct srv_completion {
     int prep_rc;
     struct srv_error prep_err;
     bool tokenize_route; /* POST /tokenize: the job builds the whole answer into `out` */
+    bool chat_route;     /* POST /v1/chat/completions: the job parses and renders a chat */
     double t_prep;       /* the prepare job was queued (whole body received) */
     double tokenize_ms;  /* t_prep -> the job's end, on the loop thread */
 };
@@ -264,8 +274,11 @@ static json_t *usage_json(const struct srv_completion *cmp) {
 
 static json_t *envelope(const struct srv_completion *cmp) {
     json_t *o = json_object();
+    const char *object = !cmp->req.chat ? "text_completion"
+                         : cmp->stream  ? "chat.completion.chunk"
+                                        : "chat.completion";
     json_object_set_new(o, "id", json_string(cmp->id));
-    json_object_set_new(o, "object", json_string("text_completion"));
+    json_object_set_new(o, "object", json_string(object));
     json_object_set_new(o, "created", json_integer(cmp->created));
     json_object_set_new(o, "model", json_string(cmp->srv->models.id));
     return o;
@@ -286,11 +299,30 @@ static json_t *stop_reason_json(const struct srv_choice *ch) {
     return json_null();
 }
 
+/* Chat's message (a whole answer) or delta (a stream chunk): the assistant's text. A stream's
+ * first delta of a choice carries the role, its last one nothing (DESIGN 9). */
+static json_t *chat_message(const struct srv_completion *cmp, const char *text, size_t len,
+                            bool final) {
+    json_t *m = json_object();
+    if (!cmp->stream) {
+        json_object_set_new(m, "role", json_string("assistant"));
+        json_object_set_new(m, "content", json_text(text, len));
+    } else if (!final) {
+        json_object_set_new(m, "content", json_text(text, len));
+    }
+    return m;
+}
+
 static json_t *choice_json(const struct srv_choice *ch, const char *text, size_t len,
                            json_t *logprobs, bool final) {
     json_t *c = json_object();
     json_object_set_new(c, "index", json_integer(ch->index));
-    json_object_set_new(c, "text", json_text(text, len));
+    if (ch->cmp->req.chat) {
+        json_object_set_new(c, ch->cmp->stream ? "delta" : "message",
+                            chat_message(ch->cmp, text, len, final));
+    } else {
+        json_object_set_new(c, "text", json_text(text, len));
+    }
     json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(c, "finish_reason",
                         final && ch->finish != SCH_FINISH_NONE
@@ -300,8 +332,12 @@ static json_t *choice_json(const struct srv_choice *ch, const char *text, size_t
     return c;
 }
 
-static json_t *logprobs_new(void) {
+static json_t *logprobs_new(bool chat) {
     json_t *lp = json_object();
+    if (chat) {
+        json_object_set_new(lp, "content", json_array());
+        return lp;
+    }
     json_object_set_new(lp, "tokens", json_array());
     json_object_set_new(lp, "token_logprobs", json_array());
     json_object_set_new(lp, "top_logprobs", json_array());
@@ -324,6 +360,35 @@ static json_t *token_text(const struct srv *s, int32_t id, bool as_ids) {
     json_t *j = json_text(t, n);
     free(t);
     return j;
+}
+
+/* Chat's logprob of one token: {"token", "logprob", "bytes"} (bytes: the UTF-8 of token, as
+ * vLLM gives them; a token that ends inside a character decodes to U+FFFD). */
+static json_t *chat_logprob(json_t *token, double logprob) {
+    json_t *o = json_object();
+    json_t *bytes = json_array();
+    const unsigned char *p = (const unsigned char *)json_string_value(token);
+    for (size_t i = 0; i < json_string_length(token); i++) {
+        json_array_append_new(bytes, json_integer(p[i]));
+    }
+    json_object_set_new(o, "token", token);
+    json_object_set_new(o, "logprob", json_num(logprob));
+    json_object_set_new(o, "bytes", bytes);
+    return o;
+}
+
+/* Chat's logprobs of one generated token: the token's, and top_logprobs with the top n
+ * alternatives, best first (OpenAI's shape: exactly n, which may or may not hold the token). */
+static void chat_logprobs_add(const struct srv *s, json_t *lp, const struct sch_event *ev,
+                              bool as_ids) {
+    json_t *entry = chat_logprob(token_text(s, ev->token, as_ids), ev->logprob);
+    json_t *top = json_array();
+    for (int i = 0; i < ev->n_top && i < SCH_MAX_LOGPROBS; i++) {
+        json_array_append_new(
+            top, chat_logprob(token_text(s, ev->top_ids[i], as_ids), ev->top_logprobs[i]));
+    }
+    json_object_set_new(entry, "top_logprobs", top);
+    json_array_append_new(json_object_get(lp, "content"), entry);
 }
 
 /* Appends one position (generated or prompt token) to a logprobs object and returns the
@@ -366,6 +431,13 @@ static void sse_append(struct srv_completion *cmp, json_t *o) {
 
 static void sse_chunk(struct srv_completion *cmp, struct srv_choice *ch, const char *text,
                       size_t len, json_t *logprobs, bool final) {
+    if (final && cmp->req.chat && len > 0) {
+        /* Chat's last chunk has an empty delta: text still held back goes out before it. */
+        sse_chunk(cmp, ch, text, len, logprobs, false);
+        text = "";
+        len = 0;
+        logprobs = NULL;
+    }
     json_t *o = envelope(cmp);
     json_t *arr = json_array();
     json_array_append_new(arr, choice_json(ch, text, len, logprobs, final));
@@ -375,6 +447,26 @@ static void sse_chunk(struct srv_completion *cmp, struct srv_choice *ch, const c
     }
     if (final && ch->have_timings) {
         json_object_set_new(o, "timings", timings_json(&ch->timings, cmp->tokenize_ms));
+    }
+    sse_append(cmp, o);
+}
+
+/* Chat streams open each choice with a delta that names the role (DESIGN 9). */
+static void sse_role_chunk(struct srv_completion *cmp, const struct srv_choice *ch) {
+    json_t *o = envelope(cmp);
+    json_t *c = json_object();
+    json_t *delta = json_object();
+    json_object_set_new(delta, "role", json_string("assistant"));
+    json_object_set_new(delta, "content", json_string(""));
+    json_object_set_new(c, "index", json_integer(ch->index));
+    json_object_set_new(c, "delta", delta);
+    json_object_set_new(c, "logprobs", json_null());
+    json_object_set_new(c, "finish_reason", json_null());
+    json_t *arr = json_array();
+    json_array_append_new(arr, c);
+    json_object_set_new(o, "choices", arr);
+    if (cmp->req.include_usage) {
+        json_object_set_new(o, "usage", json_null());
     }
     sse_append(cmp, o);
 }
@@ -484,8 +576,12 @@ static void on_token(struct srv_completion *cmp, struct srv_choice *ch,
     }
     json_t *chunk_lp = NULL;
     if (cmp->req.logprobs >= 0) {
-        json_t *lp = cmp->stream ? (chunk_lp = logprobs_new()) : ch->lp;
-        logprobs_add(s, lp, ev, ch->text_offset, cmp->req.return_tokens_as_token_ids);
+        json_t *lp = cmp->stream ? (chunk_lp = logprobs_new(cmp->req.chat)) : ch->lp;
+        if (cmp->req.chat) {
+            chat_logprobs_add(s, lp, ev, cmp->req.return_tokens_as_token_ids);
+        } else {
+            logprobs_add(s, lp, ev, ch->text_offset, cmp->req.return_tokens_as_token_ids);
+        }
     }
     size_t n = 0;
     if (s->models.tok != NULL &&
@@ -682,9 +778,12 @@ static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
             struct kc_error kerr = {0};
             int32_t *ids = NULL;
             size_t n = 0;
-            int rc = eng_tok_encode_max(s->models.tok, p->text, p->text_len,
-                                        r->add_special_tokens ? ENG_TOK_ADD_SPECIAL : 0, max_ids,
-                                        &ids, &n, &kerr);
+            /* Chat: special-token text is the template's markup (tokenizer/chat_template.h). */
+            int rc = r->chat ? eng_chat_encode(s->models.tok, p->text, p->text_len,
+                                               r->add_special_tokens, max_ids, &ids, &n, &kerr)
+                             : eng_tok_encode_max(s->models.tok, p->text, p->text_len,
+                                                  r->add_special_tokens ? ENG_TOK_ADD_SPECIAL : 0,
+                                                  max_ids, &ids, &n, &kerr);
             if (rc == KC_ECONTEXT) {
                 return srv_error_kc(e, KC_ECONTEXT, "prompt",
                                     "This model's maximum context length is %d tokens. "
@@ -702,6 +801,7 @@ static int tokenize_prompts(const struct srv *s, struct srv_completion_req *r,
             p->n_ids = (int)n;
             srv_prompt_truncate(p, r->truncate_prompt_tokens);
         }
+        srv_prompt_fill_max_tokens(r, p, &s->lim);
         int rc = srv_prompt_check(p, i, r->max_tokens, &s->lim, e);
         if (rc != KC_OK) {
             return rc;
@@ -762,8 +862,14 @@ static void prep_work(uv_work_t *w) {
         srv_buf_free(&cmp->body);
         return;
     }
-    int rc = srv_completion_parse(cmp->body.p, cmp->body.len, &s->lim, &cmp->req, &cmp->prep_err);
+    int rc =
+        cmp->chat_route
+            ? srv_chat_parse(cmp->body.p, cmp->body.len, &s->lim, &cmp->req, &cmp->prep_err)
+            : srv_completion_parse(cmp->body.p, cmp->body.len, &s->lim, &cmp->req, &cmp->prep_err);
     srv_buf_free(&cmp->body);
+    if (rc == KC_OK && cmp->req.chat) {
+        rc = srv_chat_render(s, &cmp->req, &cmp->prep_err);
+    }
     if (rc == KC_OK) {
         rc = tokenize_prompts(s, &cmp->req, &cmp->abandon, &cmp->prep_err);
     }
@@ -911,7 +1017,7 @@ static void completion_link(struct srv *s, struct srv_completion *cmp) {
 
 /* The access handler's first call with the whole body: hand parse + tokenize to the
  * threadpool and keep the connection suspended until prep_done resumes it. */
-static enum srv_http_rc prep_start(struct srv_conn *c, bool tokenize_route) {
+static enum srv_http_rc prep_start(struct srv_conn *c, bool tokenize_route, bool chat_route) {
     struct srv *s = c->srv;
     struct srv_completion *cmp = calloc(1, sizeof(*cmp));
     if (cmp == NULL) {
@@ -922,6 +1028,7 @@ static enum srv_http_rc prep_start(struct srv_conn *c, bool tokenize_route) {
     cmp->srv = s;
     cmp->conn = c;
     cmp->tokenize_route = tokenize_route;
+    cmp->chat_route = chat_route;
     cmp->t_start = c->t_start;
     cmp->t_last_write = kc_now_s();
     cmp->t_prep = cmp->t_last_write;
@@ -939,11 +1046,15 @@ static enum srv_http_rc prep_start(struct srv_conn *c, bool tokenize_route) {
 }
 
 enum srv_http_rc srv_completions_start(struct srv_conn *c) {
-    return prep_start(c, false);
+    return prep_start(c, false, false);
+}
+
+enum srv_http_rc srv_chat_start(struct srv_conn *c) {
+    return prep_start(c, false, true);
 }
 
 enum srv_http_rc srv_tokenize_start(struct srv_conn *c) {
-    return prep_start(c, true);
+    return prep_start(c, true, false);
 }
 
 /* Detaches a completion that never submitted anything and answers with e. */
@@ -992,8 +1103,8 @@ static enum srv_http_rc start_prepared(struct srv_conn *c, struct srv_completion
     cmp->stream = req.stream;
     cmp->created = (long long)time(NULL);
     uint64_t r = mix64(s->id_salt ^ mix64(c->rid));
-    snprintf(cmp->id, sizeof(cmp->id), "cmpl-%016llx%016llx", (unsigned long long)r,
-             (unsigned long long)mix64(r + 1));
+    snprintf(cmp->id, sizeof(cmp->id), "%s-%016llx%016llx", req.chat ? "chatcmpl" : "cmpl",
+             (unsigned long long)r, (unsigned long long)mix64(r + 1));
     snprintf(c->cmpl_id, sizeof(c->cmpl_id), "%s", cmp->id);
     cmp->prompt_lp = req.echo && req.logprobs >= 0;
     for (int i = 0; i < req.n_prompts; i++) {
@@ -1018,7 +1129,7 @@ static enum srv_http_rc start_prepared(struct srv_conn *c, struct srv_completion
                                 req.skip_special_tokens ? ENG_TOK_SKIP_SPECIAL : 0);
         }
         if (req.logprobs >= 0 && (!req.stream || cmp->prompt_lp)) {
-            ch->lp = logprobs_new();
+            ch->lp = logprobs_new(req.chat);
         }
         const struct srv_prompt *p = &req.prompts[ch->prompt];
         struct sch_request_params sp = {
@@ -1075,6 +1186,11 @@ static enum srv_http_rc start_prepared(struct srv_conn *c, struct srv_completion
             }
             ch->text_offset = t.len;
             srv_buf_free(&t);
+        }
+    }
+    if (cmp->stream && req.chat) {
+        for (int i = 0; i < n_choices; i++) {
+            sse_role_chunk(cmp, &choices[i]);
         }
     }
     if (cmp->stream) {

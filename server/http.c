@@ -12,7 +12,7 @@
  * thread too, and connection state needs no locks (server_internal.h, invariant 1).
  *
  * Routes (table and handlers: routes.c): GET /health, GET /metrics, GET /v1/models,
- * POST /v1/completions, POST /v1/chat/completions (501), POST /tokenize, POST /detokenize;
+ * POST /v1/completions, POST /v1/chat/completions, POST /tokenize, POST /detokenize;
  * OPTIONS for CORS preflights. /v1/..., /tokenize, /detokenize and (unless --metrics-public)
  * /metrics need the API key when one is set; /health never does. Every response carries
  * X-Request-Id.

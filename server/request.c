@@ -133,20 +133,26 @@ static int check_model(json_t *root, const struct srv_limits *lim, struct srv_er
 
 /* Unknown fields: a 400 in strict mode; otherwise ignored, and counted (with the first
  * names) in r when r is given, for the server's warning and counter. */
+static bool listed(const char *key, const char *const *names, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(key, names[i]) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* known and more (more may be NULL) list the accepted names. */
 static int check_unknown(json_t *root, const char *const *known, size_t n_known,
-                         const struct srv_limits *lim, struct srv_completion_req *r,
-                         struct srv_error *e) {
+                         const char *const *more, size_t n_more, const struct srv_limits *lim,
+                         struct srv_completion_req *r, struct srv_error *e) {
     if (!lim->strict && r == NULL) {
         return KC_OK;
     }
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {
-        bool found = false;
-        for (size_t i = 0; i < n_known && !found; i++) {
-            found = strcmp(key, known[i]) == 0;
-        }
-        if (found) {
+        if (listed(key, known, n_known) || listed(key, more, n_more)) {
             continue;
         }
         if (lim->strict) {
@@ -359,10 +365,61 @@ fail:
     return rc;
 }
 
+/* True when v asks for nothing: absent, null, an empty array, or the string `none`. */
+static bool asks_nothing(json_t *v, const char *none) {
+    return v == NULL || json_is_null(v) || (json_is_array(v) && json_array_size(v) == 0) ||
+           (none != NULL && json_is_string(v) && strcmp(json_string_value(v), none) == 0);
+}
+
+/* Chat fields kvcast does not serve yet (tool calling, per-request templates, continuing the
+ * last message, echo): a 400 naming the field unless they ask for nothing. */
+static int check_unsupported_chat(json_t *root, struct srv_error *e) {
+    static const struct {
+        const char *name;
+        const char *none; /* the string value that asks for nothing, or NULL */
+        const char *why;
+    } rows[] = {
+        {"tools", NULL, "tool calling is not supported yet; leave 'tools' out"},
+        {"tool_choice", "none", "tool calling is not supported yet; leave 'tool_choice' out"},
+        {"functions", NULL, "function calling is not supported yet; leave 'functions' out"},
+        {"function_call", "none",
+         "function calling is not supported yet; leave 'function_call' out"},
+        {"chat_template", NULL,
+         "a per-request 'chat_template' is not supported; the server renders the model's own "
+         "template (or the one given with --chat-template FILE)"},
+    };
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        json_t *v = json_object_get(root, rows[i].name);
+        if (!asks_nothing(v, rows[i].none)) {
+            return srv_error_kc(e, KC_EUNSUPPORTED, rows[i].name, "%s", rows[i].why);
+        }
+    }
+    static const char *const flags[] = {"continue_final_message", "echo"};
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+        json_t *v = json_object_get(root, flags[i]);
+        if (v != NULL && !json_is_null(v) && !json_is_boolean(v)) {
+            return srv_error_kc(e, KC_EINVAL, flags[i], "'%s' must be a boolean, got %s", flags[i],
+                                type_name(v));
+        }
+        if (json_is_true(v)) {
+            return srv_error_kc(e, KC_EUNSUPPORTED, flags[i],
+                                "'%s' is not supported on /v1/chat/completions", flags[i]);
+        }
+    }
+    return KC_OK;
+}
+
 /* Fields that change the shape or the meaning of the output: ignoring them would hand the
  * client something it did not ask for, so they are refused unless they ask for nothing. */
-static int check_unsupported(json_t *root, struct srv_error *e) {
-    json_t *v = json_object_get(root, "response_format");
+static int check_unsupported(json_t *root, bool chat, struct srv_error *e) {
+    json_t *v;
+    if (chat) {
+        int rc = check_unsupported_chat(root, e);
+        if (rc != KC_OK) {
+            return rc;
+        }
+    }
+    v = json_object_get(root, "response_format");
     if (v != NULL && !json_is_null(v)) {
         json_t *type = json_is_object(v) ? json_object_get(v, "type") : NULL;
         if (!(json_is_string(type) && strcmp(json_string_value(type), "text") == 0)) {
@@ -498,9 +555,10 @@ static int parse_stop_token_ids(json_t *root, const struct srv_limits *lim,
     return KC_OK;
 }
 
-static const char *const completion_fields[] = {
+/* Fields both routes take; the last ones are refused (400 not supported) unless they ask
+ * for nothing (echo: chat only refuses it). */
+static const char *const shared_fields[] = {
     "model",
-    "prompt",
     "max_tokens",
     "temperature",
     "top_p",
@@ -513,7 +571,6 @@ static const char *const completion_fields[] = {
     "stream",
     "stream_options",
     "logprobs",
-    "echo",
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
@@ -521,7 +578,6 @@ static const char *const completion_fields[] = {
     "user",
     "prefill_mode",
     "refine",
-    "suffix",
     "logit_bias",
     "min_tokens",
     "skip_special_tokens",
@@ -531,7 +587,7 @@ static const char *const completion_fields[] = {
     "add_special_tokens",
     "truncate_prompt_tokens",
     "return_tokens_as_token_ids",
-    /* refused (400 not supported) unless they ask for nothing */
+    "echo",
     "response_format",
     "guided_json",
     "guided_regex",
@@ -540,21 +596,68 @@ static const char *const completion_fields[] = {
     "use_beam_search",
 };
 
+static const char *const completion_fields[] = {"prompt", "suffix"};
+
+/* The last six are refused unless they ask for nothing (check_unsupported_chat). */
+static const char *const chat_fields[] = {
+    "messages",  "max_completion_tokens", "top_logprobs",  "add_generation_prompt",
+    "documents", "parallel_tool_calls",   "tools",         "tool_choice",
+    "functions", "function_call",         "chat_template", "continue_final_message",
+};
+
+/* max_tokens of /v1/completions (default 16; 0 only with echo), or of chat:
+ * max_completion_tokens, else max_tokens (both >= 1), else the rest of the context. */
+static int parse_max_tokens(json_t *root, const struct srv_limits *lim,
+                            struct srv_completion_req *r, struct srv_error *e) {
+    int rc;
+    long long x = r->chat ? -1 : SRV_DEFAULT_MAX_TOKENS;
+    if ((rc = get_int(root, "max_tokens", r->chat ? 1 : 0, lim->max_context, &x, e)) != KC_OK ||
+        (r->chat &&
+         (rc = get_int(root, "max_completion_tokens", 1, lim->max_context, &x, e)) != KC_OK)) {
+        return rc;
+    }
+    r->max_tokens_auto = x < 0;
+    /* A placeholder until srv_prompt_fill_max_tokens knows the prompt's length. */
+    r->max_tokens = x < 0 ? 1 : (int)x;
+    return KC_OK;
+}
+
+/* logprobs: /v1/completions' integer (alternatives), or chat's boolean + top_logprobs. */
+static int parse_logprobs(json_t *root, struct srv_completion_req *r, struct srv_error *e) {
+    int rc;
+    long long x = -1;
+    if (!r->chat) {
+        rc = get_int(root, "logprobs", 0, SRV_MAX_LOGPROBS, &x, e);
+        r->logprobs = (int)x;
+        return rc;
+    }
+    bool on = false;
+    if ((rc = get_bool(root, "logprobs", &on, e)) != KC_OK ||
+        (rc = get_int(root, "top_logprobs", 0, SRV_MAX_LOGPROBS, &x, e)) != KC_OK) {
+        return rc;
+    }
+    if (x >= 0 && !on) {
+        return srv_error_kc(e, KC_EINVAL, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    }
+    r->logprobs = on ? (x < 0 ? 0 : (int)x) : -1;
+    return KC_OK;
+}
+
 static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_completion_req *r,
                         struct srv_error *e) {
     int rc;
     long long x;
-    if ((rc = check_unknown(root, completion_fields,
-                            sizeof(completion_fields) / sizeof(completion_fields[0]), lim, r, e)) !=
+    const char *const *own = r->chat ? chat_fields : completion_fields;
+    const size_t n_own = r->chat ? sizeof(chat_fields) / sizeof(chat_fields[0])
+                                 : sizeof(completion_fields) / sizeof(completion_fields[0]);
+    if ((rc = check_unknown(root, own, n_own, shared_fields,
+                            sizeof(shared_fields) / sizeof(shared_fields[0]), lim, r, e)) !=
             KC_OK ||
-        (rc = check_unsupported(root, e)) != KC_OK || (rc = check_model(root, lim, e)) != KC_OK) {
+        (rc = check_unsupported(root, r->chat, e)) != KC_OK ||
+        (rc = check_model(root, lim, e)) != KC_OK ||
+        (rc = parse_max_tokens(root, lim, r, e)) != KC_OK) {
         return rc;
     }
-    x = SRV_DEFAULT_MAX_TOKENS;
-    if ((rc = get_int(root, "max_tokens", 0, lim->max_context, &x, e)) != KC_OK) {
-        return rc;
-    }
-    r->max_tokens = (int)x;
     x = 1;
     if ((rc = get_int(root, "n", 1, lim->max_choices, &x, e)) != KC_OK) {
         return rc;
@@ -604,15 +707,12 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
         sp->seed = (uint64_t)json_integer_value(seed);
         r->seed_given = true;
     }
-    r->logprobs = -1;
-    x = -1;
-    if ((rc = get_int(root, "logprobs", 0, SRV_MAX_LOGPROBS, &x, e)) != KC_OK) {
+    if ((rc = parse_logprobs(root, r, e)) != KC_OK) {
         return rc;
     }
-    r->logprobs = (int)x;
     r->skip_special_tokens = true;
     if ((rc = get_bool(root, "stream", &r->stream, e)) != KC_OK ||
-        (rc = get_bool(root, "echo", &r->echo, e)) != KC_OK ||
+        (!r->chat && (rc = get_bool(root, "echo", &r->echo, e)) != KC_OK) ||
         (rc = get_bool(root, "ignore_eos", &r->ignore_eos, e)) != KC_OK ||
         (rc = get_bool(root, "skip_special_tokens", &r->skip_special_tokens, e)) != KC_OK ||
         (rc = get_bool(root, "include_stop_str_in_output", &r->include_stop_str_in_output, e)) !=
@@ -624,7 +724,7 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
         return rc;
     }
     /* max_tokens 0 scores the prompt (echo, usually with logprobs: lm-eval loglikelihood). */
-    if (r->max_tokens == 0 && !r->echo) {
+    if (r->max_tokens == 0 && !r->echo && !r->chat) {
         return srv_error_kc(e, KC_EINVAL, "max_tokens",
                             "'max_tokens' must be at least 1 (0 only with 'echo': score the "
                             "prompt)");
@@ -641,7 +741,7 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
         }
         static const char *const so_fields[] = {"include_usage", "continuous_usage_stats"};
         bool cont = false;
-        if ((rc = check_unknown(so, so_fields, 2, lim, NULL, e)) != KC_OK ||
+        if ((rc = check_unknown(so, so_fields, 2, NULL, 0, lim, NULL, e)) != KC_OK ||
             (rc = get_bool(so, "include_usage", &r->include_usage, e)) != KC_OK ||
             (rc = get_bool(so, "continuous_usage_stats", &cont, e)) != KC_OK) {
             e->param[0] = '\0';
@@ -662,7 +762,7 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
         (rc = parse_stop_token_ids(root, lim, r, e)) != KC_OK) {
         return rc;
     }
-    r->add_special_tokens = true;
+    r->add_special_tokens = !r->chat; /* chat templates write their own BOS */
     if ((rc = get_bool(root, "add_special_tokens", &r->add_special_tokens, e)) != KC_OK ||
         (rc = get_bool(root, "return_tokens_as_token_ids", &r->return_tokens_as_token_ids, e)) !=
             KC_OK) {
@@ -700,6 +800,22 @@ static int parse_fields(json_t *root, const struct srv_limits *lim, struct srv_c
     return KC_OK;
 }
 
+/* What /v1/completions and chat share: every field but the prompt / the messages. */
+static int parse_common(json_t *root, const struct srv_limits *lim, struct srv_completion_req *r,
+                        struct srv_error *e) {
+    int rc;
+    if ((rc = parse_fields(root, lim, r, e)) != KC_OK) {
+        return rc;
+    }
+    long long min_tokens = 0;
+    const int most = r->max_tokens_auto ? lim->max_context : r->max_tokens;
+    if ((rc = get_int(root, "min_tokens", 0, most, &min_tokens, e)) != KC_OK) {
+        return rc;
+    }
+    r->min_tokens = (int)min_tokens;
+    return parse_stop(root, lim, &r->stop, &r->n_stop, e);
+}
+
 int srv_completion_parse(const char *body, size_t len, const struct srv_limits *lim,
                          struct srv_completion_req *out, struct srv_error *e) {
     struct srv_completion_req r;
@@ -709,15 +825,7 @@ int srv_completion_parse(const char *body, size_t len, const struct srv_limits *
     if (root == NULL) {
         return KC_EINVAL;
     }
-    if ((rc = parse_fields(root, lim, &r, e)) != KC_OK) {
-        goto fail;
-    }
-    long long min_tokens = 0;
-    if ((rc = get_int(root, "min_tokens", 0, r.max_tokens, &min_tokens, e)) != KC_OK) {
-        goto fail;
-    }
-    r.min_tokens = (int)min_tokens;
-    if ((rc = parse_stop(root, lim, &r.stop, &r.n_stop, e)) != KC_OK) {
+    if ((rc = parse_common(root, lim, &r, e)) != KC_OK) {
         goto fail;
     }
     if ((rc = parse_prompts(root, lim, r.truncate_prompt_tokens > 0, &r.prompts, &r.n_prompts,
@@ -748,7 +856,65 @@ fail:
     return rc;
 }
 
+/* A JSON array field kept as compact text (messages, documents); absent or null: *out NULL
+ * unless required. */
+static int array_text(json_t *root, const char *key, bool required, char **out, size_t *len,
+                      struct srv_error *e) {
+    json_t *v = json_object_get(root, key);
+    if (v == NULL || json_is_null(v)) {
+        return required ? srv_error_kc(e, KC_EINVAL, key, "'%s' is required", key) : KC_OK;
+    }
+    if (!json_is_array(v)) {
+        return srv_error_kc(e, KC_EINVAL, key, "'%s' must be an array, got %s", key, type_name(v));
+    }
+    if (required && json_array_size(v) == 0) {
+        return srv_error_kc(e, KC_EINVAL, key, "'%s' must not be empty", key);
+    }
+    char *t = json_dumps(v, JSON_COMPACT);
+    if (t == NULL) {
+        return srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+    }
+    *out = t;
+    *len = strlen(t);
+    return KC_OK;
+}
+
+int srv_chat_parse(const char *body, size_t len, const struct srv_limits *lim,
+                   struct srv_completion_req *out, struct srv_error *e) {
+    struct srv_completion_req r;
+    memset(&r, 0, sizeof(r));
+    r.chat = true;
+    int rc;
+    json_t *root = json_parse_object(body, len, e);
+    if (root == NULL) {
+        return KC_EINVAL;
+    }
+    r.add_generation_prompt = true;
+    if ((rc = parse_common(root, lim, &r, e)) != KC_OK ||
+        (rc = array_text(root, "messages", true, &r.messages, &r.messages_len, e)) != KC_OK ||
+        (rc = array_text(root, "documents", false, &r.documents, &r.documents_len, e)) != KC_OK ||
+        (rc = get_bool(root, "add_generation_prompt", &r.add_generation_prompt, e)) != KC_OK) {
+        goto fail;
+    }
+    /* One prompt, the rendered conversation: server/chat.c fills its text. */
+    r.prompts = calloc(1, sizeof(*r.prompts));
+    if (r.prompts == NULL) {
+        rc = srv_error_kc(e, KC_ENOMEM, NULL, "out of memory");
+        goto fail;
+    }
+    r.n_prompts = 1;
+    json_decref(root);
+    *out = r;
+    return KC_OK;
+fail:
+    json_decref(root);
+    srv_completion_req_free(&r);
+    return rc;
+}
+
 void srv_completion_req_free(struct srv_completion_req *r) {
+    free(r->messages);
+    free(r->documents);
     prompts_free(r->prompts, r->n_prompts);
     for (int i = 0; i < r->n_stop; i++) {
         free(r->stop[i]);
@@ -763,8 +929,16 @@ size_t srv_prompt_max_ids(const struct srv_completion_req *r, const struct srv_l
     if (r->truncate_prompt_tokens > 0) {
         return 0;
     }
-    const int room = lim->max_context - r->max_tokens;
+    const int room = lim->max_context - (r->max_tokens_auto ? 1 : r->max_tokens);
     return room > 0 ? (size_t)room : 1; /* room <= 0 is refused by srv_prompt_check anyway */
+}
+
+void srv_prompt_fill_max_tokens(struct srv_completion_req *r, const struct srv_prompt *p,
+                                const struct srv_limits *lim) {
+    if (r->max_tokens_auto) {
+        const int room = lim->max_context - p->n_ids;
+        r->max_tokens = room > 0 ? room : 1;
+    }
 }
 
 void srv_prompt_truncate(struct srv_prompt *p, int k) {
@@ -807,7 +981,7 @@ int srv_tokenize_parse(const char *body, size_t len, const struct srv_limits *li
         return KC_EINVAL;
     }
     bool special = true;
-    if ((rc = check_unknown(root, known, 3, lim, NULL, e)) != KC_OK ||
+    if ((rc = check_unknown(root, known, 3, NULL, 0, lim, NULL, e)) != KC_OK ||
         (rc = check_model(root, lim, e)) != KC_OK ||
         (rc = get_bool(root, "add_special_tokens", &special, e)) != KC_OK) {
         goto fail;
@@ -846,7 +1020,7 @@ int srv_detokenize_parse(const char *body, size_t len, const struct srv_limits *
     if (root == NULL) {
         return KC_EINVAL;
     }
-    if ((rc = check_unknown(root, known, 2, lim, NULL, e)) != KC_OK ||
+    if ((rc = check_unknown(root, known, 2, NULL, 0, lim, NULL, e)) != KC_OK ||
         (rc = check_model(root, lim, e)) != KC_OK) {
         goto fail;
     }

@@ -1,11 +1,13 @@
 /*
- * request.h — parse and validate the JSON body of POST /v1/completions (vLLM's field set)
- * into a plain struct, before anything is allocated for generation.
+ * request.h — parse and validate the JSON body of POST /v1/completions and POST
+ * /v1/chat/completions (vLLM's field sets) into a plain struct, before anything is allocated
+ * for generation.
  *
  * Place in the data flow: HTTP body -> srv_completion_parse -> (tokenize string prompts) ->
- * sch_submit per choice. Nothing here touches sockets, the tokenizer or a running scheduler (it
- * only shares the scheduler's prefill-mode enum and its names), so the whole validator is
- * unit-testable and fuzzable on its own.
+ * sch_submit per choice; for chat, srv_chat_parse -> (render the messages with the chat
+ * template, server/chat.c) -> tokenize -> the same. Nothing here touches sockets, the tokenizer or
+ * a running scheduler (it only shares the scheduler's prefill-mode enum and its names), so the
+ * whole validator is unit-testable and fuzzable on its own.
  *
  * Rules (RELIABILITY section C): jansson json_loadb with JSON_REJECT_DUPLICATES (bodies are
  * not NUL-terminated; duplicate keys are a 400); integers must be JSON integers (1.0 is not);
@@ -93,6 +95,15 @@ struct srv_completion_req {
     bool add_special_tokens;         /* text prompts get the tokenizer's BOS etc. (default) */
     int truncate_prompt_tokens;      /* 0: off; k > 0: keep the last k prompt tokens */
     bool return_tokens_as_token_ids; /* logprobs tokens as "token_id:N" */
+    /* POST /v1/chat/completions (srv_chat_parse): the conversation that server/chat.c renders
+     * with the model's chat template into prompts[0].text (prompts[0] starts empty). */
+    bool chat;
+    char *messages; /* JSON text of "messages" (checked in full when rendered) */
+    size_t messages_len;
+    char *documents; /* JSON text of "documents", NULL when absent */
+    size_t documents_len;
+    bool add_generation_prompt;
+    bool max_tokens_auto; /* chat without max_tokens: the rest of the context (vLLM, OpenAI) */
     /* Unknown top-level fields (ignored): their count and the first names. */
     int n_unknown;
     char unknown[SRV_UNKNOWN_REPORT][SRV_UNKNOWN_NAME_MAX];
@@ -106,10 +117,27 @@ int srv_completion_parse(const char *body, size_t len, const struct srv_limits *
 
 void srv_completion_req_free(struct srv_completion_req *r);
 
+/* Parses and validates a POST /v1/chat/completions body: the fields of /v1/completions that
+ * apply to chat (sampling, stop, n, seed, stream, stream_options, prefill_mode, refine and
+ * vLLM's extras), plus messages (kept as JSON text, req.chat set; its shape is checked when it
+ * is rendered), max_completion_tokens (wins over max_tokens; neither: max_tokens_auto),
+ * logprobs (a boolean) with top_logprobs (0..20), add_generation_prompt (default true),
+ * documents, and add_special_tokens (default false: templates write their own BOS). tools,
+ * tool_choice, functions, function_call, response_format other than text, a per-request
+ * chat_template and continue_final_message are a 400 "not supported" naming the field. Same
+ * contract as srv_completion_parse. */
+int srv_chat_parse(const char *body, size_t len, const struct srv_limits *lim,
+                   struct srv_completion_req *out, struct srv_error *e);
+
 /* The most prompt tokens text prompt `p` of r may have: prompt + max_tokens must fit the
  * context, unless truncate_prompt_tokens will cut the prompt afterwards (then 0: no limit).
  * The tokenizer stops as soon as this many are exceeded, so a huge prompt fails fast. */
 size_t srv_prompt_max_ids(const struct srv_completion_req *r, const struct srv_limits *lim);
+
+/* For a chat request without max_tokens (max_tokens_auto), once its prompt is tokenized: the
+ * rest of the context (at least 1; srv_prompt_check then refuses a prompt that fills it). */
+void srv_prompt_fill_max_tokens(struct srv_completion_req *r, const struct srv_prompt *p,
+                                const struct srv_limits *lim);
 
 /* Applies truncate_prompt_tokens to p (keeps the last k ids). */
 void srv_prompt_truncate(struct srv_prompt *p, int k);

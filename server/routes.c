@@ -1,7 +1,7 @@
 /*
  * routes.c — the route table and the handlers that answer on the loop thread: GET /health,
- * GET /metrics, GET /v1/models, POST /detokenize, and the 501 of POST /v1/chat/completions.
- * POST /v1/completions and POST /tokenize only start their work here (completions.c). The
+ * GET /metrics, GET /v1/models and POST /detokenize. POST /v1/completions, POST
+ * /v1/chat/completions and POST /tokenize only start their work here (completions.c). The
  * connection machinery that decides whether a request reaches a route at all (limits, Host,
  * framing, auth, method, content type, body) is http.c; 404 and 405 are answered there from
  * this table (srv_route_find, srv_route_get).
@@ -202,9 +202,7 @@ enum srv_http_rc srv_route_run(struct srv_conn *c) {
     case SRV_ROUTE_COMPLETIONS:
         return srv_completions_start(c);
     case SRV_ROUTE_CHAT:
-        return srv_send_http_error(c, 501,
-                                   "/v1/chat/completions is not implemented yet; use "
-                                   "/v1/completions");
+        return srv_chat_start(c); /* off the loop thread: completions.c, chat.c */
     case SRV_ROUTE_TOKENIZE:
         return route_tokenize(c);
     case SRV_ROUTE_DETOKENIZE:

@@ -223,6 +223,7 @@ static void set_model_id(struct srv *s, const char *bundle_name, const char *bas
 
 /* Frees what load_models and load_tokenizer loaded (all of it optional). */
 static void models_free(struct srv_models *m) {
+    eng_chat_free(m->chat);
     eng_tok_free(m->tok);
     eng_kvp_bundle_free(m->bundle);
     eng_model_free(m->base_owned);
@@ -241,6 +242,10 @@ static int load_tokenizer(struct srv *s, const char *base_dir, struct kc_error *
         if (access(path, R_OK) != 0) {
             KC_WARN("%s has no tokenizer.json: prompts must be token ids and text is empty",
                     base_dir);
+            if (c->chat_template[0] != '\0') {
+                return kc_error_set(err, KC_EINVAL,
+                                    "--chat-template needs a tokenizer (--tokenizer)");
+            }
             return KC_OK;
         }
     }
@@ -259,7 +264,7 @@ static int load_tokenizer(struct srv *s, const char *base_dir, struct kc_error *
     if (s->tok_buf == NULL) {
         return kc_error_set(err, KC_ENOMEM, "out of memory");
     }
-    return KC_OK;
+    return srv_chat_load(s, path, err); /* the template beside the tokenizer (chat.c) */
 }
 
 /* Resolves what to load: --model [+ --aux + --predictor] as given, else the bundle with

@@ -52,6 +52,7 @@
 #include "server/metrics.h"
 #include "server/request.h"
 #include "server/util.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 /* How many unknown request field names are remembered (warned about once each). */
@@ -92,6 +93,8 @@ struct srv_models {
     struct eng_model *base_owned;  /* when loaded from --model alone */
     const struct eng_model *base;  /* the bundle's base or base_owned */
     struct eng_tok *tok;           /* NULL: token-id prompts only, empty text out */
+    struct eng_chat *chat;         /* the chat template; NULL: chat requests get a 400 */
+    char chat_missing[1024];       /* why chat is NULL (the 400's message) */
     char id[CFG_STR_MAX];          /* the served model name ("model" of requests, /v1/models) */
     char root[CFG_PATH_MAX];       /* the base model's directory (/v1/models "root") */
     int max_model_len;             /* prompt + max_tokens limit (srv_max_context) */
@@ -276,6 +279,9 @@ enum srv_http_rc srv_route_run(struct srv_conn *c);
 
 /* completions.c */
 enum srv_http_rc srv_completions_start(struct srv_conn *c);
+/* POST /v1/chat/completions: parsed, rendered and tokenized on the threadpool, then served
+ * like a completion. */
+enum srv_http_rc srv_chat_start(struct srv_conn *c);
 /* POST /tokenize, encoded on the threadpool like completion prompts. */
 enum srv_http_rc srv_tokenize_start(struct srv_conn *c);
 /* The handler ran again for a connection whose completion is attached. */
@@ -293,5 +299,16 @@ void srv_completions_resume_all(struct srv *s);
 int srv_completions_live(const struct srv *s);
 /* Tokens generated so far over all choices (the access log of an aborted request). */
 int srv_completions_tokens(const struct srv_completion *cmp);
+
+/* chat.c */
+/* Threadpool (the prepare job): renders a parsed chat request's messages with the model's
+ * template into r->prompts[0].text. 400 naming "messages" for bad messages and for template
+ * errors (raise_exception's message as is); 400 explaining how to give a template when the
+ * model has none. Reads only what is immutable while serving (models). */
+int srv_chat_render(const struct srv *s, struct srv_completion_req *r, struct srv_error *e);
+/* Loader thread (serve.c): finds the template for the tokenizer at tok_path (--chat-template
+ * overrides); a model without one, or with one that does not parse, still serves (chat gets a
+ * 400 saying why), but a --chat-template that fails is an error. */
+int srv_chat_load(struct srv *s, const char *tok_path, struct kc_error *err);
 
 #endif /* SRV_SERVER_INTERNAL_H */

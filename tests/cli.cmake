@@ -5,6 +5,8 @@ if(TARGET kvcast)
   kc_add_script_test(test_cli_args integration/test_cli_args.sh TIMEOUT 300)
   kc_add_script_test(test_eval_heldout_readme_figure integration/test_eval_heldout.sh TIMEOUT 400)
   kc_add_script_test(test_cli_dtypes integration/test_cli_dtypes.sh TIMEOUT 300)
+  # `kvcast chat-template`: template sources, context, --ids, errors, against python3-jinja2.
+  kc_add_script_test(test_cli_chat_template integration/test_cli_chat_template.py TIMEOUT 120)
 endif()
 kc_add_unit_test(test_tools_cli_args
                  SOURCES unit/test_tools_cli_args.c ${CMAKE_SOURCE_DIR}/tools/cli/args.c

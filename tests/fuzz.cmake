@@ -4,7 +4,9 @@
 # the HTTP request validator (fuzz_completion_request, C20) and the sampler (fuzz_sampler:
 # arbitrary logits with NaN/Inf and every sampling parameter, issue 15) and the KV pool's prefix
 # cache (fuzz_kv_prefix: random request traffic, K/V exactness and accounting, issue 17) and the
-# prefill/decode wire protocol (fuzz_pd_msg: frames from a hostile peer, issue 20).
+# prefill/decode wire protocol (fuzz_pd_msg: frames from a hostile peer, issue 20) and the
+# Jinja chat-template engine (fuzz_jinja: parse + render any template, issue 19) and the chat
+# request path (fuzz_chat_request: srv_chat_parse, then eng_chat_render of the tiny template).
 # Built only with -DKC_FUZZ=ON and clang:
 #   cmake --preset fuzz && cmake --build --preset fuzz
 #   ctest --test-dir build/fuzz -L fuzz                        (60 s each)
@@ -51,4 +53,7 @@ if(KC_FUZZ)
   kc_add_fuzz_target(fuzz_sampler 4096)
   kc_add_fuzz_target(fuzz_kv_prefix 4096)
   kc_add_fuzz_target(fuzz_pd_msg 65536 kc_scheduler)
+  kc_add_fuzz_target(fuzz_jinja 8192)
+  # POST /v1/chat/completions up to the prompt: srv_chat_parse, then eng_chat_render (issue 19).
+  kc_add_fuzz_target(fuzz_chat_request 65536 kc_server_core)
 endif()

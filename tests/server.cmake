@@ -4,6 +4,8 @@ kc_add_unit_test(test_config_settings SOURCES unit/test_config_settings.c LIBS k
 kc_add_unit_test(test_server_request SOURCES unit/test_server_request.c
                  LIBS kc_server_core PkgConfig::JANSSON)
 kc_add_unit_test(test_server_util SOURCES unit/test_server_util.c LIBS kc_server_core)
+kc_add_unit_test(test_server_chat_request SOURCES unit/test_server_chat_request.c
+                 LIBS kc_server_core)
 # common/kc.c's log formats (--log-format text|json), which the server's access log uses.
 kc_add_unit_test(test_common_log SOURCES unit/test_common_log.c LIBS kc_common PkgConfig::JANSSON)
 
@@ -25,6 +27,13 @@ endif()
 # with NaN logits, and `kvcast eval` as the reference for prompt NLL.
 if(TARGET kvcast AND TARGET kc_server)
   kc_add_script_test(test_server_logprobs integration/test_server_logprobs.py TIMEOUT 180)
+endif()
+
+# POST /v1/chat/completions on the embedded tiny pair (issue 19): shapes, streaming order, usage,
+# n > 1, chat logprobs, greedy equality with /v1/completions on the rendered ids in predict and
+# full mode, and the 400 rows (tools, bad messages, a raising template, no template) (~30 s).
+if(TARGET kvcast AND TARGET kc_server)
+  kc_add_script_test(test_server_chat integration/test_server_chat.py TIMEOUT 240)
 endif()
 
 # Conformance: the official OpenAI Node SDK (pinned in tests/conformance/openai/package-lock.json)

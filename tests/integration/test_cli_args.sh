@@ -23,7 +23,7 @@ bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 run() { "$KVCAST" "$@" >"$TMP/out" 2>"$TMP/err"; rc=$?; }
 
 # --help: exit 0, usage on stdout, nothing on stderr.
-subcommands=("generate" "calibrate" "eval" "tokenize" "detokenize" "serve" "version" "bench"
+subcommands=("generate" "calibrate" "eval" "tokenize" "detokenize" "chat-template" "serve" "version" "bench"
              "bench engine" "bench serve" "bench gemv")
 for c in "${subcommands[@]}"; do
   # shellcheck disable=SC2086

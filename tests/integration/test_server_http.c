@@ -676,8 +676,8 @@ static void test_error_rows_over_http(void **state) {
         {"D5 Host rebinding",
          "GET /v1/models HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n", NULL, 403,
          NULL},
-        {"chat 501",
-         "POST /v1/chat/completions HTTP/1.1\r\n" JSON_HDR "Content-Length: 2\r\n\r\n{}", NULL, 501,
+        {"chat without messages",
+         "POST /v1/chat/completions HTTP/1.1\r\n" JSON_HDR "Content-Length: 2\r\n\r\n{}", NULL, 400,
          NULL},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

@@ -15,6 +15,9 @@ int kc_cmd_eval(int argc, char **argv);       /* cmd_eval.c */
 int kc_cmd_serve(int argc, char **argv);      /* cmd_serve.c */
 int kc_cmd_version(int argc, char **argv);    /* cmd_version.c: also `kvcast --version` */
 
+/* cmd_chat_template.c: `kvcast chat-template` */
+int kc_cmd_chat_template(int argc, char **argv);
+
 /* The git describe this binary was built from (cmd_version.c). */
 const char *kc_cli_version(void);
 

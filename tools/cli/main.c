@@ -19,6 +19,8 @@ static const struct kc_command commands[] = {
      "benchmarks: `bench engine` (forward pass), `bench serve` (HTTP load test)"},
     {"tokenize", kc_cmd_tokenize, "print the token ids of a text"},
     {"detokenize", kc_cmd_detokenize, "print the text of token ids"},
+    {"chat-template", kc_cmd_chat_template,
+     "print the prompt a model's chat template makes of a conversation"},
     {"serve", kc_cmd_serve, "serve the OpenAI-compatible HTTP API (/v1/completions, ...)"},
     {"calibrate", kc_cmd_calibrate, "fit a KV predictor for a (base, aux) pair in closed form"},
     {"eval", kc_cmd_eval, "KV Prediction quality and TTFT: full vs aux vs predict"},

@@ -25,6 +25,11 @@ SAMPLE_PROMPTS = [
 ]
 
 
+# The embedded pair's chat template (models/tiny/{base,aux}/chat_template.jinja) is written by
+# hand, not by the recipe; the card says what it does and what it does not make of the models.
+CHAT_SECTION = '## Chat template\n\nThese models are **not instruction-tuned**: they were trained only to continue Austen and the King James Bible. So that `/v1/chat/completions` works end to end, `base/` and `aux/` carry a minimal `chat_template.jinja` (HF\'s file name; `kvcast serve` and `kvcast chat-template` read it beside the tokenizer). It writes `<|endoftext|>` (the BOS), then one `Role: content` line per message (`System`, `User`, `Assistant` or `Tool`), and `Assistant:` at the end when a generation prompt is asked for:\n\n```\n<|endoftext|>System: Be brief.\nUser: Who is Anne Elliot?\nAssistant:\n```\n\n**Chat answers from this pair are continuations of that transcript, not assistant replies.** The models have never seen a dialogue in this format: they do not follow instructions or answer questions, and they often write more `User:` lines or drift into Austen- or scripture-flavoured prose. A stop string such as `"stop": ["\\nUser:"]` keeps an answer to one turn. The template exists to exercise the chat API (and KV Prediction on chat requests), not to make the pair a chatbot.\n'
+
+
 def kvp_card(w, d):
     """The KV Prediction table from <dir>/kvp/eval.json (tools/train/kvp_report.py)."""
     path = os.path.join(d, "kvp", "eval.json")
@@ -211,9 +216,11 @@ def main():
     for p in SAMPLE_PROMPTS:
         out = tok.decode(net.sample(tok.encode(p, add_bos=True), 60, generator=g))
         w("> **%s**%s\n" % (p.replace("\n", " "), out.replace("\n", " / ")))
+    w(CHAT_SECTION)
     w("## Files\n")
     w("- `base/`, `aux/`: `config.json`, `model.safetensors` (BF16), `tokenizer.json`, "
-      "`tokenizer_config.json`, `generation_config.json` (HF layout).")
+      "`tokenizer_config.json`, `generation_config.json` (HF layout), and `chat_template.jinja` "
+      "(hand-written, not produced by the recipe; see Chat template above).")
     w("- `reference/generations.json`: prompt ids, greedy ids, top-10 last-position logits and "
       "prompt NLL from the PyTorch recipe (f32), for the engine's golden tests.")
     w("- `heldout.ids`: the held-out token ids the KV-prediction table above was measured on: the "
