@@ -226,6 +226,8 @@ static int frame_of(struct sch_pd_net *n, const struct sch_pd_msg *m, uint8_t **
 
 /* How long a refused connection stays open for our ERROR to reach the peer. */
 #define PD_LINGER_NS 2000000000ull
+/* How long sch_pd_net_free waits for its endpoints' forced closes. */
+#define PD_CLOSE_NS 2000000000ull
 
 /* Marks c dead and reports status once (invariant 3). A refusal (a bad frame, another model,
  * a close asked for) first tells the peer why with a connection-level ERROR (req_id 0) and
@@ -385,7 +387,9 @@ static void conn_req_cb(ucp_conn_request_h req, void *arg) {
     struct conn *c = n->stop ? NULL : conn_add(n);
     pthread_mutex_unlock(&n->lock);
     if (c == NULL) {
-        ucp_listener_reject(n->listener, req);
+        if (n->listener != NULL) { /* NULL: sch_pd_net_free destroyed it */
+            ucp_listener_reject(n->listener, req);
+        }
         return;
     }
     ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST, .conn_request = req};
@@ -855,10 +859,10 @@ void sch_pd_net_free(struct sch_pd_net *n) {
     if (n == NULL) {
         return;
     }
+    pthread_mutex_lock(&n->lock);
+    n->stop = true; /* conn_req_cb rejects from now on */
+    pthread_mutex_unlock(&n->lock);
     if (n->started) {
-        pthread_mutex_lock(&n->lock);
-        n->stop = true;
-        pthread_mutex_unlock(&n->lock);
         wake(n);
         pthread_join(n->thread, NULL);
     }
@@ -870,31 +874,52 @@ void sch_pd_net_free(struct sch_pd_net *n) {
         free(k->buf);
         free(k);
     }
-    if (n->listener != NULL) {
-        ucp_listener_destroy(n->listener);
-    }
+    /* Shutdown order (a prefill host crashed in ucp_worker_destroy when its decode host was
+     * stopped at the same moment, its endpoint failing mid-close):
+     *  - the listener stays until the closes are done: a connection request that arrives
+     *    meanwhile is rejected through it (conn_req_cb; n->stop is set), never through a
+     *    destroyed one;
+     *  - the closes get a bounded time, not a spin count;
+     *  - ucp_worker_destroy may still call ep_err_cb and send_cb for endpoints whose close has
+     *    not completed: the connection table and the spare buffers they touch stay valid
+     *    until it returns, and are freed after it. */
     for (int i = 0; i < n->n_conns; i++) {
         n->conns[i]->state = CONN_DEAD;
+        n->conns[i]->linger_ns = 0;
         ep_close(n->conns[i]);
     }
     /* Let the forced closes (and the sends they cancel) complete. */
-    for (int spins = 0; spins < 100000 && n->n_conns > 0; spins++) {
-        if (n->worker != NULL) {
-            ucp_worker_progress(n->worker);
-        }
+    const uint64_t close_deadline = kc_now_ns() + PD_CLOSE_NS;
+    while (n->n_conns > 0 && n->worker != NULL && kc_now_ns() < close_deadline) {
+        ucp_worker_progress(n->worker);
         reap_conns(n);
+    }
+    if (n->listener != NULL) {
+        ucp_listener_destroy(n->listener);
+        n->listener = NULL;
+    }
+    for (int i = 0; i < n->n_conns; i++) {
+        struct conn *c = n->conns[i];
+        if (c->close_req != NULL) {
+            ucp_request_free(c->close_req); /* released by UCX when it completes */
+            c->close_req = NULL;
+        }
+    }
+    if (n->worker != NULL) {
+        ucp_worker_destroy(n->worker);
+        n->worker = NULL;
     }
     for (int i = 0; i < n->n_conns; i++) {
         free(n->conns[i]->rx);
         free(n->conns[i]);
     }
     free(n->conns);
+    n->conns = NULL;
+    n->n_conns = 0;
     for (int i = 0; i < n->n_spare; i++) {
         free(n->spare[i].p);
     }
-    if (n->worker != NULL) {
-        ucp_worker_destroy(n->worker);
-    }
+    n->n_spare = 0;
     if (n->ctx != NULL) {
         ucp_cleanup(n->ctx);
     }

@@ -1,6 +1,6 @@
 /*
  * routes.c — the route table and the handlers that answer on the loop thread: GET /health,
- * GET /metrics, GET /v1/models and POST /detokenize. POST /v1/completions, POST
+ * GET /ready, GET /metrics, GET /v1/models and POST /detokenize. POST /v1/completions, POST
  * /v1/chat/completions and POST /tokenize only start their work here (completions.c). The
  * connection machinery that decides whether a request reaches a route at all (limits, Host,
  * framing, auth, method, content type, body) is http.c; 404 and 405 are answered there from
@@ -19,6 +19,7 @@
 
 static const struct srv_route_def routes[] = {
     {"/health", SRV_ROUTE_HEALTH, "GET", false},
+    {"/ready", SRV_ROUTE_READY, "GET", false},
     {"/metrics", SRV_ROUTE_METRICS, "GET", false},
     {"/v1/models", SRV_ROUTE_MODELS, "GET", true},
     {"/v1/completions", SRV_ROUTE_COMPLETIONS, "POST", true},
@@ -101,6 +102,11 @@ static enum srv_http_rc route_health(struct srv_conn *c) {
     json_t *o = json_object();
     json_object_set_new(o, "status", json_string("ok"));
     json_object_set_new(o, "role", json_string(s->cfg.role));
+    /* What this host loaded: a decode host holds the base model only. */
+    const bool has_aux = s->models.bundle != NULL && s->models.bundle->aux != NULL;
+    const bool has_pred = s->models.bundle != NULL && s->models.bundle->pred != NULL;
+    json_object_set_new(o, "aux_loaded", json_boolean(has_aux));
+    json_object_set_new(o, "predictor_loaded", json_boolean(has_pred));
     if (strcmp(s->cfg.role, "prefill") == 0) {
         json_object_set_new(o, "pd_port", json_integer(sch_pd_port(s->sch)));
     } else {
@@ -123,6 +129,48 @@ static enum srv_http_rc route_health(struct srv_conn *c) {
         json_object_set_new(o, "prefill_peers", a);
     }
     return send_json(c, 200, o);
+}
+
+/* Readiness (what a Kubernetes readinessProbe asks; /health stays liveness): 200 while the
+ * server serves and can serve a completion end to end. A decode host cannot prefill: it is
+ * ready only while at least one prefill peer is up, so that a Service does not send clients
+ * to it in vain (they would all get 503). Loading answers 503 in http.c. */
+static enum srv_http_rc route_ready(struct srv_conn *c) {
+    struct srv *s = c->srv;
+    if (s->state != SRV_SERVING) {
+        return srv_send_http_error(c, 503, "the server is not serving (loading or draining)");
+    }
+    if (s->sch != NULL && strcmp(s->cfg.role, "decode") == 0) {
+        struct sch_pd_peer_info peers[64];
+        const int n = sch_pd_peers(s->sch, peers, 64);
+        int up = 0;
+        for (int i = 0; i < n && i < 64; i++) {
+            up += peers[i].up;
+        }
+        if (up == 0) {
+            return srv_send_http_error(c, 503,
+                                       "no prefill peer is up: this decode host cannot serve "
+                                       "completions yet (see /health)");
+        }
+        json_t *o = json_object();
+        json_object_set_new(o, "status", json_string("ready"));
+        json_object_set_new(o, "prefill_peers_up", json_integer(up));
+        return send_json(c, 200, o);
+    }
+    return srv_send(c, 200, "application/json", "{\"status\":\"ready\"}", 18);
+}
+
+/* A prefill host serves decode hosts over UCX only: a client's completion sent to it is
+ * misdirected (421), not served locally, so that the pools stay sized to their own load. */
+static enum srv_http_rc refuse_on_prefill(struct srv_conn *c) {
+    struct srv_error e;
+    srv_error_http(&e, 421, "this host runs --role prefill; send completions to a decode host");
+    e.code = "wrong_role";
+    return srv_send_error(c, &e);
+}
+
+static bool is_prefill_host(const struct srv *s) {
+    return s->sch != NULL && strcmp(s->cfg.role, "prefill") == 0;
 }
 
 static enum srv_http_rc route_metrics(struct srv_conn *c) {
@@ -195,13 +243,21 @@ enum srv_http_rc srv_route_run(struct srv_conn *c) {
     switch (c->route) {
     case SRV_ROUTE_HEALTH:
         return route_health(c);
+    case SRV_ROUTE_READY:
+        return route_ready(c);
     case SRV_ROUTE_METRICS:
         return route_metrics(c);
     case SRV_ROUTE_MODELS:
         return route_models(c);
     case SRV_ROUTE_COMPLETIONS:
+        if (is_prefill_host(c->srv)) {
+            return refuse_on_prefill(c);
+        }
         return srv_completions_start(c);
     case SRV_ROUTE_CHAT:
+        if (is_prefill_host(c->srv)) {
+            return refuse_on_prefill(c);
+        }
         return srv_chat_start(c); /* off the loop thread: completions.c, chat.c */
     case SRV_ROUTE_TOKENIZE:
         return route_tokenize(c);

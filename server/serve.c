@@ -297,6 +297,14 @@ static int load_models(struct srv *s, struct kc_error *err) {
         aux = aux[0] != '\0' ? aux : spec.aux_dir;
         pred = pred[0] != '\0' ? pred : spec.predictor_path;
     }
+    if (strcmp(c->role, "decode") == 0 && (aux[0] != '\0' || pred[0] != '\0')) {
+        /* A decode host never prefills (its prefill hosts run the auxiliary model and the
+         * predictor): its memory holds the base model alone (docs/disaggregated.md). */
+        KC_INFO("models: --role decode: the auxiliary model and the predictor are not loaded "
+                "(the prefill hosts run them)");
+        aux = "";
+        pred = "";
+    }
     char threads[64];
     if (c->prefill_threads == 0 && c->decode_threads == 0) {
         snprintf(threads, sizeof(threads), "elastic over %d cores", sch_cpu_count());

@@ -165,6 +165,7 @@ struct srv {
 enum srv_route {
     SRV_ROUTE_NONE = 0,
     SRV_ROUTE_HEALTH,
+    SRV_ROUTE_READY,
     SRV_ROUTE_METRICS,
     SRV_ROUTE_MODELS,
     SRV_ROUTE_COMPLETIONS,

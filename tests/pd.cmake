@@ -49,3 +49,15 @@ if(TARGET kvcast)
                "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
                "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
 endif()
+
+# Each role on its own over loopback with UCX_TLS=tcp: a prefill host refuses client
+# completions (421); a decode host loads the base model only and is not ready (/ready 503)
+# without a prefill peer; kill -9 of a decode host with requests in flight at its prefill host
+# (everything freed there, a new decode host served); both hosts SIGTERMed at the same moment
+# exit 0 with no sanitizer report.
+if(TARGET kvcast)
+  kc_add_script_test(test_pd_hosts integration/test_pd_hosts.py TIMEOUT 180)
+  set_property(TEST test_pd_hosts APPEND PROPERTY ENVIRONMENT
+               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endif()

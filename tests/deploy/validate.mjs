@@ -659,7 +659,7 @@ const BREAKS = [
   ["deploy/k8s/pd/decode.yaml", "value: kvcast-prefill:8081", "value: kvcast-prefill:8080", /listens for UCX on pd_port 8081/],
   ["deploy/k8s/pd/prefill.yaml", 'value: "8081"', 'value: "8082"', /pd_port 8082 is not a declared container port/],
   ["deploy/k8s/pd/decode.yaml", "    app.kubernetes.io/component: decode\n  ports:", "    app.kubernetes.io/component: prefill\n  ports:", /selects prefill pods/],
-  ["deploy/k8s/pd/decode.yaml", "readinessProbe:\n            httpGet: {path: /health, port: http}", "readinessProbe:\n            httpGet: {path: /healthz, port: web}", /readinessProbe port web is not a container port/],
+  ["deploy/k8s/pd/decode.yaml", "readinessProbe:\n            httpGet: {path: /ready, port: http}", "readinessProbe:\n            httpGet: {path: /healthz, port: web}", /readinessProbe port web is not a container port/],
   ["deploy/k8s/pd/prefill.yaml", "livenessProbe:\n            httpGet: {path: /metrics, port: http}", "livenessProbe:\n            httpGet: {path: /metric, port: pd}", /livenessProbe port pd \(8081\) is not kvcast's HTTP port 8080/],
   ["deploy/k8s/pd/configmap.yaml", '"block_size": 16,', '"block_size": 16, "max_quue": 4,', /kvcast rejects its settings: .*max_quue/],
   ["deploy/k8s/pd/decode.yaml", "value: decode", "value: decoder", /KVCAST_ROLE=decoder|kvcast rejects its settings/],
