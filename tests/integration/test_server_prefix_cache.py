@@ -33,9 +33,9 @@ class Server(kc.Server):
                                   "--max-connections-per-ip", "0"] + extra,
                          os.path.join(tmp, name + ".log"))
 
-    def complete(self, prompt, mode, max_tokens=2, refine=None):
+    def complete(self, prompt, mode, max_tokens=2, refine=None, ignore_eos=False):
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                "prefill_mode": mode}
+                "prefill_mode": mode, "ignore_eos": ignore_eos}
         if refine is not None:
             body["refine"] = refine
         status, raw = self.post(body, timeout=120)
@@ -88,13 +88,16 @@ def main():
         if warm["timings"].get("cached_tokens") != want:
             fail("timings.cached_tokens %r" % warm["timings"].get("cached_tokens"))
 
-        # A lone predict request with room to decode is refined: the exact KV swapped in.
-        lone = srv.complete(ids(4, 150), "predict", max_tokens=100, refine=True)
+        # A lone predict request with room to decode is refined: the exact KV swapped in. The
+        # scheduler starts a job only when twice its full-prefill estimate fits in the decode
+        # time left (refine_next_worth): a short prompt and a long answer keep that margin wide
+        # (~7x) whatever the machine's load does to both estimates.
+        lone = srv.complete(ids(4, 64), "predict", max_tokens=300, refine=True, ignore_eos=True)
         tm = lone["timings"]
         print("lone predict: refine %s at token %s after %.1f ms" % (
             tm.get("refine"), tm.get("refined_at_token"), tm.get("refine_ms") or 0))
         if tm.get("refine") != "swapped" or not isinstance(tm.get("refined_at_token"), int) \
-                or not 1 <= tm["refined_at_token"] < 100:
+                or not 1 <= tm["refined_at_token"] < 300:
             fail("a lone predict request was not refined: %s" % json.dumps(tm))
 
         # 2. Load: 4 system prompts x 6 users, full and predict (refined), 6 at a time.
