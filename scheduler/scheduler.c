@@ -1087,6 +1087,18 @@ static struct sch_req *admit_head(struct sch *s, struct sch_req **failed) {
     return r;
 }
 
+/* One step of waiting for first-token work (sch.lock held): ends the cancelled requests first
+ * (dropping the lock meanwhile), then tries to admit the head. NULL when nothing is admitted,
+ * or when the scheduler began stopping while the lock was dropped. */
+static struct sch_req *reap_then_admit(struct sch *s, struct sch_req **failed) {
+    while (s->reap.head != NULL) {
+        pthread_mutex_unlock(&s->lock);
+        reap_cancelled(s);
+        pthread_mutex_lock(&s->lock);
+    }
+    return s->stopping ? NULL : admit_head(s, failed);
+}
+
 /* Runs r's prefill, emits its first token and hands it off (or ends it). */
 static void prefill_one(struct sch_prefill_worker *w, struct sch_req *r, sch_hook_fn hook,
                         void *hook_ud) {
@@ -1320,14 +1332,8 @@ static void *prefill_main(void *arg) {
         /* Wait for an admissible head of the queue, ending cancelled requests meanwhile. */
         struct sch_req *r = NULL, *failed = NULL, *job = NULL;
         while (!s->stopping) {
-            if (s->reap.head != NULL) {
-                pthread_mutex_unlock(&s->lock);
-                reap_cancelled(s);
-                pthread_mutex_lock(&s->lock);
-                continue;
-            }
-            r = admit_head(s, &failed);
-            if (r != NULL || failed != NULL) {
+            r = reap_then_admit(s, &failed);
+            if (r != NULL || failed != NULL || s->stopping) {
                 break;
             } /* Idle: refinement, below any first-token work (refine_run). */
             if (s->waiting.head == NULL && (job = refine_next_worth(s)) != NULL) {
@@ -1965,14 +1971,8 @@ struct sch_req *sch__remote_admit(struct sch *s, int wait_ms) {
     struct sch_req *r = NULL, *failed = NULL;
     pthread_mutex_lock(&s->lock);
     while (!s->stopping) {
-        if (s->reap.head != NULL) {
-            pthread_mutex_unlock(&s->lock);
-            reap_cancelled(s);
-            pthread_mutex_lock(&s->lock);
-            continue;
-        }
-        r = admit_head(s, &failed);
-        if (r != NULL || failed != NULL) {
+        r = reap_then_admit(s, &failed);
+        if (r != NULL || failed != NULL || s->stopping) {
             break;
         }
         /* prefill_cv is on CLOCK_REALTIME: the timeout is a bound on the wait, not a deadline

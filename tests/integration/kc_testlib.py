@@ -7,6 +7,7 @@ first entry of sys.path); the shell tests' inline Python adds tests/integration 
     and a bounded stop.
   - parse_metrics / total: the Prometheus text of /metrics as {"name{labels}": value}, and
     the sum of one metric over the series whose labels match.
+  - wait_for / health: polling a condition with a deadline, and a server's /health.
   - fail / check: the fail-fast reporting most tests use (FAIL: ..., exit status 1);
     expect / FAILS: the reporting of tests that go on after a failure and exit 1 at the end
     when FAILS is not empty.
@@ -19,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "tools", "bench"))
@@ -45,6 +47,24 @@ def expect(cond, msg):
         FAILS.append(msg)
         print("FAIL:", msg, flush=True)
     return cond
+
+
+def wait_for(cond, what, timeout=30.0):
+    """Polls cond() every 50 ms until it returns something true, which it returns; fails the
+    test after timeout seconds."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    fail("timed out waiting for " + what)
+
+
+def health(srv):
+    """(status, parsed JSON body or {}) of srv's GET /health."""
+    status, text, _ = srv.request("GET", "/health", timeout=10)
+    return status, (json.loads(text) if text.startswith("{") else {})
 
 
 def sanitizer_report(log_text):

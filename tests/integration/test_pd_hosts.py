@@ -21,7 +21,7 @@ import threading
 import time
 
 import kc_testlib as kc
-from kc_testlib import fail
+from kc_testlib import fail, wait_for
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 ENV = {"UCX_TLS": "tcp"}
@@ -42,15 +42,6 @@ def health(srv):
 def ready(srv):
     return srv.request("GET", "/ready", timeout=10)[0]
 
-
-def wait_for(cond, what, timeout=30.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
 
 
 def start_prefill(servers, extra=(), name="prefill"):

@@ -23,7 +23,7 @@ import sys
 import time
 
 import kc_testlib as kc
-from kc_testlib import fail
+from kc_testlib import fail, health, wait_for
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 COMMON = ["--bundle", "models/tiny/kvcast-bundle.json", "--no-access-log", "--base-kv-mib", "8",
@@ -35,19 +35,6 @@ PROMPTS = [
 ]
 
 
-def health(srv):
-    status, text, _ = srv.request("GET", "/health", timeout=10)
-    return status, (json.loads(text) if text.startswith("{") else {})
-
-
-def wait_for(cond, what, timeout=20.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
 
 
 def complete(srv, prompt, mode, stream=False, status_ok=200):

@@ -22,7 +22,7 @@ import threading
 import time
 
 import kc_testlib as kc
-from kc_testlib import fail
+from kc_testlib import fail, health, wait_for
 
 KVCAST = sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/kvcast"
 COMMON = ["--bundle", "models/tiny/kvcast-bundle.json", "--no-access-log", "--base-kv-mib", "8",
@@ -31,19 +31,6 @@ BODY = {"prompt": "The quick brown fox jumps over the lazy dog because", "max_to
         "temperature": 0, "prefill_mode": "full", "ignore_eos": True}
 
 
-def health(srv):
-    status, text, _ = srv.request("GET", "/health", timeout=10)
-    return status, (json.loads(text) if text.startswith("{") else {})
-
-
-def wait_for(cond, what, timeout=30.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    fail("timed out waiting for " + what)
 
 
 def pd_port(srv):
