@@ -718,6 +718,42 @@ static double lin_flops(const struct eng_linear *l, int m) {
 
 /* The layers of a step of M rows laid out in ctx->x (positions in ctx->pos), every step but
  * the bf16 prefill's (invariant 5). false: stopped before a layer (stop_asked). */
+/* Appends this step's keys and values of layer l to each item's sequence (in the pool's dtype:
+ * a copy for f32, rounded to nearest even for bf16), then attends per sequence: into ctx->att in
+ * f32, or (bf16) into ctx->act16, the o-projection's bf16 input. */
+static void append_and_attend(struct eng_ctx *ctx, const struct eng_model_config *c,
+                              struct eng_kv_pool *pool, struct eng_batch_item *items, int n_items,
+                              int l, bool bf16) {
+    const int H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
+    const int qd = H * D, kvd = Hkv * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    int r0 = 0;
+    for (int i = 0; i < n_items; i++) {
+        const struct eng_seq *seq = items[i].seq;
+        const int n = items[i].n_tokens;
+        double t = prof_t0();
+        for (int r = 0; r < n; r++) {
+            eng_kv_row_put(pool, seq, l, seq->n_tokens + r, ctx->k + (size_t)(r0 + r) * kvd,
+                           ctx->v + (size_t)(r0 + r) * kvd);
+        }
+        prof_add(ENG_PROF_KV, t, 0.0);
+        t = prof_t0();
+        const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
+        const float *q = ctx->q + (size_t)r0 * qd;
+        if (bf16) {
+            eng_attention_bf16(q, n, seq->n_tokens, &view, H, Hkv, D, scale,
+                               ctx->act16 + (size_t)r0 * qd, ctx->attn_scratch16);
+        } else {
+            eng_attention(q, n, seq->n_tokens, &view, H, Hkv, D, scale, ctx->att + (size_t)r0 * qd,
+                          ctx->attn_scratch);
+        }
+        /* QK^T and PV over the causal triangle: row r sees n_tokens + r + 1 keys. */
+        prof_add(ENG_PROF_ATTN, t,
+                 4.0 * qd * ((double)n * seq->n_tokens + (double)n * (n + 1) / 2.0));
+        r0 += n;
+    }
+}
+
 static bool forward_layers(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
                            struct eng_batch_item *items, int n_items, int M,
                            const struct eng_kv_capture *capture, int capture_row0) {
@@ -725,7 +761,6 @@ static bool forward_layers(struct eng_ctx *ctx, const struct eng_model *m, struc
     const int C = c->hidden_size, F = c->intermediate_size;
     const int H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
     const int qd = H * D, kvd = Hkv * D, qkvd = qd + 2 * kvd;
-    const float scale = 1.0f / sqrtf((float)D);
     double t;
     for (int l = 0; l < c->n_layers; l++) {
         if (stop_asked()) {
@@ -761,27 +796,7 @@ static bool forward_layers(struct eng_ctx *ctx, const struct eng_model *m, struc
         eng_rope(&m->rope, ctx->q, M, H, ctx->pos);
         eng_rope(&m->rope, ctx->k, M, Hkv, ctx->pos);
         prof_add(ENG_PROF_ROPE, t, 0.0);
-        /* Append this step's keys and values, then attend per sequence. */
-        int r0 = 0;
-        for (int i = 0; i < n_items; i++) {
-            const struct eng_seq *seq = items[i].seq;
-            const int n = items[i].n_tokens;
-            t = prof_t0();
-            for (int r = 0; r < n; r++) {
-                /* In the pool's dtype: a copy for f32, rounded to nearest even for bf16. */
-                eng_kv_row_put(pool, seq, l, seq->n_tokens + r, ctx->k + (size_t)(r0 + r) * kvd,
-                               ctx->v + (size_t)(r0 + r) * kvd);
-            }
-            prof_add(ENG_PROF_KV, t, 0.0);
-            t = prof_t0();
-            const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
-            eng_attention(ctx->q + (size_t)r0 * qd, n, seq->n_tokens, &view, H, Hkv, D, scale,
-                          ctx->att + (size_t)r0 * qd, ctx->attn_scratch);
-            /* QK^T and PV over the causal triangle: row r sees n_tokens + r + 1 keys. */
-            prof_add(ENG_PROF_ATTN, t,
-                     4.0 * qd * ((double)n * seq->n_tokens + (double)n * (n + 1) / 2.0));
-            r0 += n;
-        }
+        append_and_attend(ctx, c, pool, items, n_items, l, false);
         t = prof_t0();
         eng_linear_forward(ctx->dnn, ly->o, ctx->att, M, ctx->proj);
         prof_add(ENG_PROF_O, t, lin_flops(ly->o, M));
@@ -818,7 +833,6 @@ static bool forward_layers_bf16(struct eng_ctx *ctx, const struct eng_model *m,
     const int C = c->hidden_size, F = c->intermediate_size;
     const int H = c->n_heads, Hkv = c->n_kv_heads, D = c->head_dim;
     const int qd = H * D, kvd = Hkv * D, qkvd = qd + 2 * kvd;
-    const float scale = 1.0f / sqrtf((float)D);
     const float *pending = NULL; /* [M, C] still to add to x: the last down projection */
     double t;
     for (int l = 0; l < c->n_layers; l++) {
@@ -852,24 +866,7 @@ static bool forward_layers_bf16(struct eng_ctx *ctx, const struct eng_model *m,
         t = prof_t0();
         eng_rope_split(&m->rope, ctx->qkv, M, H, Hkv, ctx->pos, ctx->q, ctx->k, ctx->v);
         prof_add(ENG_PROF_ROPE, t, 0.0);
-        int r0 = 0;
-        for (int i = 0; i < n_items; i++) {
-            const struct eng_seq *seq = items[i].seq;
-            const int n = items[i].n_tokens;
-            t = prof_t0();
-            for (int r = 0; r < n; r++) {
-                eng_kv_row_put(pool, seq, l, seq->n_tokens + r, ctx->k + (size_t)(r0 + r) * kvd,
-                               ctx->v + (size_t)(r0 + r) * kvd);
-            }
-            prof_add(ENG_PROF_KV, t, 0.0);
-            t = prof_t0();
-            const struct eng_kv_view view = eng_kv_view_of(pool, seq, l);
-            eng_attention_bf16(ctx->q + (size_t)r0 * qd, n, seq->n_tokens, &view, H, Hkv, D, scale,
-                               ctx->act16 + (size_t)r0 * qd, ctx->attn_scratch16);
-            prof_add(ENG_PROF_ATTN, t,
-                     4.0 * qd * ((double)n * seq->n_tokens + (double)n * (n + 1) / 2.0));
-            r0 += n;
-        }
+        append_and_attend(ctx, c, pool, items, n_items, l, true);
         t = prof_t0();
         eng_linear_forward_bf16(ctx->dnn, ly->o, ctx->act16, M, ctx->proj);
         prof_add(ENG_PROF_O, t, lin_flops(ly->o, M));
