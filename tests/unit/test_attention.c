@@ -108,9 +108,30 @@ static void test_long_context_and_decode(void **state) {
     (void)state;
     const struct attn_case cases[] = {
         {100, 2000, 6, 2, 64, 16, 1.0f, true}, /* prefill chunk ending at 2100 */
-        {1, 2099, 12, 4, 64, 16, 1.0f, true},  /* decode at 2100, grp 3: the tile path */
+        {1, 2099, 12, 4, 64, 16, 1.0f, true},  /* decode at 2100, grp 3: the decode path */
         {1, 900, 4, 2, 64, 16, 1.0f, true},    /* decode, grp 2: the row path */
         {3, 700, 8, 2, 64, 32, 1.0f, true},    /* a few rows */
+    };
+    run_cases(cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+/* One query row of groups of 3..8 heads with D a multiple of 8 takes the decode path
+ * (invariant 9): contexts from 1 key to several splits, splits that end mid-block and
+ * mid-chunk, every group size it takes, and the shapes just outside it (grp 9, D 36). */
+static void test_decode_path_groups_and_splits(void **state) {
+    (void)state;
+    const struct attn_case cases[] = {
+        {1, 0, 32, 4, 64, 16, 1.0f, true},      /* TinyLlama's grp 8, the first token */
+        {1, 5, 32, 4, 64, 16, 1.0f, true},      /* a few keys: one split */
+        {1, 63, 32, 4, 64, 16, 1.0f, false},    /* one full key chunk */
+        {1, 64, 32, 4, 64, 16, 1.0f, true},     /* one chunk and one key */
+        {1, 543, 32, 4, 64, 16, 1.0f, true},    /* the bench's decode context */
+        {1, 1500, 32, 8, 128, 16, 30.0f, true}, /* Llama-3 8B's grp 4, D 128, large logits */
+        {1, 777, 21, 3, 40, 7, 1.0f, true},     /* grp 7, D 40, bs 7 */
+        {1, 300, 15, 3, 16, 5, 1.0f, true},     /* grp 5, D 16, bs 5 */
+        {1, 300, 9, 3, 8, 16, 1.0f, true},      /* grp 3, D 8 */
+        {1, 400, 18, 2, 64, 16, 1.0f, true},    /* grp 9: past the decode path, the tiles */
+        {1, 400, 24, 4, 36, 16, 1.0f, true},    /* D 36: not a multiple of 8, the tiles */
     };
     run_cases(cases, sizeof(cases) / sizeof(cases[0]));
 }
@@ -120,6 +141,7 @@ int main(void) {
         cmocka_unit_test(test_prefill_chunks_at_block_and_tile_boundaries),
         cmocka_unit_test(test_gqa_groups_wide_and_narrow),
         cmocka_unit_test(test_long_context_and_decode),
+        cmocka_unit_test(test_decode_path_groups_and_splits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -185,7 +185,8 @@ static void test_attention_bf16_kv_matches_reference(void **state) {
         {9, 0, 2, 1, 17, 5, 1.0f},     /* D 17: vector tails */
         {1, 700, 4, 4, 64, 16, 1.0f},  /* decode, MHA: the row path */
         {1, 700, 4, 2, 40, 16, 1.0f},  /* decode, grp 2: the row path, D 40 */
-        {1, 900, 32, 4, 64, 16, 1.0f}, /* decode, TinyLlama's grp 8: the tile path */
+        {1, 900, 32, 4, 64, 16, 1.0f}, /* decode, TinyLlama's grp 8: the decode path */
+        {1, 130, 12, 3, 40, 7, 8.0f},  /* decode path, grp 4, D 40, bs 7, split context */
         {2, 300, 6, 2, 24, 9, 1.0f},   /* two rows, grp 3 */
     };
     float worst_exact = 0.0f, worst_f32 = 0.0f;

@@ -151,3 +151,97 @@ int kc_bench_profile_run(const struct kc_bench_profile_in *in) {
     }
     return 0;
 }
+
+int kc_bench_profile_decode(const struct kc_bench_decode_profile_in *in) {
+    struct kc_error err = {0};
+    struct eng_profile p;
+    memset(&p, 0, sizeof(p));
+    int32_t tok = in->first_token;
+    const double triad_before = eng_triad_run(in->triad, 1);
+    eng_forward_profile(&p);
+    double total = 0.0;
+    for (int s = 0; s < in->steps; s++) {
+        struct eng_batch_item item = {.seq = in->seq,
+                                      .tokens = &tok,
+                                      .n_tokens = 1,
+                                      .logits_mode = ENG_LOGITS_LAST,
+                                      .logits = in->logits};
+        const double t0 = kc_now_s();
+        const int rc = eng_forward(in->ctx, in->m, in->pool, &item, 1, NULL, &err);
+        total += kc_now_s() - t0;
+        if (rc != KC_OK) {
+            eng_forward_profile(NULL);
+            fprintf(stderr, "kvcast bench --profile: %s\n", err.msg);
+            return 1;
+        }
+        tok = (tok + 7) % in->vocab;
+    }
+    eng_forward_profile(NULL);
+    const double triad = 0.5 * (triad_before + eng_triad_run(in->triad, 1));
+    double covered = 0.0, gemm_s = 0.0, gemm_bytes = 0.0;
+    for (int op = 0; op < ENG_PROF_N; op++) {
+        covered += p.s[op];
+        if (p.flops[op] > 0.0 && op != ENG_PROF_ATTN) {
+            gemm_s += p.s[op];
+            gemm_bytes += 0.5 * p.flops[op] * in->weight_elem_bytes;
+        }
+    }
+    const double per = 1e3 / in->steps;
+    json_t *ops = in->json ? json_array() : NULL;
+    if (!in->json) {
+        printf(
+            "decode profile (%s weights, %d steps after %d tokens): %.2f ms/step (%.2f tokens/s); "
+            "the products read their weights at %.1f GB/s, %.2f of the triad beside them "
+            "(%.1f GB/s), in %.0f%% of the step\n",
+            in->wtype, in->steps, in->context, total * per, in->steps / total,
+            gemm_bytes / gemm_s * 1e-9, gemm_bytes / gemm_s * 1e-9 / triad, triad,
+            100.0 * gemm_s / total);
+        printf("  %-10s %9s %7s %7s %9s %8s\n", "op", "ms/step", "share", "calls", "GB/s",
+               "vs triad");
+    }
+    for (int op = 0; op <= ENG_PROF_N; op++) {
+        const bool other = op == ENG_PROF_N;
+        const double s = other ? total - covered : p.s[op];
+        const long calls = other ? 0 : p.calls[op];
+        const char *name = other ? "other" : eng_prof_op_name((enum eng_prof_op)op);
+        if (!other && calls == 0) {
+            continue;
+        }
+        const bool product = !other && p.flops[op] > 0.0 && op != ENG_PROF_ATTN;
+        const double gbs =
+            product && s > 0.0 ? 0.5 * p.flops[op] * in->weight_elem_bytes / s * 1e-9 : 0.0;
+        if (in->json) {
+            json_t *e = json_object();
+            json_object_set_new(e, "op", json_string(name));
+            json_object_set_new(e, "ms_per_step", kc_json_real(s * per, 4));
+            json_object_set_new(e, "share", kc_json_real(s / total, 4));
+            json_object_set_new(e, "calls", json_integer(calls));
+            if (product) {
+                json_object_set_new(e, "weight_gbs", kc_json_real(gbs, 2));
+                json_object_set_new(e, "vs_triad", kc_json_real(gbs / triad, 3));
+            }
+            json_array_append_new(ops, e);
+        } else if (product) {
+            printf("  %-10s %9.3f %6.1f%% %7ld %9.1f %8.2f\n", name, s * per, 100.0 * s / total,
+                   calls, gbs, gbs / triad);
+        } else {
+            printf("  %-10s %9.3f %6.1f%% %7ld %9s %8s\n", name, s * per, 100.0 * s / total, calls,
+                   "", "");
+        }
+    }
+    if (in->json) {
+        json_t *pj = json_object();
+        json_object_set_new(pj, "decode_dtype", json_string(in->wtype));
+        json_object_set_new(pj, "steps", json_integer(in->steps));
+        json_object_set_new(pj, "ms_per_step", kc_json_real(total * per, 3));
+        json_object_set_new(pj, "triad_gbs", kc_json_real(triad, 2));
+        json_object_set_new(pj, "products_vs_triad",
+                            kc_json_real(gemm_bytes / gemm_s * 1e-9 / triad, 3));
+        json_object_set_new(pj, "products_share", kc_json_real(gemm_s / total, 4));
+        json_object_set_new(pj, "ops", ops);
+        json_t *root = json_object();
+        json_object_set_new(root, "decode_profile", pj);
+        return kc_json_print("kvcast bench engine", root);
+    }
+    return 0;
+}

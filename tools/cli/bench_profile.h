@@ -12,6 +12,7 @@
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "engine/ops.h"
+#include "engine/probe.h"
 
 /* One prefill to profile: the bench's model, context, pool and prompt, and what it measured. */
 struct kc_bench_profile_in {
@@ -39,5 +40,29 @@ struct kc_bench_profile_in {
  * other load. Text, or one JSON object {"profile": {...}}. 0, or 1 after printing why it
  * failed. */
 int kc_bench_profile_run(const struct kc_bench_profile_in *in);
+
+/* Single-token decode steps to profile, continuing in->seq. */
+struct kc_bench_decode_profile_in {
+    struct eng_ctx *ctx;
+    const struct eng_model *m;
+    struct eng_kv_pool *pool;
+    struct eng_seq *seq; /* holds the prompt (context tokens) on entry; grows by steps */
+    int32_t first_token;
+    int vocab;
+    int context; /* tokens in seq on entry, for the heading */
+    float *logits;
+    int steps;
+    double weight_elem_bytes; /* bytes per decode weight element: 4 f32, 2 bf16, 1 int8 */
+    struct eng_triad *triad;  /* run before and after the steps */
+    const char *wtype;        /* decode weight type's name */
+    bool json;
+};
+
+/* Runs in->steps decode steps with a profile installed and prints where a step's time goes
+ * per op (ms per step, share, and for the products the GB/s of weights they read and its
+ * ratio to the mean of a stream triad run right before and right after the steps): the
+ * decode counterpart of kc_bench_profile_run. Text, or one JSON object {"decode_profile":
+ * {...}}. 0, or 1 after printing why it failed. */
+int kc_bench_profile_decode(const struct kc_bench_decode_profile_in *in);
 
 #endif /* KC_BENCH_PROFILE_H */

@@ -41,7 +41,9 @@ static void bench_usage(FILE *f) {
                "  --repeat N            timed prefill repetitions, best kept (default 2)\n"
                "  --profile             then --repeat profiled prefills, each between two runs of\n"
                "                        the single GEMM: their ratios, and where the time of\n"
-               "                        the best one goes per op (ms, share, GFLOP/s vs GEMM)\n"
+               "                        the best one goes per op (ms, share, GFLOP/s vs GEMM);\n"
+               "                        then --gen profiled decode steps: ms per step per op,\n"
+               "                        the products' weight GB/s against the triad\n"
                "  decode runs in windows of 4 steps, each compared with a stream triad run\n"
                "  right beside it; the decode ratio is the median over windows\n"
                "  --kvp                 also time KV Prediction: auxiliary prefill + predictor\n"
@@ -830,6 +832,35 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
                                                 .wtype = pw,
                                                 .json = json};
         if (kc_bench_profile_run(&pin) != 0) {
+            goto done;
+        }
+        /* The decode profile continues the same prompt for as many steps as the timed decode. */
+        struct eng_batch_item item = {.seq = &seq,
+                                      .tokens = tokens,
+                                      .n_tokens = T,
+                                      .logits_mode = ENG_LOGITS_LAST,
+                                      .logits = logits};
+        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
+            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+            goto done;
+        }
+        const struct kc_bench_decode_profile_in dpin = {
+            .ctx = ctx,
+            .m = m,
+            .pool = &pool,
+            .seq = &seq,
+            .first_token = tokens[T - 1],
+            .vocab = cfg.vocab_size,
+            .context = T,
+            .logits = logits,
+            .steps = G,
+            .weight_elem_bytes = mp.decode_wtype == ENG_WTYPE_INT8   ? 1.0
+                                 : mp.decode_wtype == ENG_WTYPE_BF16 ? 2.0
+                                                                     : 4.0,
+            .triad = triad,
+            .wtype = dw,
+            .json = json};
+        if (kc_bench_profile_decode(&dpin) != 0) {
             goto done;
         }
     }
