@@ -27,9 +27,15 @@
 #include "engine/io/dtype.h"
 
 /* Weight format in which a linear layer's weights are packed for compute. INT8: symmetric
- * per-output-channel s8 weights (scale = max|row| / 127, quantized at creation) times
- * activations quantized per row to s8 at every forward (ops_dnnl.c invariant 7). */
+ * per-output-channel s8 weights (scale = max|row| / eng_int8_weight_levels(), quantized at
+ * creation) times activations quantized per row to s8 at every forward (ops_dnnl.c
+ * invariant 7). */
 enum eng_wtype { ENG_WTYPE_F32 = 0, ENG_WTYPE_BF16, ENG_WTYPE_INT8 };
+
+/* Largest |q| of an int8 weight on this machine: 127 where oneDNN runs int8 products on VNNI
+ * or AMX (exact s32 sums), 63 where it falls back to AVX2 / AVX-512 without VNNI, whose u8 x s8
+ * pair sums pass through saturating s16 (ops_dnnl.c invariant 9). */
+int eng_int8_weight_levels(void);
 
 /* Steps with at most this many rows use the decode-packed weights, larger ones the prefill
  * ones (prefill is compute-bound and fastest in f32; decode memory-bound, fastest in bf16). */

@@ -90,6 +90,17 @@
  *     row is as good as splitting N by hand, so one primitive runs on the team. (The triad
  *     counts 3 arrays of 8-byte doubles and no write-allocate, so a kernel can read > 1.0 of
  *     it.) q|k|v and gate|up are already one fused linear each (engine/model.c).
+ *  9. Machines without VNNI. oneDNN runs s8 x s8 products as u8 x s8 (the source shifted by
+ *     128, invariant 7), and without VNNI (AVX2, AVX-512 before Cascade Lake) it multiplies
+ *     with vpmaddubsw, which adds each pair of u8 x s8 products into a saturating s16: with
+ *     weights up to 127 a pair reaches 2 * 255 * 127 = 64770 and clips (oneDNN's "Nuances of
+ *     int8 computations"). Run with ONEDNN_MAX_CPU_ISA=AVX2 or AVX512_CORE, the one-row
+ *     product was 57-74% off the exact s32 emulation and 3.6-8.7% off f32
+ *     (tests/unit/test_engine_int8.c). So where oneDNN's effective ISA has no VNNI or AMX,
+ *     weights are quantized to 7 bits, [-63, 63] (eng_int8_weight_levels): a pair is at most
+ *     2 * 255 * 63 = 32130 and the sums are exact again, for one bit of weight precision.
+ *     The ISA is read when a linear is created (the weights are quantized then), so a
+ *     process keeps one choice; ONEDNN_MAX_CPU_ISA set before start-up moves it.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -496,17 +507,31 @@ static bool dtype_ok(enum eng_dtype t) {
     return t == ENG_DTYPE_F32 || t == ENG_DTYPE_BF16 || t == ENG_DTYPE_F16;
 }
 
-/* Quantizes one f32 row of k weights to s8, symmetric; returns its scale (0 for a zero row). */
-static float quant_row_s8(const float *w, int k, int8_t *q) {
+int eng_int8_weight_levels(void) {
+    switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_avx512_core_vnni:
+    case dnnl_cpu_isa_avx512_core_bf16:
+    case dnnl_cpu_isa_avx512_core_amx:
+    case dnnl_cpu_isa_avx2_vnni:
+        return 127;
+    default:
+        return 63;
+    }
+}
+
+/* Quantizes one f32 row of k values to s8, symmetric, to [-levels, levels]; returns its scale
+ * (0 for a zero row). */
+static float quant_row_s8(const float *w, int k, int levels, int8_t *q) {
     float amax = 0.0f;
     for (int i = 0; i < k; i++) {
         amax = fmaxf(amax, fabsf(w[i]));
     }
-    const float scale = amax / 127.0f;
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const float lv = (float)levels;
+    const float scale = amax / lv;
+    const float inv = amax > 0.0f ? lv / amax : 0.0f;
     for (int i = 0; i < k; i++) {
         const float v = nearbyintf(w[i] * inv);
-        q[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+        q[i] = (int8_t)(v > lv ? lv : v < -lv ? -lv : v);
     }
     return scale;
 }
@@ -515,6 +540,7 @@ static float quant_row_s8(const float *w, int k, int8_t *q) {
  * per-row scales to wscale[N]. */
 static void stack_parts(const struct eng_weight_part *parts, int n_parts, int k, enum eng_wtype wt,
                         void *dst, float *wscale, float *row_tmp) {
+    const int levels = wt == ENG_WTYPE_INT8 ? eng_int8_weight_levels() : 0;
     size_t row0 = 0;
     for (int p = 0; p < n_parts; p++) {
         for (int r = 0; r < parts[p].rows; r++) {
@@ -532,7 +558,8 @@ static void stack_parts(const struct eng_weight_part *parts, int n_parts, int k,
             }
             eng_dtype_to_f32(parts[p].dtype, src, row_tmp, (size_t)k);
             if (wt == ENG_WTYPE_INT8) {
-                wscale[out_row] = quant_row_s8(row_tmp, k, (int8_t *)dst + out_row * (size_t)k);
+                wscale[out_row] =
+                    quant_row_s8(row_tmp, k, levels, (int8_t *)dst + out_row * (size_t)k);
                 continue;
             }
             uint16_t *o = (uint16_t *)dst + out_row * (size_t)k;
@@ -1014,7 +1041,7 @@ static void quant_act_rows(const float *restrict x, int rows, int k, int8_t *res
         }
         scale[r] = amax / 127.0f;
 #else
-        scale[r] = quant_row_s8(xr, k, qr);
+        scale[r] = quant_row_s8(xr, k, 127, qr);
 #endif
     }
 }

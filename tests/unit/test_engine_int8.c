@@ -38,16 +38,17 @@ static struct eng_dnn *dnn_new(int threads) {
 }
 
 /* Symmetric s8 of one row (what ops_dnnl.c computes): returns the scale, q[] the codes. */
-static float quant_row(const float *x, int k, int *q) {
+static float quant_row(const float *x, int k, int levels, int *q) {
     float amax = 0.0f;
     for (int i = 0; i < k; i++) {
         amax = fmaxf(amax, fabsf(x[i]));
     }
-    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const float lv = (float)levels;
+    const float inv = amax > 0.0f ? lv / amax : 0.0f;
     for (int i = 0; i < k; i++) {
         q[i] = (int)nearbyintf(x[i] * inv);
     }
-    return amax / 127.0f;
+    return amax / lv;
 }
 
 /* The exact int8 emulation: y = (sum_j qx_ij qw_oj) * sx_i * sw_o + b_o, with f32 weights
@@ -59,10 +60,11 @@ static void int8_emulate(const float *w, const float *b, int n, int k, const flo
     float *sw = malloc((size_t)n * sizeof(float));
     assert_true(qw != NULL && qx != NULL && sw != NULL);
     for (int o = 0; o < n; o++) {
-        sw[o] = quant_row(w + (size_t)o * k, k, qw + (size_t)o * k);
+        /* 7-bit weights where oneDNN has no VNNI (ops_dnnl.c invariant 9). */
+        sw[o] = quant_row(w + (size_t)o * k, k, eng_int8_weight_levels(), qw + (size_t)o * k);
     }
     for (int i = 0; i < m; i++) {
-        const float sx = quant_row(x + (size_t)i * k, k, qx);
+        const float sx = quant_row(x + (size_t)i * k, k, 127, qx);
         for (int o = 0; o < n; o++) {
             long long acc = 0;
             for (int j = 0; j < k; j++) {

@@ -175,11 +175,16 @@ static void test_prefill_bf16_within_documented_bound(void **state) {
 
 /* int8 weights (per-channel s8) and per-row s8 activations before each GEMM; the
  * documented bound is INT8_LOGIT_TOL of the logit scale (measured maximum over the five
- * fixtures: 5.3% (llama_untied_bf16), 3.0-3.9% on the others). */
+ * fixtures: 5.3% (llama_untied_bf16), 3.0-3.9% on the others). Where oneDNN has no VNNI the
+ * weights keep 7 bits (ops_dnnl.c invariant 9) and the bound is INT8_7BIT_LOGIT_TOL
+ * (measured with ONEDNN_MAX_CPU_ISA=AVX512_CORE: 8.4% (llama_untied_bf16), 4.8-6.2% on the
+ * others). */
 #define INT8_LOGIT_TOL 8e-2f
+#define INT8_7BIT_LOGIT_TOL 12e-2f
 static void test_prefill_int8_within_documented_bound(void **state) {
     (void)state;
-    check_prefill_cases(ENG_WTYPE_INT8, INT8_LOGIT_TOL, 64);
+    check_prefill_cases(ENG_WTYPE_INT8,
+                        eng_int8_weight_levels() == 127 ? INT8_LOGIT_TOL : INT8_7BIT_LOGIT_TOL, 64);
 }
 
 /* Greedy decoding of the golden continuation with weights wt, token by token through the
