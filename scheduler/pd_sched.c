@@ -201,6 +201,9 @@ static void cancel_served(struct sch_pd *pd, uint64_t conn, uint64_t peer_req) {
     for (int i = 0; i < n; i++) {
         sch_cancel(pd->s, ids[i], SCH_FINISH_ABORT);
     }
+    /* A queued one went to the reap list: end it now (this host has no decode worker), not
+     * after the prefill in flight. A running one ends within its prefill chunk. */
+    sch__reap(pd->s);
 }
 
 /* Chunking of n_tok positions x L layers under SCH_PD_MAX_KV_CHUNK_BYTES: tok_per positions

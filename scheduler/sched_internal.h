@@ -101,6 +101,11 @@ int sch__pd_port(struct sch_pd *pd);
  * server). */
 int sch__submit_remote(struct sch *s, const struct sch_request_params *p, uint64_t conn,
                        uint64_t peer_req, int wire_dtype, uint64_t *id, struct kc_error *err);
+/* Ends the cancelled requests waiting on the reap list, on the calling thread (no lock held).
+ * A prefill host has no decode worker to reap: its pd receive path calls this after it
+ * cancels (CANCEL, a lost decode host), so a cancelled queued request never waits for the
+ * prefill in flight. */
+void sch__reap(struct sch *s);
 /* Decode host: waits up to wait_ms for the head of the wait queue to get its blocks, ends
  * cancelled queued requests meanwhile; returns it PREFILLING (owned by the caller) or NULL
  * (timeout, stopping, or nothing waiting). */
