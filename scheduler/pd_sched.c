@@ -282,6 +282,12 @@ void sch__pd_ship(struct sch_pd *pd, struct sch_req *r, enum sch_finish fin) {
         (struct sch_pd_shape){pd->shape.n_layers, pd->shape.n_kv_heads, pd->shape.head_dim, 0, 0};
     o->n_kv_tokens = n_kv;
     o->kv_bytes = sch_pd_kv_bytes(&pd->shape, pd->shape.n_layers, n_kv, d);
+    KC_DEBUG("pd trace ship req=%llu peer_req=%llu queued_us=%llu prefilling_us=%llu "
+             "ship_us=%llu",
+             (unsigned long long)r->id, (unsigned long long)r->pd_peer_req,
+             (unsigned long long)(r->t_state[SCH_REQ_QUEUED] / 1000),
+             (unsigned long long)(r->t_state[SCH_REQ_PREFILLING] / 1000),
+             (unsigned long long)(kc_now_ns() / 1000));
     int tok_per, layers_per;
     kv_chunking(&pd->shape, n_kv, d, &tok_per, &layers_per, &o->n_chunks);
     int rc = sch_pd_net_send(pd->net, r->pd_conn, &f);
@@ -486,6 +492,13 @@ static void on_first(struct sch_pd *pd, int peer, const struct sch_pd_msg *m) {
     e->kv_want = f->kv_bytes;
     e->n_kv_tokens = f->n_kv_tokens;
     sch__remote_first(pd->s, e->r, f);
+    KC_DEBUG("pd trace first req=%llu queued_us=%llu admitted_us=%llu sent_us=%llu "
+             "first_us=%llu emitted_us=%llu prefill_ms=%.3f",
+             (unsigned long long)e->r->id,
+             (unsigned long long)(e->r->t_state[SCH_REQ_QUEUED] / 1000),
+             (unsigned long long)(e->r->t_state[SCH_REQ_PREFILLING] / 1000),
+             (unsigned long long)(e->t_sent / 1000), (unsigned long long)(e->t_last / 1000),
+             (unsigned long long)(kc_now_ns() / 1000), (double)f->prefill_ms);
     if (f->finish != SCH_FINISH_NONE) {
         pending_take(pd, m->req_id);
         pthread_mutex_unlock(&pd->lock);
@@ -805,6 +818,38 @@ static void pending_sweep(struct sch_pd *pd) {
     }
 }
 
+/* Sends the admitted request r (PREFILLING, ours) to the prefill host with the most room and
+ * lists it pending, or ends it: 503 when no host is reachable, cancelled when stopping. */
+static void dispatch_one(struct sch_pd *pd, struct sch_req *r) {
+    struct pd_pending *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_ENOMEM, "out of memory");
+        return;
+    }
+    e->r = r;
+    e->t_sent = e->t_last = kc_now_ns();
+    pthread_mutex_lock(&pd->lock);
+    if (pd->stop) { /* sch__pd_stop has swept the pending list: end it here */
+        pthread_mutex_unlock(&pd->lock);
+        sch__remote_end(pd->s, r, SCH_REQ_CANCELLED, SCH_FINISH_ABORT, 0, NULL);
+        free(e);
+        return;
+    }
+    e->peer = peer_pick(pd, -1);
+    if (e->peer < 0 || send_submit(pd, e) != KC_OK) {
+        pd->failures++;
+        pthread_mutex_unlock(&pd->lock);
+        sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_EBUSY,
+                        "no prefill host is reachable");
+        free(e);
+        return;
+    }
+    pd->peers[e->peer].in_flight++;
+    e->next = pd->pending;
+    pd->pending = e;
+    pthread_mutex_unlock(&pd->lock);
+}
+
 static void *dispatch_main(void *arg) {
     struct sch_pd *pd = arg;
     for (;;) {
@@ -836,32 +881,26 @@ static void *dispatch_main(void *arg) {
             continue;
         }
         struct sch_req *r = sch__remote_admit(pd->s, PD_TICK_MS);
-        if (r == NULL) {
-            continue;
+        if (r != NULL) {
+            dispatch_one(pd, r);
         }
-        struct pd_pending *e = calloc(1, sizeof(*e));
-        if (e == NULL) {
-            sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_ENOMEM, "out of memory");
-            continue;
-        }
-        e->r = r;
-        e->t_sent = e->t_last = kc_now_ns();
-        pthread_mutex_lock(&pd->lock);
-        e->peer = peer_pick(pd, -1);
-        if (e->peer < 0 || send_submit(pd, e) != KC_OK) {
-            pd->failures++;
-            pthread_mutex_unlock(&pd->lock);
-            sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_EBUSY,
-                            "no prefill host is reachable");
-            free(e);
-            continue;
-        }
-        pd->peers[e->peer].in_flight++;
-        e->next = pd->pending;
-        pd->pending = e;
-        pthread_mutex_unlock(&pd->lock);
     }
     return NULL;
+}
+
+bool sch__pd_dispatch_now(struct sch_pd *pd) {
+    pthread_mutex_lock(&pd->lock);
+    const bool room = !pd->stop && peer_pick(pd, -1) >= 0;
+    pthread_mutex_unlock(&pd->lock);
+    if (!room) {
+        return false; /* the dispatcher waits for room, or fails the request (none up) */
+    }
+    struct sch_req *r = sch__remote_admit(pd->s, 0);
+    if (r == NULL) {
+        return false; /* waiting for blocks, or another thread took it */
+    }
+    dispatch_one(pd, r);
+    return true;
 }
 
 /* ---- lifecycle ---- */

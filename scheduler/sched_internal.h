@@ -91,6 +91,11 @@ void sch__pd_ship(struct sch_pd *pd, struct sch_req *r, enum sch_finish fin);
 /* Prefill host: r (remote) ended with its terminal event ev; tells the decode host when it
  * failed or was cancelled before its FIRST went out, and forgets it. */
 void sch__pd_ended(struct sch_pd *pd, struct sch_req *r, const struct sch_event *ev);
+/* Decode host, on the thread that just submitted: admits the head of the wait queue and sends
+ * its SUBMIT now when a prefill host has room, instead of waking the dispatcher (one thread
+ * wake-up less before the prefill host starts). Returns false when it did not (no room, no
+ * blocks, nothing waiting): the dispatcher's job then. */
+bool sch__pd_dispatch_now(struct sch_pd *pd);
 void sch__pd_stats(struct sch_pd *pd, struct sch_stats *st);
 int sch__pd_peers(struct sch_pd *pd, struct sch_pd_peer_info *out, int max);
 int sch__pd_port(struct sch_pd *pd);

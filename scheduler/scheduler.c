@@ -1993,7 +1993,7 @@ struct sch_req *sch__remote_admit(struct sch *s, int wait_ms) {
     pthread_mutex_lock(&s->lock);
     while (!s->stopping) {
         r = reap_then_admit(s, &failed);
-        if (r != NULL || failed != NULL || s->stopping) {
+        if (r != NULL || failed != NULL || s->stopping || wait_ms <= 0) {
             break;
         }
         /* prefill_cv is on CLOCK_REALTIME: the timeout is a bound on the wait, not a deadline
@@ -2293,9 +2293,22 @@ static int submit(struct sch *s, const struct sch_request_params *p, void *user,
     s->n_live++;
     sch_queue_push(&s->waiting, r);
     stop_refinements(s);
-    pthread_cond_signal(&s->prefill_cv);
+    /* A decode host sends it from this thread when it can (sch__pd_dispatch_now): the
+     * dispatcher is woken only when that did not happen. */
+    const bool remote = s->cfg.role == SCH_ROLE_DECODE && s->pd != NULL;
+    if (!remote) {
+        pthread_cond_signal(&s->prefill_cv);
+    }
     *id = r->id;
     pthread_mutex_unlock(&s->lock);
+    if (remote) {
+        const bool sent = sch__pd_dispatch_now(s->pd);
+        pthread_mutex_lock(&s->lock);
+        if (!sent || s->waiting.head != NULL || s->reap.head != NULL) {
+            pthread_cond_signal(&s->prefill_cv); /* the rest is the dispatcher's */
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
     return KC_OK;
 }
 
