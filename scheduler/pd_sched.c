@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -104,6 +105,8 @@ struct sch_pd {
     bool started;
     uint64_t transfers, retries, failures;
     double transfer_s;
+    uint64_t firsts;         /* FIRSTs of requests sent once (sch_stats.pd_firsts) */
+    double first_overhead_s; /* their SUBMIT -> FIRST less the remote prefill time */
 };
 
 /* ---- shared ---- */
@@ -489,6 +492,11 @@ static void on_first(struct sch_pd *pd, int peer, const struct sch_pd_msg *m) {
     }
     e->got_first = true;
     e->t_last = kc_now_ns();
+    if (!e->retried) {
+        const double ov = (double)(e->t_last - e->t_sent) / 1e9 - (double)f->prefill_ms / 1e3;
+        pd->firsts++;
+        pd->first_overhead_s += ov > 0.0 ? ov : 0.0;
+    }
     e->kv_want = f->kv_bytes;
     e->n_kv_tokens = f->n_kv_tokens;
     sch__remote_first(pd->s, e->r, f);
@@ -852,6 +860,7 @@ static void dispatch_one(struct sch_pd *pd, struct sch_req *r) {
 
 static void *dispatch_main(void *arg) {
     struct sch_pd *pd = arg;
+    (void)prctl(PR_SET_NAME, (unsigned long)"kc-pd-dispatch", 0UL, 0UL, 0UL); /* top -H */
     for (;;) {
         pthread_mutex_lock(&pd->lock);
         const bool stop = pd->stop;
@@ -1041,6 +1050,8 @@ void sch__pd_stats(struct sch_pd *pd, struct sch_stats *st) {
     st->pd_transfer_seconds = pd->transfer_s;
     st->pd_retries = pd->retries;
     st->pd_failures = pd->failures;
+    st->pd_firsts = pd->firsts;
+    st->pd_first_overhead_seconds = pd->first_overhead_s;
     st->pd_in_flight = pd->n_served;
     for (const struct pd_pending *e = pd->pending; e != NULL; e = e->next) {
         st->pd_in_flight++;

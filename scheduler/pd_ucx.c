@@ -58,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -590,6 +591,7 @@ static void reap_conns(struct sch_pd_net *n) {
 
 static void *progress_main(void *arg) {
     struct sch_pd_net *n = arg;
+    (void)prctl(PR_SET_NAME, (unsigned long)"kc-pd-ucx", 0UL, 0UL, 0UL); /* top -H, tests */
     struct conn **snap = NULL;
     int cap = 0;
     for (;;) {

@@ -314,6 +314,11 @@ struct sch_stats {
     double pd_transfer_seconds;
     uint64_t pd_retries, pd_failures;
     int pd_in_flight;
+    /* Decode hosts: what the remote path adds to TTFT, per FIRST received (not retried):
+     * SUBMIT sent -> FIRST received, less the prefill time the prefill host reports in it
+     * (so: transport both ways, the prefill host's receive, queue wait and wake-ups). */
+    uint64_t pd_firsts;
+    double pd_first_overhead_seconds;
 };
 void sch_stats_get(struct sch *s, struct sch_stats *out);
 

@@ -11,7 +11,8 @@ prefill chunk, so a request holds its prefill worker for seconds); D: --role dec
      and KV usage and in-flight return to 0 on both hosts.
   3. kill -9 of D with one request prefilling at P and one queued there: P ends the queued one
      at once, the other within its chunk; KV usage and in-flight return to 0 on P; a new decode
-     host is then served (200).
+     host is then served (200), and its pd_first_overhead_seconds counts that first token with
+     an overhead that leaves out P's own (slept) prefill.
 Bounded: every HTTP call has a timeout; servers are stopped in finally.
 usage: test_pd_prefill_host.py path/to/kvcast   (run from the source root)
 """
@@ -144,6 +145,15 @@ def main():
         st, raw = d2.post(dict(BODY, stream=False, max_tokens=4), timeout=60)
         kc.check(st == 200, "a new decode host through P: %d %s" % (st, raw[:300]))
         kc.check(in_flight(p) == 0 and kv_used(p) == 0, "P not idle after serving D2")
+        # D2's view of what the remote path added to that request's TTFT: one FIRST, and an
+        # overhead that excludes P's own prefill (which slept DELAY_MS after its chunk).
+        md = d2.metrics()
+        n_first = kc.total(md, "kvcast:pd_first_overhead_seconds_count")
+        ov = kc.total(md, "kvcast:pd_first_overhead_seconds_sum")
+        kc.check(n_first == 1 and 0 < ov < 0.5 * DELAY_MS / 1000.0,
+                 "pd_first_overhead_seconds: count %s, sum %s s (want 1, and well below P's "
+                 "%.1f s prefill)" % (n_first, ov, DELAY_MS / 1000.0))
+        print("pd prefill host: D2's remote-path overhead on its first token: %.2f ms" % (1000 * ov))
         for srv in list(reversed(servers)):
             servers.remove(srv)
             srv.finish()
