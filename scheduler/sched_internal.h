@@ -111,9 +111,9 @@ int sch__submit_remote(struct sch *s, const struct sch_request_params *p, uint64
  * cancels (CANCEL, a lost decode host), so a cancelled queued request never waits for the
  * prefill in flight. */
 void sch__reap(struct sch *s);
-/* Decode host: waits up to wait_ms for the head of the wait queue to get its blocks, ends
- * cancelled queued requests meanwhile; returns it PREFILLING (owned by the caller) or NULL
- * (timeout, stopping, or nothing waiting). */
+/* Decode host: waits up to wait_ms (<= 0: not at all) for the head of the wait queue to get
+ * its blocks, ends cancelled queued requests meanwhile; returns it PREFILLING (owned by the
+ * caller) or NULL (timeout, stopping, or nothing waiting). */
 struct sch_req *sch__remote_admit(struct sch *s, int wait_ms);
 /* Whether a request waits for admission. */
 bool sch__remote_waiting(struct sch *s);
