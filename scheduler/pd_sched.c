@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -104,6 +105,8 @@ struct sch_pd {
     bool started;
     uint64_t transfers, retries, failures;
     double transfer_s;
+    uint64_t firsts;         /* FIRSTs of requests sent once (sch_stats.pd_firsts) */
+    double first_overhead_s; /* their SUBMIT -> FIRST less the remote prefill time */
 };
 
 /* ---- shared ---- */
@@ -201,6 +204,9 @@ static void cancel_served(struct sch_pd *pd, uint64_t conn, uint64_t peer_req) {
     for (int i = 0; i < n; i++) {
         sch_cancel(pd->s, ids[i], SCH_FINISH_ABORT);
     }
+    /* A queued one went to the reap list: end it now (this host has no decode worker), not
+     * after the prefill in flight. A running one ends within its prefill chunk. */
+    sch__reap(pd->s);
 }
 
 /* Chunking of n_tok positions x L layers under SCH_PD_MAX_KV_CHUNK_BYTES: tok_per positions
@@ -279,6 +285,12 @@ void sch__pd_ship(struct sch_pd *pd, struct sch_req *r, enum sch_finish fin) {
         (struct sch_pd_shape){pd->shape.n_layers, pd->shape.n_kv_heads, pd->shape.head_dim, 0, 0};
     o->n_kv_tokens = n_kv;
     o->kv_bytes = sch_pd_kv_bytes(&pd->shape, pd->shape.n_layers, n_kv, d);
+    KC_DEBUG("pd trace ship req=%llu peer_req=%llu queued_us=%llu prefilling_us=%llu "
+             "ship_us=%llu",
+             (unsigned long long)r->id, (unsigned long long)r->pd_peer_req,
+             (unsigned long long)(r->t_state[SCH_REQ_QUEUED] / 1000),
+             (unsigned long long)(r->t_state[SCH_REQ_PREFILLING] / 1000),
+             (unsigned long long)(kc_now_ns() / 1000));
     int tok_per, layers_per;
     kv_chunking(&pd->shape, n_kv, d, &tok_per, &layers_per, &o->n_chunks);
     int rc = sch_pd_net_send(pd->net, r->pd_conn, &f);
@@ -480,9 +492,21 @@ static void on_first(struct sch_pd *pd, int peer, const struct sch_pd_msg *m) {
     }
     e->got_first = true;
     e->t_last = kc_now_ns();
+    if (!e->retried) {
+        const double ov = (double)(e->t_last - e->t_sent) / 1e9 - (double)f->prefill_ms / 1e3;
+        pd->firsts++;
+        pd->first_overhead_s += ov > 0.0 ? ov : 0.0;
+    }
     e->kv_want = f->kv_bytes;
     e->n_kv_tokens = f->n_kv_tokens;
     sch__remote_first(pd->s, e->r, f);
+    KC_DEBUG("pd trace first req=%llu queued_us=%llu admitted_us=%llu sent_us=%llu "
+             "first_us=%llu emitted_us=%llu prefill_ms=%.3f",
+             (unsigned long long)e->r->id,
+             (unsigned long long)(e->r->t_state[SCH_REQ_QUEUED] / 1000),
+             (unsigned long long)(e->r->t_state[SCH_REQ_PREFILLING] / 1000),
+             (unsigned long long)(e->t_sent / 1000), (unsigned long long)(e->t_last / 1000),
+             (unsigned long long)(kc_now_ns() / 1000), (double)f->prefill_ms);
     if (f->finish != SCH_FINISH_NONE) {
         pending_take(pd, m->req_id);
         pthread_mutex_unlock(&pd->lock);
@@ -802,8 +826,41 @@ static void pending_sweep(struct sch_pd *pd) {
     }
 }
 
+/* Sends the admitted request r (PREFILLING, ours) to the prefill host with the most room and
+ * lists it pending, or ends it: 503 when no host is reachable, cancelled when stopping. */
+static void dispatch_one(struct sch_pd *pd, struct sch_req *r) {
+    struct pd_pending *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_ENOMEM, "out of memory");
+        return;
+    }
+    e->r = r;
+    e->t_sent = e->t_last = kc_now_ns();
+    pthread_mutex_lock(&pd->lock);
+    if (pd->stop) { /* sch__pd_stop has swept the pending list: end it here */
+        pthread_mutex_unlock(&pd->lock);
+        sch__remote_end(pd->s, r, SCH_REQ_CANCELLED, SCH_FINISH_ABORT, 0, NULL);
+        free(e);
+        return;
+    }
+    e->peer = peer_pick(pd, -1);
+    if (e->peer < 0 || send_submit(pd, e) != KC_OK) {
+        pd->failures++;
+        pthread_mutex_unlock(&pd->lock);
+        sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_EBUSY,
+                        "no prefill host is reachable");
+        free(e);
+        return;
+    }
+    pd->peers[e->peer].in_flight++;
+    e->next = pd->pending;
+    pd->pending = e;
+    pthread_mutex_unlock(&pd->lock);
+}
+
 static void *dispatch_main(void *arg) {
     struct sch_pd *pd = arg;
+    (void)prctl(PR_SET_NAME, (unsigned long)"kc-pd-dispatch", 0UL, 0UL, 0UL); /* top -H */
     for (;;) {
         pthread_mutex_lock(&pd->lock);
         const bool stop = pd->stop;
@@ -833,32 +890,26 @@ static void *dispatch_main(void *arg) {
             continue;
         }
         struct sch_req *r = sch__remote_admit(pd->s, PD_TICK_MS);
-        if (r == NULL) {
-            continue;
+        if (r != NULL) {
+            dispatch_one(pd, r);
         }
-        struct pd_pending *e = calloc(1, sizeof(*e));
-        if (e == NULL) {
-            sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_ENOMEM, "out of memory");
-            continue;
-        }
-        e->r = r;
-        e->t_sent = e->t_last = kc_now_ns();
-        pthread_mutex_lock(&pd->lock);
-        e->peer = peer_pick(pd, -1);
-        if (e->peer < 0 || send_submit(pd, e) != KC_OK) {
-            pd->failures++;
-            pthread_mutex_unlock(&pd->lock);
-            sch__remote_end(pd->s, r, SCH_REQ_FAILED, SCH_FINISH_NONE, KC_EBUSY,
-                            "no prefill host is reachable");
-            free(e);
-            continue;
-        }
-        pd->peers[e->peer].in_flight++;
-        e->next = pd->pending;
-        pd->pending = e;
-        pthread_mutex_unlock(&pd->lock);
     }
     return NULL;
+}
+
+bool sch__pd_dispatch_now(struct sch_pd *pd) {
+    pthread_mutex_lock(&pd->lock);
+    const bool room = !pd->stop && peer_pick(pd, -1) >= 0;
+    pthread_mutex_unlock(&pd->lock);
+    if (!room) {
+        return false; /* the dispatcher waits for room, or fails the request (none up) */
+    }
+    struct sch_req *r = sch__remote_admit(pd->s, 0);
+    if (r == NULL) {
+        return false; /* waiting for blocks, or another thread took it */
+    }
+    dispatch_one(pd, r);
+    return true;
 }
 
 /* ---- lifecycle ---- */
@@ -999,6 +1050,8 @@ void sch__pd_stats(struct sch_pd *pd, struct sch_stats *st) {
     st->pd_transfer_seconds = pd->transfer_s;
     st->pd_retries = pd->retries;
     st->pd_failures = pd->failures;
+    st->pd_firsts = pd->firsts;
+    st->pd_first_overhead_seconds = pd->first_overhead_s;
     st->pd_in_flight = pd->n_served;
     for (const struct pd_pending *e = pd->pending; e != NULL; e = e->next) {
         st->pd_in_flight++;

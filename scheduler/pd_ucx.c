@@ -3,13 +3,20 @@
  * that includes UCX (tests/check_layering.sh).
  *
  * DESIGN invariants:
- *  1. One progress thread owns the UCP worker (UCS_THREAD_MODE_SINGLE): every ucp_* call but
- *     the set-up in sch_pd_net_create and the teardown in sch_pd_net_free (both while no
- *     progress thread runs) happens on it. Other threads only queue commands (net.lock) and
- *     wake it through an eventfd that it polls together with the worker's event fd.
+ *  1. One progress thread drives the UCP worker (UCS_THREAD_MODE_SERIALIZED): every ucp_*
+ *     call is made holding net.io, which the progress thread holds whenever it is not asleep
+ *     in poll() or yielding. Another thread's sch_pd_net_send posts its frame itself when it
+ *     gets net.io at once (trylock: it may hold its own locks, which callbacks take) and no
+ *     command is queued (frames keep their order); otherwise it queues a command (net.lock)
+ *     and wakes the progress thread through an eventfd that it polls together with the
+ *     worker's event fd. Posting in place saves a thread wake-up on the path of every small
+ *     frame (SUBMIT, FIRST: measured in docs/disaggregated.md). Everything else (receives,
+ *     connects, closes, failures, every callback) stays on the progress thread; a failure of
+ *     an in-place post is left to it (peer_err).
  *  2. net.lock guards the command queue, the connection table (ids, states) and the counters;
- *     a connection's receive buffer and endpoint are touched by the progress thread alone.
- *     Callbacks run with no lock held.
+ *     a connection's receive buffer is touched by the progress thread alone, its endpoint
+ *     under net.io. Lock order: net.io, then the callbacks' locks, then net.lock. Callbacks
+ *     run on the progress thread with net.io held and net.lock not held.
  *  3. A connection reports KC_OK once (both HELLOs accepted) and one negative status once,
  *     then never again; a frame that fails to decode closes it (a peer we cannot parse is a
  *     peer we cannot trust for the next frame either).
@@ -51,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -82,6 +90,9 @@ struct cmd {
     size_t len, cap;
     struct sockaddr_storage addr; /* CMD_CONNECT */
     socklen_t addr_len;
+    int msg_type; /* CMD_SEND: the frame's type and request (the debug trace) */
+    uint64_t req_id;
+    uint64_t t_queued; /* kc_now_ns() when queued */
     struct cmd *next;
 };
 
@@ -107,6 +118,7 @@ struct sch_pd_net {
     int wake_fd;             /* eventfd: commands queued, or stop */
     pthread_t thread;
     bool started;
+    pthread_mutex_t io; /* held for every ucp_* call (invariant 1) */
 
     pthread_mutex_t lock; /* guards everything below (invariant 2) */
     struct cmd *cmd_head, *cmd_tail;
@@ -450,6 +462,8 @@ static void rx_frames(struct sch_pd_net *n, struct conn *c) {
             conn_fail(n, c, KC_EFORMAT, "pd: a second HELLO");
             return;
         } else if (n->p.on_msg != NULL) {
+            KC_DEBUG("pd trace rx type=%d req=%llu len=%zu at_us=%llu", (int)m.type,
+                     (unsigned long long)m.req_id, need, (unsigned long long)(kc_now_ns() / 1000));
             n->p.on_msg(n->p.ud, c->id, &m);
         }
         sch_pd_msg_free(&m);
@@ -512,6 +526,10 @@ static void run_cmd(struct sch_pd_net *n, struct cmd *k) {
         if (dead) {
             buf_recycle(n, k->buf, k->cap);
         } else {
+            KC_DEBUG("pd trace post type=%d req=%llu len=%zu queued_us=%llu posted_us=%llu",
+                     k->msg_type, (unsigned long long)k->req_id, k->len,
+                     (unsigned long long)(k->t_queued / 1000),
+                     (unsigned long long)(kc_now_ns() / 1000));
             post_send(n, c, k->buf, k->len, k->cap);
         }
         break;
@@ -573,12 +591,14 @@ static void reap_conns(struct sch_pd_net *n) {
 
 static void *progress_main(void *arg) {
     struct sch_pd_net *n = arg;
+    (void)prctl(PR_SET_NAME, (unsigned long)"kc-pd-ucx", 0UL, 0UL, 0UL); /* top -H, tests */
     struct conn **snap = NULL;
     int cap = 0;
     for (;;) {
         uint64_t v;
         while (read(n->wake_fd, &v, sizeof(v)) > 0) {
         }
+        pthread_mutex_lock(&n->io);
         pthread_mutex_lock(&n->lock);
         const bool stop = n->stop;
         struct cmd *k = n->cmd_head;
@@ -590,6 +610,7 @@ static void *progress_main(void *arg) {
             k = next;
         }
         if (stop) {
+            pthread_mutex_unlock(&n->io);
             break;
         }
         while (ucp_worker_progress(n->worker) != 0) {
@@ -624,15 +645,21 @@ static void *progress_main(void *arg) {
         /* Likewise a receive: the transport may hold more of a frame than one progress call
          * hands over, and the event that announced it has fired already. */
         if (received) {
+            pthread_mutex_unlock(&n->io);
             continue;
         }
         if (sending) {
+            pthread_mutex_unlock(&n->io); /* a sender may post in place meanwhile */
             sched_yield();
             continue;
         }
-        if (ucp_worker_arm(n->worker) == UCS_ERR_BUSY) {
+        const bool busy = ucp_worker_arm(n->worker) == UCS_ERR_BUSY;
+        pthread_mutex_unlock(&n->io);
+        if (busy) {
             continue;
         }
+        /* A frame posted in place after the arm either completed at once or woke us (see
+         * post_in_place). */
         struct pollfd fds[2] = {{n->worker_fd, POLLIN, 0}, {n->wake_fd, POLLIN, 0}};
         /* The timeout bounds the wait for close requests, which raise no event. */
         poll(fds, 2, 100);
@@ -660,6 +687,7 @@ int sch_pd_net_create(const struct sch_pd_net_params *p, struct sch_pd_net **out
     n->next_id = 1;
     n->worker_fd = n->wake_fd = -1;
     pthread_mutex_init(&n->lock, NULL);
+    pthread_mutex_init(&n->io, NULL);
     int rc = KC_EIO;
     ucp_config_t *config = NULL;
     ucs_status_t st = ucp_config_read(NULL, NULL, &config);
@@ -676,7 +704,7 @@ int sch_pd_net_create(const struct sch_pd_net_params *p, struct sch_pd_net **out
         goto fail;
     }
     ucp_worker_params_t wp = {.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE,
-                              .thread_mode = UCS_THREAD_MODE_SINGLE};
+                              .thread_mode = UCS_THREAD_MODE_SERIALIZED};
     st = ucp_worker_create(n->ctx, &wp, &n->worker);
     if (st != UCS_OK) {
         kc_error_set(err, KC_EIO, "pd: UCX worker: %s", ucs_status_string(st));
@@ -803,6 +831,50 @@ int sch_pd_net_connect(struct sch_pd_net *n, const char *host, int port, uint64_
     return KC_OK;
 }
 
+/* Frames above this may be left half-written in the transport when posted in place: the
+ * progress thread is woken to push them (UCX's TCP transport raises no event for the rest). */
+#define PD_IN_PLACE_QUIET_BYTES ((size_t)64 << 10)
+
+/* Posts k's frame on c from a thread other than the progress thread, net.io held (invariant 1).
+ * Returns whether the progress thread must be woken: the send is still under way or large,
+ * or it failed (the progress thread fails the connection: peer_err). */
+static bool post_in_place(struct sch_pd_net *n, struct conn *c, struct cmd *k) {
+    KC_DEBUG("pd trace post type=%d req=%llu len=%zu queued_us=%llu posted_us=%llu", k->msg_type,
+             (unsigned long long)k->req_id, k->len, (unsigned long long)(k->t_queued / 1000),
+             (unsigned long long)(kc_now_ns() / 1000));
+    struct send_item *it = malloc(sizeof(*it));
+    ucs_status_t st = UCS_ERR_NO_MEMORY;
+    bool pending = false;
+    if (it != NULL) {
+        *it = (struct send_item){n, k->buf, k->len, k->cap};
+        ucp_request_param_t prm = {.op_attr_mask =
+                                       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA,
+                                   .cb.send = send_cb,
+                                   .user_data = it};
+        void *req = ucp_stream_send_nbx(c->ep, k->buf, k->len, &prm);
+        st = UCS_PTR_IS_ERR(req) ? UCS_PTR_STATUS(req) : UCS_OK;
+        pending = req != NULL && st == UCS_OK;
+        if (req == NULL) {
+            send_done(n, it, true);
+        } else if (st != UCS_OK) {
+            send_done(n, it, false);
+        }
+    } else {
+        pthread_mutex_lock(&n->lock);
+        n->queued_bytes -= k->len;
+        pthread_mutex_unlock(&n->lock);
+        buf_recycle(n, k->buf, k->cap);
+    }
+    if (st != UCS_OK) {
+        pthread_mutex_lock(&n->lock);
+        if (c->peer_err == UCS_OK) {
+            c->peer_err = st;
+        }
+        pthread_mutex_unlock(&n->lock);
+    }
+    return pending || st != UCS_OK || k->len > PD_IN_PLACE_QUIET_BYTES;
+}
+
 int sch_pd_net_send(struct sch_pd_net *n, uint64_t conn, const struct sch_pd_msg *m) {
     struct cmd *k = calloc(1, sizeof(*k));
     if (k == NULL) {
@@ -815,23 +887,45 @@ int sch_pd_net_send(struct sch_pd_net *n, uint64_t conn, const struct sch_pd_msg
     }
     k->type = CMD_SEND;
     k->conn = conn;
+    k->msg_type = (int)m->type;
+    k->req_id = m->req_id;
+    k->t_queued = kc_now_ns();
+    /* In place when net.io is free now (invariant 1); never on the progress thread, whose
+     * callbacks send while it holds net.io. */
+    const bool io = (!n->started || !pthread_equal(pthread_self(), n->thread)) &&
+                    pthread_mutex_trylock(&n->io) == 0;
+    bool in_place = false, wake_up = true;
     pthread_mutex_lock(&n->lock);
-    const struct conn *c = conn_find(n, conn);
+    struct conn *c = conn_find(n, conn);
     if (c == NULL || c->state == CONN_DEAD) {
         rc = KC_ENOTFOUND;
     } else if (n->queued_bytes + k->len > n->p.max_queued_bytes) {
         rc = KC_EBUSY;
     } else {
         n->queued_bytes += k->len;
-        push_cmd(n, k);
+        /* Queued commands go first (frame order); so do connections not up yet. */
+        in_place = io && n->started && !n->stop && n->cmd_head == NULL && c->state == CONN_UP &&
+                   c->ep != NULL && c->peer_err == UCS_OK;
+        if (!in_place) {
+            push_cmd(n, k);
+        }
     }
     pthread_mutex_unlock(&n->lock);
+    if (in_place) {
+        wake_up = post_in_place(n, c, k); /* c stays: slots are freed under net.io */
+        free(k);
+    }
+    if (io) {
+        pthread_mutex_unlock(&n->io);
+    }
     if (rc != KC_OK) {
         buf_recycle(n, k->buf, k->cap);
         free(k);
         return rc;
     }
-    wake(n);
+    if (wake_up) {
+        wake(n);
+    }
     return KC_OK;
 }
 
@@ -866,7 +960,9 @@ void sch_pd_net_free(struct sch_pd_net *n) {
         wake(n);
         pthread_join(n->thread, NULL);
     }
-    /* No progress thread now: this thread owns the worker (invariant 1). No callbacks. */
+    /* No progress thread now: this thread drives the worker (invariant 1; net.io against a
+     * late sender, which sch__pd_stop's order rules out anyway). No callbacks. */
+    pthread_mutex_lock(&n->io);
     n->p.on_conn = NULL;
     n->p.on_msg = NULL;
     for (struct cmd *k = n->cmd_head, *next; k != NULL; k = next) {
@@ -926,6 +1022,8 @@ void sch_pd_net_free(struct sch_pd_net *n) {
     if (n->wake_fd >= 0) {
         close(n->wake_fd);
     }
+    pthread_mutex_unlock(&n->io);
+    pthread_mutex_destroy(&n->io);
     pthread_mutex_destroy(&n->lock);
     free(n);
 }

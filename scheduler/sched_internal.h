@@ -91,6 +91,11 @@ void sch__pd_ship(struct sch_pd *pd, struct sch_req *r, enum sch_finish fin);
 /* Prefill host: r (remote) ended with its terminal event ev; tells the decode host when it
  * failed or was cancelled before its FIRST went out, and forgets it. */
 void sch__pd_ended(struct sch_pd *pd, struct sch_req *r, const struct sch_event *ev);
+/* Decode host, on the thread that just submitted: admits the head of the wait queue and sends
+ * its SUBMIT now when a prefill host has room, instead of waking the dispatcher (one thread
+ * wake-up less before the prefill host starts). Returns false when it did not (no room, no
+ * blocks, nothing waiting): the dispatcher's job then. */
+bool sch__pd_dispatch_now(struct sch_pd *pd);
 void sch__pd_stats(struct sch_pd *pd, struct sch_stats *st);
 int sch__pd_peers(struct sch_pd *pd, struct sch_pd_peer_info *out, int max);
 int sch__pd_port(struct sch_pd *pd);
@@ -101,9 +106,14 @@ int sch__pd_port(struct sch_pd *pd);
  * server). */
 int sch__submit_remote(struct sch *s, const struct sch_request_params *p, uint64_t conn,
                        uint64_t peer_req, int wire_dtype, uint64_t *id, struct kc_error *err);
-/* Decode host: waits up to wait_ms for the head of the wait queue to get its blocks, ends
- * cancelled queued requests meanwhile; returns it PREFILLING (owned by the caller) or NULL
- * (timeout, stopping, or nothing waiting). */
+/* Ends the cancelled requests waiting on the reap list, on the calling thread (no lock held).
+ * A prefill host has no decode worker to reap: its pd receive path calls this after it
+ * cancels (CANCEL, a lost decode host), so a cancelled queued request never waits for the
+ * prefill in flight. */
+void sch__reap(struct sch *s);
+/* Decode host: waits up to wait_ms (<= 0: not at all) for the head of the wait queue to get
+ * its blocks, ends cancelled queued requests meanwhile; returns it PREFILLING (owned by the
+ * caller) or NULL (timeout, stopping, or nothing waiting). */
 struct sch_req *sch__remote_admit(struct sch *s, int wait_ms);
 /* Whether a request waits for admission. */
 bool sch__remote_waiting(struct sch *s);

@@ -22,8 +22,10 @@
  *     the head waits for blocks but is never overtaken, so it cannot starve. A request that
  *     could never fit is refused at submit.
  *  4. A cancelled queued request moves to the reap list at once and is ended by whichever
- *     worker looks first (the decode worker between steps or when idle, a prefill worker
- *     between requests), so ending it never waits for a long prefill.
+ *     thread looks first (the decode worker between steps or when idle, a prefill worker
+ *     between requests, a decode host's dispatcher, and on a prefill host, which has no
+ *     decode worker, the pd receive path that cancelled it: sch__reap), so ending it never
+ *     waits for a long prefill.
  *  5. The decode worker's step allocates nothing: batch arrays are sized max_running at start,
  *     and every block a sequence can need was reserved at admission. *  6. Every request ends in
  * end_request, which emits its one terminal event and frees it, unless its refinement job is
@@ -53,6 +55,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #include "engine/kv_cache.h"
@@ -313,6 +316,12 @@ static bool is_eos(const struct eng_model_config *c, int32_t tok) {
         }
     }
     return false;
+}
+
+/* Names the calling thread (15 bytes at most; `top -H`, /proc/PID/task/TID/comm): the
+ * tests tell the workers a host runs by name. */
+static void name_self(const char *name) {
+    (void)prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
 }
 
 /* The test hook at point p, after cfg.debug_step_delay_ms at the points that delay. */
@@ -1319,6 +1328,9 @@ static void refine_run(struct sch_prefill_worker *w, struct sch_req *r, sch_hook
 static void *prefill_main(void *arg) {
     struct sch_prefill_worker *w = arg;
     struct sch *s = w->s;
+    char name[16];
+    snprintf(name, sizeof(name), "kc-prefill%d", w->index);
+    name_self(name);
     struct kc_error err = {0};
     int rc = prefill_worker_init(w, &err);
     pthread_mutex_lock(&s->lock);
@@ -1548,6 +1560,7 @@ static void decode_step(struct sch *s, struct sch_decode_worker *w) {
 static void *decode_main(void *arg) {
     struct sch_decode_worker *w = arg;
     struct sch *s = w->s;
+    name_self("kc-decode");
     struct kc_error err = {0};
     int rc = decode_worker_init(w, &err);
     pthread_mutex_lock(&s->lock);
@@ -1903,8 +1916,12 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
      * primitive cache is thread-safe, but uninstrumented under TSan. */
     for (int i = 0; i <= c.prefill_workers && rc == KC_OK; i++) {
         const bool decode = i == c.prefill_workers;
-        if (!decode && c.role == SCH_ROLE_DECODE) {
-            s->n_reported++; /* a decode host prefills nothing itself */
+        if ((!decode && c.role == SCH_ROLE_DECODE) || (decode && c.role == SCH_ROLE_PREFILL)) {
+            /* A decode host prefills nothing itself. A prefill host decodes nothing: every
+             * request is a decode host's, shipped and ended after its first token, so no
+             * decode worker, no decode context and no batch buffers; its cancelled queued
+             * requests are ended by the pd receive path that cancels them (sch__reap). */
+            s->n_reported++;
             continue;
         }
         pthread_t *th = decode ? &s->dw.thread : &s->pw[i].thread;
@@ -1967,12 +1984,16 @@ fail:
 
 /* ---- disaggregated serving: what pd_sched.c needs of the scheduler (sched_internal.h) ---- */
 
+void sch__reap(struct sch *s) {
+    reap_cancelled(s);
+}
+
 struct sch_req *sch__remote_admit(struct sch *s, int wait_ms) {
     struct sch_req *r = NULL, *failed = NULL;
     pthread_mutex_lock(&s->lock);
     while (!s->stopping) {
         r = reap_then_admit(s, &failed);
-        if (r != NULL || failed != NULL || s->stopping) {
+        if (r != NULL || failed != NULL || s->stopping || wait_ms <= 0) {
             break;
         }
         /* prefill_cv is on CLOCK_REALTIME: the timeout is a bound on the wait, not a deadline
@@ -2116,6 +2137,11 @@ static int submit(struct sch *s, const struct sch_request_params *p, void *user,
 
 int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
                struct kc_error *err) {
+    if (s != NULL && s->cfg.role == SCH_ROLE_PREFILL) {
+        /* No decode worker here (sch_create): a local request would never be decoded. */
+        return kc_error_set(err, KC_EINVAL,
+                            "a prefill host (--role prefill) serves decode hosts only");
+    }
     return submit(s, p, user, 0, 0, 0, id, err);
 }
 
@@ -2267,9 +2293,22 @@ static int submit(struct sch *s, const struct sch_request_params *p, void *user,
     s->n_live++;
     sch_queue_push(&s->waiting, r);
     stop_refinements(s);
-    pthread_cond_signal(&s->prefill_cv);
+    /* A decode host sends it from this thread when it can (sch__pd_dispatch_now): the
+     * dispatcher is woken only when that did not happen. */
+    const bool remote = s->cfg.role == SCH_ROLE_DECODE && s->pd != NULL;
+    if (!remote) {
+        pthread_cond_signal(&s->prefill_cv);
+    }
     *id = r->id;
     pthread_mutex_unlock(&s->lock);
+    if (remote) {
+        const bool sent = sch__pd_dispatch_now(s->pd);
+        pthread_mutex_lock(&s->lock);
+        if (!sent || s->waiting.head != NULL || s->reap.head != NULL) {
+            pthread_cond_signal(&s->prefill_cv); /* the rest is the dispatcher's */
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
     return KC_OK;
 }
 

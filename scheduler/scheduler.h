@@ -262,7 +262,10 @@ int sch_create(const struct sch_config *cfg, const struct eng_model *base,
  * if prompt + max_tokens can never fit, KC_ERANGE for a token id outside the vocabulary,
  * KC_EINVAL for bad parameters, KC_EBUSY when the wait queue is full or (shed_hopeless, auto
  * mode) when no prefill mode can meet the TTFT target behind the queued work (the server
- * answers 503 + Retry-After). On success *id identifies the request in events.
+ * answers 503 + Retry-After), KC_EINVAL on a prefill host (role PREFILL runs no decode
+ * worker; it serves decode hosts only). On success *id identifies the request in events.
+ * On a decode host the calling thread may send the request's SUBMIT to a prefill host itself
+ * (one thread wake-up less on the way to the first token).
  */
 int sch_submit(struct sch *s, const struct sch_request_params *p, void *user, uint64_t *id,
                struct kc_error *err);
@@ -314,6 +317,11 @@ struct sch_stats {
     double pd_transfer_seconds;
     uint64_t pd_retries, pd_failures;
     int pd_in_flight;
+    /* Decode hosts: what the remote path adds to TTFT, per FIRST received (not retried):
+     * SUBMIT sent -> FIRST received, less the prefill time the prefill host reports in it
+     * (so: transport both ways, the prefill host's receive, queue wait and wake-ups). */
+    uint64_t pd_firsts;
+    double pd_first_overhead_seconds;
 };
 void sch_stats_get(struct sch *s, struct sch_stats *out);
 

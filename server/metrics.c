@@ -107,6 +107,13 @@ static int render_pd(struct srv_buf *o, const char *p, const char *mn, const str
                          st->pd_transfer_seconds);
     rc |= srv_buf_printf(o, "%spd_transfer_seconds_count{model_name=\"%s\"} %llu\n", p, mn,
                          (unsigned long long)st->pd_transfers);
+    rc |= family(o, p, "pd_first_overhead_seconds", "summary",
+                 "Decode host: SUBMIT sent to FIRST received, less the prefill host's own prefill "
+                 "time (transport, its queue wait and wake-ups), per first token not retried.");
+    rc |= srv_buf_printf(o, "%spd_first_overhead_seconds_sum{model_name=\"%s\"} %.6f\n", p, mn,
+                         st->pd_first_overhead_seconds);
+    rc |= srv_buf_printf(o, "%spd_first_overhead_seconds_count{model_name=\"%s\"} %llu\n", p, mn,
+                         (unsigned long long)st->pd_firsts);
     rc |= family(o, p, "pd_retries_total", "counter",
                  "Decode host: remote prefills retried on another prefill host.");
     rc |= srv_buf_printf(o, "%spd_retries_total{model_name=\"%s\"} %llu\n", p, mn,

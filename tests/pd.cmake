@@ -61,3 +61,13 @@ if(TARGET kvcast)
                "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
                "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
 endif()
+
+# A prefill host runs no decode worker (thread names), and its pd receive path ends the
+# cancelled requests the decode worker used to reap: a client cancel of a queued request, and a
+# decode host killed (-9) with requests queued and prefilling; KV and in-flight back to 0.
+if(TARGET kvcast)
+  kc_add_script_test(test_pd_prefill_host integration/test_pd_prefill_host.py TIMEOUT 180)
+  set_property(TEST test_pd_prefill_host APPEND PROPERTY ENVIRONMENT
+               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endif()
