@@ -61,3 +61,18 @@ if(TARGET kvcast)
                "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
                "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
 endif()
+
+# --prefill-peers names that really change: three namespaces (prefill hosts A and B, the decode
+# host) on a bridge (198.18.0.0/15), the decode namespace's /etc/hosts (ip netns exec
+# bind-mounts /etc/netns/NS/hosts) rewritten to move prefill-pool.test A -> B -> A+B ->
+# unresolvable -> B, with --pd-resolve-ms 200: new requests follow the name, a dropped address
+# fails no request, a DNS outage keeps the peers, greedy output equals --role all. Needs root +
+# iproute2, else skipped; ~40 s under ASan (4 servers start), so labelled slow like the netns
+# tests (`ctest --preset ci -L slow -R pd_dns -V`).
+if(TARGET kvcast)
+  add_test(NAME test_pd_dns COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_pd_dns.py
+                                    $<TARGET_FILE:kvcast>
+           WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(test_pd_dns PROPERTIES LABELS slow TIMEOUT 300 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
+                       ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endif()
