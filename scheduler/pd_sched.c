@@ -24,12 +24,13 @@
  *  2. A remote prefill is retried at most once, on another prefill host, and only before its
  *     FIRST arrived (after it, the client has seen a token): else it fails with KC_EBUSY (the
  *     server answers 503) or, mid-transfer, KC_EIO. Its blocks go back either way.
- *  3. Peers are addresses: every name of --prefill-peers is resolved every pd_resolve_ms
- *     (a Kubernetes headless Service lists one address per ready pod); an address that
- *     appears gets a connection; one that disappeared gets no new request while a listed peer
- *     is up (it drains), and once none of its requests is left and a listed peer is up, its
- *     connection is closed and its slot freed. A name that does not resolve at the moment
- *     leaves its peers as they were (a DNS outage must not drain the pool).
+ *  3. Peers are addresses: every name of --prefill-peers is resolved every pd_resolve_ms, on
+ *     a resolver thread so that a slow DNS never holds up the dispatcher (a Kubernetes
+ *     headless Service lists one address per ready pod). An address that appears gets a
+ *     connection; one that disappeared gets no new request while a listed peer is up (it
+ *     drains), and once none of its requests is left and a listed peer is up, its connection
+ *     is closed and its slot freed. A name that does not resolve at the moment leaves its
+ *     peers as they were (a DNS outage must not drain the pool).
  *  4. Peer slots are indices (pending entries and the progress thread's callbacks refer to
  *     peers by index across unlocked stretches), so slots never move: a freed slot is reused.
  *     A slot is freed only when its conn is 0, and conn goes to 0 only on the progress thread
@@ -106,6 +107,8 @@ struct sch_pd {
     char names[1024]; /* --prefill-peers */
     uint64_t resolved_ns;
     uint64_t resolve_ns; /* --pd-resolve-ms */
+    pthread_t resolver;  /* decode: resolve_main */
+    bool resolver_started;
     struct pd_pending *pending;
     struct pd_served *served;
     int n_served;
@@ -692,7 +695,8 @@ static void on_conn(void *ud, uint64_t conn, int status, const char *why) {
 /* ---- decode host: peers and the dispatcher ---- */
 
 /* Resolves every --prefill-peers name; connects new addresses, drains vanished ones and frees
- * their slots once drained (invariants 3, 4). Called by the dispatcher without pd.lock. */
+ * their slots once drained (invariants 3, 4). Called without pd.lock, by sch__pd_create and
+ * then by the resolver thread only. */
 static void peers_refresh(struct sch_pd *pd) {
     struct {
         char name[80], host[64];
@@ -888,18 +892,39 @@ static void pending_sweep(struct sch_pd *pd) {
     }
 }
 
+/* Decode host: peers_refresh every resolve_ns on a thread of its own. getaddrinfo blocks for
+ * as long as the system resolver waits (seconds per try when a DNS server does not answer);
+ * on the dispatcher that stalled every admission and every timeout sweep behind it. */
+static void *resolve_main(void *arg) {
+    struct sch_pd *pd = arg;
+    pthread_mutex_lock(&pd->lock);
+    while (!pd->stop) {
+        const uint64_t due = pd->resolved_ns + pd->resolve_ns, now = kc_now_ns();
+        if (now < due) { /* pd.cv also wakes on peer changes: wait out the period */
+            struct timespec rt;
+            clock_gettime(CLOCK_REALTIME, &rt);
+            const uint64_t ns = (uint64_t)rt.tv_nsec + (due - now);
+            rt.tv_sec += (time_t)(ns / 1000000000ull);
+            rt.tv_nsec = (long)(ns % 1000000000ull);
+            pthread_cond_timedwait(&pd->cv, &pd->lock, &rt);
+            continue;
+        }
+        pthread_mutex_unlock(&pd->lock);
+        peers_refresh(pd);
+        pthread_mutex_lock(&pd->lock);
+    }
+    pthread_mutex_unlock(&pd->lock);
+    return NULL;
+}
+
 static void *dispatch_main(void *arg) {
     struct sch_pd *pd = arg;
     for (;;) {
         pthread_mutex_lock(&pd->lock);
         const bool stop = pd->stop;
-        const bool resolve = kc_now_ns() - pd->resolved_ns >= pd->resolve_ns;
         pthread_mutex_unlock(&pd->lock);
         if (stop) {
             break;
-        }
-        if (resolve) {
-            peers_refresh(pd);
         }
         pending_sweep(pd);
         pthread_mutex_lock(&pd->lock);
@@ -1028,7 +1053,13 @@ int sch__pd_create(struct sch *s, const struct sch_config *c, struct sch_pd **ou
             return kc_error_set(err, KC_ENOMEM, "pd: cannot start the dispatcher");
         }
         pd->started = true;
-        KC_INFO("pd: decode host, prefill peers %s", pd->names);
+        if (pthread_create(&pd->resolver, NULL, resolve_main, pd) != 0) {
+            sch__pd_free(pd);
+            return kc_error_set(err, KC_ENOMEM, "pd: cannot start the peer resolver");
+        }
+        pd->resolver_started = true;
+        KC_INFO("pd: decode host, prefill peers %s (resolved every %llu ms)", pd->names,
+                (unsigned long long)(pd->resolve_ns / 1000000));
     }
     *out = pd;
     return KC_OK;
@@ -1042,6 +1073,10 @@ void sch__pd_stop(struct sch_pd *pd) {
     if (pd->started) {
         pthread_join(pd->thread, NULL);
         pd->started = false;
+    }
+    if (pd->resolver_started) { /* before the transport: peers_refresh connects through it */
+        pthread_join(pd->resolver, NULL);
+        pd->resolver_started = false;
     }
     /* A decode host's transport goes now: no answer can hand a request off behind the
      * workers' backs once they stop. (A prefill host's stays until its workers are joined:
