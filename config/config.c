@@ -161,7 +161,7 @@ static const struct cfg_field fields[] = {
            "decode = the HTTP front, prompts prefilled by --prefill-peers"),
     F_STR("prefill-peers", prefill_peers, "",
           "--role decode: prefill hosts as host:port,... (their --pd-port; names re-resolved "
-          "every 5 s, e.g. a headless Service)"),
+          "every --pd-resolve-ms, e.g. a headless Service)"),
     F_INT("pd-port", pd_port, 0, 65535, "8081",
           "--role prefill: UCX listen port for decode hosts (on --host; 0 picks one)"),
     F_INT("pd-timeout-ms", pd_timeout_ms, 100, 3600000, "30000",
