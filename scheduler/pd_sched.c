@@ -765,8 +765,10 @@ static void peers_refresh(struct sch_pd *pd) {
         freeaddrinfo(res);
     }
     pthread_mutex_lock(&pd->lock);
+    bool was_seen[PD_MAX_PEERS];
     for (int i = 0; i < pd->n_peers; i++) {
         struct pd_peer *p = &pd->peers[i];
+        was_seen[i] = p->seen;
         bool keep = false;
         for (int f = 0; f < n_failed && !keep; f++) {
             keep = strcmp(p->name, failed[f]) == 0;
@@ -796,7 +798,8 @@ static void peers_refresh(struct sch_pd *pd) {
             snprintf(p->host, sizeof(p->host), "%s", found[j].host);
             p->port = found[j].port;
             KC_INFO("pd: prefill peer %s:%d (from %s) added", p->host, p->port, p->name);
-        } else if (!pd->peers[i].seen) {
+            was_seen[i] = true;
+        } else if (!was_seen[i]) {
             KC_INFO("pd: prefill peer %s:%d is back in %s", pd->peers[i].host, pd->peers[i].port,
                     found[j].name);
         }

@@ -344,6 +344,11 @@ def main():
         for log in logs:
             with open(log, errors="replace") as f:
                 kc.check(not kc.sanitizer_report(f.read()), "sanitizer report in " + log)
+        with open(logs[2], errors="replace") as f:
+            text = f.read()
+        # One line per change of the peer set, not one per resolution (every 200 ms here).
+        n_lines = sum(text.count(w) for w in ("added", "is back in", "no longer in", "dropped"))
+        kc.check(n_lines <= 12, "%d peer-change log lines on the decode host" % n_lines)
         print("pd dns: ok (%.1f s)" % (time.time() - t_start))
     finally:
         cleanup()

@@ -16,7 +16,8 @@ Every SIGTERMed host must exit 0 within 30 s with no sanitizer report, no UCX "C
 and no assertion in its log; every client request ends (a stream, a clean error, or a cut
 connection when its decode host was killed).
 
-usage: test_pd_shutdown.py path/to/kvcast [--iterations N] [--seed S]   (from the source root)
+usage: test_pd_shutdown.py path/to/kvcast [--iterations N] [--seed S] [--ways 0,4]
+(from the source root; --ways: only these ways, in turn)
 ctest runs 10 iterations (label slow); the soak is --iterations 50.
 """
 import http.client
@@ -34,12 +35,15 @@ KVCAST = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/ci/tools/k
 ITERATIONS = (int(sys.argv[sys.argv.index("--iterations") + 1])
               if "--iterations" in sys.argv else 5)
 SEED = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else os.getpid()
+WAYS = ([int(w) for w in sys.argv[sys.argv.index("--ways") + 1].split(",")]
+        if "--ways" in sys.argv else [0, 1, 2, 3, 4])
 BASE = ["--bundle", "models/tiny/kvcast-bundle.json", "--no-access-log", "--base-kv-mib", "8"]
 PREFILL = BASE + ["--aux-kv-mib", "8", "--role", "prefill", "--pd-port", "0",
                   "--no-enable-prefix-caching"]
 PROMPT = "The history of the city begins with a small settlement on the river, where " * 8
 problems_counts = {}  # across iterations: see stop_checked
-BAD = ("Sanitizer", "runtime error", "Caught signal", "Segmentation", "Assertion", "ucs_fatal")
+BAD = ("Sanitizer", "runtime error", "Caught signal", "Segmentation", "Assertion", "assertion failed",
+       "ucs_fatal")
 
 
 def bad_log(text):
@@ -73,7 +77,7 @@ def stop_checked(srv, what, problems, sig=signal.SIGTERM):
         problems.append("%s did not exit within 30 s" % what)
     text = srv.log_text()
     if sig == signal.SIGTERM and rc != 0:
-        problems.append("%s exit status %s" % (what, rc))
+        problems.append("%s exit status %s; log tail:\n%s" % (what, rc, text[-3000:]))
     if bad_log(text):
         problems.append("%s log has %s:\n%s" % (what, bad_log(text), text[-4000:]))
     if what == "prefill":
@@ -84,8 +88,8 @@ def stop_checked(srv, what, problems, sig=signal.SIGTERM):
 
 
 def iteration(i, rng):
-    way = i % 5
-    env = {"UCX_TLS": "tcp"} if (i // 5) % 2 == 0 else {}
+    way = WAYS[i % len(WAYS)]
+    env = {"UCX_TLS": "tcp"} if (i // len(WAYS)) % 2 == 0 else {}
     servers, problems = [], []
     try:
         p = kc.Server(KVCAST, PREFILL, env=env, name="prefill")
@@ -96,7 +100,14 @@ def iteration(i, rng):
         dargs = BASE + ["--role", "decode", "--prefill-peers", peer, "--pd-resolve-ms", "100"]
         d = kc.Server(KVCAST, dargs, env=env, name="decode")
         servers.append(d)
-        kc.wait_for(lambda: kc.health(d)[1].get("prefill_peers_up") == 1, "decode's peer up")
+        t_up = time.time()
+        while kc.health(d)[1].get("prefill_peers_up") != 1:
+            if time.time() - t_up > 30:
+                problems.append("the decode host's peer not up after 30 s; decode log tail:\n%s"
+                                "\nprefill log tail:\n%s"
+                                % (d.log_text()[-2500:], p.log_text()[-2500:]))
+                return way, env, {}, problems
+            time.sleep(0.05)
         d2 = None
         if way == 4:
             # A second decode host whose peer entry names the prefill host twice: it connects
