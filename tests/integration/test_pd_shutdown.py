@@ -87,6 +87,19 @@ def stop_checked(srv, what, problems, sig=signal.SIGTERM):
     return rc
 
 
+def peer_up(d, p, problems, timeout=30):
+    """Waits for decode host d's prefill peer to be up; records both logs if it is not."""
+    t0 = time.time()
+    while kc.health(d)[1].get("prefill_peers_up") != 1:
+        if time.time() - t0 > timeout:
+            problems.append("a decode host's peer not up after %d s; decode log tail:\n%s\n"
+                            "prefill log tail:\n%s"
+                            % (timeout, d.log_text()[-2500:], p.log_text()[-2500:]))
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def iteration(i, rng):
     way = WAYS[i % len(WAYS)]
     env = {"UCX_TLS": "tcp"} if (i // len(WAYS)) % 2 == 0 else {}
@@ -100,21 +113,16 @@ def iteration(i, rng):
         dargs = BASE + ["--role", "decode", "--prefill-peers", peer, "--pd-resolve-ms", "100"]
         d = kc.Server(KVCAST, dargs, env=env, name="decode")
         servers.append(d)
-        t_up = time.time()
-        while kc.health(d)[1].get("prefill_peers_up") != 1:
-            if time.time() - t_up > 30:
-                problems.append("the decode host's peer not up after 30 s; decode log tail:\n%s"
-                                "\nprefill log tail:\n%s"
-                                % (d.log_text()[-2500:], p.log_text()[-2500:]))
-                return way, env, {}, problems
-            time.sleep(0.05)
+        if not peer_up(d, p, problems):
+            return way, env, {}, problems
         d2 = None
         if way == 4:
             # A second decode host whose peer entry names the prefill host twice: it connects
             # again every 100 ms whenever its connections are down.
             d2 = kc.Server(KVCAST, dargs, env=env, name="decode2")
             servers.append(d2)
-            kc.wait_for(lambda: kc.health(d2)[1].get("prefill_peers_up") == 1, "decode2 up")
+            if not peer_up(d2, p, problems):
+                return way, env, {}, problems
         stop, lock, counts = threading.Event(), threading.Lock(), {}
         threads = [threading.Thread(target=load, args=(d, stop, counts, lock), daemon=True)
                    for _ in range(4)]
