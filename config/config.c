@@ -161,12 +161,16 @@ static const struct cfg_field fields[] = {
            "decode = the HTTP front, prompts prefilled by --prefill-peers"),
     F_STR("prefill-peers", prefill_peers, "",
           "--role decode: prefill hosts as host:port,... (their --pd-port; names re-resolved "
-          "every 5 s, e.g. a headless Service)"),
+          "every --pd-resolve-ms, e.g. a headless Service)"),
     F_INT("pd-port", pd_port, 0, 65535, "8081",
           "--role prefill: UCX listen port for decode hosts (on --host; 0 picks one)"),
     F_INT("pd-timeout-ms", pd_timeout_ms, 100, 3600000, "30000",
           "--role decode: a prefill host silent this long on a request is given up (CANCEL; "
           "retried once elsewhere, else 503)"),
+    F_INT("pd-resolve-ms", pd_resolve_ms, 100, 3600000, "5000",
+          "--role decode: re-resolve the names of --prefill-peers this often (an address that "
+          "appears is connected, one that disappears gets no new requests and is dropped once "
+          "its requests are done)"),
     F_INT("max-choices", max_choices, 1, 128, "8", "prompts x n in one request at most"),
     F_INT("max-stop", max_stop, 0, 64, "4", "stop strings per request at most"),
     F_INT("max-stop-bytes", max_stop_bytes, 1, 4096, "240", "bytes per stop string at most"),

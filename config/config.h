@@ -87,6 +87,7 @@ struct cfg_settings {
     char prefill_peers[CFG_PATH_MAX]; /* decode: host:port,... of the prefill hosts' --pd-port */
     int pd_port;                      /* prefill: UCX listen port (0: any, printed) */
     int pd_timeout_ms;                /* decode: a remote prefill silent this long fails */
+    int pd_resolve_ms;                /* decode: --prefill-peers names re-resolved this often */
     /* request limits */
     int max_choices;    /* prompts x n per request */
     int max_stop;       /* stop strings per request */

@@ -24,9 +24,18 @@
  *  2. A remote prefill is retried at most once, on another prefill host, and only before its
  *     FIRST arrived (after it, the client has seen a token): else it fails with KC_EBUSY (the
  *     server answers 503) or, mid-transfer, KC_EIO. Its blocks go back either way.
- *  3. Peers are addresses: every name of --prefill-peers is resolved every PD_RESOLVE_NS
- *     (a Kubernetes headless Service lists one address per ready pod); an address that
- *     appears gets a connection, one that disappeared is dropped once its connection is down.
+ *  3. Peers are addresses: every name of --prefill-peers is resolved every pd_resolve_ms, on
+ *     a resolver thread so that a slow DNS never holds up the dispatcher (a Kubernetes
+ *     headless Service lists one address per ready pod). An address that appears gets a
+ *     connection; one that disappeared gets no new request while a listed peer is up (it
+ *     drains), and once none of its requests is left and a listed peer is up, its connection
+ *     is closed and its slot freed. A name that does not resolve at the moment leaves its
+ *     peers as they were (a DNS outage must not drain the pool).
+ *  4. Peer slots are indices (pending entries and the progress thread's callbacks refer to
+ *     peers by index across unlocked stretches), so slots never move: a freed slot is reused.
+ *     A slot is freed only when its conn is 0, and conn goes to 0 only on the progress thread
+ *     (peer_down, after the connection's last callback) or when it never had one, so an index
+ *     that a callback holds always still names its peer.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -47,17 +56,18 @@
 #include "scheduler/request.h"
 #include "scheduler/sched_internal.h"
 
-#define PD_RESOLVE_NS 5000000000ull
+#define PD_RESOLVE_MS 5000 /* default of pd_resolve_ms */
 #define PD_MAX_PEERS 64
 #define PD_TICK_MS 20
 
 struct pd_peer {
     char name[80]; /* the --prefill-peers entry it came from */
-    char host[64]; /* numeric address */
+    char host[64]; /* numeric address; "" for a free slot (invariant 4) */
     int port;
     uint64_t conn; /* 0: none */
     bool up;
-    bool seen; /* in the last resolution */
+    bool seen;    /* in the last resolution; not seen: draining, picked no more */
+    bool closing; /* drained: we closed its connection (not an error) */
     struct sch_pd_load load;
     int in_flight;
     uint64_t errors;
@@ -97,6 +107,9 @@ struct sch_pd {
     int n_peers;
     char names[1024]; /* --prefill-peers */
     uint64_t resolved_ns;
+    uint64_t resolve_ns; /* --pd-resolve-ms */
+    pthread_t resolver;  /* decode: resolve_main */
+    bool resolver_started;
     struct pd_pending *pending;
     struct pd_served *served;
     int n_served;
@@ -387,14 +400,28 @@ static struct pd_pending *pending_find(struct sch_pd *pd, uint64_t req_id) {
     return NULL;
 }
 
+/* Whether a peer still listed by DNS is up (pd.lock held). */
+static bool any_seen_up(const struct sch_pd *pd) {
+    for (int i = 0; i < pd->n_peers; i++) {
+        if (pd->peers[i].up && pd->peers[i].seen && !pd->peers[i].closing) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* The up peer with capacity and the fewest queued + in flight, not `avoid`; -1 if none
- * (pd.lock held). */
+ * (pd.lock held). A peer that DNS no longer lists (draining, invariant 3) is picked only
+ * while no listed one is up: a name moved to a new address keeps the old one serving until
+ * the new one is connected. */
 static int peer_pick(struct sch_pd *pd, int avoid) {
     int best = -1;
     long best_cost = 0;
+    const bool listed_up = any_seen_up(pd);
     for (int i = 0; i < pd->n_peers; i++) {
         const struct pd_peer *p = &pd->peers[i];
-        if (!p->up || i == avoid || p->in_flight >= pd->max_inflight) {
+        if (!p->up || p->closing || (listed_up && !p->seen) || i == avoid ||
+            p->in_flight >= pd->max_inflight) {
             continue;
         }
         const long cost = (long)p->load.queued + p->in_flight;
@@ -592,8 +619,10 @@ static void peer_down(struct sch_pd *pd, int peer, const char *why) {
     int n = 0;
     pthread_mutex_lock(&pd->lock);
     pd->peers[peer].up = false;
-    pd->peers[peer].conn = 0;
-    pd->peers[peer].errors++;
+    pd->peers[peer].conn = 0; /* the slot may be freed from now on (invariant 4) */
+    if (!pd->peers[peer].closing) {
+        pd->peers[peer].errors++;
+    }
     for (;;) {
         struct pd_pending *e = pd->pending;
         while (e != NULL && e->peer != peer) {
@@ -673,23 +702,33 @@ static void on_conn(void *ud, uint64_t conn, int status, const char *why) {
         pd->peers[peer].up = true;
         pthread_cond_broadcast(&pd->cv);
     }
+    const bool closing = peer >= 0 && pd->peers[peer].closing;
     pthread_mutex_unlock(&pd->lock);
     if (peer >= 0 && status != KC_OK) {
-        KC_WARN("pd: prefill host %s:%d down: %s", pd->peers[peer].host, pd->peers[peer].port, why);
+        if (closing) {
+            KC_INFO("pd: prefill host %s:%d dropped (no longer in DNS)", pd->peers[peer].host,
+                    pd->peers[peer].port);
+        } else {
+            KC_WARN("pd: prefill host %s:%d down: %s", pd->peers[peer].host, pd->peers[peer].port,
+                    why);
+        }
         peer_down(pd, peer, why);
     }
 }
 
 /* ---- decode host: peers and the dispatcher ---- */
 
-/* Resolves every --prefill-peers name; connects new addresses, drops vanished ones that are
- * down (invariant 3). Called by the dispatcher without pd.lock. */
+/* Resolves every --prefill-peers name; connects new addresses, drains vanished ones and frees
+ * their slots once drained (invariants 3, 4). Called without pd.lock, by sch__pd_create and
+ * then by the resolver thread only. */
 static void peers_refresh(struct sch_pd *pd) {
     struct {
         char name[80], host[64];
         int port;
     } found[PD_MAX_PEERS];
     int n = 0;
+    char failed[PD_MAX_PEERS][80]; /* names that did not resolve this time */
+    int n_failed = 0;
     char list[1024];
     snprintf(list, sizeof(list), "%s", pd->names);
     char *save = NULL;
@@ -704,6 +743,8 @@ static void peers_refresh(struct sch_pd *pd) {
         *colon = '\0';
         const char *port = colon + 1;
         const char *host = tok;
+        char name[80];
+        snprintf(name, sizeof(name), "%s:%s", tok, port);
         char h6[64];
         if (host[0] == '[') { /* [v6]:port */
             snprintf(h6, sizeof(h6), "%s", host + 1);
@@ -715,8 +756,15 @@ static void peers_refresh(struct sch_pd *pd) {
         }
         struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
         struct addrinfo *res = NULL;
-        if (getaddrinfo(host, port, &hints, &res) != 0) {
-            continue; /* not resolvable now: its peers stay as they are until it is */
+        const int g = getaddrinfo(host, port, &hints, &res);
+        if (g != 0) {
+            /* Not resolvable now (NXDOMAIN included: a headless Service with no ready pod has
+             * no record): its peers stay as they are until it is (invariant 3). */
+            KC_DEBUG("pd: cannot resolve %s: %s", name, gai_strerror(g));
+            if (n_failed < PD_MAX_PEERS) {
+                snprintf(failed[n_failed++], sizeof(failed[0]), "%s", name);
+            }
+            continue;
         }
         for (struct addrinfo *a = res; a != NULL && n < PD_MAX_PEERS; a = a->ai_next) {
             char num[64];
@@ -732,7 +780,7 @@ static void peers_refresh(struct sch_pd *pd) {
                 dup = dup || (strcmp(found[i].host, num) == 0 && found[i].port == atoi(port));
             }
             if (!dup) {
-                snprintf(found[n].name, sizeof(found[n].name), "%s:%s", tok, port);
+                snprintf(found[n].name, sizeof(found[n].name), "%s", name);
                 snprintf(found[n].host, sizeof(found[n].host), "%s", num);
                 found[n].port = atoi(port);
                 n++;
@@ -741,31 +789,75 @@ static void peers_refresh(struct sch_pd *pd) {
         freeaddrinfo(res);
     }
     pthread_mutex_lock(&pd->lock);
+    bool was_seen[PD_MAX_PEERS];
     for (int i = 0; i < pd->n_peers; i++) {
-        pd->peers[i].seen = false;
+        struct pd_peer *p = &pd->peers[i];
+        was_seen[i] = p->seen;
+        bool keep = false;
+        for (int f = 0; f < n_failed && !keep; f++) {
+            keep = strcmp(p->name, failed[f]) == 0;
+        }
+        p->seen = keep && p->seen;
     }
     for (int j = 0; j < n; j++) {
-        int i = 0;
-        while (i < pd->n_peers && !(strcmp(pd->peers[i].host, found[j].host) == 0 &&
-                                    pd->peers[i].port == found[j].port)) {
-            i++;
+        int i = 0, free_slot = -1;
+        for (; i < pd->n_peers; i++) {
+            const struct pd_peer *p = &pd->peers[i];
+            if (p->host[0] == '\0') {
+                free_slot = free_slot < 0 ? i : free_slot;
+            } else if (strcmp(p->host, found[j].host) == 0 && p->port == found[j].port) {
+                break;
+            }
         }
-        if (i == pd->n_peers && pd->n_peers < PD_MAX_PEERS) {
-            struct pd_peer *p = &pd->peers[pd->n_peers++];
+        if (i == pd->n_peers) { /* a new address: a free slot (invariant 4), else a new one */
+            i = free_slot >= 0 ? free_slot : pd->n_peers < PD_MAX_PEERS ? pd->n_peers++ : -1;
+            if (i < 0) {
+                KC_WARN("pd: more than %d prefill peers; %s:%d ignored", PD_MAX_PEERS,
+                        found[j].host, found[j].port);
+                continue;
+            }
+            struct pd_peer *p = &pd->peers[i];
             memset(p, 0, sizeof(*p));
             snprintf(p->name, sizeof(p->name), "%s", found[j].name);
             snprintf(p->host, sizeof(p->host), "%s", found[j].host);
             p->port = found[j].port;
+            KC_INFO("pd: prefill peer %s:%d (from %s) added", p->host, p->port, p->name);
+            was_seen[i] = true;
+        } else if (!was_seen[i]) {
+            KC_INFO("pd: prefill peer %s:%d is back in %s", pd->peers[i].host, pd->peers[i].port,
+                    found[j].name);
         }
-        if (i < pd->n_peers) {
-            pd->peers[i].seen = true;
-        }
+        pd->peers[i].seen = true;
     }
-    /* Vanished and down: forget (no request can be on it: peer_down moved them). Keep the
-     * order of the others: pending entries refer to peers by index, so compact only peers
-     * nobody refers to, from the end. */
-    while (pd->n_peers > 0 && !pd->peers[pd->n_peers - 1].seen &&
-           pd->peers[pd->n_peers - 1].conn == 0 && pd->peers[pd->n_peers - 1].in_flight == 0) {
+    /* Vanished: drain, then close (not an error: on_conn sees closing) once a listed peer
+     * is up to take its place, then free the slot once its conn is 0 (invariant 4) and no
+     * pending request names it. */
+    const bool listed_up = any_seen_up(pd);
+    for (int i = 0; i < pd->n_peers; i++) {
+        struct pd_peer *p = &pd->peers[i];
+        if (p->host[0] == '\0' || p->seen) {
+            continue;
+        }
+        int refs = 0;
+        for (const struct pd_pending *e = pd->pending; e != NULL; e = e->next) {
+            refs += e->peer == i;
+        }
+        if (refs > 0) {
+            continue; /* draining: its requests finish (or fail over) as usual */
+        }
+        if (p->conn != 0) {
+            if (!p->closing && listed_up) {
+                KC_INFO("pd: prefill peer %s:%d no longer in %s: closing", p->host, p->port,
+                        p->name);
+                p->closing = true;
+                sch_pd_net_close(pd->net, p->conn);
+            }
+            continue;
+        }
+        KC_INFO("pd: prefill peer %s:%d dropped", p->host, p->port);
+        memset(p, 0, sizeof(*p));
+    }
+    while (pd->n_peers > 0 && pd->peers[pd->n_peers - 1].host[0] == '\0') {
         pd->n_peers--;
     }
     /* Connect the ones without a connection. */
@@ -774,6 +866,7 @@ static void peers_refresh(struct sch_pd *pd) {
         if (p->conn == 0 && p->seen) {
             struct kc_error err = {0};
             uint64_t c = 0;
+            p->closing = false;
             if (sch_pd_net_connect(pd->net, p->host, p->port, &c, &err) == KC_OK) {
                 p->conn = c;
             } else {
@@ -858,19 +951,41 @@ static void dispatch_one(struct sch_pd *pd, struct sch_req *r) {
     pthread_mutex_unlock(&pd->lock);
 }
 
+/* Decode host: peers_refresh every resolve_ns on a thread of its own. getaddrinfo blocks for
+ * as long as the system resolver waits (seconds per try when a DNS server does not answer);
+ * on the dispatcher that stalled every admission and every timeout sweep behind it. */
+static void *resolve_main(void *arg) {
+    struct sch_pd *pd = arg;
+    (void)prctl(PR_SET_NAME, (unsigned long)"kc-pd-resolve", 0UL, 0UL, 0UL); /* top -H */
+    pthread_mutex_lock(&pd->lock);
+    while (!pd->stop) {
+        const uint64_t due = pd->resolved_ns + pd->resolve_ns, now = kc_now_ns();
+        if (now < due) { /* pd.cv also wakes on peer changes: wait out the period */
+            struct timespec rt;
+            clock_gettime(CLOCK_REALTIME, &rt);
+            const uint64_t ns = (uint64_t)rt.tv_nsec + (due - now);
+            rt.tv_sec += (time_t)(ns / 1000000000ull);
+            rt.tv_nsec = (long)(ns % 1000000000ull);
+            pthread_cond_timedwait(&pd->cv, &pd->lock, &rt);
+            continue;
+        }
+        pthread_mutex_unlock(&pd->lock);
+        peers_refresh(pd);
+        pthread_mutex_lock(&pd->lock);
+    }
+    pthread_mutex_unlock(&pd->lock);
+    return NULL;
+}
+
 static void *dispatch_main(void *arg) {
     struct sch_pd *pd = arg;
     (void)prctl(PR_SET_NAME, (unsigned long)"kc-pd-dispatch", 0UL, 0UL, 0UL); /* top -H */
     for (;;) {
         pthread_mutex_lock(&pd->lock);
         const bool stop = pd->stop;
-        const bool resolve = kc_now_ns() - pd->resolved_ns >= PD_RESOLVE_NS;
         pthread_mutex_unlock(&pd->lock);
         if (stop) {
             break;
-        }
-        if (resolve) {
-            peers_refresh(pd);
         }
         pending_sweep(pd);
         pthread_mutex_lock(&pd->lock);
@@ -952,6 +1067,8 @@ int sch__pd_create(struct sch *s, const struct sch_config *c, struct sch_pd **ou
     pd->role = c->role;
     pd->max_inflight = c->pd_max_inflight > 0 ? c->pd_max_inflight : 4;
     pd->timeout_ns = (uint64_t)(c->pd_timeout_ms > 0 ? c->pd_timeout_ms : 30000) * 1000000ull;
+    pd->resolve_ns =
+        (uint64_t)(c->pd_resolve_ms > 0 ? c->pd_resolve_ms : PD_RESOLVE_MS) * 1000000ull;
     pd->shape = sch_pd_shape_of(pool->n_layers, pool->n_kv_heads, pool->head_dim,
                                 sch__vocab_size(s), c->max_context);
     pd->kvd = (size_t)pool->n_kv_heads * (size_t)pool->head_dim;
@@ -991,7 +1108,13 @@ int sch__pd_create(struct sch *s, const struct sch_config *c, struct sch_pd **ou
             return kc_error_set(err, KC_ENOMEM, "pd: cannot start the dispatcher");
         }
         pd->started = true;
-        KC_INFO("pd: decode host, prefill peers %s", pd->names);
+        if (pthread_create(&pd->resolver, NULL, resolve_main, pd) != 0) {
+            sch__pd_free(pd);
+            return kc_error_set(err, KC_ENOMEM, "pd: cannot start the peer resolver");
+        }
+        pd->resolver_started = true;
+        KC_INFO("pd: decode host, prefill peers %s (resolved every %llu ms)", pd->names,
+                (unsigned long long)(pd->resolve_ns / 1000000));
     }
     *out = pd;
     return KC_OK;
@@ -1005,6 +1128,10 @@ void sch__pd_stop(struct sch_pd *pd) {
     if (pd->started) {
         pthread_join(pd->thread, NULL);
         pd->started = false;
+    }
+    if (pd->resolver_started) { /* before the transport: peers_refresh connects through it */
+        pthread_join(pd->resolver, NULL);
+        pd->resolver_started = false;
     }
     /* A decode host's transport goes now: no answer can hand a request off behind the
      * workers' backs once they stop. (A prefill host's stays until its workers are joined:
@@ -1061,15 +1188,21 @@ void sch__pd_stats(struct sch_pd *pd, struct sch_stats *st) {
 
 int sch__pd_peers(struct sch_pd *pd, struct sch_pd_peer_info *out, int max) {
     pthread_mutex_lock(&pd->lock);
-    const int n = pd->n_peers;
-    for (int i = 0; i < n && i < max; i++) {
+    int n = 0;
+    for (int i = 0; i < pd->n_peers; i++) {
         const struct pd_peer *p = &pd->peers[i];
-        snprintf(out[i].addr, sizeof(out[i].addr), "%s:%d", p->host, p->port);
-        out[i].up = p->up;
-        out[i].queued = (int)p->load.queued;
-        out[i].free_blocks = (int)p->load.free_blocks;
-        out[i].in_flight = p->in_flight;
-        out[i].errors = p->errors;
+        if (p->host[0] == '\0') {
+            continue; /* a free slot */
+        }
+        if (n < max) {
+            snprintf(out[n].addr, sizeof(out[n].addr), "%s:%d", p->host, p->port);
+            out[n].up = p->up;
+            out[n].queued = (int)p->load.queued;
+            out[n].free_blocks = (int)p->load.free_blocks;
+            out[n].in_flight = p->in_flight;
+            out[n].errors = p->errors;
+        }
+        n++;
     }
     pthread_mutex_unlock(&pd->lock);
     return n;

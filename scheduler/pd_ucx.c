@@ -393,10 +393,17 @@ static int ep_open(struct sch_pd_net *n, ucp_ep_params_t *ep, struct conn *c) {
     return KC_OK;
 }
 
+/* A decode host connects. While sch_pd_net_free runs (n->stop) the request is accepted and
+ * closed at once rather than rejected: UCX's TCP connection manager can call a NULL notify
+ * callback on its async thread for a rejected request whose client answers the reject
+ * (openucx/ucx#11235, fixed upstream only after 1.13; a prefill host once crashed on
+ * shutdown with a decode host reconnecting). The close loop in sch_pd_net_free reaps it like
+ * any other connection. ucp_listener_reject is left for an out-of-memory slot only. */
 static void conn_req_cb(ucp_conn_request_h req, void *arg) {
     struct sch_pd_net *n = arg;
     pthread_mutex_lock(&n->lock);
-    struct conn *c = n->stop ? NULL : conn_add(n);
+    const bool stopping = n->stop;
+    struct conn *c = conn_add(n);
     pthread_mutex_unlock(&n->lock);
     if (c == NULL) {
         if (n->listener != NULL) { /* NULL: sch_pd_net_free destroyed it */
@@ -405,7 +412,22 @@ static void conn_req_cb(ucp_conn_request_h req, void *arg) {
         return;
     }
     ucp_ep_params_t ep = {.field_mask = UCP_EP_PARAM_FIELD_CONN_REQUEST, .conn_request = req};
-    ep_open(n, &ep, c);
+    if (!stopping) {
+        ep_open(n, &ep, c);
+        return;
+    }
+    ep.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+    ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
+    ep.err_handler.cb = ep_err_cb;
+    ep.err_handler.arg = n;
+    ucp_ep_h h = NULL;
+    const ucs_status_t st = ucp_ep_create(n->worker, &ep, &h);
+    pthread_mutex_lock(&n->lock);
+    c->state = CONN_DEAD; /* no HELLO, no callback: reap_conns closes it */
+    c->ep = st == UCS_OK ? h : NULL;
+    c->closed = c->ep == NULL;
+    pthread_mutex_unlock(&n->lock);
+    KC_INFO("pd: connection %llu closed at once: this host is stopping", (unsigned long long)c->id);
 }
 
 /* Cuts whole frames off c's receive buffer and delivers them. */

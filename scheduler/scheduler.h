@@ -105,9 +105,10 @@ struct sch_config {
     enum sch_role role;
     const char *pd_host;       /* prefill: UCX listen address (NULL or "": every address) */
     int pd_port;               /* prefill: UCX listen port (0: any) */
-    const char *prefill_peers; /* decode: "host:port,..." (names re-resolved every 5 s) */
+    const char *prefill_peers; /* decode: "host:port,..." (names re-resolved, pd_resolve_ms) */
     int pd_max_inflight;       /* decode: remote prefills in flight per prefill host (0: 4) */
     int pd_timeout_ms;         /* decode: a remote prefill silent this long fails (0: 30000) */
+    int pd_resolve_ms;         /* decode: prefill_peers re-resolved this often (0: 5000) */
 };
 /* Bound of prefill_workers. */
 #define SCH_MAX_PREFILL_WORKERS 64

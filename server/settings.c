@@ -40,6 +40,7 @@ struct sch_config srv_sch_config(const struct cfg_settings *c, int model_positio
         .pd_port = c->pd_port,
         .prefill_peers = c->prefill_peers,
         .pd_timeout_ms = c->pd_timeout_ms,
+        .pd_resolve_ms = c->pd_resolve_ms,
     };
     return sc;
 }

@@ -3,8 +3,11 @@
  * (scheduler/pd_msg.h; issue 20, RELIABILITY.md E13): arbitrary bytes as a frame from a
  * hostile or broken peer.
  *
- * Input: byte 0 picks one of four local model shapes (the bounds the decoder checks against),
- * the rest is the frame.
+ * Input: byte 0 picks one of four local model shapes (bits 0-1: the bounds the decoder checks
+ * against); with bit 2 set, the header's payload_len is overwritten with the frame's real
+ * payload length before decoding, so that mutations that grow or shrink a body reach its
+ * field checks instead of stopping at the length check (a 10-minute run without it accepted
+ * only frames of the seeds' lengths). The rest is the frame.
  *
  * Properties checked (abort on violation): decoding never crashes or leaks (ASan/LSan); the
  * header decoder and the whole-message decoder agree on the header; an accepted message obeys
@@ -76,8 +79,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     const struct sch_pd_shape *shape = &SHAPES[data[0] & 3];
+    const bool fix_len = (data[0] & 4) != 0 && size > 1 + 12;
     data++;
     size--;
+    uint8_t *copy = NULL;
+    if (fix_len) {
+        copy = malloc(size);
+        CHECK(copy != NULL);
+        memcpy(copy, data, size);
+        const uint32_t plen =
+            size >= SCH_PD_HEADER_BYTES ? (uint32_t)(size - SCH_PD_HEADER_BYTES) : 0;
+        for (int i = 0; i < 4; i++) {
+            copy[8 + i] = (uint8_t)(plen >> (8 * i)); /* payload_len: u32 LE at offset 8 */
+        }
+        data = copy;
+    }
     struct sch_pd_header h;
     struct kc_error err = {0};
     const int hrc = sch_pd_header_decode(data, size, shape, &h, &err);
@@ -88,6 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (rc != KC_OK) {
         CHECK(m.owned == NULL);
+        free(copy);
         return 0;
     }
     CHECK(h.type == m.type && h.req_id == m.req_id);
@@ -98,5 +115,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(b.len == size && memcmp(b.p, data, size) == 0);
     sch_pd_buf_free(&b);
     sch_pd_msg_free(&m);
+    free(copy);
     return 0;
 }
