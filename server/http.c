@@ -688,7 +688,8 @@ static enum srv_http_rc first_call(struct srv_conn *c, const char *url, const ch
             }
         }
     }
-    if (rd->route == SRV_ROUTE_COMPLETIONS && s->state != SRV_SERVING) {
+    if ((rd->route == SRV_ROUTE_COMPLETIONS || rd->route == SRV_ROUTE_CHAT) &&
+        s->state != SRV_SERVING) {
         struct srv_error e;
         srv_error_kc(&e, KC_EBUSY, NULL, "The server is shutting down.");
         return srv_send_error(c, &e);
@@ -757,7 +758,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *mc, const ch
         return mhd_rc(srv_send_error(c, &e));
     }
     if (!c->dispatched) {
-        if ((c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_TOKENIZE) && !c->yielded) {
+        if ((c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_CHAT ||
+             c->route == SRV_ROUTE_TOKENIZE) &&
+            !c->yielded) {
             /* These routes suspend the connection: first let MHD leave its reading state
              * (DESIGN 5). It calls us again at its next run, without reading the socket. */
             c->yielded = true;
