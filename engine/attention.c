@@ -667,6 +667,30 @@ static void tile_softmax(float *restrict st, int nk, int k0, bool diag, int rp,
 }
 #endif
 
+/* The key and value rows of kv head g for the chunk of keys k0..k0+nk-1 (nk <= ATT_TK), for
+ * the broadcast kernels of both paths: f32 rows point into the cache; bf16 rows are widened
+ * into Kf/Vf[TK][D] once (invariant 7). Keys past the chunk point at zeros: the key blocks read
+ * them harmlessly. */
+static void chunk_rows(const struct eng_kv_view *kv, int g, int n_kv_heads, int d, int k0, int nk,
+                       float *kf, float *vf, const float *zeros, const float **kp,
+                       const float **vp) {
+    for (int j = 0; j < ATT_TK; j++) {
+        if (j >= nk) {
+            kp[j] = vp[j] = zeros;
+        } else if (kv->dtype == ENG_DTYPE_BF16) {
+            const uint16_t *k16 = kv_key16(kv, k0 + j, n_kv_heads, d, g);
+            float *kr = kf + (size_t)j * (size_t)d, *vr = vf + (size_t)j * (size_t)d;
+            bf16_to_f32_row(k16, kr, d);
+            bf16_to_f32_row(k16 + kv->v_offset, vr, d);
+            kp[j] = kr;
+            vp[j] = vr;
+        } else {
+            kp[j] = kv_key(kv, k0 + j, n_kv_heads, d, g);
+            vp[j] = kp[j] + kv->v_offset;
+        }
+    }
+}
+
 /* One work item: query rows i0..i0+nq-1 (positions pos0+i0..) of kv head g. Writes out, or
  * out16 (rounded to bf16) when out16 is not NULL. */
 static void attend_tile(const float *q, int i0, int nq, int pos0, const struct eng_kv_view *kv,
@@ -685,7 +709,6 @@ static void attend_tile(const float *q, int i0, int nq, int pos0, const struct e
     float *zeros = alpha + 2 * frp;
     float *kf = zeros + up16((size_t)d);
     float *vf = kf + up16(ATT_TK * (size_t)d);
-    const bool bf = kv->dtype == ENG_DTYPE_BF16;
     const int first = pos0 + i0, last = pos0 + i0 + nq - 1;
     /* Row i * grp + h of Qt's columns is (query row i, head h), scaled; padding rows are
      * zero and see every key, so they stay finite. */
@@ -716,23 +739,7 @@ static void attend_tile(const float *q, int i0, int nq, int pos0, const struct e
     const float *kp[ATT_TK], *vp[ATT_TK];
     for (int k0 = 0; k0 <= last; k0 += ATT_TK) {
         const int nk = last + 1 - k0 < ATT_TK ? last + 1 - k0 : ATT_TK;
-        for (int j = 0; j < ATT_TK; j++) {
-            /* Keys past the chunk point at zeros: the 4-key blocks read them harmlessly. */
-            if (j >= nk) {
-                kp[j] = vp[j] = zeros;
-            } else if (bf) {
-                /* bf16 cache: widen the chunk's rows into Kf/Vf once (invariant 7). */
-                const uint16_t *k16 = kv_key16(kv, k0 + j, n_kv_heads, d, g);
-                float *kr = kf + (size_t)j * (size_t)d, *vr = vf + (size_t)j * (size_t)d;
-                bf16_to_f32_row(k16, kr, d);
-                bf16_to_f32_row(k16 + kv->v_offset, vr, d);
-                kp[j] = kr;
-                vp[j] = vr;
-            } else {
-                kp[j] = kv_key(kv, k0 + j, n_kv_heads, d, g);
-                vp[j] = kp[j] + kv->v_offset;
-            }
-        }
+        chunk_rows(kv, g, n_kv_heads, d, k0, nk, kf, vf, zeros, kp, vp);
         tile_qk(kp, nk, qt, rp, d, st);
         tile_softmax(st, nk, k0, k0 + nk - 1 > first, rp, qpos, mx, sum, alpha);
         tile_pv(vp, nk, st, rp, d, alpha, ot);
@@ -856,21 +863,7 @@ static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int 
     const float *zeros = dec_zeros(sc, d);
     float *ot = part + 2 * ATT_DEC_W;
     const float *kp[ATT_TK], *vp[ATT_TK];
-    for (int j = 0; j < ATT_TK; j++) {
-        if (j >= nk) {
-            kp[j] = vp[j] = zeros;
-        } else if (kv->dtype == ENG_DTYPE_BF16) {
-            const uint16_t *k16 = kv_key16(kv, k0 + j, n_kv_heads, d, g);
-            float *kr = kf + (size_t)j * (size_t)d, *vr = vf + (size_t)j * (size_t)d;
-            bf16_to_f32_row(k16, kr, d);
-            bf16_to_f32_row(k16 + kv->v_offset, vr, d);
-            kp[j] = kr;
-            vp[j] = vr;
-        } else {
-            kp[j] = kv_key(kv, k0 + j, n_kv_heads, d, g);
-            vp[j] = kp[j] + kv->v_offset;
-        }
-    }
+    chunk_rows(kv, g, n_kv_heads, d, k0, nk, kf, vf, zeros, kp, vp);
     /* St[j][h] = k_j . q_h: each key element is broadcast once for the whole group. */
     for (int j = 0; j < nk; j += ATT_DEC_KB) {
         __m256 acc[ATT_DEC_KB];

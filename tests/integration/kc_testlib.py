@@ -170,3 +170,48 @@ class Server:
             os.unlink(self.log)
         check(not sanitizer_report(text), "sanitizer report in the server log:\n" + text[-3000:])
         return text
+
+
+def sh(*argv, check=True):
+    """Runs a command (no shell); raises with its stderr when check and it fails."""
+    r = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError("%s: %s" % (" ".join(argv), r.stderr.strip()))
+    return r
+
+
+class NetnsBridge:
+    """Network namespaces joined by veth pairs to one bridge that holds net + "254/24" (net: a
+    test range prefix such as "198.18.7."). Remembers what it created; cleanup() removes it
+    all, and is safe to call twice or after a partial add()."""
+
+    def __init__(self, net, bridge):
+        self.net, self.bridge = net, bridge
+        self.namespaces, self.links = [], []
+
+    def up(self):
+        """Creates the bridge; keep the object first, so that cleanup() follows a failure."""
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        self.links.append(self.bridge)
+        sh("ip", "addr", "add", self.net + "254/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+
+    def add(self, ns, veth, last):
+        """Namespace ns at net + last, through veth (root side) and veth + "n" (inside)."""
+        sh("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "n")
+        self.links.append(veth)
+        sh("ip", "link", "set", veth + "n", "netns", ns)
+        sh("ip", "link", "set", veth, "master", self.bridge)
+        sh("ip", "link", "set", veth, "up")
+        sh("ip", "-n", ns, "addr", "add", "%s%d/24" % (self.net, last), "dev", veth + "n")
+        sh("ip", "-n", ns, "link", "set", veth + "n", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def cleanup(self):
+        for ns in self.namespaces:
+            sh("ip", "netns", "del", ns, check=False)  # also deletes the veth ends inside
+        for link in self.links:
+            sh("ip", "link", "del", link, check=False)
+        self.namespaces, self.links = [], []

@@ -56,14 +56,10 @@ COMMON = ["--bundle", "models/tiny/kvcast-bundle.json", "--no-access-log", "--ba
 PROMPTS = ["The quick brown fox jumps over the lazy dog because",
            "Once upon a time, in a land far away, there lived a"]
 procs = []
-created = {"ns": [], "links": []}
+network = []  # the kc.NetnsBridge, once built
+sh = kc.sh
 
 
-def sh(*argv, check=True):
-    r = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError("%s: %s" % (" ".join(argv), r.stderr.strip()))
-    return r
 
 
 def cleanup():
@@ -72,10 +68,8 @@ def cleanup():
         if p.poll() is None:
             p.kill()
             p.wait()
-    for ns in created["ns"]:
-        sh("ip", "netns", "del", ns, check=False)  # also deletes the veth ends inside
-    for link in created["links"]:
-        sh("ip", "link", "del", link, check=False)
+    for net in network:
+        net.cleanup()
     shutil.rmtree(HOSTS_DIR, ignore_errors=True)
 
 
@@ -85,22 +79,11 @@ def on_signal(signum, frame):
 
 
 def build_network():
-    sh("ip", "link", "add", BR, "type", "bridge")
-    created["links"].append(BR)
-    sh("ip", "addr", "add", NET + "254/24", "dev", BR)
-    sh("ip", "link", "set", BR, "up")
+    net = kc.NetnsBridge(NET, BR)
+    network.append(net)
+    net.up()
     for ns, last in ((NS_A, 1), (NS_D, 2), (NS_B, 3)):
-        veth = "v" + ns
-        sh("ip", "netns", "add", ns)
-        created["ns"].append(ns)
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "n")
-        created["links"].append(veth)
-        sh("ip", "link", "set", veth + "n", "netns", ns)
-        sh("ip", "link", "set", veth, "master", BR)
-        sh("ip", "link", "set", veth, "up")
-        sh("ip", "-n", ns, "addr", "add", NET + "%d/24" % last, "dev", veth + "n")
-        sh("ip", "-n", ns, "link", "set", veth + "n", "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        net.add(ns, "v" + ns, last)
 
 
 def set_resolver():

@@ -51,14 +51,10 @@ if FULL:
     PROMPTS += ["A B C D E F G H I J K L M N O P Q R S T U V W X Y Z " * 4,
                 "In the beginning the universe was created. This has made a lot of people " * 3]
 procs = []
-created = {"ns": [], "links": []}
+network = []  # the kc.NetnsBridge, once built
+sh = kc.sh
 
 
-def sh(*argv, check=True):
-    r = subprocess.run(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if check and r.returncode != 0:
-        raise RuntimeError("%s: %s" % (" ".join(argv), r.stderr.strip()))
-    return r
 
 
 def cleanup():
@@ -67,10 +63,8 @@ def cleanup():
         if p.poll() is None:
             p.kill()
             p.wait()
-    for ns in created["ns"]:
-        sh("ip", "netns", "del", ns, check=False)  # also deletes the veth ends inside
-    for link in created["links"]:
-        sh("ip", "link", "del", link, check=False)
+    for net in network:
+        net.cleanup()
 
 
 def on_signal(signum, frame):
@@ -79,21 +73,11 @@ def on_signal(signum, frame):
 
 
 def build_network():
-    sh("ip", "link", "add", BR, "type", "bridge")
-    created["links"].append(BR)
-    sh("ip", "addr", "add", NET + "254/24", "dev", BR)
-    sh("ip", "link", "set", BR, "up")
+    net = kc.NetnsBridge(NET, BR)
+    network.append(net)
+    net.up()
     for ns, veth, last in ((NS_P, VETHS[0], 1), (NS_D, VETHS[1], 2)):
-        sh("ip", "netns", "add", ns)
-        created["ns"].append(ns)
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "n")
-        created["links"].append(veth)
-        sh("ip", "link", "set", veth + "n", "netns", ns)
-        sh("ip", "link", "set", veth, "master", BR)
-        sh("ip", "link", "set", veth, "up")
-        sh("ip", "-n", ns, "addr", "add", NET + "%d/24" % last, "dev", veth + "n")
-        sh("ip", "-n", ns, "link", "set", veth + "n", "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        net.add(ns, veth, last)
 
 
 def start(ns, args, log):
