@@ -116,9 +116,9 @@ static const struct cfg_field fields[] = {
           "base dir's name"),
     F_ENUM("prefill-dtype", prefill_dtype, "auto|f32|bf16|int8", "auto",
            "weight format of prefill steps (auto: bf16 where the CPU has AMX, else f32)"),
-    F_ENUM(
-        "decode-dtype", decode_dtype, "f32|bf16|int8", "bf16",
-        "weight format of decode steps (int8: per-channel s8 weights, per-token s8 activations)"),
+    F_ENUM("decode-dtype", decode_dtype, "auto|f32|bf16|int8", "auto",
+           "weight format of decode steps (auto: bf16 where oneDNN has bf16 products, AVX-512 "
+           "or newer, else f32; int8: per-channel s8 weights, per-token s8 activations)"),
     F_INT("prefill-threads", prefill_threads, 0, 1024, "0",
           "OpenMP threads of each prefill worker (0: elastic, every core when decode is idle)"),
     F_INT("decode-threads", decode_threads, 0, 1024, "0",

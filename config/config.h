@@ -61,7 +61,7 @@ struct cfg_settings {
     char chat_template[CFG_PATH_MAX];
     char served_model_name[CFG_STR_MAX];
     char prefill_dtype[8]; /* auto | f32 | bf16 (auto: bf16 where the CPU has AMX) */
-    char decode_dtype[8];  /* f32 | bf16 */
+    char decode_dtype[8];  /* auto | f32 | bf16 | int8 (auto: bf16 where oneDNN has bf16) */
     /* scheduler */
     int prefill_threads; /* 0: elastic */
     int decode_threads;  /* 0: elastic */

@@ -79,8 +79,10 @@ struct eng_ctx {
 };
 
 struct eng_model_params eng_model_default_params(void) {
+    /* Decode is memory-bound: bf16 halves its bytes, where oneDNN has bf16 products. */
     struct eng_model_params p = {.prefill_wtype = ENG_WTYPE_F32,
-                                 .decode_wtype = ENG_WTYPE_BF16,
+                                 .decode_wtype =
+                                     eng_bf16_products() ? ENG_WTYPE_BF16 : ENG_WTYPE_F32,
                                  .progress_cb = NULL,
                                  .progress_ud = NULL};
     return p;

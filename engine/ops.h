@@ -37,6 +37,11 @@ enum eng_wtype { ENG_WTYPE_F32 = 0, ENG_WTYPE_BF16, ENG_WTYPE_INT8 };
  * pair sums pass through saturating s16 (ops_dnnl.c invariant 9). */
 int eng_int8_weight_levels(void);
 
+/* Whether oneDNN runs bf16 products on this CPU: AVX-512 or newer (oneDNN 2.6 has none for
+ * AVX2), as its effective ISA says (ONEDNN_MAX_CPU_ISA included). Without them a bf16 linear
+ * cannot be created; the default decode weights are then f32. */
+bool eng_bf16_products(void);
+
 /* Steps with at most this many rows use the decode-packed weights, larger ones the prefill
  * ones (prefill is compute-bound and fastest in f32; decode memory-bound, fastest in bf16). */
 #define ENG_DECODE_MAX_M 16

@@ -519,6 +519,11 @@ int eng_int8_weight_levels(void) {
     }
 }
 
+bool eng_bf16_products(void) {
+    const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    return (isa & (unsigned)dnnl_cpu_isa_avx512_core) == (unsigned)dnnl_cpu_isa_avx512_core;
+}
+
 /* Quantizes one f32 row of k values to s8, symmetric, to [-levels, levels]; returns its scale
  * (0 for a zero row). */
 static float quant_row_s8(const float *w, int k, int levels, int8_t *q) {

@@ -29,7 +29,7 @@ static void bench_usage(FILE *f) {
                "  --gen N               decode steps (default 64)\n"
                "  --threads N           OpenMP threads (default: all cores)\n"
                "  --prefill-dtype T     f32|bf16|int8 (default f32)\n"
-               "  --decode-dtype T      f32|bf16|int8 (default bf16)\n"
+               "  --decode-dtype T      f32|bf16|int8 (default bf16, f32 without AVX-512)\n"
                "  --dtypes LIST         weight types to run one after another, each for both\n"
                "                        prefill and decode (e.g. f32,bf16,int8; overrides the\n"
                "                        two above): each prefill against the single GEMM of\n"

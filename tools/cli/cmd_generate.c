@@ -17,19 +17,20 @@
 #include "tools/cli/json_out.h"
 
 static void generate_usage(FILE *f) {
-    fprintf(f, "usage: kvcast generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
-               "  --prompt TEXT         text prompt, tokenized with the model's tokenizer.json\n"
-               "  --tokenizer PATH      tokenizer directory or tokenizer.json (default: --model)\n"
-               "  --max-tokens N        tokens to generate (default 32)\n"
-               "  --dtype f32|bf16|int8 weight format for both prefill and decode\n"
-               "  --prefill-dtype T     weights for prefill steps (default f32)\n"
-               "  --decode-dtype T      weights for decode steps (default bf16)\n"
-               "  --kv-dtype f32|bf16   element type of the KV cache (default f32), as serve's\n"
-               "  --temperature X       0 = greedy (default 0)\n"
-               "  --top-k N --top-p X --min-p X --seed N\n"
-               "  --ignore-eos          keep going past end-of-sequence tokens\n"
-               "  --threads N           OpenMP threads (default: all cores)\n"
-               "  --json                print one JSON object\n");
+    fprintf(f,
+            "usage: kvcast generate --model DIR (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
+            "  --prompt TEXT         text prompt, tokenized with the model's tokenizer.json\n"
+            "  --tokenizer PATH      tokenizer directory or tokenizer.json (default: --model)\n"
+            "  --max-tokens N        tokens to generate (default 32)\n"
+            "  --dtype f32|bf16|int8 weight format for both prefill and decode\n"
+            "  --prefill-dtype T     weights for prefill steps (default f32)\n"
+            "  --decode-dtype T      weights for decode steps (default bf16, f32 without AVX-512)\n"
+            "  --kv-dtype f32|bf16   element type of the KV cache (default f32), as serve's\n"
+            "  --temperature X       0 = greedy (default 0)\n"
+            "  --top-k N --top-p X --min-p X --seed N\n"
+            "  --ignore-eos          keep going past end-of-sequence tokens\n"
+            "  --threads N           OpenMP threads (default: all cores)\n"
+            "  --json                print one JSON object\n");
 }
 
 struct generate_opts {
