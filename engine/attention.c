@@ -73,26 +73,26 @@
  *     or for fewer than ATT_BF16_MIN_N query rows (the packing of the whole context would cost
  *     as much as a row's attention), eng_attention_bf16 runs the f32 tile kernel and rounds
  *     its output.
- *  9. Decode path. One query row of a GQA group of 3..8 heads with D a multiple of 8 (every
- *     decode step of TinyLlama, Llama 3, Qwen 2) takes attention_decode instead of the tiles:
- *     a tile of one row fills only grp of the 16 lanes of its score vectors, so half or more
- *     of its FMAs were padding. Here a head is one lane of a ymm vector (8 lanes): St[key][8]
- *     and Ot[D][8], each key element broadcast once for the whole group, 8 keys (QK) or 8
- *     columns (PV) per block for 8 independent accumulators; Zen 4 issues two ymm FMAs per
- *     cycle against one zmm, and Xeons issue two of either, so no machine loses. The context
- *     is split into ATT_DEC_ITEMS_PER_THREAD key ranges per thread (multiples of 16 keys, no
- *     more ranges than ATT_TK chunks, at most ATT_DEC_MAX_SPLITS), handed out dynamically,
- *     each attended by every kv head in turn: a cache block holds one layer's rows of all
- *     heads contiguously, so a range reads contiguous runs, and the next chunk's runs are
- *     prefetched while this one is computed. Each (kv head, range) keeps an online-softmax
- *     partial (max, sum, Ot) in the scratch after the per-thread slices; the merge rescales
- *     them by exp(max_s - max). Measured on the 2-core AMD EPYC (Zen 4), TinyLlama's shape
- *     (H 32, Hkv 4, D 64), one row at context 2048, warm (`kvcast bench engine --attn-only
- *     --attn 544,2048`): 1 thread 301-368 us against 403 us for the tiles, 2 threads 169-209
- *     against 205-215 us; inside a decode step at context 1024-1056 on 1 thread (`bench
- *     engine --profile`, int8, `--prompt-len 1024 --gen 32`): 7.6-9.0 against 11.1-11.9 ms
- *     of attention per step. With 2 threads a step's attention is bound by reading the cold
- *     cache from memory (about 1 MB per layer at context 544) and gains about 10%.
+ *  9. Decode path. One query row of a GQA group of 3..8 heads with D a multiple of 8 (every decode
+ *     step of TinyLlama, Llama 3, Qwen 2) takes attention_decode instead of the tiles: a tile of
+ *     one row fills only grp of the 16 lanes of its score vectors, so half or more of its FMAs were
+ *     padding. Here a head is one lane of a ymm vector (8 lanes): St[key][8] and Ot[D][8], each key
+ *     element broadcast once for the whole group, 8 keys (QK) or 8 columns (PV) per block for 8
+ *     independent accumulators; Zen 4 issues two ymm FMAs per cycle against one zmm, and Xeons
+ *     issue two of either, so no machine loses. The context is split into ATT_DEC_ITEMS_PER_THREAD
+ *     key ranges per thread (multiples of 16 keys, no more ranges than ATT_TK chunks, at most
+ *     ATT_DEC_MAX_SPLITS), handed out dynamically, each attended by every kv head in turn: a cache
+ *     block holds one layer's rows of all heads contiguously, so a range reads contiguous runs, and
+ *     the next chunk's runs are prefetched while this one is computed. Each (kv head, range) keeps
+ *     an online-softmax partial (max, sum, Ot) in the scratch after the per-thread slices, beside
+ *     the queries, scaled and transposed once per call; the merge rescales them by exp(max_s -
+ *     max). Measured on the 2-core AMD EPYC (Zen 4), TinyLlama's shape (H 32, Hkv 4, D 64), one row
+ *     at context 2048, warm (`kvcast bench engine --attn-only --attn 544,2048`): 1 thread 301-368
+ *     us against 403 us for the tiles, 2 threads 169-209 against 205-215 us; inside a decode step
+ *     at context 1024-1056 on 1 thread (`bench engine --profile`, int8, `--prompt-len 1024 --gen
+ *     32`): 7.6-9.0 against 11.1-11.9 ms of attention per step. With 2 threads a step's attention
+ *     is bound by reading the cold cache from memory (about 1 MB per layer at context 544) and
+ *     runs about as fast as the tiles did (3.4 ms of a 26 ms int8 step at context 512-576).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -808,22 +808,26 @@ static int team_size(void) {
 #define ATT_DEC_ITEMS_PER_THREAD 4
 #define ATT_DEC_MAX_SPLITS 64
 
-/* Per-thread scratch of the decode path: Qt[D][8], St[TK][8], Kf and Vf [TK][D] (bf16 views),
- * zeros[D]. */
+/* One (kv head, split)'s partial result: running max and sum per head, then Ot[D][8]. */
+static size_t dec_part_floats(int d) {
+    return 2 * ATT_DEC_W + (size_t)d * ATT_DEC_W;
+}
+
+/* Per-thread scratch of the decode path: St[TK][8], Kf and Vf [TK][D] (bf16 views), zeros[D]. */
 static size_t dec_thread_floats(int d) {
-    return up16((size_t)d * ATT_DEC_W) + up16((size_t)ATT_TK * ATT_DEC_W) +
-           2 * up16((size_t)ATT_TK * (size_t)d) + up16((size_t)d);
+    return up16((size_t)ATT_TK * ATT_DEC_W) + 2 * up16((size_t)ATT_TK * (size_t)d) +
+           up16((size_t)d);
 }
 
 /* The zero row at the end of a decode thread's scratch (keys past a chunk point at it). */
 static float *dec_zeros(float *sc, int d) {
-    return sc + up16((size_t)d * ATT_DEC_W) + up16((size_t)ATT_TK * ATT_DEC_W) +
-           2 * up16((size_t)ATT_TK * (size_t)d);
+    return sc + up16((size_t)ATT_TK * ATT_DEC_W) + 2 * up16((size_t)ATT_TK * (size_t)d);
 }
 
-/* One (kv head, split)'s partial result: running max and sum per head, then Ot[D][8]. */
-static size_t dec_part_floats(int d) {
-    return 2 * ATT_DEC_W + (size_t)d * ATT_DEC_W;
+/* The decode path's shared scratch after the per-thread slices: the (kv head, split) partials
+ * for up to ATT_DEC_MAX_SPLITS splits, then each kv head's scaled queries Qt[D][8]. */
+static size_t dec_shared_floats(int n_kv_heads, int d) {
+    return (size_t)n_kv_heads * (ATT_DEC_MAX_SPLITS * dec_part_floats(d) + (size_t)d * ATT_DEC_W);
 }
 
 /* Splits of the context: enough items to balance the team, none shorter than a key chunk. */
@@ -857,7 +861,7 @@ static void dec_prefetch(const struct eng_kv_view *kv, int k_lo, int k_hi, int n
  * queries, zero past the group): the online-softmax update of part (max, sum, Ot). */
 static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int g, int n_kv_heads,
                              int d, int k0, int nk, float *sc, float *part) {
-    float *st = sc + up16((size_t)d * ATT_DEC_W);
+    float *st = sc;
     float *kf = st + up16((size_t)ATT_TK * ATT_DEC_W);
     float *vf = kf + up16((size_t)ATT_TK * (size_t)d);
     const float *zeros = dec_zeros(sc, d);
@@ -935,7 +939,19 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
     const int splits = dec_splits(n_keys, threads);
     const int span = ((n_keys + splits - 1) / splits + 15) / 16 * 16;
     const size_t pf = dec_part_floats(d);
-    float *parts = scratch + (size_t)threads * per_thread; /* [Hkv][splits] */
+    float *parts = scratch + (size_t)threads * per_thread;             /* [Hkv][splits] */
+    float *qts = parts + (size_t)n_kv_heads * ATT_DEC_MAX_SPLITS * pf; /* [Hkv][D][8] */
+    /* Every kv head's group of queries, scaled and transposed once (zero past the group). */
+    for (int g = 0; g < n_kv_heads; g++) {
+        const float *qg = q + (size_t)g * (size_t)grp * (size_t)d;
+        float *qt = qts + (size_t)g * (size_t)d * ATT_DEC_W;
+        for (int c = 0; c < d; c++) {
+            for (int h = 0; h < ATT_DEC_W; h++) {
+                qt[(size_t)c * ATT_DEC_W + (size_t)h] =
+                    h < grp ? qg[(size_t)h * (size_t)d + (size_t)c] * scale : 0.0f;
+            }
+        }
+    }
     const size_t work = (size_t)n_keys * (size_t)n_heads * (size_t)d;
     (void)work;
 #ifdef _OPENMP
@@ -956,21 +972,14 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
                 }
                 memset(part + 2 * ATT_DEC_W, 0, (size_t)d * ATT_DEC_W * sizeof(float));
             }
-            float *qt = sc;
             memset(dec_zeros(sc, d), 0, (size_t)d * sizeof(float));
             for (int k0 = k_lo; k0 < k_hi; k0 += ATT_TK) {
                 const int nk = k_hi - k0 < ATT_TK ? k_hi - k0 : ATT_TK;
                 const int n_end = k0 + nk + ATT_TK < k_hi ? k0 + nk + ATT_TK : k_hi;
                 dec_prefetch(kv, k0 + nk, n_end, n_kv_heads, d);
                 for (int g = 0; g < n_kv_heads; g++) {
-                    const float *qg = q + (size_t)g * (size_t)grp * (size_t)d;
-                    for (int c = 0; c < d; c++) {
-                        for (int h = 0; h < ATT_DEC_W; h++) {
-                            qt[(size_t)c * ATT_DEC_W + (size_t)h] =
-                                h < grp ? qg[(size_t)h * (size_t)d + (size_t)c] * scale : 0.0f;
-                        }
-                    }
-                    attend_dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc,
+                    attend_dec_chunk(qts + (size_t)g * (size_t)d * ATT_DEC_W, kv, g, n_kv_heads, d,
+                                     k0, nk, sc,
                                      parts + ((size_t)g * (size_t)splits + (size_t)s) * pf);
                 }
             }
@@ -1040,8 +1049,7 @@ size_t eng_attention_scratch_floats(int n_ctx, int n_heads, int n_kv_heads, int 
     const int threads = n_threads > 0 ? n_threads : 1;
     size_t floats = (size_t)threads * thread_floats(n_ctx, n_heads, n_kv_heads, head_dim);
 #if defined(__AVX512F__)
-    /* The decode path's partial results, after the per-thread slices. */
-    floats += (size_t)n_kv_heads * ATT_DEC_MAX_SPLITS * dec_part_floats(head_dim);
+    floats += dec_shared_floats(n_kv_heads, head_dim);
 #endif
     return floats;
 }

@@ -322,6 +322,25 @@ static dnnl_primitive_desc_t gemv_pd(const dnnl_matmul_desc_t *desc,
     return found;
 }
 
+/* The attributes of every cached primitive: a user-mode scratchpad (the context's buffer),
+ * and for int8 per-output-channel weight scales given at execution (invariants 7 and 8). */
+static dnnl_status_t attr_create(bool int8_scales, dnnl_primitive_attr_t *out) {
+    dnnl_status_t st = dnnl_primitive_attr_create(out);
+    if (st != dnnl_success) {
+        return st;
+    }
+    st = dnnl_primitive_attr_set_scratchpad_mode(*out, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success && int8_scales) {
+        const float runtime = DNNL_RUNTIME_F32_VAL;
+        st = dnnl_primitive_attr_set_output_scales(*out, 1, 1 << 1, &runtime);
+    }
+    if (st != dnnl_success) {
+        dnnl_primitive_attr_destroy(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
 /* Creates a matmul primitive desc for rows x k @ k x n with weights md w (NULL: format
  * `any`), optional f32 bias, f32 dst and a user-mode scratchpad. With `gemv`, the first
  * implementation named "gemm:jit" is taken when oneDNN offers one (invariant 6). */
@@ -360,20 +379,14 @@ static dnnl_status_t matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enu
         return st;
     }
     dnnl_primitive_attr_t attr = NULL;
-    st = dnnl_primitive_attr_create(&attr);
+    st = attr_create(wt == ENG_WTYPE_INT8, &attr);
     if (st != dnnl_success) {
         return st;
     }
-    st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (st == dnnl_success && wt == ENG_WTYPE_INT8) {
-        /* Per-column weight scales, given at execution (invariant 7). */
-        const float runtime = DNNL_RUNTIME_F32_VAL;
-        st = dnnl_primitive_attr_set_output_scales(attr, 1, 1 << 1, &runtime);
-    }
-    if (st == dnnl_success && gemv) {
+    if (gemv) {
         *pd = gemv_pd(&desc, attr, engine);
     }
-    if (st == dnnl_success && *pd == NULL) {
+    if (*pd == NULL) {
         st = dnnl_primitive_desc_create(pd, &desc, attr, engine, NULL);
     }
     dnnl_primitive_attr_destroy(attr);
@@ -406,18 +419,11 @@ static dnnl_status_t ip_pd_s8(dnnl_engine_t engine, int rows, int n, int k,
         return st;
     }
     dnnl_primitive_attr_t attr = NULL;
-    st = dnnl_primitive_attr_create(&attr);
+    st = attr_create(true, &attr);
     if (st != dnnl_success) {
         return st;
     }
-    const float runtime = DNNL_RUNTIME_F32_VAL;
-    st = dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
-    if (st == dnnl_success) {
-        st = dnnl_primitive_attr_set_output_scales(attr, 1, 1 << 1, &runtime);
-    }
-    if (st == dnnl_success) {
-        st = dnnl_primitive_desc_create(pd, &desc, attr, engine, NULL);
-    }
+    st = dnnl_primitive_desc_create(pd, &desc, attr, engine, NULL);
     dnnl_primitive_attr_destroy(attr);
     return st;
 }

@@ -96,6 +96,21 @@ def total(metrics, name, **labels):
     return s
 
 
+def http_request(host, port, method, path, body=None, timeout=60, headers=None):
+    """One HTTP request to host:port, body a JSON value or None; returns (status, text,
+    headers)."""
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        data = json.dumps(body) if body is not None else None
+        hdr = {"Content-Type": "application/json"} if data is not None else {}
+        hdr.update(headers or {})
+        c.request(method, path, body=data, headers=hdr)
+        r = c.getresponse()
+        return r.status, r.read().decode(), r.headers
+    finally:
+        c.close()
+
+
 class Server:
     """`kvcast serve ARGS --host 127.0.0.1 --port 0`, stdout piped (start_port reads it),
     stderr to `log` (a path; None: a temporary file, removed by finish()). prefix: a command
@@ -122,16 +137,7 @@ class Server:
 
     def request(self, method, path, body=None, timeout=60, headers=None):
         """One HTTP request, body a JSON value or None; returns (status, text, headers)."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            data = json.dumps(body) if body is not None else None
-            hdr = {"Content-Type": "application/json"} if data is not None else {}
-            hdr.update(headers or {})
-            c.request(method, path, body=data, headers=hdr)
-            r = c.getresponse()
-            return r.status, r.read().decode(), r.headers
-        finally:
-            c.close()
+        return http_request("127.0.0.1", self.port, method, path, body, timeout, headers)
 
     def post(self, body, path="/v1/completions", timeout=60):
         """POSTs a JSON body; returns (status, text)."""

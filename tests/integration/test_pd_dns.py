@@ -29,7 +29,6 @@ report.
 Needs root and iproute2 (`ip netns`); exits 77 (ctest: skipped) without them.
 usage: test_pd_dns.py path/to/kvcast   (from the source root)
 """
-import http.client
 import json
 import os
 import shutil
@@ -58,8 +57,6 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog because",
 procs = []
 network = []  # the kc.NetnsBridge, once built
 sh = kc.sh
-
-
 
 
 def cleanup():
@@ -110,14 +107,8 @@ def start(ns, args, log):
 
 
 def call(host, port, method, path, body=None, timeout=60):
-    c = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        c.request(method, path, body=json.dumps(body) if body is not None else None,
-                  headers={"Content-Type": "application/json"} if body is not None else {})
-        r = c.getresponse()
-        return r.status, r.read().decode()
-    finally:
-        c.close()
+    """(status, text) of one request to host:port."""
+    return kc.http_request(host, port, method, path, body, timeout)[:2]
 
 
 def health(host, port):

@@ -55,8 +55,6 @@ network = []  # the kc.NetnsBridge, once built
 sh = kc.sh
 
 
-
-
 def cleanup():
     """Removes everything this test created (servers, namespaces, veths, bridge)."""
     for p in procs:
@@ -89,14 +87,8 @@ def start(ns, args, log):
 
 
 def call(host, port, method, path, body=None, timeout=60):
-    c = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        c.request(method, path, body=json.dumps(body) if body is not None else None,
-                  headers={"Content-Type": "application/json"} if body is not None else {})
-        r = c.getresponse()
-        return r.status, r.read().decode()
-    finally:
-        c.close()
+    """(status, text) of one request to host:port."""
+    return kc.http_request(host, port, method, path, body, timeout)[:2]
 
 
 def wait_health(host, port, pred, what, timeout=60):
