@@ -42,6 +42,13 @@ int eng_int8_weight_levels(void);
  * cannot be created; the default decode weights are then f32. */
 bool eng_bf16_products(void);
 
+/* Whether the engine's own kernels may use avx512_bf16 (vdpbf16ps): oneDNN's effective ISA
+ * is avx512_core_bf16 or newer, so the CPU has it and ONEDNN_MAX_CPU_ISA leaves it. The kernels
+ * that use it are compiled into every AVX-512 build and picked per call by this
+ * (attention.c invariant 8), so one binary is fast on Xeons and Zen 4 alike and tests reach
+ * the other machines' paths through the same cap. */
+bool eng_bf16_dot(void);
+
 /* Steps with at most this many rows use the decode-packed weights, larger ones the prefill
  * ones (prefill is compute-bound and fastest in f32; decode memory-bound, fastest in bf16). */
 #define ENG_DECODE_MAX_M 16

@@ -124,6 +124,7 @@
 #include "engine/io/dtype.h"
 #include "engine/ops.h"
 #include "engine/ops_dnnl_internal.h"
+#include "engine/ops_simd.h"
 
 /* Rows per prefill chunk; also the representative row count of the prefill copy. */
 #define ENG_LINEAR_CHUNK 512
@@ -528,6 +529,12 @@ int eng_int8_weight_levels(void) {
 bool eng_bf16_products(void) {
     const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
     return (isa & (unsigned)dnnl_cpu_isa_avx512_core) == (unsigned)dnnl_cpu_isa_avx512_core;
+}
+
+bool eng_bf16_dot(void) {
+    const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+    const unsigned bf16 = (unsigned)dnnl_cpu_isa_avx512_core_bf16;
+    return (isa & bf16) == bf16;
 }
 
 /* Quantizes one f32 row of k values to s8, symmetric, to [-levels, levels]; returns its scale
@@ -982,18 +989,12 @@ static int chunk_bucket(int r) {
     return b < ENG_LINEAR_CHUNK ? b : ENG_LINEAR_CHUNK;
 }
 
-/* Converts rows x k f32 (row stride k) to bf16 with round-to-nearest-even. */
+/* Converts rows x k f32 (row stride k) to bf16 with round-to-nearest-even (ops_simd.h). */
 static void cvt_bf16(const float *restrict x, size_t n, uint16_t *restrict y) {
-#if defined(__AVX512BF16__)
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m256bh v = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + i));
-        _mm256_storeu_si256((__m256i *)(void *)(y + i), (__m256i)v);
-    }
-    if (i < n) {
-        const __mmask16 mask = (__mmask16)((1u << (n - i)) - 1u);
-        const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, x + i));
-        _mm256_mask_storeu_epi16(y + i, mask, (__m256i)v);
+#if defined(__AVX512F__)
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i < 16 ? (int)(n - i) : 16);
+        bf16_store16(y + i, _mm512_maskz_loadu_ps(k, x + i), k);
     }
 #else
     for (size_t i = 0; i < n; i++) {

@@ -5,8 +5,9 @@
  * the engine: include it only from kernel .c files, after <immintrin.h> where __AVX512F__.
  * See engine/ops.c invariant 2 for why the fast kernels use their own exp. Also the f32 ->
  * bf16 rounding of the bf16 prefill's activations (bf16_store16, cvt_row_bf16), the same
- * rounding as engine/ops_dnnl.c's per-call conversion (vcvtneps2bf16 where avx512_bf16 is
- * compiled in: round to nearest even, denormals to zero; eng_f32_to_bf16 elsewhere).
+ * rounding as engine/ops_dnnl.c's per-call conversion: vcvtneps2bf16's (round to nearest even,
+ * denormals to zero), by that instruction where avx512_bf16 is compiled in, by integer AVX-512
+ * elsewhere; eng_f32_to_bf16 without AVX-512.
  */
 #ifndef ENG_OPS_SIMD_H
 #define ENG_OPS_SIMD_H
@@ -94,19 +95,28 @@ static inline __mmask16 tail_mask(int left) {
     return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
 }
 
+/* v rounded to bf16 as vcvtneps2bf16 does it: to nearest even, denormals to signed zero, NaN
+ * kept quiet. Integer AVX-512F where avx512_bf16 is not compiled in (x86-64-v4 builds), so
+ * every build rounds alike. */
+static inline __m256i bf16_round16(__m512 v) {
+#if defined(__AVX512BF16__)
+    return (__m256i)_mm512_cvtneps_pbh(v);
+#else
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(mag, _mm512_set1_epi32(0x7f800000));
+    const __mmask16 tiny = _mm512_cmplt_epu32_mask(mag, _mm512_set1_epi32(0x00800000));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff)));
+    r = _mm512_mask_or_epi32(r, nan, u, _mm512_set1_epi32(0x00400000));
+    r = _mm512_mask_and_epi32(r, tiny, u, _mm512_set1_epi32((int)0x80000000u));
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+#endif
+}
+
 /* The first lanes of v that k selects, rounded to bf16 and stored at y. */
 static inline void bf16_store16(uint16_t *y, __m512 v, __mmask16 k) {
-#if defined(__AVX512BF16__)
-    _mm256_mask_storeu_epi16(y, k, (__m256i)_mm512_cvtneps_pbh(v));
-#else
-    float t[16];
-    _mm512_storeu_ps(t, v);
-    for (int i = 0; i < 16; i++) {
-        if (k & (1u << i)) {
-            y[i] = eng_f32_to_bf16(t[i]);
-        }
-    }
-#endif
+    _mm256_mask_storeu_epi16(y, k, bf16_round16(v));
 }
 #endif
 

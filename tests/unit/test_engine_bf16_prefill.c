@@ -3,6 +3,9 @@
  * the ops before each GEMM, and attention with bf16 products (eng_attention_bf16).
  *
  * Bounds (measured by these tests, which print them):
+ *  - the engine's f32 -> bf16 rounding (ops_simd.h: vcvtneps2bf16, or integer AVX-512 in
+ *    builds without avx512_bf16) equal to vcvtneps2bf16's rules on special values and random
+ *    bit patterns: nearest even, denormals to signed zero, NaN made quiet.
  *  - eng_rmsnorm_bf16, eng_swiglu_bf16: bit-identical to the f32 kernels' output rounded to
  *    nearest even (the rounding eng_linear_forward applies); eng_rope_split bit-identical to
  *    a copy and eng_rope; eng_linear_forward_bf16 on the rounded rows bit-identical to
@@ -45,6 +48,11 @@
 /* test_attn.h after test_rand.h and engine/ops.h. */
 #include "tests/unit/test_attn.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include "engine/ops_simd.h"
+
 /* Measured worst case 4.0e-3 over the cases below (printed; 1e-3..4e-3 per case). */
 #define ATTN_BF16_TOL 1.5e-2f
 /* Measured worst case 1.5e-3 of the logit scale (printed) against the f32 path. */
@@ -60,6 +68,60 @@ static uint16_t *rounded(const float *x, size_t n) {
 }
 
 /* ---- element-wise ops ---- */
+
+/* vcvtneps2bf16's rounding of one float's bits, written out. */
+static uint16_t bf16_rule(uint32_t u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (uint16_t)((u >> 16) | 0x40u);
+    }
+    if ((u & 0x7f800000u) == 0) {
+        return (uint16_t)((u >> 16) & 0x8000u);
+    }
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static void test_bf16_rounding_follows_the_instruction_rules(void **state) {
+    (void)state;
+    static const uint32_t special[] = {
+        0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x00800000u, 0x80800000u,
+        0x3f808000u, 0x3f818000u, 0x3f80ffffu, 0x3f817fffu, 0x7f7fffffu, 0xff7f8000u,
+        0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u, 0xff812345u, 0x7fffffffu};
+    enum { N_RAND = 1 << 16 };
+    const size_t n = sizeof(special) / sizeof(special[0]) + N_RAND;
+    float *x = malloc(n * sizeof(float));
+    uint16_t *y = malloc(n * sizeof(uint16_t));
+    uint32_t *bits = malloc(n * sizeof(uint32_t));
+    assert_true(x != NULL && y != NULL && bits != NULL);
+    for (size_t i = 0; i < n; i++) {
+        (void)frand(); /* steps rng_state */
+        bits[i] =
+            i < sizeof(special) / sizeof(special[0]) ? special[i] : (uint32_t)(rng_state >> 16);
+        memcpy(&x[i], &bits[i], sizeof(float));
+    }
+    cvt_row_bf16(x, (int)n, y);
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (y[i] != bf16_rule(bits[i]) && wrong++ < 5) {
+            printf("  bits %08x: got %04x, want %04x\n", (unsigned)bits[i], y[i],
+                   bf16_rule(bits[i]));
+        }
+    }
+    printf("  f32 -> bf16 rounding (%s): %zu of %zu differ from the rules\n",
+#if defined(__AVX512BF16__)
+           "vcvtneps2bf16",
+#elif defined(__AVX512F__)
+           "integer AVX-512",
+#else
+           "scalar",
+#endif
+           wrong, n);
+#if defined(__AVX512F__)
+    assert_int_equal(wrong, 0);
+#endif
+    free(x);
+    free(y);
+    free(bits);
+}
 
 static void test_norm_and_swiglu_write_the_rounded_f32_results(void **state) {
     (void)state;
@@ -270,7 +332,8 @@ static void test_attention_bf16_within_measured_bound(void **state) {
         free(c16);
         test_attn_free(&a);
     }
-    printf("  bf16 attention worst maxdiff %.3g (bound %.3g)\n", (double)worst,
+    printf("  bf16 attention (%s) worst maxdiff %.3g (bound %.3g)\n",
+           eng_bf16_dot() ? "vdpbf16ps tiles" : "f32 tiles, output rounded", (double)worst,
            (double)ATTN_BF16_TOL);
 }
 
@@ -443,6 +506,7 @@ static void test_capture_on_bf16_path_matches_the_cache(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bf16_rounding_follows_the_instruction_rules),
         cmocka_unit_test(test_norm_and_swiglu_write_the_rounded_f32_results),
         cmocka_unit_test(test_rope_split_equals_copy_then_rope),
         cmocka_unit_test(test_linear_bf16_rows_equal_converting_forward),
