@@ -115,7 +115,8 @@ static const struct cfg_field fields[] = {
           "model id clients send and /v1/models lists; default: the bundle's \"name\", else the "
           "base dir's name"),
     F_ENUM("prefill-dtype", prefill_dtype, "auto|f32|bf16|int8", "auto",
-           "weight format of prefill steps (auto: bf16 where the CPU has AMX, else f32)"),
+           "weight format of prefill steps (auto: bf16 where the CPU has native bf16 dot products, "
+           "avx512_bf16 or AMX, as oneDNN sees it; else f32)"),
     F_ENUM("decode-dtype", decode_dtype, "auto|f32|bf16|int8", "auto",
            "weight format of decode steps (auto: bf16 where oneDNN has bf16 products, AVX-512 "
            "or newer, else f32; int8: per-channel s8 weights, per-token s8 activations)"),

@@ -60,7 +60,7 @@ struct cfg_settings {
     /* Jinja chat template file; overrides the tokenizer's (tokenizer/chat_template.h) */
     char chat_template[CFG_PATH_MAX];
     char served_model_name[CFG_STR_MAX];
-    char prefill_dtype[8]; /* auto | f32 | bf16 (auto: bf16 where the CPU has AMX) */
+    char prefill_dtype[8]; /* auto | f32 | bf16 | int8 (auto: eng_prefill_wtype_auto) */
     char decode_dtype[8];  /* auto | f32 | bf16 | int8 (auto: bf16 where oneDNN has bf16) */
     /* scheduler */
     int prefill_threads; /* 0: elastic */

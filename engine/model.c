@@ -88,6 +88,10 @@ struct eng_model_params eng_model_default_params(void) {
     return p;
 }
 
+enum eng_wtype eng_prefill_wtype_auto(void) {
+    return eng_bf16_dot() ? ENG_WTYPE_BF16 : ENG_WTYPE_F32;
+}
+
 int eng_wtype_parse(const char *s, enum eng_wtype *out) {
     if (s != NULL && strcmp(s, "f32") == 0) {
         *out = ENG_WTYPE_F32;

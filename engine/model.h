@@ -41,9 +41,14 @@ struct eng_model_params {
     int (*progress_cb)(void *ud, const char *path, size_t done, size_t total);
     void *progress_ud;
 };
-/* f32 prefill weights, bf16 decode weights, no progress callback: the fastest pair on
- * AVX-512 CPUs. */
+/* f32 prefill weights, decode weights bf16 where oneDNN has bf16 products (else f32), no
+ * progress callback: the reference pair of the command-line tools. */
 struct eng_model_params eng_model_default_params(void);
+/* The prefill weights `kvcast serve --prefill-dtype auto` loads: bf16 where oneDNN has native
+ * bf16 dot products (eng_bf16_dot: avx512_bf16 or AMX), where a bf16 prefill runs at about
+ * 1.9x the f32 rate (Zen 4, TinyLlama shapes); f32 elsewhere, where oneDNN emulates bf16 at
+ * about 0.4x the f32 rate. */
+enum eng_wtype eng_prefill_wtype_auto(void);
 /* Parses "f32" / "bf16" / "int8". */
 int eng_wtype_parse(const char *s, enum eng_wtype *out);
 /* The name eng_wtype_parse takes for wt ("f32", "bf16", "int8"). */

@@ -1,6 +1,6 @@
 /*
- * affinity.c — the machine: CPU pinning of worker threads (cfg.pin_cpus), the usable core
- * count and the CPU-dependent default prefill weight type. Kept apart because
+ * affinity.c — the machine: CPU pinning of worker threads (cfg.pin_cpus) and the usable core
+ * count. Kept apart because
  * pthread_setaffinity_np, sched_getaffinity and cpu_set_t need _GNU_SOURCE, which the rest of
  * the scheduler, written in strict C11 + POSIX, does not define.
  *
@@ -10,10 +10,6 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <unistd.h>
 
 #include "scheduler/sched_internal.h"
@@ -42,44 +38,4 @@ int sch_cpu_count(void) {
     }
     const long online = sysconf(_SC_NPROCESSORS_ONLN);
     return online > 0 ? (int)(online < 1024 ? online : 1024) : 1;
-}
-
-/* Whether the space-separated word list `flags` holds `word`. */
-static bool has_flag(const char *flags, const char *word) {
-    const size_t n = strlen(word);
-    for (const char *p = flags; (p = strstr(p, word)) != NULL; p += n) {
-        const bool start = p == flags || p[-1] == ' ' || p[-1] == '\t';
-        const bool end = p[n] == '\0' || p[n] == ' ' || p[n] == '\t' || p[n] == '\n';
-        if (start && end) {
-            return true;
-        }
-    }
-    return false;
-}
-
-const char *sch_prefill_dtype_for_flags(const char *flags) {
-    if (flags != NULL && has_flag(flags, "amx_bf16") && has_flag(flags, "amx_tile")) {
-        return "bf16";
-    }
-    return "f32";
-}
-
-const char *sch_prefill_dtype_default(void) {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (f == NULL) {
-        return "f32";
-    }
-    const char *dtype = "f32";
-    char *line = NULL;
-    size_t cap = 0;
-    while (getline(&line, &cap, f) > 0) {
-        if (strncmp(line, "flags", 5) == 0) {
-            const char *colon = strchr(line, ':');
-            dtype = sch_prefill_dtype_for_flags(colon != NULL ? colon + 1 : NULL);
-            break;
-        }
-    }
-    free(line);
-    fclose(f);
-    return dtype;
 }

@@ -118,13 +118,6 @@ struct sch_config sch_default_config(void);
 /* Cores this process may run on: the affinity mask's count (a container's cpuset), else the
  * online count; >= 1. */
 int sch_cpu_count(void);
-/* The prefill weight type to use by default on a CPU whose /proc/cpuinfo "flags" line is
- * `flags` (NULL or unknown: "f32"): "bf16" where AMX with bf16 tiles exists (amx_bf16 and
- * amx_tile), where bf16 GEMMs are several times faster than f32; "f32" elsewhere (AVX-512
- * bf16 alone is no faster than f32 for prefill GEMMs). Pure. */
-const char *sch_prefill_dtype_for_flags(const char *flags);
-/* sch_prefill_dtype_for_flags of this machine's first CPU ("f32" if unreadable). */
-const char *sch_prefill_dtype_default(void);
 
 /* One logit_bias entry: bias is added to token id's logit before every sampling step. */
 struct sch_logit_bias {

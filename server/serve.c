@@ -275,11 +275,11 @@ static int load_models(struct srv *s, struct kc_error *err) {
     struct eng_model_params mp = eng_model_default_params();
     struct eng_kvp_bundle_spec spec = {NULL, NULL, NULL, NULL};
     int rc;
-    /* auto: bf16 prefill where the CPU has AMX (sch_prefill_dtype_for_flags), else f32. */
+    /* auto prefill: eng_prefill_wtype_auto (bf16 where the CPU has native bf16 dot products);
+     * auto decode: eng_model_default_params' choice (bf16 where oneDNN has bf16 products). */
     const bool dtype_auto = strcmp(c->prefill_dtype, "auto") == 0;
-    const char *prefill_dtype = dtype_auto ? sch_prefill_dtype_default() : c->prefill_dtype;
-    /* auto decode: eng_model_default_params' choice (bf16 where oneDNN has bf16 products). */
-    if ((rc = eng_wtype_parse(prefill_dtype, &mp.prefill_wtype)) != KC_OK ||
+    mp.prefill_wtype = eng_prefill_wtype_auto();
+    if ((!dtype_auto && (rc = eng_wtype_parse(c->prefill_dtype, &mp.prefill_wtype)) != KC_OK) ||
         (strcmp(c->decode_dtype, "auto") != 0 &&
          (rc = eng_wtype_parse(c->decode_dtype, &mp.decode_wtype)) != KC_OK)) {
         return kc_error_set(err, KC_EINVAL, "bad --prefill-dtype / --decode-dtype");
@@ -319,7 +319,8 @@ static int load_models(struct srv *s, struct kc_error *err) {
             from_bundle ? "bundle " : "", from_bundle ? c->bundle : "--model", base_dir,
             aux[0] ? aux : "(none)", from_bundle && c->aux[0] ? " (--aux)" : "",
             pred[0] ? pred : "(none)", from_bundle && c->predictor[0] ? " (--predictor)" : "",
-            prefill_dtype, dtype_auto ? " (auto)" : "", eng_wtype_name(mp.decode_wtype), threads);
+            eng_wtype_name(mp.prefill_wtype), dtype_auto ? " (auto)" : "",
+            eng_wtype_name(mp.decode_wtype), threads);
     if (aux[0] != '\0') {
         rc = eng_kvp_bundle_open(base_dir, aux, pred[0] ? pred : NULL, &mp, &s->models.bundle, err);
         if (rc != KC_OK && from_bundle && rc != KC_ECANCELED) {

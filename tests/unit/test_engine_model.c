@@ -8,11 +8,13 @@
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -636,6 +638,57 @@ static void test_tokenizer_must_fit_the_model_vocab(void **state) {
     eng_tok_free(tok);
 }
 
+/* Whether /proc/cpuinfo's first flags line holds one of the words (NULL-terminated). */
+static bool cpu_has_any(const char *const *words) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    assert_non_null(f);
+    char line[8192];
+    bool found = false;
+    while (!found && fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "flags", 5) != 0) {
+            continue;
+        }
+        for (const char *tok = strtok(line, " \t\n:"); tok != NULL; tok = strtok(NULL, " \t\n")) {
+            for (int i = 0; words[i] != NULL; i++) {
+                found = found || strcmp(tok, words[i]) == 0;
+            }
+        }
+        break;
+    }
+    fclose(f);
+    return found;
+}
+
+/* serve's auto prefill weights are bf16 exactly where the CPU has native bf16 dot products
+ * and ONEDNN_MAX_CPU_ISA leaves them (the _avx512_core variant caps them away); the default
+ * decode weights are bf16 wherever oneDNN has AVX-512. Checked against /proc/cpuinfo, so a
+ * oneDNN that missed the CPU's bf16 would fail here. */
+static void test_auto_weight_types_follow_the_cpu(void **state) {
+    (void)state;
+    static const char *const bf16_words[] = {"avx512_bf16", "amx_bf16", NULL};
+    static const char *const avx512_words[] = {"avx512bw", NULL};
+    static const char *const below_bf16[] = {
+        "AVX512_CORE_VNNI", "AVX512_CORE", "AVX2_VNNI", "AVX2", "AVX", "SSE41", NULL};
+    static const char *const below_avx512[] = {"AVX2_VNNI", "AVX2", "AVX", "SSE41", NULL};
+    const char *cap = getenv("ONEDNN_MAX_CPU_ISA");
+    bool capped_bf16 = false, capped_avx512 = false;
+    for (int i = 0; cap != NULL && below_bf16[i] != NULL; i++) {
+        capped_bf16 = capped_bf16 || strcasecmp(cap, below_bf16[i]) == 0;
+    }
+    for (int i = 0; cap != NULL && below_avx512[i] != NULL; i++) {
+        capped_avx512 = capped_avx512 || strcasecmp(cap, below_avx512[i]) == 0;
+    }
+    const bool want_prefill_bf16 = cpu_has_any(bf16_words) && !capped_bf16;
+    const bool want_decode_bf16 = cpu_has_any(avx512_words) && !capped_avx512;
+    const enum eng_wtype prefill = eng_prefill_wtype_auto();
+    const enum eng_wtype decode = eng_model_default_params().decode_wtype;
+    printf("  ONEDNN_MAX_CPU_ISA=%s: auto prefill %s, default decode %s\n", cap ? cap : "(unset)",
+           eng_wtype_name(prefill), eng_wtype_name(decode));
+    assert_int_equal(prefill, want_prefill_bf16 ? ENG_WTYPE_BF16 : ENG_WTYPE_F32);
+    assert_int_equal(decode, want_decode_bf16 ? ENG_WTYPE_BF16 : ENG_WTYPE_F32);
+    assert_int_equal(eng_model_default_params().prefill_wtype, ENG_WTYPE_F32);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefill_matches_reference_f32),
@@ -651,6 +704,7 @@ int main(void) {
         cmocka_unit_test(test_load_rejects_tensors_the_config_does_not_use),
         cmocka_unit_test(test_load_reports_progress_and_can_be_cancelled),
         cmocka_unit_test(test_tokenizer_must_fit_the_model_vocab),
+        cmocka_unit_test(test_auto_weight_types_follow_the_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -117,28 +117,6 @@ static void test_cpu_count_follows_the_affinity_mask(void **state) {
     assert_true(sch_cpu_count() >= 1 && sch_cpu_count() <= sysconf(_SC_NPROCESSORS_ONLN));
 }
 
-/* bf16 prefill by default only where AMX tiles do bf16; AVX-512 bf16 alone is no faster. */
-static void test_prefill_dtype_follows_amx(void **state) {
-    (void)state;
-    /* This host: AVX-512 with avx512_bf16, no AMX. */
-    assert_string_equal(sch_prefill_dtype_for_flags(" fpu sse2 avx2 avx512f avx512_bf16 "
-                                                    "avx512_vnni\n"),
-                        "f32");
-    /* A Sapphire Rapids flags excerpt. */
-    assert_string_equal(sch_prefill_dtype_for_flags(" avx512f avx512_bf16 amx_bf16 avx512_fp16 "
-                                                    "amx_tile amx_int8\n"),
-                        "bf16");
-    assert_string_equal(sch_prefill_dtype_for_flags("amx_tile amx_bf16"), "bf16");
-    /* Tiles without bf16, or a flag that only contains the word, are not AMX bf16. */
-    assert_string_equal(sch_prefill_dtype_for_flags("amx_tile amx_int8"), "f32");
-    assert_string_equal(sch_prefill_dtype_for_flags("xamx_bf16 amx_tile"), "f32");
-    assert_string_equal(sch_prefill_dtype_for_flags("amx_bf16x amx_tile"), "f32");
-    assert_string_equal(sch_prefill_dtype_for_flags(""), "f32");
-    assert_string_equal(sch_prefill_dtype_for_flags(NULL), "f32");
-    const char *here = sch_prefill_dtype_default();
-    assert_true(strcmp(here, "f32") == 0 || strcmp(here, "bf16") == 0);
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_side_alone_gets_every_core),
@@ -147,7 +125,6 @@ int main(void) {
         cmocka_unit_test(test_a_missed_target_without_a_usable_estimate_splits_evenly),
         cmocka_unit_test(test_step_cost_is_core_milliseconds),
         cmocka_unit_test(test_cpu_count_follows_the_affinity_mask),
-        cmocka_unit_test(test_prefill_dtype_follows_amx),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
