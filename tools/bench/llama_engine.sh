@@ -4,7 +4,7 @@
 # tools/bench/peer/llama_bench.mjs) on F16, Q8_0 and Q4_0 GGUFs, 2 threads, prefill of 512
 # tokens and 64 decode steps after it; writes docs/bench/llama-cpp.md with the ratios.
 #   usage: tools/bench/llama_engine.sh [path/to/kvcast] [out.md]
-# Environment: KC_LLAMA_THREADS (2), KC_LLAMA_REPEAT (3), KC_LLAMA_ROUNDS (1: rounds of the
+# Environment: KC_LLAMA_THREADS (2), KC_LLAMA_REPEAT (3), KC_LLAMA_ROUNDS (2: rounds of the
 # interleaved sequence; each figure is the best over rounds), KC_LLAMA_PROMPT (512) and
 # KC_LLAMA_GEN (64) (smaller for a smoke run only), KC_LLAMA_QUIET_LOAD (1.5) and
 # KC_LLAMA_QUIET_WAIT (300): before measuring, wait up to that many seconds for the 1-minute
@@ -17,15 +17,15 @@
 # 2.2 GB), f16.gguf (2.2 GB), q8_0.gguf (1.2 GB), q4_0.gguf (0.6 GB): about 6.2 GB of disk.
 # First run: about 2 minutes to write and convert the models on 2 cores (make_pair 40 s,
 # conversions 16 + 25 + 10 s; make_pair.py holds the model in memory, about 7 GB, the
-# conversions under 1 GB), then about 5 minutes of benchmarks
-# on a quiet machine; reruns only the benchmarks.
+# conversions under 1 GB), then about 2.5 minutes of benchmarks per round on a quiet machine
+# (5 with the default 2 rounds); reruns only the benchmarks.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 KV="${1:-$ROOT/build/release/tools/kvcast}"
 OUT="${2:-$ROOT/docs/bench/llama-cpp.md}"
 THREADS="${KC_LLAMA_THREADS:-2}"
 REPEAT="${KC_LLAMA_REPEAT:-3}"
-ROUNDS="${KC_LLAMA_ROUNDS:-1}"
+ROUNDS="${KC_LLAMA_ROUNDS:-2}"
 PROMPT="${KC_LLAMA_PROMPT:-512}"
 GEN="${KC_LLAMA_GEN:-64}"
 QUIET_LOAD="${KC_LLAMA_QUIET_LOAD:-1.5}"
@@ -101,7 +101,7 @@ def rd(n):
     return open(os.path.join(tmp, n)).read().strip()
 
 # kvcast: one JSON object per part; the per-type objects carry prefill_dtype/decode_dtype.
-kv = {}
+kv, kvruns = {}, {}
 for r in range(1, rounds + 1):
     for line in open(os.path.join(tmp, "kvcast.%d.json" % r)):
         line = line.strip()
@@ -111,6 +111,7 @@ for r in range(1, rounds + 1):
         if "decode_tokens_per_s" not in o:
             continue
         t = o["decode_dtype"]
+        kvruns.setdefault(t, []).append(o)
         best = kv.setdefault(t, dict(o))
         best["prefill_tokens_per_s"] = max(best["prefill_tokens_per_s"], o["prefill_tokens_per_s"])
         if o["decode_tokens_per_s"] > best["decode_tokens_per_s"]:
@@ -119,7 +120,8 @@ ll = {}
 for ty in ("f16", "q8_0", "q4_0"):
     for r in range(1, rounds + 1):
         o = json.loads(rd("llama.%s.%d.json" % (ty, r)))
-        b = ll.setdefault(ty, o)
+        b = ll.setdefault(ty, dict(o, runs=[]))
+        b["runs"] += o["runs"]
         b["prefill_tokens_per_s"] = max(b["prefill_tokens_per_s"], o["prefill_tokens_per_s"])
         b["decode_tokens_per_s"] = max(b["decode_tokens_per_s"], o["decode_tokens_per_s"])
 
@@ -167,7 +169,8 @@ L = []
 L.append("# kvcast's engine beside llama.cpp: TinyLlama-1.1B shapes, random weights, same machine\n")
 L.append("Measured %s on %s (%s), %s, %d vCPU, commit %s%s, by `tools/bench/llama_engine.sh`, "
          "%d thread(s), kvcast and llama.cpp interleaved in one run (%d round(s); best of each). "
-         "Load (`uptime`) before: `%s`; during (after each step): %s; after: `%s`.\n"
+         "Load (`uptime`: 1, 5, 15 minutes) before: `%s`; during (after each step; the benchmark's "
+         "own two threads account for up to 2 of it): %s; after: `%s`.\n"
          % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"), cpu, flags.strip(), mem,
             os.cpu_count(), rev, " (with uncommitted changes)" if dirty else "", best_prefill["threads"],
             rounds, rd("uptime.before").split("load average:")[-1].strip(),
@@ -175,8 +178,8 @@ L.append("Measured %s on %s (%s), %s, %d vCPU, commit %s%s, by `tools/bench/llam
             rd("uptime.after").split("load average:")[-1].strip()))
 L.append("llama.cpp: %s as bundled by node-llama-cpp 3.21.1 (prebuilt, CPU backend `%s`; "
          "its system info: `%s`).\n" % (anyll["llama_cpp"], anyll["cpu_backend"], anyll["cpu_features"]))
-L.append("| engine, weights | prefill %d tok/s | decode tok/s | decode MB/token | kvcast int8 decode / this decode | kvcast best prefill / this prefill |" % anyll["prompt"])
-L.append("|---|---|---|---|---|---|")
+L.append("| engine, weights | prefill %d tok/s | decode tok/s | decode MB/token | decode GB/s | kvcast int8 decode / this decode | kvcast best prefill / this prefill |" % anyll["prompt"])
+L.append("|---|---|---|---|---|---|---|")
 rows = []
 for t in ("f32", "bf16", "int8"):
     if t in kv:
@@ -195,13 +198,18 @@ for name, pp, tg, mbt in rows:
         r2 = "(%s)" % r2
     else:
         r1, r2 = "**%s**" % r1, "**%s**" % r2
-    L.append("| %s | %.1f | %.2f | %.0f | %s | %s |" % (name, pp, tg, mbt, r1, r2))
+    L.append("| %s | %.1f | %.2f | %.0f | %.1f | %s | %s |" % (name, pp, tg, mbt, mbt * tg / 1e3, r1, r2))
 L.append("")
 L.append("*kvcast best prefill* is kvcast %s (%.1f tok/s). kvcast's MB/token is what its decode step "
          "reads (weights + KV cache, from `bench engine`'s decode GB/s); llama.cpp's is the GGUF's "
-         "tensor bytes (weights only; its F16 KV cache at 512-577 tokens adds about 13 MB). "
-         "Per-repeat figures of llama.cpp (prefill, decode tok/s): %s.\n"
+         "tensor bytes (weights only; its F16 KV cache at 512-577 tokens adds about 13 MB); "
+         "*decode GB/s* is MB/token x tok/s. The stream triad beside kvcast's decode reached "
+         "%.1f GB/s (best of the run). "
+         "Every figure behind the best (prefill/decode tok/s): kvcast, per round: %s; "
+         "llama.cpp, per repeat: %s.\n"
          % (best_prefill["prefill_dtype"], best_prefill["prefill_tokens_per_s"],
+            max(o["triad_gbs"] for o in kv.values()),
+            "; ".join("%s %s" % (t, ", ".join("%.0f/%.2f" % (x["prefill_tokens_per_s"], x["decode_tokens_per_s"]) for x in kvruns[t])) for t in kvruns),
             "; ".join("%s %s" % (names[ty], ", ".join("%.0f/%.2f" % (x["prefill_tokens_per_s"], x["decode_tokens_per_s"]) for x in ll[ty]["runs"])) for ty in ll)))
 L.append("## What differs from the figures in issue 18\n")
 L.append("- **llama.cpp is node-llama-cpp's embedded build, not `llama-bench`.** Same library "
@@ -210,10 +218,13 @@ L.append("- **llama.cpp is node-llama-cpp's embedded build, not `llama-bench`.**
          "512-token prompt (one batch of 512, `batchSize` 512), then greedy `evaluate` one token "
          "at a time (EOS ignored), a little JavaScript and a greedy sampler per token. Default "
          "context options (no flash attention, F16 KV cache, mmap).")
-L.append("- **Decode runs after the 512-token prompt**, as kvcast's does (positions 513..577); "
-         "`llama-bench`'s tg64 decodes from an empty context. The first decode step after the "
-         "prompt is not timed; the 64 after it are. Best of %d repeats on a cleared sequence "
-         "(`llama-bench` reports the mean of its repetitions)." % anyll["repeat"])
+L.append("- **Decode runs after the 512-token prompt**, as kvcast's does (positions 512 to 576); "
+         "`llama-bench`'s tg64 decodes from an empty context. On both sides the first decode step "
+         "after the prompt is not timed and the 64 after it are. llama.cpp: best of %d repeats "
+         "on a cleared sequence, after an untimed warm-up (`llama-bench` reports the mean of its "
+         "repetitions). kvcast (`bench engine`): prefill best of 2 after a warm-up, decode one "
+         "run of 64 steps in windows of 4 with a stream triad between windows (not counted), "
+         "f32 KV cache. With %d rounds, each figure is the best over rounds." % (anyll["repeat"], rounds))
 L.append("- **Random weights.** `make_pair.py --base-only` writes N(0, 0.02) bf16 weights in "
          "TinyLlama-1.1B's shape; the GGUFs are converted from them by `hf_to_gguf.py`. kvcast's "
          "`bench engine --config tinyllama-1.1b` draws its own random weights of the same shape "
@@ -227,6 +238,11 @@ L.append("- **kvcast's weight types** are quantized at load from the same kind o
          "f32 and bf16 are the weights as such; int8 is symmetric per output channel (s8 weights, "
          "per-token dynamic activations, oneDNN's s8 products). kvcast's f32 row runs f32 for "
          "prefill and decode, and so on (`--dtypes`).")
+L.append("- **Not the machine of issue 18.** Its figures came from a Xeon with AMX (bf16 and "
+         "int8 tiles); this run's CPU is the one named above%s, and llama.cpp loads the CPU "
+         "variant named above." % (", which has AMX too" if "amx" in flags else
+                                   ": no AMX, so kvcast's bf16 and int8 products run on AVX-512 "
+                                   "(bf16, VNNI) instead"))
 L.append("- **A shared 2-core VM.** Two threads on two vCPUs: any other process costs llama.cpp's "
          "spinning thread barrier much more than it costs one OpenMP region, so these figures "
          "are only as good as the load averages above.\n")
