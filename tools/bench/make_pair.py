@@ -9,11 +9,12 @@ models of the same shapes, so serving benchmarks can run before (or without) a t
 
     /usr/bin/python3 tools/bench/make_pair.py --out build/bench/pair
         [--base kvcast-base|CONFIG.json] [--aux kvcast-aux|CONFIG.json] [--dtype bf16|f32]
-        [--seed 0]
+        [--seed 0] [--base-only]
     /usr/bin/python3 tools/bench/make_pair.py --predictor-only --base-dir B --aux-dir A \\
         --out predictor.safetensors [--identity]
 
---predictor-only writes just a predictor for two existing model directories: random, or with
+--base-only writes just OUT/base (a single model for engine benchmarks: no aux, predictor or
+bundle). --predictor-only writes just a predictor for two existing model directories: random, or with
 --identity the identity map (needs equal K/V widths; with aux = base it reproduces the base's
 own cache, which tests use). Needs numpy (Debian python3-numpy).
 """
@@ -169,6 +170,7 @@ def main():
     ap.add_argument("--base-dir")
     ap.add_argument("--aux-dir")
     ap.add_argument("--identity", action="store_true")
+    ap.add_argument("--base-only", action="store_true", help="write only OUT/base")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
     if a.predictor_only:
@@ -178,6 +180,10 @@ def main():
         aux = load_shape(os.path.join(a.aux_dir, "config.json"))
         write_predictor(a.out, base, aux, a.identity, rng)
         print("make_pair.py: wrote %s" % a.out)
+        return
+    if a.base_only:
+        write_model(os.path.join(a.out, "base"), load_shape(a.base), a.dtype, rng)
+        print("make_pair.py: wrote %s/base" % a.out)
         return
     base, aux = load_shape(a.base), load_shape(a.aux)
     if base["vocab_size"] != aux["vocab_size"]:
