@@ -21,6 +21,9 @@ ROOT = os.getcwd()
 sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
 from hf_to_gguf import quantize_q4_0, quantize_q8_0, read_safetensors  # noqa: E402
 
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from gguf_read import deq, read_gguf  # noqa: E402
+
 
 # --- ggml-quants.c, one block at a time, in the C's float32 arithmetic ---------------------
 def ref_q8_0(x):
@@ -56,26 +59,6 @@ def ref_q4_0(x):
     return bytes(out)
 
 
-def deq(raw, gtype, n):
-    """This test's own dequantizer (ggml's dequantize_row_*), not hf_to_gguf's."""
-    if gtype == 0:
-        return np.frombuffer(raw, "<f4", n).copy()
-    if gtype == 1:
-        return np.frombuffer(raw, "<f2", n).astype(np.float32)
-    out = np.empty(n, np.float32)
-    bs = 34 if gtype == 8 else 18
-    for i in range(n // 32):
-        blk = raw[i * bs:(i + 1) * bs]
-        d = np.float32(struct.unpack("<e", blk[:2])[0])
-        if gtype == 8:
-            q = np.frombuffer(blk[2:], np.int8).astype(np.float32)
-        else:
-            b = np.frombuffer(blk[2:], np.uint8)
-            q = np.concatenate([b & 15, b >> 4]).astype(np.float32) - 8
-        out[i * 32:(i + 1) * 32] = d * q
-    return out
-
-
 def check_quantizers():
     rng = np.random.default_rng(3)
     blocks = [rng.standard_normal(32 * 40).astype(np.float32) * 0.02,
@@ -102,54 +85,6 @@ def check_quantizers():
         assert np.all(err <= bound * d + 1e-12), (gtype, (err / np.maximum(d, 1e-30)).max())
         print("  %s round trip: max error %.3f steps" % ("Q8_0" if gtype == 8 else "Q4_0",
                                                         (err / np.maximum(d, 1e-30)).max()))
-
-
-def read_gguf(path):
-    b = open(path, "rb").read()
-    o = [0]
-
-    def take(fmt):
-        v = struct.unpack_from("<" + fmt, b, o[0])
-        o[0] += struct.calcsize("<" + fmt)
-        return v[0]
-
-    def string():
-        n = take("Q")
-        o[0] += n
-        return b[o[0] - n:o[0]].decode()
-
-    scal = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-    def value(t):
-        if t == 8:
-            return string()
-        if t == 9:
-            et, n = take("I"), take("Q")
-            return [value(et) for _ in range(n)]
-        return take(scal[t])
-
-    assert take("I") == 0x46554747 and take("I") == 3
-    nt, nkv = take("Q"), take("Q")
-    kv = {}
-    for _ in range(nkv):
-        k = string()
-        kv[k] = value(take("I"))
-    infos = []
-    for _ in range(nt):
-        name = string()
-        dims = [take("Q") for _ in range(take("I"))]
-        infos.append((name, dims, take("I"), take("Q")))
-    base = (o[0] + 31) // 32 * 32
-    sizes = {0: 4, 1: 2, 8: 34 / 32, 2: 18 / 32}
-    tensors, end = {}, 0
-    for name, dims, t, off in infos:
-        assert off % 32 == 0 and off >= end, (name, off, end)
-        n = int(np.prod(dims))
-        nbytes = int(n * sizes[t])
-        end = off + nbytes
-        tensors[name] = (deq(b[base + off:base + end], t, n).reshape(list(reversed(dims))), t)
-    assert len(b) == base + end + (-end) % 32, (len(b), base + end)
-    return kv, tensors
 
 
 def check_model(tmp):

@@ -7,7 +7,6 @@ needed. Usage: test_hf_to_gguf.py (from the source root; ctest does)."""
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -18,55 +17,8 @@ ROOT = os.getcwd()
 sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
 from hf_to_gguf import read_safetensors  # noqa: E402
 
-
-def read_gguf(path):
-    b = open(path, "rb").read()
-    o = [0]
-
-    def take(fmt):
-        v = struct.unpack_from("<" + fmt, b, o[0])
-        o[0] += struct.calcsize("<" + fmt)
-        return v[0]
-
-    def string():
-        n = take("Q")
-        s = b[o[0]:o[0] + n].decode()
-        o[0] += n
-        return s
-
-    scal = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-    def value(t):
-        if t == 8:
-            return string()
-        if t == 9:
-            et, n = take("I"), take("Q")
-            return [value(et) for _ in range(n)]
-        return take(scal[t])
-
-    assert take("I") == 0x46554747, "magic"
-    assert take("I") == 3, "version"
-    nt, nkv = take("Q"), take("Q")
-    kv = {}
-    for _ in range(nkv):
-        k = string()
-        kv[k] = value(take("I"))
-    infos = []
-    for _ in range(nt):
-        name = string()
-        nd = take("I")
-        dims = [take("Q") for _ in range(nd)]
-        infos.append((name, dims, take("I"), take("Q")))
-    align = kv.get("general.alignment", 32)
-    base = (o[0] + align - 1) // align * align
-    tensors = {}
-    for name, dims, t, off in infos:
-        assert off % align == 0, name
-        dt = {0: "<f4", 1: "<f2"}[t]
-        n = int(np.prod(dims))
-        a = np.frombuffer(b, dt, n, base + off).astype(np.float32)
-        tensors[name] = (a.reshape(list(reversed(dims))), t)
-    return kv, tensors
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from gguf_read import read_gguf  # noqa: E402
 
 
 def rope_hf(x, pos, theta):  # x [n_head, d], rotate_half
