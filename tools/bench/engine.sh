@@ -87,7 +87,7 @@ L.append("")
 L.append("## Prefill attention (f32, one layer, %d-row chunks, 2 threads)\n" % a["attn_chunk"])
 L.append("GFLOP/s count QK^T and PV over the causal half (4 D H T(T+1)/2); the GEMM is an f32 "
          "oneDNN matmul of the prefill's shape in the same run. *one-row kernel* is the kernel "
-         "prefill used before the tiled one (decode's path today).\n")
+         "prefill used before the tiled one; one decode row takes a kernel of its own (engine/attention.c invariant 9), the eng_attention column at 1 row.\n")
 L.append("| tokens | tiled ms | tiled GFLOP/s | ratio to GEMM | one-row ms | one-row GFLOP/s | ratio | speedup |")
 L.append("|---|---|---|---|---|---|---|---|")
 for e in a["attention"]:
@@ -98,7 +98,7 @@ L.append("| rows | eng_attention | one-row kernel | tiled kernel |")
 L.append("|---|---|---|---|")
 for e in a["attention_rows"]:
     L.append("| %d | %.0f | %.0f | %.0f |" % (e["rows"], e["us"], e["row_kernel_us"], e["tile_kernel_us"]))
-L.append("\nReference points on the same shapes (from the team's notes, llama.cpp `llama-bench`, 1 thread): "
+L.append("\nllama.cpp on the same machine and shapes, every weight type: [llama-cpp.md](llama-cpp.md) (`tools/bench/llama_engine.sh`). Older reference points (from the team's notes, llama.cpp `llama-bench`, 1 thread): "
          "prefill 42 tokens/s (f32), decode 4.9 tokens/s (bf16).\n")
 L.append("## Decode weights, packed against plain (`kvcast bench gemv`, 2 threads)\n")
 L.append("Why one-row bf16 decode steps read a plain copy of the weights (engine/ops_dnnl.c, invariant 6): "
