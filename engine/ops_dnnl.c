@@ -989,23 +989,9 @@ static int chunk_bucket(int r) {
     return b < ENG_LINEAR_CHUNK ? b : ENG_LINEAR_CHUNK;
 }
 
-/* Converts rows x k f32 (row stride k) to bf16 with round-to-nearest-even (ops_simd.h). */
-static void cvt_bf16(const float *restrict x, size_t n, uint16_t *restrict y) {
-#if defined(__AVX512F__)
-    for (size_t i = 0; i < n; i += 16) {
-        const __mmask16 k = tail_mask(n - i < 16 ? (int)(n - i) : 16);
-        bf16_store16(y + i, _mm512_maskz_loadu_ps(k, x + i), k);
-    }
-#else
-    for (size_t i = 0; i < n; i++) {
-        y[i] = eng_f32_to_bf16(x[i]);
-    }
-#endif
-}
-
 static void cvt_bf16_par(const float *x, size_t n, uint16_t *y) {
     if (n < ENG_CVT_PAR_MIN) {
-        cvt_bf16(x, n, y);
+        cvt_row_bf16(x, n, y);
         return;
     }
     const size_t block = 4096;
@@ -1016,7 +1002,7 @@ static void cvt_bf16_par(const float *x, size_t n, uint16_t *y) {
     for (long b = 0; b < n_blocks; b++) {
         const size_t i0 = (size_t)b * block;
         const size_t len = n - i0 < block ? n - i0 : block;
-        cvt_bf16(x + i0, len, y + i0);
+        cvt_row_bf16(x + i0, len, y + i0);
     }
 }
 

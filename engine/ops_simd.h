@@ -12,6 +12,7 @@
 #ifndef ENG_OPS_SIMD_H
 #define ENG_OPS_SIMD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "engine/io/dtype.h"
@@ -121,14 +122,14 @@ static inline void bf16_store16(uint16_t *y, __m512 v, __mmask16 k) {
 #endif
 
 /* y[0..n) = x[0..n) rounded to bf16 (see the file comment). */
-static inline void cvt_row_bf16(const float *restrict x, int n, uint16_t *restrict y) {
+static inline void cvt_row_bf16(const float *restrict x, size_t n, uint16_t *restrict y) {
 #if defined(__AVX512F__)
-    for (int i = 0; i < n; i += 16) {
-        const __mmask16 k = tail_mask(n - i);
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i < 16 ? (int)(n - i) : 16);
         bf16_store16(y + i, _mm512_maskz_loadu_ps(k, x + i), k);
     }
 #else
-    for (int i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         y[i] = eng_f32_to_bf16(x[i]);
     }
 #endif

@@ -1,13 +1,19 @@
 # Disaggregated serving (issue 20; docs/disaggregated.md): the prefill/decode wire protocol.
+
+# Every test here runs UCX: full stacks through UCX's frame-pointer-less libraries (so that the
+# suppression can match), and the suppression of UCX's own process-lifetime allocations.
+function(kc_pd_ucx_sanitizer_env test)
+  set_property(TEST ${test} APPEND PROPERTY ENVIRONMENT
+               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
+               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+endfunction()
+
 kc_add_unit_test(test_scheduler_pd_msg SOURCES unit/test_scheduler_pd_msg.c LIBS kc_scheduler)
 # The UCX transport on loopback: SUBMIT -> FIRST + a TinyLlama-sized prompt's K/V (f32 and
 # bf16 on the wire) byte for byte, a peer of another model shape refused, a peer gone reported.
 kc_add_unit_test(test_scheduler_pd_ucx SOURCES unit/test_scheduler_pd_ucx.c LIBS kc_scheduler
                  TIMEOUT 120)
-# Full stacks through UCX's frame-pointer-less libraries, so that the suppression can match.
-set_property(TEST test_scheduler_pd_ucx APPEND PROPERTY ENVIRONMENT
-             "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
-             "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+kc_pd_ucx_sanitizer_env(test_scheduler_pd_ucx)
 
 # Stream vs tagged messages for a TinyLlama-sized prompt's K/V on loopback (the transport's
 # wire choice, pd_ucx.c): prints the best of 8 each; asserts nothing about speed. Compare
@@ -20,9 +26,7 @@ kc_add_unit_test(bench_pd_wire SOURCES unit/bench_pd_wire.c LIBS PkgConfig::UCX 
 # transfer metrics, KV back to 0 on both hosts, kill -9 of the prefill host -> a clean 503.
 if(TARGET kvcast)
   kc_add_script_test(test_pd_loopback integration/test_pd_loopback.py TIMEOUT 180)
-  set_property(TEST test_pd_loopback APPEND PROPERTY ENVIRONMENT
-               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
-               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  kc_pd_ucx_sanitizer_env(test_pd_loopback)
 endif()
 
 # The same across two network namespaces (veth pairs + a bridge, 198.18.0.0/15), built and
@@ -35,8 +39,8 @@ if(TARGET kvcast)
     add_test(NAME ${name} COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_pd_netns.py
                                   $<TARGET_FILE:kvcast> --${variant}
              WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-    set_tests_properties(${name} PROPERTIES LABELS slow TIMEOUT 600 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
-                         ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+    set_tests_properties(${name} PROPERTIES LABELS slow TIMEOUT 600 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
+    kc_pd_ucx_sanitizer_env(${name})
   endforeach()
 endif()
 
@@ -45,9 +49,7 @@ endif()
 # retry and the peer's error, and its KV returns to 0.
 if(TARGET kvcast)
   kc_add_script_test(test_pd_retry integration/test_pd_retry.py TIMEOUT 180)
-  set_property(TEST test_pd_retry APPEND PROPERTY ENVIRONMENT
-               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
-               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  kc_pd_ucx_sanitizer_env(test_pd_retry)
 endif()
 
 # Each role on its own over loopback with UCX_TLS=tcp: a prefill host refuses client
@@ -57,9 +59,7 @@ endif()
 # exit 0 with no sanitizer report.
 if(TARGET kvcast)
   kc_add_script_test(test_pd_hosts integration/test_pd_hosts.py TIMEOUT 180)
-  set_property(TEST test_pd_hosts APPEND PROPERTY ENVIRONMENT
-               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
-               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  kc_pd_ucx_sanitizer_env(test_pd_hosts)
 endif()
 
 # A prefill host runs no decode worker (thread names), and its pd receive path ends the
@@ -67,9 +67,7 @@ endif()
 # decode host killed (-9) with requests queued and prefilling; KV and in-flight back to 0.
 if(TARGET kvcast)
   kc_add_script_test(test_pd_prefill_host integration/test_pd_prefill_host.py TIMEOUT 180)
-  set_property(TEST test_pd_prefill_host APPEND PROPERTY ENVIRONMENT
-               "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0"
-               "LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  kc_pd_ucx_sanitizer_env(test_pd_prefill_host)
 endif()
 
 # --prefill-peers names that really change: three namespaces (prefill hosts A and B, the decode
@@ -83,8 +81,8 @@ if(TARGET kvcast)
   add_test(NAME test_pd_dns COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_pd_dns.py
                                     $<TARGET_FILE:kvcast>
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_pd_dns PROPERTIES LABELS slow TIMEOUT 300 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
-                       ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  set_tests_properties(test_pd_dns PROPERTIES LABELS slow TIMEOUT 300 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE)
+  kc_pd_ucx_sanitizer_env(test_pd_dns)
 endif()
 
 # Shutdown with K/V transfers in flight (a prefill host once crashed in ucp_worker_destroy):
@@ -102,6 +100,6 @@ if(TARGET kvcast)
            COMMAND /usr/bin/python3 ${CMAKE_SOURCE_DIR}/tests/integration/test_pd_shutdown.py
                    $<TARGET_FILE:kvcast> --iterations 10
            WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-  set_tests_properties(test_pd_shutdown PROPERTIES LABELS slow TIMEOUT 600
-                       ENVIRONMENT "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0;LSAN_OPTIONS=suppressions=${CMAKE_SOURCE_DIR}/tests/lsan_ucx.supp")
+  set_tests_properties(test_pd_shutdown PROPERTIES LABELS slow TIMEOUT 600)
+  kc_pd_ucx_sanitizer_env(test_pd_shutdown)
 endif()

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -188,12 +189,25 @@ def sh(*argv, check=True):
 
 class NetnsBridge:
     """Network namespaces joined by veth pairs to one bridge that holds net + "254/24" (net: a
-    test range prefix such as "198.18.7."). Remembers what it created; cleanup() removes it
-    all, and is safe to call twice or after a partial add()."""
+    test range prefix such as "198.18.7."), and the processes run in them. Remembers what it
+    created; cleanup() kills the processes and removes the rest, and is safe to call twice,
+    after a partial add() or from a signal handler (cleanup_on_signals)."""
 
     def __init__(self, net, bridge):
         self.net, self.bridge = net, bridge
-        self.namespaces, self.links = [], []
+        self.namespaces, self.links, self.procs = [], [], []
+
+    def spawn(self, ns, argv, log):
+        """Starts argv inside namespace ns (None: here), stderr to the file log."""
+        prefix = [] if ns is None else ["ip", "netns", "exec", ns]
+        p = subprocess.Popen(prefix + list(argv), stdout=subprocess.DEVNULL,
+                             stderr=open(log, "w"))
+        self.procs.append(p)
+        return p
+
+    def track(self, proc):
+        """A process started elsewhere (a Server's) that cleanup() must kill too."""
+        self.procs.append(proc)
 
     def up(self):
         """Creates the bridge; keep the object first, so that cleanup() follows a failure."""
@@ -216,8 +230,22 @@ class NetnsBridge:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
 
     def cleanup(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.procs = []
         for ns in self.namespaces:
             sh("ip", "netns", "del", ns, check=False)  # also deletes the veth ends inside
         for link in self.links:
             sh("ip", "link", "del", link, check=False)
         self.namespaces, self.links = [], []
+
+
+def cleanup_on_signals(cleanup):
+    """SIGTERM and SIGINT run cleanup() and exit 1 (ctest's timeout sends SIGTERM)."""
+    def handler(signum, frame):
+        cleanup()
+        sys.exit(1)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

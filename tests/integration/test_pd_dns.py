@@ -54,33 +54,20 @@ COMMON = ["--bundle", "models/tiny/kvcast-bundle.json", "--no-access-log", "--ba
           "--aux-kv-mib", "8", "--no-enable-prefix-caching", "--no-refine"]
 PROMPTS = ["The quick brown fox jumps over the lazy dog because",
            "Once upon a time, in a land far away, there lived a"]
-procs = []
-network = []  # the kc.NetnsBridge, once built
+NETWORK = kc.NetnsBridge(NET, BR)
 sh = kc.sh
 
 
 def cleanup():
     """Removes everything this test created (servers, namespaces, veths, bridge, hosts file)."""
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    for net in network:
-        net.cleanup()
+    NETWORK.cleanup()
     shutil.rmtree(HOSTS_DIR, ignore_errors=True)
 
 
-def on_signal(signum, frame):
-    cleanup()
-    sys.exit(1)
-
-
 def build_network():
-    net = kc.NetnsBridge(NET, BR)
-    network.append(net)
-    net.up()
+    NETWORK.up()
     for ns, last in ((NS_A, 1), (NS_D, 2), (NS_B, 3)):
-        net.add(ns, "v" + ns, last)
+        NETWORK.add(ns, "v" + ns, last)
 
 
 def set_resolver():
@@ -100,10 +87,7 @@ def set_hosts(*addrs):
 
 
 def start(ns, args, log):
-    argv = ["ip", "netns", "exec", ns, KVCAST, "serve"] + args
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-    procs.append(p)
-    return p
+    return NETWORK.spawn(ns, [KVCAST, "serve"] + args, log)
 
 
 def call(host, port, method, path, body=None, timeout=60):
@@ -205,8 +189,7 @@ def main():
                                            stderr=subprocess.DEVNULL).returncode != 0:
         print("pd dns: needs root and iproute2; skipped")
         sys.exit(77)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    kc.cleanup_on_signals(cleanup)
     logs = ["/tmp/kc_pddns_%d_%s.log" % (PID, n) for n in ("a", "b", "d", "all")]
     t_start = time.time()
     try:
@@ -222,7 +205,7 @@ def main():
                          ADDR_D, "--role", "decode", "--prefill-peers", NAME + ":8081",
                          "--pd-resolve-ms", "200"], logs[2])
         a = kc.Server(KVCAST, COMMON, log=logs[3], name="all")
-        procs.append(a.proc)
+        NETWORK.track(a.proc)
         A, B, D = (ADDR_A, 8080), (ADDR_B, 8080), (ADDR_D, 8080)
         ref = {}
         for prompt in PROMPTS:

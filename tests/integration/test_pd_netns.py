@@ -50,40 +50,18 @@ PROMPTS = ["The quick brown fox jumps over the lazy dog because",
 if FULL:
     PROMPTS += ["A B C D E F G H I J K L M N O P Q R S T U V W X Y Z " * 4,
                 "In the beginning the universe was created. This has made a lot of people " * 3]
-procs = []
-network = []  # the kc.NetnsBridge, once built
+NETWORK = kc.NetnsBridge(NET, BR)  # cleanup() removes everything this test created
 sh = kc.sh
 
 
-def cleanup():
-    """Removes everything this test created (servers, namespaces, veths, bridge)."""
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    for net in network:
-        net.cleanup()
-
-
-def on_signal(signum, frame):
-    cleanup()
-    sys.exit(1)
-
-
 def build_network():
-    net = kc.NetnsBridge(NET, BR)
-    network.append(net)
-    net.up()
+    NETWORK.up()
     for ns, veth, last in ((NS_P, VETHS[0], 1), (NS_D, VETHS[1], 2)):
-        net.add(ns, veth, last)
+        NETWORK.add(ns, veth, last)
 
 
 def start(ns, args, log):
-    argv = ([] if ns is None else ["ip", "netns", "exec", ns]) + [KVCAST, "serve"] + args
-    env = dict(os.environ)
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log, "w"), env=env)
-    procs.append(p)
-    return p
+    return NETWORK.spawn(ns, [KVCAST, "serve"] + args, log)
 
 
 def call(host, port, method, path, body=None, timeout=60):
@@ -153,8 +131,7 @@ def main():
                                            stderr=subprocess.DEVNULL).returncode != 0:
         print("pd netns: needs root and iproute2; skipped")
         sys.exit(77)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    kc.cleanup_on_signals(NETWORK.cleanup)
     logs = ["/tmp/kc_pd_%d_%s.log" % (PID, n) for n in ("p", "d", "a")]
     try:
         build_network()
@@ -166,7 +143,7 @@ def main():
                   ["--host", NET + "2", "--role", "decode", "--prefill-peers", NET + "1:8081"],
                   logs[1])
         a = kc.Server(KVCAST, COMMON, log=logs[2], name="all")
-        procs.append(a.proc)
+        NETWORK.track(a.proc)
         D = (NET + "2", 8080)
         P = (NET + "1", 8080)
         wait_health(*P, lambda h: h.get("role") == "prefill", "the prefill host")
@@ -196,7 +173,7 @@ def main():
                 kc.check(not kc.sanitizer_report(f.read()), "sanitizer report in " + log)
         print("pd netns: ok")
     finally:
-        cleanup()
+        NETWORK.cleanup()
         for log in logs:
             if os.path.exists(log):
                 os.unlink(log)

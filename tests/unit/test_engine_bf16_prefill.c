@@ -98,7 +98,7 @@ static void test_bf16_rounding_follows_the_instruction_rules(void **state) {
             i < sizeof(special) / sizeof(special[0]) ? special[i] : (uint32_t)(rng_state >> 16);
         memcpy(&x[i], &bits[i], sizeof(float));
     }
-    cvt_row_bf16(x, (int)n, y);
+    cvt_row_bf16(x, n, y);
     size_t wrong = 0;
     for (size_t i = 0; i < n; i++) {
         if (y[i] != bf16_rule(bits[i]) && wrong++ < 5) {
