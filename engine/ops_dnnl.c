@@ -21,7 +21,8 @@
  *     as a K x N matrix with format `ba`, since HF stores [out, in]) is reordered into it.
  *     The decode copy (2..ENG_DECODE_MAX_M rows; only when the decode weight type differs,
  *     otherwise the prefill copy serves those rows) is packed the same way for ONE row. The
- *     gemv copy (one row) is the plain [N, K] matrix itself, in the decode weight type.
+ *     gemv copy (one row) is the plain [N, K] matrix itself, in the decode weight type. int8
+ *     decode has no decode copy where its gemv copy serves those rows too (invariant 8).
  *  2. Every cached primitive is created with the packed md given explicitly (not `any`), and
  *     its weights md is checked equal to the packed one (dnnl_memory_desc_equal). If oneDNN
  *     refuses the explicit layout for some row count, that bucket runs the representative
@@ -68,12 +69,31 @@
  *  8. One-row int8 runs an inner product, not a matmul: the gemv copy of an int8 linear is
  *     packed in the layout oneDNN's s8 inner product picks for one row (weights `any`, [n, k];
  *     on AVX512-VNNI that is "brgemm:avx512_core_vnni", with the s8-source compensation
- *     stored after the weights), and eng_prim.ip marks its primitive. Prefill and 2..16 rows
- *     keep the matmul. Measured side by side in one run on the 2-core AMD EPYC (AVX512-VNNI,
- *     no AMX), 2 threads, all s8 weights of a TinyLlama-1.1B decode step (22 layers of q|k|v
- *     2560x2048, o 2048x2048, gate|up 11264x2048, down 2048x5632, plus the 32000x2048
- *     lm_head: 1.03 GB), 21 rounds, each pass divided by the mean of a stream triad run just
- *     before and just after it (a standalone oneDNN probe; the table is its output):
+ *     stored after the weights), and eng_prim.ip marks its primitive. The same copy runs
+ *     2..ENG_DECODE_MAX_M rows (a batched decode step) on inner products too, wherever oneDNN
+ *     takes the one-row layout for ENG_DECODE_MAX_M rows (checked at creation, rep_rows; a
+ *     row count that refuses it runs padded to ENG_DECODE_MAX_M); elsewhere a packed decode
+ *     copy runs them on the matmul. Prefill keeps the matmul. Measured side by side in one
+ *     session on the 2-core AMD EPYC (Zen 4, VNNI, no AMX), the 22 layers' products of
+ *     TinyLlama-1.1B, 2 threads, GB/s of weights, best of 4 passes of a standalone oneDNN
+ *     probe (`kvcast bench gemv --dtype int8 --rows M` now runs both paths):
+ *
+ *       rows                         1     2     4     8    16
+ *       VNNI    inner product       51    51    43    36    25   brgemm:avx512_core_vnni
+ *               matmul (decode copy) 16    15    14    16    13   gemm:jit
+ *       AVX512_CORE  inner product  45    17    16    13    10   x64:gemm_s8s8s32:jit
+ *               matmul              22    20    15    15    12
+ *       AVX2    inner product      5.4   5.3   5.0   4.6   3.8
+ *               matmul             2.0   2.0   1.9   1.9   1.7
+ *
+ *     (ONEDNN_MAX_CPU_ISA caps the rows below VNNI.) At 16 rows VNNI's 25 GB/s is its
+ *     multiply rate, not memory. Without VNNI the matmul is up to 1.2x faster at 2..16 rows;
+ *     one copy (a quarter of the f32 weights less memory) is kept anyway. The one-row
+ *     measurement that chose the inner product, in one run, 2 threads, all s8 weights of
+ *     a TinyLlama-1.1B decode step (22 layers of q|k|v 2560x2048, o 2048x2048, gate|up
+ *     11264x2048, down 2048x5632, plus the 32000x2048 lm_head: 1.03 GB), 21 rounds, each
+ *     pass divided by the mean of a stream triad run just before and just after it (a
+ *     standalone oneDNN probe; the table is its output):
  *
  *       s8 x s8 -> f32, one row                     oneDNN impl             median  best GB/s
  *       matmul, plain [n,k] (`ba`)   (the old path)  gemm:jit                  0.73       38.6
@@ -170,8 +190,12 @@ struct eng_dnn {
 struct eng_wcopy {
     enum eng_wtype wt;
     bool plain;
-    bool ip;      /* the int8 one-row copy: an inner product's layout [n, k] (invariant 8) */
-    int rep_rows; /* row count whose preferred layout this is (1 when plain or ip) */
+    bool ip; /* the int8 one-row copy: an inner product's layout [n, k] (invariant 8) */
+    /* Row count whose preferred layout this is (1 when plain). The int8 inner-product copy:
+     * the most rows it runs, ENG_DECODE_MAX_M where oneDNN takes its one-row layout for that
+     * many rows, else 1 (invariant 8). A row count whose primitive refuses the layout runs
+     * padded to rep_rows (invariant 2). */
+    int rep_rows;
     dnnl_memory_desc_t md;
     void *data;
     size_t bytes;
@@ -655,7 +679,7 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
     c->wt = wt;
     c->plain = plain_layout;
     c->ip = layout == COPY_IP;
-    c->rep_rows = layout != COPY_PACKED ? 1 : rep_rows;
+    c->rep_rows = layout == COPY_PACKED ? rep_rows : 1;
     if (plain_layout) {
         const dnnl_dims_t dims = {k, n};
         const dnnl_dims_t strides = {1, k}; /* W^T view of [n, k] row-major: format `ba` */
@@ -678,6 +702,12 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
             goto fail;
         }
         c->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        dnnl_primitive_desc_destroy(pd);
+        if (ip_pd_s8(l->engine, ENG_DECODE_MAX_M, n, k, &c->md, &pd) == dnnl_success &&
+            dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
+                                   &c->md)) {
+            c->rep_rows = ENG_DECODE_MAX_M;
+        }
         dnnl_primitive_desc_destroy(pd);
         rc = pack_weights(l->engine, plain, n, k, wt, true, &c->md, &c->data, &c->bytes, err);
         if (rc != 0) {
@@ -774,24 +804,28 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
     }
     l->n_copies = 1;
     l->prefill_copy = 0;
-    l->decode_copy = 0;
-    if (decode_wt != prefill_wt) {
-        /* Packed for one row: the layout oneDNN picks for 16 rows read weights at 0.67 of
-         * stream bandwidth against 0.90 with this one (TinyLlama shapes, one thread). */
-        rc = linear_make_copy(l, &l->copy[1], decode_wt, 1, COPY_PACKED, parts, n_parts, err);
-        if (rc != 0) {
-            goto fail;
-        }
-        l->decode_copy = l->n_copies++;
-    }
     /* One-row steps run over the plain matrix (invariant 6), int8 over an inner product's
-     * packed layout (invariant 8). */
-    rc = linear_make_copy(l, &l->copy[l->n_copies], decode_wt, 1,
+     * packed layout, which also serves 2..ENG_DECODE_MAX_M rows where oneDNN takes it for
+     * them (invariant 8). */
+    rc = linear_make_copy(l, &l->copy[1], decode_wt, 1,
                           decode_wt == ENG_WTYPE_INT8 ? COPY_IP : COPY_PLAIN, parts, n_parts, err);
     if (rc != 0) {
         goto fail;
     }
     l->gemv_copy = l->n_copies++;
+    if (l->copy[l->gemv_copy].ip && l->copy[l->gemv_copy].rep_rows == ENG_DECODE_MAX_M) {
+        l->decode_copy = l->gemv_copy;
+    } else if (decode_wt != prefill_wt) {
+        /* Packed for one row: the layout oneDNN picks for 16 rows read weights at 0.67 of
+         * stream bandwidth against 0.90 with this one (TinyLlama shapes, one thread). */
+        rc = linear_make_copy(l, &l->copy[2], decode_wt, 1, COPY_PACKED, parts, n_parts, err);
+        if (rc != 0) {
+            goto fail;
+        }
+        l->decode_copy = l->n_copies++;
+    } else {
+        l->decode_copy = l->prefill_copy;
+    }
     *out = l;
     return 0;
 fail:
@@ -912,15 +946,15 @@ static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const st
                                 &c->md)) {
         st = dnnl_unimplemented;
     }
-    if (st != dnnl_success && !c->ip) {
+    if (st != dnnl_success && c->rep_rows > rows) {
         /* oneDNN refuses the packed layout for this row count: run the row count the
-         * layout was chosen for, padding rows (invariant 2). The inner-product copy only
-         * runs the one row it was packed for. */
+         * layout was chosen (or checked) for, padding rows (invariant 2). */
         dnnl_primitive_desc_destroy(pd);
         pd = NULL;
-        p->exec_rows = c->rep_rows > rows ? c->rep_rows : rows;
-        st = matmul_pd(dnn->engine, p->exec_rows, n, k, c->wt, &c->md, bias,
-                       c->plain && p->exec_rows == 1, &pd);
+        p->exec_rows = c->rep_rows;
+        st = c->ip ? ip_pd_s8(dnn->engine, p->exec_rows, n, k, &c->md, &pd)
+                   : matmul_pd(dnn->engine, p->exec_rows, n, k, c->wt, &c->md, bias,
+                               c->plain && p->exec_rows == 1, &pd);
         if (st == dnnl_success &&
             !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
                                     &c->md)) {
@@ -1276,6 +1310,11 @@ dnnl_status_t eng__dnn_matmul_pd(dnnl_engine_t engine, int rows, int n, int k, e
                                  const dnnl_memory_desc_t *w, bool bias, bool gemv,
                                  dnnl_primitive_desc_t *pd) {
     return matmul_pd(engine, rows, n, k, wt, w, bias, gemv, pd);
+}
+
+dnnl_status_t eng__dnn_ip_pd_s8(dnnl_engine_t engine, int rows, int n, int k,
+                                const dnnl_memory_desc_t *w, dnnl_primitive_desc_t *pd) {
+    return ip_pd_s8(engine, rows, n, k, w, pd);
 }
 
 int eng__dnn_preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,

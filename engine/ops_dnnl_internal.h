@@ -1,9 +1,9 @@
 /*
  * ops_dnnl_internal.h — what engine/ops_dnnl.c shares with engine/probe.c, the measurement
- * probes of `kvcast bench`: the weight-type helpers, the team setter, the matmul primitive-desc
- * builders and the oneDNN engine/stream of an eng_dnn; engine/ops_gram.c takes the team setter
- * from it too. Private to those three files (it includes dnnl.h; tests/check_layering.sh keeps
- * dnnl.h inside the engine's oneDNN files).
+ * probes of `kvcast bench`: the weight-type helpers, the team setter, the matmul and int8
+ * inner-product primitive-desc builders and the oneDNN engine/stream of an eng_dnn;
+ * engine/ops_gram.c takes the team setter from it too. Private to those three files (it includes
+ * dnnl.h; tests/check_layering.sh keeps dnnl.h inside the engine's oneDNN files).
  */
 #ifndef ENG_OPS_DNNL_INTERNAL_H
 #define ENG_OPS_DNNL_INTERNAL_H
@@ -63,6 +63,11 @@ dnnl_stream_t eng__dnn_stream(const struct eng_dnn *dnn);
 dnnl_status_t eng__dnn_matmul_pd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
                                  const dnnl_memory_desc_t *w, bool bias, bool gemv,
                                  dnnl_primitive_desc_t *pd);
+/* An int8 inner-product primitive desc for rows x k s8 source and [n, k] s8 weights of md w
+ * (NULL: format `any`), f32 dst, runtime per-column output scales: the path int8 decode rows
+ * take (ops_dnnl.c invariant 8). */
+dnnl_status_t eng__dnn_ip_pd_s8(dnnl_engine_t engine, int rows, int n, int k,
+                                const dnnl_memory_desc_t *w, dnnl_primitive_desc_t *pd);
 /* Weights md of the layout oneDNN prefers for rows x k @ k x n. */
 int eng__dnn_preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
                            bool bias, dnnl_memory_desc_t *out, struct kc_error *err);

@@ -105,14 +105,25 @@ int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, b
         const dnnl_dims_t dims = {k[i], n[i]}, strides = {1, k[i]};
         dnnl_primitive_desc_t pd = NULL;
         dnnl_status_t st = dnnl_success;
-        if (plain) {
+        /* int8 decode rows run an inner product on its one-row layout (ops_dnnl.c
+         * invariant 8): the `plain` probe of int8 measures that path. */
+        const bool ip = plain && wt == ENG_WTYPE_INT8;
+        if (ip) {
+            st = eng__dnn_ip_pd_s8(engine, 1, n[i], k[i], NULL, &pd);
+            if (st == dnnl_success) {
+                wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+            }
+            dnnl_primitive_desc_destroy(pd);
+            pd = NULL;
+        } else if (plain) {
             st = dnnl_memory_desc_init_by_strides(&wmd, 2, dims, wt_dnnl(wt), strides);
         } else if (eng__dnn_preferred_wmd(engine, rows, n[i], k[i], wt, false, &wmd, NULL) != 0) {
             st = dnnl_unimplemented;
         }
         if (st == dnnl_success) {
-            st = eng__dnn_matmul_pd(engine, rows, n[i], k[i], wt, &wmd, false, plain && rows == 1,
-                                    &pd);
+            st = ip ? eng__dnn_ip_pd_s8(engine, rows, n[i], k[i], &wmd, &pd)
+                    : eng__dnn_matmul_pd(engine, rows, n[i], k[i], wt, &wmd, false,
+                                         plain && rows == 1, &pd);
         }
         if (st == dnnl_success) {
             st = dnnl_primitive_create(&q->prim, pd);

@@ -27,6 +27,7 @@
 #define TEST_RAND_SEED 0x51f15eedull
 #include "tests/unit/test_rand.h"
 
+#include "tests/unit/test_cpu.h"
 #include "tests/unit/test_models.h"
 
 static struct eng_dnn *dnn_new(int threads) {
@@ -226,6 +227,38 @@ static void test_int8_weights_take_a_quarter_of_f32(void **state) {
     free(w);
 }
 
+/* A batched int8 decode step (2..ENG_DECODE_MAX_M rows) runs the one-row inner-product copy
+ * (ops_dnnl.c invariant 8): 2-3.5x the GB/s of a packed matmul copy on VNNI, and one int8
+ * copy fewer in memory. Checked where it was measured, on x86 below AMX (native, and under
+ * the ONEDNN_MAX_CPU_ISA caps of the test variants); on AMX oneDNN may refuse the layout for
+ * 16 rows, and the packed copy is the documented fallback, so there it is only printed. The
+ * products themselves are checked against the emulation above for every row count. */
+static void test_int8_decode_rows_share_the_one_row_copy(void **state) {
+    (void)state;
+    static const char *const amx[] = {"amx_int8", NULL};
+    const int n = 96, k = 160;
+    float *w = rand_floats((size_t)n * (size_t)k, 1.0f);
+    const struct eng_weight_part part = {w, NULL, ENG_DTYPE_F32, n};
+    struct eng_linear *l = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_linear_create(&part, 1, k, ENG_WTYPE_F32, ENG_WTYPE_INT8, &l, &err), 0);
+    const size_t one = eng_linear_bytes_read(l, 1), f32 = (size_t)n * (size_t)k * sizeof(float);
+    bool shared = true;
+    for (int m = 2; m <= ENG_DECODE_MAX_M; m++) {
+        shared = shared && eng_linear_bytes_read(l, m) == one;
+    }
+    printf("  int8 decode beside f32 prefill: %zu bytes of copies (f32 %zu, one-row int8 %zu); "
+           "2..%d rows %s the one-row copy\n",
+           eng_linear_bytes(l), f32, one, ENG_DECODE_MAX_M, shared ? "share" : "do not share");
+    if (!cpu_has_any(amx)) {
+        assert_true(shared);
+        /* Two copies: the f32 prefill copy (what 100 rows read) and the int8 one. */
+        assert_true(eng_linear_bytes(l) == eng_linear_bytes_read(l, 100) + one);
+    }
+    eng_linear_free(l);
+    free(w);
+}
+
 static void test_int8_wtype_parses(void **state) {
     (void)state;
     enum eng_wtype wt = ENG_WTYPE_F32;
@@ -325,6 +358,7 @@ int main(void) {
         cmocka_unit_test(test_int8_linear_matches_emulation_decode_and_prefill),
         cmocka_unit_test(test_int8_beside_other_types),
         cmocka_unit_test(test_int8_weights_take_a_quarter_of_f32),
+        cmocka_unit_test(test_int8_decode_rows_share_the_one_row_copy),
         cmocka_unit_test(test_int8_wtype_parses),
         cmocka_unit_test(test_kvp_predict_runs_with_int8_base_and_aux),
     };

@@ -23,6 +23,7 @@
 #include "engine/io/safetensors.h"
 #include "engine/model.h"
 #include "tests/unit/test_compare.h"
+#include "tests/unit/test_cpu.h"
 #include "tests/unit/test_models.h"
 #include "tokenizer/tokenizer.h"
 
@@ -636,27 +637,6 @@ static void test_tokenizer_must_fit_the_model_vocab(void **state) {
         assert_non_null(strstr(err.msg, bos > eos ? "bos_token" : "eos_token"));
     }
     eng_tok_free(tok);
-}
-
-/* Whether /proc/cpuinfo's first flags line holds one of the words (NULL-terminated). */
-static bool cpu_has_any(const char *const *words) {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    assert_non_null(f);
-    char line[8192];
-    bool found = false;
-    while (!found && fgets(line, sizeof(line), f) != NULL) {
-        if (strncmp(line, "flags", 5) != 0) {
-            continue;
-        }
-        for (const char *tok = strtok(line, " \t\n:"); tok != NULL; tok = strtok(NULL, " \t\n")) {
-            for (int i = 0; words[i] != NULL; i++) {
-                found = found || strcmp(tok, words[i]) == 0;
-            }
-        }
-        break;
-    }
-    fclose(f);
-    return found;
 }
 
 /* serve's auto prefill weights are bf16 exactly where the CPU has native bf16 dot products

@@ -1008,9 +1008,10 @@ static int bench_engine(int argc, char **argv) {
 
 /*
  * `kvcast bench gemv`: one decode step's bf16 (or --dtype int8/f32) weights of a configuration
- * (q|k|v, o, gate|up and down of every layer) streamed through oneDNN matmuls of --rows rows,
- * packed and plain, round after round with a stream triad in each round: the measurement behind the
- * engine's plain one-row copy (engine/ops_dnnl.c, invariant 6).
+ * (q|k|v, o, gate|up and down of every layer) streamed through oneDNN primitives of --rows rows,
+ * packed and plain (int8: the inner product on its one-row layout), round after round with a
+ * stream triad in each round: the measurement behind the engine's one-row copies
+ * (engine/ops_dnnl.c, invariants 6 and 8).
  */
 static int bench_gemv(int argc, char **argv) {
     const char *config = "tinyllama-1.1b";
@@ -1077,7 +1078,9 @@ static int bench_gemv(int argc, char **argv) {
     }
     printf("config %s, %d threads, %ld rows: GB/s of %s decode weights per round\n", config,
            eng_dnn_threads(dnn), rows, eng_wtype_name(wt));
-    printf("round   packed   plain%s   triad\n", rows == 1 ? " (gemv)" : "       ");
+    printf("round   packed   %s   triad\n", wt == ENG_WTYPE_INT8 ? "inner product"
+                                            : rows == 1          ? " plain (gemv)"
+                                                                 : "        plain");
     (void)eng_weights_probe_run(probe[0]); /* warm-up: page mappings, primitives */
     (void)eng_weights_probe_run(probe[1]);
     (void)eng_triad_run(triad, 1);
