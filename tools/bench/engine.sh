@@ -27,6 +27,7 @@ run attn --config "$CFG" --threads 2 --attn-only --attn 512,2048,8192 --attn-old
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 > "$TMP/gemv1.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --rows 8 > "$TMP/gemv8.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --dtype int8 > "$TMP/gemv1i8.txt"
+"$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --dtype int8 --rows 8 > "$TMP/gemv8i8.txt"
 run kvp --config "$CFG" --prompt-len 1024 --gen 4 --threads 2 --kvp --repeat 2 --attn none
 mkdir -p "$(dirname "$OUT")"
 /usr/bin/python3 - "$TMP" "$OUT" "$CFG" <<'PY'
@@ -103,14 +104,15 @@ L.append("\nllama.cpp on the same machine and shapes, every weight type: [llama-
 L.append("## Decode weights, packed against plain (`kvcast bench gemv`, 2 threads)\n")
 L.append("Why one-row bf16 decode steps read a plain copy of the weights (engine/ops_dnnl.c, invariant 6): "
          "GB/s of one decode step's weights through oneDNN matmuls, round by round beside a triad. "
-         "The int8 rows are the matmuls one-row int8 steps no longer use: they run an s8 inner "
-         "product instead (invariant 8, whose comment holds the side-by-side table).\n")
-for f in ["gemv1.txt", "gemv8.txt", "gemv1i8.txt"]:
+         "int8 decode steps, one row or a batch of 2..16, run an s8 inner product on its one-row "
+         "layout instead of a packed matmul (invariant 8, whose comment holds the side-by-side "
+         "table): the int8 tables put the two side by side.\n")
+for f in ["gemv1.txt", "gemv8.txt", "gemv1i8.txt", "gemv8i8.txt"]:
     L.append("```\n" + open(os.path.join(tmp, f)).read().strip() + "\n```\n")
 L.append("## Commands\n")
 for n in ["t1", "t2", "attn", "kvp"]:
     L.append("    " + load(n)["cmd"])
-L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8 | --dtype int8]" % cfg)
+L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8] [--dtype int8]" % cfg)
 text = "\n".join(L) + "\n"
 if kept:
     text += "\n" + kept
