@@ -176,6 +176,17 @@ static void check_int8_linear(int n, int k, bool bias, enum eng_wtype pw, enum e
             /* A non-int8 copy: its own GEMM rounding (bf16 ~0.4%). */
             assert_true(rel_f <= (wt == ENG_WTYPE_BF16 ? 1e-2 : 1e-5));
         }
+        if (m > 1 && m <= ENG_DECODE_MAX_M && wt == ENG_WTYPE_INT8) {
+            /* Batch invariance: a decode batch's rows equal the same rows stepped one at a
+             * time, bit for bit (exact s32 sums, the same f32 rescale per row). */
+            float *y1 = malloc((size_t)n * sizeof(float));
+            assert_non_null(y1);
+            for (int i = 0; i < m; i++) {
+                eng_linear_forward(dnn, l, x + (size_t)i * (size_t)k, 1, y1);
+                assert_memory_equal(y1, y + (size_t)i * (size_t)n, (size_t)n * sizeof(float));
+            }
+            free(y1);
+        }
         if (m > 1 && wt == ENG_WTYPE_INT8) {
             /* The zero activation row yields exactly the bias. */
             for (int o = 0; o < n; o++) {
