@@ -27,6 +27,9 @@ static void bench_usage(FILE *f) {
                "  NAME: tinyllama-1.1b, llama-3.2-1b, qwen2-0.5b, kvcast-base, kvcast-aux\n"
                "  --prompt-len N        prefill length (default 512)\n"
                "  --gen N               decode steps (default 64)\n"
+               "  --batch B             sequences per decode step (default 1): B copies of the\n"
+               "                        prompt decode together, one row each, as serve batches\n"
+               "                        B streams; tokens/s counts all B\n"
                "  --threads N           OpenMP threads (default: all cores)\n"
                "  --prefill-dtype T     f32|bf16|int8 (default f32)\n"
                "  --decode-dtype T      f32|bf16|int8 (default bf16, f32 without AVX-512)\n"
@@ -184,14 +187,18 @@ done:
 }
 
 /* Single-sequence decode steps of `kvcast bench engine`, with the bytes each step reads. */
+/* Most sequences one `bench engine` decode step batches (--batch). */
+#define BENCH_MAX_BATCH 64
+
 struct decode_run {
     struct eng_ctx *ctx;
     const struct eng_model *m;
     struct eng_kv_pool *pool;
-    struct eng_seq *seq;
-    int32_t tok; /* next input token */
+    struct eng_seq **seqs; /* n_seqs sequences, one row each per step */
+    int n_seqs;
+    int32_t tok; /* next input token (every sequence's) */
     int vocab;
-    float *logits;
+    float *logits;           /* [n_seqs][vocab] */
     double weight_bytes;     /* decode weights read per step */
     double kv_bytes_per_pos; /* K and V of one position, all layers */
 };
@@ -202,14 +209,18 @@ static int decode_steps(struct decode_run *r, int steps, double *t, double *byte
     *t = 0.0;
     *bytes = 0.0;
     for (int s = 0; s < steps; s++) {
-        struct eng_batch_item item = {.seq = r->seq,
-                                      .tokens = &r->tok,
-                                      .n_tokens = 1,
-                                      .logits_mode = ENG_LOGITS_LAST,
-                                      .logits = r->logits};
-        *bytes += r->weight_bytes + r->kv_bytes_per_pos * (r->seq->n_tokens + 1);
+        struct eng_batch_item items[BENCH_MAX_BATCH];
+        *bytes += r->weight_bytes;
+        for (int i = 0; i < r->n_seqs; i++) {
+            items[i] = (struct eng_batch_item){.seq = r->seqs[i],
+                                               .tokens = &r->tok,
+                                               .n_tokens = 1,
+                                               .logits_mode = ENG_LOGITS_LAST,
+                                               .logits = r->logits + (size_t)i * (size_t)r->vocab};
+            *bytes += r->kv_bytes_per_pos * (r->seqs[i]->n_tokens + 1);
+        }
         const double t0 = kc_now_s();
-        const int rc = eng_forward(r->ctx, r->m, r->pool, &item, 1, NULL, err);
+        const int rc = eng_forward(r->ctx, r->m, r->pool, items, r->n_seqs, NULL, err);
         if (rc != KC_OK) {
             return rc;
         }
@@ -555,7 +566,7 @@ struct engine_row {
 static int bench_engine_one(int argc, char **argv, const struct engine_pass *pass,
                             struct engine_row *row) {
     const char *config = NULL;
-    long prompt_len = 512, gen = 64, threads = 0, repeat = 2, aux_layers = 0;
+    long prompt_len = 512, gen = 64, threads = 0, repeat = 2, aux_layers = 0, batch = 1;
     bool json = false, kvp = false, attn_old = false, attn_only = false, profile = false;
     const char *aux_config = NULL, *attn_list = "512,2048,8192";
     long attn_chunk = 256;
@@ -571,6 +582,7 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
         } else if (kc_args_str(&a, "--config", &config) ||
                    kc_args_long(&a, "--prompt-len", 1, 1 << 17, &prompt_len) ||
                    kc_args_long(&a, "--gen", 1, 1 << 17, &gen) ||
+                   kc_args_long(&a, "--batch", 1, BENCH_MAX_BATCH, &batch) ||
                    kc_args_long(&a, "--threads", 1, 1024, &threads) ||
                    kc_args_long(&a, "--repeat", 1, 100, &repeat) ||
                    kc_args_str(&a, "--aux-config", &aux_config) ||
@@ -659,22 +671,26 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
     struct eng_dnn *dnn = NULL;
     struct eng_kv_pool pool = {0};
     struct eng_seq seq = {0};
+    struct eng_seq *more = NULL; /* --batch: sequences 2..B of the decode batch */
     int32_t *tokens = NULL;
     float *logits = NULL;
     struct eng_triad *triad = NULL;
+    const int B = (int)batch;
 
     fprintf(stderr, "bench: building a random %s model (%.2f B params)...\n", config,
             (double)eng_model_config_n_params(&cfg) * 1e-9);
     if (eng_model_init_random(&cfg, &mp, 1234, &m, &err) != KC_OK ||
-        eng_ctx_create(m, T < 512 ? T : 512, n_ctx, (int)threads, &ctx, &err) != KC_OK ||
+        eng_ctx_create(m, T < 512 ? (T > B ? T : B) : 512, n_ctx, (int)threads, &ctx, &err) !=
+            KC_OK ||
         eng_dnn_create((int)threads, &dnn, &err) != KC_OK ||
-        eng_kv_pool_init_dtype(&pool, &cfg, 16, (n_ctx + 15) / 16, kv_dtype, &err) != KC_OK) {
+        eng_kv_pool_init_dtype(&pool, &cfg, 16, B * ((n_ctx + 15) / 16), kv_dtype, &err) != KC_OK) {
         fprintf(stderr, "kvcast bench: %s\n", err.msg);
         goto done;
     }
     tokens = calloc((size_t)T, sizeof(int32_t));
-    logits = calloc((size_t)cfg.vocab_size, sizeof(float));
-    if (tokens == NULL || logits == NULL) {
+    logits = calloc((size_t)B * (size_t)cfg.vocab_size, sizeof(float));
+    more = calloc((size_t)B, sizeof(*more));
+    if (tokens == NULL || logits == NULL || more == NULL) {
         goto done;
     }
     uint64_t r = 42;
@@ -715,7 +731,22 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
             best_prefill = dt;
         }
     }
-    /* Decode: G single-token steps after the prompt (the first one warms up), in windows of
+    /* --batch: the other sequences of the decode batch hold the same prompt (untimed). */
+    struct eng_seq *seqs[BENCH_MAX_BATCH] = {&seq};
+    for (int i = 1; i < B; i++) {
+        seqs[i] = &more[i];
+        struct eng_batch_item item = {.seq = seqs[i],
+                                      .tokens = tokens,
+                                      .n_tokens = T,
+                                      .logits_mode = ENG_LOGITS_LAST,
+                                      .logits = logits};
+        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
+            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+            goto done;
+        }
+    }
+    /* Decode: G steps after the prompt (the first one warms up), one token per sequence of
+     * the batch, in windows of
      * DECODE_WINDOW steps with a triad pass before each window and after the last. This
      * host's bandwidth swings with its neighbours' load from second to second, so each
      * window is compared with the bandwidth measured right beside it (the mean of the two
@@ -731,11 +762,12 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
     struct decode_run run = {.ctx = ctx,
                              .m = m,
                              .pool = &pool,
-                             .seq = &seq,
+                             .seqs = seqs,
+                             .n_seqs = B,
                              .tok = tokens[T - 1],
                              .vocab = cfg.vocab_size,
                              .logits = logits,
-                             .weight_bytes = (double)eng_model_step_bytes_read(m, 1),
+                             .weight_bytes = (double)eng_model_step_bytes_read(m, B),
                              .kv_bytes_per_pos = kv_bytes_per_pos};
     double t_decode = 0.0, bytes_decode = 0.0, t_win, bytes_win;
     if (decode_steps(&run, 1, &t_win, &bytes_win, &err) != KC_OK) { /* warm-up */
@@ -764,7 +796,7 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
     free(win_ratio);
     const double prefill_tps = T / best_prefill;
     const double prefill_gflops = prefill_flops(&cfg, T) / best_prefill * 1e-9;
-    const double decode_tps = G / t_decode;
+    const double decode_tps = (double)G * B / t_decode;
     const double decode_gbs = bytes_decode / t_decode * 1e-9;
     const char *pw = eng_wtype_name(mp.prefill_wtype);
     const char *dw = eng_wtype_name(mp.decode_wtype);
@@ -777,15 +809,20 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
                                    .decode_tps = decode_tps,
                                    .decode_vs_triad = decode_ratio,
                                    .triad_gbs = triad_gbs,
-                                   .decode_bytes_per_token = bytes_decode / G};
+                                   .decode_bytes_per_token = bytes_decode / G / B};
     }
     const char *kvw = kv_dtype == ENG_DTYPE_BF16 ? "bf16" : "f32";
+    char batch_note[32] = "";
+    if (B > 1) {
+        snprintf(batch_note, sizeof(batch_note), ", batch %d", B);
+    }
     if (json) {
         json_t *j = json_object();
         json_object_set_new(j, "config", kc_json_str(config));
         json_object_set_new(j, "threads", json_integer(eng_dnn_threads(dnn)));
         json_object_set_new(j, "prompt_len", json_integer(T));
         json_object_set_new(j, "gen", json_integer(G));
+        json_object_set_new(j, "batch", json_integer(B));
         json_object_set_new(j, "prefill_dtype", json_string(pw));
         json_object_set_new(j, "decode_dtype", json_string(dw));
         json_object_set_new(j, "kv_dtype", json_string(kvw));
@@ -808,10 +845,11 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
                "GFLOP/s  ratio %.2f\n",
                pw, prefill_tps, prefill_gflops, gemm_m, cfg.intermediate_size, cfg.hidden_size,
                gemm_gflops, prefill_gflops / gemm_gflops);
-        printf("decode  (%s weights): %8.2f tokens/s  %7.2f GB/s      stream triad: %7.2f GB/s  "
+        printf("decode  (%s weights%s): %8.2f tokens/s  %7.2f GB/s      stream triad: %7.2f GB/s  "
                "ratio %.2f (median of %d windows against the triad beside each; whole run "
                "against the best triad: %.2f)\n",
-               dw, decode_tps, decode_gbs, triad_gbs, decode_ratio, n_win, decode_gbs / triad_gbs);
+               dw, batch_note, decode_tps, decode_gbs, triad_gbs, decode_ratio, n_win,
+               decode_gbs / triad_gbs);
     }
     if (profile) {
         eng_seq_release(&pool, &seq);
@@ -903,6 +941,10 @@ done:
     free(logits);
     eng_triad_free(triad);
     eng_seq_release(&pool, &seq); /* an empty sequence never touches the pool */
+    for (int i = 1; more != NULL && i < B; i++) {
+        eng_seq_release(&pool, &more[i]);
+    }
+    free(more);
     eng_kv_pool_free(&pool);
     eng_dnn_free(dnn);
     eng_ctx_free(ctx);
