@@ -5,6 +5,8 @@
 #    embedded base (models/tiny/heldout.ids, 64 windows) is within +1% of f32's (4.1502);
 #  - eval, generate and calibrate take --kv-dtype f32|bf16 as serve does (eval reports it;
 #    generate with a bf16 cache keeps the golden model's greedy ids; calibrate's fit changes);
+#  - `kvcast bench engine --batch 3 --dtypes f32,int8` decodes three sequences per step for
+#    each type (int8 batches run the inner-product copy) and reports it;
 #  - bad lists and types exit 2.
 #   usage: test_cli_dtypes.sh path/to/kvcast   (run from anywhere)
 set -euo pipefail
@@ -70,6 +72,17 @@ if cmp -s "$TMP/p_f32.safetensors" "$TMP/p_bf16.safetensors"; then
     echo "FAIL: calibrate --kv-dtype bf16 wrote the f32 cache's predictor"; exit 1
 fi
 
+# bench engine --batch: one JSON object per type, each a batch of 3 with a decode rate.
+"$KVCAST" bench engine --config kvcast-aux --prompt-len 16 --gen 4 --threads 1 --batch 3 \
+    --dtypes f32,int8 --attn none --json 2>/dev/null >"$TMP/b.json"
+/usr/bin/python3 - "$TMP/b.json" <<'PY'
+import json, sys
+objs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+assert [o["decode_dtype"] for o in objs] == ["f32", "int8"], objs
+for o in objs:
+    assert o["batch"] == 3 and o["decode_tokens_per_s"] > 0 and o["decode_gbs"] > 0, o
+PY
+
 # Bad values: exit 2 with a message naming the option.
 bad() { # expect exit 2 and the option in stderr
     local opt=$1; shift
@@ -86,4 +99,5 @@ bad --kv-dtype eval --kv-dtype f16
 bad --kv-dtype generate --model "$MODEL" --prompt-ids 1 --kv-dtype int8
 bad --kv-dtype calibrate --base a --aux b --data c --out d --kv-dtype q
 bad --dtypes bench engine --config tinyllama-1.1b --dtypes f32,int4
-echo "6 passed, 0 failed"
+bad --batch bench engine --config kvcast-aux --batch 65
+echo "7 passed, 0 failed"

@@ -23,6 +23,9 @@ run() { # name args...
 }
 run t1 --config "$CFG" --prompt-len 512 --gen 64 --threads 1 --attn none
 run t2 --config "$CFG" --prompt-len 512 --gen 64 --threads 2 --dtypes f32,bf16,int8 --attn none
+for b in 4 16; do
+    run "b$b" --config "$CFG" --prompt-len 512 --gen 16 --threads 2 --dtypes bf16,int8 --batch "$b" --attn none
+done
 run attn --config "$CFG" --threads 2 --attn-only --attn 512,2048,8192 --attn-old
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 > "$TMP/gemv1.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --rows 8 > "$TMP/gemv8.txt"
@@ -77,6 +80,22 @@ for n, d in rows:
 if bf16:
     L.append("\nDecode tokens/s against bf16 decode (2 threads, same run): " + ", ".join(
         "%s %.2fx" % (o["decode_dtype"], o["decode_tokens_per_s"] / bf16[0]) for n, o in rows if n == "t2") + ".")
+L.append("\n## Batched decode (`--batch B`: B copies of the prompt decode together, one row each, as serve batches B streams)\n")
+L.append("Tokens/s count all B sequences. A batched step multiplies B rows by every weight, so it "
+         "is less memory-bound than one row: *GB/s read* is what its reads (weights once, each "
+         "sequence's KV) come to. int8 batches run the one-row inner-product copy "
+         "(engine/ops_dnnl.c invariant 8).\n")
+L.append("| batch | weights | decode tok/s | x batch 1 (t2) | x bf16 | GB/s read |")
+L.append("|---|---|---|---|---|---|")
+one = {o["decode_dtype"]: o["decode_tokens_per_s"] for n, o in rows if n == "t2"}
+for b in ["b4", "b16"]:
+    bo = objs(b)
+    bb = {o["decode_dtype"]: o["decode_tokens_per_s"] for o in bo}
+    for o in bo:
+        B = o["batch"]
+        L.append("| %d | %s | %.1f | %.2fx | %.2fx | %.1f |" % (
+            B, o["decode_dtype"], o["decode_tokens_per_s"], o["decode_tokens_per_s"] / one[o["decode_dtype"]],
+            o["decode_tokens_per_s"] / bb["bf16"], o["decode_gbs"]))
 k = load("kvp")["kvp"]
 L.append("")
 L.append("## KV Prediction TTFT (prompt %d tokens, aux = %d layers of the same width, random predictor)\n" % (k["prompt_len"], k["aux_layers"]))
@@ -110,7 +129,7 @@ L.append("Why one-row bf16 decode steps read a plain copy of the weights (engine
 for f in ["gemv1.txt", "gemv8.txt", "gemv1i8.txt", "gemv8i8.txt"]:
     L.append("```\n" + open(os.path.join(tmp, f)).read().strip() + "\n```\n")
 L.append("## Commands\n")
-for n in ["t1", "t2", "attn", "kvp"]:
+for n in ["t1", "t2", "b4", "b16", "attn", "kvp"]:
     L.append("    " + load(n)["cmd"])
 L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8] [--dtype int8]" % cfg)
 text = "\n".join(L) + "\n"
