@@ -203,6 +203,22 @@ struct decode_run {
     double kv_bytes_per_pos; /* K and V of one position, all layers */
 };
 
+/* Prefills the T-token prompt into seq (last position's logits into `logits`). */
+static int prefill_prompt(struct eng_ctx *ctx, const struct eng_model *m, struct eng_kv_pool *pool,
+                          struct eng_seq *seq, const int32_t *tokens, int T, float *logits,
+                          struct kc_error *err) {
+    struct eng_batch_item item = {.seq = seq,
+                                  .tokens = tokens,
+                                  .n_tokens = T,
+                                  .logits_mode = ENG_LOGITS_LAST,
+                                  .logits = logits};
+    const int rc = eng_forward(ctx, m, pool, &item, 1, NULL, err);
+    if (rc != KC_OK) {
+        fprintf(stderr, "kvcast bench: %s\n", err->msg);
+    }
+    return rc;
+}
+
 /* Runs `steps` decode steps; *t: their seconds, *bytes: weights + KV cache they read. */
 static int decode_steps(struct decode_run *r, int steps, double *t, double *bytes,
                         struct kc_error *err) {
@@ -716,14 +732,8 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
     double best_prefill = 1e30;
     for (int rep = 0; rep <= repeat; rep++) {
         eng_seq_release(&pool, &seq);
-        struct eng_batch_item item = {.seq = &seq,
-                                      .tokens = tokens,
-                                      .n_tokens = T,
-                                      .logits_mode = ENG_LOGITS_LAST,
-                                      .logits = logits};
         const double t0 = kc_now_s();
-        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
-            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+        if (prefill_prompt(ctx, m, &pool, &seq, tokens, T, logits, &err) != KC_OK) {
             goto done;
         }
         const double dt = kc_now_s() - t0;
@@ -735,22 +745,15 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
     struct eng_seq *seqs[BENCH_MAX_BATCH] = {&seq};
     for (int i = 1; i < B; i++) {
         seqs[i] = &more[i];
-        struct eng_batch_item item = {.seq = seqs[i],
-                                      .tokens = tokens,
-                                      .n_tokens = T,
-                                      .logits_mode = ENG_LOGITS_LAST,
-                                      .logits = logits};
-        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
-            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+        if (prefill_prompt(ctx, m, &pool, seqs[i], tokens, T, logits, &err) != KC_OK) {
             goto done;
         }
     }
     /* Decode: G steps after the prompt (the first one warms up), one token per sequence of
-     * the batch, in windows of
-     * DECODE_WINDOW steps with a triad pass before each window and after the last. This
-     * host's bandwidth swings with its neighbours' load from second to second, so each
-     * window is compared with the bandwidth measured right beside it (the mean of the two
-     * triads around it); the reported ratio is the median over windows. */
+     * the batch, in windows of DECODE_WINDOW steps with a triad pass before each window and
+     * after the last. This host's bandwidth swings with its neighbours' load from second to
+     * second, so each window is compared with the bandwidth measured right beside it (the
+     * mean of the two triads around it); the reported ratio is the median over windows. */
     enum { DECODE_WINDOW = 4 };
     const double kv_bytes_per_pos =
         2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (double)pool.elem_size;
@@ -873,13 +876,7 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
             goto done;
         }
         /* The decode profile continues the same prompt for as many steps as the timed decode. */
-        struct eng_batch_item item = {.seq = &seq,
-                                      .tokens = tokens,
-                                      .n_tokens = T,
-                                      .logits_mode = ENG_LOGITS_LAST,
-                                      .logits = logits};
-        if (eng_forward(ctx, m, &pool, &item, 1, NULL, &err) != KC_OK) {
-            fprintf(stderr, "kvcast bench: %s\n", err.msg);
+        if (prefill_prompt(ctx, m, &pool, &seq, tokens, T, logits, &err) != KC_OK) {
             goto done;
         }
         const struct kc_bench_decode_profile_in dpin = {
