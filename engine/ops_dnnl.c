@@ -467,6 +467,21 @@ static int preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_
     return 0;
 }
 
+/* Weights md of the layout oneDNN's s8 inner product picks for one row of [n, k] (invariant 8). */
+static int ip_wmd(dnnl_engine_t engine, int n, int k, dnnl_memory_desc_t *out,
+                  struct kc_error *err) {
+    dnnl_primitive_desc_t pd = NULL;
+    const dnnl_status_t st = ip_pd_s8(engine, 1, n, k, NULL, &pd);
+    if (st != dnnl_success) {
+        return kc_error_set(err, KC_EBACKEND,
+                            "oneDNN: no int8 inner product for 1 x %d x %d (status %d)", n, k,
+                            (int)st);
+    }
+    *out = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_primitive_desc_destroy(pd);
+    return 0;
+}
+
 /* Reorders plain [n, k] weights (element type wt, row-major) into a new buffer in layout md.
  * On success *data is a kc_aligned_alloc buffer of *bytes bytes. */
 static int pack_weights(dnnl_engine_t engine, const void *plain, int n, int k, enum eng_wtype wt,
@@ -636,6 +651,22 @@ static bool prim_bias(const struct eng_linear *l, enum eng_wtype wt) {
     return l->bias != NULL && wt != ENG_WTYPE_INT8;
 }
 
+/* The primitive desc running `rows` rows of copy c (an inner product for the int8 one-row
+ * copy, else a matmul) with c's weights md given explicitly; dnnl_unimplemented when oneDNN
+ * would want another layout for that many rows (invariant 2). */
+static dnnl_status_t copy_pd(dnnl_engine_t engine, const struct eng_wcopy *c, int rows, int n,
+                             int k, bool bias, dnnl_primitive_desc_t *pd) {
+    dnnl_status_t st =
+        c->ip ? ip_pd_s8(engine, rows, n, k, &c->md, pd)
+              : matmul_pd(engine, rows, n, k, c->wt, &c->md, bias, c->plain && rows == 1, pd);
+    if (st == dnnl_success &&
+        !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(*pd, dnnl_query_weights_md, 0),
+                                &c->md)) {
+        st = dnnl_unimplemented;
+    }
+    return st;
+}
+
 /* Layout of a weight copy: packed for a matmul of rep_rows rows, plain, or packed for a
  * one-row int8 inner product (invariant 8). */
 enum copy_layout { COPY_PACKED, COPY_PLAIN, COPY_IP };
@@ -693,19 +724,12 @@ static int linear_make_copy(struct eng_linear *l, struct eng_wcopy *c, enum eng_
         plain = NULL;
     } else if (c->ip) {
         KC_ASSERT(wt == ENG_WTYPE_INT8);
-        dnnl_primitive_desc_t pd = NULL;
-        const dnnl_status_t st = ip_pd_s8(l->engine, 1, n, k, NULL, &pd);
-        if (st != dnnl_success) {
-            rc = kc_error_set(err, KC_EBACKEND,
-                              "oneDNN: no int8 inner product for 1 x %d x %d (status %d)", n, k,
-                              (int)st);
+        rc = ip_wmd(l->engine, n, k, &c->md, err);
+        if (rc != 0) {
             goto fail;
         }
-        c->md = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        dnnl_primitive_desc_destroy(pd);
-        if (ip_pd_s8(l->engine, ENG_DECODE_MAX_M, n, k, &c->md, &pd) == dnnl_success &&
-            dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
-                                   &c->md)) {
+        dnnl_primitive_desc_t pd = NULL;
+        if (copy_pd(l->engine, c, ENG_DECODE_MAX_M, n, k, false, &pd) == dnnl_success) {
             c->rep_rows = ENG_DECODE_MAX_M;
         }
         dnnl_primitive_desc_destroy(pd);
@@ -938,28 +962,14 @@ static int prim_create(struct eng_dnn *dnn, const struct eng_linear *l, const st
     p->team = team;
     p->ip = c->ip;
     set_team(team);
-    dnnl_status_t st =
-        c->ip ? ip_pd_s8(dnn->engine, rows, n, k, &c->md, &pd)
-              : matmul_pd(dnn->engine, rows, n, k, c->wt, &c->md, bias, c->plain && rows == 1, &pd);
-    if (st == dnnl_success &&
-        !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
-                                &c->md)) {
-        st = dnnl_unimplemented;
-    }
+    dnnl_status_t st = copy_pd(dnn->engine, c, rows, n, k, bias, &pd);
     if (st != dnnl_success && c->rep_rows > rows) {
         /* oneDNN refuses the packed layout for this row count: run the row count the
          * layout was chosen (or checked) for, padding rows (invariant 2). */
         dnnl_primitive_desc_destroy(pd);
         pd = NULL;
         p->exec_rows = c->rep_rows;
-        st = c->ip ? ip_pd_s8(dnn->engine, p->exec_rows, n, k, &c->md, &pd)
-                   : matmul_pd(dnn->engine, p->exec_rows, n, k, c->wt, &c->md, bias,
-                               c->plain && p->exec_rows == 1, &pd);
-        if (st == dnnl_success &&
-            !dnnl_memory_desc_equal(dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
-                                    &c->md)) {
-            st = dnnl_unimplemented;
-        }
+        st = copy_pd(dnn->engine, c, p->exec_rows, n, k, bias, &pd);
     }
     if (st != dnnl_success) {
         rc = kc_error_set(err, KC_EBACKEND,
@@ -1310,6 +1320,11 @@ dnnl_status_t eng__dnn_matmul_pd(dnnl_engine_t engine, int rows, int n, int k, e
                                  const dnnl_memory_desc_t *w, bool bias, bool gemv,
                                  dnnl_primitive_desc_t *pd) {
     return matmul_pd(engine, rows, n, k, wt, w, bias, gemv, pd);
+}
+
+int eng__dnn_ip_wmd(dnnl_engine_t engine, int n, int k, dnnl_memory_desc_t *out,
+                    struct kc_error *err) {
+    return ip_wmd(engine, n, k, out, err);
 }
 
 dnnl_status_t eng__dnn_ip_pd_s8(dnnl_engine_t engine, int rows, int n, int k,

@@ -68,6 +68,9 @@ dnnl_status_t eng__dnn_matmul_pd(dnnl_engine_t engine, int rows, int n, int k, e
  * take (ops_dnnl.c invariant 8). */
 dnnl_status_t eng__dnn_ip_pd_s8(dnnl_engine_t engine, int rows, int n, int k,
                                 const dnnl_memory_desc_t *w, dnnl_primitive_desc_t *pd);
+/* Weights md of the layout the int8 inner product picks for one row of [n, k]. */
+int eng__dnn_ip_wmd(dnnl_engine_t engine, int n, int k, dnnl_memory_desc_t *out,
+                    struct kc_error *err);
 /* Weights md of the layout oneDNN prefers for rows x k @ k x n. */
 int eng__dnn_preferred_wmd(dnnl_engine_t engine, int rows, int n, int k, enum eng_wtype wt,
                            bool bias, dnnl_memory_desc_t *out, struct kc_error *err);

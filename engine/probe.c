@@ -109,12 +109,9 @@ int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, b
          * invariant 8): the `plain` probe of int8 measures that path. */
         const bool ip = plain && wt == ENG_WTYPE_INT8;
         if (ip) {
-            st = eng__dnn_ip_pd_s8(engine, 1, n[i], k[i], NULL, &pd);
-            if (st == dnnl_success) {
-                wmd = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+            if (eng__dnn_ip_wmd(engine, n[i], k[i], &wmd, NULL) != 0) {
+                st = dnnl_unimplemented;
             }
-            dnnl_primitive_desc_destroy(pd);
-            pd = NULL;
         } else if (plain) {
             st = dnnl_memory_desc_init_by_strides(&wmd, 2, dims, wt_dnnl(wt), strides);
         } else if (eng__dnn_preferred_wmd(engine, rows, n[i], k[i], wt, false, &wmd, NULL) != 0) {

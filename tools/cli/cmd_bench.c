@@ -186,10 +186,11 @@ done:
     return rc;
 }
 
-/* Single-sequence decode steps of `kvcast bench engine`, with the bytes each step reads. */
 /* Most sequences one `bench engine` decode step batches (--batch). */
 #define BENCH_MAX_BATCH 64
 
+/* Decode steps of `kvcast bench engine` over a batch of sequences, with the bytes each step
+ * reads. */
 struct decode_run {
     struct eng_ctx *ctx;
     const struct eng_model *m;
@@ -687,7 +688,7 @@ static int bench_engine_one(int argc, char **argv, const struct engine_pass *pas
     struct eng_dnn *dnn = NULL;
     struct eng_kv_pool pool = {0};
     struct eng_seq seq = {0};
-    struct eng_seq *more = NULL; /* --batch: sequences 2..B of the decode batch */
+    struct eng_seq *more = NULL; /* --batch: more[1..B-1] follow `seq` (more[0] is unused) */
     int32_t *tokens = NULL;
     float *logits = NULL;
     struct eng_triad *triad = NULL;
