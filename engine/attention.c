@@ -79,23 +79,36 @@
  *  9. Decode path. One query row of a GQA group of 3..8 heads with D a multiple of 8 (every decode
  *     step of TinyLlama, Llama 3, Qwen 2) takes attention_decode instead of the tiles: a tile of
  *     one row fills only grp of the 16 lanes of its score vectors, so half or more of its FMAs were
- *     padding. Here a head is one lane of a ymm vector (8 lanes): St[key][8] and Ot[D][8], each key
- *     element broadcast once for the whole group, 8 keys (QK) or 8 columns (PV) per block for 8
- *     independent accumulators; Zen 4 issues two ymm FMAs per cycle against one zmm, and Xeons
- *     issue two of either, so no machine loses. The context is split into ATT_DEC_ITEMS_PER_THREAD
- *     key ranges per thread (multiples of 16 keys, no more ranges than ATT_TK chunks, at most
- *     ATT_DEC_MAX_SPLITS), handed out dynamically, each attended by every kv head in turn: a cache
- *     block holds one layer's rows of all heads contiguously, so a range reads contiguous runs, and
- *     the next chunk's runs are prefetched while this one is computed. Each (kv head, range) keeps
- *     an online-softmax partial (max, sum, Ot) in the scratch after the per-thread slices, beside
- *     the queries, scaled and transposed once per call; the merge rescales them by exp(max_s -
- *     max). Measured on the 2-core AMD EPYC (Zen 4), TinyLlama's shape (H 32, Hkv 4, D 64), one row
- *     at context 2048, warm (`kvcast bench engine --attn-only --attn 544,2048`): 1 thread 301-368
- *     us against 403 us for the tiles, 2 threads 169-209 against 205-215 us; inside a decode step
- *     at context 1024-1056 on 1 thread (`bench engine --profile`, int8, `--prompt-len 1024 --gen
- *     32`): 7.6-9.0 against 11.1-11.9 ms of attention per step. With 2 threads a step's attention
- *     is bound by reading the cold cache from memory (about 1 MB per layer at context 544) and
- *     runs about as fast as the tiles did (3.4 ms of a 26 ms int8 step at context 512-576).
+ *     padding. Here the 16 lanes of a zmm vector are (head h, parity p) pairs, lane 2h+p (the pair
+ *     layout): queries are packed as Qt2[D/2][16] = q_h[2c2+p], so one 64-bit broadcast of a key's
+ *     (k[2c2], k[2c2+1]) times Qt2[c2] accumulates both halves of every head's dot product, and
+ *     adding each lane's neighbour leaves k.q_h in both lanes of head h. Scores, P, the running
+ *     max and sum stay in that duplicated layout (St2[key][16]), which is exactly what PV needs:
+ *     Ot2[c2][2h+p] += (v[2c2], v[2c2+1]) broadcast * P2[key], 16 column pairs per block. Every
+ *     FMA does 16 useful products, against 8 for the ymm-per-group kernel this replaced, whose
+ *     choice rested on Zen 4 issuing two ymm FMAs per cycle against one zmm: Xeons and Zen 5 issue
+ *     two of either (measured here, Zen 5: 6.9 G FMA/s of ymm and of zmm per core), and Zen 4
+ *     does the same work either way. 8 keys (QK) or 16 column pairs (PV) per block are
+ *     independent accumulators. The context is split into ATT_DEC_ITEMS_PER_THREAD key ranges
+ *     per thread (multiples of 16 keys, no more ranges than ATT_TK chunks, at most
+ *     ATT_DEC_MAX_SPLITS), handed out dynamically; a range is a sequence of items (chunk, kv
+ *     head), and each item's loops prefetch the next item's rows a line or two per inner
+ *     iteration (struct dec_pf), about the rate the item consumes them. In a decode step the
+ *     cache is cold (the products streamed megabytes of weights since this layer's keys were
+ *     last read), and reading a chunk of every head at once (the earlier prefetch) filled the
+ *     core's miss buffers and stalled it until they drained, so reading and arithmetic added up
+ *     instead of overlapping. Each (kv head, range) keeps an online-softmax partial (max, sum,
+ *     Ot2) in the scratch after the per-thread slices, beside the packed queries; the merge
+ *     rescales them by exp(max_s - max), all lanes of a kv head at once. Measured on the 2-core
+ *     AMD EPYC (Zen 5, family 26; no AMX), TinyLlama's shape (H 32, Hkv 4, D 64), 2 threads,
+ *     against the ymm kernel with the whole-chunk prefetch, side by side: attention per int8
+ *     decode step (`kvcast bench engine --profile --dtypes int8`, 22 layers) 2.25-2.30 -> 1.38-
+ *     1.57 ms at context 512-544 and 7.1 -> 4.3 ms at 2000-2032; one warm row at context 2048
+ *     (`--attn-only`) 157-165 -> 138-139 us. In a standalone probe of one cold layer at context
+ *     544 (weights streamed between calls), the 16-lane arithmetic alone took 113-123 us to
+ *     88-94, the trickled prefetch to 73-79 and two ranges per thread instead of four (one cold
+ *     first item fewer per range) to 70-73; the same prefetch in bursts of 64 lines per key
+ *     block had done nothing for the ymm kernel.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -805,34 +818,39 @@ static int team_size(void) {
 /* ---- decode path (one query row of a GQA group of 3..8 heads; invariant 9) ---- */
 
 #if defined(__AVX512F__)
-/* Heads per vector of the decode path: one ymm lane per head of the group. */
+/* Heads of a group the decode path takes at most; each has two lanes of a zmm vector. */
 #define ATT_DEC_W 8
+/* Lanes of the decode path's vectors: lane 2h+p is head h and element parity p (pair layout). */
+#define ATT_DEC_L 16
 /* Keys per QK block of the decode path: 8 independent accumulators keep two FMA pipes busy. */
 #define ATT_DEC_KB 8
+/* Column pairs per PV block: 16 accumulators, the rest of the registers for operands. */
+#define ATT_DEC_CB 16
 /* Items (context splits) per thread the decode path aims for, and the most splits. */
-#define ATT_DEC_ITEMS_PER_THREAD 4
+#define ATT_DEC_ITEMS_PER_THREAD 2
 #define ATT_DEC_MAX_SPLITS 64
 
-/* One (kv head, split)'s partial result: running max and sum per head, then Ot[D][8]. */
+/* One (kv head, split)'s partial result: running max and sum per lane, then Ot2[D/2][16]. */
 static size_t dec_part_floats(int d) {
-    return 2 * ATT_DEC_W + (size_t)d * ATT_DEC_W;
+    return 2 * ATT_DEC_L + (size_t)d / 2 * ATT_DEC_L;
 }
 
-/* Per-thread scratch of the decode path: St[TK][8], Kf and Vf [TK][D] (bf16 views), zeros[D]. */
+/* Per-thread scratch of the decode path: St2[TK][16], Kf and Vf [TK][D] (bf16 views), zeros[D]. */
 static size_t dec_thread_floats(int d) {
-    return up16((size_t)ATT_TK * ATT_DEC_W) + 2 * up16((size_t)ATT_TK * (size_t)d) +
+    return up16((size_t)ATT_TK * ATT_DEC_L) + 2 * up16((size_t)ATT_TK * (size_t)d) +
            up16((size_t)d);
 }
 
 /* The zero row at the end of a decode thread's scratch (keys past a chunk point at it). */
 static float *dec_zeros(float *sc, int d) {
-    return sc + up16((size_t)ATT_TK * ATT_DEC_W) + 2 * up16((size_t)ATT_TK * (size_t)d);
+    return sc + up16((size_t)ATT_TK * ATT_DEC_L) + 2 * up16((size_t)ATT_TK * (size_t)d);
 }
 
 /* The decode path's shared scratch after the per-thread slices: the (kv head, split) partials
- * for up to ATT_DEC_MAX_SPLITS splits, then each kv head's scaled queries Qt[D][8]. */
+ * for up to ATT_DEC_MAX_SPLITS splits, then each kv head's scaled queries Qt2[D/2][16]. */
 static size_t dec_shared_floats(int n_kv_heads, int d) {
-    return (size_t)n_kv_heads * (ATT_DEC_MAX_SPLITS * dec_part_floats(d) + (size_t)d * ATT_DEC_W);
+    return (size_t)n_kv_heads *
+           (ATT_DEC_MAX_SPLITS * dec_part_floats(d) + (size_t)d / 2 * ATT_DEC_L);
 }
 
 /* Splits of the context: enough items to balance the team, none shorter than a key chunk. */
@@ -843,116 +861,175 @@ static int dec_splits(int n_keys, int threads) {
     return want < most ? want : most;
 }
 
-/* Asks for the K and V rows (all kv heads) of keys k_lo..k_hi-1 to be brought into the
- * cache: a cache block holds a layer's rows of all heads contiguously, so whole rows are
- * contiguous runs the hardware prefetcher would only find after the jump between blocks. */
-static void dec_prefetch(const struct eng_kv_view *kv, int k_lo, int k_hi, int n_kv_heads, int d) {
+/* The next item of a decode range (the next kv head of this chunk, or the first of the next
+ * chunk): its key rows, each value row voff bytes after its key row. The current item's loops
+ * ask for its lines one or two at a time (dec_pf_step), so the requests go out at about the rate
+ * the item uses data and overlap its arithmetic; asking for a whole chunk at once filled the
+ * core's miss buffers and stalled it until they drained (invariant 9). */
+struct dec_pf {
+    const char *k[ATT_TK];
+    int n;     /* rows; 0 when the range has no next item */
+    int lines; /* 64-byte lines per row */
+    size_t voff;
+    int r, li; /* the next line to ask for: row r, line li */
+};
+
+static void dec_pf_init(struct dec_pf *pf, const struct eng_kv_view *kv, int g, int n_kv_heads,
+                        int d, int k0, int nk) {
     const size_t esz = kv->dtype == ENG_DTYPE_BF16 ? 2 : 4;
+    const size_t step = (size_t)n_kv_heads * (size_t)d * esz; /* consecutive keys of a block */
     const char *base = (const char *)(const void *)kv->base;
-    for (int t = k_lo; t < k_hi;) {
-        const int in_block = kv->block_size - t % kv->block_size;
-        const int n = k_hi - t < in_block ? k_hi - t : in_block;
-        const char *k = base + kv_key_off(kv, t, n_kv_heads, d, 0) * esz;
-        const size_t bytes = (size_t)n * (size_t)n_kv_heads * (size_t)d * esz;
-        for (size_t o = 0; o < bytes; o += 64) {
-            __builtin_prefetch(k + o, 0, 2);
-            __builtin_prefetch(k + kv->v_offset * esz + o, 0, 2);
+    pf->n = nk > 0 ? nk : 0;
+    pf->lines = (int)(((size_t)d * esz + 63) / 64);
+    pf->voff = kv->v_offset * esz;
+    pf->r = pf->li = 0;
+    const char *row = NULL;
+    int in_block = k0 % kv->block_size;
+    for (int j = 0; j < nk; j++, in_block++) {
+        if (j == 0 || in_block == kv->block_size) {
+            in_block = (k0 + j) % kv->block_size;
+            row = base + kv_key_off(kv, k0 + j, n_kv_heads, d, g) * esz;
+        } else {
+            row += step;
         }
-        t += n;
+        pf->k[j] = row;
     }
 }
 
-/* Keys k0..k0+nk-1 (nk <= ATT_TK) of kv head g against the group's heads, Qt[D][8] (scaled
- * queries, zero past the group): the online-softmax update of part (max, sum, Ot). */
+/* Asks for the next line of the next item's keys, or of its values after dec_pf_values. */
+static inline void dec_pf_step(struct dec_pf *pf) {
+    if (pf->r < pf->n) {
+        __builtin_prefetch(pf->k[pf->r] + (size_t)pf->li * 64, 0, 3);
+        if (++pf->li == pf->lines) {
+            pf->li = 0;
+            pf->r++;
+        }
+    }
+}
+
+/* Points the walk at the value rows. */
+static void dec_pf_values(struct dec_pf *pf) {
+    for (int j = 0; j < pf->n; j++) {
+        pf->k[j] += pf->voff;
+    }
+    pf->r = pf->li = 0;
+}
+
+/* The pair (x[0], x[1]) in every pair of lanes: one 64-bit broadcast load. */
+static inline __m512 pair_bcast(const float *x) {
+    double v;
+    memcpy(&v, x, sizeof(v));
+    return _mm512_castpd_ps(_mm512_set1_pd(v));
+}
+
+/* Ot2 columns pairs c2..c2+cb-1 (cb <= ATT_DEC_CB): Ot2 = alpha * Ot2 + sum_j v_j-pairs * P2[j].
+ * Inlined with a constant cb so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void dec_pv_block(float *restrict ot, int c2, int cb,
+                                                               __m512 alpha, const float *const *vp,
+                                                               int nk, const float *restrict st,
+                                                               struct dec_pf *pf) {
+    __m512 acc[ATT_DEC_CB];
+    for (int i = 0; i < cb; i++) {
+        acc[i] = _mm512_mul_ps(alpha, _mm512_loadu_ps(ot + (size_t)(c2 + i) * ATT_DEC_L));
+    }
+    for (int j = 0; j < nk; j++) {
+        const __m512 p = _mm512_loadu_ps(st + (size_t)j * ATT_DEC_L);
+        dec_pf_step(pf); /* a row's values have 2 lines per j and column block (f32) */
+        dec_pf_step(pf);
+        const float *vj = vp[j] + 2 * c2;
+        /* Materialise vj: otherwise GCC keeps one index register per column pair and spills. */
+        __asm__("" : "+r"(vj));
+#pragma GCC unroll 16
+        for (int i = 0; i < cb; i++) {
+            acc[i] = _mm512_fmadd_ps(pair_bcast(vj + 2 * i), p, acc[i]);
+        }
+    }
+    for (int i = 0; i < cb; i++) {
+        _mm512_storeu_ps(ot + (size_t)(c2 + i) * ATT_DEC_L, acc[i]);
+    }
+}
+
+/* Keys k0..k0+nk-1 (nk <= ATT_TK) of kv head g against the group's heads, Qt2[D/2][16] (scaled
+ * queries in pair layout, zero past the group): the online-softmax update of part (max, sum,
+ * Ot2). */
 static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int g, int n_kv_heads,
-                             int d, int k0, int nk, float *sc, float *part) {
+                             int d, int k0, int nk, float *sc, float *part, struct dec_pf *pf) {
     float *st = sc;
-    float *kf = st + up16((size_t)ATT_TK * ATT_DEC_W);
+    float *kf = st + up16((size_t)ATT_TK * ATT_DEC_L);
     float *vf = kf + up16((size_t)ATT_TK * (size_t)d);
     const float *zeros = dec_zeros(sc, d);
-    float *ot = part + 2 * ATT_DEC_W;
+    float *ot = part + 2 * ATT_DEC_L;
     const float *kp[ATT_TK], *vp[ATT_TK];
     chunk_rows(kv, g, n_kv_heads, d, k0, nk, kf, vf, zeros, kp, vp);
-    /* St[j][h] = k_j . q_h: each key element is broadcast once for the whole group. */
+    const int d2 = d / 2;
+    /* St2[j][2h+p] = sum over c of parity p of k_j[c] q_h[c]; adding the neighbour lane gives
+     * the dot product k_j . q_h in both lanes of head h, the layout PV multiplies by. */
     for (int j = 0; j < nk; j += ATT_DEC_KB) {
-        __m256 acc[ATT_DEC_KB];
+        __m512 acc[ATT_DEC_KB];
         for (int i = 0; i < ATT_DEC_KB; i++) {
-            acc[i] = _mm256_setzero_ps();
+            acc[i] = _mm512_setzero_ps();
         }
-        for (int c = 0; c < d; c++) {
-            const __m256 b = _mm256_loadu_ps(qt + (size_t)c * ATT_DEC_W);
+        for (int c2 = 0; c2 < d2; c2++) {
+            dec_pf_step(pf); /* 8 rows of D/16 lines (f32) per block of D/2 steps */
+            const __m512 b = _mm512_loadu_ps(qt + (size_t)c2 * ATT_DEC_L);
             for (int i = 0; i < ATT_DEC_KB; i++) {
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(kp[j + i][c]), b, acc[i]);
+                acc[i] = _mm512_fmadd_ps(pair_bcast(kp[j + i] + 2 * c2), b, acc[i]);
             }
         }
         for (int i = 0; i < ATT_DEC_KB; i++) {
-            _mm256_storeu_ps(st + (size_t)(j + i) * ATT_DEC_W, acc[i]);
+            const __m512 s = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0xB1));
+            _mm512_storeu_ps(st + (size_t)(j + i) * ATT_DEC_L, s);
         }
     }
-    /* Online softmax per head; St rows are 8 floats, so two keys fill a zmm. */
-    const int nf = nk * ATT_DEC_W;
-    const __m256 m = _mm256_loadu_ps(part), l = _mm256_loadu_ps(part + ATT_DEC_W);
-    __m512 bm = _mm512_set1_ps(-INFINITY);
-    for (int i = 0; i < nf; i += 16) {
-        bm = _mm512_mask_max_ps(bm, tail_mask(nf - i), bm, _mm512_loadu_ps(st + i));
+    dec_pf_values(pf);
+    /* Online softmax per lane (both lanes of a head hold the same values). */
+    const __m512 m = _mm512_loadu_ps(part), l = _mm512_loadu_ps(part + ATT_DEC_L);
+    __m512 m_new = m;
+    for (int j = 0; j < nk; j++) {
+        m_new = _mm512_max_ps(m_new, _mm512_loadu_ps(st + (size_t)j * ATT_DEC_L));
     }
-    const __m256 m_new =
-        _mm256_max_ps(m, _mm256_max_ps(_mm512_castps512_ps256(bm), _mm512_extractf32x8_ps(bm, 1)));
-    const __m512 m2 = _mm512_insertf32x8(_mm512_castps256_ps512(m_new), m_new, 1);
-    __m512 sum2 = _mm512_setzero_ps();
-    for (int i = 0; i < nf; i += 16) {
-        const __mmask16 k = tail_mask(nf - i);
-        const __m512 e =
-            _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, st + i), m2)));
-        _mm512_mask_storeu_ps(st + i, k, e);
-        sum2 = _mm512_add_ps(sum2, e);
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < nk; j++) {
+        float *sj = st + (size_t)j * ATT_DEC_L;
+        const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(sj), m_new));
+        _mm512_storeu_ps(sj, e);
+        sum = _mm512_add_ps(sum, e);
     }
     /* The first chunk: m is -inf and exp512 clamps to ~1e-38, which scales zeros. */
-    const __m256 alpha =
-        _mm512_castps512_ps256(exp512(_mm512_castps256_ps512(_mm256_sub_ps(m, m_new))));
-    _mm256_storeu_ps(part, m_new);
-    _mm256_storeu_ps(part + ATT_DEC_W,
-                     _mm256_fmadd_ps(l, alpha,
-                                     _mm256_add_ps(_mm512_castps512_ps256(sum2),
-                                                   _mm512_extractf32x8_ps(sum2, 1))));
-    /* Ot[c][h] = alpha * Ot[c][h] + sum_j v_j[c] * P[j][h], 8 columns at a time. */
-    for (int c0 = 0; c0 < d; c0 += 8) {
-        __m256 acc[8];
-        for (int i = 0; i < 8; i++) {
-            acc[i] = _mm256_mul_ps(alpha, _mm256_loadu_ps(ot + (size_t)(c0 + i) * ATT_DEC_W));
-        }
-        for (int j = 0; j < nk; j++) {
-            const __m256 p = _mm256_loadu_ps(st + (size_t)j * ATT_DEC_W);
-            const float *vj = vp[j] + c0;
-            for (int i = 0; i < 8; i++) {
-                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(vj[i]), p, acc[i]);
-            }
-        }
-        for (int i = 0; i < 8; i++) {
-            _mm256_storeu_ps(ot + (size_t)(c0 + i) * ATT_DEC_W, acc[i]);
-        }
+    const __m512 alpha = exp512(_mm512_sub_ps(m, m_new));
+    _mm512_storeu_ps(part, m_new);
+    _mm512_storeu_ps(part + ATT_DEC_L, _mm512_fmadd_ps(l, alpha, sum));
+    /* Ot2[c2][2h+p] = alpha * Ot2 + sum_j v_j[2 c2 + p] * P[j][h], ATT_DEC_CB pairs at a time
+     * (D is a multiple of 8, so the rest is a multiple of 4 pairs). */
+    int c2 = 0;
+    for (; c2 + ATT_DEC_CB <= d2; c2 += ATT_DEC_CB) {
+        dec_pv_block(ot, c2, ATT_DEC_CB, alpha, vp, nk, st, pf);
+    }
+    for (; c2 < d2; c2 += 4) {
+        dec_pv_block(ot, c2, 4, alpha, vp, nk, st, pf);
     }
 }
 
 /* One query row at position pos0 (keys 0..pos0) of GQA groups of 3..8 heads, D a multiple of
  * 8: the context is split into key ranges handed out to the team, each range attended by all
- * kv heads chunk by chunk (prefetching the next chunk), then one merge per head. */
+ * kv heads chunk by chunk (prefetching the next chunk), then one merge per kv head. */
 static void attention_decode(const float *q, int pos0, const struct eng_kv_view *kv, int n_heads,
                              int n_kv_heads, int d, float scale, float *out, float *scratch,
                              size_t per_thread, int threads) {
-    const int grp = n_heads / n_kv_heads, n_keys = pos0 + 1;
+    const int grp = n_heads / n_kv_heads, n_keys = pos0 + 1, d2 = d / 2;
     const int splits = dec_splits(n_keys, threads);
     const int span = ((n_keys + splits - 1) / splits + 15) / 16 * 16;
     const size_t pf = dec_part_floats(d);
     float *parts = scratch + (size_t)threads * per_thread;             /* [Hkv][splits] */
-    float *qts = parts + (size_t)n_kv_heads * ATT_DEC_MAX_SPLITS * pf; /* [Hkv][D][8] */
-    /* Every kv head's group of queries, scaled and transposed once (zero past the group). */
+    float *qts = parts + (size_t)n_kv_heads * ATT_DEC_MAX_SPLITS * pf; /* [Hkv][D/2][16] */
+    /* Every kv head's group of queries, scaled, in pair layout (zero past the group). */
     for (int g = 0; g < n_kv_heads; g++) {
         const float *qg = q + (size_t)g * (size_t)grp * (size_t)d;
-        float *qt = qts + (size_t)g * (size_t)d * ATT_DEC_W;
-        for (int c = 0; c < d; c++) {
-            for (int h = 0; h < ATT_DEC_W; h++) {
-                qt[(size_t)c * ATT_DEC_W + (size_t)h] =
+        float *qt = qts + (size_t)g * (size_t)d2 * ATT_DEC_L;
+        for (int c2 = 0; c2 < d2; c2++) {
+            for (int lane = 0; lane < ATT_DEC_L; lane++) {
+                const int h = lane / 2, c = 2 * c2 + lane % 2;
+                qt[(size_t)c2 * ATT_DEC_L + (size_t)lane] =
                     h < grp ? qg[(size_t)h * (size_t)d + (size_t)c] * scale : 0.0f;
             }
         }
@@ -964,6 +1041,7 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
 #endif
     {
         float *sc = scratch + (size_t)team_thread() * per_thread;
+        struct dec_pf next;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
@@ -971,51 +1049,62 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
             const int k_lo = s * span, k_hi = k_lo + span < n_keys ? k_lo + span : n_keys;
             for (int g = 0; g < n_kv_heads; g++) {
                 float *part = parts + ((size_t)g * (size_t)splits + (size_t)s) * pf;
-                for (int h = 0; h < ATT_DEC_W; h++) {
-                    part[h] = -INFINITY; /* an empty split weighs nothing in the merge */
-                    part[ATT_DEC_W + h] = 0.0f;
+                for (int lane = 0; lane < ATT_DEC_L; lane++) {
+                    part[lane] = -INFINITY; /* an empty split weighs nothing in the merge */
+                    part[ATT_DEC_L + lane] = 0.0f;
                 }
-                memset(part + 2 * ATT_DEC_W, 0, (size_t)d * ATT_DEC_W * sizeof(float));
+                memset(part + 2 * ATT_DEC_L, 0, (size_t)d2 * ATT_DEC_L * sizeof(float));
             }
             memset(dec_zeros(sc, d), 0, (size_t)d * sizeof(float));
             for (int k0 = k_lo; k0 < k_hi; k0 += ATT_TK) {
                 const int nk = k_hi - k0 < ATT_TK ? k_hi - k0 : ATT_TK;
-                const int n_end = k0 + nk + ATT_TK < k_hi ? k0 + nk + ATT_TK : k_hi;
-                dec_prefetch(kv, k0 + nk, n_end, n_kv_heads, d);
                 for (int g = 0; g < n_kv_heads; g++) {
-                    attend_dec_chunk(qts + (size_t)g * (size_t)d * ATT_DEC_W, kv, g, n_kv_heads, d,
+                    /* The next item: kv head g + 1 of this chunk, else head 0 of the next chunk
+                     * of the range (no rows past the range's end). */
+                    const bool same = g + 1 < n_kv_heads;
+                    const int k_next = same ? k0 : k0 + nk;
+                    const int n_next = same ? nk : k_hi - k_next < ATT_TK ? k_hi - k_next : ATT_TK;
+                    dec_pf_init(&next, kv, same ? g + 1 : 0, n_kv_heads, d, k_next, n_next);
+                    attend_dec_chunk(qts + (size_t)g * (size_t)d2 * ATT_DEC_L, kv, g, n_kv_heads, d,
                                      k0, nk, sc,
-                                     parts + ((size_t)g * (size_t)splits + (size_t)s) * pf);
+                                     parts + ((size_t)g * (size_t)splits + (size_t)s) * pf, &next);
                 }
             }
         }
+        /* Merge, all lanes of a kv head at once: weights exp(max_s - max) (an empty split's
+         * -inf max weighs ~1e-38 against its zero sum and Ot2), then each pair of lanes is a
+         * head's two interleaved columns. */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int g = 0; g < n_kv_heads; g++) {
             const float *pg = parts + (size_t)g * (size_t)splits * pf;
-            for (int h = 0; h < grp; h++) {
-                float mx = -INFINITY;
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (int s = 0; s < splits; s++) {
+                mx = _mm512_max_ps(mx, _mm512_loadu_ps(pg + (size_t)s * pf));
+            }
+            __m512 w[ATT_DEC_MAX_SPLITS];
+            __m512 total = _mm512_setzero_ps();
+            for (int s = 0; s < splits; s++) {
+                const float *ps = pg + (size_t)s * pf;
+                w[s] = exp512(_mm512_sub_ps(_mm512_loadu_ps(ps), mx));
+                total = _mm512_fmadd_ps(w[s], _mm512_loadu_ps(ps + ATT_DEC_L), total);
+            }
+            const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
+            float *og = out + (size_t)g * (size_t)grp * (size_t)d;
+            for (int c2 = 0; c2 < d2; c2++) {
+                __m512 acc = _mm512_setzero_ps();
                 for (int s = 0; s < splits; s++) {
-                    mx = fmaxf(mx, pg[(size_t)s * pf + (size_t)h]);
+                    acc = _mm512_fmadd_ps(w[s],
+                                          _mm512_loadu_ps(pg + (size_t)s * pf + 2 * ATT_DEC_L +
+                                                          (size_t)c2 * ATT_DEC_L),
+                                          acc);
                 }
-                float w[ATT_DEC_MAX_SPLITS];
-                float total = 0.0f;
-                for (int s = 0; s < splits; s++) {
-                    const float *ps = pg + (size_t)s * pf;
-                    w[s] = ps[h] == -INFINITY ? 0.0f : expf(ps[h] - mx);
-                    total += w[s] * ps[ATT_DEC_W + h];
-                }
-                float *o = out + ((size_t)g * (size_t)grp + (size_t)h) * (size_t)d;
-                const float inv = 1.0f / total;
-                for (int c = 0; c < d; c++) {
-                    float acc = 0.0f;
-                    for (int s = 0; s < splits; s++) {
-                        acc +=
-                            w[s] *
-                            pg[(size_t)s * pf + 2 * ATT_DEC_W + (size_t)c * ATT_DEC_W + (size_t)h];
-                    }
-                    o[c] = acc * inv;
+                float o2[ATT_DEC_L];
+                _mm512_storeu_ps(o2, _mm512_mul_ps(acc, inv));
+                for (int h = 0; h < grp; h++) {
+                    memcpy(og + (size_t)h * (size_t)d + 2 * (size_t)c2, o2 + 2 * h,
+                           2 * sizeof(float));
                 }
             }
         }
