@@ -2,7 +2,9 @@
 # Engine benchmark on synthetic models of real configurations (random weights, real shapes):
 # runs `kvcast bench engine` for TinyLlama-1.1B shapes at 1 thread (f32 prefill, bf16 decode)
 # and at 2 threads for every weight type (--dtypes f32,bf16,int8: each type for prefill and
-# decode, prefill against the single GEMM of its own type, decode against the triad), plus the KV Prediction TTFT comparison (--kvp, 1024-token prompt, aux = a
+# decode, prefill against the single GEMM of its own type, decode against the triad), batched
+# decode (--batch 4 and 16), bf16 and int8 decode after a 2000-token prompt, the KV Prediction
+# TTFT comparison (--kvp, 1024-token prompt, aux = a
 # layer-pruned copy at 1/4 of the layers), the prefill attention kernel against an f32 GEMM at
 # 512, 2048 and 8192 tokens (beside the one-row kernel it replaced for prefill), and writes
 # docs/bench/engine.md. Hand-written sections of docs/bench/engine.md after the KEEP marker line
@@ -26,6 +28,7 @@ run t2 --config "$CFG" --prompt-len 512 --gen 64 --threads 2 --dtypes f32,bf16,i
 for b in 4 16; do
     run "b$b" --config "$CFG" --prompt-len 512 --gen 16 --threads 2 --dtypes bf16,int8 --batch "$b" --attn none
 done
+run lc --config "$CFG" --prompt-len 2000 --gen 32 --threads 2 --dtypes bf16,int8 --attn none
 run attn --config "$CFG" --threads 2 --attn-only --attn 512,2048,8192 --attn-old
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 > "$TMP/gemv1.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --rows 8 > "$TMP/gemv8.txt"
@@ -96,6 +99,18 @@ for b in ["b4", "b16"]:
         L.append("| %d | %s | %.1f | %.2fx | %.2fx | %.1f |" % (
             B, o["decode_dtype"], o["decode_tokens_per_s"], o["decode_tokens_per_s"] / one[o["decode_dtype"]],
             o["decode_tokens_per_s"] / bb["bf16"], o["decode_gbs"]))
+L.append("\n## Decode at a long context (2000-token prompt, 32 steps, 2 threads)\n")
+L.append("The same decode as t2 after a 2000-token prompt instead of 512: each step also reads four "
+         "times the KV (f32 cache), and decode attention (engine/attention.c invariant 9) takes a "
+         "larger share of the step.\n")
+L.append("Tokens/s from separate runs move with the host's bandwidth; the ratio to the triad beside "
+         "each window is the figure to compare with t2's.\n")
+L.append("| weights | decode tok/s | MB/token | triad GB/s | ratio | whole run |")
+L.append("|---|---|---|---|---|---|")
+for o in objs("lc"):
+    L.append("| %s | %.2f | %.0f | %.2f | **%.2f** | %.2f |" % (
+        o["decode_dtype"], o["decode_tokens_per_s"], o["decode_gbs"] * 1e3 / o["decode_tokens_per_s"],
+        o["triad_gbs"], o["decode_vs_triad"], o["decode_vs_best_triad"]))
 k = load("kvp")["kvp"]
 L.append("")
 L.append("## KV Prediction TTFT (prompt %d tokens, aux = %d layers of the same width, random predictor)\n" % (k["prompt_len"], k["aux_layers"]))
@@ -129,7 +144,7 @@ L.append("Why one-row bf16 decode steps read a plain copy of the weights (engine
 for f in ["gemv1.txt", "gemv8.txt", "gemv1i8.txt", "gemv8i8.txt"]:
     L.append("```\n" + open(os.path.join(tmp, f)).read().strip() + "\n```\n")
 L.append("## Commands\n")
-for n in ["t1", "t2", "b4", "b16", "attn", "kvp"]:
+for n in ["t1", "t2", "b4", "b16", "lc", "attn", "kvp"]:
     L.append("    " + load(n)["cmd"])
 L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8] [--dtype int8]" % cfg)
 text = "\n".join(L) + "\n"
