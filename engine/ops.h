@@ -95,8 +95,11 @@ int eng_linear_n_out(const struct eng_linear *l);
 int eng_linear_n_in(const struct eng_linear *l);
 /* Bytes of packed weights held (both copies). */
 size_t eng_linear_bytes(const struct eng_linear *l);
-/* Bytes of weights one forward with m rows reads (the copy that m selects). */
+/* Bytes of weights one forward with m rows reads (the copy that m selects; for m > 16, the
+ * copy of its first chunk). */
 size_t eng_linear_bytes_read(const struct eng_linear *l, int m);
+/* Index of that copy (for the tests: which forwards share a copy). */
+int eng__linear_copy_for_rows(const struct eng_linear *l, int m);
 
 /* y[m, N] = x[m, K] @ W^T + b, in f32 (bf16 weights: activations converted to bf16, f32
  * accumulation; int8: activations quantized per row to s8, s32 accumulation, rescaled by the

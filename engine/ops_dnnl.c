@@ -30,7 +30,8 @@
  *     the layout came from it).
  *  3. Row buckets bound the number of primitives: m <= ENG_DECODE_MAX_M runs an exact-m
  *     primitive on the decode copy; larger m runs in chunks of ENG_LINEAR_CHUNK rows on the
- *     prefill copy, the last partial chunk padded up to a multiple of 32 (<= 128) or 64. So
+ *     prefill copy (short int8 chunks: invariant 8), the last partial chunk padded up to a
+ *     multiple of 32 (<= 128) or 64. copy_for_rows picks the copy of a bucket. So
  *     a shape has at most 16 + 11 primitives per weight type.
  *  4. Primitives and scratch buffers are created on the first forward of a bucket (or by
  *     eng_linear_prepare); a warmed-up step loop only looks up, sets data handles and
@@ -73,8 +74,14 @@
  *     2..ENG_DECODE_MAX_M rows (a batched decode step) on inner products too, wherever oneDNN
  *     takes the one-row layout for ENG_DECODE_MAX_M rows (checked at creation, rep_rows; a
  *     row count that refuses it runs padded to ENG_DECODE_MAX_M); elsewhere a packed decode
- *     copy runs them on the matmul. Prefill keeps the matmul. Measured side by side in one
- *     session on the 2-core AMD EPYC (Zen 4, VNNI, no AMX), the 22 layers' products of
+ *     copy runs them on the matmul. int8 prefill chunks of up to ENG_IP_PREFILL_MAX (64) rows
+ *     run the inner product on the same copy too (short_copy), where oneDNN's effective ISA is
+ *     AVX-512 VNNI without AMX and it takes the layout for 32 and 64 rows; longer chunks keep the
+ *     matmul. A standalone probe of the 22 layers' products (2 threads, Zen 5, GB/s of weights,
+ *     best of 4, two runs): inner product / packed matmul 18.0-18.3 / 12.4-12.6 at 32 rows,
+ *     10.8-11.0 / 8.5-8.6 at 64, 5.3 / 5.1-5.2 at 128, equal at 256 and 512. With AMX the matmul
+ *     runs AMX tiles, and that was not measured, so those machines keep it. Measured side by
+ *     side in one session on the 2-core AMD EPYC (Zen 4, VNNI, no AMX), the 22 layers' products of
  *     TinyLlama-1.1B, 2 threads, GB/s of weights, best of 4 passes of a standalone oneDNN
  *     probe (`kvcast bench gemv --dtype int8 --rows M` now runs both paths):
  *
@@ -148,6 +155,9 @@
 
 /* Rows per prefill chunk; also the representative row count of the prefill copy. */
 #define ENG_LINEAR_CHUNK 512
+/* int8 prefill chunks of up to this many rows run the one-row inner-product copy where the
+ * CPU has VNNI and no AMX (invariant 8). */
+#define ENG_IP_PREFILL_MAX 64
 /* eng_linear_prepare prepares every elastic team size up to this many threads. */
 #define ENG_PREPARE_TEAMS_MAX 8
 /* Converting activations to bf16 goes parallel from this many elements on. */
@@ -211,8 +221,10 @@ struct eng_linear {
     int n_copies;
     struct eng_wcopy copy[3];
     /* Indices into copy[] for rows > 16, 2..16 and 1; gemv_copy is plain (invariant 6), for
-     * int8 an inner product's layout (invariant 8). */
-    int prefill_copy, decode_copy, gemv_copy;
+     * int8 an inner product's layout (invariant 8). short_copy runs prefill chunks of up to
+     * ENG_IP_PREFILL_MAX rows: the int8 inner-product copy where invariant 8 says so, else
+     * prefill_copy. copy_for_rows picks. */
+    int prefill_copy, decode_copy, gemv_copy, short_copy;
     float *bias; /* [N] or NULL */
     dnnl_memory_t bias_mem;
 };
@@ -759,6 +771,25 @@ fail:
     return rc;
 }
 
+/* Whether int8 prefill chunks of up to ENG_IP_PREFILL_MAX rows run on the one-row
+ * inner-product copy c (invariant 8): only where it was measured faster, oneDNN's effective ISA
+ * being AVX-512 VNNI without AMX, and where oneDNN takes c's layout for every such bucket. */
+static bool short_chunks_on_ip(const struct eng_linear *l, const struct eng_wcopy *c) {
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    if (!c->ip || (isa != dnnl_cpu_isa_avx512_core_vnni && isa != dnnl_cpu_isa_avx512_core_bf16)) {
+        return false;
+    }
+    for (int rows = 32; rows <= ENG_IP_PREFILL_MAX; rows += 32) {
+        dnnl_primitive_desc_t pd = NULL;
+        const dnnl_status_t st = copy_pd(l->engine, c, rows, l->n_out, l->n_in, false, &pd);
+        dnnl_primitive_desc_destroy(pd);
+        if (st != dnnl_success) {
+            return false;
+        }
+    }
+    return true;
+}
+
 int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in,
                       enum eng_wtype prefill_wt, enum eng_wtype decode_wt, struct eng_linear **out,
                       struct kc_error *err) {
@@ -850,6 +881,9 @@ int eng_linear_create(const struct eng_weight_part *parts, int n_parts, int n_in
     } else {
         l->decode_copy = l->prefill_copy;
     }
+    l->short_copy = prefill_wt == ENG_WTYPE_INT8 && short_chunks_on_ip(l, &l->copy[l->gemv_copy])
+                        ? l->gemv_copy
+                        : l->prefill_copy;
     *out = l;
     return 0;
 fail:
@@ -873,11 +907,38 @@ size_t eng_linear_bytes(const struct eng_linear *l) {
     return total;
 }
 
+/* Row count of the primitive that runs a prefill chunk of r rows (invariant 3). */
+static int chunk_bucket(int r) {
+    if (r >= ENG_LINEAR_CHUNK) {
+        return ENG_LINEAR_CHUNK;
+    }
+    if (r <= 128) {
+        return (r + 31) / 32 * 32;
+    }
+    const int b = (r + 63) / 64 * 64;
+    return b < ENG_LINEAR_CHUNK ? b : ENG_LINEAR_CHUNK;
+}
+
+/* The copy a primitive of `rows` rows reads: a decode step's exact row count, or a prefill
+ * chunk's bucket. */
+static int copy_for_rows(const struct eng_linear *l, int rows) {
+    return rows == 1                    ? l->gemv_copy
+           : rows <= ENG_DECODE_MAX_M   ? l->decode_copy
+           : rows <= ENG_IP_PREFILL_MAX ? l->short_copy
+                                        : l->prefill_copy;
+}
+
+/* The copy the first block of an m-row forward reads. */
+static int copy_for_forward(const struct eng_linear *l, int m) {
+    return copy_for_rows(l, m <= ENG_DECODE_MAX_M ? m : chunk_bucket(m));
+}
+
 size_t eng_linear_bytes_read(const struct eng_linear *l, int m) {
-    return l->copy[m == 1                  ? l->gemv_copy
-                   : m <= ENG_DECODE_MAX_M ? l->decode_copy
-                                           : l->prefill_copy]
-        .bytes;
+    return l->copy[copy_for_forward(l, m)].bytes;
+}
+
+int eng__linear_copy_for_rows(const struct eng_linear *l, int m) {
+    return copy_for_forward(l, m);
 }
 
 /* ---- primitive cache ---- */
@@ -1021,18 +1082,6 @@ fail:
 
 /* ---- forward ---- */
 
-/* Row count of the primitive that runs a prefill chunk of r rows (invariant 3). */
-static int chunk_bucket(int r) {
-    if (r >= ENG_LINEAR_CHUNK) {
-        return ENG_LINEAR_CHUNK;
-    }
-    if (r <= 128) {
-        return (r + 31) / 32 * 32;
-    }
-    const int b = (r + 63) / 64 * 64;
-    return b < ENG_LINEAR_CHUNK ? b : ENG_LINEAR_CHUNK;
-}
-
 static void cvt_bf16_par(const float *x, size_t n, uint16_t *y) {
     if (n < ENG_CVT_PAR_MIN) {
         cvt_row_bf16(x, n, y);
@@ -1162,13 +1211,14 @@ void eng_linear_forward(struct eng_dnn *dnn, const struct eng_linear *l, const f
     KC_ASSERT(dnn != NULL && l != NULL && x != NULL && y != NULL && m > 0);
     const size_t k = (size_t)l->n_in, n = (size_t)l->n_out;
     if (m <= ENG_DECODE_MAX_M) {
-        run_block(dnn, l, &l->copy[m == 1 ? l->gemv_copy : l->decode_copy], m, x, m, y);
+        run_block(dnn, l, &l->copy[copy_for_rows(l, m)], m, x, m, y);
         return;
     }
-    const struct eng_wcopy *c = &l->copy[l->prefill_copy];
     for (int off = 0; off < m; off += ENG_LINEAR_CHUNK) {
         const int r = m - off < ENG_LINEAR_CHUNK ? m - off : ENG_LINEAR_CHUNK;
-        run_block(dnn, l, c, chunk_bucket(r), x + (size_t)off * k, r, y + (size_t)off * n);
+        const int b = chunk_bucket(r);
+        run_block(dnn, l, &l->copy[copy_for_rows(l, b)], b, x + (size_t)off * k, r,
+                  y + (size_t)off * n);
     }
 }
 
@@ -1230,7 +1280,7 @@ static int prepare_team(struct eng_dnn *dnn, const struct eng_linear *l, int max
                         struct kc_error *err) {
     struct eng_prim *p;
     for (int m = 1; m <= max_m && m <= ENG_DECODE_MAX_M; m++) {
-        const struct eng_wcopy *c = &l->copy[m == 1 ? l->gemv_copy : l->decode_copy];
+        const struct eng_wcopy *c = &l->copy[copy_for_rows(l, m)];
         if (prim_lookup(dnn, l, c, m, team) == NULL) {
             const int rc = prim_create(dnn, l, c, m, team, &p, err);
             if (rc != 0) {
@@ -1240,11 +1290,11 @@ static int prepare_team(struct eng_dnn *dnn, const struct eng_linear *l, int max
     }
     /* Up to one chunk, the rows themselves pick the bucket; beyond, the last partial chunk
      * can have any size. */
-    const struct eng_wcopy *c = &l->copy[l->prefill_copy];
     const int r0 = max_m > ENG_LINEAR_CHUNK ? 1 : ENG_DECODE_MAX_M + 1;
     const int r1 = max_m > ENG_LINEAR_CHUNK ? ENG_LINEAR_CHUNK : max_m;
     for (int r = r0; r <= r1; r++) {
         const int b = chunk_bucket(r);
+        const struct eng_wcopy *c = &l->copy[copy_for_rows(l, b)];
         if (prim_lookup(dnn, l, c, b, team) == NULL) {
             const int rc = prim_create(dnn, l, c, b, team, &p, err);
             if (rc != 0) {

@@ -176,9 +176,11 @@ static void check_int8_linear(int n, int k, bool bias, enum eng_wtype pw, enum e
             /* A non-int8 copy: its own GEMM rounding (bf16 ~0.4%). */
             assert_true(rel_f <= (wt == ENG_WTYPE_BF16 ? 1e-2 : 1e-5));
         }
-        if (m > 1 && m <= ENG_DECODE_MAX_M && wt == ENG_WTYPE_INT8) {
-            /* Batch invariance: a decode batch's rows equal the same rows stepped one at a
-             * time, bit for bit (exact s32 sums, the same f32 rescale per row). */
+        if (m > 1 && wt == ENG_WTYPE_INT8 &&
+            eng__linear_copy_for_rows(l, m) == eng__linear_copy_for_rows(l, 1)) {
+            /* Batch invariance: the rows of a decode batch or of a short prefill chunk that
+             * runs the one-row copy equal the same rows stepped one at a time, bit for bit
+             * (exact s32 sums, the same f32 rescale per row). */
             float *y1 = malloc((size_t)n * sizeof(float));
             assert_non_null(y1);
             for (int i = 0; i < m; i++) {
@@ -207,11 +209,12 @@ static void check_int8_linear(int n, int k, bool bias, enum eng_wtype pw, enum e
 
 static void test_int8_linear_matches_emulation_decode_and_prefill(void **state) {
     (void)state;
-    /* Decode rows 1..16 (gemv copy, packed decode copy), prefill chunks with padding (17,
-     * 100) and chunking (600 > 512 rows). K not a multiple of 4 or 64, N not of 16. */
-    const int ms[] = {1, 2, 3, 8, 16, 17, 100, 600};
-    check_int8_linear(70, 301, true, ENG_WTYPE_INT8, ENG_WTYPE_INT8, ms, 8);
-    check_int8_linear(64, 128, false, ENG_WTYPE_INT8, ENG_WTYPE_INT8, ms, 6);
+    /* Decode rows 1..16 (gemv copy, packed decode copy), prefill chunks with padding (17, 40,
+     * 100: short chunks may run the one-row copy, invariant 8) and chunking (600 > 512 rows).
+     * K not a multiple of 4 or 64, N not of 16. */
+    const int ms[] = {1, 2, 3, 8, 16, 17, 40, 64, 100, 600};
+    check_int8_linear(70, 301, true, ENG_WTYPE_INT8, ENG_WTYPE_INT8, ms, 10);
+    check_int8_linear(64, 128, false, ENG_WTYPE_INT8, ENG_WTYPE_INT8, ms, 8);
 }
 
 static void test_int8_beside_other_types(void **state) {
@@ -266,6 +269,34 @@ static void test_int8_decode_rows_share_the_one_row_copy(void **state) {
         /* Two copies: the f32 prefill copy (what 100 rows read) and the int8 one. */
         assert_true(eng_linear_bytes(l) == eng_linear_bytes_read(l, 100) + one);
     }
+    eng_linear_free(l);
+    free(w);
+}
+
+/* int8 prefill chunks of up to 64 rows run the one-row inner-product copy too (ops_dnnl.c
+ * invariant 8: 1.3-1.5x a packed matmul's GB/s at 32-64 rows on VNNI), only where oneDNN's
+ * effective ISA is AVX-512 VNNI without AMX; elsewhere (AMX, the ONEDNN_MAX_CPU_ISA caps, no
+ * VNNI) every prefill chunk keeps the matmul copy. Longer chunks keep it everywhere. */
+static void test_int8_short_prefill_chunks_share_the_one_row_copy(void **state) {
+    (void)state;
+    static const char *const amx[] = {"amx_int8", NULL};
+    static const char *const vnni[] = {"avx512_vnni", NULL};
+    const int n = 96, k = 160;
+    float *w = rand_floats((size_t)n * (size_t)k, 1.0f);
+    const struct eng_weight_part part = {w, NULL, ENG_DTYPE_F32, n};
+    struct eng_linear *l = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_linear_create(&part, 1, k, ENG_WTYPE_INT8, ENG_WTYPE_INT8, &l, &err), 0);
+    const int one = eng__linear_copy_for_rows(l, 1);
+    const bool ip = eng__linear_copy_for_rows(l, 40) == one;
+    const bool expect = cpu_has_any(vnni) && !cpu_has_any(amx) && eng_int8_weight_levels() == 127;
+    printf("  int8 prefill chunks of 17-64 rows %s the one-row copy (expected: %s)\n",
+           ip ? "share" : "do not share", expect ? "share" : "do not share");
+    assert_true(ip == expect);
+    assert_int_equal(eng__linear_copy_for_rows(l, 17), eng__linear_copy_for_rows(l, 64));
+    assert_int_equal(eng__linear_copy_for_rows(l, 17), eng__linear_copy_for_rows(l, 40));
+    assert_int_not_equal(eng__linear_copy_for_rows(l, 65), one);
+    assert_int_equal(eng__linear_copy_for_rows(l, 65), eng__linear_copy_for_rows(l, 600));
     eng_linear_free(l);
     free(w);
 }
@@ -370,6 +401,7 @@ int main(void) {
         cmocka_unit_test(test_int8_beside_other_types),
         cmocka_unit_test(test_int8_weights_take_a_quarter_of_f32),
         cmocka_unit_test(test_int8_decode_rows_share_the_one_row_copy),
+        cmocka_unit_test(test_int8_short_prefill_chunks_share_the_one_row_copy),
         cmocka_unit_test(test_int8_wtype_parses),
         cmocka_unit_test(test_kvp_predict_runs_with_int8_base_and_aux),
     };
