@@ -119,6 +119,17 @@ static double max_rel(const float *a, const float *b, size_t n, double floor) {
 
 /* The int8 linear (weights w[n, k] f32 in two parts, bias optional) against the emulation for
  * every row count in ms; prefill/decode weight types as given (one of them int8 at least). */
+/* A linear of random [n, k] weights, no bias (creation copies the weights it packs). */
+static struct eng_linear *rand_linear(int n, int k, enum eng_wtype pw, enum eng_wtype dw) {
+    float *w = rand_floats((size_t)n * (size_t)k, 1.0f);
+    const struct eng_weight_part part = {w, NULL, ENG_DTYPE_F32, n};
+    struct eng_linear *l = NULL;
+    struct kc_error err = {0};
+    assert_int_equal(eng_linear_create(&part, 1, k, pw, dw, &l, &err), 0);
+    free(w);
+    return l;
+}
+
 static void check_int8_linear(int n, int k, bool bias, enum eng_wtype pw, enum eng_wtype dw,
                               const int *ms, int n_ms) {
     struct eng_dnn *dnn = dnn_new(0);
@@ -228,17 +239,12 @@ static void test_int8_beside_other_types(void **state) {
 static void test_int8_weights_take_a_quarter_of_f32(void **state) {
     (void)state;
     const int n = 64, k = 256;
-    float *w = rand_floats((size_t)n * (size_t)k, 1.0f);
-    const struct eng_weight_part part = {w, NULL, ENG_DTYPE_F32, n};
-    struct eng_linear *l = NULL;
-    struct kc_error err = {0};
-    assert_int_equal(eng_linear_create(&part, 1, k, ENG_WTYPE_INT8, ENG_WTYPE_INT8, &l, &err), 0);
+    struct eng_linear *l = rand_linear(n, k, ENG_WTYPE_INT8, ENG_WTYPE_INT8);
     /* One byte per weight read per step (plus oneDNN's compensation/padding, < 10%). */
     assert_true(eng_linear_bytes_read(l, 1) >= (size_t)n * k);
     assert_true(eng_linear_bytes_read(l, 1) <= (size_t)n * k * 11 / 10);
     assert_true(eng_linear_bytes_read(l, 100) <= (size_t)n * k * 11 / 10);
     eng_linear_free(l);
-    free(w);
 }
 
 /* A batched int8 decode step (2..ENG_DECODE_MAX_M rows) runs the one-row inner-product copy
@@ -251,11 +257,7 @@ static void test_int8_decode_rows_share_the_one_row_copy(void **state) {
     (void)state;
     static const char *const amx[] = {"amx_int8", NULL};
     const int n = 96, k = 160;
-    float *w = rand_floats((size_t)n * (size_t)k, 1.0f);
-    const struct eng_weight_part part = {w, NULL, ENG_DTYPE_F32, n};
-    struct eng_linear *l = NULL;
-    struct kc_error err = {0};
-    assert_int_equal(eng_linear_create(&part, 1, k, ENG_WTYPE_F32, ENG_WTYPE_INT8, &l, &err), 0);
+    struct eng_linear *l = rand_linear(n, k, ENG_WTYPE_F32, ENG_WTYPE_INT8);
     const size_t one = eng_linear_bytes_read(l, 1), f32 = (size_t)n * (size_t)k * sizeof(float);
     bool shared = true;
     for (int m = 2; m <= ENG_DECODE_MAX_M; m++) {
@@ -270,7 +272,6 @@ static void test_int8_decode_rows_share_the_one_row_copy(void **state) {
         assert_true(eng_linear_bytes(l) == eng_linear_bytes_read(l, 100) + one);
     }
     eng_linear_free(l);
-    free(w);
 }
 
 /* int8 prefill chunks of up to 64 rows run the one-row inner-product copy too (ops_dnnl.c
@@ -282,11 +283,7 @@ static void test_int8_short_prefill_chunks_share_the_one_row_copy(void **state) 
     static const char *const amx[] = {"amx_int8", NULL};
     static const char *const vnni[] = {"avx512_vnni", NULL};
     const int n = 96, k = 160;
-    float *w = rand_floats((size_t)n * (size_t)k, 1.0f);
-    const struct eng_weight_part part = {w, NULL, ENG_DTYPE_F32, n};
-    struct eng_linear *l = NULL;
-    struct kc_error err = {0};
-    assert_int_equal(eng_linear_create(&part, 1, k, ENG_WTYPE_INT8, ENG_WTYPE_INT8, &l, &err), 0);
+    struct eng_linear *l = rand_linear(n, k, ENG_WTYPE_INT8, ENG_WTYPE_INT8);
     const int one = eng__linear_copy_for_rows(l, 1);
     const bool ip = eng__linear_copy_for_rows(l, 40) == one;
     const bool expect = cpu_has_any(vnni) && !cpu_has_any(amx) && eng_int8_weight_levels() == 127;
@@ -298,7 +295,6 @@ static void test_int8_short_prefill_chunks_share_the_one_row_copy(void **state) 
     assert_int_not_equal(eng__linear_copy_for_rows(l, 65), one);
     assert_int_equal(eng__linear_copy_for_rows(l, 65), eng__linear_copy_for_rows(l, 600));
     eng_linear_free(l);
-    free(w);
 }
 
 static void test_int8_wtype_parses(void **state) {
