@@ -15,7 +15,9 @@
  *     at a time, all heads of the group together, one dot product per key. Everything else
  *     (prefill chunks, decode rows of GQA groups of 3 or more) takes the tile path, whose
  *     16-row vectors then carry padding rows; single decode rows of groups of 3..8 heads
- *     have their own path since (invariant 9). Measured on a 2-core AMD EPYC (Zen 4,
+ *     (invariant 9) and of 1..2 heads with D 64 or 128 (invariant 10) have their own path
+ *     since, so the row path keeps single rows of groups of 1..2 with other head sizes.
+ *     Measured on a 2-core AMD EPYC (Zen 4,
  *     AVX-512), CPU time of one decode row, row path / tile path: grp 3 at contexts 512,
  *     2048, 8192: 0.12 / 0.12, 0.44 / 0.45, 5.6 / 3.2 ms; grp 8 at 2048: 0.75 / 0.35 ms;
  *     grp 1 at 512 and 8192: 0.14 / 0.31, 10.0 / 12.1 ms. Two rows, grp 3 at 2048: 0.90 /
@@ -109,6 +111,23 @@
  *     88-94, the trickled prefetch to 73-79 and two ranges per thread instead of four (one cold
  *     first item fewer per range) to 70-73; the same prefetch in bursts of 64 lines per key
  *     block had done nothing for the ymm kernel.
+ * 10. Decode path, MHA kernel. One query row of a group of 1 or 2 heads (MHA models such as
+ *     Llama 2, and the embedded pair's grp 2) with D 64 or 128 runs attention_decode's ranges,
+ *     prefetch and merge with attend_mha_chunk in place of the pair kernel, which would fill
+ *     only 2 or 4 of its 16 lanes. A head's queries stay as they are ([grp][D], scaled); 16
+ *     keys' scores are 16 dot products of D/16 FMAs each, reduced together by sum16
+ *     (interleave-and-add of lanes, 64-bit halves and 128-bit quarters: 45 operations for 16
+ *     keys, against a horizontal sum per key in the row path); the online softmax runs on
+ *     those 16 lanes; O[D] stays in D/16 registers while the chunk's values stream through.
+ *     Its partial keeps (max, sum) in lanes 2h and 2h + 1 like the pair kernel's and O as
+ *     [grp][D], merged by merge_mha. Other head sizes keep the row path (D/16 is a constant
+ *     of the kernel's two instantiations). Measured on the same Zen 5, 2 threads, one cold
+ *     layer at context 2048 (the probe of invariant 9), row path -> this kernel: H 32 Hkv 32
+ *     (Llama 2's MHA) 3268-3484 -> 1093 us, about the time a plain read of its 33.5 MB of K/V
+ *     takes (1007 us); H 4 Hkv 2 (the embedded base) 359-369 -> 93 us; H 2 Hkv 1 139-149 ->
+ *     45 us. `kvcast bench engine --config kvcast-base --threads 2 --dtypes bf16 --attn none
+ *     --prompt-len 1900 --gen 64 --profile`: attention 1.64-1.86 -> 0.50-0.52 ms per step,
+ *     decode 364 -> 720-799 tokens/s.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -1010,6 +1029,148 @@ static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int 
     }
 }
 
+/* The sums of 16 vectors, lane i holding the sum of a[i]: interleave and add pairs of
+ * lanes, of 64-bit halves, then of 128-bit quarters twice (45 operations for 16 keys). */
+static inline __m512 sum16(const __m512 *a) {
+    __m512 b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++) {
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    }
+    for (int i = 0; i < 4; i++) {
+        const __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    for (int i = 0; i < 2; i++) {
+        d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], 0xDD));
+    }
+    return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], 0x88),
+                         _mm512_shuffle_f32x4(d[0], d[1], 0xDD));
+}
+
+/* One head of the MHA kernel over keys 0..nk-1 of a chunk (rows kp/vp, keys past nk point at
+ * zeros): scores of 16 keys at a time as 16 dot products reduced together (sum16), the
+ * online-softmax update of (m, l) in lanes 2h and 2h + 1 of part, and O[D] += sum_j p_j v_j
+ * with O in registers. DC = D / 16 is a constant of the instantiation. */
+static inline __attribute__((always_inline)) void
+mha_head(const float *restrict qh, const float *const *kp, const float *const *vp, int nk,
+         float *restrict st, float *part, int h, float *restrict o, struct dec_pf *pf,
+         const int dc) {
+    __m512 q[8];
+    for (int c = 0; c < dc; c++) {
+        q[c] = _mm512_loadu_ps(qh + 16 * c);
+    }
+    for (int j = 0; j < nk; j += 16) {
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            const float *k = kp[j + i];
+            __m512 a = _mm512_mul_ps(_mm512_loadu_ps(k), q[0]);
+            for (int c = 1; c < dc; c++) {
+                a = _mm512_fmadd_ps(_mm512_loadu_ps(k + 16 * c), q[c], a);
+            }
+            acc[i] = a;
+            for (int t = 0; t < pf->lines; t++) {
+                dec_pf_step(pf); /* a key row's lines for a key row's dot product */
+            }
+        }
+        _mm512_storeu_ps(st + j, sum16(acc));
+    }
+    dec_pf_values(pf);
+    const float m = part[2 * h], l = part[ATT_DEC_L + 2 * h];
+    __m512 bm = _mm512_set1_ps(m);
+    for (int j = 0; j < nk; j += 16) {
+        bm = _mm512_mask_max_ps(bm, tail_mask(nk - j), bm, _mm512_loadu_ps(st + j));
+    }
+    const float m_new = _mm512_reduce_max_ps(bm);
+    const __m512 mv = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < nk; j += 16) {
+        const __mmask16 k = tail_mask(nk - j);
+        const __m512 e = _mm512_maskz_mov_ps(k, exp512(_mm512_sub_ps(_mm512_loadu_ps(st + j), mv)));
+        _mm512_storeu_ps(st + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    /* The first chunk: m is -inf and exp512 clamps to ~1e-38, which scales zeros. */
+    const float alpha = _mm512_cvtss_f32(exp512(_mm512_set1_ps(m - m_new)));
+    const float l_new = l * alpha + _mm512_reduce_add_ps(sum);
+    part[2 * h] = part[2 * h + 1] = m_new;
+    part[ATT_DEC_L + 2 * h] = part[ATT_DEC_L + 2 * h + 1] = l_new;
+    __m512 acc[8];
+    const __m512 av = _mm512_set1_ps(alpha);
+    for (int c = 0; c < dc; c++) {
+        acc[c] = _mm512_mul_ps(av, _mm512_loadu_ps(o + 16 * c));
+    }
+    for (int j = 0; j < nk; j++) {
+        const __m512 pj = _mm512_set1_ps(st[j]);
+        const float *v = vp[j];
+        for (int c = 0; c < dc; c++) {
+            acc[c] = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * c), pj, acc[c]);
+        }
+        for (int t = 0; t < pf->lines; t++) {
+            dec_pf_step(pf);
+        }
+    }
+    for (int c = 0; c < dc; c++) {
+        _mm512_storeu_ps(o + 16 * c, acc[c]);
+    }
+}
+
+/* Keys k0..k0+nk-1 of kv head g for its 1 or 2 query heads (MHA and groups of 2, D 64 or 128):
+ * the queries scaled in q[grp][D], the partial as (m, l) per lane pair 2h, 2h + 1, then O[grp][D]
+ * (invariant 10). */
+static void attend_mha_chunk(const float *q, const struct eng_kv_view *kv, int g, int grp,
+                             int n_kv_heads, int d, int k0, int nk, float *sc, float *part,
+                             struct dec_pf *pf) {
+    float *st = sc;
+    float *kf = st + up16((size_t)ATT_TK * ATT_DEC_L);
+    float *vf = kf + up16((size_t)ATT_TK * (size_t)d);
+    const float *zeros = dec_zeros(sc, d);
+    const float *kp[ATT_TK], *vp[ATT_TK];
+    chunk_rows(kv, g, n_kv_heads, d, k0, nk, kf, vf, zeros, kp, vp);
+    struct dec_pf none = {.n = 0, .lines = 0};
+    for (int h = 0; h < grp; h++) {
+        /* The first head's loops ask for the next item's rows (keys, then values). */
+        struct dec_pf *w = h == 0 ? pf : &none;
+        const float *qh = q + (size_t)h * (size_t)d;
+        float *o = part + 2 * ATT_DEC_L + (size_t)h * (size_t)d;
+        if (d == 64) {
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 4);
+        } else {
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 8);
+        }
+    }
+}
+
+/* The MHA kernel's partials of one kv head, one per split, into out[grp][D]: weights
+ * exp(m_s - max), an empty split (m_s = -inf) none. */
+static void merge_mha(const float *pg, int splits, size_t pf, int grp, int d, float *out) {
+    for (int h = 0; h < grp; h++) {
+        float mx = -INFINITY;
+        for (int s = 0; s < splits; s++) {
+            mx = fmaxf(mx, pg[(size_t)s * pf + 2 * (size_t)h]);
+        }
+        float w[ATT_DEC_MAX_SPLITS], total = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float *ps = pg + (size_t)s * pf;
+            w[s] = ps[2 * h] == -INFINITY ? 0.0f : expf(ps[2 * h] - mx);
+            total += w[s] * ps[ATT_DEC_L + 2 * h];
+        }
+        const __m512 inv = _mm512_set1_ps(1.0f / total);
+        float *o = out + (size_t)h * (size_t)d;
+        for (int c = 0; c < d; c += 16) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int s = 0; s < splits; s++) {
+                const float *os = pg + (size_t)s * pf + 2 * ATT_DEC_L + (size_t)h * (size_t)d;
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(w[s]), _mm512_loadu_ps(os + c), acc);
+            }
+            _mm512_storeu_ps(o + c, _mm512_mul_ps(acc, inv));
+        }
+    }
+}
+
 /* One query row at position pos0 (keys 0..pos0) of GQA groups of 3..8 heads, D a multiple of
  * 8: the context is split into key ranges handed out to the team, each range attended by all
  * kv heads chunk by chunk (prefetching the next chunk), then one merge per kv head. */
@@ -1022,11 +1183,16 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
     const size_t pf = dec_part_floats(d);
     float *parts = scratch + (size_t)threads * per_thread;             /* [Hkv][splits] */
     float *qts = parts + (size_t)n_kv_heads * ATT_DEC_MAX_SPLITS * pf; /* [Hkv][D/2][16] */
-    /* Every kv head's group of queries, scaled, in pair layout (zero past the group). */
+    const bool mha = grp < ATT_TILE_MIN_GRP;
+    /* Every kv head's group of queries, scaled: for the pair kernel in pair layout (zero past
+     * the group), for the MHA kernel as they come, [grp][D]. */
     for (int g = 0; g < n_kv_heads; g++) {
         const float *qg = q + (size_t)g * (size_t)grp * (size_t)d;
         float *qt = qts + (size_t)g * (size_t)d2 * ATT_DEC_L;
-        for (int c2 = 0; c2 < d2; c2++) {
+        for (int i = 0; mha && i < grp * d; i++) {
+            qt[i] = qg[i] * scale;
+        }
+        for (int c2 = 0; !mha && c2 < d2; c2++) {
             for (int lane = 0; lane < ATT_DEC_L; lane++) {
                 const int h = lane / 2, c = 2 * c2 + lane % 2;
                 qt[(size_t)c2 * ATT_DEC_L + (size_t)lane] =
@@ -1065,9 +1231,13 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
                     const int k_next = same ? k0 : k0 + nk;
                     const int n_next = same ? nk : k_hi - k_next < ATT_TK ? k_hi - k_next : ATT_TK;
                     dec_pf_init(&next, kv, same ? g + 1 : 0, n_kv_heads, d, k_next, n_next);
-                    attend_dec_chunk(qts + (size_t)g * (size_t)d2 * ATT_DEC_L, kv, g, n_kv_heads, d,
-                                     k0, nk, sc,
-                                     parts + ((size_t)g * (size_t)splits + (size_t)s) * pf, &next);
+                    const float *qt = qts + (size_t)g * (size_t)d2 * ATT_DEC_L;
+                    float *part = parts + ((size_t)g * (size_t)splits + (size_t)s) * pf;
+                    if (mha) {
+                        attend_mha_chunk(qt, kv, g, grp, n_kv_heads, d, k0, nk, sc, part, &next);
+                    } else {
+                        attend_dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc, part, &next);
+                    }
                 }
             }
         }
@@ -1079,6 +1249,10 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
 #endif
         for (int g = 0; g < n_kv_heads; g++) {
             const float *pg = parts + (size_t)g * (size_t)splits * pf;
+            if (mha) {
+                merge_mha(pg, splits, pf, grp, d, out + (size_t)g * (size_t)grp * (size_t)d);
+                continue;
+            }
             __m512 mx = _mm512_set1_ps(-INFINITY);
             for (int s = 0; s < splits; s++) {
                 mx = _mm512_max_ps(mx, _mm512_loadu_ps(pg + (size_t)s * pf));
@@ -1130,7 +1304,8 @@ static size_t thread_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim
 /* Whether one query row takes the decode path (invariant 9). */
 static bool decode_path(int n, int n_heads, int n_kv_heads, int head_dim) {
     const int grp = n_heads / n_kv_heads;
-    return n == 1 && grp >= ATT_TILE_MIN_GRP && grp <= ATT_DEC_W && head_dim % 8 == 0;
+    return n == 1 && grp <= ATT_DEC_W &&
+           (grp >= ATT_TILE_MIN_GRP ? head_dim % 8 == 0 : head_dim == 64 || head_dim == 128);
 }
 #endif
 

@@ -116,8 +116,9 @@ static void test_long_context_and_decode(void **state) {
 }
 
 /* One query row of groups of 3..8 heads with D a multiple of 8 takes the decode path
- * (invariant 9): contexts from 1 key to several splits, splits that end mid-block and
- * mid-chunk, every group size it takes, and the shapes just outside it (grp 9, D 36). */
+ * (invariant 9), groups of 1 and 2 heads with D 64 or 128 its MHA kernel (invariant 10):
+ * contexts from 1 key to several splits, splits that end mid-block and mid-chunk, every group
+ * size it takes, and the shapes just outside it (grp 9, D 36, MHA with D 80). */
 static void test_decode_path_groups_and_splits(void **state) {
     (void)state;
     const struct attn_case cases[] = {
@@ -132,6 +133,13 @@ static void test_decode_path_groups_and_splits(void **state) {
         {1, 300, 9, 3, 8, 16, 1.0f, true},      /* grp 3, D 8 */
         {1, 400, 18, 2, 64, 16, 1.0f, true},    /* grp 9: past the decode path, the tiles */
         {1, 400, 24, 4, 36, 16, 1.0f, true},    /* D 36: not a multiple of 8, the tiles */
+        {1, 0, 4, 4, 64, 16, 1.0f, true},       /* MHA, the first token */
+        {1, 17, 8, 8, 128, 5, 1.0f, true},      /* MHA, D 128, bs 5, a few keys */
+        {1, 64, 4, 4, 64, 16, 1.0f, false},     /* MHA, one chunk and one key */
+        {1, 1000, 6, 3, 128, 16, 30.0f, true},  /* grp 2, D 128, large logits */
+        {1, 333, 2, 1, 64, 7, 1.0f, true},      /* grp 2, one kv head, bs 7 */
+        {1, 2100, 32, 32, 64, 16, 1.0f, true},  /* MHA at 32 heads (Llama 2's), long */
+        {1, 200, 4, 4, 80, 16, 1.0f, true},     /* MHA, D 80: past the MHA kernel, the rows */
     };
     run_cases(cases, sizeof(cases) / sizeof(cases[0]));
 }

@@ -183,8 +183,9 @@ static void test_attention_bf16_kv_matches_reference(void **state) {
         {77, 45, 4, 4, 64, 20, 1.0f},  /* grp 1 */
         {33, 64, 12, 4, 72, 7, 8.0f},  /* bs 7, D 72, larger logits */
         {9, 0, 2, 1, 17, 5, 1.0f},     /* D 17: vector tails */
-        {1, 700, 4, 4, 64, 16, 1.0f},  /* decode, MHA: the row path */
-        {1, 700, 4, 2, 40, 16, 1.0f},  /* decode, grp 2: the row path, D 40 */
+        {1, 700, 4, 4, 64, 16, 1.0f},  /* decode, MHA: the decode path's MHA kernel */
+        {1, 300, 4, 2, 128, 7, 1.0f},  /* decode, grp 2, D 128, bs 7: the MHA kernel */
+        {1, 700, 4, 2, 40, 16, 1.0f},  /* decode, grp 2, D 40: the row path */
         {1, 900, 32, 4, 64, 16, 1.0f}, /* decode, TinyLlama's grp 8: the decode path */
         {1, 130, 12, 3, 40, 7, 8.0f},  /* decode path, grp 4, D 40, bs 7, split context */
         {2, 300, 6, 2, 24, 9, 1.0f},   /* two rows, grp 3 */
