@@ -15,8 +15,8 @@
  *     at a time, all heads of the group together, one dot product per key. Everything else
  *     (prefill chunks, decode rows of GQA groups of 3 or more) takes the tile path, whose
  *     16-row vectors then carry padding rows; single decode rows of groups of 3..8 heads
- *     (invariant 9) and of 1..2 heads with D 64 or 128 (invariant 10) have their own path
- *     since, so the row path keeps single rows of groups of 1..2 with other head sizes.
+ *     (invariant 9) and of 1..2 heads with D a multiple of 16 up to 128 (invariant 10) have their
+ * own path since, so the row path keeps single rows of groups of 1..2 with other head sizes.
  *     Measured on a 2-core AMD EPYC (Zen 4,
  *     AVX-512), CPU time of one decode row, row path / tile path: grp 3 at contexts 512,
  *     2048, 8192: 0.12 / 0.12, 0.44 / 0.45, 5.6 / 3.2 ms; grp 8 at 2048: 0.75 / 0.35 ms;
@@ -112,16 +112,17 @@
  *     first item fewer per range) to 70-73; the same prefetch in bursts of 64 lines per key
  *     block had done nothing for the ymm kernel.
  * 10. Decode path, MHA kernel. One query row of a group of 1 or 2 heads (MHA models such as
- *     Llama 2, and the embedded pair's grp 2) with D 64 or 128 runs attention_decode's ranges,
- *     prefetch and merge with attend_mha_chunk in place of the pair kernel, which would fill
- *     only 2 or 4 of its 16 lanes. A head's queries stay as they are ([grp][D], scaled); 16
- *     keys' scores are 16 dot products of D/16 FMAs each, reduced together by sum16
+ *     Llama 2, Phi-2 and the embedded pair's grp 2) with D a multiple of 16 up to 128 runs
+ * attention_decode's ranges, prefetch and merge with attend_mha_chunk in place of the pair kernel,
+ * which would fill only 2 or 4 of its 16 lanes. A head's queries stay as they are ([grp][D],
+ * scaled); 16 keys' scores are 16 dot products of D/16 FMAs each, reduced together by sum16
  *     (interleave-and-add of lanes, 64-bit halves and 128-bit quarters: 45 operations for 16
  *     keys, against a horizontal sum per key in the row path); the online softmax runs on
  *     those 16 lanes; O[D] stays in D/16 registers while the chunk's values stream through.
  *     Its partial keeps (max, sum) in lanes 2h and 2h + 1 like the pair kernel's and O as
  *     [grp][D], merged by merge_mha. Other head sizes keep the row path (D/16 is a constant
- *     of the kernel's two instantiations). Measured on the same Zen 5, 2 threads, one cold
+ *     of each of the kernel's eight instantiations). Measured on the same Zen 5, 2 threads,
+ *     one cold
  *     layer at context 2048 (the probe of invariant 9), row path -> this kernel: H 32 Hkv 32
  *     (Llama 2's MHA) 3268-3484 -> 1093 us, about the time a plain read of its 33.5 MB of K/V
  *     takes (1007 us); H 4 Hkv 2 (the embedded base) 359-369 -> 93 us; H 2 Hkv 1 139-149 ->
@@ -848,6 +849,8 @@ static int team_size(void) {
 /* Items (context splits) per thread the decode path aims for, and the most splits. */
 #define ATT_DEC_ITEMS_PER_THREAD 2
 #define ATT_DEC_MAX_SPLITS 64
+/* The largest head size of the MHA kernel: D / 16 <= 8 query and output registers. */
+#define ATT_MHA_MAX_D 128
 
 /* One (kv head, split)'s partial result: running max and sum per lane, then Ot2[D/2][16]. */
 static size_t dec_part_floats(int d) {
@@ -1118,9 +1121,9 @@ mha_head(const float *restrict qh, const float *const *kp, const float *const *v
     }
 }
 
-/* Keys k0..k0+nk-1 of kv head g for its 1 or 2 query heads (MHA and groups of 2, D 64 or 128):
- * the queries scaled in q[grp][D], the partial as (m, l) per lane pair 2h, 2h + 1, then O[grp][D]
- * (invariant 10). */
+/* Keys k0..k0+nk-1 of kv head g for its 1 or 2 query heads (MHA and groups of 2, D a multiple of 16
+ * up to 128): the queries scaled in q[grp][D], the partial as (m, l) per lane pair 2h, 2h + 1, then
+ * O[grp][D] (invariant 10). */
 static void attend_mha_chunk(const float *q, const struct eng_kv_view *kv, int g, int grp,
                              int n_kv_heads, int d, int k0, int nk, float *sc, float *part,
                              struct dec_pf *pf) {
@@ -1136,10 +1139,32 @@ static void attend_mha_chunk(const float *q, const struct eng_kv_view *kv, int g
         struct dec_pf *w = h == 0 ? pf : &none;
         const float *qh = q + (size_t)h * (size_t)d;
         float *o = part + 2 * ATT_DEC_L + (size_t)h * (size_t)d;
-        if (d == 64) {
+        /* One instantiation per D / 16, so its loops unroll and stay in registers. */
+        switch (d / 16) {
+        case 1:
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 1);
+            break;
+        case 2:
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 2);
+            break;
+        case 3:
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 3);
+            break;
+        case 4:
             mha_head(qh, kp, vp, nk, st, part, h, o, w, 4);
-        } else {
+            break;
+        case 5:
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 5);
+            break;
+        case 6:
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 6);
+            break;
+        case 7:
+            mha_head(qh, kp, vp, nk, st, part, h, o, w, 7);
+            break;
+        default:
             mha_head(qh, kp, vp, nk, st, part, h, o, w, 8);
+            break;
         }
     }
 }
@@ -1305,7 +1330,8 @@ static size_t thread_floats(int n_ctx, int n_heads, int n_kv_heads, int head_dim
 static bool decode_path(int n, int n_heads, int n_kv_heads, int head_dim) {
     const int grp = n_heads / n_kv_heads;
     return n == 1 && grp <= ATT_DEC_W &&
-           (grp >= ATT_TILE_MIN_GRP ? head_dim % 8 == 0 : head_dim == 64 || head_dim == 128);
+           (grp >= ATT_TILE_MIN_GRP ? head_dim % 8 == 0
+                                    : head_dim % 16 == 0 && head_dim <= ATT_MHA_MAX_D);
 }
 #endif
 

@@ -116,9 +116,10 @@ static void test_long_context_and_decode(void **state) {
 }
 
 /* One query row of groups of 3..8 heads with D a multiple of 8 takes the decode path
- * (invariant 9), groups of 1 and 2 heads with D 64 or 128 its MHA kernel (invariant 10):
- * contexts from 1 key to several splits, splits that end mid-block and mid-chunk, every group
- * size it takes, and the shapes just outside it (grp 9, D 36, MHA with D 80). */
+ * (invariant 9), groups of 1 and 2 heads with D a multiple of 16 up to 128 its MHA kernel
+ * (invariant 10): contexts from 1 key to several splits, splits that end mid-block and
+ * mid-chunk, every group size and head size it takes, and the shapes just outside it (grp 9,
+ * D 36, MHA with D 72). */
 static void test_decode_path_groups_and_splits(void **state) {
     (void)state;
     const struct attn_case cases[] = {
@@ -139,7 +140,10 @@ static void test_decode_path_groups_and_splits(void **state) {
         {1, 1000, 6, 3, 128, 16, 30.0f, true},  /* grp 2, D 128, large logits */
         {1, 333, 2, 1, 64, 7, 1.0f, true},      /* grp 2, one kv head, bs 7 */
         {1, 2100, 32, 32, 64, 16, 1.0f, true},  /* MHA at 32 heads (Llama 2's), long */
-        {1, 200, 4, 4, 80, 16, 1.0f, true},     /* MHA, D 80: past the MHA kernel, the rows */
+        {1, 200, 4, 4, 80, 16, 1.0f, true},     /* MHA, D 80 (Phi-2's) */
+        {1, 90, 6, 3, 16, 16, 1.0f, true},      /* grp 2, D 16: one register */
+        {1, 500, 2, 2, 96, 9, 1.0f, true},      /* MHA, D 96, bs 9 */
+        {1, 200, 4, 4, 72, 16, 1.0f, true},     /* MHA, D 72: past the MHA kernel, the rows */
     };
     run_cases(cases, sizeof(cases) / sizeof(cases[0]));
 }
