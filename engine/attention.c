@@ -883,6 +883,16 @@ static int dec_splits(int n_keys, int threads) {
     return want < most ? want : most;
 }
 
+/* The rows of a decode item (chunk_rows, widened into the thread's Kf/Vf for bf16 caches);
+ * returns the thread's score rows St[TK][16], the first part of its scratch sc. */
+static float *dec_chunk_rows(const struct eng_kv_view *kv, int g, int n_kv_heads, int d, int k0,
+                             int nk, float *sc, const float **kp, const float **vp) {
+    float *kf = sc + up16((size_t)ATT_TK * ATT_DEC_L);
+    float *vf = kf + up16((size_t)ATT_TK * (size_t)d);
+    chunk_rows(kv, g, n_kv_heads, d, k0, nk, kf, vf, dec_zeros(sc, d), kp, vp);
+    return sc;
+}
+
 /* The next item of a decode range (the next kv head of this chunk, or the first of the next
  * chunk): its key rows, each value row voff bytes after its key row. The current item's loops
  * ask for its lines one or two at a time (dec_pf_step), so the requests go out at about the rate
@@ -976,13 +986,9 @@ static inline __attribute__((always_inline)) void dec_pv_block(float *restrict o
  * Ot2). */
 static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int g, int n_kv_heads,
                              int d, int k0, int nk, float *sc, float *part, struct dec_pf *pf) {
-    float *st = sc;
-    float *kf = st + up16((size_t)ATT_TK * ATT_DEC_L);
-    float *vf = kf + up16((size_t)ATT_TK * (size_t)d);
-    const float *zeros = dec_zeros(sc, d);
     float *ot = part + 2 * ATT_DEC_L;
     const float *kp[ATT_TK], *vp[ATT_TK];
-    chunk_rows(kv, g, n_kv_heads, d, k0, nk, kf, vf, zeros, kp, vp);
+    float *st = dec_chunk_rows(kv, g, n_kv_heads, d, k0, nk, sc, kp, vp);
     const int d2 = d / 2;
     /* St2[j][2h+p] = sum over c of parity p of k_j[c] q_h[c]; adding the neighbour lane gives
      * the dot product k_j . q_h in both lanes of head h, the layout PV multiplies by. */
@@ -1127,12 +1133,8 @@ mha_head(const float *restrict qh, const float *const *kp, const float *const *v
 static void attend_mha_chunk(const float *q, const struct eng_kv_view *kv, int g, int grp,
                              int n_kv_heads, int d, int k0, int nk, float *sc, float *part,
                              struct dec_pf *pf) {
-    float *st = sc;
-    float *kf = st + up16((size_t)ATT_TK * ATT_DEC_L);
-    float *vf = kf + up16((size_t)ATT_TK * (size_t)d);
-    const float *zeros = dec_zeros(sc, d);
     const float *kp[ATT_TK], *vp[ATT_TK];
-    chunk_rows(kv, g, n_kv_heads, d, k0, nk, kf, vf, zeros, kp, vp);
+    float *st = dec_chunk_rows(kv, g, n_kv_heads, d, k0, nk, sc, kp, vp);
     struct dec_pf none = {.n = 0, .lines = 0};
     for (int h = 0; h < grp; h++) {
         /* The first head's loops ask for the next item's rows (keys, then values). */
@@ -1140,32 +1142,22 @@ static void attend_mha_chunk(const float *q, const struct eng_kv_view *kv, int g
         const float *qh = q + (size_t)h * (size_t)d;
         float *o = part + 2 * ATT_DEC_L + (size_t)h * (size_t)d;
         /* One instantiation per D / 16, so its loops unroll and stay in registers. */
+#define MHA_HEAD(dc)                                                                               \
+    case dc:                                                                                       \
+        mha_head(qh, kp, vp, nk, st, part, h, o, w, dc);                                           \
+        break
         switch (d / 16) {
-        case 1:
-            mha_head(qh, kp, vp, nk, st, part, h, o, w, 1);
-            break;
-        case 2:
-            mha_head(qh, kp, vp, nk, st, part, h, o, w, 2);
-            break;
-        case 3:
-            mha_head(qh, kp, vp, nk, st, part, h, o, w, 3);
-            break;
-        case 4:
-            mha_head(qh, kp, vp, nk, st, part, h, o, w, 4);
-            break;
-        case 5:
-            mha_head(qh, kp, vp, nk, st, part, h, o, w, 5);
-            break;
-        case 6:
-            mha_head(qh, kp, vp, nk, st, part, h, o, w, 6);
-            break;
-        case 7:
-            mha_head(qh, kp, vp, nk, st, part, h, o, w, 7);
-            break;
+            MHA_HEAD(1);
+            MHA_HEAD(2);
+            MHA_HEAD(3);
+            MHA_HEAD(4);
+            MHA_HEAD(5);
+            MHA_HEAD(6);
+            MHA_HEAD(7);
         default:
             mha_head(qh, kp, vp, nk, st, part, h, o, w, 8);
-            break;
         }
+#undef MHA_HEAD
     }
 }
 
@@ -1214,10 +1206,12 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
     for (int g = 0; g < n_kv_heads; g++) {
         const float *qg = q + (size_t)g * (size_t)grp * (size_t)d;
         float *qt = qts + (size_t)g * (size_t)d2 * ATT_DEC_L;
-        for (int i = 0; mha && i < grp * d; i++) {
-            qt[i] = qg[i] * scale;
+        if (mha) {
+            memcpy(qt, qg, (size_t)grp * (size_t)d * sizeof(float));
+            scal(qt, scale, grp * d);
+            continue;
         }
-        for (int c2 = 0; !mha && c2 < d2; c2++) {
+        for (int c2 = 0; c2 < d2; c2++) {
             for (int lane = 0; lane < ATT_DEC_L; lane++) {
                 const int h = lane / 2, c = 2 * c2 + lane % 2;
                 qt[(size_t)c2 * ATT_DEC_L + (size_t)lane] =
