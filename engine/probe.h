@@ -40,6 +40,11 @@ void eng_weights_probe_free(struct eng_weights_probe *p);
 struct eng_triad;
 struct eng_triad *eng_triad_create(size_t bytes_per_array);
 double eng_triad_run(struct eng_triad *t, int iters); /* GB/s, best of iters */
+/* GB/s of one pass that only reads the triad's two source arrays: each thread its share in one
+ * sequential stream, or, with `prefetch`, in two streams that ask for lines 2 KiB ahead. The
+ * ceiling of a kernel that reads the way oneDNN's one-row products do, and of one that
+ * prefetches; a machine's triad sits between them or above. */
+double eng_triad_read(struct eng_triad *t, bool prefetch);
 void eng_triad_free(struct eng_triad *t);
 
 #endif /* ENG_PROBE_H */

@@ -1118,16 +1118,20 @@ static int bench_gemv(int argc, char **argv) {
     }
     printf("config %s, %d threads, %ld rows: GB/s of %s decode weights per round\n", config,
            eng_dnn_threads(dnn), rows, eng_wtype_name(wt));
-    printf("round   packed   %s   triad\n", wt == ENG_WTYPE_INT8 ? "inner product"
-                                            : rows == 1          ? " plain (gemv)"
-                                                                 : "        plain");
+    printf("round   packed   %s   triad    read   read+prefetch\n", wt == ENG_WTYPE_INT8
+                                                                        ? "inner product"
+                                                                    : rows == 1 ? " plain (gemv)"
+                                                                                : "        plain");
     (void)eng_weights_probe_run(probe[0]); /* warm-up: page mappings, primitives */
     (void)eng_weights_probe_run(probe[1]);
     (void)eng_triad_run(triad, 1);
+    (void)eng_triad_read(triad, false);
     for (long r = 0; r < rounds; r++) {
         const double packed = eng_weights_probe_run(probe[0]);
         const double plain = eng_weights_probe_run(probe[1]);
-        printf("%5ld   %6.1f   %13.1f   %5.1f\n", r, packed, plain, eng_triad_run(triad, 1));
+        const double tri = eng_triad_run(triad, 1);
+        const double rd = eng_triad_read(triad, false), rdpf = eng_triad_read(triad, true);
+        printf("%5ld   %6.1f   %13.1f   %5.1f   %5.1f   %13.1f\n", r, packed, plain, tri, rd, rdpf);
     }
     rc = 0;
 done:
