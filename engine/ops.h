@@ -52,6 +52,8 @@ bool eng_bf16_dot(void);
 /* Steps with at most this many rows use the decode-packed weights, larger ones the prefill
  * ones (prefill is compute-bound and fastest in f32; decode memory-bound, fastest in bf16). */
 #define ENG_DECODE_MAX_M 16
+/* Rows per prefill chunk; the prefill copy of the weights is packed for this many rows. */
+#define ENG_LINEAR_CHUNK 512
 
 /* ---- oneDNN context (one per thread) ---- */
 struct eng_dnn;

@@ -54,7 +54,13 @@
  *     18-24; the gemm:jit GEMV held 21-25 GB/s in the same rounds (TinyLlama shapes, bf16,
  *     `kvcast bench gemv`). At 8 rows the plain copy is 15-30% slower than a packed one
  *     (`--rows 8`), hence two decode copies: memory traded for both. int8 one-row steps
- *     leave the matmul altogether (invariant 8).
+ *     leave the matmul altogether (invariant 8). Re-measured on a Zen 5 (AVX-512 bf16, no
+ *     AMX): one bf16 row over the prefill copy's layout (`bench gemv`'s "prefill layout"
+ *     column, brg:avx512_core_bf16) read 1.1-1.5x the plain GEMV's GB/s in that probe, and would
+ *     have saved the plain copy (half the bf16 weight memory); but in the engine, 24 alternating
+ *     pairs of `bench engine --dtypes bf16` decode runs gave it 0.59-1.24x the plain copy's
+ *     tokens/s, median 0.93, in runs of several minutes where one or the other led as the
+ *     neighbours' load changed: the swings seen on the Xeon, so the plain copy stays.
  *  7. int8 (ENG_WTYPE_INT8): every copy holds s8 weights quantized symmetrically per output
  *     channel (scale_j = max|W_j| / 127) and the n scales (wscale, as a oneDNN memory).
  *     Activations are quantized per row to s8, symmetric (scale_r = max|x_r| / 127, into the
@@ -153,8 +159,6 @@
 #include "engine/ops_dnnl_internal.h"
 #include "engine/ops_simd.h"
 
-/* Rows per prefill chunk; also the representative row count of the prefill copy. */
-#define ENG_LINEAR_CHUNK 512
 /* int8 prefill chunks of up to this many rows run the one-row inner-product copy where the
  * CPU has VNNI and no AMX (invariant 8). */
 #define ENG_IP_PREFILL_MAX 64

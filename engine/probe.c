@@ -82,10 +82,11 @@ void eng_weights_probe_free(struct eng_weights_probe *p) {
     free(p);
 }
 
-int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, bool plain,
+int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, int layout_rows,
                              const int *k, const int *n, int n_mats, struct eng_weights_probe **out,
                              struct kc_error *err) {
-    KC_ASSERT(dnn != NULL && rows > 0 && n_mats > 0);
+    KC_ASSERT(dnn != NULL && rows > 0 && layout_rows >= 0 && n_mats > 0);
+    const bool plain = layout_rows == 0;
     struct eng_weights_probe *p = kc_calloc(1, sizeof(*p));
     int max_k = 0, max_n = 0;
     for (int i = 0; i < n_mats; i++) {
@@ -118,7 +119,8 @@ int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, b
             }
         } else if (plain) {
             st = dnnl_memory_desc_init_by_strides(&wmd, 2, dims, wt_dnnl(wt), strides);
-        } else if (eng__dnn_preferred_wmd(engine, rows, n[i], k[i], wt, false, &wmd, NULL) != 0) {
+        } else if (eng__dnn_preferred_wmd(engine, layout_rows, n[i], k[i], wt, false, &wmd, NULL) !=
+                   0) {
             st = dnnl_unimplemented;
         }
         if (st == dnnl_success) {
@@ -196,7 +198,7 @@ double eng_weights_probe_run(struct eng_weights_probe *p) {
 double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters) {
     KC_ASSERT(dnn != NULL && m > 0 && n > 0 && k > 0);
     struct eng_weights_probe *p = NULL;
-    if (eng_weights_probe_create(dnn, wt, m, false, &k, &n, 1, &p, NULL) != KC_OK) {
+    if (eng_weights_probe_create(dnn, wt, m, m, &k, &n, 1, &p, NULL) != KC_OK) {
         return 0.0;
     }
     double best = 0.0;

@@ -21,13 +21,14 @@
 double eng_dnn_gemm_gflops(struct eng_dnn *dnn, enum eng_wtype wt, int m, int n, int k, int iters);
 
 /* Streams weight matrices of type wt (k[i] x n[i], i < n_mats) through primitives of `rows`
- * rows, as decode does: matmuls packed in the layout oneDNN picks for `rows`, or `plain`, the
- * engine's one-row copy: the HF [n, k] matrix (one row then runs the "gemm:jit" GEMV, see
- * ops_dnnl.c invariant 6), for int8 an inner product on its one-row layout (invariant 8), the
- * copy int8 decode runs for 1..ENG_DECODE_MAX_M rows. run: GB/s of weights read by one pass
- * over all matrices. For `kvcast bench gemv`. */
+ * rows, as decode does: matmuls over weights packed in the layout oneDNN picks for
+ * `layout_rows` rows (ENG_LINEAR_CHUNK: the prefill copy's, which 2..ENG_DECODE_MAX_M-row steps
+ * read where prefill and decode share a weight type), or, with layout_rows 0, the engine's plain
+ * one-row copy: the HF [n, k] matrix (one row then runs the "gemm:jit" GEMV), for int8 an inner
+ * product on its one-row layout (invariant 8), the copy int8 decode runs for 1..ENG_DECODE_MAX_M
+ * rows. run: GB/s of weights read by one pass over all matrices. For `kvcast bench gemv`. */
 struct eng_weights_probe;
-int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, bool plain,
+int eng_weights_probe_create(struct eng_dnn *dnn, enum eng_wtype wt, int rows, int layout_rows,
                              const int *k, const int *n, int n_mats, struct eng_weights_probe **out,
                              struct kc_error *err);
 double eng_weights_probe_run(struct eng_weights_probe *p);

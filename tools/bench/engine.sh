@@ -152,7 +152,9 @@ L.append("Why one-row bf16 decode steps read a plain copy of the weights (engine
          "GB/s of one decode step's weights through oneDNN matmuls, round by round beside a triad. "
          "int8 decode steps, one row or a batch of 2..16, run an s8 inner product on its one-row "
          "layout instead of a packed matmul (invariant 8, whose comment holds the side-by-side "
-         "table): the int8 tables put the two side by side. The last two columns read the triad's "
+         "table): the int8 tables put the two side by side. *prefill layout* runs the same rows over "
+         "the prefill copy's layout (packed for 512 rows), which 2..16-row steps read when prefill "
+         "and decode share a weight type. The last two columns read the triad's "
          "arrays without computing: `read` in one sequential stream per thread, as the products "
          "read their weights, `read+prefetch` in two streams per thread that prefetch 2 KiB ahead. "
          "They bound what a one-stream kernel can reach on this host at this moment.\n")
