@@ -111,6 +111,16 @@
  *     88-94, the trickled prefetch to 73-79 and two ranges per thread instead of four (one cold
  *     first item fewer per range) to 70-73; the same prefetch in bursts of 64 lines per key
  *     block had done nothing for the ymm kernel.
+ *     Quad layout. A group of 3 or 4 heads (Llama 3's 8B and 1B, Mistral: grp 4; Llama-3.2 3B:
+ *     grp 3) fills only 6-8 of the pair layout's 16 lanes. With D a multiple of 16 the same
+ *     kernel runs with lane groups of r = 4 instead of 2 (dec_r): lane 4h+e holds head h and
+ *     element e mod 4, a 128-bit broadcast of (k[4c], .., k[4c+3]) times Qt[c] accumulates a
+ *     quarter of every head's dot product, two permute-adds leave k.q_h in the head's four
+ *     lanes, and PV runs over D/4 column groups: half the FMAs of the pair layout for every key.
+ *     Measured on the same Zen 5, Llama-3.2 1B's shape (H 32, Hkv 8, D 64), 2 threads, pair ->
+ *     quad, alternating: one row at context 4096 (`--attn-only`) 640-650 -> 411-454 us; attention
+ *     per bf16 decode step after a 2000-token prompt (`bench engine --config llama-3.2-1b
+ *     --profile`, 16 layers) 5.3-6.6 -> 3.9-4.2 ms. Groups of 5-8 keep pairs.
  * 10. Decode path, MHA kernel. One query row of a group of 1 or 2 heads (MHA models such as
  *     Llama 2, Phi-2 and the embedded pair's grp 2) with D a multiple of 16 up to 128 runs
  * attention_decode's ranges, prefetch and merge with attend_mha_chunk in place of the pair kernel,
@@ -838,13 +848,15 @@ static int team_size(void) {
 /* ---- decode path (one query row of a GQA group of 3..8 heads; invariant 9) ---- */
 
 #if defined(__AVX512F__)
-/* Heads of a group the decode path takes at most; each has two lanes of a zmm vector. */
+/* Heads of a group the decode path takes at most; each has two (or four) lanes of a zmm vector. */
 #define ATT_DEC_W 8
-/* Lanes of the decode path's vectors: lane 2h+p is head h and element parity p (pair layout). */
+/* Lanes of the decode path's vectors: lane r h + e is head h and element e mod r, r = 2 (pair
+ * layout) or 4 (quad layout, groups of up to 4 heads). */
 #define ATT_DEC_L 16
 /* Keys per QK block of the decode path: 8 independent accumulators keep two FMA pipes busy. */
 #define ATT_DEC_KB 8
-/* Column pairs per PV block: 16 accumulators, the rest of the registers for operands. */
+/* Column groups (pairs or quads) per PV block: 16 accumulators, the rest of the registers for
+ * operands. */
 #define ATT_DEC_CB 16
 /* Items (context splits) per thread the decode path aims for, and the most splits. */
 #define ATT_DEC_ITEMS_PER_THREAD 2
@@ -852,7 +864,8 @@ static int team_size(void) {
 /* The largest head size of the MHA kernel: D / 16 <= 8 query and output registers. */
 #define ATT_MHA_MAX_D 128
 
-/* One (kv head, split)'s partial result: running max and sum per lane, then Ot2[D/2][16]. */
+/* One (kv head, split)'s partial result: running max and sum per lane, then Ot[D/r][16]
+ * (sized for r = 2). */
 static size_t dec_part_floats(int d) {
     return 2 * ATT_DEC_L + (size_t)d / 2 * ATT_DEC_L;
 }
@@ -947,70 +960,87 @@ static void dec_pf_values(struct dec_pf *pf) {
     pf->r = pf->li = 0;
 }
 
-/* The pair (x[0], x[1]) in every pair of lanes: one 64-bit broadcast load. */
-static inline __m512 pair_bcast(const float *x) {
+/* The r consecutive elements x[0..r-1] (r = 2 or 4) in every group of r lanes: one 64- or
+ * 128-bit broadcast load. */
+static inline __attribute__((always_inline)) __m512 grp_bcast(const float *x, const int r) {
+    if (r == 4) {
+        return _mm512_broadcast_f32x4(_mm_loadu_ps(x));
+    }
     double v;
     memcpy(&v, x, sizeof(v));
     return _mm512_castpd_ps(_mm512_set1_pd(v));
 }
 
-/* Ot2 columns pairs c2..c2+cb-1 (cb <= ATT_DEC_CB): Ot2 = alpha * Ot2 + sum_j v_j-pairs * P2[j].
- * Inlined with a constant cb so the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void dec_pv_block(float *restrict ot, int c2, int cb,
+/* Lane groups per kv head of the decode kernel: 4 elements per head for groups of up to 4
+ * heads (D a multiple of 16), else 2 (invariant 9). */
+static int dec_r(int grp, int d) {
+    return grp <= ATT_DEC_L / 4 && d % 16 == 0 ? 4 : 2;
+}
+
+/* Ot columns groups cg..cg+cb-1 (cb <= ATT_DEC_CB): Ot = alpha * Ot + sum_j v_j-groups * P[j].
+ * Inlined with constant cb and r so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void dec_pv_block(float *restrict ot, int cg, int cb,
                                                                __m512 alpha, const float *const *vp,
                                                                int nk, const float *restrict st,
-                                                               struct dec_pf *pf) {
+                                                               struct dec_pf *pf, const int r) {
     __m512 acc[ATT_DEC_CB];
     for (int i = 0; i < cb; i++) {
-        acc[i] = _mm512_mul_ps(alpha, _mm512_loadu_ps(ot + (size_t)(c2 + i) * ATT_DEC_L));
+        acc[i] = _mm512_mul_ps(alpha, _mm512_loadu_ps(ot + (size_t)(cg + i) * ATT_DEC_L));
     }
     for (int j = 0; j < nk; j++) {
         const __m512 p = _mm512_loadu_ps(st + (size_t)j * ATT_DEC_L);
-        dec_pf_step(pf); /* a row's values have 2 lines per j and column block (f32) */
-        dec_pf_step(pf);
-        const float *vj = vp[j] + 2 * c2;
-        /* Materialise vj: otherwise GCC keeps one index register per column pair and spills. */
+        for (int t = 0; t < r; t++) {
+            dec_pf_step(pf); /* a row's values have r lines per j and column block (f32) */
+        }
+        const float *vj = vp[j] + r * cg;
+        /* Materialise vj: otherwise GCC keeps one index register per column group and spills. */
         __asm__("" : "+r"(vj));
 #pragma GCC unroll 16
         for (int i = 0; i < cb; i++) {
-            acc[i] = _mm512_fmadd_ps(pair_bcast(vj + 2 * i), p, acc[i]);
+            acc[i] = _mm512_fmadd_ps(grp_bcast(vj + r * i, r), p, acc[i]);
         }
     }
     for (int i = 0; i < cb; i++) {
-        _mm512_storeu_ps(ot + (size_t)(c2 + i) * ATT_DEC_L, acc[i]);
+        _mm512_storeu_ps(ot + (size_t)(cg + i) * ATT_DEC_L, acc[i]);
     }
 }
 
-/* Keys k0..k0+nk-1 (nk <= ATT_TK) of kv head g against the group's heads, Qt2[D/2][16] (scaled
- * queries in pair layout, zero past the group): the online-softmax update of part (max, sum,
- * Ot2). */
-static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int g, int n_kv_heads,
-                             int d, int k0, int nk, float *sc, float *part, struct dec_pf *pf) {
+/* Keys k0..k0+nk-1 (nk <= ATT_TK) of kv head g against the group's heads, Qt[D/r][16] (scaled
+ * queries in lane groups of r, zero past the group): the online-softmax update of part (max,
+ * sum, Ot). */
+static inline __attribute__((always_inline)) void
+dec_chunk(const float *qt, const struct eng_kv_view *kv, int g, int n_kv_heads, int d, int k0,
+          int nk, float *sc, float *part, struct dec_pf *pf, const int r) {
     float *ot = part + 2 * ATT_DEC_L;
     const float *kp[ATT_TK], *vp[ATT_TK];
     float *st = dec_chunk_rows(kv, g, n_kv_heads, d, k0, nk, sc, kp, vp);
-    const int d2 = d / 2;
-    /* St2[j][2h+p] = sum over c of parity p of k_j[c] q_h[c]; adding the neighbour lane gives
-     * the dot product k_j . q_h in both lanes of head h, the layout PV multiplies by. */
+    const int dr = d / r;
+    /* St[j][r h + e] = sum over c = e mod r of k_j[c] q_h[c]; adding the group's other lanes
+     * gives the dot product k_j . q_h in all r lanes of head h, the layout PV multiplies by. */
     for (int j = 0; j < nk; j += ATT_DEC_KB) {
         __m512 acc[ATT_DEC_KB];
         for (int i = 0; i < ATT_DEC_KB; i++) {
             acc[i] = _mm512_setzero_ps();
         }
-        for (int c2 = 0; c2 < d2; c2++) {
-            dec_pf_step(pf); /* 8 rows of D/16 lines (f32) per block of D/2 steps */
-            const __m512 b = _mm512_loadu_ps(qt + (size_t)c2 * ATT_DEC_L);
+        for (int cr = 0; cr < dr; cr++) {
+            for (int t = 0; t < r / 2; t++) {
+                dec_pf_step(pf); /* 8 rows of D/16 lines (f32) per block of D/r steps */
+            }
+            const __m512 b = _mm512_loadu_ps(qt + (size_t)cr * ATT_DEC_L);
             for (int i = 0; i < ATT_DEC_KB; i++) {
-                acc[i] = _mm512_fmadd_ps(pair_bcast(kp[j + i] + 2 * c2), b, acc[i]);
+                acc[i] = _mm512_fmadd_ps(grp_bcast(kp[j + i] + r * cr, r), b, acc[i]);
             }
         }
         for (int i = 0; i < ATT_DEC_KB; i++) {
-            const __m512 s = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0xB1));
-            _mm512_storeu_ps(st + (size_t)(j + i) * ATT_DEC_L, s);
+            __m512 sv = _mm512_add_ps(acc[i], _mm512_permute_ps(acc[i], 0xB1));
+            if (r == 4) {
+                sv = _mm512_add_ps(sv, _mm512_permute_ps(sv, 0x4E));
+            }
+            _mm512_storeu_ps(st + (size_t)(j + i) * ATT_DEC_L, sv);
         }
     }
     dec_pf_values(pf);
-    /* Online softmax per lane (both lanes of a head hold the same values). */
+    /* Online softmax per lane (all lanes of a head hold the same values). */
     const __m512 m = _mm512_loadu_ps(part), l = _mm512_loadu_ps(part + ATT_DEC_L);
     __m512 m_new = m;
     for (int j = 0; j < nk; j++) {
@@ -1027,14 +1057,25 @@ static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int 
     const __m512 alpha = exp512(_mm512_sub_ps(m, m_new));
     _mm512_storeu_ps(part, m_new);
     _mm512_storeu_ps(part + ATT_DEC_L, _mm512_fmadd_ps(l, alpha, sum));
-    /* Ot2[c2][2h+p] = alpha * Ot2 + sum_j v_j[2 c2 + p] * P[j][h], ATT_DEC_CB pairs at a time
-     * (D is a multiple of 8, so the rest is a multiple of 4 pairs). */
-    int c2 = 0;
-    for (; c2 + ATT_DEC_CB <= d2; c2 += ATT_DEC_CB) {
-        dec_pv_block(ot, c2, ATT_DEC_CB, alpha, vp, nk, st, pf);
+    /* Ot[cr][r h + e] = alpha * Ot + sum_j v_j[r cr + e] * P[j][h], ATT_DEC_CB groups at a time
+     * (D / r is a multiple of 4: D a multiple of 8, of 16 for r = 4). */
+    int cg = 0;
+    for (; cg + ATT_DEC_CB <= dr; cg += ATT_DEC_CB) {
+        dec_pv_block(ot, cg, ATT_DEC_CB, alpha, vp, nk, st, pf, r);
     }
-    for (; c2 < d2; c2 += 4) {
-        dec_pv_block(ot, c2, 4, alpha, vp, nk, st, pf);
+    for (; cg < dr; cg += 4) {
+        dec_pv_block(ot, cg, 4, alpha, vp, nk, st, pf, r);
+    }
+}
+
+/* dec_chunk's two instantiations: pair layout (groups of 5-8 heads) and quad layout (3-4). */
+static void attend_dec_chunk(const float *qt, const struct eng_kv_view *kv, int g, int n_kv_heads,
+                             int d, int k0, int nk, float *sc, float *part, struct dec_pf *pf,
+                             int r) {
+    if (r == 4) {
+        dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc, part, pf, 4);
+    } else {
+        dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc, part, pf, 2);
     }
 }
 
@@ -1201,6 +1242,7 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
     float *parts = scratch + (size_t)threads * per_thread;             /* [Hkv][splits] */
     float *qts = parts + (size_t)n_kv_heads * ATT_DEC_MAX_SPLITS * pf; /* [Hkv][D/2][16] */
     const bool mha = grp < ATT_TILE_MIN_GRP;
+    const int r = dec_r(grp, d);
     /* Every kv head's group of queries, scaled: for the pair kernel in pair layout (zero past
      * the group), for the MHA kernel as they come, [grp][D]. */
     for (int g = 0; g < n_kv_heads; g++) {
@@ -1211,10 +1253,10 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
             scal(qt, scale, grp * d);
             continue;
         }
-        for (int c2 = 0; c2 < d2; c2++) {
+        for (int cr = 0; cr < d / r; cr++) {
             for (int lane = 0; lane < ATT_DEC_L; lane++) {
-                const int h = lane / 2, c = 2 * c2 + lane % 2;
-                qt[(size_t)c2 * ATT_DEC_L + (size_t)lane] =
+                const int h = lane / r, c = r * cr + lane % r;
+                qt[(size_t)cr * ATT_DEC_L + (size_t)lane] =
                     h < grp ? qg[(size_t)h * (size_t)d + (size_t)c] * scale : 0.0f;
             }
         }
@@ -1255,7 +1297,7 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
                     if (mha) {
                         attend_mha_chunk(qt, kv, g, grp, n_kv_heads, d, k0, nk, sc, part, &next);
                     } else {
-                        attend_dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc, part, &next);
+                        attend_dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc, part, &next, r);
                     }
                 }
             }
@@ -1285,19 +1327,19 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
             }
             const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
             float *og = out + (size_t)g * (size_t)grp * (size_t)d;
-            for (int c2 = 0; c2 < d2; c2++) {
+            for (int cr = 0; cr < d / r; cr++) {
                 __m512 acc = _mm512_setzero_ps();
                 for (int s = 0; s < splits; s++) {
                     acc = _mm512_fmadd_ps(w[s],
                                           _mm512_loadu_ps(pg + (size_t)s * pf + 2 * ATT_DEC_L +
-                                                          (size_t)c2 * ATT_DEC_L),
+                                                          (size_t)cr * ATT_DEC_L),
                                           acc);
                 }
                 float o2[ATT_DEC_L];
                 _mm512_storeu_ps(o2, _mm512_mul_ps(acc, inv));
                 for (int h = 0; h < grp; h++) {
-                    memcpy(og + (size_t)h * (size_t)d + 2 * (size_t)c2, o2 + 2 * h,
-                           2 * sizeof(float));
+                    memcpy(og + (size_t)h * (size_t)d + (size_t)r * (size_t)cr, o2 + r * h,
+                           (size_t)r * sizeof(float));
                 }
             }
         }

@@ -123,6 +123,15 @@
  *     row is as good as splitting N by hand, so one primitive runs on the team. (The triad
  *     counts 3 arrays of 8-byte doubles and no write-allocate, so a kernel can read > 1.0 of
  *     it.) q|k|v and gate|up are already one fused linear each (engine/model.c).
+ *     What limits it (Zen 5, 2026-12-07): each thread reads its share of the weights as one
+ *     sequential stream, and one stream per core reads no faster than `bench gemv`'s `read`
+ *     column (0.8-1.0 of the triad) while two streams that prefetch 2 KiB ahead read 0.9-1.05
+ *     of it. A standalone hand-written VNNI GEMV over the same 22 layers (two 64-output blocks
+ *     streamed at once, prefetching 1 KiB ahead) read 1.11-1.17x the inner product's GB/s in
+ *     eight alternating rounds. No oneDNN variant measured did better than this one (the table
+ *     above; at 8 and 16 rows also the inner product over the layout picked for that many rows,
+ *     within 5%, and matmuls over the 512-row layout, gemm:jit at 14-18 GB/s), and the linear
+ *     layers stay on oneDNN (DESIGN.md), so that kernel is not in the tree.
  *  9. Machines without VNNI. oneDNN runs s8 x s8 products as u8 x s8 (the source shifted by
  *     128, invariant 7), and without VNNI (AVX2, AVX-512 before Cascade Lake) it multiplies
  *     with vpmaddubsw, which adds each pair of u8 x s8 products into a saturating s16: with

@@ -131,7 +131,12 @@ static void test_decode_path_groups_and_splits(void **state) {
         {1, 1500, 32, 8, 128, 16, 30.0f, true}, /* Llama-3 8B's grp 4, D 128, large logits */
         {1, 777, 21, 3, 40, 7, 1.0f, true},     /* grp 7, D 40, bs 7 */
         {1, 300, 15, 3, 16, 5, 1.0f, true},     /* grp 5, D 16, bs 5 */
-        {1, 300, 9, 3, 8, 16, 1.0f, true},      /* grp 3, D 8 */
+        {1, 300, 9, 3, 8, 16, 1.0f, true},      /* grp 3, D 8: pairs (D not a multiple of 16) */
+        {1, 700, 32, 8, 64, 16, 1.0f, true},    /* Llama-3.2 1B's grp 4, D 64: quad layout */
+        {1, 650, 24, 8, 128, 7, 1.0f, true},    /* Llama-3.2 3B's grp 3, D 128, bs 7 */
+        {1, 260, 8, 2, 80, 16, 1.0f, true},     /* grp 4, D 80: a block of 16 groups and one of 4 */
+        {1, 99, 9, 3, 48, 5, 30.0f, true},      /* grp 3, D 48: three blocks of 4, large logits */
+        {1, 3, 4, 1, 16, 16, 1.0f, true},       /* grp 4, D 16, a few keys */
         {1, 400, 18, 2, 64, 16, 1.0f, true},    /* grp 9: past the decode path, the tiles */
         {1, 400, 24, 4, 36, 16, 1.0f, true},    /* D 36: not a multiple of 8, the tiles */
         {1, 0, 4, 4, 64, 16, 1.0f, true},       /* MHA, the first token */

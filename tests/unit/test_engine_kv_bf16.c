@@ -188,6 +188,8 @@ static void test_attention_bf16_kv_matches_reference(void **state) {
         {1, 700, 4, 2, 40, 16, 1.0f},  /* decode, grp 2, D 40: the row path */
         {1, 900, 32, 4, 64, 16, 1.0f}, /* decode, TinyLlama's grp 8: the decode path */
         {1, 130, 12, 3, 40, 7, 8.0f},  /* decode path, grp 4, D 40, bs 7, split context */
+        {1, 600, 32, 8, 64, 7, 1.0f},  /* decode path, Llama-3.2 1B's grp 4: quad layout */
+        {1, 260, 12, 4, 80, 16, 8.0f}, /* decode path, grp 3, D 80: quad layout */
         {2, 300, 6, 2, 24, 9, 1.0f},   /* two rows, grp 3 */
     };
     float worst_exact = 0.0f, worst_f32 = 0.0f;

@@ -7,7 +7,8 @@
 # TTFT comparison (--kvp, 1024-token prompt, aux = a
 # layer-pruned copy at 1/4 of the layers), the prefill attention kernel against an f32 GEMM at
 # 512, 2048 and 8192 tokens (beside the one-row kernel it replaced for prefill), a few rows of
-# attention at the embedded base's shape (the MHA decode kernel), and writes
+# attention at the embedded base's shape (the MHA decode kernel) and at Llama-3.2 1B's (the quad
+# layout), and writes
 # docs/bench/engine.md. Hand-written sections of docs/bench/engine.md after the KEEP marker line
 # are kept.
 #   usage: tools/bench/engine.sh [path/to/kvcast] [out.md]
@@ -33,6 +34,8 @@ run lc --config "$CFG" --prompt-len 2000 --gen 32 --threads 2 --dtypes bf16,int8
 run attn --config "$CFG" --threads 2 --attn-only --attn 512,2048,8192 --attn-old
 # The embedded base's shape (4 heads over 2 kv heads): a decode row takes the MHA kernel.
 run attn_mha --config kvcast-base --threads 2 --attn-only --attn 8192 --attn-old
+# Llama-3.2 1B's shape (32 heads over 8 kv heads, D 64): a decode row takes the quad layout.
+run attn_quad --config llama-3.2-1b --threads 2 --attn-only --attn 4096 --attn-old
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 > "$TMP/gemv1.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --rows 8 > "$TMP/gemv8.txt"
 "$KV" bench gemv --config "$CFG" --threads 2 --rounds 6 --dtype int8 > "$TMP/gemv1i8.txt"
@@ -136,15 +139,19 @@ L.append("| rows | eng_attention | one-row kernel | tiled kernel |")
 L.append("|---|---|---|---|")
 for e in a["attention_rows"]:
     L.append("| %d | %.0f | %.0f | %.0f |" % (e["rows"], e["us"], e["row_kernel_us"], e["tile_kernel_us"]))
-m = load("attn_mha")
-L.append("\nThe same rows at the shape of the embedded base (`kvcast-base`: 4 heads over 2 kv heads, "
-         "D 64, context %d): one decode row of a group of 1 or 2 heads takes the MHA kernel "
-         "(engine/attention.c invariant 10); the one-row kernel is the row path it replaced.\n"
-         % m["attention"][-1]["tokens"])
-L.append("| rows | eng_attention | one-row kernel | tiled kernel |")
-L.append("|---|---|---|---|")
-for e in m["attention_rows"]:
-    L.append("| %d | %.0f | %.0f | %.0f |" % (e["rows"], e["us"], e["row_kernel_us"], e["tile_kernel_us"]))
+for name, what in [("attn_mha", "the embedded base (`kvcast-base`: 4 heads over 2 kv heads, D 64, "
+                                "context %d): one decode row of a group of 1 or 2 heads takes the MHA "
+                                "kernel (engine/attention.c invariant 10)"),
+                   ("attn_quad", "Llama-3.2 1B (`llama-3.2-1b`: 32 heads over 8 kv heads, D 64, context "
+                                 "%d): one decode row of a group of 3 or 4 heads takes the decode "
+                                 "kernel with four lanes per head (the quad layout, invariant 9)")]:
+    m = load(name)
+    L.append(("\nThe same rows at the shape of " + what + "; the one-row kernel is the row path.\n")
+             % m["attention"][-1]["tokens"])
+    L.append("| rows | eng_attention | one-row kernel | tiled kernel |")
+    L.append("|---|---|---|---|")
+    for e in m["attention_rows"]:
+        L.append("| %d | %.0f | %.0f | %.0f |" % (e["rows"], e["us"], e["row_kernel_us"], e["tile_kernel_us"]))
 L.append("\nllama.cpp on the same machine and shapes, every weight type: [llama-cpp.md](llama-cpp.md) (`tools/bench/llama_engine.sh`). Older reference points (from the team's notes, llama.cpp `llama-bench`, 1 thread): "
          "prefill 42 tokens/s (f32), decode 4.9 tokens/s (bf16).\n")
 L.append("## Decode weights, packed against plain (`kvcast bench gemv`, 2 threads)\n")
@@ -161,7 +168,7 @@ L.append("Why one-row bf16 decode steps read a plain copy of the weights (engine
 for f in ["gemv1.txt", "gemv8.txt", "gemv1i8.txt", "gemv8i8.txt"]:
     L.append("```\n" + open(os.path.join(tmp, f)).read().strip() + "\n```\n")
 L.append("## Commands\n")
-for n in ["t1", "t2", "b4", "b16", "lc", "attn", "attn_mha", "kvp"]:
+for n in ["t1", "t2", "b4", "b16", "lc", "attn", "attn_mha", "attn_quad", "kvp"]:
     L.append("    " + load(n)["cmd"])
 L.append("    kvcast bench gemv --config %s --threads 2 --rounds 6 [--rows 8] [--dtype int8]" % cfg)
 text = "\n".join(L) + "\n"
