@@ -1243,8 +1243,8 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
     float *qts = parts + (size_t)n_kv_heads * ATT_DEC_MAX_SPLITS * pf; /* [Hkv][D/2][16] */
     const bool mha = grp < ATT_TILE_MIN_GRP;
     const int r = dec_r(grp, d);
-    /* Every kv head's group of queries, scaled: for the pair kernel in pair layout (zero past
-     * the group), for the MHA kernel as they come, [grp][D]. */
+    /* Every kv head's group of queries, scaled: for the decode kernel in lane groups of r (zero
+     * past the group), for the MHA kernel as they come, [grp][D]. */
     for (int g = 0; g < n_kv_heads; g++) {
         const float *qg = q + (size_t)g * (size_t)grp * (size_t)d;
         float *qt = qts + (size_t)g * (size_t)d2 * ATT_DEC_L;
@@ -1303,8 +1303,8 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
             }
         }
         /* Merge, all lanes of a kv head at once: weights exp(max_s - max) (an empty split's
-         * -inf max weighs ~1e-38 against its zero sum and Ot2), then each pair of lanes is a
-         * head's two interleaved columns. */
+         * -inf max weighs ~1e-38 against its zero sum and Ot2), then each group of r lanes is
+         * a head's r interleaved columns. */
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
