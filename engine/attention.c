@@ -922,22 +922,13 @@ struct dec_pf {
 static void dec_pf_init(struct dec_pf *pf, const struct eng_kv_view *kv, int g, int n_kv_heads,
                         int d, int k0, int nk) {
     const size_t esz = kv->dtype == ENG_DTYPE_BF16 ? 2 : 4;
-    const size_t step = (size_t)n_kv_heads * (size_t)d * esz; /* consecutive keys of a block */
     const char *base = (const char *)(const void *)kv->base;
     pf->n = nk > 0 ? nk : 0;
     pf->lines = (int)(((size_t)d * esz + 63) / 64);
     pf->voff = kv->v_offset * esz;
     pf->r = pf->li = 0;
-    const char *row = NULL;
-    int in_block = k0 % kv->block_size;
-    for (int j = 0; j < nk; j++, in_block++) {
-        if (j == 0 || in_block == kv->block_size) {
-            in_block = (k0 + j) % kv->block_size;
-            row = base + kv_key_off(kv, k0 + j, n_kv_heads, d, g) * esz;
-        } else {
-            row += step;
-        }
-        pf->k[j] = row;
+    for (int j = 0; j < nk; j++) {
+        pf->k[j] = base + kv_key_off(kv, k0 + j, n_kv_heads, d, g) * esz;
     }
 }
 

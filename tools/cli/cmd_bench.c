@@ -1125,12 +1125,8 @@ static int bench_gemv(int argc, char **argv) {
            wt == ENG_WTYPE_INT8 ? "inner product"
            : rows == 1          ? " plain (gemv)"
                                 : "        plain");
-    for (int i = 0; i < 3; i++) { /* warm-up: page mappings, primitives */
-        (void)(probe[i] != NULL ? eng_weights_probe_run(probe[i]) : 0.0);
-    }
-    (void)eng_triad_run(triad, 1);
-    (void)eng_triad_read(triad, false);
-    for (long r = 0; r < rounds; r++) {
+    /* Round -1 warms up page mappings and primitives. */
+    for (long r = -1; r < rounds; r++) {
         double gbs[3] = {0.0, 0.0, 0.0};
         for (int i = 0; i < 3; i++) {
             gbs[i] = probe[i] != NULL ? eng_weights_probe_run(probe[i]) : 0.0;
@@ -1140,6 +1136,9 @@ static int bench_gemv(int argc, char **argv) {
         char pre[16] = "     -";
         if (probe[1] != NULL) {
             snprintf(pre, sizeof(pre), "%6.1f", gbs[1]);
+        }
+        if (r < 0) {
+            continue;
         }
         printf("%5ld   %6.1f   %14s   %13.1f   %5.1f   %5.1f   %13.1f\n", r, gbs[0], pre, gbs[2],
                tri, rd, rdpf);
