@@ -46,7 +46,11 @@
  *     plain `omp simd` loops.
  *  5. Parallel over work items on the calling OpenMP team (schedule dynamic, the longest
  *     tiles first); each thread uses its own slice of the caller's scratch, whose size
- *     eng_attention_scratch_floats gives for both paths.
+ *     eng_attention_scratch_floats gives for both paths. A call with one item or less work
+ *     than ATT_PAR_MIN (a decode row before the context fills two key chunks) runs its item
+ *     loop on the calling thread outside any parallel region (the loops' orphaned `omp for`
+ *     then has a team of one): a `parallel if (false)` region still costs libgomp a team
+ *     (engine/ops.c invariant 6).
  *  6. f32 throughout. P uses exp512/expf_fast (ops_simd.h, <= 2 ulp); the row path's
  *     rescale uses libm expf. Queries are scaled before the product (the twin scales the
  *     dot product): differences stay at float rounding (tests/unit/test_attention.c).
@@ -431,33 +435,44 @@ static void attend_group_bf16(const float *q, int n_keys, const struct eng_kv_vi
     attend_group_t(q, n_keys, kv, g, grp, n_kv_heads, d, scale, out, sc, sc_floats, true);
 }
 
+/* The (row, kv head) items of attention_rows, shared by the calling thread's team, or run by
+ * the calling thread alone outside any parallel region (invariant 5). */
+static void rows_items(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                       int n_kv_heads, int d, float scale, float *out, float *scratch,
+                       size_t per_thread) {
+    const int grp = n_heads / n_kv_heads;
+    const long items = (long)n * n_kv_heads;
+    /* The cache dtype picks the instantiation once per call, outside every loop. */
+    void (*const attend_group)(const float *, int, const struct eng_kv_view *, int, int, int, int,
+                               float, float *, float *, size_t) =
+        kv->dtype == ENG_DTYPE_BF16 ? attend_group_bf16 : attend_group_f32;
+    float *sc = scratch + (size_t)team_thread() * per_thread;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (long it = 0; it < items; it++) {
+        /* Rows in reverse: the longest (last) rows are handed out first. */
+        const int i = n - 1 - (int)(it / n_kv_heads);
+        const int g = (int)(it % n_kv_heads);
+        const size_t off = ((size_t)i * (size_t)n_heads + (size_t)g * (size_t)grp) * (size_t)d;
+        attend_group(q + off, pos0 + i + 1, kv, g, grp, n_kv_heads, d, scale, out + off, sc,
+                     per_thread);
+    }
+}
+
 static void attention_rows(const float *q, int n, int pos0, const struct eng_kv_view *kv,
                            int n_heads, int n_kv_heads, int d, float scale, float *out,
                            float *scratch, size_t per_thread) {
     const int grp = n_heads / n_kv_heads;
     const long items = (long)n * n_kv_heads;
     const size_t work = (size_t)items * (size_t)(pos0 + n) * (size_t)grp * (size_t)d;
-    (void)work;
-    /* The cache dtype picks the instantiation once per call, outside every loop. */
-    void (*const attend_group)(const float *, int, const struct eng_kv_view *, int, int, int, int,
-                               float, float *, float *, size_t) =
-        kv->dtype == ENG_DTYPE_BF16 ? attend_group_bf16 : attend_group_f32;
+    if (items > 1 && work >= ATT_PAR_MIN) {
 #ifdef _OPENMP
-#pragma omp parallel if (items > 1 && work >= ATT_PAR_MIN)
+#pragma omp parallel
 #endif
-    {
-        float *sc = scratch + (size_t)team_thread() * per_thread;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (long it = 0; it < items; it++) {
-            /* Rows in reverse: the longest (last) rows are handed out first. */
-            const int i = n - 1 - (int)(it / n_kv_heads);
-            const int g = (int)(it % n_kv_heads);
-            const size_t off = ((size_t)i * (size_t)n_heads + (size_t)g * (size_t)grp) * (size_t)d;
-            attend_group(q + off, pos0 + i + 1, kv, g, grp, n_kv_heads, d, scale, out + off, sc,
-                         per_thread);
-        }
+        rows_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch, per_thread);
+    } else {
+        rows_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch, per_thread);
     }
 }
 
@@ -807,6 +822,25 @@ static void attend_tile(const float *q, int i0, int nq, int pos0, const struct e
     }
 }
 
+/* The (tile, kv head) items of attention_tiles, as rows_items. */
+static void tile_items(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                       int n_kv_heads, float scale, const struct att_tile *tg, float *out,
+                       uint16_t *out16, float *scratch, size_t per_thread) {
+    const int n_tiles = (n + tg->tq - 1) / tg->tq;
+    const long items = (long)n_tiles * n_kv_heads;
+    float *sc = scratch + (size_t)team_thread() * per_thread;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (long it = 0; it < items; it++) {
+        /* Tiles in reverse: the longest (last) tiles are handed out first. */
+        const int t = n_tiles - 1 - (int)(it / n_kv_heads);
+        const int g = (int)(it % n_kv_heads);
+        const int i0 = t * tg->tq, nq = n - i0 < tg->tq ? n - i0 : tg->tq;
+        attend_tile(q, i0, nq, pos0, kv, g, n_heads, n_kv_heads, scale, tg, out, out16, sc);
+    }
+}
+
 static void attention_tiles(const float *q, int n, int pos0, const struct eng_kv_view *kv,
                             int n_heads, int n_kv_heads, int d, float scale, float *out,
                             uint16_t *out16, float *scratch, size_t per_thread) {
@@ -815,22 +849,15 @@ static void attention_tiles(const float *q, int n, int pos0, const struct eng_kv
     const int n_tiles = (n + tg.tq - 1) / tg.tq;
     const long items = (long)n_tiles * n_kv_heads;
     const size_t work = (size_t)n * (size_t)(pos0 + n) * (size_t)n_heads * (size_t)d;
-    (void)work;
+    if (items > 1 && work >= ATT_PAR_MIN) {
 #ifdef _OPENMP
-#pragma omp parallel if (items > 1 && work >= ATT_PAR_MIN)
+#pragma omp parallel
 #endif
-    {
-        float *sc = scratch + (size_t)team_thread() * per_thread;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (long it = 0; it < items; it++) {
-            /* Tiles in reverse: the longest (last) tiles are handed out first. */
-            const int t = n_tiles - 1 - (int)(it / n_kv_heads);
-            const int g = (int)(it % n_kv_heads);
-            const int i0 = t * tg.tq, nq = n - i0 < tg.tq ? n - i0 : tg.tq;
-            attend_tile(q, i0, nq, pos0, kv, g, n_heads, n_kv_heads, scale, &tg, out, out16, sc);
-        }
+        tile_items(q, n, pos0, kv, n_heads, n_kv_heads, scale, &tg, out, out16, scratch,
+                   per_thread);
+    } else {
+        tile_items(q, n, pos0, kv, n_heads, n_kv_heads, scale, &tg, out, out16, scratch,
+                   per_thread);
     }
 }
 
@@ -1223,6 +1250,106 @@ static void merge_mha(const float *pg, int splits, size_t pf, int grp, int d, fl
 /* One query row at position pos0 (keys 0..pos0) of GQA groups of 3..8 heads, D a multiple of
  * 8: the context is split into key ranges handed out to the team, each range attended by all
  * kv heads chunk by chunk (prefetching the next chunk), then one merge per kv head. */
+/* One attention_decode call, for decode_items. */
+struct dec_call {
+    const struct eng_kv_view *kv;
+    int n_kv_heads, d, grp, r;
+    bool mha;
+    int n_keys, splits, span; /* the context's splits of span keys (the last may be shorter) */
+    size_t pf, per_thread;    /* floats of a partial, of a thread's scratch slice */
+    float *scratch, *parts;   /* the per-thread slices; the (kv head, split) partials */
+    const float *qts;         /* each kv head's packed queries */
+    float *out;
+};
+
+/* The ranges and the merge of an attention_decode call, shared by the calling thread's team,
+ * or run by the calling thread alone outside any parallel region (invariant 5). */
+static void decode_items(const struct dec_call *c) {
+    const struct eng_kv_view *kv = c->kv;
+    const int n_kv_heads = c->n_kv_heads, d = c->d, d2 = d / 2, grp = c->grp, r = c->r;
+    const int n_keys = c->n_keys, splits = c->splits, span = c->span;
+    const bool mha = c->mha;
+    const size_t pf = c->pf;
+    float *parts = c->parts, *out = c->out;
+    const float *qts = c->qts;
+    float *sc = c->scratch + (size_t)team_thread() * c->per_thread;
+    struct dec_pf next;
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (int s = 0; s < splits; s++) {
+        const int k_lo = s * span, k_hi = k_lo + span < n_keys ? k_lo + span : n_keys;
+        for (int g = 0; g < n_kv_heads; g++) {
+            float *part = parts + ((size_t)g * (size_t)splits + (size_t)s) * pf;
+            for (int lane = 0; lane < ATT_DEC_L; lane++) {
+                part[lane] = -INFINITY; /* an empty split weighs nothing in the merge */
+                part[ATT_DEC_L + lane] = 0.0f;
+            }
+            memset(part + 2 * ATT_DEC_L, 0, (size_t)d2 * ATT_DEC_L * sizeof(float));
+        }
+        memset(dec_zeros(sc, d), 0, (size_t)d * sizeof(float));
+        for (int k0 = k_lo; k0 < k_hi; k0 += ATT_TK) {
+            const int nk = k_hi - k0 < ATT_TK ? k_hi - k0 : ATT_TK;
+            for (int g = 0; g < n_kv_heads; g++) {
+                /* The next item: kv head g + 1 of this chunk, else head 0 of the next chunk
+                 * of the range (no rows past the range's end). */
+                const bool same = g + 1 < n_kv_heads;
+                const int k_next = same ? k0 : k0 + nk;
+                const int n_next = same ? nk : k_hi - k_next < ATT_TK ? k_hi - k_next : ATT_TK;
+                dec_pf_init(&next, kv, same ? g + 1 : 0, n_kv_heads, d, k_next, n_next);
+                const float *qt = qts + (size_t)g * (size_t)d2 * ATT_DEC_L;
+                float *part = parts + ((size_t)g * (size_t)splits + (size_t)s) * pf;
+                if (mha) {
+                    attend_mha_chunk(qt, kv, g, grp, n_kv_heads, d, k0, nk, sc, part, &next);
+                } else {
+                    attend_dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc, part, &next, r);
+                }
+            }
+        }
+    }
+    /* Merge, all lanes of a kv head at once: weights exp(max_s - max) (an empty split's
+     * -inf max weighs ~1e-38 against its zero sum and Ot2), then each group of r lanes is
+     * a head's r interleaved columns. */
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int g = 0; g < n_kv_heads; g++) {
+        const float *pg = parts + (size_t)g * (size_t)splits * pf;
+        if (mha) {
+            merge_mha(pg, splits, pf, grp, d, out + (size_t)g * (size_t)grp * (size_t)d);
+            continue;
+        }
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int s = 0; s < splits; s++) {
+            mx = _mm512_max_ps(mx, _mm512_loadu_ps(pg + (size_t)s * pf));
+        }
+        __m512 w[ATT_DEC_MAX_SPLITS];
+        __m512 total = _mm512_setzero_ps();
+        for (int s = 0; s < splits; s++) {
+            const float *ps = pg + (size_t)s * pf;
+            w[s] = exp512(_mm512_sub_ps(_mm512_loadu_ps(ps), mx));
+            total = _mm512_fmadd_ps(w[s], _mm512_loadu_ps(ps + ATT_DEC_L), total);
+        }
+        const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
+        float *og = out + (size_t)g * (size_t)grp * (size_t)d;
+        for (int cr = 0; cr < d / r; cr++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int s = 0; s < splits; s++) {
+                acc = _mm512_fmadd_ps(
+                    w[s],
+                    _mm512_loadu_ps(pg + (size_t)s * pf + 2 * ATT_DEC_L + (size_t)cr * ATT_DEC_L),
+                    acc);
+            }
+            float o2[ATT_DEC_L];
+            _mm512_storeu_ps(o2, _mm512_mul_ps(acc, inv));
+            for (int h = 0; h < grp; h++) {
+                memcpy(og + (size_t)h * (size_t)d + (size_t)r * (size_t)cr, o2 + r * h,
+                       (size_t)r * sizeof(float));
+            }
+        }
+    }
+}
+
 static void attention_decode(const float *q, int pos0, const struct eng_kv_view *kv, int n_heads,
                              int n_kv_heads, int d, float scale, float *out, float *scratch,
                              size_t per_thread, int threads) {
@@ -1253,87 +1380,28 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
         }
     }
     const size_t work = (size_t)n_keys * (size_t)n_heads * (size_t)d;
-    (void)work;
+    const struct dec_call call = {.kv = kv,
+                                  .n_kv_heads = n_kv_heads,
+                                  .d = d,
+                                  .grp = grp,
+                                  .r = r,
+                                  .mha = mha,
+                                  .n_keys = n_keys,
+                                  .splits = splits,
+                                  .span = span,
+                                  .pf = pf,
+                                  .per_thread = per_thread,
+                                  .scratch = scratch,
+                                  .parts = parts,
+                                  .qts = qts,
+                                  .out = out};
+    if (splits > 1 && work >= ATT_PAR_MIN) {
 #ifdef _OPENMP
-#pragma omp parallel if (splits > 1 && work >= ATT_PAR_MIN)
+#pragma omp parallel
 #endif
-    {
-        float *sc = scratch + (size_t)team_thread() * per_thread;
-        struct dec_pf next;
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int s = 0; s < splits; s++) {
-            const int k_lo = s * span, k_hi = k_lo + span < n_keys ? k_lo + span : n_keys;
-            for (int g = 0; g < n_kv_heads; g++) {
-                float *part = parts + ((size_t)g * (size_t)splits + (size_t)s) * pf;
-                for (int lane = 0; lane < ATT_DEC_L; lane++) {
-                    part[lane] = -INFINITY; /* an empty split weighs nothing in the merge */
-                    part[ATT_DEC_L + lane] = 0.0f;
-                }
-                memset(part + 2 * ATT_DEC_L, 0, (size_t)d2 * ATT_DEC_L * sizeof(float));
-            }
-            memset(dec_zeros(sc, d), 0, (size_t)d * sizeof(float));
-            for (int k0 = k_lo; k0 < k_hi; k0 += ATT_TK) {
-                const int nk = k_hi - k0 < ATT_TK ? k_hi - k0 : ATT_TK;
-                for (int g = 0; g < n_kv_heads; g++) {
-                    /* The next item: kv head g + 1 of this chunk, else head 0 of the next chunk
-                     * of the range (no rows past the range's end). */
-                    const bool same = g + 1 < n_kv_heads;
-                    const int k_next = same ? k0 : k0 + nk;
-                    const int n_next = same ? nk : k_hi - k_next < ATT_TK ? k_hi - k_next : ATT_TK;
-                    dec_pf_init(&next, kv, same ? g + 1 : 0, n_kv_heads, d, k_next, n_next);
-                    const float *qt = qts + (size_t)g * (size_t)d2 * ATT_DEC_L;
-                    float *part = parts + ((size_t)g * (size_t)splits + (size_t)s) * pf;
-                    if (mha) {
-                        attend_mha_chunk(qt, kv, g, grp, n_kv_heads, d, k0, nk, sc, part, &next);
-                    } else {
-                        attend_dec_chunk(qt, kv, g, n_kv_heads, d, k0, nk, sc, part, &next, r);
-                    }
-                }
-            }
-        }
-        /* Merge, all lanes of a kv head at once: weights exp(max_s - max) (an empty split's
-         * -inf max weighs ~1e-38 against its zero sum and Ot2), then each group of r lanes is
-         * a head's r interleaved columns. */
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (int g = 0; g < n_kv_heads; g++) {
-            const float *pg = parts + (size_t)g * (size_t)splits * pf;
-            if (mha) {
-                merge_mha(pg, splits, pf, grp, d, out + (size_t)g * (size_t)grp * (size_t)d);
-                continue;
-            }
-            __m512 mx = _mm512_set1_ps(-INFINITY);
-            for (int s = 0; s < splits; s++) {
-                mx = _mm512_max_ps(mx, _mm512_loadu_ps(pg + (size_t)s * pf));
-            }
-            __m512 w[ATT_DEC_MAX_SPLITS];
-            __m512 total = _mm512_setzero_ps();
-            for (int s = 0; s < splits; s++) {
-                const float *ps = pg + (size_t)s * pf;
-                w[s] = exp512(_mm512_sub_ps(_mm512_loadu_ps(ps), mx));
-                total = _mm512_fmadd_ps(w[s], _mm512_loadu_ps(ps + ATT_DEC_L), total);
-            }
-            const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), total);
-            float *og = out + (size_t)g * (size_t)grp * (size_t)d;
-            for (int cr = 0; cr < d / r; cr++) {
-                __m512 acc = _mm512_setzero_ps();
-                for (int s = 0; s < splits; s++) {
-                    acc = _mm512_fmadd_ps(w[s],
-                                          _mm512_loadu_ps(pg + (size_t)s * pf + 2 * ATT_DEC_L +
-                                                          (size_t)cr * ATT_DEC_L),
-                                          acc);
-                }
-                float o2[ATT_DEC_L];
-                _mm512_storeu_ps(o2, _mm512_mul_ps(acc, inv));
-                for (int h = 0; h < grp; h++) {
-                    memcpy(og + (size_t)h * (size_t)d + (size_t)r * (size_t)cr, o2 + r * h,
-                           (size_t)r * sizeof(float));
-                }
-            }
-        }
+        decode_items(&call);
+    } else {
+        decode_items(&call);
     }
 }
 #endif
@@ -1645,9 +1713,9 @@ static void attend_tile_bf16(const float *q, int i0, int nq, int pos0, const uin
     }
 }
 
-static void attention_tiles_bf16(const float *q, int n, int pos0, const struct eng_kv_view *kv,
-                                 int n_heads, int n_kv_heads, int d, float scale, uint16_t *out,
-                                 float *scratch) {
+/* The packing and the (tile, kv head) items of attention_tiles_bf16, as rows_items. */
+static void tile16_items(const float *q, int n, int pos0, const struct eng_kv_view *kv, int n_heads,
+                         int n_kv_heads, int d, float scale, uint16_t *out, float *scratch) {
     const int grp = n_heads / n_kv_heads, n_keys = pos0 + n;
     const struct att_tile tg = att_tile_of(grp, d);
     const int n_tiles = (n + tg.tq - 1) / tg.tq;
@@ -1659,31 +1727,40 @@ static void attention_tiles_bf16(const float *q, int n, int pos0, const struct e
     float *thr = scratch + up16(kv16_floats(n_keys, n_kv_heads, d));
     const size_t per_thread = tile16_thread_floats(&tg);
     const long blocks = (long)(tp / ATT_TK) * n_kv_heads;
-    const size_t work = (size_t)n * (size_t)n_keys * (size_t)n_heads * (size_t)d;
-    (void)work;
-#ifdef _OPENMP
-#pragma omp parallel if (items > 1 && work >= ATT_PAR_MIN)
-#endif
-    {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (long b = 0; b < blocks; b++) {
-            const int g = (int)(b % n_kv_heads), t0 = (int)(b / n_kv_heads) * ATT_TK;
-            pack_kv_block(kv, g, n_kv_heads, d, t0, n_keys, kb + (size_t)g * head16,
-                          vp + (size_t)g * head16);
-        }
-        float *sc = thr + (size_t)team_thread() * per_thread;
+    for (long b = 0; b < blocks; b++) {
+        const int g = (int)(b % n_kv_heads), t0 = (int)(b / n_kv_heads) * ATT_TK;
+        pack_kv_block(kv, g, n_kv_heads, d, t0, n_keys, kb + (size_t)g * head16,
+                      vp + (size_t)g * head16);
+    }
+    float *sc = thr + (size_t)team_thread() * per_thread;
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-        for (long it = 0; it < items; it++) {
-            const int t = n_tiles - 1 - (int)(it / n_kv_heads);
-            const int g = (int)(it % n_kv_heads);
-            const int i0 = t * tg.tq, nq = n - i0 < tg.tq ? n - i0 : tg.tq;
-            attend_tile_bf16(q, i0, nq, pos0, kb + (size_t)g * head16, vp + (size_t)g * head16, g,
-                             n_heads, n_kv_heads, scale, &tg, out, sc);
-        }
+    for (long it = 0; it < items; it++) {
+        const int t = n_tiles - 1 - (int)(it / n_kv_heads);
+        const int g = (int)(it % n_kv_heads);
+        const int i0 = t * tg.tq, nq = n - i0 < tg.tq ? n - i0 : tg.tq;
+        attend_tile_bf16(q, i0, nq, pos0, kb + (size_t)g * head16, vp + (size_t)g * head16, g,
+                         n_heads, n_kv_heads, scale, &tg, out, sc);
+    }
+}
+
+static void attention_tiles_bf16(const float *q, int n, int pos0, const struct eng_kv_view *kv,
+                                 int n_heads, int n_kv_heads, int d, float scale, uint16_t *out,
+                                 float *scratch) {
+    const struct att_tile tg = att_tile_of(n_heads / n_kv_heads, d);
+    const long items = (long)((n + tg.tq - 1) / tg.tq) * n_kv_heads;
+    const size_t work = (size_t)n * (size_t)(pos0 + n) * (size_t)n_heads * (size_t)d;
+    if (items > 1 && work >= ATT_PAR_MIN) {
+#ifdef _OPENMP
+#pragma omp parallel
+#endif
+        tile16_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch);
+    } else {
+        tile16_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch);
     }
 }
 ATT_BF16_POP

@@ -32,6 +32,12 @@
  *  4. RoPE angles are computed in double and stored as float, so cos/sin are correctly
  *     rounded at every position (PyTorch computes position * inv_freq in float32 and loses
  *     up to ~1e-4 rad at position 2000; our table is the exact value HF approximates).
+ *  6. Work too small for the team (a decode step's single row, par_rows) runs on the calling
+ *     thread without entering OpenMP at all. A `parallel if (false)` region is not free:
+ *     libgomp still builds a one-thread team per region, and after the two-thread regions of
+ *     the GEMMs it had to release the pool's other thread: 1.2 us per region in a tight loop
+ *     here, 3-4 us between GEMMs (engine/ops_dnnl.c invariant 10), paid by every norm, RoPE and
+ *     SwiGLU of every layer of every decode step.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -56,6 +62,11 @@
 /* Element-wise kernels go parallel from this many elements on. */
 #define ENG_PAR_MIN 32768
 
+/* Whether m rows of `per_row` elements go to the OpenMP team (invariant 6). */
+static bool par_rows(int m, size_t per_row) {
+    return m > 1 && (size_t)m * per_row >= ENG_PAR_MIN;
+}
+
 /* ---- RMSNorm ---- */
 
 static void rmsnorm_row(const float *x, const float *restrict w, int c, float eps, float *y) {
@@ -73,8 +84,14 @@ static void rmsnorm_row(const float *x, const float *restrict w, int c, float ep
 
 void eng_rmsnorm(const float *x, const float *w, int m, int c, float eps, float *y) {
     KC_ASSERT(x != NULL && w != NULL && y != NULL && m >= 0 && c > 0);
+    if (!par_rows(m, (size_t)c)) {
+        for (int r = 0; r < m; r++) {
+            rmsnorm_row(x + (size_t)r * (size_t)c, w, c, eps, y + (size_t)r * (size_t)c);
+        }
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((size_t)m * (size_t)c >= ENG_PAR_MIN && m > 1)
+#pragma omp parallel for schedule(static)
 #endif
     for (int r = 0; r < m; r++) {
         rmsnorm_row(x + (size_t)r * (size_t)c, w, c, eps, y + (size_t)r * (size_t)c);
@@ -129,8 +146,15 @@ static void rmsnorm_row_bf16(float *restrict x, const float *restrict a, const f
 void eng_rmsnorm_bf16(float *x, const float *add, const float *w, int m, int c, float eps,
                       uint16_t *y) {
     KC_ASSERT(x != NULL && w != NULL && y != NULL && m >= 0 && c > 0);
+    if (!par_rows(m, (size_t)c)) {
+        for (int r = 0; r < m; r++) {
+            const size_t o = (size_t)r * (size_t)c;
+            rmsnorm_row_bf16(x + o, add != NULL ? add + o : NULL, w, c, eps, y + o);
+        }
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((size_t)m * (size_t)c >= ENG_PAR_MIN && m > 1)
+#pragma omp parallel for schedule(static)
 #endif
     for (int r = 0; r < m; r++) {
         const size_t o = (size_t)r * (size_t)c;
@@ -174,8 +198,15 @@ static void swiglu_row(const float *restrict gate, const float *restrict up, int
 
 void eng_swiglu(const float *gate_up, int m, int f, float *h) {
     KC_ASSERT(gate_up != NULL && h != NULL && m >= 0 && f > 0);
+    if (!par_rows(m, (size_t)f)) {
+        for (int r = 0; r < m; r++) {
+            const float *g = gate_up + (size_t)r * 2 * (size_t)f;
+            swiglu_row(g, g + f, f, h + (size_t)r * (size_t)f);
+        }
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((size_t)m * (size_t)f >= ENG_PAR_MIN && m > 1)
+#pragma omp parallel for schedule(static)
 #endif
     for (int r = 0; r < m; r++) {
         const float *g = gate_up + (size_t)r * 2 * (size_t)f;
@@ -214,8 +245,15 @@ static void swiglu_row_bf16(const float *restrict gate, const float *restrict up
 
 void eng_swiglu_bf16(const float *gate_up, int m, int f, uint16_t *h) {
     KC_ASSERT(gate_up != NULL && h != NULL && m >= 0 && f > 0);
+    if (!par_rows(m, (size_t)f)) {
+        for (int r = 0; r < m; r++) {
+            const float *g = gate_up + (size_t)r * 2 * (size_t)f;
+            swiglu_row_bf16(g, g + f, f, h + (size_t)r * (size_t)f);
+        }
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((size_t)m * (size_t)f >= ENG_PAR_MIN && m > 1)
+#pragma omp parallel for schedule(static)
 #endif
     for (int r = 0; r < m; r++) {
         const float *g = gate_up + (size_t)r * 2 * (size_t)f;
@@ -348,53 +386,77 @@ static void rope_head(float *restrict x, const float *restrict c, const float *r
     }
 }
 
+/* Row r of eng_rope: its n_heads heads at position p. */
+static void rope_row(const struct eng_rope_table *t, float *x, int r, int n_heads, int32_t p) {
+    KC_ASSERT(p >= 0 && p < t->max_pos);
+    const int d = t->head_dim, half = d / 2;
+    const float *c = t->cos + (size_t)p * (size_t)half;
+    const float *s = t->sin + (size_t)p * (size_t)half;
+    for (int h = 0; h < n_heads; h++) {
+        rope_head(x + ((size_t)r * (size_t)n_heads + (size_t)h) * (size_t)d, c, s, half);
+    }
+}
+
 void eng_rope(const struct eng_rope_table *t, float *x, int m, int n_heads, const int32_t *pos) {
     KC_ASSERT(t != NULL && x != NULL && pos != NULL && m >= 0 && n_heads > 0);
-    const int d = t->head_dim, half = d / 2;
+    const int d = t->head_dim;
+    if (!par_rows(m, (size_t)n_heads * (size_t)d)) {
+        for (int r = 0; r < m; r++) {
+            rope_row(t, x, r, n_heads, pos[r]);
+        }
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(                                                                 \
-    static) if ((size_t)m * (size_t)n_heads * (size_t)d >= ENG_PAR_MIN && m > 1)
+#pragma omp parallel for schedule(static)
 #endif
     for (int r = 0; r < m; r++) {
-        KC_ASSERT(pos[r] >= 0 && pos[r] < t->max_pos);
-        const float *c = t->cos + (size_t)pos[r] * (size_t)half;
-        const float *s = t->sin + (size_t)pos[r] * (size_t)half;
-        for (int h = 0; h < n_heads; h++) {
-            rope_head(x + ((size_t)r * (size_t)n_heads + (size_t)h) * (size_t)d, c, s, half);
+        rope_row(t, x, r, n_heads, pos[r]);
+    }
+}
+
+/* Row r of eng_rope_split. */
+static void rope_split_row(const struct eng_rope_table *t, const float *qkv, int r, int n_heads,
+                           int n_kv_heads, int32_t p, float *q, float *k, float *v) {
+    KC_ASSERT(p >= 0 && p < t->max_pos);
+    const int d = t->head_dim, half = d / 2;
+    const size_t qd = (size_t)n_heads * (size_t)d, kvd = (size_t)n_kv_heads * (size_t)d;
+    const size_t ld = qd + 2 * kvd;
+    const float *restrict c = t->cos + (size_t)p * (size_t)half;
+    const float *restrict s = t->sin + (size_t)p * (size_t)half;
+    const float *src = qkv + (size_t)r * ld;
+    float *dq = q + (size_t)r * qd, *dk = k + (size_t)r * kvd;
+    for (int h = 0; h < n_heads + n_kv_heads; h++) {
+        const float *restrict x0 = src + (size_t)h * (size_t)d;
+        const float *restrict x1 = x0 + half;
+        float *restrict y0 =
+            h < n_heads ? dq + (size_t)h * (size_t)d : dk + (size_t)(h - n_heads) * (size_t)d;
+        float *restrict y1 = y0 + half;
+        ENG_SIMD
+        for (int i = 0; i < half; i++) {
+            const float a = x0[i], b = x1[i];
+            y0[i] = a * c[i] - b * s[i];
+            y1[i] = b * c[i] + a * s[i];
         }
     }
+    memcpy(v + (size_t)r * kvd, src + qd + kvd, kvd * sizeof(float));
 }
 
 void eng_rope_split(const struct eng_rope_table *t, const float *qkv, int m, int n_heads,
                     int n_kv_heads, const int32_t *pos, float *q, float *k, float *v) {
     KC_ASSERT(t != NULL && qkv != NULL && pos != NULL && q != NULL && k != NULL && v != NULL);
     KC_ASSERT(m >= 0 && n_heads > 0 && n_kv_heads > 0);
-    const int d = t->head_dim, half = d / 2;
-    const size_t qd = (size_t)n_heads * (size_t)d, kvd = (size_t)n_kv_heads * (size_t)d;
-    const size_t ld = qd + 2 * kvd;
+    const size_t ld = (size_t)(n_heads + 2 * n_kv_heads) * (size_t)t->head_dim;
+    if (!par_rows(m, ld)) {
+        for (int r = 0; r < m; r++) {
+            rope_split_row(t, qkv, r, n_heads, n_kv_heads, pos[r], q, k, v);
+        }
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if ((size_t)m * ld >= ENG_PAR_MIN && m > 1)
+#pragma omp parallel for schedule(static)
 #endif
     for (int r = 0; r < m; r++) {
-        KC_ASSERT(pos[r] >= 0 && pos[r] < t->max_pos);
-        const float *restrict c = t->cos + (size_t)pos[r] * (size_t)half;
-        const float *restrict s = t->sin + (size_t)pos[r] * (size_t)half;
-        const float *src = qkv + (size_t)r * ld;
-        float *dq = q + (size_t)r * qd, *dk = k + (size_t)r * kvd;
-        for (int h = 0; h < n_heads + n_kv_heads; h++) {
-            const float *restrict x0 = src + (size_t)h * (size_t)d;
-            const float *restrict x1 = x0 + half;
-            float *restrict y0 =
-                h < n_heads ? dq + (size_t)h * (size_t)d : dk + (size_t)(h - n_heads) * (size_t)d;
-            float *restrict y1 = y0 + half;
-            ENG_SIMD
-            for (int i = 0; i < half; i++) {
-                const float a = x0[i], b = x1[i];
-                y0[i] = a * c[i] - b * s[i];
-                y1[i] = b * c[i] + a * s[i];
-            }
-        }
-        memcpy(v + (size_t)r * kvd, src + qd + kvd, kvd * sizeof(float));
+        rope_split_row(t, qkv, r, n_heads, n_kv_heads, pos[r], q, k, v);
     }
 }
 

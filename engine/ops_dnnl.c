@@ -143,6 +143,14 @@
  *     2 * 255 * 63 = 32130 and the sums are exact again, for one bit of weight precision.
  *     The ISA is read when a linear is created (the weights are quantized then), so a
  *     process keeps one choice; ONEDNN_MAX_CPU_ISA set before start-up moves it.
+ * 10. The passes around a product (the int8 activation quantization and output scaling) go
+ *     to the OpenMP team only for ENG_QUANT_PAR_ROWS rows or more; fewer rows run on the
+ *     calling thread outside OpenMP, never in a `parallel if (false)` region, which libgomp
+ *     still builds a team for (engine/ops.c invariant 6). Two such regions per int8 product
+ *     cost more than the product's own overhead: one decode row through an int8 linear,
+ *     2 threads, this Zen 5, against the bare primitive on the same shape: 128 x 128
+ *     3.9-4.3 -> 0.48-0.50 us (primitive 0.45), 2048 x 2048 in cache 41.4-42.6 -> 35.0-35.2
+ *     us (primitive 31.8-35.2).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -1112,41 +1120,67 @@ static void cvt_bf16_par(const float *x, size_t n, uint16_t *y) {
     }
 }
 
-/* Quantizes rows x k f32 (row stride k) to s8 per row, symmetric (invariant 7); writes each
- * row's scale to scale[]. */
+/* Quantizes one row of k f32 to s8, symmetric (invariant 7); returns its scale. */
+static float quant_act_row(const float *restrict xr, int k, int8_t *restrict qr) {
+#if defined(__AVX512F__)
+    __m512 vmax = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= k; i += 16) {
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xr + i)));
+    }
+    float amax = _mm512_reduce_max_ps(vmax);
+    for (; i < k; i++) {
+        amax = fmaxf(amax, fabsf(xr[i]));
+    }
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    const __m512 vinv = _mm512_set1_ps(inv);
+    for (i = 0; i + 16 <= k; i += 16) {
+        /* cvtps rounds to nearest even; |x * inv| <= 127 (+ rounding) saturates. */
+        const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vinv));
+        _mm_storeu_si128((__m128i *)(void *)(qr + i), _mm512_cvtsepi32_epi8(v));
+    }
+    for (; i < k; i++) {
+        const float v = nearbyintf(xr[i] * inv);
+        qr[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+    }
+    return amax / 127.0f;
+#else
+    return quant_row_s8(xr, k, 127, qr);
+#endif
+}
+
+/* Quantizes rows x k f32 (row stride k) to s8 per row; writes each row's scale to scale[].
+ * Few rows stay out of OpenMP: even a region with an `if` clause that keeps it on one thread
+ * costs libgomp a team (malloc, free) per call, microseconds in every decode product. */
 static void quant_act_rows(const float *restrict x, int rows, int k, int8_t *restrict q,
                            float *restrict scale) {
+    if (rows < ENG_QUANT_PAR_ROWS) {
+        for (int r = 0; r < rows; r++) {
+            scale[r] = quant_act_row(x + (size_t)r * (size_t)k, k, q + (size_t)r * (size_t)k);
+        }
+        return;
+    }
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (rows >= ENG_QUANT_PAR_ROWS)
+#pragma omp parallel for schedule(static)
 #endif
     for (int r = 0; r < rows; r++) {
-        const float *xr = x + (size_t)r * (size_t)k;
-        int8_t *qr = q + (size_t)r * (size_t)k;
-#if defined(__AVX512F__)
-        __m512 vmax = _mm512_setzero_ps();
-        int i = 0;
-        for (; i + 16 <= k; i += 16) {
-            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(xr + i)));
+        scale[r] = quant_act_row(x + (size_t)r * (size_t)k, k, q + (size_t)r * (size_t)k);
+    }
+}
+
+/* Row i of an int8 product's s32-exact output d[., n]: y_i = d_i * s (+ b). */
+static void scale_row(const float *restrict d, int i, int n, float s, const float *restrict b,
+                      float *restrict y) {
+    const float *restrict di = d + (size_t)i * (size_t)n;
+    float *restrict yi = y + (size_t)i * (size_t)n;
+    if (b != NULL) {
+        for (int j = 0; j < n; j++) {
+            yi[j] = di[j] * s + b[j];
         }
-        float amax = _mm512_reduce_max_ps(vmax);
-        for (; i < k; i++) {
-            amax = fmaxf(amax, fabsf(xr[i]));
+    } else {
+        for (int j = 0; j < n; j++) {
+            yi[j] = di[j] * s;
         }
-        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        const __m512 vinv = _mm512_set1_ps(inv);
-        for (i = 0; i + 16 <= k; i += 16) {
-            /* cvtps rounds to nearest even; |x * inv| <= 127 (+ rounding) saturates. */
-            const __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xr + i), vinv));
-            _mm_storeu_si128((__m128i *)(void *)(qr + i), _mm512_cvtsepi32_epi8(v));
-        }
-        for (; i < k; i++) {
-            const float v = nearbyintf(xr[i] * inv);
-            qr[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
-        }
-        scale[r] = amax / 127.0f;
-#else
-        scale[r] = quant_row_s8(xr, k, 127, qr);
-#endif
     }
 }
 
@@ -1196,22 +1230,16 @@ static void run_block(struct eng_dnn *dnn, const struct eng_linear *l, const str
     DNN_ASSERT(dnnl_stream_wait(dnn->stream));
     if (int8) {
         /* Row scales and bias (invariant 7), copying padded rows out on the way. */
-        const float *restrict b = l->bias;
+        if (r < ENG_QUANT_PAR_ROWS) { /* out of OpenMP, as in quant_act_rows */
+            for (int i = 0; i < r; i++) {
+                scale_row(dst, i, n, dnn->xscale[i], l->bias, y);
+            }
+        } else {
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (r >= ENG_QUANT_PAR_ROWS)
+#pragma omp parallel for schedule(static)
 #endif
-        for (int i = 0; i < r; i++) {
-            const float s = dnn->xscale[i];
-            const float *restrict d = dst + (size_t)i * (size_t)n;
-            float *restrict o = y + (size_t)i * (size_t)n;
-            if (b != NULL) {
-                for (int j = 0; j < n; j++) {
-                    o[j] = d[j] * s + b[j];
-                }
-            } else {
-                for (int j = 0; j < n; j++) {
-                    o[j] = d[j] * s;
-                }
+            for (int i = 0; i < r; i++) {
+                scale_row(dst, i, n, dnn->xscale[i], l->bias, y);
             }
         }
     } else if (padded) {
