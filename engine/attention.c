@@ -466,14 +466,8 @@ static void attention_rows(const float *q, int n, int pos0, const struct eng_kv_
     const int grp = n_heads / n_kv_heads;
     const long items = (long)n * n_kv_heads;
     const size_t work = (size_t)items * (size_t)(pos0 + n) * (size_t)grp * (size_t)d;
-    if (items > 1 && work >= ATT_PAR_MIN) {
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
-        rows_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch, per_thread);
-    } else {
-        rows_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch, per_thread);
-    }
+    ENG_ON_TEAM(items > 1 && work >= ATT_PAR_MIN, rows_items(q, n, pos0, kv, n_heads, n_kv_heads, d,
+                                                             scale, out, scratch, per_thread));
 }
 
 /* ---- tile path (prefill) ---- */
@@ -849,16 +843,9 @@ static void attention_tiles(const float *q, int n, int pos0, const struct eng_kv
     const int n_tiles = (n + tg.tq - 1) / tg.tq;
     const long items = (long)n_tiles * n_kv_heads;
     const size_t work = (size_t)n * (size_t)(pos0 + n) * (size_t)n_heads * (size_t)d;
-    if (items > 1 && work >= ATT_PAR_MIN) {
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
-        tile_items(q, n, pos0, kv, n_heads, n_kv_heads, scale, &tg, out, out16, scratch,
-                   per_thread);
-    } else {
-        tile_items(q, n, pos0, kv, n_heads, n_kv_heads, scale, &tg, out, out16, scratch,
-                   per_thread);
-    }
+    ENG_ON_TEAM(items > 1 && work >= ATT_PAR_MIN,
+                tile_items(q, n, pos0, kv, n_heads, n_kv_heads, scale, &tg, out, out16, scratch,
+                           per_thread));
 }
 
 #if defined(__AVX512F__)
@@ -1395,14 +1382,7 @@ static void attention_decode(const float *q, int pos0, const struct eng_kv_view 
                                   .parts = parts,
                                   .qts = qts,
                                   .out = out};
-    if (splits > 1 && work >= ATT_PAR_MIN) {
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
-        decode_items(&call);
-    } else {
-        decode_items(&call);
-    }
+    ENG_ON_TEAM(splits > 1 && work >= ATT_PAR_MIN, decode_items(&call));
 }
 #endif
 
@@ -1754,14 +1734,8 @@ static void attention_tiles_bf16(const float *q, int n, int pos0, const struct e
     const struct att_tile tg = att_tile_of(n_heads / n_kv_heads, d);
     const long items = (long)((n + tg.tq - 1) / tg.tq) * n_kv_heads;
     const size_t work = (size_t)n * (size_t)(pos0 + n) * (size_t)n_heads * (size_t)d;
-    if (items > 1 && work >= ATT_PAR_MIN) {
-#ifdef _OPENMP
-#pragma omp parallel
-#endif
-        tile16_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch);
-    } else {
-        tile16_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch);
-    }
+    ENG_ON_TEAM(items > 1 && work >= ATT_PAR_MIN,
+                tile16_items(q, n, pos0, kv, n_heads, n_kv_heads, d, scale, out, scratch));
 }
 ATT_BF16_POP
 #endif /* __AVX512F__ */

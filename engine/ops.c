@@ -84,18 +84,8 @@ static void rmsnorm_row(const float *x, const float *restrict w, int c, float ep
 
 void eng_rmsnorm(const float *x, const float *w, int m, int c, float eps, float *y) {
     KC_ASSERT(x != NULL && w != NULL && y != NULL && m >= 0 && c > 0);
-    if (!par_rows(m, (size_t)c)) {
-        for (int r = 0; r < m; r++) {
-            rmsnorm_row(x + (size_t)r * (size_t)c, w, c, eps, y + (size_t)r * (size_t)c);
-        }
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int r = 0; r < m; r++) {
-        rmsnorm_row(x + (size_t)r * (size_t)c, w, c, eps, y + (size_t)r * (size_t)c);
-    }
+    ENG_FOR_ROWS(par_rows(m, (size_t)c), r, m,
+                 rmsnorm_row(x + (size_t)r * (size_t)c, w, c, eps, y + (size_t)r * (size_t)c));
 }
 
 void eng__rmsnorm_ref(const float *x, const float *w, int m, int c, float eps, float *y) {
@@ -146,20 +136,10 @@ static void rmsnorm_row_bf16(float *restrict x, const float *restrict a, const f
 void eng_rmsnorm_bf16(float *x, const float *add, const float *w, int m, int c, float eps,
                       uint16_t *y) {
     KC_ASSERT(x != NULL && w != NULL && y != NULL && m >= 0 && c > 0);
-    if (!par_rows(m, (size_t)c)) {
-        for (int r = 0; r < m; r++) {
-            const size_t o = (size_t)r * (size_t)c;
-            rmsnorm_row_bf16(x + o, add != NULL ? add + o : NULL, w, c, eps, y + o);
-        }
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int r = 0; r < m; r++) {
-        const size_t o = (size_t)r * (size_t)c;
-        rmsnorm_row_bf16(x + o, add != NULL ? add + o : NULL, w, c, eps, y + o);
-    }
+    ENG_FOR_ROWS(par_rows(m, (size_t)c), r, m,
+                 rmsnorm_row_bf16(x + (size_t)r * (size_t)c,
+                                  add != NULL ? add + (size_t)r * (size_t)c : NULL, w, c, eps,
+                                  y + (size_t)r * (size_t)c));
 }
 
 void eng__rmsnorm_bf16_ref(float *x, const float *add, const float *w, int m, int c, float eps,
@@ -177,8 +157,9 @@ void eng__rmsnorm_bf16_ref(float *x, const float *add, const float *w, int m, in
 
 /* ---- SwiGLU ---- */
 
-static void swiglu_row(const float *restrict gate, const float *restrict up, int f,
-                       float *restrict h) {
+/* One row of gate|up: the F gates, then the F up projections. */
+static void swiglu_row(const float *restrict gate, int f, float *restrict h) {
+    const float *restrict up = gate + f;
 #if defined(__AVX512F__)
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int i = 0; i < f; i += 16) {
@@ -198,20 +179,8 @@ static void swiglu_row(const float *restrict gate, const float *restrict up, int
 
 void eng_swiglu(const float *gate_up, int m, int f, float *h) {
     KC_ASSERT(gate_up != NULL && h != NULL && m >= 0 && f > 0);
-    if (!par_rows(m, (size_t)f)) {
-        for (int r = 0; r < m; r++) {
-            const float *g = gate_up + (size_t)r * 2 * (size_t)f;
-            swiglu_row(g, g + f, f, h + (size_t)r * (size_t)f);
-        }
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int r = 0; r < m; r++) {
-        const float *g = gate_up + (size_t)r * 2 * (size_t)f;
-        swiglu_row(g, g + f, f, h + (size_t)r * (size_t)f);
-    }
+    ENG_FOR_ROWS(par_rows(m, (size_t)f), r, m,
+                 swiglu_row(gate_up + (size_t)r * 2 * (size_t)f, f, h + (size_t)r * (size_t)f));
 }
 
 void eng__swiglu_ref(const float *gate_up, int m, int f, float *h) {
@@ -224,8 +193,8 @@ void eng__swiglu_ref(const float *gate_up, int m, int f, float *h) {
     }
 }
 
-static void swiglu_row_bf16(const float *restrict gate, const float *restrict up, int f,
-                            uint16_t *restrict h) {
+static void swiglu_row_bf16(const float *restrict gate, int f, uint16_t *restrict h) {
+    const float *restrict up = gate + f;
 #if defined(__AVX512F__)
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int i = 0; i < f; i += 16) {
@@ -245,20 +214,9 @@ static void swiglu_row_bf16(const float *restrict gate, const float *restrict up
 
 void eng_swiglu_bf16(const float *gate_up, int m, int f, uint16_t *h) {
     KC_ASSERT(gate_up != NULL && h != NULL && m >= 0 && f > 0);
-    if (!par_rows(m, (size_t)f)) {
-        for (int r = 0; r < m; r++) {
-            const float *g = gate_up + (size_t)r * 2 * (size_t)f;
-            swiglu_row_bf16(g, g + f, f, h + (size_t)r * (size_t)f);
-        }
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int r = 0; r < m; r++) {
-        const float *g = gate_up + (size_t)r * 2 * (size_t)f;
-        swiglu_row_bf16(g, g + f, f, h + (size_t)r * (size_t)f);
-    }
+    ENG_FOR_ROWS(
+        par_rows(m, (size_t)f), r, m,
+        swiglu_row_bf16(gate_up + (size_t)r * 2 * (size_t)f, f, h + (size_t)r * (size_t)f));
 }
 
 /* ---- residual add ---- */
@@ -375,14 +333,17 @@ void eng_rope_table_free(struct eng_rope_table *t) {
     memset(t, 0, sizeof(*t));
 }
 
-static void rope_head(float *restrict x, const float *restrict c, const float *restrict s,
+/* Rotates one head x[D] by the angles of (c, s)[D/2] into y (y == x: in place; each element
+ * is read before its own position is written). */
+static void rope_head(const float *x, float *y, const float *restrict c, const float *restrict s,
                       int half) {
-    float *restrict x1 = x + half;
+    const float *x1 = x + half;
+    float *y1 = y + half;
     ENG_SIMD
     for (int i = 0; i < half; i++) {
         const float a = x[i], b = x1[i];
-        x[i] = a * c[i] - b * s[i];
-        x1[i] = b * c[i] + a * s[i];
+        y[i] = a * c[i] - b * s[i];
+        y1[i] = b * c[i] + a * s[i];
     }
 }
 
@@ -393,25 +354,15 @@ static void rope_row(const struct eng_rope_table *t, float *x, int r, int n_head
     const float *c = t->cos + (size_t)p * (size_t)half;
     const float *s = t->sin + (size_t)p * (size_t)half;
     for (int h = 0; h < n_heads; h++) {
-        rope_head(x + ((size_t)r * (size_t)n_heads + (size_t)h) * (size_t)d, c, s, half);
+        float *xh = x + ((size_t)r * (size_t)n_heads + (size_t)h) * (size_t)d;
+        rope_head(xh, xh, c, s, half);
     }
 }
 
 void eng_rope(const struct eng_rope_table *t, float *x, int m, int n_heads, const int32_t *pos) {
     KC_ASSERT(t != NULL && x != NULL && pos != NULL && m >= 0 && n_heads > 0);
-    const int d = t->head_dim;
-    if (!par_rows(m, (size_t)n_heads * (size_t)d)) {
-        for (int r = 0; r < m; r++) {
-            rope_row(t, x, r, n_heads, pos[r]);
-        }
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int r = 0; r < m; r++) {
-        rope_row(t, x, r, n_heads, pos[r]);
-    }
+    ENG_FOR_ROWS(par_rows(m, (size_t)n_heads * (size_t)t->head_dim), r, m,
+                 rope_row(t, x, r, n_heads, pos[r]));
 }
 
 /* Row r of eng_rope_split. */
@@ -426,17 +377,9 @@ static void rope_split_row(const struct eng_rope_table *t, const float *qkv, int
     const float *src = qkv + (size_t)r * ld;
     float *dq = q + (size_t)r * qd, *dk = k + (size_t)r * kvd;
     for (int h = 0; h < n_heads + n_kv_heads; h++) {
-        const float *restrict x0 = src + (size_t)h * (size_t)d;
-        const float *restrict x1 = x0 + half;
-        float *restrict y0 =
-            h < n_heads ? dq + (size_t)h * (size_t)d : dk + (size_t)(h - n_heads) * (size_t)d;
-        float *restrict y1 = y0 + half;
-        ENG_SIMD
-        for (int i = 0; i < half; i++) {
-            const float a = x0[i], b = x1[i];
-            y0[i] = a * c[i] - b * s[i];
-            y1[i] = b * c[i] + a * s[i];
-        }
+        rope_head(src + (size_t)h * (size_t)d,
+                  h < n_heads ? dq + (size_t)h * (size_t)d : dk + (size_t)(h - n_heads) * (size_t)d,
+                  c, s, half);
     }
     memcpy(v + (size_t)r * kvd, src + qd + kvd, kvd * sizeof(float));
 }
@@ -446,18 +389,8 @@ void eng_rope_split(const struct eng_rope_table *t, const float *qkv, int m, int
     KC_ASSERT(t != NULL && qkv != NULL && pos != NULL && q != NULL && k != NULL && v != NULL);
     KC_ASSERT(m >= 0 && n_heads > 0 && n_kv_heads > 0);
     const size_t ld = (size_t)(n_heads + 2 * n_kv_heads) * (size_t)t->head_dim;
-    if (!par_rows(m, ld)) {
-        for (int r = 0; r < m; r++) {
-            rope_split_row(t, qkv, r, n_heads, n_kv_heads, pos[r], q, k, v);
-        }
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int r = 0; r < m; r++) {
-        rope_split_row(t, qkv, r, n_heads, n_kv_heads, pos[r], q, k, v);
-    }
+    ENG_FOR_ROWS(par_rows(m, ld), r, m,
+                 rope_split_row(t, qkv, r, n_heads, n_kv_heads, pos[r], q, k, v));
 }
 
 void eng__rope_ref(const struct eng_rope_table *t, float *x, int m, int n_heads,

@@ -1150,22 +1150,11 @@ static float quant_act_row(const float *restrict xr, int k, int8_t *restrict qr)
 }
 
 /* Quantizes rows x k f32 (row stride k) to s8 per row; writes each row's scale to scale[].
- * Few rows stay out of OpenMP: even a region with an `if` clause that keeps it on one thread
- * costs libgomp a team (malloc, free) per call, microseconds in every decode product. */
+ * Few rows stay out of OpenMP (invariant 10). */
 static void quant_act_rows(const float *restrict x, int rows, int k, int8_t *restrict q,
                            float *restrict scale) {
-    if (rows < ENG_QUANT_PAR_ROWS) {
-        for (int r = 0; r < rows; r++) {
-            scale[r] = quant_act_row(x + (size_t)r * (size_t)k, k, q + (size_t)r * (size_t)k);
-        }
-        return;
-    }
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (int r = 0; r < rows; r++) {
-        scale[r] = quant_act_row(x + (size_t)r * (size_t)k, k, q + (size_t)r * (size_t)k);
-    }
+    ENG_FOR_ROWS(rows >= ENG_QUANT_PAR_ROWS, r, rows,
+                 scale[r] = quant_act_row(x + (size_t)r * (size_t)k, k, q + (size_t)r * (size_t)k));
 }
 
 /* Row i of an int8 product's s32-exact output d[., n]: y_i = d_i * s (+ b). */
@@ -1230,18 +1219,8 @@ static void run_block(struct eng_dnn *dnn, const struct eng_linear *l, const str
     DNN_ASSERT(dnnl_stream_wait(dnn->stream));
     if (int8) {
         /* Row scales and bias (invariant 7), copying padded rows out on the way. */
-        if (r < ENG_QUANT_PAR_ROWS) { /* out of OpenMP, as in quant_act_rows */
-            for (int i = 0; i < r; i++) {
-                scale_row(dst, i, n, dnn->xscale[i], l->bias, y);
-            }
-        } else {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-            for (int i = 0; i < r; i++) {
-                scale_row(dst, i, n, dnn->xscale[i], l->bias, y);
-            }
-        }
+        ENG_FOR_ROWS(r >= ENG_QUANT_PAR_ROWS, i, r,
+                     scale_row(dst, i, n, dnn->xscale[i], l->bias, y));
     } else if (padded) {
         memcpy(y, dnn->out, (size_t)r * (size_t)n * sizeof(float));
     }

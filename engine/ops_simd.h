@@ -1,6 +1,7 @@
 /*
  * ops_simd.h — inline helpers shared by the engine's C kernels (engine/ops.c,
- * engine/attention.c): `omp simd` pragmas that vanish without OpenMP, the Cephes expf
+ * engine/attention.c, engine/ops_dnnl.c): `omp simd` pragmas that vanish without OpenMP, the
+ * team-or-alone loops of their parallel work (ENG_FOR_ROWS, ENG_ON_TEAM), the Cephes expf
  * polynomial (scalar expf_fast and 16-lane exp512) and the AVX-512 tail mask. Internal to
  * the engine: include it only from kernel .c files, after <immintrin.h> where __AVX512F__.
  * See engine/ops.c invariant 2 for why the fast kernels use their own exp. Also the f32 ->
@@ -34,6 +35,49 @@
 #define ENG_SIMD
 #define ENG_SIMD_SUM(v)
 #define ENG_SIMD_MAX(v)
+#endif
+
+/* Work for the calling thread's OpenMP team, or for the calling thread alone when `par` is
+ * false: never a `parallel if (false)` region, for which libgomp still builds a team (engine/ops.c
+ * invariant 6). ENG_FOR_ROWS runs `for (int r = 0; r < n; r++) { body }`, split statically over
+ * the team when par; ENG_ON_TEAM runs `call` on every thread of one parallel region when par, else
+ * once on the calling thread, where the orphaned `omp for` loops inside it have a team of one. */
+#ifdef _OPENMP
+#define ENG_FOR_ROWS(par, r, n, ...)                                                               \
+    do {                                                                                           \
+        if (par) {                                                                                 \
+            ENG_PRAGMA(omp parallel for schedule(static))                                          \
+            for (int r = 0; r < (n); r++) {                                                        \
+                __VA_ARGS__;                                                                       \
+            }                                                                                      \
+        } else {                                                                                   \
+            for (int r = 0; r < (n); r++) {                                                        \
+                __VA_ARGS__;                                                                       \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+#define ENG_ON_TEAM(par, call)                                                                     \
+    do {                                                                                           \
+        if (par) {                                                                                 \
+            ENG_PRAGMA(omp parallel)                                                               \
+            call;                                                                                  \
+        } else {                                                                                   \
+            call;                                                                                  \
+        }                                                                                          \
+    } while (0)
+#else
+#define ENG_FOR_ROWS(par, r, n, ...)                                                               \
+    do {                                                                                           \
+        (void)(par);                                                                               \
+        for (int r = 0; r < (n); r++) {                                                            \
+            __VA_ARGS__;                                                                           \
+        }                                                                                          \
+    } while (0)
+#define ENG_ON_TEAM(par, call)                                                                     \
+    do {                                                                                           \
+        (void)(par);                                                                               \
+        call;                                                                                      \
+    } while (0)
 #endif
 
 /* This thread's index in the calling OpenMP team (0 without OpenMP). */
